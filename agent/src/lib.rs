@@ -1,0 +1,8 @@
+//! Doorstep's in-cab agent.
+//!
+//! The agent reads the van's GPS and the driver's scans, decides on the device when the
+//! van is near a stop and when a parcel was handed over at the right address, signs that
+//! decision and gets it to the hub. Decisions ([`fix`] assembly, the quality gate, the
+//! geofence tracker) are pure state machines; the async shell around them is thin.
+
+pub mod fix;

@@ -1,0 +1,5 @@
+//! `doorstep-agent`: the in-cab daemon.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
