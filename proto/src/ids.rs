@@ -196,11 +196,8 @@ impl TrackingNumber {
     /// Normalizes what people and scanners produce ("1z 999-aa1 0123456784") into
     /// the canonical form, then validates it.
     pub fn normalize(raw: &str) -> Result<Self, IdError> {
-        let cleaned: String = raw
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-' | '\t'))
-            .map(|c| c.to_ascii_uppercase())
-            .collect();
+        let cleaned: String =
+            raw.chars().filter(|c| !matches!(c, ' ' | '-' | '\t')).map(|c| c.to_ascii_uppercase()).collect();
         Self::new(cleaned)
     }
 }

@@ -2,14 +2,31 @@
 //!
 //! This crate is plain data, encoding and signatures: identities ([`ids`]), MQTT topics
 //! ([`topic`]), the events a van reports ([`event`]), the signed envelope they travel in
-//! ([`envelope`]), what the hub sends back ([`hub`]), photo chunks ([`blob`]) and the
-//! route manifest ([`route`]).
+//! ([`envelope`]), what the hub sends back ([`hub`]), photo chunks ([`blob`]), device
+//! state ([`state`]) and the route manifest ([`route`]).
 //!
 //! It must never do I/O, read a clock or spawn a task (invariant 1 in ARCHITECTURE.md):
-//! the agent, the hub and the tests all share it, and a golden-vector test pins its bytes.
+//! the agent, the hub and the tests all share it, and the golden vectors in
+//! `proto/tests/vectors/` pin its bytes so that any other implementation can check itself.
 
+pub mod blob;
+pub mod envelope;
+pub mod event;
+pub mod hexbytes;
+pub mod hub;
 pub mod ids;
+pub mod key;
 pub mod route;
+pub mod state;
+pub mod topic;
 
+pub use envelope::{Envelope, EnvelopeError, EventId};
+pub use event::{
+    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Nearby, PhotoRef, ScanNotOnRoute,
+};
+pub use hexbytes::HexBytes;
+pub use hub::{Ack, BlobAck, HubMessage, RouteAssignment};
 pub use ids::{Barcode, DeviceId, FleetId, IdError, RouteId, StopId, TrackingNumber};
+pub use key::{KeyError, KeyId, Keyring, PublicKey, SigningKey, TrustedKey};
 pub use route::{RouteManifest, Stop};
+pub use topic::{Channel, Topic};

@@ -118,8 +118,7 @@ pub enum RouteError {
 impl RouteManifest {
     /// Parses a manifest from JSON and validates it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RouteError> {
-        let route: Self =
-            serde_json::from_slice(bytes).map_err(|e| RouteError::Json(e.to_string()))?;
+        let route: Self = serde_json::from_slice(bytes).map_err(|e| RouteError::Json(e.to_string()))?;
         route.validate()?;
         Ok(route)
     }
@@ -200,7 +199,8 @@ mod tests {
 
     #[test]
     fn a_parcel_at_two_stops_is_refused() {
-        let bad = EXAMPLE.replace("\"tracking_numbers\": []", "\"tracking_numbers\": [\"1Z999AA10123456784\"]");
+        let bad =
+            EXAMPLE.replace("\"tracking_numbers\": []", "\"tracking_numbers\": [\"1Z999AA10123456784\"]");
         assert_eq!(
             RouteManifest::from_json(bad.as_bytes()),
             Err(RouteError::DuplicateParcel("1Z999AA10123456784".into()))
