@@ -5,4 +5,11 @@
 //! decision and gets it to the hub. Decisions ([`fix`] assembly, the quality gate, the
 //! geofence tracker) are pure state machines; the async shell around them is thin.
 
+pub mod decide;
 pub mod fix;
+pub mod gate;
+pub mod gps;
+pub mod nmea;
+pub mod geofence;
+pub mod replay;
+pub mod outbox;

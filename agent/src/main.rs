@@ -1,5 +1,197 @@
-//! `doorstep-agent`: the in-cab daemon.
+//! `doorstep-agent`: the in-cab daemon and its tools.
+//!
+//! Only argument parsing and dispatch live here; each subcommand's logic is a function
+//! in the library module it belongs to.
 
-fn main() -> anyhow::Result<()> {
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use doorstep_agent::gate::GateConfig;
+use doorstep_agent::gps::{self, DecodeSource};
+
+/// Doorstep's in-cab agent: reads the van's GPS and the driver's scans, decides on the
+/// device when the van is at a stop, and sends signed confirmations to the hub.
+#[derive(Debug, Parser)]
+#[command(name = "doorstep-agent", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with the GPS receiver: decode NMEA from a log or a serial device.
+    #[command(subcommand)]
+    Gps(GpsCommand),
+    /// Replay a recorded drive through the same decision code as a live van.
+    ///
+    /// Decodes the NMEA log, applies the quality gate, runs the route's geofences and
+    /// interleaves the driver's scans by time. Prints one JSON line per event the van
+    /// would have signed:
+    ///
+    ///   {"kind":"nearby","stop_id":"s-014","time":"2010-04-11T08:21:05Z","distance_m":587,...}
+    ///   {"kind":"delivered_at_address","stop_id":"s-014","time":"...","distance_m":41,
+    ///    "dwell_s":95,"tracking_numbers":["1Z999AA10123456784"],...}
+    ///
+    /// kinds: nearby, delivered_at_address, delivered_away_from_address, exception,
+    /// scan_not_on_route (and position with --positions). The reply each scan got, as the
+    /// driver would have seen it, and a summary go to standard error.
+    ///
+    /// Route file: {"route_id":"r1","stops":[{"stop_id":"s1","lat":47.1,"lon":8.5,
+    ///   "tracking_numbers":["1Z999AA10123456784"]}]}, with optional per-stop
+    ///   "approach_m", "arrival_m" and "dwell_s".
+    ///
+    /// Scan file, one JSON object per line:
+    ///   {"time":"2010-04-11T08:24:10Z","code":"1Z999AA10123456784"}
+    ///   {"time":"2010-04-11T08:24:30Z","code":"1Z999AA10123456785","photo":"door.jpg"}
+    ///   {"time":"2010-04-11T08:31:00Z","code":"...","exception":"recipient_absent"}
+    ///
+    /// Example:
+    ///
+    ///   doorstep-agent replay --nmea drive.nmea --route route.json --scans scans.jsonl
+    #[command(verbatim_doc_comment)]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The recorded NMEA log.
+    #[arg(long)]
+    nmea: PathBuf,
+    /// The route manifest (JSON).
+    #[arg(long)]
+    route: PathBuf,
+    /// The driver's scans (JSON lines); photo paths are relative to this file.
+    #[arg(long)]
+    scans: Option<PathBuf>,
+    /// Also print the position samples the van would keep for the hub's trail.
+    #[arg(long)]
+    positions: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum GpsCommand {
+    /// Decode NMEA 0183 into one fix per epoch, as the agent sees it.
+    ///
+    /// Prints one JSON object per fix on standard output, the decoder's view before
+    /// the quality gate together with the gate's verdict:
+    ///
+    ///   {"time":"2019-03-28T16:45:17Z","lat":48.1173,"lon":11.5167,"mode":3,
+    ///    "speed_mps":0.2,"course":84.4,"hdop":0.9,"sats":8,"gate":"ok"}
+    ///
+    /// Fields the receiver did not report are left out. "time" is RFC 3339 UTC, with
+    /// fractional seconds only when they are not zero; until the receiver has sent a
+    /// date (RMC or ZDA) it is the time of day alone, like "16:45:17Z". Dates before
+    /// 2024-01-01 are treated as GPS week rollover and moved forward by 1024 weeks.
+    /// "mode" is gpsd's: 1 no fix, 2 two-dimensional, 3 three-dimensional. "gate" is
+    /// "ok" or the reason the fix would not be used: rmc_void, gga_quality_0,
+    /// faa_mode_n, gll_void, no_position, no_date, hdop_too_high, eph_too_high,
+    /// time_not_increasing, impossible_jump.
+    ///
+    /// At the end, a summary goes to standard error: input lines by what became of
+    /// them (used, unused_sentence, proprietary, binary_junk, bad_checksum, ...) and
+    /// fixes by verdict.
+    ///
+    /// Examples:
+    ///
+    ///   doorstep-agent gps decode drive.nmea
+    ///
+    ///   doorstep-agent gps decode /dev/ttyACM0 --baud 38400
+    #[command(verbatim_doc_comment)]
+    Decode(DecodeArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecodeArgs {
+    /// An NMEA log file, or a serial device. Any path under /dev, or any character
+    /// device, is opened as a serial port (8N1, raw) and read until Ctrl-C, reopened
+    /// with backoff if it disappears; anything else is read as a file to its end.
+    source: PathBuf,
+
+    /// Baud rate for a serial device (ignored for files). 9600 is what most modern
+    /// receivers send by default; NMEA 0183's original rate is 4800, and u-blox or
+    /// Quectel modules are often configured for 38400 or 115200.
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gps(GpsCommand::Decode(args)) => gps_decode(args).await,
+        Command::Replay(args) => replay(args),
+    }
+}
+
+async fn gps_decode(args: DecodeArgs) -> anyhow::Result<()> {
+    let source = DecodeSource::classify(&args.source, args.baud);
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let mut stdout = std::io::stdout().lock();
+    let summary = gps::decode_command(&source, GateConfig::default(), &mut stdout, &cancel)
+        .await
+        .with_context(|| format!("gps decode {}", args.source.display()))?;
+    let mut stderr = std::io::stderr().lock();
+    writeln!(stderr, "{summary}")?;
+    Ok(())
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use doorstep_agent::replay::{ReplayConfig, event_json, read_scans, replay_nmea};
+    let nmea = std::fs::read(&args.nmea).with_context(|| format!("reading NMEA log {}", args.nmea.display()))?;
+    let route_bytes =
+        std::fs::read(&args.route).with_context(|| format!("reading route {}", args.route.display()))?;
+    let route = doorstep_proto::RouteManifest::from_json(&route_bytes)
+        .with_context(|| format!("route {}", args.route.display()))?;
+    let scans = match &args.scans {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading scans {}", path.display()))?;
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            read_scans(&text, base).with_context(|| format!("scans {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let config = ReplayConfig { positions: args.positions, ..ReplayConfig::default() };
+    let outcome = replay_nmea(&nmea, route, &scans, &config);
+    let mut stdout = std::io::stdout().lock();
+    for event in &outcome.events {
+        writeln!(stdout, "{}", event_json(event))?;
+    }
+    stdout.flush()?;
+    let mut stderr = std::io::stderr().lock();
+    for (utc_ms, reply) in &outcome.replies {
+        writeln!(
+            stderr,
+            "scan {}: {} - {}",
+            doorstep_agent::fix::format_utc_ms(*utc_ms),
+            reply.result,
+            reply.message
+        )?;
+    }
+    let kinds = outcome.events.iter().fold(std::collections::BTreeMap::new(), |mut m, e| {
+        *m.entry(e.event.kind()).or_insert(0u64) += 1;
+        m
+    });
+    writeln!(stderr, "fixes decoded: {}; refused by the gate: {:?}", outcome.fixes, outcome.gated)?;
+    writeln!(stderr, "events: {kinds:?}")?;
+    writeln!(stderr, "decisions: {:?}", outcome.counters)?;
     Ok(())
 }

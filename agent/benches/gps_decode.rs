@@ -1,0 +1,3 @@
+//! Decode throughput over the gpsd corpus (being written).
+
+fn main() {}

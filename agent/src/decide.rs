@@ -1,0 +1,612 @@
+//! The agent's decisions: gated fixes, scans and driver reports in; proto events and the
+//! driver's reply out.
+//!
+//! [`Decider`] is the one piece of code that both `doorstep-agent run` (live) and
+//! `doorstep-agent replay` (recorded) drive, so a replay shows exactly what a van would
+//! have signed. It is pure: no clock, no I/O. Time arrives with every input: a fix
+//! carries its GNSS time, and the shell stamps a scan with GNSS time derived from the
+//! last fix plus the monotonic time since (`replay` takes it from the scan file).
+//!
+//! Nothing is decided before the first good fix: without a GNSS date and time there is
+//! nothing honest to sign, so a scan then is refused with a reply that says why, and the
+//! driver scans again once the GPS has a fix.
+
+use std::collections::{BTreeMap, HashMap};
+
+use doorstep_proto::event::MAX_NOTE_LEN;
+use doorstep_proto::{
+    Barcode, Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Nearby, PhotoRef,
+    RouteId, RouteManifest, ScanNotOnRoute, StopId, TrackingNumber,
+};
+use serde::Serialize;
+
+use crate::fix::GoodFix;
+use crate::geofence::{GeofenceConfig, ScanDecision, StopEvent, StopRef, Tracker};
+
+/// Default interval between position samples kept for the hub's trail, in milliseconds.
+/// The live position travels separately (newest only); the trail only needs to show the
+/// route driven, and every sample costs cellular bytes.
+pub const DEFAULT_POSITION_INTERVAL_MS: i64 = 60_000;
+
+/// An event the agent decided, with its GNSS UTC time, ready to be numbered and signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// GNSS UTC time of the event, milliseconds since the Unix epoch.
+    pub utc_ms: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// What the driver's app or scanner shows after a request. Serialized as one JSON line on
+/// the driver socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reply {
+    /// Whether the request did what the driver meant (a delivery recorded at the address,
+    /// an exception recorded). A scan away from the address is recorded but not `ok`.
+    pub ok: bool,
+    /// A stable code for the app: `delivered_at_address`, `delivered_away_from_address`,
+    /// `not_on_route`, `duplicate`, `exception_recorded`, `no_gps_fix`, `no_route`,
+    /// `bad_request`, ...
+    pub result: &'static str,
+    /// The parcel's stop, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_id: Option<String>,
+    /// The parcel's stop number on the driver's list (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_number: Option<usize>,
+    /// Parcels of that stop still to scan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<usize>,
+    /// The stop the van is at, when that is not the parcel's stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub van_at_stop: Option<String>,
+    /// One sentence for the driver's screen.
+    pub message: String,
+}
+
+impl Reply {
+    /// A refusal: nothing was recorded.
+    pub fn refused(result: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            result,
+            stop_id: None,
+            stop_number: None,
+            remaining: None,
+            van_at_stop: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// A driver-reported failed delivery, as the app sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionReport {
+    /// The reason code.
+    pub reason: ExceptionReason,
+    /// Parcels concerned (raw codes as scanned or typed).
+    pub codes: Vec<String>,
+    /// The stop concerned, when the driver picked one.
+    pub stop_id: Option<StopId>,
+    /// Free text.
+    pub note: Option<String>,
+    /// A photo of the problem.
+    pub photo: Option<PhotoRef>,
+}
+
+/// How a raw scanned code relates to the loaded route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resolved {
+    /// A parcel of the route.
+    Parcel(TrackingNumber),
+    /// A readable code that is no parcel of the route.
+    Unknown(Barcode),
+}
+
+/// The agent's decision state: the route, its geofence tracker, and counters.
+#[derive(Debug)]
+pub struct Decider {
+    geofence: GeofenceConfig,
+    route: Option<Loaded>,
+    last_fix: Option<GoodFix>,
+    last_position_ms: Option<i64>,
+    position_interval_ms: i64,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    id: RouteId,
+    manifest: RouteManifest,
+    tracker: Tracker,
+    /// Tracking numbers of the route by length, for matching codes that wrap a tracking
+    /// number in a longer label (a USPS GS1-128 label prefixes "420" and the ZIP code).
+    by_suffix: HashMap<usize, Vec<TrackingNumber>>,
+}
+
+impl Decider {
+    /// A decider with no route yet.
+    pub fn new(geofence: GeofenceConfig) -> Self {
+        Self {
+            geofence,
+            route: None,
+            last_fix: None,
+            last_position_ms: None,
+            position_interval_ms: DEFAULT_POSITION_INTERVAL_MS,
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the interval between trail position samples (0 disables them).
+    pub fn with_position_interval_ms(mut self, ms: i64) -> Self {
+        self.position_interval_ms = ms;
+        self
+    }
+
+    /// Loads a route. The same route id again (a retained message delivered twice, a
+    /// restart) keeps the progress made; a different route starts afresh.
+    pub fn load_route(&mut self, manifest: RouteManifest) {
+        if self.route.as_ref().is_some_and(|r| r.manifest == manifest) {
+            return;
+        }
+        let mut tracker = Tracker::new(&manifest, self.geofence.clone());
+        if let Some(fix) = self.last_fix {
+            // Events for where the van already is come with its next fix.
+            let _ = tracker.on_fix(&fix);
+        }
+        let mut by_suffix: HashMap<usize, Vec<TrackingNumber>> = HashMap::new();
+        for tn in manifest.stops.iter().flat_map(|s| &s.tracking_numbers) {
+            by_suffix.entry(tn.as_str().len()).or_default().push(tn.clone());
+        }
+        self.count("route_loaded");
+        self.route = Some(Loaded { id: manifest.route_id.clone(), manifest, tracker, by_suffix });
+    }
+
+    /// The loaded route, if any.
+    pub fn route(&self) -> Option<&RouteManifest> {
+        self.route.as_ref().map(|r| &r.manifest)
+    }
+
+    /// The last good fix.
+    pub fn last_fix(&self) -> Option<&GoodFix> {
+        self.last_fix.as_ref()
+    }
+
+    /// Counters by reason (`scan_at_address`, `scan_garbage`, `scan_without_fix`, ...).
+    pub fn counters(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counters
+    }
+
+    fn count(&mut self, name: &'static str) {
+        *self.counters.entry(name).or_insert(0) += 1;
+    }
+
+    /// Feeds a gated fix; returns nearby confirmations and position samples it decided.
+    pub fn on_fix(&mut self, fix: &GoodFix) -> Vec<Decided> {
+        if self.last_fix.is_some_and(|last| fix.utc_ms <= last.utc_ms) {
+            self.count("fix_out_of_order");
+            return Vec::new();
+        }
+        self.last_fix = Some(*fix);
+        let mut out = Vec::new();
+        let due = self.position_interval_ms > 0
+            && self.last_position_ms.is_none_or(|t| fix.utc_ms - t >= self.position_interval_ms);
+        if due {
+            self.last_position_ms = Some(fix.utc_ms);
+            out.push(Decided { utc_ms: fix.utc_ms, event: Event::Position(evidence(fix)) });
+        }
+        let Some(route) = self.route.as_mut() else {
+            return out;
+        };
+        for stop_event in route.tracker.on_fix(fix) {
+            // Arrival and departure are the tracker's state; the hub learns of a visit
+            // through the deliveries made during it (and the trail).
+            if let StopEvent::Nearby { stop, utc_ms, distance_m, fix, .. } = stop_event {
+                out.push(Decided {
+                    utc_ms,
+                    event: Event::Nearby(Nearby {
+                        route_id: route.id.clone(),
+                        stop_id: stop.id,
+                        distance_m: metres(distance_m),
+                        fix: evidence(&fix),
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// Decides a scan made at `utc_ms` (GNSS UTC) of `raw` with an optional photo proof.
+    pub fn on_scan(&mut self, utc_ms: i64, raw: &str, photo: Option<PhotoRef>) -> (Reply, Option<Decided>) {
+        let code = raw.trim();
+        let Ok(barcode) = Barcode::new(code) else {
+            self.count("scan_garbage");
+            let message = "Unreadable scan: please scan the parcel label again";
+            return (Reply::refused("unreadable", message), None);
+        };
+        let Some(last_fix) = self.last_fix else {
+            self.count("scan_without_fix");
+            let message = "No GPS fix yet: nothing can be confirmed. Wait for the GPS and scan again";
+            return (Reply::refused("no_gps_fix", message), None);
+        };
+        let Some(route) = self.route.as_mut() else {
+            self.count("scan_without_route");
+            let event = Event::ScanNotOnRoute(ScanNotOnRoute {
+                route_id: None,
+                barcode,
+                fix: Some(evidence(&last_fix)),
+            });
+            let message = "No route loaded: the scan is recorded, but no stop can be confirmed";
+            return (Reply::refused("no_route", message), Some(Decided { utc_ms, event }));
+        };
+        let resolved = route.resolve(barcode);
+        let (reply, event, counter) = match resolved {
+            Resolved::Unknown(barcode) => {
+                let van_at = route.tracker.van_at();
+                let event = Event::ScanNotOnRoute(ScanNotOnRoute {
+                    route_id: Some(route.id.clone()),
+                    barcode,
+                    fix: Some(evidence(&last_fix)),
+                });
+                let mut reply = Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
+                reply.van_at_stop = van_at.map(|s| s.id.to_string());
+                (reply, Some(event), "scan_not_on_route")
+            }
+            Resolved::Parcel(tn) => route.deliver(utc_ms, tn, photo, &last_fix),
+        };
+        self.count(counter);
+        (reply, event.map(|event| Decided { utc_ms, event }))
+    }
+
+    /// Records a driver-reported failed delivery at `utc_ms`.
+    pub fn on_exception(&mut self, utc_ms: i64, report: ExceptionReport) -> (Reply, Option<Decided>) {
+        let Some(last_fix) = self.last_fix else {
+            self.count("exception_without_fix");
+            let message = "No GPS fix yet: wait for the GPS, then report the problem again";
+            return (Reply::refused("no_gps_fix", message), None);
+        };
+        if report.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_LEN) {
+            self.count("exception_bad_request");
+            let message = format!("The note is too long: at most {MAX_NOTE_LEN} characters");
+            return (Reply::refused("bad_request", message), None);
+        }
+        let mut tracking_numbers = Vec::new();
+        for code in &report.codes {
+            match TrackingNumber::normalize(code) {
+                Ok(tn) => tracking_numbers.push(tn),
+                Err(_) => {
+                    self.count("exception_bad_request");
+                    let message = format!("{code:?} is not a tracking number: scan the parcel label");
+                    return (Reply::refused("bad_request", message), None);
+                }
+            }
+        }
+        let route = self.route.as_ref();
+        let stop = report.stop_id.clone().or_else(|| {
+            // The parcels name their stop when the driver did not pick one.
+            let first = tracking_numbers.first()?;
+            route?.manifest.stops.iter().find(|s| s.tracking_numbers.contains(first)).map(|s| s.stop_id.clone())
+        });
+        let stop_entry = route.zip(stop.as_ref()).and_then(|(r, id)| {
+            r.manifest.stops.iter().enumerate().find(|(_, s)| &s.stop_id == id).map(|(i, s)| (i, s.lat, s.lon))
+        });
+        let unknown_stop = route.is_some() && stop.is_some() && stop_entry.is_none();
+        let route_id = route.map(|r| r.id.clone());
+        if unknown_stop {
+            self.count("exception_bad_request");
+            let id = stop.as_ref().map(ToString::to_string).unwrap_or_default();
+            let message = format!("Stop {id} is not on this route: pick the stop from the list");
+            return (Reply::refused("bad_request", message), None);
+        }
+        let distance_m = stop_entry.map(|(_, lat, lon)| metres(distance(&last_fix, lat, lon)));
+        let event = Event::Exception(DeliveryException {
+            route_id,
+            stop_id: stop.clone(),
+            reason: report.reason,
+            note: report.note,
+            tracking_numbers,
+            distance_m,
+            fix: Some(evidence(&last_fix)),
+            photo: report.photo,
+        });
+        self.count("exception_recorded");
+        let reply = Reply {
+            ok: true,
+            result: "exception_recorded",
+            stop_id: stop.as_ref().map(ToString::to_string),
+            stop_number: stop_entry.map(|(i, _, _)| i + 1),
+            remaining: None,
+            van_at_stop: None,
+            message: format!("Recorded: {}. Operations and the customer will be told.", report.reason.as_str()),
+        };
+        (reply, Some(Decided { utc_ms, event }))
+    }
+}
+
+impl Loaded {
+    fn resolve(&self, barcode: Barcode) -> Resolved {
+        if let Ok(tn) = TrackingNumber::normalize(barcode.as_str()) {
+            if self.tracker_knows(&tn) {
+                return Resolved::Parcel(tn);
+            }
+            // A label that wraps a route parcel's number (routing prefix + tracking number).
+            let code = tn.as_str();
+            for (len, candidates) in &self.by_suffix {
+                if *len >= 10 && *len < code.len() {
+                    if let Some(found) = candidates.iter().find(|c| code.ends_with(c.as_str())) {
+                        return Resolved::Parcel(found.clone());
+                    }
+                }
+            }
+        }
+        Resolved::Unknown(barcode)
+    }
+
+    fn tracker_knows(&self, tn: &TrackingNumber) -> bool {
+        self.by_suffix.get(&tn.as_str().len()).is_some_and(|v| v.contains(tn))
+    }
+
+    fn deliver(
+        &mut self,
+        utc_ms: i64,
+        tn: TrackingNumber,
+        photo: Option<PhotoRef>,
+        last_fix: &GoodFix,
+    ) -> (Reply, Option<Event>, &'static str) {
+        let label = |stop: &StopRef| format!("stop {} ({})", stop.index + 1, stop.id);
+        match self.tracker.on_scan(utc_ms, &tn) {
+            ScanDecision::AtAddress { stop, distance_m, dwell_s, remaining, fix, .. } => {
+                let message = if remaining == 0 {
+                    format!("Delivered at {}. All parcels for this stop are done", label(&stop))
+                } else {
+                    format!("Delivered at {}. {remaining} more parcel(s) for this stop", label(&stop))
+                };
+                let reply = Reply {
+                    ok: true,
+                    result: "delivered_at_address",
+                    stop_id: Some(stop.id.to_string()),
+                    stop_number: Some(stop.index + 1),
+                    remaining: Some(remaining),
+                    van_at_stop: None,
+                    message,
+                };
+                let event = Event::DeliveredAtAddress(Delivery {
+                    route_id: self.id.clone(),
+                    stop_id: stop.id,
+                    tracking_numbers: vec![tn],
+                    distance_m: metres(distance_m),
+                    dwell_s: seconds(dwell_s),
+                    fix: evidence(&fix),
+                    photo,
+                });
+                (reply, Some(event), "scan_at_address")
+            }
+            ScanDecision::AwayFromAddress { stop, distance_m, van_at, remaining, fix } => {
+                let fix = fix.unwrap_or(*last_fix);
+                let distance = distance_m.unwrap_or_else(|| {
+                    let s = &self.manifest.stops[stop.index];
+                    distance(&fix, s.lat, s.lon)
+                });
+                let message = match &van_at {
+                    Some(at) => format!(
+                        "Wrong stop: this parcel belongs to {}, you are at {}. Recorded as delivered away from its address",
+                        label(&stop),
+                        label(at)
+                    ),
+                    None => format!(
+                        "Away from the address: this parcel belongs to {}, {} m from the van. Recorded as an exception",
+                        label(&stop),
+                        metres(distance)
+                    ),
+                };
+                let reply = Reply {
+                    ok: false,
+                    result: "delivered_away_from_address",
+                    stop_id: Some(stop.id.to_string()),
+                    stop_number: Some(stop.index + 1),
+                    remaining: Some(remaining),
+                    van_at_stop: van_at.map(|s| s.id.to_string()),
+                    message,
+                };
+                let event = Event::DeliveredAwayFromAddress(Delivery {
+                    route_id: self.id.clone(),
+                    stop_id: stop.id,
+                    tracking_numbers: vec![tn],
+                    distance_m: metres(distance),
+                    dwell_s: 0,
+                    fix: evidence(&fix),
+                    photo,
+                });
+                (reply, Some(event), "scan_away_from_address")
+            }
+            ScanDecision::NotOnRoute { van_at, fix } => {
+                // The resolver found the parcel but the tracker did not: treat as unknown.
+                let barcode = Barcode::new(tn.as_str()).ok();
+                let mut reply = Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
+                reply.van_at_stop = van_at.map(|s| s.id.to_string());
+                let event = barcode.map(|barcode| {
+                    Event::ScanNotOnRoute(ScanNotOnRoute {
+                        route_id: Some(self.id.clone()),
+                        barcode,
+                        fix: Some(evidence(&fix.unwrap_or(*last_fix))),
+                    })
+                });
+                (reply, event, "scan_not_on_route")
+            }
+            ScanDecision::Duplicate { stop, remaining } => {
+                let reply = Reply {
+                    ok: true,
+                    result: "duplicate",
+                    stop_id: Some(stop.id.to_string()),
+                    stop_number: Some(stop.index + 1),
+                    remaining: Some(remaining),
+                    van_at_stop: None,
+                    message: format!("Already scanned for {}. {remaining} parcel(s) to go there", label(&stop)),
+                };
+                (reply, None, "scan_duplicate")
+            }
+        }
+    }
+}
+
+/// The wire evidence of a gated fix.
+pub fn evidence(fix: &GoodFix) -> FixEvidence {
+    let mut e = FixEvidence::new(fix.utc_ms, fix.lat, fix.lon).with_accuracy_m(fix.accuracy_m);
+    if let Some(hdop) = fix.hdop {
+        e = e.with_hdop(hdop);
+    }
+    if let Some(sats) = fix.sats {
+        e = e.with_sats(sats);
+    }
+    if let Some(speed) = fix.speed_mps {
+        e = e.with_speed_mps(speed);
+    }
+    e
+}
+
+/// Great-circle distance from a fix to a point, in metres.
+fn distance(fix: &GoodFix, lat: f64, lon: f64) -> f64 {
+    use geo::{Distance, Haversine, Point};
+    Haversine.distance(Point::new(fix.lon, fix.lat), Point::new(lon, lat))
+}
+
+/// Whole metres for the wire, saturating.
+#[allow(clippy::cast_possible_truncation)] // `as` from f64 saturates; that is the intent.
+fn metres(m: f64) -> u32 {
+    m.max(0.0).round() as u32
+}
+
+/// Whole seconds for the wire, saturating.
+#[allow(clippy::cast_possible_truncation)]
+fn seconds(s: f64) -> u32 {
+    s.max(0.0).round() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_763_742_000_000;
+
+    fn route() -> RouteManifest {
+        RouteManifest::from_json(
+            br#"{"route_id":"r1","stops":[
+              {"stop_id":"bakery","lat":47.3700,"lon":8.5400,"tracking_numbers":["1Z999AA10123456784","1Z999AA10123456785"]},
+              {"stop_id":"school","lat":47.3800,"lon":8.5500,"tracking_numbers":["9400111899223197428490"]}]}"#,
+        )
+        .expect("route")
+    }
+
+    fn fix_at(t_s: i64, lat: f64, lon: f64) -> GoodFix {
+        GoodFix {
+            utc_ms: T0 + t_s * 1000,
+            lat,
+            lon,
+            accuracy_m: 4.0,
+            speed_mps: Some(0.0),
+            hdop: Some(0.9),
+            sats: Some(9),
+        }
+    }
+
+    /// A decider whose van drove up to the bakery and parked there for two minutes.
+    fn parked_at_bakery() -> Decider {
+        let mut d = Decider::new(GeofenceConfig::default()).with_position_interval_ms(0);
+        d.load_route(route());
+        for t in 0..120 {
+            d.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400));
+        }
+        d
+    }
+
+    #[test]
+    fn a_scan_before_any_gps_fix_is_refused_and_signs_nothing() {
+        let mut d = Decider::new(GeofenceConfig::default());
+        d.load_route(route());
+        let (reply, event) = d.on_scan(T0, "1Z999AA10123456784", None);
+        assert_eq!(reply.result, "no_gps_fix");
+        assert!(event.is_none());
+        assert_eq!(d.counters()["scan_without_fix"], 1);
+    }
+
+    #[test]
+    fn a_scan_at_the_parked_stop_is_delivered_at_address_with_evidence() {
+        let mut d = parked_at_bakery();
+        let (reply, event) = d.on_scan(T0 + 121_000, "1z999aa10123456784", None);
+        assert_eq!(reply.result, "delivered_at_address", "{reply:?}");
+        assert_eq!((reply.stop_number, reply.remaining), (Some(1), Some(1)));
+        let Some(Decided { event: Event::DeliveredAtAddress(delivery), .. }) = event else {
+            panic!("expected a delivery, got {event:?}");
+        };
+        assert_eq!(delivery.stop_id.as_str(), "bakery");
+        assert!(delivery.distance_m <= 15, "{}", delivery.distance_m);
+        assert!(delivery.dwell_s >= 30, "{}", delivery.dwell_s);
+    }
+
+    #[test]
+    fn a_parcel_for_another_stop_says_where_it_belongs_and_where_the_van_is() {
+        let mut d = parked_at_bakery();
+        let (reply, event) = d.on_scan(T0 + 121_000, "9400111899223197428490", None);
+        assert_eq!(reply.result, "delivered_away_from_address");
+        assert_eq!(reply.van_at_stop.as_deref(), Some("bakery"));
+        assert!(reply.message.contains("belongs to stop 2 (school), you are at stop 1 (bakery)"), "{}", reply.message);
+        assert!(matches!(event, Some(Decided { event: Event::DeliveredAwayFromAddress(_), .. })));
+    }
+
+    #[test]
+    fn a_gs1_label_wrapping_a_route_parcel_resolves_to_that_parcel() {
+        let mut d = parked_at_bakery();
+        let (reply, _) = d.on_scan(T0 + 121_000, "420902109400111899223197428490", None);
+        assert_eq!(reply.stop_id.as_deref(), Some("school"));
+    }
+
+    #[test]
+    fn unknown_codes_garbage_and_duplicates_get_clear_replies_and_counters() {
+        let mut d = parked_at_bakery();
+        let (reply, event) = d.on_scan(T0 + 121_000, "NOTAPARCEL123", None);
+        assert_eq!(reply.result, "not_on_route");
+        assert!(matches!(event, Some(Decided { event: Event::ScanNotOnRoute(_), .. })));
+        let (reply, event) = d.on_scan(T0 + 122_000, "\u{1b}[2J\u{7}", None);
+        assert_eq!(reply.result, "unreadable");
+        assert!(event.is_none());
+        d.on_scan(T0 + 123_000, "1Z999AA10123456784", None);
+        let (reply, event) = d.on_scan(T0 + 124_000, "1Z999AA10123456784", None);
+        assert_eq!(reply.result, "duplicate");
+        assert!(event.is_none());
+        let c = d.counters();
+        assert_eq!((c["scan_not_on_route"], c["scan_garbage"], c["scan_duplicate"]), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_driver_exception_names_the_parcels_stop_and_its_distance() {
+        let mut d = parked_at_bakery();
+        let report = ExceptionReport {
+            reason: ExceptionReason::NoAccess,
+            codes: vec!["1Z999AA10123456785".into()],
+            stop_id: None,
+            note: Some("gate locked".into()),
+            photo: None,
+        };
+        let (reply, event) = d.on_exception(T0 + 130_000, report);
+        assert!(reply.ok, "{reply:?}");
+        let Some(Decided { event: Event::Exception(e), .. }) = event else { panic!("{event:?}") };
+        assert_eq!(e.stop_id.as_ref().map(StopId::as_str), Some("bakery"));
+        assert!(e.distance_m.is_some_and(|m| m < 20));
+    }
+
+    #[test]
+    fn nearby_is_decided_once_and_position_samples_follow_the_interval() {
+        let mut d = Decider::new(GeofenceConfig::default());
+        d.load_route(route());
+        let mut kinds = Vec::new();
+        for t in 0..300i32 {
+            // Drive north towards the bakery at about 10 m/s, then stand.
+            let lat = (47.3600 + f64::from(t.min(110)) * 0.00009).min(47.3701);
+            let mut fix = fix_at(i64::from(t), lat, 8.5400);
+            fix.speed_mps = Some(if t < 110 { 10.0 } else { 0.0 });
+            kinds.extend(d.on_fix(&fix).into_iter().map(|e| e.event.kind()));
+        }
+        assert_eq!(kinds.iter().filter(|k| **k == "nearby").count(), 1, "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == "position").count(), 5, "{kinds:?}");
+    }
+}

@@ -1,0 +1,952 @@
+//! From GPS bytes to one [`Fix`] per epoch.
+//!
+//! Three layers, innermost first:
+//!
+//! - [`Assembler`]: a pure state machine that merges the [`Observation`]s of one epoch
+//!   into one [`Fix`], the way gpsd does: an epoch ends when the sentence time changes.
+//!   It also turns time of day into GNSS UTC once a date is known, and undoes GPS week
+//!   rollover. No clock, no I/O.
+//! - [`Decoder`]: framing, checksums and sentence decoding ([`crate::nmea`]) in front
+//!   of the assembler, with counters for every line it did not use. Still pure: bytes
+//!   in, fixes out.
+//! - [`run`] and [`run_serial`]: the thin async shell. `run` reads any
+//!   [`AsyncBufRead`] (a recorded log, a pty in tests, a serial port); `run_serial` opens
+//!   a serial device with `serialport`, and reopens it with backoff when it disappears
+//!   (a USB receiver unplugged, a cable shaken loose).
+//!
+//! The quality gate ([`crate::gate`]) comes after all of this: a [`Fix`] is the
+//! decoder's view, not yet a judgement.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::fix::{Fix, FixMode, days_from_civil};
+use crate::gate::{Gate, GateConfig, GateStats, Verdict};
+use crate::nmea::{
+    ChecksumPolicy, Decoded, Frame, Framer, LineKind, LineStats, NmeaDate, Observation,
+    decode_sentence,
+};
+
+/// Days in one GPS week-number rollover period (1024 weeks, about 19.6 years).
+pub const ROLLOVER_DAYS: i64 = 1024 * 7;
+
+/// The default earliest believable date, 2024-01-01, in days since the Unix epoch.
+///
+/// Any date a receiver reports before this is taken as a GPS week rollover victim and
+/// moved forward by whole 1024-week periods. Raise it with each release: a receiver can
+/// only be trusted for 1024 weeks after the floor, and later dates are refused.
+pub const DEFAULT_DATE_FLOOR_DAYS: i64 = 19_723;
+
+const DAY_MS: i64 = 86_400_000;
+const HALF_DAY_MS: u32 = 43_200_000;
+
+/// Two positions of one epoch that differ by more than this (about 2 m) disagree, more
+/// than the rounding of a sentence with three decimals of arc minutes explains.
+const SAME_POSITION_DEG: f64 = 2e-5;
+
+/// How the [`Assembler`] treats dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblerConfig {
+    /// Earliest believable date in days since the Unix epoch; see
+    /// [`DEFAULT_DATE_FLOOR_DAYS`].
+    pub date_floor_days: i64,
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        Self {
+            date_floor_days: DEFAULT_DATE_FLOOR_DAYS,
+        }
+    }
+}
+
+/// Counters kept by the [`Assembler`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Fixes emitted (one per epoch).
+    pub epochs: u64,
+    /// Fixes whose date was moved forward across GPS week rollovers.
+    pub rollover_corrected: u64,
+    /// Dates refused: impossible (31 February) or later than the floor plus one
+    /// rollover period.
+    pub implausible_dates: u64,
+    /// Timed auxiliary sentences (ZDA, GST, GBS) that matched no epoch.
+    pub stray_aux: u64,
+    /// Sentences whose position disagreed with the one that opened their epoch (a
+    /// multiplexer stamping sentences with the wrong second); the first was kept.
+    pub position_conflicts: u64,
+}
+
+/// The date as last reported, with the time of day it was reported at, so a fix a few
+/// seconds later (perhaps just past midnight) gets the right day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DateAnchor {
+    days: i64,
+    tod_ms: u32,
+    rolled_over: bool,
+}
+
+impl DateAnchor {
+    /// UTC milliseconds for a time of day near this anchor. Assumes the receiver sends a
+    /// date at least every 12 hours, which RMC (every epoch) easily does.
+    fn utc_ms(&self, tod_ms: u32) -> i64 {
+        let days = if tod_ms.saturating_add(HALF_DAY_MS) < self.tod_ms {
+            self.days + 1
+        } else if tod_ms > self.tod_ms.saturating_add(HALF_DAY_MS) {
+            self.days - 1
+        } else {
+            self.days
+        };
+        days * DAY_MS + i64::from(tod_ms)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Epoch {
+    fix: Fix,
+    gsa_mode: Option<u8>,
+    saw_status: bool,
+    conflicts: u64,
+}
+
+impl Epoch {
+    fn open(tod_ms: u32) -> Self {
+        Self {
+            fix: Fix {
+                tod_ms,
+                ..Fix::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    fn merge(&mut self, obs: &Observation) {
+        let fix = &mut self.fix;
+        // A sentence that declares itself invalid (RMC V, GGA quality 0, FAA N) keeps
+        // its status but not its position: receivers fill those fields with the last
+        // known or a dead-reckoned position.
+        //
+        // The first valid position of the epoch stands. Later ones normally repeat it
+        // (to within the rounding of their digits), but a chart plotter multiplexing
+        // several sources can stamp a sentence with the previous second while it
+        // already carries the next position (B&G Zeus: GGA "094817" holds GLL
+        // "094818"'s position); the first sentence to name a time is the one that
+        // opened the epoch and is not late.
+        if let Some((lat, lon)) = obs.position
+            && !obs.declares_invalid()
+        {
+            match fix.position() {
+                None => {
+                    fix.lat = Some(lat);
+                    fix.lon = Some(lon);
+                }
+                Some((lat0, lon0)) => {
+                    if (lat - lat0).abs() > SAME_POSITION_DEG || (lon - lon0).abs() > SAME_POSITION_DEG {
+                        self.conflicts += 1;
+                    }
+                }
+            }
+        }
+        // For the other fields the latest sentence wins, as in gpsd.
+        set(&mut fix.alt_m, obs.alt_m);
+        set(&mut fix.speed_mps, obs.speed_mps);
+        set(&mut fix.course_deg, obs.course_deg);
+        set(&mut fix.hdop, obs.hdop);
+        set(&mut fix.sats, obs.sats);
+        set(&mut fix.eph_m, obs.eph_m);
+        set(&mut fix.rmc_valid, obs.rmc_valid);
+        set(&mut fix.gga_quality, obs.gga_quality);
+        set(&mut fix.faa_mode, obs.faa_mode);
+        set(&mut fix.gll_valid, obs.gll_valid);
+        set(&mut self.gsa_mode, obs.gsa_mode);
+        self.saw_status |= obs.kind.has_position() || obs.gsa_mode.is_some();
+    }
+
+    fn close(mut self, date: Option<DateAnchor>) -> Fix {
+        let fix = &mut self.fix;
+        fix.mode = if fix.position().is_some() {
+            Some(match self.gsa_mode {
+                Some(3) => FixMode::ThreeD,
+                Some(2) => FixMode::TwoD,
+                // No GSA, or a GSA that lags the position sentences: a valid position
+                // is at least 2D, and 3D when the receiver also solved for altitude.
+                _ if fix.alt_m.is_some() => FixMode::ThreeD,
+                _ => FixMode::TwoD,
+            })
+        } else if self.saw_status {
+            Some(FixMode::NoFix)
+        } else {
+            None
+        };
+        if let Some(anchor) = date {
+            fix.utc_ms = Some(anchor.utc_ms(fix.tod_ms));
+            fix.week_rollover = anchor.rolled_over;
+        }
+        self.fix
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+/// Merges sentences into one [`Fix`] per epoch.
+///
+/// An epoch is opened by a sentence that carries a position and a time (GGA, RMC, GLL,
+/// GNS) and ends when such a sentence arrives with a different time, or when the stream
+/// ends ([`Assembler::finish`]). Untimed sentences (GSA, VTG) belong to the open epoch.
+/// Timed auxiliary sentences (ZDA, GST, GBS) join the epoch with their time; they do not
+/// open one, because some receivers stamp ZDA seconds away from the fix it follows.
+#[derive(Debug, Clone, Default)]
+pub struct Assembler {
+    config: AssemblerConfig,
+    epoch: Option<Epoch>,
+    aux: Option<Observation>,
+    date: Option<DateAnchor>,
+    stats: AssemblerStats,
+}
+
+impl Assembler {
+    /// An assembler that has seen nothing yet.
+    pub fn new(config: AssemblerConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &AssemblerStats {
+        &self.stats
+    }
+
+    /// Takes one sentence; returns the previous epoch's fix when this sentence starts a
+    /// new epoch.
+    pub fn push(&mut self, obs: &Observation) -> Option<Fix> {
+        if let (Some(date), Some(tod)) = (obs.date, obs.tod_ms) {
+            // A void RMC's date comes from the receiver's real-time clock, which is
+            // often wrong before the first fix; ZDA has no status to check.
+            if obs.rmc_valid != Some(false) {
+                self.set_date(date, tod);
+            }
+        }
+        match obs.tod_ms {
+            Some(tod) if obs.kind.has_position() => {
+                let done = match &self.epoch {
+                    Some(e) if e.fix.tod_ms != tod => self.close(),
+                    _ => None,
+                };
+                let epoch = self.epoch.get_or_insert_with(|| Epoch::open(tod));
+                if let Some(aux) = self.aux.take() {
+                    if aux.tod_ms == Some(tod) {
+                        epoch.merge(&aux);
+                    } else {
+                        self.stats.stray_aux += 1;
+                    }
+                }
+                epoch.merge(obs);
+                done
+            }
+            Some(tod) => {
+                match &mut self.epoch {
+                    Some(e) if e.fix.tod_ms == tod => e.merge(obs),
+                    _ => {
+                        if self.aux.replace(*obs).is_some() {
+                            self.stats.stray_aux += 1;
+                        }
+                    }
+                }
+                None
+            }
+            None => {
+                if let Some(e) = &mut self.epoch {
+                    e.merge(obs);
+                }
+                None
+            }
+        }
+    }
+
+    /// Ends the stream (or the connection): returns the open epoch's fix, if any.
+    pub fn finish(&mut self) -> Option<Fix> {
+        if self.aux.take().is_some() {
+            self.stats.stray_aux += 1;
+        }
+        self.close()
+    }
+
+    fn close(&mut self) -> Option<Fix> {
+        let epoch = self.epoch.take()?;
+        self.stats.position_conflicts += epoch.conflicts;
+        let fix = epoch.close(self.date);
+        self.stats.epochs += 1;
+        if fix.week_rollover {
+            self.stats.rollover_corrected += 1;
+        }
+        Some(fix)
+    }
+
+    fn set_date(&mut self, date: NmeaDate, tod_ms: u32) {
+        let floor = self.config.date_floor_days;
+        let Some(mut days) = days_from_civil(i64::from(date.year), date.month, date.day) else {
+            self.stats.implausible_dates += 1;
+            return;
+        };
+        let mut rolled_over = false;
+        while days < floor {
+            days += ROLLOVER_DAYS;
+            rolled_over = true;
+        }
+        if days >= floor + ROLLOVER_DAYS {
+            self.stats.implausible_dates += 1;
+            return;
+        }
+        self.date = Some(DateAnchor {
+            days,
+            tod_ms,
+            rolled_over,
+        });
+    }
+}
+
+/// Configuration of a [`Decoder`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecoderConfig {
+    /// What to do with sentences that carry no checksum.
+    pub checksum: ChecksumPolicy,
+    /// Date handling.
+    pub assembler: AssemblerConfig,
+}
+
+/// Bytes in, fixes out: [`Framer`], [`decode_sentence`] and [`Assembler`] in one pure
+/// state machine, with counters.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    config: DecoderConfig,
+    framer: Framer,
+    lines: LineStats,
+    assembler: Assembler,
+}
+
+impl Decoder {
+    /// A decoder at the start of a stream.
+    pub fn new(config: DecoderConfig) -> Self {
+        Self {
+            config,
+            framer: Framer::new(),
+            lines: LineStats::default(),
+            assembler: Assembler::new(config.assembler),
+        }
+    }
+
+    /// Feeds bytes of any chunking; appends completed fixes to `fixes`.
+    pub fn feed(&mut self, bytes: &[u8], fixes: &mut Vec<Fix>) {
+        let Self {
+            config,
+            framer,
+            lines,
+            assembler,
+        } = self;
+        framer.feed(bytes, |frame| {
+            handle_frame(frame, config.checksum, lines, assembler, fixes);
+        });
+    }
+
+    /// Ends the stream: decodes an unterminated last sentence and closes the last epoch.
+    pub fn finish(&mut self, fixes: &mut Vec<Fix>) {
+        let Self {
+            config,
+            framer,
+            lines,
+            assembler,
+        } = self;
+        framer.finish(|frame| handle_frame(frame, config.checksum, lines, assembler, fixes));
+        fixes.extend(assembler.finish());
+    }
+
+    /// The link dropped (device unplugged): discards a partial sentence and closes the
+    /// open epoch, so a fix is never assembled from both sides of a gap.
+    pub fn link_lost(&mut self, fixes: &mut Vec<Fix>) {
+        let Self {
+            framer,
+            lines,
+            assembler,
+            ..
+        } = self;
+        framer.reset(|frame| {
+            if let Frame::Skipped(kind) = frame {
+                lines.record(kind);
+            }
+        });
+        fixes.extend(assembler.finish());
+    }
+
+    /// Line counters so far.
+    pub fn line_stats(&self) -> &LineStats {
+        &self.lines
+    }
+
+    /// Assembler counters so far.
+    pub fn assembler_stats(&self) -> &AssemblerStats {
+        self.assembler.stats()
+    }
+}
+
+fn handle_frame(
+    frame: Frame<'_>,
+    policy: ChecksumPolicy,
+    lines: &mut LineStats,
+    assembler: &mut Assembler,
+    fixes: &mut Vec<Fix>,
+) {
+    match frame {
+        Frame::Skipped(kind) => lines.record(kind),
+        Frame::Sentence(sentence) => {
+            let decoded = decode_sentence(sentence, policy);
+            if decoded.unchecked {
+                lines.unchecked += 1;
+            }
+            match decoded.decoded {
+                Decoded::Skipped(kind) => lines.record(kind),
+                Decoded::Observation(obs) => {
+                    lines.record(LineKind::Used);
+                    fixes.extend(assembler.push(&obs));
+                }
+            }
+        }
+    }
+}
+
+/// Errors at the GPS module's seams.
+#[derive(Debug, thiserror::Error)]
+pub enum GpsError {
+    /// Reading the byte stream failed.
+    #[error("reading GPS data failed: {0}")]
+    Read(#[source] io::Error),
+    /// A recorded log could not be opened.
+    #[error("cannot open NMEA file {path}: {source}")]
+    OpenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A serial device could not be opened.
+    #[error(
+        "cannot open GPS device {path} at {baud} baud: {source} \
+         (is the receiver plugged in, and is this user in the dialout group?)"
+    )]
+    OpenDevice {
+        /// The device path.
+        path: PathBuf,
+        /// The requested baud rate.
+        baud: u32,
+        /// Why.
+        #[source]
+        source: serialport::Error,
+    },
+    /// Writing decoder output failed.
+    #[error("writing output failed: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The reader reached end of input; the last epoch was flushed.
+    Eof,
+    /// The cancellation token fired.
+    Cancelled,
+    /// The receiving side of the fix channel is gone.
+    ReceiverGone,
+}
+
+/// Reads NMEA from `reader` until end of input or cancellation, sending one [`Fix`] per
+/// epoch to `fixes`. The decoder is borrowed so its state and counters survive a
+/// reconnect.
+///
+/// # Errors
+///
+/// [`GpsError::Read`] when the reader fails; the decoder is left as it was, and the
+/// caller decides whether to call [`Decoder::link_lost`] and reconnect.
+pub async fn run<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    decoder: &mut Decoder,
+    fixes: &mpsc::Sender<Fix>,
+    cancel: &CancellationToken,
+) -> Result<RunEnd, GpsError> {
+    let mut out = Vec::new();
+    loop {
+        let eof = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(RunEnd::Cancelled),
+            read = reader.fill_buf() => {
+                let buf = read.map_err(GpsError::Read)?;
+                let n = buf.len();
+                if n == 0 {
+                    decoder.finish(&mut out);
+                } else {
+                    decoder.feed(buf, &mut out);
+                }
+                reader.consume(n);
+                n == 0
+            }
+        };
+        for fix in out.drain(..) {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(RunEnd::Cancelled),
+                sent = fixes.send(fix) => if sent.is_err() {
+                    return Ok(RunEnd::ReceiverGone);
+                },
+            }
+        }
+        if eof {
+            return Ok(RunEnd::Eof);
+        }
+    }
+}
+
+/// How long a blocking serial read waits before checking whether anyone still listens.
+pub const SERIAL_POLL: Duration = Duration::from_millis(200);
+
+/// Bytes per read from the serial device; at 9600 baud that is about one second.
+pub const SERIAL_CHUNK_LEN: usize = 1024;
+
+/// Chunks buffered between the serial reader thread and the decoder.
+pub const SERIAL_QUEUE_CHUNKS: usize = 16;
+
+/// Reconnect delays: doubling from `initial` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `current`.
+    pub fn next(&self, current: Duration) -> Duration {
+        current.saturating_mul(2).min(self.max)
+    }
+}
+
+/// Where the GPS is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialConfig {
+    /// Device path, such as `/dev/ttyACM0` or `/dev/serial/by-id/usb-u-blox...`.
+    pub path: PathBuf,
+    /// Baud rate; NMEA 0183's standard rate is 4800, most modern receivers send 9600.
+    pub baud: u32,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+}
+
+/// Counters of the serial link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Successful opens of the device.
+    pub opens: u64,
+    /// Failed attempts to open it.
+    pub open_failures: u64,
+    /// Times an open device stopped delivering (read error or hang-up).
+    pub disconnects: u64,
+}
+
+/// A serial port as an [`AsyncBufRead`]: a thread does the blocking reads and hands
+/// chunks over a bounded channel. The thread ends when the device fails or when this
+/// reader is dropped.
+#[derive(Debug)]
+pub struct SerialReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl SerialReader {
+    /// Opens `path` at `baud` (8N1, raw) and starts the reader thread.
+    ///
+    /// # Errors
+    ///
+    /// [`GpsError::OpenDevice`] when the device is missing, busy or not a tty.
+    pub fn open(path: &Path, baud: u32) -> Result<Self, GpsError> {
+        let port = serialport::new(path.to_string_lossy(), baud)
+            .timeout(SERIAL_POLL)
+            .open_native()
+            .map_err(|source| GpsError::OpenDevice {
+                path: path.to_owned(),
+                baud,
+                source,
+            })?;
+        Ok(Self::spawn(port))
+    }
+
+    /// Reads from an already-open reader on a thread.
+    pub fn spawn<P: io::Read + Send + 'static>(mut port: P) -> Self {
+        let (tx, rx) = mpsc::channel(SERIAL_QUEUE_CHUNKS);
+        let spawned = std::thread::Builder::new()
+            .name("gps-serial".into())
+            .spawn(move || {
+                let mut buf = vec![0; SERIAL_CHUNK_LEN];
+                loop {
+                    match port.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::TimedOut
+                                    | io::ErrorKind::WouldBlock
+                                    | io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            if tx.is_closed() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            break;
+                        }
+                    }
+                }
+            });
+        let (tx_err, rx_err) = mpsc::channel(1);
+        match spawned {
+            Ok(_) => Self {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+            },
+            Err(e) => {
+                // No thread, no reader: report it as a read error on first use.
+                let _ = tx_err.try_send(Err(e));
+                Self {
+                    rx: rx_err,
+                    chunk: Vec::new(),
+                    pos: 0,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for SerialReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let available = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(data)) => {
+                let n = data.len().min(buf.remaining());
+                buf.put_slice(&data[..n]);
+                n
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.consume(available);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncBufRead for SerialReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos >= this.chunk.len() {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => {
+                    this.chunk.clear();
+                    this.pos = 0;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(&this.chunk[this.pos..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.chunk.len());
+    }
+}
+
+/// Reads the GPS on a serial device until cancelled, reopening it with backoff whenever
+/// it cannot be opened or stops delivering. Fixes go to `fixes`; the link counters to
+/// `link`.
+pub async fn run_serial(
+    config: &SerialConfig,
+    decoder: &mut Decoder,
+    fixes: &mpsc::Sender<Fix>,
+    cancel: &CancellationToken,
+    link: &mut LinkStats,
+) -> RunEnd {
+    let mut delay = config.backoff.initial;
+    let mut out = Vec::new();
+    loop {
+        let path = config.path.clone();
+        let baud = config.baud;
+        let opened = tokio::task::spawn_blocking(move || SerialReader::open(&path, baud)).await;
+        match opened {
+            Ok(Ok(reader)) => {
+                link.opens += 1;
+                delay = config.backoff.initial;
+                tracing::info!(device = %config.path.display(), baud, "GPS device open");
+                let end = run(reader, decoder, fixes, cancel).await;
+                match end {
+                    Ok(RunEnd::Cancelled) => return RunEnd::Cancelled,
+                    Ok(RunEnd::ReceiverGone) => return RunEnd::ReceiverGone,
+                    Ok(RunEnd::Eof) => {}
+                    Err(e) => {
+                        tracing::warn!(device = %config.path.display(), error = %e, "GPS device lost");
+                    }
+                }
+                link.disconnects += 1;
+                decoder.link_lost(&mut out);
+                for fix in out.drain(..) {
+                    if fixes.send(fix).await.is_err() {
+                        return RunEnd::ReceiverGone;
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                link.open_failures += 1;
+                tracing::warn!(error = %e, retry_in = ?delay, "GPS device unavailable");
+            }
+            Err(e) => {
+                link.open_failures += 1;
+                tracing::warn!(error = %e, "GPS open task failed");
+            }
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return RunEnd::Cancelled,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = config.backoff.next(delay);
+    }
+}
+
+/// What `doorstep-agent gps decode` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeSource {
+    /// A recorded log.
+    File(PathBuf),
+    /// A serial device.
+    Device {
+        /// Device path.
+        path: PathBuf,
+        /// Baud rate.
+        baud: u32,
+    },
+}
+
+impl DecodeSource {
+    /// A path under `/dev`, or any character device, is a serial device; anything
+    /// else is a file.
+    pub fn classify(path: &Path, baud: u32) -> Self {
+        use std::os::unix::fs::FileTypeExt as _;
+        let is_char_device = std::fs::metadata(path)
+            .map(|m| m.file_type().is_char_device())
+            .unwrap_or(false);
+        if path.starts_with("/dev") || is_char_device {
+            DecodeSource::Device {
+                path: path.to_owned(),
+                baud,
+            }
+        } else {
+            DecodeSource::File(path.to_owned())
+        }
+    }
+}
+
+/// Everything counted during a `gps decode` run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeSummary {
+    /// Lines by what became of them.
+    pub lines: LineStats,
+    /// Assembler counters.
+    pub assembler: AssemblerStats,
+    /// Gate verdicts.
+    pub gate: GateStats,
+    /// Serial link counters (all zero for a file).
+    pub link: LinkStats,
+}
+
+impl std::fmt::Display for DecodeSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lines: {}", self.lines.total())?;
+        for (kind, n) in self.lines.iter() {
+            write!(f, ", {kind} {n}")?;
+        }
+        if self.lines.unchecked > 0 {
+            write!(f, " ({} without checksum)", self.lines.unchecked)?;
+        }
+        write!(f, "\nfixes: {}", self.assembler.epochs)?;
+        write!(f, ", ok {}", self.gate.accepted)?;
+        for (reason, n) in self.gate.rejections() {
+            write!(f, ", {reason} {n}")?;
+        }
+        let a = &self.assembler;
+        if a.rollover_corrected + a.implausible_dates + a.stray_aux > 0 {
+            write!(
+                f,
+                "\ndates: week_rollover_corrected {}, implausible {}; stray_aux_sentences {}",
+                a.rollover_corrected, a.implausible_dates, a.stray_aux
+            )?;
+        }
+        if self.link != LinkStats::default() {
+            write!(
+                f,
+                "\nlink: opens {}, open_failures {}, disconnects {}",
+                self.link.opens, self.link.open_failures, self.link.disconnects
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One line of `gps decode` output: the decoder's view of an epoch and the gate's
+/// verdict on it.
+#[derive(Debug, Serialize)]
+struct FixRecord<'a> {
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lat: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed_mps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    course: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hdop: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sats: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eph: Option<f64>,
+    gate: &'a str,
+}
+
+/// Formats a fix and its verdict as one JSON object (no trailing newline).
+pub fn fix_json(fix: &Fix, verdict: &Verdict) -> String {
+    let record = FixRecord {
+        time: fix.time_rfc3339(),
+        lat: fix.lat,
+        lon: fix.lon,
+        mode: fix.mode.map(FixMode::as_gpsd),
+        speed_mps: fix.speed_mps,
+        course: fix.course_deg,
+        hdop: fix.hdop,
+        sats: fix.sats,
+        eph: fix.eph_m,
+        gate: verdict.as_str(),
+    };
+    // Serializing plain numbers and strings cannot fail; keep the output a line anyway.
+    serde_json::to_string(&record).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// `doorstep-agent gps decode`: decodes `source`, writes one JSON line per fix to `out`,
+/// and returns the counters. Files are read to the end; devices until `cancel` fires.
+///
+/// # Errors
+///
+/// Opening a file, reading it, or writing to `out` failed. A device that cannot be
+/// opened is retried with backoff, not reported.
+pub async fn decode_command<W: Write>(
+    source: &DecodeSource,
+    gate_config: GateConfig,
+    out: &mut W,
+    cancel: &CancellationToken,
+) -> Result<DecodeSummary, GpsError> {
+    let (tx, mut rx) = mpsc::channel::<Fix>(64);
+    let mut decoder = Decoder::new(DecoderConfig::default());
+    let mut gate = Gate::new(gate_config);
+    let source = source.clone();
+    let producer_cancel = cancel.clone();
+    let producer = tokio::spawn(async move {
+        let mut link = LinkStats::default();
+        let result = match &source {
+            DecodeSource::File(path) => match tokio::fs::File::open(path).await {
+                Ok(file) => {
+                    let reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
+                    run(reader, &mut decoder, &tx, &producer_cancel)
+                        .await
+                        .map(|_| ())
+                }
+                Err(source) => Err(GpsError::OpenFile {
+                    path: path.clone(),
+                    source,
+                }),
+            },
+            DecodeSource::Device { path, baud } => {
+                let config = SerialConfig {
+                    path: path.clone(),
+                    baud: *baud,
+                    backoff: Backoff::default(),
+                };
+                run_serial(&config, &mut decoder, &tx, &producer_cancel, &mut link).await;
+                Ok(())
+            }
+        };
+        (result, decoder, link)
+    });
+    while let Some(fix) = rx.recv().await {
+        let verdict = gate.check(&fix);
+        writeln!(out, "{}", fix_json(&fix, &verdict)).map_err(GpsError::Write)?;
+    }
+    out.flush().map_err(GpsError::Write)?;
+    let (result, decoder, link) = producer
+        .await
+        .map_err(|e| GpsError::Read(io::Error::other(e)))?;
+    result?;
+    Ok(DecodeSummary {
+        lines: *decoder.line_stats(),
+        assembler: *decoder.assembler_stats(),
+        gate: gate.stats().clone(),
+        link,
+    })
+}
+
+/// Decodes a whole in-memory log synchronously: the fixes, and the decoder for its
+/// counters. Handy for tests, replays and benchmarks.
+pub fn decode_all(bytes: &[u8], config: DecoderConfig) -> (Vec<Fix>, Decoder) {
+    let mut decoder = Decoder::new(config);
+    let mut fixes = Vec::new();
+    decoder.feed(bytes, &mut fixes);
+    decoder.finish(&mut fixes);
+    (fixes, decoder)
+}

@@ -1,0 +1,266 @@
+//! Conformance against a real peer: the agent's decoder versus gpsd, over gpsd's own
+//! regression corpus (`../shared/data/nmea/gpsd`, about 100 receivers).
+//!
+//! Each `X.log` there has gpsd's decoded output beside it in `X.log.chk`. The oracle is
+//! counted like this:
+//!
+//! - **gpsd's epochs** are the distinct times of day among the `.chk`'s TPV reports that
+//!   have `mode >= 2` and a `time` field. gpsd also emits TPVs without `time` (after a
+//!   GGA, before it has seen a date); those are not epochs here, because they cannot be
+//!   matched to anything. Only the time of day counts, not the date: gpsd shifts the
+//!   dates of some old logs by 1024 weeks, and so do we, by a different floor.
+//! - gpsd's **position for an epoch** is that of the last such TPV with that time: gpsd
+//!   reports as sentences arrive, and its last report of an epoch has seen all of it.
+//! - **Our fix for an epoch** is the last fix we assembled with that time of day. It
+//!   **agrees** when it has a position, `mode >= 2`, and latitude and longitude each
+//!   within 1e-6 degrees of gpsd's.
+//!
+//! The test fails if fewer than 99 % of gpsd's epochs agree over the whole corpus, if
+//! any log makes the decoder panic, or if the corpus is missing. It prints per-log
+//! agreement and the disagreements, and, for information, epochs where we report a
+//! position and gpsd reports none.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+use doorstep_agent::fix::Fix;
+use doorstep_agent::gps::{DecoderConfig, decode_all};
+
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/nmea/gpsd"
+);
+
+/// Agreement required over the whole corpus.
+const REQUIRED_AGREEMENT: f64 = 0.99;
+
+/// Largest latitude or longitude difference still counted as agreement, degrees.
+const TOLERANCE_DEG: f64 = 1e-6;
+
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    lat: f64,
+    lon: f64,
+}
+
+/// Why one of gpsd's epochs did not agree.
+#[derive(Debug)]
+enum Miss {
+    NoEpoch,
+    NoPosition,
+    Mode(Option<u8>),
+    Moved { dlat: f64, dlon: f64 },
+}
+
+#[derive(Debug, Default)]
+struct LogResult {
+    name: String,
+    epochs: usize,
+    agreed: usize,
+    misses: Vec<(u32, Miss)>,
+    extra: Vec<u32>,
+    panicked: Option<String>,
+}
+
+fn corpus_logs() -> Vec<PathBuf> {
+    let dir = Path::new(CORPUS);
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| {
+        panic!(
+            "the gpsd NMEA corpus is missing at {}: {e}. It lives in the shared data \
+             directory beside the workspace (shared/data/nmea/gpsd); check it out there.",
+            dir.display()
+        )
+    });
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    assert!(
+        !logs.is_empty(),
+        "no *.log files in the gpsd corpus at {}",
+        dir.display()
+    );
+    logs
+}
+
+/// "2007-12-23T19:32:21.000Z" to milliseconds since midnight.
+fn tod_ms(time: &str) -> Option<u32> {
+    let clock = time.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: u32 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    let ms = (s * 1000.0).round();
+    Some((h * 60 + m) * 60_000 + ms as u32)
+}
+
+/// gpsd's epochs: time of day to the last mode >= 2 TPV's position.
+fn gpsd_epochs(chk: &str) -> BTreeMap<u32, Reference> {
+    let mut epochs = BTreeMap::new();
+    for line in chk.lines() {
+        if !line.starts_with('{') || !line.contains("\"class\":\"TPV\"") {
+            continue;
+        }
+        let Ok(tpv) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let mode = tpv["mode"].as_u64().unwrap_or(0);
+        let (Some(time), Some(lat), Some(lon)) = (
+            tpv["time"].as_str(),
+            tpv["lat"].as_f64(),
+            tpv["lon"].as_f64(),
+        ) else {
+            continue;
+        };
+        if mode >= 2
+            && let Some(tod) = tod_ms(time)
+        {
+            epochs.insert(tod, Reference { lat, lon });
+        }
+    }
+    epochs
+}
+
+fn compare(name: String, fixes: &[Fix], reference: &BTreeMap<u32, Reference>) -> LogResult {
+    let mut ours: BTreeMap<u32, &Fix> = BTreeMap::new();
+    for fix in fixes {
+        ours.insert(fix.tod_ms, fix);
+    }
+    let mut result = LogResult {
+        name,
+        epochs: reference.len(),
+        ..LogResult::default()
+    };
+    for (&tod, r) in reference {
+        let miss = match ours.get(&tod) {
+            None => Some(Miss::NoEpoch),
+            Some(fix) => match (fix.position(), fix.mode.map(|m| m.as_gpsd())) {
+                (None, _) => Some(Miss::NoPosition),
+                (Some(_), mode) if mode < Some(2) => Some(Miss::Mode(mode)),
+                (Some((lat, lon)), _) => {
+                    let (dlat, dlon) = (lat - r.lat, lon - r.lon);
+                    (dlat.abs() > TOLERANCE_DEG || dlon.abs() > TOLERANCE_DEG)
+                        .then_some(Miss::Moved { dlat, dlon })
+                }
+            },
+        };
+        match miss {
+            None => result.agreed += 1,
+            Some(miss) => result.misses.push((tod, miss)),
+        }
+    }
+    result.extra = ours
+        .iter()
+        .filter(|(tod, fix)| {
+            !reference.contains_key(tod)
+                && fix.position().is_some()
+                && fix.mode.is_some_and(|m| m.as_gpsd() >= 2)
+        })
+        .map(|(&tod, _)| tod)
+        .collect();
+    result
+}
+
+fn hms(tod: u32) -> String {
+    let (h, m, s, ms) = (
+        tod / 3_600_000,
+        tod / 60_000 % 60,
+        tod / 1000 % 60,
+        tod % 1000,
+    );
+    format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+}
+
+#[test]
+fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
+    let mut results = Vec::new();
+    for log in corpus_logs() {
+        let name = log
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = fs::read(&log).unwrap_or_else(|e| panic!("reading {}: {e}", log.display()));
+        let chk_path = log.with_extension("log.chk");
+        let chk = fs::read(&chk_path)
+            .unwrap_or_else(|e| panic!("reading gpsd's oracle {}: {e}", chk_path.display()));
+        let reference = gpsd_epochs(&String::from_utf8_lossy(&chk));
+        let decoded = panic::catch_unwind(|| decode_all(&bytes, DecoderConfig::default()).0);
+        let result = match decoded {
+            Ok(fixes) => compare(name, &fixes, &reference),
+            Err(payload) => LogResult {
+                name,
+                epochs: reference.len(),
+                panicked: Some(
+                    payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default(),
+                ),
+                ..LogResult::default()
+            },
+        };
+        results.push(result);
+    }
+
+    let (mut epochs, mut agreed) = (0, 0);
+    println!("{:<34} {:>6} {:>6} {:>7}  extra", "log", "gpsd", "agree", "rate");
+    for r in &results {
+        epochs += r.epochs;
+        agreed += r.agreed;
+        let rate = if r.epochs == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * r.agreed as f64 / r.epochs as f64)
+        };
+        println!(
+            "{:<34} {:>6} {:>6} {:>7}  {}",
+            r.name,
+            r.epochs,
+            r.agreed,
+            rate,
+            r.extra.len()
+        );
+    }
+    let disagreeing: Vec<&LogResult> = results
+        .iter()
+        .filter(|r| !r.misses.is_empty() || r.panicked.is_some())
+        .collect();
+    if !disagreeing.is_empty() {
+        println!("\nlogs that disagree with gpsd:");
+    }
+    for r in &disagreeing {
+        if let Some(msg) = &r.panicked {
+            println!("  {}: PANICKED: {msg}", r.name);
+            continue;
+        }
+        println!("  {}: {} of {} epochs", r.name, r.misses.len(), r.epochs);
+        for (tod, miss) in r.misses.iter().take(8) {
+            println!("    {} {miss:?}", hms(*tod));
+        }
+    }
+    let rate = agreed as f64 / epochs.max(1) as f64;
+    println!(
+        "\ntotal: {agreed} of {epochs} gpsd epochs agree ({:.2}%), {} logs disagree",
+        100.0 * rate,
+        disagreeing.len()
+    );
+
+    let panicked: Vec<&str> = results
+        .iter()
+        .filter(|r| r.panicked.is_some())
+        .map(|r| r.name.as_str())
+        .collect();
+    assert!(panicked.is_empty(), "the decoder panicked on {panicked:?}");
+    assert!(
+        rate >= REQUIRED_AGREEMENT,
+        "only {agreed} of {epochs} gpsd epochs agree ({:.2}%, need {:.0}%); see the \
+         per-log table above",
+        100.0 * rate,
+        100.0 * REQUIRED_AGREEMENT
+    );
+}
