@@ -47,8 +47,8 @@ fn position(east: f64, north: f64) -> (f64, f64) {
 
 /// A route wandering through a 6 km by 6 km town, stops 100 to 400 m apart, and the van's
 /// 1 Hz fixes: driving at 8 to 14 m/s between stops with ±5 m noise, parking 60 to 180 s
-/// 20 to 90 m from two stops in three, driving past the others.
-fn shift() -> (RouteManifest, Vec<GoodFix>) {
+/// 20 to 90 m from a share `park_share` of the stops, driving past the others.
+fn shift(park_share: f64) -> (RouteManifest, Vec<GoodFix>) {
     let mut prng = Prng(0x00d0_0257_e9b0_0c11);
     let mut stops = Vec::with_capacity(STOPS);
     let mut fixes = Vec::new();
@@ -87,7 +87,7 @@ fn shift() -> (RouteManifest, Vec<GoodFix>) {
             dwell_s: None,
             label: None,
         });
-        let parks = prng.unit() < 0.67;
+        let parks = prng.unit() < park_share;
         let (target_east, target_north) = if parks {
             let away = 20.0 + prng.unit() * 70.0;
             let angle = prng.unit() * std::f64::consts::TAU;
@@ -123,8 +123,10 @@ fn shift() -> (RouteManifest, Vec<GoodFix>) {
     (route, fixes)
 }
 
-fn per_fix(c: &mut Criterion) {
-    let (route, fixes) = shift();
+/// Measures one fix per iteration over the shift, replayed from a fresh tracker as often as
+/// needed; the cloning is not timed.
+fn bench_shift(c: &mut Criterion, name: &str, park_share: f64) {
+    let (route, fixes) = shift(park_share);
     let fresh = Tracker::new(&route, GeofenceConfig::default());
 
     // Sanity: the drive exercises the tracker (most stops nearby, most parked ones arrived).
@@ -132,16 +134,14 @@ fn per_fix(c: &mut Criterion) {
     let events: usize = fixes.iter().map(|f| check.on_fix(f).len()).sum();
     let arrived = (0..STOPS).filter(|&i| check.stop_status(i).is_some_and(|s| s.arrived)).count();
     eprintln!(
-        "geofence bench: {STOPS} stops, {} fixes ({:.1} h), {events} events, {arrived} arrivals",
+        "{name}: {STOPS} stops, {} fixes ({:.1} h), {events} events, {arrived} arrivals",
         fixes.len(),
         fixes.len() as f64 / 3600.0
     );
 
     let mut group = c.benchmark_group("geofence");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("on_fix/300_stops_1hz", |b| {
-        // One iteration is one fix; the shift is replayed from a fresh tracker as often as
-        // needed, and the cloning is not timed.
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut left = iters;
@@ -161,5 +161,16 @@ fn per_fix(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_fix);
+/// The realistic shift: the van parks at two stops in three.
+fn realistic_shift(c: &mut Criterion) {
+    bench_shift(c, "on_fix/300_stops_1hz", 0.67);
+}
+
+/// The costly extreme: the van never parks, so every fix moves it and the tracker looks for
+/// zones to enter far more often.
+fn driving_only(c: &mut Criterion) {
+    bench_shift(c, "on_fix/300_stops_1hz_never_parking", 0.0);
+}
+
+criterion_group!(benches, realistic_shift, driving_only);
 criterion_main!(benches);

@@ -32,7 +32,7 @@ use crate::fix::{Fix, FixMode, days_from_civil};
 use crate::gate::{Gate, GateConfig, GateStats, Verdict};
 use crate::nmea::{
     ChecksumPolicy, Decoded, Frame, Framer, LineKind, LineStats, NmeaDate, Observation,
-    decode_sentence,
+    SentenceKind, decode_sentence,
 };
 
 /// Days in one GPS week-number rollover period (1024 weeks, about 19.6 years).
@@ -47,10 +47,6 @@ pub const DEFAULT_DATE_FLOOR_DAYS: i64 = 19_723;
 
 const DAY_MS: i64 = 86_400_000;
 const HALF_DAY_MS: u32 = 43_200_000;
-
-/// Two positions of one epoch that differ by more than this (about 2 m) disagree, more
-/// than the rounding of a sentence with three decimals of arc minutes explains.
-const SAME_POSITION_DEG: f64 = 2e-5;
 
 /// How the [`Assembler`] treats dates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +76,9 @@ pub struct AssemblerStats {
     pub implausible_dates: u64,
     /// Timed auxiliary sentences (ZDA, GST, GBS) that matched no epoch.
     pub stray_aux: u64,
-    /// Sentences whose position disagreed with the one that opened their epoch (a
-    /// multiplexer stamping sentences with the wrong second); the first was kept.
-    pub position_conflicts: u64,
+    /// Sentences that arrived for an epoch already reported at its learned end of
+    /// cycle; they did not change the fix.
+    pub late_sentences: u64,
 }
 
 /// The date as last reported, with the time of day it was reported at, so a fix a few
@@ -109,12 +105,50 @@ impl DateAnchor {
     }
 }
 
+/// A sentence type ends the receiver's cycle when it came last before the time changed
+/// in at least one in this many cycles so far.
+pub const CYCLE_END_SHARE: u32 = 4;
+
+/// Which sentence types end the receiver's cycle, learned as gpsd does: a type that
+/// came last before the time changed is an end of cycle.
+///
+/// gpsd believes a type forever after it once ended a cycle. Here it must keep doing so
+/// in at least 1 of [`CYCLE_END_SHARE`] cycles, so one lost sentence (a checksum error
+/// on the usual last one) cannot make an early sentence an end of cycle for good, which
+/// would leave the rest of every later epoch late. Receivers that alternate cycle
+/// layouts (Garmin's even and odd seconds) still have each layout's last type learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CycleEnders {
+    ended: [u32; SentenceKind::ALL.len()],
+    cycles: u32,
+}
+
+impl CycleEnders {
+    fn learn(&mut self, kind: SentenceKind) {
+        if self.cycles == u32::MAX {
+            // Keep the proportions, forget the distant past.
+            self.cycles /= 2;
+            self.ended.iter_mut().for_each(|n| *n /= 2);
+        }
+        self.cycles += 1;
+        if let Some(n) = self.ended.get_mut(kind as usize) {
+            *n += 1;
+        }
+    }
+
+    fn contains(&self, kind: SentenceKind) -> bool {
+        let ended = self.ended.get(kind as usize).copied().unwrap_or(0);
+        ended > 0 && u64::from(ended) * u64::from(CYCLE_END_SHARE) >= u64::from(self.cycles)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Epoch {
     fix: Fix,
     gsa_mode: Option<u8>,
     saw_status: bool,
-    conflicts: u64,
+    /// Already emitted at the learned end of cycle; later sentences are late.
+    reported: bool,
 }
 
 impl Epoch {
@@ -130,32 +164,16 @@ impl Epoch {
 
     fn merge(&mut self, obs: &Observation) {
         let fix = &mut self.fix;
-        // A sentence that declares itself invalid (RMC V, GGA quality 0, FAA N) keeps
-        // its status but not its position: receivers fill those fields with the last
-        // known or a dead-reckoned position.
-        //
-        // The first valid position of the epoch stands. Later ones normally repeat it
-        // (to within the rounding of their digits), but a chart plotter multiplexing
-        // several sources can stamp a sentence with the previous second while it
-        // already carries the next position (B&G Zeus: GGA "094817" holds GLL
-        // "094818"'s position); the first sentence to name a time is the one that
-        // opened the epoch and is not late.
+        // Like gpsd, the latest sentence of the epoch wins for each field. A sentence
+        // that declares itself invalid (RMC V, GGA quality 0, FAA N) keeps its status
+        // but not its position: receivers fill those fields with the last known or a
+        // dead-reckoned position.
         if let Some((lat, lon)) = obs.position
             && !obs.declares_invalid()
         {
-            match fix.position() {
-                None => {
-                    fix.lat = Some(lat);
-                    fix.lon = Some(lon);
-                }
-                Some((lat0, lon0)) => {
-                    if (lat - lat0).abs() > SAME_POSITION_DEG || (lon - lon0).abs() > SAME_POSITION_DEG {
-                        self.conflicts += 1;
-                    }
-                }
-            }
+            fix.lat = Some(lat);
+            fix.lon = Some(lon);
         }
-        // For the other fields the latest sentence wins, as in gpsd.
         set(&mut fix.alt_m, obs.alt_m);
         set(&mut fix.speed_mps, obs.speed_mps);
         set(&mut fix.course_deg, obs.course_deg);
@@ -170,8 +188,8 @@ impl Epoch {
         self.saw_status |= obs.kind.has_position() || obs.gsa_mode.is_some();
     }
 
-    fn close(mut self, date: Option<DateAnchor>) -> Fix {
-        let fix = &mut self.fix;
+    fn to_fix(&self, date: Option<DateAnchor>) -> Fix {
+        let mut fix = self.fix.clone();
         fix.mode = if fix.position().is_some() {
             Some(match self.gsa_mode {
                 Some(3) => FixMode::ThreeD,
@@ -190,7 +208,7 @@ impl Epoch {
             fix.utc_ms = Some(anchor.utc_ms(fix.tod_ms));
             fix.week_rollover = anchor.rolled_over;
         }
-        self.fix
+        fix
     }
 }
 
@@ -200,19 +218,29 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) {
     }
 }
 
-/// Merges sentences into one [`Fix`] per epoch.
+/// Merges sentences into one [`Fix`] per epoch, the way gpsd does.
 ///
 /// An epoch is opened by a sentence that carries a position and a time (GGA, RMC, GLL,
-/// GNS) and ends when such a sentence arrives with a different time, or when the stream
-/// ends ([`Assembler::finish`]). Untimed sentences (GSA, VTG) belong to the open epoch.
-/// Timed auxiliary sentences (ZDA, GST, GBS) join the epoch with their time; they do not
-/// open one, because some receivers stamp ZDA seconds away from the fix it follows.
+/// GNS) and ends when such a sentence arrives with a different time. Untimed sentences
+/// (GSA, VTG) belong to the open epoch. Timed auxiliary sentences (ZDA, GST, GBS) join
+/// the epoch with their time but never open one, because some receivers stamp ZDA
+/// seconds away from the fix it follows.
+///
+/// Waiting for the next epoch's first sentence would delay every fix by a whole cycle,
+/// so, like gpsd, the assembler learns the receiver's cycle: whichever sentence type came
+/// last before the time changed is an end-of-cycle sentence, and from then on the fix is
+/// emitted as soon as one arrives. Sentences for an epoch already emitted are counted as
+/// late and change nothing: a multiplexing chart plotter (B&G Zeus) stamps some
+/// sentences with the second before the position they carry, and the fix reported at
+/// the end of the receiver's own burst is the consistent one.
 #[derive(Debug, Clone, Default)]
 pub struct Assembler {
     config: AssemblerConfig,
     epoch: Option<Epoch>,
     aux: Option<Observation>,
     date: Option<DateAnchor>,
+    cycle_enders: CycleEnders,
+    last_kind: Option<SentenceKind>,
     stats: AssemblerStats,
 }
 
@@ -230,9 +258,10 @@ impl Assembler {
         &self.stats
     }
 
-    /// Takes one sentence; returns the previous epoch's fix when this sentence starts a
-    /// new epoch.
+    /// Takes one sentence; returns a fix when this sentence completes an epoch (it is
+    /// the receiver's end-of-cycle sentence) or starts the next one.
     pub fn push(&mut self, obs: &Observation) -> Option<Fix> {
+        let previous_kind = self.last_kind.replace(obs.kind);
         if let (Some(date), Some(tod)) = (obs.date, obs.tod_ms) {
             // A void RMC's date comes from the receiver's real-time clock, which is
             // often wrong before the first fix; ZDA has no status to check.
@@ -240,60 +269,83 @@ impl Assembler {
                 self.set_date(date, tod);
             }
         }
+        let mut done = None;
         match obs.tod_ms {
             Some(tod) if obs.kind.has_position() => {
-                let done = match &self.epoch {
-                    Some(e) if e.fix.tod_ms != tod => self.close(),
-                    _ => None,
-                };
-                let epoch = self.epoch.get_or_insert_with(|| Epoch::open(tod));
-                if let Some(aux) = self.aux.take() {
-                    if aux.tod_ms == Some(tod) {
-                        epoch.merge(&aux);
-                    } else {
-                        self.stats.stray_aux += 1;
+                if self.epoch.as_ref().is_some_and(|e| e.fix.tod_ms != tod) {
+                    if let Some(kind) = previous_kind {
+                        self.cycle_enders.learn(kind);
                     }
+                    done = self.close();
                 }
-                epoch.merge(obs);
-                done
-            }
-            Some(tod) => {
-                match &mut self.epoch {
-                    Some(e) if e.fix.tod_ms == tod => e.merge(obs),
-                    _ => {
-                        if self.aux.replace(*obs).is_some() {
+                if self.epoch.is_none() {
+                    let mut epoch = Epoch::open(tod);
+                    if let Some(aux) = self.aux.take() {
+                        if aux.tod_ms == Some(tod) {
+                            epoch.merge(&aux);
+                        } else {
                             self.stats.stray_aux += 1;
                         }
                     }
+                    self.epoch = Some(epoch);
                 }
-                None
+                self.merge(obs);
             }
-            None => {
-                if let Some(e) = &mut self.epoch {
-                    e.merge(obs);
+            Some(tod) => {
+                if self.epoch.as_ref().is_some_and(|e| e.fix.tod_ms == tod) {
+                    self.merge(obs);
+                } else if self.aux.replace(*obs).is_some() {
+                    self.stats.stray_aux += 1;
                 }
-                None
             }
+            None => self.merge(obs),
         }
+        // At most one of these is a fix: `close` only returns unreported epochs, and a
+        // freshly opened epoch cannot be reported by its first sentence unless it is
+        // also an end-of-cycle sentence (a receiver sending only GGA, say).
+        done.or_else(|| self.report_if_cycle_ended(obs.kind))
     }
 
-    /// Ends the stream (or the connection): returns the open epoch's fix, if any.
+    /// Ends the stream (or the connection): returns the open epoch's fix, if it was not
+    /// already reported.
     pub fn finish(&mut self) -> Option<Fix> {
         if self.aux.take().is_some() {
             self.stats.stray_aux += 1;
         }
+        self.last_kind = None;
         self.close()
     }
 
+    fn merge(&mut self, obs: &Observation) {
+        match &mut self.epoch {
+            Some(epoch) if epoch.reported => self.stats.late_sentences += 1,
+            Some(epoch) => epoch.merge(obs),
+            None => {}
+        }
+    }
+
+    fn report_if_cycle_ended(&mut self, kind: SentenceKind) -> Option<Fix> {
+        if !self.cycle_enders.contains(kind) {
+            return None;
+        }
+        let epoch = self.epoch.as_mut().filter(|e| !e.reported)?;
+        epoch.reported = true;
+        let fix = epoch.to_fix(self.date);
+        Some(self.count(fix))
+    }
+
     fn close(&mut self) -> Option<Fix> {
-        let epoch = self.epoch.take()?;
-        self.stats.position_conflicts += epoch.conflicts;
-        let fix = epoch.close(self.date);
+        let epoch = self.epoch.take().filter(|e| !e.reported)?;
+        let fix = epoch.to_fix(self.date);
+        Some(self.count(fix))
+    }
+
+    fn count(&mut self, fix: Fix) -> Fix {
         self.stats.epochs += 1;
         if fix.week_rollover {
             self.stats.rollover_corrected += 1;
         }
-        Some(fix)
+        fix
     }
 
     fn set_date(&mut self, date: NmeaDate, tod_ms: u32) {
@@ -949,4 +1001,321 @@ pub fn decode_all(bytes: &[u8], config: DecoderConfig) -> (Vec<Fix>, Decoder) {
     decoder.feed(bytes, &mut fixes);
     decoder.finish(&mut fixes);
     (fixes, decoder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fix::format_utc_ms;
+    use crate::nmea::checksum;
+
+    fn sentence(body: &str) -> String {
+        format!("${body}*{:02X}\r\n", checksum(body.as_bytes()))
+    }
+
+    /// One receiver cycle: GGA, RMC and GSA for `hhmmss` on `ddmmyy`, at a latitude
+    /// that moves with the seconds so epochs can be told apart.
+    fn cycle(hhmmss: &str, ddmmyy: &str) -> String {
+        let sec: u32 = hhmmss[4..].parse().unwrap_or(0);
+        let lat = format!("4807.{:03}", sec);
+        [
+            sentence(&format!(
+                "GPGGA,{hhmmss}.00,{lat},N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+            )),
+            sentence(&format!(
+                "GPRMC,{hhmmss}.00,A,{lat},N,01131.000,E,0.5,54.7,{ddmmyy},,,A"
+            )),
+            sentence("GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1"),
+        ]
+        .concat()
+    }
+
+    fn decode_str(input: &str) -> (Vec<Fix>, Decoder) {
+        decode_all(input.as_bytes(), DecoderConfig::default())
+    }
+
+    #[test]
+    fn sentences_of_one_epoch_merge_into_one_fix() {
+        let (fixes, decoder) = decode_str(&cycle("120001", "010624"));
+        assert_eq!(fixes.len(), 1);
+        let fix = &fixes[0];
+        assert_eq!(fix.time_rfc3339(), "2024-06-01T12:00:01Z");
+        assert_eq!(fix.mode, Some(FixMode::ThreeD));
+        assert_eq!((fix.sats, fix.gga_quality, fix.rmc_valid), (Some(8), Some(1), Some(true)));
+        assert!(fix.speed_mps.is_some() && fix.alt_m.is_some() && fix.hdop.is_some());
+        assert_eq!(decoder.line_stats().get(LineKind::Used), 3);
+    }
+
+    #[test]
+    fn an_epoch_ends_when_the_time_changes() {
+        let input = [cycle("120001", "010624"), cycle("120002", "010624")].concat();
+        let mut decoder = Decoder::default();
+        let mut fixes = Vec::new();
+        // The first cycle's end is not known yet: its fix comes with the next time.
+        decoder.feed(cycle("120001", "010624").as_bytes(), &mut fixes);
+        assert!(fixes.is_empty());
+        decoder.feed(sentence("GPGGA,120002.00,4807.002,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,").as_bytes(), &mut fixes);
+        assert_eq!(fixes.len(), 1);
+        let (all, _) = decode_str(&input);
+        assert_eq!(all.iter().map(|f| f.tod_ms % 60_000).collect::<Vec<_>>(), [1000, 2000]);
+    }
+
+    #[test]
+    fn once_the_cycle_is_learned_a_fix_is_emitted_at_its_last_sentence() {
+        let mut decoder = Decoder::default();
+        let mut fixes = Vec::new();
+        decoder.feed(cycle("120001", "010624").as_bytes(), &mut fixes);
+        decoder.feed(cycle("120002", "010624").as_bytes(), &mut fixes);
+        // GSA ended cycle 1, so cycle 2's fix is out as soon as its GSA arrived.
+        assert_eq!(fixes.len(), 2);
+        decoder.finish(&mut fixes);
+        assert_eq!(fixes.len(), 2, "nothing left to flush");
+    }
+
+    #[test]
+    fn a_sentence_stamped_with_an_already_reported_second_is_late_and_ignored() {
+        let late = sentence("GPGGA,120002.00,4807.999,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
+        let input = [cycle("120001", "010624"), cycle("120002", "010624"), late].concat();
+        let (fixes, decoder) = decode_str(&input);
+        assert_eq!(fixes.len(), 2);
+        assert!(fixes[1].lat.is_some_and(|lat| (lat - (48.0 + 7.002 / 60.0)).abs() < 1e-9));
+        assert_eq!(decoder.assembler_stats().late_sentences, 1);
+    }
+
+    #[test]
+    fn one_lost_end_of_cycle_sentence_does_not_make_fixes_early_for_good() {
+        // Cycle 1 loses its GSA (say, to a checksum error), so RMC looked like the end.
+        let first = cycle("120001", "010624");
+        let mut input = first[..first.rfind("$GPGSA").unwrap_or(0)].to_owned();
+        for s in 2..=9 {
+            input.push_str(&cycle(&format!("1200{s:02}"), "010624"));
+        }
+        let (fixes, _) = decode_str(&input);
+        // Once GSA has ended most cycles, RMC no longer counts as an end, and fixes
+        // carry the GSA's mode again.
+        let last = fixes.last().cloned().unwrap_or_default();
+        assert_eq!(last.mode, Some(FixMode::ThreeD));
+        let hdops: Vec<_> = fixes.iter().map(|f| f.hdop).collect();
+        assert!(fixes.iter().rev().take(3).all(|f| f.hdop == Some(1.3)), "{hdops:?}");
+    }
+
+    #[test]
+    fn a_fix_is_dated_only_once_the_receiver_sent_a_date() {
+        let gga = sentence("GPGGA,120001.00,4807.001,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
+        let (fixes, _) = decode_str(&gga);
+        assert_eq!(fixes.len(), 1);
+        assert_eq!(fixes[0].utc_ms, None);
+        assert_eq!(fixes[0].time_rfc3339(), "12:00:01Z");
+    }
+
+    #[test]
+    fn a_void_rmc_does_not_set_the_date() {
+        let void = sentence("GPRMC,120001.00,V,,,,,,,060180,,,N");
+        let (fixes, _) = decode_str(&void);
+        assert_eq!(fixes.len(), 1);
+        assert_eq!(fixes[0].utc_ms, None);
+        assert_eq!(fixes[0].mode, Some(FixMode::NoFix));
+    }
+
+    #[test]
+    fn the_date_rolls_over_at_midnight_between_date_sentences() {
+        let input = [
+            cycle("235959", "310524"),
+            sentence("GPGGA,000000.00,4807.000,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"),
+        ]
+        .concat();
+        let (fixes, _) = decode_str(&input);
+        let times: Vec<String> = fixes.iter().filter_map(|f| f.utc_ms).map(format_utc_ms).collect();
+        assert_eq!(times, ["2024-05-31T23:59:59Z", "2024-06-01T00:00:00Z"]);
+    }
+
+    #[test]
+    fn a_date_before_the_floor_is_moved_forward_by_1024_weeks() {
+        // A receiver with the week rollover bug reports 2005-10-16 for 2025-06-01.
+        let (fixes, decoder) = decode_str(&cycle("120001", "161005"));
+        let time = fixes.first().and_then(|f| f.utc_ms).map(format_utc_ms);
+        assert_eq!(time.as_deref(), Some("2025-06-01T12:00:01Z"));
+        assert!(fixes[0].week_rollover);
+        assert_eq!(decoder.assembler_stats().rollover_corrected, 1);
+    }
+
+    #[test]
+    fn a_zda_with_another_second_does_not_open_an_epoch() {
+        // Magellan AC12 stamps ZDA two seconds ahead of the fix it follows.
+        let input = [
+            cycle("193221", "231207"),
+            sentence("GPZDA,193223.00,23,12,2007,00,00"),
+            cycle("193222", "231207"),
+        ]
+        .concat();
+        let (fixes, decoder) = decode_str(&input);
+        assert_eq!(fixes.len(), 2);
+        assert!(fixes.iter().all(|f| f.position().is_some()));
+        assert_eq!(decoder.assembler_stats().stray_aux, 1);
+    }
+
+    #[test]
+    fn an_invalid_sentence_keeps_its_status_but_not_its_position() {
+        let input = sentence("GPGGA,120001.00,4807.001,N,01131.000,E,0,00,99.9,,M,,M,,");
+        let (fixes, _) = decode_str(&input);
+        assert_eq!(fixes[0].gga_quality, Some(0));
+        assert_eq!(fixes[0].position(), None);
+        assert_eq!(fixes[0].mode, Some(FixMode::NoFix));
+    }
+
+    #[test]
+    fn gsa_decides_between_2d_and_3d() {
+        let input = [
+            sentence("GPGGA,120001.00,4807.001,N,01131.000,E,1,03,2.0,545.4,M,46.9,M,,"),
+            sentence("GPGSA,A,2,04,05,09,,,,,,,,,,3.0,2.0,2.2"),
+        ]
+        .concat();
+        let (fixes, _) = decode_str(&input);
+        assert_eq!(fixes[0].mode, Some(FixMode::TwoD));
+    }
+
+    #[tokio::test]
+    async fn run_reads_any_async_buf_read_to_the_end() {
+        let input = [cycle("120001", "010624"), cycle("120002", "010624")].concat();
+        let reader = tokio::io::BufReader::with_capacity(16, input.as_bytes());
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut decoder = Decoder::default();
+        let end = run(reader, &mut decoder, &tx, &CancellationToken::new()).await;
+        assert!(matches!(end, Ok(RunEnd::Eof)));
+        drop(tx);
+        let mut fixes = Vec::new();
+        while let Some(fix) = rx.recv().await {
+            fixes.push(fix);
+        }
+        assert_eq!(fixes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn run_stops_when_cancelled() {
+        let (_writer, reader) = tokio::io::duplex(64);
+        let (tx, _rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut decoder = Decoder::default();
+        let end = run(tokio::io::BufReader::new(reader), &mut decoder, &tx, &cancel).await;
+        assert!(matches!(end, Ok(RunEnd::Cancelled)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let b = Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(2),
+        };
+        let delays: Vec<u128> = std::iter::successors(Some(b.initial), |d| Some(b.next(*d)))
+            .take(5)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn dev_paths_are_devices_and_other_paths_files() {
+        assert!(matches!(
+            DecodeSource::classify(Path::new("/dev/ttyACM0"), 9600),
+            DecodeSource::Device { baud: 9600, .. }
+        ));
+        assert!(matches!(
+            DecodeSource::classify(Path::new("drive.nmea"), 9600),
+            DecodeSource::File(_)
+        ));
+    }
+
+    mod pty {
+        //! A pseudo-terminal stands in for the GPS's serial port: the test writes NMEA
+        //! into the master side, the agent opens the slave side by path with
+        //! `serialport`, exactly as it opens /dev/ttyACM0.
+
+        use std::io::Write as _;
+        use std::os::unix::fs::symlink;
+
+        use nix::fcntl::OFlag;
+        use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
+
+        use super::*;
+
+        fn open_pty() -> (PtyMaster, PathBuf) {
+            let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
+            grantpt(&master).expect("grantpt");
+            unlockpt(&master).expect("unlockpt");
+            let slave = ptsname_r(&master).expect("ptsname_r");
+            (master, PathBuf::from(slave))
+        }
+
+        /// Writes cycles into the master until a fix comes out (the agent may not have
+        /// opened the slave yet when the first bytes go in), bounded in time.
+        async fn feed_until_fix(
+            master: &mut PtyMaster,
+            rx: &mut mpsc::Receiver<Fix>,
+            first_second: u32,
+        ) -> Fix {
+            for i in 0..100 {
+                let input = cycle(&format!("1200{:02}", (first_second + i) % 60), "010624");
+                master.write_all(input.as_bytes()).expect("write to pty master");
+                if let Ok(Some(fix)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+                {
+                    return fix;
+                }
+            }
+            panic!("no fix came through the pty");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fixes_come_through_a_pty_and_the_device_is_reopened_after_unplugging() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let link_path = dir.path().join("gps0");
+            let (mut master, slave) = open_pty();
+            symlink(&slave, &link_path).expect("symlink");
+
+            let config = SerialConfig {
+                path: link_path.clone(),
+                baud: 9600,
+                backoff: Backoff {
+                    initial: Duration::from_millis(20),
+                    max: Duration::from_millis(80),
+                },
+            };
+            let (tx, mut rx) = mpsc::channel(64);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn({
+                let cancel = cancel.clone();
+                async move {
+                    let mut decoder = Decoder::default();
+                    let mut link = LinkStats::default();
+                    let end = run_serial(&config, &mut decoder, &tx, &cancel, &mut link).await;
+                    (end, link)
+                }
+            });
+
+            let fix = feed_until_fix(&mut master, &mut rx, 1).await;
+            assert!(fix.position().is_some());
+            assert!(fix.utc_ms.is_some());
+
+            // Unplug: the master goes away and the slave path with it.
+            drop(master);
+            std::fs::remove_file(&link_path).expect("remove link");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+
+            // Plug a new receiver in at the same path.
+            let (mut master, slave) = open_pty();
+            symlink(&slave, &link_path).expect("symlink again");
+            // Drain fixes from before the unplug, then expect new ones.
+            while rx.try_recv().is_ok() {}
+            let fix = feed_until_fix(&mut master, &mut rx, 30).await;
+            assert!(fix.position().is_some());
+
+            cancel.cancel();
+            let (end, link) = task.await.expect("serial task");
+            assert_eq!(end, RunEnd::Cancelled);
+            assert_eq!(link.opens, 2, "{link:?}");
+            assert_eq!(link.disconnects, 1, "{link:?}");
+            assert!(link.open_failures >= 1, "{link:?}");
+        }
+    }
 }

@@ -5,11 +5,17 @@
 //! decision and gets it to the hub. Decisions ([`fix`] assembly, the quality gate, the
 //! geofence tracker) are pure state machines; the async shell around them is thin.
 
+pub mod config;
+pub mod daemon;
 pub mod decide;
+pub mod driver;
 pub mod fix;
 pub mod gate;
 pub mod gps;
 pub mod nmea;
 pub mod geofence;
+pub mod lines;
 pub mod replay;
 pub mod outbox;
+pub mod status;
+pub mod uplink;

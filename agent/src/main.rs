@@ -18,12 +18,43 @@ use doorstep_agent::gps::{self, DecodeSource};
 #[derive(Debug, Parser)]
 #[command(name = "doorstep-agent", version, propagate_version = true)]
 struct Cli {
+    /// Print the commented default configuration (what /etc/doorstep/agent.toml should
+    /// start from) and exit.
+    #[arg(long)]
+    print_default_config: bool,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// Where the configuration is.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The agent's configuration file.
+    #[arg(long, short, default_value = doorstep_agent::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the in-cab daemon: GPS, scanner, driver socket, signed confirmations, uplink.
+    ///
+    /// Reads the configuration (see --print-default-config), opens the GNSS receiver and
+    /// the barcode scanner (reopening them with backoff when they disappear), serves the
+    /// driver app's socket, and keeps every confirmation in the outbox until the hub
+    /// acknowledges it. Stops cleanly on SIGTERM or Ctrl-C.
+    Run(ConfigArg),
+    /// Create this device's Ed25519 signing key (mode 0600) and print its public key.
+    ///
+    /// Register the printed public key at the hub with
+    /// `doorstep-hub device add --fleet <fleet> --device <id> --key <file.pub>`.
+    /// Refuses to replace an existing key unless --force is given: a new key means the
+    /// hub must be told, or it will refuse the device's events.
+    Keygen(KeygenArgs),
+    /// Print this device's public key, for registration at the hub.
+    Pubkey(KeyArg),
+    /// Show link state, outbox depth, the last fix and its age, and alarms.
+    Status(StatusArgs),
     /// Work with the GPS receiver: decode NMEA from a log or a serial device.
     #[command(subcommand)]
     Gps(GpsCommand),
@@ -106,6 +137,31 @@ enum GpsCommand {
 }
 
 #[derive(Debug, Args)]
+struct KeyArg {
+    /// The device key file.
+    #[arg(long, default_value = "/var/lib/doorstep/device.key")]
+    key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    #[command(flatten)]
+    key: KeyArg,
+    /// Replace an existing key.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON for machines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct DecodeArgs {
     /// An NMEA log file, or a serial device. Any path under /dev, or any character
     /// device, is opened as a serial port (8N1, raw) and read until Ctrl-C, reopened
@@ -129,10 +185,159 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    if cli.print_default_config {
+        std::io::stdout().write_all(doorstep_agent::config::DEFAULT_CONFIG.as_bytes())?;
+        return Ok(());
+    }
+    let Some(command) = cli.command else {
+        use clap::CommandFactory as _;
+        Cli::command().print_help()?;
+        anyhow::bail!("no command given");
+    };
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Keygen(args) => keygen(args),
+        Command::Pubkey(args) => pubkey(args),
+        Command::Status(args) => status(args),
         Command::Gps(GpsCommand::Decode(args)) => gps_decode(args).await,
         Command::Replay(args) => replay(args),
     }
+}
+
+async fn run(args: ConfigArg) -> anyhow::Result<()> {
+    use doorstep_agent::{config::Config, daemon, status, uplink};
+    let config = Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
+    let key = std::sync::Arc::new(daemon::load_key(&config.key_path)?);
+    let cancel = CancellationToken::new();
+    let running = daemon::start(&config, key, cancel.clone()).await?;
+    if let Some(uplink_config) = &config.uplink {
+        let settings = uplink_config.validate()?;
+        let (route_tx, mut route_rx) = tokio::sync::watch::channel(None);
+        let link = uplink::Uplink::new(settings, running.outbox.clone())
+            .with_link_record(status::link_record_path(&config.outbox_path()))
+            .with_positions(running.live.clone())
+            .with_routes(route_tx);
+        let link_cancel = cancel.clone();
+        running.tasks.spawn(async move {
+            if let Err(e) = link.run(link_cancel).await {
+                tracing::error!(error = %e, "uplink stopped");
+            }
+        });
+        // Routes from the hub (verified by the uplink under the hub key) go to the brain.
+        let routes = running.routes.clone();
+        let route_cancel = cancel.clone();
+        running.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = route_cancel.cancelled() => return,
+                    changed = route_rx.changed() => if changed.is_err() { return },
+                }
+                let assignment = route_rx.borrow_and_update().clone();
+                if let Some(assignment) = assignment {
+                    if routes.send(assignment.route).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    } else {
+        tracing::warn!("no [uplink] configured: confirmations stay in the outbox until one is");
+    }
+    tracing::info!(device = %config.device, "agent running");
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    cancel.cancel();
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = &args.key.key;
+    if path.exists() && !args.force {
+        anyhow::bail!(
+            "{} already exists; this device already has a key. Use --force to replace it \
+             (then register the new public key at the hub)",
+            path.display()
+        );
+    }
+    let pkcs8 = doorstep_proto::SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new())?;
+    let key = doorstep_proto::SigningKey::from_pkcs8(&pkcs8)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Written beside the target with mode 0600 from the start, then renamed over it:
+    // the private key is never readable by others, not even for a moment.
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&pkcs8)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    let public = key.public_key().to_string();
+    let pub_path = path.with_extension("pub");
+    std::fs::write(&pub_path, format!("{public}\n")).with_context(|| format!("writing {}", pub_path.display()))?;
+    writeln!(std::io::stdout(), "{public}")?;
+    writeln!(
+        std::io::stderr(),
+        "wrote {} (mode 0600) and {}; register it with: doorstep-hub device add --key {}",
+        path.display(),
+        pub_path.display(),
+        pub_path.display()
+    )?;
+    Ok(())
+}
+
+fn pubkey(args: KeyArg) -> anyhow::Result<()> {
+    let key = doorstep_agent::daemon::load_key(&args.key)?;
+    writeln!(std::io::stdout(), "{}", key.public_key())?;
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    use doorstep_agent::{config::Config, daemon::BRAIN_STATE_FILE, status};
+    let config =
+        Config::load(&args.config.config).with_context(|| format!("configuration {}", args.config.config.display()))?;
+    let db = config.outbox_path();
+    let report = status::read_status(&db, &status::link_record_path(&db))?;
+    let decisions: Option<serde_json::Value> = std::fs::read(config.state_dir.join(BRAIN_STATE_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        value["decisions"] = decisions.unwrap_or(serde_json::Value::Null);
+        writeln!(out, "{value}")?;
+    } else {
+        write!(out, "{}", report.render())?;
+        if let Some(d) = decisions {
+            writeln!(out, "route: {}", d["route_id"].as_str().unwrap_or("none loaded"))?;
+            writeln!(out, "events stored since start: {}; store failures: {}", d["events_stored"], d["store_failures"])?;
+            writeln!(out, "decisions: {}", d["decisions"])?;
+            writeln!(out, "fixes refused by the gate: {}", d["gated"])?;
+        }
+    }
+    Ok(())
 }
 
 async fn gps_decode(args: DecodeArgs) -> anyhow::Result<()> {

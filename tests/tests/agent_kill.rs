@@ -1,0 +1,121 @@
+//! The agent process is SIGKILLed again and again, at random points while it enqueues,
+//! publishes and applies acks, and restarted each time; at the end the hub holds every
+//! confirmation exactly once, in order, and the outbox is empty.
+//!
+//! The process is `agent-soak` (the agent library's outbox and uplink wired as
+//! `doorstep-agent run` wires them); switch to the real binary once `run` exists.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use doorstep_agent::status::{link_record_path, read_status};
+use doorstep_e2e::{AckingReceiver, Broker, BrokerOptions, device, device_key, hub_key};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const COUNT: u64 = 400;
+const KILLS: usize = 24;
+
+fn soak(db: &std::path::Path, port: u16, exit_when_drained: bool) -> Child {
+    // The final run's output is not read: send it nowhere so the pipe never fills.
+    let stdout = if exit_when_drained { Stdio::null() } else { Stdio::piped() };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-soak"));
+    cmd.arg("--db")
+        .arg(db)
+        .args(["--port", &port.to_string(), "--device", "van-kill", "--seed", "7"])
+        .args(["--hub-key", &hub_key().public_key().to_string()])
+        .args(["--count", &COUNT.to_string(), "--interval-ms", "3"])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if exit_when_drained {
+        cmd.arg("--exit-when-drained");
+    }
+    cmd.spawn().expect("spawn agent-soak")
+}
+
+fn random(rng: &SystemRandom, below: u64) -> u64 {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b).expect("rng");
+    u64::from_le_bytes(b) % below
+}
+
+/// Where to strike: right after a durable append, right after an ack was applied, or at
+/// a random moment (mostly mid-publish).
+#[derive(Debug, Clone, Copy)]
+enum Strike {
+    AfterAppend,
+    AfterAck,
+    Anywhere,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() {
+    doorstep_e2e::init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("agent.db");
+    let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
+    let van = device("van-kill");
+    let key = device_key(7);
+    let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
+    let rng = SystemRandom::new();
+
+    let mut kills = 0;
+    for round in 0..KILLS {
+        let strike = [Strike::AfterAppend, Strike::AfterAck, Strike::Anywhere][round % 3];
+        let mut child = soak(&db, broker.port(), false);
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let wanted = match strike {
+            Strike::AfterAppend => Some("appended"),
+            Strike::AfterAck => Some("acked"),
+            Strike::Anywhere => None,
+        };
+        let skip = random(&rng, 20);
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            match wanted {
+                Some(prefix) => {
+                    let mut seen = 0;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line.starts_with(prefix) {
+                            if seen >= skip {
+                                return true;
+                            }
+                            seen += 1;
+                        }
+                        if line == "drained" {
+                            return false;
+                        }
+                    }
+                    false
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(30 + random(&rng, 300))).await;
+                    true
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        child.start_kill().expect("SIGKILL");
+        let _ = child.wait().await;
+        if found {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 20, "only {kills} kills landed");
+
+    let mut child = soak(&db, broker.port(), true);
+    let status = tokio::time::timeout(Duration::from_secs(120), child.wait()).await.expect("drains in time");
+    assert!(status.expect("exit").success());
+    let delivered = receiver.wait_for(Duration::from_secs(10), |r| r.contiguous(&van) >= COUNT).await;
+    let received = receiver.received();
+    assert!(delivered, "receiver holds {} of {COUNT}", received.contiguous(&van));
+    received.assert_every_confirmation_once_in_order(&van, u32::try_from(COUNT).expect("fits"));
+    assert!(received.rejected.is_empty(), "{:?}", received.rejected);
+    assert!(received.duplicates > 0, "kills mid-publish should cause resends the hub deduplicates");
+    let status = read_status(&db, &link_record_path(&db)).expect("status");
+    assert_eq!(status.outbox.depth(), 0);
+    assert_eq!(status.outbox.next_seq, COUNT + 1, "no seq was skipped or reused");
+}
