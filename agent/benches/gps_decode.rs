@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 
 use doorstep_agent::gps::{Decoder, DecoderConfig};
 
-const CORPUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/nmea/gpsd"
-);
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/nmea/gpsd");
 
 /// Timed runs per side; the median is reported.
 const RUNS: usize = 7;
@@ -107,10 +104,7 @@ fn main() {
     let one = corpus();
     let input: Vec<u8> = one.repeat(COPIES);
     let lines = input.iter().filter(|&&b| b == b'\n').count();
-    println!(
-        "input: gpsd corpus x{COPIES}, {lines} lines, {:.1} MB",
-        input.len() as f64 / 1e6
-    );
+    println!("input: gpsd corpus x{COPIES}, {lines} lines, {:.1} MB", input.len() as f64 / 1e6);
 
     // Warm up both, then interleave the timed runs so drift affects both alike.
     let (_, fixes) = library_run(&input);

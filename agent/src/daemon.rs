@@ -40,6 +40,8 @@ pub const ROUTE_QUEUE: usize = 4;
 pub const STATE_INTERVAL: Duration = Duration::from_secs(2);
 /// Name of the brain's state file in the state directory.
 pub const BRAIN_STATE_FILE: &str = "decisions.json";
+/// Name of the route progress file in the state directory.
+pub const PROGRESS_FILE: &str = "progress.json";
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,7 @@ pub struct Brain {
     events_stored: u64,
     store_failures: u64,
     live: watch::Sender<Option<LivePosition>>,
+    progress_path: Option<PathBuf>,
 }
 
 impl Brain {
@@ -153,6 +156,37 @@ impl Brain {
             events_stored: 0,
             store_failures: 0,
             live,
+            progress_path: None,
+        }
+    }
+
+    /// Keeps the route's progress in `path` (restoring it now if it is for the loaded
+    /// route), so a restart neither repeats a nearby nor counts a parcel twice.
+    pub fn with_progress_file(mut self, path: PathBuf) -> Self {
+        if let Ok(bytes) = std::fs::read(&path) {
+            match serde_json::from_slice(&bytes) {
+                Ok(progress) => {
+                    if self.decider.restore(progress) {
+                        tracing::info!(path = %path.display(), "route progress restored");
+                    }
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "route progress unreadable; starting afresh"),
+            }
+        }
+        self.progress_path = Some(path);
+        self
+    }
+
+    async fn save_progress(&self) {
+        let Some(path) = self.progress_path.clone() else { return };
+        let progress = self.decider.progress();
+        let saved = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&progress).map_err(std::io::Error::other)?;
+            crate::outbox::write_atomic(&path, &bytes, true)
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!("route progress could not be saved");
         }
     }
 
@@ -174,6 +208,9 @@ impl Brain {
                 Ok(appended) => {
                     self.events_stored += 1;
                     tracing::info!(seq = appended.seq, kind, "event stored");
+                    if kind != "position" {
+                        self.save_progress().await;
+                    }
                 }
                 Err(e) => {
                     self.store_failures += 1;
@@ -201,6 +238,11 @@ impl Brain {
     pub fn on_route(&mut self, route: RouteManifest) {
         tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
         self.decider.load_route(route);
+        if let Some(path) = &self.progress_path {
+            if let Ok(Ok(progress)) = std::fs::read(path).map(|b| serde_json::from_slice::<crate::decide::Progress>(&b)) {
+                self.decider.restore(progress);
+            }
+        }
     }
 
     /// Handles one driver request and returns the reply.
@@ -287,13 +329,11 @@ fn photo_of(decided: &Decided) -> Option<doorstep_proto::PhotoRef> {
     }
 }
 
-/// Writes `value` as JSON to `path` atomically (write to a temporary file, then rename),
-/// so a reader never sees half a file.
+/// Writes `value` as JSON to `path` atomically, so `status` never reads half a file.
+/// Not fsync'd: it is rewritten every few seconds and only describes.
 pub fn write_json_atomically(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::outbox::write_atomic(path, &text, false)
 }
 
 /// The brain's loop: fixes, routes and driver jobs in; until cancelled.
@@ -387,7 +427,8 @@ pub async fn start(config: &Config, key: Arc<SigningKey>, cancel: CancellationTo
     drop(job_tx);
 
     let (live_tx, live_rx) = watch::channel(None);
-    let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx);
+    let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx)
+        .with_progress_file(config.state_dir.join(PROGRESS_FILE));
     tasks.spawn(run_brain(brain, fix_rx, route_rx, job_rx, counters, config.state_dir.join(BRAIN_STATE_FILE), cancel));
     Ok(Running { outbox, routes: route_tx, live: live_rx, tasks })
 }
@@ -434,6 +475,6 @@ mod tests {
         write_json_atomically(&path, &BrainState::default()).expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("\"events_stored\": 0"), "{text}");
-        assert!(!dir.path().join("decisions.json.tmp").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "no temporary file is left");
     }
 }

@@ -114,11 +114,30 @@ pub struct Decider {
     counters: BTreeMap<&'static str, u64>,
 }
 
+/// What a route's drive has done so far, kept across agent restarts (vans reboot with the
+/// ignition): which stops were announced as nearby and which parcels were handed over.
+/// Restored only for the same route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The route this progress belongs to.
+    pub route_id: Option<RouteId>,
+    /// Stops whose nearby was decided.
+    pub nearby: Vec<StopId>,
+    /// Parcels delivered at their address.
+    pub delivered: Vec<TrackingNumber>,
+    /// Parcels scanned away from their address (a later scan at the address corrects them).
+    pub away: Vec<TrackingNumber>,
+}
+
 #[derive(Debug)]
 struct Loaded {
     id: RouteId,
     manifest: RouteManifest,
     tracker: Tracker,
+    /// Stops whose nearby was decided (the tracker's own memory does not survive a restart).
+    nearby_done: std::collections::HashSet<StopId>,
+    /// Parcels handed over: `true` at the address, `false` away from it.
+    handed_over: HashMap<TrackingNumber, bool>,
     /// Tracking numbers of the route by length, for matching codes that wrap a tracking
     /// number in a longer label (a USPS GS1-128 label prefixes "420" and the ZIP code).
     by_suffix: HashMap<usize, Vec<TrackingNumber>>,
@@ -159,7 +178,46 @@ impl Decider {
             by_suffix.entry(tn.as_str().len()).or_default().push(tn.clone());
         }
         self.count("route_loaded");
-        self.route = Some(Loaded { id: manifest.route_id.clone(), manifest, tracker, by_suffix });
+        self.route = Some(Loaded {
+            id: manifest.route_id.clone(),
+            manifest,
+            tracker,
+            by_suffix,
+            nearby_done: Default::default(),
+            handed_over: HashMap::new(),
+        });
+    }
+
+    /// The progress to persist after each decision.
+    pub fn progress(&self) -> Progress {
+        let Some(route) = &self.route else {
+            return Progress::default();
+        };
+        let mut nearby: Vec<StopId> = route.nearby_done.iter().cloned().collect();
+        nearby.sort();
+        let mut delivered: Vec<TrackingNumber> =
+            route.handed_over.iter().filter(|(_, at)| **at).map(|(tn, _)| tn.clone()).collect();
+        delivered.sort();
+        let mut away: Vec<TrackingNumber> =
+            route.handed_over.iter().filter(|(_, at)| !**at).map(|(tn, _)| tn.clone()).collect();
+        away.sort();
+        Progress { route_id: Some(route.id.clone()), nearby, delivered, away }
+    }
+
+    /// Restores progress saved for the loaded route; progress of another route is ignored
+    /// (returns `false`).
+    pub fn restore(&mut self, progress: Progress) -> bool {
+        let Some(route) = self.route.as_mut() else {
+            return false;
+        };
+        if progress.route_id.as_ref() != Some(&route.id) {
+            return false;
+        }
+        route.nearby_done.extend(progress.nearby);
+        route.handed_over.extend(progress.away.into_iter().map(|tn| (tn, false)));
+        route.handed_over.extend(progress.delivered.into_iter().map(|tn| (tn, true)));
+        self.count("progress_restored");
+        true
     }
 
     /// The loaded route, if any.
@@ -202,6 +260,9 @@ impl Decider {
             // Arrival and departure are the tracker's state; the hub learns of a visit
             // through the deliveries made during it (and the trail).
             if let StopEvent::Nearby { stop, utc_ms, distance_m, fix, .. } = stop_event {
+                if !route.nearby_done.insert(stop.id.clone()) {
+                    continue;
+                }
                 out.push(Decided {
                     utc_ms,
                     event: Event::Nearby(Nearby {
@@ -342,6 +403,13 @@ impl Loaded {
         Resolved::Unknown(barcode)
     }
 
+    /// Parcels of stop `index` not yet handed over (at or away from the address).
+    fn remaining(&self, index: usize) -> usize {
+        self.manifest.stops.get(index).map_or(0, |s| {
+            s.tracking_numbers.iter().filter(|tn| !self.handed_over.contains_key(*tn)).count()
+        })
+    }
+
     fn tracker_knows(&self, tn: &TrackingNumber) -> bool {
         self.by_suffix.get(&tn.as_str().len()).is_some_and(|v| v.contains(tn))
     }
@@ -354,7 +422,51 @@ impl Loaded {
         last_fix: &GoodFix,
     ) -> (Reply, Option<Event>, &'static str) {
         let label = |stop: &StopRef| format!("stop {} ({})", stop.index + 1, stop.id);
-        match self.tracker.on_scan(utc_ms, &tn) {
+        if self.handed_over.get(&tn) == Some(&true) {
+            let Some((index, stop)) =
+                self.manifest.stops.iter().enumerate().find(|(_, s)| s.tracking_numbers.contains(&tn))
+            else {
+                return (Reply::refused("not_on_route", "Not on this route"), None, "scan_not_on_route");
+            };
+            let stop = StopRef { index, id: stop.stop_id.clone() };
+            let remaining = self.remaining(index);
+            let reply = Reply {
+                ok: true,
+                result: "duplicate",
+                stop_id: Some(stop.id.to_string()),
+                stop_number: Some(index + 1),
+                remaining: Some(remaining),
+                van_at_stop: None,
+                message: format!("Already delivered at {}. {remaining} parcel(s) to go there", label(&stop)),
+            };
+            return (reply, None, "scan_duplicate");
+        }
+        let decision = self.tracker.on_scan(utc_ms, &tn);
+        match &decision {
+            ScanDecision::AtAddress { .. } => {
+                self.handed_over.insert(tn.clone(), true);
+            }
+            ScanDecision::AwayFromAddress { .. } => {
+                self.handed_over.entry(tn.clone()).or_insert(false);
+            }
+            _ => {}
+        }
+        let decision = match decision {
+            ScanDecision::AtAddress { stop, distance_m, dwell_s, corrects_away, fix, .. } => {
+                let remaining = self.remaining(stop.index);
+                ScanDecision::AtAddress { stop, distance_m, dwell_s, remaining, corrects_away, fix }
+            }
+            ScanDecision::AwayFromAddress { stop, distance_m, van_at, fix, .. } => {
+                let remaining = self.remaining(stop.index);
+                ScanDecision::AwayFromAddress { stop, distance_m, van_at, remaining, fix }
+            }
+            ScanDecision::Duplicate { stop, .. } => {
+                let remaining = self.remaining(stop.index);
+                ScanDecision::Duplicate { stop, remaining }
+            }
+            other => other,
+        };
+        match decision {
             ScanDecision::AtAddress { stop, distance_m, dwell_s, remaining, fix, .. } => {
                 let message = if remaining == 0 {
                     format!("Delivered at {}. All parcels for this stop are done", label(&stop))
@@ -575,6 +687,33 @@ mod tests {
         assert!(event.is_none());
         let c = d.counters();
         assert_eq!((c["scan_not_on_route"], c["scan_garbage"], c["scan_duplicate"]), (1, 1, 1));
+    }
+
+    #[test]
+    fn progress_restored_after_a_restart_keeps_one_nearby_and_no_double_delivery() {
+        let mut before = parked_at_bakery();
+        before.on_scan(T0 + 121_000, "1Z999AA10123456784", None);
+        let saved = before.progress();
+        assert_eq!(saved.nearby.len(), 1);
+        assert_eq!(saved.delivered.len(), 1);
+
+        // The agent restarts while the van still stands at the bakery.
+        let mut after = Decider::new(GeofenceConfig::default()).with_position_interval_ms(0);
+        after.load_route(route());
+        assert!(after.restore(saved.clone()));
+        let mut kinds = Vec::new();
+        for t in 200..260 {
+            kinds.extend(after.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)).into_iter().map(|d| d.event.kind()));
+        }
+        assert!(kinds.is_empty(), "no second nearby after a restart: {kinds:?}");
+        let (reply, event) = after.on_scan(T0 + 261_000, "1Z999AA10123456784", None);
+        assert_eq!((reply.result, event), ("duplicate", None));
+        let (reply, _) = after.on_scan(T0 + 262_000, "1Z999AA10123456785", None);
+        assert_eq!((reply.result, reply.remaining), ("delivered_at_address", Some(0)));
+
+        let mut other = Decider::new(GeofenceConfig::default());
+        other.load_route(RouteManifest { route_id: RouteId::new("r2").expect("id"), ..route() });
+        assert!(!other.restore(saved), "progress of another route is ignored");
     }
 
     #[test]

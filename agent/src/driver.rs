@@ -311,7 +311,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncBufReadExt as _;
 
     /// A decision task stand-in that answers every action with its kind.
     fn echo_brain() -> mpsc::Sender<Job> {

@@ -155,22 +155,13 @@ mod tests {
         let day = days_from_civil(2019, 3, 28).map(|d| d * DAY_MS);
         let t = day.map(|d| d + ((16 * 60 + 45) * 60 + 17) * 1000);
         assert_eq!(t.map(format_utc_ms).as_deref(), Some("2019-03-28T16:45:17Z"));
-        assert_eq!(
-            t.map(|t| format_utc_ms(t + 500)).as_deref(),
-            Some("2019-03-28T16:45:17.5Z")
-        );
-        assert_eq!(
-            t.map(|t| format_utc_ms(t + 25)).as_deref(),
-            Some("2019-03-28T16:45:17.025Z")
-        );
+        assert_eq!(t.map(|t| format_utc_ms(t + 500)).as_deref(), Some("2019-03-28T16:45:17.5Z"));
+        assert_eq!(t.map(|t| format_utc_ms(t + 25)).as_deref(), Some("2019-03-28T16:45:17.025Z"));
     }
 
     #[test]
     fn undated_fix_prints_time_of_day_only() {
-        let fix = Fix {
-            tod_ms: 1000,
-            ..Fix::default()
-        };
+        let fix = Fix { tod_ms: 1000, ..Fix::default() };
         assert_eq!(fix.time_rfc3339(), "00:00:01Z");
     }
 
@@ -178,10 +169,7 @@ mod tests {
     fn civil_dates_round_trip_and_reject_impossible_days() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (1999, 8, 22)] {
             let days = days_from_civil(y, m, d);
-            assert_eq!(
-                days.map(civil_from_days),
-                Some((y, i64::from(m), i64::from(d)))
-            );
+            assert_eq!(days.map(civil_from_days), Some((y, i64::from(m), i64::from(d))));
         }
         assert_eq!(days_from_civil(1970, 1, 1), Some(0));
         assert_eq!(days_from_civil(2023, 2, 29), None);

@@ -161,10 +161,7 @@ impl GateStats {
 
     /// Every reason with a non-zero count, in [`Reason::ALL`] order.
     pub fn rejections(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
-        Reason::ALL
-            .into_iter()
-            .map(|r| (r, self.rejected(r)))
-            .filter(|&(_, n)| n > 0)
+        Reason::ALL.into_iter().map(|r| (r, self.rejected(r))).filter(|&(_, n)| n > 0)
     }
 
     fn reject(&mut self, reason: Reason) {
@@ -186,12 +183,7 @@ pub struct Gate {
 impl Gate {
     /// A gate that has accepted nothing yet.
     pub fn new(config: GateConfig) -> Self {
-        Self {
-            config,
-            anchor: None,
-            suspect: None,
-            stats: GateStats::default(),
-        }
+        Self { config, anchor: None, suspect: None, stats: GateStats::default() }
     }
 
     /// Counters so far.
@@ -270,19 +262,8 @@ impl Gate {
         if fix.eph_m.is_some_and(|e| e > c.max_eph_m) {
             return Err(Reason::EphTooHigh);
         }
-        let accuracy_m = fix
-            .eph_m
-            .or(fix.hdop.map(|h| h * c.uere_m))
-            .unwrap_or(c.default_accuracy_m);
-        Ok(GoodFix {
-            utc_ms,
-            lat,
-            lon,
-            accuracy_m,
-            speed_mps: fix.speed_mps,
-            hdop: fix.hdop,
-            sats: fix.sats,
-        })
+        let accuracy_m = fix.eph_m.or(fix.hdop.map(|h| h * c.uere_m)).unwrap_or(c.default_accuracy_m);
+        Ok(GoodFix { utc_ms, lat, lon, accuracy_m, speed_mps: fix.speed_mps, hdop: fix.hdop, sats: fix.sats })
     }
 
     /// Could a van have driven from `a` to `b`? Allows three combined sigmas of
@@ -358,48 +339,12 @@ mod tests {
     fn receiver_invalid_flags_are_refused_with_their_reason() {
         let mut gate = Gate::new(GateConfig::default());
         let cases = [
-            (
-                Fix {
-                    rmc_valid: Some(false),
-                    ..fix_at(0, 48.1, 11.5)
-                },
-                "rmc_void",
-            ),
-            (
-                Fix {
-                    gga_quality: Some(0),
-                    ..fix_at(1, 48.1, 11.5)
-                },
-                "gga_quality_0",
-            ),
-            (
-                Fix {
-                    faa_mode: Some('N'),
-                    ..fix_at(2, 48.1, 11.5)
-                },
-                "faa_mode_n",
-            ),
-            (
-                Fix {
-                    lat: None,
-                    ..fix_at(3, 48.1, 11.5)
-                },
-                "no_position",
-            ),
-            (
-                Fix {
-                    hdop: Some(9.9),
-                    ..fix_at(4, 48.1, 11.5)
-                },
-                "hdop_too_high",
-            ),
-            (
-                Fix {
-                    eph_m: Some(80.0),
-                    ..fix_at(5, 48.1, 11.5)
-                },
-                "eph_too_high",
-            ),
+            (Fix { rmc_valid: Some(false), ..fix_at(0, 48.1, 11.5) }, "rmc_void"),
+            (Fix { gga_quality: Some(0), ..fix_at(1, 48.1, 11.5) }, "gga_quality_0"),
+            (Fix { faa_mode: Some('N'), ..fix_at(2, 48.1, 11.5) }, "faa_mode_n"),
+            (Fix { lat: None, ..fix_at(3, 48.1, 11.5) }, "no_position"),
+            (Fix { hdop: Some(9.9), ..fix_at(4, 48.1, 11.5) }, "hdop_too_high"),
+            (Fix { eph_m: Some(80.0), ..fix_at(5, 48.1, 11.5) }, "eph_too_high"),
         ];
         for (fix, reason) in cases {
             assert_eq!(gate.check(&fix).as_str(), reason);
@@ -411,10 +356,7 @@ mod tests {
     #[test]
     fn a_fix_without_a_date_is_never_good() {
         let mut gate = Gate::new(GateConfig::default());
-        let undated = Fix {
-            utc_ms: None,
-            ..fix_at(0, 48.1, 11.5)
-        };
+        let undated = Fix { utc_ms: None, ..fix_at(0, 48.1, 11.5) };
         assert_eq!(gate.check(&undated), Verdict::Reject(Reason::NoDate));
     }
 
@@ -438,10 +380,7 @@ mod tests {
         let mut fixes = vec![fix_at(0, 10.0, 10.0)];
         fixes.extend((1..=5).map(|s| fix_at(s, 48.1 + STEP_DEG * s as f64, 11.5)));
         let got = verdicts(&mut gate, &fixes);
-        assert_eq!(
-            got,
-            ["ok", "impossible_jump", "impossible_jump", "ok", "ok", "ok"]
-        );
+        assert_eq!(got, ["ok", "impossible_jump", "impossible_jump", "ok", "ok", "ok"]);
         assert_eq!(gate.stats().reanchored, 1);
     }
 
@@ -458,26 +397,14 @@ mod tests {
                 fix_at(4, 48.1, 11.5),
             ],
         );
-        assert_eq!(
-            got,
-            [
-                "ok",
-                "impossible_jump",
-                "impossible_jump",
-                "impossible_jump",
-                "ok"
-            ]
-        );
+        assert_eq!(got, ["ok", "impossible_jump", "impossible_jump", "impossible_jump", "ok"]);
     }
 
     #[test]
     fn a_long_gap_allows_a_long_drive() {
         let mut gate = Gate::new(GateConfig::default());
         // 30 km in ten minutes is 50 m/s: fast, but under the bound.
-        let got = verdicts(
-            &mut gate,
-            &[fix_at(0, 48.1, 11.5), fix_at(600, 48.1 + 0.27, 11.5)],
-        );
+        let got = verdicts(&mut gate, &[fix_at(0, 48.1, 11.5), fix_at(600, 48.1 + 0.27, 11.5)]);
         assert_eq!(got, ["ok", "ok"]);
     }
 

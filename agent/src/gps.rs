@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::fix::{Fix, FixMode, days_from_civil};
 use crate::gate::{Gate, GateConfig, GateStats, Verdict};
 use crate::nmea::{
-    ChecksumPolicy, Decoded, Frame, Framer, LineKind, LineStats, NmeaDate, Observation,
-    SentenceKind, decode_sentence,
+    ChecksumPolicy, Decoded, Frame, Framer, LineKind, LineStats, NmeaDate, Observation, SentenceKind,
+    decode_sentence,
 };
 
 /// Days in one GPS week-number rollover period (1024 weeks, about 19.6 years).
@@ -58,9 +58,7 @@ pub struct AssemblerConfig {
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self {
-            date_floor_days: DEFAULT_DATE_FLOOR_DAYS,
-        }
+        Self { date_floor_days: DEFAULT_DATE_FLOOR_DAYS }
     }
 }
 
@@ -153,13 +151,7 @@ struct Epoch {
 
 impl Epoch {
     fn open(tod_ms: u32) -> Self {
-        Self {
-            fix: Fix {
-                tod_ms,
-                ..Fix::default()
-            },
-            ..Self::default()
-        }
+        Self { fix: Fix { tod_ms, ..Fix::default() }, ..Self::default() }
     }
 
     fn merge(&mut self, obs: &Observation) {
@@ -247,10 +239,7 @@ pub struct Assembler {
 impl Assembler {
     /// An assembler that has seen nothing yet.
     pub fn new(config: AssemblerConfig) -> Self {
-        Self {
-            config,
-            ..Self::default()
-        }
+        Self { config, ..Self::default() }
     }
 
     /// Counters so far.
@@ -363,11 +352,7 @@ impl Assembler {
             self.stats.implausible_dates += 1;
             return;
         }
-        self.date = Some(DateAnchor {
-            days,
-            tod_ms,
-            rolled_over,
-        });
+        self.date = Some(DateAnchor { days, tod_ms, rolled_over });
     }
 }
 
@@ -403,12 +388,7 @@ impl Decoder {
 
     /// Feeds bytes of any chunking; appends completed fixes to `fixes`.
     pub fn feed(&mut self, bytes: &[u8], fixes: &mut Vec<Fix>) {
-        let Self {
-            config,
-            framer,
-            lines,
-            assembler,
-        } = self;
+        let Self { config, framer, lines, assembler } = self;
         framer.feed(bytes, |frame| {
             handle_frame(frame, config.checksum, lines, assembler, fixes);
         });
@@ -416,12 +396,7 @@ impl Decoder {
 
     /// Ends the stream: decodes an unterminated last sentence and closes the last epoch.
     pub fn finish(&mut self, fixes: &mut Vec<Fix>) {
-        let Self {
-            config,
-            framer,
-            lines,
-            assembler,
-        } = self;
+        let Self { config, framer, lines, assembler } = self;
         framer.finish(|frame| handle_frame(frame, config.checksum, lines, assembler, fixes));
         fixes.extend(assembler.finish());
     }
@@ -429,12 +404,7 @@ impl Decoder {
     /// The link dropped (device unplugged): discards a partial sentence and closes the
     /// open epoch, so a fix is never assembled from both sides of a gap.
     pub fn link_lost(&mut self, fixes: &mut Vec<Fix>) {
-        let Self {
-            framer,
-            lines,
-            assembler,
-            ..
-        } = self;
+        let Self { framer, lines, assembler, .. } = self;
         framer.reset(|frame| {
             if let Frame::Skipped(kind) = frame {
                 lines.record(kind);
@@ -590,10 +560,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30) }
     }
 }
 
@@ -646,63 +613,47 @@ impl SerialReader {
         let port = serialport::new(path.to_string_lossy(), baud)
             .timeout(SERIAL_POLL)
             .open_native()
-            .map_err(|source| GpsError::OpenDevice {
-                path: path.to_owned(),
-                baud,
-                source,
-            })?;
+            .map_err(|source| GpsError::OpenDevice { path: path.to_owned(), baud, source })?;
         Ok(Self::spawn(port))
     }
 
     /// Reads from an already-open reader on a thread.
     pub fn spawn<P: io::Read + Send + 'static>(mut port: P) -> Self {
         let (tx, rx) = mpsc::channel(SERIAL_QUEUE_CHUNKS);
-        let spawned = std::thread::Builder::new()
-            .name("gps-serial".into())
-            .spawn(move || {
-                let mut buf = vec![0; SERIAL_CHUNK_LEN];
-                loop {
-                    match port.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::TimedOut
-                                    | io::ErrorKind::WouldBlock
-                                    | io::ErrorKind::Interrupted
-                            ) =>
-                        {
-                            if tx.is_closed() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
+        let spawned = std::thread::Builder::new().name("gps-serial".into()).spawn(move || {
+            let mut buf = vec![0; SERIAL_CHUNK_LEN];
+            loop {
+                match port.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
                             break;
                         }
                     }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        if tx.is_closed() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
                 }
-            });
+            }
+        });
         let (tx_err, rx_err) = mpsc::channel(1);
         match spawned {
-            Ok(_) => Self {
-                rx,
-                chunk: Vec::new(),
-                pos: 0,
-            },
+            Ok(_) => Self { rx, chunk: Vec::new(), pos: 0 },
             Err(e) => {
                 // No thread, no reader: report it as a read error on first use.
                 let _ = tx_err.try_send(Err(e));
-                Self {
-                    rx: rx_err,
-                    chunk: Vec::new(),
-                    pos: 0,
-                }
+                Self { rx: rx_err, chunk: Vec::new(), pos: 0 }
             }
         }
     }
@@ -829,14 +780,9 @@ impl DecodeSource {
     /// else is a file.
     pub fn classify(path: &Path, baud: u32) -> Self {
         use std::os::unix::fs::FileTypeExt as _;
-        let is_char_device = std::fs::metadata(path)
-            .map(|m| m.file_type().is_char_device())
-            .unwrap_or(false);
+        let is_char_device = std::fs::metadata(path).map(|m| m.file_type().is_char_device()).unwrap_or(false);
         if path.starts_with("/dev") || is_char_device {
-            DecodeSource::Device {
-                path: path.to_owned(),
-                baud,
-            }
+            DecodeSource::Device { path: path.to_owned(), baud }
         } else {
             DecodeSource::File(path.to_owned())
         }
@@ -955,21 +901,12 @@ pub async fn decode_command<W: Write>(
             DecodeSource::File(path) => match tokio::fs::File::open(path).await {
                 Ok(file) => {
                     let reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
-                    run(reader, &mut decoder, &tx, &producer_cancel)
-                        .await
-                        .map(|_| ())
+                    run(reader, &mut decoder, &tx, &producer_cancel).await.map(|_| ())
                 }
-                Err(source) => Err(GpsError::OpenFile {
-                    path: path.clone(),
-                    source,
-                }),
+                Err(source) => Err(GpsError::OpenFile { path: path.clone(), source }),
             },
             DecodeSource::Device { path, baud } => {
-                let config = SerialConfig {
-                    path: path.clone(),
-                    baud: *baud,
-                    backoff: Backoff::default(),
-                };
+                let config = SerialConfig { path: path.clone(), baud: *baud, backoff: Backoff::default() };
                 run_serial(&config, &mut decoder, &tx, &producer_cancel, &mut link).await;
                 Ok(())
             }
@@ -981,9 +918,7 @@ pub async fn decode_command<W: Write>(
         writeln!(out, "{}", fix_json(&fix, &verdict)).map_err(GpsError::Write)?;
     }
     out.flush().map_err(GpsError::Write)?;
-    let (result, decoder, link) = producer
-        .await
-        .map_err(|e| GpsError::Read(io::Error::other(e)))?;
+    let (result, decoder, link) = producer.await.map_err(|e| GpsError::Read(io::Error::other(e)))?;
     result?;
     Ok(DecodeSummary {
         lines: *decoder.line_stats(),
@@ -1019,12 +954,8 @@ mod tests {
         let sec: u32 = hhmmss[4..].parse().unwrap_or(0);
         let lat = format!("4807.{:03}", sec);
         [
-            sentence(&format!(
-                "GPGGA,{hhmmss}.00,{lat},N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
-            )),
-            sentence(&format!(
-                "GPRMC,{hhmmss}.00,A,{lat},N,01131.000,E,0.5,54.7,{ddmmyy},,,A"
-            )),
+            sentence(&format!("GPGGA,{hhmmss}.00,{lat},N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")),
+            sentence(&format!("GPRMC,{hhmmss}.00,A,{lat},N,01131.000,E,0.5,54.7,{ddmmyy},,,A")),
             sentence("GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1"),
         ]
         .concat()
@@ -1054,7 +985,10 @@ mod tests {
         // The first cycle's end is not known yet: its fix comes with the next time.
         decoder.feed(cycle("120001", "010624").as_bytes(), &mut fixes);
         assert!(fixes.is_empty());
-        decoder.feed(sentence("GPGGA,120002.00,4807.002,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,").as_bytes(), &mut fixes);
+        decoder.feed(
+            sentence("GPGGA,120002.00,4807.002,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,").as_bytes(),
+            &mut fixes,
+        );
         assert_eq!(fixes.len(), 1);
         let (all, _) = decode_str(&input);
         assert_eq!(all.iter().map(|f| f.tod_ms % 60_000).collect::<Vec<_>>(), [1000, 2000]);
@@ -1203,10 +1137,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_maximum() {
-        let b = Backoff {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(2),
-        };
+        let b = Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(2) };
         let delays: Vec<u128> = std::iter::successors(Some(b.initial), |d| Some(b.next(*d)))
             .take(5)
             .map(|d| d.as_millis())
@@ -1220,10 +1151,7 @@ mod tests {
             DecodeSource::classify(Path::new("/dev/ttyACM0"), 9600),
             DecodeSource::Device { baud: 9600, .. }
         ));
-        assert!(matches!(
-            DecodeSource::classify(Path::new("drive.nmea"), 9600),
-            DecodeSource::File(_)
-        ));
+        assert!(matches!(DecodeSource::classify(Path::new("drive.nmea"), 9600), DecodeSource::File(_)));
     }
 
     mod pty {
@@ -1257,9 +1185,7 @@ mod tests {
             for i in 0..100 {
                 let input = cycle(&format!("1200{:02}", (first_second + i) % 60), "010624");
                 master.write_all(input.as_bytes()).expect("write to pty master");
-                if let Ok(Some(fix)) =
-                    tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
-                {
+                if let Ok(Some(fix)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
                     return fix;
                 }
             }
@@ -1276,10 +1202,7 @@ mod tests {
             let config = SerialConfig {
                 path: link_path.clone(),
                 baud: 9600,
-                backoff: Backoff {
-                    initial: Duration::from_millis(20),
-                    max: Duration::from_millis(80),
-                },
+                backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(80) },
             };
             let (tx, mut rx) = mpsc::channel(64);
             let cancel = CancellationToken::new();

@@ -118,7 +118,9 @@ enum GpsCommand {
     /// fractional seconds only when they are not zero; until the receiver has sent a
     /// date (RMC or ZDA) it is the time of day alone, like "16:45:17Z". Dates before
     /// 2024-01-01 are treated as GPS week rollover and moved forward by 1024 weeks.
-    /// "mode" is gpsd's: 1 no fix, 2 two-dimensional, 3 three-dimensional. "gate" is
+    /// "mode" is gpsd's: 1 no fix, 2 two-dimensional, 3 three-dimensional. "speed_mps"
+    /// is speed over ground in m/s, "course" degrees true, "eph" the receiver's own
+    /// horizontal error estimate in metres (GST/GBS), when it sends one. "gate" is
     /// "ok" or the reason the fix would not be used: rmc_void, gga_quality_0,
     /// faa_mode_n, gll_void, no_position, no_date, hdop_too_high, eph_too_high,
     /// time_not_increasing, impossible_jump.
@@ -206,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: ConfigArg) -> anyhow::Result<()> {
     use doorstep_agent::{config::Config, daemon, status, uplink};
-    let config = Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
+    let config =
+        Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
     let key = std::sync::Arc::new(daemon::load_key(&config.key_path)?);
     let cancel = CancellationToken::new();
     let running = daemon::start(&config, key, cancel.clone()).await?;
@@ -296,7 +299,8 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     let public = key.public_key().to_string();
     let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, format!("{public}\n")).with_context(|| format!("writing {}", pub_path.display()))?;
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("writing {}", pub_path.display()))?;
     writeln!(std::io::stdout(), "{public}")?;
     writeln!(
         std::io::stderr(),
@@ -316,8 +320,8 @@ fn pubkey(args: KeyArg) -> anyhow::Result<()> {
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     use doorstep_agent::{config::Config, daemon::BRAIN_STATE_FILE, status};
-    let config =
-        Config::load(&args.config.config).with_context(|| format!("configuration {}", args.config.config.display()))?;
+    let config = Config::load(&args.config.config)
+        .with_context(|| format!("configuration {}", args.config.config.display()))?;
     let db = config.outbox_path();
     let report = status::read_status(&db, &status::link_record_path(&db))?;
     let decisions: Option<serde_json::Value> = std::fs::read(config.state_dir.join(BRAIN_STATE_FILE))
@@ -332,7 +336,11 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         write!(out, "{}", report.render())?;
         if let Some(d) = decisions {
             writeln!(out, "route: {}", d["route_id"].as_str().unwrap_or("none loaded"))?;
-            writeln!(out, "events stored since start: {}; store failures: {}", d["events_stored"], d["store_failures"])?;
+            writeln!(
+                out,
+                "events stored since start: {}; store failures: {}",
+                d["events_stored"], d["store_failures"]
+            )?;
             writeln!(out, "decisions: {}", d["decisions"])?;
             writeln!(out, "fixes refused by the gate: {}", d["gated"])?;
         }
@@ -360,7 +368,8 @@ async fn gps_decode(args: DecodeArgs) -> anyhow::Result<()> {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use doorstep_agent::replay::{ReplayConfig, event_json, read_scans, replay_nmea};
-    let nmea = std::fs::read(&args.nmea).with_context(|| format!("reading NMEA log {}", args.nmea.display()))?;
+    let nmea =
+        std::fs::read(&args.nmea).with_context(|| format!("reading NMEA log {}", args.nmea.display()))?;
     let route_bytes =
         std::fs::read(&args.route).with_context(|| format!("reading route {}", args.route.display()))?;
     let route = doorstep_proto::RouteManifest::from_json(&route_bytes)

@@ -19,8 +19,7 @@ use chrono::{Datelike as _, NaiveDate, NaiveTime, Timelike as _};
 use nmea::sentences::gsa::GsaMode2;
 use nmea::sentences::rmc::RmcStatusOfFix;
 use nmea::sentences::{
-    FaaMode, FixType, parse_gga, parse_gll, parse_gns, parse_gsa, parse_gst,
-    parse_rmc, parse_vtg, parse_zda,
+    FaaMode, FixType, parse_gga, parse_gll, parse_gns, parse_gsa, parse_gst, parse_rmc, parse_vtg, parse_zda,
 };
 use nmea::{NmeaSentence, SentenceType};
 
@@ -146,10 +145,7 @@ impl LineStats {
 
     /// Every non-zero counter, in [`LineKind::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (LineKind, u64)> + '_ {
-        LineKind::ALL
-            .into_iter()
-            .map(|k| (k, self.get(k)))
-            .filter(|&(_, n)| n > 0)
+        LineKind::ALL.into_iter().map(|k| (k, self.get(k))).filter(|&(_, n)| n > 0)
     }
 
     /// Total lines counted, of every kind.
@@ -227,12 +223,7 @@ fn is_printable(b: u8) -> bool {
 impl Framer {
     /// A framer at the start of a stream (as if just after a line ending).
     pub fn new() -> Self {
-        Self {
-            state: FramerState::Hunting,
-            buf: [0; MAX_SENTENCE_LEN],
-            len: 0,
-            junk: None,
-        }
+        Self { state: FramerState::Hunting, buf: [0; MAX_SENTENCE_LEN], len: 0, junk: None }
     }
 
     /// Forgets any partial sentence, as after the device was reopened. A partial
@@ -256,11 +247,7 @@ impl Framer {
         if b == b' ' || b == b'\t' {
             return;
         }
-        let kind = if is_printable(b) {
-            LineKind::Text
-        } else {
-            LineKind::Binary
-        };
+        let kind = if is_printable(b) { LineKind::Text } else { LineKind::Binary };
         self.junk = match self.junk {
             Some(LineKind::Binary) => Some(LineKind::Binary),
             _ => Some(kind),
@@ -444,10 +431,7 @@ impl SentenceKind {
 
     /// True for sentences that carry a position (and so open an epoch).
     pub fn has_position(self) -> bool {
-        matches!(
-            self,
-            SentenceKind::Gga | SentenceKind::Rmc | SentenceKind::Gll | SentenceKind::Gns
-        )
+        matches!(self, SentenceKind::Gga | SentenceKind::Rmc | SentenceKind::Gll | SentenceKind::Gns)
     }
 }
 
@@ -525,11 +509,7 @@ fn tod_ms(t: NaiveTime) -> u32 {
 }
 
 fn nmea_date(d: NaiveDate) -> Option<NmeaDate> {
-    Some(NmeaDate {
-        year: d.year(),
-        month: u8::try_from(d.month()).ok()?,
-        day: u8::try_from(d.day()).ok()?,
-    })
+    Some(NmeaDate { year: d.year(), month: u8::try_from(d.month()).ok()?, day: u8::try_from(d.day()).ok()? })
 }
 
 fn faa_char(mode: FaaMode) -> char {
@@ -630,9 +610,7 @@ fn decode_inner(sentence: &[u8], policy: ChecksumPolicy) -> (Decoded, bool) {
         Some(star) => {
             let (body, tail) = rest.split_at(star);
             let expected = match tail {
-                [b'*', hi, lo] => hex_digit(*hi)
-                    .zip(hex_digit(*lo))
-                    .map(|(hi, lo)| hi << 4 | lo),
+                [b'*', hi, lo] => hex_digit(*hi).zip(hex_digit(*lo)).map(|(hi, lo)| hi << 4 | lo),
                 _ => None,
             };
             if expected != Some(checksum(body)) {
@@ -672,8 +650,7 @@ fn decode_inner(sentence: &[u8], policy: ChecksumPolicy) -> (Decoded, bool) {
         return (Decoded::Skipped(LineKind::Unused), unchecked);
     };
     // The framer only passes printable ASCII, so these cannot fail.
-    let (Ok(talker), Ok(data)) = (std::str::from_utf8(&address[..2]), std::str::from_utf8(data))
-    else {
+    let (Ok(talker), Ok(data)) = (std::str::from_utf8(&address[..2]), std::str::from_utf8(data)) else {
         return (Decoded::Skipped(LineKind::Malformed), unchecked);
     };
     match parse_fields(kind, talker, data) {
@@ -754,19 +731,9 @@ fn repair(kind: SentenceKind, data: &str) -> Option<String> {
 }
 
 fn best_faa_mode(modes: &str) -> &'static str {
-    const VALID: [(char, &str); 7] = [
-        ('R', "R"),
-        ('F', "F"),
-        ('P', "P"),
-        ('D', "D"),
-        ('A', "A"),
-        ('E', "E"),
-        ('M', "M"),
-    ];
-    VALID
-        .iter()
-        .find(|(c, _)| modes.contains(*c))
-        .map_or("N", |&(_, s)| s)
+    const VALID: [(char, &str); 7] =
+        [('R', "R"), ('F', "F"), ('P', "P"), ('D', "D"), ('A', "A"), ('E', "E"), ('M', "M")];
+    VALID.iter().find(|(c, _)| modes.contains(*c)).map_or("N", |&(_, s)| s)
 }
 
 /// Time of day from an `hhmmss[.sss]` field, in milliseconds.
@@ -781,12 +748,20 @@ fn parse_tod_field(field: &str) -> Option<u32> {
     if h > 23 || m > 59 || s > 60 {
         return None;
     }
-    let ms = if frac.is_empty() {
-        0
-    } else {
-        let f: f64 = format!("0.{frac}").parse().ok()?;
-        (f * 1000.0).round() as u32
-    };
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Milliseconds from the first three fraction digits, rounded by the fourth.
+    let mut ms = 0;
+    for (i, b) in frac.bytes().take(4).enumerate() {
+        let digit = u32::from(b - b'0');
+        match i {
+            0 => ms += 100 * digit,
+            1 => ms += 10 * digit,
+            2 => ms += digit,
+            _ => ms += u32::from(digit >= 5),
+        }
+    }
     Some(((h * 60 + m) * 60 + s) * 1000 + ms)
 }
 
@@ -816,20 +791,14 @@ fn parse_gsa_fields(data: &str) -> Option<Observation> {
     Some(Observation {
         kind: SentenceKind::Gsa,
         gsa_mode: Some(gsa_mode),
-        hdop: fields
-            .get(15)
-            .and_then(|f| f.parse::<f64>().ok())
-            .and_then(finite),
+        hdop: fields.get(15).and_then(|f| f.parse::<f64>().ok()).and_then(finite),
         ..Observation::default()
     })
 }
 
 fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Observation> {
     let s = nmea_sentence(talker, kind, data);
-    let mut obs = Observation {
-        kind,
-        ..Observation::default()
-    };
+    let mut obs = Observation { kind, ..Observation::default() };
     match kind {
         SentenceKind::Gga => {
             let d = parse_gga(s).ok()?;
@@ -846,10 +815,7 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
             obs.date = d.fix_date.and_then(nmea_date);
             obs.position = position(d.lat, d.lon);
             obs.rmc_valid = Some(d.status_of_fix != RmcStatusOfFix::Invalid);
-            obs.speed_mps = d
-                .speed_over_ground
-                .and_then(widen)
-                .map(|k| k * MPS_PER_KNOT);
+            obs.speed_mps = d.speed_over_ground.and_then(widen).map(|k| k * MPS_PER_KNOT);
             obs.course_deg = d.true_course.and_then(widen);
             obs.faa_mode = d.faa_mode.map(faa_char);
         }
@@ -880,10 +846,7 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
         }
         SentenceKind::Vtg => {
             let d = parse_vtg(s).ok()?;
-            obs.speed_mps = d
-                .speed_over_ground
-                .and_then(widen)
-                .map(|k| k * MPS_PER_KNOT);
+            obs.speed_mps = d.speed_over_ground.and_then(widen).map(|k| k * MPS_PER_KNOT);
             obs.course_deg = d.true_course.and_then(widen);
         }
         SentenceKind::Gst => {
@@ -898,11 +861,7 @@ fn parse_with_crate(kind: SentenceKind, talker: &str, data: &str) -> Option<Obse
             let d = parse_zda(s).ok()?;
             obs.tod_ms = d.utc_time.map(tod_ms);
             if let (Some(year), Some(month), Some(day)) = (d.year, d.month, d.day) {
-                obs.date = Some(NmeaDate {
-                    year: i32::from(year),
-                    month,
-                    day,
-                });
+                obs.date = Some(NmeaDate { year: i32::from(year), month, day });
             }
         }
     }
@@ -963,10 +922,7 @@ mod tests {
         input.extend([0x00, 0xb5, 0x62]); // a UBX frame header
         input.extend(format!("junk{RMC}\r\n$GPGSV,1,1,0{GGA}").bytes());
         let whole = frames(&input, 4096);
-        assert_eq!(
-            whole,
-            ["<not_a_sentence>", GGA, "<binary_junk>", RMC, "<truncated>", GGA]
-        );
+        assert_eq!(whole, ["<not_a_sentence>", GGA, "<binary_junk>", RMC, "<truncated>", GGA]);
         for chunk in [1, 2, 3, 7, 64] {
             assert_eq!(frames(&input, chunk), whole, "chunk {chunk}");
         }
@@ -975,10 +931,7 @@ mod tests {
     #[test]
     fn junk_between_sentences_is_counted_once_per_run_by_kind() {
         let input = format!("# recorded by hand\r\n\u{1}\u{2}binary{GGA}\r\n");
-        assert_eq!(
-            frames(input.as_bytes(), 4096),
-            ["<not_a_sentence>", "<binary_junk>", GGA]
-        );
+        assert_eq!(frames(input.as_bytes(), 4096), ["<not_a_sentence>", "<binary_junk>", GGA]);
     }
 
     #[test]
@@ -990,10 +943,7 @@ mod tests {
     #[test]
     fn binary_bytes_inside_a_sentence_cut_it_off() {
         let input = format!("$GNRMC,001053.00,A,4404.14083,N,12118.8\u{0}\u{ff}\r\n{GGA}\r\n");
-        assert_eq!(
-            frames(input.as_bytes(), 4096),
-            ["<truncated>", "<binary_junk>", GGA]
-        );
+        assert_eq!(frames(input.as_bytes(), 4096), ["<truncated>", "<binary_junk>", GGA]);
     }
 
     #[test]
@@ -1020,15 +970,9 @@ mod tests {
         let lower = GGA.replace("*7D", "*7d");
         assert_eq!(skipped(&lower, ChecksumPolicy::Require), None);
         let flipped = GGA.replace("2037.72792", "2037.72793");
-        assert_eq!(
-            skipped(&flipped, ChecksumPolicy::AllowMissing),
-            Some(LineKind::BadChecksum)
-        );
+        assert_eq!(skipped(&flipped, ChecksumPolicy::AllowMissing), Some(LineKind::BadChecksum));
         let garbled = GGA.replace("*7D", "*7");
-        assert_eq!(
-            skipped(&garbled, ChecksumPolicy::AllowMissing),
-            Some(LineKind::BadChecksum)
-        );
+        assert_eq!(skipped(&garbled, ChecksumPolicy::AllowMissing), Some(LineKind::BadChecksum));
     }
 
     #[test]
@@ -1037,10 +981,7 @@ mod tests {
         let allowed = decode_sentence(bare.as_bytes(), ChecksumPolicy::AllowMissing);
         assert!(allowed.unchecked);
         assert!(matches!(allowed.decoded, Decoded::Observation(_)));
-        assert_eq!(
-            skipped(bare, ChecksumPolicy::Require),
-            Some(LineKind::NoChecksum)
-        );
+        assert_eq!(skipped(bare, ChecksumPolicy::Require), Some(LineKind::NoChecksum));
     }
 
     #[test]
@@ -1050,17 +991,10 @@ mod tests {
             (with_checksum("GPGSV,1,1,01,28,14,150,41"), LineKind::Unused),
             (with_checksum("SDDBT,17.5,f,5.3,M,2.9,F"), LineKind::Unused),
             (with_checksum("LOG108,1,100,100,0,0,5,0,4,462"), LineKind::Unused),
-            (
-                "!AIVDM,1,1,,A,13aEOK?P00PD2wVMdLDRhgvL289?,0*26".to_owned(),
-                LineKind::Encapsulated,
-            ),
+            ("!AIVDM,1,1,,A,13aEOK?P00PD2wVMdLDRhgvL289?,0*26".to_owned(), LineKind::Encapsulated),
         ];
         for (sentence, kind) in cases {
-            assert_eq!(
-                skipped(&sentence, ChecksumPolicy::Require),
-                Some(kind),
-                "{sentence}"
-            );
+            assert_eq!(skipped(&sentence, ChecksumPolicy::Require), Some(kind), "{sentence}");
         }
     }
 
@@ -1082,14 +1016,7 @@ mod tests {
     fn rmc_gives_status_date_speed_in_metres_per_second_and_course() {
         let obs = observe(RMC);
         assert_eq!(obs.rmc_valid, Some(true));
-        assert_eq!(
-            obs.date,
-            Some(NmeaDate {
-                year: 2007,
-                month: 12,
-                day: 23
-            })
-        );
+        assert_eq!(obs.date, Some(NmeaDate { year: 2007, month: 12, day: 23 }));
         assert_eq!(obs.speed_mps.map(|v| (v * 1e4).round()), Some(514.0));
         assert_eq!(obs.course_deg.map(|c| (c * 10.0).round()), Some(2018.0));
         assert_eq!(obs.faa_mode, Some('A'));
@@ -1126,9 +1053,7 @@ mod tests {
 
     #[test]
     fn gns_with_one_mode_per_constellation_is_valid_if_any_system_is() {
-        let obs = observe(
-            "$GNGNS,213712.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,*52",
-        );
+        let obs = observe("$GNGNS,213712.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,*52");
         assert_eq!(obs.faa_mode, Some('A'));
         assert!(!obs.declares_invalid());
         let none = observe("$GNGNS,074150.799,,,,,NNNN,00,,,0.0,,0000*63");
@@ -1138,16 +1063,18 @@ mod tests {
     #[test]
     fn zda_with_a_signed_zone_and_gsa_with_missing_dops_are_read() {
         let zda = observe("$GPZDA,005947.00,08,07,2010,+00,00*4E");
-        assert_eq!(
-            zda.date,
-            Some(NmeaDate {
-                year: 2010,
-                month: 7,
-                day: 8
-            })
-        );
+        assert_eq!(zda.date, Some(NmeaDate { year: 2010, month: 7, day: 8 }));
         let gsa = observe("$GPGSA,A,2,01,03,,14,,,,,,,,,3.1,3.1,*1A");
         assert_eq!((gsa.gsa_mode, gsa.hdop), (Some(2), Some(3.1)));
+    }
+
+    #[test]
+    fn time_fields_read_by_hand_keep_milliseconds() {
+        assert_eq!(parse_tod_field("131519"), Some(47_719_000));
+        assert_eq!(parse_tod_field("131519.5"), Some(47_719_500));
+        assert_eq!(parse_tod_field("131519.9996"), Some(47_720_000));
+        assert_eq!(parse_tod_field("1315"), None);
+        assert_eq!(parse_tod_field("251519.00"), None);
     }
 
     #[test]
