@@ -1,0 +1,153 @@
+//! The hub's shared vocabulary: carrier statuses, milestones, and what reconciliation
+//! consumes and produces.
+//!
+//! Carrier adapters (`carrier/`) produce [`CarrierEvent`]s; ingest turns verified device
+//! envelopes into [`DeviceSignal`]s; the reconciler (`reconcile.rs`) folds both into a
+//! shipment's [`Milestone`] and emits [`Action`]s; the notification outbox (`notify/`)
+//! turns actions into messages. Times are milliseconds since the Unix epoch, always the
+//! *event* time, never the arrival time (invariant 6).
+
+use doorstep_proto::{DeviceId, StopId, TrackingNumber};
+use serde::{Deserialize, Serialize};
+
+/// Every carrier's statuses, normalized to one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanonicalStatus {
+    /// A label exists; the carrier has not seen the parcel.
+    LabelCreated,
+    /// The carrier has the parcel.
+    Accepted,
+    /// Moving through the network.
+    InTransit,
+    /// On the vehicle for delivery today.
+    OutForDelivery,
+    /// A delivery attempt failed.
+    AttemptFailed,
+    /// Waiting at a pickup point.
+    AvailableForPickup,
+    /// The carrier says delivered.
+    Delivered,
+    /// Something is wrong (damage, customs, address problem).
+    Exception,
+    /// On its way back to the sender.
+    Returning,
+    /// The shipment was cancelled or its tracking expired.
+    CancelledOrExpired,
+    /// A status the mapping table does not know; kept raw, never drives a milestone.
+    Unknown,
+}
+
+/// Which carrier integration an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Carrier {
+    /// AfterShip (aggregator).
+    AfterShip,
+    /// EasyPost (aggregator).
+    EasyPost,
+    /// ShipEngine (aggregator).
+    ShipEngine,
+}
+
+/// One normalized carrier tracking update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarrierEvent {
+    /// The integration.
+    pub carrier: Carrier,
+    /// Dedupe key: the carrier's event id, or a hash of tracking number, code and time.
+    pub event_key: String,
+    /// The parcel.
+    pub tracking_number: TrackingNumber,
+    /// Normalized status.
+    pub status: CanonicalStatus,
+    /// The carrier's own status code/text, kept for the record.
+    pub raw_status: String,
+    /// When it happened, per the carrier (ms since the Unix epoch).
+    pub occurred_ms: i64,
+    /// The carrier's revised delivery expectation, as text (ISO date or time), if any.
+    pub expected_delivery: Option<String>,
+    /// The carrier's human message, if any.
+    pub message: Option<String>,
+}
+
+/// What a verified device event says about a parcel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSignalKind {
+    /// The van is near the parcel's stop.
+    Nearby,
+    /// Handed over with the van parked at the address.
+    DeliveredAtAddress,
+    /// Handed over with the van elsewhere: an exception for operations.
+    DeliveredAwayFromAddress,
+    /// The driver reported a failed delivery.
+    DriverException,
+}
+
+/// One device fact about one parcel, from a verified envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSignal {
+    /// What happened.
+    pub kind: DeviceSignalKind,
+    /// The parcel.
+    pub tracking_number: TrackingNumber,
+    /// The device that signed it.
+    pub device: DeviceId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The stop.
+    pub stop_id: Option<StopId>,
+    /// GNSS UTC time of the event.
+    pub occurred_ms: i64,
+    /// Distance from the van to the stop, metres.
+    pub distance_m: Option<u32>,
+    /// The driver's reason code, for exceptions.
+    pub reason: Option<String>,
+    /// Photo proof hash (hex), when there is one.
+    pub photo_sha256: Option<String>,
+}
+
+/// A shipment's customer-facing milestone. Ranked; only moves forward, except that an
+/// exception can be followed by a later delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Milestone {
+    /// Nothing yet.
+    Created,
+    /// Its route was published (or the order system says dispatched).
+    Dispatched,
+    /// On the van today.
+    OutForDelivery,
+    /// The van is near.
+    Nearby,
+    /// A delivery problem the customer is told about honestly.
+    Exception,
+    /// Delivered, confirmed by two agreeing signals (or one plus an uncontradicted hold).
+    Delivered,
+}
+
+/// What reconciliation asks the rest of the hub to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Tell the customer about a milestone (once per milestone, channel and recipient).
+    NotifyCustomer {
+        /// The milestone.
+        milestone: Milestone,
+        /// Extra text for the template (the revised expectation, the reason).
+        detail: Option<String>,
+    },
+    /// Tell operations something is wrong (carrier delivered but the device disagrees, ...).
+    AlertOperations {
+        /// A short snake_case code.
+        code: String,
+        /// One sentence for the operator.
+        detail: String,
+    },
+    /// Wake the reconciler at this time (a hold period ends).
+    WakeAt {
+        /// When, ms since the Unix epoch.
+        at_ms: i64,
+    },
+}
