@@ -6,4 +6,13 @@
 //! event as if it were valid, never move a shipment backwards, and never send a message
 //! twice (invariants 4, 5 and 7 in ARCHITECTURE.md).
 
+pub mod carrier;
 pub mod model;
+pub mod reconcile;
+pub mod blobs;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod registry;
+pub mod store;
+pub mod http;

@@ -1,0 +1,1309 @@
+//! Reconciliation: a shipment's customer-facing milestone from carrier events and signed
+//! device confirmations.
+//!
+//! [`apply`] is a pure state machine, `(state, input, rules) -> (state, actions)`: no
+//! clock, no I/O, no async (invariant 2). Time arrives as an input: event times on the
+//! facts, and the hub's clock only through [`Input::Wake`], which the hub sends when a
+//! hold period asked for with [`Action::WakeAt`] ends.
+//!
+//! # How it decides
+//!
+//! The state keeps the *facts* it has seen, each folded in an order-independent way (the
+//! earliest carrier "delivered", the earliest at-address confirmation, the latest
+//! exception, ...), so a late-arriving or duplicated input cannot rewrite history. After
+//! every input the rows of [`RULES`] are evaluated over those facts:
+//!
+//! - the first *milestone* row that holds names the milestone the facts support. The
+//!   shipment moves there only if it ranks above where it is ([`Milestone`]'s order):
+//!   forward-only, so an older event never moves it back. Each milestone is notified at
+//!   most once (the notification outbox's unique key is the second guard).
+//! - every *alert* row that holds raises its operations alert, once per code.
+//!
+//! Because every milestone row without a hold is monotone in the facts (more facts can
+//! only support a higher milestone), the final milestone does not depend on the order in
+//! which inputs arrive; `final_milestone_does_not_depend_on_arrival_order` checks this
+//! over random permutations. Hold decisions depend on the hub's clock by design: they are
+//! made when the [`Input::Wake`] comes, with the facts known by then.
+//!
+//! The same table, in words for operators, is `docs/reconciliation.md`; a test keeps the
+//! two in step.
+//!
+//! # One shipment per tracking number
+//!
+//! A [`ShipmentState`] is one parcel: one tracking number. Two parcels for one stop are
+//! two shipments; each gets its own at-address scan, its own carrier events and its own
+//! messages. Stop-level device signals (nearby) are fanned out by the hub to every parcel
+//! of the stop. Grouping messages per order is the notification layer's business.
+
+use doorstep_proto::{DeviceId, StopId};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Action, CanonicalStatus, CarrierEvent, DeviceSignal, DeviceSignalKind, Milestone};
+
+/// Default hold period: 30 minutes for a lone signal to stand uncontradicted.
+pub const DEFAULT_HOLD_MS: i64 = 30 * 60 * 1000;
+
+/// Reconciliation settings, from the hub's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// How long one delivery signal (a signed at-address confirmation, or the carrier's
+    /// delivered) must stand without contradiction before the customer is told
+    /// "delivered" on it alone.
+    pub hold_ms: i64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self { hold_ms: DEFAULT_HOLD_MS }
+    }
+}
+
+/// One input to reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "input")]
+pub enum Input {
+    /// The shipment was dispatched: its route was published to a van (`on_route: true`),
+    /// or the order system says so (`on_route: false`, no Doorstep van involved).
+    Dispatched {
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
+        /// True when a Doorstep van carries it: the carrier's "delivered" then needs the
+        /// van to have come to the stop.
+        on_route: bool,
+    },
+    /// A verified, normalized carrier update.
+    Carrier(CarrierEvent),
+    /// A verified device confirmation about this parcel.
+    Device(DeviceSignal),
+    /// The hub's clock, sent at (or after) a time asked for with [`Action::WakeAt`].
+    Wake {
+        /// Now, ms since the Unix epoch.
+        now_ms: i64,
+    },
+}
+
+/// A device's signed word about the handover, kept as proof for the tracking page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProof {
+    /// When (GNSS UTC, ms).
+    pub at_ms: i64,
+    /// The device that signed it.
+    pub device: DeviceId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The stop.
+    pub stop_id: Option<StopId>,
+    /// Van-to-stop distance, metres.
+    pub distance_m: Option<u32>,
+    /// Photo hash (hex), when a photo was taken.
+    pub photo_sha256: Option<String>,
+}
+
+impl DeviceProof {
+    fn from_signal(s: &DeviceSignal) -> Self {
+        Self {
+            at_ms: s.occurred_ms,
+            device: s.device.clone(),
+            seq: s.seq,
+            stop_id: s.stop_id.clone(),
+            distance_m: s.distance_m,
+            photo_sha256: s.photo_sha256.clone(),
+        }
+    }
+
+    /// Total order for "the earliest": time, then device and seq, so duplicates and ties
+    /// resolve the same way whatever the arrival order.
+    fn sort_key(&self) -> (i64, &str, u64) {
+        (self.at_ms, self.device.as_str(), self.seq)
+    }
+}
+
+/// An exception the customer is told about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionFact {
+    /// When it happened (event time, ms).
+    pub at_ms: i64,
+    /// `attempt_failed`, `exception`, `available_for_pickup`, `returning` (carrier) or the
+    /// driver's reason code.
+    pub code: String,
+    /// Text for the customer: what happened and the revised expectation, when known.
+    pub detail: Option<String>,
+}
+
+impl ExceptionFact {
+    fn sort_key(&self) -> (i64, &str, Option<&str>) {
+        (self.at_ms, &self.code, self.detail.as_deref())
+    }
+}
+
+/// The carrier's latest word, for the record and for "expected delivery" text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarrierFact {
+    /// Normalized status.
+    pub status: CanonicalStatus,
+    /// The carrier's own code.
+    pub raw_status: String,
+    /// Event time, ms.
+    pub at_ms: i64,
+    /// The event's dedupe key (tie-breaker for equal times).
+    pub event_key: String,
+    /// The carrier's delivery expectation, verbatim.
+    pub expected_delivery: Option<String>,
+}
+
+/// How "delivered" was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveredBy {
+    /// A signed at-address confirmation and the carrier's delivered.
+    TwoSignals,
+    /// A signed at-address confirmation, uncontradicted for the hold period.
+    DeviceThenHold,
+    /// The carrier's delivered, uncontradicted for the hold period.
+    CarrierThenHold,
+}
+
+/// Everything reconciliation knows about one shipment (one tracking number). Stored by
+/// the hub as JSON; unknown fields are ignored and missing ones default, so the format
+/// can grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShipmentState {
+    /// The customer-facing milestone. Only moves up in [`Milestone`]'s order.
+    pub milestone: Milestone,
+    /// Milestones the customer has been notified about (each at most once).
+    pub notified: Vec<Milestone>,
+    /// Operations alert codes already raised (each at most once).
+    pub alerted: Vec<String>,
+    /// How "delivered" was established, once it is.
+    pub delivered_by: Option<DeliveredBy>,
+    /// The hold deadline a wake was asked for, while one is pending.
+    pub hold_deadline_ms: Option<i64>,
+
+    /// Earliest dispatch.
+    pub dispatched_at_ms: Option<i64>,
+    /// A Doorstep van carries it.
+    pub on_route: bool,
+    /// Earliest carrier "out for delivery".
+    pub carrier_out_for_delivery_at_ms: Option<i64>,
+    /// Earliest carrier "delivered".
+    pub carrier_delivered_at_ms: Option<i64>,
+    /// Earliest carrier "returning to sender".
+    pub carrier_returning_at_ms: Option<i64>,
+    /// Earliest carrier "cancelled or expired".
+    pub carrier_cancelled_at_ms: Option<i64>,
+    /// Latest carrier exception-like event (attempt failed, exception, pickup, returning).
+    pub carrier_exception: Option<ExceptionFact>,
+    /// Latest carrier event of any status.
+    pub latest_carrier: Option<CarrierFact>,
+    /// Earliest device "nearby".
+    pub device_nearby_at_ms: Option<i64>,
+    /// Earliest signed "delivered at address".
+    pub at_address: Option<DeviceProof>,
+    /// Earliest signed "delivered away from address".
+    pub away: Option<DeviceProof>,
+    /// Latest driver-reported exception.
+    pub driver_exception: Option<ExceptionFact>,
+    /// The latest hub time seen in a [`Input::Wake`].
+    pub now_ms: Option<i64>,
+}
+
+impl Default for ShipmentState {
+    fn default() -> Self {
+        Self {
+            milestone: Milestone::Created,
+            notified: Vec::new(),
+            alerted: Vec::new(),
+            delivered_by: None,
+            hold_deadline_ms: None,
+            dispatched_at_ms: None,
+            on_route: false,
+            carrier_out_for_delivery_at_ms: None,
+            carrier_delivered_at_ms: None,
+            carrier_returning_at_ms: None,
+            carrier_cancelled_at_ms: None,
+            carrier_exception: None,
+            latest_carrier: None,
+            device_nearby_at_ms: None,
+            at_address: None,
+            away: None,
+            driver_exception: None,
+            now_ms: None,
+        }
+    }
+}
+
+impl ShipmentState {
+    /// A shipment nothing has happened to yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The van came to the stop: it was nearby, or confirmed a handover at the address.
+    pub fn van_arrived(&self) -> bool {
+        self.device_nearby_at_ms.is_some() || self.at_address.is_some()
+    }
+
+    /// The latest exception time, carrier or driver.
+    fn latest_exception_at(&self) -> Option<i64> {
+        let c = self.carrier_exception.as_ref().map(|e| e.at_ms);
+        let d = self.driver_exception.as_ref().map(|e| e.at_ms);
+        c.max(d)
+    }
+
+    fn latest_exception(&self) -> Option<&ExceptionFact> {
+        match (&self.carrier_exception, &self.driver_exception) {
+            (Some(c), Some(d)) => Some(if d.sort_key() > c.sort_key() { d } else { c }),
+            (c, d) => c.as_ref().or(d.as_ref()),
+        }
+    }
+
+    /// When the earliest delivery signal happened (the handover time shown to people).
+    pub fn delivered_at_ms(&self) -> Option<i64> {
+        match (self.at_address.as_ref().map(|p| p.at_ms), self.carrier_delivered_at_ms) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
+    }
+}
+
+// --- the facts the rules talk about -----------------------------------------------------
+
+fn elapsed(s: &ShipmentState, since_ms: i64, r: &Rules) -> bool {
+    s.now_ms.is_some_and(|now| now >= since_ms.saturating_add(r.hold_ms))
+}
+
+/// Device basis: an at-address confirmation, no carrier delivered yet.
+fn device_basis(s: &ShipmentState) -> Option<i64> {
+    match (&s.at_address, s.carrier_delivered_at_ms) {
+        (Some(p), None) => Some(p.at_ms),
+        _ => None,
+    }
+}
+
+/// Carrier basis: the carrier's delivered, no at-address confirmation.
+fn carrier_basis(s: &ShipmentState) -> Option<i64> {
+    match (&s.at_address, s.carrier_delivered_at_ms) {
+        (None, Some(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// An exception (carrier or driver) at or after `t`: the handover did not happen then.
+fn exception_since(s: &ShipmentState, t: i64) -> bool {
+    s.latest_exception_at().is_some_and(|e| e >= t)
+}
+
+fn device_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
+    s.away.is_some() || exception_since(s, t)
+}
+
+fn carrier_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
+    s.away.is_some() || exception_since(s, t) || (s.on_route && !s.van_arrived())
+}
+
+fn delivered_two_signals(s: &ShipmentState, _: &Rules) -> bool {
+    s.at_address.is_some() && s.carrier_delivered_at_ms.is_some()
+}
+
+fn delivered_device_then_hold(s: &ShipmentState, r: &Rules) -> bool {
+    device_basis(s).is_some_and(|t| elapsed(s, t, r) && !device_hold_contradicted(s, t))
+}
+
+fn delivered_carrier_then_hold(s: &ShipmentState, r: &Rules) -> bool {
+    carrier_basis(s).is_some_and(|t| elapsed(s, t, r) && !carrier_hold_contradicted(s, t))
+}
+
+fn carrier_exception(s: &ShipmentState, _: &Rules) -> bool {
+    s.carrier_exception.is_some()
+}
+
+fn driver_exception(s: &ShipmentState, _: &Rules) -> bool {
+    s.driver_exception.is_some()
+}
+
+fn device_nearby(s: &ShipmentState, _: &Rules) -> bool {
+    s.device_nearby_at_ms.is_some() || s.at_address.is_some()
+}
+
+fn carrier_out_for_delivery(s: &ShipmentState, _: &Rules) -> bool {
+    s.carrier_out_for_delivery_at_ms.is_some()
+}
+
+fn dispatched(s: &ShipmentState, _: &Rules) -> bool {
+    s.dispatched_at_ms.is_some()
+}
+
+fn away_from_address(s: &ShipmentState, _: &Rules) -> bool {
+    s.away.is_some()
+}
+
+fn carrier_delivered_device_away(s: &ShipmentState, _: &Rules) -> bool {
+    s.away.is_some() && s.carrier_delivered_at_ms.is_some()
+}
+
+fn van_never_arrived(s: &ShipmentState, r: &Rules) -> bool {
+    s.milestone != Milestone::Delivered
+        && s.on_route
+        && !s.van_arrived()
+        && carrier_basis(s).is_some_and(|t| elapsed(s, t, r))
+}
+
+fn hold_contradicted(s: &ShipmentState, r: &Rules) -> bool {
+    s.milestone != Milestone::Delivered
+        && device_basis(s).or(carrier_basis(s)).is_some_and(|t| elapsed(s, t, r) && exception_since(s, t))
+}
+
+fn exception_after_delivered(s: &ShipmentState, _: &Rules) -> bool {
+    s.milestone == Milestone::Delivered
+        && match (s.delivered_at_ms(), s.latest_exception_at()) {
+            (Some(d), Some(e)) => e > d,
+            _ => false,
+        }
+}
+
+fn returning(s: &ShipmentState, _: &Rules) -> bool {
+    s.carrier_returning_at_ms.is_some()
+}
+
+fn cancelled_or_expired(s: &ShipmentState, _: &Rules) -> bool {
+    s.milestone != Milestone::Delivered && s.carrier_cancelled_at_ms.is_some()
+}
+
+// --- the table ---------------------------------------------------------------------------
+
+/// What a rule row does when its condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// The facts support delivery, established this way (a milestone row).
+    Delivered(DeliveredBy),
+    /// The facts support this milestone (first matching milestone row wins).
+    Milestone(Milestone),
+    /// Raise this operations alert code (every matching alert row, once per code).
+    Alert(&'static str),
+}
+
+/// One row of the reconciliation table.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Stable id, also the row's name in `docs/reconciliation.md`.
+    pub id: &'static str,
+    /// The condition, in the words the docs use.
+    pub when: &'static str,
+    /// The outcome.
+    pub then: Then,
+    check: fn(&ShipmentState, &Rules) -> bool,
+}
+
+impl Rule {
+    /// Whether the row holds for these facts.
+    pub fn holds(&self, state: &ShipmentState, rules: &Rules) -> bool {
+        (self.check)(state, rules)
+    }
+}
+
+/// The rules, in evaluation order. Milestone rows are ordered by the milestone they
+/// support, highest first; alert rows follow. `docs/reconciliation.md` mirrors this table.
+pub const RULES: &[Rule] = &[
+    Rule {
+        id: "delivered_two_signals",
+        when: "a signed at-address confirmation AND the carrier's delivered",
+        then: Then::Delivered(DeliveredBy::TwoSignals),
+        check: delivered_two_signals,
+    },
+    Rule {
+        id: "delivered_device_then_hold",
+        when: "a signed at-address confirmation, no carrier delivered, the hold has elapsed since it, and no \
+               away-from-address scan and no exception at or after it",
+        then: Then::Delivered(DeliveredBy::DeviceThenHold),
+        check: delivered_device_then_hold,
+    },
+    Rule {
+        id: "delivered_carrier_then_hold",
+        when: "the carrier's delivered, no at-address confirmation, the hold has elapsed since it, no \
+               away-from-address scan, no exception at or after it, and (not on a Doorstep route, or the van \
+               came to the stop)",
+        then: Then::Delivered(DeliveredBy::CarrierThenHold),
+        check: delivered_carrier_then_hold,
+    },
+    Rule {
+        id: "carrier_exception",
+        when: "the carrier reports attempt failed, exception, available for pickup or returning",
+        then: Then::Milestone(Milestone::Exception),
+        check: carrier_exception,
+    },
+    Rule {
+        id: "driver_exception",
+        when: "the driver reports a failed delivery (signed)",
+        then: Then::Milestone(Milestone::Exception),
+        check: driver_exception,
+    },
+    Rule {
+        id: "device_nearby",
+        when: "the van signs nearby (or an at-address confirmation)",
+        then: Then::Milestone(Milestone::Nearby),
+        check: device_nearby,
+    },
+    Rule {
+        id: "carrier_out_for_delivery",
+        when: "the carrier reports out for delivery",
+        then: Then::Milestone(Milestone::OutForDelivery),
+        check: carrier_out_for_delivery,
+    },
+    Rule {
+        id: "dispatched",
+        when: "the route was published, or the order system says dispatched",
+        then: Then::Milestone(Milestone::Dispatched),
+        check: dispatched,
+    },
+    Rule {
+        id: "delivered_away_from_address",
+        when: "the van signs a handover away from the address",
+        then: Then::Alert("delivered_away_from_address"),
+        check: away_from_address,
+    },
+    Rule {
+        id: "carrier_delivered_device_away",
+        when: "the carrier's delivered while the van signed a handover away from the address",
+        then: Then::Alert("carrier_delivered_device_away"),
+        check: carrier_delivered_device_away,
+    },
+    Rule {
+        id: "carrier_delivered_van_never_arrived",
+        when: "on a Doorstep route, the carrier's delivered, and the hold elapsed without the van coming to the stop",
+        then: Then::Alert("carrier_delivered_van_never_arrived"),
+        check: van_never_arrived,
+    },
+    Rule {
+        id: "hold_contradicted",
+        when: "a lone delivery signal's hold elapsed with an exception at or after it",
+        then: Then::Alert("hold_contradicted"),
+        check: hold_contradicted,
+    },
+    Rule {
+        id: "exception_after_delivered",
+        when: "already delivered, and an exception later than the handover arrives",
+        then: Then::Alert("exception_after_delivered"),
+        check: exception_after_delivered,
+    },
+    Rule {
+        id: "carrier_returning",
+        when: "the carrier reports the parcel returning to the sender",
+        then: Then::Alert("carrier_returning"),
+        check: returning,
+    },
+    Rule {
+        id: "carrier_cancelled_or_expired",
+        when: "not delivered, and the carrier reports the shipment cancelled or its tracking expired",
+        then: Then::Alert("carrier_cancelled_or_expired"),
+        check: cancelled_or_expired,
+    },
+];
+
+// --- the state machine ---------------------------------------------------------------------
+
+/// Folds `input` into `state` and says what to do about it. Pure: the same arguments
+/// always give the same result, and applying an input twice changes nothing the second
+/// time.
+pub fn apply(state: &ShipmentState, input: &Input, rules: &Rules) -> (ShipmentState, Vec<Action>) {
+    let mut s = state.clone();
+    record(&mut s, input);
+    let mut actions = Vec::new();
+
+    let supported = RULES.iter().find_map(|rule| match rule.then {
+        Then::Milestone(m) if rule.holds(&s, rules) => Some((m, None)),
+        Then::Delivered(by) if rule.holds(&s, rules) => Some((Milestone::Delivered, Some(by))),
+        _ => None,
+    });
+    if let Some((milestone, by)) = supported
+        && milestone > s.milestone
+    {
+        s.milestone = milestone;
+        s.delivered_by = s.delivered_by.or(by);
+        if !s.notified.contains(&milestone) {
+            s.notified.push(milestone);
+            actions.push(Action::NotifyCustomer { milestone, detail: customer_detail(&s, milestone) });
+        }
+    }
+
+    for rule in RULES {
+        if let Then::Alert(code) = rule.then
+            && !s.alerted.iter().any(|c| c == code)
+            && rule.holds(&s, rules)
+        {
+            s.alerted.push(code.to_owned());
+            actions.push(Action::AlertOperations { code: code.to_owned(), detail: alert_detail(&s, code) });
+        }
+    }
+
+    // Ask to be woken when a lone delivery signal's hold ends. A deadline already in the
+    // past is still asked for: the hub's clock, not ours, decides when it has passed.
+    let deadline = if s.milestone == Milestone::Delivered {
+        None
+    } else {
+        device_basis(&s).or(carrier_basis(&s)).map(|t| t.saturating_add(rules.hold_ms))
+    };
+    if deadline != s.hold_deadline_ms {
+        s.hold_deadline_ms = deadline;
+        if let Some(at_ms) = deadline {
+            actions.push(Action::WakeAt { at_ms });
+        }
+    }
+    (s, actions)
+}
+
+/// Folds one input into the facts. Every fold is order-independent: earliest, latest
+/// (with a total tie-break), or "ever seen".
+fn record(s: &mut ShipmentState, input: &Input) {
+    match input {
+        Input::Dispatched { at_ms, on_route } => {
+            s.dispatched_at_ms = earliest(s.dispatched_at_ms, *at_ms);
+            s.on_route |= *on_route;
+        }
+        Input::Carrier(event) => record_carrier(s, event),
+        Input::Device(signal) => record_device(s, signal),
+        Input::Wake { now_ms } => s.now_ms = Some(s.now_ms.map_or(*now_ms, |n| n.max(*now_ms))),
+    }
+}
+
+fn record_carrier(s: &mut ShipmentState, e: &CarrierEvent) {
+    let fact = CarrierFact {
+        status: e.status,
+        raw_status: e.raw_status.clone(),
+        at_ms: e.occurred_ms,
+        event_key: e.event_key.clone(),
+        expected_delivery: e.expected_delivery.clone(),
+    };
+    let newer =
+        s.latest_carrier.as_ref().is_none_or(|l| (fact.at_ms, &fact.event_key) > (l.at_ms, &l.event_key));
+    if newer {
+        s.latest_carrier = Some(fact);
+    }
+    let t = e.occurred_ms;
+    match e.status {
+        CanonicalStatus::OutForDelivery => {
+            s.carrier_out_for_delivery_at_ms = earliest(s.carrier_out_for_delivery_at_ms, t);
+        }
+        CanonicalStatus::Delivered => s.carrier_delivered_at_ms = earliest(s.carrier_delivered_at_ms, t),
+        CanonicalStatus::AttemptFailed
+        | CanonicalStatus::Exception
+        | CanonicalStatus::AvailableForPickup
+        | CanonicalStatus::Returning => {
+            if e.status == CanonicalStatus::Returning {
+                s.carrier_returning_at_ms = earliest(s.carrier_returning_at_ms, t);
+            }
+            let fact = ExceptionFact {
+                at_ms: t,
+                code: status_code(e.status).to_owned(),
+                detail: carrier_exception_text(e),
+            };
+            s.carrier_exception = latest_exception(s.carrier_exception.take(), fact);
+        }
+        CanonicalStatus::CancelledOrExpired => {
+            s.carrier_cancelled_at_ms = earliest(s.carrier_cancelled_at_ms, t)
+        }
+        CanonicalStatus::LabelCreated
+        | CanonicalStatus::Accepted
+        | CanonicalStatus::InTransit
+        | CanonicalStatus::Unknown => {}
+    }
+}
+
+fn record_device(s: &mut ShipmentState, signal: &DeviceSignal) {
+    match signal.kind {
+        DeviceSignalKind::Nearby => {
+            s.device_nearby_at_ms = earliest(s.device_nearby_at_ms, signal.occurred_ms)
+        }
+        DeviceSignalKind::DeliveredAtAddress => s.at_address = earliest_proof(s.at_address.take(), signal),
+        DeviceSignalKind::DeliveredAwayFromAddress => s.away = earliest_proof(s.away.take(), signal),
+        DeviceSignalKind::DriverException => {
+            let code = signal.reason.clone().unwrap_or_else(|| "driver_exception".to_owned());
+            let detail = Some(driver_reason_text(&code));
+            let fact = ExceptionFact { at_ms: signal.occurred_ms, code, detail };
+            s.driver_exception = latest_exception(s.driver_exception.take(), fact);
+        }
+    }
+}
+
+fn earliest(current: Option<i64>, t: i64) -> Option<i64> {
+    Some(current.map_or(t, |c| c.min(t)))
+}
+
+fn earliest_proof(current: Option<DeviceProof>, signal: &DeviceSignal) -> Option<DeviceProof> {
+    let candidate = DeviceProof::from_signal(signal);
+    match current {
+        Some(c) if c.sort_key() <= candidate.sort_key() => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+fn latest_exception(current: Option<ExceptionFact>, candidate: ExceptionFact) -> Option<ExceptionFact> {
+    match current {
+        Some(c) if c.sort_key() >= candidate.sort_key() => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+fn status_code(status: CanonicalStatus) -> &'static str {
+    match status {
+        CanonicalStatus::LabelCreated => "label_created",
+        CanonicalStatus::Accepted => "accepted",
+        CanonicalStatus::InTransit => "in_transit",
+        CanonicalStatus::OutForDelivery => "out_for_delivery",
+        CanonicalStatus::AttemptFailed => "attempt_failed",
+        CanonicalStatus::AvailableForPickup => "available_for_pickup",
+        CanonicalStatus::Delivered => "delivered",
+        CanonicalStatus::Exception => "exception",
+        CanonicalStatus::Returning => "returning",
+        CanonicalStatus::CancelledOrExpired => "cancelled_or_expired",
+        CanonicalStatus::Unknown => "unknown",
+    }
+}
+
+/// The honest update: what the carrier said happened, and its revised expectation.
+fn carrier_exception_text(e: &CarrierEvent) -> Option<String> {
+    let what = e.message.clone().unwrap_or_else(|| {
+        match e.status {
+            CanonicalStatus::AttemptFailed => "Delivery attempt failed",
+            CanonicalStatus::AvailableForPickup => "Available for pickup",
+            CanonicalStatus::Returning => "Returning to sender",
+            _ => "Delivery problem reported by the carrier",
+        }
+        .to_owned()
+    });
+    Some(match &e.expected_delivery {
+        Some(expected) => format!("{what}. New expected delivery: {expected}"),
+        None => what,
+    })
+}
+
+fn driver_reason_text(code: &str) -> String {
+    match code {
+        "recipient_absent" => "The driver could not find anyone to hand the parcel to".to_owned(),
+        "no_access" => "The driver could not get access to the address".to_owned(),
+        "refused" => "The parcel was refused".to_owned(),
+        "damaged" => "The parcel was damaged".to_owned(),
+        other => format!("The driver could not deliver ({other})"),
+    }
+}
+
+fn customer_detail(s: &ShipmentState, milestone: Milestone) -> Option<String> {
+    match milestone {
+        Milestone::Exception => s.latest_exception().and_then(|e| e.detail.clone()),
+        Milestone::OutForDelivery => s.latest_carrier.as_ref().and_then(|c| c.expected_delivery.clone()),
+        Milestone::Created | Milestone::Dispatched | Milestone::Nearby | Milestone::Delivered => None,
+    }
+}
+
+fn alert_detail(s: &ShipmentState, code: &str) -> String {
+    let at = |t: Option<i64>| t.map_or_else(|| "an unknown time".to_owned(), format_ms);
+    let carrier = at(s.carrier_delivered_at_ms);
+    match code {
+        "delivered_away_from_address" => format!(
+            "The van signed a handover away from the address at {}; the customer has not been told it was delivered.",
+            at(s.away.as_ref().map(|p| p.at_ms))
+        ),
+        "carrier_delivered_device_away" => format!(
+            "The carrier says delivered at {carrier}, but the van signed the handover away from the address at {}.",
+            at(s.away.as_ref().map(|p| p.at_ms))
+        ),
+        "carrier_delivered_van_never_arrived" => format!(
+            "The carrier says delivered at {carrier}, but the route's van never came to the stop within the hold; \
+             the customer has not been told it was delivered."
+        ),
+        "hold_contradicted" => format!(
+            "A lone delivery signal was contradicted by an exception at {}; the customer has not been told it was delivered.",
+            at(s.latest_exception_at())
+        ),
+        "exception_after_delivered" => format!(
+            "Delivered at {}, then an exception at {}: check with the carrier and the customer.",
+            at(s.delivered_at_ms()),
+            at(s.latest_exception_at())
+        ),
+        "carrier_returning" => {
+            format!(
+                "The carrier is returning the parcel to the sender (since {}).",
+                at(s.carrier_returning_at_ms)
+            )
+        }
+        "carrier_cancelled_or_expired" => format!(
+            "The carrier reports the shipment cancelled or its tracking expired (at {}).",
+            at(s.carrier_cancelled_at_ms)
+        ),
+        other => format!("Reconciliation alert {other}."),
+    }
+}
+
+/// RFC 3339 UTC for operator text; the raw milliseconds when out of range.
+fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+#[cfg(test)]
+mod support {
+    //! A shipment driven input by input, with everything it asked for kept in a log.
+
+    use super::*;
+    use crate::model::{Carrier, CarrierEvent, DeviceSignal};
+    use doorstep_proto::TrackingNumber;
+
+    pub(super) const MIN: i64 = 60 * 1000;
+    pub(super) const HOUR: i64 = 60 * MIN;
+    /// 2026-08-07T06:00:00Z, the start of a delivery day.
+    pub(super) const DAY1: i64 = 1_786_082_400_000;
+    pub(super) const DAY2: i64 = DAY1 + 24 * HOUR;
+    pub(super) const HOLD: i64 = 30 * MIN;
+
+    pub(super) fn carrier_event(status: CanonicalStatus, at_ms: i64) -> CarrierEvent {
+        carrier_event_for("1Z999AA10123456784", status, at_ms)
+    }
+
+    pub(super) fn carrier_event_for(tracking: &str, status: CanonicalStatus, at_ms: i64) -> CarrierEvent {
+        CarrierEvent {
+            carrier: Carrier::EasyPost,
+            event_key: format!("test:{tracking}:{status:?}:{at_ms}"),
+            tracking_number: TrackingNumber::new(tracking).expect("tracking"),
+            status,
+            raw_status: format!("{status:?}"),
+            occurred_ms: at_ms,
+            expected_delivery: None,
+            message: None,
+        }
+    }
+
+    pub(super) fn signal(kind: DeviceSignalKind, at_ms: i64) -> DeviceSignal {
+        signal_for("1Z999AA10123456784", kind, at_ms)
+    }
+
+    pub(super) fn signal_for(tracking: &str, kind: DeviceSignalKind, at_ms: i64) -> DeviceSignal {
+        DeviceSignal {
+            kind,
+            tracking_number: TrackingNumber::new(tracking).expect("tracking"),
+            device: DeviceId::new("van-17").expect("device"),
+            // A retransmission carries the same seq: derive it from the content.
+            seq: u64::try_from(at_ms / 1000).unwrap_or(0) * 4 + kind as u64,
+            stop_id: Some(StopId::new("stop-14").expect("stop")),
+            occurred_ms: at_ms,
+            distance_m: Some(12),
+            reason: (kind == DeviceSignalKind::DriverException).then(|| "recipient_absent".to_owned()),
+            photo_sha256: None,
+        }
+    }
+
+    #[derive(Debug)]
+    pub(super) struct Shipment {
+        pub(super) state: ShipmentState,
+        pub(super) rules: Rules,
+        pub(super) log: Vec<Action>,
+    }
+
+    impl Shipment {
+        pub(super) fn new() -> Self {
+            Self { state: ShipmentState::new(), rules: Rules { hold_ms: HOLD }, log: Vec::new() }
+        }
+
+        /// Dispatched on a Doorstep van's route at the start of day 1.
+        pub(super) fn on_a_route() -> Self {
+            let mut s = Self::new();
+            s.feed(Input::Dispatched { at_ms: DAY1, on_route: true });
+            s
+        }
+
+        /// Dispatched by the order system, no Doorstep van.
+        pub(super) fn without_a_route() -> Self {
+            let mut s = Self::new();
+            s.feed(Input::Dispatched { at_ms: DAY1, on_route: false });
+            s
+        }
+
+        pub(super) fn feed(&mut self, input: Input) -> Vec<Action> {
+            let (state, actions) = apply(&self.state, &input, &self.rules);
+            self.state = state;
+            self.log.extend(actions.iter().cloned());
+            actions
+        }
+
+        pub(super) fn carrier(&mut self, status: CanonicalStatus, at_ms: i64) -> Vec<Action> {
+            self.feed(Input::Carrier(carrier_event(status, at_ms)))
+        }
+
+        pub(super) fn device(&mut self, kind: DeviceSignalKind, at_ms: i64) -> Vec<Action> {
+            self.feed(Input::Device(signal(kind, at_ms)))
+        }
+
+        pub(super) fn wake(&mut self, now_ms: i64) -> Vec<Action> {
+            self.feed(Input::Wake { now_ms })
+        }
+
+        /// Every milestone the customer was told about, in order.
+        pub(super) fn told(&self) -> Vec<Milestone> {
+            notified(&self.log)
+        }
+
+        /// Every operations alert code, in order.
+        pub(super) fn alerts(&self) -> Vec<String> {
+            alerts(&self.log)
+        }
+    }
+
+    pub(super) fn notified(actions: &[Action]) -> Vec<Milestone> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::NotifyCustomer { milestone, .. } => Some(*milestone),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(super) fn alerts(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::AlertOperations { code, .. } => Some(code.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(super) fn wakes(actions: &[Action]) -> Vec<i64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::WakeAt { at_ms } => Some(*at_ms),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod scenarios {
+    //! The scenario suite: each test is one story from the field.
+
+    use super::support::*;
+    use super::*;
+    use CanonicalStatus as C;
+    use DeviceSignalKind as D;
+    use Milestone as M;
+
+    #[test]
+    fn a_normal_day_goes_dispatched_out_for_delivery_nearby_delivered_once_each() {
+        let mut s = Shipment::on_a_route();
+        s.carrier(C::OutForDelivery, DAY1 + HOUR);
+        s.device(D::Nearby, DAY1 + 3 * HOUR);
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR + 4 * MIN);
+        s.carrier(C::Delivered, DAY1 + 3 * HOUR + 5 * MIN);
+        assert_eq!(s.told(), vec![M::Dispatched, M::OutForDelivery, M::Nearby, M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::TwoSignals));
+        assert!(s.alerts().is_empty());
+        assert_eq!(s.state.hold_deadline_ms, None, "no hold pending once delivered");
+    }
+
+    #[test]
+    fn premature_carrier_delivered_is_not_told_to_the_customer_and_waits_for_the_van() {
+        let mut s = Shipment::on_a_route();
+        s.carrier(C::OutForDelivery, DAY1 + HOUR);
+        let delivered_at = DAY1 + 2 * HOUR;
+        let actions = s.carrier(C::Delivered, delivered_at);
+        assert_eq!(notified(&actions), vec![], "the carrier alone does not make it delivered");
+        assert_eq!(wakes(&actions), vec![delivered_at + HOLD], "a hold starts on the carrier's word");
+
+        // The van arrives within the hold and signs the handover at the address.
+        s.device(D::Nearby, delivered_at + 10 * MIN);
+        let actions = s.device(D::DeliveredAtAddress, delivered_at + 15 * MIN);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::TwoSignals));
+        assert!(s.alerts().is_empty());
+    }
+
+    #[test]
+    fn premature_carrier_delivered_alerts_operations_when_the_van_never_arrives_within_the_hold() {
+        let mut s = Shipment::on_a_route();
+        let delivered_at = DAY1 + 2 * HOUR;
+        s.carrier(C::Delivered, delivered_at);
+        assert_eq!(s.wake(delivered_at + HOLD - 1), vec![], "nothing happens before the hold ends");
+        let actions = s.wake(delivered_at + HOLD);
+        assert_eq!(alerts(&actions), vec!["carrier_delivered_van_never_arrived"]);
+        assert_eq!(notified(&actions), vec![]);
+        assert_ne!(s.state.milestone, M::Delivered);
+
+        // The van's signed at-address confirmation arrives later after all: now two signals agree.
+        let actions = s.device(D::DeliveredAtAddress, delivered_at + 2 * HOUR);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert_eq!(s.alerts(), vec!["carrier_delivered_van_never_arrived"], "the alert is not repeated");
+    }
+
+    #[test]
+    fn device_away_from_address_is_an_exception_for_operations_not_a_happy_message() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::Nearby, DAY1 + 3 * HOUR);
+        let actions = s.device(D::DeliveredAwayFromAddress, DAY1 + 3 * HOUR + 20 * MIN);
+        assert_eq!(alerts(&actions), vec!["delivered_away_from_address"]);
+        let actions = s.carrier(C::Delivered, DAY1 + 3 * HOUR + 21 * MIN);
+        assert_eq!(alerts(&actions), vec!["carrier_delivered_device_away"]);
+        assert_eq!(notified(&actions), vec![]);
+        s.wake(DAY1 + 10 * HOUR);
+        assert!(!s.told().contains(&M::Delivered), "told: {:?}", s.told());
+        assert_eq!(s.state.milestone, M::Nearby);
+        let detail = s.log.iter().find_map(|a| match a {
+            Action::AlertOperations { code, detail } if code == "carrier_delivered_device_away" => {
+                Some(detail.clone())
+            }
+            _ => None,
+        });
+        assert!(detail.is_some_and(|d| d.contains("2026-08-07T09:21:00Z")), "names the carrier's time");
+    }
+
+    #[test]
+    fn carrier_lagging_the_device_by_hours_delivers_after_the_hold_and_never_twice() {
+        let mut s = Shipment::on_a_route();
+        let handover = DAY1 + 3 * HOUR;
+        let actions = s.device(D::DeliveredAtAddress, handover);
+        assert_eq!(notified(&actions), vec![M::Nearby], "the van is at the door: nearby, not yet delivered");
+        assert_eq!(wakes(&actions), vec![handover + HOLD]);
+        let actions = s.wake(handover + HOLD);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::DeviceThenHold));
+
+        let actions = s.carrier(C::Delivered, handover + 4 * HOUR);
+        assert_eq!(actions, vec![], "the carrier catching up hours later sends nothing");
+        assert_eq!(s.told().iter().filter(|m| **m == M::Delivered).count(), 1);
+    }
+
+    #[test]
+    fn events_out_of_order_settle_on_the_same_milestone_without_stale_messages() {
+        let mut s = Shipment::on_a_route();
+        // Arrival order: newest first; event times tell the real story.
+        s.carrier(C::Delivered, DAY1 + 3 * HOUR + 5 * MIN);
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR);
+        let late: Vec<Action> = [
+            s.device(D::Nearby, DAY1 + 2 * HOUR + 50 * MIN),
+            s.carrier(C::OutForDelivery, DAY1 + HOUR),
+            s.carrier(C::InTransit, DAY1 - 5 * HOUR),
+        ]
+        .concat();
+        assert_eq!(late, vec![], "late, older events neither move the shipment back nor notify");
+        assert_eq!(s.state.milestone, M::Delivered);
+        assert_eq!(s.told(), vec![M::Dispatched, M::Delivered]);
+        assert_eq!(s.state.latest_carrier.as_ref().map(|c| c.status), Some(C::Delivered));
+    }
+
+    #[test]
+    fn duplicated_webhooks_and_device_retransmissions_change_nothing() {
+        let mut s = Shipment::on_a_route();
+        let ofd = Input::Carrier(carrier_event(C::OutForDelivery, DAY1 + HOUR));
+        assert_eq!(notified(&s.feed(ofd.clone())), vec![M::OutForDelivery]);
+        let before = s.state.clone();
+        assert_eq!(s.feed(ofd.clone()), vec![]);
+        assert_eq!(s.feed(ofd), vec![]);
+        assert_eq!(s.state, before);
+
+        let at = Input::Device(signal(D::DeliveredAtAddress, DAY1 + 2 * HOUR));
+        assert!(!s.feed(at.clone()).is_empty());
+        let before = s.state.clone();
+        assert_eq!(s.feed(at), vec![], "a retransmitted confirmation is a no-op");
+        assert_eq!(s.state, before);
+    }
+
+    #[test]
+    fn exception_then_delivered_next_day_tells_the_customer_honestly_then_delivers() {
+        let mut s = Shipment::on_a_route();
+        s.carrier(C::OutForDelivery, DAY1 + HOUR);
+        s.device(D::Nearby, DAY1 + 3 * HOUR);
+        let actions = s.device(D::DriverException, DAY1 + 3 * HOUR + 5 * MIN);
+        assert_eq!(notified(&actions), vec![M::Exception]);
+        let detail = actions.iter().find_map(|a| match a {
+            Action::NotifyCustomer { detail, .. } => detail.clone(),
+            _ => None,
+        });
+        assert_eq!(detail.as_deref(), Some("The driver could not find anyone to hand the parcel to"));
+
+        // The carrier's matching "attempt failed" with a revised date is not a second message.
+        let mut attempt = carrier_event(C::AttemptFailed, DAY1 + 3 * HOUR + 6 * MIN);
+        attempt.expected_delivery = Some("2026-08-08".to_owned());
+        assert_eq!(notified(&s.feed(Input::Carrier(attempt))), vec![]);
+
+        // Day 2: the van comes back and hands it over at the address.
+        s.carrier(C::OutForDelivery, DAY2 + HOUR);
+        s.device(D::Nearby, DAY2 + 2 * HOUR);
+        let actions = s.device(D::DeliveredAtAddress, DAY2 + 2 * HOUR + 3 * MIN);
+        assert_eq!(notified(&actions), vec![], "one signal: hold");
+        let actions = s.carrier(C::Delivered, DAY2 + 2 * HOUR + 4 * MIN);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert_eq!(s.told(), vec![M::Dispatched, M::OutForDelivery, M::Nearby, M::Exception, M::Delivered]);
+        assert!(s.alerts().is_empty(), "yesterday's exception does not contradict today's delivery");
+    }
+
+    #[test]
+    fn a_carrier_exception_tells_the_customer_the_revised_expectation() {
+        let mut s = Shipment::without_a_route();
+        let mut e = carrier_event(C::Exception, DAY1 + 5 * HOUR);
+        e.message = Some("Weather delay".to_owned());
+        e.expected_delivery = Some("2026-08-09".to_owned());
+        let actions = s.feed(Input::Carrier(e));
+        assert_eq!(
+            actions,
+            vec![Action::NotifyCustomer {
+                milestone: M::Exception,
+                detail: Some("Weather delay. New expected delivery: 2026-08-09".to_owned()),
+            }]
+        );
+    }
+
+    #[test]
+    fn exception_then_delivered_next_day_without_a_van_delivers_on_the_carrier_after_the_hold() {
+        let mut s = Shipment::without_a_route();
+        s.carrier(C::AttemptFailed, DAY1 + 5 * HOUR);
+        let actions = s.carrier(C::Delivered, DAY2 + 5 * HOUR);
+        assert_eq!(notified(&actions), vec![]);
+        assert_eq!(notified(&s.wake(DAY2 + 5 * HOUR + HOLD)), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::CarrierThenHold));
+    }
+
+    #[test]
+    fn carrier_delivered_with_the_van_at_the_stop_but_no_scan_delivers_after_the_hold() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::Nearby, DAY1 + 3 * HOUR);
+        s.carrier(C::Delivered, DAY1 + 3 * HOUR + 2 * MIN);
+        assert_eq!(notified(&s.wake(DAY1 + 3 * HOUR + 2 * MIN + HOLD)), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::CarrierThenHold));
+    }
+
+    #[test]
+    fn an_at_address_confirmation_contradicted_by_the_carrier_is_not_delivered_and_alerts() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR);
+        let actions = s.carrier(C::AttemptFailed, DAY1 + 3 * HOUR + 10 * MIN);
+        assert_eq!(notified(&actions), vec![M::Exception], "the customer hears the carrier's honest update");
+        let actions = s.wake(DAY1 + 3 * HOUR + HOLD);
+        assert_eq!(notified(&actions), vec![]);
+        assert_eq!(alerts(&actions), vec!["hold_contradicted"]);
+    }
+
+    #[test]
+    fn an_exception_after_delivery_alerts_operations_and_a_stale_one_is_ignored() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR);
+        s.carrier(C::Delivered, DAY1 + 3 * HOUR + MIN);
+        assert_eq!(s.carrier(C::AttemptFailed, DAY1 + 2 * HOUR), vec![], "older than the handover: stale");
+        let actions = s.carrier(C::Exception, DAY1 + 6 * HOUR);
+        assert_eq!(notified(&actions), vec![], "a delivered shipment does not go back");
+        assert_eq!(alerts(&actions), vec!["exception_after_delivered"]);
+        assert_eq!(s.state.milestone, M::Delivered);
+    }
+
+    #[test]
+    fn nearby_after_delivered_is_not_sent() {
+        let mut s = Shipment::without_a_route();
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR);
+        s.carrier(C::Delivered, DAY1 + 3 * HOUR);
+        assert_eq!(s.device(D::Nearby, DAY1 + 3 * HOUR + MIN), vec![]);
+        assert_eq!(s.told(), vec![M::Dispatched, M::Nearby, M::Delivered]);
+    }
+
+    #[test]
+    fn two_parcels_at_one_stop_are_two_shipments_reconciled_independently() {
+        // Parcel A is scanned at the door; parcel B's scan is missed, but the van was at
+        // the stop (the stop's nearby is fanned out to both) and the carrier says delivered.
+        let (a, b) = ("1Z999AA10000000001", "1Z999AA10000000002");
+        let mut pa = Shipment::on_a_route();
+        let mut pb = Shipment::on_a_route();
+        let arrive = DAY1 + 4 * HOUR;
+        for (p, t) in [(&mut pa, a), (&mut pb, b)] {
+            p.feed(Input::Device(signal_for(t, D::Nearby, arrive)));
+        }
+        pa.feed(Input::Device(signal_for(a, D::DeliveredAtAddress, arrive + 2 * MIN)));
+        pa.feed(Input::Carrier(carrier_event_for(a, C::Delivered, arrive + 3 * MIN)));
+        pb.feed(Input::Carrier(carrier_event_for(b, C::Delivered, arrive + 3 * MIN)));
+        assert_eq!(pa.state.milestone, M::Delivered);
+        assert_eq!(pb.state.milestone, M::Nearby, "B waits for its hold");
+        pb.wake(arrive + 3 * MIN + HOLD);
+        assert_eq!(pb.state.milestone, M::Delivered);
+        assert_eq!(pb.state.delivered_by, Some(DeliveredBy::CarrierThenHold));
+        assert_eq!(pa.told(), vec![M::Dispatched, M::Nearby, M::Delivered]);
+        assert_eq!(pb.told(), vec![M::Dispatched, M::Nearby, M::Delivered]);
+    }
+
+    #[test]
+    fn returning_to_sender_tells_the_customer_and_alerts_operations() {
+        let mut s = Shipment::on_a_route();
+        let actions = s.carrier(C::Returning, DAY1 + 6 * HOUR);
+        assert_eq!(notified(&actions), vec![M::Exception]);
+        assert_eq!(alerts(&actions), vec!["carrier_returning"]);
+    }
+
+    #[test]
+    fn unknown_and_in_transit_carrier_statuses_drive_nothing() {
+        let mut s = Shipment::new();
+        assert_eq!(s.carrier(C::Unknown, DAY1), vec![]);
+        assert_eq!(s.carrier(C::InTransit, DAY1), vec![]);
+        assert_eq!(s.carrier(C::LabelCreated, DAY1), vec![]);
+        assert_eq!(s.state.milestone, M::Created);
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json_and_old_json_still_loads() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::DeliveredAtAddress, DAY1 + HOUR);
+        let json = serde_json::to_string(&s.state).expect("encode");
+        let back: ShipmentState = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, s.state);
+        let minimal: ShipmentState = serde_json::from_str(r#"{"milestone":"nearby"}"#).expect("decode");
+        assert_eq!(minimal.milestone, M::Nearby);
+        for input in [
+            Input::Dispatched { at_ms: DAY1, on_route: true },
+            Input::Carrier(carrier_event(C::Delivered, DAY1)),
+            Input::Device(signal(D::DriverException, DAY1)),
+            Input::Wake { now_ms: DAY1 },
+        ] {
+            let json = serde_json::to_string(&input).expect("encode");
+            assert_eq!(serde_json::from_str::<Input>(&json).expect("decode"), input, "{json}");
+        }
+    }
+
+    #[test]
+    fn the_operator_docs_list_every_rule_of_the_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reconciliation.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        for rule in RULES {
+            assert!(
+                doc.contains(&format!("| `{}` |", rule.id)),
+                "docs/reconciliation.md lacks rule {}",
+                rule.id
+            );
+        }
+        let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(rows, RULES.len(), "the docs table has rows the code does not");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_time() -> impl Strategy<Value = i64> {
+        // Ten-minute steps over a day and a half, so ties and holds both happen.
+        (0i64..216).prop_map(|k| DAY1 + k * 10 * MIN)
+    }
+
+    fn arb_event() -> impl Strategy<Value = Input> {
+        let statuses = vec![
+            CanonicalStatus::OutForDelivery,
+            CanonicalStatus::Delivered,
+            CanonicalStatus::AttemptFailed,
+            CanonicalStatus::Exception,
+            CanonicalStatus::AvailableForPickup,
+            CanonicalStatus::Returning,
+            CanonicalStatus::CancelledOrExpired,
+            CanonicalStatus::InTransit,
+            CanonicalStatus::Unknown,
+        ];
+        let kinds = vec![
+            DeviceSignalKind::Nearby,
+            DeviceSignalKind::DeliveredAtAddress,
+            DeviceSignalKind::DeliveredAwayFromAddress,
+            DeviceSignalKind::DriverException,
+        ];
+        prop_oneof![
+            (arb_time(), any::<bool>()).prop_map(|(at_ms, on_route)| Input::Dispatched { at_ms, on_route }),
+            (proptest::sample::select(statuses), arb_time())
+                .prop_map(|(s, t)| Input::Carrier(carrier_event(s, t))),
+            (proptest::sample::select(kinds), arb_time()).prop_map(|(k, t)| Input::Device(signal(k, t))),
+        ]
+    }
+
+    fn arb_input_with_wakes() -> impl Strategy<Value = Input> {
+        prop_oneof![4 => arb_event(), 1 => arb_time().prop_map(|now_ms| Input::Wake { now_ms })]
+    }
+
+    /// Runs `inputs` in order; returns the final state and everything asked for.
+    fn run(inputs: &[Input]) -> (ShipmentState, Vec<Action>, Vec<Milestone>) {
+        let rules = Rules { hold_ms: HOLD };
+        let mut state = ShipmentState::new();
+        let mut log = Vec::new();
+        let mut path = vec![state.milestone];
+        for input in inputs {
+            let (next, actions) = apply(&state, input, &rules);
+            state = next;
+            log.extend(actions);
+            path.push(state.milestone);
+        }
+        (state, log, path)
+    }
+
+    fn assert_sane(log: &[Action], path: &[Milestone]) -> Result<(), TestCaseError> {
+        let told = notified(log);
+        for m in &told {
+            prop_assert_eq!(told.iter().filter(|x| *x == m).count(), 1, "{:?} notified twice: {:?}", m, told);
+        }
+        let raised = alerts(log);
+        for c in &raised {
+            prop_assert_eq!(raised.iter().filter(|x| *x == c).count(), 1, "{} alerted twice", c);
+        }
+        prop_assert!(path.windows(2).all(|w| w[0] <= w[1]), "milestone went backwards: {:?}", path);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn final_milestone_does_not_depend_on_arrival_order(
+            (inputs, shuffled) in proptest::collection::vec(arb_event(), 1..10)
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle()))
+        ) {
+            let end = Input::Wake { now_ms: DAY1 + 100 * HOUR };
+            let with_end = |v: &[Input]| v.iter().cloned().chain([end.clone()]).collect::<Vec<_>>();
+            let (a, log_a, path_a) = run(&with_end(&inputs));
+            let (b, log_b, path_b) = run(&with_end(&shuffled));
+            prop_assert_eq!(a.milestone, b.milestone);
+            prop_assert_eq!(a.delivered_by.is_some(), b.delivered_by.is_some());
+            assert_sane(&log_a, &path_a)?;
+            assert_sane(&log_b, &path_b)?;
+        }
+
+        #[test]
+        fn wakes_anywhere_never_move_a_shipment_back_or_notify_twice(
+            inputs in proptest::collection::vec(arb_input_with_wakes(), 1..16)
+        ) {
+            let (_, log, path) = run(&inputs);
+            assert_sane(&log, &path)?;
+        }
+
+        #[test]
+        fn applying_any_input_twice_changes_nothing_the_second_time(
+            inputs in proptest::collection::vec(arb_input_with_wakes(), 1..12)
+        ) {
+            let rules = Rules { hold_ms: HOLD };
+            let mut state = ShipmentState::new();
+            for input in &inputs {
+                let (once, _) = apply(&state, input, &rules);
+                let (twice, actions) = apply(&once, input, &rules);
+                prop_assert_eq!(&actions, &vec![]);
+                prop_assert_eq!(&twice, &once);
+                state = once;
+            }
+        }
+
+        #[test]
+        fn delivered_is_never_told_once_the_van_signed_away_unless_it_also_signed_at_the_door(
+            away_at in arb_time(),
+            inputs in proptest::collection::vec(arb_input_with_wakes(), 0..16)
+        ) {
+            let away = Input::Device(signal(DeviceSignalKind::DeliveredAwayFromAddress, away_at));
+            let all: Vec<Input> = std::iter::once(away).chain(inputs).collect();
+            let (state, log, _) = run(&all);
+            if state.at_address.is_none() {
+                prop_assert!(!notified(&log).contains(&Milestone::Delivered));
+            }
+            prop_assert!(alerts(&log).contains(&"delivered_away_from_address".to_owned()));
+        }
+    }
+}
