@@ -117,6 +117,12 @@ fn main() {
     let (lib, gpsd) = (median(lib), median(gpsd));
     let (lib_rate, gpsd_rate) = (lines_per_s(lines, lib), lines_per_s(lines, gpsd));
     println!("doorstep decoder: {lib_rate:>12.0} lines/s  ({lib:?} median of {RUNS}, {fixes} fixes)");
-    println!("gpsdecode 3.x:    {gpsd_rate:>12.0} lines/s  ({gpsd:?} median of {RUNS})");
+    let version = Command::new("gpsdecode")
+        .arg("-V")
+        .output()
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    println!("gpsdecode:        {gpsd_rate:>12.0} lines/s  ({gpsd:?} median of {RUNS}; {version})");
     println!("ratio:            {:>12.1}x", lib_rate / gpsd_rate);
 }

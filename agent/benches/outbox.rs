@@ -26,7 +26,9 @@ fn nearby(n: u32) -> Event {
 }
 
 fn position(n: u32) -> Event {
-    Event::Position(FixEvidence::new(1_767_225_600_000 + i64::from(n), 47.37, 8.54).with_hdop(1.1).with_speed_mps(8.0))
+    Event::Position(
+        FixEvidence::new(1_767_225_600_000 + i64::from(n), 47.37, 8.54).with_hdop(1.1).with_speed_mps(8.0),
+    )
 }
 
 fn main() {

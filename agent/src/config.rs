@@ -272,21 +272,34 @@ impl RawConfig {
         let fleet = FleetId::new(self.device.fleet).map_err(|e| invalid("device", "fleet", e.to_string()))?;
         let device = DeviceId::new(self.device.id).map_err(|e| invalid("device", "id", e.to_string()))?;
         if self.gps.device.is_empty() {
-            return Err(invalid("gps", "device", "set the GNSS receiver's serial port, e.g. \"/dev/ttyACM0\""));
+            return Err(invalid(
+                "gps",
+                "device",
+                "set the GNSS receiver's serial port, e.g. \"/dev/ttyACM0\"",
+            ));
         }
         let baud = |raw: &RawSerial, section: &'static str| -> Result<u32, ConfigError> {
             let baud = raw.baud.unwrap_or(9600);
-            if [1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600].contains(&baud) {
+            if [1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600]
+                .contains(&baud)
+            {
                 Ok(baud)
             } else {
-                Err(invalid(section, "baud", format!("{baud} is not a standard rate; NMEA receivers use 4800 to 115200")))
+                Err(invalid(
+                    section,
+                    "baud",
+                    format!("{baud} is not a standard rate; NMEA receivers use 4800 to 115200"),
+                ))
             }
         };
         let gps = SerialPort { path: PathBuf::from(&self.gps.device), baud: baud(&self.gps, "gps")? };
         let scanner = if self.scanner.device.is_empty() {
             None
         } else {
-            Some(SerialPort { path: PathBuf::from(&self.scanner.device), baud: baud(&self.scanner, "scanner")? })
+            Some(SerialPort {
+                path: PathBuf::from(&self.scanner.device),
+                baud: baud(&self.scanner, "scanner")?,
+            })
         };
         let mut geofence = GeofenceConfig::default();
         if let Some(v) = self.geofence.approach_m {
@@ -301,11 +314,17 @@ impl RawConfig {
         if let Some(v) = self.geofence.scan_window_s {
             geofence.scan_window = Duration::from_secs(v);
         }
-        geofence.validate().map_err(|e| invalid("geofence", "approach_m/arrival_m/dwell_s", e.to_string()))?;
+        geofence
+            .validate()
+            .map_err(|e| invalid("geofence", "approach_m/arrival_m/dwell_s", e.to_string()))?;
         let mut gate = GateConfig::default();
         if let Some(v) = self.gate.max_hdop {
             if !(v.is_finite() && v >= 1.0) {
-                return Err(invalid("gate", "max_hdop", "must be a number of at least 1.0 (5.0 is a good start)"));
+                return Err(invalid(
+                    "gate",
+                    "max_hdop",
+                    "must be a number of at least 1.0 (5.0 is a good start)",
+                ));
             }
             gate.max_hdop = v;
         }
@@ -319,9 +338,9 @@ impl RawConfig {
             None => None,
             Some(mut table) => {
                 table.entry("fleet").or_insert_with(|| toml::Value::String(fleet.to_string()));
-                let uplink: UplinkConfig = table.try_into().map_err(|e: toml::de::Error| {
-                    invalid("uplink", "*", e.message().to_owned())
-                })?;
+                let uplink: UplinkConfig = table
+                    .try_into()
+                    .map_err(|e: toml::de::Error| invalid("uplink", "*", e.message().to_owned()))?;
                 uplink.validate().map_err(|e| invalid("uplink", "*", e.to_string()))?;
                 Some(uplink)
             }
@@ -373,7 +392,8 @@ mod tests {
 
     #[test]
     fn the_default_config_parses_and_validates() {
-        let config = RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
+        let config =
+            RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
         assert_eq!(config.gps.baud, 9600);
         assert!(config.scanner.is_none());
         assert_eq!(config.geofence.arrival_m, 150.0);
@@ -383,7 +403,8 @@ mod tests {
     #[test]
     fn the_uplink_section_takes_its_fleet_from_the_device() {
         let key = doorstep_proto::SigningKey::from_seed(&[1; 32]).expect("seed").public_key();
-        let text = format!("{DEFAULT_CONFIG}\n[uplink]\nhost = \"127.0.0.1\"\nport = 1883\nhub_key = \"{key}\"\n");
+        let text =
+            format!("{DEFAULT_CONFIG}\n[uplink]\nhost = \"127.0.0.1\"\nport = 1883\nhub_key = \"{key}\"\n");
         let config = RawConfig::parse(&text).and_then(RawConfig::validate).expect("valid");
         let uplink = config.uplink.expect("uplink");
         assert_eq!(uplink.fleet.as_str(), "my-fleet");

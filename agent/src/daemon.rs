@@ -89,7 +89,8 @@ pub fn load_key(path: &std::path::Path) -> Result<SigningKey, DaemonError> {
         path: path.to_owned(),
         message: format!("{e}; create it with `doorstep-agent keygen --out {}`", path.display()),
     })?;
-    SigningKey::from_pkcs8(&bytes).map_err(|e| DaemonError::Key { path: path.to_owned(), message: e.to_string() })
+    SigningKey::from_pkcs8(&bytes)
+        .map_err(|e| DaemonError::Key { path: path.to_owned(), message: e.to_string() })
 }
 
 /// The brain's view for `status`, written to [`BRAIN_STATE_FILE`].
@@ -146,7 +147,12 @@ pub struct Brain {
 
 impl Brain {
     /// A brain storing into `outbox`; the newest good fix goes to `live` for tracking.
-    pub fn new(gate: Gate, decider: Decider, outbox: OutboxHandle, live: watch::Sender<Option<LivePosition>>) -> Self {
+    pub fn new(
+        gate: Gate,
+        decider: Decider,
+        outbox: OutboxHandle,
+        live: watch::Sender<Option<LivePosition>>,
+    ) -> Self {
         Self {
             gate,
             decider,
@@ -170,7 +176,9 @@ impl Brain {
                         tracing::info!(path = %path.display(), "route progress restored");
                     }
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "route progress unreadable; starting afresh"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "route progress unreadable; starting afresh")
+                }
             }
         }
         self.progress_path = Some(path);
@@ -238,10 +246,9 @@ impl Brain {
     pub fn on_route(&mut self, route: RouteManifest) {
         tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
         self.decider.load_route(route);
-        if let Some(path) = &self.progress_path {
-            if let Ok(Ok(progress)) = std::fs::read(path).map(|b| serde_json::from_slice::<crate::decide::Progress>(&b)) {
-                self.decider.restore(progress);
-            }
+        let saved = self.progress_path.as_ref().and_then(|path| std::fs::read(path).ok());
+        if let Some(Ok(progress)) = saved.map(|b| serde_json::from_slice::<crate::decide::Progress>(&b)) {
+            self.decider.restore(progress);
         }
     }
 
@@ -273,7 +280,10 @@ impl Brain {
                 counters.count("photo_not_stored");
                 return Reply::refused(
                     "photo_unusable",
-                    format!("Photo {} could not be kept ({e}); nothing was recorded, scan again", path.display()),
+                    format!(
+                        "Photo {} could not be kept ({e}); nothing was recorded, scan again",
+                        path.display()
+                    ),
                 );
             }
         }
@@ -293,7 +303,8 @@ impl Brain {
             Some(at) => format!("GPS fix {:.0} s old", at.elapsed().as_secs_f64()),
             None => "no GPS fix yet".to_owned(),
         };
-        let route = self.decider.route().map_or("no route loaded".to_owned(), |r| format!("route {}", r.route_id));
+        let route =
+            self.decider.route().map_or("no route loaded".to_owned(), |r| format!("route {}", r.route_id));
         reply.message = format!("{route}; {fix}; {} event(s) stored since start", self.events_stored);
         reply
     }
@@ -381,7 +392,11 @@ pub struct Running {
 }
 
 /// Starts the agent's tasks: GPS, scanner, driver socket, brain. Returns once they run.
-pub async fn start(config: &Config, key: Arc<SigningKey>, cancel: CancellationToken) -> Result<Running, DaemonError> {
+pub async fn start(
+    config: &Config,
+    key: Arc<SigningKey>,
+    cancel: CancellationToken,
+) -> Result<Running, DaemonError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| DaemonError::StateDir { path: config.state_dir.clone(), source })?;
     let outbox = Outbox::open(&config.outbox_path(), OutboxConfig::new(config.device.clone()))?.spawn(key)?;
@@ -411,7 +426,8 @@ pub async fn start(config: &Config, key: Arc<SigningKey>, cancel: CancellationTo
         .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
     tasks.spawn(driver::serve(listener, job_tx.clone(), counters.clone(), cancel.clone()));
 
-    let gps_config = SerialConfig { path: config.gps.path.clone(), baud: config.gps.baud, backoff: Backoff::default() };
+    let gps_config =
+        SerialConfig { path: config.gps.path.clone(), baud: config.gps.baud, backoff: Backoff::default() };
     let gps_cancel = cancel.clone();
     tasks.spawn(async move {
         let mut decoder = Decoder::new(DecoderConfig::default());
@@ -429,12 +445,25 @@ pub async fn start(config: &Config, key: Arc<SigningKey>, cancel: CancellationTo
     let (live_tx, live_rx) = watch::channel(None);
     let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx)
         .with_progress_file(config.state_dir.join(PROGRESS_FILE));
-    tasks.spawn(run_brain(brain, fix_rx, route_rx, job_rx, counters, config.state_dir.join(BRAIN_STATE_FILE), cancel));
+    tasks.spawn(run_brain(
+        brain,
+        fix_rx,
+        route_rx,
+        job_rx,
+        counters,
+        config.state_dir.join(BRAIN_STATE_FILE),
+        cancel,
+    ));
     Ok(Running { outbox, routes: route_tx, live: live_rx, tasks })
 }
 
 /// Reads the barcode scanner, reopening it with backoff when it disappears.
-async fn run_scanner(port: crate::config::SerialPort, jobs: mpsc::Sender<Job>, counters: DriverCounters, cancel: CancellationToken) {
+async fn run_scanner(
+    port: crate::config::SerialPort,
+    jobs: mpsc::Sender<Job>,
+    counters: DriverCounters,
+    cancel: CancellationToken,
+) {
     let backoff = Backoff::default();
     let mut delay = backoff.initial;
     while !cancel.is_cancelled() {

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use doorstep_proto::event::MAX_NOTE_LEN;
 use doorstep_proto::{
-    Barcode, Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Nearby, PhotoRef,
-    RouteId, RouteManifest, ScanNotOnRoute, StopId, TrackingNumber,
+    Barcode, Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Nearby, PhotoRef, RouteId,
+    RouteManifest, ScanNotOnRoute, StopId, TrackingNumber,
 };
 use serde::Serialize;
 
@@ -309,7 +309,8 @@ impl Decider {
                     barcode,
                     fix: Some(evidence(&last_fix)),
                 });
-                let mut reply = Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
+                let mut reply =
+                    Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
                 reply.van_at_stop = van_at.map(|s| s.id.to_string());
                 (reply, Some(event), "scan_not_on_route")
             }
@@ -346,10 +347,20 @@ impl Decider {
         let stop = report.stop_id.clone().or_else(|| {
             // The parcels name their stop when the driver did not pick one.
             let first = tracking_numbers.first()?;
-            route?.manifest.stops.iter().find(|s| s.tracking_numbers.contains(first)).map(|s| s.stop_id.clone())
+            route?
+                .manifest
+                .stops
+                .iter()
+                .find(|s| s.tracking_numbers.contains(first))
+                .map(|s| s.stop_id.clone())
         });
         let stop_entry = route.zip(stop.as_ref()).and_then(|(r, id)| {
-            r.manifest.stops.iter().enumerate().find(|(_, s)| &s.stop_id == id).map(|(i, s)| (i, s.lat, s.lon))
+            r.manifest
+                .stops
+                .iter()
+                .enumerate()
+                .find(|(_, s)| &s.stop_id == id)
+                .map(|(i, s)| (i, s.lat, s.lon))
         });
         let unknown_stop = route.is_some() && stop.is_some() && stop_entry.is_none();
         let route_id = route.map(|r| r.id.clone());
@@ -378,7 +389,10 @@ impl Decider {
             stop_number: stop_entry.map(|(i, _, _)| i + 1),
             remaining: None,
             van_at_stop: None,
-            message: format!("Recorded: {}. Operations and the customer will be told.", report.reason.as_str()),
+            message: format!(
+                "Recorded: {}. Operations and the customer will be told.",
+                report.reason.as_str()
+            ),
         };
         (reply, Some(Decided { utc_ms, event }))
     }
@@ -393,10 +407,9 @@ impl Loaded {
             // A label that wraps a route parcel's number (routing prefix + tracking number).
             let code = tn.as_str();
             for (len, candidates) in &self.by_suffix {
-                if *len >= 10 && *len < code.len() {
-                    if let Some(found) = candidates.iter().find(|c| code.ends_with(c.as_str())) {
-                        return Resolved::Parcel(found.clone());
-                    }
+                let wraps = *len >= 10 && *len < code.len();
+                if let Some(found) = candidates.iter().find(|c| wraps && code.ends_with(c.as_str())) {
+                    return Resolved::Parcel(found.clone());
                 }
             }
         }
@@ -405,9 +418,10 @@ impl Loaded {
 
     /// Parcels of stop `index` not yet handed over (at or away from the address).
     fn remaining(&self, index: usize) -> usize {
-        self.manifest.stops.get(index).map_or(0, |s| {
-            s.tracking_numbers.iter().filter(|tn| !self.handed_over.contains_key(*tn)).count()
-        })
+        self.manifest
+            .stops
+            .get(index)
+            .map_or(0, |s| s.tracking_numbers.iter().filter(|tn| !self.handed_over.contains_key(*tn)).count())
     }
 
     fn tracker_knows(&self, tn: &TrackingNumber) -> bool {
@@ -534,7 +548,8 @@ impl Loaded {
             ScanDecision::NotOnRoute { van_at, fix } => {
                 // The resolver found the parcel but the tracker did not: treat as unknown.
                 let barcode = Barcode::new(tn.as_str()).ok();
-                let mut reply = Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
+                let mut reply =
+                    Reply::refused("not_on_route", "Not on this route: keep the parcel in the van");
                 reply.van_at_stop = van_at.map(|s| s.id.to_string());
                 let event = barcode.map(|barcode| {
                     Event::ScanNotOnRoute(ScanNotOnRoute {
@@ -553,7 +568,10 @@ impl Loaded {
                     stop_number: Some(stop.index + 1),
                     remaining: Some(remaining),
                     van_at_stop: None,
-                    message: format!("Already scanned for {}. {remaining} parcel(s) to go there", label(&stop)),
+                    message: format!(
+                        "Already scanned for {}. {remaining} parcel(s) to go there",
+                        label(&stop)
+                    ),
                 };
                 (reply, None, "scan_duplicate")
             }
@@ -661,7 +679,11 @@ mod tests {
         let (reply, event) = d.on_scan(T0 + 121_000, "9400111899223197428490", None);
         assert_eq!(reply.result, "delivered_away_from_address");
         assert_eq!(reply.van_at_stop.as_deref(), Some("bakery"));
-        assert!(reply.message.contains("belongs to stop 2 (school), you are at stop 1 (bakery)"), "{}", reply.message);
+        assert!(
+            reply.message.contains("belongs to stop 2 (school), you are at stop 1 (bakery)"),
+            "{}",
+            reply.message
+        );
         assert!(matches!(event, Some(Decided { event: Event::DeliveredAwayFromAddress(_), .. })));
     }
 
@@ -703,7 +725,9 @@ mod tests {
         assert!(after.restore(saved.clone()));
         let mut kinds = Vec::new();
         for t in 200..260 {
-            kinds.extend(after.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)).into_iter().map(|d| d.event.kind()));
+            kinds.extend(
+                after.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)).into_iter().map(|d| d.event.kind()),
+            );
         }
         assert!(kinds.is_empty(), "no second nearby after a restart: {kinds:?}");
         let (reply, event) = after.on_scan(T0 + 261_000, "1Z999AA10123456784", None);

@@ -142,15 +142,15 @@ pub async fn prepare(request: Request, counters: &DriverCounters) -> Result<Acti
                 counters.count("request_bad_reason");
                 Reply::refused("bad_request", message)
             })?;
-            let stop_id = stop_id
-                .map(StopId::new)
-                .transpose()
-                .map_err(|e| {
-                    counters.count("request_bad_stop");
-                    Reply::refused("bad_request", e.to_string())
-                })?;
+            let stop_id = stop_id.map(StopId::new).transpose().map_err(|e| {
+                counters.count("request_bad_stop");
+                Reply::refused("bad_request", e.to_string())
+            })?;
             let (photo, photo_path) = hash(photo, counters).await?;
-            Ok(Action::Exception { report: ExceptionReport { reason, codes, stop_id, note, photo }, photo_path })
+            Ok(Action::Exception {
+                report: ExceptionReport { reason, codes, stop_id, note, photo },
+                photo_path,
+            })
         }
         Request::Status => Ok(Action::Status),
     }
@@ -171,15 +171,20 @@ async fn hash(
         Ok(photo) => Ok((Some(photo), Some(path))),
         Err(e) => {
             counters.count("photo_unusable");
-            let message = format!("Photo {}: {e}. Nothing was recorded; take the photo again", path.display());
+            let message =
+                format!("Photo {}: {e}. Nothing was recorded; take the photo again", path.display());
             Err(Reply::refused("photo_unusable", message))
         }
     }
 }
 
 /// Serves one driver-app connection until it closes or the agent shuts down.
-pub async fn serve_connection<S>(stream: S, jobs: mpsc::Sender<Job>, counters: DriverCounters, cancel: CancellationToken)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    jobs: mpsc::Sender<Job>,
+    counters: DriverCounters,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (read, mut write) = tokio::io::split(stream);
@@ -223,7 +228,9 @@ async fn handle_line(line: &str, jobs: &mpsc::Sender<Job>, counters: &DriverCoun
             counters.count("request_malformed");
             return Reply::refused(
                 "bad_request",
-                format!("Not a request ({e}); send one JSON object per line with \"op\": scan, exception or status"),
+                format!(
+                    "Not a request ({e}); send one JSON object per line with \"op\": scan, exception or status"
+                ),
             );
         }
     };
@@ -239,7 +246,8 @@ pub async fn submit(action: Action, jobs: &mpsc::Sender<Job>) -> Reply {
     if jobs.send(Job { action, reply: tx }).await.is_err() {
         return Reply::refused("shutting_down", "The agent is stopping; scan again in a moment");
     }
-    rx.await.unwrap_or_else(|_| Reply::refused("shutting_down", "The agent is stopping; scan again in a moment"))
+    rx.await
+        .unwrap_or_else(|_| Reply::refused("shutting_down", "The agent is stopping; scan again in a moment"))
 }
 
 /// Serves the driver socket: accepts connections up to [`MAX_CONNECTIONS`].
@@ -278,8 +286,12 @@ pub async fn serve(
 
 /// Reads codes from a barcode scanner, one per line, and submits each as a scan.
 /// Replies go to the log: a scanner has no screen.
-pub async fn read_scanner<R>(reader: R, jobs: mpsc::Sender<Job>, counters: DriverCounters, cancel: CancellationToken)
-where
+pub async fn read_scanner<R>(
+    reader: R,
+    jobs: mpsc::Sender<Job>,
+    counters: DriverCounters,
+    cancel: CancellationToken,
+) where
     R: AsyncRead + Unpin,
 {
     let mut reader = BufReader::new(reader);
@@ -301,7 +313,9 @@ where
                 if code.is_empty() {
                     continue;
                 }
-                let reply = submit(Action::Scan { code: code.to_owned(), photo: None, photo_path: None }, &jobs).await;
+                let reply =
+                    submit(Action::Scan { code: code.to_owned(), photo: None, photo_path: None }, &jobs)
+                        .await;
                 tracing::info!(result = reply.result, stop = ?reply.stop_id, "{}", reply.message);
             }
         }
@@ -333,7 +347,8 @@ mod tests {
     async fn exchange(lines: &[&str]) -> (Vec<serde_json::Value>, BTreeMap<&'static str, u64>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let counters = DriverCounters::default();
-        let task = tokio::spawn(serve_connection(server, echo_brain(), counters.clone(), CancellationToken::new()));
+        let task =
+            tokio::spawn(serve_connection(server, echo_brain(), counters.clone(), CancellationToken::new()));
         let (read, mut write) = tokio::io::split(client);
         let mut replies = BufReader::new(read).lines();
         let mut out = Vec::new();
@@ -368,7 +383,16 @@ mod tests {
         let results: Vec<&str> = replies.iter().map(|r| r["result"].as_str().expect("result")).collect();
         assert_eq!(
             results,
-            ["scan", "scan_with_photo", "photo_unusable", "exception", "bad_request", "bad_request", "bad_request", "status"]
+            [
+                "scan",
+                "scan_with_photo",
+                "photo_unusable",
+                "exception",
+                "bad_request",
+                "bad_request",
+                "bad_request",
+                "status"
+            ]
         );
         assert!(replies[2]["message"].as_str().expect("message").contains("take the photo again"));
         assert!(replies[4]["message"].as_str().expect("message").contains("recipient_absent"));
@@ -382,9 +406,15 @@ mod tests {
     async fn the_scanner_submits_each_line_and_survives_noise() {
         let (tx, mut rx) = mpsc::channel::<Job>(REQUEST_QUEUE);
         let input: Vec<u8> =
-            [b"1Z999AA10123456784\r\n".as_slice(), &[b'A'; 300], b"\n\r\n\x00\n9400111899223197428490\n"].concat();
+            [b"1Z999AA10123456784\r\n".as_slice(), &[b'A'; 300], b"\n\r\n\x00\n9400111899223197428490\n"]
+                .concat();
         let counters = DriverCounters::default();
-        let reader = tokio::spawn(read_scanner(std::io::Cursor::new(input), tx, counters.clone(), CancellationToken::new()));
+        let reader = tokio::spawn(read_scanner(
+            std::io::Cursor::new(input),
+            tx,
+            counters.clone(),
+            CancellationToken::new(),
+        ));
         let mut codes = Vec::new();
         while let Some(job) = rx.recv().await {
             if let Action::Scan { code, .. } = job.action {

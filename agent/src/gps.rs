@@ -3,9 +3,10 @@
 //! Three layers, innermost first:
 //!
 //! - [`Assembler`]: a pure state machine that merges the [`Observation`]s of one epoch
-//!   into one [`Fix`], the way gpsd does: an epoch ends when the sentence time changes.
-//!   It also turns time of day into GNSS UTC once a date is known, and undoes GPS week
-//!   rollover. No clock, no I/O.
+//!   into one [`Fix`], the way gpsd does: an epoch ends when the sentence time changes,
+//!   and once the receiver's cycle is learned its fix goes out at the cycle's last
+//!   sentence instead of a second later. It also turns time of day into GNSS UTC once a
+//!   date is known, and undoes GPS week rollover. No clock, no I/O.
 //! - [`Decoder`]: framing, checksums and sentence decoding ([`crate::nmea`]) in front
 //!   of the assembler, with counters for every line it did not use. Still pure: bytes
 //!   in, fixes out.
@@ -233,6 +234,7 @@ pub struct Assembler {
     date: Option<DateAnchor>,
     cycle_enders: CycleEnders,
     last_kind: Option<SentenceKind>,
+    timed_positions: bool,
     stats: AssemblerStats,
 }
 
@@ -247,9 +249,10 @@ impl Assembler {
         &self.stats
     }
 
-    /// Takes one sentence; returns a fix when this sentence completes an epoch (it is
-    /// the receiver's end-of-cycle sentence) or starts the next one.
-    pub fn push(&mut self, obs: &Observation) -> Option<Fix> {
+    /// Takes one sentence; returns the fixes it completes: the previous epoch's when
+    /// this sentence starts a new one, and this epoch's when this sentence is the
+    /// receiver's end of cycle (both, for a receiver that sends a single sentence type).
+    pub fn push(&mut self, obs: &Observation) -> impl Iterator<Item = Fix> + use<> {
         let previous_kind = self.last_kind.replace(obs.kind);
         if let (Some(date), Some(tod)) = (obs.date, obs.tod_ms) {
             // A void RMC's date comes from the receiver's real-time clock, which is
@@ -258,9 +261,16 @@ impl Assembler {
                 self.set_date(date, tod);
             }
         }
+        // Until a position sentence has carried a time, ZDA (or GST, GBS) is the only
+        // clock: a receiver without a fix may send GGA with empty time and quality 0
+        // (Hemisphere), and those epochs should still be seen, and refused, downstream.
+        let opens_epochs = obs.kind.has_position() || !self.timed_positions;
+        if obs.kind.has_position() && obs.tod_ms.is_some() {
+            self.timed_positions = true;
+        }
         let mut done = None;
         match obs.tod_ms {
-            Some(tod) if obs.kind.has_position() => {
+            Some(tod) if opens_epochs => {
                 if self.epoch.as_ref().is_some_and(|e| e.fix.tod_ms != tod) {
                     if let Some(kind) = previous_kind {
                         self.cycle_enders.learn(kind);
@@ -289,10 +299,8 @@ impl Assembler {
             }
             None => self.merge(obs),
         }
-        // At most one of these is a fix: `close` only returns unreported epochs, and a
-        // freshly opened epoch cannot be reported by its first sentence unless it is
-        // also an end-of-cycle sentence (a receiver sending only GGA, say).
-        done.or_else(|| self.report_if_cycle_ended(obs.kind))
+        let reported = self.report_if_cycle_ended(obs.kind);
+        [done, reported].into_iter().flatten()
     }
 
     /// Ends the stream (or the connection): returns the open epoch's fix, if it was not
@@ -647,11 +655,11 @@ impl SerialReader {
                 }
             }
         });
-        let (tx_err, rx_err) = mpsc::channel(1);
         match spawned {
             Ok(_) => Self { rx, chunk: Vec::new(), pos: 0 },
             Err(e) => {
                 // No thread, no reader: report it as a read error on first use.
+                let (tx_err, rx_err) = mpsc::channel(1);
                 let _ = tx_err.try_send(Err(e));
                 Self { rx: rx_err, chunk: Vec::new(), pos: 0 }
             }
@@ -760,6 +768,9 @@ pub async fn run_serial(
         delay = config.backoff.next(delay);
     }
 }
+
+/// Fixes buffered between the decoding task and the printer in `gps decode`.
+pub const DECODE_QUEUE_FIXES: usize = 64;
 
 /// What `doorstep-agent gps decode` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -890,7 +901,7 @@ pub async fn decode_command<W: Write>(
     out: &mut W,
     cancel: &CancellationToken,
 ) -> Result<DecodeSummary, GpsError> {
-    let (tx, mut rx) = mpsc::channel::<Fix>(64);
+    let (tx, mut rx) = mpsc::channel::<Fix>(DECODE_QUEUE_FIXES);
     let mut decoder = Decoder::new(DecoderConfig::default());
     let mut gate = Gate::new(gate_config);
     let source = source.clone();
@@ -911,6 +922,14 @@ pub async fn decode_command<W: Write>(
                 Ok(())
             }
         };
+        // Stopped by Ctrl-C mid-epoch: the decoder's view includes the last epoch.
+        let mut rest = Vec::new();
+        decoder.finish(&mut rest);
+        for fix in rest {
+            if tx.send(fix).await.is_err() {
+                break;
+            }
+        }
         (result, decoder, link)
     });
     while let Some(fix) = rx.recv().await {
@@ -1095,6 +1114,37 @@ mod tests {
         assert_eq!(fixes[0].gga_quality, Some(0));
         assert_eq!(fixes[0].position(), None);
         assert_eq!(fixes[0].mode, Some(FixMode::NoFix));
+    }
+
+    #[test]
+    fn a_receiver_without_a_fix_or_time_in_gga_still_yields_refusable_epochs() {
+        // Hemisphere: GGA with empty time and quality 0, the clock only in ZDA.
+        let cycle = |zda: &str| {
+            [
+                sentence("GPGGA,,,,,,0,,,,M,,M,,"),
+                sentence("GPVTG,,T,,M,,N,,K,N"),
+                sentence(&format!("GPZDA,{zda},07,09,2024,00,00")),
+            ]
+            .concat()
+        };
+        let input = [cycle("193913.00"), cycle("193914.00"), cycle("193915.00")].concat();
+        let (fixes, _) = decode_str(&input);
+        // Without a time in GGA, which ZDA a GGA belongs to is a guess; what matters is
+        // that the no-fix epochs reach the gate and none claims a position.
+        let no_fix = fixes.iter().filter(|f| f.gga_quality == Some(0) && f.mode == Some(FixMode::NoFix));
+        assert!(no_fix.count() >= 2, "{fixes:?}");
+        assert!(fixes.iter().all(|f| f.position().is_none()));
+    }
+
+    #[test]
+    fn a_receiver_sending_only_gga_gets_each_fix_out_at_its_own_sentence() {
+        let gga = |t: &str| sentence(&format!("GPGGA,{t},4807.001,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"));
+        let mut decoder = Decoder::default();
+        let mut fixes = Vec::new();
+        for t in ["120001.00", "120002.00", "120003.00"] {
+            decoder.feed(gga(t).as_bytes(), &mut fixes);
+        }
+        assert_eq!(fixes.len(), 3);
     }
 
     #[test]

@@ -236,10 +236,10 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
                     changed = route_rx.changed() => if changed.is_err() { return },
                 }
                 let assignment = route_rx.borrow_and_update().clone();
-                if let Some(assignment) = assignment {
-                    if routes.send(assignment.route).await.is_err() {
-                        return;
-                    }
+                if let Some(assignment) = assignment
+                    && routes.send(assignment.route).await.is_err()
+                {
+                    return;
                 }
             }
         });

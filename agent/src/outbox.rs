@@ -50,7 +50,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use doorstep_proto::blob::{BlobChunk, MAX_CHUNK_LEN, MAX_PHOTO_LEN};
-use doorstep_proto::{DeviceId, Envelope, EnvelopeError, Event, EventId, HexBytes, SigningKey};
+use doorstep_proto::{
+    DeviceId, Envelope, EnvelopeError, Event, EventId, HexBytes, PublicKey, SigningKey, TrustedKey,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -89,12 +91,29 @@ pub struct OutboxConfig {
     /// A hard cap on the database file itself (`PRAGMA max_page_count`), for a
     /// partition shared with other data. `None`: only the disk's size limits it.
     pub max_file_bytes: Option<u64>,
+    /// The device's public key. When set, rows salvaged from a corrupt database are
+    /// kept only if their signature still verifies (a damaged row would be refused by
+    /// the hub and stall its contiguous ack); otherwise only their device and seq are
+    /// checked.
+    pub public_key: Option<PublicKey>,
 }
 
 impl OutboxConfig {
     /// The default budgets for `device`.
     pub fn new(device: DeviceId) -> Self {
-        Self { device, max_bytes: DEFAULT_MAX_BYTES, max_photo_bytes: DEFAULT_MAX_PHOTO_BYTES, max_file_bytes: None }
+        Self {
+            device,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_photo_bytes: DEFAULT_MAX_PHOTO_BYTES,
+            max_file_bytes: None,
+            public_key: None,
+        }
+    }
+
+    /// Sets the device's public key, used to check salvaged rows.
+    pub fn with_public_key(mut self, key: PublicKey) -> Self {
+        self.public_key = Some(key);
+        self
     }
 
     /// Applies the operator's limits from the config file.
@@ -174,7 +193,9 @@ pub enum OutboxError {
     #[error("event cannot be sealed: {0}")]
     Seal(#[from] EnvelopeError),
     /// The database belongs to another device.
-    #[error("outbox database belongs to device {found:?}, not {expected}; point the agent at its own database")]
+    #[error(
+        "outbox database belongs to device {found:?}, not {expected}; point the agent at its own database"
+    )]
     DeviceMismatch {
         /// The device named in the file.
         found: String,
@@ -182,7 +203,9 @@ pub enum OutboxError {
         expected: DeviceId,
     },
     /// The database was written by a newer agent.
-    #[error("outbox schema version {0} is newer than this agent understands ({SCHEMA_VERSION}); upgrade the agent")]
+    #[error(
+        "outbox schema version {0} is newer than this agent understands ({SCHEMA_VERSION}); upgrade the agent"
+    )]
     SchemaTooNew(u32),
     /// A file next to the database could not be written or moved.
     #[error("{what} {path}: {source}")]
@@ -211,7 +234,10 @@ pub enum OutboxError {
 impl OutboxError {
     /// Whether the event was refused for lack of space (the loud, counted case).
     pub fn is_full(&self) -> bool {
-        matches!(self, OutboxError::Full { .. } | OutboxError::DiskFull { .. } | OutboxError::PhotoLaneFull { .. })
+        matches!(
+            self,
+            OutboxError::Full { .. } | OutboxError::DiskFull { .. } | OutboxError::PhotoLaneFull { .. }
+        )
     }
 }
 
@@ -465,7 +491,7 @@ struct Salvage {
     rows: Vec<(u64, String, bool, Vec<u8>, i64)>,
 }
 
-fn salvage(path: &Path, device: &DeviceId) -> Salvage {
+fn salvage(path: &Path, device: &DeviceId, public_key: Option<PublicKey>) -> Salvage {
     let mut out = Salvage::default();
     let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return out;
@@ -476,21 +502,31 @@ fn salvage(path: &Path, device: &DeviceId) -> Salvage {
     out.next_seq = meta("next_seq").map(u64_of).unwrap_or(0);
     out.acked_seq = meta("acked_seq").map(u64_of).unwrap_or(0);
     out.corrupt_files = meta("corrupt_files").map(u64_of).unwrap_or(0);
-    let Ok(mut stmt) = conn.prepare("SELECT seq, kind, confirmation, wire, event_ms FROM events ORDER BY seq")
+    let Ok(mut stmt) =
+        conn.prepare("SELECT seq, kind, confirmation, wire, event_ms FROM events ORDER BY seq")
     else {
         return out;
     };
     let Ok(rows) = stmt.query_map([], |r| {
-        Ok((u64_of(r.get(0)?), r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, Vec<u8>>(3)?, r.get(4)?))
+        Ok((
+            u64_of(r.get(0)?),
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+            r.get(4)?,
+        ))
     }) else {
         return out;
     };
     // Keep rows until the first unreadable one; a row is kept only if its envelope still
-    // names this device and this seq (a flipped byte elsewhere fails the hub's signature
-    // check, where it is counted, rather than vanishing here).
+    // names this device and this seq and, when the key is known, still verifies.
     for row in rows {
         let Ok(row) = row else { break };
-        let intact = Envelope::peek_unverified(&row.3).is_ok_and(|(_, env)| env.device == *device && env.seq == row.0);
+        let decoded = match public_key {
+            Some(key) => Envelope::open(&row.3, &TrustedKey { device: device.clone(), key }),
+            None => Envelope::peek_unverified(&row.3).map(|(_, env)| env),
+        };
+        let intact = decoded.is_ok_and(|env| env.device == *device && env.seq == row.0);
         if intact && row.0 > out.acked_seq {
             out.next_seq = out.next_seq.max(row.0 + 1);
             out.rows.push(row);
@@ -525,7 +561,7 @@ impl Outbox {
                         })?;
                     }
                 }
-                let salvaged = salvage(&aside, &cfg.device);
+                let salvaged = salvage(&aside, &cfg.device, cfg.public_key);
                 let hwm = read_hwm(&hwm_path);
                 tracing::error!(
                     device = %cfg.device,
@@ -614,7 +650,9 @@ impl Outbox {
             tx.commit()?;
         }
         // The fresh file after a corruption must be on disk before anything else happens.
-        conn.execute_batch("PRAGMA synchronous = FULL; BEGIN IMMEDIATE; COMMIT; PRAGMA synchronous = NORMAL;")?;
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; BEGIN IMMEDIATE; COMMIT; PRAGMA synchronous = NORMAL;",
+        )?;
 
         let meta_u64 = |key: &str| -> Result<u64, rusqlite::Error> {
             Ok(conn
@@ -734,8 +772,14 @@ impl Outbox {
         let mut id = [0u8; 16];
         self.rng.fill(&mut id).map_err(|_| OutboxError::Random)?;
         let seq = self.next_seq;
-        let envelope =
-            Envelope { device: self.cfg.device.clone(), seq, event_id: HexBytes(id), gnss_utc_ms, mono_ms, event };
+        let envelope = Envelope {
+            device: self.cfg.device.clone(),
+            seq,
+            event_id: HexBytes(id),
+            gnss_utc_ms,
+            mono_ms,
+            event,
+        };
         let wire = envelope.seal(key)?;
         let row_bytes = wire.len() as u64 + ROW_OVERHEAD_BYTES;
 
@@ -791,7 +835,11 @@ impl Outbox {
             let target = need.max(self.cfg.max_bytes / EVICT_BATCH_DIVISOR);
             let plan = self.plan_eviction(target)?;
             if plan.2 < need {
-                return Err(OutboxError::Full { kind, stored: self.stored_bytes, max_bytes: self.cfg.max_bytes });
+                return Err(OutboxError::Full {
+                    kind,
+                    stored: self.stored_bytes,
+                    max_bytes: self.cfg.max_bytes,
+                });
             }
             evict_up_to = Some(plan);
         }
@@ -799,16 +847,20 @@ impl Outbox {
         let outcome = (|| -> Result<(), rusqlite::Error> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some((last, rows, _)) = evict_up_to {
-                tx.prepare_cached("DELETE FROM events WHERE confirmation = 0 AND seq <= ?1")?.execute([i64_of(last)])?;
+                tx.prepare_cached("DELETE FROM events WHERE confirmation = 0 AND seq <= ?1")?
+                    .execute([i64_of(last)])?;
                 tx.prepare_cached(
                     "INSERT INTO meta (key, value) VALUES ('evicted_positions', ?1)
                      ON CONFLICT (key) DO UPDATE SET value = value + ?1",
                 )?
                 .execute([i64_of(rows)])?;
             }
-            tx.prepare_cached("INSERT INTO events (seq, kind, confirmation, wire, event_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![i64_of(seq), kind, confirmation, wire, event_ms])?;
-            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_seq'")?.execute([i64_of(seq + 1)])?;
+            tx.prepare_cached(
+                "INSERT INTO events (seq, kind, confirmation, wire, event_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![i64_of(seq), kind, confirmation, wire, event_ms])?;
+            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_seq'")?
+                .execute([i64_of(seq + 1)])?;
             tx.commit()
         })();
         match outcome {
@@ -822,7 +874,9 @@ impl Outbox {
                 self.unsynced = durability == Durability::Grouped;
                 Ok(())
             }
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => Err(OutboxError::DiskFull { kind }),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
+                Err(OutboxError::DiskFull { kind })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -943,10 +997,11 @@ impl Outbox {
         set_meta(&tx, "acked_seq", i64_of(acked))?;
         set_meta(&tx, "next_seq", i64_of(self.next_seq))?;
         tx.commit()?;
-        // An ack lost to a power cut only means the hub sees those events once more.
-        self.unsynced = true;
+        // Not fsync'd: an ack lost to a power cut only means the hub sees those events
+        // once more, and it deduplicates.
         self.acked_seq = acked;
-        self.stored_bytes = self.stored_bytes.saturating_sub(u64_of(bytes) + u64_of(rows) * ROW_OVERHEAD_BYTES);
+        self.stored_bytes =
+            self.stored_bytes.saturating_sub(u64_of(bytes) + u64_of(rows) * ROW_OVERHEAD_BYTES);
         let deleted = usize::try_from(rows).unwrap_or(usize::MAX);
         tracing::debug!(device = %self.cfg.device, up_to_seq, deleted, "hub ack applied");
         Ok(deleted)
@@ -981,14 +1036,21 @@ impl Outbox {
         if ring::digest::digest(&ring::digest::SHA256, bytes).as_ref() != sha256.0.as_slice() {
             return Err(OutboxError::PhotoHash(sha256));
         }
-        let known: bool =
-            self.conn.query_row("SELECT COUNT(*) > 0 FROM photos WHERE sha256 = ?1", [&sha256.0[..]], |r| r.get(0))?;
+        let known: bool = self.conn.query_row(
+            "SELECT COUNT(*) > 0 FROM photos WHERE sha256 = ?1",
+            [&sha256.0[..]],
+            |r| r.get(0),
+        )?;
         if known {
             return Ok(());
         }
         if self.photo_bytes + size > self.cfg.max_photo_bytes {
             tracing::error!(device = %self.cfg.device, sha256 = %sha256, size, "ALARM: photo lane full; photo NOT queued");
-            return Err(OutboxError::PhotoLaneFull { size, used: self.photo_bytes, max: self.cfg.max_photo_bytes });
+            return Err(OutboxError::PhotoLaneFull {
+                size,
+                used: self.photo_bytes,
+                max: self.cfg.max_photo_bytes,
+            });
         }
         self.set_synchronous(true)?;
         let result = (|| -> Result<(), rusqlite::Error> {
@@ -997,7 +1059,8 @@ impl Outbox {
                 "INSERT INTO photos (sha256, total_len, next_index, created_ms) VALUES (?1, ?2, 0, ?3)",
                 params![&sha256.0[..], i64_of(size), wall_ms()],
             )?;
-            let mut insert = tx.prepare("INSERT INTO photo_chunks (sha256, idx, data) VALUES (?1, ?2, ?3)")?;
+            let mut insert =
+                tx.prepare("INSERT INTO photo_chunks (sha256, idx, data) VALUES (?1, ?2, ?3)")?;
             for (index, chunk) in bytes.chunks(MAX_CHUNK_LEN).enumerate() {
                 insert.execute(params![&sha256.0[..], i64_of(index as u64), chunk])?;
             }
@@ -1011,9 +1074,11 @@ impl Outbox {
                 tracing::info!(device = %self.cfg.device, sha256 = %sha256, size, "photo queued");
                 Ok(())
             }
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
-                Err(OutboxError::PhotoLaneFull { size, used: self.photo_bytes, max: self.cfg.max_photo_bytes })
-            }
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => Err(OutboxError::PhotoLaneFull {
+                size,
+                used: self.photo_bytes,
+                max: self.cfg.max_photo_bytes,
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -1047,8 +1112,12 @@ impl Outbox {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<(i64, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT idx, data FROM photo_chunks WHERE sha256 = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3")?
-            .query_map(params![&photo.sha256.0[..], i64::from(from_index), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .prepare_cached(
+                "SELECT idx, data FROM photo_chunks WHERE sha256 = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
+            )?
+            .query_map(params![&photo.sha256.0[..], i64::from(from_index), limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows
             .into_iter()
@@ -1065,7 +1134,12 @@ impl Outbox {
     /// Applies the hub's photo ack: chunks before `next_index` are stored at the hub;
     /// `complete` means the hub has the whole photo and it matched its hash. Returns
     /// whether the photo is gone from the outbox.
-    pub fn blob_ack(&mut self, sha256: &HexBytes<32>, next_index: u32, complete: bool) -> Result<bool, OutboxError> {
+    pub fn blob_ack(
+        &mut self,
+        sha256: &HexBytes<32>,
+        next_index: u32,
+        complete: bool,
+    ) -> Result<bool, OutboxError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let cut = if complete { i64::MAX } else { i64::from(next_index) };
         let freed: i64 = tx.query_row(
@@ -1083,7 +1157,6 @@ impl Outbox {
             )?;
         }
         tx.commit()?;
-        self.unsynced = true;
         self.photo_bytes = self.photo_bytes.saturating_sub(u64_of(freed));
         if complete {
             tracing::info!(device = %self.cfg.device, sha256 = %sha256, "photo delivered");
@@ -1121,13 +1194,16 @@ impl Outbox {
 }
 
 fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), rusqlite::Error> {
-    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-        .execute(params![key, value])?;
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
 fn depth_by_kind(conn: &Connection) -> Result<BTreeMap<String, KindDepth>, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached("SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(wire)), 0) FROM events GROUP BY kind")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(wire)), 0) FROM events GROUP BY kind")?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, String>(0)?, KindDepth { count: u64_of(r.get(1)?), bytes: u64_of(r.get(2)?) }))
     })?;
@@ -1135,8 +1211,10 @@ fn depth_by_kind(conn: &Connection) -> Result<BTreeMap<String, KindDepth>, rusql
 }
 
 fn oldest_unacked(conn: &Connection) -> Result<Option<(u64, i64)>, rusqlite::Error> {
-    conn.query_row("SELECT seq, event_ms FROM events ORDER BY seq LIMIT 1", [], |r| Ok((u64_of(r.get(0)?), r.get(1)?)))
-        .optional()
+    conn.query_row("SELECT seq, event_ms FROM events ORDER BY seq LIMIT 1", [], |r| {
+        Ok((u64_of(r.get(0)?), r.get(1)?))
+    })
+    .optional()
 }
 
 /// Reads the outbox's statistics from any connection to its database (the agent's own,
@@ -1170,7 +1248,9 @@ pub(crate) fn read_stats(conn: &Connection, path: &Path) -> Result<OutboxStats, 
         last_rejected_ms: meta("last_rejected_ms")?,
         corrupt_files: meta("corrupt_files")?.map_or(0, u64_of),
         last_corrupt: conn
-            .query_row("SELECT value FROM meta WHERE key = 'last_corrupt'", [], |r| r.get::<_, Option<String>>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'last_corrupt'", [], |r| {
+                r.get::<_, Option<String>>(0)
+            })
             .optional()?
             .flatten(),
         disk_bytes: file_len(path.to_owned()) + file_len(sidecar(path, "-wal")),
@@ -1212,6 +1292,15 @@ impl OutboxHandle {
         answer.await.map_err(|_| OutboxError::Closed)?
     }
 
+    /// Queues `f` to run on the outbox thread without waiting for it to run (only for
+    /// queue space). `f` reports its own outcome.
+    pub async fn submit<F>(&self, f: F) -> Result<(), OutboxError>
+    where
+        F: FnOnce(&mut Outbox) + Send + 'static,
+    {
+        self.tx.send(Box::new(f)).await.map_err(|_| OutboxError::Closed)
+    }
+
     /// The device.
     pub fn device(&self) -> &DeviceId {
         &self.device
@@ -1223,7 +1312,12 @@ impl OutboxHandle {
     }
 
     /// Signs and stores an event; see [`Outbox::append`].
-    pub async fn append(&self, event: Event, gnss_utc_ms: i64, mono_ms: u64) -> Result<Appended, OutboxError> {
+    pub async fn append(
+        &self,
+        event: Event,
+        gnss_utc_ms: i64,
+        mono_ms: u64,
+    ) -> Result<Appended, OutboxError> {
         let key = Arc::clone(&self.key);
         self.call(move |o| o.append(&key, event, gnss_utc_ms, mono_ms)).await
     }
@@ -1457,7 +1551,9 @@ mod tests {
         {
             let conn = Connection::open(&db).expect("open");
             let root: i64 = conn
-                .query_row("SELECT rootpage FROM sqlite_master WHERE name = 'events_by_class'", [], |r| r.get(0))
+                .query_row("SELECT rootpage FROM sqlite_master WHERE name = 'events_by_class'", [], |r| {
+                    r.get(0)
+                })
                 .expect("index");
             let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).expect("page size");
             drop(conn);
@@ -1466,7 +1562,7 @@ mod tests {
             bytes[start + 8..start + 64].fill(0xEE);
             fs::write(&db, bytes).expect("write");
         }
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+        let mut outbox = open(dir.path(), OutboxConfig::new(device()).with_public_key(key().public_key()));
         assert_eq!(outbox.stats().expect("stats").corrupt_files, 1);
         let seqs: Vec<u64> = outbox.pending(0, 10).expect("pending").iter().map(|p| p.0).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
@@ -1493,7 +1589,8 @@ mod tests {
     #[test]
     fn photos_are_chunked_resumable_and_deleted_when_the_hub_has_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let photo: Vec<u8> = (0..(2 * MAX_CHUNK_LEN + 100)).map(|i| (i % 251) as u8).collect();
+        let photo: Vec<u8> =
+            (0..(2 * MAX_CHUNK_LEN + 100)).map(|i| u8::try_from(i % 251).expect("byte")).collect();
         let mut sha = [0u8; 32];
         sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &photo).as_ref());
         let sha = HexBytes(sha);

@@ -151,7 +151,8 @@ pub fn read_scans(text: &str, base: &Path) -> Result<Vec<TimedScan>, ScanFileErr
         }
         let parsed: ScanLine = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
         let utc_ms = parse_rfc3339_ms(&parsed.time).map_err(err)?;
-        let exception = parsed.exception.as_deref().map(str::parse::<ExceptionReason>).transpose().map_err(err)?;
+        let exception =
+            parsed.exception.as_deref().map(str::parse::<ExceptionReason>).transpose().map_err(err)?;
         let photo = match parsed.photo {
             Some(p) => {
                 let path = if p.is_absolute() { p } else { base.join(p) };
@@ -265,7 +266,12 @@ pub fn decode_log(nmea: &[u8], config: &ReplayConfig) -> Vec<Fix> {
 }
 
 /// Decodes an NMEA log, gates it and replays it with the scans.
-pub fn replay_nmea(nmea: &[u8], route: RouteManifest, scans: &[TimedScan], config: &ReplayConfig) -> ReplayOutcome {
+pub fn replay_nmea(
+    nmea: &[u8],
+    route: RouteManifest,
+    scans: &[TimedScan],
+    config: &ReplayConfig,
+) -> ReplayOutcome {
     let fixes = decode_log(nmea, config);
     let (good, gated) = gate_all(&fixes, config.gate);
     let mut out = replay_fixes(good, route, scans, config);

@@ -9,7 +9,6 @@
 //! `status` tells the truth or says it cannot: a missing or stale link record is shown
 //! as such, never as a healthy link.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -155,8 +154,11 @@ pub fn read_status(db_path: &Path, link_path: &Path) -> Result<Status, StatusErr
         return Err(StatusError::NoDatabase(db_path.to_owned()));
     }
     let db_err = |source| StatusError::Database { path: db_path.to_owned(), source };
-    let conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(db_err)?;
+    let conn = Connection::open_with_flags(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(db_err)?;
     let stats = outbox::read_stats(&conn, db_path).map_err(db_err)?;
     let link = LinkRecord::read(link_path)?;
@@ -166,10 +168,12 @@ pub fn read_status(db_path: &Path, link_path: &Path) -> Result<Status, StatusErr
 impl Status {
     /// Assembles a report from its parts at wall-clock time `now_ms`.
     pub fn new(now_ms: i64, link: Option<LinkRecord>, outbox: OutboxStats) -> Self {
-        let link_stale =
-            link.as_ref().is_none_or(|l| l.link != LinkState::Stopped && now_ms - l.updated_ms > STALE_AFTER_MS);
+        let link_stale = link
+            .as_ref()
+            .is_none_or(|l| l.link != LinkState::Stopped && now_ms - l.updated_ms > STALE_AFTER_MS);
         let oldest_unacked_age_s = outbox.oldest_unacked.map(|(_, t)| (now_ms - t).max(0) / 1000);
-        let last_fix_age_s = link.as_ref().and_then(|l| l.last_fix).map(|f| (now_ms - f.seen_ms).max(0) / 1000);
+        let last_fix_age_s =
+            link.as_ref().and_then(|l| l.last_fix).map(|f| (now_ms - f.seen_ms).max(0) / 1000);
         let mut alarms = Vec::new();
         if outbox.rejected_confirmations > 0 {
             alarms.push(format!(
@@ -186,7 +190,9 @@ impl Status {
         }
         if link.as_ref().is_some_and(|l| l.rejected_hub_messages > 0) {
             let n = link.as_ref().map_or(0, |l| l.rejected_hub_messages);
-            alarms.push(format!("{n} hub message(s) refused (bad signature or wrong device): check the hub key"));
+            alarms.push(format!(
+                "{n} hub message(s) refused (bad signature or wrong device): check the hub key"
+            ));
         }
         Self { now_ms, link, link_stale, outbox, oldest_unacked_age_s, last_fix_age_s, alarms }
     }
@@ -212,9 +218,18 @@ impl Status {
                     LinkState::Connecting => "connecting",
                     LinkState::Stopped => "stopped",
                 };
-                let _ = write!(out, "link:            {state} since {} (broker {})", ago(Some(l.since_ms)), l.broker);
+                let _ = write!(
+                    out,
+                    "link:            {state} since {} (broker {})",
+                    ago(Some(l.since_ms)),
+                    l.broker
+                );
                 if stale {
-                    let _ = write!(out, " — STALE: record last written {}; agent not running?", ago(Some(l.updated_ms)));
+                    let _ = write!(
+                        out,
+                        " — STALE: record last written {}; agent not running?",
+                        ago(Some(l.updated_ms))
+                    );
                 }
                 out.push('\n');
                 if let Some(e) = &l.last_error
@@ -223,10 +238,17 @@ impl Status {
                     let _ = writeln!(out, "last error:      {e}");
                 }
                 let _ = writeln!(out, "last publish:    {}", ago(l.last_publish_ms));
-                let _ = writeln!(out, "last hub ack:    seq {} ({})", l.last_hub_ack_seq, ago(l.last_hub_ack_ms));
+                let _ =
+                    writeln!(out, "last hub ack:    seq {} ({})", l.last_hub_ack_seq, ago(l.last_hub_ack_ms));
                 match l.last_fix {
                     Some(f) => {
-                        let _ = writeln!(out, "last fix:        {:.6}, {:.6} ({})", f.lat, f.lon, ago(Some(f.seen_ms)));
+                        let _ = writeln!(
+                            out,
+                            "last fix:        {:.6}, {:.6} ({})",
+                            f.lat,
+                            f.lon,
+                            ago(Some(f.seen_ms))
+                        );
                     }
                     None => out.push_str("last fix:        none\n"),
                 }
@@ -238,7 +260,8 @@ impl Status {
             let _ = writeln!(out, "  {kind:<28} {count:>8}  ({})", human_bytes(*bytes));
         }
         if o.photos.count > 0 {
-            let _ = writeln!(out, "  {:<28} {:>8}  ({})", "photos", o.photos.count, human_bytes(o.photos.bytes));
+            let _ =
+                writeln!(out, "  {:<28} {:>8}  ({})", "photos", o.photos.count, human_bytes(o.photos.bytes));
         }
         match self.oldest_unacked_age_s {
             Some(age) => {
@@ -256,7 +279,8 @@ impl Status {
             if o.max_bytes > 0 { format!(" of {}", human_bytes(o.max_bytes)) } else { String::new() }
         );
         if o.evicted_positions > 0 {
-            let _ = writeln!(out, "evicted:         {} position samples (outbox was full)", o.evicted_positions);
+            let _ =
+                writeln!(out, "evicted:         {} position samples (outbox was full)", o.evicted_positions);
         }
         for alarm in &self.alarms {
             let _ = writeln!(out, "ALARM: {alarm}");
@@ -284,11 +308,6 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Depth by kind as plain counts, for the online state message.
-pub fn counts(depth: &BTreeMap<String, KindDepth>) -> u64 {
-    depth.values().map(|d| d.count).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,9 +319,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("agent.db");
         let key = SigningKey::from_seed(&[1; 32]).expect("seed");
-        let mut outbox = Outbox::open(&db, OutboxConfig::new(DeviceId::new("van-1").expect("id"))).expect("open");
+        let mut outbox =
+            Outbox::open(&db, OutboxConfig::new(DeviceId::new("van-1").expect("id"))).expect("open");
         let now = outbox::wall_ms();
-        outbox.append(&key, Event::Position(FixEvidence::new(now - 90_000, 1.0, 2.0)), now - 90_000, 0).expect("append");
+        outbox
+            .append(&key, Event::Position(FixEvidence::new(now - 90_000, 1.0, 2.0)), now - 90_000, 0)
+            .expect("append");
         let link = LinkRecord {
             link: LinkState::Up,
             broker: "127.0.0.1:1883".into(),

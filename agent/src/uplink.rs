@@ -31,7 +31,9 @@ use doorstep_proto::{
     RouteAssignment, Topic,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use rumqttc::{AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -41,7 +43,7 @@ use crate::outbox::{OutboxError, OutboxHandle, PendingPhoto, wall_ms};
 use crate::status::{FixRecord, LinkRecord, LinkState};
 
 /// Rows fetched from the outbox at once.
-pub const FETCH_BATCH: usize = 256;
+pub const FETCH_BATCH: usize = 1024;
 /// Photo chunks in flight beyond the hub's photo ack.
 pub const PHOTO_WINDOW: u32 = 2;
 /// Events from the driver task waiting for the uplink task.
@@ -62,7 +64,7 @@ fn default_keepalive_s() -> u64 {
     60
 }
 fn default_inflight() -> u16 {
-    32
+    64
 }
 fn default_max_unacked() -> u32 {
     4096
@@ -161,10 +163,14 @@ impl UplinkConfig {
             return Err(UplinkError::Config("uplink.host is empty".into()));
         }
         if self.inflight == 0 || self.max_unacked == 0 {
-            return Err(UplinkError::Config("uplink.inflight and uplink.max_unacked must be at least 1".into()));
+            return Err(UplinkError::Config(
+                "uplink.inflight and uplink.max_unacked must be at least 1".into(),
+            ));
         }
         if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
-            return Err(UplinkError::Config("uplink.backoff_min_ms must be > 0 and <= backoff_max_ms".into()));
+            return Err(UplinkError::Config(
+                "uplink.backoff_min_ms must be > 0 and <= backoff_max_ms".into(),
+            ));
         }
         let hub_key = if self.hub_key.trim_start().starts_with(doorstep_proto::key::PUBLIC_KEY_PREFIX) {
             PublicKey::from_text(&self.hub_key)?
@@ -272,10 +278,11 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, UplinkError
     for cert in certs(&files.ca)? {
         roots.add(cert).map_err(|e| bad(&files.ca, e.to_string()))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&files.ca, e.to_string()))?
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&files.ca, e.to_string()))?
+            .with_root_certificates(roots);
     let config = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
             let chain = certs(cert)?;
@@ -484,9 +491,16 @@ impl Uplink {
             .set_clean_session(false)
             .set_inflight(s.inflight.saturating_add(8))
             .set_max_packet_size(MAX_HUB_LEN + 1024, MAX_CHUNK_LEN + 1024)
-            .set_last_will(LastWill::new(topic(Channel::State), DeviceState::offline().to_bytes(), QoS::AtLeastOnce, true));
+            .set_last_will(LastWill::new(
+                topic(Channel::State),
+                DeviceState::offline().to_bytes(),
+                QoS::AtLeastOnce,
+                true,
+            ));
         if let Some(tls) = &s.tls {
-            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(
+                tls,
+            ))));
         }
         let (client, mut eventloop) = AsyncClient::new(options, usize::from(s.inflight) + REQUEST_HEADROOM);
         let mut network = rumqttc::NetworkOptions::new();
@@ -604,7 +618,11 @@ async fn position_changed(
 }
 
 impl Run {
-    async fn main(&mut self, link_rx: &mut mpsc::Receiver<Link>, cancel: &CancellationToken) -> Result<(), UplinkError> {
+    async fn main(
+        &mut self,
+        link_rx: &mut mpsc::Receiver<Link>,
+        cancel: &CancellationToken,
+    ) -> Result<(), UplinkError> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut positions = self.up.positions.take();
@@ -612,7 +630,9 @@ impl Run {
             if self.connected {
                 match self.pump().await {
                     Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
-                    Err(e) => tracing::error!(device = %self.device, error = %e, "cannot read the outbox; retrying"),
+                    Err(e) => {
+                        tracing::error!(device = %self.device, error = %e, "cannot read the outbox; retrying")
+                    }
                     Ok(()) => {}
                 }
             }
@@ -667,7 +687,8 @@ impl Run {
                 }
                 let depth = self.up.outbox.stats().await.map(|s| s.depth()).unwrap_or(0);
                 let online = DeviceState::online(&self.up.agent_version, depth).to_bytes();
-                if self.client.try_publish(self.topics.state.clone(), QoS::AtLeastOnce, true, online).is_ok() {
+                if self.client.try_publish(self.topics.state.clone(), QoS::AtLeastOnce, true, online).is_ok()
+                {
                     self.outstanding += 1;
                 }
                 self.publish_position();
@@ -731,17 +752,26 @@ impl Run {
         match message {
             HubMessage::Ack(ack) => {
                 if ack.up_to_seq > self.acked {
-                    let deleted = match self.up.outbox.ack(ack.up_to_seq).await {
-                        Ok(n) => n,
-                        Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
-                        Err(e) => {
-                            // Not applied: the rows stay and are resent; the hub dedupes.
-                            tracing::error!(device = %self.device, seq = ack.up_to_seq, error = %e, "cannot apply hub ack");
-                            return Ok(());
+                    // Applied on the outbox thread without waiting for it: publishing
+                    // goes on meanwhile, and nothing at or below the ack is fetched
+                    // again. If the delete fails, the rows stay until the next
+                    // (cumulative) ack or a restart resends them; the hub dedupes.
+                    let up_to_seq = ack.up_to_seq;
+                    let device = self.device.clone();
+                    let notices = self.up.notices.clone();
+                    let applied = self.up.outbox.submit(move |outbox| match outbox.ack(up_to_seq) {
+                        Ok(deleted) => {
+                            tracing::debug!(device = %device, seq = up_to_seq, deleted, "hub ack applied");
+                            if let Some(tx) = notices {
+                                let _ = tx.try_send(UplinkNotice::Acked { up_to_seq, deleted });
+                            }
                         }
-                    };
-                    tracing::debug!(device = %self.device, seq = ack.up_to_seq, deleted, "hub ack");
-                    self.acked = ack.up_to_seq;
+                        Err(e) => {
+                            tracing::error!(device = %device, seq = up_to_seq, error = %e, "cannot apply hub ack");
+                        }
+                    });
+                    applied.await?;
+                    self.acked = up_to_seq;
                     self.waiting_since = Instant::now();
                     if self.cursor < self.acked {
                         self.cursor = self.acked;
@@ -752,11 +782,14 @@ impl Run {
                     self.record.last_hub_ack_seq = self.acked;
                     self.record.last_hub_ack_ms = Some(wall_ms());
                     self.record_dirty = true;
-                    self.notice(UplinkNotice::Acked { up_to_seq: ack.up_to_seq, deleted });
                 }
             }
             HubMessage::BlobAck(ack) => {
-                let done = match self.up.outbox.call(move |o| o.blob_ack(&ack.sha256, ack.next_index, ack.complete)).await
+                let done = match self
+                    .up
+                    .outbox
+                    .call(move |o| o.blob_ack(&ack.sha256, ack.next_index, ack.complete))
+                    .await
                 {
                     Ok(done) => done,
                     Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
@@ -875,8 +908,12 @@ impl Run {
 
     fn publish_position(&mut self) {
         let Some(live) = self.latest else { return };
-        self.record.last_fix =
-            Some(FixRecord { utc_ms: live.fix.utc_ms, lat: live.fix.lat(), lon: live.fix.lon(), seen_ms: wall_ms() });
+        self.record.last_fix = Some(FixRecord {
+            utc_ms: live.fix.utc_ms,
+            lat: live.fix.lat(),
+            lon: live.fix.lon(),
+            seen_ms: wall_ms(),
+        });
         self.record_dirty = true;
         if !self.connected {
             return;
@@ -997,12 +1034,22 @@ mod tests {
 
     #[test]
     fn a_bad_hub_key_or_missing_tls_file_is_a_clear_error() {
-        let mut cfg = UplinkConfig::plain("h", 1, fleet(), &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key());
+        let mut cfg = UplinkConfig::plain(
+            "h",
+            1,
+            fleet(),
+            &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key(),
+        );
         cfg.hub_key = "ed25519:00".into();
         assert!(matches!(cfg.validate(), Err(UplinkError::HubKey(_))));
         cfg.hub_key = "/nonexistent/hub.pub".into();
         assert!(cfg.validate().expect_err("missing").to_string().contains("cannot read hub key file"));
-        let mut cfg = UplinkConfig::plain("h", 1, fleet(), &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key());
+        let mut cfg = UplinkConfig::plain(
+            "h",
+            1,
+            fleet(),
+            &doorstep_proto::SigningKey::from_seed(&[5; 32]).expect("seed").public_key(),
+        );
         cfg.tls = Some(TlsFiles { ca: "/nonexistent/ca.pem".into(), cert: None, key: None });
         let err = cfg.validate().expect_err("missing CA");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");

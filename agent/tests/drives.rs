@@ -154,23 +154,49 @@ fn stop_of(event: &Event) -> Option<&str> {
 }
 
 /// The outcome every replay of a plan must have, jitter or not.
-fn assert_plan_holds(name: &str, plan: &[Planted], fixes: &[GoodFix], outcome: &ReplayOutcome, late: &TrackingNumber) {
+fn assert_plan_holds(
+    name: &str,
+    plan: &[Planted],
+    fixes: &[GoodFix],
+    outcome: &ReplayOutcome,
+    late: &TrackingNumber,
+) {
     let route = route(plan);
     let arrived = arrivals(&route, fixes);
     let events: Vec<&Decided> = outcome.events.iter().collect();
     for p in plan {
-        let of_stop: Vec<&Decided> = events.iter().copied().filter(|e| stop_of(&e.event) == Some(p.id)).collect();
+        let of_stop: Vec<&Decided> =
+            events.iter().copied().filter(|e| stop_of(&e.event) == Some(p.id)).collect();
         let nearby: Vec<i64> =
             of_stop.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.utc_ms).collect();
         let at: Vec<&Decided> =
             of_stop.iter().copied().filter(|e| matches!(e.event, Event::DeliveredAtAddress(_))).collect();
         match p.parked {
             Some((from, _)) => {
-                assert_eq!(nearby.len(), 1, "{name}: planted stop {} needs exactly one nearby: {of_stop:#?}", p.id);
+                assert_eq!(
+                    nearby.len(),
+                    1,
+                    "{name}: planted stop {} needs exactly one nearby: {of_stop:#?}",
+                    p.id
+                );
                 assert!(nearby[0] <= ms(from) + 60_000, "{name}: {}: nearby came late", p.id);
-                assert_eq!(at.len(), 2, "{name}: both scans at {} are delivered at the address: {of_stop:#?}", p.id);
-                assert!(at.iter().all(|d| d.utc_ms > nearby[0]), "{name}: {}: nearby precedes delivery", p.id);
-                assert_eq!(arrived.get(p.id), Some(&1), "{name}: planted stop {} gets exactly one arrival", p.id);
+                assert_eq!(
+                    at.len(),
+                    2,
+                    "{name}: both scans at {} are delivered at the address: {of_stop:#?}",
+                    p.id
+                );
+                assert!(
+                    at.iter().all(|d| d.utc_ms > nearby[0]),
+                    "{name}: {}: nearby precedes delivery",
+                    p.id
+                );
+                assert_eq!(
+                    arrived.get(p.id),
+                    Some(&1),
+                    "{name}: planted stop {} gets exactly one arrival",
+                    p.id
+                );
             }
             None => {
                 assert!(nearby.len() <= 1, "{name}: decoy {} has at most one nearby", p.id);
@@ -185,7 +211,10 @@ fn assert_plan_holds(name: &str, plan: &[Planted], fixes: &[GoodFix], outcome: &
     let Event::DeliveredAwayFromAddress(d) = &away[0].event else { unreachable!() };
     assert_eq!(&d.tracking_numbers[0], late);
     assert!(d.distance_m > 200, "{name}: the late scan was {} m from its stop", d.distance_m);
-    assert!(events.iter().all(|e| !matches!(e.event, Event::ScanNotOnRoute(_))), "{name}: every scan is on the route");
+    assert!(
+        events.iter().all(|e| !matches!(e.event, Event::ScanNotOnRoute(_))),
+        "{name}: every scan is on the route"
+    );
 }
 
 /// The decisions of a replay as (kind, stop, tracking numbers), for comparing runs.

@@ -18,7 +18,10 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use std::os::fd::AsRawFd as _;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_doorstep-agent");
-const DRIVE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea");
+const DRIVE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea"
+);
 
 /// A pseudo-terminal: the test writes to the master, the agent opens the slave path.
 struct Pty {
@@ -161,8 +164,11 @@ fn ask(conn: &mut (UnixStream, BufReader<UnixStream>), request: &str) -> serde_j
 }
 
 fn stop(mut child: Child) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -176,7 +182,8 @@ fn stop(mut child: Child) {
 }
 
 fn outbox_kinds(fixture: &Fixture) -> serde_json::Value {
-    let out = fixture.agent(&["status", "--json", "--config", fixture.path("agent.toml").to_str().expect("utf-8")]);
+    let out =
+        fixture.agent(&["status", "--json", "--config", fixture.path("agent.toml").to_str().expect("utf-8")]);
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
