@@ -101,28 +101,32 @@ fn lines_per_s(lines: usize, t: Duration) -> f64 {
 }
 
 fn main() {
+    // `cargo test --benches` runs this without `--bench`: one small pass as a smoke test
+    // (a debug build measures nothing worth reporting).
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (copies, runs) = if benching { (COPIES, RUNS) } else { (1, 1) };
     let one = corpus();
-    let input: Vec<u8> = one.repeat(COPIES);
+    let input: Vec<u8> = one.repeat(copies);
     let lines = input.iter().filter(|&&b| b == b'\n').count();
-    println!("input: gpsd corpus x{COPIES}, {lines} lines, {:.1} MB", input.len() as f64 / 1e6);
+    println!("input: gpsd corpus x{copies}, {lines} lines, {:.1} MB", input.len() as f64 / 1e6);
 
     // Warm up both, then interleave the timed runs so drift affects both alike.
     let (_, fixes) = library_run(&input);
     gpsdecode_run(&one);
     let (mut lib, mut gpsd) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         lib.push(library_run(&input).0);
         gpsd.push(gpsdecode_run(&input));
     }
     let (lib, gpsd) = (median(lib), median(gpsd));
     let (lib_rate, gpsd_rate) = (lines_per_s(lines, lib), lines_per_s(lines, gpsd));
-    println!("doorstep decoder: {lib_rate:>12.0} lines/s  ({lib:?} median of {RUNS}, {fixes} fixes)");
+    println!("doorstep decoder: {lib_rate:>12.0} lines/s  ({lib:?} median of {runs}, {fixes} fixes)");
     let version = Command::new("gpsdecode")
         .arg("-V")
         .output()
         .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
         .map(|v| v.trim().to_owned())
         .unwrap_or_default();
-    println!("gpsdecode:        {gpsd_rate:>12.0} lines/s  ({gpsd:?} median of {RUNS}; {version})");
+    println!("gpsdecode:        {gpsd_rate:>12.0} lines/s  ({gpsd:?} median of {runs}; {version})");
     println!("ratio:            {:>12.1}x", lib_rate / gpsd_rate);
 }
