@@ -1,0 +1,724 @@
+//! The `[notify]` section, in two stages: [`NotifyConfig`] is what the file says
+//! (`deny_unknown_fields`); [`NotifyConfig::validate`] turns it into [`NotifySettings`]
+//! with secrets loaded, URLs checked and templates compiled. `channel_map` belongs to the
+//! hub's own config (ingest reads it) and is accepted here unread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::quiet::QuietHours;
+use super::ratelimit::RateLimit;
+use super::sendgrid::{EventKey, SendGrid};
+use super::slack::Slack;
+use super::templates::{Template, Templates};
+use super::token::LinkSigner;
+use super::twilio::{Sender, Twilio};
+use super::webhook::WebhookSigner;
+use super::whatsapp::WhatsApp;
+use crate::model::Milestone;
+use crate::store::ContactChannel;
+
+/// The commented `[notify]` section of the default config file.
+pub const DEFAULT_CONFIG: &str = r#"[notify]
+# How often the dispatcher looks for due messages, milliseconds (ingest also wakes it).
+poll_interval_ms = 100
+# Due rows taken per pass.
+batch = 64
+# Attempts before a message is given up as failed; backoff doubles from base to max.
+max_attempts = 8
+backoff_base_s = 30
+backoff_max_s = 3600
+# Provider request timeout. A timeout after the request was sent is ambiguous: SMS,
+# email and WhatsApp are then marked "unknown" and never re-sent automatically.
+request_timeout_s = 10
+# SMS: one segment when the detail can be shortened to fit, never more than this.
+sms_max_segments = 2
+# Templates are looked up by exact locale, language, this fallback, then English.
+fallback_locale = "en"
+# Tracking links in messages stay valid this long.
+link_ttl_days = 30
+# Public base URL providers call back on (for Twilio's signature); default: hub.public_base_url.
+# callback_base_url = "https://track.example.com"
+
+# Local to each recipient's time zone: "nearby" is dropped, other messages wait.
+[notify.quiet_hours]
+start = "21:00"
+end = "08:00"
+channels = ["sms", "whatsapp"]
+
+# [notify.twilio]
+# base_url = "https://api.twilio.com"
+# account_sid = "AC..."
+# auth_token = "file:/etc/doorstep-hub/twilio.token"
+# from = "+15005550006"              # or messaging_service_sid = "MG..."
+# rate_per_s = 10
+# burst = 10
+
+# [notify.sendgrid]
+# base_url = "https://api.sendgrid.com"
+# api_key = "file:/etc/doorstep-hub/sendgrid.key"
+# from_email = "parcels@example.com"
+# from_name = "Doorstep"
+# event_public_key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."   # Signed Event Webhook key
+# [notify.sendgrid.template_ids]
+# delivered = "d-0123456789abcdef0123456789abcdef"
+
+# [notify.whatsapp]
+# base_url = "https://graph.facebook.com"
+# api_version = "v17.0"
+# phone_number_id = "1234567890"
+# access_token = "file:/etc/doorstep-hub/whatsapp.token"
+# template_name = "doorstep_update"    # approved template whose body is "{{1}}"
+
+# [notify.webhook]
+# secret = "whsec_..."                 # Standard Webhooks signing secret
+
+# [notify.slack]
+# webhook_url = "file:/etc/doorstep-hub/slack.url"   # operations alerts
+
+# [[notify.templates]]
+# milestone = "delivered"
+# locale = "fr"
+# channel = "email"                    # optional: all channels when absent
+# subject = "Votre colis est livré"
+# body = "Votre colis {tracking_number} est livré. Preuve : {link}"
+"#;
+
+/// Why the `[notify]` section was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyConfigError {
+    /// Not valid for this schema (unknown key, wrong type).
+    #[error("notify: {0}")]
+    Parse(String),
+    /// A value is out of range, a secret file unreadable, a key malformed.
+    #[error("notify.{field}: {message}")]
+    Invalid {
+        /// The offending key.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> NotifyConfigError {
+    NotifyConfigError::Invalid { field: field.to_owned(), message: message.into() }
+}
+
+fn load_secret(field: &str, value: &str) -> Result<String, NotifyConfigError> {
+    match value.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| invalid(field, format!("cannot read {path}: {e}"))),
+        None => Ok(value.to_owned()),
+    }
+}
+
+fn base_url(field: &str, value: &str) -> Result<String, NotifyConfigError> {
+    let v = value.trim().trim_end_matches('/');
+    if v.starts_with("https://") || v.starts_with("http://") {
+        Ok(v.to_owned())
+    } else {
+        Err(invalid(field, "must start with https:// (or http:// for a loopback test server)"))
+    }
+}
+
+fn rate(field: &str, per_s: f64, burst: u32) -> Result<RateLimit, NotifyConfigError> {
+    if !(per_s.is_finite() && per_s > 0.0) || burst == 0 {
+        return Err(invalid(field, "rate_per_s must be > 0 and burst ≥ 1"));
+    }
+    Ok(RateLimit { per_s, burst })
+}
+
+fn d_poll() -> u64 {
+    100
+}
+fn d_batch() -> usize {
+    64
+}
+fn d_attempts() -> u32 {
+    8
+}
+fn d_base() -> u64 {
+    30
+}
+fn d_max() -> u64 {
+    3600
+}
+fn d_timeout() -> u64 {
+    10
+}
+fn d_segments() -> usize {
+    2
+}
+fn d_locale() -> String {
+    "en".into()
+}
+fn d_ttl() -> u64 {
+    30
+}
+fn d_rate() -> f64 {
+    10.0
+}
+fn d_burst() -> u32 {
+    10
+}
+fn d_quiet_channels() -> Vec<ContactChannel> {
+    vec![ContactChannel::Sms, ContactChannel::Whatsapp]
+}
+fn d_twilio() -> String {
+    "https://api.twilio.com".into()
+}
+fn d_sendgrid() -> String {
+    "https://api.sendgrid.com".into()
+}
+fn d_graph() -> String {
+    "https://graph.facebook.com".into()
+}
+fn d_graph_version() -> String {
+    "v17.0".into()
+}
+
+/// `[notify]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Read by the hub's config (ingest), not here.
+    #[serde(default)]
+    pub channel_map: Option<toml::Value>,
+    /// Dispatcher poll interval, ms.
+    #[serde(default = "d_poll")]
+    pub poll_interval_ms: u64,
+    /// Due rows per pass.
+    #[serde(default = "d_batch")]
+    pub batch: usize,
+    /// Attempts before giving up.
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+    /// First backoff, seconds.
+    #[serde(default = "d_base")]
+    pub backoff_base_s: u64,
+    /// Longest backoff, seconds.
+    #[serde(default = "d_max")]
+    pub backoff_max_s: u64,
+    /// Provider request timeout, seconds.
+    #[serde(default = "d_timeout")]
+    pub request_timeout_s: u64,
+    /// Most SMS segments.
+    #[serde(default = "d_segments")]
+    pub sms_max_segments: usize,
+    /// Template fallback locale.
+    #[serde(default = "d_locale")]
+    pub fallback_locale: String,
+    /// Tracking link lifetime, days.
+    #[serde(default = "d_ttl")]
+    pub link_ttl_days: u64,
+    /// Public base URL for provider callbacks.
+    #[serde(default)]
+    pub callback_base_url: Option<String>,
+    /// Quiet hours.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietSection>,
+    /// Twilio SMS.
+    #[serde(default)]
+    pub twilio: Option<TwilioSection>,
+    /// SendGrid email.
+    #[serde(default)]
+    pub sendgrid: Option<SendGridSection>,
+    /// WhatsApp Cloud API.
+    #[serde(default)]
+    pub whatsapp: Option<WhatsAppSection>,
+    /// Signed generic webhook.
+    #[serde(default)]
+    pub webhook: Option<WebhookSection>,
+    /// Slack operations alerts.
+    #[serde(default)]
+    pub slack: Option<SlackSection>,
+    /// Template overrides.
+    #[serde(default)]
+    pub templates: Vec<TemplateSection>,
+}
+
+/// `[notify.quiet_hours]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietSection {
+    /// "HH:MM", local.
+    pub start: String,
+    /// "HH:MM", local.
+    pub end: String,
+    /// Channels it applies to.
+    #[serde(default = "d_quiet_channels")]
+    pub channels: Vec<ContactChannel>,
+}
+
+/// `[notify.twilio]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSection {
+    /// API base URL.
+    #[serde(default = "d_twilio")]
+    pub base_url: String,
+    /// Account SID.
+    pub account_sid: String,
+    /// Auth token, inline or `file:/path`.
+    pub auth_token: String,
+    /// Sender number.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Messaging Service SID (instead of `from`).
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// Ask Twilio for status callbacks.
+    #[serde(default = "yes")]
+    pub status_callback: bool,
+    /// Requests per second.
+    #[serde(default = "d_rate")]
+    pub rate_per_s: f64,
+    /// Burst.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[notify.sendgrid]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendGridSection {
+    /// API base URL.
+    #[serde(default = "d_sendgrid")]
+    pub base_url: String,
+    /// API key, inline or `file:/path`.
+    pub api_key: String,
+    /// Sender address.
+    pub from_email: String,
+    /// Sender name.
+    #[serde(default)]
+    pub from_name: Option<String>,
+    /// Dynamic template id per milestone.
+    #[serde(default)]
+    pub template_ids: BTreeMap<Milestone, String>,
+    /// Signed Event Webhook verification key (base64 DER).
+    #[serde(default)]
+    pub event_public_key: Option<String>,
+    /// Requests per second.
+    #[serde(default = "d_rate")]
+    pub rate_per_s: f64,
+    /// Burst.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+/// `[notify.whatsapp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsAppSection {
+    /// Graph API base URL.
+    #[serde(default = "d_graph")]
+    pub base_url: String,
+    /// Graph API version.
+    #[serde(default = "d_graph_version")]
+    pub api_version: String,
+    /// Phone number id.
+    pub phone_number_id: String,
+    /// Access token, inline or `file:/path`.
+    pub access_token: String,
+    /// Approved template name.
+    pub template_name: String,
+    /// Requests per second.
+    #[serde(default = "d_rate")]
+    pub rate_per_s: f64,
+    /// Burst.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+/// `[notify.webhook]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// `whsec_<base64>`, inline or `file:/path`.
+    pub secret: String,
+    /// Requests per second.
+    #[serde(default = "d_rate")]
+    pub rate_per_s: f64,
+    /// Burst.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+/// `[notify.slack]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSection {
+    /// Incoming webhook URL, inline or `file:/path`.
+    pub webhook_url: String,
+    /// Requests per second (Slack allows about one).
+    #[serde(default = "one")]
+    pub rate_per_s: f64,
+    /// Burst.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One `[[notify.templates]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSection {
+    /// The milestone.
+    pub milestone: Milestone,
+    /// BCP 47 locale or language.
+    pub locale: String,
+    /// Only this channel (all when absent).
+    #[serde(default)]
+    pub channel: Option<ContactChannel>,
+    /// Email subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The text.
+    pub body: String,
+}
+
+/// Retry timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before giving up.
+    pub max_attempts: u32,
+    /// First backoff.
+    pub base: Duration,
+    /// Longest backoff.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): base·2^(attempt−1),
+    /// capped, plus up to 10% jitter derived from the row id (deterministic, so tests
+    /// and replays agree, and spread so a provider outage does not end in a stampede).
+    pub fn backoff(&self, attempt: i64, outbox_id: i64) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let raw = self.base.saturating_mul(2u32.saturating_pow(exp)).min(self.max);
+        let jitter_permille = u32::try_from(outbox_id.rem_euclid(101)).unwrap_or(0);
+        raw + raw.mul_f64(f64::from(jitter_permille) / 1000.0)
+    }
+}
+
+/// Providers, by the name their rate limit and metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderKind {
+    /// Twilio SMS.
+    Twilio,
+    /// SendGrid email.
+    SendGrid,
+    /// WhatsApp Cloud API.
+    WhatsApp,
+    /// Signed generic webhook.
+    Webhook,
+    /// Slack alerts.
+    Slack,
+}
+
+/// A validated `[notify]` section.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// Tracking page base URL, no trailing slash.
+    pub public_base_url: String,
+    /// Base URL providers call back on.
+    pub callback_base_url: String,
+    /// Signs tracking links.
+    pub link_signer: LinkSigner,
+    /// Tracking link lifetime.
+    pub link_ttl: Duration,
+    /// Dispatcher poll interval.
+    pub poll_interval: Duration,
+    /// Due rows per pass.
+    pub batch: usize,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Provider request timeout.
+    pub request_timeout: Duration,
+    /// Most SMS segments.
+    pub sms_max_segments: usize,
+    /// Quiet hours.
+    pub quiet_hours: Option<QuietHours>,
+    /// Templates.
+    pub templates: Arc<Templates>,
+    /// Twilio.
+    pub twilio: Option<Twilio>,
+    /// SendGrid.
+    pub sendgrid: Option<SendGrid>,
+    /// WhatsApp.
+    pub whatsapp: Option<WhatsApp>,
+    /// Generic webhook signer.
+    pub webhook: Option<WebhookSigner>,
+    /// Slack.
+    pub slack: Option<Slack>,
+    /// Rate limits of the configured providers.
+    pub rates: BTreeMap<ProviderKind, RateLimit>,
+}
+
+impl NotifyConfig {
+    /// Reads `[notify]` from the hub config's table (absent: every default, no
+    /// provider).
+    pub fn from_table(table: Option<&toml::Table>) -> Result<Self, NotifyConfigError> {
+        let table = table.cloned().unwrap_or_default();
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| NotifyConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks values and loads secrets (stage two). `public_base_url` and `link_secret`
+    /// come from `[hub]`.
+    pub fn validate(
+        &self,
+        public_base_url: &str,
+        link_secret: &[u8],
+    ) -> Result<NotifySettings, NotifyConfigError> {
+        let public_base_url = base_url("public_base_url", public_base_url)?;
+        let callback_base_url = match &self.callback_base_url {
+            Some(url) => base_url("callback_base_url", url)?,
+            None => public_base_url.clone(),
+        };
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            return Err(invalid("poll_interval_ms", "must be 10 to 60000"));
+        }
+        if !(1..=1000).contains(&self.batch) {
+            return Err(invalid("batch", "must be 1 to 1000"));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(invalid("max_attempts", "must be 1 to 100"));
+        }
+        if self.backoff_base_s == 0 || self.backoff_max_s < self.backoff_base_s {
+            return Err(invalid("backoff_base_s", "must be ≥ 1 and ≤ backoff_max_s"));
+        }
+        if !(1..=120).contains(&self.request_timeout_s) {
+            return Err(invalid("request_timeout_s", "must be 1 to 120"));
+        }
+        if !(1..=10).contains(&self.sms_max_segments) {
+            return Err(invalid("sms_max_segments", "must be 1 to 10"));
+        }
+        if !(1..=365).contains(&self.link_ttl_days) {
+            return Err(invalid("link_ttl_days", "must be 1 to 365"));
+        }
+        let quiet_hours = self
+            .quiet_hours
+            .as_ref()
+            .map(|q| QuietHours::new(&q.start, &q.end, q.channels.clone()))
+            .transpose()
+            .map_err(|e| invalid("quiet_hours", e.to_string()))?;
+        let mut templates = Templates::defaults(&self.fallback_locale);
+        for t in &self.templates {
+            let template = Template { subject: t.subject.clone().unwrap_or_default(), body: t.body.clone() };
+            templates
+                .insert(t.milestone, t.channel, &t.locale, template)
+                .map_err(|e| invalid("templates", e.to_string()))?;
+        }
+        let mut rates = BTreeMap::new();
+        let twilio = match &self.twilio {
+            None => None,
+            Some(t) => {
+                rates.insert(ProviderKind::Twilio, rate("twilio", t.rate_per_s, t.burst)?);
+                let sender = match (&t.from, &t.messaging_service_sid) {
+                    (Some(from), None) => Sender::From(from.clone()),
+                    (None, Some(sid)) => Sender::MessagingService(sid.clone()),
+                    _ => return Err(invalid("twilio", "give exactly one of from and messaging_service_sid")),
+                };
+                if !t.account_sid.starts_with("AC") {
+                    return Err(invalid("twilio.account_sid", "must start with AC"));
+                }
+                Some(Twilio {
+                    base_url: base_url("twilio.base_url", &t.base_url)?,
+                    account_sid: t.account_sid.clone(),
+                    auth_token: load_secret("twilio.auth_token", &t.auth_token)?,
+                    sender,
+                    status_callback: t
+                        .status_callback
+                        .then(|| format!("{callback_base_url}{}", super::page::TWILIO_STATUS_PATH)),
+                })
+            }
+        };
+        let sendgrid = match &self.sendgrid {
+            None => None,
+            Some(s) => {
+                rates.insert(ProviderKind::SendGrid, rate("sendgrid", s.rate_per_s, s.burst)?);
+                Some(SendGrid {
+                    base_url: base_url("sendgrid.base_url", &s.base_url)?,
+                    api_key: load_secret("sendgrid.api_key", &s.api_key)?,
+                    from_email: s.from_email.clone(),
+                    from_name: s.from_name.clone(),
+                    template_ids: s.template_ids.clone(),
+                    event_key: s
+                        .event_public_key
+                        .as_deref()
+                        .map(|k| load_secret("sendgrid.event_public_key", k))
+                        .transpose()?
+                        .map(|k| EventKey::from_base64_der(&k))
+                        .transpose()
+                        .map_err(|e| invalid("sendgrid.event_public_key", e.to_string()))?,
+                })
+            }
+        };
+        let whatsapp = match &self.whatsapp {
+            None => None,
+            Some(w) => {
+                rates.insert(ProviderKind::WhatsApp, rate("whatsapp", w.rate_per_s, w.burst)?);
+                Some(WhatsApp {
+                    base_url: base_url("whatsapp.base_url", &w.base_url)?,
+                    api_version: w.api_version.clone(),
+                    phone_number_id: w.phone_number_id.clone(),
+                    access_token: load_secret("whatsapp.access_token", &w.access_token)?,
+                    template_name: w.template_name.clone(),
+                })
+            }
+        };
+        let webhook = match &self.webhook {
+            None => None,
+            Some(w) => {
+                rates.insert(ProviderKind::Webhook, rate("webhook", w.rate_per_s, w.burst)?);
+                let secret = load_secret("webhook.secret", &w.secret)?;
+                Some(WebhookSigner::new(&secret).map_err(|e| invalid("webhook.secret", e.to_string()))?)
+            }
+        };
+        let slack = match &self.slack {
+            None => None,
+            Some(s) => {
+                rates.insert(ProviderKind::Slack, rate("slack", s.rate_per_s, s.burst)?);
+                Some(Slack {
+                    webhook_url: base_url(
+                        "slack.webhook_url",
+                        &load_secret("slack.webhook_url", &s.webhook_url)?,
+                    )?,
+                })
+            }
+        };
+        Ok(NotifySettings {
+            public_base_url,
+            callback_base_url,
+            link_signer: LinkSigner::new(link_secret),
+            link_ttl: Duration::from_secs(self.link_ttl_days * 86_400),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            batch: self.batch,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                base: Duration::from_secs(self.backoff_base_s),
+                max: Duration::from_secs(self.backoff_max_s),
+            },
+            request_timeout: Duration::from_secs(self.request_timeout_s),
+            sms_max_segments: self.sms_max_segments,
+            quiet_hours,
+            templates: Arc::new(templates),
+            twilio,
+            sendgrid,
+            whatsapp,
+            webhook,
+            slack,
+            rates,
+        })
+    }
+}
+
+impl NotifySettings {
+    /// Reads and validates `[notify]` from the hub's validated settings.
+    pub fn from_hub(settings: &crate::config::Settings) -> Result<Self, NotifyConfigError> {
+        NotifyConfig::from_table(settings.notify.as_ref())?
+            .validate(&settings.public_base_url, &settings.link_token_secret)
+    }
+
+    /// Whether a channel has a provider.
+    pub fn configured(&self, channel: ContactChannel) -> bool {
+        match channel {
+            ContactChannel::Sms => self.twilio.is_some(),
+            ContactChannel::Email => self.sendgrid.is_some(),
+            ContactChannel::Whatsapp => self.whatsapp.is_some(),
+            ContactChannel::Webhook => self.webhook.is_some(),
+        }
+    }
+
+    /// The tracking link for a shipment, valid for the link lifetime from `now_ms`.
+    pub fn tracking_link(&self, shipment_id: i64, now_ms: i64) -> String {
+        let ttl_ms = i64::try_from(self.link_ttl.as_millis()).unwrap_or(i64::MAX);
+        let token = self.link_signer.sign(shipment_id, now_ms.saturating_add(ttl_ms));
+        format!("{}/t/{token}", self.public_base_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_default_section_parses_and_validates() {
+        let table: toml::Table = toml::from_str(DEFAULT_CONFIG).expect("toml");
+        let config = NotifyConfig::from_table(table.get("notify").and_then(|v| v.as_table())).expect("parse");
+        let settings = config.validate("https://track.example.com/", SECRET).expect("valid");
+        assert_eq!(settings.public_base_url, "https://track.example.com");
+        assert!(settings.quiet_hours.is_some());
+        assert!(!settings.configured(ContactChannel::Sms));
+    }
+
+    #[test]
+    fn providers_and_overrides_parse_and_typos_are_errors() {
+        let text = r#"
+            channel_map = [{ milestone = "nearby", channels = ["sms"] }]
+            [twilio]
+            account_sid = "AC123"
+            auth_token = "tok"
+            from = "+15005550006"
+            [sendgrid]
+            api_key = "SG.x"
+            from_email = "parcels@example.com"
+            [sendgrid.template_ids]
+            delivered = "d-1"
+            [webhook]
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            [[templates]]
+            milestone = "delivered"
+            locale = "fr"
+            body = "Livré {link}"
+        "#;
+        let table: toml::Table = toml::from_str(text).expect("toml");
+        let settings = NotifyConfig::from_table(Some(&table))
+            .expect("parse")
+            .validate("https://t.example", SECRET)
+            .expect("valid");
+        let twilio = settings.twilio.as_ref().expect("twilio");
+        assert_eq!(twilio.status_callback.as_deref(), Some("https://t.example/callbacks/twilio/status"));
+        assert_eq!(
+            settings
+                .sendgrid
+                .as_ref()
+                .expect("sg")
+                .template_ids
+                .get(&Milestone::Delivered)
+                .map(String::as_str),
+            Some("d-1")
+        );
+        assert!(settings.configured(ContactChannel::Webhook));
+        let typo: toml::Table =
+            toml::from_str("[twilio]\naccount_sid = \"AC1\"\nauthtoken = \"x\"").expect("toml");
+        assert!(matches!(NotifyConfig::from_table(Some(&typo)), Err(NotifyConfigError::Parse(_))));
+        let both: toml::Table =
+            toml::from_str("[twilio]\naccount_sid = \"AC1\"\nauth_token = \"x\"\nfrom = \"+1\"\nmessaging_service_sid = \"MG1\"")
+                .expect("toml");
+        assert!(NotifyConfig::from_table(Some(&both)).expect("parse").validate("https://t", SECRET).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy { max_attempts: 5, base: Duration::from_secs(30), max: Duration::from_secs(300) };
+        assert_eq!(p.backoff(1, 0), Duration::from_secs(30));
+        assert_eq!(p.backoff(2, 0), Duration::from_secs(60));
+        assert_eq!(p.backoff(9, 0), Duration::from_secs(300));
+        assert!(p.backoff(1, 100) <= Duration::from_secs(33));
+    }
+}

@@ -1,0 +1,746 @@
+//! Customer notifications and operations alerts: the dispatcher over the transactional
+//! outbox, the provider adapters, the tracking page and the provider callbacks.
+//!
+//! Ingest writes one `notification_outbox` row per (shipment, milestone, channel,
+//! recipient) in the same transaction as the milestone change (invariant 4: the unique
+//! key is the first guard against doubles). The [`Dispatcher`] takes due rows, decides
+//! with the pure [`plan`] (consent, opt-out, a milestone since overtaken, quiet hours,
+//! template and tracking link), claims each row (`queued` → `sending`, so no second pass
+//! or hub can send it), sends through the channel's adapter under that provider's rate
+//! limit, and writes the result and an outcome-log entry in one transaction.
+//!
+//! Failures, per provider:
+//!
+//! | result | Twilio SMS | SendGrid email | WhatsApp | generic webhook | Slack alert |
+//! |---|---|---|---|---|---|
+//! | connection refused (nothing sent), 429, 5xx | retry with backoff | retry | retry | retry | retry |
+//! | other 4xx | failed | failed | failed | failed | retried next pass |
+//! | timeout or broken connection after sending | `unknown`, not re-sent (no idempotency key) | `unknown`, not re-sent (none documented) | `unknown`, not re-sent | retried: same `webhook-id`, receivers dedupe | retried (operators may see it twice) |
+//!
+//! An `unknown` row is completed by the provider's status callback if the message did go
+//! out. Rows left `sending` by a stopped hub are treated the same way at start-up
+//! ([`Dispatcher::recover`]).
+//!
+//! What this module must never do: send a message twice on a channel without an
+//! idempotency guard, send to a recipient who opted out or withdrew consent, put the
+//! shipment's address in a message or on the tracking page, or run SQLite on an async
+//! worker (every statement goes through [`outbox::NotifyDb::call`]).
+
+pub mod config;
+pub mod outbox;
+pub mod page;
+pub mod quiet;
+pub mod ratelimit;
+pub mod sendgrid;
+pub mod slack;
+pub mod templates;
+pub mod token;
+pub mod twilio;
+pub mod webhook;
+pub mod whatsapp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{NotifyConfig, NotifyConfigError, NotifySettings, ProviderKind};
+pub use page::{NotifyState, router};
+
+use crate::metrics::Metrics;
+use crate::model::Milestone;
+use crate::store::{ContactChannel, OutboxRow, Shipment, StoreError, StoreOptions};
+use ratelimit::Bucket;
+use templates::{Vars, fill, render_sms};
+
+/// Most provider requests in flight at once, over all providers.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Largest provider response body read, bytes (a customer's webhook endpoint could
+/// answer with anything).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Unsent operations alerts taken per pass.
+pub const ALERT_BATCH: usize = 32;
+
+/// Why the notification machinery failed (not a send failure: those are outcomes).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// SQLite failed on the dispatcher's connection.
+    #[error("notification database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A blocking task panicked or was cancelled.
+    #[error("notification task failed: {0}")]
+    Task(String),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+}
+
+/// What a provider said about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// Accepted for delivery.
+    Accepted {
+        /// The provider's message id.
+        provider_id: Option<String>,
+        /// The provider's status, in words.
+        detail: String,
+    },
+    /// Certainly not processed (nothing sent, 429, 5xx): safe to try again.
+    Retry {
+        /// What happened.
+        detail: String,
+        /// The provider's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// May or may not have been processed (a timeout once the request was out).
+    Ambiguous {
+        /// What happened.
+        detail: String,
+    },
+    /// Refused for good (bad number, bad request, credentials).
+    Rejected {
+        /// What happened.
+        detail: String,
+    },
+    /// The provider says the recipient opted out (Twilio 21610).
+    OptedOut {
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// A provider's answer, read and bounded.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Vec<u8>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// Reads a response (at most [`MAX_RESPONSE_BYTES`]), or classifies a transport error.
+pub(crate) async fn read_response(
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Reply, SendResult> {
+    let mut response = match result {
+        Ok(r) => r,
+        // Connecting failed (including a connect timeout): the request never left.
+        Err(e) if e.is_connect() => {
+            return Err(SendResult::Retry { detail: format!("connect: {e}"), retry_after: None });
+        }
+        Err(e) if e.is_builder() => return Err(SendResult::Rejected { detail: format!("bad request: {e}") }),
+        Err(e) => return Err(SendResult::Ambiguous { detail: format!("no answer after sending: {e}") }),
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = Vec::new();
+    // The status is what counts; a body cut short still leaves it known.
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    Ok(Reply { status, headers, body, retry_after })
+}
+
+/// The result of a non-2xx status.
+pub(crate) fn classify_status(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: String,
+) -> SendResult {
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        SendResult::Retry { detail, retry_after }
+    } else {
+        SendResult::Rejected { detail }
+    }
+}
+
+/// One message, rendered and ready for its adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The outbox row.
+    pub outbox_id: i64,
+    /// The shipment.
+    pub shipment_id: i64,
+    /// The channel.
+    pub channel: ContactChannel,
+    /// Phone number, address or URL.
+    pub recipient: String,
+    /// The milestone.
+    pub milestone: Milestone,
+    /// The recipient's locale.
+    pub locale: String,
+    /// The parcel's tracking number.
+    pub tracking_number: String,
+    /// The reconciler's extra text.
+    pub detail: Option<String>,
+    /// Email subject.
+    pub subject: String,
+    /// The rendered text.
+    pub body: String,
+    /// The signed tracking link.
+    pub link: String,
+}
+
+/// What to do with a due row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Send it.
+    Send(Box<Outgoing>),
+    /// Do not send it, ever.
+    Skip {
+        /// A snake_case reason (`opted_out`, `no_consent`, `quiet_hours`, ...).
+        reason: &'static str,
+        /// Words for the outcome log.
+        detail: String,
+    },
+    /// Not now: try again at `until_ms` (quiet hours).
+    Defer {
+        /// When.
+        until_ms: i64,
+    },
+}
+
+fn skip(reason: &'static str, detail: impl Into<String>) -> Plan {
+    Plan::Skip { reason, detail: detail.into() }
+}
+
+/// Decides what to do with a due row (pure: no clock, no I/O).
+pub fn plan(
+    settings: &NotifySettings,
+    row: &OutboxRow,
+    shipment: Option<&Shipment>,
+    opted_out: bool,
+    now_ms: i64,
+) -> Plan {
+    let Ok(channel) =
+        serde_json::from_value::<ContactChannel>(serde_json::Value::String(row.channel.clone()))
+    else {
+        return skip("unknown_channel", format!("channel {:?}", row.channel));
+    };
+    if !settings.configured(channel) {
+        return skip("channel_not_configured", format!("no [notify] provider for {}", channel.as_str()));
+    }
+    let Some(shipment) = shipment else {
+        return skip("shipment_missing", format!("shipment {}", row.shipment_id));
+    };
+    let Ok(milestone) = serde_json::from_value::<Milestone>(serde_json::Value::String(row.milestone.clone()))
+    else {
+        return skip("unknown_milestone", format!("milestone {:?}", row.milestone));
+    };
+    match shipment.contacts.get(&channel) {
+        Some(c) if c.consent && c.recipient == row.recipient => {}
+        _ => return skip("no_consent", "the contact was removed or its consent withdrawn"),
+    }
+    if opted_out {
+        return skip("opted_out", "the recipient opted out of this channel");
+    }
+    // A message overtaken before it went out would now be false ("nearby" after the
+    // parcel was delivered); the newer milestone has its own message.
+    if shipment.milestone > milestone && milestone != Milestone::Delivered {
+        return skip(
+            "superseded",
+            format!("shipment is already {}", crate::store::milestone_name(shipment.milestone)),
+        );
+    }
+    if let Some(quiet) = &settings.quiet_hours
+        && quiet.covers(channel)
+        && let Some(until_ms) = quiet.quiet_until(now_ms, &quiet::zone(&shipment.time_zone))
+    {
+        if milestone == Milestone::Nearby {
+            return skip("quiet_hours", "nearby during the recipient's quiet hours; stale by morning");
+        }
+        return Plan::Defer { until_ms };
+    }
+    let Some(template) = settings.templates.lookup(milestone, channel, &shipment.locale) else {
+        return skip("no_template", format!("no template for {}", row.milestone));
+    };
+    let link = settings.tracking_link(shipment.id, now_ms);
+    let vars = Vars {
+        tracking_number: shipment.tracking_number.as_str(),
+        detail: row.detail.as_deref(),
+        link: &link,
+    };
+    let body = match channel {
+        ContactChannel::Sms => render_sms(&template.body, &vars, settings.sms_max_segments),
+        _ => fill(&template.body, &vars),
+    };
+    Plan::Send(Box::new(Outgoing {
+        outbox_id: row.id,
+        shipment_id: shipment.id,
+        channel,
+        recipient: row.recipient.clone(),
+        milestone,
+        locale: shipment.locale.clone(),
+        tracking_number: shipment.tracking_number.to_string(),
+        detail: row.detail.clone(),
+        subject: fill(&template.subject, &vars),
+        body,
+        link,
+    }))
+}
+
+/// Whether a channel's request is safe to repeat after an ambiguous failure.
+pub fn resend_safe(channel: ContactChannel) -> bool {
+    matches!(channel, ContactChannel::Webhook)
+}
+
+fn provider_of(channel: ContactChannel) -> ProviderKind {
+    match channel {
+        ContactChannel::Sms => ProviderKind::Twilio,
+        ContactChannel::Email => ProviderKind::SendGrid,
+        ContactChannel::Whatsapp => ProviderKind::WhatsApp,
+        ContactChannel::Webhook => ProviderKind::Webhook,
+    }
+}
+
+/// The current time, ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// What one dispatcher pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Rows handed to a provider.
+    pub sent: usize,
+    /// Rows skipped for good.
+    pub skipped: usize,
+    /// Rows deferred (quiet hours).
+    pub deferred: usize,
+    /// Operations alerts posted.
+    pub alerts: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Arc<NotifySettings>,
+    db: Arc<outbox::NotifyDb>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    buckets: BTreeMap<ProviderKind, Bucket>,
+    permits: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    /// Alert id → earliest next post (ms), after a failed post.
+    alert_retry: Mutex<HashMap<i64, (i64, i64)>>,
+}
+
+/// The notification dispatcher. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl Dispatcher {
+    /// Opens the database at `database` (WAL, migrated, plus [`outbox::MIGRATION`]) and
+    /// builds the HTTP client. Call [`Dispatcher::recover`] once, then
+    /// [`Dispatcher::spawn`].
+    pub fn new(
+        settings: NotifySettings,
+        database: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, NotifyError> {
+        // reqwest is built without a default crypto provider: choose ring (idempotent).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("doorstep-hub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyError::Client(e.to_string()))?;
+        let db = Arc::new(outbox::NotifyDb::open(database, StoreOptions::default())?);
+        let buckets = settings.rates.iter().map(|(kind, rate)| (*kind, Bucket::new(*rate))).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings: Arc::new(settings),
+                db,
+                client,
+                metrics,
+                buckets,
+                permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                wake: Arc::new(Notify::new()),
+                alert_retry: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The state the tracking page and provider callbacks need (see [`router`]).
+    pub fn state(&self) -> NotifyState {
+        NotifyState::new(
+            Arc::clone(&self.inner.settings),
+            Arc::clone(&self.inner.db),
+            Arc::clone(&self.inner.metrics),
+        )
+    }
+
+    /// Wakes the dispatcher now (call after a commit that enqueued messages or alerts).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// A handle ingest can keep to wake the dispatcher.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.wake)
+    }
+
+    /// Settles rows a stopped hub left `sending`: re-queued on the webhook channel,
+    /// `unknown` elsewhere. Returns (requeued, unknown).
+    pub async fn recover(&self, now_ms: i64) -> Result<(usize, usize), NotifyError> {
+        let safe: Vec<&'static str> =
+            ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect();
+        let (requeued, unknown) =
+            self.inner.db.call(move |conn, _| Ok(outbox::recover(conn, now_ms, &safe)?)).await?;
+        if requeued + unknown > 0 {
+            tracing::warn!(requeued, unknown, "notifications left in flight by a previous run settled");
+        }
+        Ok((requeued, unknown))
+    }
+
+    /// One pass at `now_ms`: plans and sends every due row and posts unsent alerts, and
+    /// waits for all of it (tests drive time with this).
+    pub async fn run_once(&self, now_ms: i64) -> Result<PassReport, NotifyError> {
+        let mut tasks = JoinSet::new();
+        let mut report = self.dispatch_due(now_ms, &mut tasks).await?;
+        while tasks.join_next().await.is_some() {}
+        report.alerts = self.post_alerts(now_ms).await?;
+        Ok(report)
+    }
+
+    /// Runs until `cancel`: a pass every poll interval or on [`Dispatcher::wake`]; on
+    /// cancellation, waits for requests in flight (bounded by the request timeout).
+    pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            loop {
+                let now = now_ms();
+                if let Err(error) = self.dispatch_due(now, &mut tasks).await {
+                    tracing::error!(%error, "notification pass failed");
+                }
+                if let Err(error) = self.post_alerts(now).await {
+                    tracing::error!(%error, "operations alert pass failed");
+                }
+                while tasks.try_join_next().is_some() {}
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+                    () = self.inner.wake.notified() => {}
+                }
+            }
+            while tasks.join_next().await.is_some() {}
+            tracing::info!("notification dispatcher stopped");
+        })
+    }
+
+    /// Plans due rows, settles skips and deferrals, claims and spawns the sends.
+    async fn dispatch_due(&self, now_ms: i64, tasks: &mut JoinSet<()>) -> Result<PassReport, NotifyError> {
+        let room = self.inner.permits.available_permits().min(self.inner.settings.batch);
+        if room == 0 {
+            return Ok(PassReport::default());
+        }
+        let settings = Arc::clone(&self.inner.settings);
+        let (sends, mut report) = self
+            .inner
+            .db
+            .call(move |conn, store| {
+                let mut report = PassReport::default();
+                let mut sends = Vec::new();
+                for row in store.outbox_due(now_ms, room)? {
+                    let shipment = store.shipment(row.shipment_id)?;
+                    let opted_out = outbox::is_opted_out(conn, &row.channel, &row.recipient)?;
+                    match plan(&settings, &row, shipment.as_ref(), opted_out, now_ms) {
+                        Plan::Skip { reason, detail } => {
+                            if outbox::skip(conn, row.id, now_ms, reason, &detail)? {
+                                tracing::info!(outbox = row.id, channel = %row.channel, milestone = %row.milestone, reason, "notification skipped");
+                                report.skipped += 1;
+                            }
+                        }
+                        Plan::Defer { until_ms } => {
+                            let detail = format!("quiet hours until {until_ms}");
+                            outbox::defer(conn, row.id, until_ms, now_ms, &detail)?;
+                            tracing::info!(outbox = row.id, channel = %row.channel, until_ms, "notification deferred");
+                            report.deferred += 1;
+                        }
+                        Plan::Send(msg) => {
+                            if outbox::claim(conn, row.id)? {
+                                sends.push((msg, row.attempts + 1));
+                            }
+                        }
+                    }
+                }
+                Ok((sends, report))
+            })
+            .await?;
+        report.sent = sends.len();
+        for (msg, attempt) in sends {
+            let Ok(permit) = Arc::clone(&self.inner.permits).acquire_owned().await else { break };
+            let inner = Arc::clone(&self.inner);
+            tasks.spawn(async move {
+                let _permit = permit;
+                let channel = msg.channel;
+                let outbox_id = msg.outbox_id;
+                if let Err(error) = deliver(&inner, *msg, attempt, now_ms).await {
+                    tracing::error!(outbox = outbox_id, channel = channel.as_str(), %error, "recording a send failed");
+                }
+            });
+        }
+        Ok(report)
+    }
+
+    /// Posts unsent operations alerts to Slack; returns how many went out.
+    async fn post_alerts(&self, now_ms: i64) -> Result<usize, NotifyError> {
+        let Some(slack) = self.inner.settings.slack.clone() else { return Ok(0) };
+        let alerts = self.inner.db.call(|conn, _| Ok(outbox::unsent_alerts(conn, ALERT_BATCH)?)).await?;
+        let mut posted = 0;
+        for alert in alerts {
+            {
+                let retry = self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner());
+                if retry.get(&alert.id).is_some_and(|(at, _)| *at > now_ms) {
+                    continue;
+                }
+            }
+            if let Some(bucket) = self.inner.buckets.get(&ProviderKind::Slack) {
+                bucket.acquire().await;
+            }
+            let text = slack::alert_text(&alert.code, alert.tracking_number.as_deref(), &alert.detail);
+            match slack.post(&self.inner.client, &text).await {
+                SendResult::Accepted { .. } => {
+                    let id = alert.id;
+                    self.inner.db.call(move |conn, _| Ok(outbox::mark_alert_sent(conn, id)?)).await?;
+                    self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&alert.id);
+                    self.inner.metrics.notification("slack", "sent");
+                    tracing::info!(alert = alert.id, code = %alert.code, "operations alert posted");
+                    posted += 1;
+                }
+                other => {
+                    let mut retry = self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner());
+                    let attempts = retry.get(&alert.id).map_or(1, |(_, n)| n + 1);
+                    let wait = self.inner.settings.retry.backoff(attempts, alert.id);
+                    let at = now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                    retry.insert(alert.id, (at, attempts));
+                    self.inner.metrics.notification("slack", "attempt_failed");
+                    tracing::warn!(alert = alert.id, code = %alert.code, result = ?other, "operations alert post failed; will retry");
+                }
+            }
+        }
+        Ok(posted)
+    }
+}
+
+/// Sends one claimed message and records the result.
+async fn deliver(inner: &Inner, msg: Outgoing, attempt: i64, now_ms: i64) -> Result<(), NotifyError> {
+    let settings = &inner.settings;
+    if let Some(bucket) = inner.buckets.get(&provider_of(msg.channel)) {
+        bucket.acquire().await;
+    }
+    let result = match msg.channel {
+        ContactChannel::Sms => match &settings.twilio {
+            Some(t) => t.send(&inner.client, &msg.recipient, &msg.body).await,
+            None => SendResult::Rejected { detail: "twilio not configured".into() },
+        },
+        ContactChannel::Email => match &settings.sendgrid {
+            Some(s) => s.send(&inner.client, &msg).await,
+            None => SendResult::Rejected { detail: "sendgrid not configured".into() },
+        },
+        ContactChannel::Whatsapp => match &settings.whatsapp {
+            Some(w) => w.send(&inner.client, &msg).await,
+            None => SendResult::Rejected { detail: "whatsapp not configured".into() },
+        },
+        ContactChannel::Webhook => match &settings.webhook {
+            Some(signer) => webhook::send(&inner.client, signer, &msg, now_ms).await,
+            None => SendResult::Rejected { detail: "webhook not configured".into() },
+        },
+    };
+    let channel = msg.channel.as_str();
+    let retry_at = |retry_after: Option<Duration>| {
+        let wait = settings.retry.backoff(attempt, msg.outbox_id).max(retry_after.unwrap_or_default());
+        now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+    };
+    let can_retry = attempt < i64::from(settings.retry.max_attempts);
+    // (status, next attempt, outcome, provider id, detail)
+    let (status, next, outcome, provider_id, detail, opt_out) = match result {
+        SendResult::Accepted { provider_id, detail } => ("sent", None, "sent", provider_id, detail, false),
+        SendResult::Rejected { detail } => ("failed", None, "failed", None, detail, false),
+        SendResult::OptedOut { detail } => ("skipped", None, "opted_out", None, detail, true),
+        SendResult::Retry { detail, retry_after } if can_retry => {
+            let at = retry_at(retry_after);
+            (
+                "queued",
+                Some(at),
+                "attempt_failed",
+                None,
+                format!("{detail}; attempt {attempt}, next at {at}"),
+                false,
+            )
+        }
+        SendResult::Ambiguous { detail } if resend_safe(msg.channel) && can_retry => {
+            let at = retry_at(None);
+            let detail =
+                format!("{detail}; attempt {attempt}, resending at {at} under the same idempotency key");
+            ("queued", Some(at), "attempt_failed", None, detail, false)
+        }
+        SendResult::Ambiguous { detail } if !resend_safe(msg.channel) => (
+            "unknown",
+            None,
+            "unknown",
+            None,
+            format!("{detail}; not resent: {channel} has no idempotency guard"),
+            false,
+        ),
+        SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail } => {
+            ("failed", None, "failed", None, format!("{detail}; gave up after {attempt} attempts"), false)
+        }
+    };
+    match outcome {
+        "sent" => {
+            tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider_id = ?provider_id, "notification sent")
+        }
+        _ => {
+            tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome, detail = %detail, "notification not sent")
+        }
+    }
+    inner.metrics.notification(channel, outcome);
+    let (id, recipient, ch) = (msg.outbox_id, msg.recipient.clone(), channel.to_owned());
+    inner
+        .db
+        .call(move |conn, _| {
+            if opt_out {
+                outbox::set_opt_out(conn, &ch, &recipient, true, "provider", now_ms)?;
+            }
+            outbox::finish(conn, id, status, next, now_ms, outcome, provider_id.as_deref(), Some(&detail))?;
+            Ok(())
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Contact;
+    use doorstep_proto::TrackingNumber;
+
+    fn settings() -> NotifySettings {
+        let table: toml::Table = toml::from_str(
+            r#"
+            [quiet_hours]
+            start = "21:00"
+            end = "08:00"
+            [twilio]
+            account_sid = "AC1"
+            auth_token = "t"
+            from = "+15005550006"
+            "#,
+        )
+        .expect("toml");
+        NotifyConfig::from_table(Some(&table))
+            .expect("parse")
+            .validate("https://track.example.com", b"0123456789abcdef0123456789abcdef")
+            .expect("valid")
+    }
+
+    fn shipment(milestone: Milestone, consent: bool) -> Shipment {
+        let mut contacts = std::collections::BTreeMap::new();
+        contacts.insert(ContactChannel::Sms, Contact { recipient: "+15555550100".into(), consent });
+        Shipment {
+            id: 7,
+            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+            carrier: None,
+            order_id: None,
+            contacts,
+            locale: "de-DE".into(),
+            time_zone: "Europe/Berlin".into(),
+            milestone,
+            reconcile_state: None,
+            created_ms: 0,
+        }
+    }
+
+    fn row(milestone: &str) -> OutboxRow {
+        OutboxRow {
+            id: 1,
+            shipment_id: 7,
+            milestone: milestone.into(),
+            channel: "sms".into(),
+            recipient: "+15555550100".into(),
+            detail: None,
+            status: "queued".into(),
+            attempts: 0,
+            next_attempt_ms: 0,
+        }
+    }
+
+    // 2025-07-01 10:00 in Berlin, and 23:00 in Berlin.
+    const DAY: i64 = 1_751_356_800_000;
+    const NIGHT: i64 = 1_751_403_600_000;
+
+    #[test]
+    fn a_due_row_renders_in_the_recipients_language_with_a_working_link() {
+        let s = settings();
+        let Plan::Send(msg) =
+            plan(&s, &row("delivered"), Some(&shipment(Milestone::Delivered, true)), false, DAY)
+        else {
+            panic!("expected a send")
+        };
+        assert!(msg.body.contains("zugestellt"), "{}", msg.body);
+        let token = msg.link.strip_prefix("https://track.example.com/t/").expect("link");
+        assert_eq!(s.link_signer.verify(token, DAY), Ok(7));
+        assert!(msg.body.ends_with(&msg.link));
+    }
+
+    #[test]
+    fn consent_opt_out_and_overtaken_milestones_are_skipped() {
+        let s = settings();
+        let skipped = |p: Plan| match p {
+            Plan::Skip { reason, .. } => reason,
+            other => panic!("expected a skip, got {other:?}"),
+        };
+        assert_eq!(
+            skipped(plan(&s, &row("nearby"), Some(&shipment(Milestone::Nearby, false)), false, DAY)),
+            "no_consent"
+        );
+        assert_eq!(
+            skipped(plan(&s, &row("nearby"), Some(&shipment(Milestone::Nearby, true)), true, DAY)),
+            "opted_out"
+        );
+        assert_eq!(
+            skipped(plan(&s, &row("nearby"), Some(&shipment(Milestone::Delivered, true)), false, DAY)),
+            "superseded"
+        );
+        assert_eq!(skipped(plan(&s, &row("nearby"), None, false, DAY)), "shipment_missing");
+        let mut email = row("delivered");
+        email.channel = "email".into();
+        assert_eq!(
+            skipped(plan(&s, &email, Some(&shipment(Milestone::Delivered, true)), false, DAY)),
+            "channel_not_configured"
+        );
+    }
+
+    #[test]
+    fn quiet_hours_drop_nearby_and_defer_delivered_to_the_local_morning() {
+        let s = settings();
+        match plan(&s, &row("nearby"), Some(&shipment(Milestone::Nearby, true)), false, NIGHT) {
+            Plan::Skip { reason, .. } => assert_eq!(reason, "quiet_hours"),
+            other => panic!("{other:?}"),
+        }
+        match plan(&s, &row("delivered"), Some(&shipment(Milestone::Delivered, true)), false, NIGHT) {
+            // 08:00 Berlin (CEST) on 2 July = 06:00Z.
+            Plan::Defer { until_ms } => assert_eq!(until_ms, 1_751_436_000_000),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The notification module's SQL: claiming and finishing outbox rows, the outcome log,
+//! opt-outs, provider callbacks and operations alerts.
+//!
+//! The tables are the store's (`notification_outbox`, `notification_outcomes`,
+//! `ops_alerts`, created by `store.rs`'s migrations) plus [`MIGRATION`] (opt-outs and an
+//! index for callback look-ups), which [`migrate`] applies idempotently at start-up and
+//! which belongs in the store's migration list. Every statement here runs on a blocking
+//! thread through [`NotifyDb::call`], on the dispatcher's own connection to the WAL
+//! database (SQLite serializes it with ingest's writer; `BUSY_TIMEOUT` covers the wait).
+//!
+//! Row statuses: `queued` (due at `next_attempt_ms`), `sending` (claimed: a request may
+//! be in flight), `sent` (the provider accepted it), `delivered`, `undelivered`,
+//! `failed`, `unknown` (an ambiguous failure on a channel with no idempotency guard:
+//! never re-sent automatically), `skipped` (opted out, no consent, quiet hours,
+//! superseded, channel not configured).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::NotifyError;
+use crate::store::{BUSY_TIMEOUT, Store, StoreOptions};
+
+/// Schema the notification module adds to the store's (idempotent: `IF NOT EXISTS`).
+pub const MIGRATION: &str = r#"
+CREATE TABLE IF NOT EXISTS notification_opt_outs (
+    channel    TEXT NOT NULL,
+    recipient  TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    PRIMARY KEY (channel, recipient)
+);
+CREATE INDEX IF NOT EXISTS notification_outcomes_provider
+    ON notification_outcomes (provider_id) WHERE provider_id IS NOT NULL;
+"#;
+
+/// Applies [`MIGRATION`].
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(MIGRATION)
+}
+
+/// The dispatcher's database handle: its own connection for the notification SQL, and a
+/// [`Store`] for the store's reads (shipments, timeline, photos, due rows).
+#[derive(Debug)]
+pub struct NotifyDb {
+    conn: Mutex<Connection>,
+    store: Mutex<Store>,
+}
+
+impl NotifyDb {
+    /// Opens the hub database at `path` (migrating it like the store does) and applies
+    /// [`MIGRATION`].
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, NotifyError> {
+        let store = Store::open(path, options)?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn)?;
+        Ok(Self { conn: Mutex::new(conn), store: Mutex::new(store) })
+    }
+
+    /// Runs `f` with the connection and the store on a blocking thread.
+    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R, NotifyError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection, &Store) -> Result<R, NotifyError> + Send + 'static,
+    {
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            // Lock order: connection, then store (everywhere).
+            let mut conn = db.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let store = db.store.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn, &store)
+        })
+        .await
+        .map_err(|e| NotifyError::Task(e.to_string()))?
+    }
+}
+
+/// One entry of the outcome log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// `queued`, `sent`, `attempt_failed`, `failed`, `unknown`, `delivered`, ...
+    pub outcome: String,
+    /// The provider's message id.
+    pub provider_id: Option<String>,
+    /// What happened, in words.
+    pub detail: Option<String>,
+}
+
+/// Appends to the outcome log.
+pub fn record(
+    conn: &Connection,
+    outbox_id: i64,
+    now_ms: i64,
+    outcome: &str,
+    provider_id: Option<&str>,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![outbox_id, now_ms, outcome, provider_id, detail])?;
+    Ok(())
+}
+
+/// The outcome log of one row, oldest first.
+pub fn outcomes(conn: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<Outcome>> {
+    conn.prepare_cached(
+        "SELECT at_ms, outcome, provider_id, detail FROM notification_outcomes WHERE outbox_id = ?1 ORDER BY id",
+    )?
+    .query_map([outbox_id], |r| Ok(Outcome { at_ms: r.get(0)?, outcome: r.get(1)?, provider_id: r.get(2)?, detail: r.get(3)? }))?
+    .collect()
+}
+
+/// Claims a due row for sending: `queued` → `sending`, one more attempt. False when
+/// another dispatcher pass got it first.
+pub fn claim(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE notification_outbox SET status = 'sending', attempts = attempts + 1
+             WHERE id = ?1 AND status = 'queued'",
+        )?
+        .execute([id])?;
+    Ok(n == 1)
+}
+
+/// Ends a row (or an attempt) in one transaction: the new status, the next attempt time
+/// when it is `queued` again, and the outcome log entry.
+#[allow(clippy::too_many_arguments)] // one per column written; a struct would only rename them.
+pub fn finish(
+    conn: &mut Connection,
+    id: i64,
+    status: &str,
+    next_attempt_ms: Option<i64>,
+    now_ms: i64,
+    outcome: &str,
+    provider_id: Option<&str>,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.prepare_cached(
+        "UPDATE notification_outbox SET status = ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms) WHERE id = ?1",
+    )?
+    .execute(params![id, status, next_attempt_ms])?;
+    record(&tx, id, now_ms, outcome, provider_id, detail)?;
+    tx.commit()
+}
+
+/// Moves a queued row's next attempt to `until_ms` (quiet hours) and logs why.
+pub fn defer(
+    conn: &mut Connection,
+    id: i64,
+    until_ms: i64,
+    now_ms: i64,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE notification_outbox SET next_attempt_ms = ?2 WHERE id = ?1 AND status = 'queued'",
+        )?
+        .execute(params![id, until_ms])?;
+    if n == 1 {
+        record(&tx, id, now_ms, "deferred", None, Some(detail))?;
+    }
+    tx.commit()
+}
+
+/// Marks a queued row `skipped` and logs why.
+pub fn skip(
+    conn: &mut Connection,
+    id: i64,
+    now_ms: i64,
+    reason: &str,
+    detail: &str,
+) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE notification_outbox SET status = 'skipped' WHERE id = ?1 AND status = 'queued'",
+        )?
+        .execute([id])?;
+    if n == 1 {
+        record(&tx, id, now_ms, "skipped", None, Some(&format!("{reason}: {detail}")))?;
+    }
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// After a restart: rows left `sending` by a stopped hub. Channels whose requests are
+/// safe to repeat (`resend_safe`) go back to `queued`; the rest become `unknown` (the
+/// request may have been sent). Returns (requeued, unknown).
+pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let rows: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT id, channel FROM notification_outbox WHERE status = 'sending'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let (mut requeued, mut unknown) = (0, 0);
+    for (id, channel) in rows {
+        if resend_safe.contains(&channel.as_str()) {
+            tx.execute(
+                "UPDATE notification_outbox SET status = 'queued', next_attempt_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            record(
+                &tx,
+                id,
+                now_ms,
+                "attempt_failed",
+                None,
+                Some("hub stopped mid-send; resending (idempotent channel)"),
+            )?;
+            requeued += 1;
+        } else {
+            tx.execute("UPDATE notification_outbox SET status = 'unknown' WHERE id = ?1", [id])?;
+            record(
+                &tx,
+                id,
+                now_ms,
+                "unknown",
+                None,
+                Some("hub stopped mid-send; not resent (no idempotency guard)"),
+            )?;
+            unknown += 1;
+        }
+    }
+    tx.commit()?;
+    Ok((requeued, unknown))
+}
+
+/// Whether a recipient opted out of a channel.
+pub fn is_opted_out(conn: &Connection, channel: &str, recipient: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM notification_opt_outs WHERE channel = ?1 AND recipient = ?2")?
+        .query_row(params![channel, recipient], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Records an opt-out (`out`) or removes it (an opt-in).
+pub fn set_opt_out(
+    conn: &Connection,
+    channel: &str,
+    recipient: &str,
+    out: bool,
+    source: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    if out {
+        conn.prepare_cached(
+            "INSERT INTO notification_opt_outs (channel, recipient, source, at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (channel, recipient) DO UPDATE SET source = ?3, at_ms = ?4",
+        )?
+        .execute(params![channel, recipient, source, now_ms])?;
+    } else {
+        conn.prepare_cached("DELETE FROM notification_opt_outs WHERE channel = ?1 AND recipient = ?2")?
+            .execute(params![channel, recipient])?;
+    }
+    Ok(())
+}
+
+/// The outbox row a provider message id belongs to.
+pub fn by_provider_id(conn: &Connection, provider_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT outbox_id FROM notification_outcomes WHERE provider_id = ?1 ORDER BY id LIMIT 1",
+    )?
+    .query_row([provider_id], |r| r.get(0))
+    .optional()
+}
+
+/// The channel and recipient of a row.
+pub fn row_target(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached("SELECT channel, recipient FROM notification_outbox WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// Applies a provider's report about a row: logs it once (a redelivered callback adds
+/// nothing) and moves the status forward — never back from `delivered`, and an open
+/// implies delivery. Returns whether it was new.
+pub fn provider_event(
+    conn: &mut Connection,
+    outbox_id: i64,
+    outcome: &str,
+    provider_id: Option<&str>,
+    detail: Option<&str>,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM notification_outbox WHERE id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM notification_outcomes
+                               WHERE outbox_id = ?1 AND outcome = ?3 AND provider_id IS ?4)",
+        )?
+        .execute(params![outbox_id, now_ms, outcome, provider_id, detail])?;
+    if n == 1 {
+        let sql = match outcome {
+            "delivered" | "opened" => Some(
+                "UPDATE notification_outbox SET status = 'delivered'
+                 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown', 'undelivered', 'failed')",
+            ),
+            "undelivered" | "failed" => Some(
+                "UPDATE notification_outbox SET status = ?2 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown')",
+            ),
+            "sent" => Some(
+                "UPDATE notification_outbox SET status = 'sent' WHERE id = ?1 AND status IN ('sending', 'unknown')",
+            ),
+            _ => None,
+        };
+        if let Some(sql) = sql {
+            if sql.contains("?2") {
+                tx.execute(sql, params![outbox_id, outcome])?;
+            } else {
+                tx.execute(sql, [outbox_id])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// An unsent operations alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Row id.
+    pub id: i64,
+    /// The reconciler's code.
+    pub code: String,
+    /// The sentence for the operator.
+    pub detail: String,
+    /// The shipment's tracking number, when the alert is about one.
+    pub tracking_number: Option<String>,
+}
+
+/// Unsent alerts, oldest first.
+pub fn unsent_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Alert>> {
+    conn.prepare_cached(
+        "SELECT a.id, a.code, a.detail, s.tracking_number FROM ops_alerts a
+         LEFT JOIN shipments s ON s.id = a.shipment_id WHERE a.sent = 0 ORDER BY a.id LIMIT ?1",
+    )?
+    .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(Alert { id: r.get(0)?, code: r.get(1)?, detail: r.get(2)?, tracking_number: r.get(3)? })
+    })?
+    .collect()
+}
+
+/// Marks an alert posted.
+pub fn mark_alert_sent(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE ops_alerts SET sent = 1 WHERE id = ?1")?.execute([id])?;
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! The tracking page and the provider callbacks, as one axum router for the hub to merge.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET  | `/t/{token}` | the tracking page: milestone, timeline in the recipient's time zone, proof of delivery |
+//! | GET  | `/t/{token}/photo` | the delivery photo, when it arrived and matches the signed hash |
+//! | POST | `/callbacks/twilio/status` | Twilio message status (signed) → outcome log |
+//! | POST | `/callbacks/twilio/inbound` | Twilio inbound SMS (signed): STOP opts out, START opts back in |
+//! | POST | `/callbacks/sendgrid/events` | SendGrid Event Webhook (signed, ECDSA) → outcome log, unsubscribes |
+//!
+//! The page never shows the address, the stop's coordinates, the device or the
+//! carrier's free text: only milestone names, times, and the van's distance from the
+//! address at handover. A bad token is a plain 404, an expired one a plain 410; neither
+//! says anything about the shipment.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::config::NotifySettings;
+use super::outbox::{self, NotifyDb};
+use super::token::TokenError;
+use super::{NotifyError, now_ms, quiet, sendgrid, twilio};
+use crate::metrics::Metrics;
+use crate::model::Milestone;
+use crate::store::{ContactChannel, Shipment, Store, TimelineEntry};
+
+/// Where Twilio posts message status.
+pub const TWILIO_STATUS_PATH: &str = "/callbacks/twilio/status";
+/// Where Twilio posts inbound messages.
+pub const TWILIO_INBOUND_PATH: &str = "/callbacks/twilio/inbound";
+/// Where SendGrid posts events.
+pub const SENDGRID_EVENTS_PATH: &str = "/callbacks/sendgrid/events";
+/// Largest callback body accepted, bytes (SendGrid batches events; Twilio's are small).
+pub const MAX_CALLBACK_BODY: usize = 1024 * 1024;
+/// Most timeline entries shown.
+pub const MAX_TIMELINE: usize = 50;
+
+/// What the page and callback handlers share.
+#[derive(Debug, Clone)]
+pub struct NotifyState {
+    settings: Arc<NotifySettings>,
+    db: Arc<NotifyDb>,
+    metrics: Arc<Metrics>,
+}
+
+impl NotifyState {
+    /// State over an open database.
+    pub fn new(settings: Arc<NotifySettings>, db: Arc<NotifyDb>, metrics: Arc<Metrics>) -> Self {
+        Self { settings, db, metrics }
+    }
+}
+
+/// The router: tracking page and provider callbacks.
+pub fn router(state: NotifyState) -> Router {
+    Router::new()
+        .route("/t/{token}", get(tracking_page))
+        .route("/t/{token}/photo", get(tracking_photo))
+        .route(TWILIO_STATUS_PATH, post(twilio_status))
+        .route(TWILIO_INBOUND_PATH, post(twilio_inbound))
+        .route(SENDGRID_EVENTS_PATH, post(sendgrid_events))
+        .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
+        .with_state(state)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+fn internal(error: &NotifyError) -> Response {
+    tracing::error!(%error, "notification handler failed");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+}
+
+// ---- tracking page ------------------------------------------------------------------
+
+const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"),
+    (header::HeaderName::from_static("x-robots-tag"), "noindex"),
+];
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Doorstep</title></head>\
+         <body><p>{message}</p></body></html>"
+    );
+    (status, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+fn token_error(e: TokenError) -> Response {
+    match e {
+        TokenError::Invalid => error_page(StatusCode::NOT_FOUND, "This tracking link is not valid."),
+        TokenError::Expired => error_page(StatusCode::GONE, "This tracking link has expired."),
+    }
+}
+
+/// The handover a page shows as proof: time, distance, photo hash.
+#[derive(Debug, Clone, PartialEq)]
+struct Proof {
+    at_ms: i64,
+    distance_m: Option<u64>,
+    photo: Option<String>,
+    photo_ok: bool,
+}
+
+fn proof_of(
+    shipment: &Shipment,
+    timeline: &[TimelineEntry],
+    store: &Store,
+) -> Result<Option<Proof>, NotifyError> {
+    if shipment.milestone != Milestone::Delivered {
+        return Ok(None);
+    }
+    let Some(entry) =
+        timeline.iter().rev().find(|e| e.source == "device" && e.kind == "delivered_at_address")
+    else {
+        return Ok(None);
+    };
+    let photo = entry.detail.get("photo_sha256").and_then(|v| v.as_str()).map(str::to_owned);
+    let photo_ok = match &photo {
+        Some(hash) => store.photo_is_proof(hash)?,
+        None => false,
+    };
+    Ok(Some(Proof {
+        at_ms: entry.occurred_ms,
+        distance_m: entry.detail.get("distance_m").and_then(serde_json::Value::as_u64),
+        photo,
+        photo_ok,
+    }))
+}
+
+struct Words {
+    de: bool,
+}
+
+impl Words {
+    fn milestone(&self, m: Milestone) -> &'static str {
+        match (m, self.de) {
+            (Milestone::Created, false) => "Order received",
+            (Milestone::Created, true) => "Bestellung erhalten",
+            (Milestone::Dispatched, false) => "On its way",
+            (Milestone::Dispatched, true) => "Unterwegs",
+            (Milestone::OutForDelivery, false) => "Out for delivery",
+            (Milestone::OutForDelivery, true) => "In Zustellung",
+            (Milestone::Nearby, false) => "The driver is nearby",
+            (Milestone::Nearby, true) => "Der Fahrer ist gleich da",
+            (Milestone::Exception, false) => "Delivery problem",
+            (Milestone::Exception, true) => "Zustellproblem",
+            (Milestone::Delivered, false) => "Delivered",
+            (Milestone::Delivered, true) => "Zugestellt",
+        }
+    }
+
+    /// Customer words for a timeline kind; `None` hides internal kinds.
+    fn kind(&self, source: &str, kind: &str) -> Option<&'static str> {
+        let de = self.de;
+        Some(match (source, kind) {
+            (_, "dispatched") => {
+                if de {
+                    "Versandt"
+                } else {
+                    "Dispatched"
+                }
+            }
+            (_, "accepted") | (_, "label_created") => {
+                if de {
+                    "Beim Versender angemeldet"
+                } else {
+                    "Registered with the carrier"
+                }
+            }
+            (_, "in_transit") => {
+                if de {
+                    "Unterwegs"
+                } else {
+                    "In transit"
+                }
+            }
+            (_, "out_for_delivery") => {
+                if de {
+                    "In Zustellung"
+                } else {
+                    "Out for delivery"
+                }
+            }
+            ("device", "nearby") => {
+                if de {
+                    "Der Fahrer war in der Nähe"
+                } else {
+                    "The driver was nearby"
+                }
+            }
+            ("device", "delivered_at_address") => {
+                if de {
+                    "An der Adresse übergeben"
+                } else {
+                    "Handed over at the address"
+                }
+            }
+            ("device", "driver_exception") | (_, "attempt_failed") => {
+                if de {
+                    "Zustellversuch fehlgeschlagen"
+                } else {
+                    "Delivery attempt failed"
+                }
+            }
+            (_, "available_for_pickup") => {
+                if de {
+                    "Zur Abholung bereit"
+                } else {
+                    "Ready for pickup"
+                }
+            }
+            (_, "exception") => {
+                if de {
+                    "Problem gemeldet"
+                } else {
+                    "Problem reported"
+                }
+            }
+            (_, "returning") => {
+                if de {
+                    "Auf dem Rückweg zum Absender"
+                } else {
+                    "Returning to the sender"
+                }
+            }
+            (_, "delivered") => {
+                if de {
+                    "Zustellung vom Versender gemeldet"
+                } else {
+                    "Carrier reports delivered"
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn local_time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
+    quiet::zoned(ms, tz).strftime("%Y-%m-%d %H:%M %Z").to_string()
+}
+
+/// Renders the tracking page (pure).
+fn render_page(
+    shipment: &Shipment,
+    timeline: &[TimelineEntry],
+    proof: Option<&Proof>,
+    token: &str,
+) -> String {
+    let words = Words { de: shipment.locale.to_ascii_lowercase().starts_with("de") };
+    let tz = quiet::zone(&shipment.time_zone);
+    let lang = if words.de { "de" } else { "en" };
+    let mut items = String::new();
+    let shown: Vec<&TimelineEntry> =
+        timeline.iter().filter(|e| words.kind(&e.source, &e.kind).is_some()).collect();
+    for e in shown.iter().rev().take(MAX_TIMELINE) {
+        let label = words.kind(&e.source, &e.kind).unwrap_or_default();
+        items.push_str(&format!(
+            "<li><time>{}</time> {}</li>",
+            escape(&local_time(e.occurred_ms, &tz)),
+            escape(label)
+        ));
+    }
+    let proof_html = match proof {
+        None => String::new(),
+        Some(p) => {
+            let mut s = format!(
+                "<h2>{}</h2><p>{} {}",
+                if words.de { "Zustellnachweis" } else { "Proof of delivery" },
+                if words.de { "Übergeben" } else { "Handed over" },
+                escape(&local_time(p.at_ms, &tz))
+            );
+            if let Some(d) = p.distance_m {
+                if words.de {
+                    s.push_str(&format!(", der Lieferwagen stand {d} m von der Adresse entfernt"));
+                } else {
+                    s.push_str(&format!(", with the van parked {d} m from the address"));
+                }
+            }
+            s.push_str(".</p>");
+            if p.photo_ok {
+                s.push_str(&format!(
+                    "<p><img src=\"/t/{}/photo\" alt=\"{}\" style=\"max-width:100%\"></p>",
+                    escape(token),
+                    if words.de { "Foto bei der Übergabe" } else { "Photo taken at handover" }
+                ));
+            } else if p.photo.is_some() {
+                s.push_str(if words.de {
+                    "<p>Das Foto der Übergabe wird noch übertragen.</p>"
+                } else {
+                    "<p>The handover photo is still on its way.</p>"
+                });
+            }
+            s
+        }
+    };
+    format!(
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Doorstep {tn}</title>\
+         <style>body{{font-family:sans-serif;max-width:36em;margin:1em auto;padding:0 1em}}time{{color:#555;margin-right:.5em}}</style>\
+         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>\
+         <h2>{history}</h2><ol reversed>{items}</ol>{proof_html}</main></body></html>",
+        tn = escape(shipment.tracking_number.as_str()),
+        headline = escape(words.milestone(shipment.milestone)),
+        tn_label = if words.de { "Sendungsnummer" } else { "Tracking number" },
+        history = if words.de { "Verlauf" } else { "History" },
+    )
+}
+
+async fn load(
+    state: &NotifyState,
+    token: &str,
+) -> Result<Result<(Shipment, Vec<TimelineEntry>, Option<Proof>), Response>, NotifyError> {
+    let shipment_id = match state.settings.link_signer.verify(token, now_ms()) {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(token_error(e))),
+    };
+    state
+        .db
+        .call(move |_, store| {
+            let Some(shipment) = store.shipment(shipment_id)? else {
+                return Ok(Err(token_error(TokenError::Invalid)));
+            };
+            let timeline = store.timeline(shipment_id)?;
+            let proof = proof_of(&shipment, &timeline, store)?;
+            Ok(Ok((shipment, timeline, proof)))
+        })
+        .await
+}
+
+async fn tracking_page(State(state): State<NotifyState>, Path(token): Path<String>) -> Response {
+    match load(&state, &token).await {
+        Err(e) => internal(&e),
+        Ok(Err(response)) => response,
+        Ok(Ok((shipment, timeline, proof))) => {
+            let html = render_page(&shipment, &timeline, proof.as_ref(), &token);
+            (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
+                .into_response()
+        }
+    }
+}
+
+fn image_type(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        "image/jpeg"
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if bytes.len() > 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "image/webp"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<String>) -> Response {
+    let proof = match load(&state, &token).await {
+        Err(e) => return internal(&e),
+        Ok(Err(response)) => return response,
+        Ok(Ok((_, _, proof))) => proof,
+    };
+    let Some(Proof { photo: Some(hash), photo_ok: true, .. }) = proof else {
+        return error_page(StatusCode::NOT_FOUND, "No photo.");
+    };
+    match state.db.call(move |_, store| Ok(store.photo(&hash)?)).await {
+        Ok(Some(photo)) if photo.verified => {
+            let kind = image_type(&photo.bytes);
+            (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, kind)], photo.bytes).into_response()
+        }
+        Ok(_) => error_page(StatusCode::NOT_FOUND, "No photo."),
+        Err(e) => internal(&e),
+    }
+}
+
+// ---- Twilio -------------------------------------------------------------------------
+
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Checks a Twilio callback's signature; `Some(refusal)` when it fails.
+fn check_twilio(
+    state: &NotifyState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Option<Response> {
+    let Some(twilio) = &state.settings.twilio else {
+        return Some(plain(StatusCode::NOT_FOUND, "twilio is not configured\n"));
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = format!("{}{path}", state.settings.callback_base_url);
+    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if twilio::verify(&twilio.auth_token, &url, params, signature) {
+        return None;
+    }
+    state.metrics.webhook("twilio", "rejected", "bad_signature");
+    tracing::warn!(url, "twilio callback with a bad or missing X-Twilio-Signature");
+    Some(plain(StatusCode::FORBIDDEN, "bad X-Twilio-Signature\n"))
+}
+
+async fn twilio_status(
+    State(state): State<NotifyState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = form_pairs(&body);
+    if let Some(refused) = check_twilio(&state, &uri, &headers, &params) {
+        return refused;
+    }
+    let (Some(sid), Some(status)) = (param(&params, "MessageSid"), param(&params, "MessageStatus")) else {
+        return plain(StatusCode::BAD_REQUEST, "MessageSid and MessageStatus are required\n");
+    };
+    let Some(outcome) = twilio::status_outcome(status) else { return StatusCode::NO_CONTENT.into_response() };
+    let sid = sid.to_owned();
+    let detail = match param(&params, "ErrorCode") {
+        Some(code) => format!("twilio {status} (error {code})"),
+        None => format!("twilio {status}"),
+    };
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let Some(id) = outbox::by_provider_id(conn, &sid)? else { return Ok(None) };
+            Ok(Some((id, outbox::provider_event(conn, id, outcome, Some(&sid), Some(&detail), now)?)))
+        })
+        .await;
+    match result {
+        Ok(Some((id, new))) => {
+            if new {
+                state.metrics.notification("sms", outcome);
+                tracing::info!(outbox = id, outcome, "twilio status");
+            }
+            state.metrics.webhook("twilio", "stored", "ok");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // Not ours (another system on the account) or not yet recorded: nothing to do;
+        // a 2xx stops Twilio retrying.
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn twilio_inbound(
+    State(state): State<NotifyState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = form_pairs(&body);
+    if let Some(refused) = check_twilio(&state, &uri, &headers, &params) {
+        return refused;
+    }
+    let twiml = || {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml")],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
+        )
+            .into_response()
+    };
+    let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else { return twiml() };
+    let Some(keyword) = twilio::inbound_keyword(text) else { return twiml() };
+    let from = from.to_owned();
+    let out = keyword == twilio::Keyword::OptOut;
+    let now = now_ms();
+    let logged = from.clone();
+    match state
+        .db
+        .call(move |conn, _| {
+            Ok(outbox::set_opt_out(conn, ContactChannel::Sms.as_str(), &from, out, "twilio_inbound", now)?)
+        })
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(recipient = %logged, opted_out = out, "sms subscription changed by inbound keyword");
+            twiml()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+// ---- SendGrid -----------------------------------------------------------------------
+
+async fn sendgrid_events(State(state): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(key) = state.settings.sendgrid.as_ref().and_then(|s| s.event_key.clone()) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "sendgrid events are not configured (notify.sendgrid.event_public_key)\n",
+        );
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !key.verify(header(sendgrid::TIMESTAMP_HEADER), &body, header(sendgrid::SIGNATURE_HEADER)) {
+        state.metrics.webhook("sendgrid", "rejected", "bad_signature");
+        return plain(StatusCode::FORBIDDEN, "bad event webhook signature\n");
+    }
+    let events: Vec<sendgrid::Event> = match serde_json::from_slice(&body) {
+        Ok(events) => events,
+        Err(e) => {
+            state.metrics.webhook("sendgrid", "rejected", "bad_json");
+            tracing::warn!(error = %e, "sendgrid events are not a JSON array of events");
+            return plain(StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
+        }
+    };
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let mut recorded = Vec::new();
+            for event in events {
+                let Some((outcome, opt_out)) = sendgrid::event_outcome(&event.event) else { continue };
+                let id = match event.outbox_id() {
+                    Some(id) => Some(id),
+                    None => match event.message_id() {
+                        Some(mid) => outbox::by_provider_id(conn, mid)?,
+                        None => None,
+                    },
+                };
+                if opt_out && let Some(email) = &event.email {
+                    outbox::set_opt_out(
+                        conn,
+                        ContactChannel::Email.as_str(),
+                        email,
+                        true,
+                        "sendgrid_event",
+                        now,
+                    )?;
+                }
+                let Some(id) = id else { continue };
+                // Only events about an email row of ours.
+                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != ContactChannel::Email.as_str()) {
+                    continue;
+                }
+                let detail = match &event.reason {
+                    Some(r) => format!("sendgrid {}: {r}", event.event),
+                    None => format!("sendgrid {}", event.event),
+                };
+                if outbox::provider_event(conn, id, outcome, event.message_id(), Some(&detail), now)? {
+                    recorded.push(outcome);
+                }
+            }
+            Ok(recorded)
+        })
+        .await;
+    match result {
+        Ok(recorded) => {
+            for outcome in recorded {
+                state.metrics.notification("email", outcome);
+            }
+            state.metrics.webhook("sendgrid", "stored", "ok");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use doorstep_proto::TrackingNumber;
+    use serde_json::json;
+
+    fn shipment(milestone: Milestone, locale: &str) -> Shipment {
+        Shipment {
+            id: 1,
+            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+            carrier: Some("ups".into()),
+            order_id: None,
+            contacts: Default::default(),
+            locale: locale.into(),
+            time_zone: "Europe/Berlin".into(),
+            milestone,
+            reconcile_state: None,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_page_shows_local_times_and_distance_but_no_address_or_device_detail() {
+        let timeline = vec![
+            TimelineEntry {
+                occurred_ms: 1_751_356_800_000,
+                source: "ups".into(),
+                kind: "out_for_delivery".into(),
+                detail: json!({"message": "Out for delivery, 12 Main Street, Springfield", "raw_status": "OT"}),
+            },
+            TimelineEntry {
+                occurred_ms: 1_751_360_400_000,
+                source: "device".into(),
+                kind: "delivered_at_address".into(),
+                detail: json!({"device": "van-7", "stop_id": "stop-14", "distance_m": 12, "photo_sha256": "ab"}),
+            },
+            TimelineEntry {
+                occurred_ms: 1_751_360_500_000,
+                source: "device".into(),
+                kind: "delivered_away_from_address".into(),
+                detail: json!({"distance_m": 900}),
+            },
+        ];
+        let proof = Proof {
+            at_ms: 1_751_360_400_000,
+            distance_m: Some(12),
+            photo: Some("ab".into()),
+            photo_ok: true,
+        };
+        let html = render_page(&shipment(Milestone::Delivered, "en-US"), &timeline, Some(&proof), "TOKEN");
+        assert!(html.contains("Delivered"), "{html}");
+        assert!(html.contains("2025-07-01 11:00 CEST"), "{html}");
+        assert!(html.contains("12 m from the address"), "{html}");
+        assert!(html.contains("/t/TOKEN/photo"), "{html}");
+        for secret in ["Main Street", "Springfield", "van-7", "stop-14", "900", "away"] {
+            assert!(!html.contains(secret), "page leaks {secret}: {html}");
+        }
+        let html = render_page(&shipment(Milestone::Delivered, "de-DE"), &timeline, Some(&proof), "TOKEN");
+        assert!(html.contains("Zugestellt") && html.contains("12 m von der Adresse"), "{html}");
+    }
+}

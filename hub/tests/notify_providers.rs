@@ -1,0 +1,500 @@
+//! The dispatcher against loopback fake providers that check each request the way the
+//! provider documents it, and the tracking page and callbacks through the router.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::model::Milestone;
+use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings, outbox};
+use doorstep_hub::store::{Contact, ContactChannel, NewNotification, NewShipment, Store, StoreOptions};
+use doorstep_proto::TrackingNumber;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+const PHONE: &str = "+15555550100";
+const EMAIL: &str = "ada@example.com";
+/// 2025-07-01 08:00Z: 10:00 in Berlin, outside quiet hours.
+const DAY: i64 = 1_751_356_800_000;
+/// 2025-07-01 21:00Z: 23:00 in Berlin.
+const NIGHT: i64 = 1_751_403_600_000;
+
+/// One request a fake provider received.
+#[derive(Debug, Clone)]
+struct Seen {
+    uri: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A canned answer: status, body, delay, extra header.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    body: String,
+    delay: Duration,
+    header: Option<(&'static str, &'static str)>,
+}
+
+impl Answer {
+    fn ok(status: u16, body: &str) -> Self {
+        Self { status, body: body.into(), delay: Duration::ZERO, header: None }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Fake {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    default: Arc<Mutex<Option<Answer>>>,
+}
+
+async fn record(State(fake): State<Fake>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    fake.seen.lock().expect("lock").push(Seen { uri: uri.to_string(), headers, body: body.to_vec() });
+    let answer = fake.script.lock().expect("lock").pop_front();
+    let answer = answer
+        .or_else(|| fake.default.lock().expect("lock").clone())
+        .unwrap_or_else(|| Answer::ok(200, "ok"));
+    tokio::time::sleep(answer.delay).await;
+    let status = StatusCode::from_u16(answer.status).expect("status");
+    match answer.header {
+        Some((name, value)) => (status, [(name, value)], answer.body).into_response(),
+        None => (status, answer.body).into_response(),
+    }
+}
+
+impl Fake {
+    async fn start(default: Answer) -> (Self, String) {
+        let fake = Fake::default();
+        *fake.default.lock().expect("lock") = Some(default);
+        let app = Router::new().fallback(record).with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (fake, format!("http://{addr}"))
+    }
+
+    fn push(&self, answer: Answer) {
+        self.script.lock().expect("lock").push_back(answer);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn settings(extra: &str) -> NotifySettings {
+    let text = format!(
+        "backoff_base_s = 1\nbackoff_max_s = 60\nrequest_timeout_s = 1\nmax_attempts = 3\n\
+         [quiet_hours]\nstart = \"21:00\"\nend = \"08:00\"\nchannels = [\"sms\", \"email\"]\n{extra}"
+    );
+    let table: toml::Table = toml::from_str(&text).expect("toml");
+    NotifyConfig::from_table(Some(&table))
+        .expect("parse")
+        .validate("https://track.example.com", SECRET)
+        .expect("valid")
+}
+
+fn twilio_section(base: &str) -> String {
+    format!(
+        "[twilio]\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"secret-token\"\nfrom = \"+15005550006\"\n"
+    )
+}
+
+/// A database with one shipment (SMS and email contacts, consented) and returns its id.
+fn database(path: &Path) -> i64 {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    let mut contacts = BTreeMap::new();
+    contacts.insert(ContactChannel::Sms, Contact { recipient: PHONE.into(), consent: true });
+    contacts.insert(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true });
+    let id = tx
+        .insert_shipment(
+            &NewShipment {
+                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+                carrier: Some("ups".into()),
+                order_id: None,
+                contacts,
+                locale: "en-US".into(),
+                time_zone: "Europe/Berlin".into(),
+            },
+            0,
+        )
+        .expect("shipment");
+    tx.save_reconcile(id, Milestone::Delivered, &serde_json::json!(null), 0).expect("milestone");
+    tx.commit().expect("commit");
+    id
+}
+
+fn enqueue(
+    path: &Path,
+    shipment: i64,
+    milestone: &str,
+    channel: &str,
+    recipient: &str,
+    detail: Option<&str>,
+) -> i64 {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    let n = NewNotification { shipment_id: shipment, milestone, channel, recipient, detail, now_ms: 0 };
+    assert!(tx.enqueue_notification(&n).expect("enqueue"));
+    tx.commit().expect("commit");
+    drop(store);
+    let rows = Store::open(path, StoreOptions { full_sync: false })
+        .expect("open")
+        .outbox_for_shipment(shipment)
+        .expect("rows");
+    rows.iter().find(|r| r.milestone == milestone && r.channel == channel).expect("row").id
+}
+
+fn outcomes(path: &Path, id: i64) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    outbox::outcomes(&conn, id).expect("outcomes").into_iter().map(|o| o.outcome).collect()
+}
+
+fn status(path: &Path, id: i64) -> String {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("SELECT status FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
+        .expect("status")
+}
+
+#[tokio::test]
+async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callback_delivers_it() {
+    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let report = dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(report.sent, 1);
+    dispatcher.run_once(DAY + 60_000).await.expect("second pass sends nothing");
+
+    let seen = twilio.seen();
+    assert_eq!(seen.len(), 1, "exactly one request");
+    assert_eq!(seen[0].uri, "/2010-04-01/Accounts/AC0001/Messages.json");
+    let auth = seen[0].headers.get("authorization").and_then(|v| v.to_str().ok()).expect("basic auth");
+    assert_eq!(auth, format!("Basic {}", STANDARD.encode("AC0001:secret-token")));
+    assert_eq!(
+        seen[0].headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/x-www-form-urlencoded")
+    );
+    let fields = form(&seen[0].body);
+    assert_eq!(fields.get("To").map(String::as_str), Some(PHONE));
+    assert_eq!(fields.get("From").map(String::as_str), Some("+15005550006"));
+    assert_eq!(
+        fields.get("StatusCallback").map(String::as_str),
+        Some("https://track.example.com/callbacks/twilio/status")
+    );
+    let body = fields.get("Body").expect("Body");
+    assert!(body.contains("1Z999AA10123456784") && body.contains("https://track.example.com/t/"), "{body}");
+    assert_eq!(outcomes(&db, id), ["queued", "sent"]);
+    assert_eq!(status(&db, id), "sent");
+
+    // Twilio's status callback, signed as Twilio signs it, completes the row.
+    let app = notify::router(dispatcher.state());
+    let params = vec![
+        ("AccountSid".to_owned(), "AC0001".to_owned()),
+        ("MessageSid".to_owned(), "SM0001".to_owned()),
+        ("MessageStatus".to_owned(), "delivered".to_owned()),
+    ];
+    let sig = notify::twilio::signature(
+        "secret-token",
+        "https://track.example.com/callbacks/twilio/status",
+        &params,
+    );
+    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let bad =
+        call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", "AAAA")], encoded.clone())
+            .await;
+    assert_eq!(bad.0, StatusCode::FORBIDDEN);
+    let ok = call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", &sig)], encoded.clone())
+        .await;
+    assert!(ok.0.is_success(), "{ok:?}");
+    call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", &sig)], encoded).await;
+    assert_eq!(outcomes(&db, id), ["queued", "sent", "delivered"], "a redelivered callback adds nothing");
+    assert_eq!(status(&db, id), "delivered");
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (StatusCode, String) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if method == "POST" && !headers.iter().any(|(k, _)| *k == "content-type") {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let response =
+        app.clone().oneshot(req.body(axum::body::Body::from(body)).expect("request")).await.expect("call");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn a_500_is_retried_once_more_and_both_attempts_are_recorded() {
+    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0002","status":"queued"}"#)).await;
+    twilio.push(Answer::ok(500, r#"{"code":20500,"message":"Internal Server Error"}"#));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "queued");
+    dispatcher.run_once(DAY + 100).await.expect("not due yet");
+    assert_eq!(twilio.seen().len(), 1, "the backoff holds the retry");
+    dispatcher.run_once(DAY + 5_000).await.expect("retry");
+    assert_eq!(twilio.seen().len(), 2);
+    assert_eq!(outcomes(&db, id), ["queued", "attempt_failed", "sent"]);
+    assert_eq!(status(&db, id), "sent");
+}
+
+#[tokio::test]
+async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
+    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0003","status":"queued"}"#)).await;
+    twilio.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(201, r#"{"sid":"SM0003"}"#) });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
+    assert_eq!(twilio.seen().len(), 1, "not re-sent");
+    assert_eq!(status(&db, id), "unknown");
+    assert_eq!(outcomes(&db, id), ["queued", "unknown"]);
+}
+
+#[tokio::test]
+async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
+    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0004","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let app = notify::router(dispatcher.state());
+    let params = vec![
+        ("Body".to_owned(), "Stop".to_owned()),
+        ("From".to_owned(), PHONE.to_owned()),
+        ("MessageSid".to_owned(), "SMin".to_owned()),
+        ("To".to_owned(), "+15005550006".to_owned()),
+    ];
+    let sig = notify::twilio::signature(
+        "secret-token",
+        "https://track.example.com/callbacks/twilio/inbound",
+        &params,
+    );
+    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let (code, body) =
+        call(&app, "POST", "/callbacks/twilio/inbound", &[("x-twilio-signature", &sig)], encoded).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("<Response>"), "{body}");
+    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert!(twilio.seen().is_empty());
+    assert_eq!(status(&db, id), "skipped");
+    assert_eq!(outcomes(&db, id), ["queued", "skipped"]);
+}
+
+#[tokio::test]
+async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
+    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0005","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let delivered = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    // A nearby on a shipment still at nearby (a delivered shipment would supersede it).
+    let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    tx.save_reconcile(shipment, Milestone::Nearby, &serde_json::json!(null), 0).expect("milestone");
+    tx.commit().expect("commit");
+    drop(store);
+    let nearby = enqueue(&db, shipment, "nearby", "sms", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let report = dispatcher.run_once(NIGHT).await.expect("pass");
+    assert_eq!((report.sent, report.skipped, report.deferred), (0, 1, 1));
+    assert_eq!(status(&db, nearby), "skipped");
+    assert_eq!(status(&db, delivered), "queued");
+    assert!(twilio.seen().is_empty());
+    // 08:00 Berlin on 2 July is 06:00Z: 9 hours after NIGHT.
+    dispatcher.run_once(NIGHT + 9 * 3_600_000 - 1).await.expect("still quiet");
+    assert!(twilio.seen().is_empty());
+    dispatcher.run_once(NIGHT + 9 * 3_600_000).await.expect("morning");
+    assert_eq!(twilio.seen().len(), 1);
+    assert_eq!(outcomes(&db, delivered), ["queued", "deferred", "sent"]);
+}
+
+#[tokio::test]
+async fn sendgrid_gets_a_documented_mail_send_body() {
+    let (sendgrid, base) =
+        Fake::start(Answer { header: Some(("x-message-id", "MSG-0001")), ..Answer::ok(202, "") }).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
+    let section = format!(
+        "[sendgrid]\nbase_url = \"{base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\nfrom_name = \"Doorstep\"\n"
+    );
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    let seen = sendgrid.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/v3/mail/send");
+    assert_eq!(seen[0].headers.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer SG.key"));
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json");
+    assert_eq!(body["personalizations"][0]["to"][0]["email"], EMAIL);
+    assert_eq!(body["personalizations"][0]["custom_args"]["doorstep_outbox_id"], id.to_string());
+    assert_eq!(body["from"], serde_json::json!({"email": "parcels@example.com", "name": "Doorstep"}));
+    assert_eq!(body["subject"], "Your parcel was delivered");
+    assert_eq!(body["content"][0]["type"], "text/plain");
+    assert_eq!(body["content"][1]["type"], "text/html");
+    assert!(body["content"][0]["value"].as_str().expect("text").contains("https://track.example.com/t/"));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let log = outbox::outcomes(&conn, id).expect("log");
+    assert_eq!(log.last().and_then(|o| o.provider_id.as_deref()), Some("MSG-0001"));
+}
+
+#[tokio::test]
+async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_resends_the_same_id() {
+    let (hook, base) = Fake::start(Answer::ok(204, "")).await;
+    hook.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(204, "") });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let url = format!("{base}/hooks/doorstep");
+    // The webhook contact is a URL; the shipment needs it as a consented contact.
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        let contacts = serde_json::json!({ "webhook": { "recipient": url, "consent": true } });
+        conn.execute(
+            "UPDATE shipments SET contacts = ?1 WHERE id = ?2",
+            rusqlite::params![contacts.to_string(), shipment],
+        )
+        .expect("contacts");
+    }
+    let id = enqueue(&db, shipment, "delivered", "webhook", &url, None);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let dispatcher = Dispatcher::new(
+        settings(&format!("[webhook]\nsecret = \"{secret}\"\n")),
+        &db,
+        Arc::new(Metrics::default()),
+    )
+    .expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "queued", "ambiguous on an idempotent channel: resend");
+    dispatcher.run_once(DAY + 5_000).await.expect("resend");
+    let seen = hook.seen();
+    assert_eq!(seen.len(), 2);
+    let signer = notify::webhook::WebhookSigner::new(secret).expect("secret");
+    let header =
+        |s: &Seen, n: &str| s.headers.get(n).and_then(|v| v.to_str().ok()).expect("header").to_owned();
+    assert_eq!(header(&seen[0], "webhook-id"), header(&seen[1], "webhook-id"));
+    for s in &seen {
+        let ts: i64 = header(s, "webhook-timestamp").parse().expect("ts");
+        assert!(signer.verify(&header(s, "webhook-id"), ts, &s.body, &header(s, "webhook-signature")));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&seen[1].body).expect("json");
+    assert_eq!(body["data"]["milestone"], "delivered");
+    assert_eq!(status(&db, id), "sent");
+}
+
+#[tokio::test]
+async fn operations_alerts_are_posted_to_slack_once() {
+    let (slack, base) = Fake::start(Answer::ok(200, "ok")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    {
+        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+        let tx = store.transaction().expect("tx");
+        tx.raise_alert(shipment, "delivered_away_from_address", "The van was 900 m away at handover.", 0)
+            .expect("alert");
+        tx.commit().expect("commit");
+    }
+    let section = format!("[slack]\nwebhook_url = \"{base}/services/T000/B000/XXXX\"\n");
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1);
+    assert_eq!(dispatcher.run_once(DAY + 1).await.expect("pass").alerts, 0);
+    let seen = slack.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/services/T000/B000/XXXX");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json");
+    let text = body["text"].as_str().expect("text");
+    assert!(text.contains("delivered_away_from_address") && text.contains("1Z999AA10123456784"), "{text}");
+}
+
+#[tokio::test]
+async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    {
+        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+        let tx = store.transaction().expect("tx");
+        tx.add_timeline(
+            shipment,
+            DAY,
+            "ups",
+            "out_for_delivery",
+            &serde_json::json!({"message": "12 Main Street"}),
+        )
+        .expect("timeline");
+        tx.add_timeline(
+            shipment,
+            DAY + 60_000,
+            "device",
+            "delivered_at_address",
+            &serde_json::json!({"distance_m": 9, "stop_id": "stop-3", "photo_sha256": null}),
+        )
+        .expect("timeline");
+        tx.commit().expect("commit");
+    }
+    let s = settings("");
+    let now = notify::now_ms();
+    let good = s.link_signer.sign(shipment, now + 60_000);
+    let expired = s.link_signer.sign(shipment, now - 1_000);
+    let dispatcher = Dispatcher::new(s, &db, Arc::new(Metrics::default())).expect("new");
+    let app = notify::router(dispatcher.state());
+    let (code, html) = call(&app, "GET", &format!("/t/{good}"), &[], String::new()).await;
+    assert_eq!(code, StatusCode::OK, "{html}");
+    assert!(html.contains("Delivered") && html.contains("9 m from the address"), "{html}");
+    assert!(!html.contains("Main Street") && !html.contains("stop-3"), "{html}");
+    let (code, html) = call(&app, "GET", &format!("/t/{expired}"), &[], String::new()).await;
+    assert_eq!(code, StatusCode::GONE);
+    assert!(!html.contains("1Z999"));
+    let mut tampered = good.clone().into_bytes();
+    tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("utf8");
+    let (code, html) = call(&app, "GET", &format!("/t/{tampered}"), &[], String::new()).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(!html.contains("1Z999"));
+    let (code, _) = call(&app, "GET", &format!("/t/{good}/photo"), &[], String::new()).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "no photo proof");
+}
