@@ -59,6 +59,10 @@ approach_m = 600
 arrival_m = 150
 dwell_s = 30
 scan_window_s = 120
+# "Nearby" is said only for stops at most this many places past the furthest stop the
+# van has reached, so a customer 70 stops later is not told at 9:00 because the van drove
+# down their street. 0 lets every stop be announced whenever the van comes near.
+nearby_lookahead = 3
 
 [gate]
 # Fixes worse than this are not used: HDOP, and the receiver's own error estimate (m).
@@ -181,6 +185,8 @@ pub struct RawGeofence {
     pub dwell_s: Option<u64>,
     /// Scan window, s.
     pub scan_window_s: Option<u64>,
+    /// Stops past the furthest reached that may be announced as nearby.
+    pub nearby_lookahead: Option<usize>,
 }
 
 /// `[gate]`.
@@ -231,6 +237,8 @@ pub struct Config {
     pub route_file: Option<PathBuf>,
     /// Geofence parameters.
     pub geofence: GeofenceConfig,
+    /// Stops past the furthest reached that may be announced as nearby.
+    pub nearby_lookahead: usize,
     /// Quality gate thresholds.
     pub gate: GateConfig,
     /// Interval between trail samples.
@@ -356,6 +364,10 @@ impl RawConfig {
             driver_socket: self.driver.socket.unwrap_or_else(|| PathBuf::from("/run/doorstep/driver.sock")),
             route_file: self.route.file,
             geofence,
+            nearby_lookahead: self
+                .geofence
+                .nearby_lookahead
+                .unwrap_or(crate::decide::DEFAULT_NEARBY_LOOKAHEAD),
             gate,
             position_interval: Duration::from_secs(self.trail.position_interval_s.unwrap_or(60)),
         })

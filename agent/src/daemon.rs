@@ -31,6 +31,7 @@ use crate::gate::{Gate, Verdict};
 use crate::gps::{self, Backoff, Decoder, DecoderConfig, LinkStats, SerialConfig};
 use crate::outbox::{Outbox, OutboxConfig, OutboxHandle};
 use crate::uplink::LivePosition;
+use crate::watchdog::{self, Heartbeat, Heartbeats};
 
 /// Fixes waiting for the brain: a few seconds of 10 Hz output.
 pub const FIX_QUEUE: usize = 64;
@@ -143,6 +144,7 @@ pub struct Brain {
     store_failures: u64,
     live: watch::Sender<Option<LivePosition>>,
     progress_path: Option<PathBuf>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Brain {
@@ -163,6 +165,7 @@ impl Brain {
             store_failures: 0,
             live,
             progress_path: None,
+            heartbeat: None,
         }
     }
 
@@ -182,6 +185,13 @@ impl Brain {
             }
         }
         self.progress_path = Some(path);
+        self
+    }
+
+    /// Beats `heartbeat` from the brain's own loop, so the systemd watchdog is petted only
+    /// while the brain really turns (see [`crate::watchdog`]).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat);
         self
     }
 
@@ -368,6 +378,9 @@ pub async fn run_brain(
                 let _ = job.reply.send(reply);
             }
             _ = tick.tick() => {
+                if let Some(heartbeat) = &brain.heartbeat {
+                    heartbeat.beat();
+                }
                 let state = brain.state(&driver_counters);
                 let path = state_path.clone();
                 let _ = tokio::task::spawn_blocking(move || write_json_atomically(&path, &state)).await;
@@ -389,6 +402,8 @@ pub struct Running {
     pub live: watch::Receiver<Option<LivePosition>>,
     /// The tasks.
     pub tasks: TaskTracker,
+    /// The brain's and the GPS reader's heartbeats, for the systemd watchdog.
+    pub heartbeats: Heartbeats,
 }
 
 /// Starts the agent's tasks: GPS, scanner, driver socket, brain. Returns once they run.
@@ -407,6 +422,7 @@ pub async fn start(
     let counters = DriverCounters::default();
 
     let mut decider = Decider::new(config.geofence.clone())
+        .with_nearby_lookahead(config.nearby_lookahead)
         .with_position_interval_ms(i64::try_from(config.position_interval.as_millis()).unwrap_or(i64::MAX));
     if let Some(path) = &config.route_file {
         let bytes = std::fs::read(path)
@@ -429,12 +445,14 @@ pub async fn start(
     let gps_config =
         SerialConfig { path: config.gps.path.clone(), baud: config.gps.baud, backoff: Backoff::default() };
     let gps_cancel = cancel.clone();
-    tasks.spawn(async move {
+    let mut heartbeats = Heartbeats::new();
+    let gps_beat = heartbeats.register("gps");
+    tasks.spawn(watchdog::keep_beating(gps_beat, async move {
         let mut decoder = Decoder::new(DecoderConfig::default());
         let mut link = LinkStats::default();
         let end = gps::run_serial(&gps_config, &mut decoder, &fix_tx, &gps_cancel, &mut link).await;
         tracing::info!(?end, "GPS reader stopped");
-    });
+    }));
 
     if let Some(scanner) = config.scanner.clone() {
         let (jobs, counters, cancel) = (job_tx.clone(), counters.clone(), cancel.clone());
@@ -444,7 +462,8 @@ pub async fn start(
 
     let (live_tx, live_rx) = watch::channel(None);
     let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx)
-        .with_progress_file(config.state_dir.join(PROGRESS_FILE));
+        .with_progress_file(config.state_dir.join(PROGRESS_FILE))
+        .with_heartbeat(heartbeats.register("brain"));
     tasks.spawn(run_brain(
         brain,
         fix_rx,
@@ -454,7 +473,7 @@ pub async fn start(
         config.state_dir.join(BRAIN_STATE_FILE),
         cancel,
     ));
-    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks })
+    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks, heartbeats })
 }
 
 /// Reads the barcode scanner, reopening it with backoff when it disappears.

@@ -28,6 +28,16 @@ use crate::geofence::{GeofenceConfig, ScanDecision, StopEvent, StopRef, Tracker}
 /// route driven, and every sample costs cellular bytes.
 pub const DEFAULT_POSITION_INTERVAL_MS: i64 = 60_000;
 
+/// Default number of stops past the furthest stop reached for which "nearby" may be said.
+///
+/// A van passes many of its later stops on the way to earlier ones; telling the customer
+/// of stop 70 "your driver is nearby" at 9:00 because the van drove down their street is
+/// exactly the lie Doorstep exists to stop. A stop further ahead than this keeps its
+/// nearby until the route has progressed to it (the van arrived at or delivered to a stop
+/// no more than this many places before it) and the van is within its approach zone
+/// again. Drivers reorder a few stops; three allows for that.
+pub const DEFAULT_NEARBY_LOOKAHEAD: usize = 3;
+
 /// An event the agent decided, with its GNSS UTC time, ready to be numbered and signed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decided {
@@ -111,6 +121,7 @@ pub struct Decider {
     last_fix: Option<GoodFix>,
     last_position_ms: Option<i64>,
     position_interval_ms: i64,
+    nearby_lookahead: usize,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -127,6 +138,9 @@ pub struct Progress {
     pub delivered: Vec<TrackingNumber>,
     /// Parcels scanned away from their address (a later scan at the address corrects them).
     pub away: Vec<TrackingNumber>,
+    /// Index of the furthest stop the van arrived at or delivered to.
+    #[serde(default)]
+    pub reached: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -138,6 +152,10 @@ struct Loaded {
     nearby_done: std::collections::HashSet<StopId>,
     /// Parcels handed over: `true` at the address, `false` away from it.
     handed_over: HashMap<TrackingNumber, bool>,
+    /// Index of the furthest stop the van arrived at or delivered to.
+    reached: Option<usize>,
+    /// Stops whose nearby came too early in the route; said later, when due and near.
+    deferred_nearby: std::collections::BTreeSet<usize>,
     /// Tracking numbers of the route by length, for matching codes that wrap a tracking
     /// number in a longer label (a USPS GS1-128 label prefixes "420" and the ZIP code).
     by_suffix: HashMap<usize, Vec<TrackingNumber>>,
@@ -152,8 +170,16 @@ impl Decider {
             last_fix: None,
             last_position_ms: None,
             position_interval_ms: DEFAULT_POSITION_INTERVAL_MS,
+            nearby_lookahead: DEFAULT_NEARBY_LOOKAHEAD,
             counters: BTreeMap::new(),
         }
+    }
+
+    /// Sets how many stops past the furthest stop reached may be announced as nearby
+    /// (0: any stop, whenever the van comes near it). See [`DEFAULT_NEARBY_LOOKAHEAD`].
+    pub fn with_nearby_lookahead(mut self, stops: usize) -> Self {
+        self.nearby_lookahead = stops;
+        self
     }
 
     /// Sets the interval between trail position samples (0 disables them).
@@ -185,6 +211,8 @@ impl Decider {
             by_suffix,
             nearby_done: Default::default(),
             handed_over: HashMap::new(),
+            reached: None,
+            deferred_nearby: Default::default(),
         });
     }
 
@@ -201,7 +229,7 @@ impl Decider {
         let mut away: Vec<TrackingNumber> =
             route.handed_over.iter().filter(|(_, at)| !**at).map(|(tn, _)| tn.clone()).collect();
         away.sort();
-        Progress { route_id: Some(route.id.clone()), nearby, delivered, away }
+        Progress { route_id: Some(route.id.clone()), nearby, delivered, away, reached: route.reached }
     }
 
     /// Restores progress saved for the loaded route; progress of another route is ignored
@@ -216,6 +244,7 @@ impl Decider {
         route.nearby_done.extend(progress.nearby);
         route.handed_over.extend(progress.away.into_iter().map(|tn| (tn, false)));
         route.handed_over.extend(progress.delivered.into_iter().map(|tn| (tn, true)));
+        route.reached = route.reached.max(progress.reached);
         self.count("progress_restored");
         true
     }
@@ -253,26 +282,53 @@ impl Decider {
             self.last_position_ms = Some(fix.utc_ms);
             out.push(Decided { utc_ms: fix.utc_ms, event: Event::Position(evidence(fix)) });
         }
+        let (default_approach, default_arrival) = (self.geofence.approach_m, self.geofence.arrival_m);
+        let lookahead = self.nearby_lookahead;
         let Some(route) = self.route.as_mut() else {
             return out;
         };
+        let mut deferred = 0;
         for stop_event in route.tracker.on_fix(fix) {
             // Arrival and departure are the tracker's state; the hub learns of a visit
-            // through the deliveries made during it (and the trail).
-            if let StopEvent::Nearby { stop, utc_ms, distance_m, fix, .. } = stop_event {
-                if !route.nearby_done.insert(stop.id.clone()) {
-                    continue;
+            // through the deliveries made during it (and the trail). Arrival moves the
+            // route's progress on, which decides which stops are due for "nearby".
+            match stop_event {
+                StopEvent::Arrived { stop, .. } => route.reached = route.reached.max(Some(stop.index)),
+                StopEvent::Nearby { stop, utc_ms, distance_m, fix, .. } => {
+                    if route.nearby_done.contains(&stop.id) {
+                        continue;
+                    }
+                    if !route.due(stop.index, lookahead) {
+                        route.deferred_nearby.insert(stop.index);
+                        deferred += 1;
+                        continue;
+                    }
+                    out.push(route.nearby(&stop, utc_ms, distance_m, &fix));
                 }
-                out.push(Decided {
-                    utc_ms,
-                    event: Event::Nearby(Nearby {
-                        route_id: route.id.clone(),
-                        stop_id: stop.id,
-                        distance_m: metres(distance_m),
-                        fix: evidence(&fix),
-                    }),
-                });
+                StopEvent::Departed { .. } => {}
             }
+        }
+        // Deferred stops that are now due, with the van inside their approach zone.
+        let now_due: Vec<usize> =
+            route.deferred_nearby.iter().copied().filter(|i| route.due(*i, lookahead)).collect();
+        for index in now_due {
+            let Some(stop) = route.manifest.stops.get(index) else { continue };
+            // As the tracker does: the stop's override or the default, never inside arrival.
+            let approach = stop
+                .approach_m
+                .map_or(default_approach, f64::from)
+                .max(stop.arrival_m.map_or(default_arrival, f64::from));
+            let distance_m = distance(fix, stop.lat, stop.lon);
+            if distance_m <= approach {
+                let stop = StopRef { index, id: stop.stop_id.clone() };
+                route.deferred_nearby.remove(&index);
+                if !route.nearby_done.contains(&stop.id) {
+                    out.push(route.nearby(&stop, fix.utc_ms, distance_m, fix));
+                }
+            }
+        }
+        for _ in 0..deferred {
+            self.count("nearby_deferred");
         }
         out
     }
@@ -416,6 +472,26 @@ impl Loaded {
         Resolved::Unknown(barcode)
     }
 
+    /// Whether stop `index` may be announced as nearby: within `lookahead` stops of the
+    /// furthest stop reached (the first `lookahead` stops before any is reached).
+    fn due(&self, index: usize, lookahead: usize) -> bool {
+        lookahead == 0 || self.reached.map_or(index < lookahead, |r| index <= r + lookahead)
+    }
+
+    /// The nearby event for `stop`, recorded as said.
+    fn nearby(&mut self, stop: &StopRef, utc_ms: i64, distance_m: f64, fix: &GoodFix) -> Decided {
+        self.nearby_done.insert(stop.id.clone());
+        Decided {
+            utc_ms,
+            event: Event::Nearby(Nearby {
+                route_id: self.id.clone(),
+                stop_id: stop.id.clone(),
+                distance_m: metres(distance_m),
+                fix: evidence(fix),
+            }),
+        }
+    }
+
     /// Parcels of stop `index` not yet handed over (at or away from the address).
     fn remaining(&self, index: usize) -> usize {
         self.manifest
@@ -457,8 +533,9 @@ impl Loaded {
         }
         let decision = self.tracker.on_scan(utc_ms, &tn);
         match &decision {
-            ScanDecision::AtAddress { .. } => {
+            ScanDecision::AtAddress { stop, .. } => {
                 self.handed_over.insert(tn.clone(), true);
+                self.reached = self.reached.max(Some(stop.index));
             }
             ScanDecision::AwayFromAddress { .. } => {
                 self.handed_over.entry(tn.clone()).or_insert(false);
@@ -738,6 +815,55 @@ mod tests {
         let mut other = Decider::new(GeofenceConfig::default());
         other.load_route(RouteManifest { route_id: RouteId::new("r2").expect("id"), ..route() });
         assert!(!other.restore(saved), "progress of another route is ignored");
+    }
+
+    #[test]
+    fn a_stop_far_ahead_on_the_route_is_not_told_nearby_when_the_van_passes_early() {
+        // Five stops; the van starts next to stop 5, then drives to stop 1.
+        let route = RouteManifest::from_json(
+            br#"{"route_id":"r3","stops":[
+              {"stop_id":"s1","lat":47.4000,"lon":8.5000,"tracking_numbers":["TN00000001"]},
+              {"stop_id":"s2","lat":47.4100,"lon":8.5000,"tracking_numbers":["TN00000002"]},
+              {"stop_id":"s3","lat":47.4200,"lon":8.5000,"tracking_numbers":["TN00000003"]},
+              {"stop_id":"s4","lat":47.4300,"lon":8.5000,"tracking_numbers":["TN00000004"]},
+              {"stop_id":"s5","lat":47.3500,"lon":8.5000,"tracking_numbers":["TN00000005"]}]}"#,
+        )
+        .expect("route");
+        let mut d = Decider::new(GeofenceConfig::default()).with_position_interval_ms(0);
+        d.load_route(route);
+        fn drive(d: &mut Decider, from_s: i64, to_s: i64, lat: &dyn Fn(i64) -> f64) -> Vec<(String, i64)> {
+            let mut said = Vec::new();
+            for t in from_s..to_s {
+                let mut fix = fix_at(t, lat(t), 8.5000);
+                fix.speed_mps = Some(10.0);
+                for e in d.on_fix(&fix) {
+                    if let Event::Nearby(n) = e.event {
+                        said.push((n.stop_id.to_string(), t));
+                    }
+                }
+            }
+            said
+        }
+        // Morning: past stop 5 (too far ahead) and on to stop 1, where the van parks.
+        let mut said = drive(&mut d, 0, 560, &|t| (47.3500 + t as f64 * 0.0000893).min(47.4000));
+        for t in 560..620 {
+            d.on_fix(&fix_at(t, 47.4000, 8.5000));
+        }
+        let (reply, _) = d.on_scan(T0 + 620_000, "TN00000001", None);
+        assert_eq!(reply.result, "delivered_at_address");
+        assert_eq!(said, [("s1".to_owned(), said[0].1)], "only stop 1 was due: {said:?}");
+        assert_eq!(d.counters()["nearby_deferred"], 1);
+        // Later: stops 2 to 4 are done; coming back towards stop 5 it is due, and said once.
+        for (i, t) in [(1usize, 700), (2, 800), (3, 900)] {
+            let lat = 47.4000 + i as f64 * 0.0100;
+            for k in 0..60 {
+                d.on_fix(&fix_at(t + k, lat, 8.5000));
+            }
+            d.on_scan(T0 + (t + 61) * 1000, &format!("TN0000000{}", i + 1), None);
+        }
+        said.extend(drive(&mut d, 1000, 1900, &|t| (47.4300 - (t - 1000) as f64 * 0.0000893).max(47.3500)));
+        let fives: Vec<_> = said.iter().filter(|(s, _)| s == "s5").collect();
+        assert_eq!(fives.len(), 1, "{said:?}");
     }
 
     #[test]

@@ -19,3 +19,4 @@ pub mod replay;
 pub mod outbox;
 pub mod status;
 pub mod uplink;
+pub mod watchdog;

@@ -246,9 +246,17 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
     } else {
         tracing::warn!("no [uplink] configured: confirmations stay in the outbox until one is");
     }
+    // systemd (Type=notify): ready once every task runs; pets only while they beat.
+    doorstep_agent::watchdog::ready();
+    if let Some(timing) = doorstep_agent::watchdog::Timing::from_env() {
+        let (heartbeats, watchdog_cancel) = (running.heartbeats.clone(), cancel.clone());
+        let systemd = doorstep_agent::watchdog::Systemd;
+        running.tasks.spawn(doorstep_agent::watchdog::run(heartbeats, timing, systemd, watchdog_cancel));
+    }
     tracing::info!(device = %config.device, "agent running");
     shutdown_signal().await;
     tracing::info!("stopping");
+    doorstep_agent::watchdog::stopping();
     cancel.cancel();
     running.wait().await;
     Ok(())

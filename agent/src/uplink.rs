@@ -639,7 +639,15 @@ impl Run {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 link = link_rx.recv() => match link {
-                    Some(link) => self.on_link(link).await?,
+                    Some(link) => {
+                        self.on_link(link).await?;
+                        // Take whatever else has arrived (a burst of PUBACKs) before
+                        // publishing again: fewer wake-ups per event on a busy CPU.
+                        for _ in 0..LINK_EVENT_QUEUE {
+                            let Ok(link) = link_rx.try_recv() else { break };
+                            self.on_link(link).await?;
+                        }
+                    }
                     None => return Ok(()),
                 },
                 changed = self.appends.changed() => {
