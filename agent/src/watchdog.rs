@@ -290,8 +290,7 @@ mod tests {
         let recorder = Recorder::default();
         let cancel = CancellationToken::new();
         let timing = Timing::for_timeout(20 * SECOND); // pet every 5 s, stale after 10 s
-        let watchdog =
-            tokio::spawn(run(heartbeats, timing, recorder.clone(), cancel.clone()));
+        let watchdog = tokio::spawn(run(heartbeats, timing, recorder.clone(), cancel.clone()));
         // The GPS task keeps beating from a wrapper; the brain beats by hand, then hangs.
         let gps_task = tokio::spawn(keep_beating(gps, std::future::pending::<()>()));
 

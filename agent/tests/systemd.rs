@@ -162,7 +162,11 @@ fn without_systemd_the_agent_runs_and_stops_as_before() {
         .expect("start doorstep-agent run");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("agent running") {
-        assert!(Instant::now() < deadline, "agent did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "agent did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     terminate(&mut agent);

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod registry;
 pub mod store;
 pub mod http;
+pub mod notify;

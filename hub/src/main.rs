@@ -1,5 +1,266 @@
 //! `doorstep-hub`: the service that turns signed device confirmations into customer messages.
+//!
+//! ```text
+//! doorstep-hub --print-default-config
+//! doorstep-hub [--config FILE] serve
+//! doorstep-hub [--config FILE] keygen [--force]
+//! doorstep-hub [--config FILE] pubkey
+//! doorstep-hub [--config FILE] device add --fleet F --device D --key FILE|ed25519:<hex> [--replace]
+//! doorstep-hub [--config FILE] device list
+//! doorstep-hub [--config FILE] device revoke --device D
+//! ```
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use doorstep_hub::config::{Config, DEFAULT_CONFIG, Settings};
+use doorstep_hub::http::{AppState, CarrierVerifiers};
+use doorstep_hub::ingest::{Domain, Ingest, IngestOptions, now_ms};
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::reconcile::Rules;
+use doorstep_hub::registry::parse_key_arg;
+use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_proto::{DeviceId, FleetId, SigningKey};
+
+/// Where the hub looks for its configuration by default.
+const DEFAULT_CONFIG_PATH: &str = "/etc/doorstep/hub.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "doorstep-hub", version, about = "Doorstep hub: verify, reconcile, notify.")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Print the commented default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub: MQTT ingest and the HTTP API.
+    Serve,
+    /// Generate the hub's signing key (mode 0600) at `hub.key`.
+    Keygen {
+        /// Replace an existing key (every agent must then be given the new public key).
+        #[arg(long)]
+        force: bool,
+        /// Key file; defaults to `hub.key` from the configuration.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print the hub's public key (`ed25519:<hex>`), for the agents' `uplink.hub_key`.
+    Pubkey {
+        /// Key file; defaults to `hub.key` from the configuration.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Manage the device registry.
+    Device {
+        #[command(subcommand)]
+        action: DeviceCommand,
+        /// Database; defaults to `hub.database` from the configuration.
+        #[arg(long, global = true)]
+        database: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Register a device's public key.
+    Add {
+        /// The device's fleet.
+        #[arg(long)]
+        fleet: String,
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// The `device.pub` file the agent's keygen wrote, or `ed25519:<hex>`.
+        #[arg(long)]
+        key: String,
+        /// Rotate the key of an already registered device.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List registered devices.
+    List,
+    /// Stop trusting a device's key.
+    Revoke {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("doorstep-hub: the hub is not built yet; see the hub issue")
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        std::io::stdout().write_all(DEFAULT_CONFIG.as_bytes())?;
+        return Ok(());
+    }
+    let Some(command) = cli.command else {
+        bail!("no command given; try `doorstep-hub --help`");
+    };
+    match command {
+        Command::Serve => serve(&cli.config),
+        Command::Keygen { force, key } => keygen(&key_path(&cli.config, key)?, force),
+        Command::Pubkey { key } => {
+            let key = load_key(&key_path(&cli.config, key)?)?;
+            writeln!(std::io::stdout(), "{}", key.public_key())?;
+            Ok(())
+        }
+        Command::Device { action, database } => {
+            let database = match database {
+                Some(db) => db,
+                None => load_config(&cli.config)?.hub.database,
+            };
+            device(&database, action)
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| {
+        format!("loading {} (write one with `doorstep-hub --print-default-config > {}`)", path.display(), path.display())
+    })
+}
+
+fn key_path(config: &Path, key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match key {
+        Some(k) => Ok(k),
+        None => Ok(load_config(config)?.hub.key),
+    }
+}
+
+fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pkcs8 = std::fs::read(path)
+        .with_context(|| format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display()))?;
+    SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("hub key {}", path.display()))
+}
+
+fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; use --force to replace it (then give every agent the new public key)",
+            path.display()
+        );
+    }
+    let pkcs8 = SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new())?;
+    let key = SigningKey::from_pkcs8(&pkcs8)?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Written with mode 0600 from the start, then renamed over the target: the private
+    // key is never readable by others, not even for a moment.
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&pkcs8)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(std::io::stdout(), "{}", key.public_key())?;
+    writeln!(std::io::stderr(), "wrote {} (mode 0600); give agents the public key above", path.display())?;
+    Ok(())
+}
+
+fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
+    let mut store = Store::open(database, StoreOptions::default())
+        .with_context(|| format!("opening the hub database {}", database.display()))?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        DeviceCommand::Add { fleet, device, key, replace } => {
+            let fleet = FleetId::new(fleet)?;
+            let device = DeviceId::new(device)?;
+            let key = parse_key_arg(&key)?;
+            let record = store.add_device(&fleet, &device, &key, replace, now_ms())?;
+            writeln!(out, "added {}/{} key {} ({})", record.fleet, record.device, record.key_id, record.key)?;
+        }
+        DeviceCommand::List => {
+            writeln!(out, "{:<16} {:<24} {:<8} {:<16} public key", "fleet", "device", "status", "key id")?;
+            for d in store.devices()? {
+                writeln!(out, "{:<16} {:<24} {:<8} {:<16} {}", d.fleet, d.device, d.status.as_str(), d.key_id, d.key)?;
+            }
+        }
+        DeviceCommand::Revoke { device } => {
+            let device = DeviceId::new(device)?;
+            if !store.revoke_device(&device, now_ms())? {
+                bail!("device {device} is not registered (see `doorstep-hub device list`)");
+            }
+            writeln!(out, "revoked {device}: its events are rejected from now on")?;
+        }
+    }
+    Ok(())
+}
+
+fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let settings = load_config(config_path)?.validate().with_context(|| format!("{}", config_path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // reqwest and rumqttc are built without a default crypto provider: choose ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let hub_key = Arc::new(load_key(&settings.key_path)?);
+    let metrics = Arc::new(Metrics::default());
+    let hold_ms = i64::try_from(settings.hold_period.as_millis()).unwrap_or(i64::MAX);
+    let domain = Domain { rules: Rules { hold_ms }, channel_map: settings.channel_map.clone(), metrics: Arc::clone(&metrics) };
+    let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
+    let options = IngestOptions {
+        database: settings.database.clone(),
+        store: StoreOptions { full_sync: settings.full_sync },
+        mqtt: settings.mqtt.clone(),
+        verify_threads: settings.verify_threads,
+        batch_max: settings.batch_max,
+    };
+    let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain)
+        .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
+    let state = AppState {
+        writer: ingest.writer(),
+        client: ingest.client(),
+        hub_key,
+        metrics,
+        carriers,
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let app = doorstep_hub::http::router(state, axum::Router::new());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", settings.listen))?;
+    tracing::info!(listen = %settings.listen, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "hub serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shutting down: draining ingest");
+    ingest.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -41,7 +41,8 @@ impl TestAgentOptions {
 
     /// The uplink config the test agent uses: fast reconnects for tests.
     pub fn uplink_config(&self) -> UplinkConfig {
-        let mut cfg = UplinkConfig::plain("127.0.0.1", self.port, crate::fleet(), &crate::hub_key().public_key());
+        let mut cfg =
+            UplinkConfig::plain("127.0.0.1", self.port, crate::fleet(), &crate::hub_key().public_key());
         cfg.keepalive_s = 5;
         cfg.backoff_min_ms = 100;
         cfg.backoff_max_ms = 1_000;
@@ -72,7 +73,8 @@ impl TestAgent {
             cfg.max_bytes = max;
         }
         let db = options.db.clone();
-        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&db, cfg)).await?.context("open outbox")?;
+        let outbox =
+            tokio::task::spawn_blocking(move || Outbox::open(&db, cfg)).await?.context("open outbox")?;
         let outbox = outbox.spawn(Arc::new(crate::device_key(options.key_seed)))?;
         let settings = options.uplink_config().validate()?;
         let (notice_tx, notices) = mpsc::channel(NOTICE_QUEUE);

@@ -14,9 +14,9 @@ pub mod receiver;
 pub use agent::{TestAgent, TestAgentOptions};
 pub use broker::{Broker, BrokerOptions};
 pub use proxy::LossyProxy;
-pub use receiver::{AckingReceiver, Received};
+pub use receiver::{AckingReceiver, Received, ReceiverOptions};
 
-use doorstep_proto::{DeviceId, FleetId, FixEvidence, Nearby, RouteId, SigningKey, StopId};
+use doorstep_proto::{DeviceId, FixEvidence, FleetId, Nearby, RouteId, SigningKey, StopId};
 
 /// The fleet every test device belongs to.
 pub fn fleet() -> FleetId {
@@ -45,7 +45,9 @@ pub fn confirmation(n: u32) -> doorstep_proto::Event {
         route_id: RouteId::new("route-1").unwrap_or_else(|e| panic!("{e}")),
         stop_id: StopId::new(format!("stop-{}", n % 300)).unwrap_or_else(|e| panic!("{e}")),
         distance_m: n,
-        fix: FixEvidence::new(1_767_225_600_000 + i64::from(n) * 1000, 47.37, 8.54).with_hdop(0.9).with_sats(11),
+        fix: FixEvidence::new(1_767_225_600_000 + i64::from(n) * 1000, 47.37, 8.54)
+            .with_hdop(0.9)
+            .with_sats(11),
     })
 }
 

@@ -14,7 +14,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const COUNT: u64 = 400;
+const COUNT: u64 = 3000;
+/// Output lines of one run waiting to be read.
+const LINE_QUEUE: usize = 4096;
 const KILLS: usize = 24;
 
 fn soak(db: &std::path::Path, port: u16, exit_when_drained: bool) -> Child {
@@ -25,7 +27,7 @@ fn soak(db: &std::path::Path, port: u16, exit_when_drained: bool) -> Child {
         .arg(db)
         .args(["--port", &port.to_string(), "--device", "van-kill", "--seed", "7"])
         .args(["--hub-key", &hub_key().public_key().to_string()])
-        .args(["--count", &COUNT.to_string(), "--interval-ms", "3"])
+        .args(["--count", &COUNT.to_string(), "--interval-ms", "2"])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::inherit())
@@ -66,26 +68,34 @@ async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() 
     for round in 0..KILLS {
         let strike = [Strike::AfterAppend, Strike::AfterAck, Strike::Anywhere][round % 3];
         let mut child = soak(&db, broker.port(), false);
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let wanted = match strike {
-            Strike::AfterAppend => Some("appended"),
-            Strike::AfterAck => Some("acked"),
-            Strike::Anywhere => None,
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(LINE_QUEUE);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (wanted, skip) = match strike {
+            Strike::AfterAppend => (Some("appended"), random(&rng, 20)),
+            Strike::AfterAck => (Some("acked"), random(&rng, 6)),
+            Strike::Anywhere => (None, 0),
         };
-        let skip = random(&rng, 20);
-        let found = tokio::time::timeout(Duration::from_secs(5), async {
+        let landed = tokio::time::timeout(Duration::from_secs(5), async {
             match wanted {
                 Some(prefix) => {
                     let mut seen = 0;
-                    while let Ok(Some(line)) = lines.next_line().await {
+                    while let Some(line) = lines.recv().await {
+                        if line == "drained" {
+                            return false;
+                        }
                         if line.starts_with(prefix) {
                             if seen >= skip {
                                 return true;
                             }
                             seen += 1;
-                        }
-                        if line == "drained" {
-                            return false;
                         }
                     }
                     false
@@ -100,7 +110,12 @@ async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() 
         .unwrap_or(false);
         child.start_kill().expect("SIGKILL");
         let _ = child.wait().await;
-        if found {
+        // A kill counts only if it struck an agent with work in hand.
+        let mut drained = false;
+        while let Ok(line) = lines.try_recv() {
+            drained |= line == "drained";
+        }
+        if landed && !drained {
             kills += 1;
         }
     }

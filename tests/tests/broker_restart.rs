@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use doorstep_agent::uplink::UplinkNotice;
-use doorstep_e2e::{AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key, hub_key};
+use doorstep_e2e::{
+    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
+    hub_key,
+};
 
 const COUNT: u32 = 300;
 
@@ -15,7 +18,9 @@ async fn survive_a_broker_restart(persistence: bool, graceful: bool) {
     let van = device("van-1");
     let key = device_key(1);
     let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
-    let mut agent = TestAgent::start(&TestAgentOptions::new(dir.path(), broker.port(), van.clone(), 1)).await.expect("agent");
+    let mut agent = TestAgent::start(&TestAgentOptions::new(dir.path(), broker.port(), van.clone(), 1))
+        .await
+        .expect("agent");
 
     for n in 1..=COUNT {
         agent.append(confirmation(n)).await.expect("append");
@@ -31,9 +36,7 @@ async fn survive_a_broker_restart(persistence: bool, graceful: bool) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let all = receiver
-        .wait_for(Duration::from_secs(60), |r| r.contiguous(&van) >= u64::from(COUNT))
-        .await;
+    let all = receiver.wait_for(Duration::from_secs(60), |r| r.contiguous(&van) >= u64::from(COUNT)).await;
     let depth_after = async {
         // The hub's ack reaches the agent after the receiver has everything.
         for _ in 0..200 {

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use doorstep_agent::status::{link_record_path, read_status};
-use doorstep_e2e::{AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key, hub_key};
+use doorstep_e2e::{
+    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
+    hub_key,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_database_is_moved_aside_and_numbering_continues_without_reuse() {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use doorstep_agent::outbox::OutboxError;
 use doorstep_agent::status::{link_record_path, read_status};
-use doorstep_e2e::{AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key, hub_key};
+use doorstep_e2e::{
+    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
+    hub_key,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_once() {
@@ -43,7 +46,8 @@ async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_onc
     assert!(status.render().contains("ALARM: OUTBOX FULL"), "{}", status.render());
 
     broker.restart().await.expect("broker back");
-    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= u64::from(stored)).await;
+    let delivered =
+        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= u64::from(stored)).await;
     assert!(delivered, "receiver holds {} of {stored}", receiver.received().contiguous(&van));
     // With the backlog acknowledged there is room again.
     let mut appended = None;
@@ -57,7 +61,8 @@ async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_onc
         }
     }
     assert_eq!(appended.map(|a| a.seq), Some(u64::from(stored) + 1));
-    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) > u64::from(stored)).await;
+    let delivered =
+        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) > u64::from(stored)).await;
     agent.stop().await.expect("stop");
     assert!(delivered);
     receiver.received().assert_every_confirmation_once_in_order(&van, stored + 1);

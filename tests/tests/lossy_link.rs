@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use doorstep_agent::uplink::LivePosition;
 use doorstep_e2e::{
     AckingReceiver, Broker, BrokerOptions, LossyProxy, TestAgent, TestAgentOptions, confirmation, device,
     device_key, hub_key, position,
 };
-use doorstep_agent::uplink::LivePosition;
 use doorstep_proto::{FixEvidence, HexBytes};
 
 const COUNT: u32 = 200;
@@ -23,7 +23,9 @@ async fn a_lossy_link_delivers_every_confirmation_once_in_order_and_the_photo_wh
     let van = device("van-lossy");
     let key = device_key(3);
     let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
-    let agent = TestAgent::start(&TestAgentOptions::new(dir.path(), proxy.port(), van.clone(), 3)).await.expect("agent");
+    let agent = TestAgent::start(&TestAgentOptions::new(dir.path(), proxy.port(), van.clone(), 3))
+        .await
+        .expect("agent");
 
     let photo: Vec<u8> = (0..100_000u32).map(|i| u8::try_from(i % 251).expect("byte")).collect();
     let mut sha = [0u8; 32];
@@ -44,12 +46,19 @@ async fn a_lossy_link_delivers_every_confirmation_once_in_order_and_the_photo_wh
     last_seq += 1; // The last position sample.
 
     let all = receiver
-        .wait_for(Duration::from_secs(60), |r| r.contiguous(&van) >= last_seq && r.photos.contains_key(&HexBytes(sha)))
+        .wait_for(Duration::from_secs(60), |r| {
+            r.contiguous(&van) >= last_seq && r.photos.contains_key(&HexBytes(sha))
+        })
         .await;
     agent.stop().await.expect("stop");
     assert!(proxy.drops() > 0, "the proxy never dropped a connection");
     let received = receiver.received();
-    assert!(all, "receiver holds {} of {last_seq}, photo: {}", received.contiguous(&van), received.photos.len());
+    assert!(
+        all,
+        "receiver holds {} of {last_seq}, photo: {}",
+        received.contiguous(&van),
+        received.photos.len()
+    );
     received.assert_every_confirmation_once_in_order(&van, COUNT);
     assert_eq!(received.photos.get(&HexBytes(sha)), Some(&photo));
     assert!(received.live_positions > 0, "no live position got through");

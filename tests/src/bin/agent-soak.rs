@@ -7,6 +7,7 @@
 //! appended <seq>      after each durable append
 //! acked <seq>         after each hub ack applied
 //! memory <VmRSS kB> <VmHWM kB> <depth>
+//! cpu_ms <ms>         CPU time used so far (with --report-memory, when drained)
 //! drained             all appended and acknowledged (then exits 0 with --exit-when-drained)
 //! ```
 //!
@@ -74,6 +75,17 @@ fn parse() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// CPU time (user + system) this process has used, in ms.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    // Linux reports in USER_HZ, 100 per second on every architecture the agent runs on.
+    ticks * 10
+}
+
 /// (VmRSS, VmHWM) of this process in kB.
 fn memory_kb() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -98,7 +110,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = parse()?;
     // Two workers at most: the van's CPU is small and memory is measured here.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(run(args))
 }
 
@@ -112,7 +128,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (rss, hwm) = memory_kb();
         println!("memory {rss} {hwm} {depth}");
     }
-    let mut cfg = UplinkConfig::plain("127.0.0.1", args.port, FleetId::new("acme")?, &PublicKey::from_text(&args.hub_key)?);
+    let mut cfg = UplinkConfig::plain(
+        "127.0.0.1",
+        args.port,
+        FleetId::new("acme")?,
+        &PublicKey::from_text(&args.hub_key)?,
+    );
     cfg.keepalive_s = 5;
     cfg.backoff_min_ms = 100;
     cfg.backoff_max_ms = 1_000;
@@ -156,6 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if args.report_memory {
                 let (rss, hwm) = memory_kb();
                 println!("memory {rss} {hwm} 0");
+                println!("cpu_ms {}", cpu_ms());
             }
             if args.exit_when_drained {
                 break;

@@ -1,0 +1,174 @@
+//! Ingest throughput through a real local Mosquitto.
+//!
+//! Many simulated devices publish pre-signed events (signing is the devices' work, done
+//! before the clock starts); the hub verifies, stores, reconciles (every event names a
+//! stop whose parcel has a shipment) and acks. The figure is events per second from the
+//! first publish until every device's last event is acked, beside ring's verify-only
+//! rate (`Envelope::open` on one core, and on all cores) measured in the same run.
+//!
+//! `cargo bench -p doorstep-hub --bench ingest` runs the full size; without `--bench`
+//! (as `cargo test --all-targets` runs it) it runs a tiny size as a smoke test.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_possible_truncation)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use doorstep_hub::store::{NewShipment, Store, StoreOptions};
+use doorstep_proto::{DeviceId, Envelope, KeyId, RouteManifest, Stop, StopId, TrackingNumber, TrustedKey};
+use support::*;
+
+/// Stops per simulated route; events cycle through them.
+const STOPS: u32 = 20;
+/// Publishing MQTT sessions.
+const PUBLISHERS: usize = 2;
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (devices, per_device) = if full { (100usize, 1000u64) } else { (4, 25) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(run(devices, per_device, full));
+}
+
+fn tracking(device: usize, stop: u32) -> TrackingNumber {
+    TrackingNumber::new(format!("1ZBENCH{device:04}{stop:04}")).unwrap()
+}
+
+fn setup(db: &std::path::Path, vans: &[(DeviceId, doorstep_proto::SigningKey)]) {
+    let mut store = Store::open(db, StoreOptions::default()).unwrap();
+    for (d, k) in vans {
+        store.add_device(&fleet(), d, &k.public_key(), false, 0).unwrap();
+    }
+    let tx = store.transaction().unwrap();
+    for (i, (d, _)) in vans.iter().enumerate() {
+        let mut stops = Vec::new();
+        for s in 0..STOPS {
+            let tn = tracking(i, s);
+            let contacts = [(
+                doorstep_hub::store::ContactChannel::Sms,
+                doorstep_hub::store::Contact { recipient: "+15555550100".into(), consent: true },
+            )]
+            .into_iter()
+            .collect();
+            tx.insert_shipment(
+                &NewShipment {
+                    tracking_number: tn.clone(),
+                    carrier: Some("ups".into()),
+                    order_id: None,
+                    contacts,
+                    locale: "en".into(),
+                    time_zone: "UTC".into(),
+                },
+                0,
+            )
+            .unwrap();
+            stops.push(Stop {
+                stop_id: StopId::new(format!("s{s}")).unwrap(),
+                lat: 47.0,
+                lon: 8.0,
+                tracking_numbers: vec![tn],
+                approach_m: None,
+                arrival_m: None,
+                dwell_s: None,
+                label: None,
+            });
+        }
+        let route = RouteManifest { route_id: doorstep_proto::RouteId::new("route-1").unwrap(), stops };
+        tx.upsert_route(&fleet(), d, &route, 0).unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, threads: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for part in envelopes.chunks(envelopes.len().div_ceil(threads)) {
+            s.spawn(move || {
+                for e in part {
+                    Envelope::open(e, keyring).unwrap();
+                }
+            });
+        }
+    });
+    envelopes.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn run(devices: usize, per_device: u64, full: bool) {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let vans: Vec<_> = (0..devices).map(|i| (device(&format!("van-{i}")), key(u8::try_from(i % 250).unwrap() + 1))).collect();
+    setup(&db, &vans);
+
+    // Pre-sign every event, interleaved across devices as a fleet would send them.
+    let mut messages: Vec<(String, Vec<u8>)> = Vec::with_capacity(devices * per_device as usize);
+    for seq in 1..=per_device {
+        for (d, k) in &vans {
+            let stop = u32::try_from(seq % u64::from(STOPS)).unwrap();
+            messages.push((evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), &format!("s{stop}")))));
+        }
+    }
+    let keyring: HashMap<KeyId, TrustedKey> =
+        vans.iter().map(|(d, k)| (k.key_id(), TrustedKey { device: d.clone(), key: k.public_key() })).collect();
+    let sample: Vec<Vec<u8>> = messages.iter().take(if full { 20_000 } else { 100 }).map(|(_, m)| m.clone()).collect();
+    let verify_1 = verify_rate(&sample, &keyring, 1);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let verify_n = verify_rate(&sample, &keyring, cores);
+
+    let hub = TestHub::start(broker.port(), &db, HubOptions { verify_threads: cores, ..HubOptions::default() }).await;
+    let acks = SimFleet::connect(broker.port(), "bench-acks", hub_key().public_key()).await;
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        publishers.push(SimFleet::connect(broker.port(), &format!("bench-pub-{p}"), hub_key().public_key()).await);
+    }
+    let total = messages.len();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    // Each device's events stay on one session, in seq order.
+    let mut per_publisher: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PUBLISHERS];
+    for (i, m) in messages.into_iter().enumerate() {
+        per_publisher[(i % devices) % PUBLISHERS].push(m);
+    }
+    for (publisher, batch) in publishers.iter().zip(per_publisher) {
+        let client = publisher.client.clone();
+        tasks.push(tokio::spawn(async move {
+            for (topic, payload) in batch {
+                client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let timeout = Duration::from_secs(if full { 300 } else { 30 });
+    let done = acks.wait_for(timeout, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&per_device))).await;
+    let elapsed = start.elapsed();
+    assert!(done, "not every event was acked within {timeout:?}");
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let commits = hub.metrics.get("doorstep_hub_commits_total", &[]);
+    let enqueued: i64 = hub
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("doorstep_hub_notifications_enqueued_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    hub.stop().await;
+    let stored = Store::open(&db, StoreOptions::default()).unwrap().total_events().unwrap();
+    assert_eq!(stored, total as u64, "every event stored exactly once");
+
+    println!("ingest through mosquitto: {devices} devices x {per_device} events = {total} events");
+    println!("  hub (verify, store, reconcile, ack): {rate:.0} events/s in {:.2} s", elapsed.as_secs_f64());
+    println!("  ring verify-only, 1 thread:           {verify_1:.0} events/s");
+    println!("  ring verify-only, {cores} threads:          {verify_n:.0} events/s");
+    println!("  ratio hub / verify-only 1 thread:     {:.0}%", 100.0 * rate / verify_1);
+    println!("  ratio hub / verify-only {cores} threads:    {:.0}%", 100.0 * rate / verify_n);
+    println!("  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}", total as f64 / commits.max(1) as f64);
+    for p in &publishers {
+        p.stop();
+    }
+    acks.stop();
+}

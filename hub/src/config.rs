@@ -1,0 +1,651 @@
+//! The hub's TOML configuration, in two stages: [`Config`] is what the file says
+//! (`deny_unknown_fields`, so a typo is an error, not a silently ignored line);
+//! [`Config::validate`] turns it into [`Settings`], typed values with files loaded.
+//!
+//! `doorstep-hub --print-default-config` prints [`DEFAULT_CONFIG`], which is also what
+//! the docs show; a test keeps it parsing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Milestone;
+use crate::store::ContactChannel;
+
+/// The commented default configuration file.
+pub const DEFAULT_CONFIG: &str = r#"# doorstep-hub configuration (TOML). Unknown keys are errors.
+
+[hub]
+# SQLite database (WAL mode); created and migrated on start.
+database = "/var/lib/doorstep-hub/hub.db"
+# The hub's Ed25519 key (PKCS#8), made with `doorstep-hub keygen`. Signs acks and routes;
+# agents are configured with its public half (`doorstep-hub pubkey`).
+key = "/var/lib/doorstep-hub/hub.key"
+# Base URL of the tracking page, for links in customer messages.
+public_base_url = "https://track.example.com"
+# Secret for signed tracking-link tokens: at least 32 bytes of text, or "file:/path".
+link_token_secret = "file:/var/lib/doorstep-hub/link.secret"
+# fsync every commit (synchronous = FULL). Acks are promises: keep this on.
+full_sync = true
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+# Fixed client id: the broker keeps this hub's session (clean_session = false) and queues
+# events for it while it restarts.
+client_id = "doorstep-hub"
+# Shared subscription group: hubs with the same group split the devices' events.
+# shared_group = "hubs"
+keepalive_s = 30
+# QoS 1 messages in flight to the broker (acks, routes).
+inflight = 1000
+# [mqtt.tls]
+# ca = "/etc/doorstep-hub/ca.pem"
+# cert = "/etc/doorstep-hub/hub.pem"   # mutual TLS, optional
+# key = "/etc/doorstep-hub/hub-key.pem"
+
+[ingest]
+# Signature-verifying threads; 0 = one per CPU.
+verify_threads = 0
+# Most events committed in one SQLite transaction (acks follow each commit).
+batch_max = 1024
+
+[http]
+listen = "127.0.0.1:8080"
+# Largest request body accepted (API and webhooks), bytes.
+max_body_bytes = 1048576
+
+[carriers.aftership]
+# Webhook secret from the AfterShip admin (aftership-hmac-sha256 header).
+# secret = "..."
+
+[carriers.easypost]
+# Webhook secret given when the EasyPost webhook was created (X-Hmac-Signature header).
+# secret = "..."
+
+[carriers.shipengine]
+# ShipEngine's signing keys: their published JWKS document (JSON), or one PEM public key
+# with the key id ShipEngine names it by; and how far a webhook timestamp may be from now.
+# public_key = "/etc/doorstep-hub/shipengine-jwks.json"
+# key_id = "..."        # only for a PEM file
+timestamp_window_s = 300
+
+[reconcile]
+# How long one "delivered" signal (device or carrier) waits uncontradicted before the
+# customer is told, seconds.
+hold_period_s = 1800
+
+# [notify] holds the providers (base URLs, credentials, templates); see the notify docs.
+# Which channels each milestone goes to; without a map, every consented channel.
+# [[notify.channel_map]]
+# milestone = "nearby"
+# channels = ["sms", "whatsapp"]
+"#;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[hub]`.
+    pub hub: HubSection,
+    /// `[mqtt]`.
+    pub mqtt: MqttSection,
+    /// `[ingest]`.
+    #[serde(default)]
+    pub ingest: IngestSection,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// `[carriers.*]`.
+    #[serde(default)]
+    pub carriers: CarriersSection,
+    /// `[reconcile]`.
+    #[serde(default)]
+    pub reconcile: ReconcileSection,
+    /// `[notify]`: read by the notification module; ingest reads only `channel_map`.
+    #[serde(default)]
+    pub notify: Option<toml::Table>,
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// SQLite file.
+    pub database: PathBuf,
+    /// Hub key (PKCS#8).
+    pub key: PathBuf,
+    /// Base URL of the tracking page.
+    pub public_base_url: String,
+    /// Link token secret, inline or `file:/path`.
+    pub link_token_secret: String,
+    /// fsync each commit.
+    #[serde(default = "yes")]
+    pub full_sync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host.
+    pub host: String,
+    /// Broker port; 8883 with TLS, 1883 without, when absent.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// MQTT client id (fixed: the persistent session is keyed by it).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Shared subscription group.
+    #[serde(default)]
+    pub shared_group: Option<String>,
+    /// Keepalive, seconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    /// Outgoing QoS 1 in flight.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// TLS to the broker.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+fn default_client_id() -> String {
+    "doorstep-hub".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    1000
+}
+
+/// PEM files for TLS to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s).
+    pub ca: PathBuf,
+    /// Client certificate chain (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// Verifier threads; 0 = one per CPU.
+    #[serde(default)]
+    pub verify_threads: usize,
+    /// Events per transaction, at most.
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+}
+
+fn default_batch() -> usize {
+    1024
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        Self { verify_threads: 0, batch_max: default_batch() }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest body, bytes.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { listen: default_listen(), max_body_bytes: default_body() }
+    }
+}
+
+/// `[carriers]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriersSection {
+    /// AfterShip.
+    #[serde(default)]
+    pub aftership: Option<SecretSection>,
+    /// EasyPost.
+    #[serde(default)]
+    pub easypost: Option<SecretSection>,
+    /// ShipEngine.
+    #[serde(default)]
+    pub shipengine: Option<ShipEngineSection>,
+}
+
+/// A carrier with an HMAC secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSection {
+    /// The webhook secret, inline or `file:/path`; absent = webhooks from this carrier
+    /// are refused.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// ShipEngine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipEngineSection {
+    /// JWKS document or PEM public key file.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+    /// Key id of a PEM public key.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Timestamp window, seconds.
+    #[serde(default = "default_window")]
+    pub timestamp_window_s: u64,
+}
+
+fn default_window() -> u64 {
+    300
+}
+
+/// `[reconcile]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// Hold period, seconds.
+    #[serde(default = "default_hold")]
+    pub hold_period_s: u64,
+}
+
+fn default_hold() -> u64 {
+    1800
+}
+
+impl Default for ReconcileSection {
+    fn default() -> Self {
+        Self { hold_period_s: default_hold() }
+    }
+}
+
+/// One `[[notify.channel_map]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelMapEntry {
+    milestone: Milestone,
+    channels: Vec<ContactChannel>,
+}
+
+/// Which channels each milestone is sent on. Without an entry for a milestone, every
+/// channel the customer consented to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelMap(BTreeMap<Milestone, Vec<ContactChannel>>);
+
+impl ChannelMap {
+    /// Whether `milestone` goes out on `channel`.
+    pub fn allows(&self, milestone: Milestone, channel: ContactChannel) -> bool {
+        self.0.get(&milestone).is_none_or(|channels| channels.contains(&channel))
+    }
+
+    /// A map from explicit entries.
+    pub fn from_entries(entries: impl IntoIterator<Item = (Milestone, Vec<ContactChannel>)>) -> Self {
+        Self(entries.into_iter().collect())
+    }
+}
+
+/// Broker connection settings.
+#[derive(Clone)]
+pub struct MqttSettings {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Shared subscription group.
+    pub shared_group: Option<String>,
+    /// Keepalive.
+    pub keepalive: Duration,
+    /// Outgoing in-flight window.
+    pub inflight: u16,
+    /// TLS client config.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("broker", &format_args!("{}:{}", self.host, self.port))
+            .field("client_id", &self.client_id)
+            .field("shared_group", &self.shared_group)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSettings {
+    /// Plain TCP to a local broker with defaults, for tests and benchmarks.
+    pub fn plain(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            shared_group: None,
+            keepalive: Duration::from_secs(default_keepalive()),
+            inflight: default_inflight(),
+            tls: None,
+        }
+    }
+}
+
+/// Carrier webhook secrets, loaded.
+#[derive(Clone, Default)]
+pub struct CarrierSecrets {
+    /// AfterShip HMAC secret.
+    pub aftership: Option<String>,
+    /// EasyPost HMAC secret.
+    pub easypost: Option<String>,
+    /// ShipEngine keys: JWKS JSON or PEM text.
+    pub shipengine_keys: Option<String>,
+    /// Key id of a PEM ShipEngine key.
+    pub shipengine_key_id: Option<String>,
+    /// ShipEngine timestamp window.
+    pub shipengine_window: Duration,
+}
+
+impl std::fmt::Debug for CarrierSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("CarrierSecrets")
+            .field("aftership", &self.aftership.is_some())
+            .field("easypost", &self.easypost.is_some())
+            .field("shipengine", &self.shipengine_keys.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// SQLite file.
+    pub database: PathBuf,
+    /// Hub key file.
+    pub key_path: PathBuf,
+    /// fsync each commit.
+    pub full_sync: bool,
+    /// Tracking page base URL, without a trailing slash.
+    pub public_base_url: String,
+    /// Link token secret bytes.
+    pub link_token_secret: Arc<[u8]>,
+    /// Broker.
+    pub mqtt: MqttSettings,
+    /// Verifier threads (resolved, at least 1).
+    pub verify_threads: usize,
+    /// Events per transaction.
+    pub batch_max: usize,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Largest HTTP body.
+    pub max_body_bytes: usize,
+    /// Carrier webhook secrets.
+    pub carriers: CarrierSecrets,
+    /// Hold period.
+    pub hold_period: Duration,
+    /// Milestone → channels.
+    pub channel_map: ChannelMap,
+    /// The `[notify]` table, for the notification module.
+    pub notify: Option<toml::Table>,
+}
+
+/// Smallest link token secret, bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+fn load_secret(what: &str, value: &str) -> Result<String, ConfigError> {
+    match value.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| invalid(format!("{what}: cannot read {path}: {e}"))),
+        None => Ok(value.to_owned()),
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file (stage one).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses config text (stage one).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })
+    }
+
+    /// Checks values and loads referenced files (stage two).
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let secret = load_secret("hub.link_token_secret", &self.hub.link_token_secret)?;
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(invalid(format!(
+                "hub.link_token_secret must be at least {MIN_SECRET_LEN} bytes (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        let base = self.hub.public_base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(invalid("hub.public_base_url must start with https:// (or http:// for tests)"));
+        }
+        if self.mqtt.host.trim().is_empty() {
+            return Err(invalid("mqtt.host is empty"));
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            return Err(invalid("mqtt.client_id must be 1 to 64 characters"));
+        }
+        if let Some(group) = &self.mqtt.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            return Err(invalid("mqtt.shared_group must be non-empty without '/', '+' or '#'"));
+        }
+        if self.mqtt.inflight == 0 {
+            return Err(invalid("mqtt.inflight must be at least 1"));
+        }
+        let tls = self.mqtt.tls.as_ref().map(tls_config).transpose()?;
+        if !(1..=100_000).contains(&self.ingest.batch_max) {
+            return Err(invalid("ingest.batch_max must be 1 to 100000"));
+        }
+        let listen: SocketAddr = self
+            .http
+            .listen
+            .parse()
+            .map_err(|e| invalid(format!("http.listen {:?} is not an address:port: {e}", self.http.listen)))?;
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(invalid("http.max_body_bytes must be 1 KiB to 64 MiB"));
+        }
+        let carriers = CarrierSecrets {
+            aftership: self
+                .carriers
+                .aftership
+                .as_ref()
+                .and_then(|c| c.secret.as_deref())
+                .map(|s| load_secret("carriers.aftership.secret", s))
+                .transpose()?,
+            easypost: self
+                .carriers
+                .easypost
+                .as_ref()
+                .and_then(|c| c.secret.as_deref())
+                .map(|s| load_secret("carriers.easypost.secret", s))
+                .transpose()?,
+            shipengine_key_id: self.carriers.shipengine.as_ref().and_then(|c| c.key_id.clone()),
+            shipengine_keys: self
+                .carriers
+                .shipengine
+                .as_ref()
+                .and_then(|c| c.public_key.as_ref())
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| invalid(format!("carriers.shipengine.public_key {}: {e}", p.display())))
+                })
+                .transpose()?,
+            shipengine_window: Duration::from_secs(
+                self.carriers.shipengine.as_ref().map_or(default_window(), |c| c.timestamp_window_s),
+            ),
+        };
+        let channel_map = match self.notify.as_ref().and_then(|n| n.get("channel_map")) {
+            None => ChannelMap::default(),
+            Some(value) => {
+                let entries: Vec<ChannelMapEntry> = value
+                    .clone()
+                    .try_into()
+                    .map_err(|e| invalid(format!("notify.channel_map: {e}")))?;
+                ChannelMap(entries.into_iter().map(|e| (e.milestone, e.channels)).collect())
+            }
+        };
+        let verify_threads = match self.ingest.verify_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n.min(64),
+        };
+        Ok(Settings {
+            database: self.hub.database.clone(),
+            key_path: self.hub.key.clone(),
+            full_sync: self.hub.full_sync,
+            public_base_url: base,
+            link_token_secret: Arc::from(secret.into_bytes()),
+            mqtt: MqttSettings {
+                host: self.mqtt.host.clone(),
+                port: self.mqtt.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+                client_id: self.mqtt.client_id.clone(),
+                shared_group: self.mqtt.shared_group.clone(),
+                keepalive: Duration::from_secs(self.mqtt.keepalive_s.max(5)),
+                inflight: self.mqtt.inflight,
+                tls,
+            },
+            verify_threads,
+            batch_max: self.ingest.batch_max,
+            listen,
+            max_body_bytes: self.http.max_body_bytes,
+            carriers,
+            hold_period: Duration::from_secs(self.reconcile.hold_period_s),
+            channel_map,
+            notify: self.notify.clone(),
+        })
+    }
+}
+
+fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, e: &dyn std::fmt::Display| invalid(format!("mqtt.tls file {}: {e}", path.display()));
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(path, &e))?;
+        if certs.is_empty() {
+            return Err(bad(path, &"holds no PEM certificate"));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(&files.ca)? {
+        roots.add(cert).map_err(|e| bad(&files.ca, &e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&files.ca, &e))?
+        .with_root_certificates(roots);
+    let config = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(key, &e))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(invalid("mqtt.tls: cert and key must be given together")),
+    };
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_parses_and_typos_are_errors() {
+        let config = Config::parse(DEFAULT_CONFIG).expect("default parses");
+        assert_eq!(config.mqtt.client_id, "doorstep-hub");
+        assert_eq!(config.reconcile.hold_period_s, 1800);
+        let typo = DEFAULT_CONFIG.replace("client_id =", "clientid =");
+        assert!(matches!(Config::parse(&typo), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn validation_loads_secrets_and_checks_ranges() {
+        let text = DEFAULT_CONFIG.replace(
+            "link_token_secret = \"file:/var/lib/doorstep-hub/link.secret\"",
+            "link_token_secret = \"0123456789abcdef0123456789abcdef\"",
+        ) + "\n[[notify.channel_map]]\nmilestone = \"nearby\"\nchannels = [\"sms\"]\n";
+        let settings = Config::parse(&text).expect("parse").validate().expect("valid");
+        assert_eq!(settings.mqtt.port, 1883);
+        assert!(settings.verify_threads >= 1);
+        assert!(settings.channel_map.allows(Milestone::Nearby, ContactChannel::Sms));
+        assert!(!settings.channel_map.allows(Milestone::Nearby, ContactChannel::Email));
+        assert!(settings.channel_map.allows(Milestone::Delivered, ContactChannel::Email));
+        let short = text.replace("0123456789abcdef0123456789abcdef", "short");
+        assert!(matches!(Config::parse(&short).expect("parse").validate(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,304 @@
+//! The hub against a real Mosquitto: ingest, acks, rejections, restarts, routes, photos,
+//! the HTTP API and a signed carrier webhook.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_proto::blob::{BlobChunk, MAX_CHUNK_LEN};
+use doorstep_proto::{Delivery, Event, FixEvidence, HexBytes, PhotoRef, RouteId, StopId, TrackingNumber};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn open(db: &std::path::Path) -> Store {
+    Store::open(db, StoreOptions::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let vans: Vec<_> = (1..=3).map(|i| (device(&format!("van-{i}")), key(i))).collect();
+    register(&db, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-1", hub_key().public_key()).await;
+
+    for seq in 1..=40u64 {
+        for (d, k) in &vans {
+            fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
+        }
+    }
+    assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await, "every van acked to 40");
+
+    // Duplicates: stored once, acked again.
+    let (d1, k1) = &vans[0];
+    let before = fleet.ack_count(d1);
+    for seq in 30..=40u64 {
+        fleet.publish(&evt_topic(d1), seal(k1, d1, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
+    }
+    assert!(hub.wait_for(WAIT, |m| m.ingest_outcome_total("duplicate") == 11).await);
+    assert!(fleet.wait_for(WAIT, |i| i.ack_count.get(d1).copied().unwrap_or(0) > before).await, "duplicates are acked again");
+    assert_eq!(fleet.acked(d1), 40);
+    assert!(fleet.inbox.lock().unwrap().refused.is_empty(), "every ack verifies under the hub key");
+
+    hub.stop().await;
+    let store = open(&db);
+    for (d, _) in &vans {
+        assert_eq!(store.event_seqs(d).unwrap(), (1..=40).collect::<Vec<_>>());
+        assert_eq!(store.ack_high_water(d).unwrap(), 40);
+    }
+    // The exact signed bytes are kept.
+    assert_eq!(store.event_envelope(d1, 7).unwrap().unwrap(), seal(k1, d1, 7, nearby(7, "s1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (good, good_key) = (device("van-good"), key(1));
+    let (revoked, revoked_key) = (device("van-revoked"), key(2));
+    let (stranger, stranger_key) = (device("van-stranger"), key(3));
+    register(&db, &[(&good, &good_key), (&revoked, &revoked_key)]);
+    open(&db).revoke_device(&revoked, 1).unwrap();
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-2", hub_key().public_key()).await;
+
+    let mut bad_sig = seal(&good_key, &good, 1, nearby(1, "s1"));
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 0x01;
+    fleet.publish(&evt_topic(&good), bad_sig).await;
+    fleet.publish(&evt_topic(&stranger), seal(&stranger_key, &stranger, 1, nearby(1, "s1"))).await;
+    fleet.publish(&evt_topic(&revoked), seal(&revoked_key, &revoked, 1, nearby(1, "s1"))).await;
+    // A valid envelope of van-good published on van-revoked's topic.
+    fleet.publish(&evt_topic(&revoked), seal(&good_key, &good, 1, nearby(1, "s1"))).await;
+    fleet.publish(&evt_topic(&good), vec![1u8; 3000]).await;
+    fleet.publish(&evt_topic(&good), b"garbage".to_vec()).await;
+    // Right version byte, unknown key id: refused before any parsing.
+    fleet.publish(&evt_topic(&good), vec![1u8; 200]).await;
+
+    let want = ["bad_signature", "unknown_device", "revoked_device", "topic_mismatch", "oversized", "truncated"];
+    assert!(hub.wait_for(WAIT, |m| m.ingest_outcome_total("rejected") >= 7).await, "{}", hub.metrics.render());
+    let text = hub.metrics.render();
+    for reason in want {
+        assert!(text.contains(&format!("outcome=\"rejected\",reason=\"{reason}\"")), "missing {reason}: {text}");
+    }
+    // The good device still works, and was never acked for the forged event.
+    assert_eq!(fleet.acked(&good), 0);
+    fleet.publish(&evt_topic(&good), seal(&good_key, &good, 1, nearby(1, "s1"))).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&good) == Some(&1)).await);
+
+    hub.stop().await;
+    let store = open(&db);
+    assert_eq!(store.total_events().unwrap(), 1, "only the one valid event is stored");
+    let counts = store.rejection_counts().unwrap();
+    assert_eq!(counts.get(&("evt".into(), "bad_signature".into())), Some(&1));
+    assert_eq!(counts.get(&("evt".into(), "revoked_device".into())), Some(&1));
+    assert!(counts.values().sum::<u64>() >= 7, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restarted_mid_stream_misses_nothing() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-3", hub_key().public_key()).await;
+    for seq in 1..=100u64 {
+        fleet.publish(&evt_topic(&van), seal(&van_key, &van, seq, nearby(1, "s1"))).await;
+    }
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&100)).await);
+    hub.stop().await;
+
+    // While the hub is down the broker keeps its session and queues these.
+    for seq in 101..=250u64 {
+        fleet.publish(&evt_topic(&van), seal(&van_key, &van, seq, nearby(1, "s1"))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&250)).await, "acked {}", fleet.acked(&van));
+    hub.stop().await;
+    assert_eq!(open(&db).event_seqs(&van).unwrap(), (1..=250).collect::<Vec<_>>());
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let client = http();
+
+    let shipment = serde_json::json!({
+        "tracking_number": "1Z999AA10123456784", "carrier": "ups", "order_id": "A-1",
+        "contacts": {"sms": "+15555550100", "email": "ann@example.com"}, "consent": {"sms": true, "email": true},
+        "locale": "en-US", "time_zone": "America/New_York"});
+    let r = client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    assert_eq!(r.status(), 409, "a tracking number is created once");
+
+    let route = serde_json::json!({"fleet": "acme", "device": "van-1", "route": {"route_id": "route-1", "stops": [
+        {"stop_id": "s1", "lat": 47.37, "lon": 8.54, "tracking_numbers": ["1Z999AA10123456784"]}]}});
+    let r = client.post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // A device connecting afterwards gets the retained route, signed by the hub.
+    let fleet = SimFleet::connect(broker.port(), "sim-4", hub_key().public_key()).await;
+    assert!(fleet.wait_for(WAIT, |i| !i.routes.is_empty()).await, "retained route delivered");
+    assert_eq!(fleet.inbox.lock().unwrap().routes[0].route.route_id.as_str(), "route-1");
+
+    // Nearby names the stop; the hub maps it to the stop's parcels.
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, nearby(120, "s1"))).await;
+    let delivered = Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("route-1").unwrap(),
+        stop_id: StopId::new("s1").unwrap(),
+        tracking_numbers: vec![TrackingNumber::new("1Z999AA10123456784").unwrap()],
+        distance_m: 8,
+        dwell_s: 40,
+        fix: FixEvidence::new(1_767_225_700_000, 47.37, 8.54),
+        photo: None,
+    });
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 2, delivered)).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await);
+
+    let body: serde_json::Value =
+        client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+    let kinds: Vec<&str> = body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"dispatched") && kinds.contains(&"nearby"), "{body}");
+    let milestones: Vec<(&str, &str)> = body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["milestone"].as_str().unwrap(), n["channel"].as_str().unwrap()))
+        .collect();
+    assert!(milestones.contains(&("dispatched", "sms")) && milestones.contains(&("nearby", "email")), "{body}");
+    // Posting the route again dispatches nothing twice.
+    let r = client.post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let again: serde_json::Value =
+        client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["notifications"].as_array().unwrap().len(), body["notifications"].as_array().unwrap().len());
+
+    let metrics = client.get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} 2"), "{metrics}");
+    assert!(metrics.contains("doorstep_hub_queue_depth{queue=\"notification_queued\"}"), "{metrics}");
+    assert_eq!(client.get(hub.url("/healthz")).send().await.unwrap().status(), 200);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-5", hub_key().public_key()).await;
+
+    let photo: Vec<u8> = (0..(2 * MAX_CHUNK_LEN + 500)).map(|i| u8::try_from(i % 253).unwrap()).collect();
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &photo).as_ref());
+    let sha = HexBytes(sha);
+    let chunk = |index: u32| BlobChunk {
+        device: van.clone(),
+        sha256: sha,
+        total_len: photo.len() as u64,
+        index,
+        data: photo[index as usize * MAX_CHUNK_LEN..((index as usize + 1) * MAX_CHUNK_LEN).min(photo.len())].to_vec(),
+    };
+    let blob_topic = "doorstep/v1/acme/van-1/blob";
+    // Before a signed confirmation names it, a photo is not accepted.
+    fleet.publish(blob_topic, chunk(0).encode().unwrap()).await;
+    assert!(hub.wait_for(WAIT, |m| m.render().contains("reason=\"photo_not_referenced\"")).await);
+
+    let delivered = Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("route-1").unwrap(),
+        stop_id: StopId::new("s1").unwrap(),
+        tracking_numbers: vec![TrackingNumber::new("1Z999AA10123456784").unwrap()],
+        distance_m: 8,
+        dwell_s: 40,
+        fix: FixEvidence::new(1_767_225_700_000, 47.37, 8.54),
+        photo: Some(PhotoRef { sha256: sha, size: photo.len() as u64 }),
+    });
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, delivered)).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&1)).await);
+    for index in [0, 2, 1] {
+        fleet.publish(blob_topic, chunk(index).encode().unwrap()).await;
+    }
+    assert!(fleet.wait_for(WAIT, |i| i.blob_acks.iter().any(|a| a.complete)).await, "photo acked complete");
+    let acks = fleet.inbox.lock().unwrap().blob_acks.clone();
+    assert_eq!(acks.iter().map(|a| a.next_index).collect::<Vec<_>>(), vec![1, 1, 3], "{acks:?}");
+    hub.stop().await;
+    let store = open(&db);
+    assert_eq!(store.photo(&sha.to_hex()).unwrap().unwrap().bytes, photo);
+    assert!(store.photo_is_proof(&sha.to_hex()).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
+    use base64::Engine as _;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let secrets = doorstep_hub::config::CarrierSecrets {
+        aftership: Some("aftership-test-secret".into()),
+        ..Default::default()
+    };
+    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
+    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    let client = http();
+    let shipment = serde_json::json!({"tracking_number": "111111111111", "carrier": "fedex",
+        "contacts": {"email": "ann@example.com"}, "consent": true});
+    assert_eq!(client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(), 201);
+
+    let fixture = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/carriers/aftership_get_tracking_fedex_delivered_sdk_fixture.json"),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({"event": "tracking_update",
+        "event_id": "4f6f1f5b-0c1e-4d55-a2a2-8d3c6b9f0e11", "msg": doc["data"]["tracking"], "ts": 1_532_481_000}))
+    .unwrap();
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"aftership-test-secret"), &body);
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let post = |sig: String| {
+        client
+            .post(hub.url("/webhooks/aftership"))
+            .header("aftership-hmac-sha256", sig)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let r = post(signature.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "stored");
+    let r = post(signature).await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "duplicate");
+    let r = post("AAAA".into()).await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let shown: serde_json::Value =
+        client.get(hub.url("/v1/shipments/111111111111")).send().await.unwrap().json().await.unwrap();
+    let carrier_entries = shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
+    assert_eq!(carrier_entries, 1, "{shown}");
+    let metrics = hub.metrics.render();
+    assert!(metrics.contains("carrier=\"aftership\",outcome=\"rejected\""), "{metrics}");
+    hub.stop().await;
+}

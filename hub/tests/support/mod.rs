@@ -1,0 +1,356 @@
+//! Fixtures for the hub's integration tests and benchmark: a real Mosquitto per test on a
+//! free loopback port with its own config, the hub started in-process (ingest + HTTP),
+//! and a simulated fleet (one MQTT session) that publishes signed events and collects the
+//! hub's signed acks, checking each with the hub's public key.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use doorstep_hub::config::{ChannelMap, MqttSettings};
+use doorstep_hub::http::{AppState, CarrierVerifiers};
+use doorstep_hub::ingest::{Domain, Ingest, IngestOptions};
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::reconcile::Rules;
+use doorstep_hub::store::StoreOptions;
+use doorstep_proto::{
+    DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, Nearby, PublicKey, RouteId, SigningKey,
+    StopId,
+};
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+/// Where Debian installs the broker.
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real Mosquitto on a free loopback port.
+#[derive(Debug)]
+pub struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker (unlimited queues, so a slow hub loses nothing; an in-flight window
+    /// of 2000 per client, well below the hub's `MAX_PENDING`) and
+    /// waits until it accepts connections. Fails, never skips, when Mosquitto is missing.
+    pub async fn start() -> Broker {
+        assert!(Path::new(MOSQUITTO).exists(), "{MOSQUITTO} not found: install it: apt-get install mosquitto");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 2000\n\
+             log_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\n",
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (install it: apt-get install mosquitto)");
+        let broker = Broker { dir, port, child: Some(child) };
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("mosquitto did not start on port {port}");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The fleet every test device belongs to.
+pub fn fleet() -> FleetId {
+    FleetId::new("acme").unwrap()
+}
+
+/// A device id.
+pub fn device(name: &str) -> DeviceId {
+    DeviceId::new(name).unwrap()
+}
+
+/// A deterministic key.
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_seed(&[seed; 32]).unwrap()
+}
+
+/// The hub's key in every test.
+pub fn hub_key() -> SigningKey {
+    key(0xAB)
+}
+
+/// A "nearby" event numbered `n` (distance = n, so order and completeness can be read back).
+pub fn nearby(n: u32, stop: &str) -> Event {
+    Event::Nearby(Nearby {
+        route_id: RouteId::new("route-1").unwrap(),
+        stop_id: StopId::new(stop).unwrap(),
+        distance_m: n,
+        fix: FixEvidence::new(1_767_225_600_000 + i64::from(n) * 1000, 47.37, 8.54),
+    })
+}
+
+/// A sealed envelope.
+pub fn seal(key: &SigningKey, device: &DeviceId, seq: u64, event: Event) -> Vec<u8> {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[8..].copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, device.as_str().as_bytes()).as_ref()[..8]);
+    Envelope {
+        device: device.clone(),
+        seq,
+        event_id: HexBytes(id),
+        gnss_utc_ms: 1_767_225_600_000 + i64::try_from(seq).unwrap() * 1000,
+        mono_ms: seq * 1000,
+        event,
+    }
+    .seal(key)
+    .unwrap()
+}
+
+/// The event topic of a device.
+pub fn evt_topic(device: &DeviceId) -> String {
+    format!("doorstep/v1/acme/{device}/evt")
+}
+
+/// A hub running in-process: ingest and HTTP.
+pub struct TestHub {
+    pub ingest: Option<Ingest>,
+    pub http: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub db: PathBuf,
+    http_cancel: CancellationToken,
+}
+
+/// How a test hub runs.
+#[derive(Clone)]
+pub struct HubOptions {
+    pub verify_threads: usize,
+    pub batch_max: usize,
+    pub full_sync: bool,
+    pub carriers: Arc<CarrierVerifiers>,
+    pub hold_ms: i64,
+    pub client_id: String,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            verify_threads: 2,
+            batch_max: 1024,
+            full_sync: true,
+            carriers: Arc::new(CarrierVerifiers::default()),
+            hold_ms: 30 * 60 * 1000,
+            client_id: "doorstep-hub-test".into(),
+        }
+    }
+}
+
+impl TestHub {
+    /// Starts a hub on `db` against the broker on `port`.
+    pub async fn start(port: u16, db: &Path, options: HubOptions) -> TestHub {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let domain = Domain {
+            rules: Rules { hold_ms: options.hold_ms },
+            channel_map: ChannelMap::default(),
+            metrics: Arc::clone(&metrics),
+        };
+        let ingest_options = IngestOptions {
+            database: db.to_owned(),
+            store: StoreOptions { full_sync: options.full_sync },
+            mqtt: MqttSettings::plain("127.0.0.1", port, options.client_id.clone()),
+            verify_threads: options.verify_threads,
+            batch_max: options.batch_max,
+        };
+        let hub_key = Arc::new(hub_key());
+        let ingest = Ingest::start(&ingest_options, Arc::clone(&hub_key), domain).unwrap();
+        let state = AppState {
+            writer: ingest.writer(),
+            client: ingest.client(),
+            hub_key,
+            metrics: Arc::clone(&metrics),
+            carriers: options.carriers,
+            max_body_bytes: 1024 * 1024,
+        };
+        let app = doorstep_hub::http::router(state, axum::Router::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap();
+        let http_cancel = CancellationToken::new();
+        let stop = http_cancel.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        });
+        let hub = TestHub { ingest: Some(ingest), http, metrics, db: db.to_owned(), http_cancel };
+        assert!(
+            hub.wait_for(Duration::from_secs(10), |m| m.is_mqtt_connected()).await,
+            "the hub did not connect to the broker"
+        );
+        hub
+    }
+
+    /// Waits until `done` holds on the hub's metrics.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&Metrics) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if done(&self.metrics) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done(&self.metrics)
+    }
+
+    /// Graceful stop.
+    pub async fn stop(mut self) {
+        self.http_cancel.cancel();
+        if let Some(ingest) = self.ingest.take() {
+            ingest.shutdown().await;
+        }
+    }
+
+    /// A URL on the hub's HTTP server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+/// What the simulated fleet got back from the hub.
+#[derive(Debug, Default)]
+pub struct FleetInbox {
+    /// Highest ack per device.
+    pub acked: HashMap<DeviceId, u64>,
+    /// Acks received per device.
+    pub ack_count: HashMap<DeviceId, u64>,
+    /// Blob acks received.
+    pub blob_acks: Vec<doorstep_proto::BlobAck>,
+    /// Routes received (retained or live).
+    pub routes: Vec<doorstep_proto::RouteAssignment>,
+    /// Hub messages that did not verify.
+    pub refused: Vec<String>,
+    /// Subscriptions acknowledged.
+    pub subscribed: u64,
+}
+
+/// One MQTT session publishing for many devices and reading every ack and route.
+pub struct SimFleet {
+    pub client: AsyncClient,
+    pub inbox: Arc<Mutex<FleetInbox>>,
+    cancel: CancellationToken,
+}
+
+impl SimFleet {
+    /// Connects and subscribes to every ack and route topic.
+    pub async fn connect(port: u16, name: &str, hub: PublicKey) -> SimFleet {
+        let mut options = MqttOptions::new(name, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(1000)
+            .set_max_packet_size(2 * 1024 * 1024, 64 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let inbox = Arc::new(Mutex::new(FleetInbox::default()));
+        let cancel = CancellationToken::new();
+        let (inbox2, cancel2, client2) = (Arc::clone(&inbox), cancel.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = cancel2.cancelled() => return,
+                    e = eventloop.poll() => e,
+                };
+                match event {
+                    Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client2.try_subscribe("doorstep/v1/+/+/ack", QoS::AtLeastOnce);
+                        let _ = client2.try_subscribe("doorstep/v1/+/+/route", QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => inbox2.lock().unwrap().subscribed += 1,
+                    Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                        let mut inbox = inbox2.lock().unwrap();
+                        match HubMessage::open(&p.payload, &hub) {
+                            Ok(HubMessage::Ack(ack)) => {
+                                let high = inbox.acked.entry(ack.device.clone()).or_insert(0);
+                                *high = (*high).max(ack.up_to_seq);
+                                *inbox.ack_count.entry(ack.device).or_insert(0) += 1;
+                            }
+                            Ok(HubMessage::BlobAck(ack)) => inbox.blob_acks.push(ack),
+                            Ok(HubMessage::Route(route)) => inbox.routes.push(route),
+                            Err(e) => inbox.refused.push(format!("{}: {e}", p.topic)),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        let fleet = SimFleet { client, inbox, cancel };
+        assert!(fleet.wait_for(Duration::from_secs(10), |i| i.subscribed >= 2).await, "fleet could not subscribe");
+        fleet
+    }
+
+    /// Publishes bytes on a topic, QoS 1.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    /// Waits until `done` holds on the inbox.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&FleetInbox) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if done(&self.inbox.lock().unwrap()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done(&self.inbox.lock().unwrap())
+    }
+
+    /// The highest ack of a device.
+    pub fn acked(&self, device: &DeviceId) -> u64 {
+        self.inbox.lock().unwrap().acked.get(device).copied().unwrap_or(0)
+    }
+
+    /// Acks received by a device.
+    pub fn ack_count(&self, device: &DeviceId) -> u64 {
+        self.inbox.lock().unwrap().ack_count.get(device).copied().unwrap_or(0)
+    }
+
+    /// Disconnects.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Registers devices in a hub database before the hub starts.
+pub fn register(db: &Path, devices: &[(&DeviceId, &SigningKey)]) {
+    let mut store = doorstep_hub::store::Store::open(db, StoreOptions::default()).unwrap();
+    for (d, k) in devices {
+        store.add_device(&fleet(), d, &k.public_key(), false, 0).unwrap();
+    }
+}

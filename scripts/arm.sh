@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Cross-build doorstep-agent for aarch64 and run the proto and agent test suites under
+# qemu-user, the recipe of ../shared/ARM.md (no Docker here, so no `cross`).
+#
+# Debian ships a second Rust toolchain, rustc-web, whose standard library exists for
+# arm64; rustup's cargo drives it through RUSTC. Installs what it needs when missing.
+# Builds into target/cross so the host build in target/ is left alone.
+#
+# Prints the stripped binary's size. `scripts/arm.sh --build-only` stops after the build
+# (scripts/deb.sh packages that binary). armv7 is kept in cross.toml for fleet IT
+# with Docker; the code stays portable to it, but only aarch64 is verified here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=aarch64-unknown-linux-gnu
+build_only=false
+[[ "${1:-}" == "--build-only" ]] && build_only=true
+BIN_MAX_BYTES=$((8 * 1024 * 1024))
+
+sudo=""
+[[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+
+missing=()
+for pkg in rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "arm.sh: installing ${missing[*]}" >&2
+    started=$SECONDS
+    # Only arm64 is added: the armhf lists on this mirror are not always consistent
+    # (see ARM.md), and one broken list fails the whole update.
+    dpkg --print-foreign-architectures | grep -qx arm64 || $sudo dpkg --add-architecture arm64
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    echo "arm.sh: apt install took $((SECONDS - started)) s" >&2
+fi
+
+# rustup's cargo drives Debian's rustc, the one that has the arm64 std; rustup's rustc
+# cannot use that std (E0514), so RUSTC must always be set.
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+# No `-L /usr/aarch64-linux-gnu`: with libc6:arm64 installed that mixes two glibc builds
+# and any program that starts a thread hangs.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+export CARGO_TARGET_DIR=target/cross
+
+started=$SECONDS
+cargo build --release --locked --target "$TARGET" -p doorstep-agent
+echo "arm.sh: release build took $((SECONDS - started)) s" >&2
+
+bin="$CARGO_TARGET_DIR/$TARGET/release/doorstep-agent"
+# The release profile strips symbols already; strip again in case a profile override
+# kept them, so the figure is what a device gets.
+aarch64-linux-gnu-strip -o "$bin.stripped" "$bin"
+size=$(stat -c %s "$bin.stripped")
+echo "arm.sh: stripped aarch64 doorstep-agent: $size bytes ($((size / 1024)) KiB)"
+if ((size > BIN_MAX_BYTES)); then
+    echo "arm.sh: the binary is over the 8 MiB budget for in-cab units" >&2
+    exit 1
+fi
+# The binary runs under emulation, as a smoke test of the runner itself.
+qemu-aarch64 "$bin" --version
+$build_only && exit 0
+
+# Default targets (lib, bins, tests, examples): no benches, which are host measurements.
+started=$SECONDS
+cargo test --release --locked --target "$TARGET" -p doorstep-proto -p doorstep-agent
+echo "arm.sh: tests under qemu took $((SECONDS - started)) s" >&2
