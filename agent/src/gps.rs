@@ -618,10 +618,16 @@ impl SerialReader {
     ///
     /// [`GpsError::OpenDevice`] when the device is missing, busy or not a tty.
     pub fn open(path: &Path, baud: u32) -> Result<Self, GpsError> {
-        let port = serialport::new(path.to_string_lossy(), baud)
-            .timeout(SERIAL_POLL)
-            .open_native()
-            .map_err(|source| GpsError::OpenDevice { path: path.to_owned(), baud, source })?;
+        let port = match serialport::new(path.to_string_lossy(), baud).timeout(SERIAL_POLL).open_native() {
+            Ok(port) => port,
+            // termios2 refused (qemu-user answers ENOSYS): the classic calls; see crate::tty.
+            Err(source) if source.kind() == serialport::ErrorKind::Unknown => {
+                return crate::tty::TtyPort::open(path, baud, SERIAL_POLL)
+                    .map(Self::spawn)
+                    .map_err(|_| GpsError::OpenDevice { path: path.to_owned(), baud, source });
+            }
+            Err(source) => return Err(GpsError::OpenDevice { path: path.to_owned(), baud, source }),
+        };
         Ok(Self::spawn(port))
     }
 

@@ -18,5 +18,6 @@ pub mod lines;
 pub mod replay;
 pub mod outbox;
 pub mod status;
+pub mod tty;
 pub mod uplink;
 pub mod watchdog;

@@ -28,7 +28,14 @@ const PUBLISHERS: usize = 2;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (devices, per_device) = if full { (100usize, 1000u64) } else { (4, 25) };
+    let (mut devices, mut per_device) = if full { (100usize, 1000u64) } else { (4, 25) };
+    // DOORSTEP_BENCH_SIZE=<devices>x<events> overrides the size.
+    if let Ok(size) = std::env::var("DOORSTEP_BENCH_SIZE")
+        && let Some((d, e)) = size.split_once('x')
+    {
+        devices = d.parse().unwrap();
+        per_device = e.parse().unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(run(devices, per_device, full));
 }
@@ -82,6 +89,23 @@ fn setup(db: &std::path::Path, vans: &[(DeviceId, doorstep_proto::SigningKey)]) 
     tx.commit().unwrap();
 }
 
+/// CPU seconds (user + system) of each thread of this process, by thread name (Linux).
+fn thread_cpu() -> Vec<(String, f64)> {
+    let ticks = 100.0; // USER_HZ on Linux.
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        out.push((name, (utime + stime) / ticks));
+    }
+    out
+}
+
 fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, threads: usize) -> f64 {
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -100,7 +124,9 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
-    let vans: Vec<_> = (0..devices).map(|i| (device(&format!("van-{i}")), key(u8::try_from(i % 250).unwrap() + 1))).collect();
+    let vans: Vec<_> = (0..devices)
+        .map(|i| (device(&format!("van-{i}")), key(u8::try_from(i % 250).unwrap() + 1)))
+        .collect();
     setup(&db, &vans);
 
     // Pre-sign every event, interleaved across devices as a fleet would send them.
@@ -108,21 +134,30 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     for seq in 1..=per_device {
         for (d, k) in &vans {
             let stop = u32::try_from(seq % u64::from(STOPS)).unwrap();
-            messages.push((evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), &format!("s{stop}")))));
+            messages.push((
+                evt_topic(d),
+                seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), &format!("s{stop}"))),
+            ));
         }
     }
-    let keyring: HashMap<KeyId, TrustedKey> =
-        vans.iter().map(|(d, k)| (k.key_id(), TrustedKey { device: d.clone(), key: k.public_key() })).collect();
-    let sample: Vec<Vec<u8>> = messages.iter().take(if full { 20_000 } else { 100 }).map(|(_, m)| m.clone()).collect();
+    let keyring: HashMap<KeyId, TrustedKey> = vans
+        .iter()
+        .map(|(d, k)| (k.key_id(), TrustedKey { device: d.clone(), key: k.public_key() }))
+        .collect();
+    let sample: Vec<Vec<u8>> =
+        messages.iter().take(if full { 20_000 } else { 100 }).map(|(_, m)| m.clone()).collect();
     let verify_1 = verify_rate(&sample, &keyring, 1);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let verify_n = verify_rate(&sample, &keyring, cores);
 
-    let hub = TestHub::start(broker.port(), &db, HubOptions { verify_threads: cores, ..HubOptions::default() }).await;
+    let hub =
+        TestHub::start(broker.port(), &db, HubOptions { verify_threads: cores, ..HubOptions::default() })
+            .await;
     let acks = SimFleet::connect(broker.port(), "bench-acks", hub_key().public_key()).await;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
-        publishers.push(SimFleet::connect(broker.port(), &format!("bench-pub-{p}"), hub_key().public_key()).await);
+        publishers
+            .push(SimFleet::connect(broker.port(), &format!("bench-pub-{p}"), hub_key().public_key()).await);
     }
     let total = messages.len();
     let start = Instant::now();
@@ -143,8 +178,30 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     for t in tasks {
         t.await.unwrap();
     }
+    println!("published {total} in {:.2} s", start.elapsed().as_secs_f64());
     let timeout = Duration::from_secs(if full { 300 } else { 30 });
-    let done = acks.wait_for(timeout, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&per_device))).await;
+    let deadline = Instant::now() + timeout;
+    let mut done = false;
+    while Instant::now() < deadline && !done {
+        done = acks
+            .wait_for(Duration::from_secs(5), |i| {
+                vans.iter().all(|(d, _)| i.acked.get(d) == Some(&per_device))
+            })
+            .await;
+        if !done {
+            let acked: u64 = acks.inbox.lock().unwrap().acked.values().sum();
+            println!(
+                "  progress at {:.1} s: acked {acked}, stored {}, rejected {}, commits {}, pending {}, overload {}",
+                start.elapsed().as_secs_f64(),
+                hub.metrics.ingest_outcome_total("stored"),
+                hub.metrics.ingest_outcome_total("rejected"),
+                hub.metrics.get("doorstep_hub_commits_total", &[]),
+                hub.metrics.get("doorstep_hub_queue_depth", &[("queue", "mqtt_pending")]),
+                hub.metrics
+                    .get("doorstep_hub_ingest_total", &[("outcome", "rejected"), ("reason", "overload")]),
+            );
+        }
+    }
     let elapsed = start.elapsed();
     assert!(done, "not every event was acked within {timeout:?}");
     let rate = total as f64 / elapsed.as_secs_f64();
@@ -156,6 +213,9 @@ async fn run(devices: usize, per_device: u64, full: bool) {
         .filter(|l| l.starts_with("doorstep_hub_notifications_enqueued_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
         .sum();
+    let threads = thread_cpu();
+    let busy = |stage| hub.metrics.get("doorstep_hub_busy_us_total", &[("stage", stage)]) as f64 / 1e6;
+    let (verify_s, writer_s, commit_s) = (busy("verify"), busy("writer"), busy("commit"));
     hub.stop().await;
     let stored = Store::open(&db, StoreOptions::default()).unwrap().total_events().unwrap();
     assert_eq!(stored, total as u64, "every event stored exactly once");
@@ -166,7 +226,21 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     println!("  ring verify-only, {cores} threads:          {verify_n:.0} events/s");
     println!("  ratio hub / verify-only 1 thread:     {:.0}%", 100.0 * rate / verify_1);
     println!("  ratio hub / verify-only {cores} threads:    {:.0}%", 100.0 * rate / verify_n);
-    println!("  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}", total as f64 / commits.max(1) as f64);
+    println!(
+        "  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}",
+        total as f64 / commits.max(1) as f64
+    );
+    println!(
+        "  busy: verify {verify_s:.2} s (all threads), writer {writer_s:.2} s (of which commit {commit_s:.2} s), wall {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for (name, cpu) in threads {
+        let name = if name.starts_with("tokio") { "tokio workers".to_owned() } else { name };
+        *by_name.entry(name).or_default() += cpu;
+    }
+    let cpu: Vec<String> = by_name.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+    println!("  process CPU seconds by thread (whole run, incl. set-up): {}", cpu.join(", "));
     for p in &publishers {
         p.stop();
     }

@@ -43,7 +43,12 @@ pub fn chunk_error_reason(e: &BlobError) -> &'static str {
 pub fn accept_chunk(tx: &StoreTx<'_>, chunk: &BlobChunk, now_ms: i64) -> Result<ChunkOutcome, StoreError> {
     let sha = chunk.sha256.to_hex();
     let count = BlobChunk::chunk_count(chunk.total_len);
-    let ack = |next_index, complete| BlobAck { device: chunk.device.clone(), sha256: chunk.sha256, next_index, complete };
+    let ack = |next_index, complete| BlobAck {
+        device: chunk.device.clone(),
+        sha256: chunk.sha256,
+        next_index,
+        complete,
+    };
     if tx.photo_complete(&sha)? {
         return Ok(ChunkOutcome::Ack(ack(count, true)));
     }
@@ -96,18 +101,34 @@ mod tests {
     #[test]
     fn a_referenced_photo_is_reassembled_out_of_order_and_verified() {
         let mut store = Store::open_in_memory().expect("store");
-        let photo: Vec<u8> = (0..(2 * MAX_CHUNK_LEN + 100)).map(|i| (i % 251) as u8).collect();
+        let photo: Vec<u8> =
+            (0..(2 * MAX_CHUNK_LEN + 100)).map(|i| u8::try_from(i % 251).expect("byte")).collect();
         let hash = sha(&photo);
         let parts = chunks(&photo, hash);
         let van = DeviceId::new("van-1").expect("id");
         let tx = store.transaction().expect("tx");
-        assert_eq!(accept_chunk(&tx, &parts[0], 0).expect("chunk"), ChunkOutcome::Rejected("photo_not_referenced"));
+        assert_eq!(
+            accept_chunk(&tx, &parts[0], 0).expect("chunk"),
+            ChunkOutcome::Rejected("photo_not_referenced")
+        );
         tx.add_photo_ref(&hash.to_hex(), &van, 7, photo.len() as u64).expect("ref");
-        assert!(matches!(accept_chunk(&tx, &parts[1], 0).expect("chunk"), ChunkOutcome::Ack(BlobAck { next_index: 0, .. })));
-        assert!(matches!(accept_chunk(&tx, &parts[0], 0).expect("chunk"), ChunkOutcome::Ack(BlobAck { next_index: 2, .. })));
-        assert!(matches!(accept_chunk(&tx, &parts[2], 0).expect("chunk"), ChunkOutcome::Completed(BlobAck { complete: true, .. })));
+        assert!(matches!(
+            accept_chunk(&tx, &parts[1], 0).expect("chunk"),
+            ChunkOutcome::Ack(BlobAck { next_index: 0, .. })
+        ));
+        assert!(matches!(
+            accept_chunk(&tx, &parts[0], 0).expect("chunk"),
+            ChunkOutcome::Ack(BlobAck { next_index: 2, .. })
+        ));
+        assert!(matches!(
+            accept_chunk(&tx, &parts[2], 0).expect("chunk"),
+            ChunkOutcome::Completed(BlobAck { complete: true, .. })
+        ));
         // A late duplicate chunk is acked as complete.
-        assert!(matches!(accept_chunk(&tx, &parts[1], 0).expect("chunk"), ChunkOutcome::Ack(BlobAck { complete: true, .. })));
+        assert!(matches!(
+            accept_chunk(&tx, &parts[1], 0).expect("chunk"),
+            ChunkOutcome::Ack(BlobAck { complete: true, .. })
+        ));
         tx.commit().expect("commit");
         assert_eq!(store.photo(&hash.to_hex()).expect("photo").expect("stored").bytes, photo);
         assert!(store.photo_is_proof(&hash.to_hex()).expect("proof"));

@@ -464,8 +464,8 @@ fn load_secret(what: &str, value: &str) -> Result<String, ConfigError> {
 impl Config {
     /// Reads and parses a config file (stage one).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
@@ -507,11 +507,9 @@ impl Config {
         if !(1..=100_000).contains(&self.ingest.batch_max) {
             return Err(invalid("ingest.batch_max must be 1 to 100000"));
         }
-        let listen: SocketAddr = self
-            .http
-            .listen
-            .parse()
-            .map_err(|e| invalid(format!("http.listen {:?} is not an address:port: {e}", self.http.listen)))?;
+        let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
+            invalid(format!("http.listen {:?} is not an address:port: {e}", self.http.listen))
+        })?;
         if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err(invalid("http.max_body_bytes must be 1 KiB to 64 MiB"));
         }
@@ -548,10 +546,8 @@ impl Config {
         let channel_map = match self.notify.as_ref().and_then(|n| n.get("channel_map")) {
             None => ChannelMap::default(),
             Some(value) => {
-                let entries: Vec<ChannelMapEntry> = value
-                    .clone()
-                    .try_into()
-                    .map_err(|e| invalid(format!("notify.channel_map: {e}")))?;
+                let entries: Vec<ChannelMapEntry> =
+                    value.clone().try_into().map_err(|e| invalid(format!("notify.channel_map: {e}")))?;
                 ChannelMap(entries.into_iter().map(|e| (e.milestone, e.channels)).collect())
             }
         };
@@ -589,7 +585,8 @@ impl Config {
 fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |path: &Path, e: &dyn std::fmt::Display| invalid(format!("mqtt.tls file {}: {e}", path.display()));
+    let bad =
+        |path: &Path, e: &dyn std::fmt::Display| invalid(format!("mqtt.tls file {}: {e}", path.display()));
     let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let certs: Vec<_> = CertificateDer::pem_file_iter(path)
             .map_err(|e| bad(path, &e))?
@@ -604,10 +601,11 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, ConfigError
     for cert in certs(&files.ca)? {
         roots.add(cert).map_err(|e| bad(&files.ca, &e))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&files.ca, &e))?
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&files.ca, &e))?
+            .with_root_certificates(roots);
     let config = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
             let chain = certs(cert)?;

@@ -237,7 +237,10 @@ struct CreateShipment {
 
 fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
     if value.len() > MAX_CONTACT_LEN || value.trim() != value || value.is_empty() {
-        return Err(format!("contacts.{}: empty, padded or longer than {MAX_CONTACT_LEN} bytes", channel.as_str()));
+        return Err(format!(
+            "contacts.{}: empty, padded or longer than {MAX_CONTACT_LEN} bytes",
+            channel.as_str()
+        ));
     }
     let ok = match channel {
         ContactChannel::Sms | ContactChannel::Whatsapp => {
@@ -250,7 +253,8 @@ fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
             !local.is_empty() && domain.contains('.') && !value.contains(char::is_whitespace)
         }
         ContactChannel::Webhook => {
-            (value.starts_with("https://") || value.starts_with("http://")) && !value.contains(char::is_whitespace)
+            (value.starts_with("https://") || value.starts_with("http://"))
+                && !value.contains(char::is_whitespace)
         }
     };
     if ok {
@@ -284,7 +288,9 @@ impl CreateShipment {
         if let Some(order) = &self.order_id
             && (order.is_empty() || order.len() > MAX_FIELD_LEN || order.chars().any(char::is_control))
         {
-            return Err(ApiError::unprocessable(format!("order_id must be 1 to {MAX_FIELD_LEN} printable bytes")));
+            return Err(ApiError::unprocessable(format!(
+                "order_id must be 1 to {MAX_FIELD_LEN} printable bytes"
+            )));
         }
         if !self.contacts.is_empty() && self.consent.is_none() {
             return Err(ApiError::unprocessable(
@@ -336,8 +342,12 @@ async fn create_shipment(State(state): State<AppState>, body: Bytes) -> Result<R
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-async fn show_shipment(State(state): State<AppState>, Path(tracking): Path<String>) -> Result<Response, ApiError> {
-    let tracking = TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+async fn show_shipment(
+    State(state): State<AppState>,
+    Path(tracking): Path<String>,
+) -> Result<Response, ApiError> {
+    let tracking =
+        TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let shown = state
         .writer
         .call(move |ctx| -> Result<Option<serde_json::Value>, StoreError> {
@@ -373,7 +383,8 @@ async fn dispatched(
     Path(tracking): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let tracking = TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let tracking =
+        TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let body: DispatchedBody = if body.is_empty() { DispatchedBody::default() } else { parse_json(&body)? };
     let at_ms = body.at_ms.unwrap_or_else(now_ms);
     let metrics = Arc::clone(&state.metrics);
@@ -422,7 +433,10 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
             match ctx.store.device(&device2)? {
                 Some(d) if d.status == crate::store::DeviceStatus::Active && d.fleet == fleet2 => {}
                 Some(d) if d.fleet != fleet2 => {
-                    return Err(ApiError::unprocessable(format!("device {device2} belongs to fleet {}", d.fleet)));
+                    return Err(ApiError::unprocessable(format!(
+                        "device {device2} belongs to fleet {}",
+                        d.fleet
+                    )));
                 }
                 Some(_) => return Err(ApiError::unprocessable(format!("device {device2} is revoked"))),
                 None => {
@@ -448,11 +462,14 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
         })
         .await??;
     // Stored first, then published: a failed publish is fixed by posting the route again.
-    ingest::publish_signed(&state.client, &state.hub_key, &fleet, &message, true)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("route stored but not published: {e}")))?;
+    ingest::publish_signed(&state.client, &state.hub_key, &fleet, &message, true).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("route stored but not published: {e}"))
+    })?;
     tracing::info!(fleet = %fleet, device = %device, dispatched, issued_ms, "route published");
-    Ok((StatusCode::CREATED, axum::Json(json!({ "issued_ms": issued_ms, "shipments_dispatched": dispatched })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "issued_ms": issued_ms, "shipments_dispatched": dispatched })),
+    )
         .into_response())
 }
 
@@ -474,7 +491,10 @@ async fn webhook(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(carrier) = carrier_by_slug(&slug) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown carrier; use aftership, easypost or shipengine"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown carrier; use aftership, easypost or shipengine",
+        ));
     };
     let name = carrier::carrier_slug(carrier);
     let Some(verifier) = state.carriers.get(carrier) else {
@@ -497,8 +517,11 @@ async fn webhook(
         Err(e) => {
             state.metrics.webhook(name, "rejected", e.reason());
             tracing::warn!(carrier = name, reason = e.reason(), error = %e, len = body.len(), "webhook rejected");
-            let status =
-                if e.is_authentication_failure() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+            let status = if e.is_authentication_failure() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             return Err(ApiError::new(status, e.to_string()));
         }
     };
@@ -508,7 +531,8 @@ async fn webhook(
         .writer
         .call(move |ctx| -> Result<&'static str, ApiError> {
             let now = now_ms();
-            let normalized = serde_json::to_value(&event).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            let normalized =
+                serde_json::to_value(&event).map_err(|e| ApiError::unprocessable(e.to_string()))?;
             let tx = ctx.store.transaction()?;
             let new = tx.insert_carrier_event(
                 carrier::carrier_slug(event.carrier),
@@ -545,11 +569,13 @@ async fn webhook(
 // ---- operations ---------------------------------------------------------------------------
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let depths = tokio::time::timeout(HEALTH_TIMEOUT, state.writer.call(|ctx| ctx.store.queue_depths())).await;
+    let depths =
+        tokio::time::timeout(HEALTH_TIMEOUT, state.writer.call(|ctx| ctx.store.queue_depths())).await;
     if let Ok(Ok(Ok(depths))) = depths {
         state.metrics.store_depths(&depths);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+        .into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -28,7 +28,7 @@
 //! persistent count (`rejections` table) and a log line; nothing rejected is stored, and
 //! a rejected event is never covered by an ack.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use doorstep_proto::blob::BlobChunk;
 use doorstep_proto::topic::{all_devices, shared};
 use doorstep_proto::{
-    Ack, BlobAck, Channel, DeviceId, Envelope, EnvelopeError, Event, FleetId, HubMessage, KeyId, RouteAssignment,
-    SigningKey, Topic, TrackingNumber,
+    Ack, BlobAck, Channel, DeviceId, Envelope, EnvelopeError, Event, FleetId, HubMessage, KeyId,
+    RouteAssignment, SigningKey, Topic, TrackingNumber,
 };
 use rumqttc::{AsyncClient, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +52,9 @@ use crate::metrics::Metrics;
 use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone};
 use crate::reconcile::{self, Input, Rules, ShipmentState};
 use crate::registry::Keys;
-use crate::store::{EventInsert, NewEvent, NewNotification, Shipment, Store, StoreError, StoreOptions, StoreTx};
+use crate::store::{
+    EventInsert, NewEvent, NewNotification, Shipment, Store, StoreError, StoreOptions, StoreTx,
+};
 
 /// Messages waiting for each verifier thread.
 pub const VERIFY_QUEUE: usize = 2048;
@@ -80,7 +82,9 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Publishes read from the broker but not yet taken by a verifier, at most. Above it,
 /// messages are shed (not acknowledged; devices resend). Keep the broker's in-flight
 /// window for the hub (Mosquitto: `max_inflight_messages`) below it.
-pub const MAX_PENDING: usize = 16_384;
+pub const MAX_PENDING: usize = 65_536;
+/// Payload bytes pending at most (photo chunks are up to 16 KiB each).
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for the pipeline to drain and acks to go out.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -164,14 +168,18 @@ pub fn apply_to_shipment(
     input: &Input,
     now: i64,
 ) -> Result<Effects, ApplyError> {
-    let current: ShipmentState = match &shipment.reconcile_state {
-        None | Some(serde_json::Value::Null) => ShipmentState::new(),
-        Some(json) => serde_json::from_value(json.clone())
+    let current: ShipmentState = match shipment.reconcile_state.as_deref() {
+        None | Some("null") => ShipmentState { milestone: shipment.milestone, ..ShipmentState::new() },
+        Some(json) => serde_json::from_str(json)
             .map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() })?,
     };
     let (next, actions) = reconcile::apply(&current, input, &domain.rules);
-    let json = serde_json::to_value(&next).map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() })?;
-    tx.save_reconcile(shipment.id, next.milestone, &json, now)?;
+    // A repeated signal (the tenth "nearby" of a stop) usually changes nothing.
+    if next != current || shipment.reconcile_state.is_none() {
+        let json = serde_json::to_string(&next)
+            .map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() })?;
+        tx.save_reconcile_json(shipment.id, next.milestone, &json, now)?;
+    }
     if let Some((occurred_ms, source, kind, detail)) = timeline_entry(input) {
         tx.add_timeline(shipment.id, occurred_ms, &source, &kind, &detail)?;
     }
@@ -390,7 +398,9 @@ impl Writer {
         }));
         let sender = self.tx.clone();
         // The queue is bounded: wait for room on a blocking thread, not an async worker.
-        tokio::task::spawn_blocking(move || sender.send(item)).await.map_err(|_| WriterGone)?.map_err(|_| WriterGone)?;
+        tokio::task::spawn_blocking(move || sender.send(item).map_err(|_| WriterGone))
+            .await
+            .map_err(|_| WriterGone)??;
         rx.await.map_err(|_| WriterGone)
     }
 }
@@ -438,14 +448,19 @@ pub struct Ingest {
 impl Ingest {
     /// Opens the store, starts the writer, the verifiers, the outbound task and the MQTT
     /// session. Must be called inside a tokio runtime.
-    pub fn start(options: &IngestOptions, hub_key: Arc<SigningKey>, domain: Domain) -> Result<Self, IngestError> {
+    pub fn start(
+        options: &IngestOptions,
+        hub_key: Arc<SigningKey>,
+        domain: Domain,
+    ) -> Result<Self, IngestError> {
         let store = Store::open(&options.database, options.store)?;
         let keys = Keys::default();
         keys.reload(&store)?;
         let metrics = Arc::clone(&domain.metrics);
         let cancel = CancellationToken::new();
 
-        let mut mqtt = MqttOptions::new(options.mqtt.client_id.clone(), options.mqtt.host.clone(), options.mqtt.port);
+        let mut mqtt =
+            MqttOptions::new(options.mqtt.client_id.clone(), options.mqtt.host.clone(), options.mqtt.port);
         mqtt.set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(options.mqtt.keepalive)
@@ -453,7 +468,9 @@ impl Ingest {
             .set_request_channel_capacity(MQTT_REQUEST_QUEUE)
             .set_max_packet_size(MAX_PACKET, doorstep_proto::hub::MAX_HUB_LEN + 4096);
         if let Some(tls) = &options.mqtt.tls {
-            mqtt.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+            mqtt.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(
+                tls,
+            ))));
         }
         let (client, eventloop) = AsyncClient::new(mqtt, MQTT_REQUEST_QUEUE);
 
@@ -588,7 +605,10 @@ pub async fn publish_signed(
     };
     let topic = Topic::new(fleet.clone(), message.device().clone(), channel).to_string();
     let bytes = message.seal(hub_key).map_err(PublishError::Seal)?;
-    client.publish(topic, QoS::AtLeastOnce, retain, bytes).await.map_err(|e| PublishError::Mqtt(e.to_string()))
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, bytes)
+        .await
+        .map_err(|e| PublishError::Mqtt(e.to_string()))
 }
 
 /// Why a hub message could not be published.
@@ -625,6 +645,7 @@ async fn drive(
     // drain it leave through this same event loop; the broker's in-flight window
     // (un-PUBACKed QoS 1 messages) is what bounds this queue in practice.
     let mut pending: VecDeque<(usize, Publish)> = VecDeque::new();
+    let mut pending_bytes = 0usize;
     loop {
         let mut stop_feeding = false;
         let front = pending.front().map(|(i, _)| *i);
@@ -645,6 +666,7 @@ async fn drive(
                 match permit {
                     Some(Ok(permit)) => {
                         if let Some((_, publish)) = pending.pop_front() {
+                            pending_bytes = pending_bytes.saturating_sub(publish.payload.len());
                             permit.send(publish);
                         }
                     }
@@ -662,6 +684,7 @@ async fn drive(
             // still pending was never PUBACKed: the broker keeps it for the next session.
             verifiers = None;
             pending.clear();
+            pending_bytes = 0;
             continue;
         }
         let Some(event) = event else { continue };
@@ -678,7 +701,7 @@ async fn drive(
             }
             Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
                 let Some(txs) = &verifiers else { continue };
-                if pending.len() >= MAX_PENDING {
+                if pending.len() >= MAX_PENDING || pending_bytes >= MAX_PENDING_BYTES {
                     // Shed: not PUBACKed, not acked; the device resends it when its ack
                     // stalls. Only a broker with an in-flight window above MAX_PENDING
                     // (or a QoS 0 flood) gets here.
@@ -692,11 +715,15 @@ async fn drive(
                 let i = usize::try_from(h.finish() % n).unwrap_or(0);
                 match txs[i].try_send(publish) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(publish)) => pending.push_back((i, publish)),
+                    Err(mpsc::error::TrySendError::Full(publish)) => {
+                        pending_bytes += publish.payload.len();
+                        pending.push_back((i, publish));
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         tracing::error!("verifier thread gone; stopping ingest");
                         verifiers = None;
                         pending.clear();
+                        pending_bytes = 0;
                     }
                 }
                 if pending.is_empty() {
@@ -714,6 +741,7 @@ async fn drive(
                 // Messages pending from the lost connection were not PUBACKed; the broker
                 // redelivers them on the resumed session.
                 pending.clear();
+                pending_bytes = 0;
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "broker connection lost; reconnecting");
                 tokio::select! {
                     () = cancel.cancelled() => {}
@@ -736,7 +764,12 @@ async fn drive(
     metrics.mqtt_connected(false);
 }
 
-async fn outbound(client: AsyncClient, mut rx: mpsc::Receiver<Outbound>, metrics: Arc<Metrics>, done: CancellationToken) {
+async fn outbound(
+    client: AsyncClient,
+    mut rx: mpsc::Receiver<Outbound>,
+    metrics: Arc<Metrics>,
+    done: CancellationToken,
+) {
     while let Some(item) = rx.recv().await {
         let result = match item {
             Outbound::Publish { topic, payload, retain } => {
@@ -770,7 +803,9 @@ struct Verifier {
 impl Verifier {
     fn run(mut self, mut rx: mpsc::Receiver<Publish>) {
         while let Some(publish) = rx.blocking_recv() {
+            let started = Instant::now();
             let item = self.check(publish);
+            self.metrics.busy("verify", started.elapsed());
             if self.write.send(item).is_err() {
                 break;
             }
@@ -778,7 +813,13 @@ impl Verifier {
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn reject(&self, source: &'static str, reason: &'static str, delivery: Delivery, detail: &str) -> WriteItem {
+    fn reject(
+        &self,
+        source: &'static str,
+        reason: &'static str,
+        delivery: Delivery,
+        detail: &str,
+    ) -> WriteItem {
         tracing::warn!(topic = %delivery.topic, len = delivery.payload.len(), reason, detail, "{source} message rejected");
         WriteItem::Ingested(Ingested::Rejected { source, reason, delivery })
     }
@@ -834,7 +875,12 @@ impl Verifier {
             let detail = format!("device {} published under fleet {}", envelope.device, topic.fleet);
             return self.reject("evt", "fleet_mismatch", publish, &detail);
         }
-        WriteItem::Ingested(Ingested::Event(Box::new(VerifiedEvent { topic, key_id, envelope, delivery: publish })))
+        WriteItem::Ingested(Ingested::Event(Box::new(VerifiedEvent {
+            topic,
+            key_id,
+            envelope,
+            delivery: publish,
+        })))
     }
 
     fn check_chunk(&mut self, topic: Topic, publish: Publish) -> WriteItem {
@@ -928,7 +974,9 @@ impl WriterThread {
                 // what is queued (calls from HTTP included) and stop.
                 while let Ok(item) = rx.try_recv() {
                     match item {
-                        WriteItem::Call(f) => f(&mut WriterCtx { store: &mut self.store, domain: &self.domain }),
+                        WriteItem::Call(f) => {
+                            f(&mut WriterCtx { store: &mut self.store, domain: &self.domain })
+                        }
                         WriteItem::Ingested(other) => self.commit_batch(vec![other]),
                     }
                 }
@@ -945,7 +993,13 @@ impl WriterThread {
             let mut effects = Effects::default();
             for (shipment_id, _at) in tx.take_due_wakeups(now, WAKE_BATCH)? {
                 let Some(shipment) = tx.shipment(shipment_id)? else { continue };
-                effects.merge(apply_to_shipment(&tx, &self.domain, &shipment, &Input::Wake { now_ms: now }, now)?);
+                effects.merge(apply_to_shipment(
+                    &tx,
+                    &self.domain,
+                    &shipment,
+                    &Input::Wake { now_ms: now },
+                    now,
+                )?);
             }
             tx.commit()?;
             Ok(effects)
@@ -957,14 +1011,16 @@ impl WriterThread {
     }
 
     fn commit_batch(&mut self, batch: Vec<Ingested>) {
+        let started = Instant::now();
         let now = now_ms();
         let mut after = AfterCommit::default();
         let result = (|| -> Result<(), StoreError> {
             let tx = self.store.transaction()?;
+            let mut devices = HashMap::new();
             for item in batch {
                 match item {
                     Ingested::Event(event) => {
-                        Self::store_event(&tx, &self.domain, *event, now, &mut after)?;
+                        Self::store_event(&tx, &self.domain, *event, now, &mut after, &mut devices)?;
                     }
                     Ingested::Chunk { topic, chunk, delivery } => {
                         match blobs::accept_chunk(&tx, &chunk, now)? {
@@ -1005,7 +1061,9 @@ impl WriterThread {
             for (device, (fleet, up_to)) in after.acks.iter_mut() {
                 *up_to = tx.advance_ack(fleet, device, now)?;
             }
+            let committing = Instant::now();
             tx.commit()?;
+            self.domain.metrics.busy("commit", committing.elapsed());
             Ok(())
         })();
         if let Err(e) = result {
@@ -1039,6 +1097,7 @@ impl WriterThread {
                 break;
             }
         }
+        self.domain.metrics.busy("writer", started.elapsed());
     }
 
     fn send_signed(&self, fleet: &FleetId, message: &HubMessage) {
@@ -1057,6 +1116,7 @@ impl WriterThread {
         event: VerifiedEvent,
         now: i64,
         after: &mut AfterCommit,
+        devices: &mut HashMap<(DeviceId, KeyId), Option<FleetId>>,
     ) -> Result<(), StoreError> {
         let VerifiedEvent { topic, key_id, envelope, delivery } = event;
         let device = &envelope.device;
@@ -1065,8 +1125,17 @@ impl WriterThread {
             after.counted.push(("rejected", reason, "evt"));
             Ok(())
         };
-        // The verifier's key snapshot may be a moment old: the registry decides.
-        match tx.active_device(device, &key_id)? {
+        // The verifier's key snapshot may be a moment old: the registry decides (once per
+        // device and batch).
+        let registered = match devices.get(&(device.clone(), key_id)) {
+            Some(fleet) => fleet.clone(),
+            None => {
+                let fleet = tx.active_device(device, &key_id)?;
+                devices.insert((device.clone(), key_id), fleet.clone());
+                fleet
+            }
+        };
+        match registered {
             None => {
                 tracing::warn!(device = %device, seq = envelope.seq, reason = "revoked_device", "event rejected at commit");
                 reject(after, "revoked_device")?;
@@ -1124,7 +1193,8 @@ impl WriterThread {
                 after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
             EventInsert::SeqConflict | EventInsert::EventIdReused => {
-                let reason = if outcome == EventInsert::SeqConflict { "seq_conflict" } else { "event_id_reused" };
+                let reason =
+                    if outcome == EventInsert::SeqConflict { "seq_conflict" } else { "event_id_reused" };
                 tracing::error!(device = %device, seq = envelope.seq, event_id, reason, "event rejected: conflicts with a stored event");
                 reject(after, reason)?;
             }
@@ -1133,7 +1203,12 @@ impl WriterThread {
         Ok(())
     }
 
-    fn reconcile_event(tx: &StoreTx<'_>, domain: &Domain, envelope: &Envelope, now: i64) -> Result<Effects, ApplyError> {
+    fn reconcile_event(
+        tx: &StoreTx<'_>,
+        domain: &Domain,
+        envelope: &Envelope,
+        now: i64,
+    ) -> Result<Effects, ApplyError> {
         let mut effects = Effects::default();
         let mut seen: BTreeSet<TrackingNumber> = BTreeSet::new();
         for signal in device_signals(tx, envelope)? {

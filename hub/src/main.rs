@@ -126,7 +126,11 @@ fn main() -> anyhow::Result<()> {
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| {
-        format!("loading {} (write one with `doorstep-hub --print-default-config > {}`)", path.display(), path.display())
+        format!(
+            "loading {} (write one with `doorstep-hub --print-default-config > {}`)",
+            path.display(),
+            path.display()
+        )
     })
 }
 
@@ -138,8 +142,9 @@ fn key_path(config: &Path, key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let pkcs8 = std::fs::read(path)
-        .with_context(|| format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display()))?;
+    let pkcs8 = std::fs::read(path).with_context(|| {
+        format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display())
+    })?;
     SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("hub key {}", path.display()))
 }
 
@@ -191,7 +196,15 @@ fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::List => {
             writeln!(out, "{:<16} {:<24} {:<8} {:<16} public key", "fleet", "device", "status", "key id")?;
             for d in store.devices()? {
-                writeln!(out, "{:<16} {:<24} {:<8} {:<16} {}", d.fleet, d.device, d.status.as_str(), d.key_id, d.key)?;
+                writeln!(
+                    out,
+                    "{:<16} {:<24} {:<8} {:<16} {}",
+                    d.fleet,
+                    d.device,
+                    d.status.as_str(),
+                    d.key_id,
+                    d.key
+                )?;
             }
         }
         DeviceCommand::Revoke { device } => {
@@ -206,7 +219,8 @@ fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
 }
 
 fn serve(config_path: &Path) -> anyhow::Result<()> {
-    let settings = load_config(config_path)?.validate().with_context(|| format!("{}", config_path.display()))?;
+    let settings =
+        load_config(config_path)?.validate().with_context(|| format!("{}", config_path.display()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
@@ -220,7 +234,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let hub_key = Arc::new(load_key(&settings.key_path)?);
     let metrics = Arc::new(Metrics::default());
     let hold_ms = i64::try_from(settings.hold_period.as_millis()).unwrap_or(i64::MAX);
-    let domain = Domain { rules: Rules { hold_ms }, channel_map: settings.channel_map.clone(), metrics: Arc::clone(&metrics) };
+    let domain = Domain {
+        rules: Rules { hold_ms },
+        channel_map: settings.channel_map.clone(),
+        metrics: Arc::clone(&metrics),
+    };
     let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
     let options = IngestOptions {
         database: settings.database.clone(),

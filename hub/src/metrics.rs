@@ -13,18 +13,31 @@ use crate::store::QueueDepths;
 
 /// Metric names with their help text and type, in output order.
 const FAMILIES: &[(&str, &str, &str)] = &[
-    ("doorstep_hub_ingest_total", "counter", "Device messages by outcome (stored, duplicate, rejected) and reason."),
+    (
+        "doorstep_hub_ingest_total",
+        "counter",
+        "Device messages by outcome (stored, duplicate, rejected) and reason.",
+    ),
     ("doorstep_hub_acks_published_total", "counter", "Signed cumulative acks published to devices."),
     ("doorstep_hub_blob_chunks_total", "counter", "Photo chunks by outcome and reason."),
     ("doorstep_hub_photos_total", "counter", "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", "counter", "Carrier webhooks by carrier and outcome."),
     ("doorstep_hub_notifications_total", "counter", "Notification attempts by channel and outcome."),
-    ("doorstep_hub_notifications_enqueued_total", "counter", "Notifications enqueued by channel and milestone."),
+    (
+        "doorstep_hub_notifications_enqueued_total",
+        "counter",
+        "Notifications enqueued by channel and milestone.",
+    ),
     ("doorstep_hub_alerts_total", "counter", "Operations alerts raised by code."),
     ("doorstep_hub_commits_total", "counter", "Ingest transactions committed."),
     ("doorstep_hub_committed_events_total", "counter", "Events in committed ingest transactions."),
+    ("doorstep_hub_busy_us_total", "counter", "Time spent working, by pipeline stage, microseconds."),
     ("doorstep_hub_ingest_lag_ms", "gauge", "Event time to commit, last batch's newest event, milliseconds."),
-    ("doorstep_hub_ingest_lag_max_ms", "gauge", "Event time to commit, last batch's oldest event, milliseconds."),
+    (
+        "doorstep_hub_ingest_lag_max_ms",
+        "gauge",
+        "Event time to commit, last batch's oldest event, milliseconds.",
+    ),
     ("doorstep_hub_queue_depth", "gauge", "Items waiting, by queue."),
     ("doorstep_hub_mqtt_connected", "gauge", "1 while the hub's broker session is up."),
 ];
@@ -99,7 +112,11 @@ impl Metrics {
 
     /// A carrier webhook: `outcome` is stored, duplicate, rejected; `reason` says why.
     pub fn webhook(&self, carrier: &str, outcome: &str, reason: &str) {
-        self.add("doorstep_hub_webhooks_total", &[("carrier", carrier), ("outcome", outcome), ("reason", reason)], 1);
+        self.add(
+            "doorstep_hub_webhooks_total",
+            &[("carrier", carrier), ("outcome", outcome), ("reason", reason)],
+            1,
+        );
     }
 
     /// A notification attempt outcome (sent, delivered, failed, ...), for the dispatcher.
@@ -109,7 +126,11 @@ impl Metrics {
 
     /// A notification enqueued.
     pub fn notification_enqueued(&self, channel: &str, milestone: &str) {
-        self.add("doorstep_hub_notifications_enqueued_total", &[("channel", channel), ("milestone", milestone)], 1);
+        self.add(
+            "doorstep_hub_notifications_enqueued_total",
+            &[("channel", channel), ("milestone", milestone)],
+            1,
+        );
     }
 
     /// An operations alert raised.
@@ -126,6 +147,12 @@ impl Metrics {
             self.set("doorstep_hub_ingest_lag_ms", &[], newest);
             self.set("doorstep_hub_ingest_lag_max_ms", &[], oldest);
         }
+    }
+
+    /// Time a pipeline stage spent working (`verify`, `writer`, `commit`).
+    pub fn busy(&self, stage: &str, elapsed: std::time::Duration) {
+        let us = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
+        self.add("doorstep_hub_busy_us_total", &[("stage", stage)], us);
     }
 
     /// An in-memory queue's depth.
@@ -186,7 +213,10 @@ mod tests {
         m.ingest("stored", "ok");
         m.webhook("easypost", "rejected", "bad \"sig\"");
         let text = m.render();
-        assert!(text.contains("doorstep_hub_ingest_total{outcome=\"rejected\",reason=\"bad_signature\"} 2"), "{text}");
+        assert!(
+            text.contains("doorstep_hub_ingest_total{outcome=\"rejected\",reason=\"bad_signature\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE doorstep_hub_ingest_total counter"));
         assert!(text.contains("reason=\"bad \\\"sig\\\"\""), "{text}");
         assert_eq!(m.ingest_outcome_total("rejected"), 2);

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use doorstep_proto::{DeviceId, FleetId, KeyId, PublicKey, RouteManifest, StopId, TrackingNumber, TrustedKey};
+use doorstep_proto::{
+    DeviceId, FleetId, KeyId, PublicKey, RouteManifest, StopId, TrackingNumber, TrustedKey,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -350,8 +352,9 @@ pub struct Shipment {
     pub time_zone: String,
     /// Current customer-facing milestone.
     pub milestone: Milestone,
-    /// The reconciler's own state, JSON, opaque to the store.
-    pub reconcile_state: Option<serde_json::Value>,
+    /// The reconciler's own state as JSON text (`reconcile::ShipmentState`), opaque to
+    /// the store; `None` until the first input.
+    pub reconcile_state: Option<String>,
     /// Created, ms since the Unix epoch.
     pub created_ms: i64,
 }
@@ -536,16 +539,18 @@ impl Store {
         now_ms: i64,
     ) -> Result<DeviceRecord, StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let existing: Option<String> =
-            tx.query_row("SELECT device FROM devices WHERE device = ?1", [device.as_str()], |r| r.get(0)).optional()?;
+        let existing: Option<String> = tx
+            .query_row("SELECT device FROM devices WHERE device = ?1", [device.as_str()], |r| r.get(0))
+            .optional()?;
         if existing.is_some() && !replace {
             return Err(StoreError::Exists(format!(
                 "device {device} (use --replace to rotate its key, or revoke it first)"
             )));
         }
         let key_id = key.key_id().to_hex();
-        let owner: Option<String> =
-            tx.query_row("SELECT device FROM devices WHERE key_id = ?1", [&key_id], |r| r.get(0)).optional()?;
+        let owner: Option<String> = tx
+            .query_row("SELECT device FROM devices WHERE key_id = ?1", [&key_id], |r| r.get(0))
+            .optional()?;
         if let Some(owner) = owner
             && owner != device.as_str()
         {
@@ -584,7 +589,13 @@ impl Store {
             "SELECT fleet, device, public_key, status, added_ms FROM devices ORDER BY fleet, device",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -670,8 +681,9 @@ impl Store {
 
     /// Operations alerts of a shipment: (code, detail).
     pub fn alerts_for_shipment(&self, shipment_id: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT code, detail FROM ops_alerts WHERE shipment_id = ?1 ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT code, detail FROM ops_alerts WHERE shipment_id = ?1 ORDER BY id")?;
         let rows = stmt.query_map([shipment_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -679,7 +691,9 @@ impl Store {
     /// Number of events stored for a device.
     pub fn event_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
         let n: i64 =
-            self.conn.query_row("SELECT count(*) FROM events WHERE device = ?1", [device.as_str()], |r| r.get(0))?;
+            self.conn.query_row("SELECT count(*) FROM events WHERE device = ?1", [device.as_str()], |r| {
+                r.get(0)
+            })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -720,7 +734,8 @@ impl Store {
     /// Persistent rejection counters: (source, reason) → count.
     pub fn rejection_counts(&self) -> Result<BTreeMap<(String, String), u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT source, reason, count FROM rejections")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
         let mut out = BTreeMap::new();
         for row in rows {
             let (source, reason, count) = row?;
@@ -738,7 +753,11 @@ impl Store {
             })
             .optional()?;
         row.map(|(device, bytes, verified)| {
-            Ok(PhotoRecord { device: DeviceId::new(device).map_err(|e| corrupt("device id", e))?, bytes, verified })
+            Ok(PhotoRecord {
+                device: DeviceId::new(device).map_err(|e| corrupt("device id", e))?,
+                bytes,
+                verified,
+            })
         })
         .transpose()
     }
@@ -758,17 +777,20 @@ impl Store {
     /// Queue depths for the metrics endpoint.
     pub fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
         let mut depths = QueueDepths::default();
-        let mut stmt = self.conn.prepare_cached("SELECT status, count(*) FROM notification_outbox GROUP BY status")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT status, count(*) FROM notification_outbox GROUP BY status")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (status, n) = row?;
             depths.outbox_by_status.insert(status, n);
         }
-        depths.alerts_unsent = self.conn.query_row("SELECT count(*) FROM ops_alerts WHERE sent = 0", [], |r| r.get(0))?;
+        depths.alerts_unsent =
+            self.conn.query_row("SELECT count(*) FROM ops_alerts WHERE sent = 0", [], |r| r.get(0))?;
         depths.wakeups = self.conn.query_row("SELECT count(*) FROM wakeups", [], |r| r.get(0))?;
-        depths.photos_partial =
-            self.conn.query_row("SELECT count(*) FROM (SELECT DISTINCT device, sha256 FROM photo_chunks)", [], |r| {
-                r.get(0)
-            })?;
+        depths.photos_partial = self.conn.query_row(
+            "SELECT count(*) FROM (SELECT DISTINCT device, sha256 FROM photo_chunks)",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(depths)
     }
 
@@ -855,7 +877,8 @@ fn shipment_where(
             ))
         })
         .optional()?;
-    let Some((id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms)) = row
+    let Some((id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms)) =
+        row
     else {
         return Ok(None);
     };
@@ -868,10 +891,7 @@ fn shipment_where(
         locale,
         time_zone,
         milestone: parse_milestone(&milestone)?,
-        reconcile_state: state
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .map_err(|e| corrupt("reconcile state", e))?,
+        reconcile_state: state,
         created_ms,
     }))
 }
@@ -885,12 +905,14 @@ impl StoreTx<'_> {
     /// Starts a nested unit (a savepoint) that can be undone alone with
     /// [`StoreTx::rollback_item`], or kept with [`StoreTx::release_item`].
     pub fn begin_item(&self) -> Result<(), StoreError> {
-        Ok(self.tx.execute_batch("SAVEPOINT item")?)
+        self.tx.prepare_cached("SAVEPOINT item")?.execute([])?;
+        Ok(())
     }
 
     /// Keeps the nested unit's changes (still subject to the transaction's commit).
     pub fn release_item(&self) -> Result<(), StoreError> {
-        Ok(self.tx.execute_batch("RELEASE item")?)
+        self.tx.prepare_cached("RELEASE item")?.execute([])?;
+        Ok(())
     }
 
     /// Undoes the nested unit's changes.
@@ -904,7 +926,9 @@ impl StoreTx<'_> {
     pub fn active_device(&self, device: &DeviceId, key_id: &KeyId) -> Result<Option<FleetId>, StoreError> {
         let row: Option<String> = self
             .tx
-            .prepare_cached("SELECT fleet FROM devices WHERE device = ?1 AND key_id = ?2 AND status = 'active'")?
+            .prepare_cached(
+                "SELECT fleet FROM devices WHERE device = ?1 AND key_id = ?2 AND status = 'active'",
+            )?
             .query_row(params![device.as_str(), key_id.to_hex()], |r| r.get(0))
             .optional()?;
         row.map(|f| FleetId::new(f).map_err(|e| corrupt("fleet id", e))).transpose()
@@ -949,9 +973,9 @@ impl StoreTx<'_> {
         let start = ack_high_water(&self.tx, device)?;
         let mut high = start;
         {
-            let mut stmt = self
-                .tx
-                .prepare_cached("SELECT seq FROM events WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT 4096")?;
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT seq FROM events WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT 4096",
+            )?;
             loop {
                 let before = high;
                 let mut rows = stmt.query(params![device.as_str(), seq_param(high)?])?;
@@ -1025,7 +1049,7 @@ impl StoreTx<'_> {
         shipment_where(&self.tx, "id = ?1", rusqlite::types::Value::Integer(id))
     }
 
-    /// Saves the reconciler's result for a shipment.
+    /// Saves the reconciler's result for a shipment (state as a JSON value).
     pub fn save_reconcile(
         &self,
         shipment_id: i64,
@@ -1033,9 +1057,22 @@ impl StoreTx<'_> {
         state: &serde_json::Value,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.save_reconcile_json(shipment_id, milestone, &state.to_string(), now_ms)
+    }
+
+    /// Saves the reconciler's result for a shipment (state as JSON text, as ingest has it).
+    pub fn save_reconcile_json(
+        &self,
+        shipment_id: i64,
+        milestone: Milestone,
+        state_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         self.tx
-            .prepare_cached("UPDATE shipments SET milestone = ?2, reconcile_state = ?3, updated_ms = ?4 WHERE id = ?1")?
-            .execute(params![shipment_id, milestone_str(milestone), state.to_string(), now_ms])?;
+            .prepare_cached(
+                "UPDATE shipments SET milestone = ?2, reconcile_state = ?3, updated_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![shipment_id, milestone_str(milestone), state_json, now_ms])?;
         Ok(())
     }
 
@@ -1079,7 +1116,13 @@ impl StoreTx<'_> {
     }
 
     /// Raises an operations alert; once per (shipment, code).
-    pub fn raise_alert(&self, shipment_id: i64, code: &str, detail: &str, now_ms: i64) -> Result<bool, StoreError> {
+    pub fn raise_alert(
+        &self,
+        shipment_id: i64,
+        code: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let n = self
             .tx
             .prepare_cached(
@@ -1101,10 +1144,15 @@ impl StoreTx<'_> {
     pub fn take_due_wakeups(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, i64)>, StoreError> {
         let due: Vec<(i64, i64)> = self
             .tx
-            .prepare_cached("SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2")?
-            .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .prepare_cached(
+                "SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2",
+            )?
+            .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
-        let mut delete = self.tx.prepare_cached("DELETE FROM wakeups WHERE shipment_id = ?1 AND at_ms = ?2")?;
+        let mut delete =
+            self.tx.prepare_cached("DELETE FROM wakeups WHERE shipment_id = ?1 AND at_ms = ?2")?;
         for (id, at) in &due {
             delete.execute(params![id, at])?;
         }
@@ -1221,10 +1269,18 @@ impl StoreTx<'_> {
     // ---- photos ------------------------------------------------------------------------
 
     /// Records that a signed event of `device` carries this photo hash and size.
-    pub fn add_photo_ref(&self, sha256_hex: &str, device: &DeviceId, seq: u64, size: u64) -> Result<(), StoreError> {
+    pub fn add_photo_ref(
+        &self,
+        sha256_hex: &str,
+        device: &DeviceId,
+        seq: u64,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let size = i64::try_from(size).map_err(|e| corrupt("photo size", e))?;
         self.tx
-            .prepare_cached("INSERT OR IGNORE INTO photo_refs (sha256, device, seq, size) VALUES (?1, ?2, ?3, ?4)")?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO photo_refs (sha256, device, seq, size) VALUES (?1, ?2, ?3, ?4)",
+            )?
             .execute(params![sha256_hex, device.as_str(), seq_param(seq)?, size])?;
         Ok(())
     }
@@ -1287,8 +1343,9 @@ impl StoreTx<'_> {
     /// Concatenates the chunks of a photo, in order.
     pub fn photo_chunks_data(&self, device: &DeviceId, sha256_hex: &str) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();
-        let mut stmt =
-            self.tx.prepare_cached("SELECT data FROM photo_chunks WHERE device = ?1 AND sha256 = ?2 ORDER BY idx")?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT data FROM photo_chunks WHERE device = ?1 AND sha256 = ?2 ORDER BY idx")?;
         let mut rows = stmt.query(params![device.as_str(), sha256_hex])?;
         while let Some(row) = rows.next()? {
             let data: Vec<u8> = row.get(0)?;
@@ -1306,7 +1363,13 @@ impl StoreTx<'_> {
     }
 
     /// Stores a complete photo that matched its hash.
-    pub fn put_photo(&self, device: &DeviceId, sha256_hex: &str, bytes: &[u8], now_ms: i64) -> Result<(), StoreError> {
+    pub fn put_photo(
+        &self,
+        device: &DeviceId,
+        sha256_hex: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let len = i64::try_from(bytes.len()).map_err(|e| corrupt("photo size", e))?;
         self.tx
             .prepare_cached(
@@ -1376,7 +1439,10 @@ mod tests {
         store.add_device(&fleet, &device("van-1"), &key(1), false, 0).expect("add");
         store.add_device(&fleet, &device("van-2"), &key(2), false, 0).expect("add");
         assert!(store.add_device(&fleet, &device("van-1"), &key(3), false, 0).is_err());
-        assert!(store.add_device(&fleet, &device("van-3"), &key(1), false, 0).is_err(), "a key has one owner");
+        assert!(
+            store.add_device(&fleet, &device("van-3"), &key(1), false, 0).is_err(),
+            "a key has one owner"
+        );
         assert!(store.revoke_device(&device("van-1"), 5).expect("revoke"));
         let keys = store.active_keys().expect("keys");
         assert_eq!(keys.len(), 1);

@@ -33,7 +33,10 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
             fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
         }
     }
-    assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await, "every van acked to 40");
+    assert!(
+        fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await,
+        "every van acked to 40"
+    );
 
     // Duplicates: stored once, acked again.
     let (d1, k1) = &vans[0];
@@ -42,7 +45,10 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
         fleet.publish(&evt_topic(d1), seal(k1, d1, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
     }
     assert!(hub.wait_for(WAIT, |m| m.ingest_outcome_total("duplicate") == 11).await);
-    assert!(fleet.wait_for(WAIT, |i| i.ack_count.get(d1).copied().unwrap_or(0) > before).await, "duplicates are acked again");
+    assert!(
+        fleet.wait_for(WAIT, |i| i.ack_count.get(d1).copied().unwrap_or(0) > before).await,
+        "duplicates are acked again"
+    );
     assert_eq!(fleet.acked(d1), 40);
     assert!(fleet.inbox.lock().unwrap().refused.is_empty(), "every ack verifies under the hub key");
 
@@ -82,11 +88,19 @@ async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
     // Right version byte, unknown key id: refused before any parsing.
     fleet.publish(&evt_topic(&good), vec![1u8; 200]).await;
 
-    let want = ["bad_signature", "unknown_device", "revoked_device", "topic_mismatch", "oversized", "truncated"];
-    assert!(hub.wait_for(WAIT, |m| m.ingest_outcome_total("rejected") >= 7).await, "{}", hub.metrics.render());
+    let want =
+        ["bad_signature", "unknown_device", "revoked_device", "topic_mismatch", "oversized", "truncated"];
+    assert!(
+        hub.wait_for(WAIT, |m| m.ingest_outcome_total("rejected") >= 7).await,
+        "{}",
+        hub.metrics.render()
+    );
     let text = hub.metrics.render();
     for reason in want {
-        assert!(text.contains(&format!("outcome=\"rejected\",reason=\"{reason}\"")), "missing {reason}: {text}");
+        assert!(
+            text.contains(&format!("outcome=\"rejected\",reason=\"{reason}\"")),
+            "missing {reason}: {text}"
+        );
     }
     // The good device still works, and was never acked for the forged event.
     assert_eq!(fleet.acked(&good), 0);
@@ -178,7 +192,8 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
 
     let body: serde_json::Value =
         client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
-    let kinds: Vec<&str> = body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"dispatched") && kinds.contains(&"nearby"), "{body}");
     let milestones: Vec<(&str, &str)> = body["notifications"]
         .as_array()
@@ -186,13 +201,19 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
         .iter()
         .map(|n| (n["milestone"].as_str().unwrap(), n["channel"].as_str().unwrap()))
         .collect();
-    assert!(milestones.contains(&("dispatched", "sms")) && milestones.contains(&("nearby", "email")), "{body}");
+    assert!(
+        milestones.contains(&("dispatched", "sms")) && milestones.contains(&("nearby", "email")),
+        "{body}"
+    );
     // Posting the route again dispatches nothing twice.
     let r = client.post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let again: serde_json::Value =
         client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(again["notifications"].as_array().unwrap().len(), body["notifications"].as_array().unwrap().len());
+    assert_eq!(
+        again["notifications"].as_array().unwrap().len(),
+        body["notifications"].as_array().unwrap().len()
+    );
 
     let metrics = client.get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} 2"), "{metrics}");
@@ -220,7 +241,8 @@ async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
         sha256: sha,
         total_len: photo.len() as u64,
         index,
-        data: photo[index as usize * MAX_CHUNK_LEN..((index as usize + 1) * MAX_CHUNK_LEN).min(photo.len())].to_vec(),
+        data: photo[index as usize * MAX_CHUNK_LEN..((index as usize + 1) * MAX_CHUNK_LEN).min(photo.len())]
+            .to_vec(),
     };
     let blob_topic = "doorstep/v1/acme/van-1/blob";
     // Before a signed confirmation names it, a photo is not accepted.
@@ -276,7 +298,8 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let body = serde_json::to_vec(&serde_json::json!({"event": "tracking_update",
         "event_id": "4f6f1f5b-0c1e-4d55-a2a2-8d3c6b9f0e11", "msg": doc["data"]["tracking"], "ts": 1_532_481_000}))
     .unwrap();
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"aftership-test-secret"), &body);
+    let tag =
+        ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"aftership-test-secret"), &body);
     let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
     let post = |sig: String| {
         client
@@ -296,7 +319,8 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
 
     let shown: serde_json::Value =
         client.get(hub.url("/v1/shipments/111111111111")).send().await.unwrap().json().await.unwrap();
-    let carrier_entries = shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
+    let carrier_entries =
+        shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
     assert_eq!(carrier_entries, 1, "{shown}");
     let metrics = hub.metrics.render();
     assert!(metrics.contains("carrier=\"aftership\",outcome=\"rejected\""), "{metrics}");

@@ -19,8 +19,8 @@ use doorstep_hub::metrics::Metrics;
 use doorstep_hub::reconcile::Rules;
 use doorstep_hub::store::StoreOptions;
 use doorstep_proto::{
-    DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, Nearby, PublicKey, RouteId, SigningKey,
-    StopId,
+    DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, Nearby, PublicKey, RouteId,
+    SigningKey, StopId,
 };
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,10 @@ impl Broker {
     /// of 2000 per client, well below the hub's `MAX_PENDING`) and
     /// waits until it accepts connections. Fails, never skips, when Mosquitto is missing.
     pub async fn start() -> Broker {
-        assert!(Path::new(MOSQUITTO).exists(), "{MOSQUITTO} not found: install it: apt-get install mosquitto");
+        assert!(
+            Path::new(MOSQUITTO).exists(),
+            "{MOSQUITTO} not found: install it: apt-get install mosquitto"
+        );
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
@@ -123,7 +126,9 @@ pub fn nearby(n: u32, stop: &str) -> Event {
 pub fn seal(key: &SigningKey, device: &DeviceId, seq: u64, event: Event) -> Vec<u8> {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&seq.to_be_bytes());
-    id[8..].copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, device.as_str().as_bytes()).as_ref()[..8]);
+    id[8..].copy_from_slice(
+        &ring::digest::digest(&ring::digest::SHA256, device.as_str().as_bytes()).as_ref()[..8],
+    );
     Envelope {
         device: device.clone(),
         seq,
@@ -207,7 +212,9 @@ impl TestHub {
         let http_cancel = CancellationToken::new();
         let stop = http_cancel.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
         });
         let hub = TestHub { ingest: Some(ingest), http, metrics, db: db.to_owned(), http_cancel };
         assert!(
@@ -310,7 +317,10 @@ impl SimFleet {
             }
         });
         let fleet = SimFleet { client, inbox, cancel };
-        assert!(fleet.wait_for(Duration::from_secs(10), |i| i.subscribed >= 2).await, "fleet could not subscribe");
+        assert!(
+            fleet.wait_for(Duration::from_secs(10), |i| i.subscribed >= 2).await,
+            "fleet could not subscribe"
+        );
         fleet
     }
 
