@@ -44,6 +44,9 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_lin
 # and any program that starts a thread hangs.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 export CARGO_TARGET_DIR=target/cross
+# Tests that start the agent binary themselves (agent/tests/run.rs, systemd.rs) run under
+# qemu too, where a child aarch64 process needs the emulator named again (no binfmt_misc).
+export DOORSTEP_TEST_RUNNER=qemu-aarch64
 
 started=$SECONDS
 cargo build --release --locked --target "$TARGET" -p doorstep-agent

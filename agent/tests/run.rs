@@ -18,6 +18,20 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use std::os::fd::AsRawFd as _;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_doorstep-agent");
+
+/// The agent binary as a command. Under qemu-user (scripts/arm.sh) a child process is not
+/// emulated by itself, and the host cannot execute an aarch64 binary:
+/// `DOORSTEP_TEST_RUNNER` names the emulator to start it with.
+fn agent_command() -> Command {
+    match std::env::var_os("DOORSTEP_TEST_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(AGENT);
+            command
+        }
+        None => Command::new(AGENT),
+    }
+}
 const DRIVE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea"
@@ -97,11 +111,11 @@ impl Fixture {
     }
 
     fn agent(&self, args: &[&str]) -> std::process::Output {
-        Command::new(AGENT).args(args).output().expect("run doorstep-agent")
+        agent_command().args(args).output().expect("run doorstep-agent")
     }
 
     fn start(&self) -> Child {
-        Command::new(AGENT)
+        agent_command()
             .args(["run", "--config"])
             .arg(self.path("agent.toml"))
             .env("RUST_LOG", "info")

@@ -16,6 +16,20 @@ use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_doorstep-agent");
+
+/// The agent binary as a command. Under qemu-user (scripts/arm.sh) a child process is not
+/// emulated by itself, and the host cannot execute an aarch64 binary:
+/// `DOORSTEP_TEST_RUNNER` names the emulator to start it with.
+fn agent_command() -> Command {
+    match std::env::var_os("DOORSTEP_TEST_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(AGENT);
+            command
+        }
+        None => Command::new(AGENT),
+    }
+}
 const DRIVE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea"
@@ -37,7 +51,7 @@ fn pty() -> (PtyMaster, PathBuf, std::fs::File) {
 
 fn write_config(dir: &Path, gps: &Path) -> PathBuf {
     let key = dir.join("device.key");
-    let out = Command::new(AGENT).args(["keygen", "--key"]).arg(&key).output().expect("keygen");
+    let out = agent_command().args(["keygen", "--key"]).arg(&key).output().expect("keygen");
     assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -100,7 +114,7 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
     let socket = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = dir.path().join("agent.log");
 
-    let mut agent = Command::new(AGENT)
+    let mut agent = agent_command()
         .args(["run", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)
@@ -150,7 +164,7 @@ fn without_systemd_the_agent_runs_and_stops_as_before() {
     let (_gps, gps_path, _slave) = pty();
     let config = write_config(dir.path(), &gps_path);
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(AGENT)
+    let mut agent = agent_command()
         .args(["run", "--config"])
         .arg(&config)
         .env_remove("NOTIFY_SOCKET")

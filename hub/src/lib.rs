@@ -6,14 +6,14 @@
 //! event as if it were valid, never move a shipment backwards, and never send a message
 //! twice (invariants 4, 5 and 7 in ARCHITECTURE.md).
 
-pub mod carrier;
-pub mod model;
-pub mod reconcile;
 pub mod blobs;
+pub mod carrier;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
+pub mod notify;
+pub mod reconcile;
 pub mod registry;
 pub mod store;
-pub mod http;
-pub mod notify;

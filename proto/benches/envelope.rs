@@ -6,6 +6,8 @@
 //! neighbour hurts both equally) with the overhead ratio. The goal: opening an envelope
 //! costs at most 20% more than ring's bare verify.
 
+#![allow(clippy::print_stdout)] // A benchmark reports on standard output.
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -145,7 +145,8 @@ async fn bench(n: u32) {
     let count = usize::try_from(n).expect("fits");
     let all = receiver.wait_for(Duration::from_secs(60), |r| r.rejected.len() >= count).await;
     let got = receiver.received().rejected.len();
-    assert!(all, "the receiver got {got} of {n} mosquitto_pub messages");
+    let log = std::fs::read_to_string(broker.log_path()).unwrap_or_default();
+    assert!(all, "the receiver got {got} of {n} mosquitto_pub messages; broker log:\n{log}");
     let pub_received = start.elapsed();
     let pub_rate = f64::from(n) / pub_time.as_secs_f64();
     let pub_received_rate = f64::from(n) / pub_received.as_secs_f64();

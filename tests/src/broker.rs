@@ -72,7 +72,10 @@ impl Broker {
     fn write_config(&self) -> anyhow::Result<()> {
         let dir = self.dir.path().display();
         let config = format!(
-            "listener {port} 127.0.0.1\n\
+            "# Started as root (CI), mosquitto would switch to user mosquitto and then fail to\n\
+             # write its log and persistence file in this root-owned directory.\n\
+             user root\n\
+             listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              persistence {persistence}\n\
              persistence_location {dir}/\n\
