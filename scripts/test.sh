@@ -29,10 +29,3 @@ fi
 # Unit, integration and end-to-end tests; benchmarks run once each as smoke tests.
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
-
-# Fleet IT's side (issue 6), timed: the systemd units (verify, and an exposure of at most
-# 2.0), the aarch64 cross-build with the proto and agent suites under qemu-user, and the
-# arm64 Debian package and its contents.
-time bash scripts/systemd-check.sh
-time bash scripts/arm.sh
-time bash scripts/deb.sh
