@@ -414,7 +414,10 @@ pub async fn start(
 ) -> Result<Running, DaemonError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| DaemonError::StateDir { path: config.state_dir.clone(), source })?;
-    let outbox = Outbox::open(&config.outbox_path(), OutboxConfig::new(config.device.clone()))?.spawn(key)?;
+    // With the public key, rows rescued from a corrupt file are kept only if their
+    // signature still verifies: a damaged row would otherwise stall the hub's ack.
+    let outbox_config = OutboxConfig::new(config.device.clone()).with_public_key(key.public_key());
+    let outbox = Outbox::open(&config.outbox_path(), outbox_config)?.spawn(key)?;
     let tasks = TaskTracker::new();
     let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
     let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
