@@ -331,7 +331,7 @@ impl Brain {
                 age_s: at.elapsed().as_secs_f64(),
             }),
             route_id: self.decider.route().map(|r| r.route_id.to_string()),
-            stops_with_parcels_left: 0,
+            stops_with_parcels_left: self.decider.stops_with_parcels_left(),
             events_stored: self.events_stored,
             store_failures: self.store_failures,
             decisions: self.decider.counters().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),

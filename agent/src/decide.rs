@@ -265,7 +265,18 @@ impl Decider {
     }
 
     fn count(&mut self, name: &'static str) {
-        *self.counters.entry(name).or_insert(0) += 1;
+        self.count_by(name, 1);
+    }
+
+    fn count_by(&mut self, name: &'static str, n: u64) {
+        if n > 0 {
+            *self.counters.entry(name).or_insert(0) += n;
+        }
+    }
+
+    /// Stops of the loaded route that still have parcels to hand over.
+    pub fn stops_with_parcels_left(&self) -> usize {
+        self.route.as_ref().map_or(0, |r| (0..r.manifest.stops.len()).filter(|i| r.remaining(*i) > 0).count())
     }
 
     /// Feeds a gated fix; returns nearby confirmations and position samples it decided.
@@ -287,7 +298,7 @@ impl Decider {
         let Some(route) = self.route.as_mut() else {
             return out;
         };
-        let mut deferred = 0;
+        let mut deferred = 0u64;
         for stop_event in route.tracker.on_fix(fix) {
             // Arrival and departure are the tracker's state; the hub learns of a visit
             // through the deliveries made during it (and the trail). Arrival moves the
@@ -327,9 +338,7 @@ impl Decider {
                 }
             }
         }
-        for _ in 0..deferred {
-            self.count("nearby_deferred");
-        }
+        self.count_by("nearby_deferred", deferred);
         out
     }
 
@@ -809,8 +818,10 @@ mod tests {
         assert!(kinds.is_empty(), "no second nearby after a restart: {kinds:?}");
         let (reply, event) = after.on_scan(T0 + 261_000, "1Z999AA10123456784", None);
         assert_eq!((reply.result, event), ("duplicate", None));
+        assert_eq!(after.stops_with_parcels_left(), 2, "bakery still has one parcel, school one");
         let (reply, _) = after.on_scan(T0 + 262_000, "1Z999AA10123456785", None);
         assert_eq!((reply.result, reply.remaining), ("delivered_at_address", Some(0)));
+        assert_eq!(after.stops_with_parcels_left(), 1, "only the school is left");
 
         let mut other = Decider::new(GeofenceConfig::default());
         other.load_route(RouteManifest { route_id: RouteId::new("r2").expect("id"), ..route() });

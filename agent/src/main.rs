@@ -343,7 +343,12 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     } else {
         write!(out, "{}", report.render())?;
         if let Some(d) = decisions {
-            writeln!(out, "route: {}", d["route_id"].as_str().unwrap_or("none loaded"))?;
+            writeln!(
+                out,
+                "route: {}; stops with parcels left: {}",
+                d["route_id"].as_str().unwrap_or("none loaded"),
+                d["stops_with_parcels_left"]
+            )?;
             writeln!(
                 out,
                 "events stored since start: {}; store failures: {}",
