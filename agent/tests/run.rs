@@ -9,65 +9,17 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use std::os::fd::AsRawFd as _;
+mod support;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_doorstep-agent");
-
-/// The agent binary as a command. Under qemu-user (scripts/arm.sh) a child process is not
-/// emulated by itself, and the host cannot execute an aarch64 binary:
-/// `DOORSTEP_TEST_RUNNER` names the emulator to start it with.
-fn agent_command() -> Command {
-    match std::env::var_os("DOORSTEP_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(AGENT);
-            command
-        }
-        None => Command::new(AGENT),
-    }
-}
-const DRIVE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea"
-);
-
-/// A pseudo-terminal: the test writes to the master, the agent opens the slave path.
-struct Pty {
-    master: PtyMaster,
-    path: PathBuf,
-    /// Held open so the line discipline keeps its raw settings between agent restarts.
-    _slave: std::fs::File,
-}
-
-impl Pty {
-    fn open() -> Pty {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
-        grantpt(&master).expect("grantpt");
-        unlockpt(&master).expect("unlockpt");
-        let path = PathBuf::from(ptsname_r(&master).expect("ptsname"));
-        let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open slave");
-        // Raw: no echo back into the master, no line editing, like a real serial port.
-        let mut termios = tcgetattr(slave.as_raw_fd()).expect("tcgetattr");
-        cfmakeraw(&mut termios);
-        tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &termios).expect("tcsetattr");
-        Pty { master, path, _slave: slave }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).expect("write to pty");
-    }
-}
+use support::{Pty, agent_command};
 
 /// The Regensburg drive between two RMC times of day (`hhmmss` prefixes): from 171000 to
 /// 171300 the car drives up to the "west-end" stop and stands there from 17:12:10.
 fn drive_segment(from: &str, to: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(DRIVE).unwrap_or_else(|e| panic!("{DRIVE}: {e}"));
+    let text = support::regensburg();
     let lines: Vec<&str> = text.lines().collect();
     let at = |t: &str| {
         let prefix = format!("$GPRMC,{t}");

@@ -4,50 +4,14 @@
 //! they beat, `STOPPING=1` on SIGTERM. The GPS is a pseudo-terminal fed a recorded drive,
 //! so the agent is in its normal working state, not waiting for a device.
 
-use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+mod support;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_doorstep-agent");
-
-/// The agent binary as a command. Under qemu-user (scripts/arm.sh) a child process is not
-/// emulated by itself, and the host cannot execute an aarch64 binary:
-/// `DOORSTEP_TEST_RUNNER` names the emulator to start it with.
-fn agent_command() -> Command {
-    match std::env::var_os("DOORSTEP_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(AGENT);
-            command
-        }
-        None => Command::new(AGENT),
-    }
-}
-const DRIVE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/nmea/drives/genivi_20100411_Geko_Regensburg.nmea"
-);
-
-/// A raw pseudo-terminal pair: the test writes NMEA to the master, the agent opens the
-/// slave path as its serial GNSS receiver.
-fn pty() -> (PtyMaster, PathBuf, std::fs::File) {
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
-    grantpt(&master).expect("grantpt");
-    unlockpt(&master).expect("unlockpt");
-    let path = PathBuf::from(ptsname_r(&master).expect("ptsname"));
-    let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open slave");
-    let mut termios = tcgetattr(slave.as_raw_fd()).expect("tcgetattr");
-    cfmakeraw(&mut termios);
-    tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &termios).expect("tcsetattr");
-    (master, path, slave)
-}
+use support::{Pty, agent_command};
 
 fn write_config(dir: &Path, gps: &Path) -> PathBuf {
     let key = dir.join("device.key");
@@ -108,8 +72,8 @@ fn terminate(child: &mut Child) {
 #[test]
 fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut gps, gps_path, _slave) = pty();
-    let config = write_config(dir.path(), &gps_path);
+    let mut gps = Pty::open();
+    let config = write_config(dir.path(), &gps.path);
     let notify_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = dir.path().join("agent.log");
@@ -135,9 +99,8 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
     );
 
     // The van drives; the watchdog keeps being petted while the agent works.
-    let text = std::fs::read_to_string(DRIVE).unwrap_or_else(|e| panic!("{DRIVE}: {e}"));
-    for line in text.lines().take(200) {
-        gps.write_all(format!("{line}\r\n").as_bytes()).expect("write to pty");
+    for line in support::regensburg().lines().take(200) {
+        gps.send(format!("{line}\r\n").as_bytes());
     }
     let mut pets = 0;
     while pets < 3 {
@@ -161,8 +124,8 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
 #[test]
 fn without_systemd_the_agent_runs_and_stops_as_before() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_gps, gps_path, _slave) = pty();
-    let config = write_config(dir.path(), &gps_path);
+    let gps = Pty::open();
+    let config = write_config(dir.path(), &gps.path);
     let log = dir.path().join("agent.log");
     let mut agent = agent_command()
         .args(["run", "--config"])
