@@ -452,9 +452,7 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
             for id in &shipments {
                 let Some(shipment) = tx.shipment(*id)? else { continue };
                 let input = Input::Dispatched { at_ms: issued_ms, on_route: true };
-                let e = apply_to_shipment(&tx, ctx.domain, &shipment, &input, now)?;
-                effects.enqueued.extend(e.enqueued);
-                effects.alerts.extend(e.alerts);
+                effects.merge(apply_to_shipment(&tx, ctx.domain, &shipment, &input, now)?);
             }
             tx.commit()?;
             effects.record(&metrics);

@@ -141,7 +141,7 @@ impl Effects {
         }
     }
 
-    fn merge(&mut self, other: Effects) {
+    pub(crate) fn merge(&mut self, other: Effects) {
         self.enqueued.extend(other.enqueued);
         self.alerts.extend(other.alerts);
         self.milestones.extend(other.milestones);

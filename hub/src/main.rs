@@ -253,11 +253,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         writer: ingest.writer(),
         client: ingest.client(),
         hub_key,
-        metrics,
+        metrics: Arc::clone(&metrics),
         carriers,
         max_body_bytes: settings.max_body_bytes,
     };
-    let app = doorstep_hub::http::router(state, axum::Router::new());
+    // Customer messages and operations alerts: the dispatcher sends what ingest and the
+    // API enqueue; its router serves the tracking page and the providers' callbacks.
+    let notify_settings = doorstep_hub::notify::config::NotifySettings::from_hub(&settings)
+        .context("configuration [notify]")?;
+    let dispatcher =
+        doorstep_hub::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))
+            .context("starting the notification dispatcher")?;
+    dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
+    let notify_cancel = tokio_util::sync::CancellationToken::new();
+    let notify_task = dispatcher.clone().spawn(notify_cancel.clone());
+    let app = doorstep_hub::http::router(state, doorstep_hub::notify::page::router(dispatcher.state()));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding http.listen {}", settings.listen))?;
@@ -265,6 +275,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: draining ingest");
     ingest.shutdown().await;
+    notify_cancel.cancel();
+    let _ = notify_task.await;
     Ok(())
 }
 
