@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::gate::GateConfig;
 use crate::geofence::GeofenceConfig;
+use crate::outbox::OutboxLimits;
 use crate::uplink::UplinkConfig;
 
 /// Where the agent looks for its configuration unless told otherwise.
@@ -69,6 +70,14 @@ nearby_lookahead = 3
 max_hdop = 5.0
 max_eph_m = 50.0
 
+[outbox]
+# What may wait for the hub, on this unit's storage. Position samples are thinned (oldest
+# first) to stay under max_bytes; confirmations are never evicted: when they cannot be
+# stored the agent says so loudly and keeps what it has.
+max_bytes = 67108864          # 64 MiB of events
+max_photo_bytes = 67108864    # 64 MiB of proof photos
+# max_file_bytes = 268435456  # optional hard cap on the database file
+
 [trail]
 # Seconds between position samples kept for the hub's trail (0: none). The live
 # position is sent separately, newest only.
@@ -114,6 +123,9 @@ pub struct RawConfig {
     /// `[trail]`.
     #[serde(default)]
     pub trail: RawTrail,
+    /// `[outbox]`.
+    #[serde(default)]
+    pub outbox: OutboxLimits,
     /// `[uplink]`: checked by [`UplinkConfig`]'s own rules; `fleet` defaults to `[device]`'s.
     #[serde(default)]
     pub uplink: Option<toml::Table>,
@@ -245,6 +257,8 @@ pub struct Config {
     pub position_interval: Duration,
     /// The MQTT link, when configured.
     pub uplink: Option<UplinkConfig>,
+    /// The outbox's storage budget.
+    pub outbox: OutboxLimits,
 }
 
 /// A configuration error: which key, and what to do.
@@ -353,7 +367,15 @@ impl RawConfig {
                 Some(uplink)
             }
         };
+        if self.outbox.max_bytes == 0 || self.outbox.max_photo_bytes == 0 {
+            return Err(invalid(
+                "outbox",
+                "max_bytes/max_photo_bytes",
+                "must be more than 0 bytes (64 MiB is the default)",
+            ));
+        }
         Ok(Config {
+            outbox: self.outbox,
             uplink,
             fleet,
             device,
@@ -410,6 +432,10 @@ mod tests {
         assert!(config.scanner.is_none());
         assert_eq!(config.geofence.arrival_m, 150.0);
         assert!(config.uplink.is_none());
+        assert_eq!(config.outbox, OutboxLimits::default(), "the documented budget is the built-in one");
+        let smaller = DEFAULT_CONFIG.replace("max_bytes = 67108864 ", "max_bytes = 1048576 ");
+        let config = RawConfig::parse(&smaller).and_then(RawConfig::validate).expect("valid");
+        assert_eq!(config.outbox.max_bytes, 1_048_576);
     }
 
     #[test]

@@ -416,7 +416,9 @@ pub async fn start(
         .map_err(|source| DaemonError::StateDir { path: config.state_dir.clone(), source })?;
     // With the public key, rows rescued from a corrupt file are kept only if their
     // signature still verifies: a damaged row would otherwise stall the hub's ack.
-    let outbox_config = OutboxConfig::new(config.device.clone()).with_public_key(key.public_key());
+    let outbox_config = OutboxConfig::new(config.device.clone())
+        .with_limits(&config.outbox)
+        .with_public_key(key.public_key());
     let outbox = Outbox::open(&config.outbox_path(), outbox_config)?.spawn(key)?;
     let tasks = TaskTracker::new();
     let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
