@@ -71,8 +71,9 @@ impl LossyProxy {
         self.control.drops.load(Ordering::Relaxed)
     }
 
-    /// Until the returned token is cancelled: every 100 to `max_gap` ms, either drop all
-    /// connections or stall for up to `max_stall`.
+    /// Until the returned token is cancelled: every 100 to `max_gap` ms, drop all
+    /// connections or stall for up to `max_stall`, in turn, starting with a drop, so even a
+    /// short run sees both faults.
     pub fn chaos(self: &Arc<Self>, max_gap: Duration, max_stall: Duration) -> CancellationToken {
         let stop = self.cancel.child_token();
         let proxy = Arc::clone(self);
@@ -86,19 +87,21 @@ impl LossyProxy {
             };
             let gap_ms = u64::try_from(max_gap.as_millis()).unwrap_or(1000);
             let stall_ms = u64::try_from(max_stall.as_millis()).unwrap_or(1000);
+            let mut drop_next = true;
             loop {
                 let gap = Duration::from_millis(100 + random(gap_ms));
                 tokio::select! {
                     () = token.cancelled() => break,
                     () = tokio::time::sleep(gap) => {}
                 }
-                if random(2) == 0 {
+                if drop_next {
                     proxy.drop_connections();
                 } else {
                     proxy.stall(true);
                     tokio::time::sleep(Duration::from_millis(random(stall_ms))).await;
                     proxy.stall(false);
                 }
+                drop_next = !drop_next;
             }
             proxy.stall(false);
         });
