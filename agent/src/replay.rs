@@ -342,6 +342,12 @@ pub fn event_json(decided: &Decided) -> Value {
                 fix_fields(&mut v, fix);
             }
         }
+        // The decider never makes gap notices (the outbox does, when it evicts), but the
+        // printer stays total over the contract.
+        Event::Gap(g) => {
+            v["first_seq"] = json!(g.first_seq);
+            v["last_seq"] = json!(g.last_seq);
+        }
     }
     v
 }

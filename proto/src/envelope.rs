@@ -181,7 +181,7 @@ impl Envelope {
     /// parcels, an over-long note, more than [`MAX_EVENT_LEN`] bytes): a device must
     /// never store an event the hub cannot accept.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, EnvelopeError> {
-        self.event.check_limits().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        self.check_limits()?;
         seal_with(EVENT_DOMAIN, MAX_EVENT_LEN, key, self)
     }
 
@@ -200,8 +200,22 @@ impl Envelope {
                 claimed: envelope.device,
             });
         }
-        envelope.event.check_limits().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        envelope.check_limits()?;
         Ok(envelope)
+    }
+
+    /// The event's own limits, and that a gap notice travels at the seq it starts at.
+    fn check_limits(&self) -> Result<(), EnvelopeError> {
+        self.event.check_limits().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if let Event::Gap(gap) = &self.event
+            && gap.first_seq != self.seq
+        {
+            return Err(EnvelopeError::Malformed(format!(
+                "gap notice starting at seq {} travels at seq {}",
+                gap.first_seq, self.seq
+            )));
+        }
+        Ok(())
     }
 
     /// Decodes an envelope WITHOUT verifying its signature, for diagnostics only

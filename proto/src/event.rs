@@ -230,6 +230,21 @@ pub struct ScanNotOnRoute {
     pub fix: Option<FixEvidence>,
 }
 
+/// Position samples the agent evicted from a full outbox (a dead zone longer than the disk
+/// budget): every seq in `first_seq..=last_seq` the hub has not received was a position
+/// sample and will never come. The notice is signed at `first_seq`, in place of the first
+/// evicted sample, so a hub that stops its cumulative ack at the first missing seq can move
+/// past the hole instead of waiting for it forever. A hub applies a gap notice even when it
+/// already holds an event at `first_seq` (the sample may have arrived before it was
+/// evicted); applying one twice changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The first evicted seq; the notice itself travels at this seq.
+    pub first_seq: u64,
+    /// The last evicted seq, `>= first_seq`. Only position samples lie in the range.
+    pub last_seq: u64,
+}
+
 /// Everything a device reports. Variant order is part of the v1 wire format: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -246,6 +261,8 @@ pub enum Event {
     Exception(DeliveryException),
     /// A scanned code belongs to no stop of this route.
     ScanNotOnRoute(ScanNotOnRoute),
+    /// Evicted position samples: a hole in the seq the hub must not wait for.
+    Gap(Gap),
 }
 
 impl Event {
@@ -258,11 +275,13 @@ impl Event {
             Event::DeliveredAwayFromAddress(_) => "delivered_away_from_address",
             Event::Exception(_) => "exception",
             Event::ScanNotOnRoute(_) => "scan_not_on_route",
+            Event::Gap(_) => "gap",
         }
     }
 
     /// Whether this event is a confirmation or exception that must never be evicted
-    /// from a full outbox (everything but position samples).
+    /// from a full outbox (everything but position samples). A gap notice is kept too:
+    /// without it the hub would wait for the hole forever.
     pub fn is_confirmation(&self) -> bool {
         !matches!(self, Event::Position(_))
     }
@@ -279,6 +298,11 @@ impl Event {
             }
             _ => 0,
         };
+        if let Event::Gap(gap) = self
+            && gap.last_seq < gap.first_seq
+        {
+            return Err("gap notice ends before it starts");
+        }
         if codes > MAX_CODES_PER_EVENT {
             return Err("more than 50 tracking numbers in one event");
         }

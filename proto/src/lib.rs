@@ -22,7 +22,7 @@ pub mod topic;
 
 pub use envelope::{Envelope, EnvelopeError, EventId};
 pub use event::{
-    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Nearby, PhotoRef, ScanNotOnRoute,
+    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Gap, Nearby, PhotoRef, ScanNotOnRoute,
 };
 pub use hexbytes::HexBytes;
 pub use hub::{Ack, BlobAck, HubMessage, RouteAssignment};

@@ -90,18 +90,19 @@ fn event() -> impl Strategy<Value = Event> {
         (id("[!-~]{1,80}"), proptest::option::of(fix())).prop_map(|(code, fix)| Event::ScanNotOnRoute(
             ScanNotOnRoute { route_id: None, barcode: Barcode::new(code).expect("valid"), fix }
         )),
+        (0..1_000_000u64).prop_map(|len| Event::Gap(Gap { first_seq: 0, last_seq: len })),
     ]
 }
 
 fn envelope() -> impl Strategy<Value = Envelope> {
     (any::<u64>(), any::<[u8; 16]>(), any::<i64>(), any::<u64>(), event()).prop_map(
-        |(seq, eid, gnss_utc_ms, mono_ms, event)| Envelope {
-            device: common::device(),
-            seq,
-            event_id: HexBytes(eid),
-            gnss_utc_ms,
-            mono_ms,
-            event,
+        |(seq, eid, gnss_utc_ms, mono_ms, mut event)| {
+            // A gap notice travels at the seq it starts at.
+            if let Event::Gap(gap) = &mut event {
+                gap.last_seq = seq.saturating_add(gap.last_seq - gap.first_seq);
+                gap.first_seq = seq;
+            }
+            Envelope { device: common::device(), seq, event_id: HexBytes(eid), gnss_utc_ms, mono_ms, event }
         },
     )
 }
@@ -220,4 +221,18 @@ fn hub_messages_under_another_key_are_refused() {
         HubMessage::open(&wire, &common::hub_key().public_key()),
         Err(EnvelopeError::UnknownKey(_))
     ));
+}
+
+#[test]
+fn a_gap_notice_must_travel_at_its_first_seq_and_not_end_before_it_starts() {
+    let key = common::test_key();
+    let mut env = common::delivered_at_address();
+    env.seq = 50;
+    env.event = Event::Gap(Gap { first_seq: 49, last_seq: 60 });
+    assert!(matches!(env.seal(&key), Err(EnvelopeError::Malformed(_))));
+    env.event = Event::Gap(Gap { first_seq: 50, last_seq: 49 });
+    assert!(matches!(env.seal(&key), Err(EnvelopeError::Malformed(_))));
+    env.event = Event::Gap(Gap { first_seq: 50, last_seq: 50 });
+    let wire = env.seal(&key).expect("a one-seq gap is fine");
+    assert_eq!(Envelope::open(&wire, &common::keyring()), Ok(env));
 }

@@ -129,5 +129,6 @@ pub fn every_kind() -> Vec<(&'static str, Envelope)> {
                 }),
             ),
         ),
+        ("gap", with(1046, Event::Gap(Gap { first_seq: 1046, last_seq: 1187 }))),
     ]
 }
