@@ -481,6 +481,47 @@ pub async fn start(
     Ok(Running { outbox, routes: route_tx, live: live_rx, tasks, heartbeats })
 }
 
+/// Starts the uplink to the hub when `[uplink]` is configured, with the hand-off of the
+/// hub's routes (verified by the uplink under the hub key) to the brain. Returns whether
+/// an uplink runs: without one, confirmations wait in the outbox until one is configured.
+pub fn start_uplink(
+    config: &Config,
+    running: &Running,
+    cancel: CancellationToken,
+) -> Result<bool, crate::uplink::UplinkError> {
+    let Some(uplink_config) = &config.uplink else {
+        return Ok(false);
+    };
+    let settings = uplink_config.validate()?;
+    let (route_tx, mut route_rx) = watch::channel(None);
+    let link = crate::uplink::Uplink::new(settings, running.outbox.clone())
+        .with_link_record(crate::status::link_record_path(&config.outbox_path()))
+        .with_positions(running.live.clone())
+        .with_routes(route_tx);
+    let link_cancel = cancel.clone();
+    running.tasks.spawn(async move {
+        if let Err(e) = link.run(link_cancel).await {
+            tracing::error!(error = %e, "uplink stopped");
+        }
+    });
+    let routes = running.routes.clone();
+    running.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = route_rx.changed() => if changed.is_err() { return },
+            }
+            let assignment = route_rx.borrow_and_update().clone();
+            if let Some(assignment) = assignment
+                && routes.send(assignment.route).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(true)
+}
+
 /// Reads the barcode scanner, reopening it with backoff when it disappears.
 async fn run_scanner(
     port: crate::config::SerialPort,

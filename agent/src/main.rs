@@ -207,43 +207,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: ConfigArg) -> anyhow::Result<()> {
-    use doorstep_agent::{config::Config, daemon, status, uplink};
+    use doorstep_agent::{config::Config, daemon};
     let config =
         Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
     let key = std::sync::Arc::new(daemon::load_key(&config.key_path)?);
     let cancel = CancellationToken::new();
     let running = daemon::start(&config, key, cancel.clone()).await?;
-    if let Some(uplink_config) = &config.uplink {
-        let settings = uplink_config.validate()?;
-        let (route_tx, mut route_rx) = tokio::sync::watch::channel(None);
-        let link = uplink::Uplink::new(settings, running.outbox.clone())
-            .with_link_record(status::link_record_path(&config.outbox_path()))
-            .with_positions(running.live.clone())
-            .with_routes(route_tx);
-        let link_cancel = cancel.clone();
-        running.tasks.spawn(async move {
-            if let Err(e) = link.run(link_cancel).await {
-                tracing::error!(error = %e, "uplink stopped");
-            }
-        });
-        // Routes from the hub (verified by the uplink under the hub key) go to the brain.
-        let routes = running.routes.clone();
-        let route_cancel = cancel.clone();
-        running.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = route_cancel.cancelled() => return,
-                    changed = route_rx.changed() => if changed.is_err() { return },
-                }
-                let assignment = route_rx.borrow_and_update().clone();
-                if let Some(assignment) = assignment
-                    && routes.send(assignment.route).await.is_err()
-                {
-                    return;
-                }
-            }
-        });
-    } else {
+    if !daemon::start_uplink(&config, &running, cancel.clone())? {
         tracing::warn!("no [uplink] configured: confirmations stay in the outbox until one is");
     }
     // systemd (Type=notify): ready once every task runs; pets only while they beat.

@@ -16,4 +16,5 @@ pub mod model;
 pub mod notify;
 pub mod reconcile;
 pub mod registry;
+pub mod server;
 pub mod store;

@@ -12,15 +12,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use doorstep_hub::config::{Config, DEFAULT_CONFIG, Settings};
-use doorstep_hub::http::{AppState, CarrierVerifiers};
-use doorstep_hub::ingest::{Domain, Ingest, IngestOptions, now_ms};
-use doorstep_hub::metrics::Metrics;
-use doorstep_hub::reconcile::Rules;
+use doorstep_hub::config::{Config, DEFAULT_CONFIG};
+use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
@@ -110,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve => serve(&cli.config),
         Command::Keygen { force, key } => keygen(&key_path(&cli.config, key)?, force),
         Command::Pubkey { key } => {
-            let key = load_key(&key_path(&cli.config, key)?)?;
+            let key = doorstep_hub::server::load_key(&key_path(&cli.config, key)?)?;
             writeln!(std::io::stdout(), "{}", key.public_key())?;
             Ok(())
         }
@@ -139,13 +135,6 @@ fn key_path(config: &Path, key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         Some(k) => Ok(k),
         None => Ok(load_config(config)?.hub.key),
     }
-}
-
-fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let pkcs8 = std::fs::read(path).with_context(|| {
-        format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display())
-    })?;
-    SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("hub key {}", path.display()))
 }
 
 fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
@@ -227,57 +216,12 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
     // reqwest and rumqttc are built without a default crypto provider: choose ring once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(settings))
-}
-
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    let hub_key = Arc::new(load_key(&settings.key_path)?);
-    let metrics = Arc::new(Metrics::default());
-    let hold_ms = i64::try_from(settings.hold_period.as_millis()).unwrap_or(i64::MAX);
-    let domain = Domain {
-        rules: Rules { hold_ms },
-        channel_map: settings.channel_map.clone(),
-        metrics: Arc::clone(&metrics),
-    };
-    let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
-    let options = IngestOptions {
-        database: settings.database.clone(),
-        store: StoreOptions { full_sync: settings.full_sync },
-        mqtt: settings.mqtt.clone(),
-        verify_threads: settings.verify_threads,
-        batch_max: settings.batch_max,
-    };
-    let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain)
-        .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
-    let state = AppState {
-        writer: ingest.writer(),
-        client: ingest.client(),
-        hub_key,
-        metrics: Arc::clone(&metrics),
-        carriers,
-        max_body_bytes: settings.max_body_bytes,
-    };
-    // Customer messages and operations alerts: the dispatcher sends what ingest and the
-    // API enqueue; its router serves the tracking page and the providers' callbacks.
-    let notify_settings = doorstep_hub::notify::config::NotifySettings::from_hub(&settings)
-        .context("configuration [notify]")?;
-    let dispatcher =
-        doorstep_hub::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))
-            .context("starting the notification dispatcher")?;
-    dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
-    let notify_cancel = tokio_util::sync::CancellationToken::new();
-    let notify_task = dispatcher.clone().spawn(notify_cancel.clone());
-    let app = doorstep_hub::http::router(state, doorstep_hub::notify::page::router(dispatcher.state()));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding http.listen {}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "hub serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    tracing::info!("shutting down: draining ingest");
-    ingest.shutdown().await;
-    notify_cancel.cancel();
-    let _ = notify_task.await;
-    Ok(())
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.listen))?;
+        doorstep_hub::server::serve(settings, listener, shutdown_signal()).await
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,75 @@
+//! The hub service as a library call: MQTT ingest, the HTTP API, the notification
+//! dispatcher and the tracking page, until `shutdown` resolves. `doorstep-hub serve` runs
+//! it with the configured listener and SIGTERM; the demo runs it on a free loopback port.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use std::path::Path;
+
+use crate::config::Settings;
+use crate::http::{AppState, CarrierVerifiers};
+use crate::ingest::{Domain, Ingest, IngestOptions, now_ms};
+use crate::metrics::Metrics;
+use crate::reconcile::Rules;
+use crate::store::StoreOptions;
+
+/// Runs the hub until `shutdown` resolves, then drains ingest and stops the dispatcher.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let hub_key = Arc::new(load_key(&settings.key_path)?);
+    let metrics = Arc::new(Metrics::default());
+    let hold_ms = i64::try_from(settings.hold_period.as_millis()).unwrap_or(i64::MAX);
+    let domain = Domain {
+        rules: Rules { hold_ms },
+        channel_map: settings.channel_map.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
+    let options = IngestOptions {
+        database: settings.database.clone(),
+        store: StoreOptions { full_sync: settings.full_sync },
+        mqtt: settings.mqtt.clone(),
+        verify_threads: settings.verify_threads,
+        batch_max: settings.batch_max,
+    };
+    let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain)
+        .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
+    let state = AppState {
+        writer: ingest.writer(),
+        client: ingest.client(),
+        hub_key,
+        metrics: Arc::clone(&metrics),
+        carriers,
+        max_body_bytes: settings.max_body_bytes,
+    };
+    // Customer messages and operations alerts: the dispatcher sends what ingest and the
+    // API enqueue; its router serves the tracking page and the providers' callbacks.
+    let notify_settings =
+        crate::notify::config::NotifySettings::from_hub(&settings).context("configuration [notify]")?;
+    let dispatcher =
+        crate::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))
+            .context("starting the notification dispatcher")?;
+    dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
+    let notify_cancel = tokio_util::sync::CancellationToken::new();
+    let notify_task = dispatcher.clone().spawn(notify_cancel.clone());
+    let app = crate::http::router(state, crate::notify::page::router(dispatcher.state()));
+    tracing::info!(listen = %listener.local_addr()?, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "hub serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("shutting down: draining ingest");
+    ingest.shutdown().await;
+    notify_cancel.cancel();
+    let _ = notify_task.await;
+    Ok(())
+}
+
+/// Reads the hub's signing key (PKCS#8), saying how to make one when it is missing.
+pub fn load_key(path: &Path) -> anyhow::Result<doorstep_proto::SigningKey> {
+    let pkcs8 = std::fs::read(path).with_context(|| {
+        format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display())
+    })?;
+    doorstep_proto::SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("hub key {}", path.display()))
+}
