@@ -43,6 +43,11 @@ use crate::model::{Action, CanonicalStatus, CarrierEvent, DeviceSignal, DeviceSi
 /// Default hold period: 30 minutes for a lone signal to stand uncontradicted.
 pub const DEFAULT_HOLD_MS: i64 = 30 * 60 * 1000;
 
+/// How far apart a carrier's clock and the van's GNSS time may be when the hub asks
+/// whether the van had come to the stop by the carrier's "delivered": carriers stamp
+/// events with their handhelds' or their servers' clocks, often rounded to the minute.
+pub const CARRIER_CLOCK_SLACK_MS: i64 = 2 * 60 * 1000;
+
 /// Reconciliation settings, from the hub's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +250,17 @@ impl ShipmentState {
         self.device_nearby_at_ms.is_some() || self.at_address.is_some()
     }
 
+    /// The van had come to the stop by `t` (give or take [`CARRIER_CLOCK_SLACK_MS`]). A
+    /// carrier "delivered" dated before the van ever came near the door was premature,
+    /// whatever the van does later: only the van's own confirmation can deliver then.
+    pub fn van_arrived_by(&self, t: i64) -> bool {
+        let first = match (self.device_nearby_at_ms, self.at_address.as_ref().map(|p| p.at_ms)) {
+            (Some(n), Some(a)) => Some(n.min(a)),
+            (n, a) => n.or(a),
+        };
+        first.is_some_and(|at| at <= t.saturating_add(CARRIER_CLOCK_SLACK_MS))
+    }
+
     /// The latest exception time, carrier or driver.
     fn latest_exception_at(&self) -> Option<i64> {
         let c = self.carrier_exception.as_ref().map(|e| e.at_ms);
@@ -300,7 +316,7 @@ fn device_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
 }
 
 fn carrier_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
-    s.away.is_some() || exception_since(s, t) || (s.on_route && !s.van_arrived())
+    s.away.is_some() || exception_since(s, t) || (s.on_route && !s.van_arrived_by(t))
 }
 
 fn delivered_two_signals(s: &ShipmentState, _: &Rules) -> bool {
@@ -346,8 +362,7 @@ fn carrier_delivered_device_away(s: &ShipmentState, _: &Rules) -> bool {
 fn van_never_arrived(s: &ShipmentState, r: &Rules) -> bool {
     s.milestone != Milestone::Delivered
         && s.on_route
-        && !s.van_arrived()
-        && carrier_basis(s).is_some_and(|t| elapsed(s, t, r))
+        && carrier_basis(s).is_some_and(|t| elapsed(s, t, r) && !s.van_arrived_by(t))
 }
 
 fn hold_contradicted(s: &ShipmentState, r: &Rules) -> bool {
@@ -423,7 +438,7 @@ pub const RULES: &[Rule] = &[
         id: "delivered_carrier_then_hold",
         when: "the carrier's delivered, no at-address confirmation, the hold has elapsed since it, no \
                away-from-address scan, no exception at or after it, and (not on a Doorstep route, or the van \
-               came to the stop)",
+               had come to the stop by then)",
         then: Then::Delivered(DeliveredBy::CarrierThenHold),
         check: delivered_carrier_then_hold,
     },
@@ -471,7 +486,8 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "carrier_delivered_van_never_arrived",
-        when: "on a Doorstep route, the carrier's delivered, and the hold elapsed without the van coming to the stop",
+        when: "on a Doorstep route, the carrier's delivered, the hold elapsed, and the van had not come to the \
+               stop by the carrier's time",
         then: Then::Alert("carrier_delivered_van_never_arrived"),
         check: van_never_arrived,
     },
@@ -936,6 +952,35 @@ mod scenarios {
         let actions = s.device(D::DeliveredAtAddress, delivered_at + 2 * HOUR);
         assert_eq!(notified(&actions), vec![M::Delivered]);
         assert_eq!(s.alerts(), vec!["carrier_delivered_van_never_arrived"], "the alert is not repeated");
+    }
+
+    #[test]
+    fn a_van_coming_near_after_a_premature_carrier_delivered_does_not_make_it_delivered() {
+        // Found by the demo: the carrier said delivered, the hold ran out, and only then did
+        // the van come near the stop. Its nearby must not turn the carrier's early word into
+        // a "delivered" for the customer; the van's own handover at the door does.
+        let mut s = Shipment::on_a_route();
+        let carrier_said = DAY1 + 2 * HOUR;
+        s.carrier(C::Delivered, carrier_said);
+        assert_eq!(alerts(&s.wake(carrier_said + HOLD)), vec!["carrier_delivered_van_never_arrived"]);
+        let actions = s.device(D::Nearby, carrier_said + HOLD + 5 * MIN);
+        assert_eq!(notified(&actions), vec![M::Nearby], "nearby is true, delivered is not yet");
+        assert_ne!(s.state.milestone, M::Delivered);
+        let actions = s.device(D::DeliveredAtAddress, carrier_said + HOLD + 9 * MIN);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::TwoSignals));
+    }
+
+    #[test]
+    fn a_carrier_clock_a_minute_ahead_of_the_van_still_counts_the_van_as_arrived() {
+        let mut s = Shipment::on_a_route();
+        let van_near = DAY1 + 3 * HOUR;
+        let carrier_said = van_near - MIN;
+        s.carrier(C::Delivered, carrier_said);
+        s.device(D::Nearby, van_near);
+        let actions = s.wake(carrier_said + HOLD);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+        assert!(s.alerts().is_empty(), "{:?}", s.alerts());
     }
 
     #[test]
