@@ -13,6 +13,9 @@ declare -A NEED=(
     [mosquitto]=/usr/sbin/mosquitto
     [mosquitto-clients]=/usr/bin/mosquitto_pub
     [gpsd-clients]=/usr/bin/gpsdecode
+    # The demo's tracking page is checked in a real browser over WebDriver.
+    [chromium]=/usr/bin/chromium
+    [chromium-driver]=/usr/bin/chromedriver
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

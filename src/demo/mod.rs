@@ -396,13 +396,13 @@ async fn demo(options: Options) -> anyhow::Result<()> {
     // Let the last events, photos, acks and messages land.
     settle(&vans, &sinks, Duration::from_secs(30)).await?;
     let summary = summarize(&http, &hub_url, &sinks).await?;
-    print_summary(&printer, &summary, wall.elapsed());
     if let Some(path) = &options.summary_json {
         let mut doc = summary.clone();
         doc["wall_s"] = json!(wall.elapsed().as_secs_f64());
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("{}", path.display()))?;
     }
+    print_summary(&printer, &summary, wall.elapsed());
     if options.keep_running {
         printer.plain("\nServing the tracking pages until Ctrl-C.");
         tokio::signal::ctrl_c().await?;
