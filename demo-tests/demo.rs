@@ -149,10 +149,13 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     let cleo = shipment(&summary, "794843185271");
     assert_ne!(cleo["milestone"], "delivered", "{cleo:#}");
     assert_eq!(alerts(cleo), ["delivered_away_from_address", "carrier_delivered_device_away"], "{cleo:#}");
-    assert!(cleo["messages"].as_array().expect("messages").iter().all(|m| !m["text"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("was delivered")));
+    assert!(
+        cleo["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .all(|m| !m["text"].as_str().unwrap_or_default().contains("was delivered"))
+    );
 
     // Two parcels at one stop: each its own scan and its own messages.
     for tracking in ["1Z999AA10123456791", "1Z999AA10123456792"] {
@@ -230,11 +233,20 @@ async fn webdriver(base: &str, url: &str, screenshot: &Path, scratch: &Path) -> 
         "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=800,1000",
                  format!("--user-data-dir={}", profile.display())]}}}});
-    let session: Value =
-        http.post(format!("{base}/session")).json(&capabilities).send().await.expect("new session").json().await.expect("json");
-    let id = session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_owned();
+    let session: Value = http
+        .post(format!("{base}/session"))
+        .json(&capabilities)
+        .send()
+        .await
+        .expect("new session")
+        .json()
+        .await
+        .expect("json");
+    let id =
+        session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_owned();
     let session_url = format!("{base}/session/{id}");
-    let r = http.post(format!("{session_url}/url")).json(&json!({"url": url})).send().await.expect("navigate");
+    let r =
+        http.post(format!("{session_url}/url")).json(&json!({"url": url})).send().await.expect("navigate");
     assert!(r.status().is_success(), "navigate: {}", r.text().await.unwrap_or_default());
     // The page is server-rendered; wait for the photo to finish loading.
     let script = "const img = document.querySelector('img'); \
@@ -257,8 +269,14 @@ async fn webdriver(base: &str, url: &str, screenshot: &Path, scratch: &Path) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let shot: Value =
-        http.get(format!("{session_url}/screenshot")).send().await.expect("screenshot").json().await.expect("json");
+    let shot: Value = http
+        .get(format!("{session_url}/screenshot"))
+        .send()
+        .await
+        .expect("screenshot")
+        .json()
+        .await
+        .expect("json");
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["value"].as_str().expect("base64 screenshot"))
         .expect("decode screenshot");

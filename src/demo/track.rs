@@ -71,9 +71,13 @@ impl Track {
         let (de, dn) = (east_m - self.east_m, north_m - self.north_m);
         let length = de.hypot(dn);
         let course = de.atan2(dn).to_degrees().rem_euclid(360.0);
-        let seconds = (length / speed_mps).ceil().max(1.0);
+        // Whole seconds of driving, at least one (legs of the demo town are minutes long).
+        let mut steps: u16 = 1;
+        while f64::from(steps) * speed_mps < length && steps < u16::MAX {
+            steps += 1;
+        }
+        let seconds = f64::from(steps);
         let (start_e, start_n) = (self.east_m, self.north_m);
-        let steps = seconds as u32;
         for i in 1..=steps {
             let f = f64::from(i) / seconds;
             self.east_m = start_e + de * f;
@@ -135,7 +139,7 @@ fn degrees_minutes(value: f64, width: usize, positive: char, negative: char) -> 
     let value = value.abs();
     let degrees = value.floor();
     let minutes = (value - degrees) * 60.0;
-    (format!("{:0width$}{:08.5}", degrees as u32, minutes), hemisphere)
+    (format!("{:0width$.0}{:08.5}", degrees, minutes), hemisphere)
 }
 
 fn checksum(body: &str) -> u8 {
