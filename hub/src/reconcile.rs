@@ -725,8 +725,8 @@ fn alert_detail(s: &ShipmentState, code: &str) -> String {
             at(s.away.as_ref().map(|p| p.at_ms))
         ),
         "carrier_delivered_van_never_arrived" => format!(
-            "The carrier says delivered at {carrier}, but the route's van never came to the stop within the hold; \
-             the customer has not been told it was delivered."
+            "The carrier says delivered at {carrier}, but the route's van had not come to the stop by then; \
+             the customer is told only when the van hands it over at the address."
         ),
         "hold_contradicted" => format!(
             "A lone delivery signal was contradicted by an exception at {}; the customer has not been told it was delivered.",
