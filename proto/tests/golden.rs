@@ -86,7 +86,7 @@ fn committed_envelopes_open_to_the_committed_events() {
         serde_json::from_str(&std::fs::read_to_string(VECTORS).expect("vectors")).expect("json");
     let keyring = common::keyring();
     let events = vectors["events"].as_array().expect("events");
-    assert_eq!(events.len(), 6, "one vector per event kind");
+    assert_eq!(events.len(), 7, "one vector per event kind");
     for v in events {
         let wire = hex::decode(v["wire_hex"].as_str().expect("hex")).expect("hex");
         let opened = Envelope::open(&wire, &keyring).expect("committed envelope opens");
