@@ -16,8 +16,10 @@
 //! - **Nothing is lost** (DESIGN.md invariant 3): [`Outbox::append`] returns only after
 //!   the event is committed, and a confirmation's commit is fsync'd (see
 //!   [`Durability`]). Rows are deleted only by [`Outbox::ack`], which only the hub's
-//!   verified ack calls. Confirmations are never evicted; when even they do not fit,
-//!   `append` fails with a typed error, a counter moves and nothing stored is touched.
+//!   verified ack calls, and by eviction, which only ever takes position samples and
+//!   leaves a signed gap notice in their place (see below). Confirmations are never
+//!   evicted; when even they do not fit, `append` fails with a typed error, a counter
+//!   moves and nothing stored is touched.
 //! - **Nothing is doubled** (invariant 4): a sequence number is never handed out twice,
 //!   across restarts, power loss and even a corrupt database:
 //!   1. `next_seq` lives in `meta` and moves in the same transaction as the insert.
@@ -36,11 +38,24 @@
 //!   never deleted; the agent raises an alarm (error log, counter, `status`), salvages
 //!   what rows it can still read, and starts a fresh file.
 //!
-//! # Known limit
+//! # Gaps in the sequence
 //!
-//! Evicting position samples leaves gaps in the sequence the hub sees. The hub's ack is
-//! the highest *contiguous* seq, so until the contract has a signed "gap" notice the hub
-//! must treat a gap as missing data (see the report on issue 4).
+//! A full outbox thins position samples, oldest first. The hub acknowledges the highest
+//! *contiguous* seq, so a silent hole would stop its ack for good and, behind it, every
+//! later confirmation. Each evicted run of consecutive position seqs `a..=b` (runs end at
+//! confirmations, which are never evicted) is therefore replaced, in the eviction's own
+//! transaction, by one signed [`Gap`] notice stored at seq `a`, and rows `a+1..=b` go.
+//! A gap row is kept like a confirmation (never evicted itself) and travels like any
+//! other event; a hub that holds it may move its ack to `b`. The budget charges a notice
+//! like any row and counts only what a replacement really frees; a lone sample between
+//! two confirmations still becomes a (smaller) notice. While nothing has been handed to
+//! the uplink (an outage), the next eviction grows the newest notice instead of adding
+//! one; a notice that may have been published is never changed.
+//!
+//! The hub may already hold the first samples of a run that was evicted after they
+//! were published. If its ack lands inside a gap's range, [`Outbox::ack`] re-issues the
+//! rest of the range as a fresh notice at the seq after the ack, so no hole is left
+//! that nothing covers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,7 +66,7 @@ use std::sync::Arc;
 
 use doorstep_proto::blob::{BlobChunk, MAX_CHUNK_LEN, MAX_PHOTO_LEN};
 use doorstep_proto::{
-    DeviceId, Envelope, EnvelopeError, Event, EventId, HexBytes, PublicKey, SigningKey, TrustedKey,
+    DeviceId, Envelope, EnvelopeError, Event, EventId, Gap, HexBytes, PublicKey, SigningKey, TrustedKey,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -78,6 +93,15 @@ pub const OUTBOX_QUEUE: usize = 64;
 const EVICT_BATCH_DIVISOR: u64 = 64;
 /// WAL file size kept after checkpoints, so that a burst does not leave a large file.
 const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+/// Gap notices one eviction may write once it has freed what the new event needs. A
+/// driver scanning at every house leaves short position runs between confirmations;
+/// this keeps a batch eviction over them from signing thousands of notices at once.
+const MAX_GAPS_PER_EVICTION: usize = 256;
+/// The most a gap notice can grow when its run grows: `last_seq` is a varint of 1 to 10
+/// bytes. Used to stop inside a run without signing a notice for every candidate end.
+const GAP_GROWTH_BOUND: u64 = 9;
+/// The `kind` column of a gap notice's row.
+const GAP_KIND: &str = "gap";
 
 /// How an outbox is sized and whose events it holds.
 #[derive(Debug, Clone)]
@@ -348,6 +372,9 @@ pub struct Outbox {
     acked_seq: u64,
     /// Value in the `.seq-hwm` side file: every seq handed out is below it.
     seq_hwm: u64,
+    /// Highest seq [`Outbox::pending`] returned since open (the side file may lag it
+    /// when the disk is full).
+    handed_out: u64,
     stored_bytes: u64,
     photo_bytes: u64,
     /// Commits since the last fsync (group-committed positions).
@@ -686,6 +713,7 @@ impl Outbox {
             next_seq,
             acked_seq,
             seq_hwm,
+            handed_out: 0,
             stored_bytes: u64_of(wire_bytes) + u64_of(rows) * ROW_OVERHEAD_BYTES,
             photo_bytes: u64_of(photo_bytes),
             unsynced: false,
@@ -756,9 +784,10 @@ impl Outbox {
     /// Signs `event` as the next event of this device and commits it.
     ///
     /// In one transaction: the next seq, a random 128-bit event id, the sealed envelope,
-    /// the row, the bumped seq; positions are evicted (oldest first) if the budget needs
-    /// it. A confirmation is fsync'd before this returns ([`Durability`]). On any error
-    /// nothing changes and no seq is consumed.
+    /// the row, the bumped seq; if the budget needs it, the oldest position samples are
+    /// evicted and each run of them replaced by a signed gap notice (see the module
+    /// docs). A confirmation is fsync'd before this returns ([`Durability`]). On any
+    /// error nothing changes and no seq is consumed.
     pub fn append(
         &mut self,
         key: &SigningKey,
@@ -769,38 +798,28 @@ impl Outbox {
         let kind = event.kind();
         let confirmation = event.is_confirmation();
         let durability = Durability::for_event(&event);
-        let mut id = [0u8; 16];
-        self.rng.fill(&mut id).map_err(|_| OutboxError::Random)?;
         let seq = self.next_seq;
-        let envelope = Envelope {
-            device: self.cfg.device.clone(),
-            seq,
-            event_id: HexBytes(id),
-            gnss_utc_ms,
-            mono_ms,
-            event,
-        };
+        let event_id = self.event_id()?;
+        let envelope =
+            Envelope { device: self.cfg.device.clone(), seq, event_id, gnss_utc_ms, mono_ms, event };
         let wire = envelope.seal(key)?;
-        let row_bytes = wire.len() as u64 + ROW_OVERHEAD_BYTES;
+        let row = NewRow { seq, kind, confirmation, wire: &wire, event_ms: gnss_utc_ms, durability };
 
-        let result = self.insert(seq, kind, confirmation, &wire, gnss_utc_ms, row_bytes, durability);
+        let result = self.insert(key, &row);
         let result = match result {
             Err(OutboxError::DiskFull { .. }) if confirmation => {
                 // The file or the disk is full while the budget is not: make room from
                 // positions and try once more before refusing a confirmation.
-                let freed = self.evict_positions(row_bytes.max(self.cfg.max_bytes / EVICT_BATCH_DIVISOR))?;
-                if freed > 0 {
-                    self.insert(seq, kind, confirmation, &wire, gnss_utc_ms, row_bytes, durability)
-                } else {
-                    Err(OutboxError::DiskFull { kind })
-                }
+                let target = row.charge().max(self.cfg.max_bytes / EVICT_BATCH_DIVISOR);
+                let freed = self.evict_positions(key, target)?;
+                if freed > 0 { self.insert(key, &row) } else { Err(OutboxError::DiskFull { kind }) }
             }
             other => other,
         };
         match result {
             Ok(()) => {
                 tracing::debug!(device = %self.cfg.device, seq, kind, wire_len = wire.len(), "event stored");
-                Ok(Appended { seq, event_id: HexBytes(id), wire_len: wire.len() })
+                Ok(Appended { seq, event_id, wire_len: wire.len() })
             }
             Err(e) => {
                 if e.is_full() {
@@ -816,114 +835,232 @@ impl Outbox {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // One private call site pair; a struct would only rename them.
-    fn insert(
-        &mut self,
-        seq: u64,
-        kind: &'static str,
-        confirmation: bool,
-        wire: &[u8],
-        event_ms: i64,
-        row_bytes: u64,
-        durability: Durability,
-    ) -> Result<(), OutboxError> {
-        // Decide the eviction before the transaction: which positions go, and whether the
-        // event fits at all once they have.
-        let mut evict_up_to: Option<(u64, u64, u64)> = None; // (last seq, rows, bytes)
+    fn event_id(&self) -> Result<EventId, OutboxError> {
+        let mut id = [0u8; 16];
+        self.rng.fill(&mut id).map_err(|_| OutboxError::Random)?;
+        Ok(HexBytes(id))
+    }
+
+    fn insert(&mut self, key: &SigningKey, row: &NewRow<'_>) -> Result<(), OutboxError> {
+        // Decide the eviction before the transaction: which positions go, which gap
+        // notices replace them, and whether the event fits at all once they have.
+        let row_bytes = row.charge();
+        let mut eviction = None;
         if self.stored_bytes + row_bytes > self.cfg.max_bytes {
             let need = self.stored_bytes + row_bytes - self.cfg.max_bytes;
             let target = need.max(self.cfg.max_bytes / EVICT_BATCH_DIVISOR);
-            let plan = self.plan_eviction(target)?;
-            if plan.2 < need {
+            let plan = self.plan_eviction(key, need, target)?;
+            if plan.net < need {
                 return Err(OutboxError::Full {
-                    kind,
+                    kind: row.kind,
                     stored: self.stored_bytes,
                     max_bytes: self.cfg.max_bytes,
                 });
             }
-            evict_up_to = Some(plan);
+            eviction = Some(plan);
         }
-        self.set_synchronous(durability == Durability::Synced)?;
+        self.set_synchronous(row.durability == Durability::Synced)?;
         let outcome = (|| -> Result<(), rusqlite::Error> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some((last, rows, _)) = evict_up_to {
-                tx.prepare_cached("DELETE FROM events WHERE confirmation = 0 AND seq <= ?1")?
-                    .execute([i64_of(last)])?;
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('evicted_positions', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = value + ?1",
-                )?
-                .execute([i64_of(rows)])?;
+            if let Some(plan) = &eviction {
+                apply_eviction(&tx, plan)?;
             }
-            tx.prepare_cached(
-                "INSERT INTO events (seq, kind, confirmation, wire, event_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![i64_of(seq), kind, confirmation, wire, event_ms])?;
-            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_seq'")?
-                .execute([i64_of(seq + 1)])?;
+            insert_row(&tx, row)?;
             tx.commit()
         })();
         match outcome {
             Ok(()) => {
-                if let Some((last, rows, bytes)) = evict_up_to {
-                    self.stored_bytes -= bytes;
-                    tracing::warn!(device = %self.cfg.device, up_to_seq = last, rows, bytes, "outbox full: evicted oldest position samples");
+                if let Some(plan) = &eviction {
+                    self.stored_bytes -= plan.net;
+                    plan.log(&self.cfg.device, "outbox full");
                 }
                 self.stored_bytes += row_bytes;
-                self.next_seq = seq + 1;
-                self.unsynced = durability == Durability::Grouped;
+                self.next_seq = row.seq + 1;
+                self.unsynced = row.durability == Durability::Grouped;
                 Ok(())
             }
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
-                Err(OutboxError::DiskFull { kind })
+                Err(OutboxError::DiskFull { kind: row.kind })
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Chooses the oldest positions whose removal frees at least `target` bytes:
-    /// returns (last seq to delete, rows, bytes freed).
-    fn plan_eviction(&mut self, target: u64) -> Result<(u64, u64, u64), OutboxError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, LENGTH(wire) FROM events WHERE confirmation = 0 AND seq > ?1 ORDER BY seq LIMIT 512",
-        )?;
-        let (mut last, mut rows, mut bytes) = (0u64, 0u64, 0u64);
-        while bytes < target {
-            let batch: Vec<(i64, i64)> =
-                stmt.query_map([i64_of(last)], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    /// Chooses the oldest position samples whose replacement by gap notices frees at
+    /// least `need` bytes, and goes on to `target` (or [`MAX_GAPS_PER_EVICTION`] notices)
+    /// so that a full outbox does not evict on every append. Signs the notices; changes
+    /// nothing. A plan freeing less than `need` means even all positions are not enough.
+    ///
+    /// Runs are consecutive seqs: a confirmation (or an older gap notice) between two
+    /// samples occupies a seq, so it ends the run. The plan is one pass over the
+    /// positions, oldest first, signing at most two notices per run; it ends when the
+    /// positions do, so an outbox of nothing but lone samples between confirmations
+    /// yields a short plan and a refusal, never a loop.
+    fn plan_eviction(&self, key: &SigningKey, need: u64, target: u64) -> Result<Eviction, OutboxError> {
+        let done = |net: u64, runs: usize| net >= need && (net >= target || runs >= MAX_GAPS_PER_EVICTION);
+        let mut plan = Eviction::default();
+        let mut open: Option<GapRun> = None;
+        let mut after = 0u64;
+        'scan: loop {
+            let batch: Vec<(u64, u64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, LENGTH(wire) FROM events WHERE confirmation = 0 AND seq > ?1 ORDER BY seq LIMIT 512",
+                )?
+                .query_map([i64_of(after)], |r| Ok((u64_of(r.get(0)?), u64_of(r.get(1)?))))?
+                .collect::<Result<_, _>>()?;
             if batch.is_empty() {
                 break;
             }
             for (seq, len) in batch {
-                if bytes >= target {
-                    break;
+                after = seq;
+                let charge = len + ROW_OVERHEAD_BYTES;
+                match &mut open {
+                    Some(run) if run.last + 1 == seq => {
+                        run.last = seq;
+                        run.rows += 1;
+                        run.positions += 1;
+                        run.freed += charge;
+                    }
+                    _ => {
+                        if let Some(run) = open.take() {
+                            self.close_run(key, run, &mut plan)?;
+                        }
+                        if done(plan.net, plan.runs.len()) {
+                            break 'scan;
+                        }
+                        open = Some(self.open_run(key, seq, charge)?);
+                    }
                 }
-                last = u64_of(seq);
-                rows += 1;
-                bytes += u64_of(len) + ROW_OVERHEAD_BYTES;
+                // Stop inside a run as soon as it frees enough, counting its notice at
+                // the largest it can grow to: the sealed one can only be smaller.
+                if let Some(run) = &open {
+                    let bound = run.charged() + GAP_GROWTH_BOUND;
+                    if done(plan.net + run.freed.saturating_sub(bound), plan.runs.len() + 1) {
+                        break 'scan;
+                    }
+                }
             }
         }
-        Ok((last, rows, bytes))
+        if let Some(run) = open.take() {
+            self.close_run(key, run, &mut plan)?;
+        }
+        Ok(plan)
     }
 
-    /// Evicts the oldest positions worth at least `target` bytes in its own transaction;
-    /// returns the bytes freed.
-    fn evict_positions(&mut self, target: u64) -> Result<u64, OutboxError> {
-        let (last, rows, bytes) = self.plan_eviction(target)?;
-        if rows == 0 {
+    /// Starts a run at the sample `seq`: the notice takes the sample's times, so it sorts
+    /// where the samples it stands for would have.
+    ///
+    /// A gap notice that ends right before `seq` and was never handed to the uplink (it
+    /// is at or above the seq high-water mark, as everything made during an outage is)
+    /// is taken into the run: one notice grows instead of one more row per eviction. A
+    /// notice that may have been published is never changed.
+    fn open_run(&self, key: &SigningKey, seq: u64, charge: u64) -> Result<GapRun, OutboxError> {
+        let previous: Option<(u64, u64, Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, LENGTH(wire), wire, event_ms FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([i64_of(seq)], |r| Ok((u64_of(r.get(0)?), u64_of(r.get(1)?), r.get(2)?, r.get(3)?)))
+            .optional()?;
+        if let Some((prev_seq, prev_len, wire, event_ms)) = previous
+            && prev_seq >= self.seq_hwm
+            && prev_seq > self.handed_out
+            && let Ok((_, envelope)) = Envelope::peek_unverified(&wire)
+            && let Event::Gap(gap) = envelope.event
+            && gap.first_seq == prev_seq
+            && gap.last_seq + 1 == seq
+        {
+            let mut run = GapRun {
+                first: prev_seq,
+                last: seq,
+                rows: 2,
+                positions: 1,
+                freed: prev_len + ROW_OVERHEAD_BYTES + charge,
+                gnss_utc_ms: event_ms,
+                mono_ms: envelope.mono_ms,
+                wire,
+                sealed_last: seq,
+            };
+            run.wire = self.seal_gap(key, &run)?;
+            return Ok(run);
+        }
+        let (wire, event_ms): (Vec<u8>, i64) = self
+            .conn
+            .prepare_cached("SELECT wire, event_ms FROM events WHERE seq = ?1")?
+            .query_row([i64_of(seq)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mono_ms = Envelope::peek_unverified(&wire).map_or(0, |(_, env)| env.mono_ms);
+        let mut run = GapRun {
+            first: seq,
+            last: seq,
+            rows: 1,
+            positions: 1,
+            freed: charge,
+            gnss_utc_ms: event_ms,
+            mono_ms,
+            wire,
+            sealed_last: seq,
+        };
+        run.wire = self.seal_gap(key, &run)?;
+        Ok(run)
+    }
+
+    /// Seals the run's final notice and adds it to the plan if it frees anything: only a
+    /// single sample with an unusually short encoding could cost as much as its notice,
+    /// and then the sample stays.
+    fn close_run(&self, key: &SigningKey, mut run: GapRun, plan: &mut Eviction) -> Result<(), OutboxError> {
+        if run.last != run.sealed_last {
+            run.sealed_last = run.last;
+            run.wire = self.seal_gap(key, &run)?;
+        }
+        match run.freed.checked_sub(run.charged()).filter(|net| *net > 0) {
+            Some(net) => {
+                plan.net += net;
+                plan.positions += run.positions;
+                plan.runs.push(run);
+            }
+            None => {
+                tracing::debug!(device = %self.cfg.device, seq = run.first, "a gap notice would not be smaller than the sample; kept it")
+            }
+        }
+        Ok(())
+    }
+
+    /// The signed gap notice for `run`, at the run's first seq.
+    fn seal_gap(&self, key: &SigningKey, run: &GapRun) -> Result<Vec<u8>, OutboxError> {
+        let envelope = Envelope {
+            device: self.cfg.device.clone(),
+            seq: run.first,
+            event_id: self.event_id()?,
+            gnss_utc_ms: run.gnss_utc_ms,
+            mono_ms: run.mono_ms,
+            event: Event::Gap(Gap { first_seq: run.first, last_seq: run.last }),
+        };
+        Ok(envelope.seal(key)?)
+    }
+
+    /// Evicts the oldest positions worth at least `target` bytes in its own transaction
+    /// (a full disk, not a full budget); returns the bytes freed.
+    fn evict_positions(&mut self, key: &SigningKey, target: u64) -> Result<u64, OutboxError> {
+        let plan = self.plan_eviction(key, 1, target)?;
+        if plan.runs.is_empty() {
             return Ok(0);
         }
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM events WHERE confirmation = 0 AND seq <= ?1", [i64_of(last)])?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('evicted_positions', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = value + ?1",
-            [i64_of(rows)],
-        )?;
-        tx.commit()?;
-        self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
-        tracing::warn!(device = %self.cfg.device, up_to_seq = last, rows, bytes, "disk full: evicted oldest position samples");
-        Ok(bytes)
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            apply_eviction(&tx, &plan)?;
+            tx.commit()
+        })();
+        match outcome {
+            Ok(()) => {}
+            // Not even the smaller rows fit: the caller refuses the event.
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+        self.stored_bytes = self.stored_bytes.saturating_sub(plan.net);
+        self.unsynced = true;
+        plan.log(&self.cfg.device, "disk full");
+        Ok(plan.net)
     }
 
     fn count_rejection(&mut self, confirmation: bool, event_ms: i64) {
@@ -953,6 +1090,9 @@ impl Outbox {
             .prepare_cached("SELECT seq, wire FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
             .query_map(params![i64_of(after_seq), limit], |r| Ok((u64_of(r.get(0)?), r.get(1)?)))?
             .collect::<Result<_, _>>()?;
+        if let Some((last, _)) = rows.last() {
+            self.handed_out = self.handed_out.max(*last);
+        }
         if let Some((last, _)) = rows.last()
             && *last >= self.seq_hwm
         {
@@ -974,7 +1114,11 @@ impl Outbox {
 
     /// Applies the hub's cumulative ack: deletes every event with seq ≤ `up_to_seq` and
     /// returns how many were deleted. Only a verified hub ack may call this.
-    pub fn ack(&mut self, up_to_seq: u64) -> Result<usize, OutboxError> {
+    ///
+    /// An ack inside a gap notice's range (the hub got the first samples of the run
+    /// before they were evicted) leaves the rest of the range uncovered: it is signed
+    /// with `key` as a fresh notice at `up_to_seq + 1`, in the same transaction.
+    pub fn ack(&mut self, key: &SigningKey, up_to_seq: u64) -> Result<usize, OutboxError> {
         if up_to_seq >= self.next_seq {
             // The hub holds numbers this store never handed out: our store and its
             // high-water mark were both lost. Never reuse them.
@@ -986,6 +1130,14 @@ impl Outbox {
             );
             self.next_seq = up_to_seq + 1;
         }
+        let rest = match self.gap_straddling(up_to_seq)? {
+            Some(mut run) => {
+                run.first = up_to_seq + 1;
+                run.wire = self.seal_gap(key, &run)?;
+                Some(run)
+            }
+            None => None,
+        };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (rows, bytes): (i64, i64) = tx.query_row(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(wire)), 0) FROM events WHERE seq <= ?1",
@@ -993,6 +1145,9 @@ impl Outbox {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         tx.prepare_cached("DELETE FROM events WHERE seq <= ?1")?.execute([i64_of(up_to_seq)])?;
+        if let Some(run) = &rest {
+            insert_gap(&tx, run)?;
+        }
         let acked = self.acked_seq.max(up_to_seq);
         set_meta(&tx, "acked_seq", i64_of(acked))?;
         set_meta(&tx, "next_seq", i64_of(self.next_seq))?;
@@ -1002,9 +1157,49 @@ impl Outbox {
         self.acked_seq = acked;
         self.stored_bytes =
             self.stored_bytes.saturating_sub(u64_of(bytes) + u64_of(rows) * ROW_OVERHEAD_BYTES);
+        if let Some(run) = &rest {
+            self.stored_bytes += run.charged();
+            tracing::info!(
+                device = %self.cfg.device,
+                up_to_seq,
+                first_seq = run.first,
+                last_seq = run.last,
+                "hub ack fell inside a gap; re-issued the rest of it"
+            );
+        }
         let deleted = usize::try_from(rows).unwrap_or(usize::MAX);
         tracing::debug!(device = %self.cfg.device, up_to_seq, deleted, "hub ack applied");
         Ok(deleted)
+    }
+
+    /// The stored gap notice whose range holds `seq` and goes past it, as a run with the
+    /// notice's times (gap ranges never overlap, so only the last notice at or below
+    /// `seq` can).
+    fn gap_straddling(&self, seq: u64) -> Result<Option<GapRun>, OutboxError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT wire, event_ms FROM events WHERE confirmation = 1 AND kind = ?1 AND seq <= ?2
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![GAP_KIND, i64_of(seq)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((wire, event_ms)) = row else { return Ok(None) };
+        let Ok((_, envelope)) = Envelope::peek_unverified(&wire) else { return Ok(None) };
+        Ok(match envelope.event {
+            Event::Gap(gap) if gap.last_seq > seq => Some(GapRun {
+                first: gap.first_seq,
+                last: gap.last_seq,
+                rows: 1,
+                positions: 0,
+                freed: 0,
+                gnss_utc_ms: event_ms,
+                mono_ms: envelope.mono_ms,
+                wire,
+                sealed_last: gap.last_seq,
+            }),
+            _ => None,
+        })
     }
 
     /// Waiting events by kind.
@@ -1193,6 +1388,119 @@ impl Outbox {
     }
 }
 
+/// An event about to be inserted, sealed.
+struct NewRow<'a> {
+    seq: u64,
+    kind: &'static str,
+    confirmation: bool,
+    wire: &'a [u8],
+    event_ms: i64,
+    durability: Durability,
+}
+
+impl NewRow<'_> {
+    /// What the row is charged against the budget.
+    fn charge(&self) -> u64 {
+        self.wire.len() as u64 + ROW_OVERHEAD_BYTES
+    }
+}
+
+/// A run of consecutive position samples, `first..=last` (possibly starting with an
+/// unpublished gap notice it absorbs), and the signed gap notice that stands in for it
+/// at `first`.
+#[derive(Debug)]
+struct GapRun {
+    first: u64,
+    last: u64,
+    /// Rows the notice replaces: the samples, and an absorbed notice.
+    rows: u64,
+    /// Position samples among them.
+    positions: u64,
+    /// What those rows are charged against the budget (wire bytes and row overhead).
+    freed: u64,
+    /// The first sample's GNSS time, which the notice carries.
+    gnss_utc_ms: i64,
+    /// The first sample's monotonic time, which the notice carries.
+    mono_ms: u64,
+    /// The sealed notice.
+    wire: Vec<u8>,
+    /// The last seq `wire` covers.
+    sealed_last: u64,
+}
+
+impl GapRun {
+    /// What the notice's row is charged against the budget.
+    fn charged(&self) -> u64 {
+        self.wire.len() as u64 + ROW_OVERHEAD_BYTES
+    }
+}
+
+/// An eviction, decided and signed before its transaction.
+#[derive(Debug, Default)]
+struct Eviction {
+    runs: Vec<GapRun>,
+    /// Position samples it removes.
+    positions: u64,
+    /// Bytes it frees: the samples' charge less the notices'.
+    net: u64,
+}
+
+impl Eviction {
+    fn log(&self, device: &DeviceId, why: &str) {
+        let (first, last) = (self.runs.first().map(|r| r.first), self.runs.last().map(|r| r.last));
+        tracing::warn!(
+            %device,
+            from_seq = first,
+            to_seq = last,
+            positions = self.positions,
+            gaps = self.runs.len(),
+            bytes = self.net,
+            "{why}: replaced the oldest position samples by signed gap notices"
+        );
+    }
+}
+
+/// Replaces each run of the plan by its notice and counts the evicted samples, inside
+/// the caller's transaction. A run that is no longer all positions aborts it.
+fn apply_eviction(tx: &rusqlite::Transaction<'_>, plan: &Eviction) -> Result<(), rusqlite::Error> {
+    for run in &plan.runs {
+        let deleted = tx
+            .prepare_cached(
+                "DELETE FROM events WHERE (confirmation = 0 OR kind = ?3) AND seq BETWEEN ?1 AND ?2",
+            )?
+            .execute(params![i64_of(run.first), i64_of(run.last), GAP_KIND])?;
+        if deleted as u64 != run.rows {
+            return Err(rusqlite::Error::StatementChangedRows(deleted));
+        }
+        insert_gap(tx, run)?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('evicted_positions', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = value + ?1",
+    )?
+    .execute([i64_of(plan.positions)])?;
+    Ok(())
+}
+
+/// Stores a new event and moves `next_seq` past it, inside the caller's transaction.
+fn insert_row(tx: &rusqlite::Transaction<'_>, row: &NewRow<'_>) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO events (seq, kind, confirmation, wire, event_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![i64_of(row.seq), row.kind, row.confirmation, row.wire, row.event_ms])?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_seq'")?.execute([i64_of(row.seq + 1)])?;
+    Ok(())
+}
+
+/// Stores a gap notice at its first seq. Kept like a confirmation: never evicted.
+fn insert_gap(tx: &rusqlite::Transaction<'_>, run: &GapRun) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO events (seq, kind, confirmation, wire, event_ms) VALUES (?1, ?2, 1, ?3, ?4)",
+    )?
+    .execute(params![i64_of(run.first), GAP_KIND, run.wire, run.gnss_utc_ms])?;
+    Ok(())
+}
+
 fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
@@ -1329,7 +1637,8 @@ impl OutboxHandle {
 
     /// See [`Outbox::ack`].
     pub async fn ack(&self, up_to_seq: u64) -> Result<usize, OutboxError> {
-        self.call(move |o| o.ack(up_to_seq)).await
+        let key = Arc::clone(&self.key);
+        self.call(move |o| o.ack(&key, up_to_seq)).await
     }
 
     /// See [`Outbox::add_photo`].
@@ -1356,7 +1665,7 @@ impl OutboxHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use doorstep_proto::{FixEvidence, Nearby, RouteId, StopId, TrustedKey};
+    use doorstep_proto::{FixEvidence, Gap, Nearby, RouteId, StopId, TrustedKey};
 
     fn device() -> DeviceId {
         DeviceId::new("van-7").expect("id")
@@ -1411,7 +1720,7 @@ mod tests {
             for n in 0..5 {
                 outbox.append(&key(), nearby(n), 0, 0).expect("append");
             }
-            assert_eq!(outbox.ack(5).expect("ack"), 5);
+            assert_eq!(outbox.ack(&key(), 5).expect("ack"), 5);
         }
         let mut outbox = open(dir.path(), OutboxConfig::new(device()));
         assert_eq!(outbox.acked_seq(), 5);
@@ -1425,8 +1734,8 @@ mod tests {
         for n in 0..10 {
             outbox.append(&key(), nearby(n), 0, 0).expect("append");
         }
-        assert_eq!(outbox.ack(4).expect("ack"), 4);
-        assert_eq!(outbox.ack(2).expect("stale ack"), 0);
+        assert_eq!(outbox.ack(&key(), 4).expect("ack"), 4);
+        assert_eq!(outbox.ack(&key(), 2).expect("stale ack"), 0);
         let pending = outbox.pending(0, 100).expect("pending");
         assert_eq!(pending.first().map(|p| p.0), Some(5));
         assert_eq!(outbox.stats().expect("stats").depth(), 6);
@@ -1453,13 +1762,220 @@ mod tests {
             .pending(0, 1000)
             .expect("pending")
             .iter()
-            .filter(|(_, wire)| decode(wire).event.is_confirmation())
+            .filter(|(_, wire)| matches!(decode(wire).event, Event::Nearby(_)))
             .map(|(seq, _)| *seq)
             .collect();
         assert_eq!(kept, confirmations);
         // The newest positions survive; the oldest went first.
         let last = outbox.pending(0, 1000).expect("pending").last().map(|p| p.0);
         assert_eq!(last, Some(300));
+    }
+
+    /// Every stored row, verified, in seq order.
+    fn stored(outbox: &mut Outbox) -> Vec<Envelope> {
+        outbox.pending(0, 100_000).expect("pending").iter().map(|(_, wire)| decode(wire)).collect()
+    }
+
+    /// Every stored row, read without handing anything to the uplink (no high-water mark).
+    fn stored_unpublished(outbox: &Outbox) -> Vec<Envelope> {
+        let mut stmt = outbox.conn.prepare("SELECT wire FROM events ORDER BY seq").expect("select");
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).expect("query");
+        rows.map(|wire| decode(&wire.expect("row"))).collect()
+    }
+
+    /// The seqs the stored rows stand for: an event its own, a gap notice its range.
+    fn covered(rows: &[Envelope]) -> Vec<u64> {
+        rows.iter()
+            .flat_map(|e| match e.event {
+                Event::Gap(gap) => gap.first_seq..=gap.last_seq,
+                _ => e.seq..=e.seq,
+            })
+            .collect()
+    }
+
+    fn gaps(rows: &[Envelope]) -> Vec<Gap> {
+        rows.iter()
+            .filter_map(|e| match e.event {
+                Event::Gap(gap) => Some(gap),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What the budget is charged, recomputed from the table as `status` does.
+    fn charged_in_table(outbox: &Outbox) -> u64 {
+        outbox.stats().expect("stats").stored_bytes
+    }
+
+    #[test]
+    fn each_evicted_run_of_positions_becomes_one_signed_gap_notice_at_its_first_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = OutboxConfig { max_bytes: 20_000, ..OutboxConfig::new(device()) };
+        let mut outbox = open(dir.path(), cfg.clone());
+        let mut confirmations = Vec::new();
+        // Runs of 1, 2, 7 and 30 positions between confirmations.
+        for round in 0..60usize {
+            for _ in 0..[1, 2, 7, 30][round % 4] {
+                let n = outbox.next_seq();
+                outbox.append(&key(), position(i64::try_from(n).expect("fits")), 0, n).expect("position");
+                assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox), "accounting after seq {n}");
+            }
+            let n = outbox.next_seq();
+            confirmations.push(outbox.append(&key(), nearby(1), 0, n).expect("confirmation").seq);
+            assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox), "accounting after seq {n}");
+            assert!(outbox.stored_bytes() <= cfg.max_bytes);
+        }
+        let rows = stored(&mut outbox);
+        let gaps = gaps(&rows);
+        assert!(gaps.len() >= 10, "{} gap notices", gaps.len());
+        // Every seq handed out is accounted for exactly once, in order: no hole, no overlap.
+        assert_eq!(covered(&rows), (1..outbox.next_seq()).collect::<Vec<_>>());
+        // A notice stands only for positions; every confirmation is still there.
+        for gap in &gaps {
+            assert!(!confirmations.iter().any(|c| (gap.first_seq..=gap.last_seq).contains(c)), "{gap:?}");
+        }
+        let kept: Vec<u64> =
+            rows.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.seq).collect();
+        assert_eq!(kept, confirmations);
+        // A notice carries the first evicted sample's times.
+        let first = rows.iter().find(|e| matches!(e.event, Event::Gap(_))).expect("a gap");
+        assert_eq!(first.mono_ms, first.seq);
+        let stats = outbox.stats().expect("stats");
+        let evicted: u64 = gaps.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
+        assert_eq!(stats.evicted_positions, evicted);
+        assert_eq!(stats.depth_by_kind["gap"].count, gaps.len() as u64);
+        // The charge survives a restart: it is what the table holds.
+        let before = outbox.stored_bytes();
+        drop(outbox);
+        assert_eq!(open(dir.path(), cfg).stored_bytes(), before);
+    }
+
+    #[test]
+    fn lone_positions_between_confirmations_become_smaller_gap_notices_until_confirmations_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = OutboxConfig { max_bytes: 4_000, ..OutboxConfig::new(device()) };
+        let mut outbox = open(dir.path(), cfg);
+        let mut confirmations = Vec::new();
+        let mut position_len = 0;
+        let mut refused = None;
+        for i in 0..1_000 {
+            let n = outbox.next_seq();
+            if i % 2 == 0 {
+                match outbox.append(&key(), nearby(1), 0, n) {
+                    Ok(a) => confirmations.push(a.seq),
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            } else if let Ok(a) = outbox.append(&key(), position(1), 0, n) {
+                position_len = a.wire_len;
+            }
+            assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
+        }
+        // The outbox ends full of confirmations and notices, and says so: no endless eviction.
+        let refused = refused.expect("a confirmation is refused once only notices are left to shrink");
+        assert!(matches!(refused, OutboxError::Full { kind: "nearby", .. }), "{refused}");
+        let rows = stored(&mut outbox);
+        let gaps = gaps(&rows);
+        assert!(gaps.len() >= 3, "{} gap notices", gaps.len());
+        for gap in &gaps {
+            assert_eq!(gap.first_seq, gap.last_seq, "a lone sample is a run of one");
+        }
+        let gap_len = outbox
+            .pending(0, 1_000)
+            .expect("pending")
+            .iter()
+            .find(|(_, wire)| matches!(decode(wire).event, Event::Gap(_)))
+            .map(|(_, wire)| wire.len())
+            .expect("a gap row");
+        assert!(
+            gap_len < position_len,
+            "a notice ({gap_len} B) is smaller than the sample ({position_len} B)"
+        );
+        assert_eq!(covered(&rows), (1..outbox.next_seq()).collect::<Vec<_>>());
+        let kept: Vec<u64> =
+            rows.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.seq).collect();
+        assert_eq!(kept, confirmations);
+    }
+
+    #[test]
+    fn an_ack_inside_a_gap_reissues_the_rest_of_it_at_the_next_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+        for n in 1..=20 {
+            outbox.append(&key(), position(n), 0, 0).expect("position");
+        }
+        outbox.append(&key(), nearby(1), 0, 0).expect("confirmation");
+        // The hub got samples 1..=3 before the outbox had to evict 1..=k.
+        let one_row = charged_in_table(&outbox) / 21;
+        assert!(outbox.evict_positions(&key(), 8 * one_row).expect("evict") > 0);
+        let rows = stored(&mut outbox);
+        let first = gaps(&rows)[0];
+        assert_eq!(first.first_seq, 1);
+        assert!(first.last_seq > 4, "{first:?}");
+
+        assert_eq!(outbox.ack(&key(), 3).expect("ack"), 1, "the notice at seq 1 is acknowledged");
+        let rows = stored(&mut outbox);
+        assert_eq!(rows[0].seq, 4, "the rest of the range travels at the seq after the ack");
+        assert_eq!(rows[0].event, Event::Gap(Gap { first_seq: 4, last_seq: first.last_seq }));
+        assert_eq!(covered(&rows), (4..=21).collect::<Vec<_>>());
+        assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
+        // An ack at the end of a gap leaves nothing to re-issue.
+        outbox.ack(&key(), first.last_seq).expect("ack");
+        assert_eq!(covered(&stored(&mut outbox)), (first.last_seq + 1..=21).collect::<Vec<_>>());
+        assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
+    }
+
+    #[test]
+    fn a_gap_notice_never_handed_out_grows_and_one_handed_out_is_never_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+        for n in 1..=40 {
+            outbox.append(&key(), position(n), 0, 0).expect("position");
+        }
+        let one_row = charged_in_table(&outbox) / 40;
+        // An outage: nothing is handed to the uplink, so the notice grows in place.
+        outbox.evict_positions(&key(), 5 * one_row).expect("evict");
+        let small: Vec<Gap> = gaps(&stored_unpublished(&outbox));
+        outbox.evict_positions(&key(), 5 * one_row).expect("evict");
+        let grown: Vec<Gap> = gaps(&stored_unpublished(&outbox));
+        assert_eq!(grown.len(), 1, "{grown:?}");
+        assert_eq!(grown[0].first_seq, small[0].first_seq);
+        assert!(grown[0].last_seq > small[0].last_seq, "{small:?} then {grown:?}");
+        assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
+
+        // Once handed out it may be at the hub: it is never re-signed, the next one is new.
+        let published = outbox.pending(0, 1).expect("pending")[0].1.clone();
+        outbox.evict_positions(&key(), 5 * one_row).expect("evict");
+        assert_eq!(outbox.pending(0, 1).expect("pending")[0].1, published);
+        let rows = stored(&mut outbox);
+        let after = gaps(&rows);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert_eq!(after[1].first_seq, grown[0].last_seq + 1);
+        assert_eq!(covered(&rows), (1..=40).collect::<Vec<_>>());
+        assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
+    }
+
+    #[test]
+    fn a_full_disk_makes_room_for_a_confirmation_by_replacing_positions_with_a_gap_notice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = OutboxConfig { max_file_bytes: Some(64 * 1024), ..OutboxConfig::new(device()) };
+        let mut outbox = open(dir.path(), cfg);
+        outbox.append(&key(), nearby(1), 0, 0).expect("confirmation");
+        let err = loop {
+            let n = outbox.next_seq();
+            if let Err(e) = outbox.append(&key(), position(i64::try_from(n).expect("fits")), 0, n) {
+                break e;
+            }
+            assert!(n < 100_000, "the file cap never bit");
+        };
+        assert!(matches!(err, OutboxError::DiskFull { kind: "position" }), "{err}");
+        let seq = outbox.append(&key(), nearby(2), 0, 0).expect("positions make room").seq;
+        let rows = stored(&mut outbox);
+        assert_eq!(gaps(&rows).first().map(|g| g.first_seq), Some(2));
+        assert_eq!(covered(&rows), (1..=seq).collect::<Vec<_>>());
+        assert_eq!(outbox.stored_bytes(), charged_in_table(&outbox));
     }
 
     #[test]
@@ -1486,7 +2002,7 @@ mod tests {
         let _ = outbox.append(&key(), position(1), 0, 0);
         assert_eq!(outbox.stats().expect("stats").rejected_confirmations, 1);
         // Once the hub acks, there is room again.
-        outbox.ack(stored).expect("ack");
+        outbox.ack(&key(), stored).expect("ack");
         assert!(outbox.append(&key(), nearby(2), 0, 0).is_ok());
     }
 
@@ -1519,7 +2035,7 @@ mod tests {
                 outbox.append(&key(), nearby(n), 0, 0).expect("append");
             }
             outbox.pending(0, 100).expect("hand out 1..=20");
-            outbox.ack(20).expect("ack");
+            outbox.ack(&key(), 20).expect("ack");
         }
         fs::write(&db, vec![0x5A; 8192]).expect("garbage");
         let _ = fs::remove_file(sidecar(&db, "-wal"));
@@ -1582,7 +2098,7 @@ mod tests {
     fn a_hub_ack_beyond_the_issued_numbers_moves_numbering_past_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        outbox.ack(41).expect("ack");
+        outbox.ack(&key(), 41).expect("ack");
         assert_eq!(outbox.append(&key(), nearby(1), 0, 0).expect("append").seq, 42);
     }
 

@@ -355,6 +355,11 @@ async fn drive(
 ) {
     let rng = SystemRandom::new();
     let mut delay = backoff.0;
+    // A broker that cannot be reached (wrong address, a CA that does not match, a
+    // refused certificate) is a warning the first time and whenever the reason changes,
+    // so a van that has never connected says why at the default log level.
+    let mut connected = false;
+    let mut last_reason: Option<String> = None;
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => return,
@@ -363,6 +368,8 @@ async fn drive(
         let link = match event {
             Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = backoff.0;
+                connected = true;
+                last_reason = None;
                 Link::Up { session_present: ack.session_present }
             }
             Ok(rumqttc::Event::Incoming(Packet::PubAck(_))) => Link::PubAck,
@@ -380,7 +387,14 @@ async fn drive(
                     return;
                 }
                 let sleep = jitter(&rng, delay);
-                tracing::info!(device = %device, reason, retry_in_ms = sleep.as_millis(), "uplink down; reconnecting");
+                let retry_in_ms = sleep.as_millis();
+                if !connected && last_reason.as_ref() != Some(&reason) {
+                    tracing::warn!(device = %device, reason, retry_in_ms, "cannot connect to the broker; retrying");
+                } else {
+                    tracing::info!(device = %device, reason, retry_in_ms, "uplink down; reconnecting");
+                }
+                connected = false;
+                last_reason = Some(reason);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(sleep) => {}
@@ -767,7 +781,9 @@ impl Run {
                     let up_to_seq = ack.up_to_seq;
                     let device = self.device.clone();
                     let notices = self.up.notices.clone();
-                    let applied = self.up.outbox.submit(move |outbox| match outbox.ack(up_to_seq) {
+                    // The key re-signs the rest of a gap notice the ack falls inside.
+                    let key = Arc::clone(self.up.outbox.key());
+                    let applied = self.up.outbox.submit(move |outbox| match outbox.ack(&key, up_to_seq) {
                         Ok(deleted) => {
                             tracing::debug!(device = %device, seq = up_to_seq, deleted, "hub ack applied");
                             if let Some(tx) = notices {
@@ -848,7 +864,8 @@ impl Run {
                 }
                 let rows = self.up.outbox.pending(self.cursor, FETCH_BATCH).await?;
                 if rows.is_empty() {
-                    // Only evicted gaps were left between the cursor and the end.
+                    // Nothing is stored above the cursor any more: acknowledged meanwhile,
+                    // or holes an agent without gap notices left behind.
                     self.cursor = next_seq.saturating_sub(1).max(self.cursor);
                     break;
                 }

@@ -1,5 +1,7 @@
 //! A real Mosquitto broker per test, on a free loopback port, with its own config file
 //! in its own directory, so a test can kill it and start it again on the same port.
+//! With [`BrokerTls`] it also listens for TLS with client certificates, as a fleet's
+//! broker on the internet does; the plain listener stays for the acking receiver.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,25 @@ pub struct BrokerOptions {
     pub persistence: bool,
 }
 
+/// A TLS listener's material (PEM files): the broker's certificate and key, and the CA
+/// every client certificate must chain to (`require_certificate true`).
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    /// CA of the client certificates.
+    pub ca: PathBuf,
+    /// The broker's certificate.
+    pub cert: PathBuf,
+    /// The broker's private key.
+    pub key: PathBuf,
+}
+
 /// A running (or stopped) Mosquitto.
 #[derive(Debug)]
 pub struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     options: BrokerOptions,
+    tls: Option<(BrokerTls, u16)>,
     child: Option<Child>,
 }
 
@@ -47,17 +62,40 @@ pub fn require_mosquitto() -> anyhow::Result<()> {
 impl Broker {
     /// Starts a broker and waits until it accepts connections.
     pub async fn start(options: BrokerOptions) -> anyhow::Result<Broker> {
+        Self::start_with(options, None).await
+    }
+
+    /// Starts a broker with a TLS listener beside the plain one.
+    pub async fn start_tls(options: BrokerOptions, tls: BrokerTls) -> anyhow::Result<Broker> {
+        Self::start_with(options, Some(tls)).await
+    }
+
+    async fn start_with(options: BrokerOptions, tls: Option<BrokerTls>) -> anyhow::Result<Broker> {
         require_mosquitto()?;
         let dir = tempfile::tempdir().context("broker temp dir")?;
-        let mut broker = Broker { port: free_port()?, dir, options, child: None };
+        let tls = match tls {
+            Some(tls) => Some((tls, free_port()?)),
+            None => None,
+        };
+        let mut broker = Broker { port: free_port()?, dir, options, tls, child: None };
         broker.write_config()?;
         broker.spawn().await?;
         Ok(broker)
     }
 
-    /// The broker's port on 127.0.0.1.
+    /// The broker's plain port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The broker's TLS port on 127.0.0.1, when it has one.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|(_, port)| *port)
+    }
+
+    /// The broker's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// The broker's log file.
@@ -71,7 +109,7 @@ impl Broker {
 
     fn write_config(&self) -> anyhow::Result<()> {
         let dir = self.dir.path().display();
-        let config = format!(
+        let mut config = format!(
             "# Started as root (CI), mosquitto would switch to user mosquitto and then fail to\n\
              # write its log and persistence file in this root-owned directory.\n\
              user root\n\
@@ -90,6 +128,19 @@ impl Broker {
             port = self.port,
             persistence = self.options.persistence,
         );
+        if let Some((tls, port)) = &self.tls {
+            // Listener options apply to the listener above them.
+            config.push_str(&format!(
+                "listener {port} 127.0.0.1\n\
+                 cafile {ca}\n\
+                 certfile {cert}\n\
+                 keyfile {key}\n\
+                 require_certificate true\n",
+                ca = tls.ca.display(),
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+            ));
+        }
         std::fs::write(self.config_path(), config).context("write mosquitto.conf")
     }
 
@@ -105,7 +156,10 @@ impl Broker {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            let tls_port = self.tls_port().unwrap_or(self.port);
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.is_ok()
+            {
                 return Ok(());
             }
             if let Some(child) = &mut self.child

@@ -1,6 +1,7 @@
 //! Support for Doorstep's end-to-end tests: a real Mosquitto per test, an acking
-//! receiver that plays the hub's side of the ack protocol, a lossy TCP proxy, and an
-//! in-process agent built from the agent library's outbox and uplink.
+//! receiver that plays the hub's side of the ack protocol, a lossy TCP proxy, an
+//! in-process agent built from the agent library's outbox and uplink, and the real
+//! `doorstep-agent run` process with a GNSS receiver on a pseudo-terminal.
 //!
 //! Every fixture is real: the broker is the Debian `mosquitto` binary on a free loopback
 //! port with its own config file, the outbox is a SQLite file on disk, and the receiver
@@ -8,11 +9,15 @@
 
 pub mod agent;
 pub mod broker;
+pub mod daemon;
+pub mod gnss;
 pub mod proxy;
 pub mod receiver;
 
 pub use agent::{TestAgent, TestAgentOptions};
-pub use broker::{Broker, BrokerOptions};
+pub use broker::{Broker, BrokerOptions, BrokerTls};
+pub use daemon::{AgentDaemon, DaemonConfig, DriverApp};
+pub use gnss::{GnssFeed, Parked, Pty};
 pub use proxy::LossyProxy;
 pub use receiver::{AckingReceiver, Received, ReceiverOptions};
 

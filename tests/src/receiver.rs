@@ -3,6 +3,11 @@
 //! deduplicates by (device, seq), and publishes a signed cumulative `HubMessage::Ack`
 //! with the highest contiguous seq it holds (and a `BlobAck` per photo chunk). It records
 //! everything, so a test can assert "every confirmation exactly once, in order".
+//!
+//! Gap notices are applied as proto says a hub must: the seqs they name count as held
+//! for the contiguous ack (position samples the van evicted from a full outbox), also
+//! when a sample at the notice's own seq arrived before it; applying one twice changes
+//! nothing. A notice over a seq that held a confirmation is recorded as a conflict.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +16,8 @@ use std::time::Duration;
 use doorstep_proto::blob::BlobChunk;
 use doorstep_proto::topic::all_devices;
 use doorstep_proto::{
-    Ack, BlobAck, Channel, DeviceId, Envelope, HexBytes, HubMessage, KeyId, SigningKey, Topic, TrustedKey,
+    Ack, BlobAck, Channel, DeviceId, Envelope, Event as DeviceEvent, Gap, HexBytes, HubMessage, KeyId,
+    SigningKey, Topic, TrustedKey,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
@@ -61,8 +67,11 @@ pub struct Received {
     pub events: BTreeMap<(DeviceId, u64), Envelope>,
     /// Copies of events already held.
     pub duplicates: u64,
-    /// Copies of one (device, seq) with a different event id: a reused seq.
+    /// Copies of one (device, seq) with a different event id (a reused seq), and
+    /// confirmations a gap notice claims were evicted position samples.
     pub conflicts: Vec<(DeviceId, u64)>,
+    /// Gap notices applied: (device, first seq) to last seq.
+    pub gaps: BTreeMap<(DeviceId, u64), u64>,
     /// Messages refused, with the reason.
     pub rejected: Vec<String>,
     /// Complete photos, verified against their hash.
@@ -89,29 +98,96 @@ impl Received {
 
     /// Records a verified envelope: the first copy is kept, later ones are counted.
     fn insert(&mut self, envelope: Envelope) {
-        let key = (envelope.device.clone(), envelope.seq);
-        match self.events.get(&key) {
-            Some(held) if held.event_id != envelope.event_id => self.conflicts.push(key),
-            Some(_) => self.duplicates += 1,
-            None => {
-                let device = envelope.device.clone();
-                self.events.insert(key, envelope);
-                let mut n = self.contiguous(&device);
-                while self.events.contains_key(&(device.clone(), n + 1)) {
-                    n += 1;
+        let device = envelope.device.clone();
+        let key = (device.clone(), envelope.seq);
+        if let DeviceEvent::Gap(gap) = envelope.event {
+            self.apply_gap(&device, gap);
+            match self.events.get(&key) {
+                None => {
+                    self.events.insert(key, envelope);
                 }
-                self.contiguous.insert(device, n);
+                Some(held) if held.event_id == envelope.event_id => self.duplicates += 1,
+                // The sample at the notice's seq arrived before it was evicted: the
+                // notice still counts.
+                Some(_) => {}
+            }
+            self.advance(&device);
+            return;
+        }
+        let evicted = self.in_gap(&device, envelope.seq);
+        match self.events.get(&key) {
+            Some(held) if held.event_id == envelope.event_id => self.duplicates += 1,
+            // A sample published before its eviction, arriving after the notice for it.
+            Some(_) if evicted && matches!(envelope.event, DeviceEvent::Position(_)) => self.duplicates += 1,
+            Some(_) => self.conflicts.push(key),
+            None => {
+                if evicted && !matches!(envelope.event, DeviceEvent::Position(_)) {
+                    self.conflicts.push(key.clone());
+                }
+                self.events.insert(key, envelope);
+                self.advance(&device);
             }
         }
     }
 
-    /// The confirmations of `device`, in seq order.
+    /// Records a gap notice; a confirmation already held inside its range is a conflict.
+    fn apply_gap(&mut self, device: &DeviceId, gap: Gap) {
+        let range = (device.clone(), gap.first_seq)..=(device.clone(), gap.last_seq);
+        let wrongly_named: Vec<(DeviceId, u64)> = self
+            .events
+            .range(range)
+            .filter(|(_, e)| e.event.is_confirmation() && !matches!(e.event, DeviceEvent::Gap(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.conflicts.extend(wrongly_named);
+        let last = self.gaps.entry((device.clone(), gap.first_seq)).or_insert(gap.last_seq);
+        *last = (*last).max(gap.last_seq);
+    }
+
+    /// The last seq of a gap notice covering `seq`, if one does.
+    fn gap_end(&self, device: &DeviceId, seq: u64) -> Option<u64> {
+        self.gaps
+            .range((device.clone(), 0)..=(device.clone(), seq))
+            .map(|(_, last)| *last)
+            .filter(|last| *last >= seq)
+            .max()
+    }
+
+    fn in_gap(&self, device: &DeviceId, seq: u64) -> bool {
+        self.gap_end(device, seq).is_some()
+    }
+
+    /// Moves the contiguous high-water mark over held events and applied gap notices.
+    fn advance(&mut self, device: &DeviceId) {
+        let mut n = self.contiguous(device);
+        loop {
+            if let Some(last) = self.gap_end(device, n + 1) {
+                n = last;
+            } else if self.events.contains_key(&(device.clone(), n + 1)) {
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        self.contiguous.insert(device.clone(), n);
+    }
+
+    /// The gap notices applied for `device`, by first seq.
+    pub fn gap_notices(&self, device: &DeviceId) -> Vec<Gap> {
+        self.gaps
+            .range((device.clone(), 0)..)
+            .take_while(|((d, _), _)| d == device)
+            .map(|((_, first), last)| Gap { first_seq: *first, last_seq: *last })
+            .collect()
+    }
+
+    /// The confirmations of `device`, in seq order (gap notices are not confirmations).
     pub fn confirmations(&self, device: &DeviceId) -> Vec<&Envelope> {
         self.events
             .range((device.clone(), 0)..)
             .take_while(|((d, _), _)| d == device)
             .map(|(_, e)| e)
-            .filter(|e| e.event.is_confirmation())
+            .filter(|e| e.event.is_confirmation() && !matches!(e.event, DeviceEvent::Gap(_)))
             .collect()
     }
 
@@ -412,5 +488,65 @@ async fn receive(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn van() -> DeviceId {
+        crate::device("van-gap")
+    }
+
+    fn envelope(seq: u64, event: DeviceEvent) -> Envelope {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&seq.to_le_bytes());
+        id[8] = u8::from(matches!(event, DeviceEvent::Gap(_)));
+        Envelope { device: van(), seq, event_id: HexBytes(id), gnss_utc_ms: 0, mono_ms: 0, event }
+    }
+
+    fn gap(first_seq: u64, last_seq: u64) -> Envelope {
+        envelope(first_seq, DeviceEvent::Gap(Gap { first_seq, last_seq }))
+    }
+
+    #[test]
+    fn a_gap_notice_moves_the_contiguous_ack_over_the_evicted_samples() {
+        let mut r = Received::default();
+        r.insert(envelope(1, crate::confirmation(1)));
+        r.insert(envelope(7, crate::confirmation(2)));
+        assert_eq!(r.contiguous(&van()), 1);
+        r.insert(gap(2, 6));
+        assert_eq!(r.contiguous(&van()), 7);
+        r.insert(gap(2, 6));
+        assert_eq!((r.contiguous(&van()), r.duplicates), (7, 1), "applying it twice changes nothing");
+        assert!(r.conflicts.is_empty());
+        r.assert_every_confirmation_once_in_order(&van(), 2);
+    }
+
+    #[test]
+    fn a_gap_notice_counts_when_the_sample_at_its_seq_arrived_before_it() {
+        let mut r = Received::default();
+        r.insert(envelope(1, crate::position(1)));
+        r.insert(envelope(2, crate::position(2)));
+        r.insert(envelope(5, crate::confirmation(1)));
+        r.insert(gap(1, 4));
+        assert_eq!(r.contiguous(&van()), 5);
+        // The sample at seq 3, published before it was evicted, arrives late.
+        r.insert(envelope(3, crate::position(3)));
+        assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+        assert_eq!(r.gap_notices(&van()), vec![Gap { first_seq: 1, last_seq: 4 }]);
+    }
+
+    #[test]
+    fn a_gap_notice_over_a_confirmation_is_a_conflict() {
+        let mut r = Received::default();
+        r.insert(envelope(3, crate::confirmation(1)));
+        r.insert(gap(2, 4));
+        assert_eq!(r.conflicts, vec![(van(), 3)]);
+        let mut r = Received::default();
+        r.insert(gap(2, 4));
+        r.insert(envelope(3, crate::confirmation(1)));
+        assert_eq!(r.conflicts, vec![(van(), 3)]);
     }
 }

@@ -3,7 +3,9 @@
 //! confirmation exactly once, in order, and the outbox is empty.
 //!
 //! The process is `agent-soak` (the agent library's outbox and uplink wired as
-//! `doorstep-agent run` wires them); switch to the real binary once `run` exists.
+//! `doorstep-agent run` wires them), so the kills land among thousands of events a
+//! second; `daemon_kill.rs` does the same to the real `doorstep-agent run` with its GPS,
+//! driver socket and decisions.
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -11,7 +11,8 @@
 //! drained             all appended and acknowledged (then exits 0 with --exit-when-drained)
 //! ```
 //!
-//! Once `doorstep-agent run` exists, the SIGKILL test should drive the real binary.
+//! The SIGKILL test of the real binary is `tests/daemon_kill.rs`; this one pushes the
+//! outbox and uplink at a rate the GPS and the driver never would.
 #![allow(clippy::print_stdout, reason = "stdout is this tool's protocol with the test")]
 
 use std::path::PathBuf;

@@ -1,0 +1,175 @@
+//! A GNSS receiver for the real agent process: a pseudo-terminal stands in for the serial
+//! port, and a thread writes NMEA 0183 to it the way a receiver does, one epoch (RMC and
+//! GGA, same time of day) per GNSS second.
+//!
+//! The feed runs faster than real time (the agent takes GNSS time from the sentences, not
+//! from a clock), so a thirty-second dwell at a stop takes a moment of test time. It keeps
+//! running while the agent is killed and restarted, like a receiver wired to the van's
+//! battery; what the agent does not read in time is dropped, as a UART overrun would.
+
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
+use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+
+/// A pseudo-terminal pair: the feed writes to the master, the agent opens the slave path
+/// as its serial device.
+#[derive(Debug)]
+pub struct Pty {
+    master: PtyMaster,
+    /// The path the agent opens.
+    pub path: PathBuf,
+    /// Held open so the line discipline keeps its raw settings between agent restarts.
+    _slave: std::fs::File,
+}
+
+impl Pty {
+    /// A raw pair (no echo, no line editing: like a real serial port) whose master never
+    /// blocks the writer.
+    pub fn open() -> std::io::Result<Pty> {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY)?;
+        grantpt(&master)?;
+        unlockpt(&master)?;
+        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let path = PathBuf::from(ptsname_r(&master)?);
+        let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut termios = tcgetattr(slave.as_raw_fd())?;
+        cfmakeraw(&mut termios);
+        tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &termios)?;
+        Ok(Pty { master, path, _slave: slave })
+    }
+
+    /// Writes bytes as the device sends them; returns false when the line is full (the
+    /// reader is gone or behind) and the bytes were dropped.
+    pub fn send(&mut self, bytes: &[u8]) -> bool {
+        self.master.write_all(bytes).is_ok()
+    }
+}
+
+/// Where and when the van is parked: its position and the GNSS time of the first epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Parked {
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// Date of the first epoch as `ddmmyy` (NMEA's order).
+    pub date: &'static str,
+    /// Seconds after midnight UTC of the first epoch.
+    pub start_s: u32,
+}
+
+/// `$<body>*<checksum>\r\n`.
+fn sentence(body: &str) -> String {
+    let checksum = body.bytes().fold(0u8, |acc, b| acc ^ b);
+    format!("${body}*{checksum:02X}\r\n")
+}
+
+/// Degrees as NMEA's `(d)ddmm.mmmm,H`.
+fn angle(value: f64, degree_digits: usize, positive: char, negative: char) -> String {
+    let hemisphere = if value < 0.0 { negative } else { positive };
+    let value = value.abs();
+    let degrees = value.trunc();
+    let minutes = (value - degrees) * 60.0;
+    format!("{degrees:0degree_digits$.0}{minutes:07.4},{hemisphere}")
+}
+
+/// One epoch of a parked van: RMC (valid, standing still, with the date) and GGA (GPS
+/// fix, 9 satellites, HDOP 0.9). The position wanders by about a metre, as a parked
+/// receiver's does.
+pub fn parked_epoch(at: &Parked, epoch: u64) -> String {
+    let s = u64::from(at.start_s) + epoch;
+    assert!(s < 86_400, "the synthetic drive stays within its day");
+    let time = format!("{:02}{:02}{:02}.00", s / 3600, s / 60 % 60, s % 60);
+    #[allow(clippy::cast_precision_loss)] // epoch % 5 is tiny.
+    let wander = (epoch % 5) as f64 * 2e-6;
+    let lat = angle(at.lat + wander, 2, 'N', 'S');
+    let lon = angle(at.lon - wander, 3, 'E', 'W');
+    let rmc = sentence(&format!("GPRMC,{time},A,{lat},{lon},0.0,0.0,{},,,A", at.date));
+    let gga = sentence(&format!("GPGGA,{time},{lat},{lon},1,09,0.9,350.0,M,47.0,M,,"));
+    rmc + &gga
+}
+
+/// A thread feeding a parked van's epochs into a pty.
+#[derive(Debug)]
+pub struct GnssFeed {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Pty>>,
+    /// The serial device the agent opens.
+    pub path: PathBuf,
+}
+
+impl GnssFeed {
+    /// Starts feeding `pty` one epoch every `every` of test time.
+    pub fn parked(mut pty: Pty, at: Parked, every: Duration) -> GnssFeed {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let path = pty.path.clone();
+        let thread = {
+            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            std::thread::spawn(move || {
+                let mut epoch = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if pty.send(parked_epoch(&at, epoch).as_bytes()) {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    epoch += 1;
+                    std::thread::sleep(every);
+                }
+                pty
+            })
+        };
+        GnssFeed { stop, written, thread: Some(thread), path }
+    }
+
+    /// Epochs written whole so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Stops the feed (the van's receiver goes quiet); the pty stays open.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for GnssFeed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_checksummed_nmea_with_the_time_advancing_one_second() {
+        let at = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
+        let epoch = parked_epoch(&at, 60);
+        let lines: Vec<&str> = epoch.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("$GPRMC,100100.00,A,4902.1304,N,01202.6097,E,0.0,0.0,211126"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].starts_with("$GPGGA,100100.00,4902.1304,N,01202.6097,E,1,09,0.9"), "{}", lines[1]);
+        for line in lines {
+            let (body, checksum) = line[1..].split_once('*').expect("checksum");
+            let want = body.bytes().fold(0u8, |acc, b| acc ^ b);
+            assert_eq!(u8::from_str_radix(checksum, 16).expect("hex"), want);
+        }
+    }
+}
