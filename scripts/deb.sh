@@ -5,15 +5,23 @@
 #   scripts/deb.sh amd64 [agent|hub]
 #
 # arm64 packages the binary cross-built by scripts/arm.sh (run with --build-only here, a
-# no-op when it already ran), with `cargo deb --no-build`. The default configuration
-# shipped in /etc/doorstep is what the packaged binary itself prints with
-# --print-default-config, so the two cannot drift apart. Installs cargo-deb when
-# missing (`cargo install cargo-deb --locked`, a few minutes on two cores).
+# no-op when it already ran), with `cargo deb --no-build`. amd64 builds the release binary
+# for the host first (a full release build: not in CI). The default configuration shipped
+# in /etc/doorstep is what the packaged binary itself prints with --print-default-config,
+# so the two cannot drift apart. Installs cargo-deb when missing.
 #
-# Checks: the binary's ELF machine is the package's architecture; the unit, the default
-# configuration (a conffile) and the postinst that creates the user are in the package.
+# Checks, failing on anything missing: the binary at /usr/bin is the package's
+# architecture; the unit and the default configuration (a conffile) are there; Depends
+# is set by hand and covers the binary's glibc; the postinst creates the unit's User= as
+# a system user (in dialout for the agent) and enables the unit; and
+# `systemd-analyze verify` passes on the unpacked package, so the unit's ExecStart= is a
+# file the package ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Pinned so that CI does not pick up a release needing a newer Rust than the workspace's
+# 1.95; 3.8.0 needs 1.85. A few minutes to build on two cores, once per machine.
+CARGO_DEB_VERSION=3.8.0
 
 arch=${1:-arm64}
 component=${2:-agent}
@@ -23,14 +31,26 @@ case "$arch" in
     amd64) target=x86_64-unknown-linux-gnu elf_machine=62 ;;   # EM_X86_64
     *) echo "deb.sh: architecture $arch: use arm64 or amd64" >&2; exit 2 ;;
 esac
+case "$component" in
+    agent | hub) ;;
+    *) echo "deb.sh: component $component: use agent or hub" >&2; exit 2 ;;
+esac
 
-if ! cargo deb --version >/dev/null 2>&1; then
-    echo "deb.sh: installing cargo-deb" >&2
+if ! command -v systemd-analyze >/dev/null; then
+    echo "deb.sh: installing systemd (for systemd-analyze)" >&2
+    sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd
+fi
+if [[ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]]; then
+    echo "deb.sh: installing cargo-deb $CARGO_DEB_VERSION" >&2
     started=$SECONDS
-    cargo install cargo-deb --locked
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
     echo "deb.sh: cargo install cargo-deb took $((SECONDS - started)) s" >&2
 fi
 
+started=$SECONDS
 if [[ "$arch" == arm64 ]]; then
     [[ "$component" == agent ]] || { echo "deb.sh: only the agent is cross-built for arm64" >&2; exit 2; }
     bash scripts/arm.sh --build-only
@@ -39,7 +59,8 @@ if [[ "$arch" == arm64 ]]; then
 else
     target_dir=target
     run=()
-    cargo build --release --locked --target "$target" -p "$package"
+    CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$target" -p "$package"
+    echo "deb.sh: release build took $((SECONDS - started)) s" >&2
 fi
 release="$target_dir/$target/release"
 
@@ -47,11 +68,12 @@ release="$target_dir/$target/release"
 # target/release/ are resolved by cargo-deb to this directory.
 "${run[@]}" "$release/$package" --print-default-config >"$release/$package.toml"
 
+started=$SECONDS
 out="$target_dir/debian"
 rm -f "$out/${package}_"*"_$arch.deb"
 CARGO_TARGET_DIR="$target_dir" cargo deb --no-build --locked -p "$package" --target "$target" --output "$out"
 deb=$(ls "$out/${package}_"*"_$arch.deb")
-echo "deb.sh: built $deb ($(stat -c %s "$deb") bytes)"
+echo "deb.sh: built $deb ($(stat -c %s "$deb") bytes) in $((SECONDS - started)) s"
 
 fail() {
     echo "deb.sh: $deb: $*" >&2
@@ -64,10 +86,13 @@ echo "$contents"
 
 grep -q "^ Package: $package$" <<<"$info" || fail "wrong package name"
 grep -q "^ Architecture: $arch$" <<<"$info" || fail "architecture is not $arch"
-for path in "./usr/bin/$package" "./etc/doorstep/$component.toml" \
-    "./lib/systemd/system/$package.service"; do
+unit_path=$(grep -o "\./\(usr/\)\?lib/systemd/system/$package\.service$" <<<"$contents") ||
+    fail "the unit $package.service is missing"
+for path in "./usr/bin/$package" "./etc/doorstep/$component.toml"; do
     grep -q " $path$" <<<"$contents" || fail "$path is missing"
 done
+grep -q "^-rwxr-xr-x 0/0 .* \./usr/bin/$package$" <<<"$contents" ||
+    fail "usr/bin/$package is not an executable owned by root"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -82,28 +107,53 @@ machine=$(od -An -tu2 -j18 -N2 "$bin" | tr -d ' ')
 [[ "$machine" == "$elf_machine" ]] || fail "usr/bin/$package is ELF machine $machine, not $elf_machine"
 if command -v file >/dev/null; then file "$bin"; fi
 
-# Depends (set by hand: dpkg-shlibdeps cannot read a cross-built binary) must cover the
-# newest glibc symbol version the binary links against.
+# Depends is set by hand (dpkg-shlibdeps cannot read a cross-built binary): it must be
+# there, name no unresolved $auto, and cover the newest glibc symbol version the binary
+# links against, and adduser for the postinst.
+depends=$(sed -n 's/^ Depends: //p' <<<"$info")
+[[ -n "$depends" ]] || fail "no Depends"
+[[ "$depends" != *'$'* ]] || fail "Depends has an unresolved variable: $depends"
 objdump=objdump
 [[ "$arch" == arm64 ]] && objdump=aarch64-linux-gnu-objdump
 needs=$("$objdump" -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1 | cut -d_ -f2)
-declared=$(sed -n 's/^ Depends: .*libc6 (>= \([0-9.]*\)).*/\1/p' <<<"$info")
-[[ -n "$declared" ]] || fail "Depends does not name libc6 (>= version)"
+declared=$(sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p' <<<"$depends")
+[[ -n "$declared" ]] || fail "Depends does not name libc6 (>= version): $depends"
 dpkg --compare-versions "$declared" ge "$needs" ||
     fail "the binary needs glibc $needs but Depends says libc6 (>= $declared)"
-echo "deb.sh: glibc needed $needs, declared libc6 (>= $declared)"
+grep -qw adduser <<<"$depends" || fail "Depends lacks adduser, which the postinst runs"
+echo "deb.sh: Depends: $depends (the binary needs glibc $needs)"
 
 cmp -s "$scratch/root/etc/doorstep/$component.toml" "$release/$package.toml" ||
     fail "etc/doorstep/$component.toml is not the binary's --print-default-config"
-cmp -s "$scratch/root/lib/systemd/system/$package.service" "systemd/$package.service" ||
+cmp -s "$scratch/root/$unit_path" "systemd/$package.service" ||
     fail "the unit differs from systemd/$package.service"
 grep -qx "/etc/doorstep/$component.toml" "$scratch/control/conffiles" ||
     fail "/etc/doorstep/$component.toml is not a conffile (an upgrade would overwrite local edits)"
-grep -q "adduser --system" "$scratch/control/postinst" || fail "postinst does not create the user"
+
+# The postinst creates the user the unit runs as, as a system user.
+postinst="$scratch/control/postinst"
+[[ -x "$postinst" ]] || fail "no executable postinst"
+user=$(sed -n 's/^User=//p' "systemd/$package.service")
+[[ -n "$user" ]] || fail "systemd/$package.service has no User="
+# Continued lines joined, so each command is one line.
+commands=$(sed -e ':a' -e '/\\$/{N;s/\\\n[[:space:]]*/ /;ba' -e '}' "$postinst")
+grep -Eq "^[[:space:]]*adduser --system --group .* $user$" <<<"$commands" ||
+    fail "postinst does not create the system user $user (the unit's User=) with its group"
 if [[ "$component" == agent ]]; then
-    grep -q "adduser --quiet doorstep dialout" "$scratch/control/postinst" ||
-        fail "postinst does not put the user in dialout"
+    grep -Eq "^[[:space:]]*adduser --quiet $user dialout$" <<<"$commands" ||
+        fail "postinst does not put $user in dialout"
 fi
-grep -q "systemctl\|deb-systemd-helper" "$scratch/control/postinst" ||
-    fail "postinst does not enable the unit"
-echo "deb.sh: $deb: $arch binary, unit, conffile and postinst present"
+grep -q "deb-systemd-helper" "$postinst" || fail "postinst does not enable the unit"
+sh -n "$postinst" || fail "postinst is not valid sh"
+
+# The unit as installed by this package: verify needs ExecStart= to be an executable file,
+# and here it is the packaged binary, not a stand-in. The distribution's units give the
+# unit's dependencies (network.target, multi-user.target) something to resolve to.
+mkdir -p "$scratch/root/usr/lib/systemd"
+cp -rn /usr/lib/systemd/system "$scratch/root/usr/lib/systemd/"
+if ! verify=$(systemd-analyze verify --root="$scratch/root" --man=no "$package.service" 2>&1) ||
+    [[ -n "$verify" ]]; then
+    fail "systemd-analyze verify of the packaged unit: $verify"
+fi
+echo "deb.sh: $deb: $arch binary, unit (verified against the packaged binary), conffile," \
+    "Depends and a postinst creating $user present"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Checks the systemd units in systemd/ (or those given as arguments): `systemd-analyze verify` must pass without a
-# single warning, and `systemd-analyze security --offline=yes` must rate each unit's
-# exposure at 2.0 or less (0 is locked down, 10 is fully exposed). Prints the figures.
+# Checks the systemd units in systemd/ (or those given as arguments): `systemd-analyze
+# verify` must pass without a single warning, and `systemd-analyze security --offline=yes`
+# must rate each unit's exposure at 2.0 or less (0 is locked down, 10 is fully exposed).
+# Prints the figures.
 #
 # Needs no running systemd (containers and CI have none): verify runs against a scratch
 # root holding the distribution's units, ours, and stand-ins for the binaries, so it
-# checks the unit files and not what happens to be installed on this machine.
+# checks the unit files and not what happens to be installed on this machine. verify
+# insists that ExecStart= names an executable file; that the packages ship the real
+# binary at that path is checked by scripts/deb.sh, which runs verify again on the
+# unpacked package. Installs systemd (for systemd-analyze) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +35,8 @@ failed=0
 for unit in "${units[@]}"; do
     name=$(basename "$unit")
     cp "$unit" "$root/etc/systemd/system/"
-    # The ExecStart binary must exist and be executable for verify; a stand-in will do.
+    # The ExecStart binary must exist and be executable for verify; a stand-in will do
+    # here (scripts/deb.sh verifies the packaged unit against the packaged binary).
     exe=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$unit")
     mkdir -p "$root$(dirname "$exe")"
     printf '#!/bin/sh\n' >"$root$exe"

@@ -57,10 +57,16 @@ impl TtyPort {
 
 impl Read for TtyPort {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // With VMIN 0 an empty read is the timeout, not end of file: a vanished device
-        // (the pty's master closed, a USB receiver unplugged) fails with EIO instead.
         match self.file.read(buf)? {
-            0 if !buf.is_empty() => Err(io::ErrorKind::TimedOut.into()),
+            // With VMIN 0 an empty read is either the VTIME timeout or a hung-up line: a
+            // vanished device (the pty's master closed, a USB receiver unplugged) reads
+            // as 0 bytes at once, every time, and never as an error. Only the hung-up
+            // line refuses termios calls (EIO), so ask it; taking the hang-up for silence
+            // would spin on empty reads and never reopen the device.
+            0 if !buf.is_empty() => match termios::tcgetattr(self.file.as_raw_fd()) {
+                Ok(_) => Err(io::ErrorKind::TimedOut.into()),
+                Err(gone) => Err(gone.into()),
+            },
             n => Ok(n),
         }
     }
@@ -103,6 +109,19 @@ mod tests {
         assert_eq!(&buf[..n], b"$GPRMC,1\r\n", "raw: no CR/LF translation, no echo");
         let silent = port.read(&mut buf).expect_err("nothing more to read");
         assert_eq!(silent.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_pty_whose_master_closed_reads_as_a_lost_device_not_as_silence() {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let path = ptsname_r(&master).expect("ptsname");
+        let mut port = TtyPort::open(Path::new(&path), 9600, Duration::from_millis(100)).expect("open");
+        drop(master);
+        let mut buf = [0u8; 64];
+        let gone = port.read(&mut buf).expect_err("the line is hung up");
+        assert_ne!(gone.kind(), io::ErrorKind::TimedOut, "a hang-up is not silence: {gone}");
     }
 
     #[test]
