@@ -2,12 +2,20 @@
 //!
 //! Many simulated devices publish pre-signed events (signing is the devices' work, done
 //! before the clock starts); the hub verifies, stores, reconciles (every event names a
-//! stop whose parcel has a shipment) and acks. The figure is events per second from the
+//! stop whose parcel has a shipment) and acks. Checking the acks' signatures is the
+//! devices' work too: one collector session reads every ack as it comes and checks all
+//! of them after the clock stops; the publishing sessions subscribe to nothing. The figure is events per second from the
 //! first publish until every device's last event is acked, beside ring's verify-only
 //! rate (`Envelope::open` on one core, and on all cores) measured in the same run.
 //!
+//! It also times the writer's work alone (store, reconcile, advance the acks; one thread,
+//! no broker, no signature checks) on a copy of the same data: the ceiling the SQLite
+//! side puts on ingest.
+//!
 //! `cargo bench -p doorstep-hub --bench ingest` runs the full size; without `--bench`
 //! (as `cargo test --all-targets` runs it) it runs a tiny size as a smoke test.
+//! `DOORSTEP_BENCH_SIZE=<devices>x<events>` changes the size, `DOORSTEP_BENCH_BATCH=<n>`
+//! the events per transaction; `DOORSTEP_BENCH_ONLY=store` runs only the writer-alone part.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_possible_truncation)]
 
@@ -15,8 +23,13 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use doorstep_hub::config::ChannelMap;
+use doorstep_hub::ingest::{Domain, StoreOutcome, store_verified};
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::reconcile::Rules;
 use doorstep_hub::store::{NewShipment, Store, StoreOptions};
 use doorstep_proto::{DeviceId, Envelope, KeyId, RouteManifest, Stop, StopId, TrackingNumber, TrustedKey};
 use support::*;
@@ -89,21 +102,43 @@ fn setup(db: &std::path::Path, vans: &[(DeviceId, doorstep_proto::SigningKey)]) 
     tx.commit().unwrap();
 }
 
-/// CPU seconds (user + system) of each thread of this process, by thread name (Linux).
-fn thread_cpu() -> Vec<(String, f64)> {
+/// Name and CPU seconds (user + system) from a `/proc/.../stat` line (Linux).
+fn stat_cpu(stat: &str) -> Option<(String, f64)> {
     let ticks = 100.0; // USER_HZ on Linux.
-    let mut out = Vec::new();
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((name, (utime + stime) / ticks))
+}
+
+/// CPU seconds of each thread of this process, summed by thread kind.
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
     for task in dir.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        out.push((name, (utime + stime) / ticks));
+        let Some((name, cpu)) = stat_cpu(&stat) else { continue };
+        let name = if name.starts_with("tokio") { "tokio workers".to_owned() } else { name };
+        *out.entry(name).or_default() += cpu;
     }
     out
+}
+
+/// CPU seconds of another process (the broker).
+fn process_cpu(pid: Option<u32>) -> f64 {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|stat| stat_cpu(&stat))
+        .map_or(0.0, |(_, cpu)| cpu)
+}
+
+/// The 1-minute load average: the machine is shared, so every figure comes with it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, threads: usize) -> f64 {
@@ -118,6 +153,42 @@ fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, thre
         }
     });
     envelopes.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The writer's per-event step on already verified events, in transactions of `batch`,
+/// each advancing the acks of the devices it touched: what the writer thread does between
+/// taking a batch and handing out its acks.
+fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: usize) -> (f64, f64) {
+    let mut store = Store::open(db, StoreOptions::default()).unwrap();
+    let domain = Domain {
+        rules: Rules { hold_ms: HubOptions::default().hold_ms },
+        channel_map: ChannelMap::default(),
+        metrics: Arc::new(Metrics::default()),
+    };
+    // Decoding is the verifiers' work, as is the signature check.
+    let decoded: Vec<(Envelope, &[u8])> =
+        messages.iter().map(|(_, m)| (Envelope::peek_unverified(m).unwrap().1, m.as_slice())).collect();
+    let now = doorstep_hub::ingest::now_ms();
+    let cpu = || {
+        std::fs::read_to_string("/proc/thread-self/stat").ok().and_then(|s| stat_cpu(&s)).map_or(0.0, |c| c.1)
+    };
+    let cpu_start = cpu();
+    let start = Instant::now();
+    for chunk in decoded.chunks(batch) {
+        let tx = store.transaction().unwrap();
+        let mut touched = std::collections::BTreeSet::new();
+        for (envelope, signed) in chunk {
+            let (outcome, _) = store_verified(&tx, &domain, envelope, signed, now).unwrap();
+            assert_eq!(outcome, StoreOutcome::Stored);
+            touched.insert(&envelope.device);
+        }
+        for device in touched {
+            tx.advance_ack(&fleet(), device, now).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let n = decoded.len() as f64;
+    (n / start.elapsed().as_secs_f64(), (cpu() - cpu_start) * 1e6 / n)
 }
 
 async fn run(devices: usize, per_device: u64, full: bool) {
@@ -150,16 +221,42 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let verify_n = verify_rate(&sample, &keyring, cores);
 
-    let hub =
-        TestHub::start(broker.port(), &db, HubOptions { verify_threads: cores, ..HubOptions::default() })
+    let store_db = dir.path().join("store-only.db");
+    setup(&store_db, &vans);
+    // DOORSTEP_BENCH_BATCH=<n> overrides the events per transaction (the hub's batch_max).
+    let batch_max: usize = std::env::var("DOORSTEP_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(HubOptions::default().batch_max);
+    let (store_rate, store_us) = store_only_rate(&store_db, &messages, batch_max);
+    println!(
+        "writer alone (store, reconcile, acks; 1 thread): {store_rate:.0} events/s, {store_us:.1} µs CPU each"
+    );
+    if std::env::var("DOORSTEP_BENCH_ONLY").is_ok_and(|v| v == "store") {
+        return;
+    }
+
+    let hub = TestHub::start(
+        broker.port(),
+        &db,
+        HubOptions { verify_threads: cores, batch_max, ..HubOptions::default() },
+    )
+    .await;
+    let acks =
+        SimFleet::connect_with(broker.port(), "bench-acks", hub_key().public_key(), FleetMode::DeferVerify)
             .await;
-    let acks = SimFleet::connect(broker.port(), "bench-acks", hub_key().public_key()).await;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
-        publishers
-            .push(SimFleet::connect(broker.port(), &format!("bench-pub-{p}"), hub_key().public_key()).await);
+        let name = format!("bench-pub-{p}");
+        publishers.push(
+            SimFleet::connect_with(broker.port(), &name, hub_key().public_key(), FleetMode::PublishOnly)
+                .await,
+        );
     }
     let total = messages.len();
+    let load_before = load_average();
+    let cpu_before = thread_cpu();
+    let broker_before = process_cpu(broker.pid());
     let start = Instant::now();
     let mut tasks = Vec::new();
     // Each device's events stay on one session, in seq order.
@@ -203,6 +300,18 @@ async fn run(devices: usize, per_device: u64, full: bool) {
         }
     }
     let elapsed = start.elapsed();
+    if !done {
+        // Say where it stopped: the hub's own high-water marks beside what the fleet saw.
+        let inbox = acks.inbox.lock().unwrap();
+        let lagging: Vec<String> = vans
+            .iter()
+            .filter(|(d, _)| inbox.acked.get(d) != Some(&per_device))
+            .take(10)
+            .map(|(d, _)| format!("{d} acked {:?}", inbox.acked.get(d)))
+            .collect();
+        println!("  devices not fully acked (first 10): {}", lagging.join(", "));
+        println!("  hub metrics:\n{}", hub.metrics.render());
+    }
     assert!(done, "not every event was acked within {timeout:?}");
     let rate = total as f64 / elapsed.as_secs_f64();
     let commits = hub.metrics.get("doorstep_hub_commits_total", &[]);
@@ -213,10 +322,15 @@ async fn run(devices: usize, per_device: u64, full: bool) {
         .filter(|l| l.starts_with("doorstep_hub_notifications_enqueued_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
         .sum();
-    let threads = thread_cpu();
+    let cpu_after = thread_cpu();
+    let broker_cpu = process_cpu(broker.pid()) - broker_before;
+    let load_after = load_average();
     let busy = |stage| hub.metrics.get("doorstep_hub_busy_us_total", &[("stage", stage)]) as f64 / 1e6;
     let (verify_s, writer_s, commit_s) = (busy("verify"), busy("writer"), busy("commit"));
     hub.stop().await;
+    // The vans' side of the acks, off the clock: every one is signed by the hub.
+    let checked = acks.verify_deferred();
+    assert!(acks.inbox.lock().unwrap().refused.is_empty(), "every ack decodes");
     let stored = Store::open(&db, StoreOptions::default()).unwrap().total_events().unwrap();
     assert_eq!(stored, total as u64, "every event stored exactly once");
 
@@ -227,20 +341,22 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     println!("  ratio hub / verify-only 1 thread:     {:.0}%", 100.0 * rate / verify_1);
     println!("  ratio hub / verify-only {cores} threads:    {:.0}%", 100.0 * rate / verify_n);
     println!(
-        "  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}",
+        "  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}; acks: {checked}, each checked after the clock stopped",
         total as f64 / commits.max(1) as f64
     );
     println!(
         "  busy: verify {verify_s:.2} s (all threads), writer {writer_s:.2} s (of which commit {commit_s:.2} s), wall {:.2} s",
         elapsed.as_secs_f64()
     );
-    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-    for (name, cpu) in threads {
-        let name = if name.starts_with("tokio") { "tokio workers".to_owned() } else { name };
-        *by_name.entry(name).or_default() += cpu;
-    }
-    let cpu: Vec<String> = by_name.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
-    println!("  process CPU seconds by thread (whole run, incl. set-up): {}", cpu.join(", "));
+    let mut cpu: Vec<String> = cpu_after
+        .iter()
+        .map(|(n, c)| (n, c - cpu_before.get(n).copied().unwrap_or(0.0)))
+        .filter(|(_, c)| *c > 0.0)
+        .map(|(n, c)| format!("{n} {c:.2}"))
+        .collect();
+    cpu.push(format!("mosquitto {broker_cpu:.2}"));
+    println!("  CPU seconds while ingesting (hub, simulated fleet, broker): {}", cpu.join(", "));
+    println!("  load average (1 min) before {load_before}, after {load_after}; {cores} cores");
     for p in &publishers {
         p.stop();
     }

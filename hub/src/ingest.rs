@@ -1,27 +1,35 @@
 //! Device ingest: MQTT in, verified events stored and reconciled, signed acks out.
 //!
 //! ```text
-//! broker ─► mqtt task ─(by device)─► verifier threads ─► writer thread ─► outbound task ─► broker
-//!           owns the EventLoop        Envelope::open       one SQLite tx      acks, PUBACKs,
-//!           persistent session        topic/device checks  per batch          blob acks, routes
+//! broker ─► mqtt task ─(ordinal)─► verifier threads ─► writer thread ─► outbound task ─► broker
+//!           owns the EventLoop      Envelope::open       reorder, one     acks, PUBACKs,
+//!           persistent session      topic/device checks  SQLite tx/batch  blob acks, routes
 //! ```
 //!
 //! * The **mqtt task** owns rumqttc's event loop (nothing else polls it), with a fixed
 //!   client id, `clean_session = false` and manual PUBACKs: the broker keeps the hub's
 //!   session and everything not yet PUBACKed while the hub restarts, and a message is
-//!   PUBACKed only after the transaction holding it has committed.
+//!   PUBACKed only after the transaction holding it has committed. It numbers each message
+//!   in delivery order as it hands it to the verifiers.
 //! * **Verifier threads** (one per CPU by default; Ed25519 verification dominates the
-//!   cost) check each message: topic shape, size, version, key, signature, body,
-//!   topic device = envelope device = key owner, fleet. A device's messages always go to
-//!   the same verifier, so its events reach the writer in the order the broker gave them.
-//! * The **writer thread** owns the read-write SQLite connection. It takes as many
-//!   messages as are waiting (up to `batch_max`) and, in ONE transaction, re-checks each
-//!   device's key against the registry, dedupes on (device, seq) and event id, stores the
-//!   raw envelope, maps the event to per-parcel [`DeviceSignal`]s, runs
-//!   [`crate::reconcile::apply`] for every affected shipment and enqueues its notifications and alerts. Only after the
-//!   commit does it hand the outbound task one cumulative signed ack per device touched
-//!   (the highest contiguous seq stored) and the PUBACKs (invariant 3). HTTP handlers run
-//!   their writes on the same thread through [`Writer::call`], so SQLite has one writer.
+//!   cost) take the next message from one shared queue and check it: topic shape, size,
+//!   version, key, signature, body, topic device = envelope device = key owner, fleet.
+//! * The **writer thread** owns the read-write SQLite connection. It puts checked messages
+//!   back in delivery order ([`Reorder`]), so each device's events stay in sequence and
+//!   PUBACKs leave in the order the broker sent the messages. It takes as many messages
+//!   as are waiting (up to `batch_max`) and, in ONE transaction, re-checks each device's
+//!   key against the registry, dedupes on (device, seq) and event id, stores the raw
+//!   envelope, applies gap notices, maps the event to per-parcel [`DeviceSignal`]s, runs
+//!   [`crate::reconcile::apply`] for every affected shipment and enqueues its
+//!   notifications and alerts. Only after the commit does it hand the outbound task one
+//!   cumulative signed ack per device touched (the highest contiguous seq stored, moved
+//!   past seqs a gap notice covers) and the batch's PUBACKs (invariant 3), and wake the
+//!   notification dispatcher. HTTP handlers run their writes on the same thread through
+//!   [`Writer::call`], so SQLite has one writer.
+//! * Besides events and photo chunks, the hub keeps what each van last said on its
+//!   retained `state` topic (online with agent version and outbox depth, or offline from
+//!   its last will) and its newest signed live position from `pos`, for
+//!   `doorstep-hub device list` and `/metrics`. Neither is an event: no seq, no ack.
 //!
 //! Every rejection has a reason (`EnvelopeError::reason()`, `topic_mismatch`,
 //! `unknown_device`, `seq_conflict`, ...), a counter (`doorstep_hub_ingest_total`), a
@@ -29,7 +37,6 @@
 //! a rejected event is never covered by an ack.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
@@ -37,9 +44,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use doorstep_proto::blob::BlobChunk;
+use doorstep_proto::state::DeviceState;
 use doorstep_proto::topic::{all_devices, shared};
 use doorstep_proto::{
-    Ack, BlobAck, Channel, DeviceId, Envelope, EnvelopeError, Event, FleetId, HubMessage, KeyId,
+    Ack, BlobAck, Channel, DeviceId, Envelope, EnvelopeError, Event, FixEvidence, FleetId, HubMessage, KeyId,
     RouteAssignment, SigningKey, Topic, TrackingNumber,
 };
 use rumqttc::{AsyncClient, MqttOptions, Packet, Publish, QoS, Transport};
@@ -53,10 +61,10 @@ use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone};
 use crate::reconcile::{self, Input, Rules, ShipmentState};
 use crate::registry::Keys;
 use crate::store::{
-    EventInsert, NewEvent, NewNotification, Shipment, Store, StoreError, StoreOptions, StoreTx,
+    EventInsert, NewEvent, NewGap, NewNotification, Shipment, Store, StoreError, StoreOptions, StoreTx,
 };
 
-/// Messages waiting for each verifier thread.
+/// Messages waiting for the verifier threads (one queue they all take from).
 pub const VERIFY_QUEUE: usize = 2048;
 /// Verified messages waiting for the writer.
 pub const WRITE_QUEUE: usize = 8192;
@@ -68,6 +76,21 @@ pub const MQTT_REQUEST_QUEUE: usize = 16_384;
 pub const KEYRING_REFRESH: Duration = Duration::from_secs(2);
 /// Shortest interval between two reloads triggered by an unknown key id.
 pub const KEYRING_MISS_RELOAD: Duration = Duration::from_millis(500);
+/// Shortest time between two acks to one device. A busy writer commits many small
+/// batches; one signed ack per device per batch cost more CPU (signing, and the broker
+/// carrying each ack) than the events themselves once batches were a few hundred events
+/// over a hundred vans. The ack is cumulative, so the next one covers everything
+/// committed meanwhile; a van waits at most this long longer for it (its resend timeout
+/// is a minute).
+pub const ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a busy writer waits for its batch to fill before committing. Under load the
+/// writer keeps up with small batches, and each small commit rewrites the same hot index
+/// pages into the WAL and signs acks for the same vans again; waiting this long for more
+/// events costs less CPU than it saves. Never applied to a lone event (see
+/// [`LINGER_FROM`]), so a quiet hub commits, acks and notifies at once.
+pub const BATCH_LINGER: Duration = Duration::from_millis(10);
+/// Events already taken before the writer lingers for more: the sign of a busy hub.
+pub const LINGER_FROM: usize = 64;
 /// How often the writer looks for due reconciler wake-ups (hold periods ending).
 pub const WAKE_TICK: Duration = Duration::from_secs(1);
 /// Wake-ups handled per tick at most.
@@ -80,9 +103,14 @@ pub const MAX_PACKET: usize = 1024 * 1024 + 4096;
 /// Longest pause between reconnect attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Publishes read from the broker but not yet taken by a verifier, at most. Above it,
-/// messages are shed (not acknowledged; devices resend). Keep the broker's in-flight
-/// window for the hub (Mosquitto: `max_inflight_messages`) below it.
-pub const MAX_PENDING: usize = 65_536;
+/// messages are shed (not acknowledged; devices resend when their ack stalls). Keep the
+/// broker's in-flight window for the hub (Mosquitto: `max_inflight_messages`) below it.
+/// Mosquitto 2.0.11 (Debian 12) does not hold that window once PUBACKs flow: each PUBACK
+/// of the oldest message lets up to a whole window more out of its queue (measured: a
+/// subscriber acking in batches held 15,000 messages under a window of 2,000). A burst
+/// from a fleet then lands here rather than in the broker's queue, so this bound is set
+/// by memory ([`MAX_PENDING_BYTES`]) more than by count.
+pub const MAX_PENDING: usize = 262_144;
 /// Payload bytes pending at most (photo chunks are up to 16 KiB each).
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for the pipeline to drain and acks to go out.
@@ -159,6 +187,15 @@ pub enum ApplyError {
     Reconcile(#[from] ReconcileError),
 }
 
+/// The reconciler's stored state of a shipment, parsed.
+pub fn shipment_state(shipment: &Shipment) -> Result<ShipmentState, ReconcileError> {
+    match shipment.reconcile_state.as_deref() {
+        None | Some("null") => Ok(ShipmentState { milestone: shipment.milestone, ..ShipmentState::new() }),
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() }),
+    }
+}
+
 /// Applies one input to one shipment inside `tx`: reconcile, save, timeline, then the
 /// actions (notifications per consented contact and channel map, alerts, wake-ups).
 pub fn apply_to_shipment(
@@ -168,20 +205,29 @@ pub fn apply_to_shipment(
     input: &Input,
     now: i64,
 ) -> Result<Effects, ApplyError> {
-    let current: ShipmentState = match shipment.reconcile_state.as_deref() {
-        None | Some("null") => ShipmentState { milestone: shipment.milestone, ..ShipmentState::new() },
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() })?,
-    };
-    let (next, actions) = reconcile::apply(&current, input, &domain.rules);
+    let current = shipment_state(shipment)?;
+    apply_to_state(tx, domain, shipment, &current, input, now)
+}
+
+/// [`apply_to_shipment`] for a shipment whose state is already parsed: nothing here can
+/// fail but the store, so a caller that parses first never leaves half an input applied.
+pub fn apply_to_state(
+    tx: &StoreTx<'_>,
+    domain: &Domain,
+    shipment: &Shipment,
+    current: &ShipmentState,
+    input: &Input,
+    now: i64,
+) -> Result<Effects, ApplyError> {
+    let (next, actions) = reconcile::apply(current, input, &domain.rules);
     // A repeated signal (the tenth "nearby" of a stop) usually changes nothing.
-    if next != current || shipment.reconcile_state.is_none() {
+    if next != *current || shipment.reconcile_state.is_none() {
         let json = serde_json::to_string(&next)
             .map_err(|e| ReconcileError { shipment: shipment.id, detail: e.to_string() })?;
         tx.save_reconcile_json(shipment.id, next.milestone, &json, now)?;
     }
-    if let Some((occurred_ms, source, kind, detail)) = timeline_entry(input) {
-        tx.add_timeline(shipment.id, occurred_ms, &source, &kind, &detail)?;
+    if let Some(entry) = timeline_entry(input) {
+        tx.add_timeline_json(shipment.id, entry.occurred_ms, entry.source, entry.kind, &entry.detail)?;
     }
     let mut effects = Effects::default();
     if next.milestone != current.milestone {
@@ -220,27 +266,61 @@ pub fn apply_to_shipment(
     Ok(effects)
 }
 
-fn timeline_entry(input: &Input) -> Option<(i64, String, String, serde_json::Value)> {
+/// One timeline row, its detail already JSON text.
+struct TimelineRow<'a> {
+    occurred_ms: i64,
+    source: &'a str,
+    kind: &'a str,
+    detail: String,
+}
+
+/// The timeline detail of a device signal, serialized straight to text.
+#[derive(serde::Serialize)]
+struct DeviceDetail<'a> {
+    device: &'a DeviceId,
+    seq: u64,
+    stop_id: &'a Option<doorstep_proto::StopId>,
+    distance_m: Option<u32>,
+    reason: &'a Option<String>,
+    photo_sha256: &'a Option<String>,
+}
+
+fn timeline_entry(input: &Input) -> Option<TimelineRow<'_>> {
     match input {
         Input::Device(s) => {
-            let kind = serde_json::to_value(s.kind).ok()?.as_str()?.to_owned();
-            let detail = serde_json::json!({
-                "device": s.device, "seq": s.seq, "stop_id": s.stop_id, "distance_m": s.distance_m,
-                "reason": s.reason, "photo_sha256": s.photo_sha256,
-            });
-            Some((s.occurred_ms, "device".into(), kind, detail))
+            let detail = DeviceDetail {
+                device: &s.device,
+                seq: s.seq,
+                stop_id: &s.stop_id,
+                distance_m: s.distance_m,
+                reason: &s.reason,
+                photo_sha256: &s.photo_sha256,
+            };
+            Some(TimelineRow {
+                occurred_ms: s.occurred_ms,
+                source: "device",
+                kind: s.kind.as_str(),
+                detail: serde_json::to_string(&detail).ok()?,
+            })
         }
         Input::Carrier(e) => {
-            let kind = serde_json::to_value(e.status).ok()?.as_str()?.to_owned();
-            let carrier = crate::carrier::carrier_slug(e.carrier).to_owned();
+            let kind = e.status.as_str();
             let detail = serde_json::json!({
                 "raw_status": e.raw_status, "message": e.message, "expected_delivery": e.expected_delivery,
             });
-            Some((e.occurred_ms, carrier, kind, detail))
+            Some(TimelineRow {
+                occurred_ms: e.occurred_ms,
+                source: crate::carrier::carrier_slug(e.carrier),
+                kind,
+                detail: detail.to_string(),
+            })
         }
-        Input::Dispatched { at_ms, on_route } => {
-            Some((*at_ms, "hub".into(), "dispatched".into(), serde_json::json!({ "on_route": on_route })))
-        }
+        Input::Dispatched { at_ms, on_route } => Some(TimelineRow {
+            occurred_ms: *at_ms,
+            source: "hub",
+            kind: "dispatched",
+            detail: serde_json::json!({ "on_route": on_route }).to_string(),
+        }),
         Input::Wake { .. } => None,
     }
 }
@@ -319,6 +399,130 @@ fn photo_of(event: &Event) -> Option<doorstep_proto::PhotoRef> {
     }
 }
 
+/// What storing one verified event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// New: stored and reconciled.
+    Stored,
+    /// Already stored (a redelivery): acknowledged again, nothing changed.
+    Duplicate,
+    /// A gap notice on a seq that holds the sample it replaces: applied, not stored.
+    GapOverStoredSeq,
+    /// Conflicts with a stored event (`seq_conflict`, `event_id_reused`): not stored.
+    Conflict(&'static str),
+}
+
+/// The writer's step for one verified event of a registered device, inside `tx`: store
+/// the signed bytes (deduplicated on (device, seq) and event id), apply a gap notice,
+/// record a photo reference, and reconcile every parcel it names. `signed` is the exact
+/// envelope received. The effects are for counters after the commit.
+pub fn store_verified(
+    tx: &StoreTx<'_>,
+    domain: &Domain,
+    envelope: &Envelope,
+    signed: &[u8],
+    now: i64,
+) -> Result<(StoreOutcome, Effects), StoreError> {
+    let device = &envelope.device;
+    let event_id = envelope.event_id.to_hex();
+    let new = NewEvent {
+        device,
+        seq: envelope.seq,
+        event_id: &event_id,
+        gnss_ms: envelope.gnss_utc_ms,
+        kind: envelope.event.kind(),
+        envelope: signed,
+        received_ms: now,
+    };
+    let outcome = tx.insert_event(&new)?;
+    // A gap notice is applied whether it is new, a redelivery, or lands on a seq that
+    // already holds the position sample it replaces (the sample arrived before the agent
+    // evicted it): in every case the device says the rest of the range will never come.
+    if let Event::Gap(gap) = &envelope.event
+        && outcome != EventInsert::EventIdReused
+    {
+        let applied = tx.apply_gap(&NewGap {
+            device,
+            first_seq: gap.first_seq,
+            last_seq: gap.last_seq,
+            event_id: &event_id,
+            envelope: signed,
+            received_ms: now,
+        })?;
+        if applied.new {
+            tracing::info!(device = %device, first_seq = gap.first_seq, last_seq = gap.last_seq, "gap notice: evicted position samples will not come");
+        }
+        if applied.new && applied.confirmations_in_range > 0 {
+            tracing::warn!(device = %device, first_seq = gap.first_seq, last_seq = gap.last_seq, confirmations = applied.confirmations_in_range, "gap notice covers stored confirmations; they stay stored");
+        }
+    }
+    Ok(match outcome {
+        EventInsert::Stored => {
+            tracing::debug!(device = %device, seq = envelope.seq, kind = envelope.event.kind(), "event stored");
+            if let Some(photo) = photo_of(&envelope.event) {
+                tx.add_photo_ref(&photo.sha256.to_hex(), device, envelope.seq, photo.size)?;
+            }
+            let effects = match reconcile_event(tx, domain, envelope, now) {
+                Ok(effects) => effects,
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(ApplyError::Reconcile(e)) => {
+                    // The event is valid and stays stored (and acked); its shipment
+                    // effects were never written. Logged for operations.
+                    tracing::error!(device = %device, seq = envelope.seq, error = %e, "reconciliation failed; event stored without effects");
+                    Effects::default()
+                }
+            };
+            (StoreOutcome::Stored, effects)
+        }
+        EventInsert::Duplicate => {
+            tracing::debug!(device = %device, seq = envelope.seq, "duplicate event; acked again");
+            (StoreOutcome::Duplicate, Effects::default())
+        }
+        EventInsert::SeqConflict if matches!(envelope.event, Event::Gap(_)) => {
+            tracing::debug!(device = %device, seq = envelope.seq, "gap notice on a seq already stored; applied");
+            (StoreOutcome::GapOverStoredSeq, Effects::default())
+        }
+        EventInsert::SeqConflict | EventInsert::EventIdReused => {
+            let reason = if outcome == EventInsert::SeqConflict { "seq_conflict" } else { "event_id_reused" };
+            tracing::error!(device = %device, seq = envelope.seq, event_id, reason, "event rejected: conflicts with a stored event");
+            (StoreOutcome::Conflict(reason), Effects::default())
+        }
+    })
+}
+
+/// Runs reconciliation for every parcel the event names. Every shipment's stored
+/// state is read and parsed before anything is written, so an unreadable one fails
+/// the event's effects as a whole (the event itself stays stored) without a savepoint
+/// per event. Gap notices and position samples name no parcel and touch nothing.
+fn reconcile_event(
+    tx: &StoreTx<'_>,
+    domain: &Domain,
+    envelope: &Envelope,
+    now: i64,
+) -> Result<Effects, ApplyError> {
+    let mut effects = Effects::default();
+    if matches!(envelope.event, Event::Position(_) | Event::ScanNotOnRoute(_) | Event::Gap(_)) {
+        return Ok(effects);
+    }
+    let mut seen: BTreeSet<TrackingNumber> = BTreeSet::new();
+    let mut targets = Vec::new();
+    for signal in device_signals(tx, envelope)? {
+        if !seen.insert(signal.tracking_number.clone()) {
+            continue;
+        }
+        let Some(shipment) = tx.shipment_by_tracking(&signal.tracking_number)? else {
+            tracing::debug!(tracking = %signal.tracking_number, "signal for a parcel without a shipment");
+            continue;
+        };
+        let state = shipment_state(&shipment)?;
+        targets.push((shipment, state, signal));
+    }
+    for (shipment, state, signal) in targets {
+        effects.merge(apply_to_state(tx, domain, &shipment, &state, &Input::Device(signal), now)?);
+    }
+    Ok(effects)
+}
+
 // ---- pipeline items ----------------------------------------------------------------------
 
 /// A message the broker delivered; PUBACKed once its fate is committed.
@@ -334,23 +538,92 @@ struct VerifiedEvent {
 }
 
 /// A message from the broker, checked by a verifier.
+#[derive(Debug)]
 enum Ingested {
     Event(Box<VerifiedEvent>),
-    Chunk { topic: Topic, chunk: Box<BlobChunk>, delivery: Delivery },
-    Rejected { source: &'static str, reason: &'static str, delivery: Delivery },
+    Chunk {
+        topic: Topic,
+        chunk: Box<BlobChunk>,
+        delivery: Delivery,
+    },
+    /// A signed live position (the `pos` topic: newest only, QoS 0, retained).
+    Position {
+        topic: Topic,
+        fix: FixEvidence,
+        delivery: Delivery,
+    },
+    /// A device's retained online/offline state (its last will when offline).
+    State {
+        topic: Topic,
+        state: DeviceState,
+        delivery: Delivery,
+    },
+    Rejected {
+        source: &'static str,
+        reason: &'static str,
+        delivery: Delivery,
+    },
 }
 
 /// What flows into the writer.
 enum WriteItem {
-    Ingested(Ingested),
+    /// A checked message and its place in the order the broker delivered messages (see
+    /// [`Reorder`]).
+    Ingested(u64, Ingested),
     Call(Box<dyn FnOnce(&mut WriterCtx<'_>) + Send>),
 }
 
 /// What flows out to the broker.
 #[derive(Debug)]
 enum Outbound {
-    Publish { topic: String, payload: Vec<u8>, retain: bool },
-    PubAck(Delivery),
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    },
+    /// The PUBACKs of one committed batch, in delivery order.
+    PubAcks(Vec<Delivery>),
+}
+
+/// Puts checked messages back into the order the broker delivered them.
+///
+/// Any verifier takes the next message, so verifiers never sit idle while another has a
+/// backlog, and they finish out of order. The writer restores the order, which keeps each
+/// device's events in sequence and makes the PUBACKs leave in delivery order: Mosquitto
+/// finds a PUBACKed message by walking the session's in-flight list from its oldest
+/// entry, so PUBACKs that skip ahead of a lagging verifier cost the broker a walk over
+/// up to its whole in-flight window each (most of its CPU, measured).
+///
+/// Every ordinal the MQTT task hands out reaches the writer (a verifier always answers,
+/// even when a check panics), so a hole is filled within one signature check. What waits
+/// here is at most what the other verifiers checked meanwhile.
+#[derive(Debug, Default)]
+struct Reorder {
+    next: u64,
+    waiting: BTreeMap<u64, Ingested>,
+}
+
+impl Reorder {
+    /// Takes one checked message; appends it, and whatever waited for it, to `out`.
+    fn push(&mut self, ordinal: u64, item: Ingested, out: &mut Vec<Ingested>) {
+        if ordinal > self.next {
+            self.waiting.insert(ordinal, item);
+            return;
+        }
+        out.push(item);
+        if ordinal == self.next {
+            self.next += 1;
+            while let Some(item) = self.waiting.remove(&self.next) {
+                out.push(item);
+                self.next += 1;
+            }
+        }
+    }
+
+    /// Everything still waiting, in order (shutdown: nothing more will come).
+    fn drain(&mut self) -> Vec<Ingested> {
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
 }
 
 /// What a [`Writer::call`] closure gets: the store and the domain.
@@ -440,6 +713,7 @@ pub struct Ingest {
     client: AsyncClient,
     keys: Keys,
     metrics: Arc<Metrics>,
+    dispatcher: DispatcherWaker,
     cancel: CancellationToken,
     mqtt_task: tokio::task::JoinHandle<()>,
     threads: Vec<JoinHandle<()>>,
@@ -479,6 +753,7 @@ impl Ingest {
         let live_verifiers = Arc::new(AtomicUsize::new(options.verify_threads.max(1)));
         let mut threads = Vec::new();
 
+        let dispatcher = DispatcherWaker::default();
         let writer_state = WriterThread {
             store,
             domain,
@@ -486,6 +761,8 @@ impl Ingest {
             out: out_tx,
             batch_max: options.batch_max.max(1),
             live_verifiers: Arc::clone(&live_verifiers),
+            dispatcher: dispatcher.clone(),
+            acks: AckPacer::default(),
             cancel: cancel.clone(),
         };
         threads.push(
@@ -495,10 +772,11 @@ impl Ingest {
                 .map_err(IngestError::Thread)?,
         );
 
-        let mut verifier_txs = Vec::new();
+        // One queue that every verifier takes from; the writer restores the order.
+        let (verify_tx, verify_rx) = mpsc::channel::<(u64, Publish)>(VERIFY_QUEUE);
+        let verify_rx = Arc::new(std::sync::Mutex::new(verify_rx));
         for i in 0..options.verify_threads.max(1) {
-            let (tx, rx) = mpsc::channel::<Publish>(VERIFY_QUEUE);
-            verifier_txs.push(tx);
+            let rx = Arc::clone(&verify_rx);
             let verifier = Verifier {
                 keys: keys.clone(),
                 reload_store: Store::open(&options.database, options.store)?,
@@ -516,16 +794,17 @@ impl Ingest {
         }
         let writer = Writer { tx: write_tx };
 
+        let channels = [Channel::Evt, Channel::Blob, Channel::Pos, Channel::State];
         let filters = match &options.mqtt.shared_group {
-            Some(group) => vec![shared(group, Channel::Evt), shared(group, Channel::Blob)],
-            None => vec![all_devices(Channel::Evt), all_devices(Channel::Blob)],
+            Some(group) => channels.iter().map(|c| shared(group, *c)).collect(),
+            None => channels.iter().map(|c| all_devices(*c)).collect(),
         };
         let outbound_done = CancellationToken::new();
         tokio::spawn(outbound(client.clone(), out_rx, Arc::clone(&metrics), outbound_done.clone()));
         let mqtt_task = tokio::spawn(drive(
             eventloop,
             client.clone(),
-            verifier_txs,
+            verify_tx,
             filters,
             Arc::clone(&metrics),
             cancel.clone(),
@@ -552,7 +831,14 @@ impl Ingest {
                 .map_err(IngestError::Thread)?
         };
         threads.push(refresher);
-        Ok(Self { writer, client, keys, metrics, cancel, mqtt_task, threads })
+        Ok(Self { writer, client, keys, metrics, dispatcher, cancel, mqtt_task, threads })
+    }
+
+    /// Wakes the notification dispatcher (`notify::Dispatcher::waker`) after every write
+    /// that may have enqueued a customer message or an alert, so it leaves within one
+    /// dispatcher pass of the commit instead of up to a poll interval later.
+    pub fn wake_dispatcher_with(&self, waker: Arc<tokio::sync::Notify>) {
+        let _ = self.dispatcher.0.set(waker);
     }
 
     /// The writer, for the HTTP API.
@@ -632,32 +918,36 @@ pub fn route_message(device: &DeviceId, route: doorstep_proto::RouteManifest, is
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
-    verifiers: Vec<mpsc::Sender<Publish>>,
+    verify: mpsc::Sender<(u64, Publish)>,
     filters: Vec<String>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     outbound_done: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(250);
-    let mut verifiers = Some(verifiers);
+    let mut verify = Some(verify);
+    // The place of each message handed to the verifiers in the broker's delivery order.
+    // Given out only when a verifier queue takes the message, so the writer never waits
+    // for an ordinal that was shed or dropped with a lost connection.
+    let mut ordinal = 0u64;
     // Publishes read from the socket but not yet taken by a verifier. The event loop must
     // keep being polled while the pipeline is full, because the acks and PUBACKs that
     // drain it leave through this same event loop; the broker's in-flight window
     // (un-PUBACKed QoS 1 messages) is what bounds this queue in practice.
-    let mut pending: VecDeque<(usize, Publish)> = VecDeque::new();
+    let mut pending: VecDeque<Publish> = VecDeque::new();
     let mut pending_bytes = 0usize;
+    let mut reported_pending = usize::MAX;
     loop {
         let mut stop_feeding = false;
-        let front = pending.front().map(|(i, _)| *i);
         let reserve = async {
-            match (front, verifiers.as_ref()) {
-                (Some(i), Some(txs)) => Some(txs[i].reserve().await),
+            match (pending.is_empty(), verify.as_ref()) {
+                (false, Some(tx)) => Some(tx.reserve().await),
                 _ => std::future::pending().await,
             }
         };
         let event = tokio::select! {
             biased;
-            () = cancel.cancelled(), if verifiers.is_some() => {
+            () = cancel.cancelled(), if verify.is_some() => {
                 stop_feeding = true;
                 None
             }
@@ -665,13 +955,14 @@ async fn drive(
             permit = reserve => {
                 match permit {
                     Some(Ok(permit)) => {
-                        if let Some((_, publish)) = pending.pop_front() {
+                        if let Some(publish) = pending.pop_front() {
                             pending_bytes = pending_bytes.saturating_sub(publish.payload.len());
-                            permit.send(publish);
+                            permit.send((ordinal, publish));
+                            ordinal += 1;
                         }
                     }
                     _ => {
-                        tracing::error!("verifier thread gone; stopping ingest");
+                        tracing::error!("verifier threads gone; stopping ingest");
                         stop_feeding = true;
                     }
                 }
@@ -682,77 +973,80 @@ async fn drive(
         if stop_feeding {
             // Stop feeding the pipeline; keep polling so the last acks go out. What is
             // still pending was never PUBACKed: the broker keeps it for the next session.
-            verifiers = None;
+            verify = None;
             pending.clear();
             pending_bytes = 0;
             continue;
         }
-        let Some(event) = event else { continue };
-        match event {
-            Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = Duration::from_millis(250);
-                metrics.mqtt_connected(true);
-                tracing::info!(session_present = ack.session_present, "connected to the broker");
-                for filter in &filters {
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(filter, error = %e, "cannot subscribe");
+        if let Some(event) = event {
+            match event {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                    delay = Duration::from_millis(250);
+                    metrics.mqtt_connected(true);
+                    tracing::info!(session_present = ack.session_present, "connected to the broker");
+                    for filter in &filters {
+                        if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                            tracing::error!(filter, error = %e, "cannot subscribe");
+                        }
                     }
                 }
-            }
-            Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
-                let Some(txs) = &verifiers else { continue };
-                if pending.len() >= MAX_PENDING || pending_bytes >= MAX_PENDING_BYTES {
-                    // Shed: not PUBACKed, not acked; the device resends it when its ack
-                    // stalls. Only a broker with an in-flight window above MAX_PENDING
-                    // (or a QoS 0 flood) gets here.
-                    metrics.ingest("rejected", "overload");
-                    tracing::warn!(topic = %publish.topic, pending = pending.len(), "ingest overloaded; message shed");
-                    continue;
-                }
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                publish.topic.hash(&mut h);
-                let n = u64::try_from(txs.len()).unwrap_or(1).max(1);
-                let i = usize::try_from(h.finish() % n).unwrap_or(0);
-                match txs[i].try_send(publish) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(publish)) => {
+                Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
+                    let Some(tx) = &verify else { continue };
+                    if pending.len() >= MAX_PENDING || pending_bytes >= MAX_PENDING_BYTES {
+                        // Shed: not PUBACKed, not acked; the device resends it when its ack
+                        // stalls. Only a broker with an in-flight window above MAX_PENDING
+                        // (or a QoS 0 flood) gets here.
+                        metrics.ingest("rejected", "overload");
+                        tracing::warn!(topic = %publish.topic, pending = pending.len(), "ingest overloaded; message shed");
+                        continue;
+                    }
+                    if !pending.is_empty() {
+                        // Keep the delivery order: nothing overtakes what already waits.
                         pending_bytes += publish.payload.len();
-                        pending.push_back((i, publish));
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        tracing::error!("verifier thread gone; stopping ingest");
-                        verifiers = None;
-                        pending.clear();
-                        pending_bytes = 0;
+                        pending.push_back(publish);
+                    } else {
+                        match tx.try_send((ordinal, publish)) {
+                            Ok(()) => ordinal += 1,
+                            Err(mpsc::error::TrySendError::Full((_, publish))) => {
+                                pending_bytes += publish.payload.len();
+                                pending.push_back(publish);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                tracing::error!("verifier threads gone; stopping ingest");
+                                verify = None;
+                                pending.clear();
+                                pending_bytes = 0;
+                            }
+                        }
                     }
                 }
-                if pending.is_empty() {
-                    metrics.queue_depth("mqtt_pending", 0);
-                } else {
-                    metrics.queue_depth("mqtt_pending", pending.len());
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.mqtt_connected(false);
+                    if verify.is_none() {
+                        break;
+                    }
+                    // Messages pending from the lost connection were not PUBACKed; the broker
+                    // redelivers them on the resumed session.
+                    pending.clear();
+                    pending_bytes = 0;
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "broker connection lost; reconnecting");
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RECONNECT_MAX);
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                metrics.mqtt_connected(false);
-                if verifiers.is_none() {
-                    break;
-                }
-                // Messages pending from the lost connection were not PUBACKed; the broker
-                // redelivers them on the resumed session.
-                pending.clear();
-                pending_bytes = 0;
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "broker connection lost; reconnecting");
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(RECONNECT_MAX);
-            }
+        }
+        // The gauge only when it changes: this loop runs once per message.
+        if pending.len() != reported_pending {
+            reported_pending = pending.len();
+            metrics.queue_depth("mqtt_pending", reported_pending);
         }
     }
     // Drain: let the verifiers and the writer finish and the acks go out, then say goodbye.
-    drop(verifiers);
+    drop(verify);
     let _ = client.try_disconnect();
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
@@ -779,7 +1073,16 @@ async fn outbound(
                 }
                 r
             }
-            Outbound::PubAck(publish) => client.ack(&publish).await,
+            Outbound::PubAcks(deliveries) => {
+                let mut result = Ok(());
+                for publish in &deliveries {
+                    result = client.ack(publish).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "mqtt client closed; outbound messages dropped (devices will resend)");
@@ -800,16 +1103,47 @@ struct Verifier {
     live: Arc<AtomicUsize>,
 }
 
+/// Verifier time is added to the busy counter at most this often per thread (the counter
+/// is shared with the writer; once per message would make it a point of contention).
+const VERIFY_BUSY_FLUSH: Duration = Duration::from_millis(100);
+
 impl Verifier {
-    fn run(mut self, mut rx: mpsc::Receiver<Publish>) {
-        while let Some(publish) = rx.blocking_recv() {
+    fn run(mut self, rx: Arc<std::sync::Mutex<mpsc::Receiver<(u64, Publish)>>>) {
+        let mut busy = Duration::ZERO;
+        let mut flushed = Instant::now();
+        loop {
+            // Whoever holds the lock waits for the next message; the others wait for the
+            // lock. The writer puts their results back in delivery order.
+            let next = {
+                let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                if rx.is_empty() && !busy.is_zero() {
+                    self.metrics.busy("verify", std::mem::take(&mut busy));
+                    flushed = Instant::now();
+                }
+                rx.blocking_recv()
+            };
+            let Some((ordinal, publish)) = next else { break };
             let started = Instant::now();
-            let item = self.check(publish);
-            self.metrics.busy("verify", started.elapsed());
-            if self.write.send(item).is_err() {
+            // The writer waits for every ordinal, so even a bug in a check must answer:
+            // the message is rejected with a reason instead of stalling all ingest.
+            let copy = publish.clone();
+            let item = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check(publish))) {
+                Ok(item) => item,
+                Err(_) => {
+                    tracing::error!(topic = %copy.topic, "message check panicked; message rejected");
+                    Ingested::Rejected { source: "mqtt", reason: "internal_error", delivery: copy }
+                }
+            };
+            busy += started.elapsed();
+            if flushed.elapsed() >= VERIFY_BUSY_FLUSH {
+                self.metrics.busy("verify", std::mem::take(&mut busy));
+                flushed = Instant::now();
+            }
+            if self.write.send(WriteItem::Ingested(ordinal, item)).is_err() {
                 break;
             }
         }
+        self.metrics.busy("verify", busy);
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -819,9 +1153,9 @@ impl Verifier {
         reason: &'static str,
         delivery: Delivery,
         detail: &str,
-    ) -> WriteItem {
+    ) -> Ingested {
         tracing::warn!(topic = %delivery.topic, len = delivery.payload.len(), reason, detail, "{source} message rejected");
-        WriteItem::Ingested(Ingested::Rejected { source, reason, delivery })
+        Ingested::Rejected { source, reason, delivery }
     }
 
     fn open(&mut self, payload: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -838,7 +1172,7 @@ impl Verifier {
         }
     }
 
-    fn check(&mut self, publish: Publish) -> WriteItem {
+    fn check(&mut self, publish: Publish) -> Ingested {
         let topic = match Topic::parse(&publish.topic) {
             Ok(t) => t,
             Err(e) => return self.reject("mqtt", "bad_topic", publish, &e.to_string()),
@@ -846,6 +1180,8 @@ impl Verifier {
         match topic.channel {
             Channel::Evt => {}
             Channel::Blob => return self.check_chunk(topic, publish),
+            Channel::Pos => return self.check_position(topic, publish),
+            Channel::State => return self.check_state(topic, publish),
             _ => return self.reject("mqtt", "unexpected_channel", publish, topic.channel.as_str()),
         }
         let envelope = match self.open(&publish.payload) {
@@ -867,6 +1203,16 @@ impl Verifier {
             let detail = format!("envelope of {} on {}'s topic", envelope.device, topic.device);
             return self.reject("evt", "topic_mismatch", publish, &detail);
         }
+        // The store keeps seqs as SQLite integers; a larger one would fail the whole
+        // batch's transaction on every redelivery instead of being refused alone.
+        let last_seq = match &envelope.event {
+            Event::Gap(gap) => gap.last_seq,
+            _ => envelope.seq,
+        };
+        if i64::try_from(last_seq).is_err() {
+            let detail = format!("seq {last_seq} is above {}", i64::MAX);
+            return self.reject("evt", "seq_out_of_range", publish, &detail);
+        }
         // Envelope::open found the key by this id, so the header holds it.
         let mut id = [0u8; 8];
         id.copy_from_slice(&publish.payload[1..doorstep_proto::envelope::HEADER_LEN]);
@@ -875,15 +1221,51 @@ impl Verifier {
             let detail = format!("device {} published under fleet {}", envelope.device, topic.fleet);
             return self.reject("evt", "fleet_mismatch", publish, &detail);
         }
-        WriteItem::Ingested(Ingested::Event(Box::new(VerifiedEvent {
-            topic,
-            key_id,
-            envelope,
-            delivery: publish,
-        })))
+        Ingested::Event(Box::new(VerifiedEvent { topic, key_id, envelope, delivery: publish }))
     }
 
-    fn check_chunk(&mut self, topic: Topic, publish: Publish) -> WriteItem {
+    /// A live position: signed like an event, at seq 0 (outside the numbered stream).
+    fn check_position(&mut self, topic: Topic, publish: Publish) -> Ingested {
+        let envelope = match self.open(&publish.payload) {
+            Ok(e) => e,
+            Err(EnvelopeError::UnknownKey(id)) => {
+                return self.reject("pos", "unknown_device", publish, &format!("key {id}"));
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                return self.reject("pos", e.reason(), publish, &detail);
+            }
+        };
+        if envelope.device != topic.device {
+            let detail = format!("position of {} on {}'s topic", envelope.device, topic.device);
+            return self.reject("pos", "topic_mismatch", publish, &detail);
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&publish.payload[1..doorstep_proto::envelope::HEADER_LEN]);
+        if self.keys.fleet_of(&doorstep_proto::HexBytes(id)).as_ref() != Some(&topic.fleet) {
+            let detail = format!("device {} published under fleet {}", envelope.device, topic.fleet);
+            return self.reject("pos", "fleet_mismatch", publish, &detail);
+        }
+        match envelope.event {
+            Event::Position(fix) if envelope.seq == 0 => Ingested::Position { topic, fix, delivery: publish },
+            other => {
+                let detail = format!("{} at seq {}", other.kind(), envelope.seq);
+                self.reject("pos", "not_a_live_position", publish, &detail)
+            }
+        }
+    }
+
+    /// A retained state message: JSON, unsigned (the offline form is the broker's last
+    /// will, which the device cannot sign at the moment it is sent). The writer keeps it
+    /// only for a registered device under its own fleet.
+    fn check_state(&mut self, topic: Topic, publish: Publish) -> Ingested {
+        match DeviceState::from_bytes(&publish.payload) {
+            Ok(state) => Ingested::State { topic, state, delivery: publish },
+            Err(e) => self.reject("state", "malformed", publish, &e),
+        }
+    }
+
+    fn check_chunk(&mut self, topic: Topic, publish: Publish) -> Ingested {
         let chunk = match BlobChunk::decode(&publish.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -899,11 +1281,32 @@ impl Verifier {
             return self.reject("blob", "unknown_device", publish, chunk.device.as_str());
         }
         self.metrics.blob_chunk("received", "ok");
-        WriteItem::Ingested(Ingested::Chunk { topic, chunk: Box::new(chunk), delivery: publish })
+        Ingested::Chunk { topic, chunk: Box::new(chunk), delivery: publish }
     }
 }
 
 // ---- the writer -------------------------------------------------------------------------
+
+/// The dispatcher's wake-up, once [`Ingest::wake_dispatcher_with`] has given it.
+#[derive(Debug, Clone, Default)]
+struct DispatcherWaker(Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>);
+
+impl DispatcherWaker {
+    fn wake(&self) {
+        if let Some(waker) = self.0.get() {
+            waker.notify_one();
+        }
+    }
+}
+
+/// Acks committed but not yet handed out, and when each device's last ack left.
+#[derive(Debug, Default)]
+struct AckPacer {
+    /// Device → (fleet, highest committed contiguous seq), for the next ack.
+    owed: BTreeMap<DeviceId, (FleetId, u64)>,
+    /// Device → when its last ack was handed to the outbound task.
+    sent: HashMap<DeviceId, Instant>,
+}
 
 struct WriterThread {
     store: Store,
@@ -912,49 +1315,72 @@ struct WriterThread {
     out: mpsc::Sender<Outbound>,
     batch_max: usize,
     live_verifiers: Arc<AtomicUsize>,
+    dispatcher: DispatcherWaker,
+    acks: AckPacer,
     cancel: CancellationToken,
 }
 
-/// What a committed batch owes the broker.
+/// What a committed batch owes the broker, and its counters (added once per batch, not
+/// once per message).
 #[derive(Default)]
 struct AfterCommit {
     acks: BTreeMap<DeviceId, (FleetId, u64)>,
     blob_acks: Vec<(FleetId, BlobAck)>,
     pubacks: Vec<Delivery>,
     effects: Effects,
-    counted: Vec<(&'static str, &'static str, &'static str)>,
+    /// (outcome, reason) → messages.
+    counted: BTreeMap<(&'static str, &'static str), i64>,
     blob_counted: Vec<(&'static str, &'static str)>,
+    /// (channel, outcome, reason) of state and live position messages.
+    status_counted: Vec<(&'static str, &'static str, &'static str)>,
     photos: Vec<&'static str>,
     events: usize,
     lag: Option<(i64, i64)>,
 }
 
+impl AfterCommit {
+    fn count(&mut self, outcome: &'static str, reason: &'static str) {
+        *self.counted.entry((outcome, reason)).or_insert(0) += 1;
+    }
+}
+
+/// Registry answers already read in this batch: key id → (device, its fleet while the
+/// key is the device's active one).
+type Registered = HashMap<KeyId, (DeviceId, Option<FleetId>)>;
+
 impl WriterThread {
     fn run(mut self, rx: std_mpsc::Receiver<WriteItem>) {
         let mut last_wake = Instant::now();
+        let mut reorder = Reorder::default();
         loop {
-            let first = match rx.recv_timeout(WAKE_TICK.min(Duration::from_millis(200))) {
+            let wait =
+                WAKE_TICK.min(Duration::from_millis(200)).min(self.ack_wait().unwrap_or(Duration::MAX));
+            let first = match rx.recv_timeout(wait) {
                 Ok(item) => Some(item),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = Vec::new();
             let mut call = None;
-            if let Some(first) = first {
-                let mut next = Some(first);
-                while let Some(item) = next.take() {
-                    let item = match item {
-                        WriteItem::Call(f) => {
-                            call = Some(f);
-                            break;
-                        }
-                        WriteItem::Ingested(item) => item,
-                    };
-                    batch.push(item);
-                    if batch.len() >= self.batch_max {
+            let mut next = first;
+            let mut linger_until: Option<Instant> = None;
+            // Take everything waiting, up to a batch: one transaction (one fsync) for all.
+            while let Some(item) = next.take() {
+                match item {
+                    WriteItem::Call(f) => {
+                        call = Some(f);
                         break;
                     }
-                    next = rx.try_recv().ok();
+                    WriteItem::Ingested(ordinal, item) => reorder.push(ordinal, item, &mut batch),
+                }
+                if batch.len() >= self.batch_max {
+                    break;
+                }
+                next = rx.try_recv().ok();
+                if next.is_none() && batch.len() >= LINGER_FROM {
+                    // Under load, wait a moment for the batch to fill (see BATCH_LINGER).
+                    let until = *linger_until.get_or_insert_with(|| Instant::now() + BATCH_LINGER);
+                    next = rx.recv_timeout(until.saturating_duration_since(Instant::now())).ok();
                 }
             }
             if !batch.is_empty() {
@@ -963,23 +1389,34 @@ impl WriterThread {
             if let Some(f) = call {
                 let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain };
                 f(&mut ctx);
+                // An API or webhook write may have enqueued a message; a pass that finds
+                // nothing due costs one small query.
+                self.dispatcher.wake();
             }
             if last_wake.elapsed() >= WAKE_TICK {
                 last_wake = Instant::now();
                 self.wake_due();
             }
-            self.domain.metrics.queue_depth("writer", 0);
+            self.send_due_acks(false);
+            self.domain.metrics.queue_depth("writer", reorder.waiting.len());
             if self.cancel.is_cancelled() && self.live_verifiers.load(Ordering::SeqCst) == 0 {
                 // Every verifier has exited, so nothing more can arrive from MQTT; finish
                 // what is queued (calls from HTTP included) and stop.
+                let mut batch = Vec::new();
                 while let Ok(item) = rx.try_recv() {
                     match item {
                         WriteItem::Call(f) => {
                             f(&mut WriterCtx { store: &mut self.store, domain: &self.domain })
                         }
-                        WriteItem::Ingested(other) => self.commit_batch(vec![other]),
+                        WriteItem::Ingested(ordinal, item) => reorder.push(ordinal, item, &mut batch),
                     }
                 }
+                batch.extend(reorder.drain());
+                while !batch.is_empty() {
+                    let rest = batch.split_off(batch.len().min(self.batch_max));
+                    self.commit_batch(std::mem::replace(&mut batch, rest));
+                }
+                self.send_due_acks(true);
                 break;
             }
         }
@@ -1005,7 +1442,12 @@ impl WriterThread {
             Ok(effects)
         })();
         match result {
-            Ok(effects) => effects.record(&self.domain.metrics),
+            Ok(effects) => {
+                effects.record(&self.domain.metrics);
+                if !effects.enqueued.is_empty() || !effects.alerts.is_empty() {
+                    self.dispatcher.wake();
+                }
+            }
             Err(e) => tracing::error!(error = %e, "cannot run due reconciler wake-ups"),
         }
     }
@@ -1016,7 +1458,7 @@ impl WriterThread {
         let mut after = AfterCommit::default();
         let result = (|| -> Result<(), StoreError> {
             let tx = self.store.transaction()?;
-            let mut devices = HashMap::new();
+            let mut devices = Registered::new();
             for item in batch {
                 match item {
                     Ingested::Event(event) => {
@@ -1047,12 +1489,34 @@ impl WriterThread {
                         }
                         after.pubacks.push(delivery);
                     }
+                    Ingested::Position { topic, fix, delivery } => {
+                        // The registry decides, as for events: a revocation is exact here.
+                        if tx.active_fleet(&topic.device)?.as_ref() == Some(&topic.fleet) {
+                            let newer = tx.set_live_position(&topic.device, &fix, now)?;
+                            after.status_counted.push(("pos", if newer { "stored" } else { "stale" }, "ok"));
+                        } else {
+                            tx.count_rejection("pos", "revoked_device", now)?;
+                            after.status_counted.push(("pos", "rejected", "revoked_device"));
+                        }
+                        after.pubacks.push(delivery);
+                    }
+                    Ingested::State { topic, state, delivery } => {
+                        if tx.active_fleet(&topic.device)?.as_ref() == Some(&topic.fleet) {
+                            tracing::info!(device = %topic.device, online = state.online, agent_version = ?state.agent_version, outbox_depth = ?state.outbox_depth, "device state");
+                            tx.set_device_state(&topic.device, &state, now)?;
+                            after.status_counted.push(("state", "stored", "ok"));
+                        } else {
+                            tx.count_rejection("state", "unknown_device", now)?;
+                            after.status_counted.push(("state", "rejected", "unknown_device"));
+                        }
+                        after.pubacks.push(delivery);
+                    }
                     Ingested::Rejected { source, reason, delivery } => {
                         tx.count_rejection(source, reason, now)?;
-                        if source == "blob" {
-                            after.blob_counted.push(("rejected", reason));
-                        } else {
-                            after.counted.push(("rejected", reason, source));
+                        match source {
+                            "blob" => after.blob_counted.push(("rejected", reason)),
+                            "pos" | "state" => after.status_counted.push((source, "rejected", reason)),
+                            _ => after.count("rejected", reason),
                         }
                         after.pubacks.push(delivery);
                     }
@@ -1074,30 +1538,66 @@ impl WriterThread {
             return;
         }
         let metrics = &self.domain.metrics;
-        for (outcome, reason, _) in &after.counted {
-            metrics.ingest(outcome, reason);
+        for ((outcome, reason), n) in &after.counted {
+            metrics.ingest_count(outcome, reason, *n);
         }
         for (outcome, reason) in &after.blob_counted {
             metrics.blob_chunk(outcome, reason);
+        }
+        for (channel, outcome, reason) in &after.status_counted {
+            metrics.device_status(channel, outcome, reason);
         }
         for outcome in &after.photos {
             metrics.photo(outcome);
         }
         after.effects.record(metrics);
+        if !after.effects.enqueued.is_empty() || !after.effects.alerts.is_empty() {
+            self.dispatcher.wake();
+        }
         metrics.committed(after.events, after.lag.map(|(newest, oldest)| (now - newest, now - oldest)));
         for (device, (fleet, up_to_seq)) in after.acks {
-            let message = HubMessage::Ack(Ack { device: device.clone(), up_to_seq });
-            self.send_signed(&fleet, &message);
+            let owed = self.acks.owed.entry(device).or_insert((fleet, up_to_seq));
+            owed.1 = owed.1.max(up_to_seq);
         }
+        self.send_due_acks(false);
         for (fleet, ack) in after.blob_acks {
             self.send_signed(&fleet, &HubMessage::BlobAck(ack));
         }
-        for delivery in after.pubacks {
-            if self.out.blocking_send(Outbound::PubAck(delivery)).is_err() {
-                break;
-            }
+        if !after.pubacks.is_empty() {
+            let _ = self.out.blocking_send(Outbound::PubAcks(after.pubacks));
         }
         self.domain.metrics.busy("writer", started.elapsed());
+    }
+
+    /// Signs and hands out the acks owed to devices whose previous ack left at least
+    /// [`ACK_INTERVAL`] ago (all of them with `all`).
+    fn send_due_acks(&mut self, all: bool) {
+        let now = Instant::now();
+        let sent = &self.acks.sent;
+        let due: Vec<DeviceId> = self
+            .acks
+            .owed
+            .keys()
+            .filter(|d| all || sent.get(*d).is_none_or(|at| now.duration_since(*at) >= ACK_INTERVAL))
+            .cloned()
+            .collect();
+        for device in due {
+            let Some((fleet, up_to_seq)) = self.acks.owed.remove(&device) else { continue };
+            self.acks.sent.insert(device.clone(), now);
+            self.send_signed(&fleet, &HubMessage::Ack(Ack { device, up_to_seq }));
+        }
+    }
+
+    /// How long the writer may wait for the next item before an owed ack falls due.
+    fn ack_wait(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.acks
+            .owed
+            .keys()
+            .map(|d| {
+                self.acks.sent.get(d).map_or(Duration::ZERO, |at| ACK_INTERVAL.saturating_sub(now - *at))
+            })
+            .min()
     }
 
     fn send_signed(&self, fleet: &FleetId, message: &HubMessage) {
@@ -1116,22 +1616,22 @@ impl WriterThread {
         event: VerifiedEvent,
         now: i64,
         after: &mut AfterCommit,
-        devices: &mut HashMap<(DeviceId, KeyId), Option<FleetId>>,
+        devices: &mut Registered,
     ) -> Result<(), StoreError> {
         let VerifiedEvent { topic, key_id, envelope, delivery } = event;
         let device = &envelope.device;
         let reject = |after: &mut AfterCommit, reason: &'static str| -> Result<(), StoreError> {
             tx.count_rejection("evt", reason, now)?;
-            after.counted.push(("rejected", reason, "evt"));
+            after.count("rejected", reason);
             Ok(())
         };
         // The verifier's key snapshot may be a moment old: the registry decides (once per
-        // device and batch).
-        let registered = match devices.get(&(device.clone(), key_id)) {
-            Some(fleet) => fleet.clone(),
-            None => {
+        // key and batch).
+        let registered = match devices.get(&key_id) {
+            Some((owner, fleet)) if owner == device => fleet.clone(),
+            _ => {
                 let fleet = tx.active_device(device, &key_id)?;
-                devices.insert((device.clone(), key_id), fleet.clone());
+                devices.insert(key_id, (device.clone(), fleet.clone()));
                 fleet
             }
         };
@@ -1149,78 +1649,64 @@ impl WriterThread {
             }
             Some(_) => {}
         }
-        let event_id = envelope.event_id.to_hex();
-        let new = NewEvent {
-            device,
-            seq: envelope.seq,
-            event_id: &event_id,
-            gnss_ms: envelope.gnss_utc_ms,
-            kind: envelope.event.kind(),
-            envelope: &delivery.payload,
-            received_ms: now,
-        };
-        let outcome = tx.insert_event(&new)?;
-        match outcome {
-            EventInsert::Stored => {
-                tracing::debug!(device = %device, seq = envelope.seq, kind = envelope.event.kind(), "event stored");
-                if let Some(photo) = photo_of(&envelope.event) {
-                    tx.add_photo_ref(&photo.sha256.to_hex(), device, envelope.seq, photo.size)?;
-                }
-                tx.begin_item()?;
-                match Self::reconcile_event(tx, domain, &envelope, now) {
-                    Ok(effects) => {
-                        tx.release_item()?;
-                        after.effects.merge(effects);
-                    }
-                    Err(ApplyError::Store(e)) => return Err(e),
-                    Err(ApplyError::Reconcile(e)) => {
-                        // The event is valid and stays stored (and acked); only its
-                        // half-applied shipment effects are undone. Logged for operations.
-                        tracing::error!(device = %device, seq = envelope.seq, error = %e, "reconciliation failed; event stored without effects");
-                        tx.rollback_item()?;
-                    }
-                }
-                after.counted.push(("stored", "ok", "evt"));
+        match store_verified(tx, domain, &envelope, &delivery.payload, now)? {
+            (StoreOutcome::Stored, effects) => {
+                after.effects.merge(effects);
+                after.count("stored", "ok");
                 after.events += 1;
                 let lag = after.lag.get_or_insert((envelope.gnss_utc_ms, envelope.gnss_utc_ms));
                 lag.0 = lag.0.max(envelope.gnss_utc_ms);
                 lag.1 = lag.1.min(envelope.gnss_utc_ms);
                 after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
-            EventInsert::Duplicate => {
-                tracing::debug!(device = %device, seq = envelope.seq, "duplicate event; acked again");
-                after.counted.push(("duplicate", "duplicate", "evt"));
+            (StoreOutcome::Duplicate, _) => {
+                after.count("duplicate", "duplicate");
                 after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
-            EventInsert::SeqConflict | EventInsert::EventIdReused => {
-                let reason =
-                    if outcome == EventInsert::SeqConflict { "seq_conflict" } else { "event_id_reused" };
-                tracing::error!(device = %device, seq = envelope.seq, event_id, reason, "event rejected: conflicts with a stored event");
-                reject(after, reason)?;
+            (StoreOutcome::GapOverStoredSeq, _) => {
+                after.count("duplicate", "gap_over_stored_seq");
+                after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
+            (StoreOutcome::Conflict(reason), _) => reject(after, reason)?,
         }
         after.pubacks.push(delivery);
         Ok(())
     }
+}
 
-    fn reconcile_event(
-        tx: &StoreTx<'_>,
-        domain: &Domain,
-        envelope: &Envelope,
-        now: i64,
-    ) -> Result<Effects, ApplyError> {
-        let mut effects = Effects::default();
-        let mut seen: BTreeSet<TrackingNumber> = BTreeSet::new();
-        for signal in device_signals(tx, envelope)? {
-            if !seen.insert(signal.tracking_number.clone()) {
-                continue;
-            }
-            let Some(shipment) = tx.shipment_by_tracking(&signal.tracking_number)? else {
-                tracing::debug!(tracking = %signal.tracking_number, "signal for a parcel without a shipment");
-                continue;
-            };
-            effects.merge(apply_to_shipment(tx, domain, &shipment, &Input::Device(signal), now)?);
-        }
-        Ok(effects)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(n: u8) -> Ingested {
+        let publish = Publish::new(format!("t/{n}"), QoS::AtLeastOnce, vec![n]);
+        Ingested::Rejected { source: "mqtt", reason: "bad_topic", delivery: publish }
+    }
+
+    fn payloads(items: &[Ingested]) -> Vec<u8> {
+        items
+            .iter()
+            .map(|i| match i {
+                Ingested::Rejected { delivery, .. } => delivery.payload[0],
+                _ => u8::MAX,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checked_messages_leave_in_the_order_the_broker_delivered_them() {
+        let mut reorder = Reorder::default();
+        let mut out = Vec::new();
+        reorder.push(1, rejected(1), &mut out);
+        reorder.push(2, rejected(2), &mut out);
+        assert!(out.is_empty(), "1 and 2 wait for 0");
+        reorder.push(0, rejected(0), &mut out);
+        reorder.push(4, rejected(4), &mut out);
+        assert_eq!(payloads(&out), [0, 1, 2]);
+        reorder.push(3, rejected(3), &mut out);
+        assert_eq!(payloads(&out), [0, 1, 2, 3, 4]);
+        assert!(reorder.waiting.is_empty());
+        reorder.push(6, rejected(6), &mut out);
+        assert_eq!(payloads(&reorder.drain()), [6], "shutdown takes what still waits");
     }
 }

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use doorstep_hub::config::{Config, DEFAULT_CONFIG};
 use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
-use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_hub::store::{LiveStatus, Store, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
 
 /// Where the hub looks for its configuration by default.
@@ -183,11 +183,19 @@ fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
             writeln!(out, "added {}/{} key {} ({})", record.fleet, record.device, record.key_id, record.key)?;
         }
         DeviceCommand::List => {
-            writeln!(out, "{:<16} {:<24} {:<8} {:<16} public key", "fleet", "device", "status", "key id")?;
+            writeln!(
+                out,
+                "{:<16} {:<24} {:<8} {:<8} {:<10} {:>6} {:<34} {:<16} public key",
+                "fleet", "device", "status", "link", "agent", "outbox", "last position", "key id"
+            )?;
+            let live = store.live_statuses()?;
+            let now = now_ms();
             for d in store.devices()? {
+                let status = live.get(&d.device).cloned().unwrap_or_default();
+                let (link, agent, outbox, position) = live_columns(&status, now);
                 writeln!(
                     out,
-                    "{:<16} {:<24} {:<8} {:<16} {}",
+                    "{:<16} {:<24} {:<8} {link:<8} {agent:<10} {outbox:>6} {position:<34} {:<16} {}",
                     d.fleet,
                     d.device,
                     d.status.as_str(),
@@ -205,6 +213,40 @@ fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `device list` columns from what a van last said on its `state` and `pos` topics:
+/// link (online, offline, or `-` before its first state message), agent version, outbox
+/// depth when it came online, and the newest live position with its age.
+fn live_columns(status: &LiveStatus, now_ms: i64) -> (String, String, String, String) {
+    let link = match status.online {
+        Some(true) => "online",
+        Some(false) => "offline",
+        None => "-",
+    };
+    let agent = status.agent_version.clone().unwrap_or_else(|| "-".into());
+    let outbox = status.outbox_depth.map_or_else(|| "-".into(), |d| d.to_string());
+    let position = match status.position {
+        Some(p) => format!(
+            "{:.5},{:.5} {} ago",
+            f64::from(p.lat_e7) / 1e7,
+            f64::from(p.lon_e7) / 1e7,
+            age(now_ms.saturating_sub(p.utc_ms))
+        ),
+        None => "-".into(),
+    };
+    (link.into(), agent, outbox, position)
+}
+
+/// A short age: `42s`, `17m`, `5h`, `3d`.
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
 
 fn serve(config_path: &Path) -> anyhow::Result<()> {
@@ -236,5 +278,35 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use doorstep_hub::store::LivePosition;
+
+    #[test]
+    fn device_list_shows_link_agent_outbox_and_the_age_of_the_last_position() {
+        let never = live_columns(&LiveStatus::default(), 0);
+        assert_eq!(never, ("-".into(), "-".into(), "-".into(), "-".into()));
+        let status = LiveStatus {
+            online: Some(true),
+            agent_version: Some("0.1.0".into()),
+            outbox_depth: Some(3),
+            state_ms: Some(1_000),
+            position: Some(LivePosition {
+                utc_ms: 1_000,
+                lat_e7: 473_700_000,
+                lon_e7: 85_400_000,
+                accuracy_dm: None,
+                received_ms: 1_000,
+            }),
+        };
+        let (link, agent, outbox, position) = live_columns(&status, 1_000 + 125_000);
+        assert_eq!((link.as_str(), agent.as_str(), outbox.as_str()), ("online", "0.1.0", "3"));
+        assert_eq!(position, "47.37000,8.54000 2m ago");
+        assert_eq!(age(59_999), "59s");
+        assert_eq!(age(3 * 86_400_000), "3d");
     }
 }

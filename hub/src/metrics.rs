@@ -38,6 +38,12 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "Event time to commit, last batch's oldest event, milliseconds.",
     ),
+    (
+        "doorstep_hub_device_status_total",
+        "counter",
+        "Retained device state and live position messages by channel (state, pos), outcome and reason.",
+    ),
+    ("doorstep_hub_devices_online", "gauge", "Active devices whose last state message said online."),
     ("doorstep_hub_queue_depth", "gauge", "Items waiting, by queue."),
     ("doorstep_hub_mqtt_connected", "gauge", "1 while the hub's broker session is up."),
 ];
@@ -49,13 +55,23 @@ pub struct Metrics {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
+    // One allocation: ingest calls this for every batch and every verifier flush.
+    let mut out = String::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let _ = write!(out, "{k}=\"{v}\"");
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
     out
 }
@@ -84,6 +100,11 @@ impl Metrics {
         self.add("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)], 1);
     }
 
+    /// `n` device messages with the same outcome and reason (a committed batch's count).
+    pub fn ingest_count(&self, outcome: &str, reason: &str, n: i64) {
+        self.add("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)], n);
+    }
+
     /// Sum of ingest counters with this outcome, over all reasons.
     pub fn ingest_outcome_total(&self, outcome: &str) -> i64 {
         let prefix = format!("outcome=\"{outcome}\"");
@@ -93,6 +114,16 @@ impl Metrics {
             .filter(|((n, l), _)| *n == "doorstep_hub_ingest_total" && l.starts_with(&prefix))
             .map(|(_, v)| *v)
             .sum()
+    }
+
+    /// A device's retained state or live position: `outcome` is stored, stale (an older
+    /// position than the one held) or rejected.
+    pub fn device_status(&self, channel: &str, outcome: &str, reason: &str) {
+        self.add(
+            "doorstep_hub_device_status_total",
+            &[("channel", channel), ("outcome", outcome), ("reason", reason)],
+            1,
+        );
     }
 
     /// An ack published.
@@ -178,6 +209,7 @@ impl Metrics {
         self.set("doorstep_hub_queue_depth", &[("queue", "ops_alerts_unsent")], depths.alerts_unsent);
         self.set("doorstep_hub_queue_depth", &[("queue", "reconcile_wakeups")], depths.wakeups);
         self.set("doorstep_hub_queue_depth", &[("queue", "photos_partial")], depths.photos_partial);
+        self.set("doorstep_hub_devices_online", &[], depths.devices_online);
     }
 
     /// Everything, in the Prometheus text exposition format (version 0.0.4).

@@ -38,6 +38,25 @@ pub enum CanonicalStatus {
     Unknown,
 }
 
+impl CanonicalStatus {
+    /// The snake_case name, as serialized (`out_for_delivery`), without building JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanonicalStatus::LabelCreated => "label_created",
+            CanonicalStatus::Accepted => "accepted",
+            CanonicalStatus::InTransit => "in_transit",
+            CanonicalStatus::OutForDelivery => "out_for_delivery",
+            CanonicalStatus::AttemptFailed => "attempt_failed",
+            CanonicalStatus::AvailableForPickup => "available_for_pickup",
+            CanonicalStatus::Delivered => "delivered",
+            CanonicalStatus::Exception => "exception",
+            CanonicalStatus::Returning => "returning",
+            CanonicalStatus::CancelledOrExpired => "cancelled_or_expired",
+            CanonicalStatus::Unknown => "unknown",
+        }
+    }
+}
+
 /// Which carrier integration an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +102,18 @@ pub enum DeviceSignalKind {
     DeliveredAwayFromAddress,
     /// The driver reported a failed delivery.
     DriverException,
+}
+
+impl DeviceSignalKind {
+    /// The snake_case name, as serialized (`delivered_at_address`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceSignalKind::Nearby => "nearby",
+            DeviceSignalKind::DeliveredAtAddress => "delivered_at_address",
+            DeviceSignalKind::DeliveredAwayFromAddress => "delivered_away_from_address",
+            DeviceSignalKind::DriverException => "driver_exception",
+        }
+    }
 }
 
 /// One device fact about one parcel, from a verified envelope.
@@ -150,4 +181,37 @@ pub enum Action {
         /// When, ms since the Unix epoch.
         at_ms: i64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(value: T) -> String {
+        serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    #[test]
+    fn names_match_their_serialized_form() {
+        use CanonicalStatus::*;
+        for status in [
+            LabelCreated,
+            Accepted,
+            InTransit,
+            OutForDelivery,
+            AttemptFailed,
+            AvailableForPickup,
+            Delivered,
+            Exception,
+            Returning,
+            CancelledOrExpired,
+            Unknown,
+        ] {
+            assert_eq!(status.as_str(), serde_name(status));
+        }
+        use DeviceSignalKind::*;
+        for kind in [Nearby, DeliveredAtAddress, DeliveredAwayFromAddress, DriverException] {
+            assert_eq!(kind.as_str(), serde_name(kind));
+        }
+    }
 }

@@ -54,6 +54,7 @@ pub async fn serve(
         crate::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))
             .context("starting the notification dispatcher")?;
     dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
+    ingest.wake_dispatcher_with(dispatcher.waker());
     let notify_cancel = tokio_util::sync::CancellationToken::new();
     let notify_task = dispatcher.clone().spawn(notify_cancel.clone());
     let app = crate::http::router(state, crate::notify::page::router(dispatcher.state()));

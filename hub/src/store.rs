@@ -26,14 +26,30 @@ use crate::model::Milestone;
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another writer before failing (another hub process,
 /// the `device` CLI running beside `serve`).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements kept per connection. Ingest runs about fifteen distinct
+/// statements per batch; rusqlite's default of 16 let them evict each other, so SQLite
+/// parsed and planned statements again for every event.
+pub const STATEMENT_CACHE: usize = 64;
+
+/// SQLite page cache per connection, KiB (SQLite's default is 2 MiB). The event-id and
+/// timeline indexes are touched at random places; with the default the writer re-read
+/// their pages from the OS on almost every insert.
+pub const PAGE_CACHE_KIB: i64 = 64 * 1024;
+
+/// WAL pages written before a commit copies them back into the database file (SQLite's
+/// default is 1000). Ingest rewrites the same hot index pages in every batch; one
+/// checkpoint per several batches copies each of them once instead of once per batch.
+pub const WAL_CHECKPOINT_PAGES: i64 = 8192;
+
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     device      TEXT PRIMARY KEY,
     fleet       TEXT NOT NULL,
@@ -181,7 +197,31 @@ CREATE TABLE ops_alerts (
     sent         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (shipment_id, code)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE device_gaps (
+    device       TEXT NOT NULL,
+    first_seq    INTEGER NOT NULL,
+    last_seq     INTEGER NOT NULL,
+    event_id     TEXT NOT NULL,
+    envelope     BLOB NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    PRIMARY KEY (device, first_seq, last_seq)
+);
+CREATE TABLE device_status (
+    device           TEXT PRIMARY KEY,
+    online           INTEGER,
+    agent_version    TEXT,
+    outbox_depth     INTEGER,
+    state_ms         INTEGER,
+    pos_utc_ms       INTEGER,
+    pos_lat_e7       INTEGER,
+    pos_lon_e7       INTEGER,
+    pos_accuracy_dm  INTEGER,
+    pos_ms           INTEGER
+);
+"#,
+];
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +317,36 @@ pub struct NewEvent<'a> {
     pub envelope: &'a [u8],
     /// Hub time of arrival.
     pub received_ms: i64,
+}
+
+/// A verified gap notice: the device evicted the position samples `first_seq..=last_seq`
+/// from a full outbox, so the ones the hub lacks will never come.
+#[derive(Debug, Clone, Copy)]
+pub struct NewGap<'a> {
+    /// The signing device.
+    pub device: &'a DeviceId,
+    /// The first evicted seq (the notice travels at it).
+    pub first_seq: u64,
+    /// The last evicted seq.
+    pub last_seq: u64,
+    /// The notice's event id, hex.
+    pub event_id: &'a str,
+    /// The exact signed bytes of the notice: the hub's evidence for acknowledging past
+    /// the hole.
+    pub envelope: &'a [u8],
+    /// Hub time of arrival.
+    pub received_ms: i64,
+}
+
+/// What applying a gap notice did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapApplied {
+    /// False when the same notice was applied before (a redelivery): nothing changed.
+    pub new: bool,
+    /// Stored events in the range that are neither position samples nor gap notices. A
+    /// well-behaved agent never evicts a confirmation, so a non-zero count means the
+    /// notice and the stored events disagree; the stored confirmations stay stored.
+    pub confirmations_in_range: u64,
 }
 
 /// What storing an event did.
@@ -440,6 +510,37 @@ pub struct PhotoRecord {
     pub verified: bool,
 }
 
+/// What a device last said about itself on its retained `state` and `pos` topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveStatus {
+    /// The device's MQTT session is up (its online state, or its last will said offline);
+    /// `None` until a state message arrived.
+    pub online: Option<bool>,
+    /// The agent version it reported when it last came online.
+    pub agent_version: Option<String>,
+    /// Events waiting in its outbox when it last came online.
+    pub outbox_depth: Option<u64>,
+    /// Hub time of the last state message, ms since the Unix epoch.
+    pub state_ms: Option<i64>,
+    /// The newest live position, signed by the device.
+    pub position: Option<LivePosition>,
+}
+
+/// A device's newest live position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivePosition {
+    /// GNSS UTC time of the fix, ms since the Unix epoch.
+    pub utc_ms: i64,
+    /// Latitude, degrees × 10⁷.
+    pub lat_e7: i32,
+    /// Longitude, degrees × 10⁷.
+    pub lon_e7: i32,
+    /// Horizontal uncertainty, decimetres, when known.
+    pub accuracy_dm: Option<u16>,
+    /// Hub time it arrived.
+    pub received_ms: i64,
+}
+
 /// Queue depths for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueDepths {
@@ -451,6 +552,8 @@ pub struct QueueDepths {
     pub wakeups: i64,
     /// Photos being reassembled (distinct device, hash).
     pub photos_partial: i64,
+    /// Registered, active devices whose last state message said online.
+    pub devices_online: i64,
 }
 
 /// Options for opening the store.
@@ -458,6 +561,15 @@ pub struct QueueDepths {
 pub struct StoreOptions {
     /// `synchronous = FULL`: a commit survives power loss, not only a process crash.
     /// Acks are published after commit, so FULL is what makes an ack a promise.
+    ///
+    /// WAL with `NORMAL` looks tempting (an agent re-sends everything above its last ack,
+    /// so a crash loses nothing unacked), but it does not hold for what *was* acked:
+    /// under NORMAL a WAL commit reaches the disk only at the next checkpoint, so a power
+    /// cut or kernel crash after the ack can undo a commit whose events the agent has
+    /// already deleted on the strength of that ack. NORMAL would be safe only if acks
+    /// waited for the next sync, which is FULL with extra steps. FULL costs one fsync per
+    /// transaction; ingest batches up to `batch_max` events per transaction, so the cost
+    /// is shared by the batch.
     pub full_sync: bool,
 }
 
@@ -498,6 +610,13 @@ impl Store {
 
     fn setup(mut conn: Connection, options: StoreOptions) -> Result<Self, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // One plan per statement, whatever is bound. Without it SQLite (built with STAT4)
+        // marks some statements to be planned again whenever a bound value changes, and
+        // re-parsed `stop_parcels` on every "nearby" event (seen in the ingest profile).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if options.full_sync { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -632,12 +751,12 @@ impl Store {
 
     /// A shipment by row id.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, "id = ?1", rusqlite::types::Value::Integer(id))
+        shipment_where(&self.conn, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
     }
 
     /// A shipment by tracking number.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, "tracking_number = ?1", rusqlite::types::Value::Text(tracking.to_string()))
+        shipment_where(&self.conn, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
     }
 
     /// A shipment's timeline, oldest first.
@@ -720,6 +839,50 @@ impl Store {
             .optional()?)
     }
 
+    /// What every device last said on its `state` and `pos` topics, by device.
+    pub fn live_statuses(&self) -> Result<BTreeMap<DeviceId, LiveStatus>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT device, online, agent_version, outbox_depth, state_ms, pos_utc_ms, pos_lat_e7, pos_lon_e7,
+                    pos_accuracy_dm, pos_ms FROM device_status",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let device = DeviceId::new(r.get::<_, String>(0)?).map_err(|e| corrupt("device id", e))?;
+            let position = match (r.get::<_, Option<i64>>(5)?, r.get(6)?, r.get(7)?, r.get(9)?) {
+                (Some(utc_ms), Some(lat_e7), Some(lon_e7), Some(received_ms)) => {
+                    Some(LivePosition { utc_ms, lat_e7, lon_e7, accuracy_dm: r.get(8)?, received_ms })
+                }
+                _ => None,
+            };
+            let status = LiveStatus {
+                online: r.get(1)?,
+                agent_version: r.get(2)?,
+                outbox_depth: r.get::<_, Option<i64>>(3)?.and_then(|d| u64::try_from(d).ok()),
+                state_ms: r.get(4)?,
+                position,
+            };
+            out.insert(device, status);
+        }
+        Ok(out)
+    }
+
+    /// The gap notices applied for a device: (first seq, last seq), ascending.
+    pub fn gap_notices(&self, device: &DeviceId) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_seq, last_seq FROM device_gaps WHERE device = ?1 ORDER BY first_seq, last_seq",
+        )?;
+        let rows = stmt.query_map([device.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (first, last) = row?;
+            let first = u64::try_from(first).map_err(|e| corrupt("gap seq", e))?;
+            let last = u64::try_from(last).map_err(|e| corrupt("gap seq", e))?;
+            out.push((first, last));
+        }
+        Ok(out)
+    }
+
     /// The device's acknowledged high-water mark.
     pub fn ack_high_water(&self, device: &DeviceId) -> Result<u64, StoreError> {
         ack_high_water(&self.conn, device)
@@ -791,6 +954,12 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
+        depths.devices_online = self.conn.query_row(
+            "SELECT count(*) FROM device_status s JOIN devices d ON d.device = s.device
+             WHERE s.online = 1 AND d.status = 'active'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(depths)
     }
 
@@ -822,7 +991,8 @@ fn seq_param(seq: u64) -> Result<i64, StoreError> {
 
 fn ack_high_water(conn: &Connection, device: &DeviceId) -> Result<u64, StoreError> {
     let n: Option<i64> = conn
-        .query_row("SELECT up_to_seq FROM device_acks WHERE device = ?1", [device.as_str()], |r| r.get(0))
+        .prepare_cached("SELECT up_to_seq FROM device_acks WHERE device = ?1")?
+        .query_row([device.as_str()], |r| r.get(0))
         .optional()?;
     Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
 }
@@ -851,17 +1021,31 @@ fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
 type ShipmentRow =
     (i64, String, Option<String>, Option<String>, String, String, String, String, Option<String>, i64);
 
+/// The two ways a shipment is looked up, as whole statements so the statement cache finds
+/// them without building the SQL text on every event.
+#[derive(Debug, Clone, Copy)]
+enum ShipmentKey {
+    Id,
+    Tracking,
+}
+
 fn shipment_where(
     conn: &Connection,
-    clause: &str,
+    key: ShipmentKey,
     value: rusqlite::types::Value,
 ) -> Result<Option<Shipment>, StoreError> {
-    let sql = format!(
-        "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
-                reconcile_state, created_ms FROM shipments WHERE {clause}"
-    );
+    let sql = match key {
+        ShipmentKey::Id => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms FROM shipments WHERE id = ?1"
+        }
+        ShipmentKey::Tracking => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms FROM shipments WHERE tracking_number = ?1"
+        }
+    };
     let row: Option<ShipmentRow> = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(sql)?
         .query_row([value], |r| {
             Ok((
                 r.get(0)?,
@@ -967,18 +1151,49 @@ impl StoreTx<'_> {
         })
     }
 
+    /// Records a verified gap notice (idempotent: applying it twice changes nothing).
+    /// [`StoreTx::advance_ack`] then moves past the seqs it covers.
+    pub fn apply_gap(&self, gap: &NewGap<'_>) -> Result<GapApplied, StoreError> {
+        let (first, last) = (seq_param(gap.first_seq)?, seq_param(gap.last_seq)?);
+        if last < first {
+            return Err(corrupt("gap notice", format!("seq {} ends before it starts", gap.first_seq)));
+        }
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO device_gaps (device, first_seq, last_seq, event_id, envelope, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![gap.device.as_str(), first, last, gap.event_id, gap.envelope, gap.received_ms])?;
+        let confirmations: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT count(*) FROM events WHERE device = ?1 AND seq BETWEEN ?2 AND ?3
+                 AND kind NOT IN ('position', 'gap')",
+            )?
+            .query_row(params![gap.device.as_str(), first, last], |r| r.get(0))?;
+        Ok(GapApplied {
+            new: inserted == 1,
+            confirmations_in_range: u64::try_from(confirmations).unwrap_or(0),
+        })
+    }
+
     /// Moves the device's contiguous high-water mark over every stored seq that follows
-    /// it without a gap, records it, and returns it: the `up_to_seq` of the next ack.
+    /// it without a gap, and over every seq a gap notice covers, records it, and returns
+    /// it: the `up_to_seq` of the next ack.
     pub fn advance_ack(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) -> Result<u64, StoreError> {
         let start = ack_high_water(&self.tx, device)?;
         let mut high = start;
         {
-            let mut stmt = self.tx.prepare_cached(
+            let mut stored = self.tx.prepare_cached(
                 "SELECT seq FROM events WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT 4096",
+            )?;
+            let mut covered = self.tx.prepare_cached(
+                "SELECT max(last_seq) FROM device_gaps WHERE device = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
             )?;
             loop {
                 let before = high;
-                let mut rows = stmt.query(params![device.as_str(), seq_param(high)?])?;
+                let mut rows = stored.query(params![device.as_str(), seq_param(high)?])?;
                 while let Some(row) = rows.next()? {
                     let seq: i64 = row.get(0)?;
                     if u64::try_from(seq).ok() != Some(high + 1) {
@@ -986,9 +1201,17 @@ impl StoreTx<'_> {
                     }
                     high += 1;
                 }
-                // Fewer than a page advanced: a gap or the end.
-                if high - before < 4096 {
-                    break;
+                // A whole page advanced: there may be more stored seqs right after it.
+                if high - before == 4096 {
+                    continue;
+                }
+                // `high + 1` is missing. The device may have said it never will come.
+                let Some(next) = high.checked_add(1).filter(|n| i64::try_from(*n).is_ok()) else { break };
+                let last: Option<i64> =
+                    covered.query_row(params![device.as_str(), seq_param(next)?], |r| r.get(0))?;
+                match last.and_then(|l| u64::try_from(l).ok()) {
+                    Some(last) if last >= next => high = last,
+                    _ => break,
                 }
             }
         }
@@ -1001,6 +1224,60 @@ impl StoreTx<'_> {
                 .execute(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms])?;
         }
         Ok(high)
+    }
+
+    /// The fleet of a registered, active device (whatever its key), or `None`.
+    pub fn active_fleet(&self, device: &DeviceId) -> Result<Option<FleetId>, StoreError> {
+        let row: Option<String> = self
+            .tx
+            .prepare_cached("SELECT fleet FROM devices WHERE device = ?1 AND status = 'active'")?
+            .query_row([device.as_str()], |r| r.get(0))
+            .optional()?;
+        row.map(|f| FleetId::new(f).map_err(|e| corrupt("fleet id", e))).transpose()
+    }
+
+    /// Records a device's retained state (online with its agent version and outbox depth,
+    /// or offline from its last will). An offline message carries neither, so the last
+    /// known version and depth stay.
+    pub fn set_device_state(
+        &self,
+        device: &DeviceId,
+        state: &doorstep_proto::state::DeviceState,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let depth = state.outbox_depth.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+        self.tx
+            .prepare_cached(
+                "INSERT INTO device_status (device, online, agent_version, outbox_depth, state_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device) DO UPDATE SET online = ?2,
+                     agent_version = coalesce(?3, agent_version), outbox_depth = coalesce(?4, outbox_depth),
+                     state_ms = ?5",
+            )?
+            .execute(params![device.as_str(), state.online, state.agent_version, depth, now_ms])?;
+        Ok(())
+    }
+
+    /// Records a device's live position unless a newer one (by GNSS time) is already
+    /// stored: a retained message redelivered after a restart never moves a van back.
+    /// Returns whether it was newer.
+    pub fn set_live_position(
+        &self,
+        device: &DeviceId,
+        fix: &doorstep_proto::FixEvidence,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO device_status (device, pos_utc_ms, pos_lat_e7, pos_lon_e7, pos_accuracy_dm, pos_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device) DO UPDATE SET pos_utc_ms = ?2, pos_lat_e7 = ?3, pos_lon_e7 = ?4,
+                     pos_accuracy_dm = ?5, pos_ms = ?6
+                 WHERE pos_utc_ms IS NULL OR pos_utc_ms < ?2",
+            )?
+            .execute(params![device.as_str(), fix.utc_ms, fix.lat_e7, fix.lon_e7, fix.accuracy_dm, now_ms])?;
+        Ok(n == 1)
     }
 
     /// Counts a rejected input in the persistent counters.
@@ -1041,12 +1318,12 @@ impl StoreTx<'_> {
 
     /// A shipment by tracking number, read inside this transaction.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, "tracking_number = ?1", rusqlite::types::Value::Text(tracking.to_string()))
+        shipment_where(&self.tx, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
     }
 
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, "id = ?1", rusqlite::types::Value::Integer(id))
+        shipment_where(&self.tx, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
     }
 
     /// Saves the reconciler's result for a shipment (state as a JSON value).
@@ -1085,11 +1362,24 @@ impl StoreTx<'_> {
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.add_timeline_json(shipment_id, occurred_ms, source, kind, &detail.to_string())
+    }
+
+    /// Adds an entry to a shipment's timeline whose detail is already JSON text (what
+    /// ingest writes for every device signal, without building a JSON tree first).
+    pub fn add_timeline_json(
+        &self,
+        shipment_id: i64,
+        occurred_ms: i64,
+        source: &str,
+        kind: &str,
+        detail_json: &str,
+    ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO timeline (shipment_id, occurred_ms, source, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![shipment_id, occurred_ms, source, kind, detail.to_string()])?;
+            .execute(params![shipment_id, occurred_ms, source, kind, detail_json])?;
         Ok(())
     }
 
@@ -1430,6 +1720,116 @@ mod tests {
         assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 4);
         tx.commit().expect("commit");
         assert_eq!(store.ack_high_water(&van).expect("hw"), 4);
+    }
+
+    fn sample<'a>(d: &'a DeviceId, seq: u64, id: &'a str) -> NewEvent<'a> {
+        NewEvent { kind: "position", ..event(d, seq, id) }
+    }
+
+    fn gap<'a>(d: &'a DeviceId, first_seq: u64, last_seq: u64, id: &'a str) -> NewGap<'a> {
+        NewGap { device: d, first_seq, last_seq, event_id: id, envelope: b"signed", received_ms: 3 }
+    }
+
+    #[test]
+    fn the_ack_moves_past_seqs_a_gap_notice_covers() {
+        let mut store = Store::open_in_memory().expect("open");
+        let van = device("van-1");
+        let fleet = FleetId::new("acme").expect("fleet");
+        let tx = store.transaction().expect("tx");
+        for (seq, id) in [(1, "a"), (2, "b")] {
+            tx.insert_event(&sample(&van, seq, id)).expect("insert");
+        }
+        // Samples 3..=6 were evicted; the notice travels at seq 3. Seq 7 arrived already.
+        tx.insert_event(&NewEvent { kind: "gap", ..event(&van, 3, "g") }).expect("insert");
+        tx.insert_event(&event(&van, 7, "h")).expect("insert");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 3, "the notice's own seq; not applied yet");
+        let applied = tx.apply_gap(&gap(&van, 3, 6, "g")).expect("gap");
+        assert_eq!(applied, GapApplied { new: true, confirmations_in_range: 0 });
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 7);
+        // Applying it again changes nothing.
+        assert!(!tx.apply_gap(&gap(&van, 3, 6, "g")).expect("gap").new);
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 7);
+        tx.commit().expect("commit");
+        assert_eq!(store.ack_high_water(&van).expect("hw"), 7);
+        assert_eq!(store.gap_notices(&van).expect("gaps"), vec![(3, 6)]);
+    }
+
+    #[test]
+    fn a_gap_notice_over_a_stored_sample_still_moves_the_ack() {
+        let mut store = Store::open_in_memory().expect("open");
+        let van = device("van-1");
+        let fleet = FleetId::new("acme").expect("fleet");
+        let tx = store.transaction().expect("tx");
+        for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            tx.insert_event(&sample(&van, seq, id)).expect("insert");
+        }
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 3);
+        // Sample 3 arrived, then the agent evicted 3..=5 before it saw the ack: the notice
+        // at seq 3 conflicts with the stored sample, and is applied all the same.
+        let notice = NewEvent { kind: "gap", ..event(&van, 3, "g") };
+        assert_eq!(tx.insert_event(&notice).expect("insert"), EventInsert::SeqConflict);
+        tx.apply_gap(&gap(&van, 3, 5, "g")).expect("gap");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 5);
+        tx.insert_event(&event(&van, 6, "f")).expect("insert");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 6);
+    }
+
+    #[test]
+    fn a_gap_notice_never_skips_a_hole_before_it() {
+        let mut store = Store::open_in_memory().expect("open");
+        let van = device("van-1");
+        let other = device("van-2");
+        let fleet = FleetId::new("acme").expect("fleet");
+        let tx = store.transaction().expect("tx");
+        tx.insert_event(&event(&van, 1, "a")).expect("insert");
+        // Seq 2 (a confirmation still on its way) is missing; samples 3..=5 were evicted.
+        tx.apply_gap(&gap(&van, 3, 5, "g")).expect("gap");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 1);
+        tx.insert_event(&event(&van, 2, "b")).expect("insert");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 5);
+        // Another device's notice is not this one's.
+        tx.apply_gap(&gap(&other, 1, 100, "o")).expect("gap");
+        assert_eq!(tx.advance_ack(&fleet, &van, 0).expect("ack"), 5);
+    }
+
+    #[test]
+    fn a_gap_notice_over_stored_confirmations_says_so() {
+        let mut store = Store::open_in_memory().expect("open");
+        let van = device("van-1");
+        let tx = store.transaction().expect("tx");
+        tx.insert_event(&sample(&van, 1, "a")).expect("insert");
+        tx.insert_event(&event(&van, 2, "b")).expect("insert");
+        let applied = tx.apply_gap(&gap(&van, 1, 3, "g")).expect("gap");
+        assert_eq!(applied.confirmations_in_range, 1);
+    }
+
+    #[test]
+    fn live_state_and_position_keep_the_newest() {
+        use doorstep_proto::FixEvidence;
+        use doorstep_proto::state::DeviceState;
+        let mut store = Store::open_in_memory().expect("open");
+        let fleet = FleetId::new("acme").expect("fleet");
+        let van = device("van-1");
+        store.add_device(&fleet, &van, &key(1), false, 0).expect("add");
+        let tx = store.transaction().expect("tx");
+        assert_eq!(tx.active_fleet(&van).expect("fleet"), Some(fleet.clone()));
+        tx.set_device_state(&van, &DeviceState::online("0.1.0", 12), 10).expect("state");
+        assert!(tx.set_live_position(&van, &FixEvidence::new(2_000, 47.0, 8.0), 11).expect("pos"));
+        assert!(!tx.set_live_position(&van, &FixEvidence::new(1_000, 46.0, 7.0), 12).expect("pos"), "older");
+        tx.commit().expect("commit");
+        assert_eq!(store.queue_depths().expect("depths").devices_online, 1);
+
+        let tx = store.transaction().expect("tx");
+        tx.set_device_state(&van, &DeviceState::offline(), 20).expect("state");
+        tx.commit().expect("commit");
+        let status = &store.live_statuses().expect("statuses")[&van];
+        assert_eq!(status.online, Some(false));
+        assert_eq!(status.agent_version.as_deref(), Some("0.1.0"), "the will keeps the last version");
+        assert_eq!(status.outbox_depth, Some(12));
+        assert_eq!(status.state_ms, Some(20));
+        let position = status.position.expect("position");
+        assert_eq!((position.utc_ms, position.lat_e7, position.received_ms), (2_000, 470_000_000, 11));
+        assert_eq!(store.queue_depths().expect("depths").devices_online, 0);
     }
 
     #[test]

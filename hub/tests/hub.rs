@@ -326,3 +326,273 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     assert!(metrics.contains("carrier=\"aftership\",outcome=\"rejected\""), "{metrics}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_notice_moves_the_ack_past_evicted_samples_even_over_a_stored_one() {
+    use doorstep_proto::Gap;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-gap", hub_key().public_key()).await;
+
+    // Sample 3 reaches the hub just before a dead zone; the full outbox then evicts
+    // samples 3..=10, and what the van decides afterwards (11, 12) arrives first.
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, nearby(1, "s1"))).await;
+    for seq in 2..=3u64 {
+        fleet
+            .publish(&evt_topic(&van), seal(&van_key, &van, seq, position(u32::try_from(seq).unwrap())))
+            .await;
+    }
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 11, nearby(11, "s2"))).await;
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 12, position(12))).await;
+    assert!(hub.wait_for(WAIT, |m| m.ingest_outcome_total("stored") == 5).await);
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&3)).await);
+    assert_eq!(fleet.acked(&van), 3, "the hub waits for 4..=10");
+
+    // The notice travels at seq 3 with its own event id: the hub holds a sample there.
+    let notice = seal_with_id(&van_key, &van, 3, [0x6a; 16], Event::Gap(Gap { first_seq: 3, last_seq: 10 }));
+    fleet.publish(&evt_topic(&van), notice.clone()).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&12)).await, "acked {}", fleet.acked(&van));
+
+    // Redelivered, it is acked again and changes nothing.
+    let before = fleet.ack_count(&van);
+    fleet.publish(&evt_topic(&van), notice).await;
+    assert!(fleet.wait_for(WAIT, |i| i.ack_count.get(&van).copied().unwrap_or(0) > before).await);
+    assert_eq!(fleet.acked(&van), 12);
+    let reason = "doorstep_hub_ingest_total";
+    assert_eq!(hub.metrics.get(reason, &[("outcome", "duplicate"), ("reason", "gap_over_stored_seq")]), 2);
+    assert_eq!(hub.metrics.ingest_outcome_total("rejected"), 0);
+
+    hub.stop().await;
+    let store = open(&db);
+    assert_eq!(store.event_seqs(&van).unwrap(), vec![1, 2, 3, 11, 12], "the stored sample stays");
+    assert_eq!(store.gap_notices(&van).unwrap(), vec![(3, 10)]);
+    assert_eq!(store.ack_high_water(&van).unwrap(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
+    use doorstep_proto::state::DeviceState;
+    use rumqttc::QoS;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-live", hub_key().public_key()).await;
+    let state_topic = format!("doorstep/v1/acme/{van}/state");
+    let pos_topic = format!("doorstep/v1/acme/{van}/pos");
+    let live = |utc_ms: i64, signer: &doorstep_proto::SigningKey| {
+        let fix = FixEvidence::new(utc_ms, 47.37, 8.54);
+        seal_with_id(signer, &van, 0, [7; 16], Event::Position(fix))
+    };
+    let publish = |topic: &str, qos: QoS, payload: Vec<u8>| {
+        let (client, topic) = (fleet.client.clone(), topic.to_owned());
+        async move { client.publish(topic, qos, true, payload).await.unwrap() }
+    };
+
+    publish(&state_topic, QoS::AtLeastOnce, DeviceState::online("0.3.1", 7).to_bytes()).await;
+    publish(&pos_topic, QoS::AtMostOnce, live(1_767_225_700_000, &van_key)).await;
+    // An older fix after it, and one signed by a key the hub does not know.
+    publish(&pos_topic, QoS::AtMostOnce, live(1_767_225_600_000, &van_key)).await;
+    publish(&pos_topic, QoS::AtMostOnce, live(1_767_225_800_000, &key(9))).await;
+    let counted = |m: &doorstep_hub::metrics::Metrics, channel: &str, outcome: &str, reason: &str| {
+        m.get(
+            "doorstep_hub_device_status_total",
+            &[("channel", channel), ("outcome", outcome), ("reason", reason)],
+        )
+    };
+    assert!(
+        hub.wait_for(WAIT, |m| {
+            counted(m, "state", "stored", "ok") == 1
+                && counted(m, "pos", "stored", "ok") == 1
+                && counted(m, "pos", "stale", "ok") == 1
+                && counted(m, "pos", "rejected", "unknown_device") == 1
+        })
+        .await,
+        "{}",
+        hub.metrics.render()
+    );
+    let metrics = http().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("doorstep_hub_devices_online 1"), "{metrics}");
+
+    // The broker's last will: offline.
+    publish(&state_topic, QoS::AtLeastOnce, DeviceState::offline().to_bytes()).await;
+    assert!(hub.wait_for(WAIT, |m| counted(m, "state", "stored", "ok") == 2).await);
+    let metrics = http().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("doorstep_hub_devices_online 0"), "{metrics}");
+    assert_eq!(hub.metrics.ingest_outcome_total("stored"), 0, "neither is an event");
+
+    hub.stop().await;
+    let status = open(&db).live_statuses().unwrap().remove(&van).unwrap();
+    assert_eq!(status.online, Some(false));
+    assert_eq!(status.agent_version.as_deref(), Some("0.3.1"));
+    assert_eq!(status.outbox_depth, Some(7));
+    let position = status.position.unwrap();
+    assert_eq!(
+        (position.utc_ms, position.lat_e7, position.lon_e7),
+        (1_767_225_700_000, 473_700_000, 85_400_000)
+    );
+}
+
+fn carrier_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/carriers").join(name),
+    )
+    .unwrap()
+}
+
+/// Creates a shipment with a consented email contact through the API.
+async fn create_shipment(hub: &TestHub, tracking: &str, carrier: &str) {
+    let shipment = serde_json::json!({"tracking_number": tracking, "carrier": carrier,
+        "contacts": {"email": "ann@example.com"}, "consent": true});
+    let r = http().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// The timeline entries of a shipment from one source, as the API shows them.
+async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde_json::Value> {
+    let shown: serde_json::Value =
+        http().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap();
+    shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and_stored_once() {
+    use unicode_normalization::UnicodeNormalization as _;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    // EasyPost's client-library fixture: a precomposed secret and the signature it gives.
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&carrier_fixture("easypost_webhook_hmac_fixture.json")).unwrap();
+    let secret = fixture["secret"].as_str().unwrap().to_owned();
+    let signature = fixture["hmac_signature"].as_str().unwrap().to_owned();
+    let secrets =
+        doorstep_hub::config::CarrierSecrets { easypost: Some(secret.clone()), ..Default::default() };
+    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
+    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    let client = http();
+    let post = |body: Vec<u8>, signature: String| {
+        client
+            .post(hub.url("/webhooks/easypost"))
+            .header("X-Hmac-Signature", signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // The fixture's body verifies (signature on the raw bytes, NFKD secret) and is then
+    // refused for its one-character tracking code: a reason, not a stored event.
+    let mut body = carrier_fixture("easypost_tracker_updated_event_body.json");
+    while body.last() == Some(&b'\n') {
+        body.pop();
+    }
+    let r = post(body, signature).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("tracking"));
+
+    // A delivered update for a shipment the hub knows, signed as EasyPost signs.
+    create_shipment(&hub, "EZ4000000004", "usps").await;
+    let body = carrier_fixture("easypost_tracker_updated_landing_page.json");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.nfkd().collect::<String>().as_bytes());
+    let signed = format!("hmac-sha256-hex={}", hex::encode(ring::hmac::sign(&key, &body).as_ref()));
+    let r = post(body.clone(), signed.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "stored");
+    let r = post(body.clone(), signed.clone()).await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "duplicate");
+    let mut tampered = body;
+    tampered.push(b' ');
+    assert_eq!(post(tampered, signed).await.unwrap().status(), 401);
+
+    let entries = timeline_from(&hub, "EZ4000000004", "easypost").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["kind"], "delivered");
+    let metrics = hub.metrics.render();
+    for series in [
+        "carrier=\"easypost\",outcome=\"rejected\",reason=\"bad_tracking_number\"} 1",
+        "carrier=\"easypost\",outcome=\"rejected\",reason=\"bad_signature\"} 1",
+        "carrier=\"easypost\",outcome=\"stored\",reason=\"ok\"} 1",
+        "carrier=\"easypost\",outcome=\"duplicate\",reason=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(series), "missing {series}: {metrics}");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_body() {
+    use base64::Engine as _;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let secrets = doorstep_hub::config::CarrierSecrets {
+        shipengine_keys: Some(std::fs::read_to_string(data.join("shipengine_test_public.pem")).unwrap()),
+        shipengine_key_id: Some("se-key-1".into()),
+        shipengine_window: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
+    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    create_shipment(&hub, "9361269903502070406152", "usps").await;
+
+    let pem = std::fs::read_to_string(data.join("shipengine_test_private_pkcs8.pem")).unwrap();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(
+        &base64::engine::general_purpose::STANDARD.decode(der).unwrap(),
+    )
+    .unwrap();
+    let sign = |timestamp: &str, body: &[u8]| {
+        let mut message = timestamp.as_bytes().to_vec();
+        message.push(b'.');
+        message.extend_from_slice(body);
+        let mut sig = vec![0; pair.public().modulus_len()];
+        let rng = ring::rand::SystemRandom::new();
+        pair.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, &message, &mut sig).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(sig)
+    };
+    let client = http();
+    let post = |body: Vec<u8>, timestamp: String, signature: String| {
+        client
+            .post(hub.url("/webhooks/shipengine"))
+            .header("x-shipengine-rsa-sha256-key-id", "se-key-1")
+            .header("x-shipengine-rsa-sha256-signature", signature)
+            .header("x-shipengine-timestamp", timestamp)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let rfc3339 = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let body = carrier_fixture("shipengine_api_track_webhook_usps_delivered.json");
+
+    let now = rfc3339(time::OffsetDateTime::now_utc());
+    let r = post(body.clone(), now.clone(), sign(&now, &body)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "stored");
+    // A replay from an hour ago, correctly signed, is outside the window.
+    let old = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
+    assert_eq!(post(body.clone(), old.clone(), sign(&old, &body)).await.unwrap().status(), 401);
+    // The signature covers the timestamp: a fresh timestamp on an old signature fails.
+    let later = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(1));
+    assert_eq!(post(body.clone(), later, sign(&old, &body)).await.unwrap().status(), 401);
+
+    let entries = timeline_from(&hub, "9361269903502070406152", "shipengine").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["kind"], "delivered");
+    let metrics = hub.metrics.render();
+    assert!(
+        metrics.contains("carrier=\"shipengine\",outcome=\"rejected\",reason=\"stale_timestamp\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("carrier=\"shipengine\",outcome=\"rejected\",reason=\"bad_signature\"} 1"),
+        "{metrics}"
+    );
+    hub.stop().await;
+}

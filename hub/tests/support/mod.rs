@@ -43,7 +43,8 @@ pub struct Broker {
 
 impl Broker {
     /// Starts a broker (unlimited queues, so a slow hub loses nothing; an in-flight window
-    /// of 2000 per client, well below the hub's `MAX_PENDING`) and
+    /// of 2000 per client, well below the hub's `MAX_PENDING`, though Mosquitto 2.0.11 lets
+    /// far more out once PUBACKs flow: see `MAX_PENDING`) and
     /// waits until it accepts connections. Fails, never skips, when Mosquitto is missing.
     pub async fn start() -> Broker {
         assert!(
@@ -80,6 +81,11 @@ impl Broker {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The broker's process id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
@@ -129,6 +135,17 @@ pub fn seal(key: &SigningKey, device: &DeviceId, seq: u64, event: Event) -> Vec<
     id[8..].copy_from_slice(
         &ring::digest::digest(&ring::digest::SHA256, device.as_str().as_bytes()).as_ref()[..8],
     );
+    seal_with_id(key, device, seq, id, event)
+}
+
+/// A position sample.
+pub fn position(n: u32) -> Event {
+    Event::Position(FixEvidence::new(1_767_225_600_000 + i64::from(n) * 1000, 47.37, 8.54))
+}
+
+/// A sealed envelope with a chosen event id (a second event signed at a seq already used,
+/// as a gap notice replacing an evicted sample is).
+pub fn seal_with_id(key: &SigningKey, device: &DeviceId, seq: u64, id: [u8; 16], event: Event) -> Vec<u8> {
     Envelope {
         device: device.clone(),
         seq,
@@ -265,18 +282,60 @@ pub struct FleetInbox {
     pub refused: Vec<String>,
     /// Subscriptions acknowledged.
     pub subscribed: u64,
+    /// Hub messages read but not yet checked ([`FleetMode::DeferVerify`]).
+    pub unchecked: Vec<Vec<u8>>,
+}
+
+/// How a simulated fleet session treats what the hub sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetMode {
+    /// Subscribe to every ack and route topic and check each message's signature as it
+    /// arrives.
+    Verify,
+    /// Publish only, subscribe to nothing: a van reads its own acks, not the fleet's.
+    PublishOnly,
+    /// Subscribe to every ack topic and read the acks without checking them, keeping the
+    /// bytes for [`SimFleet::verify_deferred`]. The benchmark's collector: a van checks its
+    /// acks on its own CPU, so the check stays off the clock that times the hub, as the
+    /// signing of the events does.
+    DeferVerify,
 }
 
 /// One MQTT session publishing for many devices and reading every ack and route.
 pub struct SimFleet {
     pub client: AsyncClient,
     pub inbox: Arc<Mutex<FleetInbox>>,
+    hub: PublicKey,
     cancel: CancellationToken,
+}
+
+/// A hub message's body, decoded without checking its signature.
+fn decode_unchecked(payload: &[u8]) -> Option<HubMessage> {
+    let header = doorstep_proto::envelope::HEADER_LEN;
+    let end = payload.len().checked_sub(doorstep_proto::key::SIGNATURE_LEN)?;
+    postcard::from_bytes(payload.get(header..end)?).ok()
+}
+
+fn record(inbox: &mut FleetInbox, message: HubMessage) {
+    match message {
+        HubMessage::Ack(ack) => {
+            let high = inbox.acked.entry(ack.device.clone()).or_insert(0);
+            *high = (*high).max(ack.up_to_seq);
+            *inbox.ack_count.entry(ack.device).or_insert(0) += 1;
+        }
+        HubMessage::BlobAck(ack) => inbox.blob_acks.push(ack),
+        HubMessage::Route(route) => inbox.routes.push(route),
+    }
 }
 
 impl SimFleet {
     /// Connects and subscribes to every ack and route topic.
     pub async fn connect(port: u16, name: &str, hub: PublicKey) -> SimFleet {
+        Self::connect_with(port, name, hub, FleetMode::Verify).await
+    }
+
+    /// Connects in the given mode.
+    pub async fn connect_with(port: u16, name: &str, hub: PublicKey, mode: FleetMode) -> SimFleet {
         let mut options = MqttOptions::new(name, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(30))
@@ -293,21 +352,29 @@ impl SimFleet {
                     e = eventloop.poll() => e,
                 };
                 match event {
-                    Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client2.try_subscribe("doorstep/v1/+/+/ack", QoS::AtLeastOnce);
-                        let _ = client2.try_subscribe("doorstep/v1/+/+/route", QoS::AtLeastOnce);
-                    }
+                    Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => match mode {
+                        FleetMode::Verify => {
+                            let _ = client2.try_subscribe("doorstep/v1/+/+/ack", QoS::AtLeastOnce);
+                            let _ = client2.try_subscribe("doorstep/v1/+/+/route", QoS::AtLeastOnce);
+                        }
+                        FleetMode::DeferVerify => {
+                            let _ = client2.try_subscribe("doorstep/v1/+/+/ack", QoS::AtLeastOnce);
+                        }
+                        FleetMode::PublishOnly => {}
+                    },
                     Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => inbox2.lock().unwrap().subscribed += 1,
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                         let mut inbox = inbox2.lock().unwrap();
-                        match HubMessage::open(&p.payload, &hub) {
-                            Ok(HubMessage::Ack(ack)) => {
-                                let high = inbox.acked.entry(ack.device.clone()).or_insert(0);
-                                *high = (*high).max(ack.up_to_seq);
-                                *inbox.ack_count.entry(ack.device).or_insert(0) += 1;
+                        if mode == FleetMode::DeferVerify {
+                            match decode_unchecked(&p.payload) {
+                                Some(message) => record(&mut inbox, message),
+                                None => inbox.refused.push(format!("{}: undecodable", p.topic)),
                             }
-                            Ok(HubMessage::BlobAck(ack)) => inbox.blob_acks.push(ack),
-                            Ok(HubMessage::Route(route)) => inbox.routes.push(route),
+                            inbox.unchecked.push(p.payload.to_vec());
+                            continue;
+                        }
+                        match HubMessage::open(&p.payload, &hub) {
+                            Ok(message) => record(&mut inbox, message),
                             Err(e) => inbox.refused.push(format!("{}: {e}", p.topic)),
                         }
                     }
@@ -316,12 +383,28 @@ impl SimFleet {
                 }
             }
         });
-        let fleet = SimFleet { client, inbox, cancel };
+        let fleet = SimFleet { client, inbox, hub, cancel };
+        let subscriptions = match mode {
+            FleetMode::Verify => 2,
+            FleetMode::DeferVerify => 1,
+            FleetMode::PublishOnly => 0,
+        };
         assert!(
-            fleet.wait_for(Duration::from_secs(10), |i| i.subscribed >= 2).await,
+            fleet.wait_for(Duration::from_secs(10), |i| i.subscribed >= subscriptions).await,
             "fleet could not subscribe"
         );
         fleet
+    }
+
+    /// Checks the signature of every hub message read unchecked, and that each says what
+    /// it was read as. Returns how many were checked.
+    pub fn verify_deferred(&self) -> usize {
+        let unchecked = std::mem::take(&mut self.inbox.lock().unwrap().unchecked);
+        for payload in &unchecked {
+            let opened = HubMessage::open(payload, &self.hub).expect("every ack verifies under the hub key");
+            assert_eq!(Some(opened), decode_unchecked(payload));
+        }
+        unchecked.len()
     }
 
     /// Publishes bytes on a topic, QoS 1.
