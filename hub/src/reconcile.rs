@@ -245,11 +245,6 @@ impl ShipmentState {
         Self::default()
     }
 
-    /// The van came to the stop: it was nearby, or confirmed a handover at the address.
-    pub fn van_arrived(&self) -> bool {
-        self.device_nearby_at_ms.is_some() || self.at_address.is_some()
-    }
-
     /// The van had come to the stop by `t` (give or take [`CARRIER_CLOCK_SLACK_MS`]). A
     /// carrier "delivered" dated before the van ever came near the door was premature,
     /// whatever the van does later: only the van's own confirmation can deliver then.
@@ -611,7 +606,7 @@ fn record_carrier(s: &mut ShipmentState, e: &CarrierEvent) {
             }
             let fact = ExceptionFact {
                 at_ms: t,
-                code: status_code(e.status).to_owned(),
+                code: e.status.as_str().to_owned(),
                 detail: carrier_exception_text(e),
             };
             s.carrier_exception = latest_exception(s.carrier_exception.take(), fact);
@@ -658,22 +653,6 @@ fn latest_exception(current: Option<ExceptionFact>, candidate: ExceptionFact) ->
     match current {
         Some(c) if c.sort_key() >= candidate.sort_key() => Some(c),
         _ => Some(candidate),
-    }
-}
-
-fn status_code(status: CanonicalStatus) -> &'static str {
-    match status {
-        CanonicalStatus::LabelCreated => "label_created",
-        CanonicalStatus::Accepted => "accepted",
-        CanonicalStatus::InTransit => "in_transit",
-        CanonicalStatus::OutForDelivery => "out_for_delivery",
-        CanonicalStatus::AttemptFailed => "attempt_failed",
-        CanonicalStatus::AvailableForPickup => "available_for_pickup",
-        CanonicalStatus::Delivered => "delivered",
-        CanonicalStatus::Exception => "exception",
-        CanonicalStatus::Returning => "returning",
-        CanonicalStatus::CancelledOrExpired => "cancelled_or_expired",
-        CanonicalStatus::Unknown => "unknown",
     }
 }
 
