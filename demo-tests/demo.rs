@@ -181,7 +181,6 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
         }
     }
     let wall = summary["wall_s"].as_f64().expect("wall time");
-    assert!(wall > 0.0);
     eprintln!("demo wall time to the summary: {wall:.1} s");
 
     // The customer's view, in a real browser.
