@@ -4,9 +4,11 @@
 //! before the clock starts); the hub verifies, stores, reconciles (every event names a
 //! stop whose parcel has a shipment) and acks. Checking the acks' signatures is the
 //! devices' work too: one collector session reads every ack as it comes and checks all
-//! of them after the clock stops; the publishing sessions subscribe to nothing. The figure is events per second from the
-//! first publish until every device's last event is acked, beside ring's verify-only
-//! rate (`Envelope::open` on one core, and on all cores) measured in the same run.
+//! of them after the clock stops; the publishing sessions subscribe to nothing. The fleet
+//! runs on a runtime of its own (threads named `fleet`), so the CPU line shows its share
+//! apart from the hub's. The figure is events per second from the first publish until
+//! every device's last event is acked, beside ring's verify-only rate (`Envelope::open`
+//! on one core, and on all cores) measured in the same run.
 //!
 //! It also times the writer's work alone (store, reconcile, advance the acks; one thread,
 //! no broker, no signature checks) on a copy of the same data: the ceiling the SQLite
@@ -50,7 +52,15 @@ fn main() {
         per_device = e.parse().unwrap();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run(devices, per_device, full));
+    // The simulated fleet (publishing sessions and the ack collector) runs on threads of its
+    // own, so the CPU line can tell the vans' share from the hub's.
+    let fleet = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fleet")
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(devices, per_device, full, fleet.handle()));
 }
 
 fn tracking(device: usize, stop: u32) -> TrackingNumber {
@@ -120,7 +130,7 @@ fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
     for task in dir.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let Some((name, cpu)) = stat_cpu(&stat) else { continue };
-        let name = if name.starts_with("tokio") { "tokio workers".to_owned() } else { name };
+        let name = if name.starts_with("tokio") { "hub tokio workers".to_owned() } else { name };
         *out.entry(name).or_default() += cpu;
     }
     out
@@ -191,7 +201,7 @@ fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: 
     (n / start.elapsed().as_secs_f64(), (cpu() - cpu_start) * 1e6 / n)
 }
 
-async fn run(devices: usize, per_device: u64, full: bool) {
+async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runtime::Handle) {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
@@ -242,15 +252,21 @@ async fn run(devices: usize, per_device: u64, full: bool) {
         HubOptions { verify_threads: cores, batch_max, ..HubOptions::default() },
     )
     .await;
-    let acks =
-        SimFleet::connect_with(broker.port(), "bench-acks", hub_key().public_key(), FleetMode::DeferVerify)
-            .await;
+    let port = broker.port();
+    let acks = fleet_rt
+        .spawn(SimFleet::connect_with(port, "bench-acks", hub_key().public_key(), FleetMode::DeferVerify))
+        .await
+        .unwrap();
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let name = format!("bench-pub-{p}");
         publishers.push(
-            SimFleet::connect_with(broker.port(), &name, hub_key().public_key(), FleetMode::PublishOnly)
-                .await,
+            fleet_rt
+                .spawn(async move {
+                    SimFleet::connect_with(port, &name, hub_key().public_key(), FleetMode::PublishOnly).await
+                })
+                .await
+                .unwrap(),
         );
     }
     let total = messages.len();
@@ -266,7 +282,7 @@ async fn run(devices: usize, per_device: u64, full: bool) {
     }
     for (publisher, batch) in publishers.iter().zip(per_publisher) {
         let client = publisher.client.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(fleet_rt.spawn(async move {
             for (topic, payload) in batch {
                 client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.unwrap();
             }

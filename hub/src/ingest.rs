@@ -567,9 +567,9 @@ enum Ingested {
 
 /// What flows into the writer.
 enum WriteItem {
-    /// A checked message and its place in the order the broker delivered messages (see
-    /// [`Reorder`]).
-    Ingested(u64, Ingested),
+    /// Checked messages, each with its place in the order the broker delivered messages
+    /// (see [`Reorder`]).
+    Checked(Vec<(u64, Ingested)>),
     Call(Box<dyn FnOnce(&mut WriterCtx<'_>) + Send>),
 }
 
@@ -775,7 +775,8 @@ impl Ingest {
         // One queue that every verifier takes from; the writer restores the order.
         let (verify_tx, verify_rx) = mpsc::channel::<(u64, Publish)>(VERIFY_QUEUE);
         let verify_rx = Arc::new(std::sync::Mutex::new(verify_rx));
-        for i in 0..options.verify_threads.max(1) {
+        let verifiers = options.verify_threads.max(1);
+        for i in 0..verifiers {
             let rx = Arc::clone(&verify_rx);
             let verifier = Verifier {
                 keys: keys.clone(),
@@ -788,7 +789,7 @@ impl Ingest {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("hub-verify-{i}"))
-                    .spawn(move || verifier.run(rx))
+                    .spawn(move || verifier.run(rx, verifiers))
                     .map_err(IngestError::Thread)?,
             );
         }
@@ -1107,39 +1108,62 @@ struct Verifier {
 /// is shared with the writer; once per message would make it a point of contention).
 const VERIFY_BUSY_FLUSH: Duration = Duration::from_millis(100);
 
+/// Messages a verifier takes from the queue at once, at most.
+const VERIFY_TAKE: usize = 32;
+
 impl Verifier {
-    fn run(mut self, rx: Arc<std::sync::Mutex<mpsc::Receiver<(u64, Publish)>>>) {
+    fn run(mut self, rx: Arc<std::sync::Mutex<mpsc::Receiver<(u64, Publish)>>>, verifiers: usize) {
         let mut busy = Duration::ZERO;
         let mut flushed = Instant::now();
+        let mut taken: Vec<(u64, Publish)> = Vec::with_capacity(VERIFY_TAKE);
         loop {
             // Whoever holds the lock waits for the next message; the others wait for the
             // lock. The writer puts their results back in delivery order.
-            let next = {
+            {
                 let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
                 if rx.is_empty() && !busy.is_zero() {
                     self.metrics.busy("verify", std::mem::take(&mut busy));
                     flushed = Instant::now();
                 }
-                rx.blocking_recv()
-            };
-            let Some((ordinal, publish)) = next else { break };
-            let started = Instant::now();
-            // The writer waits for every ordinal, so even a bug in a check must answer:
-            // the message is rejected with a reason instead of stalling all ingest.
-            let copy = publish.clone();
-            let item = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check(publish))) {
-                Ok(item) => item,
-                Err(_) => {
-                    tracing::error!(topic = %copy.topic, "message check panicked; message rejected");
-                    Ingested::Rejected { source: "mqtt", reason: "internal_error", delivery: copy }
+                let Some(first) = rx.blocking_recv() else { break };
+                taken.push(first);
+                // Under load, take this verifier's share of the backlog at once: one
+                // wake-up and one hand-over to the writer per handful instead of per
+                // message. A quiet hub's queue holds one message, taken alone.
+                let share = (rx.len() / verifiers).min(VERIFY_TAKE - 1);
+                for _ in 0..share {
+                    match rx.try_recv() {
+                        Ok(next) => taken.push(next),
+                        Err(_) => break,
+                    }
                 }
-            };
+            }
+            let started = Instant::now();
+            let checked: Vec<(u64, Ingested)> = taken
+                .drain(..)
+                .map(|(ordinal, publish)| {
+                    // The writer waits for every ordinal, so even a bug in a check must
+                    // answer: the message is rejected with a reason instead of stalling
+                    // all ingest.
+                    let copy = publish.clone();
+                    let item = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.check(publish)
+                    })) {
+                        Ok(item) => item,
+                        Err(_) => {
+                            tracing::error!(topic = %copy.topic, "message check panicked; message rejected");
+                            Ingested::Rejected { source: "mqtt", reason: "internal_error", delivery: copy }
+                        }
+                    };
+                    (ordinal, item)
+                })
+                .collect();
             busy += started.elapsed();
             if flushed.elapsed() >= VERIFY_BUSY_FLUSH {
                 self.metrics.busy("verify", std::mem::take(&mut busy));
                 flushed = Instant::now();
             }
-            if self.write.send(WriteItem::Ingested(ordinal, item)).is_err() {
+            if self.write.send(WriteItem::Checked(checked)).is_err() {
                 break;
             }
         }
@@ -1371,7 +1395,11 @@ impl WriterThread {
                         call = Some(f);
                         break;
                     }
-                    WriteItem::Ingested(ordinal, item) => reorder.push(ordinal, item, &mut batch),
+                    WriteItem::Checked(items) => {
+                        for (ordinal, item) in items {
+                            reorder.push(ordinal, item, &mut batch);
+                        }
+                    }
                 }
                 if batch.len() >= self.batch_max {
                     break;
@@ -1408,7 +1436,11 @@ impl WriterThread {
                         WriteItem::Call(f) => {
                             f(&mut WriterCtx { store: &mut self.store, domain: &self.domain })
                         }
-                        WriteItem::Ingested(ordinal, item) => reorder.push(ordinal, item, &mut batch),
+                        WriteItem::Checked(items) => {
+                            for (ordinal, item) in items {
+                                reorder.push(ordinal, item, &mut batch);
+                            }
+                        }
                     }
                 }
                 batch.extend(reorder.drain());
