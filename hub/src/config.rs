@@ -38,7 +38,9 @@ port = 1883
 # Fixed client id: the broker keeps this hub's session (clean_session = false) and queues
 # events for it while it restarts.
 client_id = "doorstep-hub"
-# Shared subscription group: hubs with the same group split the devices' events.
+# Shared subscription group: hubs with the same group split the devices' events. They
+# must all open the same database file (one host: SQLite is the shared state that makes
+# acks cumulative across them) and exactly one keeps [notify] dispatch = true.
 # shared_group = "hubs"
 keepalive_s = 30
 # QoS 1 messages in flight to the broker (acks, routes).
@@ -172,7 +174,7 @@ pub struct MqttSection {
     /// MQTT client id (fixed: the persistent session is keyed by it).
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// Shared subscription group.
+    /// Shared subscription group (members share one database file).
     #[serde(default)]
     pub shared_group: Option<String>,
     /// Keepalive, seconds.

@@ -50,20 +50,37 @@ pub async fn serve(
     // API enqueue; its router serves the tracking page and the providers' callbacks.
     let notify_settings =
         crate::notify::config::NotifySettings::from_hub(&settings).context("configuration [notify]")?;
+    let dispatch = notify_settings.dispatch;
     let dispatcher =
         crate::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))
             .context("starting the notification dispatcher")?;
-    dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
-    ingest.wake_dispatcher_with(dispatcher.waker());
     let notify_cancel = tokio_util::sync::CancellationToken::new();
-    let notify_task = dispatcher.clone().spawn(notify_cancel.clone());
+    let notify_task = if dispatch {
+        dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
+        ingest.wake_dispatcher_with(dispatcher.waker());
+        Some(dispatcher.clone().spawn(notify_cancel.clone()))
+    } else {
+        // Another hub of the group sends; this one still enqueues, serves the tracking
+        // page and records the providers' callbacks.
+        tracing::info!("notify.dispatch = false: this hub does not send messages or alerts");
+        None
+    };
+    if let Some(group) = &settings.mqtt.shared_group {
+        tracing::info!(
+            group,
+            database = %settings.database.display(),
+            "shared subscription: every hub of the group must use this same database file, and exactly one must dispatch"
+        );
+    }
     let app = crate::http::router(state, crate::notify::page::router(dispatcher.state()));
     tracing::info!(listen = %listener.local_addr()?, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "hub serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!("shutting down: draining ingest");
     ingest.shutdown().await;
     notify_cancel.cancel();
-    let _ = notify_task.await;
+    if let Some(task) = notify_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 

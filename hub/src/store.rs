@@ -620,14 +620,17 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if options.full_sync { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { found: version });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-            let tx = conn.transaction()?;
+        // Each step reads the version under the write lock: hubs of one shared
+        // subscription group starting together on one file migrate it once.
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::TooNew { found: version });
+            }
+            let Some(sql) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else { break };
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(SCHEMA_VERSION))?;
+            tx.pragma_update(None, "user_version", version + 1)?;
             tx.commit()?;
         }
         Ok(Self { conn })
@@ -1691,6 +1694,27 @@ mod tests {
     fn migrations_bring_a_new_database_to_the_current_version() {
         let store = Store::open_in_memory().expect("open");
         assert_eq!(store.schema_version().expect("version"), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn hubs_starting_together_on_one_new_file_migrate_it_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("hub.db");
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        Store::open(&path, StoreOptions::default()).map(|store| store.schema_version())
+                    })
+                })
+                .collect();
+            for handle in opened {
+                let version = handle.join().expect("thread").expect("open").expect("version");
+                assert_eq!(version, SCHEMA_VERSION);
+            }
+        });
     }
 
     #[test]

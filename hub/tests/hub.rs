@@ -142,6 +142,51 @@ async fn a_hub_restarted_mid_stream_misses_nothing() {
     assert_eq!(open(&db).event_seqs(&van).unwrap(), (1..=250).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_last_seq() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let vans: Vec<_> = (1..=4).map(|i| (device(&format!("van-{i}")), key(i))).collect();
+    register(&db, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    // Two hub processes' worth of ingest on one database file, one subscription group.
+    let member = |name: &str| HubOptions {
+        client_id: name.into(),
+        shared_group: Some("hubs".into()),
+        ..HubOptions::default()
+    };
+    let a = TestHub::start(broker.port(), &db, member("hub-a")).await;
+    let b = TestHub::start(broker.port(), &db, member("hub-b")).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-shared", hub_key().public_key()).await;
+
+    for seq in 1..=60u64 {
+        for (d, k) in &vans {
+            fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
+        }
+    }
+    // Each hub sees only part of a van's stream; the ack is the database's contiguous
+    // high water, so whichever hub commits the missing piece acks past it.
+    assert!(
+        fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&60))).await,
+        "every van acked to 60: {:?}",
+        fleet.inbox.lock().unwrap().acked
+    );
+    let (stored_a, stored_b) =
+        (a.metrics.ingest_outcome_total("stored"), b.metrics.ingest_outcome_total("stored"));
+    assert_eq!(stored_a + stored_b, 240, "every event stored by exactly one hub");
+    assert!(stored_a > 0 && stored_b > 0, "the group split the load: {stored_a} and {stored_b}");
+    assert_eq!(a.metrics.ingest_outcome_total("rejected") + b.metrics.ingest_outcome_total("rejected"), 0);
+    assert!(fleet.inbox.lock().unwrap().refused.is_empty(), "every ack verifies under the hub key");
+
+    a.stop().await;
+    b.stop().await;
+    let store = open(&db);
+    for (d, _) in &vans {
+        assert_eq!(store.event_seqs(d).unwrap(), (1..=60).collect::<Vec<_>>());
+        assert_eq!(store.ack_high_water(d).unwrap(), 60);
+    }
+}
+
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()

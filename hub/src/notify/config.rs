@@ -23,6 +23,10 @@ use crate::store::ContactChannel;
 
 /// The commented `[notify]` section of the default config file.
 pub const DEFAULT_CONFIG: &str = r#"[notify]
+# Send messages and alerts from this hub. Hubs of one shared subscription group share
+# one database; exactly one of them dispatches (the others still serve the tracking
+# page and the providers' callbacks).
+dispatch = true
 # How often the dispatcher looks for due messages, milliseconds (ingest also wakes it).
 poll_interval_ms = 100
 # Due rows taken per pass.
@@ -132,6 +136,9 @@ fn rate(field: &str, per_s: f64, burst: u32) -> Result<RateLimit, NotifyConfigEr
     Ok(RateLimit { per_s, burst })
 }
 
+fn d_dispatch() -> bool {
+    true
+}
 fn d_poll() -> u64 {
     100
 }
@@ -188,6 +195,9 @@ pub struct NotifyConfig {
     /// Read by the hub's config (ingest), not here.
     #[serde(default)]
     pub channel_map: Option<toml::Value>,
+    /// Whether this hub runs the dispatcher.
+    #[serde(default = "d_dispatch")]
+    pub dispatch: bool,
     /// Dispatcher poll interval, ms.
     #[serde(default = "d_poll")]
     pub poll_interval_ms: u64,
@@ -437,6 +447,8 @@ pub struct NotifySettings {
     pub link_signer: LinkSigner,
     /// Tracking link lifetime.
     pub link_ttl: Duration,
+    /// Whether this hub sends (one hub of a shared group does).
+    pub dispatch: bool,
     /// Dispatcher poll interval.
     pub poll_interval: Duration,
     /// Due rows per pass.
@@ -604,6 +616,7 @@ impl NotifyConfig {
             callback_base_url,
             link_signer: LinkSigner::new(link_secret),
             link_ttl: Duration::from_secs(self.link_ttl_days * 86_400),
+            dispatch: self.dispatch,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             batch: self.batch,
             retry: RetryPolicy {
@@ -664,6 +677,13 @@ mod tests {
         assert_eq!(settings.public_base_url, "https://track.example.com");
         assert!(settings.quiet_hours.is_some());
         assert!(!settings.configured(ContactChannel::Sms));
+        assert!(settings.dispatch, "a lone hub sends");
+        let absent = NotifyConfig::from_table(None).expect("parse").validate("https://t.example", SECRET);
+        assert!(absent.expect("valid").dispatch, "dispatching is the default without a [notify] section");
+        let quiet: toml::Table = toml::from_str("dispatch = false").expect("toml");
+        let quiet =
+            NotifyConfig::from_table(Some(&quiet)).expect("parse").validate("https://t.example", SECRET);
+        assert!(!quiet.expect("valid").dispatch, "a second hub of a group can leave sending to the first");
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub struct HubOptions {
     pub carriers: Arc<CarrierVerifiers>,
     pub hold_ms: i64,
     pub client_id: String,
+    /// Shared subscription group, for hubs splitting one fleet's events.
+    pub shared_group: Option<String>,
 }
 
 impl Default for HubOptions {
@@ -192,6 +194,7 @@ impl Default for HubOptions {
             carriers: Arc::new(CarrierVerifiers::default()),
             hold_ms: 30 * 60 * 1000,
             client_id: "doorstep-hub-test".into(),
+            shared_group: None,
         }
     }
 }
@@ -209,7 +212,10 @@ impl TestHub {
         let ingest_options = IngestOptions {
             database: db.to_owned(),
             store: StoreOptions { full_sync: options.full_sync },
-            mqtt: MqttSettings::plain("127.0.0.1", port, options.client_id.clone()),
+            mqtt: MqttSettings {
+                shared_group: options.shared_group.clone(),
+                ..MqttSettings::plain("127.0.0.1", port, options.client_id.clone())
+            },
             verify_threads: options.verify_threads,
             batch_max: options.batch_max,
         };
