@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -30,6 +30,7 @@ const NIGHT: i64 = 1_751_403_600_000;
 /// One request a fake provider received.
 #[derive(Debug, Clone)]
 struct Seen {
+    method: String,
     uri: String,
     headers: HeaderMap,
     body: Vec<u8>,
@@ -57,8 +58,19 @@ struct Fake {
     default: Arc<Mutex<Option<Answer>>>,
 }
 
-async fn record(State(fake): State<Fake>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    fake.seen.lock().expect("lock").push(Seen { uri: uri.to_string(), headers, body: body.to_vec() });
+async fn record(
+    State(fake): State<Fake>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    fake.seen.lock().expect("lock").push(Seen {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        headers,
+        body: body.to_vec(),
+    });
     let answer = fake.script.lock().expect("lock").pop_front();
     let answer = answer
         .or_else(|| fake.default.lock().expect("lock").clone())
@@ -115,13 +127,40 @@ fn twilio_section(base: &str) -> String {
     )
 }
 
-/// A database with one shipment (SMS and email contacts, consented) and returns its id.
+/// WhatsApp's message id in the Cloud API's answer.
+const WAMID: &str = "wamid.HBgLMTU1NTU1NTAxMDAVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA";
+
+/// A WhatsApp Business number whose approved template is `doorstep_update`, and a
+/// WhatsApp-only delivered text with a line break and a tab: WhatsApp refuses both in a
+/// template parameter, so the hub must flatten them.
+fn whatsapp_section(base: &str) -> String {
+    format!(
+        "[whatsapp]\nbase_url = \"{base}\"\napi_version = \"v21.0\"\nphone_number_id = \"106540352242922\"\n\
+         access_token = \"EAAG-system-user-token\"\ntemplate_name = \"doorstep_update\"\n\
+         [[templates]]\nmilestone = \"delivered\"\nlocale = \"en\"\nchannel = \"whatsapp\"\n\
+         body = \"Doorstep: your parcel {{tracking_number}} was delivered.\\nProof of delivery:\\t{{link}}\"\n"
+    )
+}
+
+/// The Cloud API's answer to an accepted template message.
+fn whatsapp_accepted() -> Answer {
+    Answer::ok(
+        200,
+        &format!(
+            r#"{{"messaging_product":"whatsapp","contacts":[{{"input":"15555550100","wa_id":"15555550100"}}],"messages":[{{"id":"{WAMID}"}}]}}"#
+        ),
+    )
+}
+
+/// A database with one shipment (SMS, email and WhatsApp contacts, consented) and returns
+/// its id.
 fn database(path: &Path) -> i64 {
     let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
     let mut contacts = BTreeMap::new();
     contacts.insert(ContactChannel::Sms, Contact { recipient: PHONE.into(), consent: true });
     contacts.insert(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true });
+    contacts.insert(ContactChannel::Whatsapp, Contact { recipient: PHONE.into(), consent: true });
     let id = tx
         .insert_shipment(
             &NewShipment {
@@ -379,6 +418,135 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
     let conn = rusqlite::Connection::open(&db).expect("open");
     let log = outbox::outcomes(&conn, id).expect("log");
     assert_eq!(log.last().and_then(|o| o.provider_id.as_deref()), Some("MSG-0001"));
+}
+
+#[tokio::test]
+async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let s = settings(&whatsapp_section(&base));
+    let link = s.tracking_link(shipment, DAY);
+    let dispatcher = Dispatcher::new(s, &db, Arc::new(Metrics::default())).expect("new");
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").sent, 1);
+    dispatcher.run_once(DAY + 60_000).await.expect("second pass sends nothing");
+
+    let seen = meta.seen();
+    assert_eq!(seen.len(), 1, "exactly one request");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].uri, "/v21.0/106540352242922/messages");
+    assert_eq!(
+        seen[0].headers.get("authorization").and_then(|v| v.to_str().ok()),
+        Some("Bearer EAAG-system-user-token")
+    );
+    assert_eq!(seen[0].headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json");
+    assert_eq!(body["messaging_product"], "whatsapp");
+    assert_eq!(body["recipient_type"], "individual");
+    assert_eq!(body["to"], "15555550100", "digits only, no '+'");
+    assert_eq!(body["type"], "template");
+    assert_eq!(body["template"]["name"], "doorstep_update");
+    // The shipment says en-US; the text comes from the "en" template, so the message is
+    // declared as English, the language the approved WhatsApp template must have.
+    assert_eq!(body["template"]["language"]["code"], "en", "the language the text is written in");
+    assert_eq!(body["template"]["components"][0]["type"], "body");
+    let text = body["template"]["components"][0]["parameters"][0]["text"].as_str().expect("text");
+    assert!(!text.contains(['\n', '\t']), "{text:?}");
+    assert!(link.starts_with("https://track.example.com/t/"), "{link}");
+    assert_eq!(
+        body["template"]["components"][0]["parameters"][0],
+        serde_json::json!({
+            "type": "text",
+            "text": format!("Doorstep: your parcel 1Z999AA10123456784 was delivered. Proof of delivery: {link}"),
+        })
+    );
+    // Nothing beyond what the Cloud API documents: Meta answers an unexpected key with a 400.
+    let keys = |v: &serde_json::Value| {
+        let mut keys = v.as_object().expect("object").keys().cloned().collect::<Vec<_>>();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&body), ["messaging_product", "recipient_type", "template", "to", "type"]);
+    assert_eq!(keys(&body["template"]), ["components", "language", "name"]);
+    assert_eq!(body["template"]["components"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["template"]["components"][0]["parameters"].as_array().map(Vec::len), Some(1));
+
+    assert_eq!(status(&db, id), "sent");
+    assert_eq!(outcomes(&db, id), ["queued", "sent"]);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let log = outbox::outcomes(&conn, id).expect("log");
+    assert_eq!(log.last().and_then(|o| o.provider_id.as_deref()), Some(WAMID));
+}
+
+#[tokio::test]
+async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    meta.push(Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
+    assert_eq!(meta.seen().len(), 1, "not re-sent: the Cloud API has no idempotency key");
+    assert_eq!(status(&db, id), "unknown");
+    assert_eq!(outcomes(&db, id), ["queued", "unknown"]);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let last = outbox::outcomes(&conn, id).expect("log").pop().expect("entry");
+    assert_eq!(last.provider_id, None);
+    let detail = last.detail.expect("detail");
+    assert!(detail.contains("whatsapp has no idempotency guard"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operator() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    meta.push(Answer::ok(
+        400,
+        r#"{"error":{"message":"(#132001) Template name does not exist in the translation","type":"OAuthException","code":132001,"error_data":{"messaging_product":"whatsapp","details":"template name (doorstep_update) does not exist in en_US"},"fbtrace_id":"AbCdEfGh"}}"#,
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
+    assert_eq!(meta.seen().len(), 1, "a refused template is not retried");
+    assert_eq!(status(&db, id), "failed");
+    assert_eq!(outcomes(&db, id), ["queued", "failed"]);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let detail = outbox::outcomes(&conn, id).expect("log").pop().and_then(|o| o.detail).expect("detail");
+    assert!(detail.starts_with("whatsapp HTTP 400") && detail.contains("132001"), "{detail}");
+}
+
+#[tokio::test]
+async fn whatsapp_throttling_is_a_400_that_is_retried_after_the_backoff() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    // Meta's throughput limit for the sending number: HTTP 400, code 130429.
+    meta.push(Answer::ok(
+        400,
+        r#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."},"fbtrace_id":"Az8or2yhqkZfEZ"}}"#,
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "queued", "throttled, not refused");
+    dispatcher.run_once(DAY + 100).await.expect("not due yet");
+    assert_eq!(meta.seen().len(), 1, "the backoff holds the retry");
+    dispatcher.run_once(DAY + 5_000).await.expect("retry");
+    assert_eq!(meta.seen().len(), 2);
+    assert_eq!(outcomes(&db, id), ["queued", "attempt_failed", "sent"]);
+    assert_eq!(status(&db, id), "sent");
 }
 
 #[tokio::test]

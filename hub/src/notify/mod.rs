@@ -184,7 +184,8 @@ pub struct Outgoing {
     pub recipient: String,
     /// The milestone.
     pub milestone: Milestone,
-    /// The recipient's locale.
+    /// The locale the body is written in: the recipient's, or the template fallback's
+    /// when there is no template in their language (lowercase, `-` separated).
     pub locale: String,
     /// The parcel's tracking number.
     pub tracking_number: String,
@@ -268,7 +269,9 @@ pub fn plan(
         }
         return Plan::Defer { until_ms };
     }
-    let Some(template) = settings.templates.lookup(milestone, channel, &shipment.locale) else {
+    let Some((locale, template)) =
+        settings.templates.lookup_with_locale(milestone, channel, &shipment.locale)
+    else {
         return skip("no_template", format!("no template for {}", row.milestone));
     };
     let link = settings.tracking_link(shipment.id, now_ms);
@@ -287,7 +290,7 @@ pub fn plan(
         channel,
         recipient: row.recipient.clone(),
         milestone,
-        locale: shipment.locale.clone(),
+        locale,
         tracking_number: shipment.tracking_number.to_string(),
         detail: row.detail.clone(),
         subject: fill(&template.subject, &vars),

@@ -266,13 +266,25 @@ impl Templates {
     /// The template for a message: exact locale, its language, the fallback locale,
     /// English; channel-specific before channel-agnostic at each step.
     pub fn lookup(&self, milestone: Milestone, channel: ContactChannel, locale: &str) -> Option<&Template> {
+        self.lookup_with_locale(milestone, channel, locale).map(|(_, t)| t)
+    }
+
+    /// [`Templates::lookup`], with the locale the template is written in (lowercase,
+    /// `-` separated): what a channel that names the message's language (WhatsApp) must
+    /// say, which after a fallback is not the recipient's.
+    pub fn lookup_with_locale(
+        &self,
+        milestone: Milestone,
+        channel: ContactChannel,
+        locale: &str,
+    ) -> Option<(String, &Template)> {
         let exact = normalize_locale(locale);
         let language = exact.split('-').next().unwrap_or_default().to_owned();
         let fallback_language = self.fallback_locale.split('-').next().unwrap_or_default().to_owned();
         for loc in [exact, language, self.fallback_locale.clone(), fallback_language, "en".to_owned()] {
             for ch in [Some(channel), None] {
                 if let Some(t) = self.map.get(&(milestone, ch, loc.clone())) {
-                    return Some(t);
+                    return Some((loc, t));
                 }
             }
         }
@@ -416,6 +428,15 @@ mod tests {
                 .expect("en")
                 .body
                 .contains("delivered")
+        );
+        // The locale found says what language the text is in, not what was asked for.
+        assert_eq!(
+            t.lookup_with_locale(Milestone::Delivered, ContactChannel::Sms, "fr-FR").expect("en").0,
+            "en"
+        );
+        assert_eq!(
+            t.lookup_with_locale(Milestone::Delivered, ContactChannel::Sms, "de-AT").expect("de").0,
+            "de"
         );
         t.insert(
             Milestone::Delivered,

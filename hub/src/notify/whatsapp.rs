@@ -6,9 +6,17 @@
 //! "components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]}}`. Outside a
 //! 24-hour customer service window WhatsApp only delivers pre-approved templates, so the
 //! hub sends one approved template (configured name) whose body is a single `{{1}}`,
-//! filled with the rendered message. The answer names the message in `messages[0].id`.
+//! filled with the rendered message. The template's language is the one the rendered text
+//! is written in (the Doorstep template's locale after fallback, `en-us` → `en_US`), so
+//! the approved WhatsApp template needs a translation under each locale the hub's
+//! templates have. The answer names the message in `messages[0].id`.
 //! The Cloud API documents no idempotency key: an ambiguous failure is `unknown`, not
 //! re-sent. Delivery statuses (the Cloud API's own webhook) are not ingested yet.
+//!
+//! Meta answers its throttling with HTTP 400 and says to act on `error.code`, not the
+//! status: those codes ([`RETRY_CODES`]) are retried with backoff like a 429, so a
+//! backlog after an outage or two milestones close together for one customer go out
+//! later instead of failing for good.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -40,6 +48,21 @@ impl std::fmt::Debug for WhatsApp {
     }
 }
 
+/// Cloud API error codes that mean "not now" rather than "never": 2 (service temporarily
+/// unavailable), 4 (app call rate), 80007 (account rate), 130429 (the number's message
+/// throughput), 131056 (too many messages to one customer in a short time).
+pub const RETRY_CODES: [i64; 5] = [2, 4, 80_007, 130_429, 131_056];
+
+#[derive(Deserialize)]
+struct Refusal {
+    error: RefusalError,
+}
+
+#[derive(Deserialize)]
+struct RefusalError {
+    code: i64,
+}
+
 #[derive(Deserialize)]
 struct Sent {
     #[serde(default)]
@@ -51,17 +74,22 @@ struct SentMessage {
     id: String,
 }
 
-/// WhatsApp's language code for a BCP 47 locale (`de-AT` → `de_AT`, `en` → `en`).
+/// WhatsApp's language code for a BCP 47 locale (`de-AT` → `de_AT`, `en` → `en`,
+/// `en-us` → `en_US`): Meta names template languages this way.
 pub fn language_code(locale: &str) -> String {
-    locale.trim().replace('-', "_")
+    let mut parts = locale.trim().split(['-', '_']);
+    let language = parts.next().unwrap_or_default().to_ascii_lowercase();
+    match parts.next() {
+        Some(region) if !region.is_empty() => format!("{language}_{}", region.to_ascii_uppercase()),
+        _ => language,
+    }
 }
 
 impl WhatsApp {
     /// The request body for a message.
     pub fn request_body(&self, msg: &Outgoing) -> serde_json::Value {
         let to: String = msg.recipient.chars().filter(char::is_ascii_digit).collect();
-        // WhatsApp template parameters may not contain newlines or tabs.
-        let text = msg.body.replace(['\n', '\t'], " ");
+        let text = flatten(&msg.body);
         json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -93,10 +121,50 @@ impl WhatsApp {
             };
         }
         let text = String::from_utf8_lossy(&reply.body).chars().take(300).collect::<String>();
-        super::classify_status(
-            reply.status,
-            reply.retry_after,
-            format!("whatsapp HTTP {}: {text}", reply.status.as_u16()),
-        )
+        let detail = format!("whatsapp HTTP {}: {text}", reply.status.as_u16());
+        let code = serde_json::from_slice::<Refusal>(&reply.body).ok().map(|r| r.error.code);
+        if code.is_some_and(|c| RETRY_CODES.contains(&c)) {
+            return SendResult::Retry { detail, retry_after: reply.retry_after };
+        }
+        super::classify_status(reply.status, reply.retry_after, detail)
+    }
+}
+
+/// A template parameter as WhatsApp accepts it: no newline, carriage return or tab, and
+/// never more than four spaces in a row (Meta refuses the message otherwise).
+pub fn flatten(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut spaces = 0;
+    for c in body.chars() {
+        let c = if matches!(c, '\n' | '\r' | '\t') { ' ' } else { c };
+        if c == ' ' {
+            spaces += 1;
+            if spaces > 1 {
+                continue;
+            }
+        } else {
+            spaces = 0;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_lose_line_breaks_tabs_and_runs_of_spaces() {
+        assert_eq!(flatten("Delivered.\r\n\r\n\tProof:     https://t/x"), "Delivered. Proof: https://t/x");
+        assert_eq!(flatten("plain text"), "plain text");
+    }
+
+    #[test]
+    fn locales_are_spelled_the_way_whatsapp_names_template_languages() {
+        assert_eq!(language_code("de-AT"), "de_AT");
+        assert_eq!(language_code("en"), "en");
+        assert_eq!(language_code("en-us"), "en_US");
+        assert_eq!(language_code("pt_br"), "pt_BR");
     }
 }
