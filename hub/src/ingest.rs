@@ -66,8 +66,11 @@ use crate::store::{
 
 /// Messages waiting for the verifier threads (one queue they all take from).
 pub const VERIFY_QUEUE: usize = 2048;
-/// Verified messages waiting for the writer.
+/// Verified messages waiting for the writer, at most (they travel in handfuls of up to
+/// [`VERIFY_TAKE`], so the channel holds `WRITE_QUEUE / VERIFY_TAKE` items).
 pub const WRITE_QUEUE: usize = 8192;
+/// Messages a verifier takes from the queue at once, at most.
+pub const VERIFY_TAKE: usize = 32;
 /// Acks, PUBACKs and blob acks waiting for the outbound task.
 pub const OUTBOUND_QUEUE: usize = 8192;
 /// rumqttc's request channel (publishes, PUBACKs, subscriptions).
@@ -595,8 +598,9 @@ enum Outbound {
 /// up to its whole in-flight window each (most of its CPU, measured).
 ///
 /// Every ordinal the MQTT task hands out reaches the writer (a verifier always answers,
-/// even when a check panics), so a hole is filled within one signature check. What waits
-/// here is at most what the other verifiers checked meanwhile.
+/// even when a check panics), so a hole is filled within one verifier's handful (up to
+/// [`VERIFY_TAKE`] signature checks). What waits here is at most what the other
+/// verifiers checked meanwhile.
 #[derive(Debug, Default)]
 struct Reorder {
     next: u64,
@@ -749,7 +753,7 @@ impl Ingest {
         let (client, eventloop) = AsyncClient::new(mqtt, MQTT_REQUEST_QUEUE);
 
         let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
-        let (write_tx, write_rx) = std_mpsc::sync_channel::<WriteItem>(WRITE_QUEUE);
+        let (write_tx, write_rx) = std_mpsc::sync_channel::<WriteItem>(WRITE_QUEUE / VERIFY_TAKE);
         let live_verifiers = Arc::new(AtomicUsize::new(options.verify_threads.max(1)));
         let mut threads = Vec::new();
 
@@ -938,6 +942,8 @@ async fn drive(
     let mut pending: VecDeque<Publish> = VecDeque::new();
     let mut pending_bytes = 0usize;
     let mut reported_pending = usize::MAX;
+    // Topic filters the broker granted in this session.
+    let mut granted = 0usize;
     loop {
         let mut stop_feeding = false;
         let reserve = async {
@@ -984,12 +990,28 @@ async fn drive(
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     delay = Duration::from_millis(250);
                     metrics.mqtt_connected(true);
+                    granted = 0;
+                    metrics.mqtt_subscriptions(granted);
                     tracing::info!(session_present = ack.session_present, "connected to the broker");
                     for filter in &filters {
                         if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                             tracing::error!(filter, error = %e, "cannot subscribe");
                         }
                     }
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                    // A refused filter (a broker ACL) means vans this hub never hears.
+                    for code in &ack.return_codes {
+                        match code {
+                            rumqttc::SubscribeReasonCode::Success(_) => granted += 1,
+                            rumqttc::SubscribeReasonCode::Failure => {
+                                tracing::error!(
+                                    "the broker refused one of the hub's subscriptions; check its ACL"
+                                );
+                            }
+                        }
+                    }
+                    metrics.mqtt_subscriptions(granted);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
                     let Some(tx) = &verify else { continue };
@@ -1107,9 +1129,6 @@ struct Verifier {
 /// Verifier time is added to the busy counter at most this often per thread (the counter
 /// is shared with the writer; once per message would make it a point of contention).
 const VERIFY_BUSY_FLUSH: Duration = Duration::from_millis(100);
-
-/// Messages a verifier takes from the queue at once, at most.
-const VERIFY_TAKE: usize = 32;
 
 impl Verifier {
     fn run(mut self, rx: Arc<std::sync::Mutex<mpsc::Receiver<(u64, Publish)>>>, verifiers: usize) {
@@ -1411,8 +1430,10 @@ impl WriterThread {
                     next = rx.recv_timeout(until.saturating_duration_since(Instant::now())).ok();
                 }
             }
-            if !batch.is_empty() {
-                self.commit_batch(batch);
+            // Verifiers hand over handfuls, so the batch may pass batch_max by a few.
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(self.batch_max));
+                self.commit_batch(std::mem::replace(&mut batch, rest));
             }
             if let Some(f) = call {
                 let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain };

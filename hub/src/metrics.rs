@@ -46,6 +46,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("doorstep_hub_devices_online", "gauge", "Active devices whose last state message said online."),
     ("doorstep_hub_queue_depth", "gauge", "Items waiting, by queue."),
     ("doorstep_hub_mqtt_connected", "gauge", "1 while the hub's broker session is up."),
+    (
+        "doorstep_hub_mqtt_subscriptions",
+        "gauge",
+        "Topic filters the broker has granted in this session (4 when the hub hears every van).",
+    ),
 ];
 
 /// The hub's metrics.
@@ -194,6 +199,11 @@ impl Metrics {
     /// The broker session state.
     pub fn mqtt_connected(&self, up: bool) {
         self.set("doorstep_hub_mqtt_connected", &[], i64::from(up));
+    }
+
+    /// Topic filters granted in the current broker session.
+    pub fn mqtt_subscriptions(&self, granted: usize) {
+        self.set("doorstep_hub_mqtt_subscriptions", &[], i64::try_from(granted).unwrap_or(i64::MAX));
     }
 
     /// Whether the broker session is up.

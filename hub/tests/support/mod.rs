@@ -240,9 +240,13 @@ impl TestHub {
                 .await;
         });
         let hub = TestHub { ingest: Some(ingest), http, metrics, db: db.to_owned(), http_cancel };
+        // Subscribed, not only connected: a hub of a shared group hears nothing before.
         assert!(
-            hub.wait_for(Duration::from_secs(10), |m| m.is_mqtt_connected()).await,
-            "the hub did not connect to the broker"
+            hub.wait_for(Duration::from_secs(10), |m| {
+                m.is_mqtt_connected() && m.get("doorstep_hub_mqtt_subscriptions", &[]) == 4
+            })
+            .await,
+            "the hub did not connect to the broker and subscribe"
         );
         hub
     }
