@@ -165,7 +165,7 @@ async fn run(scans: usize, full: bool) {
         hub.ingest.as_ref().unwrap().wake_dispatcher_with(dispatcher.waker());
     }
     let cancel = tokio_util::sync::CancellationToken::new();
-    let dispatching = dispatcher.clone().spawn(cancel.clone());
+    let dispatching = dispatcher.clone().spawn("bench-hub", cancel.clone());
 
     let van =
         SimFleet::connect_with(broker.port(), "bench-van", hub_key().public_key(), FleetMode::PublishOnly)

@@ -40,7 +40,8 @@ port = 1883
 client_id = "doorstep-hub"
 # Shared subscription group: hubs with the same group split the devices' events. They
 # must all open the same database file (one host: SQLite is the shared state that makes
-# acks cumulative across them) and exactly one keeps [notify] dispatch = true.
+# acks cumulative across them), each with its own client_id and [http] listen address.
+# One of them at a time sends notifications: the holder of a lease in the database.
 # shared_group = "hubs"
 keepalive_s = 30
 # QoS 1 messages in flight to the broker (acks, routes).

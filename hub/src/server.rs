@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::config::Settings;
 use crate::http::{AppState, CarrierVerifiers};
-use crate::ingest::{Domain, Ingest, IngestOptions, now_ms};
+use crate::ingest::{Domain, Ingest, IngestOptions};
 use crate::metrics::Metrics;
 use crate::reconcile::Rules;
 use crate::store::StoreOptions;
@@ -56,9 +56,9 @@ pub async fn serve(
             .context("starting the notification dispatcher")?;
     let notify_cancel = tokio_util::sync::CancellationToken::new();
     let notify_task = if dispatch {
-        dispatcher.recover(now_ms()).await.context("recovering notifications left in flight")?;
+        // Sends while it holds the dispatch lease: the only hub, or one of a group.
         ingest.wake_dispatcher_with(dispatcher.waker());
-        Some(dispatcher.clone().spawn(notify_cancel.clone()))
+        Some(dispatcher.clone().spawn(settings.mqtt.client_id.clone(), notify_cancel.clone()))
     } else {
         // Another hub of the group sends; this one still enqueues, serves the tracking
         // page and records the providers' callbacks.
@@ -69,7 +69,7 @@ pub async fn serve(
         tracing::info!(
             group,
             database = %settings.database.display(),
-            "shared subscription: every hub of the group must use this same database file, and exactly one must dispatch"
+            "shared subscription: every hub of the group must use this same database file; the one holding the dispatch lease sends"
         );
     }
     let app = crate::http::router(state, crate::notify::page::router(dispatcher.state()));

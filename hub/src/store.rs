@@ -26,7 +26,7 @@ use crate::model::Milestone;
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for another writer before failing (another hub process,
 /// the `device` CLI running beside `serve`).
@@ -221,7 +221,17 @@ CREATE TABLE device_status (
     pos_ms           INTEGER
 );
 "#,
+    r#"
+CREATE TABLE dispatcher_lease (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    holder      TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL
+);
+"#,
 ];
+
+// Every schema version has its migration.
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -617,21 +627,40 @@ impl Store {
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        // ("memory" is the in-memory databases of unit tests.)
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            return Err(corrupt("journal mode", format!("SQLite kept {mode} instead of WAL")));
+        }
         conn.pragma_update(None, "synchronous", if options.full_sync { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Each step reads the version under the write lock: hubs of one shared
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version });
+        }
+        // A current schema takes no lock (another hub may be in a long commit). Otherwise
+        // each step reads the version again under the write lock: hubs of one shared
         // subscription group starting together on one file migrate it once.
-        loop {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-            if version > SCHEMA_VERSION {
-                return Err(StoreError::TooNew { found: version });
+        if version < SCHEMA_VERSION {
+            loop {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                if version > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew { found: version });
+                }
+                if version == SCHEMA_VERSION {
+                    break;
+                }
+                let Some(sql) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else {
+                    return Err(corrupt(
+                        "schema version",
+                        format!("user_version {version} is not one this hub wrote"),
+                    ));
+                };
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version + 1)?;
+                tx.commit()?;
             }
-            let Some(sql) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else { break };
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", version + 1)?;
-            tx.commit()?;
         }
         Ok(Self { conn })
     }

@@ -152,6 +152,70 @@ fn whatsapp_accepted() -> Answer {
     )
 }
 
+/// The Meta app's secret and the verify token typed into its dashboard.
+const APP_SECRET: &str = "6f1c2a9be0d84c17a3f5e2d90b7c4e11";
+const VERIFY_TOKEN: &str = "doorstep-verify-4hJ2k";
+
+/// [`whatsapp_section`] with the status webhook configured.
+fn whatsapp_webhook_section(base: &str) -> String {
+    whatsapp_section(base).replacen(
+        "[[templates]]",
+        &format!("app_secret = \"{APP_SECRET}\"\nverify_token = \"{VERIFY_TOKEN}\"\n[[templates]]"),
+        1,
+    )
+}
+
+/// `X-Hub-Signature-256` as Meta computes it: `sha256=` and the lowercase hex HMAC-SHA256
+/// of the raw body, keyed with the app secret.
+fn meta_signature(secret: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    format!("sha256={}", hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref()))
+}
+
+/// A Cloud API webhook body with one status of one message to [`PHONE`] from the
+/// configured number; `extra` adds fields to the status object (`errors`,
+/// `biz_opaque_callback_data`).
+fn meta_status(wamid: &str, status: &str, extra: serde_json::Value) -> String {
+    let mut s = serde_json::json!({
+        "id": wamid,
+        "status": status,
+        "timestamp": "1751356860",
+        "recipient_id": "15555550100",
+        "conversation": { "id": "4c1b3e2a9f", "origin": { "type": "utility" } },
+        "pricing": { "billable": true, "pricing_model": "PMP", "category": "utility" },
+    });
+    if let (Some(s), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
+        s.extend(extra.clone());
+    }
+    meta_change(serde_json::json!({ "statuses": [s] }))
+}
+
+/// A Cloud API webhook body with one `messages` change about the configured number.
+fn meta_change(mut value: serde_json::Value) -> String {
+    value["messaging_product"] = "whatsapp".into();
+    value["metadata"] =
+        serde_json::json!({ "display_phone_number": "15550783881", "phone_number_id": "106540352242922" });
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": "102290129340398", "changes": [{ "field": "messages", "value": value }] }],
+    })
+    .to_string()
+}
+
+/// POSTs a webhook body to the router with this `X-Hub-Signature-256` (none when empty).
+async fn post_meta(app: &Router, body: &str, signature: &str) -> (StatusCode, String) {
+    let mut headers = vec![("content-type", "application/json")];
+    if !signature.is_empty() {
+        headers.push(("x-hub-signature-256", signature));
+    }
+    call(app, "POST", "/callbacks/whatsapp", &headers, body.to_owned()).await
+}
+
+fn last_outcome(path: &Path, id: i64) -> outbox::Outcome {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    outbox::outcomes(&conn, id).expect("log").pop().expect("entry")
+}
+
 /// A database with one shipment (SMS, email and WhatsApp contacts, consented) and returns
 /// its id.
 fn database(path: &Path) -> i64 {
@@ -468,7 +532,12 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
         keys.sort();
         keys
     };
-    assert_eq!(keys(&body), ["messaging_product", "recipient_type", "template", "to", "type"]);
+    assert_eq!(
+        keys(&body),
+        ["biz_opaque_callback_data", "messaging_product", "recipient_type", "template", "to", "type"]
+    );
+    // Meta copies it onto the message's statuses: how a row whose send timed out is found.
+    assert_eq!(body["biz_opaque_callback_data"], format!("doorstep-outbox:{id}"));
     assert_eq!(keys(&body["template"]), ["components", "language", "name"]);
     assert_eq!(body["template"]["components"].as_array().map(Vec::len), Some(1));
     assert_eq!(body["template"]["components"][0]["parameters"].as_array().map(Vec::len), Some(1));
@@ -547,6 +616,224 @@ async fn whatsapp_throttling_is_a_400_that_is_retried_after_the_backoff() {
     assert_eq!(meta.seen().len(), 2);
     assert_eq!(outcomes(&db, id), ["queued", "attempt_failed", "sent"]);
     assert_eq!(status(&db, id), "sent");
+}
+
+#[tokio::test]
+async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_changes_nothing() {
+    let (_meta, base) = Fake::start(whatsapp_accepted()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "sent");
+    let app = notify::router(dispatcher.state());
+
+    let body = meta_status(WAMID, "delivered", serde_json::json!({}));
+    let forged = meta_signature("another-apps-secret", &body);
+    assert_eq!(post_meta(&app, &body, &forged).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(post_meta(&app, &body, "").await.0, StatusCode::FORBIDDEN, "no signature");
+    let signed = meta_signature(APP_SECRET, &body);
+    let tampered = body.replace("1751356860", "1751356861");
+    assert_eq!(post_meta(&app, &tampered, &signed).await.0, StatusCode::FORBIDDEN, "a changed body");
+    assert_eq!(status(&db, id), "sent", "nothing changed");
+    assert_eq!(outcomes(&db, id), ["queued", "sent"]);
+    let rejected = [("carrier", "whatsapp"), ("outcome", "rejected"), ("reason", "bad_signature")];
+    assert_eq!(metrics.get("doorstep_hub_webhooks_total", &rejected), 3);
+
+    let (code, text) = post_meta(&app, &body, &signed).await;
+    assert_eq!(code, StatusCode::OK, "Meta retries anything but a 200: {text}");
+    let (code, _) = post_meta(&app, &body, &signed).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(outcomes(&db, id), ["queued", "sent", "delivered"], "a redelivered status adds nothing");
+    assert_eq!(status(&db, id), "delivered");
+    let last = last_outcome(&db, id);
+    assert_eq!(last.provider_id.as_deref(), Some(WAMID));
+    assert_eq!(last.detail.as_deref(), Some("whatsapp delivered"));
+    let stored = [("carrier", "whatsapp"), ("outcome", "stored"), ("reason", "ok")];
+    assert_eq!(metrics.get("doorstep_hub_webhooks_total", &stored), 2);
+    let delivered = [("channel", "whatsapp"), ("outcome", "delivered")];
+    assert_eq!(metrics.get("doorstep_hub_notifications_total", &delivered), 1);
+
+    // Meta's own `sent` arrives late and `read` after it: neither moves the row back.
+    let sent = meta_status(WAMID, "sent", serde_json::json!({}));
+    assert_eq!(post_meta(&app, &sent, &meta_signature(APP_SECRET, &sent)).await.0, StatusCode::OK);
+    let read = meta_status(WAMID, "read", serde_json::json!({}));
+    assert_eq!(post_meta(&app, &read, &meta_signature(APP_SECRET, &read)).await.0, StatusCode::OK);
+    assert_eq!(outcomes(&db, id), ["queued", "sent", "delivered", "opened"]);
+    assert_eq!(status(&db, id), "delivered");
+}
+
+#[tokio::test]
+async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    database(&db);
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_webhook_section("http://127.0.0.1:9")), &db, Arc::clone(&metrics))
+            .expect("new");
+    let app = notify::router(dispatcher.state());
+    let get = |query: String| {
+        let app = app.clone();
+        async move { call(&app, "GET", &format!("/callbacks/whatsapp?{query}"), &[], String::new()).await }
+    };
+    let (code, text) =
+        get(format!("hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={VERIFY_TOKEN}")).await;
+    assert_eq!((code, text.as_str()), (StatusCode::OK, "1158201444"), "the challenge, as plain text only");
+    let (code, text) = get("hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=guess".into()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(!text.contains("1158201444"), "{text}");
+    let (code, _) =
+        get(format!("hub.mode=unsubscribe&hub.challenge=1158201444&hub.verify_token={VERIFY_TOKEN}")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "only a subscription is answered");
+    assert_eq!(get("hub.mode=subscribe&hub.challenge=1158201444".into()).await.0, StatusCode::FORBIDDEN);
+    let refused = [("carrier", "whatsapp"), ("outcome", "rejected"), ("reason", "bad_verify_token")];
+    assert_eq!(metrics.get("doorstep_hub_webhooks_total", &refused), 3);
+
+    // Without app_secret and verify_token the endpoint is not there, like SendGrid's.
+    let plain =
+        Dispatcher::new(settings(&whatsapp_section("http://127.0.0.1:9")), &db, Arc::new(Metrics::default()))
+            .expect("new");
+    let app = notify::router(plain.state());
+    let query =
+        format!("/callbacks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}");
+    assert_eq!(call(&app, "GET", &query, &[], String::new()).await.0, StatusCode::NOT_FOUND);
+    let body = meta_status(WAMID, "delivered", serde_json::json!({}));
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(text.contains("not configured"), "{text}");
+}
+
+#[tokio::test]
+async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_code() {
+    let (_meta, base) = Fake::start(whatsapp_accepted()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    let app = notify::router(dispatcher.state());
+
+    let garbage = "{\"object\": \"whatsapp_business_account\", \"entry\": [";
+    let (code, _) = post_meta(&app, garbage, &meta_signature(APP_SECRET, garbage)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "signed but not JSON");
+    let bad_json = [("carrier", "whatsapp"), ("outcome", "rejected"), ("reason", "bad_json")];
+    assert_eq!(metrics.get("doorstep_hub_webhooks_total", &bad_json), 1);
+    assert_eq!(status(&db, id), "sent");
+
+    let body = meta_status(
+        WAMID,
+        "failed",
+        serde_json::json!({ "errors": [{
+            "code": 131026,
+            "title": "Message undeliverable",
+            "message": "Message undeliverable",
+            "error_data": { "details": "Message Undeliverable." },
+            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+        }] }),
+    );
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    assert_eq!(status(&db, id), "undelivered", "Meta accepted it, then could not deliver it");
+    assert_eq!(outcomes(&db, id), ["queued", "sent", "undelivered"]);
+    let last = last_outcome(&db, id);
+    assert_eq!(last.provider_id.as_deref(), Some(WAMID));
+    assert_eq!(last.detail.as_deref(), Some("whatsapp failed: error 131026 Message undeliverable"));
+    assert_eq!(
+        metrics
+            .get("doorstep_hub_notifications_total", &[("channel", "whatsapp"), ("outcome", "undelivered")]),
+        1
+    );
+
+    // A status whose id some SMS row carries is not about that row.
+    let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    {
+        let mut conn = rusqlite::Connection::open(&db).expect("open");
+        outbox::finish(&mut conn, sms, "sent", None, DAY, "sent", Some("wamid.ON-AN-SMS-ROW"), None)
+            .expect("sms");
+    }
+    let body = meta_status("wamid.ON-AN-SMS-ROW", "failed", serde_json::json!({}));
+    assert_eq!(post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await.0, StatusCode::OK);
+    assert_eq!(status(&db, sms), "sent", "WhatsApp statuses touch WhatsApp rows only");
+    assert_eq!(outcomes(&db, sms), ["queued", "sent"]);
+}
+
+#[tokio::test]
+async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    meta.push(Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::new(Metrics::default()))
+            .expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "unknown");
+    assert_eq!(last_outcome(&db, id).provider_id, None, "the hub never saw the wamid");
+    // What the hub asked Meta to copy onto the statuses, from the request Meta received.
+    let sent: serde_json::Value = serde_json::from_slice(&meta.seen()[0].body).expect("json");
+    let opaque = sent["biz_opaque_callback_data"].clone();
+    let app = notify::router(dispatcher.state());
+
+    // The same row id, but sent to another number: another Doorstep database's row.
+    let elsewhere = meta_status(WAMID, "sent", serde_json::json!({ "biz_opaque_callback_data": opaque }))
+        .replace("\"recipient_id\":\"15555550100\"", "\"recipient_id\":\"4930901820\"");
+    assert!(elsewhere.contains("4930901820"));
+    let (code, _) = post_meta(&app, &elsewhere, &meta_signature(APP_SECRET, &elsewhere)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(status(&db, id), "unknown", "not this row");
+
+    let body = meta_status(WAMID, "sent", serde_json::json!({ "biz_opaque_callback_data": opaque }));
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    assert_eq!(status(&db, id), "sent", "Meta did send it");
+    assert_eq!(outcomes(&db, id), ["queued", "unknown", "sent"]);
+    assert_eq!(last_outcome(&db, id).provider_id.as_deref(), Some(WAMID), "the wamid, learnt late");
+
+    // Later statuses find the row by the wamid alone.
+    let body = meta_status(WAMID, "delivered", serde_json::json!({}));
+    post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(status(&db, id), "delivered");
+    assert_eq!(outcomes(&db, id), ["queued", "unknown", "sent", "delivered"]);
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
+    assert_eq!(meta.seen().len(), 1, "still never re-sent");
+}
+
+#[tokio::test]
+async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let dispatcher =
+        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::new(Metrics::default()))
+            .expect("new");
+    let app = notify::router(dispatcher.state());
+    let body = meta_change(serde_json::json!({
+        "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],
+        "messages": [{
+            "from": "15555550100", "id": "wamid.HBgLMTU1NTU1NTAxMDAVAgASGBQzQUVCRDk1NjAxRTI2OUZCQzE4OQA=",
+            "timestamp": "1751356900", "type": "text", "text": { "body": " Stop " },
+        }],
+    }));
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    assert!(outbox::is_opted_out(&conn, "whatsapp", PHONE).expect("query"), "stored as rows hold it");
+    assert!(!outbox::is_opted_out(&conn, "sms", PHONE).expect("query"), "WhatsApp only");
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").skipped, 1);
+    assert_eq!(status(&db, id), "skipped");
+    assert!(meta.seen().is_empty());
 }
 
 #[tokio::test]
@@ -665,4 +952,79 @@ async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
     assert!(!html.contains("1Z999"));
     let (code, _) = call(&app, "GET", &format!("/t/{good}/photo"), &[], String::new()).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "no photo proof");
+}
+
+/// Raises an operations alert for the shipment.
+fn alert(path: &Path, shipment: i64, code: &str) {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    tx.raise_alert(shipment, code, "raised by the test", 0).expect("alert");
+    tx.commit().expect("commit");
+}
+
+/// Waits until `done` holds, for at most five seconds.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once() {
+    // WhatsApp and Slack: channels outside the test's quiet hours, so the wall clock
+    // these dispatchers run on cannot defer them.
+    let (meta, meta_base) = Fake::start(whatsapp_accepted()).await;
+    // Slack answers slowly: two dispatchers without a lease would both read the alerts
+    // as unsent before either marked them posted.
+    let (slack, slack_base) =
+        Fake::start(Answer { delay: Duration::from_millis(300), ..Answer::ok(200, "ok") }).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let row = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    for code in ["delivered_away_from_address", "carrier_delivered_van_never_arrived", "held_too_long"] {
+        alert(&db, shipment, code);
+    }
+    let section = format!(
+        "{}[slack]\nwebhook_url = \"{slack_base}/services/T000/B000/XXXX\"\n",
+        whatsapp_section(&meta_base)
+    );
+    let lease = Duration::from_millis(900);
+    let start = |holder: &'static str| {
+        let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        (dispatcher.spawn_with_lease(holder, lease, cancel.clone()), cancel)
+    };
+    let (a, stop_a) = start("hub-a");
+    let (b, stop_b) = start("hub-b");
+
+    assert!(eventually(|| meta.seen().len() == 1 && slack.seen().len() >= 3).await, "sent");
+    // Several more passes of both dispatchers: nothing goes out twice.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(meta.seen().len(), 1, "the message once");
+    assert_eq!(slack.seen().len(), 3, "each alert once");
+    assert_eq!(status(&db, row), "sent");
+
+    // The holder stops and gives the lease up; the other hub takes over and sends what
+    // comes next, once.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let (first, _) = notify::lease::holder(&conn).expect("lease").expect("held");
+    let ((stopping, stop), (other, keep_going), survivor) = if first == "hub-a" {
+        ((a, stop_a), (b, stop_b), "hub-b")
+    } else {
+        ((b, stop_b), (a, stop_a), "hub-a")
+    };
+    stop.cancel();
+    stopping.await.expect("stopped");
+    alert(&db, shipment, "exception_after_delivery");
+    assert!(eventually(|| slack.seen().len() >= 4).await, "the new alert goes out");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(slack.seen().len(), 4, "once");
+    assert_eq!(notify::lease::holder(&conn).expect("lease").map(|(h, _)| h).as_deref(), Some(survivor));
+    keep_going.cancel();
+    other.await.expect("stopped");
 }

@@ -17,15 +17,16 @@ use super::templates::{Template, Templates};
 use super::token::LinkSigner;
 use super::twilio::{Sender, Twilio};
 use super::webhook::WebhookSigner;
-use super::whatsapp::WhatsApp;
+use super::whatsapp::{WebhookKeys, WhatsApp};
 use crate::model::Milestone;
 use crate::store::ContactChannel;
 
 /// The commented `[notify]` section of the default config file.
 pub const DEFAULT_CONFIG: &str = r#"[notify]
 # Send messages and alerts from this hub. Hubs of one shared subscription group share
-# one database; exactly one of them dispatches (the others still serve the tracking
-# page and the providers' callbacks).
+# one database, and only the one holding the dispatch lease sends (the others take over
+# when it stops, and meanwhile serve the tracking page and the providers' callbacks).
+# false: this hub never sends.
 dispatch = true
 # How often the dispatcher looks for due messages, milliseconds (ingest also wakes it).
 poll_interval_ms = 100
@@ -76,6 +77,10 @@ channels = ["sms", "whatsapp"]
 # phone_number_id = "1234567890"
 # access_token = "file:/etc/doorstep-hub/whatsapp.token"
 # template_name = "doorstep_update"    # approved template whose body is "{{1}}"
+# Meta's webhook (statuses, STOP) at {callback_base_url}/callbacks/whatsapp; both or neither.
+# Subscribe the app to the "messages" field with the same verify token.
+# app_secret = "file:/etc/doorstep-hub/whatsapp.app-secret"   # signs X-Hub-Signature-256
+# verify_token = "file:/etc/doorstep-hub/whatsapp.verify-token"
 
 # [notify.webhook]
 # secret = "whsec_..."                 # Standard Webhooks signing secret
@@ -340,6 +345,12 @@ pub struct WhatsAppSection {
     pub access_token: String,
     /// Approved template name.
     pub template_name: String,
+    /// The Meta app's secret (signs the status webhook), inline or `file:/path`.
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    /// The webhook verification token, inline or `file:/path`.
+    #[serde(default)]
+    pub verify_token: Option<String>,
     /// Requests per second.
     #[serde(default = "d_rate")]
     pub rate_per_s: f64,
@@ -582,12 +593,33 @@ impl NotifyConfig {
             None => None,
             Some(w) => {
                 rates.insert(ProviderKind::WhatsApp, rate("whatsapp", w.rate_per_s, w.burst)?);
+                let webhook = match (&w.app_secret, &w.verify_token) {
+                    (None, None) => None,
+                    (Some(secret), Some(token)) => {
+                        let secret = load_secret("whatsapp.app_secret", secret)?;
+                        let token = load_secret("whatsapp.verify_token", token)?;
+                        if secret.is_empty() || token.is_empty() {
+                            return Err(invalid(
+                                "whatsapp.app_secret",
+                                "app_secret and verify_token must not be empty",
+                            ));
+                        }
+                        Some(WebhookKeys::new(&secret, &token))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "whatsapp.app_secret",
+                            "give both app_secret and verify_token (Meta's webhook needs both) or neither",
+                        ));
+                    }
+                };
                 Some(WhatsApp {
                     base_url: base_url("whatsapp.base_url", &w.base_url)?,
                     api_version: w.api_version.clone(),
                     phone_number_id: w.phone_number_id.clone(),
                     access_token: load_secret("whatsapp.access_token", &w.access_token)?,
                     template_name: w.template_name.clone(),
+                    webhook,
                 })
             }
         };
@@ -731,6 +763,25 @@ mod tests {
             toml::from_str("[twilio]\naccount_sid = \"AC1\"\nauth_token = \"x\"\nfrom = \"+1\"\nmessaging_service_sid = \"MG1\"")
                 .expect("toml");
         assert!(NotifyConfig::from_table(Some(&both)).expect("parse").validate("https://t", SECRET).is_err());
+    }
+
+    #[test]
+    fn the_whatsapp_webhook_needs_both_the_app_secret_and_the_verify_token() {
+        let section = |extra: &str| {
+            let text = format!(
+                "[whatsapp]\nphone_number_id = \"1\"\naccess_token = \"t\"\ntemplate_name = \"n\"\n{extra}"
+            );
+            let table: toml::Table = toml::from_str(&text).expect("toml");
+            NotifyConfig::from_table(Some(&table)).expect("parse").validate("https://t.example", SECRET)
+        };
+        let off = section("").expect("valid without a webhook");
+        assert!(off.whatsapp.expect("whatsapp").webhook.is_none());
+        let on = section("app_secret = \"s\"\nverify_token = \"v\"").expect("valid");
+        let keys = on.whatsapp.expect("whatsapp").webhook.expect("webhook keys");
+        assert!(keys.token_matches("v"));
+        assert!(section("app_secret = \"s\"").is_err(), "a secret without a verify token");
+        assert!(section("verify_token = \"v\"").is_err(), "a verify token without a secret");
+        assert!(section("app_secret = \"\"\nverify_token = \"v\"").is_err(), "an empty secret");
     }
 
     #[test]

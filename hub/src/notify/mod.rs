@@ -27,6 +27,7 @@
 //! worker (every statement goes through [`outbox::NotifyDb::call`]).
 
 pub mod config;
+pub mod lease;
 pub mod outbox;
 pub mod page;
 pub mod quiet;
@@ -425,18 +426,68 @@ impl Dispatcher {
         Ok(report)
     }
 
-    /// Runs until `cancel`: a pass every poll interval or on [`Dispatcher::wake`]; on
-    /// cancellation, waits for requests in flight (bounded by the request timeout).
-    pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Runs until `cancel` as `holder` (the hub's MQTT client id): a pass every poll
+    /// interval or on [`Dispatcher::wake`] while it holds the dispatch lease (see
+    /// [`lease`]); on cancellation, waits for requests in flight (bounded by the request
+    /// timeout) and gives the lease up.
+    pub fn spawn(self, holder: impl Into<String>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        self.spawn_with_lease(holder, lease::LEASE_TTL, cancel)
+    }
+
+    /// [`Dispatcher::spawn`] with a lease of `ttl`.
+    pub fn spawn_with_lease(
+        self,
+        holder: impl Into<String>,
+        ttl: Duration,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let holder: Arc<str> = holder.into().into();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         tokio::spawn(async move {
             let mut tasks = JoinSet::new();
+            // Until when this hub holds the lease (its own view), and when it last tried
+            // to take or renew it.
+            let mut held_until = i64::MIN;
+            let mut tried = i64::MIN;
             loop {
                 let now = now_ms();
-                if let Err(error) = self.dispatch_due(now, &mut tasks).await {
-                    tracing::error!(%error, "notification pass failed");
+                let holding = held_until > now;
+                // The holder renews every third of the lease; the others try as often.
+                if now.saturating_sub(tried) >= ttl_ms / 3 {
+                    tried = now;
+                    let who = Arc::clone(&holder);
+                    let took =
+                        self.inner.db.call(move |conn, _| Ok(lease::acquire(conn, &who, now, ttl_ms)?)).await;
+                    match took {
+                        Ok(true) => {
+                            if !holding {
+                                // What a previous holder (or this hub's previous run) left
+                                // in flight is settled before anything new goes out.
+                                if let Err(error) = self.recover(now).await {
+                                    tracing::error!(%error, "cannot settle notifications left in flight; not sending");
+                                    tokio::time::sleep(self.inner.settings.poll_interval).await;
+                                    continue;
+                                }
+                                tracing::info!(holder = %holder, "this hub now sends notifications and alerts");
+                            }
+                            held_until = now.saturating_add(ttl_ms);
+                        }
+                        Ok(false) => {
+                            if holding {
+                                tracing::warn!(holder = %holder, "another hub holds the dispatch lease; this hub stops sending");
+                            }
+                            held_until = i64::MIN;
+                        }
+                        Err(error) => tracing::error!(%error, "cannot take or renew the dispatch lease"),
+                    }
                 }
-                if let Err(error) = self.post_alerts(now).await {
-                    tracing::error!(%error, "operations alert pass failed");
+                if held_until > now {
+                    if let Err(error) = self.dispatch_due(now, &mut tasks).await {
+                        tracing::error!(%error, "notification pass failed");
+                    }
+                    if let Err(error) = self.post_alerts(now).await {
+                        tracing::error!(%error, "operations alert pass failed");
+                    }
                 }
                 while tasks.try_join_next().is_some() {}
                 tokio::select! {
@@ -446,6 +497,12 @@ impl Dispatcher {
                 }
             }
             while tasks.join_next().await.is_some() {}
+            if held_until > i64::MIN {
+                let who = Arc::clone(&holder);
+                if let Err(error) = self.inner.db.call(move |conn, _| Ok(lease::release(conn, &who)?)).await {
+                    tracing::warn!(%error, "cannot give the dispatch lease up; another hub waits for it to expire");
+                }
+            }
             tracing::info!("notification dispatcher stopped");
         })
     }

@@ -280,6 +280,13 @@ pub fn row_target(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String
         .optional()
 }
 
+/// The status of a row.
+pub fn row_status(conn: &Connection, id: i64) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT status FROM notification_outbox WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+}
+
 /// Applies a provider's report about a row: logs it once (a redelivered callback adds
 /// nothing) and moves the status forward — never back from `delivered`, and an open
 /// implies delivery. Returns whether it was new.

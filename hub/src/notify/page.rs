@@ -7,6 +7,12 @@
 //! | POST | `/callbacks/twilio/status` | Twilio message status (signed) → outcome log |
 //! | POST | `/callbacks/twilio/inbound` | Twilio inbound SMS (signed): STOP opts out, START opts back in |
 //! | POST | `/callbacks/sendgrid/events` | SendGrid Event Webhook (signed, ECDSA) → outcome log, unsubscribes |
+//! | GET  | `/callbacks/whatsapp` | Meta's webhook verification: echoes `hub.challenge` for the configured `verify_token` |
+//! | POST | `/callbacks/whatsapp` | WhatsApp Cloud API statuses (signed, `X-Hub-Signature-256`) → outcome log; STOP opts out |
+//!
+//! Every callback checks its signature on the raw body before parsing it, and counts
+//! each delivery on `doorstep_hub_webhooks_total` (provider, `stored` or `rejected`,
+//! reason). A provider that is not configured is a plain 404.
 //!
 //! The page never shows the address, the stop's coordinates, the device or the
 //! carrier's free text: only milestone names, times, and the van's distance from the
@@ -17,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +31,7 @@ use axum::routing::{get, post};
 use super::config::NotifySettings;
 use super::outbox::{self, NotifyDb};
 use super::token::TokenError;
-use super::{NotifyError, now_ms, quiet, sendgrid, twilio};
+use super::{NotifyError, now_ms, quiet, sendgrid, twilio, whatsapp};
 use crate::metrics::Metrics;
 use crate::model::Milestone;
 use crate::store::{ContactChannel, Shipment, Store, TimelineEntry};
@@ -36,6 +42,8 @@ pub const TWILIO_STATUS_PATH: &str = "/callbacks/twilio/status";
 pub const TWILIO_INBOUND_PATH: &str = "/callbacks/twilio/inbound";
 /// Where SendGrid posts events.
 pub const SENDGRID_EVENTS_PATH: &str = "/callbacks/sendgrid/events";
+/// Where Meta verifies the subscription (GET) and posts WhatsApp statuses and messages.
+pub const WHATSAPP_PATH: &str = "/callbacks/whatsapp";
 /// Largest callback body accepted, bytes (SendGrid batches events; Twilio's are small).
 pub const MAX_CALLBACK_BODY: usize = 1024 * 1024;
 /// Most timeline entries shown.
@@ -64,6 +72,7 @@ pub fn router(state: NotifyState) -> Router {
         .route(TWILIO_STATUS_PATH, post(twilio_status))
         .route(TWILIO_INBOUND_PATH, post(twilio_inbound))
         .route(SENDGRID_EVENTS_PATH, post(sendgrid_events))
+        .route(WHATSAPP_PATH, get(whatsapp_verify).post(whatsapp_events))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
         .with_state(state)
 }
@@ -567,6 +576,121 @@ async fn sendgrid_events(State(state): State<NotifyState>, headers: HeaderMap, b
             }
             state.metrics.webhook("sendgrid", "stored", "ok");
             StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+// ---- WhatsApp -----------------------------------------------------------------------
+
+/// The webhook keys and the sending number's id, when both are configured.
+fn whatsapp_keys(state: &NotifyState) -> Option<(&whatsapp::WebhookKeys, &str)> {
+    let w = state.settings.whatsapp.as_ref()?;
+    Some((w.webhook.as_ref()?, w.phone_number_id.as_str()))
+}
+
+fn whatsapp_not_configured() -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        "the whatsapp webhook is not configured (notify.whatsapp.app_secret and verify_token)\n",
+    )
+}
+
+/// Meta's subscription check. Echoing the challenge for any token would let any Meta app
+/// subscribe this URL; its deliveries would then fail the signature check one by one and
+/// bury the real rejections in the counter.
+async fn whatsapp_verify(State(state): State<NotifyState>, RawQuery(query): RawQuery) -> Response {
+    let Some((keys, _)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
+    let params = form_pairs(query.unwrap_or_default().as_bytes());
+    let (mode, token, challenge) =
+        (param(&params, "hub.mode"), param(&params, "hub.verify_token"), param(&params, "hub.challenge"));
+    match (mode, token, challenge) {
+        (Some("subscribe"), Some(token), Some(challenge)) if keys.token_matches(token) => {
+            state.metrics.webhook("whatsapp", "verified", "ok");
+            tracing::info!("whatsapp webhook subscription verified");
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], challenge.to_owned())
+                .into_response()
+        }
+        _ => {
+            state.metrics.webhook("whatsapp", "rejected", "bad_verify_token");
+            tracing::warn!("whatsapp webhook verification with a wrong or missing hub.verify_token");
+            plain(StatusCode::FORBIDDEN, "bad hub.verify_token\n")
+        }
+    }
+}
+
+async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some((keys, phone_number_id)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
+    let signature = headers.get(whatsapp::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !keys.verify(&body, signature) {
+        state.metrics.webhook("whatsapp", "rejected", "bad_signature");
+        tracing::warn!("whatsapp webhook with a bad or missing X-Hub-Signature-256");
+        return plain(StatusCode::FORBIDDEN, "bad X-Hub-Signature-256\n");
+    }
+    let notification: whatsapp::Notification = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            state.metrics.webhook("whatsapp", "rejected", "bad_json");
+            tracing::warn!(error = %e, "whatsapp webhook body is not a JSON notification");
+            return plain(StatusCode::BAD_REQUEST, "expected a WhatsApp webhook JSON object\n");
+        }
+    };
+    let (updates, opt_changes) = whatsapp::read_notification(&notification, phone_number_id);
+    let channel = ContactChannel::Whatsapp.as_str();
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let mut recorded = Vec::new();
+            for u in updates {
+                let id = match outbox::by_provider_id(conn, &u.wamid)? {
+                    Some(id) => Some(id),
+                    // A row whose send timed out never learned its wamid; the opaque data
+                    // names it. Only an `unknown` row (a `sending` one is about to be
+                    // finished by the dispatcher, which would overwrite a status written
+                    // now), and only for the number it was sent to (another Doorstep
+                    // database on the same business account may have a row with that id).
+                    None => match u.outbox_id {
+                        Some(id)
+                            if outbox::row_status(conn, id)?.as_deref() == Some("unknown")
+                                && outbox::row_target(conn, id)?
+                                    .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
+                        {
+                            Some(id)
+                        }
+                        _ => None,
+                    },
+                };
+                let Some(id) = id else { continue };
+                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != channel) {
+                    continue;
+                }
+                if outbox::provider_event(conn, id, u.outcome, Some(&u.wamid), Some(&u.detail), now)? {
+                    recorded.push((id, u.outcome));
+                }
+            }
+            for o in &opt_changes {
+                outbox::set_opt_out(conn, channel, &o.recipient, o.out, "whatsapp_inbound", now)?;
+            }
+            Ok((recorded, opt_changes))
+        })
+        .await;
+    match result {
+        Ok((recorded, opt_changes)) => {
+            for (id, outcome) in recorded {
+                state.metrics.notification(channel, outcome);
+                tracing::info!(outbox = id, outcome, "whatsapp status");
+            }
+            for o in opt_changes {
+                tracing::info!(
+                    recipient = %o.recipient,
+                    opted_out = o.out,
+                    "whatsapp subscription changed by inbound keyword"
+                );
+            }
+            state.metrics.webhook("whatsapp", "stored", "ok");
+            // Meta retries anything but a 200.
+            StatusCode::OK.into_response()
         }
         Err(e) => internal(&e),
     }

@@ -1,27 +1,66 @@
-//! WhatsApp Business Cloud API: template messages.
+//! WhatsApp Business Cloud API: template messages out, delivery statuses and STOP in.
 //!
-//! `POST {base}/{version}/{phone_number_id}/messages` with `Authorization: Bearer
-//! <token>` and JSON `{"messaging_product": "whatsapp", "recipient_type": "individual",
-//! "to": <digits>, "type": "template", "template": {"name", "language": {"code"},
-//! "components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]}}`. Outside a
-//! 24-hour customer service window WhatsApp only delivers pre-approved templates, so the
-//! hub sends one approved template (configured name) whose body is a single `{{1}}`,
-//! filled with the rendered message. The template's language is the one the rendered text
-//! is written in (the Doorstep template's locale after fallback, `en-us` → `en_US`), so
-//! the approved WhatsApp template needs a translation under each locale the hub's
-//! templates have. The answer names the message in `messages[0].id`.
-//! The Cloud API documents no idempotency key: an ambiguous failure is `unknown`, not
-//! re-sent. Delivery statuses (the Cloud API's own webhook) are not ingested yet.
+//! - Send: `POST {base}/{version}/{phone_number_id}/messages` with `Authorization: Bearer
+//!   <token>` and JSON `{"messaging_product": "whatsapp", "recipient_type": "individual",
+//!   "to": <digits>, "type": "template", "template": {"name", "language": {"code"},
+//!   "components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]},
+//!   "biz_opaque_callback_data": "doorstep-outbox:<id>"}`. Outside a 24-hour customer
+//!   service window WhatsApp only delivers pre-approved templates, so the hub sends one
+//!   approved template (configured name) whose body is a single `{{1}}`, filled with the
+//!   rendered message. The template's language is the one the rendered text is written in
+//!   (the Doorstep template's locale after fallback, `en-us` → `en_US`), so the approved
+//!   WhatsApp template needs a translation under each locale the hub's templates have. The
+//!   answer names the message in `messages[0].id` (the `wamid`).
+//! - Idempotency: the Cloud API documents none, so an ambiguous failure is `unknown`, not
+//!   re-sent. Meta copies `biz_opaque_callback_data` onto the message's status webhooks,
+//!   which is how a status finds an `unknown` row whose `wamid` the hub never saw.
+//! - Status webhook (`/callbacks/whatsapp`): Meta first checks the subscription with a GET
+//!   (`hub.mode=subscribe`, `hub.verify_token`, `hub.challenge`: the challenge is echoed
+//!   only when the token is the configured `verify_token`), then POSTs
+//!   `{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages",
+//!   "value": {"metadata": {"phone_number_id"}, "statuses": [..], "messages": [..]}}]}]}`
+//!   signed with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body, keyed with
+//!   the app secret>`. Meta retries anything but a 200 for days, so a batch that verifies
+//!   is answered 200 even when nothing in it is about the hub's rows.
+//!
+//! | Meta `status` | outcome log | row status |
+//! |---|---|---|
+//! | `sent` | `sent` | `sent` (settles an `unknown` row) |
+//! | `delivered` | `delivered` | `delivered` |
+//! | `read` | `opened` | `delivered` |
+//! | `failed` | `undelivered`, with Meta's error code and title | `undelivered` |
+//! | anything else | ignored | unchanged |
+//!
+//! `failed` is `undelivered` rather than `failed` because it always concerns a message the
+//! Cloud API had accepted (Twilio's `undelivered`, SendGrid's `bounce`); the row status
+//! `failed` stays what the send path writes when Meta refuses the request itself.
+//!
+//! Inbound text to the configured number that is an opt-out keyword (the same words as
+//! SMS: `STOP`, `UNSUBSCRIBE`, ...) opts the sender out of the WhatsApp channel, and a
+//! `START` word opts them back in. Meta names the sender by WhatsApp id, the number's
+//! digits; rows hold E.164 (`+` and the digits), so that is the form recorded. Where Meta's
+//! WhatsApp id differs from the dialled number (some Brazilian and Mexican mobiles) an
+//! opt-out is recorded under a number no row has, and an `unknown` row is not settled by
+//! opaque data (it stays `unknown` for an operator). Statuses and messages about another
+//! number of the same business account are not the hub's and are skipped.
 //!
 //! Meta answers its throttling with HTTP 400 and says to act on `error.code`, not the
 //! status: those codes ([`RETRY_CODES`]) are retried with backoff like a 429, so a
 //! backlog after an outage or two milestones close together for one customer go out
 //! later instead of failing for good.
 
+use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::token::constant_time_eq;
+use super::twilio::{Keyword, inbound_keyword};
 use super::{Outgoing, SendResult};
+
+/// The header Meta signs webhook bodies in.
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+/// What `biz_opaque_callback_data` starts with: the rest is the outbox row id.
+pub const OPAQUE_PREFIX: &str = "doorstep-outbox:";
 
 /// A configured WhatsApp Business phone number.
 #[derive(Clone)]
@@ -36,6 +75,8 @@ pub struct WhatsApp {
     pub access_token: String,
     /// The approved template's name.
     pub template_name: String,
+    /// What the status webhook is checked with; `None` leaves `/callbacks/whatsapp` off.
+    pub webhook: Option<WebhookKeys>,
 }
 
 impl std::fmt::Debug for WhatsApp {
@@ -44,7 +85,46 @@ impl std::fmt::Debug for WhatsApp {
             .field("base_url", &self.base_url)
             .field("phone_number_id", &self.phone_number_id)
             .field("template_name", &self.template_name)
+            .field("webhook", &self.webhook.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The Meta app's webhook secrets: the app secret signs every POST, the verify token
+/// answers the subscription handshake.
+#[derive(Clone)]
+pub struct WebhookKeys {
+    key: hmac::Key,
+    verify_token: String,
+}
+
+impl std::fmt::Debug for WebhookKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookKeys").finish_non_exhaustive()
+    }
+}
+
+impl WebhookKeys {
+    /// Keys from the app secret and the verify token the operator typed into Meta's app
+    /// dashboard.
+    pub fn new(app_secret: &str, verify_token: &str) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, app_secret.as_bytes()),
+            verify_token: verify_token.to_owned(),
+        }
+    }
+
+    /// Whether `header` (`sha256=<hex>`) is the app's signature of `body`, compared in
+    /// constant time.
+    pub fn verify(&self, body: &[u8], header: &str) -> bool {
+        let Some(tag) = header.trim().strip_prefix("sha256=") else { return false };
+        let Ok(tag) = hex::decode(tag) else { return false };
+        hmac::verify(&self.key, body, &tag).is_ok()
+    }
+
+    /// Whether the handshake's `hub.verify_token` is the configured one.
+    pub fn token_matches(&self, token: &str) -> bool {
+        constant_time_eq(self.verify_token.as_bytes(), token.as_bytes())
     }
 }
 
@@ -74,15 +154,35 @@ struct SentMessage {
     id: String,
 }
 
-/// WhatsApp's language code for a BCP 47 locale (`de-AT` → `de_AT`, `en` → `en`,
-/// `en-us` → `en_US`): Meta names template languages this way.
+/// The regional template languages WhatsApp offers; every other language is named by
+/// its bare code (`de`, `fr`, `nl`), whatever region the recipient's locale names.
+const REGIONAL_LANGUAGES: [&str; 12] = [
+    "en_GB", "en_US", "es_AR", "es_ES", "es_MX", "ky_KG", "pt_BR", "pt_PT", "rw_RW", "zh_CN", "zh_HK",
+    "zh_TW",
+];
+
+/// WhatsApp's template language code for a locale: `en-us` → `en_US`, `pt-BR` →
+/// `pt_BR`, but `de-AT` → `de` (WhatsApp has no regional German), `no` → `nb`,
+/// `zh` → `zh_CN`. A code WhatsApp does not offer would fail every send with error
+/// 132001 (no such translation).
 pub fn language_code(locale: &str) -> String {
     let mut parts = locale.trim().split(['-', '_']);
-    let language = parts.next().unwrap_or_default().to_ascii_lowercase();
-    match parts.next() {
-        Some(region) if !region.is_empty() => format!("{language}_{}", region.to_ascii_uppercase()),
-        _ => language,
+    let language = match parts.next().unwrap_or_default().to_ascii_lowercase().as_str() {
+        "no" | "nn" => "nb".to_owned(),
+        "iw" => "he".to_owned(),
+        other => other.to_owned(),
+    };
+    if let Some(region) = parts.next().filter(|r| !r.is_empty()) {
+        let regional = format!("{language}_{}", region.to_ascii_uppercase());
+        if REGIONAL_LANGUAGES.contains(&regional.as_str()) {
+            return regional;
+        }
     }
+    // Languages WhatsApp offers only with a region.
+    REGIONAL_LANGUAGES
+        .iter()
+        .find(|r| ["ky", "rw", "zh"].contains(&language.as_str()) && r.starts_with(&format!("{language}_")))
+        .map_or(language, |r| (*r).to_owned())
 }
 
 impl WhatsApp {
@@ -100,6 +200,7 @@ impl WhatsApp {
                 "language": { "code": language_code(&msg.locale) },
                 "components": [{ "type": "body", "parameters": [{ "type": "text", "text": text }] }],
             },
+            "biz_opaque_callback_data": format!("{OPAQUE_PREFIX}{}", msg.outbox_id),
         })
     }
 
@@ -128,6 +229,219 @@ impl WhatsApp {
         }
         super::classify_status(reply.status, reply.retry_after, detail)
     }
+}
+
+// ---- status webhook ------------------------------------------------------------------
+
+/// A webhook POST body. Every field is optional so that one odd entry in a batch costs
+/// that entry, not the batch (Meta would retry a refused batch for days).
+#[derive(Debug, Deserialize)]
+pub struct Notification {
+    /// `whatsapp_business_account`.
+    #[serde(default)]
+    pub object: String,
+    /// One per business account.
+    #[serde(default)]
+    pub entry: Vec<Entry>,
+}
+
+/// One business account's changes.
+#[derive(Debug, Deserialize)]
+pub struct Entry {
+    /// The changes.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+/// One change: `field` `messages` carries statuses and inbound messages.
+#[derive(Debug, Deserialize)]
+pub struct Change {
+    /// The subscribed field.
+    #[serde(default)]
+    pub field: String,
+    /// What changed.
+    #[serde(default)]
+    pub value: ChangeValue,
+}
+
+/// The `value` of a `messages` change.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChangeValue {
+    /// Which business number it is about.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    /// Status updates of messages the business sent.
+    #[serde(default)]
+    pub statuses: Vec<Status>,
+    /// Messages customers sent to the business.
+    #[serde(default)]
+    pub messages: Vec<Inbound>,
+}
+
+/// The business number a change is about.
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    /// The number's id (the one messages are sent from).
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+}
+
+/// One status update.
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    /// The `wamid` the send answer named.
+    #[serde(default)]
+    pub id: String,
+    /// `sent`, `delivered`, `read`, `failed`, ...
+    #[serde(default)]
+    pub status: String,
+    /// The customer's WhatsApp id (digits).
+    #[serde(default)]
+    pub recipient_id: String,
+    /// What the send request carried in `biz_opaque_callback_data`.
+    #[serde(default)]
+    pub biz_opaque_callback_data: Option<String>,
+    /// Why a `failed` message failed.
+    #[serde(default)]
+    pub errors: Vec<StatusError>,
+}
+
+/// One of Meta's errors on a `failed` status.
+#[derive(Debug, Deserialize)]
+pub struct StatusError {
+    /// Meta's error code (131026: undeliverable, ...).
+    #[serde(default)]
+    pub code: Option<i64>,
+    /// Short description.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Longer description, where the title is missing.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One inbound message.
+#[derive(Debug, Deserialize)]
+pub struct Inbound {
+    /// The sender's WhatsApp id (digits).
+    #[serde(default)]
+    pub from: String,
+    /// `text`, `button`, `image`, ...
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// The text of a `text` message.
+    #[serde(default)]
+    pub text: Option<InboundText>,
+}
+
+/// An inbound text.
+#[derive(Debug, Deserialize)]
+pub struct InboundText {
+    /// What the customer wrote.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// What a status means for the outcome log; `None` for statuses that change nothing.
+pub fn status_outcome(status: &str) -> Option<&'static str> {
+    match status {
+        "sent" => Some("sent"),
+        "delivered" => Some("delivered"),
+        "read" => Some("opened"),
+        "failed" => Some("undelivered"),
+        // deleted, warning, played, ...: nothing the outbox tracks.
+        _ => None,
+    }
+}
+
+/// A status the outbox should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// The `wamid`.
+    pub wamid: String,
+    /// The outcome log entry.
+    pub outcome: &'static str,
+    /// The outbox row named by the send's opaque data, if any.
+    pub outbox_id: Option<i64>,
+    /// The customer's number as rows hold it (`+` and digits).
+    pub recipient: String,
+    /// For the outcome log.
+    pub detail: String,
+}
+
+/// An inbound keyword's change to the WhatsApp opt-outs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptChange {
+    /// The number as rows hold it (`+` and digits).
+    pub recipient: String,
+    /// Opted out (`true`) or back in.
+    pub out: bool,
+}
+
+/// The outbox row id in a status's `biz_opaque_callback_data`, when the hub put it there.
+pub fn opaque_outbox_id(data: &str) -> Option<i64> {
+    data.strip_prefix(OPAQUE_PREFIX)?.parse().ok()
+}
+
+/// A WhatsApp id as rows hold numbers: `+` and the digits; `None` when it is not digits.
+fn e164(wa_id: &str) -> Option<String> {
+    (!wa_id.is_empty() && wa_id.bytes().all(|b| b.is_ascii_digit())).then(|| format!("+{wa_id}"))
+}
+
+/// What a verified webhook body asks of the outbox (pure): the status updates and opt-out
+/// changes in changes about `phone_number_id`. Changes about another number of the same
+/// business account are not the hub's.
+pub fn read_notification(n: &Notification, phone_number_id: &str) -> (Vec<StatusUpdate>, Vec<OptChange>) {
+    let (mut updates, mut opts) = (Vec::new(), Vec::new());
+    if n.object != "whatsapp_business_account" {
+        return (updates, opts);
+    }
+    let changes = n.entry.iter().flat_map(|e| &e.changes).filter(|c| c.field == "messages");
+    for change in changes {
+        let number = change.value.metadata.as_ref().and_then(|m| m.phone_number_id.as_deref());
+        if number.is_some_and(|id| id != phone_number_id) {
+            continue;
+        }
+        for s in &change.value.statuses {
+            let Some(outcome) = status_outcome(&s.status) else { continue };
+            if s.id.is_empty() {
+                continue;
+            }
+            let errors: Vec<String> = s
+                .errors
+                .iter()
+                .map(|e| {
+                    let words = e.title.as_deref().or(e.message.as_deref()).unwrap_or("no title");
+                    match e.code {
+                        Some(code) => format!("error {code} {words}"),
+                        None => words.to_owned(),
+                    }
+                })
+                .collect();
+            let detail = if errors.is_empty() {
+                format!("whatsapp {}", s.status)
+            } else {
+                format!("whatsapp {}: {}", s.status, errors.join("; "))
+            };
+            updates.push(StatusUpdate {
+                wamid: s.id.clone(),
+                outcome,
+                outbox_id: s.biz_opaque_callback_data.as_deref().and_then(opaque_outbox_id),
+                recipient: e164(&s.recipient_id).unwrap_or_default(),
+                detail,
+            });
+        }
+        for m in &change.value.messages {
+            let (Some(text), Some(recipient)) = (m.text.as_ref(), e164(&m.from)) else { continue };
+            if m.kind != "text" {
+                continue;
+            }
+            if let Some(keyword) = inbound_keyword(&text.body) {
+                opts.push(OptChange { recipient, out: keyword == Keyword::OptOut });
+            }
+        }
+    }
+    (updates, opts)
 }
 
 /// A template parameter as WhatsApp accepts it: no newline, carriage return or tab, and
@@ -161,10 +475,92 @@ mod tests {
     }
 
     #[test]
+    fn the_signature_is_hex_hmac_sha256_of_the_raw_body_keyed_with_the_app_secret() {
+        // RFC 4231 test case 2: key "Jefe", this text.
+        let keys = WebhookKeys::new("Jefe", "token");
+        let body = b"what do ya want for nothing?";
+        let good = "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert!(keys.verify(body, good));
+        assert!(!keys.verify(b"what do ya want for nothing!", good), "a changed body");
+        assert!(!keys.verify(body, &good.replace("sha256=", "sha1=")), "another algorithm");
+        assert!(!keys.verify(body, "sha256=5bdcc146"), "a truncated tag");
+        assert!(!keys.verify(body, ""), "no header");
+        assert!(!WebhookKeys::new("jefe", "token").verify(body, good), "another secret");
+        assert!(keys.token_matches("token") && !keys.token_matches("token ") && !keys.token_matches(""));
+    }
+
+    fn notification(json: &str) -> Notification {
+        serde_json::from_str(json).expect("json")
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes_and_keep_metas_error_for_the_operator() {
+        let n = notification(
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+                "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+                "statuses":[
+                  {"id":"wamid.A","status":"delivered","timestamp":"1751356800","recipient_id":"15555550100"},
+                  {"id":"wamid.B","status":"read","timestamp":"1751356801","recipient_id":"15555550100","biz_opaque_callback_data":"doorstep-outbox:7"},
+                  {"id":"wamid.C","status":"failed","timestamp":"1751356802","recipient_id":"15555550100",
+                   "errors":[{"code":131026,"title":"Message undeliverable","message":"Message undeliverable","error_data":{"details":"Message Undeliverable."}}]},
+                  {"id":"wamid.D","status":"deleted","timestamp":"1751356803","recipient_id":"15555550100"},
+                  {"id":"wamid.E","status":"sent","timestamp":"1751356804","recipient_id":"15555550100","biz_opaque_callback_data":"someone-else:9",
+                   "conversation":{"id":"c","origin":{"type":"utility"}},"pricing":{"billable":true,"category":"utility"}}
+                ]}}]}]}"#,
+        );
+        let (updates, opts) = read_notification(&n, "106540352242922");
+        assert!(opts.is_empty());
+        let got: Vec<(&str, &str, Option<i64>)> =
+            updates.iter().map(|u| (u.wamid.as_str(), u.outcome, u.outbox_id)).collect();
+        assert_eq!(
+            got,
+            [
+                ("wamid.A", "delivered", None),
+                ("wamid.B", "opened", Some(7)),
+                ("wamid.C", "undelivered", None),
+                ("wamid.E", "sent", None),
+            ],
+            "deleted is ignored; opaque data of another system names no row"
+        );
+        assert_eq!(updates[2].detail, "whatsapp failed: error 131026 Message undeliverable");
+        assert_eq!(updates[0].recipient, "+15555550100");
+        let (other, _) = read_notification(&n, "999");
+        assert!(other.is_empty(), "statuses of another number of the business account are not ours");
+    }
+
+    #[test]
+    fn stop_to_the_number_opts_the_sender_out_and_other_text_does_not() {
+        let n = notification(
+            r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{
+                "metadata":{"phone_number_id":"106540352242922"},
+                "contacts":[{"profile":{"name":"Ada"},"wa_id":"15555550100"}],
+                "messages":[
+                  {"from":"15555550100","id":"wamid.in1","timestamp":"1751356800","type":"text","text":{"body":"  stop "}},
+                  {"from":"15555550101","id":"wamid.in2","timestamp":"1751356801","type":"text","text":{"body":"please stop by at 5"}},
+                  {"from":"15555550102","id":"wamid.in3","timestamp":"1751356802","type":"text","text":{"body":"Start"}},
+                  {"from":"15555550103","id":"wamid.in4","timestamp":"1751356803","type":"image","image":{"id":"1"}}
+                ]}}]}]}"#,
+        );
+        let (updates, opts) = read_notification(&n, "106540352242922");
+        assert!(updates.is_empty());
+        assert_eq!(
+            opts,
+            [
+                OptChange { recipient: "+15555550100".into(), out: true },
+                OptChange { recipient: "+15555550102".into(), out: false },
+            ]
+        );
+    }
+
+    #[test]
     fn locales_are_spelled_the_way_whatsapp_names_template_languages() {
-        assert_eq!(language_code("de-AT"), "de_AT");
+        assert_eq!(language_code("de-AT"), "de", "WhatsApp has no regional German");
         assert_eq!(language_code("en"), "en");
         assert_eq!(language_code("en-us"), "en_US");
         assert_eq!(language_code("pt_br"), "pt_BR");
+        assert_eq!(language_code("fr-CA"), "fr");
+        assert_eq!(language_code("no"), "nb");
+        assert_eq!(language_code("zh"), "zh_CN");
+        assert_eq!(language_code("zh-tw"), "zh_TW");
     }
 }
