@@ -165,6 +165,35 @@ fn whatsapp_webhook_section(base: &str) -> String {
     )
 }
 
+/// A fake Meta, and a database with one shipment whose "delivered" WhatsApp row is
+/// queued, with a dispatcher for it. Meta answers `first` to the first request (when
+/// given) and accepts the rest; `webhook` also configures the status webhook's keys.
+struct WhatsAppCase {
+    meta: Fake,
+    base: String,
+    db: std::path::PathBuf,
+    shipment: i64,
+    id: i64,
+    metrics: Arc<Metrics>,
+    dispatcher: Dispatcher,
+    _dir: tempfile::TempDir,
+}
+
+async fn whatsapp_case(first: Option<Answer>, webhook: bool) -> WhatsAppCase {
+    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+    if let Some(answer) = first {
+        meta.push(answer);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let section = if webhook { whatsapp_webhook_section(&base) } else { whatsapp_section(&base) };
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::clone(&metrics)).expect("new");
+    WhatsAppCase { meta, base, db, shipment, id, metrics, dispatcher, _dir: dir }
+}
+
 /// `X-Hub-Signature-256` as Meta computes it: `sha256=` and the lowercase hex HMAC-SHA256
 /// of the raw body, keyed with the app secret.
 fn meta_signature(secret: &str, body: &str) -> String {
@@ -486,14 +515,9 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
 
 #[tokio::test]
 async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let s = settings(&whatsapp_section(&base));
-    let link = s.tracking_link(shipment, DAY);
-    let dispatcher = Dispatcher::new(s, &db, Arc::new(Metrics::default())).expect("new");
+    let WhatsAppCase { meta, base, db, shipment, id, dispatcher, _dir, .. } =
+        whatsapp_case(None, false).await;
+    let link = settings(&whatsapp_section(&base)).tracking_link(shipment, DAY);
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").sent, 1);
     dispatcher.run_once(DAY + 60_000).await.expect("second pass sends nothing");
 
@@ -551,14 +575,8 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
 
 #[tokio::test]
 async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
-    meta.push(Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let slow = Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() };
+    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), false).await;
     dispatcher.run_once(DAY).await.expect("pass");
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(meta.seen().len(), 1, "not re-sent: the Cloud API has no idempotency key");
@@ -573,17 +591,11 @@ async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
 
 #[tokio::test]
 async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operator() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
-    meta.push(Answer::ok(
+    let refused = Answer::ok(
         400,
         r#"{"error":{"message":"(#132001) Template name does not exist in the translation","type":"OAuthException","code":132001,"error_data":{"messaging_product":"whatsapp","details":"template name (doorstep_update) does not exist in en_US"},"fbtrace_id":"AbCdEfGh"}}"#,
-    ));
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    );
+    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(refused), false).await;
     dispatcher.run_once(DAY).await.expect("pass");
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(meta.seen().len(), 1, "a refused template is not retried");
@@ -596,18 +608,12 @@ async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operato
 
 #[tokio::test]
 async fn whatsapp_throttling_is_a_400_that_is_retried_after_the_backoff() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
     // Meta's throughput limit for the sending number: HTTP 400, code 130429.
-    meta.push(Answer::ok(
+    let throttled = Answer::ok(
         400,
         r#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."},"fbtrace_id":"Az8or2yhqkZfEZ"}}"#,
-    ));
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    );
+    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(throttled), false).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "queued", "throttled, not refused");
     dispatcher.run_once(DAY + 100).await.expect("not due yet");
@@ -620,14 +626,7 @@ async fn whatsapp_throttling_is_a_400_that_is_retried_after_the_backoff() {
 
 #[tokio::test]
 async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_changes_nothing() {
-    let (_meta, base) = Fake::start(whatsapp_accepted()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let metrics = Arc::new(Metrics::default());
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    let WhatsAppCase { db, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "sent");
     let app = notify::router(dispatcher.state());
@@ -710,14 +709,7 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
 
 #[tokio::test]
 async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_code() {
-    let (_meta, base) = Fake::start(whatsapp_accepted()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let metrics = Arc::new(Metrics::default());
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    let WhatsAppCase { db, shipment, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     let app = notify::router(dispatcher.state());
 
@@ -767,15 +759,8 @@ async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_co
 
 #[tokio::test]
 async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
-    meta.push(Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::new(Metrics::default()))
-            .expect("new");
+    let slow = Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() };
+    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "unknown");
     assert_eq!(last_outcome(&db, id).provider_id, None, "the hub never saw the wamid");
@@ -810,13 +795,7 @@ async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
 
 #[tokio::test]
 async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db);
-    let dispatcher =
-        Dispatcher::new(settings(&whatsapp_webhook_section(&base)), &db, Arc::new(Metrics::default()))
-            .expect("new");
+    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     let app = notify::router(dispatcher.state());
     let body = meta_change(serde_json::json!({
         "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],
@@ -830,8 +809,7 @@ async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
     let conn = rusqlite::Connection::open(&db).expect("open");
     assert!(outbox::is_opted_out(&conn, "whatsapp", PHONE).expect("query"), "stored as rows hold it");
     assert!(!outbox::is_opted_out(&conn, "sms", PHONE).expect("query"), "WhatsApp only");
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").skipped, 1);
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").skipped, 1, "the queued row");
     assert_eq!(status(&db, id), "skipped");
     assert!(meta.seen().is_empty());
 }
