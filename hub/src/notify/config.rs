@@ -73,10 +73,12 @@ channels = ["sms", "whatsapp"]
 
 # [notify.whatsapp]
 # base_url = "https://graph.facebook.com"
-# api_version = "v17.0"
+# api_version = "v21.0"
 # phone_number_id = "1234567890"
 # access_token = "file:/etc/doorstep-hub/whatsapp.token"
-# template_name = "doorstep_update"    # approved template whose body is "{{1}}"
+# Approved template with one body parameter between fixed text, e.g.
+# "Parcel update: {{1}} - Doorstep" (WhatsApp refuses a body that starts or ends with one).
+# template_name = "doorstep_update"
 # Meta's webhook (statuses, STOP) at {callback_base_url}/callbacks/whatsapp; both or neither.
 # Subscribe the app to the "messages" field with the same verify token.
 # app_secret = "file:/etc/doorstep-hub/whatsapp.app-secret"   # signs X-Hub-Signature-256
@@ -190,7 +192,7 @@ fn d_graph() -> String {
     "https://graph.facebook.com".into()
 }
 fn d_graph_version() -> String {
-    "v17.0".into()
+    "v21.0".into()
 }
 
 /// `[notify]` as written.

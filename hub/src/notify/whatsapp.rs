@@ -6,7 +6,8 @@
 //!   "components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]},
 //!   "biz_opaque_callback_data": "doorstep-outbox:<id>"}`. Outside a 24-hour customer
 //!   service window WhatsApp only delivers pre-approved templates, so the hub sends one
-//!   approved template (configured name) whose body is a single `{{1}}`, filled with the
+//!   approved template (configured name) whose body holds one parameter between fixed
+//!   text (WhatsApp refuses a body that starts or ends with a parameter), filled with the
 //!   rendered message. The template's language is the one the rendered text is written in
 //!   (the Doorstep template's locale after fallback, `en-us` → `en_US`), so the approved
 //!   WhatsApp template needs a translation under each locale the hub's templates have. The
@@ -67,7 +68,7 @@ pub const OPAQUE_PREFIX: &str = "doorstep-outbox:";
 pub struct WhatsApp {
     /// Graph API base URL without a trailing slash (`https://graph.facebook.com`).
     pub base_url: String,
-    /// Graph API version (`v17.0`).
+    /// Graph API version (`v21.0`).
     pub api_version: String,
     /// The sending phone number's id.
     pub phone_number_id: String,
