@@ -1001,8 +1001,15 @@ async fn drive(
                 }
                 Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
                     // A refused filter (a broker ACL) means vans this hub never hears.
+                    // A grant at QoS 0 would let the broker drop events while the hub is
+                    // away: not counted as heard.
                     for code in &ack.return_codes {
                         match code {
+                            rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce) => {
+                                tracing::error!(
+                                    "the broker granted a subscription at QoS 0 only; events may be lost"
+                                );
+                            }
                             rumqttc::SubscribeReasonCode::Success(_) => granted += 1,
                             rumqttc::SubscribeReasonCode::Failure => {
                                 tracing::error!(
@@ -1046,6 +1053,8 @@ async fn drive(
                 Ok(_) => {}
                 Err(e) => {
                     metrics.mqtt_connected(false);
+                    granted = 0;
+                    metrics.mqtt_subscriptions(granted);
                     if verify.is_none() {
                         break;
                     }

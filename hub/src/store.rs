@@ -225,6 +225,7 @@ CREATE TABLE device_status (
 CREATE TABLE dispatcher_lease (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     holder      TEXT NOT NULL,
+    token       TEXT NOT NULL,
     expires_ms  INTEGER NOT NULL
 );
 "#,

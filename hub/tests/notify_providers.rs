@@ -561,7 +561,11 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
         ["biz_opaque_callback_data", "messaging_product", "recipient_type", "template", "to", "type"]
     );
     // Meta copies it onto the message's statuses: how a row whose send timed out is found.
-    assert_eq!(body["biz_opaque_callback_data"], format!("doorstep-outbox:{id}"));
+    let opaque = body["biz_opaque_callback_data"].as_str().expect("opaque data");
+    assert!(
+        opaque.starts_with(&format!("doorstep-outbox:{id}:")),
+        "the row, tagged by this database: {opaque}"
+    );
     assert_eq!(keys(&body["template"]), ["components", "language", "name"]);
     assert_eq!(body["template"]["components"].as_array().map(Vec::len), Some(1));
     assert_eq!(body["template"]["components"][0]["parameters"].as_array().map(Vec::len), Some(1));
@@ -748,6 +752,7 @@ async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_co
     let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     {
         let mut conn = rusqlite::Connection::open(&db).expect("open");
+        assert!(outbox::claim(&conn, sms).expect("claim"));
         outbox::finish(&mut conn, sms, "sent", None, DAY, "sent", Some("wamid.ON-AN-SMS-ROW"), None)
             .expect("sms");
     }
@@ -791,6 +796,29 @@ async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
     assert_eq!(outcomes(&db, id), ["queued", "unknown", "sent", "delivered"]);
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(meta.seen().len(), 1, "still never re-sent");
+}
+
+#[tokio::test]
+async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept() {
+    let WhatsAppCase { db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let app = notify::router(dispatcher.state());
+    // The dispatcher has claimed the row and its request is out; Meta's status is faster.
+    let mut conn = rusqlite::Connection::open(&db).expect("open");
+    assert!(outbox::claim(&conn, id).expect("claim"));
+    let opaque = notify::whatsapp::OpaqueIds::new(SECRET).name(id);
+    let error = serde_json::json!([{ "code": 131026, "title": "Message undeliverable" }]);
+    let body = meta_status(
+        WAMID,
+        "failed",
+        serde_json::json!({ "biz_opaque_callback_data": opaque, "errors": error }),
+    );
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    assert_eq!(status(&db, id), "undelivered");
+    // Then the send's answer is written: logged, and the failure stands.
+    outbox::finish(&mut conn, id, "sent", None, DAY, "sent", Some(WAMID), None).expect("finish");
+    assert_eq!(status(&db, id), "undelivered");
+    assert_eq!(outcomes(&db, id), ["queued", "undelivered", "sent"]);
 }
 
 #[tokio::test]
@@ -1005,4 +1033,26 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
     assert_eq!(notify::lease::holder(&conn).expect("lease").map(|(h, _)| h).as_deref(), Some(survivor));
     keep_going.cancel();
     other.await.expect("stopped");
+}
+
+#[test]
+fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_holders_status() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let hook = enqueue(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None);
+    let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let mut conn = rusqlite::Connection::open(&db).expect("open");
+    // The old holder claims both; the lease passes and the new holder settles them.
+    assert!(outbox::claim(&conn, hook).expect("claim"));
+    assert!(outbox::claim(&conn, sms).expect("claim"));
+    assert_eq!(outbox::recover(&mut conn, DAY, &["webhook"]).expect("recover"), (1, 1));
+    assert_eq!(status(&db, hook), "queued", "the webhook goes again, with the same id");
+    assert_eq!(status(&db, sms), "unknown");
+    // Then the old holder's requests answer.
+    outbox::finish(&mut conn, hook, "sent", None, DAY + 1, "sent", Some("late"), None).expect("finish");
+    outbox::finish(&mut conn, sms, "sent", None, DAY + 1, "sent", Some("SM-late"), None).expect("finish");
+    assert_eq!(status(&db, hook), "queued", "the new holder's plan stands");
+    assert_eq!(outcomes(&db, hook), ["queued", "attempt_failed", "sent"], "the answer is logged");
+    assert_eq!(status(&db, sms), "sent", "an unknown row learns it went out");
 }

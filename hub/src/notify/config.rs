@@ -17,7 +17,7 @@ use super::templates::{Template, Templates};
 use super::token::LinkSigner;
 use super::twilio::{Sender, Twilio};
 use super::webhook::WebhookSigner;
-use super::whatsapp::{WebhookKeys, WhatsApp};
+use super::whatsapp::{OpaqueIds, WebhookKeys, WhatsApp};
 use crate::model::Milestone;
 use crate::store::ContactChannel;
 
@@ -622,6 +622,7 @@ impl NotifyConfig {
                     access_token: load_secret("whatsapp.access_token", &w.access_token)?,
                     template_name: w.template_name.clone(),
                     webhook,
+                    opaque: OpaqueIds::new(link_secret),
                 })
             }
         };

@@ -42,6 +42,7 @@ pub mod whatsapp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -353,8 +354,9 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Opens the database at `database` (WAL, migrated, plus [`outbox::MIGRATION`]) and
-    /// builds the HTTP client. Call [`Dispatcher::recover`] once, then
-    /// [`Dispatcher::spawn`].
+    /// builds the HTTP client. Then [`Dispatcher::spawn`] (which settles what a previous
+    /// run left in flight when it takes the dispatch lease), or [`Dispatcher::recover`]
+    /// once and passes of [`Dispatcher::run_once`].
     pub fn new(
         settings: NotifySettings,
         database: &Path,
@@ -427,9 +429,9 @@ impl Dispatcher {
     }
 
     /// Runs until `cancel` as `holder` (the hub's MQTT client id): a pass every poll
-    /// interval or on [`Dispatcher::wake`] while it holds the dispatch lease (see
-    /// [`lease`]); on cancellation, waits for requests in flight (bounded by the request
-    /// timeout) and gives the lease up.
+    /// interval or on [`Dispatcher::wake`] while this process holds the dispatch lease
+    /// (see [`lease`]). On cancellation, waits for requests in flight (bounded by the
+    /// request timeout and the rate limits), then gives the lease up.
     pub fn spawn(self, holder: impl Into<String>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         self.spawn_with_lease(holder, lease::LEASE_TTL, cancel)
     }
@@ -441,47 +443,21 @@ impl Dispatcher {
         ttl: Duration,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let holder: Arc<str> = holder.into().into();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // Until when this process holds the lease, as its renewal task last wrote it.
+        let held_until = Arc::new(AtomicI64::new(i64::MIN));
+        let stop_renewing = CancellationToken::new();
+        let renewal = tokio::spawn(self.clone().renew_lease(
+            holder.into(),
+            ttl_ms,
+            Arc::clone(&held_until),
+            stop_renewing.clone(),
+        ));
         tokio::spawn(async move {
             let mut tasks = JoinSet::new();
-            // Until when this hub holds the lease (its own view), and when it last tried
-            // to take or renew it.
-            let mut held_until = i64::MIN;
-            let mut tried = i64::MIN;
             loop {
                 let now = now_ms();
-                let holding = held_until > now;
-                // The holder renews every third of the lease; the others try as often.
-                if now.saturating_sub(tried) >= ttl_ms / 3 {
-                    tried = now;
-                    let who = Arc::clone(&holder);
-                    let took =
-                        self.inner.db.call(move |conn, _| Ok(lease::acquire(conn, &who, now, ttl_ms)?)).await;
-                    match took {
-                        Ok(true) => {
-                            if !holding {
-                                // What a previous holder (or this hub's previous run) left
-                                // in flight is settled before anything new goes out.
-                                if let Err(error) = self.recover(now).await {
-                                    tracing::error!(%error, "cannot settle notifications left in flight; not sending");
-                                    tokio::time::sleep(self.inner.settings.poll_interval).await;
-                                    continue;
-                                }
-                                tracing::info!(holder = %holder, "this hub now sends notifications and alerts");
-                            }
-                            held_until = now.saturating_add(ttl_ms);
-                        }
-                        Ok(false) => {
-                            if holding {
-                                tracing::warn!(holder = %holder, "another hub holds the dispatch lease; this hub stops sending");
-                            }
-                            held_until = i64::MIN;
-                        }
-                        Err(error) => tracing::error!(%error, "cannot take or renew the dispatch lease"),
-                    }
-                }
-                if held_until > now {
+                if held_until.load(Ordering::SeqCst) > now {
                     if let Err(error) = self.dispatch_due(now, &mut tasks).await {
                         tracing::error!(%error, "notification pass failed");
                     }
@@ -496,15 +472,77 @@ impl Dispatcher {
                     () = self.inner.wake.notified() => {}
                 }
             }
+            // The lease stays renewed until the last request has its answer.
             while tasks.join_next().await.is_some() {}
-            if held_until > i64::MIN {
-                let who = Arc::clone(&holder);
-                if let Err(error) = self.inner.db.call(move |conn, _| Ok(lease::release(conn, &who)?)).await {
-                    tracing::warn!(%error, "cannot give the dispatch lease up; another hub waits for it to expire");
-                }
-            }
+            stop_renewing.cancel();
+            let _ = renewal.await;
             tracing::info!("notification dispatcher stopped");
         })
+    }
+
+    /// Takes and renews the dispatch lease every third of `ttl_ms` until `stop`, apart
+    /// from the sends (a slow provider cannot let it lapse); a take-over settles what
+    /// the previous holder left in flight in the same transaction. Gives the lease up on
+    /// the way out.
+    async fn renew_lease(
+        self,
+        holder: String,
+        ttl_ms: i64,
+        held_until: Arc<AtomicI64>,
+        stop: CancellationToken,
+    ) {
+        let holder: Arc<str> = holder.into();
+        let token: Arc<str> = lease::process_token().into();
+        let safe: Arc<[&'static str]> =
+            ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect();
+        let mut first = true;
+        loop {
+            let now = now_ms();
+            let (who, process, safe_here) = (Arc::clone(&holder), Arc::clone(&token), Arc::clone(&safe));
+            let result = self
+                .inner
+                .db
+                .call(move |conn, _| {
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let got = lease::acquire(&tx, &who, &process, first, now, ttl_ms)?;
+                    let settled = match got {
+                        lease::Acquired::TookOver(_) => outbox::recover_in(&tx, now, &safe_here)?,
+                        _ => (0, 0),
+                    };
+                    tx.commit()?;
+                    Ok((got, settled))
+                })
+                .await;
+            match result {
+                Ok((lease::Acquired::Renewed, _)) => {
+                    held_until.store(now.saturating_add(ttl_ms), Ordering::SeqCst)
+                }
+                Ok((lease::Acquired::TookOver(previous), (requeued, unknown))) => {
+                    first = false;
+                    held_until.store(now.saturating_add(ttl_ms), Ordering::SeqCst);
+                    tracing::info!(holder = %holder, previous = previous.as_deref().unwrap_or("none"), requeued, unknown, "this hub now sends notifications and alerts; what the previous holder left in flight is settled");
+                    self.wake();
+                }
+                Ok((lease::Acquired::HeldBy(other), _)) => {
+                    if held_until.swap(i64::MIN, Ordering::SeqCst) > now {
+                        tracing::warn!(holder = %holder, other, "the dispatch lease passed to another hub; this hub stops sending");
+                    }
+                }
+                // The lease this hub may hold runs out by itself.
+                Err(error) => tracing::error!(%error, "cannot take or renew the dispatch lease"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(1).max(1))) => {}
+            }
+        }
+        held_until.store(i64::MIN, Ordering::SeqCst);
+        if !first {
+            let process = Arc::clone(&token);
+            if let Err(error) = self.inner.db.call(move |conn, _| Ok(lease::release(conn, &process)?)).await {
+                tracing::warn!(%error, "cannot give the dispatch lease up; another hub waits for it to expire");
+            }
+        }
     }
 
     /// Plans due rows, settles skips and deferrals, claims and spawns the sends.

@@ -142,8 +142,12 @@ pub fn finish(
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Only a row still in flight: a hub that lost the dispatch lease mid-request may
+    // finish after the next holder settled or re-sent the row; its answer is logged, and
+    // a status the other hub wrote since is kept.
     tx.prepare_cached(
-        "UPDATE notification_outbox SET status = ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms) WHERE id = ?1",
+        "UPDATE notification_outbox SET status = ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms)
+         WHERE id = ?1 AND status IN ('sending', 'unknown')",
     )?
     .execute(params![id, status, next_attempt_ms])?;
     record(&tx, id, now_ms, outcome, provider_id, detail)?;
@@ -196,6 +200,14 @@ pub fn skip(
 /// request may have been sent). Returns (requeued, unknown).
 pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let settled = recover_in(&tx, now_ms, resend_safe)?;
+    tx.commit()?;
+    Ok(settled)
+}
+
+/// [`recover`] inside the caller's write transaction (the dispatch lease takes over and
+/// settles in one).
+pub fn recover_in(tx: &Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
     let rows: Vec<(i64, String)> = tx
         .prepare_cached("SELECT id, channel FROM notification_outbox WHERE status = 'sending'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -208,7 +220,7 @@ pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusq
                 params![id, now_ms],
             )?;
             record(
-                &tx,
+                tx,
                 id,
                 now_ms,
                 "attempt_failed",
@@ -219,7 +231,7 @@ pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusq
         } else {
             tx.execute("UPDATE notification_outbox SET status = 'unknown' WHERE id = ?1", [id])?;
             record(
-                &tx,
+                tx,
                 id,
                 now_ms,
                 "unknown",
@@ -229,7 +241,6 @@ pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusq
             unknown += 1;
         }
     }
-    tx.commit()?;
     Ok((requeued, unknown))
 }
 

@@ -584,9 +584,9 @@ async fn sendgrid_events(State(state): State<NotifyState>, headers: HeaderMap, b
 // ---- WhatsApp -----------------------------------------------------------------------
 
 /// The webhook keys and the sending number's id, when both are configured.
-fn whatsapp_keys(state: &NotifyState) -> Option<(&whatsapp::WebhookKeys, &str)> {
+fn whatsapp_keys(state: &NotifyState) -> Option<(&whatsapp::WebhookKeys, &whatsapp::WhatsApp)> {
     let w = state.settings.whatsapp.as_ref()?;
-    Some((w.webhook.as_ref()?, w.phone_number_id.as_str()))
+    Some((w.webhook.as_ref()?, w))
 }
 
 fn whatsapp_not_configured() -> Response {
@@ -620,7 +620,7 @@ async fn whatsapp_verify(State(state): State<NotifyState>, RawQuery(query): RawQ
 }
 
 async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some((keys, phone_number_id)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
+    let Some((keys, account)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
     let signature = headers.get(whatsapp::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !keys.verify(&body, signature) {
         state.metrics.webhook("whatsapp", "rejected", "bad_signature");
@@ -635,7 +635,8 @@ async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, b
             return plain(StatusCode::BAD_REQUEST, "expected a WhatsApp webhook JSON object\n");
         }
     };
-    let (updates, opt_changes) = whatsapp::read_notification(&notification, phone_number_id);
+    let (updates, opt_changes) =
+        whatsapp::read_notification(&notification, &account.phone_number_id, &account.opaque);
     let channel = ContactChannel::Whatsapp.as_str();
     let now = now_ms();
     let result = state
@@ -645,16 +646,18 @@ async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, b
             for u in updates {
                 let id = match outbox::by_provider_id(conn, &u.wamid)? {
                     Some(id) => Some(id),
-                    // A row whose send timed out never learned its wamid; the opaque data
-                    // names it. Only an `unknown` row (a `sending` one is about to be
-                    // finished by the dispatcher, which would overwrite a status written
-                    // now), and only for the number it was sent to (another Doorstep
-                    // database on the same business account may have a row with that id).
+                    // A row that has not learned its wamid: its send timed out (`unknown`),
+                    // or Meta's status came before the send's answer was written
+                    // (`sending`; the dispatcher's late `finish` keeps what is written
+                    // now). The opaque data names it, tagged by this database; and only
+                    // for the number it was sent to.
                     None => match u.outbox_id {
                         Some(id)
-                            if outbox::row_status(conn, id)?.as_deref() == Some("unknown")
-                                && outbox::row_target(conn, id)?
-                                    .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
+                            if matches!(
+                                outbox::row_status(conn, id)?.as_deref(),
+                                Some("unknown" | "sending")
+                            ) && outbox::row_target(conn, id)?
+                                .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
                         {
                             Some(id)
                         }

@@ -60,8 +60,49 @@ use super::{Outgoing, SendResult};
 
 /// The header Meta signs webhook bodies in.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
-/// What `biz_opaque_callback_data` starts with: the rest is the outbox row id.
+/// What `biz_opaque_callback_data` starts with: then the outbox row id and this
+/// database's tag for it (see [`OpaqueIds`]).
 pub const OPAQUE_PREFIX: &str = "doorstep-outbox:";
+
+/// Names outbox rows in `biz_opaque_callback_data` so that only this database reads
+/// them back: `doorstep-outbox:<id>:<tag>`, the tag a truncated HMAC of the id under a
+/// key derived from the tracking-link secret. Two Doorstep databases sending from one
+/// WhatsApp business account (two depots) both have a row 7; the tag tells them apart.
+/// The webhook itself is authenticated by Meta's signature; this only says whose row.
+#[derive(Clone)]
+pub struct OpaqueIds(ring::hmac::Key);
+
+impl OpaqueIds {
+    /// Keys derived from the hub's tracking-link secret.
+    pub fn new(link_secret: &[u8]) -> Self {
+        let base = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, link_secret);
+        let derived = ring::hmac::sign(&base, b"doorstep whatsapp opaque outbox ids");
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    fn tag_of(&self, id: i64) -> String {
+        let tag = ring::hmac::sign(&self.0, id.to_string().as_bytes());
+        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The opaque data for a row.
+    pub fn name(&self, id: i64) -> String {
+        format!("{OPAQUE_PREFIX}{id}:{}", self.tag_of(id))
+    }
+
+    /// The row a status's opaque data names, when this database named it.
+    pub fn outbox_id(&self, data: &str) -> Option<i64> {
+        let (id, tag) = data.strip_prefix(OPAQUE_PREFIX)?.split_once(':')?;
+        let id: i64 = id.parse().ok()?;
+        (self.tag_of(id) == tag).then_some(id)
+    }
+}
+
+impl std::fmt::Debug for OpaqueIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpaqueIds(..)")
+    }
+}
 
 /// A configured WhatsApp Business phone number.
 #[derive(Clone)]
@@ -78,6 +119,8 @@ pub struct WhatsApp {
     pub template_name: String,
     /// What the status webhook is checked with; `None` leaves `/callbacks/whatsapp` off.
     pub webhook: Option<WebhookKeys>,
+    /// Names outbox rows in the send's opaque data.
+    pub opaque: OpaqueIds,
 }
 
 impl std::fmt::Debug for WhatsApp {
@@ -164,26 +207,45 @@ const REGIONAL_LANGUAGES: [&str; 12] = [
 
 /// WhatsApp's template language code for a locale: `en-us` → `en_US`, `pt-BR` →
 /// `pt_BR`, but `de-AT` → `de` (WhatsApp has no regional German), `no` → `nb`,
-/// `zh` → `zh_CN`. A code WhatsApp does not offer would fail every send with error
-/// 132001 (no such translation).
+/// `zh` → `zh_CN`, `zh-Hant` → `zh_TW`, `pt` → `pt_BR`, `pt-AO` → `pt_PT`. A code
+/// WhatsApp does not offer would fail every send with error 132001 (no such
+/// translation).
 pub fn language_code(locale: &str) -> String {
-    let mut parts = locale.trim().split(['-', '_']);
+    let mut parts = locale.trim().split(['-', '_']).filter(|p| !p.is_empty());
     let language = match parts.next().unwrap_or_default().to_ascii_lowercase().as_str() {
         "no" | "nn" => "nb".to_owned(),
         "iw" => "he".to_owned(),
+        "in" => "id".to_owned(),
+        "tl" => "fil".to_owned(),
         other => other.to_owned(),
     };
-    if let Some(region) = parts.next().filter(|r| !r.is_empty()) {
-        let regional = format!("{language}_{}", region.to_ascii_uppercase());
+    let mut region = None;
+    for part in parts {
+        match (part.len(), part.to_ascii_lowercase().as_str()) {
+            // A script: Chinese in traditional characters is Taiwan's or Hong Kong's.
+            (4, "hant") if region.is_none() => region = Some("TW".to_owned()),
+            (4, "hans") if region.is_none() => region = Some("CN".to_owned()),
+            (4, _) => {}
+            (2 | 3, _) => region = Some(part.to_ascii_uppercase()),
+            _ => {}
+        }
+    }
+    if let Some(region) = &region {
+        let regional = format!("{language}_{region}");
         if REGIONAL_LANGUAGES.contains(&regional.as_str()) {
             return regional;
         }
     }
-    // Languages WhatsApp offers only with a region.
-    REGIONAL_LANGUAGES
-        .iter()
-        .find(|r| ["ky", "rw", "zh"].contains(&language.as_str()) && r.starts_with(&format!("{language}_")))
-        .map_or(language, |r| (*r).to_owned())
+    // Languages WhatsApp offers only with a region: the most spoken one, or for
+    // Portuguese outside Brazil, Portugal's.
+    match language.as_str() {
+        "ky" => "ky_KG".to_owned(),
+        "rw" => "rw_RW".to_owned(),
+        "zh" => "zh_CN".to_owned(),
+        "pt" if region.is_some() => "pt_PT".to_owned(),
+        "pt" => "pt_BR".to_owned(),
+        _ => language,
+    }
 }
 
 impl WhatsApp {
@@ -201,7 +263,7 @@ impl WhatsApp {
                 "language": { "code": language_code(&msg.locale) },
                 "components": [{ "type": "body", "parameters": [{ "type": "text", "text": text }] }],
             },
-            "biz_opaque_callback_data": format!("{OPAQUE_PREFIX}{}", msg.outbox_id),
+            "biz_opaque_callback_data": self.opaque.name(msg.outbox_id),
         })
     }
 
@@ -379,11 +441,6 @@ pub struct OptChange {
     pub out: bool,
 }
 
-/// The outbox row id in a status's `biz_opaque_callback_data`, when the hub put it there.
-pub fn opaque_outbox_id(data: &str) -> Option<i64> {
-    data.strip_prefix(OPAQUE_PREFIX)?.parse().ok()
-}
-
 /// A WhatsApp id as rows hold numbers: `+` and the digits; `None` when it is not digits.
 fn e164(wa_id: &str) -> Option<String> {
     (!wa_id.is_empty() && wa_id.bytes().all(|b| b.is_ascii_digit())).then(|| format!("+{wa_id}"))
@@ -392,7 +449,11 @@ fn e164(wa_id: &str) -> Option<String> {
 /// What a verified webhook body asks of the outbox (pure): the status updates and opt-out
 /// changes in changes about `phone_number_id`. Changes about another number of the same
 /// business account are not the hub's.
-pub fn read_notification(n: &Notification, phone_number_id: &str) -> (Vec<StatusUpdate>, Vec<OptChange>) {
+pub fn read_notification(
+    n: &Notification,
+    phone_number_id: &str,
+    opaque: &OpaqueIds,
+) -> (Vec<StatusUpdate>, Vec<OptChange>) {
     let (mut updates, mut opts) = (Vec::new(), Vec::new());
     if n.object != "whatsapp_business_account" {
         return (updates, opts);
@@ -427,7 +488,7 @@ pub fn read_notification(n: &Notification, phone_number_id: &str) -> (Vec<Status
             updates.push(StatusUpdate {
                 wamid: s.id.clone(),
                 outcome,
-                outbox_id: s.biz_opaque_callback_data.as_deref().and_then(opaque_outbox_id),
+                outbox_id: s.biz_opaque_callback_data.as_deref().and_then(|d| opaque.outbox_id(d)),
                 recipient: e164(&s.recipient_id).unwrap_or_default(),
                 detail,
             });
@@ -496,20 +557,25 @@ mod tests {
 
     #[test]
     fn statuses_map_to_outcomes_and_keep_metas_error_for_the_operator() {
-        let n = notification(
-            r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+        let ours = OpaqueIds::new(b"this depot's link secret");
+        let other_depot = OpaqueIds::new(b"another depot's link secret");
+        let json = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
                 "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
                 "statuses":[
                   {"id":"wamid.A","status":"delivered","timestamp":"1751356800","recipient_id":"15555550100"},
-                  {"id":"wamid.B","status":"read","timestamp":"1751356801","recipient_id":"15555550100","biz_opaque_callback_data":"doorstep-outbox:7"},
+                  {"id":"wamid.B","status":"read","timestamp":"1751356801","recipient_id":"15555550100","biz_opaque_callback_data":"OURS"},
                   {"id":"wamid.C","status":"failed","timestamp":"1751356802","recipient_id":"15555550100",
                    "errors":[{"code":131026,"title":"Message undeliverable","message":"Message undeliverable","error_data":{"details":"Message Undeliverable."}}]},
                   {"id":"wamid.D","status":"deleted","timestamp":"1751356803","recipient_id":"15555550100"},
                   {"id":"wamid.E","status":"sent","timestamp":"1751356804","recipient_id":"15555550100","biz_opaque_callback_data":"someone-else:9",
+                   "conversation":{"id":"c","origin":{"type":"utility"}},"pricing":{"billable":true,"category":"utility"}},
+                  {"id":"wamid.F","status":"sent","timestamp":"1751356805","recipient_id":"15555550100","biz_opaque_callback_data":"OTHER_DEPOT",
                    "conversation":{"id":"c","origin":{"type":"utility"}},"pricing":{"billable":true,"category":"utility"}}
-                ]}}]}]}"#,
-        );
-        let (updates, opts) = read_notification(&n, "106540352242922");
+                ]}}]}]}"#
+            .replace("OURS", &ours.name(7))
+            .replace("OTHER_DEPOT", &other_depot.name(7));
+        let n = notification(&json);
+        let (updates, opts) = read_notification(&n, "106540352242922", &ours);
         assert!(opts.is_empty());
         let got: Vec<(&str, &str, Option<i64>)> =
             updates.iter().map(|u| (u.wamid.as_str(), u.outcome, u.outbox_id)).collect();
@@ -520,12 +586,13 @@ mod tests {
                 ("wamid.B", "opened", Some(7)),
                 ("wamid.C", "undelivered", None),
                 ("wamid.E", "sent", None),
+                ("wamid.F", "sent", None),
             ],
-            "deleted is ignored; opaque data of another system names no row"
+            "deleted is ignored; opaque data of another system, or another depot's row 7, names no row"
         );
         assert_eq!(updates[2].detail, "whatsapp failed: error 131026 Message undeliverable");
         assert_eq!(updates[0].recipient, "+15555550100");
-        let (other, _) = read_notification(&n, "999");
+        let (other, _) = read_notification(&n, "999", &ours);
         assert!(other.is_empty(), "statuses of another number of the business account are not ours");
     }
 
@@ -542,7 +609,7 @@ mod tests {
                   {"from":"15555550103","id":"wamid.in4","timestamp":"1751356803","type":"image","image":{"id":"1"}}
                 ]}}]}]}"#,
         );
-        let (updates, opts) = read_notification(&n, "106540352242922");
+        let (updates, opts) = read_notification(&n, "106540352242922", &OpaqueIds::new(b"secret"));
         assert!(updates.is_empty());
         assert_eq!(
             opts,
@@ -563,5 +630,10 @@ mod tests {
         assert_eq!(language_code("no"), "nb");
         assert_eq!(language_code("zh"), "zh_CN");
         assert_eq!(language_code("zh-tw"), "zh_TW");
+        assert_eq!(language_code("zh-Hant"), "zh_TW");
+        assert_eq!(language_code("zh-Hant-HK"), "zh_HK");
+        assert_eq!(language_code("pt"), "pt_BR");
+        assert_eq!(language_code("pt-AO"), "pt_PT");
+        assert_eq!(language_code("in"), "id");
     }
 }
