@@ -1440,10 +1440,7 @@ impl WriterThread {
                 }
             }
             // Verifiers hand over handfuls, so the batch may pass batch_max by a few.
-            while !batch.is_empty() {
-                let rest = batch.split_off(batch.len().min(self.batch_max));
-                self.commit_batch(std::mem::replace(&mut batch, rest));
-            }
+            self.commit_in_batches(batch);
             if let Some(f) = call {
                 let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain };
                 f(&mut ctx);
@@ -1474,10 +1471,7 @@ impl WriterThread {
                     }
                 }
                 batch.extend(reorder.drain());
-                while !batch.is_empty() {
-                    let rest = batch.split_off(batch.len().min(self.batch_max));
-                    self.commit_batch(std::mem::replace(&mut batch, rest));
-                }
+                self.commit_in_batches(batch);
                 self.send_due_acks(true);
                 break;
             }
@@ -1511,6 +1505,14 @@ impl WriterThread {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot run due reconciler wake-ups"),
+        }
+    }
+
+    /// Commits `batch` in transactions of at most `batch_max` messages, in order.
+    fn commit_in_batches(&mut self, mut batch: Vec<Ingested>) {
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.batch_max));
+            self.commit_batch(std::mem::replace(&mut batch, rest));
         }
     }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::blob::{BlobChunk, MAX_CHUNK_LEN};
-use doorstep_proto::{Delivery, Event, FixEvidence, HexBytes, PhotoRef, RouteId, StopId, TrackingNumber};
+use doorstep_proto::{
+    Delivery, DeviceId, Event, FixEvidence, HexBytes, PhotoRef, RouteId, SigningKey, StopId, TrackingNumber,
+};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,21 +20,41 @@ fn open(db: &std::path::Path) -> Store {
     Store::open(db, StoreOptions::default()).unwrap()
 }
 
+/// Vans `van-1` .. `van-{n}`, registered in the hub database.
+fn registered_vans(db: &std::path::Path, n: u8) -> Vec<(DeviceId, SigningKey)> {
+    let vans: Vec<_> = (1..=n).map(|i| (device(&format!("van-{i}")), key(i))).collect();
+    register(db, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    vans
+}
+
+/// Each van's "nearby" events 1..=`last`, interleaved across the vans.
+async fn publish_nearby(fleet: &SimFleet, vans: &[(DeviceId, SigningKey)], last: u64) {
+    for seq in 1..=last {
+        for (d, k) in vans {
+            fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
+        }
+    }
+}
+
+/// Every van's events 1..=`last` stored once, in order, and acked.
+fn assert_stored_and_acked(db: &std::path::Path, vans: &[(DeviceId, SigningKey)], last: u64) {
+    let store = open(db);
+    for (d, _) in vans {
+        assert_eq!(store.event_seqs(d).unwrap(), (1..=last).collect::<Vec<_>>());
+        assert_eq!(store.ack_high_water(d).unwrap(), last);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
-    let vans: Vec<_> = (1..=3).map(|i| (device(&format!("van-{i}")), key(i))).collect();
-    register(&db, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    let vans = registered_vans(&db, 3);
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-1", hub_key().public_key()).await;
 
-    for seq in 1..=40u64 {
-        for (d, k) in &vans {
-            fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
-        }
-    }
+    publish_nearby(&fleet, &vans, 40).await;
     assert!(
         fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await,
         "every van acked to 40"
@@ -53,13 +75,9 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
     assert!(fleet.inbox.lock().unwrap().refused.is_empty(), "every ack verifies under the hub key");
 
     hub.stop().await;
-    let store = open(&db);
-    for (d, _) in &vans {
-        assert_eq!(store.event_seqs(d).unwrap(), (1..=40).collect::<Vec<_>>());
-        assert_eq!(store.ack_high_water(d).unwrap(), 40);
-    }
+    assert_stored_and_acked(&db, &vans, 40);
     // The exact signed bytes are kept.
-    assert_eq!(store.event_envelope(d1, 7).unwrap().unwrap(), seal(k1, d1, 7, nearby(7, "s1")));
+    assert_eq!(open(&db).event_envelope(d1, 7).unwrap().unwrap(), seal(k1, d1, 7, nearby(7, "s1")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,8 +165,7 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
-    let vans: Vec<_> = (1..=4).map(|i| (device(&format!("van-{i}")), key(i))).collect();
-    register(&db, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    let vans = registered_vans(&db, 4);
     // Two hub processes' worth of ingest on one database file, one subscription group.
     let member = |name: &str| HubOptions {
         client_id: name.into(),
@@ -159,11 +176,7 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
     let b = TestHub::start(broker.port(), &db, member("hub-b")).await;
     let fleet = SimFleet::connect(broker.port(), "sim-shared", hub_key().public_key()).await;
 
-    for seq in 1..=60u64 {
-        for (d, k) in &vans {
-            fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
-        }
-    }
+    publish_nearby(&fleet, &vans, 60).await;
     // Each hub sees only part of a van's stream; the ack is the database's contiguous
     // high water, so whichever hub commits the missing piece acks past it.
     assert!(
@@ -180,11 +193,7 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
 
     a.stop().await;
     b.stop().await;
-    let store = open(&db);
-    for (d, _) in &vans {
-        assert_eq!(store.event_seqs(d).unwrap(), (1..=60).collect::<Vec<_>>());
-        assert_eq!(store.ack_high_water(d).unwrap(), 60);
-    }
+    assert_stored_and_acked(&db, &vans, 60);
 }
 
 fn http() -> reqwest::Client {

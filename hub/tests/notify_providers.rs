@@ -1046,7 +1046,9 @@ fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_hold
     // The old holder claims both; the lease passes and the new holder settles them.
     assert!(outbox::claim(&conn, hook).expect("claim"));
     assert!(outbox::claim(&conn, sms).expect("claim"));
-    assert_eq!(outbox::recover(&mut conn, DAY, &["webhook"]).expect("recover"), (1, 1));
+    let tx = conn.transaction().expect("tx");
+    assert_eq!(outbox::recover(&tx, DAY, &["webhook"]).expect("recover"), (1, 1));
+    tx.commit().expect("commit");
     assert_eq!(status(&db, hook), "queued", "the webhook goes again, with the same id");
     assert_eq!(status(&db, sms), "unknown");
     // Then the old holder's requests answer.

@@ -119,20 +119,33 @@ async fn scan_until_stored(driver: &mut doorstep_e2e::DriverApp, code: &str) {
     panic!("no GPS fix within 10 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_van_delivers_confirmations_over_tls_with_the_fleets_certificates() {
+/// A van whose parcels were scanned while it talks TLS, with a client certificate, to a
+/// broker that requires one. It trusts the fleet's CA, or with `wrong_ca` another one.
+struct ScannedVan {
+    van_id: DeviceId,
+    broker: Broker,
+    van: AgentDaemon,
+    receiver: AckingReceiver,
+    child: tokio::process::Child,
+    pid: u32,
+    _gps: GnssFeed,
+    _pki: Pki,
+}
+
+async fn scanned_van_over_tls(name: &str, wrong_ca: bool) -> ScannedVan {
     doorstep_e2e::init_tracing();
-    let van_id = device("van-tls");
+    let van_id = device(name);
     let pki = pki(&van_id);
     let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
     let gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, Duration::from_millis(50));
+    let ca = if wrong_ca { &pki.other_ca } else { &pki.broker.ca };
     let van = AgentDaemon::provision(&DaemonConfig {
         device: van_id.clone(),
         gps: gps.path.clone(),
         route_json: route(),
         position_interval_s: 0,
         broker_port: broker.tls_port().expect("TLS listener"),
-        uplink_extra: uplink_tls(&pki.broker.ca, &pki.van_cert, &pki.van_key),
+        uplink_extra: uplink_tls(ca, &pki.van_cert, &pki.van_key),
     })
     .expect("provision the van");
     let receiver = AckingReceiver::start(broker.port(), &[(van_id.clone(), van.key())], hub_key()).await;
@@ -143,6 +156,13 @@ async fn the_van_delivers_confirmations_over_tls_with_the_fleets_certificates() 
     for code in PARCELS {
         scan_until_stored(&mut driver, code).await;
     }
+    ScannedVan { van_id, broker, van, receiver, child, pid, _gps: gps, _pki: pki }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_van_delivers_confirmations_over_tls_with_the_fleets_certificates() {
+    let ScannedVan { van_id, broker, van, receiver, child, pid, _gps, _pki } =
+        scanned_van_over_tls("van-tls", false).await;
     // Drained: the confirmations went out over TLS and the hub's acks came back on it.
     let (drained, status) = van
         .wait_for_status(Duration::from_secs(30), |s| link_up(s, pid) && outbox_depth(s) == 0)
@@ -173,28 +193,8 @@ async fn the_van_delivers_confirmations_over_tls_with_the_fleets_certificates() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_with_the_wrong_ca_refuses_the_broker_says_why_and_sends_nothing() {
-    doorstep_e2e::init_tracing();
-    let van_id = device("van-wrong-ca");
-    let pki = pki(&van_id);
-    let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
-    let gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, Duration::from_millis(50));
-    let van = AgentDaemon::provision(&DaemonConfig {
-        device: van_id.clone(),
-        gps: gps.path.clone(),
-        route_json: route(),
-        position_interval_s: 0,
-        broker_port: broker.tls_port().expect("TLS listener"),
-        uplink_extra: uplink_tls(&pki.other_ca, &pki.van_cert, &pki.van_key),
-    })
-    .expect("provision the van");
-    let receiver = AckingReceiver::start(broker.port(), &[(van_id.clone(), van.key())], hub_key()).await;
-
-    let child = van.start().expect("start the agent");
-    let pid = child.id().expect("pid");
-    let mut driver = van.driver().await.expect("driver socket");
-    for code in PARCELS {
-        scan_until_stored(&mut driver, code).await;
-    }
+    let ScannedVan { van_id, broker, van, receiver, child, pid, _gps, _pki } =
+        scanned_van_over_tls("van-wrong-ca", true).await;
     // The link record and the log say why the broker was refused.
     let (refused, status) = van
         .wait_for_status(Duration::from_secs(10), |s| {

@@ -10,7 +10,7 @@
 //! The lease names the hub (its MQTT client id) and the process (a random token). A hub
 //! restarted after a crash takes its own old lease at once. Whoever takes the lease
 //! settles, in the same transaction, the rows the previous holder left `sending` (see
-//! [`super::outbox::recover_in`]): the webhook channel is re-sent with the same id, the
+//! [`super::outbox::recover`]): the webhook channel is re-sent with the same id, the
 //! others become `unknown`.
 //!
 //! A holder that cannot reach its database for longer than the lease may still finish a

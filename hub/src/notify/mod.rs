@@ -301,6 +301,11 @@ pub fn plan(
     }))
 }
 
+/// The channels whose requests are safe to repeat, by name (what a recovery re-queues).
+fn resend_safe_channels() -> Vec<&'static str> {
+    ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect()
+}
+
 /// Whether a channel's request is safe to repeat after an ambiguous failure.
 pub fn resend_safe(channel: ContactChannel) -> bool {
     matches!(channel, ContactChannel::Webhook)
@@ -355,8 +360,8 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Opens the database at `database` (WAL, migrated, plus [`outbox::MIGRATION`]) and
     /// builds the HTTP client. Then [`Dispatcher::spawn`] (which settles what a previous
-    /// run left in flight when it takes the dispatch lease), or [`Dispatcher::recover`]
-    /// once and passes of [`Dispatcher::run_once`].
+    /// run left in flight when it takes the dispatch lease), or passes of
+    /// [`Dispatcher::run_once`].
     pub fn new(
         settings: NotifySettings,
         database: &Path,
@@ -403,19 +408,6 @@ impl Dispatcher {
     /// A handle ingest can keep to wake the dispatcher.
     pub fn waker(&self) -> Arc<Notify> {
         Arc::clone(&self.inner.wake)
-    }
-
-    /// Settles rows a stopped hub left `sending`: re-queued on the webhook channel,
-    /// `unknown` elsewhere. Returns (requeued, unknown).
-    pub async fn recover(&self, now_ms: i64) -> Result<(usize, usize), NotifyError> {
-        let safe: Vec<&'static str> =
-            ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect();
-        let (requeued, unknown) =
-            self.inner.db.call(move |conn, _| Ok(outbox::recover(conn, now_ms, &safe)?)).await?;
-        if requeued + unknown > 0 {
-            tracing::warn!(requeued, unknown, "notifications left in flight by a previous run settled");
-        }
-        Ok((requeued, unknown))
     }
 
     /// One pass at `now_ms`: plans and sends every due row and posts unsent alerts, and
@@ -493,12 +485,10 @@ impl Dispatcher {
     ) {
         let holder: Arc<str> = holder.into();
         let token: Arc<str> = lease::process_token().into();
-        let safe: Arc<[&'static str]> =
-            ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect();
         let mut first = true;
         loop {
             let now = now_ms();
-            let (who, process, safe_here) = (Arc::clone(&holder), Arc::clone(&token), Arc::clone(&safe));
+            let (who, process) = (Arc::clone(&holder), Arc::clone(&token));
             let result = self
                 .inner
                 .db
@@ -506,7 +496,7 @@ impl Dispatcher {
                     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     let got = lease::acquire(&tx, &who, &process, first, now, ttl_ms)?;
                     let settled = match got {
-                        lease::Acquired::TookOver(_) => outbox::recover_in(&tx, now, &safe_here)?,
+                        lease::Acquired::TookOver(_) => outbox::recover(&tx, now, &resend_safe_channels())?,
                         _ => (0, 0),
                     };
                     tx.commit()?;

@@ -195,19 +195,12 @@ pub fn skip(
     Ok(n == 1)
 }
 
-/// After a restart: rows left `sending` by a stopped hub. Channels whose requests are
-/// safe to repeat (`resend_safe`) go back to `queued`; the rest become `unknown` (the
-/// request may have been sent). Returns (requeued, unknown).
-pub fn recover(conn: &mut Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let settled = recover_in(&tx, now_ms, resend_safe)?;
-    tx.commit()?;
-    Ok(settled)
-}
-
-/// [`recover`] inside the caller's write transaction (the dispatch lease takes over and
-/// settles in one).
-pub fn recover_in(tx: &Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
+/// Rows a previous dispatcher left `sending` (a stopped hub, or a lease holder that
+/// lost the lease): channels whose requests are safe to repeat (`resend_safe`) go back
+/// to `queued`; the rest become `unknown` (the request may have been sent). Runs inside
+/// the caller's write transaction (the dispatch lease takes over and settles in one).
+/// Returns (requeued, unknown).
+pub fn recover(tx: &Connection, now_ms: i64, resend_safe: &[&str]) -> rusqlite::Result<(usize, usize)> {
     let rows: Vec<(i64, String)> = tx
         .prepare_cached("SELECT id, channel FROM notification_outbox WHERE status = 'sending'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
