@@ -179,12 +179,8 @@ pub const RETRY_CODES: [i64; 5] = [2, 4, 80_007, 130_429, 131_056];
 
 #[derive(Deserialize)]
 struct Refusal {
-    error: RefusalError,
-}
-
-#[derive(Deserialize)]
-struct RefusalError {
-    code: i64,
+    /// The same shape as the errors on a `failed` status.
+    error: StatusError,
 }
 
 #[derive(Deserialize)]
@@ -286,7 +282,7 @@ impl WhatsApp {
         }
         let text = String::from_utf8_lossy(&reply.body).chars().take(300).collect::<String>();
         let detail = format!("whatsapp HTTP {}: {text}", reply.status.as_u16());
-        let code = serde_json::from_slice::<Refusal>(&reply.body).ok().map(|r| r.error.code);
+        let code = serde_json::from_slice::<Refusal>(&reply.body).ok().and_then(|r| r.error.code);
         if code.is_some_and(|c| RETRY_CODES.contains(&c)) {
             return SendResult::Retry { detail, retry_after: reply.retry_after };
         }
