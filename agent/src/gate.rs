@@ -269,7 +269,10 @@ impl Gate {
     /// Could a van have driven from `a` to `b`? Allows three combined sigmas of
     /// position error on top of the speed bound.
     fn consistent(&self, a: &GoodFix, b: &GoodFix) -> Result<(), Reason> {
-        if b.utc_ms <= a.utc_ms {
+        // The same instant again is the assembler's revision of an epoch it reported
+        // before the receiver's speed came (see `gps::Assembler`): it replaces the anchor.
+        let revision = b.utc_ms == a.utc_ms && a.speed_mps.is_none() && b.speed_mps.is_some();
+        if b.utc_ms < a.utc_ms || (b.utc_ms == a.utc_ms && !revision) {
             return Err(Reason::TimeNotIncreasing);
         }
         // Millisecond differences between plausible dates fit f64 exactly.

@@ -180,6 +180,23 @@ const JUMP_SIGMAS: f64 = 2.0;
 /// metres (or two sigma of the fix, if larger) of where it stopped.
 const STILL_RADIUS_M: f64 = 20.0;
 
+/// Without a reported speed, standing needs fixes spanning at least this long within the
+/// still radius, in milliseconds. One fix says nothing about motion: a receiver that lost
+/// its Doppler speed for one epoch must not turn a van passing at 45 km/h into a parked
+/// one.
+const STILL_EVIDENCE_MS: i64 = 5_000;
+
+/// How old the last fix that showed the van standing may be for a scan to count as made
+/// while standing, in milliseconds: a few epochs of the sparsest receivers. Older than
+/// that, nobody knows whether the van still stands; only a completed dwell then counts.
+const STANDING_FRESH_MS: i64 = 15_000;
+
+/// Without a reported speed, the step from the previous fix must imply at most this many
+/// metres per second for the van to count as standing. Consecutive fixes of a parked
+/// receiver move by a metre or two; a van pulling away from a red light inside the still
+/// radius already covers several metres a second.
+const STILL_STEP_MPS: f64 = 3.0;
+
 /// Tunable parameters of the tracker. Per-stop overrides from the route take precedence over
 /// the radii and the dwell.
 ///
@@ -430,7 +447,7 @@ pub enum ScanDecision {
         /// True when this parcel had been scanned away from its address before: this scan
         /// corrects that delivery and does not count the parcel again.
         corrects_away: bool,
-        /// The van's last fix inside the zone: the evidence.
+        /// The van's last fix at the scan (its speed is the speed at the scan): the evidence.
         fix: GoodFix,
     },
     /// Delivered away from the address: the hub treats it as an exception.
@@ -594,8 +611,11 @@ struct Visit {
     last_inside: GoodFix,
     /// Distance of the last accepted fix from the stop.
     distance_m: f64,
-    /// The current unbroken stretch of standing still inside the zone.
+    /// The current unbroken stretch of standing still inside the zone, or, without a
+    /// Doppler speed, the fix a stretch may start from once another confirms it.
     still: Option<Still>,
+    /// Time of the last fix that was evidence of standing, if the visit's latest fix was.
+    standing_ms: Option<i64>,
     longest_still_ms: i64,
     /// The dwell was reached during this visit.
     dwelled: bool,
@@ -606,12 +626,35 @@ struct Visit {
     outside_fixes: u32,
 }
 
+impl Visit {
+    /// Whether the van stands in the zone at `utc_ms` by evidence: its latest fix here was
+    /// evidence of standing and is at most [`STANDING_FRESH_MS`] old.
+    fn standing_at(&self, utc_ms: i64) -> bool {
+        self.standing_ms.is_some_and(|t| utc_ms >= t && utc_ms - t <= STANDING_FRESH_MS)
+    }
+}
+
 /// Where and when the van came to a standstill.
 #[derive(Debug, Clone, Copy)]
 struct Still {
     since_ms: i64,
     lat: f64,
     lon: f64,
+    /// Backed by evidence: a Doppler speed at or below the threshold, or fixes spanning
+    /// [`STILL_EVIDENCE_MS`] within the still radius. An unconfirmed stretch is only a
+    /// candidate: it neither counts towards the dwell nor makes a scan at the address.
+    confirmed: bool,
+}
+
+/// What one fix inside the arrival zone says about the van's motion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Motion {
+    /// Standing, by the Doppler speed or by positions spanning some seconds.
+    Standing,
+    /// Moving, by the Doppler speed or by the positions.
+    Moving,
+    /// Neither: no Doppler speed and not yet enough fixes to tell.
+    Unknown,
 }
 
 /// What one fix did to a visit.
@@ -731,7 +774,7 @@ impl Tracker {
             .visits
             .iter()
             .chain(self.recent.iter())
-            .filter(|v| v.stop == stop && (v.dwelled || v.still.is_some()))
+            .filter(|v| v.stop == stop && (v.dwelled || v.standing_at(utc_ms)))
             .find(|v| {
                 utc_ms >= v.entered_ms
                     && utc_ms <= v.last_inside.utc_ms.saturating_add(self.settings.scan_window_ms)
@@ -750,7 +793,9 @@ impl Tracker {
                     dwell_s: seconds(visit.longest_still_ms),
                     remaining: self.remaining[stop],
                     corrects_away,
-                    fix: visit.last_inside,
+                    // The van's fix at the scan, so its speed travels as evidence (the
+                    // hub re-checks a confirmation whose van was moving).
+                    fix: self.last.unwrap_or(visit.last_inside),
                 }
             }
             (None, ParcelState::Away) => {
@@ -805,7 +850,7 @@ impl Tracker {
         let window = self.settings.scan_window_ms;
         self.visits
             .iter()
-            .filter(|v| v.dwelled || v.still.is_some())
+            .filter(|v| v.dwelled || v.standing_at(utc_ms))
             .filter(|v| utc_ms <= v.last_inside.utc_ms.saturating_add(window))
             .min_by(|a, b| a.distance_m.total_cmp(&b.distance_m))
             .map(|v| StopRef { index: v.stop, id: self.ids[v.stop].clone() })
@@ -817,7 +862,10 @@ impl Tracker {
         let Some(last) = self.last else {
             return Some(None);
         };
-        if fix.utc_ms <= last.utc_ms {
+        // The same instant again counts only as the receiver's speed arriving late for it
+        // (the assembler's revision of an epoch): then it is judged like a new fix.
+        let revision = fix.utc_ms == last.utc_ms && last.speed_mps.is_none() && fix.speed_mps.is_some();
+        if fix.utc_ms < last.utc_ms || (fix.utc_ms == last.utc_ms && !revision) {
             return None;
         }
         if self.plausible(&last, fix) {
@@ -899,8 +947,9 @@ impl Tracker {
             // A stray fix while the Doppler speed says the van stands is position noise: it
             // neither adds to the dwell nor breaks it. Without a speed it breaks it.
             let standing = fix.speed_mps.is_some_and(|speed| speed <= settings.stopped_speed_mps);
-            if !(standing && gap_ok) {
+            if !(standing && gap_ok && visit.still.is_some_and(|s| s.confirmed)) {
                 visit.still = None;
+                visit.standing_ms = None;
             }
             visit.outside_fixes = visit.outside_fixes.saturating_add(1);
             let since = *visit.outside_since_ms.get_or_insert(fix.utc_ms);
@@ -910,22 +959,35 @@ impl Tracker {
         }
         visit.outside_since_ms = None;
         visit.outside_fixes = 0;
+        let previous = visit.last_inside;
         visit.last_inside = *fix;
-        let standing = match fix.speed_mps {
-            Some(speed) => speed <= settings.stopped_speed_mps,
-            // No Doppler speed (a GGA-only receiver): judge by the spread of positions.
-            None => visit.still.filter(|_| gap_ok).is_none_or(|still| {
-                local_distance_m(still.lat, still.lon, fix.lat, fix.lon)
-                    <= STILL_RADIUS_M.max(JUMP_SIGMAS * sigma(fix))
-            }),
+        let candidate = Still { since_ms: fix.utc_ms, lat: fix.lat, lon: fix.lon, confirmed: false };
+        let (motion, still) = match (fix.speed_mps, visit.still.filter(|_| gap_ok)) {
+            (Some(speed), _) if speed > settings.stopped_speed_mps => (Motion::Moving, None),
+            // Standing by Doppler: an unbroken stretch goes on (a candidate started by
+            // speedless fixes only if this fix is where it started), else one starts here.
+            (Some(_), Some(still)) if still.confirmed || within_still(&still, fix) => {
+                (Motion::Standing, Some(Still { confirmed: true, ..still }))
+            }
+            (Some(_), _) => (Motion::Standing, Some(Still { confirmed: true, ..candidate })),
+            // No Doppler speed (a GGA-only receiver, or an epoch that lost its RMC):
+            // judge by positions, and only with evidence from more than this one fix.
+            (None, Some(still)) if within_still(&still, fix) && slow_step(&previous, fix, gap_ok) => {
+                if still.confirmed || fix.utc_ms.saturating_sub(still.since_ms) >= STILL_EVIDENCE_MS {
+                    (Motion::Standing, Some(Still { confirmed: true, ..still }))
+                } else {
+                    (Motion::Unknown, Some(still))
+                }
+            }
+            // The positions moved: a stretch ends, and this fix may start the next one.
+            (None, Some(still)) if still.confirmed => (Motion::Moving, Some(candidate)),
+            (None, _) => (Motion::Unknown, Some(candidate)),
         };
-        visit.still = match visit.still {
-            // A long gap in the fixes breaks the dwell: nobody knows what the van did.
-            Some(still) if standing && gap_ok => Some(still),
-            _ if standing => Some(Still { since_ms: fix.utc_ms, lat: fix.lat, lon: fix.lon }),
-            _ => None,
-        };
-        if let Some(still) = visit.still {
+        visit.still = still;
+        visit.standing_ms = (motion == Motion::Standing).then_some(fix.utc_ms);
+        if motion == Motion::Standing
+            && let Some(still) = visit.still
+        {
             let still_ms = fix.utc_ms.saturating_sub(still.since_ms);
             visit.longest_still_ms = visit.longest_still_ms.max(still_ms);
             visit.dwelled |= still_ms >= zone.dwell_ms;
@@ -1008,6 +1070,7 @@ impl Tracker {
                     last_inside: *fix,
                     distance_m,
                     still: None,
+                    standing_ms: None,
                     longest_still_ms: 0,
                     dwelled: false,
                     announced: false,
@@ -1199,6 +1262,24 @@ fn haversine_m(lat_a: f64, lon_a: f64, lat_b: f64, lon_b: f64) -> f64 {
 }
 
 /// A fix's one-sigma accuracy, with nonsense (negative, NaN) read as zero.
+/// Whether `fix` lies within the still radius of where the stretch `still` started.
+fn within_still(still: &Still, fix: &GoodFix) -> bool {
+    local_distance_m(still.lat, still.lon, fix.lat, fix.lon) <= STILL_RADIUS_M.max(JUMP_SIGMAS * sigma(fix))
+}
+
+/// Whether the step from `previous` to `fix` is slow enough for a parked van: at most
+/// [`STILL_STEP_MPS`] over the time between them. Across a long gap nothing is known.
+fn slow_step(previous: &GoodFix, fix: &GoodFix, gap_ok: bool) -> bool {
+    let dt_s = seconds(fix.utc_ms.saturating_sub(previous.utc_ms));
+    if !gap_ok {
+        return false;
+    }
+    if dt_s <= 0.0 {
+        return true;
+    }
+    local_distance_m(previous.lat, previous.lon, fix.lat, fix.lon) <= STILL_STEP_MPS * dt_s
+}
+
 fn sigma(fix: &GoodFix) -> f64 {
     fix.accuracy_m.max(0.0)
 }
@@ -1592,6 +1673,127 @@ mod tests {
         drive.feed(&mut tracker);
         let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
         assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
+    }
+
+    /// Strips the Doppler speed from every fix of a drive (a GGA-only receiver).
+    fn without_speed(mut drive: Drive) -> Drive {
+        drive.fixes.iter_mut().for_each(|f| f.speed_mps = None);
+        drive
+    }
+
+    #[test]
+    fn one_speedless_fix_inside_the_zone_while_passing_is_not_standing() {
+        // The SiRF drive-by: every fix has the Doppler speed of a van at 45 km/h except
+        // the one epoch that lost its RMC, right at the door, where the driver scans.
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = Drive::from(-1000.0, 0.0).to(-30.0, 0.0, 12.5);
+        drive.feed(&mut tracker);
+        let mut passing = fix(drive.t_s + 2.0, 0.0, 0.0, 12.5);
+        passing.speed_mps = None;
+        tracker.on_fix(&passing);
+        let decision = tracker.on_scan(passing.utc_ms, &code("PARCEL1A"));
+        assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
+        assert_eq!(tracker.van_at(), None, "one speedless fix places the van at no stop");
+    }
+
+    #[test]
+    fn without_doppler_a_van_passing_by_never_stands_and_its_scan_is_away() {
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(0.0, 0.0, 7.0));
+        let events = drive.feed(&mut tracker);
+        assert!(!events.iter().any(|e| matches!(e, StopEvent::Arrived { .. })), "{events:?}");
+        let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+        assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
+    }
+
+    #[test]
+    fn without_doppler_a_van_pulling_away_from_a_halt_inside_the_still_radius_is_moving() {
+        // Stood 10 s at a red light 15 m before the door, then pulled away: at the scan it
+        // is 15 m from where it stood, inside the still radius, but its last step is fast.
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = without_speed(
+            Drive::from(-1000.0, 0.0).to(-15.0, 0.0, 10.0).park(10.0).to(-10.0, 0.0, 2.5).to(0.0, 0.0, 7.0),
+        );
+        drive.feed(&mut tracker);
+        let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+        assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
+    }
+
+    #[test]
+    fn without_doppler_a_parked_van_stands_once_fixes_span_some_seconds() {
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(2.0));
+        drive.feed(&mut tracker);
+        // Two fixes 2 s apart: not yet evidence.
+        let early = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+        assert!(matches!(early, ScanDecision::AwayFromAddress { .. }), "{early:?}");
+        drive = without_speed(drive.park(6.0));
+        drive.feed(&mut tracker);
+        let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1B"));
+        let ScanDecision::AtAddress { dwell_s, .. } = decision else { panic!("{decision:?}") };
+        assert!(dwell_s >= 5.0, "the dwell counts from where the van stopped: {dwell_s}");
+        // The parcel first scanned away is corrected by a scan now.
+        let corrected = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+        assert!(matches!(corrected, ScanDecision::AtAddress { corrects_away: true, .. }), "{corrected:?}");
+    }
+
+    #[test]
+    fn without_doppler_a_parked_van_arrives_after_the_dwell() {
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(40.0));
+        let events = drive.feed(&mut tracker);
+        assert_eq!(kinds_for(&events, 0), vec!["nearby", "arrived"], "{events:?}");
+    }
+
+    #[test]
+    fn a_parked_van_whose_receiver_drops_the_speed_of_some_epochs_keeps_its_dwell() {
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(40.0);
+        let parked_from = drive.fixes.len() - 40;
+        for (i, f) in drive.fixes.iter_mut().enumerate().skip(parked_from) {
+            if i % 3 != 0 {
+                f.speed_mps = None;
+            }
+        }
+        let events = drive.feed(&mut tracker);
+        assert_eq!(kinds_for(&events, 0), vec!["nearby", "arrived"], "{events:?}");
+    }
+
+    #[test]
+    fn a_scan_while_standing_carries_the_fix_and_speed_at_the_scan() {
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(3.0);
+        drive.feed(&mut tracker);
+        let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+        let ScanDecision::AtAddress { fix, .. } = decision else { panic!("{decision:?}") };
+        assert_eq!(fix.utc_ms, drive.now_ms());
+        assert_eq!(fix.speed_mps, Some(0.1));
+    }
+
+    #[test]
+    fn the_same_instant_again_with_the_speed_it_lacked_is_judged() {
+        // The assembler reports an epoch at GSA, then again when the RMC brings the speed.
+        let route = street();
+        let mut tracker = tracker(&route);
+        let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(3.0);
+        drive.feed(&mut tracker);
+        let mut early = fix(drive.t_s + 1.0, 0.0, 0.0, 12.5);
+        early.speed_mps = None;
+        tracker.on_fix(&early);
+        let revised = fix(drive.t_s + 1.0, 0.0, 0.0, 12.5);
+        tracker.on_fix(&revised);
+        assert_eq!(tracker.last_fix().and_then(|f| f.speed_mps), Some(12.5));
+        let decision = tracker.on_scan(revised.utc_ms, &code("PARCEL1A"));
+        assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "moving at the scan: {decision:?}");
+        // A second copy of the same instant changes nothing.
+        assert!(tracker.on_fix(&revised).is_empty());
     }
 
     #[test]

@@ -76,8 +76,11 @@ pub struct AssemblerStats {
     /// Timed auxiliary sentences (ZDA, GST, GBS) that matched no epoch.
     pub stray_aux: u64,
     /// Sentences that arrived for an epoch already reported at its learned end of
-    /// cycle; they did not change the fix.
+    /// cycle.
     pub late_sentences: u64,
+    /// Fixes emitted again because late sentences completed or changed them (a GGA
+    /// reported at a GSA, then the RMC with the speed); not counted in `epochs`.
+    pub revisions: u64,
 }
 
 /// The date as last reported, with the time of day it was reported at, so a fix a few
@@ -146,8 +149,11 @@ struct Epoch {
     fix: Fix,
     gsa_mode: Option<u8>,
     saw_status: bool,
-    /// Already emitted at the learned end of cycle; later sentences are late.
+    /// Already emitted at the learned end of cycle.
     reported: bool,
+    /// A sentence of this epoch came after it was emitted and changed it: the fix goes
+    /// out again, revised, at the next end of cycle or when the epoch closes.
+    revised: bool,
 }
 
 impl Epoch {
@@ -181,6 +187,37 @@ impl Epoch {
         self.saw_status |= obs.kind.has_position() || obs.gsa_mode.is_some();
     }
 
+    /// Merges a sentence that came after the epoch was reported: it fills in what the
+    /// report lacked (the speed and course of an RMC that trails the GSA the cycle was
+    /// learned to end at) but never changes what was already reported, so a sentence a
+    /// multiplexer stamped with this second but sampled at another cannot move the fix.
+    /// Returns whether it filled in what the brain decides with (a position or the
+    /// Doppler speed): only then is the fix worth reporting again.
+    fn fill(&mut self, obs: &Observation) -> bool {
+        let mut late = Epoch { fix: Fix { tod_ms: self.fix.tod_ms, ..Fix::default() }, ..Epoch::default() };
+        late.merge(obs);
+        let (fix, new) = (&mut self.fix, &late.fix);
+        let mut useful = false;
+        if fix.lat.is_none() && new.lat.is_some() {
+            fix.lat = new.lat;
+            fix.lon = new.lon;
+            useful = true;
+        }
+        useful |= fill(&mut fix.speed_mps, new.speed_mps);
+        fill(&mut fix.course_deg, new.course_deg);
+        fill(&mut fix.alt_m, new.alt_m);
+        fill(&mut fix.hdop, new.hdop);
+        fill(&mut fix.sats, new.sats);
+        fill(&mut fix.eph_m, new.eph_m);
+        fill(&mut fix.rmc_valid, new.rmc_valid);
+        fill(&mut fix.gga_quality, new.gga_quality);
+        fill(&mut fix.faa_mode, new.faa_mode);
+        fill(&mut fix.gll_valid, new.gll_valid);
+        fill(&mut self.gsa_mode, late.gsa_mode);
+        self.saw_status |= late.saw_status;
+        useful
+    }
+
     fn to_fix(&self, date: Option<DateAnchor>) -> Fix {
         let mut fix = self.fix.clone();
         fix.mode = if fix.position().is_some() {
@@ -211,6 +248,15 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) {
     }
 }
 
+/// Sets an empty slot; returns whether it did.
+fn fill<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    let filled = slot.is_none() && value.is_some();
+    if filled {
+        *slot = value;
+    }
+    filled
+}
+
 /// Merges sentences into one [`Fix`] per epoch, the way gpsd does.
 ///
 /// An epoch is opened by a sentence that carries a position and a time (GGA, RMC, GLL,
@@ -223,9 +269,14 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) {
 /// so, like gpsd, the assembler learns the receiver's cycle: whichever sentence type came
 /// last before the time changed is an end-of-cycle sentence, and from then on the fix is
 /// emitted as soon as one arrives. Sentences for an epoch already emitted are counted as
-/// late and change nothing: a multiplexing chart plotter (B&G Zeus) stamps some
-/// sentences with the second before the position they carry, and the fix reported at
-/// the end of the receiver's own burst is the consistent one.
+/// late. They only fill in what the report lacked, never change it: a multiplexing chart
+/// plotter (B&G Zeus) stamps some sentences with the second before the position they
+/// carry, and the fix reported at the end of the receiver's own burst is the consistent
+/// one. When a late sentence fills in a position or the Doppler speed (receivers that
+/// send GGA only every few seconds put it first, then GSA, which is learned as the end
+/// of their RMC-only cycles, then the RMC), the epoch is reported again, revised, at the
+/// next end of cycle or when it closes, with the same time: the geofence must not judge
+/// a van's speed from a fix that lost it ([`AssemblerStats::revisions`]).
 #[derive(Debug, Clone, Default)]
 pub struct Assembler {
     config: AssemblerConfig,
@@ -315,7 +366,10 @@ impl Assembler {
 
     fn merge(&mut self, obs: &Observation) {
         match &mut self.epoch {
-            Some(epoch) if epoch.reported => self.stats.late_sentences += 1,
+            Some(epoch) if epoch.reported => {
+                self.stats.late_sentences += 1;
+                epoch.revised |= epoch.fill(obs);
+            }
             Some(epoch) => epoch.merge(obs),
             None => {}
         }
@@ -325,19 +379,25 @@ impl Assembler {
         if !self.cycle_enders.contains(kind) {
             return None;
         }
-        let epoch = self.epoch.as_mut().filter(|e| !e.reported)?;
+        let epoch = self.epoch.as_mut().filter(|e| !e.reported || e.revised)?;
+        let revision = epoch.reported;
         epoch.reported = true;
+        epoch.revised = false;
         let fix = epoch.to_fix(self.date);
-        Some(self.count(fix))
+        Some(self.count(fix, revision))
     }
 
     fn close(&mut self) -> Option<Fix> {
-        let epoch = self.epoch.take().filter(|e| !e.reported)?;
+        let epoch = self.epoch.take().filter(|e| !e.reported || e.revised)?;
         let fix = epoch.to_fix(self.date);
-        Some(self.count(fix))
+        Some(self.count(fix, epoch.reported))
     }
 
-    fn count(&mut self, fix: Fix) -> Fix {
+    fn count(&mut self, fix: Fix, revision: bool) -> Fix {
+        if revision {
+            self.stats.revisions += 1;
+            return fix;
+        }
         self.stats.epochs += 1;
         if fix.week_rollover {
             self.stats.rollover_corrected += 1;
@@ -1032,13 +1092,46 @@ mod tests {
     }
 
     #[test]
-    fn a_sentence_stamped_with_an_already_reported_second_is_late_and_ignored() {
+    fn a_sentence_stamped_with_an_already_reported_second_is_late_and_moves_nothing() {
         let late = sentence("GPGGA,120002.00,4807.999,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
         let input = [cycle("120001", "010624"), cycle("120002", "010624"), late].concat();
         let (fixes, decoder) = decode_str(&input);
         assert_eq!(fixes.len(), 2);
         assert!(fixes[1].lat.is_some_and(|lat| (lat - (48.0 + 7.002 / 60.0)).abs() < 1e-9));
         assert_eq!(decoder.assembler_stats().late_sentences, 1);
+    }
+
+    #[test]
+    fn an_rmc_after_the_learned_end_of_cycle_revises_the_fix_with_its_speed() {
+        // A receiver (iTrek) that sends RMC every second and GGA only every few: GSA ends
+        // its RMC-only cycles, so a GGA second is reported at the GSA, before its RMC.
+        let rmc = |t: &str, lat: &str| {
+            sentence(&format!("GPRMC,{t}.000,A,{lat},N,13640.2632,E,0.11,97.5,270705,,"))
+        };
+        let gga = |t: &str, lat: &str| {
+            sentence(&format!("GPGGA,{t}.000,{lat},N,13640.2632,E,1,04,2.2,80.4,M,,,,0000"))
+        };
+        let gsa = sentence("GPGSA,A,3,09,05,14,26,,,,,,,,,2.9,2.2,1.9");
+        let input = [
+            rmc("045850", "3519.9047"),
+            gsa.clone(),
+            rmc("045851", "3519.9046"),
+            gsa.clone(),
+            gga("045852", "3519.9045"),
+            gsa.clone(),
+            rmc("045852", "3519.9045"),
+            rmc("045853", "3519.9044"),
+        ]
+        .concat();
+        let (fixes, decoder) = decode_str(&input);
+        let of_52: Vec<&Fix> = fixes.iter().filter(|f| f.tod_ms == 17_932_000).collect();
+        assert_eq!(of_52.len(), 2, "reported at the GSA, then revised: {fixes:#?}");
+        assert_eq!(of_52[0].speed_mps, None);
+        assert!(of_52[1].speed_mps.is_some_and(|v| (v - 0.11 * 1852.0 / 3600.0).abs() < 1e-9));
+        assert_eq!(of_52[1].lat, of_52[0].lat, "a revision fills in, it does not move the fix");
+        assert_eq!(of_52[1].alt_m, Some(80.4), "the first report's fields stay");
+        assert_eq!(decoder.assembler_stats().revisions, 1);
+        assert_eq!(decoder.assembler_stats().epochs, 4, "a revision is not another epoch");
     }
 
     #[test]

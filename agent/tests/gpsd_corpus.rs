@@ -42,6 +42,18 @@ const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/nme
 /// Agreement required over the whole corpus.
 const REQUIRED_AGREEMENT: f64 = 0.99;
 
+/// Share of gpsd's epochs whose last report our last fix must match within the
+/// tolerance, and share of epochs with a receiver speed our fix must carry.
+const REQUIRED_STRICT: f64 = 0.97;
+const REQUIRED_SPEED: f64 = 0.99;
+
+/// Largest speed difference still counted as carrying gpsd's speed, m/s (gpsd prints
+/// three decimals; knots to m/s rounding differs in the last one).
+const SPEED_TOLERANCE_MPS: f64 = 0.002;
+
+/// One knot in m/s.
+const KNOT_MPS: f64 = 1852.0 / 3600.0;
+
 /// Largest latitude or longitude difference still counted as agreement, degrees.
 const TOLERANCE_DEG: f64 = 1e-6;
 
@@ -49,6 +61,8 @@ const TOLERANCE_DEG: f64 = 1e-6;
 #[derive(Debug, Clone, Default)]
 struct Reference {
     positions: Vec<(f64, f64)>,
+    /// Speed in gpsd's last report of the epoch, m/s, when it carried one.
+    last_speed: Option<f64>,
 }
 
 impl Reference {
@@ -92,8 +106,14 @@ struct LogResult {
     epochs: usize,
     agreed: usize,
     strict: usize,
+    /// Epochs where the receiver sent an RMC with a speed and gpsd's last report has one.
+    speed_epochs: usize,
+    /// Of those, epochs whose last fix of ours carries the same speed.
+    speed_carried: usize,
     ambiguous: usize,
     misses: Vec<(u32, Miss)>,
+    speed_misses: Vec<u32>,
+    strict_misses: Vec<u32>,
     extra: Vec<u32>,
     panicked: Option<String>,
 }
@@ -150,16 +170,48 @@ fn gpsd_epochs(chk: &str) -> BTreeMap<u32, Reference> {
         if mode >= 2
             && let Some(tod) = tod_ms(time)
         {
-            let positions = &mut epochs.entry(tod).or_insert_with(Reference::default).positions;
-            if positions.last() != Some(&(lat, lon)) {
-                positions.push((lat, lon));
+            let reference = epochs.entry(tod).or_insert_with(Reference::default);
+            if reference.positions.last() != Some(&(lat, lon)) {
+                reference.positions.push((lat, lon));
             }
+            reference.last_speed = tpv["speed"].as_f64();
         }
     }
     epochs
 }
 
-fn compare(name: String, fixes: &[Fix], reference: &BTreeMap<u32, Reference>) -> LogResult {
+/// Times of day at which the log has an RMC sentence with a speed, and that speed in m/s.
+fn rmc_speeds(log: &str) -> BTreeMap<u32, f64> {
+    log.lines()
+        .filter_map(|line| {
+            let body = line.trim().strip_prefix('$')?;
+            let body = body.split('*').next()?;
+            let mut fields = body.split(',');
+            let talker_kind = fields.next()?;
+            if !talker_kind.ends_with("RMC") {
+                return None;
+            }
+            let time = fields.next()?;
+            let knots: f64 = fields.nth(5)?.parse().ok()?;
+            if time.len() < 6 {
+                return None;
+            }
+            let (h, m, s): (u32, u32, u32) =
+                (time.get(0..2)?.parse().ok()?, time.get(2..4)?.parse().ok()?, time.get(4..6)?.parse().ok()?);
+            let frac = time.get(6..).unwrap_or("").trim_start_matches('.');
+            let frac = format!("{frac:0<3}");
+            let ms: u32 = frac.get(..3)?.parse().ok()?;
+            Some((((h * 60 + m) * 60 + s) * 1000 + ms, knots * KNOT_MPS))
+        })
+        .collect()
+}
+
+fn compare(
+    name: String,
+    fixes: &[Fix],
+    reference: &BTreeMap<u32, Reference>,
+    rmc: &BTreeMap<u32, f64>,
+) -> LogResult {
     let mut ours: BTreeMap<u32, &Fix> = BTreeMap::new();
     for fix in fixes {
         ours.insert(fix.tod_ms, fix);
@@ -171,6 +223,22 @@ fn compare(name: String, fixes: &[Fix], reference: &BTreeMap<u32, Reference>) ->
         ..LogResult::default()
     };
     for (&tod, r) in reference {
+        // gpsd sometimes reports a speed the receiver never sent (0.000 after a chart
+        // plotter's RMC that it took as late); only the receiver's speed counts.
+        if let Some(speed) = r.last_speed
+            && rmc.get(&tod).is_some_and(|&sent| (sent - speed).abs() <= SPEED_TOLERANCE_MPS)
+        {
+            result.speed_epochs += 1;
+            let carried = ours
+                .get(&tod)
+                .and_then(|fix| fix.speed_mps)
+                .is_some_and(|ours| (ours - speed).abs() <= SPEED_TOLERANCE_MPS);
+            if carried {
+                result.speed_carried += 1;
+            } else {
+                result.speed_misses.push(tod);
+            }
+        }
         let miss = match ours.get(&tod) {
             None => Some(Miss::NoEpoch),
             Some(fix) => match (fix.position(), fix.mode.map(|m| m.as_gpsd())) {
@@ -180,6 +248,8 @@ fn compare(name: String, fixes: &[Fix], reference: &BTreeMap<u32, Reference>) ->
                     let last = r.last().unwrap_or((f64::NAN, f64::NAN));
                     if close(ours, last) {
                         result.strict += 1;
+                    } else {
+                        result.strict_misses.push(tod);
                     }
                     let nearest = r
                         .positions
@@ -224,9 +294,10 @@ fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
         let chk = fs::read(&chk_path)
             .unwrap_or_else(|e| panic!("reading gpsd's oracle {}: {e}", chk_path.display()));
         let reference = gpsd_epochs(&String::from_utf8_lossy(&chk));
+        let rmc = rmc_speeds(&String::from_utf8_lossy(&bytes));
         let decoded = panic::catch_unwind(|| decode_all(&bytes, DecoderConfig::default()).0);
         let result = match decoded {
-            Ok(fixes) => compare(name, &fixes, &reference),
+            Ok(fixes) => compare(name, &fixes, &reference, &rmc),
             Err(payload) => LogResult {
                 name,
                 epochs: reference.len(),
@@ -244,12 +315,15 @@ fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
     }
 
     let (mut epochs, mut agreed, mut strict, mut ambiguous) = (0, 0, 0, 0);
+    let (mut speed_epochs, mut speed_carried) = (0, 0);
     println!("{:<34} {:>6} {:>6} {:>7}  extra", "log", "gpsd", "agree", "rate");
     for r in &results {
         epochs += r.epochs;
         agreed += r.agreed;
         strict += r.strict;
         ambiguous += r.ambiguous;
+        speed_epochs += r.speed_epochs;
+        speed_carried += r.speed_carried;
         let rate = if r.epochs == 0 {
             "-".to_owned()
         } else {
@@ -272,6 +346,22 @@ fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
             println!("    {} {miss}", hms(*tod));
         }
     }
+    let strict_short: Vec<&LogResult> = results.iter().filter(|r| !r.strict_misses.is_empty()).collect();
+    if !strict_short.is_empty() {
+        println!("\nlogs where our last fix of an epoch is not gpsd's last report:");
+    }
+    for r in &strict_short {
+        let first: Vec<String> = r.strict_misses.iter().take(4).map(|t| hms(*t)).collect();
+        println!("  {}: {} of {} epochs, e.g. {}", r.name, r.strict, r.epochs, first.join(" "));
+    }
+    let speed_short: Vec<&LogResult> = results.iter().filter(|r| !r.speed_misses.is_empty()).collect();
+    if !speed_short.is_empty() {
+        println!("\nlogs where our fix lacks the receiver's speed that gpsd reports:");
+    }
+    for r in &speed_short {
+        let first: Vec<String> = r.speed_misses.iter().take(4).map(|t| hms(*t)).collect();
+        println!("  {}: {} of {} epochs, e.g. {}", r.name, r.speed_carried, r.speed_epochs, first.join(" "));
+    }
     let rate = agreed as f64 / epochs.max(1) as f64;
     println!(
         "\ntotal: {agreed} of {epochs} gpsd epochs agree ({:.2}%), {} logs disagree",
@@ -284,6 +374,14 @@ fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
         100.0 * strict as f64 / epochs.max(1) as f64
     );
 
+    let strict_rate = strict as f64 / epochs.max(1) as f64;
+    let speed_rate = speed_carried as f64 / speed_epochs.max(1) as f64;
+    println!(
+        "speed: {speed_carried} of {speed_epochs} epochs with an RMC speed that gpsd reports carry it \
+         ({:.2}%)",
+        100.0 * speed_rate
+    );
+
     let panicked: Vec<&str> =
         results.iter().filter(|r| r.panicked.is_some()).map(|r| r.name.as_str()).collect();
     assert!(panicked.is_empty(), "the decoder panicked on {panicked:?}");
@@ -293,5 +391,17 @@ fn decoder_agrees_with_gpsd_on_at_least_99_percent_of_its_epochs() {
          per-log table above",
         100.0 * rate,
         100.0 * REQUIRED_AGREEMENT
+    );
+    assert!(
+        strict_rate >= REQUIRED_STRICT,
+        "only {strict} of {epochs} epochs match gpsd's last report ({:.2}%, need {:.0}%)",
+        100.0 * strict_rate,
+        100.0 * REQUIRED_STRICT
+    );
+    assert!(
+        speed_rate >= REQUIRED_SPEED,
+        "only {speed_carried} of {speed_epochs} epochs carry the receiver's speed ({:.2}%, need {:.0}%)",
+        100.0 * speed_rate,
+        100.0 * REQUIRED_SPEED
     );
 }
