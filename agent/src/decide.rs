@@ -484,7 +484,7 @@ impl Loaded {
     /// Whether stop `index` may be announced as nearby: within `lookahead` stops of the
     /// furthest stop reached (the first `lookahead` stops before any is reached).
     fn due(&self, index: usize, lookahead: usize) -> bool {
-        lookahead == 0 || self.reached.map_or(index < lookahead, |r| index <= r + lookahead)
+        lookahead == 0 || self.reached.map_or(index < lookahead, |r| index <= r.saturating_add(lookahead))
     }
 
     /// The nearby event for `stop`, recorded as said.

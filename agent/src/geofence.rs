@@ -191,11 +191,11 @@ const STILL_EVIDENCE_MS: i64 = 5_000;
 /// that, nobody knows whether the van still stands; only a completed dwell then counts.
 const STANDING_FRESH_MS: i64 = 15_000;
 
-/// Without a reported speed, the step from the previous fix must imply at most this many
-/// metres per second for the van to count as standing. Consecutive fixes of a parked
-/// receiver move by a metre or two; a van pulling away from a red light inside the still
-/// radius already covers several metres a second.
-const STILL_STEP_MPS: f64 = 3.0;
+/// Without a reported speed, the step from the previous fix may exceed what the standing
+/// speed allows by this many metres of position noise. Consecutive fixes of a parked
+/// receiver move by a metre or two; a van creeping round a corner between sparse fixes, or
+/// pulling away from a red light inside the still radius, covers more.
+const STILL_STEP_NOISE_M: f64 = 2.0;
 
 /// Tunable parameters of the tracker. Per-stop overrides from the route take precedence over
 /// the radii and the dwell.
@@ -966,13 +966,19 @@ impl Tracker {
             (Some(speed), _) if speed > settings.stopped_speed_mps => (Motion::Moving, None),
             // Standing by Doppler: an unbroken stretch goes on (a candidate started by
             // speedless fixes only if this fix is where it started), else one starts here.
+            // The stretch keeps its start time but moves its place to this fix: a van
+            // creeping to the kerb at walking pace stands by Doppler, and a later fix
+            // without speed is judged against where it stands now.
             (Some(_), Some(still)) if still.confirmed || within_still(&still, fix) => {
-                (Motion::Standing, Some(Still { confirmed: true, ..still }))
+                (Motion::Standing, Some(Still { confirmed: true, lat: fix.lat, lon: fix.lon, ..still }))
             }
             (Some(_), _) => (Motion::Standing, Some(Still { confirmed: true, ..candidate })),
             // No Doppler speed (a GGA-only receiver, or an epoch that lost its RMC):
             // judge by positions, and only with evidence from more than this one fix.
-            (None, Some(still)) if within_still(&still, fix) && slow_step(&previous, fix, gap_ok) => {
+            (None, Some(still))
+                if within_still(&still, fix)
+                    && slow_step(&previous, fix, gap_ok, settings.stopped_speed_mps) =>
+            {
                 if still.confirmed || fix.utc_ms.saturating_sub(still.since_ms) >= STILL_EVIDENCE_MS {
                     (Motion::Standing, Some(Still { confirmed: true, ..still }))
                 } else {
@@ -1267,9 +1273,10 @@ fn within_still(still: &Still, fix: &GoodFix) -> bool {
     local_distance_m(still.lat, still.lon, fix.lat, fix.lon) <= STILL_RADIUS_M.max(JUMP_SIGMAS * sigma(fix))
 }
 
-/// Whether the step from `previous` to `fix` is slow enough for a parked van: at most
-/// [`STILL_STEP_MPS`] over the time between them. Across a long gap nothing is known.
-fn slow_step(previous: &GoodFix, fix: &GoodFix, gap_ok: bool) -> bool {
+/// Whether the step from `previous` to `fix` is slow enough for a parked van: no faster
+/// than `stopped_speed_mps` over the time between them, plus [`STILL_STEP_NOISE_M`].
+/// Across a long gap nothing is known.
+fn slow_step(previous: &GoodFix, fix: &GoodFix, gap_ok: bool, stopped_speed_mps: f64) -> bool {
     let dt_s = seconds(fix.utc_ms.saturating_sub(previous.utc_ms));
     if !gap_ok {
         return false;
@@ -1277,7 +1284,8 @@ fn slow_step(previous: &GoodFix, fix: &GoodFix, gap_ok: bool) -> bool {
     if dt_s <= 0.0 {
         return true;
     }
-    local_distance_m(previous.lat, previous.lon, fix.lat, fix.lon) <= STILL_STEP_MPS * dt_s
+    local_distance_m(previous.lat, previous.lon, fix.lat, fix.lon)
+        <= stopped_speed_mps * dt_s + STILL_STEP_NOISE_M
 }
 
 fn sigma(fix: &GoodFix) -> f64 {

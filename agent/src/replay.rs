@@ -200,6 +200,9 @@ pub struct ReplayConfig {
     pub geofence: GeofenceConfig,
     /// Keep position samples in the output (off by default: they are the trail, not decisions).
     pub positions: bool,
+    /// Stops past the furthest reached for which "nearby" may be said (see
+    /// [`crate::decide::DEFAULT_NEARBY_LOOKAHEAD`]).
+    pub nearby_lookahead: usize,
 }
 
 impl Default for ReplayConfig {
@@ -209,6 +212,7 @@ impl Default for ReplayConfig {
             gate: GateConfig::default(),
             geofence: GeofenceConfig::default(),
             positions: false,
+            nearby_lookahead: crate::decide::DEFAULT_NEARBY_LOOKAHEAD,
         }
     }
 }
@@ -221,7 +225,9 @@ pub fn replay_fixes(
     config: &ReplayConfig,
 ) -> ReplayOutcome {
     let interval = if config.positions { crate::decide::DEFAULT_POSITION_INTERVAL_MS } else { 0 };
-    let mut decider = Decider::new(config.geofence.clone()).with_position_interval_ms(interval);
+    let mut decider = Decider::new(config.geofence.clone())
+        .with_position_interval_ms(interval)
+        .with_nearby_lookahead(config.nearby_lookahead);
     decider.load_route(route);
     let mut out = ReplayOutcome::default();
     let mut pending = scans.iter().peekable();
