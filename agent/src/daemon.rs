@@ -41,8 +41,14 @@ pub const ROUTE_QUEUE: usize = 4;
 pub const STATE_INTERVAL: Duration = Duration::from_secs(2);
 /// Name of the brain's state file in the state directory.
 pub const BRAIN_STATE_FILE: &str = "decisions.json";
-/// Name of the route progress file in the state directory.
+/// Name of the route progress file in the state directory, as earlier agents kept it.
+/// Progress now lives in the outbox, committed with the events it decides; the file is
+/// read only when the outbox has none (the first start after an upgrade).
 pub const PROGRESS_FILE: &str = "progress.json";
+/// The outbox state that holds the route progress ([`crate::decide::Progress`] as JSON).
+pub const PROGRESS_STATE: &str = "route_progress";
+/// The outbox state that holds the last route the hub sent, verified (manifest JSON).
+pub const ROUTE_STATE: &str = "hub_route";
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +149,8 @@ pub struct Brain {
     events_stored: u64,
     store_failures: u64,
     live: watch::Sender<Option<LivePosition>>,
-    progress_path: Option<PathBuf>,
+    /// The progress as last committed, to restore when its route is loaded again.
+    saved_progress: Option<crate::decide::Progress>,
     heartbeat: Option<Heartbeat>,
 }
 
@@ -164,27 +171,21 @@ impl Brain {
             events_stored: 0,
             store_failures: 0,
             live,
-            progress_path: None,
+            saved_progress: None,
             heartbeat: None,
         }
     }
 
-    /// Keeps the route's progress in `path` (restoring it now if it is for the loaded
-    /// route), so a restart neither repeats a nearby nor counts a parcel twice.
-    pub fn with_progress_file(mut self, path: PathBuf) -> Self {
-        if let Ok(bytes) = std::fs::read(&path) {
-            match serde_json::from_slice(&bytes) {
-                Ok(progress) => {
-                    if self.decider.restore(progress) {
-                        tracing::info!(path = %path.display(), "route progress restored");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "route progress unreadable; starting afresh")
-                }
+    /// Restores the route's progress as last committed (from the outbox, or from an
+    /// earlier agent's progress file), so a restart neither repeats a nearby nor counts a
+    /// parcel twice.
+    pub fn with_progress(mut self, progress: Option<crate::decide::Progress>) -> Self {
+        if let Some(progress) = progress {
+            if self.decider.restore(progress.clone()) {
+                tracing::info!("route progress restored");
             }
+            self.saved_progress = Some(progress);
         }
-        self.progress_path = Some(path);
         self
     }
 
@@ -193,19 +194,6 @@ impl Brain {
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = Some(heartbeat);
         self
-    }
-
-    async fn save_progress(&self) {
-        let Some(path) = self.progress_path.clone() else { return };
-        let progress = self.decider.progress();
-        let saved = tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec(&progress).map_err(std::io::Error::other)?;
-            crate::outbox::write_atomic(&path, &bytes, true)
-        })
-        .await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::warn!("route progress could not be saved");
-        }
     }
 
     fn mono_ms(&self) -> u64 {
@@ -219,15 +207,23 @@ impl Brain {
         Some(fix.utc_ms.saturating_add(i64::try_from(since).unwrap_or(i64::MAX)))
     }
 
+    /// Stores decided events. Every event but a position sample commits the route
+    /// progress with it, in one transaction: the progress that makes a second scan of a
+    /// parcel a duplicate is never behind the confirmation it follows from.
     async fn store(&mut self, decided: Vec<Decided>) -> Result<(), String> {
         for d in decided {
             let kind = d.event.kind();
-            match self.outbox.append(d.event, d.utc_ms, self.mono_ms()).await {
+            let progress = (kind != "position").then(|| self.decider.progress());
+            let state = match &progress {
+                Some(p) => Some((PROGRESS_STATE, serde_json::to_vec(p).map_err(|e| e.to_string())?)),
+                None => None,
+            };
+            match self.outbox.append_with_state(d.event, d.utc_ms, self.mono_ms(), state).await {
                 Ok(appended) => {
                     self.events_stored += 1;
                     tracing::info!(seq = appended.seq, kind, "event stored");
-                    if kind != "position" {
-                        self.save_progress().await;
+                    if progress.is_some() {
+                        self.saved_progress = progress;
                     }
                 }
                 Err(e) => {
@@ -252,12 +248,17 @@ impl Brain {
         }
     }
 
-    /// Loads a route.
-    pub fn on_route(&mut self, route: RouteManifest) {
+    /// Loads a route the hub sent (already verified under the hub key) and keeps it in
+    /// the outbox, so the van has it after a restart even if the broker lost it.
+    pub async fn on_route(&mut self, route: RouteManifest) {
         tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
+        if self.decider.route() != Some(&route)
+            && let Err(e) = self.outbox.set_state(ROUTE_STATE, route.to_json().into_bytes()).await
+        {
+            tracing::warn!(error = %e, "route could not be kept for a restart");
+        }
         self.decider.load_route(route);
-        let saved = self.progress_path.as_ref().and_then(|path| std::fs::read(path).ok());
-        if let Some(Ok(progress)) = saved.map(|b| serde_json::from_slice::<crate::decide::Progress>(&b)) {
+        if let Some(progress) = self.saved_progress.clone() {
             self.decider.restore(progress);
         }
     }
@@ -297,8 +298,12 @@ impl Brain {
                 );
             }
         }
+        crate::failpoint::hit("scan_decided");
         match self.store(vec![decided]).await {
-            Ok(()) => reply,
+            Ok(()) => {
+                crate::failpoint::hit("scan_stored");
+                reply
+            }
             Err(e) => Reply::refused(
                 "not_stored",
                 format!("The agent could not store this ({e}). Keep the parcel and call dispatch"),
@@ -372,7 +377,7 @@ pub async fn run_brain(
         tokio::select! {
             () = cancel.cancelled() => break,
             Some(fix) = fixes.recv() => brain.on_fix(&fix).await,
-            Some(route) = routes.recv() => brain.on_route(route),
+            Some(route) = routes.recv() => brain.on_route(route).await,
             Some(job) = jobs.recv() => {
                 let reply = brain.on_action(job.action, &driver_counters).await;
                 let _ = job.reply.send(reply);
@@ -406,6 +411,14 @@ pub struct Running {
     pub heartbeats: Heartbeats,
 }
 
+/// Reads decision state `name` from the outbox; a read error is logged and counts as none.
+fn read_state(outbox: &Outbox, name: &str) -> Option<Vec<u8>> {
+    outbox.state(name).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, state = name, "outbox state unreadable");
+        None
+    })
+}
+
 /// Starts the agent's tasks: GPS, scanner, driver socket, brain. Returns once they run.
 pub async fn start(
     config: &Config,
@@ -419,7 +432,25 @@ pub async fn start(
     let outbox_config = OutboxConfig::new(config.device.clone())
         .with_limits(&config.outbox)
         .with_public_key(key.public_key());
-    let outbox = Outbox::open(&config.outbox_path(), outbox_config)?.spawn(key)?;
+    let outbox = Outbox::open(&config.outbox_path(), outbox_config)?;
+    let kept_route =
+        read_state(&outbox, ROUTE_STATE).and_then(|bytes| match RouteManifest::from_json(&bytes) {
+            Ok(route) => Some(route),
+            Err(e) => {
+                tracing::warn!(error = %e, "kept hub route unreadable; waiting for the hub to send it");
+                None
+            }
+        });
+    let progress = read_state(&outbox, PROGRESS_STATE)
+        .or_else(|| std::fs::read(config.state_dir.join(PROGRESS_FILE)).ok())
+        .and_then(|bytes| match serde_json::from_slice::<crate::decide::Progress>(&bytes) {
+            Ok(progress) => Some(progress),
+            Err(e) => {
+                tracing::warn!(error = %e, "route progress unreadable; starting afresh");
+                None
+            }
+        });
+    let outbox = outbox.spawn(key)?;
     let tasks = TaskTracker::new();
     let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
     let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
@@ -434,6 +465,12 @@ pub async fn start(
             .map_err(|e| DaemonError::Route { path: path.clone(), message: e.to_string() })?;
         let route = RouteManifest::from_json(&bytes)
             .map_err(|e| DaemonError::Route { path: path.clone(), message: e.to_string() })?;
+        decider.load_route(route);
+    }
+    // The last route the hub sent wins over the configured file: it is the newer word,
+    // and the broker that carried it may have lost it since.
+    if let Some(route) = kept_route {
+        tracing::info!(route = %route.route_id, "route kept from before the restart loaded");
         decider.load_route(route);
     }
 
@@ -467,7 +504,7 @@ pub async fn start(
 
     let (live_tx, live_rx) = watch::channel(None);
     let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx)
-        .with_progress_file(config.state_dir.join(PROGRESS_FILE))
+        .with_progress(progress)
         .with_heartbeat(heartbeats.register("brain"));
     tasks.spawn(run_brain(
         brain,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod driver;
+pub mod failpoint;
 pub mod fix;
 pub mod gate;
 pub mod geofence;

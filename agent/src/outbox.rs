@@ -795,6 +795,22 @@ impl Outbox {
         gnss_utc_ms: i64,
         mono_ms: u64,
     ) -> Result<Appended, OutboxError> {
+        self.append_with_state(key, event, gnss_utc_ms, mono_ms, None)
+    }
+
+    /// [`Outbox::append`], and in the same transaction the decision state that makes the
+    /// event happen once (`(name, bytes)`, kept in the file's meta table; read it back with
+    /// [`Outbox::state`]). A confirmation and the route progress that makes a second scan
+    /// of the same parcel a duplicate are then on disk together or not at all: an agent
+    /// killed between the two can neither lose the confirmation nor sign it twice.
+    pub fn append_with_state(
+        &mut self,
+        key: &SigningKey,
+        event: Event,
+        gnss_utc_ms: i64,
+        mono_ms: u64,
+        state: Option<(&str, &[u8])>,
+    ) -> Result<Appended, OutboxError> {
         let kind = event.kind();
         let confirmation = event.is_confirmation();
         let durability = Durability::for_event(&event);
@@ -803,7 +819,7 @@ impl Outbox {
         let envelope =
             Envelope { device: self.cfg.device.clone(), seq, event_id, gnss_utc_ms, mono_ms, event };
         let wire = envelope.seal(key)?;
-        let row = NewRow { seq, kind, confirmation, wire: &wire, event_ms: gnss_utc_ms, durability };
+        let row = NewRow { seq, kind, confirmation, wire: &wire, event_ms: gnss_utc_ms, durability, state };
 
         let result = self.insert(key, &row);
         let result = match result {
@@ -1076,6 +1092,26 @@ impl Outbox {
         if let Err(e) = result {
             tracing::error!(device = %self.cfg.device, error = %e, "cannot count the refused event");
         }
+    }
+
+    /// Decision state `name` as last committed (see [`Outbox::append_with_state`]).
+    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        let value = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([state_key(name)], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        Ok(value)
+    }
+
+    /// Keeps decision state `name` on its own, synced (the last verified route, which
+    /// must survive a power cut as surely as the events signed against it).
+    pub fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), OutboxError> {
+        self.set_synchronous(true)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        put_state(&tx, name, value)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Up to `limit` events after `after_seq`, in seq order, as (seq, exact wire bytes).
@@ -1396,6 +1432,8 @@ struct NewRow<'a> {
     wire: &'a [u8],
     event_ms: i64,
     durability: Durability,
+    /// Decision state committed with the row: a meta key and its value.
+    state: Option<(&'a str, &'a [u8])>,
 }
 
 impl NewRow<'_> {
@@ -1489,6 +1527,20 @@ fn insert_row(tx: &rusqlite::Transaction<'_>, row: &NewRow<'_>) -> Result<(), ru
     )?
     .execute(params![i64_of(row.seq), row.kind, row.confirmation, row.wire, row.event_ms])?;
     tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_seq'")?.execute([i64_of(row.seq + 1)])?;
+    if let Some((name, value)) = row.state {
+        put_state(tx, name, value)?;
+    }
+    Ok(())
+}
+
+/// The meta key under which decision state `name` is kept.
+fn state_key(name: &str) -> String {
+    format!("state:{name}")
+}
+
+fn put_state(tx: &rusqlite::Transaction<'_>, name: &str, value: &[u8]) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![state_key(name), value])?;
     Ok(())
 }
 
@@ -1628,6 +1680,32 @@ impl OutboxHandle {
     ) -> Result<Appended, OutboxError> {
         let key = Arc::clone(&self.key);
         self.call(move |o| o.append(&key, event, gnss_utc_ms, mono_ms)).await
+    }
+
+    /// [`Outbox::append_with_state`] on the outbox thread.
+    pub async fn append_with_state(
+        &self,
+        event: Event,
+        gnss_utc_ms: i64,
+        mono_ms: u64,
+        state: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Appended, OutboxError> {
+        let key = Arc::clone(&self.key);
+        self.call(move |o| {
+            let state = state.as_ref().map(|(name, value)| (*name, value.as_slice()));
+            o.append_with_state(&key, event, gnss_utc_ms, mono_ms, state)
+        })
+        .await
+    }
+
+    /// [`Outbox::state`] on the outbox thread.
+    pub async fn state(&self, name: &'static str) -> Result<Option<Vec<u8>>, OutboxError> {
+        self.call(move |o| o.state(name)).await
+    }
+
+    /// [`Outbox::set_state`] on the outbox thread.
+    pub async fn set_state(&self, name: &'static str, value: Vec<u8>) -> Result<(), OutboxError> {
+        self.call(move |o| o.set_state(name, &value)).await
     }
 
     /// See [`Outbox::pending`].

@@ -189,11 +189,17 @@ impl AgentDaemon {
 
     /// Starts `doorstep-agent run --config agent.toml`; the process is killed if dropped.
     pub fn start(&self) -> anyhow::Result<Child> {
+        self.start_with_env(&[])
+    }
+
+    /// [`AgentDaemon::start`] with extra environment variables (a failpoint, say).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         Command::new(agent_binary())
             .args(["run", "--config"])
             .arg(self.config_path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
