@@ -171,8 +171,9 @@ fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, thre
 fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: usize) -> (f64, f64) {
     let mut store = Store::open(db, StoreOptions::default()).unwrap();
     let domain = Domain {
-        rules: Rules { hold_ms: HubOptions::default().hold_ms },
+        rules: Rules { hold_ms: HubOptions::default().hold_ms, ..Rules::default() },
         channel_map: ChannelMap::default(),
+        max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         metrics: Arc::new(Metrics::default()),
     };
     // Decoding is the verifiers' work, as is the signature check.

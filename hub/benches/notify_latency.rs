@@ -102,6 +102,7 @@ fn setup(db: &std::path::Path, scans: usize, domain: &Domain) {
             occurred_ms: now - 60_000,
             expected_delivery: None,
             message: None,
+            received_ms: Some(now),
         };
         apply_to_shipment(&tx, domain, &shipment, &Input::Carrier(delivered), now).unwrap();
     }
@@ -131,8 +132,9 @@ async fn run(scans: usize, full: bool) {
     let db = dir.path().join("hub.db");
     let options = HubOptions::default();
     let domain = Domain {
-        rules: Rules { hold_ms: options.hold_ms },
+        rules: Rules { hold_ms: options.hold_ms, ..Rules::default() },
         channel_map: ChannelMap::default(),
+        max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         metrics: Arc::new(Metrics::default()),
     };
     setup(&db, scans, &domain);

@@ -56,6 +56,12 @@ inflight = 1000
 verify_threads = 0
 # Most events committed in one SQLite transaction (acks follow each commit).
 batch_max = 1024
+# How far a device event's GNSS time may be ahead of this hub's clock, seconds. Beyond
+# it the event is quarantined: stored and acknowledged (so the van's outbox moves on),
+# never acted on, counted as doorstep_hub_ingest_total{outcome="quarantined",
+# reason="time_in_future"}. Genuine events are never ahead of true time; this absorbs
+# a hub clock running behind.
+max_event_ahead_s = 600
 
 [http]
 listen = "127.0.0.1:8080"
@@ -81,6 +87,12 @@ timestamp_window_s = 300
 # How long one "delivered" signal (device or carrier) waits uncontradicted before the
 # customer is told, seconds.
 hold_period_s = 1800
+# A van's "delivered at address" is re-checked against its own evidence: moving faster
+# than this at the scan (m/s) with a dwell below the stop's is not a delivery but an
+# alert (at_address_while_moving). Keep both in step with the agents' geofence settings.
+standing_speed_mps = 1.5
+# The dwell a stop needs when its route does not set one, seconds (agents: geofence.dwell_s).
+default_dwell_s = 30
 
 # [notify] holds the providers (base URLs, credentials, templates); see the notify docs.
 # Which channels each milestone goes to; without a map, every consented channel.
@@ -223,15 +235,21 @@ pub struct IngestSection {
     /// Events per transaction, at most.
     #[serde(default = "default_batch")]
     pub batch_max: usize,
+    /// How far ahead of the hub's clock an event's GNSS time may be, seconds.
+    #[serde(default = "default_max_event_ahead")]
+    pub max_event_ahead_s: u64,
 }
 
 fn default_batch() -> usize {
     1024
 }
+fn default_max_event_ahead() -> u64 {
+    u64::try_from(crate::ingest::DEFAULT_MAX_EVENT_AHEAD_MS / 1000).unwrap_or(600)
+}
 
 impl Default for IngestSection {
     fn default() -> Self {
-        Self { verify_threads: 0, batch_max: default_batch() }
+        Self { verify_threads: 0, batch_max: default_batch(), max_event_ahead_s: default_max_event_ahead() }
     }
 }
 
@@ -305,21 +323,37 @@ fn default_window() -> u64 {
 }
 
 /// `[reconcile]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileSection {
     /// Hold period, seconds.
     #[serde(default = "default_hold")]
     pub hold_period_s: u64,
+    /// Speed above which a van is moving at a scan, m/s.
+    #[serde(default = "default_standing_speed")]
+    pub standing_speed_mps: f64,
+    /// A stop's dwell when its route does not set one, seconds.
+    #[serde(default = "default_dwell")]
+    pub default_dwell_s: u32,
 }
 
 fn default_hold() -> u64 {
     1800
 }
+fn default_standing_speed() -> f64 {
+    f64::from(crate::reconcile::DEFAULT_STANDING_SPEED_CMPS) / 100.0
+}
+fn default_dwell() -> u32 {
+    crate::reconcile::DEFAULT_DWELL_S
+}
 
 impl Default for ReconcileSection {
     fn default() -> Self {
-        Self { hold_period_s: default_hold() }
+        Self {
+            hold_period_s: default_hold(),
+            standing_speed_mps: default_standing_speed(),
+            default_dwell_s: default_dwell(),
+        }
     }
 }
 
@@ -446,6 +480,12 @@ pub struct Settings {
     pub carriers: CarrierSecrets,
     /// Hold period.
     pub hold_period: Duration,
+    /// Standing threshold for re-checking at-address evidence, cm/s.
+    pub standing_speed_cmps: u16,
+    /// A stop's dwell when its route does not set one, seconds.
+    pub default_dwell_s: u32,
+    /// How far ahead of the hub's clock an event's GNSS time may be.
+    pub max_event_ahead: Duration,
     /// Milestone → channels.
     pub channel_map: ChannelMap,
     /// The `[notify]` table, for the notification module.
@@ -554,6 +594,24 @@ impl Config {
                 ChannelMap(entries.into_iter().map(|e| (e.milestone, e.channels)).collect())
             }
         };
+        let speed = self.reconcile.standing_speed_mps;
+        if !(speed.is_finite() && (0.1..=10.0).contains(&speed)) {
+            return Err(invalid(format!(
+                "reconcile.standing_speed_mps = {speed} must be 0.1 to 10 (m/s; the agents use 1.5)"
+            )));
+        }
+        // In range, so the rounded cm/s fit a u16.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let standing_speed_cmps = (speed * 100.0).round() as u16;
+        if !(1..=doorstep_proto::route::MAX_DWELL_S).contains(&self.reconcile.default_dwell_s) {
+            return Err(invalid(format!(
+                "reconcile.default_dwell_s must be 1 to {} (seconds; the agents use 30)",
+                doorstep_proto::route::MAX_DWELL_S
+            )));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.ingest.max_event_ahead_s) {
+            return Err(invalid("ingest.max_event_ahead_s must be 1 s to 7 days (600 is the default)"));
+        }
         let verify_threads = match self.ingest.verify_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n.min(64),
@@ -579,6 +637,9 @@ impl Config {
             max_body_bytes: self.http.max_body_bytes,
             carriers,
             hold_period: Duration::from_secs(self.reconcile.hold_period_s),
+            standing_speed_cmps,
+            default_dwell_s: self.reconcile.default_dwell_s,
+            max_event_ahead: Duration::from_secs(self.ingest.max_event_ahead_s),
             channel_map,
             notify: self.notify.clone(),
         })
@@ -646,6 +707,11 @@ mod tests {
         assert!(settings.channel_map.allows(Milestone::Nearby, ContactChannel::Sms));
         assert!(!settings.channel_map.allows(Milestone::Nearby, ContactChannel::Email));
         assert!(settings.channel_map.allows(Milestone::Delivered, ContactChannel::Email));
+        assert_eq!(settings.standing_speed_cmps, crate::reconcile::DEFAULT_STANDING_SPEED_CMPS);
+        assert_eq!(settings.default_dwell_s, crate::reconcile::DEFAULT_DWELL_S);
+        assert_eq!(settings.max_event_ahead, Duration::from_secs(600));
+        let crawling = text.replace("standing_speed_mps = 1.5", "standing_speed_mps = 0.0");
+        assert!(matches!(Config::parse(&crawling).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let short = text.replace("0123456789abcdef0123456789abcdef", "short");
         assert!(matches!(Config::parse(&short).expect("parse").validate(), Err(ConfigError::Invalid(_))));
     }

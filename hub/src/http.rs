@@ -6,7 +6,7 @@
 //! | POST | `/v1/shipments` | create a shipment (tracking number, carrier, order id, contacts, consent, locale, time zone) → 201 |
 //! | GET  | `/v1/shipments/{tracking}` | the shipment, its timeline, notifications and alerts |
 //! | POST | `/v1/shipments/{tracking}/dispatched` | the order system says it left → milestone "dispatched" |
-//! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained |
+//! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained (and again whenever the broker may have lost it: see `ingest`) |
 //! | POST | `/webhooks/{aftership,easypost,shipengine}` | carrier tracking updates, signature checked on the raw body |
 //! | GET  | `/metrics` | Prometheus text |
 //! | GET  | `/healthz` | 200 when the broker session is up and the database answers |
@@ -26,7 +26,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use doorstep_proto::{DeviceId, FleetId, RouteManifest, SigningKey, TrackingNumber};
-use rumqttc::AsyncClient;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -34,7 +33,7 @@ use crate::carrier::{self, Verifier};
 use crate::config::CarrierSecrets;
 use crate::ingest::{self, Effects, Writer, apply_to_shipment, now_ms};
 use crate::metrics::Metrics;
-use crate::model::Carrier;
+use crate::model::{Carrier, CarrierEvent};
 use crate::reconcile::Input;
 use crate::store::{Contact, ContactChannel, NewShipment, StoreError};
 
@@ -112,11 +111,9 @@ impl CarrierVerifiers {
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The single writer.
+    /// The single writer; it also publishes routes, through its outbound queue.
     pub writer: Writer,
-    /// The MQTT client, for publishing routes.
-    pub client: AsyncClient,
-    /// Signs routes.
+    /// Signs routes (a route too big to send is refused before it is stored).
     pub hub_key: Arc<SigningKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -456,13 +453,15 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
             }
             tx.commit()?;
             effects.record(&metrics);
+            // Stored first, then published: a failed publish is fixed by posting the route
+            // again (or by the device coming online: the hub publishes its route again).
+            // Queued by the writer, after any repeat of an older route it queued before.
+            ctx.publish_route(&fleet2, &message, "posted").map_err(|e| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("route stored but not published: {e}"))
+            })?;
             Ok(shipments.len())
         })
         .await??;
-    // Stored first, then published: a failed publish is fixed by posting the route again.
-    ingest::publish_signed(&state.client, &state.hub_key, &fleet, &message, true).await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("route stored but not published: {e}"))
-    })?;
     tracing::info!(fleet = %fleet, device = %device, dispatched, issued_ms, "route published");
     Ok((
         StatusCode::CREATED,
@@ -529,6 +528,7 @@ async fn webhook(
         .writer
         .call(move |ctx| -> Result<&'static str, ApiError> {
             let now = now_ms();
+            let event = CarrierEvent { received_ms: Some(now), ..event };
             let normalized =
                 serde_json::to_value(&event).map_err(|e| ApiError::unprocessable(e.to_string()))?;
             let tx = ctx.store.transaction()?;

@@ -30,15 +30,26 @@
 //!   retained `state` topic (online with agent version and outbox depth, or offline from
 //!   its last will) and its newest signed live position from `pos`, for
 //!   `doorstep-hub device list` and `/metrics`. Neither is an event: no seq, no ack.
+//! * **Routes** live on the broker only as retained messages, and a broker that crashes
+//!   (or a fresh one) loses them. The hub has them in its database, so the writer
+//!   publishes a device's current route again, the same signed message, whenever it
+//!   cannot be sure the broker still holds it: when the device says it is online (its
+//!   `state` message), and for every device when the hub's own session comes up without
+//!   a stored session (`session_present = false`: a fresh broker). Every route publish,
+//!   posted or repeated, leaves through the writer's one outbound queue, so a repeat of
+//!   an older route can never overtake a newly posted one.
 //!
 //! Every rejection has a reason (`EnvelopeError::reason()`, `topic_mismatch`,
 //! `unknown_device`, `seq_conflict`, ...), a counter (`doorstep_hub_ingest_total`), a
 //! persistent count (`rejections` table) and a log line; nothing rejected is stored, and
-//! a rejected event is never covered by an ack.
+//! a rejected event is never covered by an ack. A signed, valid event the hub will not
+//! act on because of what it says (its GNSS time too far ahead of the hub's clock) is
+//! *quarantined* instead: stored and acked, never reconciled, counted with its reason
+//! (see [`store_verified`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,7 +69,7 @@ use crate::blobs::{self, ChunkOutcome};
 use crate::config::{ChannelMap, MqttSettings};
 use crate::metrics::Metrics;
 use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone};
-use crate::reconcile::{self, Input, Rules, ShipmentState};
+use crate::reconcile::{self, Input, Rules, ScanEvidence, ShipmentState};
 use crate::registry::Keys;
 use crate::store::{
     EventInsert, NewEvent, NewGap, NewNotification, Shipment, Store, StoreError, StoreOptions, StoreTx,
@@ -118,6 +129,17 @@ pub const MAX_PENDING: usize = 262_144;
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for the pipeline to drain and acks to go out.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on how far a device event's GNSS time may be ahead of the hub's clock:
+/// 10 minutes. A van stamps an event with the fix that decided it, and a valid fix's
+/// GNSS time is within a second of true time, so a genuine event is never ahead of true
+/// time. What puts one ahead is the hub's own clock running behind (a host whose NTP
+/// lapsed: seconds to minutes) or a receiver with a wrong date (week-rollover and
+/// date-change bugs put it days to years off). Ten minutes absorbs the first with room,
+/// and refuses the second; within it, holds start at arrival, so a few minutes ahead cost
+/// the customer nothing.
+pub const DEFAULT_MAX_EVENT_AHEAD_MS: i64 = 10 * 60 * 1000;
+/// The quarantine reason of an event dated beyond [`Domain::max_event_ahead_ms`].
+pub const TIME_IN_FUTURE: &str = "time_in_future";
 
 /// Current wall time, ms since the Unix epoch (the shell's clock; reconciliation gets it
 /// as an input).
@@ -139,13 +161,16 @@ pub struct ReconcileError {
 }
 
 /// Everything the writer needs besides the store: the reconciliation rules, the channel
-/// map, metrics.
+/// map, the bound on event times, metrics.
 #[derive(Debug, Clone)]
 pub struct Domain {
-    /// Reconciliation settings (the hold period).
+    /// Reconciliation settings (the hold period, the evidence thresholds).
     pub rules: Rules,
     /// Which milestones go to which channels.
     pub channel_map: ChannelMap,
+    /// How far a device event's GNSS time may be ahead of the hub's clock, ms; beyond it
+    /// the event is quarantined ([`DEFAULT_MAX_EVENT_AHEAD_MS`]).
+    pub max_event_ahead_ms: i64,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -286,6 +311,10 @@ struct DeviceDetail<'a> {
     distance_m: Option<u32>,
     reason: &'a Option<String>,
     photo_sha256: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed_cmps: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dwell_s: Option<u32>,
 }
 
 fn timeline_entry(input: &Input) -> Option<TimelineRow<'_>> {
@@ -298,6 +327,8 @@ fn timeline_entry(input: &Input) -> Option<TimelineRow<'_>> {
                 distance_m: s.distance_m,
                 reason: &s.reason,
                 photo_sha256: &s.photo_sha256,
+                speed_cmps: s.speed_cmps,
+                dwell_s: s.dwell_s,
             };
             Some(TimelineRow {
                 occurred_ms: s.occurred_ms,
@@ -328,9 +359,18 @@ fn timeline_entry(input: &Input) -> Option<TimelineRow<'_>> {
     }
 }
 
-/// The per-parcel signals of a verified event. `Nearby` names a stop, not parcels: it
-/// becomes one signal per parcel of that stop on the device's stored route.
-pub fn device_signals(tx: &StoreTx<'_>, envelope: &Envelope) -> Result<Vec<DeviceSignal>, StoreError> {
+/// The per-parcel signals of a verified event, received by the hub at `received_ms`.
+/// `Nearby` names a stop, not parcels: it becomes one signal per parcel of that stop on
+/// the device's stored route. A delivered-at-address confirmation whose own evidence
+/// shows the van moving ([`reconcile::moving_at_scan`], with the stop's dwell from the
+/// stored route) becomes [`DeviceSignalKind::AtAddressWhileMoving`], not a delivery
+/// signal.
+pub fn device_signals(
+    tx: &StoreTx<'_>,
+    envelope: &Envelope,
+    rules: &Rules,
+    received_ms: i64,
+) -> Result<Vec<DeviceSignal>, StoreError> {
     let base = |kind, tracking_number: TrackingNumber| DeviceSignal {
         kind,
         tracking_number,
@@ -341,6 +381,9 @@ pub fn device_signals(tx: &StoreTx<'_>, envelope: &Envelope) -> Result<Vec<Devic
         distance_m: None,
         reason: None,
         photo_sha256: None,
+        speed_cmps: None,
+        dwell_s: None,
+        received_ms: Some(received_ms),
     };
     let mut out = Vec::new();
     match &envelope.event {
@@ -355,16 +398,33 @@ pub fn device_signals(tx: &StoreTx<'_>, envelope: &Envelope) -> Result<Vec<Devic
             }
         }
         Event::DeliveredAtAddress(d) | Event::DeliveredAwayFromAddress(d) => {
-            let kind = if matches!(envelope.event, Event::DeliveredAtAddress(_)) {
-                DeviceSignalKind::DeliveredAtAddress
-            } else {
+            let kind = if matches!(envelope.event, Event::DeliveredAwayFromAddress(_)) {
                 DeviceSignalKind::DeliveredAwayFromAddress
+            } else {
+                // The stop's own dwell is looked up only when the speed alone could make
+                // the confirmation a moving one: most are made standing still.
+                let fast = d.fix.speed_cmps.is_some_and(|v| v > rules.standing_speed_cmps);
+                let stop_dwell_s = if fast {
+                    tx.stop_dwell_s(&envelope.device, d.route_id.as_str(), &d.stop_id)?
+                } else {
+                    None
+                };
+                let evidence =
+                    ScanEvidence { speed_cmps: d.fix.speed_cmps, dwell_s: d.dwell_s, stop_dwell_s };
+                if reconcile::moving_at_scan(&evidence, rules) {
+                    tracing::warn!(device = %envelope.device, seq = envelope.seq, stop = %d.stop_id, speed_cmps = ?d.fix.speed_cmps, dwell_s = d.dwell_s, required_dwell_s = stop_dwell_s.unwrap_or(rules.default_dwell_s), "at-address confirmation made while moving; not a delivery signal");
+                    DeviceSignalKind::AtAddressWhileMoving
+                } else {
+                    DeviceSignalKind::DeliveredAtAddress
+                }
             };
             for tn in &d.tracking_numbers {
                 out.push(DeviceSignal {
                     stop_id: Some(d.stop_id.clone()),
                     distance_m: Some(d.distance_m),
                     photo_sha256: d.photo.map(|p| p.sha256.to_hex()),
+                    speed_cmps: d.fix.speed_cmps,
+                    dwell_s: Some(d.dwell_s),
                     ..base(kind, tn.clone())
                 });
             }
@@ -413,12 +473,25 @@ pub enum StoreOutcome {
     GapOverStoredSeq,
     /// Conflicts with a stored event (`seq_conflict`, `event_id_reused`): not stored.
     Conflict(&'static str),
+    /// New, stored and acked, but not acted on, for this reason ([`TIME_IN_FUTURE`]).
+    Quarantined(&'static str),
 }
 
 /// The writer's step for one verified event of a registered device, inside `tx`: store
 /// the signed bytes (deduplicated on (device, seq) and event id), apply a gap notice,
 /// record a photo reference, and reconcile every parcel it names. `signed` is the exact
 /// envelope received. The effects are for counters after the commit.
+///
+/// An event whose GNSS time is more than [`Domain::max_event_ahead_ms`] ahead of the
+/// hub's clock (`now`) is **quarantined**: stored with the reason [`TIME_IN_FUTURE`],
+/// acknowledged like any stored event, and never reconciled, so it moves no milestone,
+/// sends no message and starts no hold. It is not refused, because refusing a signed,
+/// valid event leaves its seq missing for good: the hub's ack is cumulative, so every
+/// later event of that van would stay unacknowledged and its outbox would fill behind
+/// the one the hub will never take (invariant 3: a van deletes only what the hub acked).
+/// Stored, the signed bytes stay as evidence for operations, and a redelivery is a plain
+/// duplicate. A gap notice is applied all the same (what it says does not depend on its
+/// time), and a photo it names is still accepted, as evidence.
 pub fn store_verified(
     tx: &StoreTx<'_>,
     domain: &Domain,
@@ -428,6 +501,8 @@ pub fn store_verified(
 ) -> Result<(StoreOutcome, Effects), StoreError> {
     let device = &envelope.device;
     let event_id = envelope.event_id.to_hex();
+    let ahead_ms = envelope.gnss_utc_ms.saturating_sub(now);
+    let quarantine = (ahead_ms > domain.max_event_ahead_ms).then_some(TIME_IN_FUTURE);
     let new = NewEvent {
         device,
         seq: envelope.seq,
@@ -436,6 +511,7 @@ pub fn store_verified(
         kind: envelope.event.kind(),
         envelope: signed,
         received_ms: now,
+        quarantine,
     };
     let outcome = tx.insert_event(&new)?;
     // A gap notice is applied whether it is new, a redelivery, or lands on a seq that
@@ -464,6 +540,10 @@ pub fn store_verified(
             tracing::debug!(device = %device, seq = envelope.seq, kind = envelope.event.kind(), "event stored");
             if let Some(photo) = photo_of(&envelope.event) {
                 tx.add_photo_ref(&photo.sha256.to_hex(), device, envelope.seq, photo.size)?;
+            }
+            if let Some(reason) = quarantine {
+                tracing::warn!(device = %device, seq = envelope.seq, kind = envelope.event.kind(), gnss_ms = envelope.gnss_utc_ms, ahead_ms, reason, "event quarantined: its GNSS time is ahead of the hub's clock; stored and acked, not acted on");
+                return Ok((StoreOutcome::Quarantined(reason), Effects::default()));
             }
             let effects = match reconcile_event(tx, domain, envelope, now) {
                 Ok(effects) => effects,
@@ -509,7 +589,7 @@ fn reconcile_event(
     }
     let mut seen: BTreeSet<TrackingNumber> = BTreeSet::new();
     let mut targets = Vec::new();
-    for signal in device_signals(tx, envelope)? {
+    for signal in device_signals(tx, envelope, &domain.rules, now)? {
         if !seen.insert(signal.tracking_number.clone()) {
             continue;
         }
@@ -579,11 +659,10 @@ enum WriteItem {
 /// What flows out to the broker.
 #[derive(Debug)]
 enum Outbound {
-    Publish {
-        topic: String,
-        payload: Vec<u8>,
-        retain: bool,
-    },
+    /// A signed ack or blob ack.
+    Publish { topic: String, payload: Vec<u8>, retain: bool },
+    /// A signed route, retained.
+    Route { topic: String, payload: Vec<u8> },
     /// The PUBACKs of one committed batch, in delivery order.
     PubAcks(Vec<Delivery>),
 }
@@ -630,12 +709,53 @@ impl Reorder {
     }
 }
 
-/// What a [`Writer::call`] closure gets: the store and the domain.
+/// What a [`Writer::call`] closure gets: the store, the domain, and the route lane.
 pub struct WriterCtx<'a> {
     /// The read-write store.
     pub store: &'a mut Store,
     /// Reconciler, channel map, metrics.
     pub domain: &'a Domain,
+    routes: RouteLane<'a>,
+}
+
+impl WriterCtx<'_> {
+    /// Signs a route message and queues it, retained, on the writer's outbound queue
+    /// (after whatever the writer queued before). `reason` labels the counter
+    /// (`posted`, ...). Call it after the transaction that stored the route committed.
+    pub fn publish_route(
+        &self,
+        fleet: &FleetId,
+        message: &HubMessage,
+        reason: &'static str,
+    ) -> Result<(), PublishError> {
+        self.routes.publish(fleet, message, reason)
+    }
+}
+
+/// Where route publishes go: sealed with the hub key onto the one outbound queue, so
+/// posted routes and repeats leave in the order the writer decided them.
+#[derive(Clone, Copy)]
+struct RouteLane<'a> {
+    hub_key: &'a SigningKey,
+    out: &'a mpsc::Sender<Outbound>,
+    metrics: &'a Metrics,
+}
+
+impl RouteLane<'_> {
+    fn publish(
+        &self,
+        fleet: &FleetId,
+        message: &HubMessage,
+        reason: &'static str,
+    ) -> Result<(), PublishError> {
+        let topic = Topic::new(fleet.clone(), message.device().clone(), Channel::Route).to_string();
+        let payload = message.seal(self.hub_key).map_err(PublishError::Seal)?;
+        self.out
+            .blocking_send(Outbound::Route { topic, payload })
+            .map_err(|_| PublishError::Mqtt("the outbound task has stopped".to_owned()))?;
+        self.metrics.route_published(reason);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for WriterCtx<'_> {
@@ -735,6 +855,7 @@ impl Ingest {
         let keys = Keys::default();
         keys.reload(&store)?;
         let metrics = Arc::clone(&domain.metrics);
+        metrics.declare_alerts(reconcile::alert_codes());
         let cancel = CancellationToken::new();
 
         let mut mqtt =
@@ -758,6 +879,7 @@ impl Ingest {
         let mut threads = Vec::new();
 
         let dispatcher = DispatcherWaker::default();
+        let republish_all = Arc::new(AtomicBool::new(false));
         let writer_state = WriterThread {
             store,
             domain,
@@ -767,6 +889,7 @@ impl Ingest {
             live_verifiers: Arc::clone(&live_verifiers),
             dispatcher: dispatcher.clone(),
             acks: AckPacer::default(),
+            republish_all: Arc::clone(&republish_all),
             cancel: cancel.clone(),
         };
         threads.push(
@@ -812,6 +935,7 @@ impl Ingest {
             verify_tx,
             filters,
             Arc::clone(&metrics),
+            republish_all,
             cancel.clone(),
             outbound_done,
         ));
@@ -851,7 +975,7 @@ impl Ingest {
         self.writer.clone()
     }
 
-    /// The MQTT client, for publishing routes.
+    /// The MQTT client.
     pub fn client(&self) -> AsyncClient {
         self.client.clone()
     }
@@ -882,26 +1006,6 @@ impl Ingest {
     }
 }
 
-/// Publishes a hub message signed with the hub key: acks (QoS 1), routes (QoS 1, retained).
-pub async fn publish_signed(
-    client: &AsyncClient,
-    hub_key: &SigningKey,
-    fleet: &FleetId,
-    message: &HubMessage,
-    retain: bool,
-) -> Result<(), PublishError> {
-    let channel = match message {
-        HubMessage::Route(_) => Channel::Route,
-        HubMessage::Ack(_) | HubMessage::BlobAck(_) => Channel::Ack,
-    };
-    let topic = Topic::new(fleet.clone(), message.device().clone(), channel).to_string();
-    let bytes = message.seal(hub_key).map_err(PublishError::Seal)?;
-    client
-        .publish(topic, QoS::AtLeastOnce, retain, bytes)
-        .await
-        .map_err(|e| PublishError::Mqtt(e.to_string()))
-}
-
 /// Why a hub message could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -920,12 +1024,14 @@ pub fn route_message(device: &DeviceId, route: doorstep_proto::RouteManifest, is
 
 // ---- the mqtt task ----------------------------------------------------------------------
 
+#[allow(clippy::too_many_arguments)] // the task's wiring, each a different thing it owns or shares.
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     verify: mpsc::Sender<(u64, Publish)>,
     filters: Vec<String>,
     metrics: Arc<Metrics>,
+    republish_all: Arc<AtomicBool>,
     cancel: CancellationToken,
     outbound_done: CancellationToken,
 ) {
@@ -993,6 +1099,12 @@ async fn drive(
                     granted = 0;
                     metrics.mqtt_subscriptions(granted);
                     tracing::info!(session_present = ack.session_present, "connected to the broker");
+                    if !ack.session_present {
+                        // A broker without this hub's session is a fresh one (or lost its
+                        // state): its retained routes are gone too. The writer publishes
+                        // every device's current route again.
+                        republish_all.store(true, Ordering::SeqCst);
+                    }
                     for filter in &filters {
                         if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                             tracing::error!(filter, error = %e, "cannot subscribe");
@@ -1104,6 +1216,9 @@ async fn outbound(
                     metrics.ack_published();
                 }
                 r
+            }
+            Outbound::Route { topic, payload } => {
+                client.publish(topic, QoS::AtLeastOnce, true, payload).await
             }
             Outbound::PubAcks(deliveries) => {
                 let mut result = Ok(());
@@ -1369,6 +1484,9 @@ struct WriterThread {
     live_verifiers: Arc<AtomicUsize>,
     dispatcher: DispatcherWaker,
     acks: AckPacer,
+    /// Set by the MQTT task when the broker has no session for the hub (a fresh broker):
+    /// every device's current route is published again.
+    republish_all: Arc<AtomicBool>,
     cancel: CancellationToken,
 }
 
@@ -1388,6 +1506,8 @@ struct AfterCommit {
     photos: Vec<&'static str>,
     events: usize,
     lag: Option<(i64, i64)>,
+    /// Devices whose state message said online: their current route is published again.
+    came_online: Vec<DeviceId>,
 }
 
 impl AfterCommit {
@@ -1442,7 +1562,9 @@ impl WriterThread {
             // Verifiers hand over handfuls, so the batch may pass batch_max by a few.
             self.commit_in_batches(batch);
             if let Some(f) = call {
-                let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain };
+                let routes =
+                    RouteLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
+                let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain, routes };
                 f(&mut ctx);
                 // An API or webhook write may have enqueued a message; a pass that finds
                 // nothing due costs one small query.
@@ -1451,6 +1573,9 @@ impl WriterThread {
             if last_wake.elapsed() >= WAKE_TICK {
                 last_wake = Instant::now();
                 self.wake_due();
+            }
+            if self.republish_all.swap(false, Ordering::SeqCst) {
+                self.republish_routes(None, "broker_session_new");
             }
             self.send_due_acks(false);
             self.domain.metrics.queue_depth("writer", reorder.waiting.len());
@@ -1461,7 +1586,12 @@ impl WriterThread {
                 while let Ok(item) = rx.try_recv() {
                     match item {
                         WriteItem::Call(f) => {
-                            f(&mut WriterCtx { store: &mut self.store, domain: &self.domain })
+                            let routes = RouteLane {
+                                hub_key: &self.hub_key,
+                                out: &self.out,
+                                metrics: &self.domain.metrics,
+                            };
+                            f(&mut WriterCtx { store: &mut self.store, domain: &self.domain, routes })
                         }
                         WriteItem::Checked(items) => {
                             for (ordinal, item) in items {
@@ -1477,6 +1607,32 @@ impl WriterThread {
             }
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Publishes the current route of one device, or of every active device, again: the
+    /// same signed message as when it was posted (same `issued_ms`; Ed25519 signing is
+    /// deterministic, so the bytes are the same too). An agent that has the route ignores
+    /// it as not newer; one that lost it, or a broker that lost it, gets it back.
+    fn republish_routes(&self, device: Option<&DeviceId>, reason: &'static str) {
+        let routes = match self.store.current_routes(device) {
+            Ok(routes) => routes,
+            Err(e) => {
+                tracing::error!(error = %e, device = ?device.map(DeviceId::as_str), "cannot read routes to publish again");
+                return;
+            }
+        };
+        let lane = RouteLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
+        for stored in routes {
+            let message = route_message(&stored.device, stored.route, stored.issued_ms);
+            match lane.publish(&stored.fleet, &message, reason) {
+                Ok(()) => {
+                    tracing::info!(device = %stored.device, issued_ms = stored.issued_ms, reason, "route published again")
+                }
+                Err(e) => {
+                    tracing::error!(device = %stored.device, error = %e, reason, "cannot publish the route again")
+                }
+            }
+        }
     }
 
     fn wake_due(&mut self) {
@@ -1555,12 +1711,19 @@ impl WriterThread {
                     }
                     Ingested::Position { topic, fix, delivery } => {
                         // The registry decides, as for events: a revocation is exact here.
-                        if tx.active_fleet(&topic.device)?.as_ref() == Some(&topic.fleet) {
-                            let newer = tx.set_live_position(&topic.device, &fix, now)?;
-                            after.status_counted.push(("pos", if newer { "stored" } else { "stale" }, "ok"));
-                        } else {
+                        let ahead_ms = fix.utc_ms.saturating_sub(now);
+                        if tx.active_fleet(&topic.device)?.as_ref() != Some(&topic.fleet) {
                             tx.count_rejection("pos", "revoked_device", now)?;
                             after.status_counted.push(("pos", "rejected", "revoked_device"));
+                        } else if ahead_ms > self.domain.max_event_ahead_ms {
+                            // Newest by GNSS time wins: a position dated tomorrow would
+                            // hide every true one until tomorrow.
+                            tracing::warn!(device = %topic.device, utc_ms = fix.utc_ms, ahead_ms, reason = TIME_IN_FUTURE, "live position refused: its GNSS time is ahead of the hub's clock");
+                            tx.count_rejection("pos", TIME_IN_FUTURE, now)?;
+                            after.status_counted.push(("pos", "rejected", TIME_IN_FUTURE));
+                        } else {
+                            let newer = tx.set_live_position(&topic.device, &fix, now)?;
+                            after.status_counted.push(("pos", if newer { "stored" } else { "stale" }, "ok"));
                         }
                         after.pubacks.push(delivery);
                     }
@@ -1569,6 +1732,9 @@ impl WriterThread {
                             tracing::info!(device = %topic.device, online = state.online, agent_version = ?state.agent_version, outbox_depth = ?state.outbox_depth, "device state");
                             tx.set_device_state(&topic.device, &state, now)?;
                             after.status_counted.push(("state", "stored", "ok"));
+                            if state.online {
+                                after.came_online.push(topic.device.clone());
+                            }
                         } else {
                             tx.count_rejection("state", "unknown_device", now)?;
                             after.status_counted.push(("state", "rejected", "unknown_device"));
@@ -1629,6 +1795,12 @@ impl WriterThread {
         }
         if !after.pubacks.is_empty() {
             let _ = self.out.blocking_send(Outbound::PubAcks(after.pubacks));
+        }
+        // A van that comes online may have come back to a broker that lost its retained
+        // route (a crash without persistence, a restore from an older snapshot): the
+        // hub cannot tell, so it publishes the route again, once per online message.
+        for device in &after.came_online {
+            self.republish_routes(Some(device), "device_online");
         }
         self.domain.metrics.busy("writer", started.elapsed());
     }
@@ -1732,6 +1904,15 @@ impl WriterThread {
                 after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
             (StoreOutcome::Conflict(reason), _) => reject(after, reason)?,
+            (StoreOutcome::Quarantined(reason), _) => {
+                // Counted like a rejection (a reason operations must see), acked like a
+                // stored event (see `store_verified`), and left out of the lag gauge: its
+                // time is not to be believed.
+                tx.count_rejection("quarantine", reason, now)?;
+                after.count("quarantined", reason);
+                after.events += 1;
+                after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
+            }
         }
         after.pubacks.push(delivery);
         Ok(())

@@ -16,9 +16,14 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "doorstep_hub_ingest_total",
         "counter",
-        "Device messages by outcome (stored, duplicate, rejected) and reason.",
+        "Device messages by outcome (stored, duplicate, quarantined, rejected) and reason.",
     ),
     ("doorstep_hub_acks_published_total", "counter", "Signed cumulative acks published to devices."),
+    (
+        "doorstep_hub_routes_published_total",
+        "counter",
+        "Signed routes queued for the broker, retained, by reason (posted, device_online, broker_session_new).",
+    ),
     ("doorstep_hub_blob_chunks_total", "counter", "Photo chunks by outcome and reason."),
     ("doorstep_hub_photos_total", "counter", "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", "counter", "Carrier webhooks by carrier and outcome."),
@@ -99,8 +104,9 @@ impl Metrics {
         series.iter().find(|((n, l), _)| *n == name && *l == key).map_or(0, |(_, v)| *v)
     }
 
-    /// A device message: `outcome` is stored, duplicate or rejected; `reason` says why
-    /// (`ok`, `bad_signature`, `topic_mismatch`, ...).
+    /// A device message: `outcome` is stored, duplicate, quarantined (stored and acked, not
+    /// acted on) or rejected; `reason` says why (`ok`, `bad_signature`, `topic_mismatch`,
+    /// `time_in_future`, ...).
     pub fn ingest(&self, outcome: &str, reason: &str) {
         self.add("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)], 1);
     }
@@ -134,6 +140,12 @@ impl Metrics {
     /// An ack published.
     pub fn ack_published(&self) {
         self.add("doorstep_hub_acks_published_total", &[], 1);
+    }
+
+    /// A signed route queued for the broker: `posted` through the API, or published again
+    /// because the broker may have lost it (`device_online`, `broker_session_new`).
+    pub fn route_published(&self, reason: &str) {
+        self.add("doorstep_hub_routes_published_total", &[("reason", reason)], 1);
     }
 
     /// A photo chunk handled.
@@ -172,6 +184,14 @@ impl Metrics {
     /// An operations alert raised.
     pub fn alert(&self, code: &str) {
         self.add("doorstep_hub_alerts_total", &[("code", code)], 1);
+    }
+
+    /// Shows every alert code the hub can raise, at zero until raised, so a dashboard or
+    /// an alerting rule sees a new code (`at_address_while_moving`) before its first one.
+    pub fn declare_alerts(&self, codes: impl IntoIterator<Item = &'static str>) {
+        for code in codes {
+            self.add("doorstep_hub_alerts_total", &[("code", code)], 0);
+        }
     }
 
     /// An ingest transaction committed with `events` events; `lag_ms` is (newest, oldest)
@@ -262,5 +282,18 @@ mod tests {
         assert!(text.contains("# TYPE doorstep_hub_ingest_total counter"));
         assert!(text.contains("reason=\"bad \\\"sig\\\"\""), "{text}");
         assert_eq!(m.ingest_outcome_total("rejected"), 2);
+    }
+
+    #[test]
+    fn every_alert_code_of_the_rules_table_is_shown_from_the_start() {
+        let m = Metrics::default();
+        m.declare_alerts(crate::reconcile::alert_codes());
+        m.alert("at_address_while_moving");
+        let text = m.render();
+        assert!(text.contains("doorstep_hub_alerts_total{code=\"at_address_while_moving\"} 1"), "{text}");
+        assert!(
+            text.contains("doorstep_hub_alerts_total{code=\"carrier_delivered_device_away\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! envelopes into [`DeviceSignal`]s; the reconciler (`reconcile.rs`) folds both into a
 //! shipment's [`Milestone`] and emits [`Action`]s; the notification outbox (`notify/`)
 //! turns actions into messages. Times are milliseconds since the Unix epoch, always the
-//! *event* time, never the arrival time (invariant 6).
+//! *event* time, never the arrival time (invariant 6). The one exception is named as
+//! such: `received_ms`, the hub's arrival time, which only ever starts a hold earlier
+//! (see `reconcile::hold_from`), never orders facts.
 
 use doorstep_proto::{DeviceId, StopId, TrackingNumber};
 use serde::{Deserialize, Serialize};
@@ -88,6 +90,11 @@ pub struct CarrierEvent {
     pub expected_delivery: Option<String>,
     /// The carrier's human message, if any.
     pub message: Option<String>,
+    /// When the hub received it (ms since the Unix epoch), when known. A lone delivered's
+    /// hold starts at the earlier of this and `occurred_ms`, so a carrier clock running
+    /// ahead does not delay "delivered".
+    #[serde(default)]
+    pub received_ms: Option<i64>,
 }
 
 /// What a verified device event says about a parcel.
@@ -100,6 +107,10 @@ pub enum DeviceSignalKind {
     DeliveredAtAddress,
     /// Handed over with the van elsewhere: an exception for operations.
     DeliveredAwayFromAddress,
+    /// Signed as handed over at the address, but the confirmation's own evidence shows the
+    /// van moving at the scan (speed above the standing threshold, dwell below the stop's):
+    /// not a delivery signal; the hub re-checks it with [`crate::reconcile::moving_at_scan`].
+    AtAddressWhileMoving,
     /// The driver reported a failed delivery.
     DriverException,
 }
@@ -111,6 +122,7 @@ impl DeviceSignalKind {
             DeviceSignalKind::Nearby => "nearby",
             DeviceSignalKind::DeliveredAtAddress => "delivered_at_address",
             DeviceSignalKind::DeliveredAwayFromAddress => "delivered_away_from_address",
+            DeviceSignalKind::AtAddressWhileMoving => "at_address_while_moving",
             DeviceSignalKind::DriverException => "driver_exception",
         }
     }
@@ -137,6 +149,19 @@ pub struct DeviceSignal {
     pub reason: Option<String>,
     /// Photo proof hash (hex), when there is one.
     pub photo_sha256: Option<String>,
+    /// The van's speed over ground at the scan, cm/s, for handovers (evidence; `None`
+    /// from a receiver without Doppler).
+    #[serde(default)]
+    pub speed_cmps: Option<u16>,
+    /// How long the van had stood still in the stop's arrival zone on this visit, seconds,
+    /// for handovers (evidence).
+    #[serde(default)]
+    pub dwell_s: Option<u32>,
+    /// When the hub received the event (ms since the Unix epoch), when known. A lone
+    /// at-address confirmation's hold starts at the earlier of this and `occurred_ms`, so
+    /// a van whose clock runs ahead does not delay its own "delivered".
+    #[serde(default)]
+    pub received_ms: Option<i64>,
 }
 
 /// A shipment's customer-facing milestone. Ranked; only moves forward, except that an
@@ -210,7 +235,9 @@ mod tests {
             assert_eq!(status.as_str(), serde_name(status));
         }
         use DeviceSignalKind::*;
-        for kind in [Nearby, DeliveredAtAddress, DeliveredAwayFromAddress, DriverException] {
+        for kind in
+            [Nearby, DeliveredAtAddress, DeliveredAwayFromAddress, AtAddressWhileMoving, DriverException]
+        {
             assert_eq!(kind.as_str(), serde_name(kind));
         }
     }

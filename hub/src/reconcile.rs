@@ -48,20 +48,70 @@ pub const DEFAULT_HOLD_MS: i64 = 30 * 60 * 1000;
 /// events with their handhelds' or their servers' clocks, often rounded to the minute.
 pub const CARRIER_CLOCK_SLACK_MS: i64 = 2 * 60 * 1000;
 
+/// Default standing threshold: 1.5 m/s, the agent's `DEFAULT_STOPPED_SPEED_MPS`. A
+/// receiver's Doppler speed of a parked van stays well below it; a van rolling past a
+/// door is far above it.
+pub const DEFAULT_STANDING_SPEED_CMPS: u16 = 150;
+
+/// Default dwell a stop needs when its route does not override it: 30 s, the agent's
+/// `DEFAULT_DWELL_S`.
+pub const DEFAULT_DWELL_S: u32 = 30;
+
 /// Reconciliation settings, from the hub's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Rules {
     /// How long one delivery signal (a signed at-address confirmation, or the carrier's
     /// delivered) must stand without contradiction before the customer is told
     /// "delivered" on it alone.
     pub hold_ms: i64,
+    /// Speed over ground above which a van is moving, cm/s: a delivered-at-address
+    /// confirmation whose speed at the scan is above it, and whose dwell is below the
+    /// stop's, is not a delivery signal (see [`moving_at_scan`]).
+    pub standing_speed_cmps: u16,
+    /// The dwell a stop needs when the hub does not know an override for it from the
+    /// stop's route, seconds. Keep it in step with the agents' `geofence.dwell_s`.
+    pub default_dwell_s: u32,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Self { hold_ms: DEFAULT_HOLD_MS }
+        Self {
+            hold_ms: DEFAULT_HOLD_MS,
+            standing_speed_cmps: DEFAULT_STANDING_SPEED_CMPS,
+            default_dwell_s: DEFAULT_DWELL_S,
+        }
     }
+}
+
+/// What a delivered-at-address confirmation says about the van at the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEvidence {
+    /// The van's speed over ground at the scan, cm/s; `None` from a receiver without
+    /// Doppler.
+    pub speed_cmps: Option<u16>,
+    /// The longest time the van stood still in the stop's arrival zone on this visit,
+    /// seconds.
+    pub dwell_s: u32,
+    /// The stop's own dwell requirement from its route, when the hub knows the stop's
+    /// route and the route overrides the default.
+    pub stop_dwell_s: Option<u32>,
+}
+
+/// Whether a delivered-at-address confirmation's own evidence shows the van moving: its
+/// speed at the scan above the standing threshold AND its dwell below the stop's
+/// requirement. Such a confirmation is not a delivery signal (issue: a van rolling past
+/// at 45 km/h was confirmed "at the address" by an agent that took a fix without a speed
+/// for standing still; the hub does not take the device's word without its evidence).
+///
+/// A speed of `None` (a receiver without Doppler) is accepted: the agent then proves
+/// standing by two fixes within its still radius, and the hub has nothing to contradict
+/// it with. A dwell at or above the requirement is accepted at any speed: the van stood
+/// at the door for the stop's dwell on this visit, and the driver scanned as it pulled
+/// away.
+pub fn moving_at_scan(evidence: &ScanEvidence, rules: &Rules) -> bool {
+    let required = evidence.stop_dwell_s.unwrap_or(rules.default_dwell_s);
+    evidence.speed_cmps.is_some_and(|v| v > rules.standing_speed_cmps) && evidence.dwell_s < required
 }
 
 /// One input to reconciliation.
@@ -103,6 +153,12 @@ pub struct DeviceProof {
     pub distance_m: Option<u32>,
     /// Photo hash (hex), when a photo was taken.
     pub photo_sha256: Option<String>,
+    /// Speed over ground at the scan, cm/s, when the receiver reported one.
+    #[serde(default)]
+    pub speed_cmps: Option<u16>,
+    /// Dwell in the stop's arrival zone on this visit, seconds.
+    #[serde(default)]
+    pub dwell_s: Option<u32>,
 }
 
 impl DeviceProof {
@@ -114,6 +170,8 @@ impl DeviceProof {
             stop_id: s.stop_id.clone(),
             distance_m: s.distance_m,
             photo_sha256: s.photo_sha256.clone(),
+            speed_cmps: s.speed_cmps,
+            dwell_s: s.dwell_s,
         }
     }
 
@@ -194,6 +252,9 @@ pub struct ShipmentState {
     pub carrier_out_for_delivery_at_ms: Option<i64>,
     /// Earliest carrier "delivered".
     pub carrier_delivered_at_ms: Option<i64>,
+    /// When a hold on the carrier's delivered starts: the earliest, over its "delivered"
+    /// events, of the event time and the hub's arrival time (see [`hold_from`]).
+    pub carrier_delivered_hold_from_ms: Option<i64>,
     /// Earliest carrier "returning to sender".
     pub carrier_returning_at_ms: Option<i64>,
     /// Earliest carrier "cancelled or expired".
@@ -204,10 +265,21 @@ pub struct ShipmentState {
     pub latest_carrier: Option<CarrierFact>,
     /// Earliest device "nearby".
     pub device_nearby_at_ms: Option<i64>,
-    /// Earliest signed "delivered at address".
+    /// Earliest signed "delivered at address" (whose evidence holds up).
     pub at_address: Option<DeviceProof>,
+    /// Latest signed "delivered at address": the van's last word at the door, which
+    /// supersedes an earlier away scan for `carrier_delivered_device_away`.
+    pub last_at_address: Option<DeviceProof>,
+    /// When a hold on the at-address confirmation starts: the earliest, over them, of the
+    /// event time and the hub's arrival time (see [`hold_from`]).
+    pub at_address_hold_from_ms: Option<i64>,
     /// Earliest signed "delivered away from address".
     pub away: Option<DeviceProof>,
+    /// Earliest signed "delivered at address" whose own evidence shows the van moving
+    /// (see [`moving_at_scan`]): reconciled like an away scan.
+    pub moving: Option<DeviceProof>,
+    /// Latest signed away or moving scan: the van's last word *not* at the door.
+    pub last_not_at_door: Option<DeviceProof>,
     /// Latest driver-reported exception.
     pub driver_exception: Option<ExceptionFact>,
     /// The latest hub time seen in a [`Input::Wake`].
@@ -226,13 +298,18 @@ impl Default for ShipmentState {
             on_route: false,
             carrier_out_for_delivery_at_ms: None,
             carrier_delivered_at_ms: None,
+            carrier_delivered_hold_from_ms: None,
             carrier_returning_at_ms: None,
             carrier_cancelled_at_ms: None,
             carrier_exception: None,
             latest_carrier: None,
             device_nearby_at_ms: None,
             at_address: None,
+            last_at_address: None,
+            at_address_hold_from_ms: None,
             away: None,
+            moving: None,
+            last_not_at_door: None,
             driver_exception: None,
             now_ms: None,
         }
@@ -281,24 +358,48 @@ impl ShipmentState {
 
 // --- the facts the rules talk about -----------------------------------------------------
 
+/// When a hold on a delivery signal starts: the earlier of its event time and the time
+/// the hub received it. Event times order the facts (invariant 6), but a hold is a wait
+/// on the hub's own clock: a van (or carrier) whose clock runs ahead must not delay its
+/// own "delivered" by the difference, and an event that sat in an outbox for an hour has
+/// already stood that hour uncontradicted.
+pub fn hold_from(at_ms: i64, received_ms: Option<i64>) -> i64 {
+    received_ms.map_or(at_ms, |r| r.min(at_ms))
+}
+
 fn elapsed(s: &ShipmentState, since_ms: i64, r: &Rules) -> bool {
     s.now_ms.is_some_and(|now| now >= since_ms.saturating_add(r.hold_ms))
 }
 
+/// A lone delivery signal: when it happened (what contradictions are compared with) and
+/// when its hold started.
+#[derive(Debug, Clone, Copy)]
+struct Lone {
+    at_ms: i64,
+    hold_from_ms: i64,
+}
+
 /// Device basis: an at-address confirmation, no carrier delivered yet.
-fn device_basis(s: &ShipmentState) -> Option<i64> {
+fn device_basis(s: &ShipmentState) -> Option<Lone> {
     match (&s.at_address, s.carrier_delivered_at_ms) {
-        (Some(p), None) => Some(p.at_ms),
+        (Some(p), None) => {
+            Some(Lone { at_ms: p.at_ms, hold_from_ms: s.at_address_hold_from_ms.unwrap_or(p.at_ms) })
+        }
         _ => None,
     }
 }
 
 /// Carrier basis: the carrier's delivered, no at-address confirmation.
-fn carrier_basis(s: &ShipmentState) -> Option<i64> {
+fn carrier_basis(s: &ShipmentState) -> Option<Lone> {
     match (&s.at_address, s.carrier_delivered_at_ms) {
-        (None, Some(t)) => Some(t),
+        (None, Some(t)) => Some(Lone { at_ms: t, hold_from_ms: carrier_hold_from(s).unwrap_or(t) }),
         _ => None,
     }
+}
+
+/// When a hold on the carrier's delivered starts, if it said delivered.
+fn carrier_hold_from(s: &ShipmentState) -> Option<i64> {
+    s.carrier_delivered_at_ms.map(|t| s.carrier_delivered_hold_from_ms.unwrap_or(t))
 }
 
 /// An exception (carrier or driver) at or after `t`: the handover did not happen then.
@@ -306,12 +407,32 @@ fn exception_since(s: &ShipmentState, t: i64) -> bool {
     s.latest_exception_at().is_some_and(|e| e >= t)
 }
 
+/// The van signed a scan of the parcel somewhere other than parked at its door: away
+/// from the address, or "at the address" while its own evidence shows it moving.
+fn not_at_door(s: &ShipmentState) -> bool {
+    s.away.is_some() || s.moving.is_some()
+}
+
+/// The van's last handover word for the parcel, in event time, was not at the door: no
+/// at-address confirmation after its latest away or moving scan. A parcel first scanned
+/// at the wrong stop and then at its own has a last word at the door.
+fn last_word_not_at_door(s: &ShipmentState) -> bool {
+    // State stored before the latest-word facts existed has only the earliest ones.
+    let away = s.last_not_at_door.as_ref().or(s.away.as_ref()).or(s.moving.as_ref());
+    let door = s.last_at_address.as_ref().or(s.at_address.as_ref());
+    match (away, door) {
+        (Some(away), Some(door)) => away.sort_key() > door.sort_key(),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 fn device_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
-    s.away.is_some() || exception_since(s, t)
+    not_at_door(s) || exception_since(s, t)
 }
 
 fn carrier_hold_contradicted(s: &ShipmentState, t: i64) -> bool {
-    s.away.is_some() || exception_since(s, t) || (s.on_route && !s.van_arrived_by(t))
+    not_at_door(s) || exception_since(s, t) || (s.on_route && !s.van_arrived_by(t))
 }
 
 fn delivered_two_signals(s: &ShipmentState, _: &Rules) -> bool {
@@ -319,11 +440,11 @@ fn delivered_two_signals(s: &ShipmentState, _: &Rules) -> bool {
 }
 
 fn delivered_device_then_hold(s: &ShipmentState, r: &Rules) -> bool {
-    device_basis(s).is_some_and(|t| elapsed(s, t, r) && !device_hold_contradicted(s, t))
+    device_basis(s).is_some_and(|b| elapsed(s, b.hold_from_ms, r) && !device_hold_contradicted(s, b.at_ms))
 }
 
 fn delivered_carrier_then_hold(s: &ShipmentState, r: &Rules) -> bool {
-    carrier_basis(s).is_some_and(|t| elapsed(s, t, r) && !carrier_hold_contradicted(s, t))
+    carrier_basis(s).is_some_and(|b| elapsed(s, b.hold_from_ms, r) && !carrier_hold_contradicted(s, b.at_ms))
 }
 
 fn carrier_exception(s: &ShipmentState, _: &Rules) -> bool {
@@ -350,19 +471,36 @@ fn away_from_address(s: &ShipmentState, _: &Rules) -> bool {
     s.away.is_some()
 }
 
-fn carrier_delivered_device_away(s: &ShipmentState, _: &Rules) -> bool {
-    s.away.is_some() && s.carrier_delivered_at_ms.is_some()
+fn at_address_while_moving(s: &ShipmentState, _: &Rules) -> bool {
+    s.moving.is_some()
+}
+
+/// Decided when the carrier's delivered has stood for the hold, not when the pair is
+/// first seen: an alert cannot be taken back, and the van's correcting at-address scan
+/// may still be on its way (the carrier's webhook often arrives before the van's events,
+/// or between its wrong-stop scan and its scan at the right door). The hold is the wait
+/// the hub already gives a lone delivery signal for contradictions; a correction that
+/// arrives later than that is too late for this alert.
+fn carrier_delivered_device_away(s: &ShipmentState, r: &Rules) -> bool {
+    carrier_delivered_device_away_pending(s) && carrier_hold_from(s).is_some_and(|t| elapsed(s, t, r))
+}
+
+/// The facts for `carrier_delivered_device_away` hold, whatever the hub's clock.
+fn carrier_delivered_device_away_pending(s: &ShipmentState) -> bool {
+    s.carrier_delivered_at_ms.is_some() && last_word_not_at_door(s)
 }
 
 fn van_never_arrived(s: &ShipmentState, r: &Rules) -> bool {
     s.milestone != Milestone::Delivered
         && s.on_route
-        && carrier_basis(s).is_some_and(|t| elapsed(s, t, r) && !s.van_arrived_by(t))
+        && carrier_basis(s).is_some_and(|b| elapsed(s, b.hold_from_ms, r) && !s.van_arrived_by(b.at_ms))
 }
 
 fn hold_contradicted(s: &ShipmentState, r: &Rules) -> bool {
     s.milestone != Milestone::Delivered
-        && device_basis(s).or(carrier_basis(s)).is_some_and(|t| elapsed(s, t, r) && exception_since(s, t))
+        && device_basis(s)
+            .or(carrier_basis(s))
+            .is_some_and(|b| elapsed(s, b.hold_from_ms, r) && exception_since(s, b.at_ms))
 }
 
 fn exception_after_delivered(s: &ShipmentState, _: &Rules) -> bool {
@@ -425,15 +563,15 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "delivered_device_then_hold",
         when: "a signed at-address confirmation, no carrier delivered, the hold has elapsed since it, and no \
-               away-from-address scan and no exception at or after it",
+               away-from-address or moving scan and no exception at or after it",
         then: Then::Delivered(DeliveredBy::DeviceThenHold),
         check: delivered_device_then_hold,
     },
     Rule {
         id: "delivered_carrier_then_hold",
         when: "the carrier's delivered, no at-address confirmation, the hold has elapsed since it, no \
-               away-from-address scan, no exception at or after it, and (not on a Doorstep route, or the van \
-               had come to the stop by then)",
+               away-from-address or moving scan, no exception at or after it, and (not on a Doorstep route, or \
+               the van had come to the stop by then)",
         then: Then::Delivered(DeliveredBy::CarrierThenHold),
         check: delivered_carrier_then_hold,
     },
@@ -474,8 +612,16 @@ pub const RULES: &[Rule] = &[
         check: away_from_address,
     },
     Rule {
+        id: "at_address_while_moving",
+        when: "the van signs a handover at the address, but its own evidence shows it moving: speed at the \
+               scan above the standing threshold and dwell below the stop's requirement",
+        then: Then::Alert("at_address_while_moving"),
+        check: at_address_while_moving,
+    },
+    Rule {
         id: "carrier_delivered_device_away",
-        when: "the carrier's delivered while the van signed a handover away from the address",
+        when: "the carrier's delivered has stood for the hold, and the van's last handover scan (in event \
+               time) was away from the address or moving, with no at-address confirmation after it",
         then: Then::Alert("carrier_delivered_device_away"),
         check: carrier_delivered_device_away,
     },
@@ -511,6 +657,15 @@ pub const RULES: &[Rule] = &[
         check: cancelled_or_expired,
     },
 ];
+
+/// Every operations alert code the table can raise, in table order (for metrics that
+/// show each code from the start, at zero).
+pub fn alert_codes() -> impl Iterator<Item = &'static str> {
+    RULES.iter().filter_map(|rule| match rule.then {
+        Then::Alert(code) => Some(code),
+        Then::Delivered(_) | Then::Milestone(_) => None,
+    })
+}
 
 // --- the state machine ---------------------------------------------------------------------
 
@@ -548,13 +703,27 @@ pub fn apply(state: &ShipmentState, input: &Input, rules: &Rules) -> (ShipmentSt
         }
     }
 
-    // Ask to be woken when a lone delivery signal's hold ends. A deadline already in the
-    // past is still asked for: the hub's clock, not ours, decides when it has passed.
-    let deadline = if s.milestone == Milestone::Delivered {
+    // Ask to be woken when a lone delivery signal's hold ends, or when the carrier's
+    // delivered has stood long enough to decide `carrier_delivered_device_away`. A
+    // deadline already in the past is still asked for: the hub's clock, not ours, decides
+    // when it has passed.
+    let lone = if s.milestone == Milestone::Delivered {
         None
     } else {
-        device_basis(&s).or(carrier_basis(&s)).map(|t| t.saturating_add(rules.hold_ms))
+        device_basis(&s).or(carrier_basis(&s)).map(|b| b.hold_from_ms)
     };
+    let away_alert = if carrier_delivered_device_away_pending(&s)
+        && !s.alerted.iter().any(|c| c == "carrier_delivered_device_away")
+    {
+        carrier_hold_from(&s)
+    } else {
+        None
+    };
+    let deadline = match (lone, away_alert) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .map(|t| t.saturating_add(rules.hold_ms));
     if deadline != s.hold_deadline_ms {
         s.hold_deadline_ms = deadline;
         if let Some(at_ms) = deadline {
@@ -596,7 +765,11 @@ fn record_carrier(s: &mut ShipmentState, e: &CarrierEvent) {
         CanonicalStatus::OutForDelivery => {
             s.carrier_out_for_delivery_at_ms = earliest(s.carrier_out_for_delivery_at_ms, t);
         }
-        CanonicalStatus::Delivered => s.carrier_delivered_at_ms = earliest(s.carrier_delivered_at_ms, t),
+        CanonicalStatus::Delivered => {
+            s.carrier_delivered_at_ms = earliest(s.carrier_delivered_at_ms, t);
+            s.carrier_delivered_hold_from_ms =
+                earliest(s.carrier_delivered_hold_from_ms, hold_from(t, e.received_ms));
+        }
         CanonicalStatus::AttemptFailed
         | CanonicalStatus::Exception
         | CanonicalStatus::AvailableForPickup
@@ -626,8 +799,20 @@ fn record_device(s: &mut ShipmentState, signal: &DeviceSignal) {
         DeviceSignalKind::Nearby => {
             s.device_nearby_at_ms = earliest(s.device_nearby_at_ms, signal.occurred_ms)
         }
-        DeviceSignalKind::DeliveredAtAddress => s.at_address = earliest_proof(s.at_address.take(), signal),
-        DeviceSignalKind::DeliveredAwayFromAddress => s.away = earliest_proof(s.away.take(), signal),
+        DeviceSignalKind::DeliveredAtAddress => {
+            s.at_address = earliest_proof(s.at_address.take(), signal);
+            s.last_at_address = latest_proof(s.last_at_address.take(), signal);
+            s.at_address_hold_from_ms =
+                earliest(s.at_address_hold_from_ms, hold_from(signal.occurred_ms, signal.received_ms));
+        }
+        DeviceSignalKind::DeliveredAwayFromAddress => {
+            s.away = earliest_proof(s.away.take(), signal);
+            s.last_not_at_door = latest_proof(s.last_not_at_door.take(), signal);
+        }
+        DeviceSignalKind::AtAddressWhileMoving => {
+            s.moving = earliest_proof(s.moving.take(), signal);
+            s.last_not_at_door = latest_proof(s.last_not_at_door.take(), signal);
+        }
         DeviceSignalKind::DriverException => {
             let code = signal.reason.clone().unwrap_or_else(|| "driver_exception".to_owned());
             let detail = Some(driver_reason_text(&code));
@@ -645,6 +830,14 @@ fn earliest_proof(current: Option<DeviceProof>, signal: &DeviceSignal) -> Option
     let candidate = DeviceProof::from_signal(signal);
     match current {
         Some(c) if c.sort_key() <= candidate.sort_key() => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+fn latest_proof(current: Option<DeviceProof>, signal: &DeviceSignal) -> Option<DeviceProof> {
+    let candidate = DeviceProof::from_signal(signal);
+    match current {
+        Some(c) if c.sort_key() >= candidate.sort_key() => Some(c),
         _ => Some(candidate),
     }
 }
@@ -699,9 +892,22 @@ fn alert_detail(s: &ShipmentState, code: &str) -> String {
             "The van signed a handover away from the address at {}; the customer has not been told it was delivered.",
             at(s.away.as_ref().map(|p| p.at_ms))
         ),
+        "at_address_while_moving" => {
+            let p = s.moving.as_ref();
+            let speed = p
+                .and_then(|p| p.speed_cmps)
+                .map_or_else(|| "an unknown speed".to_owned(), |v| format!("{}.{:02} m/s", v / 100, v % 100));
+            let dwell = p.and_then(|p| p.dwell_s).map_or_else(|| "unknown".to_owned(), |d| format!("{d} s"));
+            format!(
+                "The van signed a handover at the address at {} while moving ({speed} at the scan, dwell {dwell}); \
+                 it is not taken as delivered and the customer has not been told delivered on it.",
+                at(p.map(|p| p.at_ms))
+            )
+        }
         "carrier_delivered_device_away" => format!(
-            "The carrier says delivered at {carrier}, but the van signed the handover away from the address at {}.",
-            at(s.away.as_ref().map(|p| p.at_ms))
+            "The carrier says delivered at {carrier}, but the van's last handover scan was not at the door \
+             (away from the address, or while moving) at {}.",
+            at(s.last_not_at_door.as_ref().map(|p| p.at_ms))
         ),
         "carrier_delivered_van_never_arrived" => format!(
             "The carrier says delivered at {carrier}, but the route's van had not come to the stop by then; \
@@ -767,6 +973,7 @@ mod support {
             occurred_ms: at_ms,
             expected_delivery: None,
             message: None,
+            received_ms: None,
         }
     }
 
@@ -780,12 +987,15 @@ mod support {
             tracking_number: TrackingNumber::new(tracking).expect("tracking"),
             device: DeviceId::new("van-17").expect("device"),
             // A retransmission carries the same seq: derive it from the content.
-            seq: u64::try_from(at_ms / 1000).unwrap_or(0) * 4 + kind as u64,
+            seq: u64::try_from(at_ms / 1000).unwrap_or(0) * 8 + kind as u64,
             stop_id: Some(StopId::new("stop-14").expect("stop")),
             occurred_ms: at_ms,
             distance_m: Some(12),
             reason: (kind == DeviceSignalKind::DriverException).then(|| "recipient_absent".to_owned()),
             photo_sha256: None,
+            speed_cmps: None,
+            dwell_s: None,
+            received_ms: None,
         }
     }
 
@@ -798,7 +1008,11 @@ mod support {
 
     impl Shipment {
         pub(super) fn new() -> Self {
-            Self { state: ShipmentState::new(), rules: Rules { hold_ms: HOLD }, log: Vec::new() }
+            Self {
+                state: ShipmentState::new(),
+                rules: Rules { hold_ms: HOLD, ..Rules::default() },
+                log: Vec::new(),
+            }
         }
 
         /// Dispatched on a Doorstep van's route at the start of day 1.
@@ -968,7 +1182,16 @@ mod scenarios {
         s.device(D::Nearby, DAY1 + 3 * HOUR);
         let actions = s.device(D::DeliveredAwayFromAddress, DAY1 + 3 * HOUR + 20 * MIN);
         assert_eq!(alerts(&actions), vec!["delivered_away_from_address"]);
-        let actions = s.carrier(C::Delivered, DAY1 + 3 * HOUR + 21 * MIN);
+        let carrier_said = DAY1 + 3 * HOUR + 21 * MIN;
+        let actions = s.carrier(C::Delivered, carrier_said);
+        assert_eq!(
+            alerts(&actions),
+            Vec::<String>::new(),
+            "decided once the carrier's word has stood the hold"
+        );
+        assert_eq!(notified(&actions), vec![]);
+        assert_eq!(wakes(&actions), vec![carrier_said + HOLD]);
+        let actions = s.wake(carrier_said + HOLD);
         assert_eq!(alerts(&actions), vec!["carrier_delivered_device_away"]);
         assert_eq!(notified(&actions), vec![]);
         s.wake(DAY1 + 10 * HOUR);
@@ -981,6 +1204,141 @@ mod scenarios {
             _ => None,
         });
         assert!(detail.is_some_and(|d| d.contains("2026-08-07T09:21:00Z")), "names the carrier's time");
+    }
+
+    /// The chaos run's false alert: scanned at the wrong stop, then at its own; the
+    /// customer was rightly told "delivered", and operations must not hear
+    /// `carrier_delivered_device_away` about it.
+    fn a_corrected_scan(order: &[&str]) -> Shipment {
+        let wrong_stop = DAY1 + 3 * HOUR;
+        let own_stop = DAY1 + 3 * HOUR + 12 * MIN;
+        let carrier_said = DAY1 + 3 * HOUR + 13 * MIN;
+        let mut s = Shipment::on_a_route();
+        for step in order {
+            match *step {
+                "away" => s.device(D::DeliveredAwayFromAddress, wrong_stop),
+                "door" => s.device(D::DeliveredAtAddress, own_stop),
+                "carrier" => s.carrier(C::Delivered, carrier_said),
+                other => panic!("unknown step {other}"),
+            };
+        }
+        s.wake(carrier_said + HOLD);
+        s.wake(DAY2);
+        s
+    }
+
+    #[test]
+    fn a_scan_at_the_wrong_stop_corrected_at_its_own_is_delivered_without_a_carrier_away_alert() {
+        for order in [["away", "door", "carrier"], ["carrier", "away", "door"], ["away", "carrier", "door"]] {
+            let s = a_corrected_scan(&order);
+            assert_eq!(s.state.milestone, M::Delivered, "{order:?}");
+            assert_eq!(s.told().iter().filter(|m| **m == M::Delivered).count(), 1, "{order:?}");
+            assert_eq!(
+                s.alerts(),
+                vec!["delivered_away_from_address"],
+                "{order:?}: the wrong-stop scan is still news"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scan_at_the_door_followed_by_an_away_scan_still_alerts_when_the_carrier_says_delivered() {
+        // The van's last word is away: the later scan is the one operations must check.
+        let mut s = Shipment::on_a_route();
+        s.device(D::DeliveredAtAddress, DAY1 + 3 * HOUR);
+        s.device(D::DeliveredAwayFromAddress, DAY1 + 3 * HOUR + 20 * MIN);
+        let carrier_said = DAY1 + 3 * HOUR + 21 * MIN;
+        s.carrier(C::Delivered, carrier_said);
+        assert_eq!(s.state.milestone, M::Delivered, "two signals, as the docs' trade-off says");
+        assert_eq!(
+            s.state.hold_deadline_ms,
+            Some(carrier_said + HOLD),
+            "a wake is still asked for the alert"
+        );
+        let actions = s.wake(carrier_said + HOLD);
+        assert_eq!(alerts(&actions), vec!["carrier_delivered_device_away"]);
+    }
+
+    #[test]
+    fn a_confirmation_at_the_address_while_moving_alerts_operations_and_is_never_delivered_alone() {
+        let mut s = Shipment::on_a_route();
+        s.device(D::Nearby, DAY1 + 3 * HOUR);
+        let mut rolling = signal(D::AtAddressWhileMoving, DAY1 + 3 * HOUR + MIN);
+        rolling.speed_cmps = Some(1250);
+        rolling.dwell_s = Some(0);
+        let actions = s.feed(Input::Device(rolling));
+        assert_eq!(alerts(&actions), vec!["at_address_while_moving"]);
+        assert_eq!(notified(&actions), vec![]);
+        let detail = s.log.iter().find_map(|a| match a {
+            Action::AlertOperations { code, detail } if code == "at_address_while_moving" => {
+                Some(detail.clone())
+            }
+            _ => None,
+        });
+        assert!(
+            detail.as_deref().is_some_and(|d| d.contains("12.50 m/s") && d.contains("dwell 0 s")),
+            "{detail:?}"
+        );
+        assert_eq!(wakes(&actions), Vec::<i64>::new(), "not a delivery signal: no hold starts on it");
+
+        // Like an away scan, it contradicts the carrier's lone delivered.
+        let carrier_said = DAY1 + 3 * HOUR + 2 * MIN;
+        s.carrier(C::Delivered, carrier_said);
+        let actions = s.wake(carrier_said + HOLD);
+        assert_eq!(alerts(&actions), vec!["carrier_delivered_device_away"]);
+        s.wake(DAY2);
+        assert!(!s.told().contains(&M::Delivered), "told: {:?}", s.told());
+        assert_eq!(s.state.milestone, M::Nearby);
+
+        // The van comes back and hands it over, parked: two signals agree.
+        let actions = s.device(D::DeliveredAtAddress, DAY1 + 5 * HOUR);
+        assert_eq!(notified(&actions), vec![M::Delivered]);
+    }
+
+    #[test]
+    fn a_van_clock_running_ahead_does_not_delay_its_own_delivered() {
+        let mut s = Shipment::on_a_route();
+        let arrived = DAY1 + 3 * HOUR;
+        let mut ahead = signal(D::DeliveredAtAddress, arrived + 3 * MIN);
+        ahead.received_ms = Some(arrived);
+        let actions = s.feed(Input::Device(ahead));
+        assert_eq!(wakes(&actions), vec![arrived + HOLD], "the hold starts at arrival, not 3 minutes later");
+        assert_eq!(notified(&s.wake(arrived + HOLD)), vec![M::Delivered]);
+        assert_eq!(s.state.delivered_by, Some(DeliveredBy::DeviceThenHold));
+    }
+
+    #[test]
+    fn a_late_arriving_confirmation_holds_from_its_event_time_and_a_carrier_ahead_from_arrival() {
+        let mut s = Shipment::on_a_route();
+        let handover = DAY1 + 3 * HOUR;
+        let mut late = signal(D::DeliveredAtAddress, handover);
+        late.received_ms = Some(handover + HOUR);
+        assert_eq!(wakes(&s.feed(Input::Device(late))), vec![handover + HOLD]);
+
+        let mut c = Shipment::without_a_route();
+        let received = DAY1 + 4 * HOUR;
+        let mut ahead = carrier_event(C::Delivered, received + 10 * MIN);
+        ahead.received_ms = Some(received);
+        assert_eq!(wakes(&c.feed(Input::Carrier(ahead))), vec![received + HOLD]);
+        assert_eq!(notified(&c.wake(received + HOLD)), vec![M::Delivered]);
+    }
+
+    #[test]
+    fn the_hub_rechecks_the_evidence_of_an_at_address_confirmation() {
+        let rules = Rules::default();
+        let scan = |speed_cmps, dwell_s, stop_dwell_s| ScanEvidence { speed_cmps, dwell_s, stop_dwell_s };
+        assert!(moving_at_scan(&scan(Some(1250), 0, None), &rules), "45 km/h past the door");
+        assert!(moving_at_scan(&scan(Some(151), 29, None), &rules), "just above both bounds");
+        assert!(!moving_at_scan(&scan(Some(150), 0, None), &rules), "at the threshold is standing");
+        assert!(!moving_at_scan(&scan(None, 0, None), &rules), "no Doppler: nothing to contradict");
+        assert!(
+            !moving_at_scan(&scan(Some(1250), 30, None), &rules),
+            "stood its dwell, scanned pulling away"
+        );
+        assert!(!moving_at_scan(&scan(Some(1250), 12, Some(10)), &rules), "the route's own dwell counts");
+        assert!(moving_at_scan(&scan(Some(1250), 40, Some(60)), &rules), "a farm gate needing a minute");
+        assert_eq!(rules.standing_speed_cmps, 150, "the agent's DEFAULT_STOPPED_SPEED_MPS");
+        assert_eq!(rules.default_dwell_s, 30, "the agent's DEFAULT_DWELL_S");
     }
 
     #[test]
@@ -1233,6 +1591,7 @@ mod properties {
             DeviceSignalKind::Nearby,
             DeviceSignalKind::DeliveredAtAddress,
             DeviceSignalKind::DeliveredAwayFromAddress,
+            DeviceSignalKind::AtAddressWhileMoving,
             DeviceSignalKind::DriverException,
         ];
         prop_oneof![
@@ -1249,7 +1608,7 @@ mod properties {
 
     /// Runs `inputs` in order; returns the final state and everything asked for.
     fn run(inputs: &[Input]) -> (ShipmentState, Vec<Action>, Vec<Milestone>) {
-        let rules = Rules { hold_ms: HOLD };
+        let rules = Rules { hold_ms: HOLD, ..Rules::default() };
         let mut state = ShipmentState::new();
         let mut log = Vec::new();
         let mut path = vec![state.milestone];
@@ -1305,7 +1664,7 @@ mod properties {
         fn applying_any_input_twice_changes_nothing_the_second_time(
             inputs in proptest::collection::vec(arb_input_with_wakes(), 1..12)
         ) {
-            let rules = Rules { hold_ms: HOLD };
+            let rules = Rules { hold_ms: HOLD, ..Rules::default() };
             let mut state = ShipmentState::new();
             for input in &inputs {
                 let (once, _) = apply(&state, input, &rules);
@@ -1317,17 +1676,37 @@ mod properties {
         }
 
         #[test]
-        fn delivered_is_never_told_once_the_van_signed_away_unless_it_also_signed_at_the_door(
+        fn delivered_is_never_told_once_the_van_signed_away_or_moving_unless_it_also_signed_at_the_door(
+            (kind, alert) in proptest::sample::select(vec![
+                (DeviceSignalKind::DeliveredAwayFromAddress, "delivered_away_from_address"),
+                (DeviceSignalKind::AtAddressWhileMoving, "at_address_while_moving"),
+            ]),
             away_at in arb_time(),
             inputs in proptest::collection::vec(arb_input_with_wakes(), 0..16)
         ) {
-            let away = Input::Device(signal(DeviceSignalKind::DeliveredAwayFromAddress, away_at));
+            let away = Input::Device(signal(kind, away_at));
             let all: Vec<Input> = std::iter::once(away).chain(inputs).collect();
             let (state, log, _) = run(&all);
             if state.at_address.is_none() {
                 prop_assert!(!notified(&log).contains(&Milestone::Delivered));
             }
-            prop_assert!(alerts(&log).contains(&"delivered_away_from_address".to_owned()));
+            prop_assert!(alerts(&log).contains(&alert.to_owned()));
+        }
+
+        #[test]
+        fn carrier_delivered_device_away_follows_the_vans_last_word_whatever_the_arrival_order(
+            (inputs, shuffled) in proptest::collection::vec(arb_event(), 1..12)
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle()))
+        ) {
+            // Everything arrives within the carrier's hold; the hub's clock then passes it.
+            let end = Input::Wake { now_ms: DAY1 + 100 * HOUR };
+            for order in [&inputs, &shuffled] {
+                let all: Vec<Input> = order.iter().cloned().chain([end.clone()]).collect();
+                let (state, log, _) = run(&all);
+                let expected = state.carrier_delivered_at_ms.is_some() && last_word_not_at_door(&state);
+                let raised = alerts(&log).contains(&"carrier_delivered_device_away".to_owned());
+                prop_assert_eq!(raised, expected, "{:?}", alerts(&log));
+            }
         }
     }
 }

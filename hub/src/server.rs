@@ -22,10 +22,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let hub_key = Arc::new(load_key(&settings.key_path)?);
     let metrics = Arc::new(Metrics::default());
-    let hold_ms = i64::try_from(settings.hold_period.as_millis()).unwrap_or(i64::MAX);
+    let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let domain = Domain {
-        rules: Rules { hold_ms },
+        rules: Rules {
+            hold_ms: millis(settings.hold_period),
+            standing_speed_cmps: settings.standing_speed_cmps,
+            default_dwell_s: settings.default_dwell_s,
+        },
         channel_map: settings.channel_map.clone(),
+        max_event_ahead_ms: millis(settings.max_event_ahead),
         metrics: Arc::clone(&metrics),
     };
     let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
@@ -40,7 +45,6 @@ pub async fn serve(
         .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
     let state = AppState {
         writer: ingest.writer(),
-        client: ingest.client(),
         hub_key,
         metrics: Arc::clone(&metrics),
         carriers,

@@ -26,7 +26,7 @@ use crate::model::Milestone;
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a connection waits for another writer before failing (another hub process,
 /// the `device` CLI running beside `serve`).
@@ -229,6 +229,13 @@ CREATE TABLE dispatcher_lease (
     expires_ms  INTEGER NOT NULL
 );
 "#,
+    // `events.quarantine`: why a stored (and acked) event is not acted on, NULL when it
+    // is. `route_stops.dwell_s`: the stop's dwell override, for re-checking at-address
+    // evidence (NULL: no override, or a route stored before this version).
+    r#"
+ALTER TABLE events ADD COLUMN quarantine TEXT;
+ALTER TABLE route_stops ADD COLUMN dwell_s INTEGER;
+"#,
 ];
 
 // Every schema version has its migration.
@@ -328,6 +335,8 @@ pub struct NewEvent<'a> {
     pub envelope: &'a [u8],
     /// Hub time of arrival.
     pub received_ms: i64,
+    /// Why the event is stored but not acted on (`time_in_future`), if it is not.
+    pub quarantine: Option<&'a str>,
 }
 
 /// A verified gap notice: the device evicted the position samples `first_seq..=last_seq`
@@ -550,6 +559,20 @@ pub struct LivePosition {
     pub accuracy_dm: Option<u16>,
     /// Hub time it arrived.
     pub received_ms: i64,
+}
+
+/// A device's current route as stored: what the hub last published to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRoute {
+    /// The device's fleet (the route topic's).
+    pub fleet: FleetId,
+    /// The device.
+    pub device: DeviceId,
+    /// The manifest.
+    pub route: RouteManifest,
+    /// When the hub issued it: part of the signed message, so publishing it again gives a
+    /// message an agent that has it recognises as not newer.
+    pub issued_ms: i64,
 }
 
 /// Queue depths for `/metrics`.
@@ -872,6 +895,48 @@ impl Store {
             .optional()?)
     }
 
+    /// The stored seqs of a device that are quarantined, with the reason, ascending.
+    pub fn quarantined(&self, device: &DeviceId) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, quarantine FROM events WHERE device = ?1 AND quarantine IS NOT NULL ORDER BY seq",
+        )?;
+        let rows =
+            stmt.query_map([device.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, reason) = row?;
+            out.push((u64::try_from(seq).map_err(|e| corrupt("seq", e))?, reason));
+        }
+        Ok(out)
+    }
+
+    /// The current route of every active device that has one (`device: None`), or of one
+    /// device: the one issued last, under the fleet the device is registered in.
+    pub fn current_routes(&self, device: Option<&DeviceId>) -> Result<Vec<StoredRoute>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.fleet, r.device, r.manifest, r.issued_ms FROM routes r
+             JOIN devices d ON d.device = r.device AND d.fleet = r.fleet AND d.status = 'active'
+             WHERE (?1 IS NULL OR r.device = ?1)
+               AND r.id = (SELECT id FROM routes WHERE device = r.device ORDER BY issued_ms DESC, id DESC LIMIT 1)
+             ORDER BY r.device",
+        )?;
+        let rows = stmt.query_map([device.map(DeviceId::as_str)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (fleet, device, manifest, issued_ms) = row?;
+            out.push(StoredRoute {
+                fleet: FleetId::new(fleet).map_err(|e| corrupt("fleet id", e))?,
+                device: DeviceId::new(device).map_err(|e| corrupt("device id", e))?,
+                route: RouteManifest::from_json(manifest.as_bytes())
+                    .map_err(|e| corrupt("route manifest", e))?,
+                issued_ms,
+            });
+        }
+        Ok(out)
+    }
+
     /// What every device last said on its `state` and `pos` topics, by device.
     pub fn live_statuses(&self) -> Result<BTreeMap<DeviceId, LiveStatus>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -1157,8 +1222,8 @@ impl StoreTx<'_> {
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT INTO events (device, seq, event_id, gnss_ms, kind, envelope, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                "INSERT INTO events (device, seq, event_id, gnss_ms, kind, envelope, received_ms, quarantine)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 event.device.as_str(),
@@ -1167,7 +1232,8 @@ impl StoreTx<'_> {
                 event.gnss_ms,
                 event.kind,
                 event.envelope,
-                event.received_ms
+                event.received_ms,
+                event.quarantine
             ])?;
         if inserted == 1 {
             return Ok(EventInsert::Stored);
@@ -1506,8 +1572,8 @@ impl StoreTx<'_> {
         )?;
         self.tx.execute("DELETE FROM route_stops WHERE route_pk = ?1", [route_pk])?;
         let mut insert = self.tx.prepare_cached(
-            "INSERT INTO route_stops (route_pk, device, route_id, stop_id, tracking_number, lat, lon)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO route_stops (route_pk, device, route_id, stop_id, tracking_number, lat, lon, dwell_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut find = self.tx.prepare_cached("SELECT id FROM shipments WHERE tracking_number = ?1")?;
         let mut shipments = Vec::new();
@@ -1520,7 +1586,8 @@ impl StoreTx<'_> {
                     stop.stop_id.as_str(),
                     tn.as_str(),
                     stop.lat,
-                    stop.lon
+                    stop.lon,
+                    stop.dwell_s
                 ])?;
                 if let Some(id) = find.query_row([tn.as_str()], |r| r.get::<_, i64>(0)).optional()? {
                     shipments.push(id);
@@ -1546,6 +1613,24 @@ impl StoreTx<'_> {
             .query_map(params![device.as_str(), route_id, stop_id.as_str()], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         rows.into_iter().map(|t| TrackingNumber::new(t).map_err(|e| corrupt("tracking number", e))).collect()
+    }
+
+    /// The dwell override of a stop of a device's route, when the hub knows the route and
+    /// the route sets one.
+    pub fn stop_dwell_s(
+        &self,
+        device: &DeviceId,
+        route_id: &str,
+        stop_id: &StopId,
+    ) -> Result<Option<u32>, StoreError> {
+        let dwell: Option<Option<i64>> = self
+            .tx
+            .prepare_cached(
+                "SELECT dwell_s FROM route_stops WHERE device = ?1 AND route_id = ?2 AND stop_id = ?3 LIMIT 1",
+            )?
+            .query_row(params![device.as_str(), route_id, stop_id.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(dwell.flatten().and_then(|d| u32::try_from(d).ok()))
     }
 
     /// The stop's address coordinates for a parcel on a device's route, if routed.
@@ -1717,7 +1802,16 @@ mod tests {
     }
 
     fn event<'a>(d: &'a DeviceId, seq: u64, id: &'a str) -> NewEvent<'a> {
-        NewEvent { device: d, seq, event_id: id, gnss_ms: 1, kind: "nearby", envelope: b"x", received_ms: 2 }
+        NewEvent {
+            device: d,
+            seq,
+            event_id: id,
+            gnss_ms: 1,
+            kind: "nearby",
+            envelope: b"x",
+            received_ms: 2,
+            quarantine: None,
+        }
     }
 
     #[test]
@@ -1884,6 +1978,45 @@ mod tests {
         let position = status.position.expect("position");
         assert_eq!((position.utc_ms, position.lat_e7, position.received_ms), (2_000, 470_000_000, 11));
         assert_eq!(store.queue_depths().expect("depths").devices_online, 0);
+    }
+
+    #[test]
+    fn a_devices_current_route_is_the_one_issued_last_and_revoked_devices_have_none() {
+        let mut store = Store::open_in_memory().expect("open");
+        let fleet = FleetId::new("acme").expect("fleet");
+        for (i, name) in ["van-1", "van-2"].into_iter().enumerate() {
+            store
+                .add_device(&fleet, &device(name), &key(u8::try_from(i).expect("small") + 1), false, 0)
+                .expect("add");
+        }
+        let route = |id: &str, dwell: Option<u32>| {
+            let json = format!(
+                r#"{{"route_id": "{id}", "stops": [{{"stop_id": "s1", "lat": 47.0, "lon": 8.0,
+                    "tracking_numbers": ["1Z999AA10123456784"]{}}}]}}"#,
+                dwell.map(|d| format!(r#", "dwell_s": {d}"#)).unwrap_or_default()
+            );
+            RouteManifest::from_json(json.as_bytes()).expect("route")
+        };
+        let tx = store.transaction().expect("tx");
+        tx.upsert_route(&fleet, &device("van-1"), &route("monday", None), 100).expect("route");
+        tx.upsert_route(&fleet, &device("van-1"), &route("tuesday", Some(20)), 200).expect("route");
+        tx.upsert_route(&fleet, &device("van-2"), &route("tuesday-2", None), 150).expect("route");
+        let s1 = StopId::new("s1").expect("stop");
+        assert_eq!(tx.stop_dwell_s(&device("van-1"), "tuesday", &s1).expect("dwell"), Some(20));
+        assert_eq!(tx.stop_dwell_s(&device("van-1"), "monday", &s1).expect("dwell"), None, "no override");
+        assert_eq!(tx.stop_dwell_s(&device("van-1"), "unknown", &s1).expect("dwell"), None, "no route");
+        tx.commit().expect("commit");
+
+        let current = store.current_routes(None).expect("routes");
+        let names: Vec<_> =
+            current.iter().map(|r| (r.device.as_str(), r.route.route_id.as_str(), r.issued_ms)).collect();
+        assert_eq!(names, [("van-1", "tuesday", 200), ("van-2", "tuesday-2", 150)]);
+        assert_eq!(store.current_routes(Some(&device("van-2"))).expect("routes").len(), 1);
+        store.revoke_device(&device("van-2"), 300).expect("revoke");
+        assert!(
+            store.current_routes(Some(&device("van-2"))).expect("routes").is_empty(),
+            "revoked: not published"
+        );
     }
 
     #[test]

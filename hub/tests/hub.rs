@@ -650,3 +650,258 @@ async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_bod
     );
     hub.stop().await;
 }
+
+/// Posts shipments with a consented email contact and a route for `van-1` through the
+/// API. `stops` are (stop id, tracking number, the stop's dwell override).
+async fn shipments_on_a_route(hub: &TestHub, stops: &[(&str, &str, Option<u32>)]) -> i64 {
+    let mut route_stops = Vec::new();
+    for (i, (stop, tracking, dwell_s)) in stops.iter().enumerate() {
+        create_shipment(hub, tracking, "ups").await;
+        let mut s = serde_json::json!({"stop_id": stop, "lat": 47.37, "lon": 8.54 + i as f64 * 0.01,
+            "tracking_numbers": [tracking]});
+        if let Some(d) = dwell_s {
+            s["dwell_s"] = serde_json::json!(d);
+        }
+        route_stops.push(s);
+    }
+    let route = serde_json::json!({"fleet": "acme", "device": "van-1",
+        "route": {"route_id": "route-1", "stops": route_stops}});
+    let r = http().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<serde_json::Value>().await.unwrap()["issued_ms"].as_i64().unwrap()
+}
+
+/// A signed "delivered at address" with the evidence the agent puts in it: the van's fix
+/// at the scan (its speed) and its dwell on this visit.
+fn handover(stop: &str, tracking: &str, speed_mps: Option<f64>, dwell_s: u32) -> Event {
+    let mut fix = FixEvidence::new(1_767_225_700_000, 47.37, 8.54);
+    if let Some(v) = speed_mps {
+        fix = fix.with_speed_mps(v);
+    }
+    Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("route-1").unwrap(),
+        stop_id: StopId::new(stop).unwrap(),
+        tracking_numbers: vec![TrackingNumber::new(tracking).unwrap()],
+        distance_m: 3,
+        dwell_s,
+        fix,
+        photo: None,
+    })
+}
+
+/// The shipment as the API shows it.
+async fn shown(hub: &TestHub, tracking: &str) -> serde_json::Value {
+    http().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap()
+}
+
+fn codes(shown: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
+    shown[list].as_array().unwrap().iter().map(|e| e[field].as_str().unwrap().to_owned()).collect()
+}
+
+fn enqueued(m: &doorstep_hub::metrics::Metrics, milestone: &str) -> i64 {
+    m.get("doorstep_hub_notifications_enqueued_total", &[("channel", "email"), ("milestone", milestone)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_not_told_as_delivered() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    // No hold: an accepted confirmation is "delivered" at the next wake-up.
+    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let (rolled_past, pulled_away) = ("1Z999AA10000000011", "1Z999AA10000000012");
+    // The second stop's route asks for 20 s of dwell, below the 30 s default.
+    shipments_on_a_route(&hub, &[("s1", rolled_past, None), ("s2", pulled_away, Some(20))]).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-moving", hub_key().public_key()).await;
+
+    // 45 km/h past the door, never stopped: the agent's bug in the issue.
+    fleet
+        .publish(&evt_topic(&van), seal(&van_key, &van, 1, handover("s1", rolled_past, Some(12.5), 0)))
+        .await;
+    // Stood 25 s at a stop that needs 20, scanned as the van pulled away.
+    fleet
+        .publish(&evt_topic(&van), seal(&van_key, &van, 2, handover("s2", pulled_away, Some(5.0), 25)))
+        .await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await);
+    let alerts = |m: &doorstep_hub::metrics::Metrics| {
+        m.get("doorstep_hub_alerts_total", &[("code", "at_address_while_moving")])
+    };
+    assert!(
+        hub.wait_for(WAIT, |m| alerts(m) == 1 && enqueued(m, "delivered") == 1).await,
+        "{}",
+        hub.metrics.render()
+    );
+
+    let moving = shown(&hub, rolled_past).await;
+    assert_eq!(codes(&moving, "alerts", "code"), ["at_address_while_moving"], "{moving:#}");
+    assert!(!codes(&moving, "notifications", "milestone").contains(&"delivered".to_owned()), "{moving:#}");
+    assert_ne!(moving["shipment"]["milestone"], "delivered", "{moving:#}");
+    let entry = moving["timeline"].as_array().unwrap().iter().find(|e| e["source"] == "device").cloned();
+    let entry = entry.expect("the confirmation is on the timeline");
+    assert_eq!(entry["kind"], "at_address_while_moving", "never shown as a handover: {entry}");
+    assert_eq!(entry["detail"]["speed_cmps"], 1250);
+
+    let accepted = shown(&hub, pulled_away).await;
+    assert_eq!(accepted["shipment"]["milestone"], "delivered", "{accepted:#}");
+    assert!(codes(&accepted, "alerts", "code").is_empty(), "{accepted:#}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_acted_on() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let (tomorrow, today) = ("1Z999AA10000000021", "1Z999AA10000000022");
+    shipments_on_a_route(&hub, &[("s1", tomorrow, None), ("s2", today, None)]).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-future", hub_key().public_key()).await;
+
+    let day = 24 * 3600 * 1000;
+    let now = doorstep_hub::ingest::now_ms();
+    let ahead = handover("s1", tomorrow, None, 40);
+    fleet.publish(&evt_topic(&van), seal_at(&van_key, &van, 1, now + day, ahead)).await;
+    // The van's next event must not wait behind the one the hub will not act on.
+    fleet.publish(&evt_topic(&van), seal_at(&van_key, &van, 2, now, handover("s2", today, None, 40))).await;
+    assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await, "acked {}", fleet.acked(&van));
+    let quarantined = |m: &doorstep_hub::metrics::Metrics| {
+        m.get("doorstep_hub_ingest_total", &[("outcome", "quarantined"), ("reason", "time_in_future")])
+    };
+    assert!(
+        hub.wait_for(WAIT, |m| quarantined(m) == 1 && enqueued(m, "delivered") == 1).await,
+        "{}",
+        hub.metrics.render()
+    );
+
+    let ignored = shown(&hub, tomorrow).await;
+    assert_eq!(ignored["shipment"]["milestone"], "dispatched", "{ignored:#}");
+    assert!(ignored["timeline"].as_array().unwrap().iter().all(|e| e["source"] != "device"), "{ignored:#}");
+    assert_eq!(codes(&ignored, "notifications", "milestone"), ["dispatched"], "{ignored:#}");
+    assert_eq!(shown(&hub, today).await["shipment"]["milestone"], "delivered");
+    hub.stop().await;
+
+    let store = open(&db);
+    assert_eq!(store.event_seqs(&van).unwrap(), [1, 2], "stored, so the ack moves past it");
+    assert_eq!(store.quarantined(&van).unwrap(), [(1, "time_in_future".to_owned())]);
+    let counts = store.rejection_counts().unwrap();
+    assert_eq!(counts.get(&("quarantine".into(), "time_in_future".into())), Some(&1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold_after_it_arrived() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hold_ms = 3000;
+    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms, ..HubOptions::default() }).await;
+    let tracking = "1Z999AA10000000031";
+    shipments_on_a_route(&hub, &[("s1", tracking, None)]).await;
+    let fleet = SimFleet::connect(broker.port(), "sim-ahead", hub_key().public_key()).await;
+
+    let sent = doorstep_hub::ingest::now_ms();
+    let ahead = sent + 3 * 60 * 1000;
+    fleet
+        .publish(&evt_topic(&van), seal_at(&van_key, &van, 1, ahead, handover("s1", tracking, None, 40)))
+        .await;
+    // Measured from the hold's start at arrival, not from the van's clock (3 minutes on).
+    assert!(hub.wait_for(WAIT, |m| enqueued(m, "delivered") == 1).await, "{}", hub.metrics.render());
+    hub.stop().await;
+
+    let store = open(&db);
+    assert!(store.quarantined(&van).unwrap().is_empty(), "3 minutes is within the tolerance");
+    let shipment = store.shipment_by_tracking(&TrackingNumber::new(tracking).unwrap()).unwrap().unwrap();
+    let rows = store.outbox_for_shipment(shipment.id).unwrap();
+    let delivered = rows.iter().find(|r| r.milestone == "delivered").expect("delivered enqueued");
+    // Never before the hold: the row is enqueued (and first due) when the hold ran out.
+    assert!(delivered.next_attempt_ms >= sent + hold_ms, "{delivered:?}, sent at {sent}");
+    assert!(delivered.next_attempt_ms < ahead, "{delivered:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van() {
+    use doorstep_proto::state::DeviceState;
+    let mut broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let issued_ms = shipments_on_a_route(&hub, &[("s1", "1Z999AA10000000041", None)]).await;
+    let before = SimFleet::connect(broker.port(), "van-before", hub_key().public_key()).await;
+    assert!(before.wait_for(WAIT, |i| !i.routes.is_empty()).await, "the posted route is retained");
+    before.stop();
+
+    // Killed right after the route was posted, no persistence: a fresh broker, empty.
+    broker.crash_and_start_fresh().await;
+    let republished = |m: &doorstep_hub::metrics::Metrics, reason: &str| {
+        m.get("doorstep_hub_routes_published_total", &[("reason", reason)])
+    };
+    assert!(
+        hub.wait_for(WAIT, |m| m.get("doorstep_hub_mqtt_subscriptions", &[]) == 4
+            && republished(m, "broker_session_new") == 1)
+            .await,
+        "the hub found no session on the fresh broker and published its routes again: {}",
+        hub.metrics.render()
+    );
+    // The van comes back and says it is online, as the agent does on connect.
+    let van_link =
+        SimFleet::connect_with(broker.port(), "van-1", hub_key().public_key(), FleetMode::PublishOnly).await;
+    let state_topic = format!("doorstep/v1/acme/{van}/state");
+    let online = DeviceState::online("0.3.1", 0).to_bytes();
+    van_link.client.publish(state_topic, rumqttc::QoS::AtLeastOnce, true, online).await.unwrap();
+    assert!(hub.wait_for(WAIT, |m| republished(m, "device_online") == 1).await, "{}", hub.metrics.render());
+
+    // Subscribing as the van does, it finds its route retained, signed by the hub, the
+    // same assignment as posted (an agent holding it ignores it as not newer).
+    let after = SimFleet::connect(broker.port(), "van-after", hub_key().public_key()).await;
+    assert!(after.wait_for(WAIT, |i| !i.routes.is_empty()).await, "the route is on the broker again");
+    {
+        let inbox = after.inbox.lock().unwrap();
+        assert!(inbox.refused.is_empty(), "every route verifies under the hub key: {:?}", inbox.refused);
+        let route = &inbox.routes[0];
+        assert_eq!((route.device.as_str(), route.route.route_id.as_str()), ("van-1", "route-1"));
+        assert_eq!(route.issued_ms, issued_ms);
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_van_coming_online_gets_its_route_published_again_when_the_broker_lost_it() {
+    use doorstep_proto::state::DeviceState;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let issued_ms = shipments_on_a_route(&hub, &[("s1", "1Z999AA10000000051", None)]).await;
+
+    // The broker loses the retained route while the hub's session survives (a restore
+    // from a snapshot older than the route): an empty retained message clears it. Then
+    // the van connects and says it is online, on the same connection, so after the clear.
+    let van_link =
+        SimFleet::connect_with(broker.port(), "van-1", hub_key().public_key(), FleetMode::PublishOnly).await;
+    let retain = |topic: String, payload: Vec<u8>| {
+        let client = van_link.client.clone();
+        async move { client.publish(topic, rumqttc::QoS::AtLeastOnce, true, payload).await.unwrap() }
+    };
+    retain(format!("doorstep/v1/acme/{van}/route"), Vec::new()).await;
+    retain(format!("doorstep/v1/acme/{van}/state"), DeviceState::online("0.3.1", 0).to_bytes()).await;
+    assert!(
+        hub.wait_for(WAIT, |m| m.get("doorstep_hub_routes_published_total", &[("reason", "device_online")])
+            == 1)
+            .await,
+        "{}",
+        hub.metrics.render()
+    );
+    let after = SimFleet::connect(broker.port(), "van-after", hub_key().public_key()).await;
+    assert!(after.wait_for(WAIT, |i| !i.routes.is_empty()).await, "the route is on the broker again");
+    assert_eq!(after.inbox.lock().unwrap().routes[0].issued_ms, issued_ms);
+    hub.stop().await;
+}

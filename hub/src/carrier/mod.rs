@@ -329,6 +329,8 @@ impl RawUpdate {
             occurred_ms: self.occurred_ms,
             expected_delivery: self.expected_delivery,
             message: self.message,
+            // Set by the hub when it takes the webhook in.
+            received_ms: None,
         })
     }
 }

@@ -47,12 +47,26 @@ impl Broker {
     /// far more out once PUBACKs flow: see `MAX_PENDING`) and
     /// waits until it accepts connections. Fails, never skips, when Mosquitto is missing.
     pub async fn start() -> Broker {
+        Self::start_on(free_port()).await
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye, no persistence, every retained message and
+    /// session gone) and starts a fresh one on the same port.
+    pub async fn crash_and_start_fresh(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let port = self.port;
+        *self = Self::start_on(port).await;
+    }
+
+    async fn start_on(port: u16) -> Broker {
         assert!(
             Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} not found: install it: apt-get install mosquitto"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
              max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 2000\n\
@@ -158,6 +172,18 @@ pub fn seal_with_id(key: &SigningKey, device: &DeviceId, seq: u64, id: [u8; 16],
     .unwrap()
 }
 
+/// A sealed envelope dated `gnss_utc_ms` (an event from a van whose clock is off).
+pub fn seal_at(key: &SigningKey, device: &DeviceId, seq: u64, gnss_utc_ms: i64, event: Event) -> Vec<u8> {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[8..].copy_from_slice(
+        &ring::digest::digest(&ring::digest::SHA256, device.as_str().as_bytes()).as_ref()[..8],
+    );
+    Envelope { device: device.clone(), seq, event_id: HexBytes(id), gnss_utc_ms, mono_ms: seq * 1000, event }
+        .seal(key)
+        .unwrap()
+}
+
 /// The event topic of a device.
 pub fn evt_topic(device: &DeviceId) -> String {
     format!("doorstep/v1/acme/{device}/evt")
@@ -183,6 +209,8 @@ pub struct HubOptions {
     pub client_id: String,
     /// Shared subscription group, for hubs splitting one fleet's events.
     pub shared_group: Option<String>,
+    /// How far ahead of the hub's clock an event's GNSS time may be.
+    pub max_event_ahead_ms: i64,
 }
 
 impl Default for HubOptions {
@@ -195,6 +223,7 @@ impl Default for HubOptions {
             hold_ms: 30 * 60 * 1000,
             client_id: "doorstep-hub-test".into(),
             shared_group: None,
+            max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         }
     }
 }
@@ -205,8 +234,9 @@ impl TestHub {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::default());
         let domain = Domain {
-            rules: Rules { hold_ms: options.hold_ms },
+            rules: Rules { hold_ms: options.hold_ms, ..Rules::default() },
             channel_map: ChannelMap::default(),
+            max_event_ahead_ms: options.max_event_ahead_ms,
             metrics: Arc::clone(&metrics),
         };
         let ingest_options = IngestOptions {
@@ -223,7 +253,6 @@ impl TestHub {
         let ingest = Ingest::start(&ingest_options, Arc::clone(&hub_key), domain).unwrap();
         let state = AppState {
             writer: ingest.writer(),
-            client: ingest.client(),
             hub_key,
             metrics: Arc::clone(&metrics),
             carriers: options.carriers,
