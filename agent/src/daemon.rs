@@ -47,7 +47,8 @@ pub const BRAIN_STATE_FILE: &str = "decisions.json";
 pub const PROGRESS_FILE: &str = "progress.json";
 /// The outbox state that holds the route progress ([`crate::decide::Progress`] as JSON).
 pub const PROGRESS_STATE: &str = "route_progress";
-/// The outbox state that holds the last route the hub sent, verified (manifest JSON).
+/// The outbox state that holds the last route assignment the hub sent, verified (JSON,
+/// with its issue time so an older retained route cannot replace it after a restart).
 pub const ROUTE_STATE: &str = "hub_route";
 
 /// Why the daemon could not start.
@@ -248,15 +249,10 @@ impl Brain {
         }
     }
 
-    /// Loads a route the hub sent (already verified under the hub key) and keeps it in
-    /// the outbox, so the van has it after a restart even if the broker lost it.
+    /// Loads a route (from the hub, already verified under the hub key and kept in the
+    /// outbox by the hand-off in [`start_uplink`]).
     pub async fn on_route(&mut self, route: RouteManifest) {
         tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
-        if self.decider.route() != Some(&route)
-            && let Err(e) = self.outbox.set_state(ROUTE_STATE, route.to_json().into_bytes()).await
-        {
-            tracing::warn!(error = %e, "route could not be kept for a restart");
-        }
         self.decider.load_route(route);
         if let Some(progress) = self.saved_progress.clone() {
             self.decider.restore(progress);
@@ -409,6 +405,8 @@ pub struct Running {
     pub tasks: TaskTracker,
     /// The brain's and the GPS reader's heartbeats, for the systemd watchdog.
     pub heartbeats: Heartbeats,
+    /// Issue time of the hub route kept from before a restart, if any.
+    pub kept_route_issued_ms: Option<i64>,
 }
 
 /// Reads decision state `name` from the outbox; a read error is logged and counts as none.
@@ -433,14 +431,21 @@ pub async fn start(
         .with_limits(&config.outbox)
         .with_public_key(key.public_key());
     let outbox = Outbox::open(&config.outbox_path(), outbox_config)?;
-    let kept_route =
-        read_state(&outbox, ROUTE_STATE).and_then(|bytes| match RouteManifest::from_json(&bytes) {
-            Ok(route) => Some(route),
+    let kept_route = read_state(&outbox, ROUTE_STATE).and_then(|bytes| {
+        match serde_json::from_slice::<doorstep_proto::RouteAssignment>(&bytes) {
+            Ok(assignment) if assignment.device == config.device && assignment.route.validate().is_ok() => {
+                Some(assignment)
+            }
+            Ok(_) => {
+                tracing::warn!("kept hub route is not for this device or invalid; waiting for the hub");
+                None
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "kept hub route unreadable; waiting for the hub to send it");
                 None
             }
-        });
+        }
+    });
     let progress = read_state(&outbox, PROGRESS_STATE)
         .or_else(|| std::fs::read(config.state_dir.join(PROGRESS_FILE)).ok())
         .and_then(|bytes| match serde_json::from_slice::<crate::decide::Progress>(&bytes) {
@@ -469,9 +474,10 @@ pub async fn start(
     }
     // The last route the hub sent wins over the configured file: it is the newer word,
     // and the broker that carried it may have lost it since.
-    if let Some(route) = kept_route {
-        tracing::info!(route = %route.route_id, "route kept from before the restart loaded");
-        decider.load_route(route);
+    let kept_route_issued_ms = kept_route.as_ref().map(|a| a.issued_ms);
+    if let Some(assignment) = kept_route {
+        tracing::info!(route = %assignment.route.route_id, "route kept from before the restart loaded");
+        decider.load_route(assignment.route);
     }
 
     // The driver socket: replace a stale socket file left by a crash.
@@ -515,7 +521,7 @@ pub async fn start(
         config.state_dir.join(BRAIN_STATE_FILE),
         cancel,
     ));
-    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks, heartbeats })
+    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks, heartbeats, kept_route_issued_ms })
 }
 
 /// Starts the uplink to the hub when `[uplink]` is configured, with the hand-off of the
@@ -534,7 +540,8 @@ pub fn start_uplink(
     let link = crate::uplink::Uplink::new(settings, running.outbox.clone())
         .with_link_record(crate::status::link_record_path(&config.outbox_path()))
         .with_positions(running.live.clone())
-        .with_routes(route_tx);
+        .with_routes(route_tx)
+        .with_kept_route(running.kept_route_issued_ms);
     let link_cancel = cancel.clone();
     running.tasks.spawn(async move {
         if let Err(e) = link.run(link_cancel).await {
@@ -542,6 +549,7 @@ pub fn start_uplink(
         }
     });
     let routes = running.routes.clone();
+    let outbox = running.outbox.clone();
     running.tasks.spawn(async move {
         loop {
             tokio::select! {
@@ -549,9 +557,18 @@ pub fn start_uplink(
                 changed = route_rx.changed() => if changed.is_err() { return },
             }
             let assignment = route_rx.borrow_and_update().clone();
-            if let Some(assignment) = assignment
-                && routes.send(assignment.route).await.is_err()
-            {
+            let Some(assignment) = assignment else { continue };
+            // Kept before the brain drives it: after a restart the van has the route even
+            // if the broker that carried it lost it.
+            match serde_json::to_vec(&assignment) {
+                Ok(bytes) => {
+                    if let Err(e) = outbox.set_state(ROUTE_STATE, bytes).await {
+                        tracing::warn!(error = %e, "route could not be kept for a restart");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "route could not be encoded to keep"),
+            }
+            if routes.send(assignment.route).await.is_err() {
                 return;
             }
         }

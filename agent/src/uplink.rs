@@ -440,6 +440,8 @@ pub struct Uplink {
     notices: Option<mpsc::Sender<UplinkNotice>>,
     positions: Option<watch::Receiver<Option<LivePosition>>>,
     routes: Option<watch::Sender<Option<RouteAssignment>>>,
+    /// Issue time of the route the van already drives (kept from before a restart).
+    kept_route_issued_ms: Option<i64>,
     agent_version: String,
 }
 
@@ -459,6 +461,7 @@ impl Uplink {
             notices: None,
             positions: None,
             routes: None,
+            kept_route_issued_ms: None,
             agent_version: AGENT_VERSION.to_owned(),
         }
     }
@@ -484,6 +487,13 @@ impl Uplink {
     /// Delivers verified routes for this device to `tx` (newest `issued_ms` wins).
     pub fn with_routes(mut self, tx: watch::Sender<Option<RouteAssignment>>) -> Self {
         self.routes = Some(tx);
+        self
+    }
+
+    /// The issue time of the route the van kept from before a restart: a retained route
+    /// no newer than it (a broker restored from an old backup) is ignored.
+    pub fn with_kept_route(mut self, issued_ms: Option<i64>) -> Self {
+        self.kept_route_issued_ms = issued_ms;
         self
     }
 
@@ -561,7 +571,7 @@ impl Uplink {
                 ..LinkRecord::default()
             },
             record_dirty: true,
-            route_issued_ms: None,
+            route_issued_ms: self.kept_route_issued_ms,
             latest: None,
             up: self,
         };
