@@ -491,8 +491,11 @@ fn carrier_delivered_device_away_pending(s: &ShipmentState) -> bool {
 }
 
 fn van_never_arrived(s: &ShipmentState, r: &Rules) -> bool {
+    // A van whose last word was a handover away from the door (or while moving) is
+    // covered by `carrier_delivered_device_away`: one fact, one alert.
     s.milestone != Milestone::Delivered
         && s.on_route
+        && !carrier_delivered_device_away_pending(s)
         && carrier_basis(s).is_some_and(|b| elapsed(s, b.hold_from_ms, r) && !s.van_arrived_by(b.at_ms))
 }
 
