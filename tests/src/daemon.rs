@@ -311,6 +311,19 @@ impl DriverApp {
         self.reply(REPLY_TIMEOUT).await
     }
 
+    /// Scans `code` until the answer is something other than "no GPS fix yet" (an agent
+    /// just restarted has none for a moment), as a driver would; gives up after 10 s.
+    pub async fn scan_once_fixed(&mut self, code: &str) -> anyhow::Result<serde_json::Value> {
+        for _ in 0..1_000 {
+            let reply = self.scan(code).await?;
+            if reply["result"] != "no_gps_fix" {
+                return Ok(reply);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::bail!("no GPS fix for 10 s")
+    }
+
     /// Scans a parcel label.
     pub async fn scan(&mut self, code: &str) -> anyhow::Result<serde_json::Value> {
         self.ask(&serde_json::json!({"op": "scan", "code": code})).await

@@ -95,12 +95,6 @@ async fn a_van_restarted_against_a_fresh_broker_keeps_the_route_the_hub_sent() {
     let _child = van.start().expect("restart");
     let mut driver = van.driver().await.expect("driver socket");
     wait_for_route(&van, &mut driver, "from-hub").await;
-    let reply = loop {
-        let reply = driver.scan("PARCELHUB01").await.expect("scan");
-        if reply["result"] != "no_gps_fix" {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let reply = driver.scan_once_fixed("PARCELHUB01").await.expect("scan");
     assert_eq!(reply["result"], "delivered_at_address", "{reply}\nagent log:\n{}", van.log());
 }

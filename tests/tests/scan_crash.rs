@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use doorstep_e2e::daemon::{link_up, outbox_depth};
 use doorstep_e2e::{
-    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, DriverApp, GnssFeed, Parked, Pty,
-    device, hub_key,
+    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, GnssFeed, Parked, Pty, device, hub_key,
 };
 use doorstep_proto::Event;
 
@@ -25,18 +24,6 @@ fn route() -> String {
                    "tracking_numbers": ["PARCEL0001", "PARCEL0002"]}]
     })
     .to_string()
-}
-
-/// Scans `code` until the agent has a fix and answers something other than "no fix".
-async fn scan_answered(driver: &mut DriverApp, code: &str) -> anyhow::Result<serde_json::Value> {
-    for _ in 0..1_000 {
-        let reply = driver.scan(code).await?;
-        if reply["result"] != "no_gps_fix" {
-            return Ok(reply);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    anyhow::bail!("no fix for 10 s after a restart")
 }
 
 async fn crash_and_retry(point: &str, retry_answer: &str) {
@@ -75,9 +62,9 @@ async fn crash_and_retry(point: &str, retry_answer: &str) {
     // The driver scans again after the restart.
     let child = van.start().expect("restart");
     let mut driver = van.driver().await.expect("driver socket");
-    let reply = scan_answered(&mut driver, "PARCEL0001").await.expect("retry");
+    let reply = driver.scan_once_fixed("PARCEL0001").await.expect("retry");
     assert_eq!(reply["result"], retry_answer, "{point}: {reply}\nagent log:\n{}", van.log());
-    let second = scan_answered(&mut driver, "PARCEL0002").await.expect("next parcel");
+    let second = driver.scan_once_fixed("PARCEL0002").await.expect("next parcel");
     assert_eq!(second["result"], "delivered_at_address", "{point}: {second}");
 
     gps.stop();
