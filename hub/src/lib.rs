@@ -6,6 +6,7 @@
 //! event as if it were valid, never move a shipment backwards, and never send a message
 //! twice (invariants 4, 5 and 7 in ARCHITECTURE.md).
 
+pub mod acl;
 pub mod blobs;
 pub mod carrier;
 pub mod config;

@@ -64,6 +64,8 @@ enum Command {
         #[arg(long, global = true)]
         database: Option<PathBuf>,
     },
+    /// Write the broker's access rules (Mosquitto ACL) from the device registry.
+    BrokerAcl(doorstep_hub::acl::BrokerAclArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             };
             device(&database, action)
         }
+        Command::BrokerAcl(args) => doorstep_hub::acl::run(&cli.config, args),
     }
 }
 
