@@ -64,9 +64,30 @@ batch_max = 1024
 max_event_ahead_s = 600
 
 [http]
+# The public surface, the one to put behind the internet-facing proxy: the tracking page
+# (/t/...), carrier webhooks (/webhooks/...), provider callbacks (/callbacks/...) and
+# /healthz. Nothing else answers here: /v1 and /metrics are 404 on this listener.
 listen = "127.0.0.1:8080"
 # Largest request body accepted (API and webhooks), bytes.
 max_body_bytes = 1048576
+# Per-client limits on the public surface; beyond them the answer is 429 with
+# Retry-After. The tracking page: requests a minute per client address, and the burst
+# allowed at once. Webhooks and provider callbacks come in bursts from a carrier's or a
+# provider's few servers, so their limit is per second and larger.
+page_per_minute = 120
+page_burst = 30
+webhooks_per_second = 50
+webhooks_burst = 500
+# Behind a reverse proxy every request comes from the proxy's address: set this to key
+# the limits on the last X-Forwarded-For entry (the one your proxy appends). Leave it
+# off when clients reach the hub directly, or they could name any address they like.
+trust_forwarded_for = false
+
+[api]
+# The private surface for order systems and staff: /v1/... (API keys with scopes, made
+# with `doorstep-hub apikey create`), /v1/openapi.json, /metrics (scope metrics:read)
+# and /healthz. Keep it on loopback or a private network.
+listen = "127.0.0.1:8081"
 
 [carriers.aftership]
 # Webhook secret from the AfterShip admin (aftership-hmac-sha256 header).
@@ -143,6 +164,9 @@ pub struct Config {
     /// `[http]`.
     #[serde(default)]
     pub http: HttpSection,
+    /// `[api]`.
+    #[serde(default)]
+    pub api: ApiSection,
     /// `[carriers.*]`.
     #[serde(default)]
     pub carriers: CarriersSection,
@@ -263,6 +287,21 @@ pub struct HttpSection {
     /// Largest body, bytes.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Tracking page requests a minute per client.
+    #[serde(default = "default_page_per_minute")]
+    pub page_per_minute: u32,
+    /// Tracking page burst per client.
+    #[serde(default = "default_page_burst")]
+    pub page_burst: u32,
+    /// Webhook and callback requests a second per client.
+    #[serde(default = "default_webhooks_per_second")]
+    pub webhooks_per_second: u32,
+    /// Webhook and callback burst per client.
+    #[serde(default = "default_webhooks_burst")]
+    pub webhooks_burst: u32,
+    /// Key the limits on the last X-Forwarded-For entry.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
 }
 
 fn default_listen() -> String {
@@ -271,10 +310,83 @@ fn default_listen() -> String {
 fn default_body() -> usize {
     1024 * 1024
 }
+fn default_page_per_minute() -> u32 {
+    120
+}
+fn default_page_burst() -> u32 {
+    30
+}
+fn default_webhooks_per_second() -> u32 {
+    50
+}
+fn default_webhooks_burst() -> u32 {
+    500
+}
 
 impl Default for HttpSection {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_body() }
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_body(),
+            page_per_minute: default_page_per_minute(),
+            page_burst: default_page_burst(),
+            webhooks_per_second: default_webhooks_per_second(),
+            webhooks_burst: default_webhooks_burst(),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Listen address of the private API.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self { listen: default_api_listen() }
+    }
+}
+
+/// Per-client rate limits on the public surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Tracking page: one request replenished every this long...
+    pub page_period: Duration,
+    /// ...up to this many at once.
+    pub page_burst: u32,
+    /// Webhooks and callbacks: one request replenished every this long...
+    pub webhooks_period: Duration,
+    /// ...up to this many at once.
+    pub webhooks_burst: u32,
+    /// Key on the last X-Forwarded-For entry instead of the peer address.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        HttpSection::default().rate_limits()
+    }
+}
+
+impl HttpSection {
+    fn rate_limits(&self) -> RateLimits {
+        let per = |n: u32, unit_ms: u64| Duration::from_millis((unit_ms / u64::from(n.max(1))).max(1));
+        RateLimits {
+            page_period: per(self.page_per_minute, 60_000),
+            page_burst: self.page_burst,
+            webhooks_period: per(self.webhooks_per_second, 1_000),
+            webhooks_burst: self.webhooks_burst,
+            trust_forwarded_for: self.trust_forwarded_for,
+        }
     }
 }
 
@@ -472,8 +584,12 @@ pub struct Settings {
     pub verify_threads: usize,
     /// Events per transaction.
     pub batch_max: usize,
-    /// HTTP listen address.
+    /// The public listener: tracking page, webhooks, callbacks, health.
     pub listen: SocketAddr,
+    /// The private listener: `/v1`, `/metrics`, health.
+    pub api_listen: SocketAddr,
+    /// Per-client limits on the public listener.
+    pub rate_limits: RateLimits,
     /// Largest HTTP body.
     pub max_body_bytes: usize,
     /// Carrier webhook secrets.
@@ -556,6 +672,24 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err(invalid("http.max_body_bytes must be 1 KiB to 64 MiB"));
         }
+        let api_listen: SocketAddr = self.api.listen.parse().map_err(|e| {
+            invalid(format!("api.listen {:?} is not an address:port: {e}", self.api.listen))
+        })?;
+        if api_listen == listen && listen.port() != 0 {
+            return Err(invalid(
+                "api.listen must differ from http.listen: the private API must not share the public listener",
+            ));
+        }
+        for (name, value) in [
+            ("http.page_per_minute", self.http.page_per_minute),
+            ("http.page_burst", self.http.page_burst),
+            ("http.webhooks_per_second", self.http.webhooks_per_second),
+            ("http.webhooks_burst", self.http.webhooks_burst),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(invalid(format!("{name} must be 1 to 1000000")));
+            }
+        }
         let carriers = CarrierSecrets {
             aftership: self
                 .carriers
@@ -634,6 +768,8 @@ impl Config {
             verify_threads,
             batch_max: self.ingest.batch_max,
             listen,
+            api_listen,
+            rate_limits: self.http.rate_limits(),
             max_body_bytes: self.http.max_body_bytes,
             carriers,
             hold_period: Duration::from_secs(self.reconcile.hold_period_s),

@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::middleware;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,8 +30,10 @@ use doorstep_proto::{DeviceId, FleetId, RouteManifest, SigningKey, TrackingNumbe
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::access::{self, AuditSubject, Guard, Required, Scope};
 use crate::carrier::{self, Verifier};
-use crate::config::CarrierSecrets;
+use crate::config::{CarrierSecrets, RateLimits};
+use crate::limits;
 use crate::ingest::{self, Effects, Writer, apply_to_shipment, now_ms};
 use crate::metrics::Metrics;
 use crate::model::{Carrier, CarrierEvent};
@@ -123,26 +126,50 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-/// The router. `extra` is merged in as is: the tracking page and provider callbacks
-/// (`notify`) bring their own routes and state.
-pub fn router(state: AppState, extra: Router) -> Router {
-    let body_limit = state.max_body_bytes;
-    let webhook_limit = body_limit.min(carrier::MAX_WEBHOOK_BODY_BYTES);
+/// The public surface, the one the internet reaches: carrier webhooks, the tracking page
+/// and provider callbacks (`page`, `callbacks`: `notify` brings their routes and state),
+/// and `/healthz`, each with its per-client rate limit. Nothing of the private API is
+/// routed here, so `/v1/...` and `/metrics` are a plain 404: not advertised.
+pub fn public_router(state: AppState, page: Router, callbacks: Router, limits: &RateLimits) -> Router {
+    let webhook_limit = state.max_body_bytes.min(carrier::MAX_WEBHOOK_BODY_BYTES);
+    let metrics = Arc::clone(&state.metrics);
     let webhooks = Router::new()
         .route("/webhooks/{carrier}", post(webhook))
         .layer(DefaultBodyLimit::max(webhook_limit))
         .with_state(state.clone());
+    let trust = limits.trust_forwarded_for;
+    let (page_period, page_burst) = (limits.page_period, limits.page_burst);
+    let (hook_period, hook_burst) = (limits.webhooks_period, limits.webhooks_burst);
     Router::new()
-        .route("/v1/shipments", post(create_shipment))
-        .route("/v1/shipments/{tracking}", get(show_shipment))
-        .route("/v1/shipments/{tracking}/dispatched", post(dispatched))
-        .route("/v1/routes", post(create_route))
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-        .merge(webhooks)
-        .merge(extra)
+        .merge(limits::limit(webhooks, hook_period, hook_burst, trust, "webhooks", &metrics))
+        .merge(limits::limit(callbacks, hook_period, hook_burst, trust, "callbacks", &metrics))
+        .merge(limits::limit(page, page_period, page_burst, trust, "tracking_page", &metrics))
+}
+
+/// The private surface for order systems and staff: every route needs an API key with
+/// its scope (see `access`), and every write leaves an audit line.
+pub fn api_router(state: AppState) -> Router {
+    let guard = Guard { writer: state.writer.clone(), metrics: Arc::clone(&state.metrics) };
+    let need = |scope| middleware::from_fn_with_state(Required::new(&guard, scope), access::authorize);
+    let orders = Router::new()
+        .route("/v1/shipments", post(create_shipment))
+        .route("/v1/shipments/{tracking}/dispatched", post(dispatched))
+        .route("/v1/shipments/{tracking}/links/revoke", post(revoke_links))
+        .route_layer(need(Scope::OrdersWrite));
+    let reads =
+        Router::new().route("/v1/shipments/{tracking}", get(show_shipment)).route_layer(need(Scope::ShipmentsRead));
+    let routes = Router::new().route("/v1/routes", post(create_route)).route_layer(need(Scope::RoutesWrite));
+    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(need(Scope::MetricsRead));
+    Router::new()
+        .merge(orders)
+        .merge(reads)
+        .merge(routes)
+        .merge(metrics)
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
 }
 
 /// An API error: a status and one sentence saying what was wrong and what to do.
@@ -335,8 +362,11 @@ async fn create_shipment(State(state): State<AppState>, body: Bytes) -> Result<R
         })
         .await??;
     tracing::info!(shipment = %tracking, id, "shipment created");
+    let subject = AuditSubject(format!("shipment {tracking}"));
     let created = Created { id, tracking_number: tracking, milestone: crate::model::Milestone::Created };
-    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+    let mut response = (StatusCode::CREATED, axum::Json(created)).into_response();
+    response.extensions_mut().insert(subject);
+    Ok(response)
 }
 
 async fn show_shipment(
@@ -404,6 +434,30 @@ async fn dispatched(
     Ok(axum::Json(json!({ "milestone": milestone })).into_response())
 }
 
+/// `POST /v1/shipments/{tracking}/links/revoke`: every tracking link sent for the parcel
+/// so far stops working (410); links in later messages work.
+async fn revoke_links(
+    State(state): State<AppState>,
+    Path(tracking): Path<String>,
+) -> Result<Response, ApiError> {
+    let tracking =
+        TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let revoked = state
+        .writer
+        .call(move |ctx| -> Result<Option<i64>, StoreError> {
+            let Some(shipment) = ctx.store.shipment_by_tracking(&tracking)? else { return Ok(None) };
+            let now = now_ms();
+            ctx.store.revoke_links(shipment.id, now)?;
+            tracing::info!(shipment = %tracking, "tracking links withdrawn");
+            Ok(Some(now))
+        })
+        .await??;
+    match revoked {
+        Some(at_ms) => Ok(axum::Json(json!({ "links_revoked_ms": at_ms })).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no shipment with this tracking number")),
+    }
+}
+
 // ---- routes -------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -416,6 +470,7 @@ struct CreateRoute {
 
 async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let CreateRoute { fleet, device, route } = parse_json(&body)?;
+    let route_id = route.route_id.clone();
     route.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let issued_ms = now_ms();
     let message = ingest::route_message(&device, route.clone(), issued_ms);
@@ -463,11 +518,13 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
         })
         .await??;
     tracing::info!(fleet = %fleet, device = %device, dispatched, issued_ms, "route published");
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         axum::Json(json!({ "issued_ms": issued_ms, "shipments_dispatched": dispatched })),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(AuditSubject(format!("route {fleet}/{device}/{route_id}")));
+    Ok(response)
 }
 
 // ---- webhooks -----------------------------------------------------------------------------

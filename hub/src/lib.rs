@@ -6,12 +6,14 @@
 //! event as if it were valid, never move a shipment backwards, and never send a message
 //! twice (invariants 4, 5 and 7 in ARCHITECTURE.md).
 
+pub mod access;
 pub mod acl;
 pub mod blobs;
 pub mod carrier;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod notify;

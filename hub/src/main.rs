@@ -8,6 +8,11 @@
 //! doorstep-hub [--config FILE] device add --fleet F --device D --key FILE|ed25519:<hex> [--replace]
 //! doorstep-hub [--config FILE] device list
 //! doorstep-hub [--config FILE] device revoke --device D
+//! doorstep-hub [--config FILE] apikey create --name NAME --scope SCOPE [--scope ...]
+//! doorstep-hub [--config FILE] apikey list
+//! doorstep-hub [--config FILE] apikey revoke NAME
+//! doorstep-hub [--config FILE] audit [--limit N] [--key NAME]
+//! doorstep-hub [--config FILE] broker-acl [--out FILE]
 //! ```
 
 use std::io::Write as _;
@@ -18,7 +23,8 @@ use clap::{Parser, Subcommand};
 use doorstep_hub::config::{Config, DEFAULT_CONFIG};
 use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
-use doorstep_hub::store::{LiveStatus, Store, StoreOptions};
+use doorstep_hub::access::{self, Scope};
+use doorstep_hub::store::{LiveStatus, Store, StoreError, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
 
 /// Where the hub looks for its configuration by default.
@@ -64,6 +70,31 @@ enum Command {
         #[arg(long, global = true)]
         database: Option<PathBuf>,
     },
+    /// Manage the keys order systems and staff use on the private API (`api.listen`).
+    #[command(after_help = SCOPES_HELP)]
+    Apikey {
+        #[command(subcommand)]
+        action: ApiKeyCommand,
+        /// Database; defaults to `hub.database` from the configuration.
+        #[arg(long, global = true)]
+        database: Option<PathBuf>,
+    },
+    /// Show the newest audit log lines: every write through the private API, and every
+    /// refused attempt, with key, path, subject, status and outcome.
+    Audit {
+        /// How many lines.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only this key's lines.
+        #[arg(long)]
+        key: Option<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database; defaults to `hub.database` from the configuration.
+        #[arg(long)]
+        database: Option<PathBuf>,
+    },
     /// Write the broker's access rules (Mosquitto ACL) from the device registry.
     BrokerAcl(doorstep_hub::acl::BrokerAclArgs),
 }
@@ -95,6 +126,44 @@ enum DeviceCommand {
     },
 }
 
+const SCOPES_HELP: &str = "Scopes:
+  orders:write     create shipments, mark them dispatched, withdraw tracking links
+  routes:write     post vans' routes (the hub signs them; the van drives them)
+  shipments:read   read a shipment with its contacts, timeline and notifications
+  metrics:read     read /metrics (for Prometheus)
+  admin            all of the above
+
+Example: an order system that creates shipments and reads them back:
+  doorstep-hub apikey create --name shop-orders --scope orders:write --scope shipments:read
+It sends `Authorization: Bearer dsk_...` to the API listener (api.listen).";
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print its token once (only a hash is kept: store the token in
+    /// the order system's secret store now).
+    Create {
+        /// A name for the key: who uses it (`shop-orders`, `prometheus`).
+        #[arg(long)]
+        name: String,
+        /// What it may do; repeat for several.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+    },
+    /// List keys: name, scopes, created, last used, revoked.
+    List,
+    /// Revoke a key: requests with it are refused (401) from now on.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text).ok_or_else(|| {
+        format!("unknown scope {text:?}; one of: {}", Scope::ALL.map(Scope::as_str).join(", "))
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.print_default_config {
@@ -119,8 +188,111 @@ fn main() -> anyhow::Result<()> {
             };
             device(&database, action)
         }
+        Command::Apikey { action, database } => {
+            let database = database_path(&cli.config, database)?;
+            apikey(&database, action)
+        }
+        Command::Audit { limit, key, json, database } => {
+            let database = database_path(&cli.config, database)?;
+            audit(&database, limit, key.as_deref(), json)
+        }
         Command::BrokerAcl(args) => doorstep_hub::acl::run(&cli.config, args),
     }
+}
+
+fn database_path(config: &Path, database: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match database {
+        Some(db) => Ok(db),
+        None => Ok(load_config(config)?.hub.database),
+    }
+}
+
+fn open_store(database: &Path) -> anyhow::Result<Store> {
+    Store::open(database, StoreOptions::default())
+        .with_context(|| format!("opening the hub database {}", database.display()))
+}
+
+fn apikey(database: &Path, action: ApiKeyCommand) -> anyhow::Result<()> {
+    let mut store = open_store(database)?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        ApiKeyCommand::Create { name, scopes } => {
+            access::check_name(&name)?;
+            let scopes = access::scopes_text(&scopes)?;
+            let key = access::issue(&ring::rand::SystemRandom::new())?;
+            store.create_api_key(&name, &key.key_id, &key.digest, &scopes, now_ms()).map_err(|e| match e {
+                StoreError::Exists(_) => anyhow::anyhow!(
+                    "a key named {name:?} exists (or existed: names are never reused, so the audit log stays clear); choose another name"
+                ),
+                other => other.into(),
+            })?;
+            writeln!(out, "{}", key.token)?;
+            writeln!(
+                std::io::stderr(),
+                "created API key {name:?} with scopes {scopes}. The token above is shown once: store it \
+                 in the order system's secret store and send it as `Authorization: Bearer <token>`."
+            )?;
+        }
+        ApiKeyCommand::List => {
+            writeln!(out, "{:<24} {:<14} {:<44} {:<20} {:<20} revoked", "name", "key id", "scopes", "created", "last used")?;
+            for key in store.api_keys()? {
+                let when = |ms: Option<i64>| ms.map_or_else(|| "-".to_owned(), utc);
+                writeln!(
+                    out,
+                    "{:<24} {:<14} {:<44} {:<20} {:<20} {}",
+                    key.name,
+                    key.key_id,
+                    key.scopes,
+                    utc(key.created_ms),
+                    when(key.last_used_ms),
+                    when(key.revoked_ms)
+                )?;
+            }
+        }
+        ApiKeyCommand::Revoke { name } => {
+            if !store.revoke_api_key(&name, now_ms())? {
+                bail!("no API key named {name:?} (see `doorstep-hub apikey list`)");
+            }
+            writeln!(out, "revoked API key {name:?}: requests with it are refused from now on")?;
+        }
+    }
+    Ok(())
+}
+
+fn audit(database: &Path, limit: usize, key: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let store = open_store(database)?;
+    let mut out = std::io::stdout().lock();
+    let entries = store.audit_entries(limit, key)?;
+    if json {
+        for entry in &entries {
+            writeln!(out, "{}", serde_json::to_string(entry)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{:<20} {:<24} {:<6} {:<44} {:<40} {:>6} outcome", "time (UTC)", "key", "method", "path", "subject", "status")?;
+    for e in &entries {
+        writeln!(
+            out,
+            "{:<20} {:<24} {:<6} {:<44} {:<40} {:>6} {}",
+            utc(e.at_ms),
+            e.key_name.as_deref().unwrap_or("-"),
+            e.method,
+            e.path,
+            e.subject.as_deref().unwrap_or("-"),
+            e.status,
+            e.outcome
+        )?;
+    }
+    Ok(())
+}
+
+/// `2026-12-02 09:15:00`.
+fn utc(ms: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -262,10 +434,8 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding http.listen {}", settings.listen))?;
-        doorstep_hub::server::serve(settings, listener, shutdown_signal()).await
+        let listeners = doorstep_hub::server::Listeners::bind(&settings).await?;
+        doorstep_hub::server::serve(settings, listeners, shutdown_signal()).await
     })
 }
 

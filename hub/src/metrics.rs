@@ -27,6 +27,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("doorstep_hub_blob_chunks_total", "counter", "Photo chunks by outcome and reason."),
     ("doorstep_hub_photos_total", "counter", "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", "counter", "Carrier webhooks by carrier and outcome."),
+    (
+        "doorstep_hub_api_requests_total",
+        "counter",
+        "Private API requests by outcome (allowed, unauthenticated, revoked, forbidden) and scope.",
+    ),
+    (
+        "doorstep_hub_rate_limited_total",
+        "counter",
+        "Public requests refused with 429, by surface (tracking_page, webhooks, callbacks).",
+    ),
     ("doorstep_hub_notifications_total", "counter", "Notification attempts by channel and outcome."),
     (
         "doorstep_hub_notifications_enqueued_total",
@@ -165,6 +175,17 @@ impl Metrics {
             &[("carrier", carrier), ("outcome", outcome), ("reason", reason)],
             1,
         );
+    }
+
+    /// A private API request's authorization: `outcome` is allowed, unauthenticated,
+    /// revoked or forbidden; `scope` is what the route needs.
+    pub fn api_request(&self, outcome: &str, scope: &str) {
+        self.add("doorstep_hub_api_requests_total", &[("outcome", outcome), ("scope", scope)], 1);
+    }
+
+    /// A public request refused by its rate limit.
+    pub fn rate_limited(&self, surface: &str) {
+        self.add("doorstep_hub_rate_limited_total", &[("surface", surface)], 1);
     }
 
     /// A notification attempt outcome (sent, delivered, failed, ...), for the dispatcher.

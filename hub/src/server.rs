@@ -2,6 +2,7 @@
 //! dispatcher and the tracking page, until `shutdown` resolves. `doorstep-hub serve` runs
 //! it with the configured listener and SIGTERM; the demo runs it on a free loopback port.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -14,10 +15,32 @@ use crate::metrics::Metrics;
 use crate::reconcile::Rules;
 use crate::store::StoreOptions;
 
+/// The hub's two listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `http.listen`: the tracking page, webhooks, callbacks, `/healthz`.
+    pub public: tokio::net::TcpListener,
+    /// `api.listen`: `/v1`, `/metrics`, `/healthz`, behind API keys.
+    pub api: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both configured addresses, saying which one failed.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let public = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.listen))?;
+        let api = tokio::net::TcpListener::bind(settings.api_listen)
+            .await
+            .with_context(|| format!("binding api.listen {}", settings.api_listen))?;
+        Ok(Self { public, api })
+    }
+}
+
 /// Runs the hub until `shutdown` resolves, then drains ingest and stops the dispatcher.
 pub async fn serve(
     settings: Settings,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let hub_key = Arc::new(load_key(&settings.key_path)?);
@@ -76,9 +99,36 @@ pub async fn serve(
             "shared subscription: every hub of the group must use this same database file; the one holding the dispatch lease sends"
         );
     }
-    let app = crate::http::router(state, crate::notify::page::router(dispatcher.state()));
-    tracing::info!(listen = %listener.local_addr()?, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "hub serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let public = crate::http::public_router(
+        state.clone(),
+        crate::notify::page::page_router(dispatcher.state()),
+        crate::notify::page::callbacks_router(dispatcher.state()),
+        &settings.rate_limits,
+    );
+    let api = crate::http::api_router(state);
+    tracing::info!(
+        public = %listeners.public.local_addr()?,
+        api = %listeners.api.local_addr()?,
+        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        "hub serving: tracking page, webhooks and callbacks on the public listener; /v1 and /metrics on the API listener"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let (stop_public, stop_api) = (stop.clone(), stop.clone());
+    // The rate limits key on the client's address: the public service carries it.
+    let public = axum::serve(listeners.public, public.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop_public.cancelled().await });
+    let api = axum::serve(listeners.api, api).with_graceful_shutdown(async move { stop_api.cancelled().await });
+    let (public, api) = tokio::join!(public, api);
+    // One listener failing stops the hub: a hub without its API or its public face is
+    // not one to keep running half-way.
+    stop.cancel();
+    public.context("public listener")?;
+    api.context("API listener")?;
     tracing::info!("shutting down: draining ingest");
     ingest.shutdown().await;
     notify_cancel.cancel();

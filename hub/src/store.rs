@@ -1,4 +1,5 @@
-//! The hub's storage seam: every SQL statement the hub runs lives in this file.
+//! The hub's storage seam: every SQL statement the hub runs lives in this file and its
+//! submodule `access` (API keys, the audit log, withdrawn tracking links).
 //!
 //! One SQLite file in WAL mode, migrated with `PRAGMA user_version`. [`Store`] owns a
 //! connection; [`StoreTx`] is one transaction over it. Ingest, the HTTP API and the
@@ -24,9 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Milestone;
 
+mod access;
+pub use access::{ApiKeyRecord, AuditEntry};
+
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a connection waits for another writer before failing (another hub process,
 /// the `device` CLI running beside `serve`).
@@ -235,6 +239,35 @@ CREATE TABLE dispatcher_lease (
     r#"
 ALTER TABLE events ADD COLUMN quarantine TEXT;
 ALTER TABLE route_stops ADD COLUMN dwell_s INTEGER;
+"#,
+    // Who may use the private API (`api_keys`: a key's public id and the SHA-256 of the
+    // whole token, never the token), what they wrote (`audit_log`), and tracking links
+    // withdrawn per shipment (`link_revocations`). See `access` and `store::access`.
+    r#"
+CREATE TABLE api_keys (
+    name          TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL UNIQUE,
+    digest        BLOB NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    last_used_ms  INTEGER,
+    revoked_ms    INTEGER
+);
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY,
+    at_ms     INTEGER NOT NULL,
+    key_name  TEXT,
+    method    TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    subject   TEXT,
+    status    INTEGER NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log (at_ms);
+CREATE TABLE link_revocations (
+    shipment_id  INTEGER PRIMARY KEY REFERENCES shipments (id),
+    revoked_ms   INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -215,14 +215,14 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
         "tracking_number": "1Z999AA10123456784", "carrier": "ups", "order_id": "A-1",
         "contacts": {"sms": "+15555550100", "email": "ann@example.com"}, "consent": {"sms": true, "email": true},
         "locale": "en-US", "time_zone": "America/New_York"});
-    let r = client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
     assert_eq!(r.status(), 201);
-    let r = client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
     assert_eq!(r.status(), 409, "a tracking number is created once");
 
     let route = serde_json::json!({"fleet": "acme", "device": "van-1", "route": {"route_id": "route-1", "stops": [
         {"stop_id": "s1", "lat": 47.37, "lon": 8.54, "tracking_numbers": ["1Z999AA10123456784"]}]}});
-    let r = client.post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
     // A device connecting afterwards gets the retained route, signed by the hub.
@@ -245,7 +245,7 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
     assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await);
 
     let body: serde_json::Value =
-        client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+        hub.api_client().get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
     let kinds: Vec<&str> =
         body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"dispatched") && kinds.contains(&"nearby"), "{body}");
@@ -260,16 +260,16 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
         "{body}"
     );
     // Posting the route again dispatches nothing twice.
-    let r = client.post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let again: serde_json::Value =
-        client.get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+        hub.api_client().get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         again["notifications"].as_array().unwrap().len(),
         body["notifications"].as_array().unwrap().len()
     );
 
-    let metrics = client.get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("doorstep_hub_queue_depth{queue=\"notification_queued\"}"), "{metrics}");
     assert_eq!(client.get(hub.url("/healthz")).send().await.unwrap().status(), 200);
@@ -341,7 +341,7 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let client = http();
     let shipment = serde_json::json!({"tracking_number": "111111111111", "carrier": "fedex",
         "contacts": {"email": "ann@example.com"}, "consent": true});
-    assert_eq!(client.post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(), 201);
+    assert_eq!(hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(), 201);
 
     let fixture = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -372,7 +372,7 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     assert_eq!(r.status(), 401);
 
     let shown: serde_json::Value =
-        client.get(hub.url("/v1/shipments/111111111111")).send().await.unwrap().json().await.unwrap();
+        hub.api_client().get(hub.url("/v1/shipments/111111111111")).send().await.unwrap().json().await.unwrap();
     let carrier_entries =
         shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
     assert_eq!(carrier_entries, 1, "{shown}");
@@ -471,13 +471,13 @@ async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
         "{}",
         hub.metrics.render()
     );
-    let metrics = http().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("doorstep_hub_devices_online 1"), "{metrics}");
 
     // The broker's last will: offline.
     publish(&state_topic, QoS::AtLeastOnce, DeviceState::offline().to_bytes()).await;
     assert!(hub.wait_for(WAIT, |m| counted(m, "state", "stored", "ok") == 2).await);
-    let metrics = http().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("doorstep_hub_devices_online 0"), "{metrics}");
     assert_eq!(hub.metrics.ingest_outcome_total("stored"), 0, "neither is an event");
 
@@ -504,14 +504,14 @@ fn carrier_fixture(name: &str) -> Vec<u8> {
 async fn create_shipment(hub: &TestHub, tracking: &str, carrier: &str) {
     let shipment = serde_json::json!({"tracking_number": tracking, "carrier": carrier,
         "contacts": {"email": "ann@example.com"}, "consent": true});
-    let r = http().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
     assert_eq!(r.status(), 201);
 }
 
 /// The timeline entries of a shipment from one source, as the API shows them.
 async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde_json::Value> {
     let shown: serde_json::Value =
-        http().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap();
+        hub.api_client().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap();
     shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
 }
 
@@ -666,7 +666,7 @@ async fn shipments_on_a_route(hub: &TestHub, stops: &[(&str, &str, Option<u32>)]
     }
     let route = serde_json::json!({"fleet": "acme", "device": "van-1",
         "route": {"route_id": "route-1", "stops": route_stops}});
-    let r = http().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
     assert_eq!(r.status(), 201);
     r.json::<serde_json::Value>().await.unwrap()["issued_ms"].as_i64().unwrap()
 }
@@ -691,7 +691,7 @@ fn handover(stop: &str, tracking: &str, speed_mps: Option<f64>, dwell_s: u32) ->
 
 /// The shipment as the API shows it.
 async fn shown(hub: &TestHub, tracking: &str) -> serde_json::Value {
-    http().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap()
+    hub.api_client().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap()
 }
 
 fn codes(shown: &serde_json::Value, list: &str, field: &str) -> Vec<String> {

@@ -339,7 +339,7 @@ async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callbac
     assert_eq!(status(&db, id), "sent");
 
     // Twilio's status callback, signed as Twilio signs it, completes the row.
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     let params = vec![
         ("AccountSid".to_owned(), "AC0001".to_owned()),
         ("MessageSid".to_owned(), "SM0001".to_owned()),
@@ -430,7 +430,7 @@ async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
     let shipment = database(&db);
     let dispatcher =
         Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     let params = vec![
         ("Body".to_owned(), "Stop".to_owned()),
         ("From".to_owned(), PHONE.to_owned()),
@@ -633,7 +633,7 @@ async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_ch
     let WhatsAppCase { db, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "sent");
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
 
     let body = meta_status(WAMID, "delivered", serde_json::json!({}));
     let forged = meta_signature("another-apps-secret", &body);
@@ -679,7 +679,7 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
     let dispatcher =
         Dispatcher::new(settings(&whatsapp_webhook_section("http://127.0.0.1:9")), &db, Arc::clone(&metrics))
             .expect("new");
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     let get = |query: String| {
         let app = app.clone();
         async move { call(&app, "GET", &format!("/callbacks/whatsapp?{query}"), &[], String::new()).await }
@@ -701,7 +701,7 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
     let plain =
         Dispatcher::new(settings(&whatsapp_section("http://127.0.0.1:9")), &db, Arc::new(Metrics::default()))
             .expect("new");
-    let app = notify::router(plain.state());
+    let app = notify::page_router(plain.state()).merge(notify::callbacks_router(plain.state()));
     let query =
         format!("/callbacks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}");
     assert_eq!(call(&app, "GET", &query, &[], String::new()).await.0, StatusCode::NOT_FOUND);
@@ -715,7 +715,7 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
 async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_code() {
     let WhatsAppCase { db, shipment, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
 
     let garbage = "{\"object\": \"whatsapp_business_account\", \"entry\": [";
     let (code, _) = post_meta(&app, garbage, &meta_signature(APP_SECRET, garbage)).await;
@@ -772,7 +772,7 @@ async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
     // What the hub asked Meta to copy onto the statuses, from the request Meta received.
     let sent: serde_json::Value = serde_json::from_slice(&meta.seen()[0].body).expect("json");
     let opaque = sent["biz_opaque_callback_data"].clone();
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
 
     // The same row id, but sent to another number: another Doorstep database's row.
     let elsewhere = meta_status(WAMID, "sent", serde_json::json!({ "biz_opaque_callback_data": opaque }))
@@ -801,7 +801,7 @@ async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
 #[tokio::test]
 async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept() {
     let WhatsAppCase { db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     // The dispatcher has claimed the row and its request is out; Meta's status is faster.
     let mut conn = rusqlite::Connection::open(&db).expect("open");
     assert!(outbox::claim(&conn, id).expect("claim"));
@@ -824,7 +824,7 @@ async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept()
 #[tokio::test]
 async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
     let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     let body = meta_change(serde_json::json!({
         "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],
         "messages": [{
@@ -942,7 +942,7 @@ async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
     let good = s.link_signer.sign(shipment, now + 60_000);
     let expired = s.link_signer.sign(shipment, now - 1_000);
     let dispatcher = Dispatcher::new(s, &db, Arc::new(Metrics::default())).expect("new");
-    let app = notify::router(dispatcher.state());
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     let (code, html) = call(&app, "GET", &format!("/t/{good}"), &[], String::new()).await;
     assert_eq!(code, StatusCode::OK, "{html}");
     assert!(html.contains("Delivered") && html.contains("9 m from the address"), "{html}");

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
+use doorstep_hub::access::Scope;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -304,22 +305,43 @@ async fn demo(options: Options) -> anyhow::Result<()> {
         }
     }
 
-    // The hub, with the very code `doorstep-hub serve` runs.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let hub_url = format!("http://{}", listener.local_addr()?);
+    // The order system's API key, made as `doorstep-hub apikey create` makes one.
+    let orders_key = doorstep_hub::access::issue(&rng)?;
+    {
+        let mut store = doorstep_hub::store::Store::open(&dir.join("hub.db"), Default::default())?;
+        let scopes = [Scope::OrdersWrite, Scope::RoutesWrite, Scope::ShipmentsRead];
+        let scopes = doorstep_hub::access::scopes_text(&scopes)?;
+        store.create_api_key("demo-orders", &orders_key.key_id, &orders_key.digest, &scopes, now_ms())?;
+        printer.line("operator", &format!("API key demo-orders for the order system ({scopes})"));
+    }
+
+    // The hub, with the very code `doorstep-hub serve` runs: the public listener (tracking
+    // pages, webhooks) and the private API listener.
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hub_url = format!("http://{}", public.local_addr()?);
+    let api_url = format!("http://{}", api.local_addr()?);
+    let listeners = doorstep_hub::server::Listeners { public, api };
     let settings =
-        doorstep_hub::config::Config::parse(&hub_config(&dir, &hub_url, broker_port, &sinks.base_url))
+        doorstep_hub::config::Config::parse(&hub_config(&dir, &hub_url, &api_url, broker_port, &sinks.base_url))
             .context("the demo's hub configuration")?
             .validate()
             .context("the demo's hub configuration")?;
     let hub_stop = CancellationToken::new();
     let hub_shutdown = hub_stop.clone();
-    let hub_task = tokio::spawn(doorstep_hub::server::serve(settings, listener, async move {
+    let hub_task = tokio::spawn(doorstep_hub::server::serve(settings, listeners, async move {
         hub_shutdown.cancelled().await;
     }));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     wait_healthy(&http, &hub_url).await?;
-    printer.line("hub", &format!("serving {hub_url} (API, carrier webhooks, tracking pages)"));
+    printer.line("hub", &format!("serving {hub_url} (carrier webhooks, tracking pages) and the API on {api_url}"));
+    // The order system: every request carries its key.
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", orders_key.token))?,
+    );
+    let orders = reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(auth).build()?;
 
     // The vans' agents.
     let agents = CancellationToken::new();
@@ -340,7 +362,7 @@ async fn demo(options: Options) -> anyhow::Result<()> {
             "locale": "en-GB", "time_zone": "Europe/Berlin",
         });
         expect_status(
-            http.post(format!("{hub_url}/v1/shipments")).json(&body).send().await?,
+            orders.post(format!("{api_url}/v1/shipments")).json(&body).send().await?,
             201,
             "create shipment",
         )
@@ -361,7 +383,7 @@ async fn demo(options: Options) -> anyhow::Result<()> {
             .collect();
         let body = json!({"fleet": FLEET, "device": van, "route": {"route_id": format!("demo-{van}"), "stops": stops}});
         expect_status(
-            http.post(format!("{hub_url}/v1/routes")).json(&body).send().await?,
+            orders.post(format!("{api_url}/v1/routes")).json(&body).send().await?,
             201,
             "publish route",
         )
@@ -395,7 +417,7 @@ async fn demo(options: Options) -> anyhow::Result<()> {
 
     // Let the last events, photos, acks and messages land.
     settle(&vans, &sinks, Duration::from_secs(30)).await?;
-    let summary = summarize(&http, &hub_url, &sinks).await?;
+    let summary = summarize(&http, &orders, &api_url, &hub_url, &sinks).await?;
     if let Some(path) = &options.summary_json {
         let mut doc = summary.clone();
         doc["wall_s"] = json!(wall.elapsed().as_secs_f64());
@@ -420,8 +442,9 @@ fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
 }
 
-fn hub_config(dir: &Path, hub_url: &str, broker_port: u16, sinks: &str) -> String {
+fn hub_config(dir: &Path, hub_url: &str, api_url: &str, broker_port: u16, sinks: &str) -> String {
     let listen = hub_url.trim_start_matches("http://");
+    let api_listen = api_url.trim_start_matches("http://");
     format!(
         r#"[hub]
 database = "{db}"
@@ -439,6 +462,9 @@ keepalive_s = 30
 
 [http]
 listen = "{listen}"
+
+[api]
+listen = "{api_listen}"
 
 [carriers.aftership]
 secret = "{AFTERSHIP_SECRET}"
@@ -671,12 +697,18 @@ async fn settle(vans: &[Van], sinks: &Sinks, timeout: Duration) -> anyhow::Resul
 
 /// Per shipment: the milestone, the messages the providers received, operations alerts,
 /// and whether its tracking page shows a verified photo.
-async fn summarize(http: &reqwest::Client, hub_url: &str, sinks: &Sinks) -> anyhow::Result<Value> {
+async fn summarize(
+    http: &reqwest::Client,
+    orders: &reqwest::Client,
+    api_url: &str,
+    hub_url: &str,
+    sinks: &Sinks,
+) -> anyhow::Result<Value> {
     let captured = sinks.captured();
     let mut rows = Vec::new();
     for p in &PARCELS {
         let shown = expect_status(
-            http.get(format!("{hub_url}/v1/shipments/{}", p.tracking)).send().await?,
+            orders.get(format!("{api_url}/v1/shipments/{}", p.tracking)).send().await?,
             200,
             "show shipment",
         )

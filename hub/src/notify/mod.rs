@@ -52,7 +52,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{NotifyConfig, NotifyConfigError, NotifySettings, ProviderKind};
-pub use page::{NotifyState, router};
+pub use page::{NotifyState, callbacks_router, page_router};
 
 use crate::metrics::Metrics;
 use crate::model::Milestone;

@@ -1,4 +1,5 @@
-//! The tracking page and the provider callbacks, as one axum router for the hub to merge.
+//! The tracking page and the provider callbacks, as two axum routers for the hub's public
+//! listener (each with its own rate limit there).
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -16,8 +17,9 @@
 //!
 //! The page never shows the address, the stop's coordinates, the device or the
 //! carrier's free text: only milestone names, times, and the van's distance from the
-//! address at handover. A bad token is a plain 404, an expired one a plain 410; neither
-//! says anything about the shipment.
+//! address at handover. A bad token is a plain 404, an expired or withdrawn one (the order
+//! system's `POST /v1/shipments/{tracking}/links/revoke`) a plain 410; neither says
+//! anything about the shipment.
 
 use std::sync::Arc;
 
@@ -64,11 +66,18 @@ impl NotifyState {
     }
 }
 
-/// The router: tracking page and provider callbacks.
-pub fn router(state: NotifyState) -> Router {
+/// The tracking page's router (customers' browsers: rate limited per client).
+pub fn page_router(state: NotifyState) -> Router {
     Router::new()
         .route("/t/{token}", get(tracking_page))
         .route("/t/{token}/photo", get(tracking_photo))
+        .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
+        .with_state(state)
+}
+
+/// The provider callbacks' router (providers' servers: bursts from few addresses).
+pub fn callbacks_router(state: NotifyState) -> Router {
+    Router::new()
         .route(TWILIO_STATUS_PATH, post(twilio_status))
         .route(TWILIO_INBOUND_PATH, post(twilio_inbound))
         .route(SENDGRID_EVENTS_PATH, post(sendgrid_events))
@@ -334,16 +343,23 @@ async fn load(
     state: &NotifyState,
     token: &str,
 ) -> Result<Result<(Shipment, Vec<TimelineEntry>, Option<Proof>), Response>, NotifyError> {
-    let shipment_id = match state.settings.link_signer.verify(token, now_ms()) {
-        Ok(id) => id,
+    let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
+        Ok(found) => found,
         Err(e) => return Ok(Err(token_error(e))),
     };
+    let ttl_ms = i64::try_from(state.settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
     state
         .db
         .call(move |_, store| {
             let Some(shipment) = store.shipment(shipment_id)? else {
                 return Ok(Err(token_error(TokenError::Invalid)));
             };
+            // Issued (deadline minus lifetime) at or before the withdrawal: gone.
+            if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
+                && expires_ms <= revoked_ms.saturating_add(ttl_ms)
+            {
+                return Ok(Err(token_error(TokenError::Expired)));
+            }
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
             Ok(Ok((shipment, timeline, proof)))

@@ -71,6 +71,13 @@ impl LinkSigner {
 
     /// The shipment a token names, if it is genuine and not expired at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<i64, TokenError> {
+        self.verify_with_expiry(token, now_ms).map(|(id, _)| id)
+    }
+
+    /// The shipment a genuine, unexpired token names, and its deadline (ms since the
+    /// Unix epoch, whole seconds): a link withdrawn at time `r` is one whose deadline is
+    /// at most `r` plus the link lifetime.
+    pub fn verify_with_expiry(&self, token: &str, now_ms: i64) -> Result<(i64, i64), TokenError> {
         if token.len() > 64 {
             return Err(TokenError::Invalid);
         }
@@ -91,7 +98,7 @@ impl LinkSigner {
         if now_ms.div_euclid(1000) >= expires_s {
             return Err(TokenError::Expired);
         }
-        Ok(shipment_id)
+        Ok((shipment_id, expires_s.saturating_mul(1000)))
     }
 }
 

@@ -192,7 +192,12 @@ pub fn evt_topic(device: &DeviceId) -> String {
 /// A hub running in-process: ingest and HTTP.
 pub struct TestHub {
     pub ingest: Option<Ingest>,
+    /// The public listener: webhooks, tracking page, health.
     pub http: SocketAddr,
+    /// The private API listener.
+    pub api: SocketAddr,
+    /// An admin key for the private API, as `doorstep-hub apikey create` makes one.
+    pub api_token: String,
     pub metrics: Arc<Metrics>,
     pub db: PathBuf,
     http_cancel: CancellationToken,
@@ -250,6 +255,13 @@ impl TestHub {
             batch_max: options.batch_max,
         };
         let hub_key = Arc::new(hub_key());
+        let api_token = {
+            let mut store = doorstep_hub::store::Store::open(db, StoreOptions::default()).unwrap();
+            let key = doorstep_hub::access::issue(&ring::rand::SystemRandom::new()).unwrap();
+            let name = format!("test-admin-{}", key.key_id);
+            store.create_api_key(&name, &key.key_id, &key.digest, "admin", 0).unwrap();
+            key.token
+        };
         let ingest = Ingest::start(&ingest_options, Arc::clone(&hub_key), domain).unwrap();
         let state = AppState {
             writer: ingest.writer(),
@@ -258,17 +270,28 @@ impl TestHub {
             carriers: options.carriers,
             max_body_bytes: 1024 * 1024,
         };
-        let app = doorstep_hub::http::router(state, axum::Router::new());
+        let limits = doorstep_hub::config::RateLimits::default();
+        let public =
+            doorstep_hub::http::public_router(state.clone(), axum::Router::new(), axum::Router::new(), &limits);
+        let private = doorstep_hub::http::api_router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = api_listener.local_addr().unwrap();
         let http_cancel = CancellationToken::new();
-        let stop = http_cancel.clone();
+        let (stop, stop_api) = (http_cancel.clone(), http_cancel.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(listener, public.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
         });
-        let hub = TestHub { ingest: Some(ingest), http, metrics, db: db.to_owned(), http_cancel };
+        tokio::spawn(async move {
+            let _ = axum::serve(api_listener, private)
+                .with_graceful_shutdown(async move { stop_api.cancelled().await })
+                .await;
+        });
+        let hub =
+            TestHub { ingest: Some(ingest), http, api, api_token, metrics, db: db.to_owned(), http_cancel };
         // Subscribed, not only connected: a hub of a shared group hears nothing before.
         assert!(
             hub.wait_for(Duration::from_secs(10), |m| {
@@ -300,9 +323,20 @@ impl TestHub {
         }
     }
 
-    /// A URL on the hub's HTTP server.
+    /// A URL on the hub: `/v1/...` and `/metrics` on the private API listener, the rest
+    /// on the public one.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        let private = path.starts_with("/v1/") || path == "/metrics";
+        format!("http://{}{path}", if private { self.api } else { self.http })
+    }
+
+    /// A client for the private API, carrying the hub's admin key.
+    pub fn api_client(&self) -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", self.api_token);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+        reqwest::Client::builder().default_headers(headers).build().unwrap()
     }
 }
 
