@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod mask;
 pub mod metrics;
 pub mod model;
 pub mod notify;

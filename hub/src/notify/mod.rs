@@ -583,7 +583,7 @@ impl Dispatcher {
                 let channel = msg.channel;
                 let outbox_id = msg.outbox_id;
                 if let Err(error) = deliver(&inner, *msg, attempt, now_ms).await {
-                    tracing::error!(outbox = outbox_id, channel = channel.as_str(), %error, "recording a send failed");
+                    tracing::error!(outbox = outbox_id, channel = channel.as_str(), error = %crate::mask::Masked(&error.to_string()), "recording a send failed");
                 }
             });
         }
@@ -699,7 +699,7 @@ async fn deliver(inner: &Inner, msg: Outgoing, attempt: i64, now_ms: i64) -> Res
             tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider_id = ?provider_id, "notification sent")
         }
         _ => {
-            tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome, detail = %detail, "notification not sent")
+            tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome, detail = %crate::mask::Masked(&detail), "notification not sent")
         }
     }
     inner.metrics.notification(channel, outcome);

@@ -516,7 +516,7 @@ async fn twilio_inbound(
         .await
     {
         Ok(()) => {
-            tracing::info!(recipient = %logged, opted_out = out, "sms subscription changed by inbound keyword");
+            tracing::info!(recipient = %crate::mask::Masked(&logged), opted_out = out, "sms subscription changed by inbound keyword");
             twiml()
         }
         Err(e) => internal(&e),
@@ -702,7 +702,7 @@ async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, b
             }
             for o in opt_changes {
                 tracing::info!(
-                    recipient = %o.recipient,
+                    recipient = %crate::mask::Masked(&o.recipient),
                     opted_out = o.out,
                     "whatsapp subscription changed by inbound keyword"
                 );
