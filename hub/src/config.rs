@@ -42,7 +42,11 @@ client_id = "doorstep-hub"
 # must all open the same database file (one host: SQLite is the shared state that makes
 # acks cumulative across them), each with its own client_id and [http] listen address.
 # One of them at a time sends notifications: the holder of a lease in the database.
-# shared_group = "hubs"
+# With the broker ACL (`doorstep-hub broker-acl`), the group name is a secret: Mosquitto
+# does not check subscriptions, so a van that guessed it could take a share of the
+# events. Make it unguessable (`openssl rand -hex 16`) and give each hub its own client
+# certificate with CN = its client_id, listed with `broker-acl --hub-user`.
+# shared_group = "hubs-3f9c2a7d5e1b4c60a8d2f7e9b1c3a5d7"
 keepalive_s = 30
 # QoS 1 messages in flight to the broker (acks, routes).
 inflight = 1000
