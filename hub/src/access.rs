@@ -441,7 +441,13 @@ mod tests {
 
     #[test]
     fn malformed_tokens_have_no_id() {
-        for bad in ["", "dsk_", "dsk_abc_def", "Bearer x", "dsk_zzzzzzzzzzzz_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for bad in [
+            "",
+            "dsk_",
+            "dsk_abc_def",
+            "Bearer x",
+            "dsk_zzzzzzzzzzzz_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             assert_eq!(key_id_of(bad), None, "{bad}");
         }
     }

@@ -676,9 +676,10 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err(invalid("http.max_body_bytes must be 1 KiB to 64 MiB"));
         }
-        let api_listen: SocketAddr = self.api.listen.parse().map_err(|e| {
-            invalid(format!("api.listen {:?} is not an address:port: {e}", self.api.listen))
-        })?;
+        let api_listen: SocketAddr =
+            self.api.listen.parse().map_err(|e| {
+                invalid(format!("api.listen {:?} is not an address:port: {e}", self.api.listen))
+            })?;
         if api_listen == listen && listen.port() != 0 {
             return Err(invalid(
                 "api.listen must differ from http.listen: the private API must not share the public listener",

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use doorstep_hub::access::{self, Scope};
 use doorstep_hub::config::{Config, DEFAULT_CONFIG};
 use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
-use doorstep_hub::access::{self, Scope};
 use doorstep_hub::store::{LiveStatus, Store, StoreError, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
 
@@ -234,7 +234,11 @@ fn apikey(database: &Path, action: ApiKeyCommand) -> anyhow::Result<()> {
             )?;
         }
         ApiKeyCommand::List => {
-            writeln!(out, "{:<24} {:<14} {:<44} {:<20} {:<20} revoked", "name", "key id", "scopes", "created", "last used")?;
+            writeln!(
+                out,
+                "{:<24} {:<14} {:<44} {:<20} {:<20} revoked",
+                "name", "key id", "scopes", "created", "last used"
+            )?;
             for key in store.api_keys()? {
                 let when = |ms: Option<i64>| ms.map_or_else(|| "-".to_owned(), utc);
                 writeln!(
@@ -269,7 +273,11 @@ fn audit(database: &Path, limit: usize, key: Option<&str>, json: bool) -> anyhow
         }
         return Ok(());
     }
-    writeln!(out, "{:<20} {:<24} {:<6} {:<44} {:<40} {:>6} outcome", "time (UTC)", "key", "method", "path", "subject", "status")?;
+    writeln!(
+        out,
+        "{:<20} {:<24} {:<6} {:<44} {:<40} {:>6} outcome",
+        "time (UTC)", "key", "method", "path", "subject", "status"
+    )?;
     for e in &entries {
         writeln!(
             out,

@@ -31,7 +31,9 @@ pub fn mask(text: &str) -> String {
     // a number, keeping the separators as they were.
     let mut word = String::new();
     for c in text.chars() {
-        if c.is_whitespace() || matches!(c, ',' | ';' | '"' | '\'' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | '=' | ':') {
+        if c.is_whitespace()
+            || matches!(c, ',' | ';' | '"' | '\'' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | '=' | ':')
+        {
             out.push_str(&mask_word(&word));
             word.clear();
             out.push(c);
@@ -113,7 +115,9 @@ mod tests {
 
     #[test]
     fn no_full_number_survives_whatever_surrounds_it() {
-        for text in ["x+4915112345678y", "+49 151 12345678", "tel:+4915112345678;ext=1", "\u{e9}4915112345678"] {
+        for text in
+            ["x+4915112345678y", "+49 151 12345678", "tel:+4915112345678;ext=1", "\u{e9}4915112345678"]
+        {
             let masked = mask(text);
             assert!(!masked.contains("12345678"), "{text} -> {masked}");
         }

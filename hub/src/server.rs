@@ -122,7 +122,8 @@ pub async fn serve(
     // The rate limits key on the client's address: the public service carries it.
     let public = axum::serve(listeners.public, public.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { stop_public.cancelled().await });
-    let api = axum::serve(listeners.api, api).with_graceful_shutdown(async move { stop_api.cancelled().await });
+    let api =
+        axum::serve(listeners.api, api).with_graceful_shutdown(async move { stop_api.cancelled().await });
     let (public, api) = tokio::join!(public, api);
     // One listener failing stops the hub: a hub without its API or its public face is
     // not one to keep running half-way.

@@ -244,8 +244,15 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
     fleet.publish(&evt_topic(&van), seal(&van_key, &van, 2, delivered)).await;
     assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await);
 
-    let body: serde_json::Value =
-        hub.api_client().get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = hub
+        .api_client()
+        .get(hub.url("/v1/shipments/1Z999AA10123456784"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let kinds: Vec<&str> =
         body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"dispatched") && kinds.contains(&"nearby"), "{body}");
@@ -262,8 +269,15 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
     // Posting the route again dispatches nothing twice.
     let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
     assert_eq!(r.status(), 201);
-    let again: serde_json::Value =
-        hub.api_client().get(hub.url("/v1/shipments/1Z999AA10123456784")).send().await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = hub
+        .api_client()
+        .get(hub.url("/v1/shipments/1Z999AA10123456784"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         again["notifications"].as_array().unwrap().len(),
         body["notifications"].as_array().unwrap().len()
@@ -341,7 +355,10 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let client = http();
     let shipment = serde_json::json!({"tracking_number": "111111111111", "carrier": "fedex",
         "contacts": {"email": "ann@example.com"}, "consent": true});
-    assert_eq!(hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(), 201);
+    assert_eq!(
+        hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(),
+        201
+    );
 
     let fixture = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -371,8 +388,15 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let r = post("AAAA".into()).await.unwrap();
     assert_eq!(r.status(), 401);
 
-    let shown: serde_json::Value =
-        hub.api_client().get(hub.url("/v1/shipments/111111111111")).send().await.unwrap().json().await.unwrap();
+    let shown: serde_json::Value = hub
+        .api_client()
+        .get(hub.url("/v1/shipments/111111111111"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let carrier_entries =
         shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
     assert_eq!(carrier_entries, 1, "{shown}");
@@ -510,8 +534,15 @@ async fn create_shipment(hub: &TestHub, tracking: &str, carrier: &str) {
 
 /// The timeline entries of a shipment from one source, as the API shows them.
 async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde_json::Value> {
-    let shown: serde_json::Value =
-        hub.api_client().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap();
+    let shown: serde_json::Value = hub
+        .api_client()
+        .get(hub.url(&format!("/v1/shipments/{tracking}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
 }
 
@@ -691,7 +722,14 @@ fn handover(stop: &str, tracking: &str, speed_mps: Option<f64>, dwell_s: u32) ->
 
 /// The shipment as the API shows it.
 async fn shown(hub: &TestHub, tracking: &str) -> serde_json::Value {
-    hub.api_client().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap().json().await.unwrap()
+    hub.api_client()
+        .get(hub.url(&format!("/v1/shipments/{tracking}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn codes(shown: &serde_json::Value, list: &str, field: &str) -> Vec<String> {

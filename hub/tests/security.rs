@@ -161,10 +161,8 @@ async fn send(request: reqwest::RequestBuilder, token: Option<&str>) -> (StatusC
     };
     let response = request.send().await.unwrap();
     let status = response.status();
-    let challenge = response
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
+    let challenge =
+        response.headers().get(reqwest::header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
     (status, challenge, response.text().await.unwrap())
 }
 
@@ -189,7 +187,8 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
         assert!(challenge.unwrap().starts_with("Bearer"), "{token:?}");
         assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
     }
-    for (method, path) in [("GET", "/v1/shipments/1ZSECURE0001"), ("POST", "/v1/routes"), ("GET", "/metrics")] {
+    for (method, path) in [("GET", "/v1/shipments/1ZSECURE0001"), ("POST", "/v1/routes"), ("GET", "/metrics")]
+    {
         let request = http.request(method.parse().unwrap(), api(path));
         assert_eq!(send(request, None).await.0, 401, "{method} {path}");
     }
@@ -204,11 +203,8 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
     assert_eq!(status, 200);
     let shown: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(shown["shipment"]["contacts"]["sms"]["recipient"], PHONE);
-    let (status, _, body) = send(
-        http.post(api("/v1/shipments")).json(&shipment("1ZSECURE0002")),
-        Some(&reader),
-    )
-    .await;
+    let (status, _, body) =
+        send(http.post(api("/v1/shipments")).json(&shipment("1ZSECURE0002")), Some(&reader)).await;
     assert_eq!(status, 403);
     assert!(body.contains("orders:write"), "a 403 names the missing scope: {body}");
     let dispatched = || http.post(api("/v1/shipments/1ZSECURE0001/dispatched"));
@@ -221,8 +217,14 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
     assert_eq!(send(http.get(api("/metrics")), Some(&orders)).await.0, 403);
     let (status, _, metrics) = send(http.get(api("/metrics")), Some(&prometheus)).await;
     assert_eq!(status, 200);
-    assert!(metrics.contains(r#"doorstep_hub_api_requests_total{outcome="forbidden",scope="shipments:read"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"doorstep_hub_api_requests_total{outcome="unauthenticated",scope="orders:write"} 3"#));
+    assert!(
+        metrics.contains(r#"doorstep_hub_api_requests_total{outcome="forbidden",scope="shipments:read"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"doorstep_hub_api_requests_total{outcome="unauthenticated",scope="orders:write"} 3"#)
+    );
 
     // Revoked while the hub runs: refused from the next request on.
     assert_eq!(send(show(), Some(&reader)).await.0, 200);
@@ -307,10 +309,12 @@ async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged
     assert_eq!(http.get(format!("{}/t/whatever", hub.api)).send().await.unwrap().status(), 404);
 
     // A tracking link works until the order system withdraws it.
-    let created = http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0003"));
+    let created =
+        http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0003"));
     assert_eq!(created.send().await.unwrap().status(), 201);
     let id: i64 = {
-        let store = doorstep_hub::store::Store::open(&hub.dir.path().join("hub.db"), Default::default()).unwrap();
+        let store =
+            doorstep_hub::store::Store::open(&hub.dir.path().join("hub.db"), Default::default()).unwrap();
         let tn = doorstep_proto::TrackingNumber::new("1ZSECURE0003").unwrap();
         store.shipment_by_tracking(&tn).unwrap().unwrap().id
     };
@@ -378,7 +382,12 @@ async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged
     let metrics = metrics.text().await.unwrap();
     let counted = format!(r#"doorstep_hub_rate_limited_total{{surface="tracking_page"}} {limited}"#);
     assert!(metrics.contains(&counted), "{metrics}");
-    assert!(metrics.contains(r#"doorstep_hub_webhooks_total{carrier="aftership",outcome="rejected",reason="bad_signature"}"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"doorstep_hub_webhooks_total{carrier="aftership",outcome="rejected",reason="bad_signature"}"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +396,8 @@ async fn the_hubs_log_never_carries_a_whole_phone_number_or_email_address() {
     let hub = start_hub(&broker).await;
     let http = client();
     let admin = hub.key("ops", &["admin"]);
-    let created = http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0004"));
+    let created =
+        http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0004"));
     assert_eq!(created.send().await.unwrap().status(), 201);
     // The customer texts STOP: Twilio's signed inbound callback names their number.
     let path = "/callbacks/twilio/inbound";

@@ -271,8 +271,12 @@ impl TestHub {
             max_body_bytes: 1024 * 1024,
         };
         let limits = doorstep_hub::config::RateLimits::default();
-        let public =
-            doorstep_hub::http::public_router(state.clone(), axum::Router::new(), axum::Router::new(), &limits);
+        let public = doorstep_hub::http::public_router(
+            state.clone(),
+            axum::Router::new(),
+            axum::Router::new(),
+            &limits,
+        );
         let private = doorstep_hub::http::api_router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
