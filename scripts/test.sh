@@ -32,3 +32,6 @@ fi
 # Unit, integration and end-to-end tests; benchmarks run once each as smoke tests.
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+
+# The hub's private API attacked from its own OpenAPI document (about half a minute).
+bash scripts/schemathesis.sh

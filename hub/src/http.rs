@@ -6,7 +6,9 @@
 //! | POST | `/v1/shipments` | create a shipment (tracking number, carrier, order id, contacts, consent, locale, time zone) → 201 |
 //! | GET  | `/v1/shipments/{tracking}` | the shipment, its timeline, notifications and alerts |
 //! | POST | `/v1/shipments/{tracking}/dispatched` | the order system says it left → milestone "dispatched" |
+//! | POST | `/v1/shipments/{tracking}/links/revoke` | withdraw every tracking link sent so far |
 //! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained (and again whenever the broker may have lost it: see `ingest`) |
+//! | GET  | `/v1/openapi.json` | the private API as OpenAPI 3.1 (see `openapi`) |
 //! | POST | `/webhooks/{aftership,easypost,shipengine}` | carrier tracking updates, signature checked on the raw body |
 //! | GET  | `/metrics` | Prometheus text |
 //! | GET  | `/healthz` | 200 when the broker session is up and the database answers |
@@ -14,6 +16,12 @@
 //! Handlers hold no SQL: their writes run on ingest's writer thread ([`Writer::call`]) in
 //! one transaction each, so a webhook's dedupe, storage, reconciliation and enqueued
 //! notifications commit together (invariants 4 and 7). Every body is bounded.
+//!
+//! Every refusal on the private listener is `{"error": "..."}` saying what to fix, axum's
+//! own included (unknown path, wrong method, body over the limit, a path that is not
+//! UTF-8): order systems parse one kind of error. Each private route carries a
+//! `#[utoipa::path]` that `openapi` turns into the document; its tests fail when a route
+//! has none, or names another scope than the router asks for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,24 +29,26 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::middleware;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use doorstep_proto::{DeviceId, FleetId, RouteManifest, SigningKey, TrackingNumber};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::access::{self, AuditSubject, Guard, Required, Scope};
 use crate::carrier::{self, Verifier};
 use crate::config::{CarrierSecrets, RateLimits};
-use crate::limits;
 use crate::ingest::{self, Effects, Writer, apply_to_shipment, now_ms};
+use crate::limits;
 use crate::metrics::Metrics;
-use crate::model::{Carrier, CarrierEvent};
+use crate::model::{Carrier, CarrierEvent, Milestone};
+use crate::openapi as doc;
 use crate::reconcile::Input;
-use crate::store::{Contact, ContactChannel, NewShipment, StoreError};
+use crate::store::{Contact, ContactChannel, NewShipment, OutboxRow, Shipment, StoreError, TimelineEntry};
 
 /// How long `/healthz` waits for the database.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -149,7 +159,8 @@ pub fn public_router(state: AppState, page: Router, callbacks: Router, limits: &
 }
 
 /// The private surface for order systems and staff: every route needs an API key with
-/// its scope (see `access`), and every write leaves an audit line.
+/// its scope (see `access`), and every write leaves an audit line. `/v1/openapi.json` and
+/// `/healthz` need none (see `openapi` for why the document is open).
 pub fn api_router(state: AppState) -> Router {
     let guard = Guard { writer: state.writer.clone(), metrics: Arc::clone(&state.metrics) };
     let need = |scope| middleware::from_fn_with_state(Required::new(&guard, scope), access::authorize);
@@ -158,18 +169,77 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/shipments/{tracking}/dispatched", post(dispatched))
         .route("/v1/shipments/{tracking}/links/revoke", post(revoke_links))
         .route_layer(need(Scope::OrdersWrite));
-    let reads =
-        Router::new().route("/v1/shipments/{tracking}", get(show_shipment)).route_layer(need(Scope::ShipmentsRead));
+    let reads = Router::new()
+        .route("/v1/shipments/{tracking}", get(show_shipment))
+        .route_layer(need(Scope::ShipmentsRead));
     let routes = Router::new().route("/v1/routes", post(create_route)).route_layer(need(Scope::RoutesWrite));
     let metrics = Router::new().route("/metrics", get(metrics)).route_layer(need(Scope::MetricsRead));
+    let max_body_bytes = state.max_body_bytes;
     Router::new()
         .merge(orders)
         .merge(reads)
         .merge(routes)
         .merge(metrics)
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route("/v1/openapi.json", get(doc::openapi_json))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(max_body_bytes, json_errors))
         .with_state(state)
+}
+
+/// Longest plain-text rejection [`json_errors`] reads to quote it, bytes. axum's own are
+/// one line; anything longer is cut, not buffered.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// Answers axum's own refusals on the private listener as the API's error body. They are
+/// plain text or empty (405 and the default 404 have no body at all), and a client
+/// should find out what to fix from every 4xx the same way.
+async fn json_errors(State(max_body_bytes): State<usize>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), MAX_REJECTION_TEXT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than the {max_body_bytes} bytes this hub accepts ([http] max_body_bytes); send a smaller one"
+        ),
+        // axum adds `Allow` outside this layer, after the route's method router answered.
+        StatusCode::METHOD_NOT_ALLOWED => format!(
+            "this path does not take {method}; the Allow header lists the methods it takes, /v1/openapi.json what they need"
+        ),
+        _ if text.trim().is_empty() => format!(
+            "{}; the routes and what they take are in /v1/openapi.json",
+            status.canonical_reason().unwrap_or("refused")
+        ),
+        _ => format!("{}; the routes and what they take are in /v1/openapi.json", text.trim()),
+    };
+    ApiError::new(status, message).into_response()
+}
+
+/// Any path the private API does not have.
+async fn unknown_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route on the hub's API; the routes are in /v1/openapi.json")
+}
+
+/// The body of every refusal of the private API.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = Error,
+    example = json!({"error": "device van-9 is not registered; add it with `doorstep-hub device add`"})
+)]
+pub struct ErrorBody {
+    /// What was wrong with which input, and what to do about it.
+    pub error: String,
 }
 
 /// An API error: a status and one sentence saying what was wrong and what to do.
@@ -191,7 +261,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        (self.status, axum::Json(ErrorBody { error: self.message })).into_response()
     }
 }
 
@@ -232,7 +302,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 
 // ---- shipments ----------------------------------------------------------------------------
 
-/// Consent: one answer for every channel, or one per channel.
+/// Consent: one answer for every channel, or one per channel (`openapi::Consent`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Consent {
@@ -240,22 +310,44 @@ enum Consent {
     PerChannel(BTreeMap<ContactChannel, bool>),
 }
 
-/// The body of `POST /v1/shipments`.
-#[derive(Debug, Deserialize)]
+/// A new shipment: the parcel, who to tell about it, and how.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "tracking_number": "1Z999AA10123456784", "carrier": "ups", "order_id": "A-1001",
+    "contacts": {"sms": "+15555550100", "email": "kim@example.com"}, "consent": {"sms": true, "email": true},
+    "locale": "en-US", "time_zone": "America/New_York",
+}))]
 struct CreateShipment {
+    #[schema(value_type = doc::TrackingNumber)]
     tracking_number: TrackingNumber,
+    /// The carrier's name as the order system knows it (`ups`, `usps`): letters, digits,
+    /// `-` and `_`, at most 128.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     carrier: Option<String>,
+    /// The order system's id: 1 to 128 bytes of UTF-8 without control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     order_id: Option<String>,
+    /// How to reach the customer, per channel. Needs `consent`.
     #[serde(default)]
+    #[schema(value_type = doc::Contacts)]
     contacts: BTreeMap<ContactChannel, String>,
+    /// Whether the customer agreed to messages: `true`/`false` for every channel in
+    /// `contacts`, or per channel (`{"sms": true}`). Required with `contacts`.
     #[serde(default)]
+    #[schema(value_type = Option<doc::Consent>)]
     consent: Option<Consent>,
+    /// The customer's language (`en-US`) for messages and the tracking page; `en` when
+    /// left out.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$", default = "en")]
     locale: Option<String>,
+    /// The customer's IANA time zone (`America/New_York`) for quiet hours and local times;
+    /// `UTC` when left out. A name the hub's time zone database lacks is refused.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9/_+-]{1,128}$", default = "UTC")]
     time_zone: Option<String>,
 }
 
@@ -306,6 +398,13 @@ impl CreateShipment {
         check_token("locale", &locale, b"-_")?;
         let time_zone = self.time_zone.unwrap_or_else(|| "UTC".into());
         check_token("time_zone", &time_zone, b"/_+-")?;
+        // Refused here, not found out later: the tracking page and quiet hours would fall
+        // back to UTC, and a typo ("Europe/Berln") would text the customer at night.
+        if jiff::tz::TimeZone::get(&time_zone).is_err() {
+            return Err(ApiError::unprocessable(format!(
+                "time_zone {time_zone:?} is not an IANA time zone this hub knows (such as Europe/Berlin or America/New_York)"
+            )));
+        }
         if let Some(carrier) = &self.carrier {
             check_token("carrier", carrier, b"-_")?;
         }
@@ -342,13 +441,43 @@ impl CreateShipment {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A shipment was created.
+#[derive(Debug, Serialize, ToSchema)]
 struct Created {
+    /// The hub's row id.
     id: i64,
+    #[schema(value_type = doc::TrackingNumber)]
     tracking_number: TrackingNumber,
-    milestone: crate::model::Milestone,
+    #[schema(value_type = doc::Milestone)]
+    milestone: Milestone,
 }
 
+/// Create a shipment
+///
+/// The order system registers a parcel with who to tell about it: contacts per channel
+/// and the customer's consent. A tracking number can be created once (409 after).
+#[utoipa::path(
+    post,
+    path = "/v1/shipments",
+    operation_id = "createShipment",
+    tag = "shipments",
+    request_body = CreateShipment,
+    responses(
+        (status = 201, description = "The shipment exists now, at milestone `created`.", body = Created,
+            links(
+                ("ShowShipment" = (operation_id = "showShipment",
+                    parameters(("tracking" = "$response.body#/tracking_number")))),
+                ("MarkDispatched" = (operation_id = "markDispatched",
+                    parameters(("tracking" = "$response.body#/tracking_number")))),
+                ("RevokeLinks" = (operation_id = "revokeLinks",
+                    parameters(("tracking" = "$response.body#/tracking_number")))),
+            )),
+        (status = 409, description = "A shipment with this tracking number exists.", body = ErrorBody),
+        (status = 413, description = "The body is over `[http] max_body_bytes`.", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of this shape, or a field is invalid (the message names it).", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::OrdersWrite.as_str()])),
+)]
 async fn create_shipment(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let new = parse_json::<CreateShipment>(&body)?.validate()?;
     let tracking = new.tracking_number.clone();
@@ -363,12 +492,52 @@ async fn create_shipment(State(state): State<AppState>, body: Bytes) -> Result<R
         .await??;
     tracing::info!(shipment = %tracking, id, "shipment created");
     let subject = AuditSubject(format!("shipment {tracking}"));
-    let created = Created { id, tracking_number: tracking, milestone: crate::model::Milestone::Created };
+    let created = Created { id, tracking_number: tracking, milestone: Milestone::Created };
     let mut response = (StatusCode::CREATED, axum::Json(created)).into_response();
     response.extensions_mut().insert(subject);
     Ok(response)
 }
 
+/// A shipment with everything the hub knows about it.
+#[derive(Debug, Serialize, ToSchema)]
+struct ShipmentView {
+    #[schema(value_type = doc::Shipment)]
+    shipment: Shipment,
+    /// What happened, oldest first.
+    #[schema(value_type = Vec<doc::TimelineEntry>)]
+    timeline: Vec<TimelineEntry>,
+    /// The customer messages queued or sent.
+    #[schema(value_type = Vec<doc::Notification>)]
+    notifications: Vec<OutboxRow>,
+    /// Operations alerts raised for the parcel.
+    alerts: Vec<Alert>,
+}
+
+/// An operations alert about a shipment.
+#[derive(Debug, Serialize, ToSchema)]
+struct Alert {
+    /// A short snake_case code (`carrier_delivered_device_away`).
+    code: String,
+    /// One sentence for the operator.
+    detail: String,
+}
+
+/// Show a shipment
+///
+/// The shipment with its contacts, timeline, customer messages and operations alerts.
+#[utoipa::path(
+    get,
+    path = "/v1/shipments/{tracking}",
+    operation_id = "showShipment",
+    tag = "shipments",
+    params(("tracking" = doc::TrackingNumber, Path, description = "The parcel's tracking number.")),
+    responses(
+        (status = 200, description = "The shipment.", body = ShipmentView),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8.", body = ErrorBody),
+        (status = 404, description = "No shipment has this tracking number, or it is not one.", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::ShipmentsRead.as_str()])),
+)]
 async fn show_shipment(
     State(state): State<AppState>,
     Path(tracking): Path<String>,
@@ -377,34 +546,84 @@ async fn show_shipment(
         TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let shown = state
         .writer
-        .call(move |ctx| -> Result<Option<serde_json::Value>, StoreError> {
+        .call(move |ctx| -> Result<Option<ShipmentView>, StoreError> {
             let Some(shipment) = ctx.store.shipment_by_tracking(&tracking)? else { return Ok(None) };
             let timeline = ctx.store.timeline(shipment.id)?;
             let notifications = ctx.store.outbox_for_shipment(shipment.id)?;
-            let alerts: Vec<_> = ctx
+            let alerts = ctx
                 .store
                 .alerts_for_shipment(shipment.id)?
                 .into_iter()
-                .map(|(code, detail)| json!({ "code": code, "detail": detail }))
+                .map(|(code, detail)| Alert { code, detail })
                 .collect();
-            Ok(Some(json!({
-                "shipment": shipment, "timeline": timeline, "notifications": notifications, "alerts": alerts,
-            })))
+            Ok(Some(ShipmentView { shipment, timeline, notifications, alerts }))
         })
         .await??;
     match shown {
-        Some(body) => Ok(axum::Json(body).into_response()),
+        Some(view) => Ok(axum::Json(view).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "no shipment with this tracking number")),
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// When the parcel left; the body may be left out altogether.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DispatchedBody {
-    #[serde(default)]
+    /// When it left, ms since the Unix epoch; now when left out.
+    #[serde(default, deserialize_with = "whole_number")]
     at_ms: Option<i64>,
 }
 
+/// `at_ms` as JSON Schema reads "integer": `1764662400000.0` is one (Python's
+/// `time.time() * 1000` writes that), `1.5`, `"1"` and numbers beyond `i64` are not.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    // 2^63 is exactly representable; every whole f64 in [-2^63, 2^63) fits an i64.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let whole = match &value {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| {
+            let f = n.as_f64().filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f))?;
+            #[allow(clippy::cast_possible_truncation, reason = "whole and within i64, checked above")]
+            Some(f as i64)
+        }),
+        _ => None,
+    };
+    match whole {
+        Some(whole) => Ok(Some(whole)),
+        None => Err(serde::de::Error::custom(format!(
+            "at_ms must be whole milliseconds since the Unix epoch, not {value}"
+        ))),
+    }
+}
+
+/// The shipment's milestone after the call.
+#[derive(Debug, Serialize, ToSchema)]
+struct DispatchedReply {
+    #[schema(value_type = doc::Milestone)]
+    milestone: Milestone,
+}
+
+/// Mark a shipment dispatched
+///
+/// The order system says the parcel left. The customer is told once (milestone
+/// `dispatched`); a shipment further along stays where it is.
+#[utoipa::path(
+    post,
+    path = "/v1/shipments/{tracking}/dispatched",
+    operation_id = "markDispatched",
+    tag = "shipments",
+    params(("tracking" = doc::TrackingNumber, Path, description = "The parcel's tracking number.")),
+    request_body(content = Option<DispatchedBody>, description = "Optional: when the parcel left."),
+    responses(
+        (status = 200, description = "Recorded; the milestone the shipment is at now.", body = DispatchedReply),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8.", body = ErrorBody),
+        (status = 404, description = "No shipment has this tracking number, or it is not one.", body = ErrorBody),
+        (status = 413, description = "The body is over `[http] max_body_bytes`.", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of this shape.", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::OrdersWrite.as_str()])),
+)]
 async fn dispatched(
     State(state): State<AppState>,
     Path(tracking): Path<String>,
@@ -412,12 +631,14 @@ async fn dispatched(
 ) -> Result<Response, ApiError> {
     let tracking =
         TrackingNumber::new(tracking).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
-    let body: DispatchedBody = if body.is_empty() { DispatchedBody::default() } else { parse_json(&body)? };
+    // No body, or JSON `null`, is "left now": the documented `Option<DispatchedBody>`.
+    let body = if body.is_empty() { None } else { parse_json::<Option<DispatchedBody>>(&body)? };
+    let body = body.unwrap_or_default();
     let at_ms = body.at_ms.unwrap_or_else(now_ms);
     let metrics = Arc::clone(&state.metrics);
     let milestone = state
         .writer
-        .call(move |ctx| -> Result<crate::model::Milestone, ApiError> {
+        .call(move |ctx| -> Result<Milestone, ApiError> {
             let now = now_ms();
             let tx = ctx.store.transaction()?;
             let Some(shipment) = tx.shipment_by_tracking(&tracking)? else {
@@ -431,11 +652,33 @@ async fn dispatched(
             Ok(milestone)
         })
         .await??;
-    Ok(axum::Json(json!({ "milestone": milestone })).into_response())
+    Ok(axum::Json(DispatchedReply { milestone }).into_response())
 }
 
-/// `POST /v1/shipments/{tracking}/links/revoke`: every tracking link sent for the parcel
-/// so far stops working (410); links in later messages work.
+/// When the links were withdrawn.
+#[derive(Debug, Serialize, ToSchema)]
+struct LinksRevoked {
+    /// Links sent before this time, ms since the Unix epoch, answer 410 from now on.
+    links_revoked_ms: i64,
+}
+
+/// Withdraw a shipment's tracking links
+///
+/// Every tracking link sent for the parcel so far stops working (410); links in later
+/// messages work. For a link that reached the wrong person.
+#[utoipa::path(
+    post,
+    path = "/v1/shipments/{tracking}/links/revoke",
+    operation_id = "revokeLinks",
+    tag = "shipments",
+    params(("tracking" = doc::TrackingNumber, Path, description = "The parcel's tracking number.")),
+    responses(
+        (status = 200, description = "Withdrawn.", body = LinksRevoked),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8.", body = ErrorBody),
+        (status = 404, description = "No shipment has this tracking number, or it is not one.", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::OrdersWrite.as_str()])),
+)]
 async fn revoke_links(
     State(state): State<AppState>,
     Path(tracking): Path<String>,
@@ -453,21 +696,58 @@ async fn revoke_links(
         })
         .await??;
     match revoked {
-        Some(at_ms) => Ok(axum::Json(json!({ "links_revoked_ms": at_ms })).into_response()),
+        Some(at_ms) => Ok(axum::Json(LinksRevoked { links_revoked_ms: at_ms }).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "no shipment with this tracking number")),
     }
 }
 
 // ---- routes -------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// A van's route for the shift, to sign and send to it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "fleet": "demo", "device": "van-1",
+    "route": {"route_id": "r-2026-11-21-van1", "stops": [
+        {"stop_id": "s1", "lat": 47.1, "lon": 8.5, "tracking_numbers": ["1Z999AA10123456784"], "arrival_m": 60},
+    ]},
+}))]
 struct CreateRoute {
+    #[schema(value_type = doc::FleetId)]
     fleet: FleetId,
+    #[schema(value_type = doc::DeviceId)]
     device: DeviceId,
+    #[schema(value_type = doc::RouteManifest)]
     route: RouteManifest,
 }
 
+/// The route was stored and queued for the van.
+#[derive(Debug, Serialize, ToSchema)]
+struct RoutePublished {
+    /// The route message's issue time, ms since the Unix epoch.
+    issued_ms: i64,
+    /// Shipments on the route that the hub marked dispatched now.
+    shipments_dispatched: usize,
+}
+
+/// Post a van's route
+///
+/// The hub stores the route, marks its parcels dispatched, signs it and publishes it,
+/// retained, to the van (again whenever the broker may have lost it). The device must be
+/// registered (`doorstep-hub device add`) in that fleet and not revoked.
+#[utoipa::path(
+    post,
+    path = "/v1/routes",
+    operation_id = "postRoute",
+    tag = "routes",
+    request_body = CreateRoute,
+    responses(
+        (status = 201, description = "Stored, signed and queued for the van.", body = RoutePublished),
+        (status = 413, description = "The body is over `[http] max_body_bytes`.", body = ErrorBody),
+        (status = 422, description = "The body is not a valid route, the signed route would be too big to send, or the device is not registered in this fleet or revoked (the message says which).", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::RoutesWrite.as_str()])),
+)]
 async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let CreateRoute { fleet, device, route } = parse_json(&body)?;
     let route_id = route.route_id.clone();
@@ -518,11 +798,8 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
         })
         .await??;
     tracing::info!(fleet = %fleet, device = %device, dispatched, issued_ms, "route published");
-    let mut response = (
-        StatusCode::CREATED,
-        axum::Json(json!({ "issued_ms": issued_ms, "shipments_dispatched": dispatched })),
-    )
-        .into_response();
+    let published = RoutePublished { issued_ms, shipments_dispatched: dispatched };
+    let mut response = (StatusCode::CREATED, axum::Json(published)).into_response();
     response.extensions_mut().insert(AuditSubject(format!("route {fleet}/{device}/{route_id}")));
     Ok(response)
 }
@@ -623,6 +900,21 @@ async fn webhook(
 
 // ---- operations ---------------------------------------------------------------------------
 
+/// Prometheus metrics
+///
+/// Counters and gauges in the Prometheus text format, for a scraper with a
+/// `metrics:read` key.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
+            content_type = "text/plain"),
+    ),
+    security(("api_key" = [Scope::MetricsRead.as_str()])),
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let depths =
         tokio::time::timeout(HEALTH_TIMEOUT, state.writer.call(|ctx| ctx.store.queue_depths())).await;
@@ -633,17 +925,260 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What `/healthz` found.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// The database answered within [`HEALTH_TIMEOUT`].
+    database: bool,
+    /// The broker session is up.
+    mqtt: bool,
+}
+
+/// Health
+///
+/// 200 when the database answers and the broker session is up, 503 otherwise; the body
+/// says which. Needs no key (load balancers and systemd probes call it).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Healthy.", body = Health),
+        (status = 503, description = "The database or the broker is not there.", body = Health),
+    ),
+)]
 async fn healthz(State(state): State<AppState>) -> Response {
     let db = tokio::time::timeout(HEALTH_TIMEOUT, state.writer.call(|ctx| ctx.store.schema_version())).await;
-    let db_ok = matches!(db, Ok(Ok(Ok(_))));
-    let mqtt_ok = state.metrics.is_mqtt_connected();
-    let status = if db_ok && mqtt_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "database": db_ok, "mqtt": mqtt_ok }))).into_response()
+    let database = matches!(db, Ok(Ok(Ok(_))));
+    let mqtt = state.metrics.is_mqtt_connected();
+    let status = if database && mqtt { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(Health { database, mqtt })).into_response()
+}
+
+/// A private API on a fresh database, for the tests of this module and of `openapi`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::PathBuf;
+
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::{ChannelMap, MqttSettings};
+    use crate::ingest::{Domain, Ingest, IngestOptions};
+    use crate::reconcile::Rules;
+    use crate::store::{Store, StoreOptions};
+
+    /// The API router over a real writer and database. Its broker is absent (a closed
+    /// port): the API answers without one, and nothing these tests call publishes.
+    pub(crate) struct TestApi {
+        router: Router,
+        ingest: Option<Ingest>,
+        pub(crate) db: PathBuf,
+        /// An `admin` key.
+        pub(crate) admin: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestApi {
+        /// Starts one with `max_body_bytes` of 64 KiB.
+        pub(crate) async fn start() -> TestApi {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = dir.path().join("hub.db");
+            let metrics = Arc::new(Metrics::default());
+            let domain = Domain {
+                rules: Rules::default(),
+                channel_map: ChannelMap::default(),
+                max_event_ahead_ms: ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
+                metrics: Arc::clone(&metrics),
+            };
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = closed.local_addr().expect("addr").port();
+            drop(closed);
+            let options = IngestOptions {
+                database: db.clone(),
+                store: StoreOptions { full_sync: false },
+                mqtt: MqttSettings::plain("127.0.0.1", port, "http-test"),
+                verify_threads: 1,
+                batch_max: 16,
+            };
+            let hub_key = Arc::new(SigningKey::from_seed(&[0xAB; 32]).expect("key"));
+            let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain).expect("ingest");
+            let state = AppState {
+                writer: ingest.writer(),
+                hub_key,
+                metrics,
+                carriers: Arc::new(CarrierVerifiers::default()),
+                max_body_bytes: 64 * 1024,
+            };
+            let mut api = TestApi {
+                router: api_router(state),
+                ingest: Some(ingest),
+                db,
+                admin: String::new(),
+                _dir: dir,
+            };
+            api.admin = api.key(&[Scope::Admin]);
+            api
+        }
+
+        /// A new key with `scopes`, as `doorstep-hub apikey create` makes one.
+        pub(crate) fn key(&self, scopes: &[Scope]) -> String {
+            let key = access::issue(&ring::rand::SystemRandom::new()).expect("issue");
+            let mut store = Store::open(&self.db, StoreOptions { full_sync: false }).expect("store");
+            let scopes = access::scopes_text(scopes).expect("scopes");
+            store
+                .create_api_key(&format!("k-{}", key.key_id), &key.key_id, &key.digest, &scopes, 0)
+                .expect("key");
+            key.token
+        }
+
+        /// `method path` with `body` as JSON, the bearer `token` if any: the status and
+        /// the body as JSON (`null` when it is not JSON).
+        pub(crate) async fn call(
+            &self,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+            body: impl Into<Body>,
+        ) -> (StatusCode, serde_json::Value) {
+            let (status, headers, bytes) = self.raw(method, path, token, body).await;
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            let value =
+                if json { serde_json::from_slice(&bytes).expect("JSON as labelled") } else { json!(null) };
+            (status, value)
+        }
+
+        /// Like [`TestApi::call`], with the headers and raw body.
+        pub(crate) async fn raw(
+            &self,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+            body: impl Into<Body>,
+        ) -> (StatusCode, HeaderMap, Bytes) {
+            let mut request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request.body(body.into()).expect("request");
+            let response = self.router.clone().oneshot(request).await.expect("infallible");
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+            (parts.status, parts.headers, bytes)
+        }
+
+        /// Stops the writer and its threads.
+        pub(crate) async fn stop(mut self) {
+            if let Some(ingest) = self.ingest.take() {
+                ingest.shutdown().await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::TestApi;
     use super::*;
+
+    /// The `error` of a refusal, which must be there.
+    fn error_of(body: &serde_json::Value) -> &str {
+        body["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {body}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn axum_rejections_answer_json_saying_what_to_fix() {
+        let api = TestApi::start().await;
+        let admin = Some(api.admin.as_str());
+
+        let (status, body) = api.call("GET", "/v1/nothing-here", admin, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error_of(&body).contains("/v1/openapi.json"), "{body}");
+
+        let (status, headers, bytes) = api.raw("DELETE", "/v1/routes", admin, "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers.get(header::ALLOW).map(|v| v.as_bytes()), Some(&b"POST"[..]));
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert!(error_of(&body).contains("does not take DELETE"), "{body}");
+
+        let big = vec![b' '; 65 * 1024];
+        let (status, body) = api.call("POST", "/v1/shipments", admin, big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(error_of(&body).contains("65536 bytes"), "{body}");
+
+        // %FF is not UTF-8: axum's path extractor refuses it before the handler runs.
+        let (status, body) = api.call("GET", "/v1/shipments/%FF", admin, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!error_of(&body).is_empty());
+
+        // The hub's own refusals are unchanged.
+        let (status, body) = api.call("POST", "/v1/shipments", admin, "{").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(error_of(&body).starts_with("invalid JSON body"), "{body}");
+        let (status, body) = api.call("GET", "/v1/shipments/1Z999AA10123456784", None, "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(error_of(&body).contains("Authorization: Bearer"), "{body}");
+        api.stop().await;
+    }
+
+    /// Found by schemathesis: `{"at_ms": 6188595.0}` is an integer to JSON Schema, and
+    /// what a Python order system sends for `time.time() * 1000`; it was refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatched_takes_at_ms_written_as_a_whole_float() {
+        let api = TestApi::start().await;
+        let admin = Some(api.admin.as_str());
+        let (status, _) =
+            api.call("POST", "/v1/shipments", admin, r#"{"tracking_number": "1Z999AA10123456784"}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let path = "/v1/shipments/1Z999AA10123456784/dispatched";
+        let (status, body) = api.call("POST", path, admin, r#"{"at_ms": 1764662400000.0}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["milestone"], "dispatched");
+        for bad in [r#"{"at_ms": 1.5}"#, r#"{"at_ms": 1e19}"#, r#"{"at_ms": "1"}"#] {
+            let (status, body) = api.call("POST", path, admin, bad).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+            assert!(error_of(&body).contains("at_ms must be whole milliseconds"), "{body}");
+        }
+        // No body and a JSON `null` both mean "now", as the document's optional body says.
+        for now in ["", "null"] {
+            let (status, body) = api.call("POST", path, admin, now).await;
+            assert_eq!(status, StatusCode::OK, "{now:?}: {body}");
+        }
+        api.stop().await;
+    }
+
+    /// Found with schemathesis: any name of the right characters was taken as a time
+    /// zone, and the tracking page and quiet hours then silently used UTC.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_time_zone_the_hub_does_not_know_is_refused_when_the_shipment_is_created() {
+        let api = TestApi::start().await;
+        let admin = Some(api.admin.as_str());
+        let body = r#"{"tracking_number": "1Z999AA10123456784", "time_zone": "Europe/Berln"}"#;
+        let (status, reply) = api.call("POST", "/v1/shipments", admin, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(error_of(&reply).contains("\"Europe/Berln\" is not an IANA time zone"), "{reply}");
+        let body = body.replace("Berln", "Berlin");
+        let (status, reply) = api.call("POST", "/v1/shipments", admin, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{reply}");
+        api.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_openapi_document_is_served_without_a_key() {
+        let api = TestApi::start().await;
+        let (status, body) = api.call("GET", "/v1/openapi.json", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["openapi"], "3.1.0");
+        assert!(body["paths"]["/v1/shipments"]["post"].is_object());
+        api.stop().await;
+    }
 
     #[test]
     fn contacts_are_checked_per_channel() {

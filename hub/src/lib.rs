@@ -18,6 +18,7 @@ pub mod mask;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod openapi;
 pub mod reconcile;
 pub mod registry;
 pub mod server;
