@@ -156,6 +156,9 @@ pub fn public_router(state: AppState, page: Router, callbacks: Router, limits: &
         .merge(limits::limit(webhooks, hook_period, hook_burst, trust, "webhooks", &metrics))
         .merge(limits::limit(callbacks, hook_period, hook_burst, trust, "callbacks", &metrics))
         .merge(limits::limit(page, page_period, page_burst, trust, "tracking_page", &metrics))
+        // Set last, so no rate limit layer wraps it: an unknown path is a static 404 that
+        // costs nothing and does not use up a client's share of the tracking page.
+        .fallback(|| async { access::not_found() })
 }
 
 /// The private surface for order systems and staff: every route needs an API key with

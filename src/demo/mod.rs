@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
-use doorstep_proto::{DeviceId, FleetId, SigningKey};
 use doorstep_hub::access::Scope;
+use doorstep_proto::{DeviceId, FleetId, SigningKey};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -322,11 +322,16 @@ async fn demo(options: Options) -> anyhow::Result<()> {
     let hub_url = format!("http://{}", public.local_addr()?);
     let api_url = format!("http://{}", api.local_addr()?);
     let listeners = doorstep_hub::server::Listeners { public, api };
-    let settings =
-        doorstep_hub::config::Config::parse(&hub_config(&dir, &hub_url, &api_url, broker_port, &sinks.base_url))
-            .context("the demo's hub configuration")?
-            .validate()
-            .context("the demo's hub configuration")?;
+    let settings = doorstep_hub::config::Config::parse(&hub_config(
+        &dir,
+        &hub_url,
+        &api_url,
+        broker_port,
+        &sinks.base_url,
+    ))
+    .context("the demo's hub configuration")?
+    .validate()
+    .context("the demo's hub configuration")?;
     let hub_stop = CancellationToken::new();
     let hub_shutdown = hub_stop.clone();
     let hub_task = tokio::spawn(doorstep_hub::server::serve(settings, listeners, async move {
@@ -334,7 +339,10 @@ async fn demo(options: Options) -> anyhow::Result<()> {
     }));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     wait_healthy(&http, &hub_url).await?;
-    printer.line("hub", &format!("serving {hub_url} (carrier webhooks, tracking pages) and the API on {api_url}"));
+    printer.line(
+        "hub",
+        &format!("serving {hub_url} (carrier webhooks, tracking pages) and the API on {api_url}"),
+    );
     // The order system: every request carries its key.
     let mut auth = reqwest::header::HeaderMap::new();
     auth.insert(
