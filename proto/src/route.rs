@@ -207,6 +207,35 @@ mod tests {
         );
     }
 
+    /// The body of a hub message found by fuzzing (`fuzz/fuzz_targets/hub_message_open.rs`):
+    /// a route whose stop lies at latitude 47.376856882421876, which serde_json's default
+    /// float parser read back one unit in the last place off.
+    const FUZZ_ROUTE_MESSAGE: &[u8] =
+        b"\x02\x06van-17\x80\x94\xb2\xcb\xd4f\x12r-2026-11-21-van17\x01\x05s-014\
+        \x22\xa3\xa8\xd8<\xb0G@\xa3\xdd2\xf1X\x15!@\x01\x121Z999AA10123456784\x00\x01P\x00\x00";
+
+    #[test]
+    fn a_signed_route_reads_back_from_its_json_to_the_last_bit() {
+        // The hub stores routes as JSON and the agent keeps the last one as JSON; a route
+        // that came back different compared unequal to itself, and the agent's brain
+        // (`load_route`) takes an unequal route for a new one and starts it afresh.
+        let message: crate::HubMessage = postcard::from_bytes(FUZZ_ROUTE_MESSAGE).expect("decodes");
+        let crate::HubMessage::Route(assignment) = message else { panic!("the message is a route") };
+        let again = RouteManifest::from_json(assignment.route.to_json().as_bytes()).expect("valid");
+        assert_eq!(again.stops[0].lat.to_bits(), assignment.route.stops[0].lat.to_bits());
+        assert_eq!(again, assignment.route);
+    }
+
+    #[test]
+    fn coordinates_are_read_correctly_rounded() {
+        for text in ["47.376856882421876", "8.5416942", "-33.868800000000004", "0.1", "89.99999999999999"] {
+            let json = EXAMPLE.replace("47.1", text);
+            let route = RouteManifest::from_json(json.as_bytes()).expect("valid");
+            let exact: f64 = text.parse().expect("a number");
+            assert_eq!(route.stops[0].lat.to_bits(), exact.to_bits(), "{text}");
+        }
+    }
+
     #[test]
     fn impossible_coordinates_and_typos_are_refused() {
         let bad = EXAMPLE.replace("47.1", "147.1");
