@@ -3,7 +3,8 @@
 //! The agent reads the van's GPS and the driver's scans, decides on the device when the
 //! van is near a stop and when a parcel was handed over at the right address, signs that
 //! decision and gets it to the hub. Decisions ([`fix`] assembly, the quality gate, the
-//! geofence tracker) are pure state machines; the async shell around them is thin.
+//! geofence tracker) and the uplink's send [`window`] are pure state machines; the async
+//! shell around them is thin.
 
 pub mod config;
 pub mod daemon;
@@ -22,3 +23,4 @@ pub mod status;
 pub mod tty;
 pub mod uplink;
 pub mod watchdog;
+pub mod window;

@@ -3,22 +3,23 @@
 //!
 //! Two tasks. The *driver* owns rumqttc's `EventLoop` (nothing else touches it): it polls
 //! it, reconnects with exponential backoff and jitter, and forwards what matters over a
-//! bounded channel. The *uplink* task owns the protocol: it publishes outbox rows in seq
-//! order within two windows (MQTT in-flight, and events published beyond the hub's last
-//! ack), verifies hub messages, applies acks to the outbox, keeps the live position and
-//! the photo lane going, and writes the link record `status` reads.
+//! bounded channel. The *uplink* task owns the protocol as the shell around the pure
+//! send [`Window`] (`window.rs`): it tells the window what the broker, the hub and the
+//! outbox said, and does what the window answers (fetch rows, publish them). It also
+//! verifies hub messages, applies acks to the outbox, keeps the live position and the
+//! photo lane going, and writes the link record `status` reads.
 //!
 //! What the broker says is never taken as delivery: a PUBACK only moves the in-flight
 //! window. After every reconnect, and whenever the hub's ack stalls for
 //! `ack_timeout_s` with nothing in flight, everything above the hub's last ack is sent
-//! again; the hub deduplicates by (device, seq).
+//! again; the hub deduplicates by (device, seq). [`crate::window`] states these rules
+//! and tests them against a model.
 //!
 //! Priorities: events first, in seq order; the live position (QoS 0, retained,
 //! newest-only) goes out the moment it changes, never queued behind the backlog because
 //! the uplink keeps rumqttc's request queue nearly empty; photo chunks only when no
-//! event is waiting, at most [`PHOTO_WINDOW`] at a time.
+//! event is waiting, at most [`PHOTO_WINDOW`](crate::window::PHOTO_WINDOW) at a time.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +40,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{OutboxError, OutboxHandle, PendingPhoto, wall_ms};
+use crate::outbox::{OutboxError, OutboxHandle, wall_ms};
 use crate::status::{FixRecord, LinkRecord, LinkState};
+use crate::window::{Next, Window, WindowConfig};
 
 /// Rows fetched from the outbox at once.
 pub const FETCH_BATCH: usize = 1024;
-/// Photo chunks in flight beyond the hub's photo ack.
-pub const PHOTO_WINDOW: u32 = 2;
 /// Events from the driver task waiting for the uplink task.
 pub const LINK_EVENT_QUEUE: usize = 256;
 /// Requests rumqttc may hold beyond the in-flight window (state, position, acks,
@@ -225,6 +225,17 @@ pub struct UplinkSettings {
     pub backoff_max: Duration,
     /// Connect timeout, seconds.
     pub connect_timeout_s: u64,
+}
+
+impl UplinkSettings {
+    /// The bounds of the send window.
+    pub fn window(&self) -> WindowConfig {
+        WindowConfig {
+            inflight: usize::from(self.inflight),
+            max_unacked: self.max_unacked,
+            ack_timeout: self.ack_timeout,
+        }
+    }
 }
 
 impl std::fmt::Debug for UplinkSettings {
@@ -423,13 +434,9 @@ fn jitter(rng: &SystemRandom, delay: Duration) -> Duration {
     Duration::from_millis(half + r % half)
 }
 
-/// The photo being uploaded.
-#[derive(Debug, Clone, Copy)]
-struct PhotoCursor {
-    photo: PendingPhoto,
-    /// Next chunk index to send.
-    sent_next: u32,
-    since: Instant,
+/// The window's clock: tokio's, so that paused test time reaches it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// The uplink: build it, give it its channels, [`Uplink::run`] it.
@@ -542,6 +549,8 @@ impl Uplink {
             device.clone(),
         ));
         let (acked, _) = self.outbox.cursor().await?;
+        let appends = self.outbox.watch_appends();
+        let next_seq = *appends.borrow();
         let mut run = Run {
             topics: Topics {
                 evt: topic(Channel::Evt),
@@ -554,15 +563,8 @@ impl Uplink {
             client,
             device,
             rng: SystemRandom::new(),
-            connected: false,
-            acked,
-            cursor: acked,
-            outstanding: 0,
-            buffer: VecDeque::new(),
-            waiting_since: Instant::now(),
-            photo: None,
-            photo_check_due: true,
-            appends: self.outbox.watch_appends(),
+            window: Window::new(s.window(), acked, next_seq, now()),
+            appends,
             record: LinkRecord {
                 pid: std::process::id(),
                 broker: format!("{}:{}", s.host, s.port),
@@ -607,19 +609,8 @@ struct Run {
     client: AsyncClient,
     device: DeviceId,
     rng: SystemRandom,
-    connected: bool,
-    /// Highest seq the hub acknowledged.
-    acked: u64,
-    /// Highest seq published on this connection.
-    cursor: u64,
-    /// QoS 1 publishes awaiting PUBACK on this connection.
-    outstanding: usize,
-    /// Rows fetched but not yet published.
-    buffer: VecDeque<(u64, Vec<u8>)>,
-    /// Since when we have been waiting for the hub's ack to move.
-    waiting_since: Instant,
-    photo: Option<PhotoCursor>,
-    photo_check_due: bool,
+    /// What to send next: the event and photo windows, and whether the link is up.
+    window: Window,
     appends: watch::Receiver<u64>,
     record: LinkRecord,
     record_dirty: bool,
@@ -651,7 +642,7 @@ impl Run {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut positions = self.up.positions.take();
         loop {
-            if self.connected {
+            if self.window.is_connected() {
                 match self.pump().await {
                     Err(OutboxError::Closed) => return Err(OutboxError::Closed.into()),
                     Err(e) => {
@@ -700,16 +691,8 @@ impl Run {
     async fn on_link(&mut self, link: Link) -> Result<(), UplinkError> {
         match link {
             Link::Up { session_present } => {
-                tracing::info!(device = %self.device, session_present, resend_from = self.acked + 1, "uplink connected");
-                self.connected = true;
-                self.outstanding = 0;
-                self.cursor = self.acked;
-                self.buffer.clear();
-                self.waiting_since = Instant::now();
-                if let Some(p) = &mut self.photo {
-                    p.sent_next = p.photo.next_index;
-                }
-                self.photo_check_due = true;
+                tracing::info!(device = %self.device, session_present, resend_from = self.window.acked() + 1, "uplink connected");
+                self.window.on_reconnect(now());
                 let subscribed = self
                     .client
                     .try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce)
@@ -721,22 +704,22 @@ impl Run {
                 let online = DeviceState::online(&self.up.agent_version, depth).to_bytes();
                 if self.client.try_publish(self.topics.state.clone(), QoS::AtLeastOnce, true, online).is_ok()
                 {
-                    self.outstanding += 1;
+                    self.window.on_control_published();
                 }
                 self.publish_position();
                 self.set_link(LinkState::Up, None);
                 self.notice(UplinkNotice::Connected { session_present });
             }
             Link::Down(reason) => {
-                if self.connected {
+                if self.window.is_connected() {
                     tracing::warn!(device = %self.device, reason, "uplink lost");
                 }
-                self.connected = false;
+                self.window.on_disconnect();
                 self.set_link(LinkState::Down, Some(reason.clone()));
                 self.notice(UplinkNotice::Disconnected { reason });
             }
             Link::PubAck => {
-                self.outstanding = self.outstanding.saturating_sub(1);
+                self.window.on_puback();
                 self.record.last_publish_ms = Some(wall_ms());
                 self.record_dirty = true;
             }
@@ -783,7 +766,7 @@ impl Run {
         }
         match message {
             HubMessage::Ack(ack) => {
-                if ack.up_to_seq > self.acked {
+                if self.window.on_hub_ack(ack.up_to_seq, now()) {
                     // Applied on the outbox thread without waiting for it: publishing
                     // goes on meanwhile, and nothing at or below the ack is fetched
                     // again. If the delete fails, the rows stay until the next
@@ -805,15 +788,7 @@ impl Run {
                         }
                     });
                     applied.await?;
-                    self.acked = up_to_seq;
-                    self.waiting_since = Instant::now();
-                    if self.cursor < self.acked {
-                        self.cursor = self.acked;
-                    }
-                    while self.buffer.front().is_some_and(|(seq, _)| *seq <= self.acked) {
-                        self.buffer.pop_front();
-                    }
-                    self.record.last_hub_ack_seq = self.acked;
+                    self.record.last_hub_ack_seq = up_to_seq;
                     self.record.last_hub_ack_ms = Some(wall_ms());
                     self.record_dirty = true;
                 }
@@ -832,18 +807,7 @@ impl Run {
                         return Ok(());
                     }
                 };
-                if let Some(p) = &mut self.photo
-                    && p.photo.sha256 == ack.sha256
-                {
-                    if done {
-                        self.photo = None;
-                        self.photo_check_due = true;
-                    } else if ack.next_index > p.photo.next_index {
-                        p.photo.next_index = ack.next_index;
-                        p.sent_next = p.sent_next.max(ack.next_index);
-                        p.since = Instant::now();
-                    }
-                }
+                self.window.on_photo_ack(&ack.sha256, ack.next_index, done, now());
                 if done {
                     self.notice(UplinkNotice::PhotoDelivered { sha256: ack.sha256 });
                 }
@@ -865,63 +829,43 @@ impl Run {
 
     /// Publishes as much as the windows allow: events first, then photo chunks.
     async fn pump(&mut self) -> Result<(), OutboxError> {
-        let window = usize::from(self.up.settings.inflight);
-        while self.outstanding < window {
-            if self.buffer.is_empty() {
-                let next_seq = *self.appends.borrow();
-                if self.cursor + 1 >= next_seq || self.cursor - self.acked >= self.up.settings.max_unacked {
-                    break;
+        loop {
+            self.window.on_appended(*self.appends.borrow());
+            match self.window.next_to_send(now()) {
+                Next::Publish { seq, wire } => {
+                    match self.client.try_publish(self.topics.evt.clone(), QoS::AtLeastOnce, false, wire) {
+                        Ok(()) => tracing::trace!(device = %self.device, seq, "published"),
+                        Err(e) => {
+                            // The request queue is full (the link is going down): resend later.
+                            tracing::debug!(device = %self.device, seq, error = %e, "publish deferred");
+                            self.window.on_publish_refused();
+                            break;
+                        }
+                    }
                 }
-                let rows = self.up.outbox.pending(self.cursor, FETCH_BATCH).await?;
-                if rows.is_empty() {
-                    // Nothing is stored above the cursor any more: acknowledged meanwhile,
-                    // or holes an agent without gap notices left behind.
-                    self.cursor = next_seq.saturating_sub(1).max(self.cursor);
-                    break;
+                Next::Fetch { after } => {
+                    let rows = self.up.outbox.pending(after, FETCH_BATCH).await?;
+                    let empty = rows.is_empty();
+                    self.window.on_fetched(rows);
+                    if empty {
+                        break;
+                    }
                 }
-                self.buffer.extend(rows);
-            }
-            let Some((seq, wire)) = self.buffer.pop_front() else { break };
-            if self.cursor == self.acked {
-                self.waiting_since = Instant::now();
-            }
-            match self.client.try_publish(self.topics.evt.clone(), QoS::AtLeastOnce, false, wire) {
-                Ok(()) => {
-                    tracing::trace!(device = %self.device, seq, "published");
-                    self.outstanding += 1;
-                    self.cursor = seq;
-                }
-                Err(e) => {
-                    // The request queue is full (the link is going down): resend later.
-                    tracing::debug!(device = %self.device, seq, error = %e, "publish deferred");
-                    self.buffer.clear();
-                    break;
-                }
+                Next::Wait => break,
             }
         }
-        let events_waiting = !self.buffer.is_empty() || self.cursor + 1 < *self.appends.borrow();
-        if !events_waiting {
-            self.pump_photo().await?;
-        }
-        Ok(())
+        self.pump_photo().await
     }
 
     async fn pump_photo(&mut self) -> Result<(), OutboxError> {
-        if self.photo.is_none() && self.photo_check_due {
-            self.photo_check_due = false;
-            if let Some(photo) = self.up.outbox.call(|o| o.next_photo()).await? {
-                self.photo = Some(PhotoCursor { photo, sent_next: photo.next_index, since: Instant::now() });
-            }
+        self.window.on_appended(*self.appends.borrow());
+        if self.window.take_photo_lookup() {
+            let found = self.up.outbox.call(|o| o.next_photo()).await?;
+            self.window.on_photo_found(found, now());
         }
-        let Some(mut cursor) = self.photo else { return Ok(()) };
-        let in_flight = cursor.sent_next.saturating_sub(cursor.photo.next_index);
-        if in_flight >= PHOTO_WINDOW {
-            return Ok(());
-        }
-        let photo = cursor.photo;
-        let from = cursor.sent_next;
-        let limit = usize::try_from(PHOTO_WINDOW - in_flight).unwrap_or(1);
-        let chunks = self.up.outbox.call(move |o| o.photo_chunks(&photo, from, limit)).await?;
+        let Some(want) = self.window.photo_chunks_wanted() else { return Ok(()) };
+        let photo = want.photo;
+        let chunks = self.up.outbox.call(move |o| o.photo_chunks(&photo, want.from, want.limit)).await?;
         for chunk in chunks {
             let index = chunk.index;
             let Ok(bytes) = chunk.encode() else {
@@ -931,13 +875,8 @@ impl Run {
             if self.client.try_publish(self.topics.blob.clone(), QoS::AtLeastOnce, false, bytes).is_err() {
                 break;
             }
-            if cursor.sent_next == cursor.photo.next_index {
-                cursor.since = Instant::now();
-            }
-            self.outstanding += 1;
-            cursor.sent_next = index + 1;
+            self.window.on_chunk_sent(index, now());
         }
-        self.photo = Some(cursor);
         Ok(())
     }
 
@@ -950,7 +889,7 @@ impl Run {
             seen_ms: wall_ms(),
         });
         self.record_dirty = true;
-        if !self.connected {
+        if !self.window.is_connected() {
             return;
         }
         let mut id = [0u8; 16];
@@ -977,30 +916,17 @@ impl Run {
     }
 
     async fn on_tick(&mut self) {
-        if self.connected && self.outstanding == 0 {
-            let timeout = self.up.settings.ack_timeout;
-            if self.cursor > self.acked && self.waiting_since.elapsed() >= timeout {
-                tracing::warn!(
-                    device = %self.device,
-                    acked = self.acked,
-                    published_up_to = self.cursor,
-                    "hub ack stalled; resending everything above it"
-                );
-                self.cursor = self.acked;
-                self.buffer.clear();
-                self.waiting_since = Instant::now();
-            }
-            if let Some(p) = &mut self.photo
-                && p.sent_next > p.photo.next_index
-                && p.since.elapsed() >= timeout
-            {
-                tracing::warn!(device = %self.device, sha256 = %p.photo.sha256, "photo ack stalled; resending chunks");
-                p.sent_next = p.photo.next_index;
-                p.since = Instant::now();
-            }
-            if self.photo.is_none() {
-                self.photo_check_due = true;
-            }
+        let resend = self.window.on_tick(now());
+        if let Some(stall) = resend.events {
+            tracing::warn!(
+                device = %self.device,
+                acked = stall.acked,
+                published_up_to = stall.published_up_to,
+                "hub ack stalled; resending everything above it"
+            );
+        }
+        if let Some(sha256) = resend.photo {
+            tracing::warn!(device = %self.device, sha256 = %sha256, "photo ack stalled; resending chunks");
         }
         if self.record_dirty || wall_ms() - self.record.updated_ms >= 1_000 {
             self.write_record().await;
@@ -1021,7 +947,7 @@ impl Run {
     /// Publishes the offline state and DISCONNECT; returns whether there was a link to
     /// say goodbye on.
     fn goodbye(&mut self) -> bool {
-        if !self.connected {
+        if !self.window.is_connected() {
             return false;
         }
         // A clean disconnect suppresses the will, so say offline ourselves.
