@@ -245,7 +245,7 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
     let wal = std::fs::read(hub.dir.path().join("hub.db-wal")).unwrap_or_default();
     for token in [&orders, &reader, &routes, &prometheus] {
         // dsk_<12 hex>_<43 base64url>: the secret may itself contain '_'.
-        let secret = token["dsk_0123456789ab_".len()..].as_bytes();
+        let secret = &token.as_bytes()["dsk_0123456789ab_".len()..];
         assert_eq!(secret.len(), 43);
         assert!(!db.windows(secret.len()).any(|w| w == secret), "a token's secret is in the database");
         assert!(!wal.windows(secret.len()).any(|w| w == secret), "a token's secret is in the WAL");
