@@ -35,3 +35,8 @@ cargo test --workspace --doc --locked
 
 # The hub's private API attacked from its own OpenAPI document (about half a minute).
 bash scripts/schemathesis.sh
+
+# Every fuzz target for a short while (FUZZ_SECONDS each, 15 by default; 0 skips): a
+# crash fails the run. The fuzz build is its own (about 6 minutes on two cores); the
+# long runs are in docs/fuzzing.md.
+bash scripts/fuzz-smoke.sh
