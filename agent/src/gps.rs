@@ -151,9 +151,14 @@ struct Epoch {
     saw_status: bool,
     /// Already emitted at the learned end of cycle.
     reported: bool,
-    /// A sentence of this epoch came after it was emitted and changed it: the fix goes
-    /// out again, revised, at the next end of cycle or when the epoch closes.
+    /// A sentence of this epoch came after it was emitted and filled in what it lacked:
+    /// the fix goes out again, revised, at the next end of cycle or when the epoch closes.
     revised: bool,
+    /// A position for this epoch that came after it was emitted and differs from the
+    /// reported one. It replaces the reported position once another sentence of the
+    /// same second follows it; a position that is the last word before the next second
+    /// is a multiplexer's stale stamp (see [`Epoch::fill`]) and the report stands.
+    moved: Option<(f64, f64)>,
 }
 
 impl Epoch {
@@ -189,8 +194,13 @@ impl Epoch {
 
     /// Merges a sentence that came after the epoch was reported: it fills in what the
     /// report lacked (the speed and course of an RMC that trails the GSA the cycle was
-    /// learned to end at) but never changes what was already reported, so a sentence a
-    /// multiplexer stamped with this second but sampled at another cannot move the fix.
+    /// learned to end at) but never changes another reported field. A different
+    /// position is held in [`Epoch::moved`] and counts only if the receiver goes on
+    /// talking about this second: a B&G Zeus chart plotter sends, as the very last
+    /// sentence before each second, a GGA stamped with that second but sampled at the
+    /// next, and gpsd's report for the second never shows it either. Later positions
+    /// followed by more of the second (an RMC after the GLL the cycle was learned to
+    /// end at) replace the report, as gpsd's next report does.
     /// Returns whether it filled in what the brain decides with (a position or the
     /// Doppler speed): only then is the fix worth reporting again.
     fn fill(&mut self, obs: &Observation) -> bool {
@@ -202,6 +212,10 @@ impl Epoch {
             fix.lat = new.lat;
             fix.lon = new.lon;
             useful = true;
+        } else if let (Some(lat), Some(lon)) = (new.lat, new.lon)
+            && (fix.lat, fix.lon) != (Some(lat), Some(lon))
+        {
+            self.moved = Some((lat, lon));
         }
         useful |= fill(&mut fix.speed_mps, new.speed_mps);
         fill(&mut fix.course_deg, new.course_deg);
@@ -318,6 +332,16 @@ impl Assembler {
         let opens_epochs = obs.kind.has_position() || !self.timed_positions;
         if obs.kind.has_position() && obs.tod_ms.is_some() {
             self.timed_positions = true;
+        }
+        let starts_epoch = opens_epochs && obs.tod_ms.is_some();
+        if let Some(epoch) = &mut self.epoch
+            && !(starts_epoch && obs.tod_ms != Some(epoch.fix.tod_ms))
+            && let Some((lat, lon)) = epoch.moved.take()
+        {
+            // More of the same second: the late position stands, as gpsd reports it.
+            epoch.fix.lat = Some(lat);
+            epoch.fix.lon = Some(lon);
+            epoch.revised = true;
         }
         let mut done = None;
         match obs.tod_ms {
@@ -1099,6 +1123,22 @@ mod tests {
         assert_eq!(fixes.len(), 2);
         assert!(fixes[1].lat.is_some_and(|lat| (lat - (48.0 + 7.002 / 60.0)).abs() < 1e-9));
         assert_eq!(decoder.assembler_stats().late_sentences, 1);
+    }
+
+    #[test]
+    fn a_late_position_followed_by_more_of_its_second_moves_the_fix() {
+        // An RMC after the GSA the cycle ends at, then a VTG of the same second: gpsd
+        // reports the RMC's position again, and so do we.
+        let late = sentence("GPRMC,120002.00,A,4807.999,N,01131.000,E,0.5,54.7,010624,,,A");
+        let vtg = sentence("GPVTG,54.7,T,,M,0.5,N,0.9,K,A");
+        let input =
+            [cycle("120001", "010624"), cycle("120002", "010624"), late, vtg, cycle("120003", "010624")]
+                .concat();
+        let (fixes, decoder) = decode_str(&input);
+        let of_2: Vec<&Fix> = fixes.iter().filter(|f| f.tod_ms == 43_202_000).collect();
+        assert_eq!(of_2.len(), 2, "reported, then revised: {fixes:#?}");
+        assert!(of_2[1].lat.is_some_and(|lat| (lat - (48.0 + 7.999 / 60.0)).abs() < 1e-9));
+        assert_eq!(decoder.assembler_stats().revisions, 1);
     }
 
     #[test]
