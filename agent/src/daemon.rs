@@ -355,7 +355,7 @@ fn photo_of(decided: &Decided) -> Option<doorstep_proto::PhotoRef> {
 /// Not fsync'd: it is rewritten every few seconds and only describes.
 pub fn write_json_atomically(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    crate::outbox::write_atomic(path, &text, false)
+    crate::util::write_atomic(path, &text, false)
 }
 
 /// The brain's loop: fixes, routes and driver jobs in; until cancelled.

@@ -22,5 +22,6 @@ pub mod replay;
 pub mod status;
 pub mod tty;
 pub mod uplink;
+mod util;
 pub mod watchdog;
 pub mod window;

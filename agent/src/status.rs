@@ -89,7 +89,7 @@ impl LinkRecord {
     /// every second and a stale one is reported as stale).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        outbox::write_atomic(path, &json, false)
+        crate::util::write_atomic(path, &json, false)
     }
 
     /// Reads a record; `Ok(None)` when there is none.
@@ -162,7 +162,7 @@ pub fn read_status(db_path: &Path, link_path: &Path) -> Result<Status, StatusErr
     conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(db_err)?;
     let stats = outbox::read_stats(&conn, db_path).map_err(db_err)?;
     let link = LinkRecord::read(link_path)?;
-    Ok(Status::new(outbox::wall_ms(), link, stats))
+    Ok(Status::new(crate::util::wall_ms(), link, stats))
 }
 
 impl Status {
@@ -321,7 +321,7 @@ mod tests {
         let key = SigningKey::from_seed(&[1; 32]).expect("seed");
         let mut outbox =
             Outbox::open(&db, OutboxConfig::new(DeviceId::new("van-1").expect("id"))).expect("open");
-        let now = outbox::wall_ms();
+        let now = crate::util::wall_ms();
         outbox
             .append(&key, Event::Position(FixEvidence::new(now - 90_000, 1.0, 2.0)), now - 90_000, 0)
             .expect("append");

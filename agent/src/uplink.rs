@@ -40,8 +40,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{OutboxError, OutboxHandle, wall_ms};
+use crate::outbox::{OutboxError, OutboxHandle};
 use crate::status::{FixRecord, LinkRecord, LinkState};
+use crate::util::wall_ms;
 use crate::window::{Next, Window, WindowConfig};
 
 /// Rows fetched from the outbox at once.
