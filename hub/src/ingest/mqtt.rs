@@ -1,0 +1,230 @@
+//! The MQTT task, which alone polls the event loop and hands each delivered message to
+//! the verifiers, and the outbound task, which publishes acks, routes and PUBACKs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+use super::{DRAIN_TIMEOUT, MAX_PENDING, MAX_PENDING_BYTES, Outbound, RECONNECT_MAX};
+
+#[allow(clippy::too_many_arguments)] // the task's wiring, each a different thing it owns or shares.
+pub(super) async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    verify: mpsc::Sender<(u64, Publish)>,
+    filters: Vec<String>,
+    metrics: Arc<Metrics>,
+    republish_all: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    outbound_done: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(250);
+    let mut verify = Some(verify);
+    // The place of each message handed to the verifiers in the broker's delivery order.
+    // Given out only when a verifier queue takes the message, so the writer never waits
+    // for an ordinal that was shed or dropped with a lost connection.
+    let mut ordinal = 0u64;
+    // Publishes read from the socket but not yet taken by a verifier. The event loop must
+    // keep being polled while the pipeline is full, because the acks and PUBACKs that
+    // drain it leave through this same event loop; the broker's in-flight window
+    // (un-PUBACKed QoS 1 messages) is what bounds this queue in practice.
+    let mut pending: VecDeque<Publish> = VecDeque::new();
+    let mut pending_bytes = 0usize;
+    let mut reported_pending = usize::MAX;
+    // Topic filters the broker granted in this session.
+    let mut granted = 0usize;
+    loop {
+        let mut stop_feeding = false;
+        let reserve = async {
+            match (pending.is_empty(), verify.as_ref()) {
+                (false, Some(tx)) => Some(tx.reserve().await),
+                _ => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            biased;
+            () = cancel.cancelled(), if verify.is_some() => {
+                stop_feeding = true;
+                None
+            }
+            () = outbound_done.cancelled() => break,
+            permit = reserve => {
+                match permit {
+                    Some(Ok(permit)) => {
+                        if let Some(publish) = pending.pop_front() {
+                            pending_bytes = pending_bytes.saturating_sub(publish.payload.len());
+                            permit.send((ordinal, publish));
+                            ordinal += 1;
+                        }
+                    }
+                    _ => {
+                        tracing::error!("verifier threads gone; stopping ingest");
+                        stop_feeding = true;
+                    }
+                }
+                None
+            }
+            event = eventloop.poll() => Some(event),
+        };
+        if stop_feeding {
+            // Stop feeding the pipeline; keep polling so the last acks go out. What is
+            // still pending was never PUBACKed: the broker keeps it for the next session.
+            verify = None;
+            pending.clear();
+            pending_bytes = 0;
+            continue;
+        }
+        if let Some(event) = event {
+            match event {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                    delay = Duration::from_millis(250);
+                    metrics.mqtt_connected(true);
+                    granted = 0;
+                    metrics.mqtt_subscriptions(granted);
+                    tracing::info!(session_present = ack.session_present, "connected to the broker");
+                    if !ack.session_present {
+                        // A broker without this hub's session is a fresh one (or lost its
+                        // state): its retained routes are gone too. The writer publishes
+                        // every device's current route again.
+                        republish_all.store(true, Ordering::SeqCst);
+                    }
+                    for filter in &filters {
+                        if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                            tracing::error!(filter, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                    // A refused filter (a broker ACL) means vans this hub never hears.
+                    // A grant at QoS 0 would let the broker drop events while the hub is
+                    // away: not counted as heard.
+                    for code in &ack.return_codes {
+                        match code {
+                            rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce) => {
+                                tracing::error!(
+                                    "the broker granted a subscription at QoS 0 only; events may be lost"
+                                );
+                            }
+                            rumqttc::SubscribeReasonCode::Success(_) => granted += 1,
+                            rumqttc::SubscribeReasonCode::Failure => {
+                                tracing::error!(
+                                    "the broker refused one of the hub's subscriptions; check its ACL"
+                                );
+                            }
+                        }
+                    }
+                    metrics.mqtt_subscriptions(granted);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
+                    let Some(tx) = &verify else { continue };
+                    if pending.len() >= MAX_PENDING || pending_bytes >= MAX_PENDING_BYTES {
+                        // Shed: not PUBACKed, not acked; the device resends it when its ack
+                        // stalls. Only a broker with an in-flight window above MAX_PENDING
+                        // (or a QoS 0 flood) gets here.
+                        metrics.ingest("rejected", "overload");
+                        tracing::warn!(topic = %publish.topic, pending = pending.len(), "ingest overloaded; message shed");
+                        continue;
+                    }
+                    if !pending.is_empty() {
+                        // Keep the delivery order: nothing overtakes what already waits.
+                        pending_bytes += publish.payload.len();
+                        pending.push_back(publish);
+                    } else {
+                        match tx.try_send((ordinal, publish)) {
+                            Ok(()) => ordinal += 1,
+                            Err(mpsc::error::TrySendError::Full((_, publish))) => {
+                                pending_bytes += publish.payload.len();
+                                pending.push_back(publish);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                tracing::error!("verifier threads gone; stopping ingest");
+                                verify = None;
+                                pending.clear();
+                                pending_bytes = 0;
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.mqtt_connected(false);
+                    granted = 0;
+                    metrics.mqtt_subscriptions(granted);
+                    if verify.is_none() {
+                        break;
+                    }
+                    // Messages pending from the lost connection were not PUBACKed; the broker
+                    // redelivers them on the resumed session.
+                    pending.clear();
+                    pending_bytes = 0;
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "broker connection lost; reconnecting");
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+        // The gauge only when it changes: this loop runs once per message.
+        if pending.len() != reported_pending {
+            reported_pending = pending.len();
+            metrics.queue_depth("mqtt_pending", reported_pending);
+        }
+    }
+    // Drain: let the verifiers and the writer finish and the acks go out, then say goodbye.
+    drop(verify);
+    let _ = client.try_disconnect();
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    metrics.mqtt_connected(false);
+}
+
+pub(super) async fn outbound(
+    client: AsyncClient,
+    mut rx: mpsc::Receiver<Outbound>,
+    metrics: Arc<Metrics>,
+    done: CancellationToken,
+) {
+    while let Some(item) = rx.recv().await {
+        let result = match item {
+            Outbound::Publish { topic, payload, retain } => {
+                let r = client.publish(topic, QoS::AtLeastOnce, retain, payload).await;
+                if r.is_ok() {
+                    metrics.ack_published();
+                }
+                r
+            }
+            Outbound::Route { topic, payload } => {
+                client.publish(topic, QoS::AtLeastOnce, true, payload).await
+            }
+            Outbound::PubAcks(deliveries) => {
+                let mut result = Ok(());
+                for publish in &deliveries {
+                    result = client.ack(publish).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "mqtt client closed; outbound messages dropped (devices will resend)");
+            break;
+        }
+    }
+    done.cancel();
+}
