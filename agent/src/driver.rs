@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use doorstep_proto::{ExceptionReason, PhotoRef, StopId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const REQUEST_QUEUE: usize = 32;
 
 /// One request from the driver app, as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// A parcel scanned at the door, optionally with a photo proof.

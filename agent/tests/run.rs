@@ -5,15 +5,15 @@
 //! No broker here: this is the agent working offline, as in a dead zone. The uplink's
 //! fault tests live in the `doorstep-e2e` crate.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
+use doorstep_agent::driver::Request;
+use doorstep_testkit::driver::BlockingDriverApp;
 use support::{Pty, agent_command};
 
 /// The Regensburg drive between two RMC times of day (`hhmmss` prefixes): from 171000 to
@@ -48,7 +48,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fixture = Fixture { dir, gps: Pty::open(), scanner: Pty::open() };
+        let fixture = Fixture { dir, gps: Pty::open().expect("pty"), scanner: Pty::open().expect("pty") };
         std::fs::write(fixture.path("route.json"), ROUTE).expect("route");
         let config = format!(
             "[device]\nfleet = \"acme\"\nid = \"van-17\"\nkey = \"{key}\"\nstate_dir = \"{state}\"\n\
@@ -56,8 +56,8 @@ impl Fixture {
              [driver]\nsocket = \"{socket}\"\n[route]\nfile = \"{route}\"\n[trail]\nposition_interval_s = 0\n",
             key = fixture.path("device.key").display(),
             state = fixture.path("state").display(),
-            gps = fixture.gps.path.display(),
-            scanner = fixture.scanner.path.display(),
+            gps = fixture.gps.path().display(),
+            scanner = fixture.scanner.path().display(),
             socket = fixture.path("driver.sock").display(),
             route = fixture.path("route.json").display(),
         );
@@ -106,32 +106,22 @@ impl Fixture {
 
     fn feed_drive(&mut self) {
         for line in drive_segment("171000", "171300") {
-            self.gps.send(line.as_bytes());
+            self.gps.send(line.as_bytes()).expect("write to the GPS pty");
         }
         self.wait_for("the last fix of the segment", |s| fix_time_of_day(s).is_some_and(|t| t >= "17:12:58"));
     }
 
-    fn connect(&self) -> (UnixStream, BufReader<UnixStream>) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match UnixStream::connect(self.path("driver.sock")) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-                    let reader = BufReader::new(stream.try_clone().expect("clone"));
-                    return (stream, reader);
-                }
-                Err(e) if Instant::now() > deadline => panic!("driver socket: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+    fn connect(&self) -> BlockingDriverApp {
+        BlockingDriverApp::connect(&self.path("driver.sock"), Duration::from_secs(10)).expect("driver socket")
     }
 }
 
-fn ask(conn: &mut (UnixStream, BufReader<UnixStream>), request: &str) -> serde_json::Value {
-    conn.0.write_all(format!("{request}\n").as_bytes()).expect("send request");
-    let mut line = String::new();
-    conn.1.read_line(&mut line).expect("reply");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+fn ask(conn: &mut BlockingDriverApp, request: &Request) -> serde_json::Value {
+    conn.ask(request).unwrap_or_else(|e| panic!("asking {request:?}: {e:#}"))
+}
+
+fn scan(code: &str, photo: Option<PathBuf>) -> Request {
+    Request::Scan { code: code.to_owned(), photo }
 }
 
 fn stop(mut child: Child) {
@@ -185,29 +175,26 @@ fn the_agent_confirms_deliveries_from_a_pty_gps_scanner_and_driver_socket_and_ke
     let agent = fixture.start();
     let mut conn = fixture.connect();
 
-    let early = ask(&mut conn, r#"{"op":"scan","code":"1Z999AA10123456784"}"#);
+    let early = ask(&mut conn, &scan("1Z999AA10123456784", None));
     assert_eq!(early["result"], "no_gps_fix", "nothing is signed before a GNSS fix: {early}");
 
     fixture.feed_drive();
-    let at = ask(&mut conn, r#"{"op":"scan","code":"1Z999AA10123456784"}"#);
+    let at = ask(&mut conn, &scan("1Z999AA10123456784", None));
     assert_eq!(at["result"], "delivered_at_address", "{at}");
     assert_eq!((at["stop_number"].as_u64(), at["remaining"].as_u64()), (Some(1), Some(2)), "{at}");
 
-    let with_photo = format!(
-        r#"{{"op":"scan","code":"1Z999AA10123456785","photo":"{}"}}"#,
-        photo(fixture.dir.path()).display()
-    );
+    let with_photo = scan("1Z999AA10123456785", Some(photo(fixture.dir.path())));
     assert_eq!(ask(&mut conn, &with_photo)["result"], "delivered_at_address");
-    let missing = ask(&mut conn, r#"{"op":"scan","code":"1Z999AA10123456786","photo":"/nonexistent.jpg"}"#);
+    let missing = ask(&mut conn, &scan("1Z999AA10123456786", Some("/nonexistent.jpg".into())));
     assert_eq!(missing["result"], "photo_unusable", "{missing}");
-    let wrong = ask(&mut conn, r#"{"op":"scan","code":"9400111899223197428490"}"#);
+    let wrong = ask(&mut conn, &scan("9400111899223197428490", None));
     assert_eq!(wrong["result"], "delivered_away_from_address", "{wrong}");
     assert!(wrong["message"].as_str().expect("message").contains("you are at stop 1"), "{wrong}");
-    assert_eq!(ask(&mut conn, r#"{"op":"scan","code":"NOT-OURS-42"}"#)["result"], "not_on_route");
-    assert_eq!(ask(&mut conn, "garbage")["result"], "bad_request");
+    assert_eq!(ask(&mut conn, &scan("NOT-OURS-42", None))["result"], "not_on_route");
+    assert_eq!(conn.ask_raw("garbage").expect("a reply to garbage")["result"], "bad_request");
 
     // The serial scanner: noise first, then the third parcel.
-    fixture.scanner.send(b"\x00\x00\r\n1Z999AA10123456786\r\n");
+    fixture.scanner.send(b"\x00\x00\r\n1Z999AA10123456786\r\n").expect("write to the scanner pty");
     fixture.wait_for("the scanner's parcel", |s| s["decisions"]["scan_at_address"].as_u64() == Some(3));
     drop(conn);
     stop(agent);
@@ -225,13 +212,19 @@ fn the_agent_confirms_deliveries_from_a_pty_gps_scanner_and_driver_socket_and_ke
     let agent = fixture.start();
     let mut conn = fixture.connect();
     for line in drive_segment("171300", "171310") {
-        fixture.gps.send(line.as_bytes());
+        fixture.gps.send(line.as_bytes()).expect("write to the GPS pty");
     }
     // A fix of this segment, not the first run's last fix still in the state file: a slow
     // agent (under qemu) may not have rewritten the file yet.
     fixture.wait_for("a fix after restart", |s| fix_time_of_day(s).is_some_and(|t| t >= "17:13:00"));
-    let report = r#"{"op":"exception","reason":"recipient_absent","stop_id":"east-corner","note":"closed"}"#;
-    let exception = ask(&mut conn, report);
+    let report = Request::Exception {
+        reason: "recipient_absent".into(),
+        codes: Vec::new(),
+        stop_id: Some("east-corner".into()),
+        note: Some("closed".into()),
+        photo: None,
+    };
+    let exception = ask(&mut conn, &report);
     assert_eq!(exception["result"], "exception_recorded", "{exception}");
     drop(conn);
     stop(agent);

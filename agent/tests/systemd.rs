@@ -72,8 +72,8 @@ fn terminate(child: &mut Child) {
 #[test]
 fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut gps = Pty::open();
-    let config = write_config(dir.path(), &gps.path);
+    let mut gps = Pty::open().expect("pty");
+    let config = write_config(dir.path(), gps.path());
     let notify_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = dir.path().join("agent.log");
@@ -100,7 +100,7 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
 
     // The van drives; the watchdog keeps being petted while the agent works.
     for line in support::regensburg().lines().take(200) {
-        gps.send(format!("{line}\r\n").as_bytes());
+        gps.send(format!("{line}\r\n").as_bytes()).expect("write to the GPS pty");
     }
     let mut pets = 0;
     while pets < 3 {
@@ -124,8 +124,8 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
 #[test]
 fn without_systemd_the_agent_runs_and_stops_as_before() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gps = Pty::open();
-    let config = write_config(dir.path(), &gps.path);
+    let gps = Pty::open().expect("pty");
+    let config = write_config(dir.path(), gps.path());
     let log = dir.path().join("agent.log");
     let mut agent = agent_command()
         .args(["run", "--config"])

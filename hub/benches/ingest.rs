@@ -203,7 +203,7 @@ fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: 
 }
 
 async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runtime::Handle) {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let vans: Vec<_> = (0..devices)

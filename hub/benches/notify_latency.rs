@@ -127,7 +127,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run(scans: usize, full: bool) {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let options = HubOptions::default();

@@ -47,7 +47,7 @@ fn assert_stored_and_acked(db: &std::path::Path, vans: &[(DeviceId, SigningKey)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let vans = registered_vans(&db, 3);
@@ -82,7 +82,7 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (good, good_key) = (device("van-good"), key(1));
@@ -136,7 +136,7 @@ async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restarted_mid_stream_misses_nothing() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -162,7 +162,7 @@ async fn a_hub_restarted_mid_stream_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_last_seq() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let vans = registered_vans(&db, 4);
@@ -203,7 +203,7 @@ fn http() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -292,7 +292,7 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -342,8 +342,7 @@ async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
-    use base64::Engine as _;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let secrets = doorstep_hub::config::CarrierSecrets {
@@ -369,9 +368,7 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let body = serde_json::to_vec(&serde_json::json!({"event": "tracking_update",
         "event_id": "4f6f1f5b-0c1e-4d55-a2a2-8d3c6b9f0e11", "msg": doc["data"]["tracking"], "ts": 1_532_481_000}))
     .unwrap();
-    let tag =
-        ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"aftership-test-secret"), &body);
-    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let signature = doorstep_testkit::webhooks::aftership("aftership-test-secret", &body);
     let post = |sig: String| {
         client
             .post(hub.url("/webhooks/aftership"))
@@ -408,7 +405,7 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_notice_moves_the_ack_past_evicted_samples_even_over_a_stored_one() {
     use doorstep_proto::Gap;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -455,7 +452,7 @@ async fn a_gap_notice_moves_the_ack_past_evicted_samples_even_over_a_stored_one(
 async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
     use doorstep_proto::state::DeviceState;
     use rumqttc::QoS;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -548,8 +545,7 @@ async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and_stored_once() {
-    use unicode_normalization::UnicodeNormalization as _;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     // EasyPost's client-library fixture: a precomposed secret and the signature it gives.
@@ -584,8 +580,7 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
     // A delivered update for a shipment the hub knows, signed as EasyPost signs.
     create_shipment(&hub, "EZ4000000004", "usps").await;
     let body = carrier_fixture("easypost_tracker_updated_landing_page.json");
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.nfkd().collect::<String>().as_bytes());
-    let signed = format!("hmac-sha256-hex={}", hex::encode(ring::hmac::sign(&key, &body).as_ref()));
+    let signed = doorstep_testkit::webhooks::easypost(&secret, &body);
     let r = post(body.clone(), signed.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "stored");
@@ -613,7 +608,7 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_body() {
     use base64::Engine as _;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
@@ -742,7 +737,7 @@ fn enqueued(m: &doorstep_hub::metrics::Metrics, milestone: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_not_told_as_delivered() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -789,7 +784,7 @@ async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_acted_on() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -831,7 +826,7 @@ async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold_after_it_arrived() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -864,7 +859,7 @@ async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van() {
     use doorstep_proto::state::DeviceState;
-    let mut broker = Broker::start().await;
+    let mut broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));
@@ -876,7 +871,7 @@ async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van()
     before.stop();
 
     // Killed right after the route was posted, no persistence: a fresh broker, empty.
-    broker.crash_and_start_fresh().await;
+    broker.crash_and_start_fresh().await.expect("a fresh broker");
     let republished = |m: &doorstep_hub::metrics::Metrics, reason: &str| {
         m.get("doorstep_hub_routes_published_total", &[("reason", reason)])
     };
@@ -912,7 +907,7 @@ async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_coming_online_gets_its_route_published_again_when_the_broker_lost_it() {
     use doorstep_proto::state::DeviceState;
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let (van, van_key) = (device("van-1"), key(1));

@@ -197,8 +197,7 @@ async fn whatsapp_case(first: Option<Answer>, webhook: bool) -> WhatsAppCase {
 /// `X-Hub-Signature-256` as Meta computes it: `sha256=` and the lowercase hex HMAC-SHA256
 /// of the raw body, keyed with the app secret.
 fn meta_signature(secret: &str, body: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    format!("sha256={}", hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref()))
+    doorstep_testkit::webhooks::meta(secret, body.as_bytes())
 }
 
 /// A Cloud API webhook body with one status of one message to [`PHONE`] from the

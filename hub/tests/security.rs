@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Broker, free_port};
+use support::{Broker, broker, free_port};
 
 const HUB: &str = env!("CARGO_BIN_EXE_doorstep-hub");
 const LINK_SECRET: &str = "security-test-link-secret-0123456789abcdef";
@@ -168,7 +168,7 @@ async fn send(request: reqwest::RequestBuilder, token: Option<&str>) -> (StatusC
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_audited() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let hub = start_hub(&broker).await;
     let http = client();
     let orders = hub.key("shop-orders", &["orders:write"]);
@@ -285,7 +285,7 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged_and_withdrawn_links() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let hub = start_hub(&broker).await;
     let http = client();
     let admin = hub.key("ops", &["admin"]);
@@ -394,7 +394,7 @@ async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hubs_log_never_carries_a_whole_phone_number_or_email_address() {
-    let broker = Broker::start().await;
+    let broker = broker().await;
     let hub = start_hub(&broker).await;
     let http = client();
     let admin = hub.key("ops", &["admin"]);

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 use doorstep_hub::access::Scope;
 use doorstep_proto::{DeviceId, FleetId, SigningKey};
+use doorstep_testkit::driver::Request;
+use doorstep_testkit::webhooks;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -563,10 +564,8 @@ async fn drive(
             }
             Item::Act { utc_ms, act } => match act {
                 Act::Scan { code, photo: with_photo } => {
-                    let mut request = json!({"op": "scan", "code": code});
-                    if with_photo {
-                        request["photo"] = json!(photo);
-                    }
+                    let request =
+                        Request::Scan { code: code.to_owned(), photo: with_photo.then(|| photo.clone()) };
                     let reply = van.ask(&request).await?;
                     let extra = if with_photo { " with a photo" } else { "" };
                     printer.line(
@@ -579,7 +578,13 @@ async fn drive(
                     );
                 }
                 Act::Exception { code, reason, note } => {
-                    let request = json!({"op": "exception", "reason": reason, "codes": [code], "note": note});
+                    let request = Request::Exception {
+                        reason: reason.to_owned(),
+                        codes: vec![code.to_owned()],
+                        stop_id: None,
+                        note: Some(note.to_owned()),
+                        photo: None,
+                    };
                     let reply = van.ask(&request).await?;
                     printer.line(
                         &van.id,
@@ -626,10 +631,8 @@ impl CarrierClient {
                     "msg": {"tracking_number": code, "tag": tag, "updated_at": at,
                             "checkpoints": [{"tag": tag, "checkpoint_time": at, "message": message}]}});
                 let body = serde_json::to_vec(&body)?;
-                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, AFTERSHIP_SECRET.as_bytes());
-                let signature =
-                    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &body));
-                ("aftership", "aftership-hmac-sha256", signature, body, "AfterShip")
+                let signature = webhooks::aftership(AFTERSHIP_SECRET, &body);
+                ("aftership", webhooks::AFTERSHIP_HEADER, signature, body, "AfterShip")
             }
             Carrier::EasyPost => {
                 let (status_text, message) = match status {
@@ -640,9 +643,8 @@ impl CarrierClient {
                     "result": {"object": "Tracker", "tracking_code": code, "status": status_text, "updated_at": at,
                                "tracking_details": [{"status": status_text, "message": message, "datetime": at}]}});
                 let body = serde_json::to_vec(&body)?;
-                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, EASYPOST_SECRET.as_bytes());
-                let signature = format!("hmac-sha256-hex={}", hex::encode(ring::hmac::sign(&key, &body)));
-                ("easypost", "x-hmac-signature", signature, body, "EasyPost")
+                let signature = webhooks::easypost(EASYPOST_SECRET, &body);
+                ("easypost", webhooks::EASYPOST_HEADER, signature, body, "EasyPost")
             }
         };
         let response = self

@@ -2,8 +2,6 @@
 //! `doorstep-agent run` starts) reading its GPS from a pseudo-terminal, and a driver who
 //! talks to the agent's socket exactly as the in-cab app does.
 
-use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,34 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use doorstep_agent::{config::Config, daemon};
 use doorstep_proto::{PublicKey, SigningKey};
-use nix::fcntl::OFlag;
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::UnixStream;
+use doorstep_testkit::driver::{self, DriverApp, Request};
+use doorstep_testkit::pty::Pty;
 use tokio_util::sync::CancellationToken;
-
-/// A pseudo-terminal standing in for the van's GNSS receiver on its serial port.
-struct Pty {
-    master: PtyMaster,
-    path: PathBuf,
-    // Held open so the raw line settings stay while the agent opens and closes the port.
-    _slave: std::fs::File,
-}
-
-impl Pty {
-    fn open() -> anyhow::Result<Pty> {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).context("opening a pseudo-terminal")?;
-        grantpt(&master)?;
-        unlockpt(&master)?;
-        let path = PathBuf::from(ptsname_r(&master)?);
-        let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
-        let mut termios = tcgetattr(slave.as_raw_fd())?;
-        cfmakeraw(&mut termios);
-        tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &termios)?;
-        Ok(Pty { master, path, _slave: slave })
-    }
-}
 
 /// A running van: its agent, its serial line and its driver's socket.
 pub(crate) struct Van {
@@ -47,12 +20,12 @@ pub(crate) struct Van {
     pty: Pty,
     socket: PathBuf,
     running: daemon::Running,
-    driver: Option<(tokio::io::WriteHalf<UnixStream>, BufReader<tokio::io::ReadHalf<UnixStream>>)>,
+    driver: Option<DriverApp>,
 }
 
 impl std::fmt::Debug for Van {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Van").field("id", &self.id).field("gps", &self.pty.path).finish_non_exhaustive()
+        f.debug_struct("Van").field("id", &self.id).field("gps", &self.pty.path()).finish_non_exhaustive()
     }
 }
 
@@ -80,7 +53,7 @@ impl Van {
              [uplink]\nhost = \"127.0.0.1\"\nport = {broker_port}\nhub_key = \"{hub_key}\"\nkeepalive_s = 30\n",
             key = key_path.display(),
             state = dir.join("state").display(),
-            gps = pty.path.display(),
+            gps = pty.path().display(),
             socket = socket.display(),
         );
         let config_path = dir.join("agent.toml");
@@ -95,32 +68,23 @@ impl Van {
 
     /// Writes one fix's sentences to the serial line.
     pub(crate) fn send_gps(&mut self, sentences: &str) -> anyhow::Result<()> {
-        self.pty.master.write_all(sentences.as_bytes()).context("writing to the GPS pseudo-terminal")
+        self.pty.send(sentences.as_bytes()).context("writing to the GPS pseudo-terminal")
     }
 
     /// One request to the agent's driver socket, one reply, as the in-cab app does it.
-    pub(crate) async fn ask(&mut self, request: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        if self.driver.is_none() {
-            let stream = UnixStream::connect(&self.socket)
-                .await
-                .with_context(|| format!("connecting to the driver socket {}", self.socket.display()))?;
-            let (read, write) = tokio::io::split(stream);
-            self.driver = Some((write, BufReader::new(read)));
-        }
-        let Some((write, read)) = self.driver.as_mut() else { bail!("driver socket not connected") };
-        write.write_all(format!("{request}\n").as_bytes()).await?;
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(10), read.read_line(&mut line))
-            .await
-            .context("the agent did not answer the driver within 10 s")??;
-        serde_json::from_str(&line).with_context(|| format!("the agent's reply {line:?}"))
+    pub(crate) async fn ask(&mut self, request: &Request) -> anyhow::Result<serde_json::Value> {
+        let driver = match &mut self.driver {
+            Some(driver) => driver,
+            None => self.driver.insert(DriverApp::connect(&self.socket, Duration::ZERO).await?),
+        };
+        driver.ask(request).await.context("the agent did not answer the driver")
     }
 
     /// Waits until the hub's route has reached the agent (retained on the route topic).
     pub(crate) async fn wait_for_route(&mut self, timeout: Duration) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let status = self.ask(&serde_json::json!({"op": "status"})).await?;
+            let status = self.ask(&driver::status()).await?;
             let message = status["message"].as_str().unwrap_or_default().to_owned();
             if message.starts_with("route ") {
                 return Ok(message);

@@ -18,17 +18,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use doorstep_proto::{DeviceId, SigningKey};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use doorstep_testkit::driver::DriverApp;
 use tokio::process::{Child, Command};
 
 /// Names a `doorstep-agent` binary to test instead of building one.
 pub const AGENT_BIN_ENV: &str = "DOORSTEP_AGENT_BIN";
 /// How long a started agent may take to open its driver socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the agent may take to answer the driver.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `doorstep-agent` binary under test, built once per test process.
 pub fn agent_binary() -> &'static Path {
@@ -223,20 +219,7 @@ impl AgentDaemon {
     /// Connects to the driver socket of a (re)started agent, waiting for it to open.
     pub async fn driver(&self) -> anyhow::Result<DriverApp> {
         let path = self.dir.path().join("driver.sock");
-        let deadline = tokio::time::Instant::now() + SOCKET_TIMEOUT;
-        loop {
-            // A killed agent leaves its socket file behind; the next one replaces it.
-            match UnixStream::connect(&path).await {
-                Ok(stream) => {
-                    let (read, write) = stream.into_split();
-                    return Ok(DriverApp { lines: BufReader::new(read), write });
-                }
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("driver socket {}: {e}\nagent log:\n{}", path.display(), self.log())
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+        DriverApp::connect(&path, SOCKET_TIMEOUT).await.with_context(|| format!("agent log:\n{}", self.log()))
     }
 
     /// Polls `doorstep-agent status --json` until `done` holds; the last status either way.
@@ -281,51 +264,4 @@ pub fn outbox_depth(status: &serde_json::Value) -> u64 {
 /// Whether `status --json` shows the agent with process id `pid` connected to its broker.
 pub fn link_up(status: &serde_json::Value, pid: u32) -> bool {
     status["link"]["pid"].as_u64() == Some(u64::from(pid)) && status["link"]["link"] == "up"
-}
-
-/// The driver app's end of the agent's socket: JSON lines, one reply per request.
-#[derive(Debug)]
-pub struct DriverApp {
-    lines: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-}
-
-impl DriverApp {
-    /// Sends a request without waiting for the reply.
-    pub async fn send(&mut self, request: &serde_json::Value) -> std::io::Result<()> {
-        self.write.write_all(format!("{request}\n").as_bytes()).await
-    }
-
-    /// Reads the next reply; an error when the agent is gone or silent.
-    pub async fn reply(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-        let mut line = String::new();
-        let n =
-            tokio::time::timeout(timeout, self.lines.read_line(&mut line)).await.context("no reply")??;
-        ensure!(n > 0 && line.ends_with('\n'), "the agent closed the connection");
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    /// Asks and waits for the answer.
-    pub async fn ask(&mut self, request: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        self.send(request).await?;
-        self.reply(REPLY_TIMEOUT).await
-    }
-
-    /// Scans `code` until the answer is something other than "no GPS fix yet" (an agent
-    /// just restarted has none for a moment), as a driver would; gives up after 10 s.
-    pub async fn scan_once_fixed(&mut self, code: &str) -> anyhow::Result<serde_json::Value> {
-        for _ in 0..1_000 {
-            let reply = self.scan(code).await?;
-            if reply["result"] != "no_gps_fix" {
-                return Ok(reply);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        anyhow::bail!("no GPS fix for 10 s")
-    }
-
-    /// Scans a parcel label.
-    pub async fn scan(&mut self, code: &str) -> anyhow::Result<serde_json::Value> {
-        self.ask(&serde_json::json!({"op": "scan", "code": code})).await
-    }
 }

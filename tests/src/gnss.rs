@@ -7,51 +7,13 @@
 //! running while the agent is killed and restarted, like a receiver wired to the van's
 //! battery; what the agent does not read in time is dropped, as a UART overrun would.
 
-use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-
-/// A pseudo-terminal pair: the feed writes to the master, the agent opens the slave path
-/// as its serial device.
-#[derive(Debug)]
-pub struct Pty {
-    master: PtyMaster,
-    /// The path the agent opens.
-    pub path: PathBuf,
-    /// Held open so the line discipline keeps its raw settings between agent restarts.
-    _slave: std::fs::File,
-}
-
-impl Pty {
-    /// A raw pair (no echo, no line editing: like a real serial port) whose master never
-    /// blocks the writer.
-    pub fn open() -> std::io::Result<Pty> {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY)?;
-        grantpt(&master)?;
-        unlockpt(&master)?;
-        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        let path = PathBuf::from(ptsname_r(&master)?);
-        let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
-        let mut termios = tcgetattr(slave.as_raw_fd())?;
-        cfmakeraw(&mut termios);
-        tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &termios)?;
-        Ok(Pty { master, path, _slave: slave })
-    }
-
-    /// Writes bytes as the device sends them; returns false when the line is full (the
-    /// reader is gone or behind) and the bytes were dropped.
-    pub fn send(&mut self, bytes: &[u8]) -> bool {
-        self.master.write_all(bytes).is_ok()
-    }
-}
+use doorstep_testkit::pty::Pty;
 
 /// Where and when the van is parked: its position and the GNSS time of the first epoch.
 #[derive(Debug, Clone, Copy)]
@@ -112,13 +74,13 @@ impl GnssFeed {
     pub fn parked(mut pty: Pty, at: Parked, every: Duration) -> GnssFeed {
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
-        let path = pty.path.clone();
+        let path = pty.path().to_owned();
         let thread = {
             let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
             std::thread::spawn(move || {
                 let mut epoch = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if pty.send(parked_epoch(&at, epoch).as_bytes()) {
+                    if pty.send(parked_epoch(&at, epoch).as_bytes()).is_ok() {
                         written.fetch_add(1, Ordering::Relaxed);
                     }
                     epoch += 1;

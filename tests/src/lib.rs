@@ -1,4 +1,5 @@
-//! Support for Doorstep's end-to-end tests: a real Mosquitto per test, an acking
+//! Support for Doorstep's end-to-end tests (with `doorstep-testkit`'s Mosquitto, pty and
+//! driver app): an acking
 //! receiver that plays the hub's side of the ack protocol, a lossy TCP proxy, an
 //! in-process agent built from the agent library's outbox and uplink, and the real
 //! `doorstep-agent run` process with a GNSS receiver on a pseudo-terminal.
@@ -8,16 +9,17 @@
 //! verifies every envelope with the proto crate exactly as the hub does.
 
 pub mod agent;
-pub mod broker;
 pub mod daemon;
 pub mod gnss;
 pub mod proxy;
 pub mod receiver;
 
 pub use agent::{TestAgent, TestAgentOptions};
-pub use broker::{Broker, BrokerOptions, BrokerTls};
-pub use daemon::{AgentDaemon, DaemonConfig, DriverApp};
-pub use gnss::{GnssFeed, Parked, Pty};
+pub use daemon::{AgentDaemon, DaemonConfig};
+pub use doorstep_testkit::driver::DriverApp;
+pub use doorstep_testkit::mosquitto::{Broker, BrokerOptions, BrokerTls};
+pub use doorstep_testkit::pty::Pty;
+pub use gnss::{GnssFeed, Parked};
 pub use proxy::LossyProxy;
 pub use receiver::{AckingReceiver, Received, ReceiverOptions};
 

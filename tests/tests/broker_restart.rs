@@ -14,7 +14,8 @@ const COUNT: u32 = 300;
 async fn survive_a_broker_restart(persistence: bool, graceful: bool) {
     doorstep_e2e::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = Broker::start(BrokerOptions { persistence }).await.expect("broker");
+    let mut broker =
+        Broker::start(BrokerOptions { persistence, ..BrokerOptions::default() }).await.expect("broker");
     let van = device("van-1");
     let key = device_key(1);
     let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;

@@ -94,7 +94,7 @@ enum Strike {
 async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation_once_in_order() {
     doorstep_e2e::init_tracing();
     let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let mut gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, EPOCH_EVERY);
+    let mut gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
     let van = AgentDaemon::provision(&DaemonConfig {
         device: device("van-power"),
         gps: gps.path.clone(),
@@ -129,7 +129,7 @@ async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation
             Strike::AfterAnswer => {}
             Strike::MidScan => {
                 let code = parcel(next_parcel.next().expect("parcels left"));
-                driver.send(&serde_json::json!({"op": "scan", "code": code})).await.expect("send scan");
+                driver.send(&doorstep_testkit::driver::scan(&code)).await.expect("send scan");
                 // Storing a confirmation takes an fsync: a few milliseconds.
                 tokio::time::sleep(Duration::from_micros(random(&rng, 4_000))).await;
                 pending = Some(code);

@@ -50,7 +50,7 @@ async fn post_route(port: u16, van: &AgentDaemon, route: &str) {
 }
 
 async fn status_message(driver: &mut DriverApp) -> String {
-    let reply = driver.ask(&serde_json::json!({"op": "status"})).await.expect("status");
+    let reply = driver.ask(&doorstep_testkit::driver::status()).await.expect("status");
     reply["message"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -68,7 +68,7 @@ async fn wait_for_route(van: &AgentDaemon, driver: &mut DriverApp, route_id: &st
 async fn a_van_restarted_against_a_fresh_broker_keeps_the_route_the_hub_sent() {
     doorstep_e2e::init_tracing();
     let mut broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let _gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, EPOCH_EVERY);
+    let _gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
     let van = AgentDaemon::provision(&DaemonConfig {
         device: device("van-route"),
         gps: _gps.path.clone(),

@@ -28,7 +28,7 @@ fn route() -> String {
 
 async fn crash_and_retry(point: &str, retry_answer: &str) {
     let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let mut gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, EPOCH_EVERY);
+    let mut gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
     let van = AgentDaemon::provision(&DaemonConfig {
         device: device(&format!("van-{}", point.replace('_', "-"))),
         gps: gps.path.clone(),

@@ -137,7 +137,7 @@ async fn scanned_van_over_tls(name: &str, wrong_ca: bool) -> ScannedVan {
     let van_id = device(name);
     let pki = pki(&van_id);
     let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
-    let gps = GnssFeed::parked(Pty::open().expect("pty"), STOP, Duration::from_millis(50));
+    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, Duration::from_millis(50));
     let ca = if wrong_ca { &pki.other_ca } else { &pki.broker.ca };
     let van = AgentDaemon::provision(&DaemonConfig {
         device: van_id.clone(),

@@ -6,9 +6,8 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,91 +24,21 @@ use doorstep_proto::{
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-/// Where Debian installs the broker.
-pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+pub use doorstep_testkit::mosquitto::{Broker, BrokerOptions};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    doorstep_testkit::mosquitto::free_port().expect("a free loopback port")
 }
 
-/// A real Mosquitto on a free loopback port.
-#[derive(Debug)]
-pub struct Broker {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Broker {
-    /// Starts a broker (unlimited queues, so a slow hub loses nothing; an in-flight window
-    /// of 2000 per client, well below the hub's `MAX_PENDING`, though Mosquitto 2.0.11 lets
-    /// far more out once PUBACKs flow: see `MAX_PENDING`) and
-    /// waits until it accepts connections. Fails, never skips, when Mosquitto is missing.
-    pub async fn start() -> Broker {
-        Self::start_on(free_port()).await
-    }
-
-    /// Kills the broker (SIGKILL: no goodbye, no persistence, every retained message and
-    /// session gone) and starts a fresh one on the same port.
-    pub async fn crash_and_start_fresh(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let port = self.port;
-        *self = Self::start_on(port).await;
-    }
-
-    async fn start_on(port: u16) -> Broker {
-        assert!(
-            Path::new(MOSQUITTO).exists(),
-            "{MOSQUITTO} not found: install it: apt-get install mosquitto"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 2000\n\
-             log_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\n",
-            dir = dir.path().display()
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(dir.path().join("mosquitto.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto (install it: apt-get install mosquitto)");
-        let broker = Broker { dir, port, child: Some(child) };
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return broker;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("mosquitto did not start on port {port}");
-    }
-
-    /// Its port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The broker's process id (the benchmark reads its CPU time).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A real Mosquitto on a free loopback port, as the hub's tests want it: unlimited
+/// queues, so a slow hub loses nothing, and an in-flight window of 2000 per client, well
+/// below the hub's `MAX_PENDING` (though Mosquitto 2.0.11 lets far more out once PUBACKs
+/// flow: see `MAX_PENDING`). Fails, never skips, when Mosquitto is missing.
+pub async fn broker() -> Broker {
+    Broker::start(BrokerOptions { max_inflight: Some(2000), ..BrokerOptions::default() })
+        .await
+        .expect("a test broker (install it: apt-get install mosquitto)")
 }
 
 /// The fleet every test device belongs to.

@@ -21,6 +21,10 @@ pub struct BrokerOptions {
     /// Keep sessions and queued messages on disk across restarts (`persistence true`,
     /// saved every second and on a clean stop).
     pub persistence: bool,
+    /// QoS 1 messages in flight per client (`max_inflight_messages`); `None` is
+    /// Mosquitto's "no limit" (0). Queues are always unlimited, so a slow reader loses
+    /// nothing.
+    pub max_inflight: Option<u32>,
 }
 
 /// A TLS listener's material (PEM files): the broker's certificate and key, and the CA
@@ -93,6 +97,11 @@ impl Broker {
         self.tls.as_ref().map(|(_, port)| *port)
     }
 
+    /// The broker's process id while it runs (a benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The broker's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -120,13 +129,14 @@ impl Broker {
              autosave_interval 1\n\
              max_queued_messages 0\n\
              max_queued_bytes 0\n\
-             max_inflight_messages 0\n\
+             max_inflight_messages {inflight}\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\n\
              log_type warning\n\
              log_type notice\n",
             port = self.port,
             persistence = self.options.persistence,
+            inflight = self.options.max_inflight.unwrap_or(0),
         );
         if let Some((tls, port)) = &self.tls {
             // Listener options apply to the listener above them.
@@ -195,6 +205,16 @@ impl Broker {
     /// Starts the broker again on the same port with the same config and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
+        self.spawn().await
+    }
+
+    /// Kills the broker and starts an empty one on the same port: no retained message,
+    /// no session, no persistence file survives, as after a broker host is replaced.
+    pub async fn crash_and_start_fresh(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let fresh = tempfile::tempdir().context("broker temp dir")?;
+        self.dir = fresh;
+        self.write_config()?;
         self.spawn().await
     }
 }

@@ -1,0 +1,15 @@
+//! What Doorstep's tests and its demo share, so each piece exists once:
+//!
+//! - [`pty`]: a pseudo-terminal standing in for the van's GNSS serial port;
+//! - [`mosquitto`]: a real Mosquitto per test, on a free loopback port, that can be
+//!   killed, restarted and given a TLS listener;
+//! - [`driver`]: the driver app's side of the agent's socket, speaking
+//!   [`doorstep_agent::driver::Request`];
+//! - [`webhooks`]: carrier webhook signatures computed as each carrier documents them.
+//!
+//! It is a development crate: nothing the agent or the hub ships depends on it.
+
+pub mod driver;
+pub mod mosquitto;
+pub mod pty;
+pub mod webhooks;
