@@ -39,36 +39,6 @@ pub(super) fn decode(wire: &[u8]) -> Envelope {
     Envelope::open(wire, &trusted).expect("verifies")
 }
 
-#[test]
-pub(super) fn appended_events_are_signed_numbered_from_one_and_pending_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-    let a = outbox.append(&key(), nearby(1), 10, 1).expect("append");
-    let b = outbox.append(&key(), position(2), 11, 2).expect("append");
-    assert_eq!((a.seq, b.seq), (1, 2));
-    assert_ne!(a.event_id, b.event_id);
-    let pending = outbox.pending(0, 10).expect("pending");
-    assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
-    let env = decode(&pending[0].1);
-    assert_eq!((env.seq, env.event_id, env.event), (1, a.event_id, nearby(1)));
-    assert_eq!(outbox.pending(1, 10).expect("pending").len(), 1);
-}
-
-#[test]
-pub(super) fn sequence_numbers_survive_a_restart_and_are_never_reused_after_acks() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        for n in 0..5 {
-            outbox.append(&key(), nearby(n), 0, 0).expect("append");
-        }
-        assert_eq!(outbox.ack(&key(), 5).expect("ack"), 5);
-    }
-    let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-    assert_eq!(outbox.acked_seq(), 5);
-    assert_eq!(outbox.append(&key(), nearby(9), 0, 0).expect("append").seq, 6);
-}
-
 /// Every stored row, verified, in seq order.
 pub(super) fn stored(outbox: &mut Outbox) -> Vec<Envelope> {
     outbox.pending(0, 100_000).expect("pending").iter().map(|(_, wire)| decode(wire)).collect()
@@ -103,4 +73,34 @@ pub(super) fn gaps(rows: &[Envelope]) -> Vec<Gap> {
 /// What the budget is charged, recomputed from the table as `status` does.
 pub(super) fn charged_in_table(outbox: &Outbox) -> u64 {
     outbox.stats().expect("stats").stored_bytes
+}
+
+#[test]
+fn appended_events_are_signed_numbered_from_one_and_pending_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+    let a = outbox.append(&key(), nearby(1), 10, 1).expect("append");
+    let b = outbox.append(&key(), position(2), 11, 2).expect("append");
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert_ne!(a.event_id, b.event_id);
+    let pending = outbox.pending(0, 10).expect("pending");
+    assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
+    let env = decode(&pending[0].1);
+    assert_eq!((env.seq, env.event_id, env.event), (1, a.event_id, nearby(1)));
+    assert_eq!(outbox.pending(1, 10).expect("pending").len(), 1);
+}
+
+#[test]
+fn sequence_numbers_survive_a_restart_and_are_never_reused_after_acks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+        for n in 0..5 {
+            outbox.append(&key(), nearby(n), 0, 0).expect("append");
+        }
+        assert_eq!(outbox.ack(&key(), 5).expect("ack"), 5);
+    }
+    let mut outbox = open(dir.path(), OutboxConfig::new(device()));
+    assert_eq!(outbox.acked_seq(), 5);
+    assert_eq!(outbox.append(&key(), nearby(9), 0, 0).expect("append").seq, 6);
 }
