@@ -27,7 +27,7 @@ pub fn status() -> Request {
 }
 
 fn line_of(request: &Request) -> anyhow::Result<String> {
-    Ok(serde_json::to_string(request).context("encoding a driver request")?)
+    serde_json::to_string(request).context("encoding a driver request")
 }
 
 /// An async connection to the agent's driver socket.
