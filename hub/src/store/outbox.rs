@@ -1,0 +1,134 @@
+//! The notification outbox (each customer message enqueued once per key) and reconciliation
+//! alerts.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Store, StoreError, StoreTx};
+
+/// A notification to enqueue (one row of `notification_outbox`).
+#[derive(Debug, Clone, Copy)]
+pub struct NewNotification<'a> {
+    /// The shipment.
+    pub shipment_id: i64,
+    /// The milestone, snake_case (`delivered`).
+    pub milestone: &'a str,
+    /// The channel (`sms`, `email`, ...).
+    pub channel: &'a str,
+    /// Phone, address or URL.
+    pub recipient: &'a str,
+    /// Extra template text (revised expectation, reason).
+    pub detail: Option<&'a str>,
+    /// When it was enqueued; also its first attempt time.
+    pub now_ms: i64,
+}
+
+/// A row of the notification outbox, as the dispatcher reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxRow {
+    /// Row id (`notification_outcomes.outbox_id`).
+    pub id: i64,
+    /// The shipment.
+    pub shipment_id: i64,
+    /// Milestone, snake_case.
+    pub milestone: String,
+    /// Channel.
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Extra template text.
+    pub detail: Option<String>,
+    /// `queued`, `sending`, `sent`, `failed`, ...
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Next attempt, ms since the Unix epoch.
+    pub next_attempt_ms: i64,
+}
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        shipment_id: r.get(1)?,
+        milestone: r.get(2)?,
+        channel: r.get(3)?,
+        recipient: r.get(4)?,
+        detail: r.get(5)?,
+        status: r.get(6)?,
+        attempts: r.get(7)?,
+        next_attempt_ms: r.get(8)?,
+    })
+}
+
+impl Store {
+    /// Notification rows due at `now_ms` with status `queued`, oldest first.
+    pub fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms
+             FROM notification_outbox WHERE status = 'queued' AND next_attempt_ms <= ?1
+             ORDER BY next_attempt_ms, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every notification row of a shipment, by id.
+    pub fn outbox_for_shipment(&self, shipment_id: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms
+             FROM notification_outbox WHERE shipment_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([shipment_id], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Operations alerts of a shipment: (code, detail).
+    pub fn alerts_for_shipment(&self, shipment_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT code, detail FROM ops_alerts WHERE shipment_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([shipment_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl StoreTx<'_> {
+    /// Enqueues a notification; returns false when the same (shipment, milestone,
+    /// channel, recipient) was already enqueued, which is how a retry never doubles.
+    pub fn enqueue_notification(&self, n: &NewNotification<'_>) -> Result<bool, StoreError> {
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO notification_outbox
+                     (shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+            )?
+            .execute(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms])?;
+        if inserted == 1 {
+            let id = self.tx.last_insert_rowid();
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome) VALUES (?1, ?2, 'queued')",
+                )?
+                .execute(params![id, n.now_ms])?;
+        }
+        Ok(inserted == 1)
+    }
+
+    /// Raises an operations alert; once per (shipment, code).
+    pub fn raise_alert(
+        &self,
+        shipment_id: i64,
+        code: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO ops_alerts (shipment_id, code, detail, created_ms, sent) VALUES (?1, ?2, ?3, ?4, 0)",
+            )?
+            .execute(params![shipment_id, code, detail, now_ms])?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,228 @@
+//! The database schema: one migration per version, applied in order on open.
+
+/// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
+/// database up by one.
+pub const SCHEMA_VERSION: i64 = 5;
+
+/// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE devices (
+    device      TEXT PRIMARY KEY,
+    fleet       TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    key_id      TEXT NOT NULL UNIQUE,
+    status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    added_ms    INTEGER NOT NULL,
+    revoked_ms  INTEGER
+);
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY,
+    device       TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    event_id     TEXT NOT NULL UNIQUE,
+    gnss_ms      INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    envelope     BLOB NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    UNIQUE (device, seq)
+);
+CREATE TABLE device_acks (
+    device     TEXT PRIMARY KEY,
+    fleet      TEXT NOT NULL,
+    up_to_seq  INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE shipments (
+    id               INTEGER PRIMARY KEY,
+    tracking_number  TEXT NOT NULL UNIQUE,
+    carrier          TEXT,
+    order_id         TEXT,
+    contacts         TEXT NOT NULL,
+    locale           TEXT NOT NULL,
+    time_zone        TEXT NOT NULL,
+    milestone        TEXT NOT NULL,
+    reconcile_state  TEXT,
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE TABLE routes (
+    id          INTEGER PRIMARY KEY,
+    fleet       TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    route_id    TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    UNIQUE (device, route_id)
+);
+CREATE TABLE route_stops (
+    route_pk         INTEGER NOT NULL REFERENCES routes(id) ON DELETE CASCADE,
+    device           TEXT NOT NULL,
+    route_id         TEXT NOT NULL,
+    stop_id          TEXT NOT NULL,
+    tracking_number  TEXT NOT NULL,
+    lat              REAL NOT NULL,
+    lon              REAL NOT NULL,
+    PRIMARY KEY (device, route_id, stop_id, tracking_number)
+);
+CREATE INDEX route_stops_tracking ON route_stops (tracking_number);
+CREATE TABLE carrier_events (
+    id               INTEGER PRIMARY KEY,
+    carrier          TEXT NOT NULL,
+    event_key        TEXT NOT NULL,
+    tracking_number  TEXT NOT NULL,
+    raw_body         BLOB NOT NULL,
+    normalized       TEXT NOT NULL,
+    occurred_ms      INTEGER NOT NULL,
+    received_ms      INTEGER NOT NULL,
+    UNIQUE (carrier, event_key)
+);
+CREATE TABLE timeline (
+    id           INTEGER PRIMARY KEY,
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    occurred_ms  INTEGER NOT NULL,
+    source       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    detail       TEXT NOT NULL
+);
+CREATE INDEX timeline_shipment ON timeline (shipment_id, occurred_ms);
+CREATE TABLE photos (
+    sha256       TEXT PRIMARY KEY,
+    device       TEXT NOT NULL,
+    total_len    INTEGER NOT NULL,
+    bytes        BLOB NOT NULL,
+    verified     INTEGER NOT NULL,
+    received_ms  INTEGER NOT NULL
+);
+CREATE TABLE photo_refs (
+    sha256  TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    PRIMARY KEY (sha256, device, seq)
+);
+CREATE TABLE photo_chunks (
+    device     TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    total_len  INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    PRIMARY KEY (device, sha256, idx)
+);
+CREATE TABLE rejections (
+    source   TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    count    INTEGER NOT NULL,
+    last_ms  INTEGER NOT NULL,
+    PRIMARY KEY (source, reason)
+);
+CREATE TABLE wakeups (
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    at_ms        INTEGER NOT NULL,
+    PRIMARY KEY (shipment_id, at_ms)
+);
+CREATE INDEX wakeups_due ON wakeups (at_ms);
+CREATE TABLE notification_outbox (
+    id               INTEGER PRIMARY KEY,
+    shipment_id      INTEGER NOT NULL REFERENCES shipments(id),
+    milestone        TEXT NOT NULL,
+    channel          TEXT NOT NULL,
+    recipient        TEXT NOT NULL,
+    detail           TEXT,
+    status           TEXT NOT NULL DEFAULT 'queued',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL,
+    created_ms       INTEGER NOT NULL,
+    UNIQUE (shipment_id, milestone, channel, recipient)
+);
+CREATE INDEX notification_outbox_due ON notification_outbox (status, next_attempt_ms);
+CREATE TABLE notification_outcomes (
+    id           INTEGER PRIMARY KEY,
+    outbox_id    INTEGER NOT NULL REFERENCES notification_outbox(id),
+    at_ms        INTEGER NOT NULL,
+    outcome      TEXT NOT NULL,
+    provider_id  TEXT,
+    detail       TEXT
+);
+CREATE INDEX notification_outcomes_outbox ON notification_outcomes (outbox_id);
+CREATE TABLE ops_alerts (
+    id           INTEGER PRIMARY KEY,
+    shipment_id  INTEGER REFERENCES shipments(id),
+    code         TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    sent         INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (shipment_id, code)
+);
+"#,
+    r#"
+CREATE TABLE device_gaps (
+    device       TEXT NOT NULL,
+    first_seq    INTEGER NOT NULL,
+    last_seq     INTEGER NOT NULL,
+    event_id     TEXT NOT NULL,
+    envelope     BLOB NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    PRIMARY KEY (device, first_seq, last_seq)
+);
+CREATE TABLE device_status (
+    device           TEXT PRIMARY KEY,
+    online           INTEGER,
+    agent_version    TEXT,
+    outbox_depth     INTEGER,
+    state_ms         INTEGER,
+    pos_utc_ms       INTEGER,
+    pos_lat_e7       INTEGER,
+    pos_lon_e7       INTEGER,
+    pos_accuracy_dm  INTEGER,
+    pos_ms           INTEGER
+);
+"#,
+    r#"
+CREATE TABLE dispatcher_lease (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    holder      TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL
+);
+"#,
+    // `events.quarantine`: why a stored (and acked) event is not acted on, NULL when it
+    // is. `route_stops.dwell_s`: the stop's dwell override, for re-checking at-address
+    // evidence (NULL: no override, or a route stored before this version).
+    r#"
+ALTER TABLE events ADD COLUMN quarantine TEXT;
+ALTER TABLE route_stops ADD COLUMN dwell_s INTEGER;
+"#,
+    // Who may use the private API (`api_keys`: a key's public id and the SHA-256 of the
+    // whole token, never the token), what they wrote (`audit_log`), and tracking links
+    // withdrawn per shipment (`link_revocations`). See `access` and `store::access`.
+    r#"
+CREATE TABLE api_keys (
+    name          TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL UNIQUE,
+    digest        BLOB NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    last_used_ms  INTEGER,
+    revoked_ms    INTEGER
+);
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY,
+    at_ms     INTEGER NOT NULL,
+    key_name  TEXT,
+    method    TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    subject   TEXT,
+    status    INTEGER NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log (at_ms);
+CREATE TABLE link_revocations (
+    shipment_id  INTEGER PRIMARY KEY REFERENCES shipments (id),
+    revoked_ms   INTEGER NOT NULL
+);
+"#,
+];
+
+// Every schema version has its migration.
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);

@@ -1,0 +1,363 @@
+//! Shipments: their records and contacts, the reconciler's saved state, timelines,
+//! reconciler wake-ups and carrier events.
+
+use std::collections::BTreeMap;
+
+use doorstep_proto::TrackingNumber;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Milestone;
+
+use super::{Store, StoreError, StoreTx, corrupt};
+
+/// A channel a customer can be reached on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactChannel {
+    /// SMS (E.164 phone number).
+    Sms,
+    /// Email address.
+    Email,
+    /// WhatsApp (E.164 phone number).
+    Whatsapp,
+    /// A customer's own HTTPS endpoint (signed generic webhook).
+    Webhook,
+}
+
+impl ContactChannel {
+    /// Every channel.
+    pub const ALL: [ContactChannel; 4] =
+        [ContactChannel::Sms, ContactChannel::Email, ContactChannel::Whatsapp, ContactChannel::Webhook];
+
+    /// The channel's name in the outbox table and config (`sms`, `email`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactChannel::Sms => "sms",
+            ContactChannel::Email => "email",
+            ContactChannel::Whatsapp => "whatsapp",
+            ContactChannel::Webhook => "webhook",
+        }
+    }
+}
+
+/// How to reach a customer on one channel, and whether they agreed to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Phone number, email address or URL.
+    pub recipient: String,
+    /// The customer consented to messages on this channel.
+    pub consent: bool,
+}
+
+/// A shipment as stored (`shipments.contacts` holds [`Shipment::contacts`] as JSON:
+/// `{"sms": {"recipient": "+1...", "consent": true}, ...}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shipment {
+    /// Row id; the outbox's `shipment_id`.
+    pub id: i64,
+    /// The parcel.
+    pub tracking_number: TrackingNumber,
+    /// Carrier name as given by the order system (`ups`, `usps`, ...).
+    pub carrier: Option<String>,
+    /// The order system's id.
+    pub order_id: Option<String>,
+    /// Contacts per channel.
+    pub contacts: BTreeMap<ContactChannel, Contact>,
+    /// BCP 47 locale (`en-US`).
+    pub locale: String,
+    /// IANA time zone (`America/New_York`) for quiet hours and local times.
+    pub time_zone: String,
+    /// Current customer-facing milestone.
+    pub milestone: Milestone,
+    /// The reconciler's own state as JSON text (`reconcile::ShipmentState`), opaque to
+    /// the store; `None` until the first input.
+    pub reconcile_state: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// A shipment to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewShipment {
+    /// The parcel.
+    pub tracking_number: TrackingNumber,
+    /// Carrier name.
+    pub carrier: Option<String>,
+    /// Order id.
+    pub order_id: Option<String>,
+    /// Contacts per channel.
+    pub contacts: BTreeMap<ContactChannel, Contact>,
+    /// Locale.
+    pub locale: String,
+    /// Time zone.
+    pub time_zone: String,
+}
+
+/// An entry of a shipment's timeline (for the tracking page).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    /// Event time, ms since the Unix epoch.
+    pub occurred_ms: i64,
+    /// `device` or the carrier's name.
+    pub source: String,
+    /// What happened (`delivered_at_address`, `in_transit`, `dispatched`, ...).
+    pub kind: String,
+    /// Details as JSON (distance, photo hash, carrier message).
+    pub detail: serde_json::Value,
+}
+
+fn milestone_str(m: Milestone) -> &'static str {
+    match m {
+        Milestone::Created => "created",
+        Milestone::Dispatched => "dispatched",
+        Milestone::OutForDelivery => "out_for_delivery",
+        Milestone::Nearby => "nearby",
+        Milestone::Exception => "exception",
+        Milestone::Delivered => "delivered",
+    }
+}
+
+/// The snake_case name of a milestone, as stored in `shipments.milestone` and
+/// `notification_outbox.milestone`.
+pub fn milestone_name(m: Milestone) -> &'static str {
+    milestone_str(m)
+}
+
+fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| corrupt("milestone", e))
+}
+
+type ShipmentRow =
+    (i64, String, Option<String>, Option<String>, String, String, String, String, Option<String>, i64);
+
+/// The two ways a shipment is looked up, as whole statements so the statement cache finds
+/// them without building the SQL text on every event.
+#[derive(Debug, Clone, Copy)]
+enum ShipmentKey {
+    Id,
+    Tracking,
+}
+
+fn shipment_where(
+    conn: &Connection,
+    key: ShipmentKey,
+    value: rusqlite::types::Value,
+) -> Result<Option<Shipment>, StoreError> {
+    let sql = match key {
+        ShipmentKey::Id => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms FROM shipments WHERE id = ?1"
+        }
+        ShipmentKey::Tracking => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms FROM shipments WHERE tracking_number = ?1"
+        }
+    };
+    let row: Option<ShipmentRow> = conn
+        .prepare_cached(sql)?
+        .query_row([value], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms)) =
+        row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Shipment {
+        id,
+        tracking_number: TrackingNumber::new(tracking).map_err(|e| corrupt("tracking number", e))?,
+        carrier,
+        order_id,
+        contacts: serde_json::from_str(&contacts).map_err(|e| corrupt("contacts", e))?,
+        locale,
+        time_zone,
+        milestone: parse_milestone(&milestone)?,
+        reconcile_state: state,
+        created_ms,
+    }))
+}
+
+impl Store {
+    /// A shipment by row id.
+    pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
+        shipment_where(&self.conn, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
+    }
+
+    /// A shipment by tracking number.
+    pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
+        shipment_where(&self.conn, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
+    }
+
+    /// A shipment's timeline, oldest first.
+    pub fn timeline(&self, shipment_id: i64) -> Result<Vec<TimelineEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT occurred_ms, source, kind, detail FROM timeline WHERE shipment_id = ?1
+             ORDER BY occurred_ms, id",
+        )?;
+        let rows = stmt.query_map([shipment_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (occurred_ms, source, kind, detail) = row?;
+            let detail = serde_json::from_str(&detail).map_err(|e| corrupt("timeline detail", e))?;
+            out.push(TimelineEntry { occurred_ms, source, kind, detail });
+        }
+        Ok(out)
+    }
+}
+
+impl StoreTx<'_> {
+    /// Creates a shipment at milestone `created`.
+    pub fn insert_shipment(&self, new: &NewShipment, now_ms: i64) -> Result<i64, StoreError> {
+        let contacts = serde_json::to_string(&new.contacts).map_err(|e| corrupt("contacts", e))?;
+        let n = self.tx.execute(
+            "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
+                 milestone, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', ?7, ?7) ON CONFLICT (tracking_number) DO NOTHING",
+            params![
+                new.tracking_number.as_str(),
+                new.carrier,
+                new.order_id,
+                contacts,
+                new.locale,
+                new.time_zone,
+                now_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Exists(format!("shipment {}", new.tracking_number)));
+        }
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// A shipment by tracking number, read inside this transaction.
+    pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
+        shipment_where(&self.tx, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
+    }
+
+    /// A shipment by id, read inside this transaction.
+    pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
+        shipment_where(&self.tx, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
+    }
+
+    /// Saves the reconciler's result for a shipment (state as a JSON value).
+    pub fn save_reconcile(
+        &self,
+        shipment_id: i64,
+        milestone: Milestone,
+        state: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.save_reconcile_json(shipment_id, milestone, &state.to_string(), now_ms)
+    }
+
+    /// Saves the reconciler's result for a shipment (state as JSON text, as ingest has it).
+    pub fn save_reconcile_json(
+        &self,
+        shipment_id: i64,
+        milestone: Milestone,
+        state_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE shipments SET milestone = ?2, reconcile_state = ?3, updated_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![shipment_id, milestone_str(milestone), state_json, now_ms])?;
+        Ok(())
+    }
+
+    /// Adds an entry to a shipment's timeline.
+    pub fn add_timeline(
+        &self,
+        shipment_id: i64,
+        occurred_ms: i64,
+        source: &str,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.add_timeline_json(shipment_id, occurred_ms, source, kind, &detail.to_string())
+    }
+
+    /// Adds an entry to a shipment's timeline whose detail is already JSON text (what
+    /// ingest writes for every device signal, without building a JSON tree first).
+    pub fn add_timeline_json(
+        &self,
+        shipment_id: i64,
+        occurred_ms: i64,
+        source: &str,
+        kind: &str,
+        detail_json: &str,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO timeline (shipment_id, occurred_ms, source, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![shipment_id, occurred_ms, source, kind, detail_json])?;
+        Ok(())
+    }
+
+    /// Asks for the reconciler to be woken for a shipment at `at_ms`.
+    pub fn schedule_wake(&self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO wakeups (shipment_id, at_ms) VALUES (?1, ?2)")?
+            .execute(params![shipment_id, at_ms])?;
+        Ok(())
+    }
+
+    /// Removes and returns wake-ups due at `now_ms`: (shipment id, wake time).
+    pub fn take_due_wakeups(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, i64)>, StoreError> {
+        let due: Vec<(i64, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2",
+            )?
+            .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut delete =
+            self.tx.prepare_cached("DELETE FROM wakeups WHERE shipment_id = ?1 AND at_ms = ?2")?;
+        for (id, at) in &due {
+            delete.execute(params![id, at])?;
+        }
+        Ok(due)
+    }
+
+    /// Stores a normalized carrier event with its raw body; returns false when this
+    /// (carrier, event key) is already stored (a redelivered webhook).
+    #[allow(clippy::too_many_arguments)] // one column each; a struct would only rename them.
+    pub fn insert_carrier_event(
+        &self,
+        carrier: &str,
+        event_key: &str,
+        tracking: &str,
+        raw_body: &[u8],
+        normalized: &serde_json::Value,
+        occurred_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO carrier_events (carrier, event_key, tracking_number, raw_body, normalized, occurred_ms, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (carrier, event_key) DO NOTHING",
+            )?
+            .execute(params![carrier, event_key, tracking, raw_body, normalized.to_string(), occurred_ms, now_ms])?;
+        Ok(n == 1)
+    }
+}
