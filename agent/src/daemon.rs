@@ -93,12 +93,13 @@ pub enum DaemonError {
 
 /// Loads the device's signing key.
 pub fn load_key(path: &std::path::Path) -> Result<SigningKey, DaemonError> {
-    let bytes = std::fs::read(path).map_err(|e| DaemonError::Key {
-        path: path.to_owned(),
-        message: format!("{e}; create it with `doorstep-agent keygen --out {}`", path.display()),
-    })?;
-    SigningKey::from_pkcs8(&bytes)
-        .map_err(|e| DaemonError::Key { path: path.to_owned(), message: e.to_string() })
+    doorstep_runtime::keyfile::load(path).map_err(|e| match e {
+        doorstep_runtime::keyfile::KeyFileError::Io { source, .. } => DaemonError::Key {
+            path: path.to_owned(),
+            message: format!("{source}; create it with `doorstep-agent keygen --key {}`", path.display()),
+        },
+        other => DaemonError::Key { path: path.to_owned(), message: other.to_string() },
+    })
 }
 
 /// The brain's view for `status`, written to [`BRAIN_STATE_FILE`].

@@ -224,7 +224,7 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
         running.tasks.spawn(doorstep_agent::watchdog::run(heartbeats, timing, systemd, watchdog_cancel));
     }
     tracing::info!(device = %config.device, "agent running");
-    shutdown_signal().await;
+    doorstep_runtime::shutdown::signal().await;
     tracing::info!("stopping");
     doorstep_agent::watchdog::stopping();
     cancel.cancel();
@@ -232,50 +232,18 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use doorstep_runtime::keyfile::{self, KeyFileError};
     let path = &args.key.key;
-    if path.exists() && !args.force {
-        anyhow::bail!(
+    let key = match keyfile::create(path, args.force) {
+        Err(KeyFileError::Exists { .. }) => anyhow::bail!(
             "{} already exists; this device already has a key. Use --force to replace it \
              (then register the new public key at the hub)",
             path.display()
-        );
-    }
-    let pkcs8 = doorstep_proto::SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new())?;
-    let key = doorstep_proto::SigningKey::from_pkcs8(&pkcs8)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // Written beside the target with mode 0600 from the start, then renamed over it:
-    // the private key is never readable by others, not even for a moment.
-    let tmp = path.with_extension("key.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&pkcs8)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    let public = key.public_key().to_string();
+        ),
+        other => other?,
+    };
+    let public = key.to_string();
     let pub_path = path.with_extension("pub");
     std::fs::write(&pub_path, format!("{public}\n"))
         .with_context(|| format!("writing {}", pub_path.display()))?;

@@ -31,6 +31,8 @@ use doorstep_proto::{
     Channel, DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, KeyError, PublicKey,
     RouteAssignment, Topic,
 };
+use doorstep_runtime::backoff::jitter;
+use doorstep_runtime::tls::TlsError;
 use ring::rand::{SecureRandom, SystemRandom};
 use rumqttc::{
     AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
@@ -84,18 +86,7 @@ fn default_connect_timeout_s() -> u64 {
 }
 
 /// TLS material for the broker connection (PEM files).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// CA certificate(s) the broker's certificate must chain to.
-    pub ca: PathBuf,
-    /// This device's client certificate chain, for mutual TLS.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// This device's client private key (PKCS#8, PKCS#1 or SEC1 PEM).
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-}
+pub use doorstep_runtime::tls::TlsFiles;
 
 /// The `[uplink]` section of the agent's config file. The device id comes from the
 /// outbox (one identity for the whole agent); the MQTT client id is the device id.
@@ -273,38 +264,10 @@ pub enum UplinkError {
 }
 
 fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |path: &PathBuf, reason: String| UplinkError::Tls { path: path.clone(), reason };
-    let certs = |path: &PathBuf| -> Result<Vec<CertificateDer<'static>>, UplinkError> {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(path, e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad(path, "holds no PEM certificate".into()));
-        }
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs(&files.ca)? {
-        roots.add(cert).map_err(|e| bad(&files.ca, e.to_string()))?;
-    }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(&files.ca, e.to_string()))?
-            .with_root_certificates(roots);
-    let config = match (&files.cert, &files.key) {
-        (Some(cert), Some(key)) => {
-            let chain = certs(cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(key, e.to_string()))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err(UplinkError::Config("uplink.tls: cert and key must be given together".into())),
-    };
-    Ok(Arc::new(config))
+    doorstep_runtime::tls::client_config(files).map_err(|e| match e {
+        TlsError::File { path, reason } => UplinkError::Tls { path, reason },
+        TlsError::Unpaired => UplinkError::Config("uplink.tls: cert and key must be given together".into()),
+    })
 }
 
 /// The live position: the newest fix, for the `pos` topic.
@@ -424,15 +387,6 @@ async fn drive(
 fn describe(e: &ConnectionError) -> String {
     let text = e.to_string();
     if text.is_empty() { format!("{e:?}") } else { text }
-}
-
-/// "Equal jitter": half the delay fixed, half random, so a fleet that lost the same
-/// broker does not come back in lockstep.
-fn jitter(rng: &SystemRandom, delay: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    let r = if rng.fill(&mut bytes).is_ok() { u64::from_le_bytes(bytes) } else { 0 };
-    let half = u64::try_from(delay.as_millis() / 2).unwrap_or(u64::MAX / 4).max(1);
-    Duration::from_millis(half + r % half)
 }
 
 /// The window's clock: tokio's, so that paused test time reaches it.
@@ -1015,14 +969,5 @@ mod tests {
         cfg.tls = Some(TlsFiles { ca: "/nonexistent/ca.pem".into(), cert: None, key: None });
         let err = cfg.validate().expect_err("missing CA");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-    }
-
-    #[test]
-    fn jittered_delays_stay_between_half_and_the_full_delay() {
-        let rng = SystemRandom::new();
-        for _ in 0..100 {
-            let d = jitter(&rng, Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d < Duration::from_millis(1000), "{d:?}");
-        }
     }
 }

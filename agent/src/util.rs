@@ -6,10 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn wall_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
+pub(crate) use doorstep_runtime::clock::now_ms as wall_ms;
 
 /// The wall clock as a compact UTC stamp (`20240131T235959Z`), for file names.
 pub(crate) fn utc_stamp() -> String {

@@ -82,26 +82,7 @@ pub const SERIAL_CHUNK_LEN: usize = 1024;
 pub const SERIAL_QUEUE_CHUNKS: usize = 16;
 
 /// Reconnect delays: doubling from `initial` up to `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay after the first failure.
-    pub initial: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30) }
-    }
-}
-
-impl Backoff {
-    /// The delay after `current`.
-    pub fn next(&self, current: Duration) -> Duration {
-        current.saturating_mul(2).min(self.max)
-    }
-}
+pub use doorstep_runtime::backoff::Backoff;
 
 /// Where the GPS is and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,16 +310,6 @@ mod tests {
         let mut decoder = Decoder::default();
         let end = run(tokio::io::BufReader::new(reader), &mut decoder, &tx, &cancel).await;
         assert!(matches!(end, Ok(RunEnd::Cancelled)));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_maximum() {
-        let b = Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(2) };
-        let delays: Vec<u128> = std::iter::successors(Some(b.initial), |d| Some(b.next(*d)))
-            .take(5)
-            .map(|d| d.as_millis())
-            .collect();
-        assert_eq!(delays, [500, 1000, 2000, 2000, 2000]);
     }
 
     mod pty {
