@@ -13,11 +13,11 @@
 //! will reach the hub". Scans are stamped with GNSS time: the last good fix's time plus
 //! the monotonic time since that fix arrived (vans often have no real-time clock).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doorstep_proto::{RouteManifest, SigningKey};
+use doorstep_proto::{RouteAssignment, RouteManifest, SigningKey};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,9 @@ use crate::driver::{self, Action, DriverCounters, Job, REQUEST_QUEUE};
 use crate::fix::{Fix, format_utc_ms};
 use crate::gate::{Gate, Verdict};
 use crate::gps::{self, Backoff, Decoder, DecoderConfig, LinkStats, SerialConfig};
+use crate::outbox::OutboxError;
 use crate::outbox::{Outbox, OutboxConfig, OutboxHandle};
-use crate::uplink::LivePosition;
+use crate::uplink::{LivePosition, Uplink, UplinkError, UplinkNotice, UplinkSettings};
 use crate::watchdog::{self, Heartbeat, Heartbeats};
 
 /// Fixes waiting for the brain: a few seconds of 10 Hz output.
@@ -538,15 +539,18 @@ pub fn start_uplink(
     };
     let settings = uplink_config.validate()?;
     let (route_tx, mut route_rx) = watch::channel(None);
-    let link = crate::uplink::Uplink::new(settings, running.outbox.clone())
-        .with_link_record(crate::status::link_record_path(&config.outbox_path()))
-        .with_positions(running.live.clone())
-        .with_routes(route_tx)
-        .with_kept_route(running.kept_route_issued_ms);
-    let link_cancel = cancel.clone();
+    let wiring = UplinkWiring {
+        positions: Some(running.live.clone()),
+        routes: Some(route_tx),
+        kept_route_issued_ms: running.kept_route_issued_ms,
+        ..UplinkWiring::default()
+    };
+    let link = spawn_uplink(settings, running.outbox.clone(), &config.outbox_path(), wiring, cancel.clone());
     running.tasks.spawn(async move {
-        if let Err(e) = link.run(link_cancel).await {
-            tracing::error!(error = %e, "uplink stopped");
+        match link.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped"),
+            Err(e) => tracing::error!(error = %e, "uplink task failed"),
         }
     });
     let routes = running.routes.clone();
@@ -575,6 +579,65 @@ pub fn start_uplink(
         }
     });
     Ok(true)
+}
+
+/// What an uplink is connected to besides its outbox. `run` hands the van's live
+/// position in and the hub's routes out to the brain; a test or the soak binary reads
+/// the notices.
+#[derive(Debug, Default)]
+pub struct UplinkWiring {
+    /// Where the uplink reports what happened (dropped when nobody reads).
+    pub notices: Option<mpsc::Sender<UplinkNotice>>,
+    /// The live position to publish on the `pos` topic.
+    pub positions: Option<watch::Receiver<Option<LivePosition>>>,
+    /// Where verified routes from the hub go.
+    pub routes: Option<watch::Sender<Option<RouteAssignment>>>,
+    /// Issue time of the route kept from before a restart, so an older one is not taken.
+    pub kept_route_issued_ms: Option<i64>,
+}
+
+/// Starts the uplink over `outbox` (database at `db`) the way every agent runs it: the
+/// link record that `status` reads beside the database, then the given wiring.
+pub fn spawn_uplink(
+    settings: UplinkSettings,
+    outbox: OutboxHandle,
+    db: &Path,
+    wiring: UplinkWiring,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), UplinkError>> {
+    let mut uplink = Uplink::new(settings, outbox).with_link_record(crate::status::link_record_path(db));
+    if let Some(tx) = wiring.notices {
+        uplink = uplink.with_notices(tx);
+    }
+    if let Some(rx) = wiring.positions {
+        uplink = uplink.with_positions(rx);
+    }
+    if let Some(tx) = wiring.routes {
+        uplink = uplink.with_routes(tx);
+    }
+    let uplink = uplink.with_kept_route(wiring.kept_route_issued_ms);
+    tokio::spawn(uplink.run(cancel))
+}
+
+/// Opens the outbox at `db` (salvaging a damaged file as `run` does), starts its thread
+/// signing with `key`, and starts the uplink over it: the outbox and uplink of `run`
+/// without the GPS, the brain and the driver, for the end-to-end tests and the soak
+/// binary.
+pub async fn spawn_outbox_and_uplink(
+    db: &Path,
+    outbox_config: OutboxConfig,
+    key: Arc<SigningKey>,
+    settings: UplinkSettings,
+    wiring: UplinkWiring,
+    cancel: CancellationToken,
+) -> Result<(OutboxHandle, tokio::task::JoinHandle<Result<(), UplinkError>>), OutboxError> {
+    let path = db.to_owned();
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, outbox_config))
+        .await
+        .map_err(|e| OutboxError::Thread(std::io::Error::other(e.to_string())))??;
+    let outbox = outbox.spawn(key)?;
+    let uplink = spawn_uplink(settings, outbox.clone(), db, wiring, cancel);
+    Ok((outbox, uplink))
 }
 
 /// Reads the barcode scanner, reopening it with backoff when it disappears.

@@ -1,13 +1,14 @@
 //! An in-process agent: the agent library's outbox on its own thread and the uplink task,
-//! wired exactly as `doorstep-agent run` wires them, with test-friendly timings.
+//! started by `daemon::spawn_outbox_and_uplink`, the wiring `doorstep-agent run` uses,
+//! with test-friendly timings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use doorstep_agent::outbox::{Appended, Outbox, OutboxConfig, OutboxError, OutboxHandle};
-use doorstep_agent::status::link_record_path;
-use doorstep_agent::uplink::{LivePosition, Uplink, UplinkConfig, UplinkError, UplinkNotice};
+use doorstep_agent::daemon::{self, UplinkWiring};
+use doorstep_agent::outbox::{Appended, OutboxConfig, OutboxError, OutboxHandle};
+use doorstep_agent::uplink::{LivePosition, UplinkConfig, UplinkError, UplinkNotice};
 use doorstep_proto::{DeviceId, Event};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -72,19 +73,20 @@ impl TestAgent {
         if let Some(max) = options.max_bytes {
             cfg.max_bytes = max;
         }
-        let db = options.db.clone();
-        let outbox =
-            tokio::task::spawn_blocking(move || Outbox::open(&db, cfg)).await?.context("open outbox")?;
-        let outbox = outbox.spawn(Arc::new(crate::device_key(options.key_seed)))?;
         let settings = options.uplink_config().validate()?;
         let (notice_tx, notices) = mpsc::channel(NOTICE_QUEUE);
         let (positions, position_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
-        let uplink = Uplink::new(settings, outbox.clone())
-            .with_link_record(link_record_path(&options.db))
-            .with_notices(notice_tx)
-            .with_positions(position_rx);
-        let task = tokio::spawn(uplink.run(cancel.clone()));
+        let wiring = UplinkWiring {
+            notices: Some(notice_tx),
+            positions: Some(position_rx),
+            ..UplinkWiring::default()
+        };
+        let key = Arc::new(crate::device_key(options.key_seed));
+        let (outbox, task) =
+            daemon::spawn_outbox_and_uplink(&options.db, cfg, key, settings, wiring, cancel.clone())
+                .await
+                .context("open outbox")?;
         Ok(TestAgent { outbox, notices, positions, cancel, task })
     }
 

@@ -1,6 +1,6 @@
 //! `agent-soak`: a stand-in for `doorstep-agent run` for the fault tests and the drain
-//! benchmark, built from the agent library's outbox and uplink exactly as `run` uses
-//! them. It appends confirmations 1..=count at a paced rate (resuming where a killed run
+//! benchmark: the outbox and uplink of `run`, started by the same
+//! `daemon::spawn_outbox_and_uplink`, without the GPS, brain and driver. It appends confirmations 1..=count at a paced rate (resuming where a killed run
 //! stopped: confirmation n gets seq n), runs the uplink, and reports on stdout:
 //!
 //! ```text
@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use doorstep_agent::outbox::{Outbox, OutboxConfig};
-use doorstep_agent::status::link_record_path;
-use doorstep_agent::uplink::{Uplink, UplinkConfig, UplinkNotice};
+use doorstep_agent::daemon::{self, UplinkWiring};
+use doorstep_agent::outbox::OutboxConfig;
+use doorstep_agent::uplink::{UplinkConfig, UplinkNotice};
 use doorstep_proto::{DeviceId, FleetId, PublicKey, SigningKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,16 +119,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let key = Arc::new(SigningKey::from_seed(&[args.seed; 32])?);
-    let outbox = Outbox::open(&args.db, OutboxConfig::new(args.device.clone()))?;
-    let first = outbox.next_seq();
-    let outbox = outbox.spawn(Arc::clone(&key))?;
-    if args.report_memory {
-        let depth = outbox.stats().await?.depth();
-        let (rss, hwm) = memory_kb();
-        println!("memory {rss} {hwm} {depth}");
-    }
+/// The uplink settings of the soak agent: fast reconnects and ack timeouts for tests.
+fn uplink_config(args: &Args) -> anyhow::Result<UplinkConfig> {
     let mut cfg = UplinkConfig::plain(
         "127.0.0.1",
         args.port,
@@ -141,12 +133,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.connect_timeout_s = 5;
     cfg.ack_timeout_s = 3;
     cfg.inflight = args.inflight;
+    Ok(cfg)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let key = Arc::new(SigningKey::from_seed(&[args.seed; 32])?);
     let (notice_tx, mut notices) = mpsc::channel(1024);
     let cancel = CancellationToken::new();
-    let uplink = Uplink::new(cfg.validate()?, outbox.clone())
-        .with_link_record(link_record_path(&args.db))
-        .with_notices(notice_tx);
-    let uplink = tokio::spawn(uplink.run(cancel.clone()));
+    let wiring = UplinkWiring { notices: Some(notice_tx), ..UplinkWiring::default() };
+    let (outbox, uplink) = daemon::spawn_outbox_and_uplink(
+        &args.db,
+        OutboxConfig::new(args.device.clone()),
+        Arc::clone(&key),
+        uplink_config(&args)?.validate()?,
+        wiring,
+        cancel.clone(),
+    )
+    .await?;
+    let first = outbox.cursor().await?.1;
+    if args.report_memory {
+        let depth = outbox.stats().await?.depth();
+        let (rss, hwm) = memory_kb();
+        println!("memory {rss} {hwm} {depth}");
+    }
 
     let appender = {
         let outbox = outbox.clone();
