@@ -47,7 +47,8 @@ pub fn create(path: &Path, replace: bool) -> Result<PublicKey, KeyFileError> {
     if path.exists() && !replace {
         return Err(KeyFileError::Exists { path: path.to_owned() });
     }
-    let invalid = |e: &dyn std::fmt::Display| KeyFileError::Invalid { path: path.to_owned(), message: e.to_string() };
+    let invalid =
+        |e: &dyn std::fmt::Display| KeyFileError::Invalid { path: path.to_owned(), message: e.to_string() };
     let pkcs8 = SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(|e| invalid(&e))?;
     let key = SigningKey::from_pkcs8(&pkcs8).map_err(|e| invalid(&e))?;
     if let Some(dir) = path.parent()

@@ -91,7 +91,8 @@ mod tests {
         std::fs::write(&empty, "").expect("write");
         let err = client_config(&TlsFiles { ca: empty, cert: None, key: None }).expect_err("empty");
         assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
-        let unpaired = TlsFiles { ca: dir.path().join("ca.pem"), cert: Some(dir.path().join("c.pem")), key: None };
+        let unpaired =
+            TlsFiles { ca: dir.path().join("ca.pem"), cert: Some(dir.path().join("c.pem")), key: None };
         assert!(matches!(client_config(&unpaired), Err(TlsError::File { .. } | TlsError::Unpaired)));
     }
 }
