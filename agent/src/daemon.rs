@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use doorstep_proto::{RouteAssignment, RouteManifest, SigningKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +51,17 @@ pub const PROGRESS_STATE: &str = "route_progress";
 /// The outbox state that holds the last route assignment the hub sent, verified (JSON,
 /// with its issue time so an older retained route cannot replace it after a restart).
 pub const ROUTE_STATE: &str = "hub_route";
+
+/// Why the brain could not store a decided event; the driver is told to keep the parcel.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The route progress could not be encoded (a bug, never the driver's doing).
+    #[error("route progress cannot be encoded: {0}")]
+    Progress(serde_json::Error),
+    /// The outbox refused the event (full, disk full, closed).
+    #[error(transparent)]
+    Outbox(OutboxError),
+}
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +115,7 @@ pub fn load_key(path: &std::path::Path) -> Result<SigningKey, DaemonError> {
 }
 
 /// The brain's view for `status`, written to [`BRAIN_STATE_FILE`].
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BrainState {
     /// When this file was written (GNSS-derived time when known).
     pub written_utc: Option<String>,
@@ -127,7 +138,7 @@ pub struct BrainState {
 }
 
 /// The last good fix in the state file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FixState {
     /// GNSS UTC of the fix.
     pub time: String,
@@ -213,12 +224,12 @@ impl Brain {
     /// Stores decided events. Every event but a position sample commits the route
     /// progress with it, in one transaction: the progress that makes a second scan of a
     /// parcel a duplicate is never behind the confirmation it follows from.
-    async fn store(&mut self, decided: Vec<Decided>) -> Result<(), String> {
+    async fn store(&mut self, decided: Vec<Decided>) -> Result<(), StoreError> {
         for d in decided {
             let kind = d.event.kind();
             let progress = (kind != "position").then(|| self.decider.progress());
             let state = match &progress {
-                Some(p) => Some((PROGRESS_STATE, serde_json::to_vec(p).map_err(|e| e.to_string())?)),
+                Some(p) => Some((PROGRESS_STATE, serde_json::to_vec(p).map_err(StoreError::Progress)?)),
                 None => None,
             };
             match self.outbox.append_with_state(d.event, d.utc_ms, self.mono_ms(), state).await {
@@ -232,7 +243,7 @@ impl Brain {
                 Err(e) => {
                     self.store_failures += 1;
                     tracing::error!(kind, error = %e, "EVENT NOT STORED");
-                    return Err(e.to_string());
+                    return Err(StoreError::Outbox(e));
                 }
             }
         }

@@ -265,35 +265,38 @@ fn pubkey(args: KeyArg) -> anyhow::Result<()> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
-    use doorstep_agent::{config::Config, daemon::BRAIN_STATE_FILE, status};
+    use doorstep_agent::daemon::{BRAIN_STATE_FILE, BrainState};
+    use doorstep_agent::{config::Config, status};
     let config = Config::load(&args.config.config)
         .with_context(|| format!("configuration {}", args.config.config.display()))?;
     let db = config.outbox_path();
     let report = status::read_status(&db, &status::link_record_path(&db))?;
-    let decisions: Option<serde_json::Value> = std::fs::read(config.state_dir.join(BRAIN_STATE_FILE))
+    // The brain's state file, written by the running daemon; absent before its first
+    // write, and unreadable only if a newer agent wrote it.
+    let brain: Option<BrainState> = std::fs::read(config.state_dir.join(BRAIN_STATE_FILE))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
-        value["decisions"] = decisions.unwrap_or(serde_json::Value::Null);
+        value["decisions"] = serde_json::to_value(&brain)?;
         writeln!(out, "{value}")?;
     } else {
         write!(out, "{}", report.render())?;
-        if let Some(d) = decisions {
+        if let Some(brain) = brain {
             writeln!(
                 out,
                 "route: {}; stops with parcels left: {}",
-                d["route_id"].as_str().unwrap_or("none loaded"),
-                d["stops_with_parcels_left"]
+                brain.route_id.as_deref().unwrap_or("none loaded"),
+                brain.stops_with_parcels_left
             )?;
             writeln!(
                 out,
                 "events stored since start: {}; store failures: {}",
-                d["events_stored"], d["store_failures"]
+                brain.events_stored, brain.store_failures
             )?;
-            writeln!(out, "decisions: {}", d["decisions"])?;
-            writeln!(out, "fixes refused by the gate: {}", d["gated"])?;
+            writeln!(out, "decisions: {}", serde_json::to_string(&brain.decisions)?)?;
+            writeln!(out, "fixes refused by the gate: {}", serde_json::to_string(&brain.gated)?)?;
         }
     }
     Ok(())
