@@ -179,13 +179,7 @@ struct DecodeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    doorstep_runtime::logging::init("warn");
     let cli = Cli::parse();
     if cli.print_default_config {
         std::io::stdout().write_all(doorstep_agent::config::DEFAULT_CONFIG.as_bytes())?;

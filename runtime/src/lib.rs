@@ -7,10 +7,12 @@
 //! - [`shutdown`]: SIGTERM (systemd) or Ctrl-C;
 //! - [`backoff`]: reconnect delays, doubling and jittered so a fleet that lost the same
 //!   broker does not return in lockstep;
-//! - [`clock`]: the wall clock in milliseconds.
+//! - [`clock`]: the wall clock in milliseconds;
+//! - [`logging`]: log lines on stderr at `RUST_LOG`'s level.
 
 pub mod backoff;
 pub mod clock;
 pub mod keyfile;
+pub mod logging;
 pub mod shutdown;
 pub mod tls;

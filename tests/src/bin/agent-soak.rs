@@ -102,13 +102,7 @@ fn memory_kb() -> (u64, u64) {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    doorstep_runtime::logging::init("warn");
     let args = parse()?;
     // Two workers at most: the van's CPU is small and memory is measured here.
     let runtime = tokio::runtime::Builder::new_multi_thread()
