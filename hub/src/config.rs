@@ -240,18 +240,7 @@ fn default_inflight() -> u16 {
 }
 
 /// PEM files for TLS to the broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// CA certificate(s).
-    pub ca: PathBuf,
-    /// Client certificate chain (mutual TLS).
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// Client private key.
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-}
+pub use doorstep_runtime::tls::TlsFiles;
 
 /// `[ingest]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -788,39 +777,12 @@ impl Config {
 }
 
 fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad =
-        |path: &Path, e: &dyn std::fmt::Display| invalid(format!("mqtt.tls file {}: {e}", path.display()));
-    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, &e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(path, &e))?;
-        if certs.is_empty() {
-            return Err(bad(path, &"holds no PEM certificate"));
+    doorstep_runtime::tls::client_config(files).map_err(|e| match e {
+        doorstep_runtime::tls::TlsError::File { path, reason } => {
+            invalid(format!("mqtt.tls file {}: {reason}", path.display()))
         }
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs(&files.ca)? {
-        roots.add(cert).map_err(|e| bad(&files.ca, &e))?;
-    }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(&files.ca, &e))?
-            .with_root_certificates(roots);
-    let config = match (&files.cert, &files.key) {
-        (Some(cert), Some(key)) => {
-            let chain = certs(cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(key, &e))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err(invalid("mqtt.tls: cert and key must be given together")),
-    };
-    Ok(Arc::new(config))
+        doorstep_runtime::tls::TlsError::Unpaired => invalid("mqtt.tls: cert and key must be given together"),
+    })
 }
 
 #[cfg(test)]

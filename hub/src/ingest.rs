@@ -60,6 +60,7 @@ use doorstep_proto::{
     Channel, DeviceId, Envelope, EnvelopeError, FixEvidence, HubMessage, KeyId, RouteAssignment, SigningKey,
     Topic,
 };
+use doorstep_runtime::backoff::Backoff;
 use rumqttc::{AsyncClient, MqttOptions, Publish, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -109,8 +110,9 @@ pub const WAKE_BATCH: usize = 256;
 /// the connection, and the broker would redeliver it to the persistent session forever,
 /// so the broker must cap messages below it (Mosquitto: `message_size_limit 1048576`).
 pub const MAX_PACKET: usize = 1024 * 1024 + 4096;
-/// Longest pause between reconnect attempts.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Pauses between reconnect attempts to the broker: doubling to 30 s, jittered so the
+/// hubs of a group that lost the same broker do not return in lockstep.
+pub const RECONNECT: Backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(30) };
 /// Publishes read from the broker but not yet taken by a verifier, at most. Above it,
 /// messages are shed (not acknowledged; devices resend when their ack stalls). Keep the
 /// broker's in-flight window for the hub (Mosquitto: `max_inflight_messages`) below it.
@@ -138,10 +140,7 @@ pub const TIME_IN_FUTURE: &str = "time_in_future";
 
 /// Current wall time, ms since the Unix epoch (the shell's clock; reconciliation gets it
 /// as an input).
-pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
+pub use doorstep_runtime::clock::now_ms;
 
 mod apply;
 mod mqtt;

@@ -25,7 +25,7 @@ use doorstep_hub::config::{Config, DEFAULT_CONFIG};
 use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
 use doorstep_hub::store::{LiveStatus, Store, StoreError, StoreOptions};
-use doorstep_proto::{DeviceId, FleetId, SigningKey};
+use doorstep_proto::{DeviceId, FleetId};
 
 /// Where the hub looks for its configuration by default.
 const DEFAULT_CONFIG_PATH: &str = "/etc/doorstep/hub.toml";
@@ -321,34 +321,15 @@ fn key_path(config: &Path, key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if path.exists() && !force {
-        bail!(
+    use doorstep_runtime::keyfile::{self, KeyFileError};
+    let public = match keyfile::create(path, force) {
+        Err(KeyFileError::Exists { .. }) => bail!(
             "{} already exists; use --force to replace it (then give every agent the new public key)",
             path.display()
-        );
-    }
-    let pkcs8 = SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new())?;
-    let key = SigningKey::from_pkcs8(&pkcs8)?;
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // Written with mode 0600 from the start, then renamed over the target: the private
-    // key is never readable by others, not even for a moment.
-    let tmp = path.with_extension("key.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&pkcs8)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    writeln!(std::io::stdout(), "{}", key.public_key())?;
+        ),
+        other => other?,
+    };
+    writeln!(std::io::stdout(), "{public}")?;
     writeln!(std::io::stderr(), "wrote {} (mode 0600); give agents the public key above", path.display())?;
     Ok(())
 }
@@ -435,31 +416,14 @@ fn age(ms: i64) -> String {
 fn serve(config_path: &Path) -> anyhow::Result<()> {
     let settings =
         load_config(config_path)?.validate().with_context(|| format!("{}", config_path.display()))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    doorstep_runtime::logging::init("info");
     // reqwest and rumqttc are built without a default crypto provider: choose ring once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = doorstep_hub::server::Listeners::bind(&settings).await?;
-        doorstep_hub::server::serve(settings, listeners, shutdown_signal()).await
+        doorstep_hub::server::serve(settings, listeners, doorstep_runtime::shutdown::signal()).await
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

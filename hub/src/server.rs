@@ -141,8 +141,10 @@ pub async fn serve(
 
 /// Reads the hub's signing key (PKCS#8), saying how to make one when it is missing.
 pub fn load_key(path: &Path) -> anyhow::Result<doorstep_proto::SigningKey> {
-    let pkcs8 = std::fs::read(path).with_context(|| {
-        format!("reading the hub key {} (create it with `doorstep-hub keygen`)", path.display())
-    })?;
-    doorstep_proto::SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("hub key {}", path.display()))
+    doorstep_runtime::keyfile::load(path).map_err(|e| match e {
+        doorstep_runtime::keyfile::KeyFileError::Io { .. } => {
+            anyhow::anyhow!("reading the hub key: {e} (create it with `doorstep-hub keygen`)")
+        }
+        other => anyhow::anyhow!("hub key {other}"),
+    })
 }

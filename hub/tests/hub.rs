@@ -136,12 +136,7 @@ async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restarted_mid_stream_misses_nothing() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } = one_van(HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-3", hub_key().public_key()).await;
     for seq in 1..=100u64 {
         fleet.publish(&evt_topic(&van), seal(&van_key, &van, seq, nearby(1, "s1"))).await;
@@ -203,12 +198,8 @@ fn http() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let OneVan { broker, dir: _dir, db: _, van, van_key, hub } =
+        one_van(HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
     let client = http();
 
     let shipment = serde_json::json!({
@@ -292,12 +283,7 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } = one_van(HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-5", hub_key().public_key()).await;
 
     let photo: Vec<u8> = (0..(2 * MAX_CHUNK_LEN + 500)).map(|i| u8::try_from(i % 253).unwrap()).collect();
@@ -405,12 +391,7 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_notice_moves_the_ack_past_evicted_samples_even_over_a_stored_one() {
     use doorstep_proto::Gap;
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } = one_van(HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-gap", hub_key().public_key()).await;
 
     // Sample 3 reaches the hub just before a dead zone; the full outbox then evicts
@@ -452,12 +433,7 @@ async fn a_gap_notice_moves_the_ack_past_evicted_samples_even_over_a_stored_one(
 async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
     use doorstep_proto::state::DeviceState;
     use rumqttc::QoS;
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } = one_van(HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-live", hub_key().public_key()).await;
     let state_topic = format!("doorstep/v1/acme/{van}/state");
     let pos_topic = format!("doorstep/v1/acme/{van}/pos");
@@ -784,12 +760,8 @@ async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_acted_on() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } =
+        one_van(HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
     let (tomorrow, today) = ("1Z999AA10000000021", "1Z999AA10000000022");
     shipments_on_a_route(&hub, &[("s1", tomorrow, None), ("s2", today, None)]).await;
     let fleet = SimFleet::connect(broker.port(), "sim-future", hub_key().public_key()).await;
@@ -907,12 +879,7 @@ async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_coming_online_gets_its_route_published_again_when_the_broker_lost_it() {
     use doorstep_proto::state::DeviceState;
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { broker, dir: _dir, db: _, van, van_key: _, hub } = one_van(HubOptions::default()).await;
     let issued_ms = shipments_on_a_route(&hub, &[("s1", "1Z999AA10000000051", None)]).await;
 
     // The broker loses the retained route while the hub's session survives (a restore

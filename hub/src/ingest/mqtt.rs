@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use doorstep_runtime::backoff::jitter;
 use rumqttc::{AsyncClient, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-use super::{DRAIN_TIMEOUT, MAX_PENDING, MAX_PENDING_BYTES, Outbound, RECONNECT_MAX};
+use super::{DRAIN_TIMEOUT, MAX_PENDING, MAX_PENDING_BYTES, Outbound, RECONNECT};
 
 #[allow(clippy::too_many_arguments)] // the task's wiring, each a different thing it owns or shares.
 pub(super) async fn drive(
@@ -25,7 +26,8 @@ pub(super) async fn drive(
     cancel: CancellationToken,
     outbound_done: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(250);
+    let mut delay = RECONNECT.initial;
+    let rng = ring::rand::SystemRandom::new();
     let mut verify = Some(verify);
     // The place of each message handed to the verifiers in the broker's delivery order.
     // Given out only when a verifier queue takes the message, so the writer never waits
@@ -167,9 +169,9 @@ pub(super) async fn drive(
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "broker connection lost; reconnecting");
                     tokio::select! {
                         () = cancel.cancelled() => {}
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(jitter(&rng, delay)) => {}
                     }
-                    delay = (delay * 2).min(RECONNECT_MAX);
+                    delay = RECONNECT.next(delay);
                 }
             }
         }

@@ -446,6 +446,29 @@ impl SimFleet {
     }
 }
 
+/// The common start of a hub test: a broker, a hub database in its own directory with
+/// `van-1` (key seed 1) registered, and the hub running on them.
+pub struct OneVan {
+    pub broker: Broker,
+    /// Holds the database; dropped last.
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub van: DeviceId,
+    pub van_key: SigningKey,
+    pub hub: TestHub,
+}
+
+/// Starts [`OneVan`] with `options`.
+pub async fn one_van(options: HubOptions) -> OneVan {
+    let broker = broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let (van, van_key) = (device("van-1"), key(1));
+    register(&db, &[(&van, &van_key)]);
+    let hub = TestHub::start(broker.port(), &db, options).await;
+    OneVan { broker, dir, db, van, van_key, hub }
+}
+
 /// Registers devices in a hub database before the hub starts.
 pub fn register(db: &Path, devices: &[(&DeviceId, &SigningKey)]) {
     let mut store = doorstep_hub::store::Store::open(db, StoreOptions::default()).unwrap();
