@@ -924,8 +924,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(Ok(Ok(depths))) = depths {
         state.metrics.store_depths(&depths);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 
 /// What `/healthz` found.

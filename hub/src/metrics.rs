@@ -1,140 +1,266 @@
-//! Counters and gauges for `/metrics`, in the Prometheus text format.
+//! Counters, gauges and histograms for `/metrics`, in the Prometheus text format.
 //!
 //! Every counted event has a named method here with the same labels as its log line
 //! (`outcome`, `reason`, `carrier`, `channel`), so a counter and a log search find the
-//! same thing. The registry is a small map behind a mutex: a few increments per message
-//! cost far less than the signature check they follow.
+//! same thing. The families live in a `prometheus-client` registry: each series is an
+//! atomic behind the family's lock, so a few increments per message cost far less than
+//! the signature check they follow.
+//!
+//! Two histograms show what the gauges cannot: `doorstep_hub_ingest_lag_seconds` (every
+//! stored event's GNSS time to its commit, where the gauges keep only the last batch's
+//! newest and oldest) and `doorstep_hub_scan_to_message_seconds` (the van's delivery scan
+//! to a provider accepting the customer's "delivered" message, by channel).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::store::QueueDepths;
 
-/// Metric names with their help text and type, in output order.
-const FAMILIES: &[(&str, &str, &str)] = &[
+/// The `Content-Type` of [`Metrics::render`]'s text (the Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// `doorstep_hub_ingest_lag_seconds`' upper bounds, seconds: from a van in coverage
+/// (tens of milliseconds) to one out of a dead zone hours late.
+pub const INGEST_LAG_BUCKETS: [f64; 14] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+/// `doorstep_hub_scan_to_message_seconds`' upper bounds, seconds: from a message out
+/// within a second of the scan, through the reconciler's hold and provider retries, to
+/// one held back by the recipient's quiet hours until the morning.
+pub const SCAN_TO_MESSAGE_BUCKETS: [f64; 14] =
+    [0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0];
+
+/// What a family counts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// With the constructor that gives each series its buckets.
+    Histogram(fn() -> Histogram),
+}
+
+/// Metric names with their type and help text, in output order.
+const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "doorstep_hub_ingest_total",
-        "counter",
+        Kind::Counter,
         "Device messages by outcome (stored, duplicate, quarantined, rejected) and reason.",
     ),
-    ("doorstep_hub_acks_published_total", "counter", "Signed cumulative acks published to devices."),
+    ("doorstep_hub_acks_published_total", Kind::Counter, "Signed cumulative acks published to devices."),
     (
         "doorstep_hub_routes_published_total",
-        "counter",
+        Kind::Counter,
         "Signed routes queued for the broker, retained, by reason (posted, device_online, broker_session_new).",
     ),
-    ("doorstep_hub_blob_chunks_total", "counter", "Photo chunks by outcome and reason."),
-    ("doorstep_hub_photos_total", "counter", "Reassembled photos by outcome (verified, hash_mismatch)."),
-    ("doorstep_hub_webhooks_total", "counter", "Carrier webhooks by carrier and outcome."),
+    ("doorstep_hub_blob_chunks_total", Kind::Counter, "Photo chunks by outcome and reason."),
+    ("doorstep_hub_photos_total", Kind::Counter, "Reassembled photos by outcome (verified, hash_mismatch)."),
+    ("doorstep_hub_webhooks_total", Kind::Counter, "Carrier webhooks by carrier and outcome."),
     (
         "doorstep_hub_api_requests_total",
-        "counter",
+        Kind::Counter,
         "Private API requests by outcome (allowed, unauthenticated, revoked, forbidden) and scope.",
     ),
     (
         "doorstep_hub_rate_limited_total",
-        "counter",
+        Kind::Counter,
         "Public requests refused with 429, by surface (tracking_page, webhooks, callbacks).",
     ),
-    ("doorstep_hub_notifications_total", "counter", "Notification attempts by channel and outcome."),
+    ("doorstep_hub_notifications_total", Kind::Counter, "Notification attempts by channel and outcome."),
     (
         "doorstep_hub_notifications_enqueued_total",
-        "counter",
+        Kind::Counter,
         "Notifications enqueued by channel and milestone.",
     ),
-    ("doorstep_hub_alerts_total", "counter", "Operations alerts raised by code."),
-    ("doorstep_hub_commits_total", "counter", "Ingest transactions committed."),
-    ("doorstep_hub_committed_events_total", "counter", "Events in committed ingest transactions."),
-    ("doorstep_hub_busy_us_total", "counter", "Time spent working, by pipeline stage, microseconds."),
-    ("doorstep_hub_ingest_lag_ms", "gauge", "Event time to commit, last batch's newest event, milliseconds."),
+    ("doorstep_hub_alerts_total", Kind::Counter, "Operations alerts raised by code."),
+    ("doorstep_hub_commits_total", Kind::Counter, "Ingest transactions committed."),
+    ("doorstep_hub_committed_events_total", Kind::Counter, "Events in committed ingest transactions."),
+    ("doorstep_hub_busy_us_total", Kind::Counter, "Time spent working, by pipeline stage, microseconds."),
+    (
+        "doorstep_hub_ingest_lag_ms",
+        Kind::Gauge,
+        "Event time to commit, last batch's newest event, milliseconds.",
+    ),
     (
         "doorstep_hub_ingest_lag_max_ms",
-        "gauge",
+        Kind::Gauge,
         "Event time to commit, last batch's oldest event, milliseconds.",
     ),
     (
+        "doorstep_hub_ingest_lag_seconds",
+        Kind::Histogram(ingest_lag_histogram),
+        "Event time (GNSS) to commit, every stored event, seconds.",
+    ),
+    (
+        "doorstep_hub_scan_to_message_seconds",
+        Kind::Histogram(scan_to_message_histogram),
+        "Delivery scan at the door (its GNSS time) to a provider accepting the customer's delivered notification, by channel, seconds.",
+    ),
+    (
         "doorstep_hub_device_status_total",
-        "counter",
+        Kind::Counter,
         "Retained device state and live position messages by channel (state, pos), outcome and reason.",
     ),
-    ("doorstep_hub_devices_online", "gauge", "Active devices whose last state message said online."),
-    ("doorstep_hub_queue_depth", "gauge", "Items waiting, by queue."),
-    ("doorstep_hub_mqtt_connected", "gauge", "1 while the hub's broker session is up."),
+    ("doorstep_hub_devices_online", Kind::Gauge, "Active devices whose last state message said online."),
+    ("doorstep_hub_queue_depth", Kind::Gauge, "Items waiting, by queue."),
+    ("doorstep_hub_mqtt_connected", Kind::Gauge, "1 while the hub's broker session is up."),
     (
         "doorstep_hub_mqtt_subscriptions",
-        "gauge",
+        Kind::Gauge,
         "Topic filters the broker has granted in this session (4 when the hub hears every van).",
     ),
 ];
 
-/// The hub's metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    series: Mutex<BTreeMap<(&'static str, String), i64>>,
+/// A series' labels, in the order they are written.
+type Labels = Vec<(Cow<'static, str>, String)>;
+
+/// A histogram family with its buckets fixed when the family is made.
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn ingest_lag_histogram() -> Histogram {
+    Histogram::new(INGEST_LAG_BUCKETS)
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    // One allocation: ingest calls this for every batch and every verifier flush.
-    let mut out = String::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+fn scan_to_message_histogram() -> Histogram {
+    Histogram::new(SCAN_TO_MESSAGE_BUCKETS)
+}
+
+/// One family, as the registry and the named methods share it.
+#[derive(Debug, Clone)]
+enum Series {
+    Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge>),
+    Histogram(Histograms),
+}
+
+/// The hub's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    families: HashMap<&'static str, Series>,
+    /// The (outcome, reason) pairs `doorstep_hub_ingest_total` has a series for, so
+    /// [`Metrics::ingest_outcome_total`] can add a outcome's reasons up.
+    ingest_reasons: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut families = HashMap::with_capacity(FAMILIES.len());
+        for &(name, kind, help) in FAMILIES {
+            // The registry ends every help text with a full stop, and writes a
+            // counter's `_total` itself.
+            let help = help.strip_suffix('.').unwrap_or(help);
+            let series = match kind {
+                Kind::Counter => {
+                    let family = Family::<Labels, Counter>::default();
+                    registry.register(name.strip_suffix("_total").unwrap_or(name), help, family.clone());
+                    Series::Counter(family)
+                }
+                Kind::Gauge => {
+                    let family = Family::<Labels, Gauge>::default();
+                    registry.register(name, help, family.clone());
+                    Series::Gauge(family)
+                }
+                Kind::Histogram(make) => {
+                    let family = Histograms::new_with_constructor(make);
+                    registry.register(name, help, family.clone());
+                    Series::Histogram(family)
+                }
+            };
+            families.insert(name, series);
         }
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+        Self { registry, families, ingest_reasons: Mutex::new(BTreeSet::new()) }
     }
-    out
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (Cow::Borrowed(*k), (*v).to_owned())).collect()
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds as seconds; an event time a little ahead of the hub's clock counts as 0.
+fn seconds(ms: i64) -> f64 {
+    // Exact up to 2^53 ms (285,000 years).
+    #[allow(clippy::cast_precision_loss)]
+    let ms = ms.max(0) as f64;
+    ms / 1000.0
 }
 
 impl Metrics {
-    fn add(&self, name: &'static str, pairs: &[(&str, &str)], n: i64) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        *series.entry((name, labels(pairs))).or_insert(0) += n;
+    fn family(&self, name: &str) -> Option<&Series> {
+        let family = self.families.get(name);
+        debug_assert!(family.is_some(), "{name} is not in FAMILIES");
+        family
     }
 
-    fn set(&self, name: &'static str, pairs: &[(&str, &str)], value: i64) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.insert((name, labels(pairs)), value);
+    fn add(&self, name: &'static str, pairs: &[(&'static str, &str)], n: u64) {
+        if let Some(Series::Counter(family)) = self.family(name) {
+            family.get_or_create(&labels(pairs)).inc_by(n);
+        }
     }
 
-    /// The current value of a series (tests, `/healthz`).
+    fn set(&self, name: &'static str, pairs: &[(&'static str, &str)], value: i64) {
+        if let Some(Series::Gauge(family)) = self.family(name) {
+            family.get_or_create(&labels(pairs)).set(value);
+        }
+    }
+
+    fn observe(&self, name: &'static str, pairs: &[(&'static str, &str)], seconds: f64) {
+        if let Some(Series::Histogram(family)) = self.family(name) {
+            family.get_or_create(&labels(pairs)).observe(seconds);
+        }
+    }
+
+    /// The current value of a counter or gauge series (tests, `/healthz`); 0 for a series
+    /// not yet seen, and for a histogram (read those from [`Metrics::render`]).
     pub fn get(&self, name: &str, pairs: &[(&str, &str)]) -> i64 {
-        let key = labels(pairs);
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.iter().find(|((n, l), _)| *n == name && *l == key).map_or(0, |(_, v)| *v)
+        let key: Labels = pairs.iter().map(|(k, v)| (Cow::Owned((*k).to_owned()), (*v).to_owned())).collect();
+        match self.families.get(name) {
+            Some(Series::Counter(family)) => family.get(&key).map_or(0, |c| clamp(c.get())),
+            Some(Series::Gauge(family)) => family.get(&key).map_or(0, |g| g.get()),
+            Some(Series::Histogram(_)) | None => 0,
+        }
     }
 
     /// A device message: `outcome` is stored, duplicate, quarantined (stored and acked, not
     /// acted on) or rejected; `reason` says why (`ok`, `bad_signature`, `topic_mismatch`,
     /// `time_in_future`, ...).
     pub fn ingest(&self, outcome: &str, reason: &str) {
-        self.add("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)], 1);
+        self.ingest_count(outcome, reason, 1);
     }
 
     /// `n` device messages with the same outcome and reason (a committed batch's count).
     pub fn ingest_count(&self, outcome: &str, reason: &str, n: i64) {
-        self.add("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)], n);
+        let Some(Series::Counter(family)) = self.family("doorstep_hub_ingest_total") else { return };
+        let key = labels(&[("outcome", outcome), ("reason", reason)]);
+        if family.get(&key).is_none() {
+            let mut seen = self.ingest_reasons.lock().unwrap_or_else(|e| e.into_inner());
+            seen.insert((outcome.to_owned(), reason.to_owned()));
+        }
+        family.get_or_create(&key).inc_by(u64::try_from(n).unwrap_or(0));
     }
 
     /// Sum of ingest counters with this outcome, over all reasons.
     pub fn ingest_outcome_total(&self, outcome: &str) -> i64 {
-        let prefix = format!("outcome=\"{outcome}\"");
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series
+        let reasons: Vec<String> = {
+            let seen = self.ingest_reasons.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter().filter(|(o, _)| o == outcome).map(|(_, r)| r.clone()).collect()
+        };
+        reasons
             .iter()
-            .filter(|((n, l), _)| *n == "doorstep_hub_ingest_total" && l.starts_with(&prefix))
-            .map(|(_, v)| *v)
-            .sum()
+            .map(|reason| self.get("doorstep_hub_ingest_total", &[("outcome", outcome), ("reason", reason)]))
+            .fold(0i64, i64::saturating_add)
     }
 
     /// A device's retained state or live position: `outcome` is stored, stale (an older
@@ -193,6 +319,17 @@ impl Metrics {
         self.add("doorstep_hub_notifications_total", &[("channel", channel), ("outcome", outcome)], 1);
     }
 
+    /// A customer's "delivered" notification accepted by its provider `scan_to_accept_ms`
+    /// after the van's delivery scan at the door (the scan's GNSS time to the provider's
+    /// acceptance).
+    pub fn scan_to_message(&self, channel: &str, scan_to_accept_ms: i64) {
+        self.observe(
+            "doorstep_hub_scan_to_message_seconds",
+            &[("channel", channel)],
+            seconds(scan_to_accept_ms),
+        );
+    }
+
     /// A notification enqueued.
     pub fn notification_enqueued(&self, channel: &str, milestone: &str) {
         self.add(
@@ -215,12 +352,23 @@ impl Metrics {
         }
     }
 
-    /// An ingest transaction committed with `events` events; `lag_ms` is (newest, oldest)
-    /// event-time-to-commit.
-    pub fn committed(&self, events: usize, lag_ms: Option<(i64, i64)>) {
+    /// An ingest transaction committed with `events` events; `lags_ms` is each stored
+    /// event's event-time-to-commit. The gauges keep the newest (smallest lag) and the
+    /// oldest (largest lag) of the batch; the histogram gets every one.
+    pub fn committed(&self, events: usize, lags_ms: impl IntoIterator<Item = i64>) {
         self.add("doorstep_hub_commits_total", &[], 1);
-        self.add("doorstep_hub_committed_events_total", &[], i64::try_from(events).unwrap_or(i64::MAX));
-        if let Some((newest, oldest)) = lag_ms {
+        self.add("doorstep_hub_committed_events_total", &[], u64::try_from(events).unwrap_or(u64::MAX));
+        let mut newest_oldest: Option<(i64, i64)> = None;
+        if let Some(Series::Histogram(family)) = self.family("doorstep_hub_ingest_lag_seconds") {
+            let histogram = family.get_or_create(&Labels::new());
+            for lag in lags_ms {
+                histogram.observe(seconds(lag));
+                let (newest, oldest) = newest_oldest.get_or_insert((lag, lag));
+                *newest = (*newest).min(lag);
+                *oldest = (*oldest).max(lag);
+            }
+        }
+        if let Some((newest, oldest)) = newest_oldest {
             self.set("doorstep_hub_ingest_lag_ms", &[], newest);
             self.set("doorstep_hub_ingest_lag_max_ms", &[], oldest);
         }
@@ -228,7 +376,7 @@ impl Metrics {
 
     /// Time a pipeline stage spent working (`verify`, `writer`, `commit`).
     pub fn busy(&self, stage: &str, elapsed: std::time::Duration) {
-        let us = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.add("doorstep_hub_busy_us_total", &[("stage", stage)], us);
     }
 
@@ -263,23 +411,13 @@ impl Metrics {
         self.set("doorstep_hub_devices_online", &[], depths.devices_online);
     }
 
-    /// Everything, in the Prometheus text exposition format (version 0.0.4).
+    /// Everything, in the Prometheus text exposition format (version 0.0.4, served as
+    /// [`CONTENT_TYPE`]). A labelled family shows once it has its first series; the
+    /// histogram of ingest lag shows from the start.
     pub fn render(&self) -> String {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        for (name, kind, help) in FAMILIES {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for ((n, l), v) in series.iter() {
-                if n == name {
-                    if l.is_empty() {
-                        let _ = writeln!(out, "{name} {v}");
-                    } else {
-                        let _ = writeln!(out, "{name}{{{l}}} {v}");
-                    }
-                }
-            }
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -303,6 +441,9 @@ mod tests {
         assert!(text.contains("# TYPE doorstep_hub_ingest_total counter"));
         assert!(text.contains("reason=\"bad \\\"sig\\\"\""), "{text}");
         assert_eq!(m.ingest_outcome_total("rejected"), 2);
+        assert_eq!(m.ingest_outcome_total("stored"), 1);
+        assert_eq!(m.ingest_outcome_total("duplicate"), 0);
+        assert!(!text.contains("# EOF"), "the 0.0.4 text format has no end marker: {text}");
     }
 
     #[test]
@@ -316,5 +457,164 @@ mod tests {
             text.contains("doorstep_hub_alerts_total{code=\"carrier_delivered_device_away\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn unlabelled_series_and_gauges_read_back_as_before() {
+        let m = Metrics::default();
+        assert_eq!(m.get("doorstep_hub_mqtt_connected", &[]), 0);
+        assert!(!m.is_mqtt_connected());
+        m.mqtt_connected(true);
+        m.mqtt_subscriptions(4);
+        m.queue_depth("mqtt_pending", 7);
+        m.busy("verify", std::time::Duration::from_micros(1500));
+        m.busy("verify", std::time::Duration::from_micros(500));
+        assert!(m.is_mqtt_connected());
+        assert_eq!(m.get("doorstep_hub_mqtt_subscriptions", &[]), 4);
+        assert_eq!(m.get("doorstep_hub_queue_depth", &[("queue", "mqtt_pending")]), 7);
+        assert_eq!(m.get("doorstep_hub_busy_us_total", &[("stage", "verify")]), 2000);
+        m.queue_depth("mqtt_pending", 2);
+        let text = m.render();
+        assert!(text.contains("\ndoorstep_hub_mqtt_connected 1\n"), "{text}");
+        assert!(text.contains("doorstep_hub_queue_depth{queue=\"mqtt_pending\"} 2\n"), "{text}");
+        assert_eq!(m.get("doorstep_hub_no_such_family", &[]), 0);
+    }
+
+    /// The cumulative `_bucket` counts of one histogram series, as rendered.
+    fn buckets(text: &str, series: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(series))
+            .filter_map(|l| {
+                let (le, count) = l.split_once("\"} ")?;
+                Some((le.rsplit("le=\"").next()?.to_owned(), count.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ingest_lag_histogram_counts_every_event_and_the_gauges_keep_newest_and_oldest() {
+        let m = Metrics::default();
+        // A batch of three events: 40 ms, 700 ms and 2 hours after their GNSS time.
+        m.committed(3, [700, 40, 7_200_000]);
+        // One ahead of the hub's clock (within the tolerance): counted as no lag.
+        m.committed(1, [-30]);
+        // A batch without stored events leaves the gauges as they were.
+        m.committed(0, []);
+        assert_eq!(m.get("doorstep_hub_ingest_lag_ms", &[]), -30);
+        assert_eq!(m.get("doorstep_hub_ingest_lag_max_ms", &[]), -30);
+        assert_eq!(m.get("doorstep_hub_commits_total", &[]), 3);
+        assert_eq!(m.get("doorstep_hub_committed_events_total", &[]), 4);
+
+        let text = m.render();
+        let got = buckets(&text, "doorstep_hub_ingest_lag_seconds_bucket{");
+        let want: Vec<(String, u64)> = [
+            ("0.05", 2),
+            ("0.1", 2),
+            ("0.25", 2),
+            ("0.5", 2),
+            ("1", 3),
+            ("2.5", 3),
+            ("5", 3),
+            ("10", 3),
+            ("30", 3),
+            ("60", 3),
+            ("300", 3),
+            ("900", 3),
+            ("3600", 3),
+            ("14400", 4),
+            ("+Inf", 4),
+        ]
+        .into_iter()
+        .map(|(le, n)| (le.to_owned(), n))
+        .collect();
+        assert_eq!(got, want, "{text}");
+        assert!(text.contains("\ndoorstep_hub_ingest_lag_seconds_count 4\n"), "{text}");
+        assert!(text.contains("\ndoorstep_hub_ingest_lag_seconds_sum 7200.74\n"), "{text}");
+        assert_eq!(INGEST_LAG_BUCKETS.len() + 1, got.len());
+
+        let m = Metrics::default();
+        m.committed(2, [1500, 250]);
+        assert_eq!(m.get("doorstep_hub_ingest_lag_ms", &[]), 250);
+        assert_eq!(m.get("doorstep_hub_ingest_lag_max_ms", &[]), 1500);
+    }
+
+    #[test]
+    fn the_scan_to_message_histogram_is_kept_per_channel() {
+        let m = Metrics::default();
+        // Shown from its first observation on.
+        assert!(!m.render().contains("doorstep_hub_scan_to_message_seconds"));
+        m.scan_to_message("sms", 1_800);
+        m.scan_to_message("sms", 45_000);
+        m.scan_to_message("sms", 10 * 3_600_000);
+        m.scan_to_message("email", 200);
+        m.scan_to_message("email", 13 * 3_600_000);
+        assert_eq!(m.get("doorstep_hub_scan_to_message_seconds", &[("channel", "sms")]), 0, "not a counter");
+
+        let text = m.render();
+        let sms = buckets(&text, "doorstep_hub_scan_to_message_seconds_bucket{channel=\"sms\",");
+        let bounds: Vec<&str> = sms.iter().map(|(le, _)| le.as_str()).collect();
+        assert_eq!(
+            bounds,
+            [
+                "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "900", "1800", "3600", "14400",
+                "43200", "+Inf"
+            ]
+        );
+        let counts: Vec<u64> = sms.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3], "{text}");
+        let email: Vec<u64> =
+            buckets(&text, "doorstep_hub_scan_to_message_seconds_bucket{channel=\"email\",")
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect();
+        assert_eq!(email, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2], "{text}");
+        assert!(text.contains("doorstep_hub_scan_to_message_seconds_count{channel=\"sms\"} 3\n"), "{text}");
+        assert!(text.contains("doorstep_hub_scan_to_message_seconds_count{channel=\"email\"} 2\n"), "{text}");
+        assert!(
+            text.contains("doorstep_hub_scan_to_message_seconds_sum{channel=\"email\"} 46800.2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_family_renders_with_its_help_and_type() {
+        let m = Metrics::default();
+        // Every labelled family shows once it has a series.
+        m.ingest("stored", "ok");
+        m.ack_published();
+        m.route_published("posted");
+        m.blob_chunk("stored", "ok");
+        m.photo("verified");
+        m.webhook("easypost", "stored", "ok");
+        m.api_request("allowed", "metrics:read");
+        m.rate_limited("tracking_page");
+        m.notification("sms", "sent");
+        m.notification_enqueued("sms", "delivered");
+        m.alert("at_address_while_moving");
+        m.committed(1, [120]);
+        m.busy("commit", std::time::Duration::from_micros(3));
+        m.scan_to_message("sms", 4_000);
+        m.device_status("state", "stored", "ok");
+        m.queue_depth("mqtt_pending", 0);
+        m.mqtt_connected(true);
+        m.mqtt_subscriptions(4);
+        m.store_depths(&QueueDepths::default());
+        let text = m.render();
+        for (name, kind, help) in FAMILIES {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram(_) => "histogram",
+            };
+            assert!(
+                text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+        }
+        // In the table's order, each family once.
+        let order: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let want: Vec<&str> = FAMILIES.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(order, want);
     }
 }

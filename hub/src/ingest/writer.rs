@@ -208,7 +208,8 @@ struct AfterCommit {
     status_counted: Vec<(&'static str, &'static str, &'static str)>,
     photos: Vec<&'static str>,
     events: usize,
-    lag: Option<(i64, i64)>,
+    /// GNSS times of the stored events, ms (their lag to the commit is measured after it).
+    event_times_ms: Vec<i64>,
     /// Devices whose state message said online: their current route is published again.
     came_online: Vec<DeviceId>,
 }
@@ -487,7 +488,7 @@ impl WriterThread {
         if !after.effects.enqueued.is_empty() || !after.effects.alerts.is_empty() {
             self.dispatcher.wake();
         }
-        metrics.committed(after.events, after.lag.map(|(newest, oldest)| (now - newest, now - oldest)));
+        metrics.committed(after.events, after.event_times_ms.iter().map(|gnss| now - gnss));
         for (device, (fleet, up_to_seq)) in after.acks {
             let owed = self.acks.owed.entry(device).or_insert((fleet, up_to_seq));
             owed.1 = owed.1.max(up_to_seq);
@@ -593,9 +594,7 @@ impl WriterThread {
                 after.effects.merge(effects);
                 after.count("stored", "ok");
                 after.events += 1;
-                let lag = after.lag.get_or_insert((envelope.gnss_utc_ms, envelope.gnss_utc_ms));
-                lag.0 = lag.0.max(envelope.gnss_utc_ms);
-                lag.1 = lag.1.min(envelope.gnss_utc_ms);
+                after.event_times_ms.push(envelope.gnss_utc_ms);
                 after.acks.entry(device.clone()).or_insert((topic.fleet, 0));
             }
             (StoreOutcome::Duplicate, _) => {
@@ -609,8 +608,8 @@ impl WriterThread {
             (StoreOutcome::Conflict(reason), _) => reject(after, reason)?,
             (StoreOutcome::Quarantined(reason), _) => {
                 // Counted like a rejection (a reason operations must see), acked like a
-                // stored event (see `store_verified`), and left out of the lag gauge: its
-                // time is not to be believed.
+                // stored event (see `store_verified`), and left out of the lag gauges and
+                // histogram: its time is not to be believed.
                 tx.count_rejection("quarantine", reason, now)?;
                 after.count("quarantined", reason);
                 after.events += 1;

@@ -566,7 +566,14 @@ impl Dispatcher {
                         }
                         Plan::Send(msg) => {
                             if outbox::claim(conn, row.id)? {
-                                sends.push((msg, row.attempts + 1));
+                                // For the scan-to-message histogram only: a failed
+                                // look-up leaves the message unmeasured, not unsent.
+                                let scanned_ms = if msg.milestone == Milestone::Delivered {
+                                    outbox::delivery_scan_ms(conn, row.shipment_id).ok().flatten()
+                                } else {
+                                    None
+                                };
+                                sends.push((msg, row.attempts + 1, scanned_ms));
                             }
                         }
                     }
@@ -575,14 +582,14 @@ impl Dispatcher {
             })
             .await?;
         report.sent = sends.len();
-        for (msg, attempt) in sends {
+        for (msg, attempt, scanned_ms) in sends {
             let Ok(permit) = Arc::clone(&self.inner.permits).acquire_owned().await else { break };
             let inner = Arc::clone(&self.inner);
             tasks.spawn(async move {
                 let _permit = permit;
                 let channel = msg.channel;
                 let outbox_id = msg.outbox_id;
-                if let Err(error) = deliver(&inner, *msg, attempt, now_ms).await {
+                if let Err(error) = deliver(&inner, *msg, attempt, now_ms, scanned_ms).await {
                     tracing::error!(outbox = outbox_id, channel = channel.as_str(), error = %crate::mask::Masked(&error.to_string()), "recording a send failed");
                 }
             });
@@ -630,8 +637,15 @@ impl Dispatcher {
     }
 }
 
-/// Sends one claimed message and records the result.
-async fn deliver(inner: &Inner, msg: Outgoing, attempt: i64, now_ms: i64) -> Result<(), NotifyError> {
+/// Sends one claimed message and records the result. `scanned_ms` is the GNSS time of
+/// the delivery scan a "delivered" message tells of, if a van made one.
+async fn deliver(
+    inner: &Inner,
+    msg: Outgoing,
+    attempt: i64,
+    now_ms: i64,
+    scanned_ms: Option<i64>,
+) -> Result<(), NotifyError> {
     let settings = &inner.settings;
     if let Some(bucket) = inner.buckets.get(&provider_of(msg.channel)) {
         bucket.acquire().await;
@@ -696,6 +710,11 @@ async fn deliver(inner: &Inner, msg: Outgoing, attempt: i64, now_ms: i64) -> Res
     };
     match outcome {
         "sent" => {
+            if let Some(scanned_ms) = scanned_ms {
+                // The provider's acceptance is now, on the wall clock (`now_ms` is the
+                // pass's start, before the rate limit's wait and the request).
+                inner.metrics.scan_to_message(channel, self::now_ms().saturating_sub(scanned_ms));
+            }
             tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider_id = ?provider_id, "notification sent")
         }
         _ => {

@@ -246,6 +246,18 @@ pub fn is_opted_out(conn: &Connection, channel: &str, recipient: &str) -> rusqli
         .is_some())
 }
 
+/// The GNSS time of the van's first delivery scan at the door of a shipment (its
+/// `delivered_at_address` timeline entry), ms; `None` when no van scanned it there (a
+/// delivery known from the carrier alone). The start of
+/// `doorstep_hub_scan_to_message_seconds`.
+pub fn delivery_scan_ms(conn: &Connection, shipment_id: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT MIN(occurred_ms) FROM timeline
+         WHERE shipment_id = ?1 AND source = 'device' AND kind = 'delivered_at_address'",
+    )?
+    .query_row([shipment_id], |r| r.get(0))
+}
+
 /// Records an opt-out (`out`) or removes it (an opt-in).
 pub fn set_opt_out(
     conn: &Connection,
@@ -366,4 +378,36 @@ pub fn unsent_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Al
 pub fn mark_alert_sent(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE ops_alerts SET sent = 1 WHERE id = ?1")?.execute([id])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delivery_scan_is_the_vans_first_scan_at_the_door() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE timeline (id INTEGER PRIMARY KEY, shipment_id INTEGER NOT NULL,
+                 occurred_ms INTEGER NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL)",
+        )
+        .expect("schema");
+        let add = |shipment: i64, at: i64, source: &str, kind: &str| {
+            conn.execute(
+                "INSERT INTO timeline (shipment_id, occurred_ms, source, kind, detail) VALUES (?1, ?2, ?3, ?4, '{}')",
+                params![shipment, at, source, kind],
+            )
+            .expect("insert");
+        };
+        add(1, 1_000, "device", "nearby");
+        add(1, 5_000, "device", "delivered_at_address");
+        add(1, 9_000, "device", "delivered_at_address");
+        add(1, 2_000, "easypost", "delivered");
+        add(2, 3_000, "easypost", "delivered");
+        add(3, 4_000, "device", "delivered_away_from_address");
+        assert_eq!(delivery_scan_ms(&conn, 1).expect("query"), Some(5_000));
+        assert_eq!(delivery_scan_ms(&conn, 2).expect("query"), None, "the carrier's word is not a scan");
+        assert_eq!(delivery_scan_ms(&conn, 3).expect("query"), None, "not at the door");
+        assert_eq!(delivery_scan_ms(&conn, 4).expect("query"), None);
+    }
 }
