@@ -19,7 +19,7 @@
 //!
 //! An `unknown` row is completed by the provider's status callback if the message did go
 //! out. Rows left `sending` by a stopped hub are treated the same way at start-up
-//! ([`Dispatcher::recover`]).
+//! ([`outbox::recover`]).
 //!
 //! What this module must never do: send a message twice on a channel without an
 //! idempotency guard, send to a recipient who opted out or withdrew consent, put the
@@ -321,9 +321,7 @@ fn provider_of(channel: ContactChannel) -> ProviderKind {
 }
 
 /// The current time, ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
+pub use doorstep_runtime::clock::now_ms;
 
 /// What one dispatcher pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
