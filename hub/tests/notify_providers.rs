@@ -385,6 +385,46 @@ async fn call(
 }
 
 #[tokio::test]
+async fn a_delivered_sms_after_a_door_scan_is_timed_from_the_scan_to_the_providers_yes() {
+    let (_twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    // The van scanned at the door 90 s ago (GNSS time), as the ingest writes it.
+    let scanned_ms = notify::now_ms() - 90_000;
+    {
+        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+        let tx = store.transaction().expect("tx");
+        let evidence = serde_json::json!({"distance_m": 4, "stop_id": "stop-1"});
+        tx.add_timeline(shipment, scanned_ms, "device", "delivered_at_address", &evidence).expect("timeline");
+        tx.commit().expect("commit");
+    }
+    enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher =
+        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").sent, 1);
+    let text = metrics.render();
+    // The series' value, whatever the encoder's spelling of the bucket bounds (60 or 60.0).
+    let value = |series: &str, le: Option<&str>| -> Option<f64> {
+        text.lines().find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            let wanted = name.starts_with(&format!("doorstep_hub_scan_to_message_seconds_{series}{{"))
+                && name.contains("channel=\"sms\"")
+                && le.is_none_or(|le| {
+                    name.contains(&format!("le=\"{le}\"")) || name.contains(&format!("le=\"{le}.0\""))
+                });
+            wanted.then(|| v.parse().ok()).flatten()
+        })
+    };
+    assert_eq!(value("count", None), Some(1.0), "{text}");
+    assert_eq!(value("bucket", Some("60")), Some(0.0), "{text}");
+    assert_eq!(value("bucket", Some("300")), Some(1.0), "{text}");
+    let sum = value("sum", None).expect("sum");
+    assert!((90.0..120.0).contains(&sum), "90 s from the scan to the provider's answer: {sum}");
+}
+
+#[tokio::test]
 async fn a_500_is_retried_once_more_and_both_attempts_are_recorded() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0002","status":"queued"}"#)).await;
     twilio.push(Answer::ok(500, r#"{"code":20500,"message":"Internal Server Error"}"#));
