@@ -14,13 +14,13 @@
 //! anything the attack had let through would have arrived first.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use doorstep_proto::topic::{Channel, all_devices, shared};
+use doorstep_testkit::mosquitto::MOSQUITTO;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -32,8 +32,6 @@ use rumqttc::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 
-/// Where Debian installs the broker.
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// The hub binary under test.
 const HUB: &str = env!("CARGO_BIN_EXE_doorstep-hub");
 /// The fleet of every van here.
@@ -51,11 +49,6 @@ const DELIVERY: Duration = Duration::from_secs(5);
 
 fn topic(device: &str, channel: &str) -> String {
     format!("doorstep/v1/{FLEET}/{device}/{channel}")
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 // ---- the fleet's certificates -------------------------------------------------------
@@ -156,7 +149,7 @@ impl Fleet {
         let told = String::from_utf8_lossy(&written.stderr);
         assert!(told.contains("SIGHUP") && told.contains("reload"), "broker-acl says how to reload: {told}");
 
-        let port = free_port();
+        let port = doorstep_testkit::mosquitto::free_port().expect("a free port");
         // The broker is set up with the very lines `broker-acl --help` and the ACL's header
         // teach, only the port and the files replaced.
         let mut conf = doorstep_hub::acl::MOSQUITTO_CONF.to_owned();
