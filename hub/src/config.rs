@@ -119,12 +119,22 @@ standing_speed_mps = 1.5
 # The dwell a stop needs when its route does not set one, seconds (agents: geofence.dwell_s).
 default_dwell_s = 30
 
-# [notify] holds the providers (base URLs, credentials, templates); see the notify docs.
+# [notify] (below) holds the providers, their credentials and the templates.
 # Which channels each milestone goes to; without a map, every consented channel.
 # [[notify.channel_map]]
 # milestone = "nearby"
 # channels = ["sms", "whatsapp"]
 "#;
+
+/// The whole commented default file `--print-default-config` prints: [`DEFAULT_CONFIG`],
+/// the `[notify]` section, and every provider type's sample entry, commented.
+pub fn default_config() -> String {
+    format!(
+        "{DEFAULT_CONFIG}\n{}\n{}",
+        crate::notify::config::DEFAULT_CONFIG,
+        crate::notify::registry::samples()
+    )
+}
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -796,6 +806,17 @@ mod tests {
         assert_eq!(config.reconcile.hold_period_s, 1800);
         let typo = DEFAULT_CONFIG.replace("client_id =", "clientid =");
         assert!(matches!(Config::parse(&typo), Err(ConfigError::Parse { .. })));
+        // What --print-default-config prints, [notify] and the provider samples included.
+        let printed = default_config().replace(
+            "link_token_secret = \"file:/var/lib/doorstep-hub/link.secret\"",
+            "link_token_secret = \"0123456789abcdef0123456789abcdef\"",
+        );
+        let settings = Config::parse(&printed).expect("printed default parses").validate().expect("valid");
+        let notify = crate::notify::NotifySettings::from_hub(&settings).expect("[notify] validates");
+        assert!(notify.dispatch && notify.providers.all().is_empty(), "every provider is commented out");
+        for ty in crate::notify::registry::TYPES {
+            assert!(printed.contains(&format!("# type = \"{}\"", ty.kind)), "{} is shown", ty.kind);
+        }
     }
 
     #[test]

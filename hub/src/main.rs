@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use doorstep_hub::access::{self, Scope};
-use doorstep_hub::config::{Config, DEFAULT_CONFIG};
+use doorstep_hub::config::{Config, default_config};
 use doorstep_hub::ingest::now_ms;
 use doorstep_hub::registry::parse_key_arg;
 use doorstep_hub::store::{LiveStatus, Store, StoreError, StoreOptions};
@@ -167,7 +167,7 @@ fn parse_scope(text: &str) -> Result<Scope, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.print_default_config {
-        std::io::stdout().write_all(DEFAULT_CONFIG.as_bytes())?;
+        std::io::stdout().write_all(default_config().as_bytes())?;
         return Ok(());
     }
     let Some(command) = cli.command else {

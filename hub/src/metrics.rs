@@ -75,6 +75,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
     ("doorstep_hub_notifications_total", Kind::Counter, "Notification attempts by channel and outcome."),
     (
+        "doorstep_hub_provider_attempts_total",
+        Kind::Counter,
+        "Requests to each configured provider by result (accepted, retry, ambiguous, rejected, opted_out).",
+    ),
+    (
         "doorstep_hub_notifications_enqueued_total",
         Kind::Counter,
         "Notifications enqueued by channel and milestone.",
@@ -317,6 +322,11 @@ impl Metrics {
     /// A notification attempt outcome (sent, delivered, failed, ...), for the dispatcher.
     pub fn notification(&self, channel: &str, outcome: &str) {
         self.add("doorstep_hub_notifications_total", &[("channel", channel), ("outcome", outcome)], 1);
+    }
+
+    /// One request to a configured provider and how it ended.
+    pub fn provider_attempt(&self, provider: &str, result: &str) {
+        self.add("doorstep_hub_provider_attempts_total", &[("provider", provider), ("result", result)], 1);
     }
 
     /// A customer's "delivered" notification accepted by its provider `scan_to_accept_ms`
@@ -589,6 +599,7 @@ mod tests {
         m.api_request("allowed", "metrics:read");
         m.rate_limited("tracking_page");
         m.notification("sms", "sent");
+        m.provider_attempt("twilio", "accepted");
         m.notification_enqueued("sms", "delivered");
         m.alert("at_address_while_moving");
         m.committed(1, [120]);

@@ -3,21 +3,16 @@
 //! with secrets loaded, URLs checked and templates compiled. `channel_map` belongs to the
 //! hub's own config (ingest reads it) and is accepted here unread.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::provider::Channel;
 use super::quiet::QuietHours;
-use super::ratelimit::RateLimit;
-use super::sendgrid::{EventKey, SendGrid};
-use super::slack::Slack;
+use super::registry::{self, Providers};
 use super::templates::{Template, Templates};
 use super::token::LinkSigner;
-use super::twilio::{Sender, Twilio};
-use super::webhook::WebhookSigner;
-use super::whatsapp::{OpaqueIds, WebhookKeys, WhatsApp};
 use crate::model::Milestone;
 use crate::store::ContactChannel;
 
@@ -54,41 +49,8 @@ start = "21:00"
 end = "08:00"
 channels = ["sms", "whatsapp"]
 
-# [notify.twilio]
-# base_url = "https://api.twilio.com"
-# account_sid = "AC..."
-# auth_token = "file:/etc/doorstep-hub/twilio.token"
-# from = "+15005550006"              # or messaging_service_sid = "MG..."
-# rate_per_s = 10
-# burst = 10
-
-# [notify.sendgrid]
-# base_url = "https://api.sendgrid.com"
-# api_key = "file:/etc/doorstep-hub/sendgrid.key"
-# from_email = "parcels@example.com"
-# from_name = "Doorstep"
-# event_public_key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."   # Signed Event Webhook key
-# [notify.sendgrid.template_ids]
-# delivered = "d-0123456789abcdef0123456789abcdef"
-
-# [notify.whatsapp]
-# base_url = "https://graph.facebook.com"
-# api_version = "v21.0"
-# phone_number_id = "1234567890"
-# access_token = "file:/etc/doorstep-hub/whatsapp.token"
-# Approved template with one body parameter between fixed text, e.g.
-# "Parcel update: {{1}} - Doorstep" (WhatsApp refuses a body that starts or ends with one).
-# template_name = "doorstep_update"
-# Meta's webhook (statuses, STOP) at {callback_base_url}/callbacks/whatsapp; both or neither.
-# Subscribe the app to the "messages" field with the same verify token.
-# app_secret = "file:/etc/doorstep-hub/whatsapp.app-secret"   # signs X-Hub-Signature-256
-# verify_token = "file:/etc/doorstep-hub/whatsapp.verify-token"
-
-# [notify.webhook]
-# secret = "whsec_..."                 # Standard Webhooks signing secret
-
-# [notify.slack]
-# webhook_url = "file:/etc/doorstep-hub/slack.url"   # operations alerts
+# Providers are [[notify.providers]] entries; `--print-default-config` lists every type.
+# A table named after a type ([notify.twilio]) is shorthand for one entry of it.
 
 # [[notify.templates]]
 # milestone = "delivered"
@@ -114,11 +76,11 @@ pub enum NotifyConfigError {
     },
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> NotifyConfigError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> NotifyConfigError {
     NotifyConfigError::Invalid { field: field.to_owned(), message: message.into() }
 }
 
-fn load_secret(field: &str, value: &str) -> Result<String, NotifyConfigError> {
+pub(crate) fn load_secret(field: &str, value: &str) -> Result<String, NotifyConfigError> {
     match value.strip_prefix("file:") {
         Some(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
@@ -134,13 +96,6 @@ fn base_url(field: &str, value: &str) -> Result<String, NotifyConfigError> {
     } else {
         Err(invalid(field, "must start with https:// (or http:// for a loopback test server)"))
     }
-}
-
-fn rate(field: &str, per_s: f64, burst: u32) -> Result<RateLimit, NotifyConfigError> {
-    if !(per_s.is_finite() && per_s > 0.0) || burst == 0 {
-        return Err(invalid(field, "rate_per_s must be > 0 and burst ≥ 1"));
-    }
-    Ok(RateLimit { per_s, burst })
 }
 
 fn d_dispatch() -> bool {
@@ -173,26 +128,8 @@ fn d_locale() -> String {
 fn d_ttl() -> u64 {
     30
 }
-fn d_rate() -> f64 {
-    10.0
-}
-fn d_burst() -> u32 {
-    10
-}
 fn d_quiet_channels() -> Vec<ContactChannel> {
     vec![ContactChannel::Sms, ContactChannel::Whatsapp]
-}
-fn d_twilio() -> String {
-    "https://api.twilio.com".into()
-}
-fn d_sendgrid() -> String {
-    "https://api.sendgrid.com".into()
-}
-fn d_graph() -> String {
-    "https://graph.facebook.com".into()
-}
-fn d_graph_version() -> String {
-    "v21.0".into()
 }
 
 /// `[notify]` as written.
@@ -238,21 +175,10 @@ pub struct NotifyConfig {
     /// Quiet hours.
     #[serde(default)]
     pub quiet_hours: Option<QuietSection>,
-    /// Twilio SMS.
+    /// `[[notify.providers]]` entries (and `[notify.<type>]` shorthands, moved here by
+    /// [`NotifyConfig::from_table`]).
     #[serde(default)]
-    pub twilio: Option<TwilioSection>,
-    /// SendGrid email.
-    #[serde(default)]
-    pub sendgrid: Option<SendGridSection>,
-    /// WhatsApp Cloud API.
-    #[serde(default)]
-    pub whatsapp: Option<WhatsAppSection>,
-    /// Signed generic webhook.
-    #[serde(default)]
-    pub webhook: Option<WebhookSection>,
-    /// Slack operations alerts.
-    #[serde(default)]
-    pub slack: Option<SlackSection>,
+    pub providers: Vec<toml::Table>,
     /// Template overrides.
     #[serde(default)]
     pub templates: Vec<TemplateSection>,
@@ -269,128 +195,6 @@ pub struct QuietSection {
     /// Channels it applies to.
     #[serde(default = "d_quiet_channels")]
     pub channels: Vec<ContactChannel>,
-}
-
-/// `[notify.twilio]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TwilioSection {
-    /// API base URL.
-    #[serde(default = "d_twilio")]
-    pub base_url: String,
-    /// Account SID.
-    pub account_sid: String,
-    /// Auth token, inline or `file:/path`.
-    pub auth_token: String,
-    /// Sender number.
-    #[serde(default)]
-    pub from: Option<String>,
-    /// Messaging Service SID (instead of `from`).
-    #[serde(default)]
-    pub messaging_service_sid: Option<String>,
-    /// Ask Twilio for status callbacks.
-    #[serde(default = "yes")]
-    pub status_callback: bool,
-    /// Requests per second.
-    #[serde(default = "d_rate")]
-    pub rate_per_s: f64,
-    /// Burst.
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `[notify.sendgrid]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendGridSection {
-    /// API base URL.
-    #[serde(default = "d_sendgrid")]
-    pub base_url: String,
-    /// API key, inline or `file:/path`.
-    pub api_key: String,
-    /// Sender address.
-    pub from_email: String,
-    /// Sender name.
-    #[serde(default)]
-    pub from_name: Option<String>,
-    /// Dynamic template id per milestone.
-    #[serde(default)]
-    pub template_ids: BTreeMap<Milestone, String>,
-    /// Signed Event Webhook verification key (base64 DER).
-    #[serde(default)]
-    pub event_public_key: Option<String>,
-    /// Requests per second.
-    #[serde(default = "d_rate")]
-    pub rate_per_s: f64,
-    /// Burst.
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-}
-
-/// `[notify.whatsapp]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WhatsAppSection {
-    /// Graph API base URL.
-    #[serde(default = "d_graph")]
-    pub base_url: String,
-    /// Graph API version.
-    #[serde(default = "d_graph_version")]
-    pub api_version: String,
-    /// Phone number id.
-    pub phone_number_id: String,
-    /// Access token, inline or `file:/path`.
-    pub access_token: String,
-    /// Approved template name.
-    pub template_name: String,
-    /// The Meta app's secret (signs the status webhook), inline or `file:/path`.
-    #[serde(default)]
-    pub app_secret: Option<String>,
-    /// The webhook verification token, inline or `file:/path`.
-    #[serde(default)]
-    pub verify_token: Option<String>,
-    /// Requests per second.
-    #[serde(default = "d_rate")]
-    pub rate_per_s: f64,
-    /// Burst.
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-}
-
-/// `[notify.webhook]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSection {
-    /// `whsec_<base64>`, inline or `file:/path`.
-    pub secret: String,
-    /// Requests per second.
-    #[serde(default = "d_rate")]
-    pub rate_per_s: f64,
-    /// Burst.
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-}
-
-/// `[notify.slack]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlackSection {
-    /// Incoming webhook URL, inline or `file:/path`.
-    pub webhook_url: String,
-    /// Requests per second (Slack allows about one).
-    #[serde(default = "one")]
-    pub rate_per_s: f64,
-    /// Burst.
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// One `[[notify.templates]]` entry.
@@ -434,21 +238,6 @@ impl RetryPolicy {
     }
 }
 
-/// Providers, by the name their rate limit and metrics use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProviderKind {
-    /// Twilio SMS.
-    Twilio,
-    /// SendGrid email.
-    SendGrid,
-    /// WhatsApp Cloud API.
-    WhatsApp,
-    /// Signed generic webhook.
-    Webhook,
-    /// Slack alerts.
-    Slack,
-}
-
 /// A validated `[notify]` section.
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
@@ -476,28 +265,30 @@ pub struct NotifySettings {
     pub quiet_hours: Option<QuietHours>,
     /// Templates.
     pub templates: Arc<Templates>,
-    /// Twilio.
-    pub twilio: Option<Twilio>,
-    /// SendGrid.
-    pub sendgrid: Option<SendGrid>,
-    /// WhatsApp.
-    pub whatsapp: Option<WhatsApp>,
-    /// Generic webhook signer.
-    pub webhook: Option<WebhookSigner>,
-    /// Slack.
-    pub slack: Option<Slack>,
-    /// Rate limits of the configured providers.
-    pub rates: BTreeMap<ProviderKind, RateLimit>,
+    /// The configured providers, in the order they are tried.
+    pub providers: Providers,
 }
 
 impl NotifyConfig {
     /// Reads `[notify]` from the hub config's table (absent: every default, no
     /// provider).
     pub fn from_table(table: Option<&toml::Table>) -> Result<Self, NotifyConfigError> {
-        let table = table.cloned().unwrap_or_default();
-        toml::Value::Table(table)
+        let mut table = table.cloned().unwrap_or_default();
+        // `[notify.twilio]` and the like: one provider of that type each.
+        let mut shorthands = Vec::new();
+        for ty in registry::TYPES {
+            if let Some(toml::Value::Table(_)) = table.get(ty.kind)
+                && let Some(toml::Value::Table(mut entry)) = table.remove(ty.kind)
+            {
+                entry.insert("type".into(), toml::Value::String(ty.kind.into()));
+                shorthands.push(entry);
+            }
+        }
+        let mut config: Self = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| NotifyConfigError::Parse(e.to_string()))
+            .map_err(|e: toml::de::Error| NotifyConfigError::Parse(e.to_string()))?;
+        config.providers.extend(shorthands);
+        Ok(config)
     }
 
     /// Checks values and loads secrets (stage two). `public_base_url` and `link_secret`
@@ -546,106 +337,7 @@ impl NotifyConfig {
                 .insert(t.milestone, t.channel, &t.locale, template)
                 .map_err(|e| invalid("templates", e.to_string()))?;
         }
-        let mut rates = BTreeMap::new();
-        let twilio = match &self.twilio {
-            None => None,
-            Some(t) => {
-                rates.insert(ProviderKind::Twilio, rate("twilio", t.rate_per_s, t.burst)?);
-                let sender = match (&t.from, &t.messaging_service_sid) {
-                    (Some(from), None) => Sender::From(from.clone()),
-                    (None, Some(sid)) => Sender::MessagingService(sid.clone()),
-                    _ => return Err(invalid("twilio", "give exactly one of from and messaging_service_sid")),
-                };
-                if !t.account_sid.starts_with("AC") {
-                    return Err(invalid("twilio.account_sid", "must start with AC"));
-                }
-                Some(Twilio {
-                    base_url: base_url("twilio.base_url", &t.base_url)?,
-                    account_sid: t.account_sid.clone(),
-                    auth_token: load_secret("twilio.auth_token", &t.auth_token)?,
-                    sender,
-                    status_callback: t
-                        .status_callback
-                        .then(|| format!("{callback_base_url}{}", super::page::TWILIO_STATUS_PATH)),
-                })
-            }
-        };
-        let sendgrid = match &self.sendgrid {
-            None => None,
-            Some(s) => {
-                rates.insert(ProviderKind::SendGrid, rate("sendgrid", s.rate_per_s, s.burst)?);
-                Some(SendGrid {
-                    base_url: base_url("sendgrid.base_url", &s.base_url)?,
-                    api_key: load_secret("sendgrid.api_key", &s.api_key)?,
-                    from_email: s.from_email.clone(),
-                    from_name: s.from_name.clone(),
-                    template_ids: s.template_ids.clone(),
-                    event_key: s
-                        .event_public_key
-                        .as_deref()
-                        .map(|k| load_secret("sendgrid.event_public_key", k))
-                        .transpose()?
-                        .map(|k| EventKey::from_base64_der(&k))
-                        .transpose()
-                        .map_err(|e| invalid("sendgrid.event_public_key", e.to_string()))?,
-                })
-            }
-        };
-        let whatsapp = match &self.whatsapp {
-            None => None,
-            Some(w) => {
-                rates.insert(ProviderKind::WhatsApp, rate("whatsapp", w.rate_per_s, w.burst)?);
-                let webhook = match (&w.app_secret, &w.verify_token) {
-                    (None, None) => None,
-                    (Some(secret), Some(token)) => {
-                        let secret = load_secret("whatsapp.app_secret", secret)?;
-                        let token = load_secret("whatsapp.verify_token", token)?;
-                        if secret.is_empty() || token.is_empty() {
-                            return Err(invalid(
-                                "whatsapp.app_secret",
-                                "app_secret and verify_token must not be empty",
-                            ));
-                        }
-                        Some(WebhookKeys::new(&secret, &token))
-                    }
-                    _ => {
-                        return Err(invalid(
-                            "whatsapp.app_secret",
-                            "give both app_secret and verify_token (Meta's webhook needs both) or neither",
-                        ));
-                    }
-                };
-                Some(WhatsApp {
-                    base_url: base_url("whatsapp.base_url", &w.base_url)?,
-                    api_version: w.api_version.clone(),
-                    phone_number_id: w.phone_number_id.clone(),
-                    access_token: load_secret("whatsapp.access_token", &w.access_token)?,
-                    template_name: w.template_name.clone(),
-                    webhook,
-                    opaque: OpaqueIds::new(link_secret),
-                })
-            }
-        };
-        let webhook = match &self.webhook {
-            None => None,
-            Some(w) => {
-                rates.insert(ProviderKind::Webhook, rate("webhook", w.rate_per_s, w.burst)?);
-                let secret = load_secret("webhook.secret", &w.secret)?;
-                Some(WebhookSigner::new(&secret).map_err(|e| invalid("webhook.secret", e.to_string()))?)
-            }
-        };
-        let slack = match &self.slack {
-            None => None,
-            Some(s) => {
-                rates.insert(ProviderKind::Slack, rate("slack", s.rate_per_s, s.burst)?);
-                Some(Slack {
-                    webhook_url: base_url(
-                        "slack.webhook_url",
-                        &load_secret("slack.webhook_url", &s.webhook_url)?,
-                    )?,
-                })
-            }
-        };
+        let providers = registry::build(&self.providers, &callback_base_url, link_secret)?;
         Ok(NotifySettings {
             public_base_url,
             callback_base_url,
@@ -663,12 +355,7 @@ impl NotifyConfig {
             sms_max_segments: self.sms_max_segments,
             quiet_hours,
             templates: Arc::new(templates),
-            twilio,
-            sendgrid,
-            whatsapp,
-            webhook,
-            slack,
-            rates,
+            providers,
         })
     }
 }
@@ -682,12 +369,7 @@ impl NotifySettings {
 
     /// Whether a channel has a provider.
     pub fn configured(&self, channel: ContactChannel) -> bool {
-        match channel {
-            ContactChannel::Sms => self.twilio.is_some(),
-            ContactChannel::Email => self.sendgrid.is_some(),
-            ContactChannel::Whatsapp => self.whatsapp.is_some(),
-            ContactChannel::Webhook => self.webhook.is_some(),
-        }
+        self.providers.configured(Channel::Customer(channel))
     }
 
     /// The tracking link for a shipment, valid for the link lifetime from `now_ms`.
@@ -746,22 +428,21 @@ mod tests {
             .expect("parse")
             .validate("https://t.example", SECRET)
             .expect("valid");
-        let twilio = settings.twilio.as_ref().expect("twilio");
-        assert_eq!(twilio.status_callback.as_deref(), Some("https://t.example/callbacks/twilio/status"));
-        assert_eq!(
-            settings
-                .sendgrid
-                .as_ref()
-                .expect("sg")
-                .template_ids
-                .get(&Milestone::Delivered)
-                .map(String::as_str),
-            Some("d-1")
-        );
+        let kinds: Vec<&str> = settings.providers.all().iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, ["twilio", "sendgrid", "webhook"], "shorthand tables are providers");
+        let twilio = format!("{:?}", settings.providers.by_name("twilio").expect("twilio").provider);
+        assert!(twilio.contains("https://t.example/callbacks/twilio/status"), "{twilio}");
+        let sendgrid = format!("{:?}", settings.providers.by_name("sendgrid").expect("sendgrid").provider);
+        assert!(sendgrid.contains("d-1"), "{sendgrid}");
         assert!(settings.configured(ContactChannel::Webhook));
+        assert!(!format!("{settings:?}").contains("tok\""), "no secret in Debug output");
         let typo: toml::Table =
             toml::from_str("[twilio]\naccount_sid = \"AC1\"\nauthtoken = \"x\"").expect("toml");
-        assert!(matches!(NotifyConfig::from_table(Some(&typo)), Err(NotifyConfigError::Parse(_))));
+        let typo = NotifyConfig::from_table(Some(&typo)).expect("parse").validate("https://t", SECRET);
+        assert!(
+            matches!(&typo, Err(NotifyConfigError::Invalid { field, message }) if field == "providers.twilio" && message.contains("authtoken")),
+            "{typo:?}"
+        );
         let both: toml::Table =
             toml::from_str("[twilio]\naccount_sid = \"AC1\"\nauth_token = \"x\"\nfrom = \"+1\"\nmessaging_service_sid = \"MG1\"")
                 .expect("toml");
@@ -777,11 +458,13 @@ mod tests {
             let table: toml::Table = toml::from_str(&text).expect("toml");
             NotifyConfig::from_table(Some(&table)).expect("parse").validate("https://t.example", SECRET)
         };
-        let off = section("").expect("valid without a webhook");
-        assert!(off.whatsapp.expect("whatsapp").webhook.is_none());
-        let on = section("app_secret = \"s\"\nverify_token = \"v\"").expect("valid");
-        let keys = on.whatsapp.expect("whatsapp").webhook.expect("webhook keys");
-        assert!(keys.token_matches("v"));
+        let debug =
+            |s: NotifySettings| format!("{:?}", s.providers.by_name("whatsapp").expect("whatsapp").provider);
+        assert!(debug(section("").expect("valid without a webhook")).contains("webhook: false"));
+        assert!(
+            debug(section("app_secret = \"s\"\nverify_token = \"v\"").expect("valid"))
+                .contains("webhook: true")
+        );
         assert!(section("app_secret = \"s\"").is_err(), "a secret without a verify token");
         assert!(section("verify_token = \"v\"").is_err(), "a verify token without a secret");
         assert!(section("app_secret = \"\"\nverify_token = \"v\"").is_err(), "an empty secret");

@@ -30,8 +30,10 @@ pub mod config;
 pub mod lease;
 pub mod outbox;
 pub mod page;
+pub mod provider;
 pub mod quiet;
 pub mod ratelimit;
+pub mod registry;
 pub mod sendgrid;
 pub mod slack;
 pub mod templates;
@@ -40,7 +42,7 @@ pub mod twilio;
 pub mod webhook;
 pub mod whatsapp;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,13 +53,14 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{NotifyConfig, NotifyConfigError, NotifySettings, ProviderKind};
+pub use config::{NotifyConfig, NotifyConfigError, NotifySettings};
 pub use page::{NotifyState, callbacks_router, page_router};
+pub use provider::{Channel, Provider, ProviderType};
 
 use crate::metrics::Metrics;
 use crate::model::Milestone;
 use crate::store::{ContactChannel, OutboxRow, Shipment, StoreError, StoreOptions};
-use ratelimit::Bucket;
+use provider::Registered;
 use templates::{Vars, fill, render_sms};
 
 /// Most provider requests in flight at once, over all providers.
@@ -121,17 +124,19 @@ pub enum SendResult {
 
 /// A provider's answer, read and bounded.
 #[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: reqwest::header::HeaderMap,
-    pub(crate) body: Vec<u8>,
-    pub(crate) retry_after: Option<Duration>,
+pub struct Reply {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body, at most [`MAX_RESPONSE_BYTES`].
+    pub body: Vec<u8>,
+    /// `Retry-After`, in seconds form.
+    pub retry_after: Option<Duration>,
 }
 
 /// Reads a response (at most [`MAX_RESPONSE_BYTES`]), or classifies a transport error.
-pub(crate) async fn read_response(
-    result: Result<reqwest::Response, reqwest::Error>,
-) -> Result<Reply, SendResult> {
+pub async fn read_response(result: Result<reqwest::Response, reqwest::Error>) -> Result<Reply, SendResult> {
     let mut response = match result {
         Ok(r) => r,
         // Connecting failed (including a connect timeout): the request never left.
@@ -161,11 +166,7 @@ pub(crate) async fn read_response(
 }
 
 /// The result of a non-2xx status.
-pub(crate) fn classify_status(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    detail: String,
-) -> SendResult {
+pub fn classify_status(status: StatusCode, retry_after: Option<Duration>, detail: String) -> SendResult {
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         SendResult::Retry { detail, retry_after }
     } else {
@@ -199,6 +200,17 @@ pub struct Outgoing {
     pub body: String,
     /// The signed tracking link.
     pub link: String,
+    /// Set when this is an operations alert (to staff), not a customer message.
+    pub alert: Option<AlertRef>,
+}
+
+/// The operations alert a staff message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRef {
+    /// The alert's row id.
+    pub id: i64,
+    /// The reconciler's code (`delivered_without_scan`, ...).
+    pub code: String,
 }
 
 /// What to do with a due row.
@@ -298,26 +310,8 @@ pub fn plan(
         subject: fill(&template.subject, &vars),
         body,
         link,
+        alert: None,
     }))
-}
-
-/// The channels whose requests are safe to repeat, by name (what a recovery re-queues).
-fn resend_safe_channels() -> Vec<&'static str> {
-    ContactChannel::ALL.into_iter().filter(|c| resend_safe(*c)).map(ContactChannel::as_str).collect()
-}
-
-/// Whether a channel's request is safe to repeat after an ambiguous failure.
-pub fn resend_safe(channel: ContactChannel) -> bool {
-    matches!(channel, ContactChannel::Webhook)
-}
-
-fn provider_of(channel: ContactChannel) -> ProviderKind {
-    match channel {
-        ContactChannel::Sms => ProviderKind::Twilio,
-        ContactChannel::Email => ProviderKind::SendGrid,
-        ContactChannel::Whatsapp => ProviderKind::WhatsApp,
-        ContactChannel::Webhook => ProviderKind::Webhook,
-    }
 }
 
 /// The current time, ms since the Unix epoch.
@@ -342,7 +336,6 @@ struct Inner {
     db: Arc<outbox::NotifyDb>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
-    buckets: BTreeMap<ProviderKind, Bucket>,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     /// Alert id → earliest next post (ms), after a failed post.
@@ -374,14 +367,12 @@ impl Dispatcher {
             .build()
             .map_err(|e| NotifyError::Client(e.to_string()))?;
         let db = Arc::new(outbox::NotifyDb::open(database, StoreOptions::default())?);
-        let buckets = settings.rates.iter().map(|(kind, rate)| (*kind, Bucket::new(*rate))).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: Arc::new(settings),
                 db,
                 client,
                 metrics,
-                buckets,
                 permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 wake: Arc::new(Notify::new()),
                 alert_retry: Mutex::new(HashMap::new()),
@@ -483,10 +474,19 @@ impl Dispatcher {
     ) {
         let holder: Arc<str> = holder.into();
         let token: Arc<str> = lease::process_token().into();
+        // The channels whose rows left `sending` may be sent again (see `outbox::recover`).
+        let resend_safe: Arc<Vec<&'static str>> = Arc::new(
+            ContactChannel::ALL
+                .into_iter()
+                .filter(|c| self.inner.settings.providers.resend_safe(Channel::Customer(*c)))
+                .map(ContactChannel::as_str)
+                .collect(),
+        );
         let mut first = true;
         loop {
             let now = now_ms();
             let (who, process) = (Arc::clone(&holder), Arc::clone(&token));
+            let resend_safe = Arc::clone(&resend_safe);
             let result = self
                 .inner
                 .db
@@ -494,7 +494,7 @@ impl Dispatcher {
                     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     let got = lease::acquire(&tx, &who, &process, first, now, ttl_ms)?;
                     let settled = match got {
-                        lease::Acquired::TookOver(_) => outbox::recover(&tx, now, &resend_safe_channels())?,
+                        lease::Acquired::TookOver(_) => outbox::recover(&tx, now, &resend_safe)?,
                         _ => (0, 0),
                     };
                     tx.commit()?;
@@ -595,9 +595,11 @@ impl Dispatcher {
         Ok(report)
     }
 
-    /// Posts unsent operations alerts to Slack; returns how many went out.
+    /// Posts unsent operations alerts to the staff providers; returns how many went out.
     async fn post_alerts(&self, now_ms: i64) -> Result<usize, NotifyError> {
-        let Some(slack) = self.inner.settings.slack.clone() else { return Ok(0) };
+        if !self.inner.settings.providers.configured(Channel::Staff) {
+            return Ok(0);
+        }
         let alerts = self.inner.db.call(|conn, _| Ok(outbox::unsent_alerts(conn, ALERT_BATCH)?)).await?;
         let mut posted = 0;
         for alert in alerts {
@@ -607,17 +609,18 @@ impl Dispatcher {
                     continue;
                 }
             }
-            if let Some(bucket) = self.inner.buckets.get(&ProviderKind::Slack) {
-                bucket.acquire().await;
+            let msg = alert_message(&alert, None, &self.inner.settings);
+            let sent = send_with_failover(&self.inner, Channel::Staff, &msg, now_ms).await;
+            for (provider, result) in &sent.passed {
+                tracing::warn!(alert = alert.id, provider, result = ?result, "operations alert not taken; trying the next provider");
             }
-            let text = slack::alert_text(&alert.code, alert.tracking_number.as_deref(), &alert.detail);
-            match slack.post(&self.inner.client, &text).await {
-                SendResult::Accepted { .. } => {
+            match sent.last {
+                Some((provider, SendResult::Accepted { .. })) => {
                     let id = alert.id;
                     self.inner.db.call(move |conn, _| Ok(outbox::mark_alert_sent(conn, id)?)).await?;
                     self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&alert.id);
-                    self.inner.metrics.notification("slack", "sent");
-                    tracing::info!(alert = alert.id, code = %alert.code, "operations alert posted");
+                    self.inner.metrics.notification("staff", "sent");
+                    tracing::info!(alert = alert.id, code = %alert.code, provider, "operations alert posted");
                     posted += 1;
                 }
                 other => {
@@ -626,12 +629,130 @@ impl Dispatcher {
                     let wait = self.inner.settings.retry.backoff(attempts, alert.id);
                     let at = now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     retry.insert(alert.id, (at, attempts));
-                    self.inner.metrics.notification("slack", "attempt_failed");
+                    self.inner.metrics.notification("staff", "attempt_failed");
                     tracing::warn!(alert = alert.id, code = %alert.code, result = ?other, "operations alert post failed; will retry");
                 }
             }
         }
         Ok(posted)
+    }
+}
+
+/// The message an operations alert becomes; `to` is the address or number for a
+/// provider that needs one (an on-call phone, an operations mailbox).
+pub fn alert_message(alert: &outbox::Alert, to: Option<&str>, settings: &NotifySettings) -> Outgoing {
+    let tn = alert.tracking_number.clone().unwrap_or_default();
+    let subject = match &alert.tracking_number {
+        Some(tn) => format!("Doorstep alert: {} ({tn})", alert.code),
+        None => format!("Doorstep alert: {}", alert.code),
+    };
+    Outgoing {
+        outbox_id: 0,
+        shipment_id: 0,
+        channel: ContactChannel::Webhook,
+        recipient: to.unwrap_or_default().to_owned(),
+        milestone: Milestone::Exception,
+        locale: settings.templates.fallback_locale().to_owned(),
+        tracking_number: tn,
+        detail: Some(alert.detail.clone()),
+        subject,
+        body: alert.detail.clone(),
+        link: String::new(),
+        alert: Some(AlertRef { id: alert.id, code: alert.code.clone() }),
+    }
+}
+
+/// What [`send_with_failover`] did.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Providers that definitely did not take the message, in order, and what they said.
+    passed: Vec<(String, SendResult)>,
+    /// The provider that took it, or whose answer ends the attempt (an ambiguous send
+    /// or an opt-out); `None` when every provider passed.
+    last: Option<(String, SendResult)>,
+}
+
+impl Sent {
+    /// The result for the row: the last provider's, or, when all passed, a retry if any
+    /// of them may take it later (the soonest `Retry-After`), else the refusals.
+    fn result(&self) -> SendResult {
+        if let Some((_, result)) = &self.last {
+            return result.clone();
+        }
+        let detail = match self.passed.as_slice() {
+            [] => return SendResult::Rejected { detail: "no provider configured for this channel".into() },
+            [(_, only)] => detail_of(only).to_owned(),
+            all => all.iter().map(|(p, r)| format!("{p}: {}", detail_of(r))).collect::<Vec<_>>().join("; "),
+        };
+        let retries: Vec<Option<Duration>> = self
+            .passed
+            .iter()
+            .filter_map(|(_, r)| match r {
+                SendResult::Retry { retry_after, .. } => Some(*retry_after),
+                _ => None,
+            })
+            .collect();
+        if retries.is_empty() {
+            return SendResult::Rejected { detail };
+        }
+        let retry_after = retries.iter().map(|r| r.unwrap_or_default()).min().filter(|d| !d.is_zero());
+        SendResult::Retry { detail, retry_after }
+    }
+
+    /// The provider the row's outcome names: the last one tried.
+    fn provider(&self) -> Option<&str> {
+        self.last.as_ref().or(self.passed.last()).map(|(p, _)| p.as_str())
+    }
+}
+
+fn detail_of(result: &SendResult) -> &str {
+    match result {
+        SendResult::Accepted { detail, .. }
+        | SendResult::Retry { detail, .. }
+        | SendResult::Ambiguous { detail }
+        | SendResult::Rejected { detail }
+        | SendResult::OptedOut { detail } => detail,
+    }
+}
+
+/// Sends through the channel's providers in priority order. The next one gets the
+/// message only when the previous one definitely did not take it: it refused it, failed
+/// before accepting it (connection refused, 429, 5xx), or its circuit is open. An
+/// ambiguous send (a timeout once the request was out) ends the attempt: the message may
+/// have gone out, and another provider would send it a second time.
+async fn send_with_failover(inner: &Inner, channel: Channel, msg: &Outgoing, now_ms: i64) -> Sent {
+    let mut sent = Sent::default();
+    let providers: Vec<Arc<Registered>> = inner.settings.providers.for_channel(channel).cloned().collect();
+    for p in providers {
+        let circuit = p.circuit();
+        if !circuit.allows(now_ms) {
+            let retry_after = provider::wait_for(&circuit, now_ms);
+            let detail = format!("{} paused (circuit open after failures or its Retry-After)", p.name);
+            sent.passed.push((p.name.clone(), SendResult::Retry { detail, retry_after }));
+            continue;
+        }
+        let result = p.send(&inner.client, msg, now_ms).await;
+        inner.metrics.provider_attempt(&p.name, outcome_label(&result));
+        match result {
+            SendResult::Retry { .. } | SendResult::Rejected { .. } => {
+                sent.passed.push((p.name.clone(), result))
+            }
+            other => {
+                sent.last = Some((p.name.clone(), other));
+                break;
+            }
+        }
+    }
+    sent
+}
+
+fn outcome_label(result: &SendResult) -> &'static str {
+    match result {
+        SendResult::Accepted { .. } => "accepted",
+        SendResult::Retry { .. } => "retry",
+        SendResult::Ambiguous { .. } => "ambiguous",
+        SendResult::Rejected { .. } => "rejected",
+        SendResult::OptedOut { .. } => "opted_out",
     }
 }
 
@@ -645,26 +766,23 @@ async fn deliver(
     scanned_ms: Option<i64>,
 ) -> Result<(), NotifyError> {
     let settings = &inner.settings;
-    if let Some(bucket) = inner.buckets.get(&provider_of(msg.channel)) {
-        bucket.acquire().await;
-    }
-    let result = match msg.channel {
-        ContactChannel::Sms => match &settings.twilio {
-            Some(t) => t.send(&inner.client, &msg.recipient, &msg.body).await,
-            None => SendResult::Rejected { detail: "twilio not configured".into() },
-        },
-        ContactChannel::Email => match &settings.sendgrid {
-            Some(s) => s.send(&inner.client, &msg).await,
-            None => SendResult::Rejected { detail: "sendgrid not configured".into() },
-        },
-        ContactChannel::Whatsapp => match &settings.whatsapp {
-            Some(w) => w.send(&inner.client, &msg).await,
-            None => SendResult::Rejected { detail: "whatsapp not configured".into() },
-        },
-        ContactChannel::Webhook => match &settings.webhook {
-            Some(signer) => webhook::send(&inner.client, signer, &msg, now_ms).await,
-            None => SendResult::Rejected { detail: "webhook not configured".into() },
-        },
+    let route = Channel::Customer(msg.channel);
+    let sent = send_with_failover(inner, route, &msg, now_ms).await;
+    let result = sent.result();
+    let provider = sent.provider().map(str::to_owned);
+    let resend_safe = settings.providers.resend_safe(route);
+    // Every provider that passed the message on, but the last one tried, gets its own
+    // entry; the row's final entry below names the last.
+    let handed_on: Vec<(String, String)> = match sent.last {
+        Some(_) => sent.passed.iter().map(|(p, r)| (p.clone(), detail_of(r).to_owned())).collect(),
+        None => sent
+            .passed
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+            .map(|(p, r)| (p.clone(), detail_of(r).to_owned()))
+            .collect(),
     };
     let channel = msg.channel.as_str();
     let retry_at = |retry_after: Option<Duration>| {
@@ -688,13 +806,13 @@ async fn deliver(
                 false,
             )
         }
-        SendResult::Ambiguous { detail } if resend_safe(msg.channel) && can_retry => {
+        SendResult::Ambiguous { detail } if resend_safe && can_retry => {
             let at = retry_at(None);
             let detail =
                 format!("{detail}; attempt {attempt}, resending at {at} under the same idempotency key");
             ("queued", Some(at), "attempt_failed", None, detail, false)
         }
-        SendResult::Ambiguous { detail } if !resend_safe(msg.channel) => (
+        SendResult::Ambiguous { detail } if !resend_safe => (
             "unknown",
             None,
             "unknown",
@@ -713,7 +831,7 @@ async fn deliver(
                 // pass's start, before the rate limit's wait and the request).
                 inner.metrics.scan_to_message(channel, self::now_ms().saturating_sub(scanned_ms));
             }
-            tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider_id = ?provider_id, "notification sent")
+            tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider = ?provider, provider_id = ?provider_id, "notification sent")
         }
         _ => {
             tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome, detail = %crate::mask::Masked(&detail), "notification not sent")
@@ -727,7 +845,20 @@ async fn deliver(
             if opt_out {
                 outbox::set_opt_out(conn, &ch, &recipient, true, "provider", now_ms)?;
             }
-            outbox::finish(conn, id, status, next, now_ms, outcome, provider_id.as_deref(), Some(&detail))?;
+            for (p, d) in &handed_on {
+                outbox::record_attempt(conn, id, now_ms, "handed_on", p, d)?;
+            }
+            outbox::finish(
+                conn,
+                id,
+                status,
+                next,
+                now_ms,
+                outcome,
+                provider.as_deref(),
+                provider_id.as_deref(),
+                Some(&detail),
+            )?;
             Ok(())
         })
         .await

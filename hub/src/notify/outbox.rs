@@ -89,6 +89,24 @@ pub struct Outcome {
     pub provider_id: Option<String>,
     /// What happened, in words.
     pub detail: Option<String>,
+    /// The configured provider (its name) the entry is about, if any.
+    pub provider: Option<String>,
+}
+
+/// Appends an attempt on a named provider to the outcome log.
+pub fn record_attempt(
+    conn: &Connection,
+    outbox_id: i64,
+    now_ms: i64,
+    outcome: &str,
+    provider: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![outbox_id, now_ms, outcome, provider, detail])?;
+    Ok(())
 }
 
 /// Appends to the outcome log.
@@ -110,9 +128,11 @@ pub fn record(
 /// The outcome log of one row, oldest first.
 pub fn outcomes(conn: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<Outcome>> {
     conn.prepare_cached(
-        "SELECT at_ms, outcome, provider_id, detail FROM notification_outcomes WHERE outbox_id = ?1 ORDER BY id",
+        "SELECT at_ms, outcome, provider_id, detail, provider FROM notification_outcomes WHERE outbox_id = ?1 ORDER BY id",
     )?
-    .query_map([outbox_id], |r| Ok(Outcome { at_ms: r.get(0)?, outcome: r.get(1)?, provider_id: r.get(2)?, detail: r.get(3)? }))?
+    .query_map([outbox_id], |r| {
+        Ok(Outcome { at_ms: r.get(0)?, outcome: r.get(1)?, provider_id: r.get(2)?, detail: r.get(3)?, provider: r.get(4)? })
+    })?
     .collect()
 }
 
@@ -138,6 +158,7 @@ pub fn finish(
     next_attempt_ms: Option<i64>,
     now_ms: i64,
     outcome: &str,
+    provider: Option<&str>,
     provider_id: Option<&str>,
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
@@ -150,7 +171,11 @@ pub fn finish(
          WHERE id = ?1 AND status IN ('sending', 'unknown')",
     )?
     .execute(params![id, status, next_attempt_ms])?;
-    record(&tx, id, now_ms, outcome, provider_id, detail)?;
+    tx.prepare_cached(
+        "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider, provider_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![id, now_ms, outcome, provider, provider_id, detail])?;
     tx.commit()
 }
 

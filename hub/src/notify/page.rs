@@ -24,28 +24,19 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use super::config::NotifySettings;
-use super::outbox::{self, NotifyDb};
+use super::outbox::NotifyDb;
 use super::token::TokenError;
-use super::{NotifyError, now_ms, quiet, sendgrid, twilio, whatsapp};
+use super::{NotifyError, now_ms, quiet};
 use crate::metrics::Metrics;
 use crate::model::Milestone;
-use crate::store::{ContactChannel, Shipment, Store, TimelineEntry};
+use crate::store::{Shipment, Store, TimelineEntry};
 
-/// Where Twilio posts message status.
-pub const TWILIO_STATUS_PATH: &str = "/callbacks/twilio/status";
-/// Where Twilio posts inbound messages.
-pub const TWILIO_INBOUND_PATH: &str = "/callbacks/twilio/inbound";
-/// Where SendGrid posts events.
-pub const SENDGRID_EVENTS_PATH: &str = "/callbacks/sendgrid/events";
-/// Where Meta verifies the subscription (GET) and posts WhatsApp statuses and messages.
-pub const WHATSAPP_PATH: &str = "/callbacks/whatsapp";
 /// Largest callback body accepted, bytes (SendGrid batches events; Twilio's are small).
 pub const MAX_CALLBACK_BODY: usize = 1024 * 1024;
 /// Most timeline entries shown.
@@ -54,9 +45,9 @@ pub const MAX_TIMELINE: usize = 50;
 /// What the page and callback handlers share.
 #[derive(Debug, Clone)]
 pub struct NotifyState {
-    settings: Arc<NotifySettings>,
-    db: Arc<NotifyDb>,
-    metrics: Arc<Metrics>,
+    pub(crate) settings: Arc<NotifySettings>,
+    pub(crate) db: Arc<NotifyDb>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl NotifyState {
@@ -76,21 +67,19 @@ pub fn page_router(state: NotifyState) -> Router {
 }
 
 /// The provider callbacks' router (providers' servers: bursts from few addresses).
+/// Each configured provider's routes, under `/callbacks/{name}/...` (see
+/// [`super::Provider::callbacks`]).
 pub fn callbacks_router(state: NotifyState) -> Router {
-    Router::new()
-        .route(TWILIO_STATUS_PATH, post(twilio_status))
-        .route(TWILIO_INBOUND_PATH, post(twilio_inbound))
-        .route(SENDGRID_EVENTS_PATH, post(sendgrid_events))
-        .route(WHATSAPP_PATH, get(whatsapp_verify).post(whatsapp_events))
-        .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
-        .with_state(state)
+    state.settings.providers.callbacks().layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)).with_state(state)
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response {
+/// A plain-text answer.
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-fn internal(error: &NotifyError) -> Response {
+/// A 500 for a failure of the hub's own (logged, not shown).
+pub(crate) fn internal(error: &NotifyError) -> Response {
     tracing::error!(%error, "notification handler failed");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
 }
@@ -410,309 +399,16 @@ async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<Stri
     }
 }
 
-// ---- Twilio -------------------------------------------------------------------------
+// ---- helpers for the providers' callbacks ---------------------------------------------
 
-fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+/// The pairs of a form body or query string.
+pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The first value of `name`.
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// Checks a Twilio callback's signature; `Some(refusal)` when it fails.
-fn check_twilio(
-    state: &NotifyState,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-    params: &[(String, String)],
-) -> Option<Response> {
-    let Some(twilio) = &state.settings.twilio else {
-        return Some(plain(StatusCode::NOT_FOUND, "twilio is not configured\n"));
-    };
-    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let url = format!("{}{path}", state.settings.callback_base_url);
-    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if twilio::verify(&twilio.auth_token, &url, params, signature) {
-        return None;
-    }
-    state.metrics.webhook("twilio", "rejected", "bad_signature");
-    tracing::warn!(url, "twilio callback with a bad or missing X-Twilio-Signature");
-    Some(plain(StatusCode::FORBIDDEN, "bad X-Twilio-Signature\n"))
-}
-
-async fn twilio_status(
-    State(state): State<NotifyState>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let params = form_pairs(&body);
-    if let Some(refused) = check_twilio(&state, &uri, &headers, &params) {
-        return refused;
-    }
-    let (Some(sid), Some(status)) = (param(&params, "MessageSid"), param(&params, "MessageStatus")) else {
-        return plain(StatusCode::BAD_REQUEST, "MessageSid and MessageStatus are required\n");
-    };
-    let Some(outcome) = twilio::status_outcome(status) else { return StatusCode::NO_CONTENT.into_response() };
-    let sid = sid.to_owned();
-    let detail = match param(&params, "ErrorCode") {
-        Some(code) => format!("twilio {status} (error {code})"),
-        None => format!("twilio {status}"),
-    };
-    let now = now_ms();
-    let result = state
-        .db
-        .call(move |conn, _| {
-            let Some(id) = outbox::by_provider_id(conn, &sid)? else { return Ok(None) };
-            Ok(Some((id, outbox::provider_event(conn, id, outcome, Some(&sid), Some(&detail), now)?)))
-        })
-        .await;
-    match result {
-        Ok(Some((id, new))) => {
-            if new {
-                state.metrics.notification("sms", outcome);
-                tracing::info!(outbox = id, outcome, "twilio status");
-            }
-            state.metrics.webhook("twilio", "stored", "ok");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        // Not ours (another system on the account) or not yet recorded: nothing to do;
-        // a 2xx stops Twilio retrying.
-        Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(&e),
-    }
-}
-
-async fn twilio_inbound(
-    State(state): State<NotifyState>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let params = form_pairs(&body);
-    if let Some(refused) = check_twilio(&state, &uri, &headers, &params) {
-        return refused;
-    }
-    let twiml = || {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/xml")],
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
-        )
-            .into_response()
-    };
-    let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else { return twiml() };
-    let Some(keyword) = twilio::inbound_keyword(text) else { return twiml() };
-    let from = from.to_owned();
-    let out = keyword == twilio::Keyword::OptOut;
-    let now = now_ms();
-    let logged = from.clone();
-    match state
-        .db
-        .call(move |conn, _| {
-            Ok(outbox::set_opt_out(conn, ContactChannel::Sms.as_str(), &from, out, "twilio_inbound", now)?)
-        })
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(recipient = %crate::mask::Masked(&logged), opted_out = out, "sms subscription changed by inbound keyword");
-            twiml()
-        }
-        Err(e) => internal(&e),
-    }
-}
-
-// ---- SendGrid -----------------------------------------------------------------------
-
-async fn sendgrid_events(State(state): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(key) = state.settings.sendgrid.as_ref().and_then(|s| s.event_key.clone()) else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "sendgrid events are not configured (notify.sendgrid.event_public_key)\n",
-        );
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !key.verify(header(sendgrid::TIMESTAMP_HEADER), &body, header(sendgrid::SIGNATURE_HEADER)) {
-        state.metrics.webhook("sendgrid", "rejected", "bad_signature");
-        return plain(StatusCode::FORBIDDEN, "bad event webhook signature\n");
-    }
-    let events: Vec<sendgrid::Event> = match serde_json::from_slice(&body) {
-        Ok(events) => events,
-        Err(e) => {
-            state.metrics.webhook("sendgrid", "rejected", "bad_json");
-            tracing::warn!(error = %e, "sendgrid events are not a JSON array of events");
-            return plain(StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
-        }
-    };
-    let now = now_ms();
-    let result = state
-        .db
-        .call(move |conn, _| {
-            let mut recorded = Vec::new();
-            for event in events {
-                let Some((outcome, opt_out)) = sendgrid::event_outcome(&event.event) else { continue };
-                let id = match event.outbox_id() {
-                    Some(id) => Some(id),
-                    None => match event.message_id() {
-                        Some(mid) => outbox::by_provider_id(conn, mid)?,
-                        None => None,
-                    },
-                };
-                if opt_out && let Some(email) = &event.email {
-                    outbox::set_opt_out(
-                        conn,
-                        ContactChannel::Email.as_str(),
-                        email,
-                        true,
-                        "sendgrid_event",
-                        now,
-                    )?;
-                }
-                let Some(id) = id else { continue };
-                // Only events about an email row of ours.
-                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != ContactChannel::Email.as_str()) {
-                    continue;
-                }
-                let detail = match &event.reason {
-                    Some(r) => format!("sendgrid {}: {r}", event.event),
-                    None => format!("sendgrid {}", event.event),
-                };
-                if outbox::provider_event(conn, id, outcome, event.message_id(), Some(&detail), now)? {
-                    recorded.push(outcome);
-                }
-            }
-            Ok(recorded)
-        })
-        .await;
-    match result {
-        Ok(recorded) => {
-            for outcome in recorded {
-                state.metrics.notification("email", outcome);
-            }
-            state.metrics.webhook("sendgrid", "stored", "ok");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => internal(&e),
-    }
-}
-
-// ---- WhatsApp -----------------------------------------------------------------------
-
-/// The webhook keys and the sending number's id, when both are configured.
-fn whatsapp_keys(state: &NotifyState) -> Option<(&whatsapp::WebhookKeys, &whatsapp::WhatsApp)> {
-    let w = state.settings.whatsapp.as_ref()?;
-    Some((w.webhook.as_ref()?, w))
-}
-
-fn whatsapp_not_configured() -> Response {
-    plain(
-        StatusCode::NOT_FOUND,
-        "the whatsapp webhook is not configured (notify.whatsapp.app_secret and verify_token)\n",
-    )
-}
-
-/// Meta's subscription check. Echoing the challenge for any token would let any Meta app
-/// subscribe this URL; its deliveries would then fail the signature check one by one and
-/// bury the real rejections in the counter.
-async fn whatsapp_verify(State(state): State<NotifyState>, RawQuery(query): RawQuery) -> Response {
-    let Some((keys, _)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
-    let params = form_pairs(query.unwrap_or_default().as_bytes());
-    let (mode, token, challenge) =
-        (param(&params, "hub.mode"), param(&params, "hub.verify_token"), param(&params, "hub.challenge"));
-    match (mode, token, challenge) {
-        (Some("subscribe"), Some(token), Some(challenge)) if keys.token_matches(token) => {
-            state.metrics.webhook("whatsapp", "verified", "ok");
-            tracing::info!("whatsapp webhook subscription verified");
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], challenge.to_owned())
-                .into_response()
-        }
-        _ => {
-            state.metrics.webhook("whatsapp", "rejected", "bad_verify_token");
-            tracing::warn!("whatsapp webhook verification with a wrong or missing hub.verify_token");
-            plain(StatusCode::FORBIDDEN, "bad hub.verify_token\n")
-        }
-    }
-}
-
-async fn whatsapp_events(State(state): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some((keys, account)) = whatsapp_keys(&state) else { return whatsapp_not_configured() };
-    let signature = headers.get(whatsapp::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !keys.verify(&body, signature) {
-        state.metrics.webhook("whatsapp", "rejected", "bad_signature");
-        tracing::warn!("whatsapp webhook with a bad or missing X-Hub-Signature-256");
-        return plain(StatusCode::FORBIDDEN, "bad X-Hub-Signature-256\n");
-    }
-    let notification: whatsapp::Notification = match serde_json::from_slice(&body) {
-        Ok(n) => n,
-        Err(e) => {
-            state.metrics.webhook("whatsapp", "rejected", "bad_json");
-            tracing::warn!(error = %e, "whatsapp webhook body is not a JSON notification");
-            return plain(StatusCode::BAD_REQUEST, "expected a WhatsApp webhook JSON object\n");
-        }
-    };
-    let (updates, opt_changes) =
-        whatsapp::read_notification(&notification, &account.phone_number_id, &account.opaque);
-    let channel = ContactChannel::Whatsapp.as_str();
-    let now = now_ms();
-    let result = state
-        .db
-        .call(move |conn, _| {
-            let mut recorded = Vec::new();
-            for u in updates {
-                let id = match outbox::by_provider_id(conn, &u.wamid)? {
-                    Some(id) => Some(id),
-                    // A row that has not learned its wamid: its send timed out (`unknown`),
-                    // or Meta's status came before the send's answer was written
-                    // (`sending`; the dispatcher's late `finish` keeps what is written
-                    // now). The opaque data names it, tagged by this database; and only
-                    // for the number it was sent to.
-                    None => match u.outbox_id {
-                        Some(id)
-                            if matches!(
-                                outbox::row_status(conn, id)?.as_deref(),
-                                Some("unknown" | "sending")
-                            ) && outbox::row_target(conn, id)?
-                                .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
-                        {
-                            Some(id)
-                        }
-                        _ => None,
-                    },
-                };
-                let Some(id) = id else { continue };
-                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != channel) {
-                    continue;
-                }
-                if outbox::provider_event(conn, id, u.outcome, Some(&u.wamid), Some(&u.detail), now)? {
-                    recorded.push((id, u.outcome));
-                }
-            }
-            for o in &opt_changes {
-                outbox::set_opt_out(conn, channel, &o.recipient, o.out, "whatsapp_inbound", now)?;
-            }
-            Ok((recorded, opt_changes))
-        })
-        .await;
-    match result {
-        Ok((recorded, opt_changes)) => {
-            for (id, outcome) in recorded {
-                state.metrics.notification(channel, outcome);
-                tracing::info!(outbox = id, outcome, "whatsapp status");
-            }
-            for o in opt_changes {
-                tracing::info!(
-                    recipient = %crate::mask::Masked(&o.recipient),
-                    opted_out = o.out,
-                    "whatsapp subscription changed by inbound keyword"
-                );
-            }
-            state.metrics.webhook("whatsapp", "stored", "ok");
-            // Meta retries anything but a 200.
-            StatusCode::OK.into_response()
-        }
-        Err(e) => internal(&e),
-    }
 }
 
 #[cfg(test)]

@@ -17,18 +17,33 @@
 //!   Without a configured key the endpoint refuses every request.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Outgoing, SendResult};
+use super::config::NotifyConfigError;
+use super::outbox;
+use super::page::{NotifyState, internal, plain};
+use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
+use super::ratelimit::RateLimit;
+use super::{Outgoing, Reply, SendResult, now_ms};
 use crate::model::Milestone;
+use crate::store::ContactChannel;
 
 /// The custom arg that ties a SendGrid event back to its outbox row.
 pub const OUTBOX_ARG: &str = "doorstep_outbox_id";
+/// The custom arg an operations alert's e-mail carries instead.
+pub const ALERT_ARG: &str = "doorstep_alert_id";
 /// The signature header of the signed Event Webhook.
 pub const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
 /// The timestamp header of the signed Event Webhook.
@@ -146,7 +161,10 @@ impl SendGrid {
         }
         let mut personalization = json!({
             "to": [{ "email": msg.recipient }],
-            "custom_args": { OUTBOX_ARG: msg.outbox_id.to_string() },
+            "custom_args": match msg.alert.as_ref().map(|a| a.id) {
+                Some(alert) => json!({ ALERT_ARG: alert.to_string() }),
+                None => json!({ OUTBOX_ARG: msg.outbox_id.to_string() }),
+            },
         });
         let mut body = json!({ "from": from });
         match self.template_ids.get(&msg.milestone) {
@@ -178,19 +196,71 @@ impl SendGrid {
         body["personalizations"] = json!([personalization]);
         body
     }
+}
 
-    /// Sends one email.
-    pub async fn send(&self, client: &reqwest::Client, msg: &Outgoing) -> SendResult {
-        let response = client
+/// `[[notify.providers]]` entries of type `sendgrid`.
+pub const TYPE: ProviderType = ProviderType {
+    kind: "sendgrid",
+    channels: &[Channel::Customer(ContactChannel::Email), Channel::Staff],
+    rate: RateLimit { per_s: 10.0, burst: 10 },
+    sample: r#"# api_key = "file:/etc/doorstep-hub/sendgrid.key"
+# from_email = "parcels@example.com"
+# from_name = "Doorstep"
+# Signed Event Webhook verification key; events arrive at /callbacks/{name}/events.
+# event_public_key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."
+# template_ids = { delivered = "d-0123456789abcdef0123456789abcdef" }   # dynamic templates
+"#,
+    build,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    api_key: String,
+    from_email: String,
+    #[serde(default)]
+    from_name: Option<String>,
+    #[serde(default)]
+    template_ids: BTreeMap<Milestone, String>,
+    #[serde(default)]
+    event_public_key: Option<String>,
+}
+
+fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
+    let s: Section = b.section()?;
+    let event_key = match &s.event_public_key {
+        None => None,
+        Some(k) => Some(
+            EventKey::from_base64_der(&b.secret("event_public_key", k)?)
+                .map_err(|e| b.invalid("event_public_key", e.0))?,
+        ),
+    };
+    Ok(Arc::new(SendGrid {
+        base_url: b.base_url("https://api.sendgrid.com")?,
+        api_key: b.secret("api_key", &s.api_key)?,
+        from_email: s.from_email,
+        from_name: s.from_name,
+        template_ids: s.template_ids,
+        event_key,
+    }))
+}
+
+/// Where SendGrid posts events, under `/callbacks/{name}`.
+pub const EVENTS_SUFFIX: &str = "/events";
+
+impl Provider for SendGrid {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        msg: &Outgoing,
+    ) -> Result<reqwest::RequestBuilder, SendResult> {
+        Ok(client
             .post(format!("{}/v3/mail/send", self.base_url))
             .bearer_auth(&self.api_key)
-            .json(&self.request_body(msg))
-            .send()
-            .await;
-        let reply = match super::read_response(response).await {
-            Ok(reply) => reply,
-            Err(result) => return result,
-        };
+            .json(&self.request_body(msg)))
+    }
+
+    fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
         if reply.status.is_success() {
             let id = reply.headers.get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
             return SendResult::Accepted {
@@ -205,6 +275,91 @@ impl SendGrid {
             text.chars().take(300).collect::<String>()
         );
         super::classify_status(reply.status, reply.retry_after, detail)
+    }
+
+    fn callbacks(self: Arc<Self>, name: &str) -> Option<Router<NotifyState>> {
+        let key = self.event_key.clone()?;
+        let name: Arc<str> = name.into();
+        let path = callback_path(&name, EVENTS_SUFFIX);
+        Some(Router::new().route(
+            &path,
+            post(move |State(state): State<NotifyState>, headers: HeaderMap, body: Bytes| {
+                let (key, name) = (key.clone(), Arc::clone(&name));
+                async move { events(&key, &name, &state, &headers, &body).await }
+            }),
+        ))
+    }
+}
+
+async fn events(
+    key: &EventKey,
+    name: &str,
+    state: &NotifyState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !key.verify(header(TIMESTAMP_HEADER), body, header(SIGNATURE_HEADER)) {
+        state.metrics.webhook(name, "rejected", "bad_signature");
+        return plain(StatusCode::FORBIDDEN, "bad event webhook signature\n");
+    }
+    let events: Vec<Event> = match serde_json::from_slice(body) {
+        Ok(events) => events,
+        Err(e) => {
+            state.metrics.webhook(name, "rejected", "bad_json");
+            tracing::warn!(error = %e, "sendgrid events are not a JSON array of events");
+            return plain(StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
+        }
+    };
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let mut recorded = Vec::new();
+            for event in events {
+                let Some((outcome, opt_out)) = event_outcome(&event.event) else { continue };
+                let id = match event.outbox_id() {
+                    Some(id) => Some(id),
+                    None => match event.message_id() {
+                        Some(mid) => outbox::by_provider_id(conn, mid)?,
+                        None => None,
+                    },
+                };
+                if opt_out && let Some(email) = &event.email {
+                    outbox::set_opt_out(
+                        conn,
+                        ContactChannel::Email.as_str(),
+                        email,
+                        true,
+                        "sendgrid_event",
+                        now,
+                    )?;
+                }
+                let Some(id) = id else { continue };
+                // Only events about an email row of ours.
+                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != ContactChannel::Email.as_str()) {
+                    continue;
+                }
+                let detail = match &event.reason {
+                    Some(r) => format!("sendgrid {}: {r}", event.event),
+                    None => format!("sendgrid {}", event.event),
+                };
+                if outbox::provider_event(conn, id, outcome, event.message_id(), Some(&detail), now)? {
+                    recorded.push(outcome);
+                }
+            }
+            Ok(recorded)
+        })
+        .await;
+    match result {
+        Ok(recorded) => {
+            for outcome in recorded {
+                state.metrics.notification("email", outcome);
+            }
+            state.metrics.webhook(name, "stored", "ok");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => internal(&e),
     }
 }
 

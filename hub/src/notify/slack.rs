@@ -5,9 +5,14 @@
 //! idempotency key; an alert whose post timed out is posted again, because an operator
 //! seeing an alert twice is better than never (customers never get these).
 
+use std::sync::Arc;
+
 use serde_json::json;
 
-use super::SendResult;
+use super::config::NotifyConfigError;
+use super::provider::{Build, Channel, Provider, ProviderType};
+use super::ratelimit::RateLimit;
+use super::{Outgoing, Reply, SendResult};
 
 /// A configured Slack incoming webhook.
 #[derive(Clone)]
@@ -30,14 +35,40 @@ pub fn alert_text(code: &str, tracking_number: Option<&str>, detail: &str) -> St
     }
 }
 
-impl Slack {
-    /// Posts one message.
-    pub async fn post(&self, client: &reqwest::Client, text: &str) -> SendResult {
-        let response = client.post(&self.webhook_url).json(&json!({ "text": text })).send().await;
-        let reply = match super::read_response(response).await {
-            Ok(reply) => reply,
-            Err(result) => return result,
-        };
+/// `[[notify.providers]]` entries of type `slack`.
+pub const TYPE: ProviderType = ProviderType {
+    kind: "slack",
+    channels: &[Channel::Staff],
+    // Slack allows about one message a second per webhook.
+    rate: RateLimit { per_s: 1.0, burst: 10 },
+    sample: r#"# webhook_url = "file:/etc/doorstep-hub/slack.url"   # an incoming webhook: the URL is the credential
+"#,
+    build,
+};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    webhook_url: String,
+}
+
+fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
+    let s: Section = b.section()?;
+    Ok(Arc::new(Slack { webhook_url: b.secret_url("webhook_url", &s.webhook_url)? }))
+}
+
+impl Provider for Slack {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        msg: &Outgoing,
+    ) -> Result<reqwest::RequestBuilder, SendResult> {
+        let text =
+            alert_text(&msg.subject, Some(msg.tracking_number.as_str()).filter(|t| !t.is_empty()), &msg.body);
+        Ok(client.post(&self.webhook_url).json(&json!({ "text": text })))
+    }
+
+    fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
         if reply.status.is_success() {
             return SendResult::Accepted { provider_id: None, detail: "slack ok".into() };
         }
@@ -47,5 +78,10 @@ impl Slack {
             reply.retry_after,
             format!("slack HTTP {}: {reason}", reply.status.as_u16()),
         )
+    }
+
+    /// Posted again after a timeout: an operator seeing an alert twice is better than never.
+    fn resend_safe(&self) -> bool {
+        true
     }
 }

@@ -235,6 +235,11 @@ pub fn check(milestone: Milestone, locale: &str, body: &str, subject: &str) -> R
 }
 
 impl Templates {
+    /// The locale looked up when a recipient's has no template.
+    pub fn fallback_locale(&self) -> &str {
+        &self.fallback_locale
+    }
+
     /// The built-in English and German templates, with `fallback_locale` as the fallback.
     pub fn defaults(fallback_locale: &str) -> Self {
         let map = DEFAULTS

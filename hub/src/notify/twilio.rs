@@ -15,11 +15,25 @@
 //!   (a proxy in front of the hub changes the host the hub sees).
 //! - Error 21610 (the recipient replied STOP to this sender) records an opt-out.
 
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use ring::hmac;
 use serde::Deserialize;
 
-use super::SendResult;
+use super::config::NotifyConfigError;
+use super::outbox;
+use super::page::{NotifyState, form_pairs, internal, param, plain};
+use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
+use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
+use super::{Outgoing, Reply, SendResult, now_ms};
+use crate::store::ContactChannel;
 
 /// Twilio's error code for "the recipient has opted out of messages from this sender".
 pub const ERROR_UNSUBSCRIBED: i64 = 21610;
@@ -60,6 +74,7 @@ impl std::fmt::Debug for Twilio {
             .field("base_url", &self.base_url)
             .field("account_sid", &self.account_sid)
             .field("sender", &self.sender)
+            .field("status_callback", &self.status_callback)
             .finish_non_exhaustive()
     }
 }
@@ -84,28 +99,82 @@ impl Twilio {
     pub fn messages_url(&self) -> String {
         format!("{}/2010-04-01/Accounts/{}/Messages.json", self.base_url, self.account_sid)
     }
+}
 
-    /// Sends one SMS.
-    pub async fn send(&self, client: &reqwest::Client, to: &str, body: &str) -> SendResult {
-        let mut form: Vec<(&str, &str)> = vec![("To", to)];
+/// `[[notify.providers]]` entries of type `twilio`.
+pub const TYPE: ProviderType = ProviderType {
+    kind: "twilio",
+    channels: &[Channel::Customer(ContactChannel::Sms), Channel::Staff],
+    rate: RateLimit { per_s: 10.0, burst: 10 },
+    sample: r#"# account_sid = "AC..."
+# auth_token = "file:/etc/doorstep-hub/twilio.token"
+# from = "+15005550006"              # or messaging_service_sid = "MG..."
+# status_callback = true             # delivery statuses at /callbacks/{name}/status
+# Inbound STOP/START: point the number's messaging webhook at /callbacks/{name}/inbound.
+"#,
+    build,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    account_sid: String,
+    auth_token: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    messaging_service_sid: Option<String>,
+    #[serde(default = "yes")]
+    status_callback: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
+    let s: Section = b.section()?;
+    let sender = match (s.from, s.messaging_service_sid) {
+        (Some(from), None) => Sender::From(from),
+        (None, Some(sid)) => Sender::MessagingService(sid),
+        _ => return Err(b.invalid("from", "give exactly one of from and messaging_service_sid")),
+    };
+    if !s.account_sid.starts_with("AC") {
+        return Err(b.invalid("account_sid", "must start with AC"));
+    }
+    Ok(Arc::new(Twilio {
+        base_url: b.base_url("https://api.twilio.com")?,
+        auth_token: b.secret("auth_token", &s.auth_token)?,
+        account_sid: s.account_sid,
+        sender,
+        status_callback: s.status_callback.then(|| b.callback_url(STATUS_SUFFIX)),
+    }))
+}
+
+/// Where Twilio posts message status, under `/callbacks/{name}`.
+pub const STATUS_SUFFIX: &str = "/status";
+/// Where Twilio posts inbound messages, under `/callbacks/{name}`.
+pub const INBOUND_SUFFIX: &str = "/inbound";
+
+impl Provider for Twilio {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        msg: &Outgoing,
+    ) -> Result<reqwest::RequestBuilder, SendResult> {
+        let mut form: Vec<(&str, &str)> = vec![("To", &msg.recipient)];
         match &self.sender {
             Sender::From(from) => form.push(("From", from)),
             Sender::MessagingService(sid) => form.push(("MessagingServiceSid", sid)),
         }
-        form.push(("Body", body));
+        form.push(("Body", &msg.body));
         if let Some(cb) = &self.status_callback {
             form.push(("StatusCallback", cb));
         }
-        let response = client
-            .post(self.messages_url())
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .form(&form)
-            .send()
-            .await;
-        let reply = match super::read_response(response).await {
-            Ok(reply) => reply,
-            Err(result) => return result,
-        };
+        Ok(client.post(self.messages_url()).basic_auth(&self.account_sid, Some(&self.auth_token)).form(&form))
+    }
+
+    fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
         if reply.status.is_success() {
             return match serde_json::from_slice::<Created>(&reply.body) {
                 Ok(c) => SendResult::Accepted {
@@ -128,11 +197,151 @@ impl Twilio {
         }
         let detail = match error {
             Some(ApiError { code: Some(code), message }) => {
-                format!("twilio HTTP {} error {code}: {}", reply.status.as_u16(), message.unwrap_or_default())
+                format!(
+                    "twilio HTTP {} error {code}: {}",
+                    reply.status.as_u16(),
+                    message.clone().unwrap_or_default()
+                )
             }
             _ => format!("twilio HTTP {}", reply.status.as_u16()),
         };
         super::classify_status(reply.status, reply.retry_after, detail)
+    }
+
+    fn callbacks(self: Arc<Self>, name: &str) -> Option<Router<NotifyState>> {
+        let (status, inbound) = (Arc::clone(&self), self);
+        Some(
+            Router::new()
+                .route(
+                    &callback_path(name, STATUS_SUFFIX),
+                    post(
+                        move |State(state): State<NotifyState>,
+                              OriginalUri(uri): OriginalUri,
+                              headers: HeaderMap,
+                              body: Bytes| {
+                            let twilio = Arc::clone(&status);
+                            async move { status_callback(&twilio, &state, &uri, &headers, &body).await }
+                        },
+                    ),
+                )
+                .route(
+                    &callback_path(name, INBOUND_SUFFIX),
+                    post(
+                        move |State(state): State<NotifyState>,
+                              OriginalUri(uri): OriginalUri,
+                              headers: HeaderMap,
+                              body: Bytes| {
+                            let twilio = Arc::clone(&inbound);
+                            async move { inbound_callback(&twilio, &state, &uri, &headers, &body).await }
+                        },
+                    ),
+                ),
+        )
+    }
+}
+
+// ---- callbacks ------------------------------------------------------------------------
+
+/// Checks a callback's signature; `Some(refusal)` when it fails.
+fn check(
+    twilio: &Twilio,
+    state: &NotifyState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Option<Response> {
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = format!("{}{path}", state.settings.callback_base_url);
+    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if verify(&twilio.auth_token, &url, params, signature) {
+        return None;
+    }
+    state.metrics.webhook("twilio", "rejected", "bad_signature");
+    tracing::warn!(url, "twilio callback with a bad or missing X-Twilio-Signature");
+    Some(plain(StatusCode::FORBIDDEN, "bad X-Twilio-Signature\n"))
+}
+
+async fn status_callback(
+    twilio: &Twilio,
+    state: &NotifyState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let params = form_pairs(body);
+    if let Some(refused) = check(twilio, state, uri, headers, &params) {
+        return refused;
+    }
+    let (Some(sid), Some(status)) = (param(&params, "MessageSid"), param(&params, "MessageStatus")) else {
+        return plain(StatusCode::BAD_REQUEST, "MessageSid and MessageStatus are required\n");
+    };
+    let Some(outcome) = status_outcome(status) else { return StatusCode::NO_CONTENT.into_response() };
+    let sid = sid.to_owned();
+    let detail = match param(&params, "ErrorCode") {
+        Some(code) => format!("twilio {status} (error {code})"),
+        None => format!("twilio {status}"),
+    };
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let Some(id) = outbox::by_provider_id(conn, &sid)? else { return Ok(None) };
+            Ok(Some((id, outbox::provider_event(conn, id, outcome, Some(&sid), Some(&detail), now)?)))
+        })
+        .await;
+    match result {
+        Ok(Some((id, new))) => {
+            if new {
+                state.metrics.notification("sms", outcome);
+                tracing::info!(outbox = id, outcome, "twilio status");
+            }
+            state.metrics.webhook("twilio", "stored", "ok");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // Not ours (another system on the account) or not yet recorded: nothing to do;
+        // a 2xx stops Twilio retrying.
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn inbound_callback(
+    twilio: &Twilio,
+    state: &NotifyState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let params = form_pairs(body);
+    if let Some(refused) = check(twilio, state, uri, headers, &params) {
+        return refused;
+    }
+    let twiml = || {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml")],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
+        )
+            .into_response()
+    };
+    let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else { return twiml() };
+    let Some(keyword) = inbound_keyword(text) else { return twiml() };
+    let from = from.to_owned();
+    let out = keyword == Keyword::OptOut;
+    let now = now_ms();
+    let logged = from.clone();
+    match state
+        .db
+        .call(move |conn, _| {
+            Ok(outbox::set_opt_out(conn, ContactChannel::Sms.as_str(), &from, out, "twilio_inbound", now)?)
+        })
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(recipient = %crate::mask::Masked(&logged), opted_out = out, "sms subscription changed by inbound keyword");
+            twiml()
+        }
+        Err(e) => internal(&e),
     }
 }
 

@@ -7,16 +7,22 @@
 //! re-sending after an ambiguous failure (a timeout once the request was out) safe, and
 //! this is the one channel the dispatcher retries after one.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 use serde_json::json;
 
-use super::{Outgoing, SendResult};
+use super::config::NotifyConfigError;
+use super::provider::{Build, Channel, Provider, ProviderType};
+use super::ratelimit::RateLimit;
+use super::{Outgoing, Reply, SendResult};
+use crate::store::ContactChannel;
 
 /// Why a webhook secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("notify.webhook.secret must be \"whsec_\" followed by base64 of at least 24 bytes")]
+#[error("must be \"whsec_\" followed by base64 of at least 24 bytes")]
 pub struct SecretError;
 
 /// Signs (and verifies) Standard Webhooks signatures.
@@ -87,37 +93,67 @@ pub fn payload(msg: &Outgoing, now_ms: i64) -> serde_json::Value {
     })
 }
 
-/// Posts one signed webhook.
-pub async fn send(
-    client: &reqwest::Client,
-    signer: &WebhookSigner,
-    msg: &Outgoing,
-    now_ms: i64,
-) -> SendResult {
-    let id = message_id(msg.outbox_id);
-    let timestamp_s = now_ms.div_euclid(1000);
-    let body = payload(msg, now_ms).to_string().into_bytes();
-    let signature = signer.sign(&id, timestamp_s, &body);
-    let response = client
-        .post(&msg.recipient)
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp_s.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let reply = match super::read_response(response).await {
-        Ok(reply) => reply,
-        Err(result) => return result,
-    };
-    if reply.status.is_success() {
-        return SendResult::Accepted {
-            provider_id: Some(id),
-            detail: format!("HTTP {}", reply.status.as_u16()),
-        };
+/// `[[notify.providers]]` entries of type `webhook`: the shipper's own endpoint, the
+/// URL each shipment's webhook contact names.
+pub const TYPE: ProviderType = ProviderType {
+    kind: "webhook",
+    channels: &[Channel::Customer(ContactChannel::Webhook)],
+    rate: RateLimit { per_s: 10.0, burst: 10 },
+    sample: r#"# secret = "whsec_..."                 # Standard Webhooks signing secret
+"#,
+    build,
+};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    secret: String,
+}
+
+fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
+    let s: Section = b.section()?;
+    let secret = b.secret("secret", &s.secret)?;
+    Ok(Arc::new(WebhookSigner::new(&secret).map_err(|e| b.invalid("secret", e.to_string()))?))
+}
+
+impl Provider for WebhookSigner {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        msg: &Outgoing,
+    ) -> Result<reqwest::RequestBuilder, SendResult> {
+        let now_ms = super::now_ms();
+        let id = message_id(msg.outbox_id);
+        let timestamp_s = now_ms.div_euclid(1000);
+        let body = payload(msg, now_ms).to_string().into_bytes();
+        let signature = self.sign(&id, timestamp_s, &body);
+        Ok(client
+            .post(&msg.recipient)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp_s.to_string())
+            .header("webhook-signature", signature)
+            .body(body))
     }
-    super::classify_status(reply.status, reply.retry_after, format!("webhook HTTP {}", reply.status.as_u16()))
+
+    fn read(&self, msg: &Outgoing, reply: &Reply) -> SendResult {
+        if reply.status.is_success() {
+            return SendResult::Accepted {
+                provider_id: Some(message_id(msg.outbox_id)),
+                detail: format!("HTTP {}", reply.status.as_u16()),
+            };
+        }
+        super::classify_status(
+            reply.status,
+            reply.retry_after,
+            format!("webhook HTTP {}", reply.status.as_u16()),
+        )
+    }
+
+    /// The same `webhook-id` on every attempt: receivers deduplicate on it.
+    fn resend_safe(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

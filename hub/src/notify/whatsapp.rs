@@ -50,13 +50,27 @@
 //! backlog after an outage or two milestones close together for one customer go out
 //! later instead of failing for good.
 
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::config::NotifyConfigError;
+use super::outbox;
+use super::page::{NotifyState, form_pairs, internal, param, plain};
+use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
+use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
 use super::twilio::{Keyword, inbound_keyword};
-use super::{Outgoing, SendResult};
+use super::{Outgoing, Reply, SendResult, now_ms};
+use crate::store::ContactChannel;
 
 /// The header Meta signs webhook bodies in.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -262,16 +276,81 @@ impl WhatsApp {
             "biz_opaque_callback_data": self.opaque.name(msg.outbox_id),
         })
     }
+}
 
-    /// Sends one template message.
-    pub async fn send(&self, client: &reqwest::Client, msg: &Outgoing) -> SendResult {
+/// `[[notify.providers]]` entries of type `whatsapp`.
+pub const TYPE: ProviderType = ProviderType {
+    kind: "whatsapp",
+    channels: &[Channel::Customer(ContactChannel::Whatsapp)],
+    rate: RateLimit { per_s: 10.0, burst: 10 },
+    sample: r#"# api_version = "v21.0"
+# phone_number_id = "1234567890"
+# access_token = "file:/etc/doorstep-hub/whatsapp.token"
+# Approved template with one body parameter between fixed text, e.g.
+# "Parcel update: {{1}} - Doorstep" (WhatsApp refuses a body that starts or ends with one).
+# template_name = "doorstep_update"
+# Meta's webhook (statuses, STOP) at /callbacks/{name}; both or neither. Subscribe the app
+# to the "messages" field with the same verify token.
+# app_secret = "file:/etc/doorstep-hub/whatsapp.app-secret"   # signs X-Hub-Signature-256
+# verify_token = "file:/etc/doorstep-hub/whatsapp.verify-token"
+"#,
+    build,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    #[serde(default = "graph_version")]
+    api_version: String,
+    phone_number_id: String,
+    access_token: String,
+    template_name: String,
+    #[serde(default)]
+    app_secret: Option<String>,
+    #[serde(default)]
+    verify_token: Option<String>,
+}
+
+fn graph_version() -> String {
+    "v21.0".into()
+}
+
+fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
+    let s: Section = b.section()?;
+    let webhook = match (&s.app_secret, &s.verify_token) {
+        (None, None) => None,
+        (Some(secret), Some(token)) => {
+            Some(WebhookKeys::new(&b.secret("app_secret", secret)?, &b.secret("verify_token", token)?))
+        }
+        _ => {
+            return Err(b.invalid(
+                "app_secret",
+                "give both app_secret and verify_token (Meta's webhook needs both) or neither",
+            ));
+        }
+    };
+    Ok(Arc::new(WhatsApp {
+        base_url: b.base_url("https://graph.facebook.com")?,
+        api_version: s.api_version,
+        phone_number_id: s.phone_number_id,
+        access_token: b.secret("access_token", &s.access_token)?,
+        template_name: s.template_name,
+        webhook,
+        opaque: OpaqueIds::new(b.link_secret),
+    }))
+}
+
+impl Provider for WhatsApp {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        msg: &Outgoing,
+    ) -> Result<reqwest::RequestBuilder, SendResult> {
         let url = format!("{}/{}/{}/messages", self.base_url, self.api_version, self.phone_number_id);
-        let response =
-            client.post(url).bearer_auth(&self.access_token).json(&self.request_body(msg)).send().await;
-        let reply = match super::read_response(response).await {
-            Ok(reply) => reply,
-            Err(result) => return result,
-        };
+        Ok(client.post(url).bearer_auth(&self.access_token).json(&self.request_body(msg)))
+    }
+
+    fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
         if reply.status.is_success() {
             let id =
                 serde_json::from_slice::<Sent>(&reply.body).ok().and_then(|s| s.messages.into_iter().next());
@@ -287,6 +366,136 @@ impl WhatsApp {
             return SendResult::Retry { detail, retry_after: reply.retry_after };
         }
         super::classify_status(reply.status, reply.retry_after, detail)
+    }
+
+    fn callbacks(self: Arc<Self>, name: &str) -> Option<Router<NotifyState>> {
+        self.webhook.as_ref()?;
+        let (verify, events) = (Arc::clone(&self), self);
+        let name: Arc<str> = name.into();
+        let events_name = Arc::clone(&name);
+        Some(
+            Router::new().route(
+                &callback_path(&name, ""),
+                get(move |State(state): State<NotifyState>, RawQuery(query): RawQuery| {
+                    let (w, name) = (Arc::clone(&verify), Arc::clone(&name));
+                    async move { verify_subscription(&w, &name, &state, query.as_deref()) }
+                })
+                .post(
+                    move |State(state): State<NotifyState>, headers: HeaderMap, body: Bytes| {
+                        let (w, name) = (Arc::clone(&events), Arc::clone(&events_name));
+                        async move { receive(&w, &name, &state, &headers, &body).await }
+                    },
+                ),
+            ),
+        )
+    }
+}
+
+/// Meta's subscription check. Echoing the challenge for any token would let any Meta app
+/// subscribe this URL; its deliveries would then fail the signature check one by one and
+/// bury the real rejections in the counter.
+fn verify_subscription(w: &WhatsApp, name: &str, state: &NotifyState, query: Option<&str>) -> Response {
+    let Some(keys) = &w.webhook else { return plain(StatusCode::NOT_FOUND, "not found\n") };
+    let params = form_pairs(query.unwrap_or_default().as_bytes());
+    let (mode, token, challenge) =
+        (param(&params, "hub.mode"), param(&params, "hub.verify_token"), param(&params, "hub.challenge"));
+    match (mode, token, challenge) {
+        (Some("subscribe"), Some(token), Some(challenge)) if keys.token_matches(token) => {
+            state.metrics.webhook(name, "verified", "ok");
+            tracing::info!("whatsapp webhook subscription verified");
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], challenge.to_owned())
+                .into_response()
+        }
+        _ => {
+            state.metrics.webhook(name, "rejected", "bad_verify_token");
+            tracing::warn!("whatsapp webhook verification with a wrong or missing hub.verify_token");
+            plain(StatusCode::FORBIDDEN, "bad hub.verify_token\n")
+        }
+    }
+}
+
+async fn receive(
+    w: &WhatsApp,
+    name: &str,
+    state: &NotifyState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let Some(keys) = &w.webhook else { return plain(StatusCode::NOT_FOUND, "not found\n") };
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !keys.verify(body, signature) {
+        state.metrics.webhook(name, "rejected", "bad_signature");
+        tracing::warn!("whatsapp webhook with a bad or missing X-Hub-Signature-256");
+        return plain(StatusCode::FORBIDDEN, "bad X-Hub-Signature-256\n");
+    }
+    let notification: Notification = match serde_json::from_slice(body) {
+        Ok(n) => n,
+        Err(e) => {
+            state.metrics.webhook(name, "rejected", "bad_json");
+            tracing::warn!(error = %e, "whatsapp webhook body is not a JSON notification");
+            return plain(StatusCode::BAD_REQUEST, "expected a WhatsApp webhook JSON object\n");
+        }
+    };
+    let (updates, opt_changes) = read_notification(&notification, &w.phone_number_id, &w.opaque);
+    let channel = ContactChannel::Whatsapp.as_str();
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, _| {
+            let mut recorded = Vec::new();
+            for u in updates {
+                let id = match outbox::by_provider_id(conn, &u.wamid)? {
+                    Some(id) => Some(id),
+                    // A row that has not learned its wamid: its send timed out (`unknown`),
+                    // or Meta's status came before the send's answer was written
+                    // (`sending`; the dispatcher's late `finish` keeps what is written
+                    // now). The opaque data names it, tagged by this database; and only
+                    // for the number it was sent to.
+                    None => match u.outbox_id {
+                        Some(id)
+                            if matches!(
+                                outbox::row_status(conn, id)?.as_deref(),
+                                Some("unknown" | "sending")
+                            ) && outbox::row_target(conn, id)?
+                                .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
+                        {
+                            Some(id)
+                        }
+                        _ => None,
+                    },
+                };
+                let Some(id) = id else { continue };
+                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != channel) {
+                    continue;
+                }
+                if outbox::provider_event(conn, id, u.outcome, Some(&u.wamid), Some(&u.detail), now)? {
+                    recorded.push((id, u.outcome));
+                }
+            }
+            for o in &opt_changes {
+                outbox::set_opt_out(conn, channel, &o.recipient, o.out, "whatsapp_inbound", now)?;
+            }
+            Ok((recorded, opt_changes))
+        })
+        .await;
+    match result {
+        Ok((recorded, opt_changes)) => {
+            for (id, outcome) in recorded {
+                state.metrics.notification(channel, outcome);
+                tracing::info!(outbox = id, outcome, "whatsapp status");
+            }
+            for o in opt_changes {
+                tracing::info!(
+                    recipient = %crate::mask::Masked(&o.recipient),
+                    opted_out = o.out,
+                    "whatsapp subscription changed by inbound keyword"
+                );
+            }
+            state.metrics.webhook(name, "stored", "ok");
+            // Meta retries anything but a 200.
+            StatusCode::OK.into_response()
+        }
+        Err(e) => internal(&e),
     }
 }
 

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -221,6 +221,16 @@ CREATE TABLE link_revocations (
     shipment_id  INTEGER PRIMARY KEY REFERENCES shipments (id),
     revoked_ms   INTEGER NOT NULL
 );
+"#,
+    // Which configured provider each outcome came from (`notification_outcomes.provider`,
+    // NULL for entries no provider wrote), and an operations alert's escalation: the last
+    // step it was posted to (`level`, 0 before the first), when, and its acknowledgement.
+    r#"
+ALTER TABLE notification_outcomes ADD COLUMN provider TEXT;
+ALTER TABLE ops_alerts ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ops_alerts ADD COLUMN posted_ms INTEGER;
+ALTER TABLE ops_alerts ADD COLUMN acked_ms INTEGER;
+ALTER TABLE ops_alerts ADD COLUMN acked_by TEXT;
 "#,
 ];
 
