@@ -1,125 +1,21 @@
 //! The dispatcher against loopback fake providers that check each request the way the
 //! provider documents it, and the tracking page and callbacks through the router.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::Milestone;
-use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings, outbox};
-use doorstep_hub::store::{Contact, ContactChannel, NewNotification, NewShipment, Store, StoreOptions};
-use doorstep_proto::TrackingNumber;
+use doorstep_hub::notify::{self, Dispatcher, outbox};
+use doorstep_hub::store::{Store, StoreOptions};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-const PHONE: &str = "+15555550100";
-const EMAIL: &str = "ada@example.com";
-/// 2025-07-01 08:00Z: 10:00 in Berlin, outside quiet hours.
-const DAY: i64 = 1_751_356_800_000;
-/// 2025-07-01 21:00Z: 23:00 in Berlin.
-const NIGHT: i64 = 1_751_403_600_000;
-
-/// One request a fake provider received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    uri: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// A canned answer: status, body, delay, extra header.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    body: String,
-    delay: Duration,
-    header: Option<(&'static str, &'static str)>,
-}
-
-impl Answer {
-    fn ok(status: u16, body: &str) -> Self {
-        Self { status, body: body.into(), delay: Duration::ZERO, header: None }
-    }
-}
-
-#[derive(Clone, Default)]
-struct Fake {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    script: Arc<Mutex<VecDeque<Answer>>>,
-    default: Arc<Mutex<Option<Answer>>>,
-}
-
-async fn record(
-    State(fake): State<Fake>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    fake.seen.lock().expect("lock").push(Seen {
-        method: method.to_string(),
-        uri: uri.to_string(),
-        headers,
-        body: body.to_vec(),
-    });
-    let answer = fake.script.lock().expect("lock").pop_front();
-    let answer = answer
-        .or_else(|| fake.default.lock().expect("lock").clone())
-        .unwrap_or_else(|| Answer::ok(200, "ok"));
-    tokio::time::sleep(answer.delay).await;
-    let status = StatusCode::from_u16(answer.status).expect("status");
-    match answer.header {
-        Some((name, value)) => (status, [(name, value)], answer.body).into_response(),
-        None => (status, answer.body).into_response(),
-    }
-}
-
-impl Fake {
-    async fn start(default: Answer) -> (Self, String) {
-        let fake = Fake::default();
-        *fake.default.lock().expect("lock") = Some(default);
-        let app = Router::new().fallback(record).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
-    }
-
-    fn push(&self, answer: Answer) {
-        self.script.lock().expect("lock").push_back(answer);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
-}
-
-fn form(body: &[u8]) -> BTreeMap<String, String> {
-    form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-}
-
-fn settings(extra: &str) -> NotifySettings {
-    let text = format!(
-        "backoff_base_s = 1\nbackoff_max_s = 60\nrequest_timeout_s = 1\nmax_attempts = 3\n\
-         [quiet_hours]\nstart = \"21:00\"\nend = \"08:00\"\nchannels = [\"sms\", \"email\"]\n{extra}"
-    );
-    let table: toml::Table = toml::from_str(&text).expect("toml");
-    NotifyConfig::from_table(Some(&table))
-        .expect("parse")
-        .validate("https://track.example.com", SECRET)
-        .expect("valid")
-}
+mod fake_vendor;
+use fake_vendor::*;
 
 fn twilio_section(base: &str) -> String {
     format!(
@@ -239,70 +135,6 @@ async fn post_meta(app: &Router, body: &str, signature: &str) -> (StatusCode, St
     call(app, "POST", "/callbacks/whatsapp", &headers, body.to_owned()).await
 }
 
-fn last_outcome(path: &Path, id: i64) -> outbox::Outcome {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    outbox::outcomes(&conn, id).expect("log").pop().expect("entry")
-}
-
-/// A database with one shipment (SMS, email and WhatsApp contacts, consented) and returns
-/// its id.
-fn database(path: &Path) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let mut contacts = BTreeMap::new();
-    contacts.insert(ContactChannel::Sms, Contact { recipient: PHONE.into(), consent: true });
-    contacts.insert(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true });
-    contacts.insert(ContactChannel::Whatsapp, Contact { recipient: PHONE.into(), consent: true });
-    let id = tx
-        .insert_shipment(
-            &NewShipment {
-                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
-                carrier: Some("ups".into()),
-                order_id: None,
-                contacts,
-                locale: "en-US".into(),
-                time_zone: "Europe/Berlin".into(),
-            },
-            0,
-        )
-        .expect("shipment");
-    tx.save_reconcile(id, Milestone::Delivered, &serde_json::json!(null), 0).expect("milestone");
-    tx.commit().expect("commit");
-    id
-}
-
-fn enqueue(
-    path: &Path,
-    shipment: i64,
-    milestone: &str,
-    channel: &str,
-    recipient: &str,
-    detail: Option<&str>,
-) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let n = NewNotification { shipment_id: shipment, milestone, channel, recipient, detail, now_ms: 0 };
-    assert!(tx.enqueue_notification(&n).expect("enqueue"));
-    tx.commit().expect("commit");
-    drop(store);
-    let rows = Store::open(path, StoreOptions { full_sync: false })
-        .expect("open")
-        .outbox_for_shipment(shipment)
-        .expect("rows");
-    rows.iter().find(|r| r.milestone == milestone && r.channel == channel).expect("row").id
-}
-
-fn outcomes(path: &Path, id: i64) -> Vec<String> {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    outbox::outcomes(&conn, id).expect("outcomes").into_iter().map(|o| o.outcome).collect()
-}
-
-fn status(path: &Path, id: i64) -> String {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.query_row("SELECT status FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
-        .expect("status")
-}
-
 #[tokio::test]
 async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callback_delivers_it() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
@@ -360,28 +192,6 @@ async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callbac
     call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", &sig)], encoded).await;
     assert_eq!(outcomes(&db, id), ["queued", "sent", "delivered"], "a redelivered callback adds nothing");
     assert_eq!(status(&db, id), "delivered");
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> (StatusCode, String) {
-    use tower::ServiceExt;
-    let mut req = axum::http::Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if method == "POST" && !headers.iter().any(|(k, _)| *k == "content-type") {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let response =
-        app.clone().oneshot(req.body(axum::body::Body::from(body)).expect("request")).await.expect("call");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[tokio::test]
