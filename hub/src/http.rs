@@ -354,6 +354,9 @@ struct CreateShipment {
     time_zone: Option<String>,
 }
 
+/// Longest push `external_id` (OneSignal allows 128 bytes).
+pub const MAX_EXTERNAL_ID_LEN: usize = 128;
+
 fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
     if value.len() > MAX_CONTACT_LEN || value.trim() != value || value.is_empty() {
         return Err(format!(
@@ -375,6 +378,7 @@ fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
             (value.starts_with("https://") || value.starts_with("http://"))
                 && !value.contains(char::is_whitespace)
         }
+        ContactChannel::Push => value.len() <= MAX_EXTERNAL_ID_LEN && value.bytes().all(|b| b.is_ascii_graphic()),
     };
     if ok {
         Ok(())
@@ -383,6 +387,7 @@ fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
             ContactChannel::Sms | ContactChannel::Whatsapp => "an E.164 phone number (+15555550100)",
             ContactChannel::Email => "an email address",
             ContactChannel::Webhook => "an https:// URL",
+            ContactChannel::Push => "the customer's user id in the shipper's app (printable ASCII, at most 128 bytes)",
         };
         Err(format!("contacts.{} must be {rule}", channel.as_str()))
     }

@@ -283,6 +283,10 @@ impl PartialSchema for Contacts {
                 }
                 ContactChannel::Email => (r"^[^@\s]+@\S*\.\S*$", "An e-mail address."),
                 ContactChannel::Webhook => (r"^https?://\S*$", "The customer's own HTTPS endpoint."),
+                ContactChannel::Push => (
+                    r"^[!-~]{1,128}$",
+                    "The customer's user id in the shipper's app, for push and in-app messages (OneSignal `external_id`).",
+                ),
             };
             ObjectBuilder::new()
                 .schema_type(Type::String)

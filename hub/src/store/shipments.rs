@@ -23,12 +23,20 @@ pub enum ContactChannel {
     Whatsapp,
     /// A customer's own HTTPS endpoint (signed generic webhook).
     Webhook,
+    /// Push or in-app message to the customer's app account: the recipient is the
+    /// shipper's own user id for them (OneSignal's `external_id`).
+    Push,
 }
 
 impl ContactChannel {
     /// Every channel.
-    pub const ALL: [ContactChannel; 4] =
-        [ContactChannel::Sms, ContactChannel::Email, ContactChannel::Whatsapp, ContactChannel::Webhook];
+    pub const ALL: [ContactChannel; 5] = [
+        ContactChannel::Sms,
+        ContactChannel::Email,
+        ContactChannel::Whatsapp,
+        ContactChannel::Webhook,
+        ContactChannel::Push,
+    ];
 
     /// The channel's name in the outbox table and config (`sms`, `email`, ...).
     pub fn as_str(self) -> &'static str {
@@ -37,6 +45,7 @@ impl ContactChannel {
             ContactChannel::Email => "email",
             ContactChannel::Whatsapp => "whatsapp",
             ContactChannel::Webhook => "webhook",
+            ContactChannel::Push => "push",
         }
     }
 }
