@@ -52,14 +52,22 @@ pub enum Scope {
     ShipmentsRead,
     /// Read `/metrics`.
     MetricsRead,
+    /// Acknowledge operations alerts (stops their escalation).
+    AlertsWrite,
     /// Everything above.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in the order `--help` lists them.
-    pub const ALL: [Scope; 5] =
-        [Scope::OrdersWrite, Scope::RoutesWrite, Scope::ShipmentsRead, Scope::MetricsRead, Scope::Admin];
+    pub const ALL: [Scope; 6] = [
+        Scope::OrdersWrite,
+        Scope::RoutesWrite,
+        Scope::ShipmentsRead,
+        Scope::MetricsRead,
+        Scope::AlertsWrite,
+        Scope::Admin,
+    ];
 
     /// The scope's name (`orders:write`).
     pub fn as_str(self) -> &'static str {
@@ -68,6 +76,7 @@ impl Scope {
             Scope::RoutesWrite => "routes:write",
             Scope::ShipmentsRead => "shipments:read",
             Scope::MetricsRead => "metrics:read",
+            Scope::AlertsWrite => "alerts:write",
             Scope::Admin => "admin",
         }
     }
@@ -355,6 +364,10 @@ async fn audit(
 
 /// `shipment <tracking>` for paths under `/v1/shipments/<tracking>`.
 fn subject_from_path(path: &str) -> Option<String> {
+    if let Some(rest) = path.strip_prefix("/v1/alerts/") {
+        let id = rest.split('/').next().filter(|t| !t.is_empty())?;
+        return Some(format!("alert {}", truncate(id, 20)));
+    }
     let rest = path.strip_prefix("/v1/shipments/")?;
     let tracking = rest.split('/').next().filter(|t| !t.is_empty())?;
     Some(format!("shipment {}", truncate(tracking, 64)))

@@ -177,12 +177,15 @@ pub fn api_router(state: AppState) -> Router {
         .route_layer(need(Scope::ShipmentsRead));
     let routes = Router::new().route("/v1/routes", post(create_route)).route_layer(need(Scope::RoutesWrite));
     let metrics = Router::new().route("/metrics", get(metrics)).route_layer(need(Scope::MetricsRead));
+    let alerts =
+        Router::new().route("/v1/alerts/{id}/ack", post(ack_alert)).route_layer(need(Scope::AlertsWrite));
     let max_body_bytes = state.max_body_bytes;
     Router::new()
         .merge(orders)
         .merge(reads)
         .merge(routes)
         .merge(metrics)
+        .merge(alerts)
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(doc::openapi_json))
         .fallback(unknown_route)
@@ -378,7 +381,9 @@ fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
             (value.starts_with("https://") || value.starts_with("http://"))
                 && !value.contains(char::is_whitespace)
         }
-        ContactChannel::Push => value.len() <= MAX_EXTERNAL_ID_LEN && value.bytes().all(|b| b.is_ascii_graphic()),
+        ContactChannel::Push => {
+            value.len() <= MAX_EXTERNAL_ID_LEN && value.bytes().all(|b| b.is_ascii_graphic())
+        }
     };
     if ok {
         Ok(())
@@ -387,7 +392,9 @@ fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
             ContactChannel::Sms | ContactChannel::Whatsapp => "an E.164 phone number (+15555550100)",
             ContactChannel::Email => "an email address",
             ContactChannel::Webhook => "an https:// URL",
-            ContactChannel::Push => "the customer's user id in the shipper's app (printable ASCII, at most 128 bytes)",
+            ContactChannel::Push => {
+                "the customer's user id in the shipper's app (printable ASCII, at most 128 bytes)"
+            }
         };
         Err(format!("contacts.{} must be {rule}", channel.as_str()))
     }
@@ -707,6 +714,68 @@ async fn revoke_links(
         Some(at_ms) => Ok(axum::Json(LinksRevoked { links_revoked_ms: at_ms }).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "no shipment with this tracking number")),
     }
+}
+
+// ---- alerts -------------------------------------------------------------------------------
+
+/// An acknowledged operations alert.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertAcknowledged {
+    /// The alert.
+    pub alert_id: i64,
+    /// When it was acknowledged, ms since the Unix epoch.
+    pub acknowledged_ms: i64,
+    /// The API key's name that acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// True when it had been acknowledged before this request (nothing changed).
+    pub already: bool,
+}
+
+/// Acknowledges an operations alert: someone is on it, so its escalation stops.
+#[utoipa::path(
+    post,
+    path = "/v1/alerts/{id}/ack",
+    operation_id = "ackAlert",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "The alert's id, as its message names it.")),
+    responses(
+        (status = 200, description = "Acknowledged (or already).", body = AlertAcknowledged),
+        (status = 400, description = "The id is not a number.", body = ErrorBody),
+        (status = 404, description = "No alert has this id.", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::AlertsWrite.as_str()])),
+)]
+pub(crate) async fn ack_alert(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    axum::Extension(caller): axum::Extension<access::Caller>,
+) -> Result<Response, ApiError> {
+    let by = caller.0;
+    let result = state
+        .writer
+        .call(move |ctx| -> Result<(crate::notify::outbox::Ack, i64, String), StoreError> {
+            let now = now_ms();
+            Ok((ctx.store.ack_alert(id, &by, now)?, now, by))
+        })
+        .await??;
+    let body = match result {
+        (crate::notify::outbox::Ack::Acknowledged, now, by) => {
+            tracing::info!(alert = id, by = %by, "operations alert acknowledged; its escalation stops");
+            AlertAcknowledged {
+                alert_id: id,
+                acknowledged_ms: now,
+                acknowledged_by: Some(by),
+                already: false,
+            }
+        }
+        (crate::notify::outbox::Ack::Already { by, at_ms }, _, _) => {
+            AlertAcknowledged { alert_id: id, acknowledged_ms: at_ms, acknowledged_by: by, already: true }
+        }
+        (crate::notify::outbox::Ack::Missing, _, _) => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no operations alert has this id"));
+        }
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 // ---- routes -------------------------------------------------------------------------------

@@ -226,6 +226,38 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
             .contains(r#"doorstep_hub_api_requests_total{outcome="unauthenticated",scope="orders:write"} 3"#)
     );
 
+    // Acknowledging an operations alert: its own scope, audited, idempotent.
+    let oncall = hub.key("oncall", &["alerts:write"]);
+    let alert_id = {
+        let path = hub.dir.path().join("hub.db");
+        let mut store = doorstep_hub::store::Store::open(&path, Default::default()).unwrap();
+        let shipment = store.shipment_by_tracking(&"1ZSECURE0001".parse().unwrap()).unwrap().unwrap();
+        let tx = store.transaction().unwrap();
+        tx.raise_alert(shipment.id, "delivered_without_scan", "raised by the test", 0).unwrap();
+        tx.commit().unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("SELECT max(id) FROM ops_alerts", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    let ack = |id: i64| http.post(api(&format!("/v1/alerts/{id}/ack")));
+    assert_eq!(send(ack(alert_id), None).await.0, 401);
+    assert_eq!(send(ack(alert_id), Some(&orders)).await.0, 403);
+    let (status, _, body) = send(ack(alert_id), Some(&oncall)).await;
+    assert_eq!(status, 200, "{body}");
+    let acked: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (acked["acknowledged_by"].as_str(), acked["already"].as_bool()),
+        (Some("oncall"), Some(false))
+    );
+    let (status, _, body) = send(ack(alert_id), Some(&oncall)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["already"],
+        true,
+        "a second ack changes nothing"
+    );
+    assert_eq!(send(ack(alert_id + 1000), Some(&oncall)).await.0, 404);
+    assert_eq!(send(http.post(api("/v1/alerts/x/ack")), Some(&oncall)).await.0, 400);
+
     // Revoked while the hub runs: refused from the next request on.
     assert_eq!(send(show(), Some(&reader)).await.0, 200);
     let out = hub.cli(&["apikey", "revoke", "helpdesk"]);
@@ -271,6 +303,8 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
     assert!(find(Some("shop-orders"), "/v1/shipments/1ZSECURE0001/dispatched", "ok"));
     assert!(find(Some("shop-orders"), "/v1/routes", "forbidden"));
     assert!(find(Some("dispatch"), "/v1/routes", "unprocessable_entity"));
+    let acked = lines.iter().find(|l| l["key_name"] == "oncall" && l["outcome"] == "ok").unwrap();
+    assert_eq!(acked["subject"], format!("alert {alert_id}"));
     let created = lines
         .iter()
         .find(|l| l["key_name"] == "shop-orders" && l["outcome"] == "ok" && l["path"] == "/v1/shipments")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::provider::Channel;
+use super::provider::{Channel, Registered};
 use super::quiet::QuietHours;
 use super::registry::{self, Providers};
 use super::templates::{Template, Templates};
@@ -42,6 +42,19 @@ fallback_locale = "en"
 link_ttl_days = 30
 # Public base URL providers call back on (for Twilio's signature); default: hub.public_base_url.
 # callback_base_url = "https://track.example.com"
+
+# Operations alerts go to the staff providers (Slack, Teams, Google Chat, Zapier) in
+# priority order, each taking over when the one before did not take the alert. With an
+# escalation list, an alert nobody acknowledges (POST /v1/alerts/{id}/ack, scope
+# alerts:write) within ack_timeout_s of a step is posted to the next step; `to` is the
+# number or address for a provider that needs one (an on-call SMS, an operations mailbox).
+# [notify.alerts]
+# ack_timeout_s = 900
+# escalation = [
+#   { provider = "slack" },
+#   { provider = "teams", after_s = 1800 },
+#   { provider = "twilio", to = "+15555550100" },
+# ]
 
 # Local to each recipient's time zone: "nearby" is dropped, other messages wait.
 [notify.quiet_hours]
@@ -179,6 +192,9 @@ pub struct NotifyConfig {
     /// [`NotifyConfig::from_table`]).
     #[serde(default)]
     pub providers: Vec<toml::Table>,
+    /// Where operations alerts go, and their escalation.
+    #[serde(default)]
+    pub alerts: Option<AlertsSection>,
     /// Template overrides.
     #[serde(default)]
     pub templates: Vec<TemplateSection>,
@@ -195,6 +211,48 @@ pub struct QuietSection {
     /// Channels it applies to.
     #[serde(default = "d_quiet_channels")]
     pub channels: Vec<ContactChannel>,
+}
+
+/// `[notify.alerts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// How long a posted alert waits for an acknowledgement before the next step, seconds.
+    #[serde(default = "d_ack_timeout")]
+    pub ack_timeout_s: u64,
+    /// The steps, in order.
+    #[serde(default)]
+    pub escalation: Vec<StepSection>,
+}
+
+fn d_ack_timeout() -> u64 {
+    900
+}
+
+/// One escalation step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSection {
+    /// A configured provider's name.
+    pub provider: String,
+    /// The phone number or address, for a provider that sends to one.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// This step's own wait for an acknowledgement, seconds.
+    #[serde(default)]
+    pub after_s: Option<u64>,
+}
+
+/// One step of where an operations alert goes.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The provider.
+    pub provider: Arc<Registered>,
+    /// The recipient, for a provider that needs one.
+    pub to: Option<String>,
+    /// How long an alert posted here waits for an acknowledgement before the next step;
+    /// `None`: the next step is used only when this one does not take the alert.
+    pub ack_timeout: Option<Duration>,
 }
 
 /// One `[[notify.templates]]` entry.
@@ -267,6 +325,8 @@ pub struct NotifySettings {
     pub templates: Arc<Templates>,
     /// The configured providers, in the order they are tried.
     pub providers: Providers,
+    /// Where operations alerts go, step by step.
+    pub escalation: Vec<Step>,
 }
 
 impl NotifyConfig {
@@ -338,6 +398,7 @@ impl NotifyConfig {
                 .map_err(|e| invalid("templates", e.to_string()))?;
         }
         let providers = registry::build(&self.providers, &callback_base_url, link_secret)?;
+        let escalation = escalation(self.alerts.as_ref(), &providers)?;
         Ok(NotifySettings {
             public_base_url,
             callback_base_url,
@@ -356,8 +417,61 @@ impl NotifyConfig {
             quiet_hours,
             templates: Arc::new(templates),
             providers,
+            escalation,
         })
     }
+}
+
+/// The alert steps: the escalation list as configured, else every staff provider in
+/// priority order, each taking over only when the one before did not take the alert.
+fn escalation(alerts: Option<&AlertsSection>, providers: &Providers) -> Result<Vec<Step>, NotifyConfigError> {
+    let listed = alerts.map(|a| a.escalation.as_slice()).unwrap_or_default();
+    if listed.is_empty() {
+        // Only those that post to their own space: one that sends to a person needs `to`.
+        return Ok(providers
+            .for_channel(Channel::Staff)
+            .filter(|p| registry::find(p.kind).is_some_and(|t| t.channels.first() == Some(&Channel::Staff)))
+            .map(|p| Step { provider: Arc::clone(p), to: None, ack_timeout: None })
+            .collect());
+    }
+    let default_wait = alerts.map_or(d_ack_timeout(), |a| a.ack_timeout_s);
+    let mut steps = Vec::new();
+    for (i, step) in listed.iter().enumerate() {
+        let field = format!("alerts.escalation[{i}]");
+        let Some(p) = providers.by_name(&step.provider) else {
+            return Err(invalid(&field, format!("no provider is named {:?}", step.provider)));
+        };
+        let Some(ty) = registry::find(p.kind).filter(|t| t.channels.contains(&Channel::Staff)) else {
+            return Err(invalid(&field, format!("{} ({}) cannot carry operations alerts", p.name, p.kind)));
+        };
+        // A provider made for customers sends to someone: the step must say to whom.
+        let needs_to = !matches!(ty.channels.first(), Some(Channel::Staff));
+        match (&step.to, needs_to) {
+            (None, true) => {
+                return Err(invalid(&field, format!("{} sends to a number or address: give `to`", p.name)));
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    &field,
+                    format!("{} posts to its own space: `to` means nothing there", p.name),
+                ));
+            }
+            (Some(to), true) if to.trim().is_empty() || to.len() > 320 => {
+                return Err(invalid(&field, "`to` is empty or too long"));
+            }
+            _ => {}
+        }
+        let wait = step.after_s.unwrap_or(default_wait);
+        if !(10..=7 * 86_400).contains(&wait) {
+            return Err(invalid(&field, "the wait for an acknowledgement must be 10 s to 7 days"));
+        }
+        steps.push(Step {
+            provider: Arc::clone(p),
+            to: step.to.clone(),
+            ack_timeout: Some(Duration::from_secs(wait)),
+        });
+    }
+    Ok(steps)
 }
 
 impl NotifySettings {

@@ -27,7 +27,9 @@
 //! worker (every statement goes through [`outbox::NotifyDb::call`]).
 
 pub mod config;
+pub mod google_chat;
 pub mod lease;
+pub mod onesignal;
 pub mod outbox;
 pub mod page;
 pub mod provider;
@@ -36,11 +38,13 @@ pub mod ratelimit;
 pub mod registry;
 pub mod sendgrid;
 pub mod slack;
+pub mod teams;
 pub mod templates;
 pub mod token;
 pub mod twilio;
 pub mod webhook;
 pub mod whatsapp;
+pub mod zapier;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -211,6 +215,8 @@ pub struct AlertRef {
     pub id: i64,
     /// The reconciler's code (`delivered_without_scan`, ...).
     pub code: String,
+    /// The escalation step it is posted at, from 1.
+    pub step: u32,
 }
 
 /// What to do with a due row.
@@ -595,42 +601,100 @@ impl Dispatcher {
         Ok(report)
     }
 
-    /// Posts unsent operations alerts to the staff providers; returns how many went out.
+    /// Posts operations alerts that are due at their next step (see
+    /// [`config::Step`]); returns how many were posted.
     async fn post_alerts(&self, now_ms: i64) -> Result<usize, NotifyError> {
-        if !self.inner.settings.providers.configured(Channel::Staff) {
+        let steps = &self.inner.settings.escalation;
+        if steps.is_empty() {
             return Ok(0);
         }
-        let alerts = self.inner.db.call(|conn, _| Ok(outbox::unsent_alerts(conn, ALERT_BATCH)?)).await?;
+        let n = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+        let min_wait_ms = steps[..steps.len() - 1]
+            .iter()
+            .filter_map(|s| s.ack_timeout)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .min();
+        let due = self
+            .inner
+            .db
+            .call(move |conn, _| Ok(outbox::due_alerts(conn, n, min_wait_ms, now_ms, ALERT_BATCH)?))
+            .await?;
         let mut posted = 0;
-        for alert in alerts {
+        for due in due {
+            let alert = &due.alert;
+            let from = usize::try_from(due.level).unwrap_or(usize::MAX);
+            // Escalating: only once the step it was posted at has waited long enough.
+            if from > 0 {
+                let waited = steps.get(from - 1).and_then(|s| s.ack_timeout).is_some_and(|wait| {
+                    due.posted_ms
+                        .unwrap_or(i64::MAX)
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+                        <= now_ms
+                });
+                if !waited {
+                    continue;
+                }
+            }
             {
                 let retry = self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner());
                 if retry.get(&alert.id).is_some_and(|(at, _)| *at > now_ms) {
                     continue;
                 }
             }
-            let msg = alert_message(&alert, None, &self.inner.settings);
-            let sent = send_with_failover(&self.inner, Channel::Staff, &msg, now_ms).await;
-            for (provider, result) in &sent.passed {
-                tracing::warn!(alert = alert.id, provider, result = ?result, "operations alert not taken; trying the next provider");
+            let mut taken = None;
+            for (i, step) in steps.iter().enumerate().skip(from) {
+                let step_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let msg = alert_message(alert, step.to.as_deref(), step_no, &self.inner.settings);
+                let p = &step.provider;
+                if !p.circuit().allows(now_ms) {
+                    tracing::warn!(alert = alert.id, provider = %p.name, "alert step skipped: the provider is paused");
+                    continue;
+                }
+                let result = p.send(&self.inner.client, &msg, now_ms).await;
+                self.inner.metrics.provider_attempt(&p.name, outcome_label(&result));
+                match result {
+                    SendResult::Accepted { .. } | SendResult::OptedOut { .. } => {
+                        taken = Some((step_no, p.name.clone(), result));
+                        break;
+                    }
+                    // It may have gone out: a provider that cannot dedupe is not asked
+                    // again, and the step counts as posted.
+                    SendResult::Ambiguous { .. } if !p.provider.resend_safe() => {
+                        taken = Some((step_no, p.name.clone(), result));
+                        break;
+                    }
+                    other => {
+                        tracing::warn!(alert = alert.id, provider = %p.name, result = ?other, "operations alert not taken at this step; trying the next");
+                    }
+                }
             }
-            match sent.last {
-                Some((provider, SendResult::Accepted { .. })) => {
-                    let id = alert.id;
-                    self.inner.db.call(move |conn, _| Ok(outbox::mark_alert_sent(conn, id)?)).await?;
+            match taken {
+                Some((level, provider, result)) => {
+                    let (id, from_level) = (alert.id, due.level);
+                    let marked = self
+                        .inner
+                        .db
+                        .call(move |conn, _| {
+                            Ok(outbox::mark_alert_posted(conn, id, from_level, level, now_ms)?)
+                        })
+                        .await?;
                     self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&alert.id);
                     self.inner.metrics.notification("staff", "sent");
-                    tracing::info!(alert = alert.id, code = %alert.code, provider, "operations alert posted");
-                    posted += 1;
+                    if from_level > 0 {
+                        tracing::warn!(alert = alert.id, code = %alert.code, provider, step = level, "operations alert not acknowledged in time; escalated");
+                    } else {
+                        tracing::info!(alert = alert.id, code = %alert.code, provider, step = level, result = ?result, "operations alert posted");
+                    }
+                    posted += usize::from(marked);
                 }
-                other => {
+                None => {
                     let mut retry = self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner());
                     let attempts = retry.get(&alert.id).map_or(1, |(_, n)| n + 1);
                     let wait = self.inner.settings.retry.backoff(attempts, alert.id);
                     let at = now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     retry.insert(alert.id, (at, attempts));
                     self.inner.metrics.notification("staff", "attempt_failed");
-                    tracing::warn!(alert = alert.id, code = %alert.code, result = ?other, "operations alert post failed; will retry");
+                    tracing::warn!(alert = alert.id, code = %alert.code, next_at = at, "no step took the operations alert; will retry");
                 }
             }
         }
@@ -640,7 +704,12 @@ impl Dispatcher {
 
 /// The message an operations alert becomes; `to` is the address or number for a
 /// provider that needs one (an on-call phone, an operations mailbox).
-pub fn alert_message(alert: &outbox::Alert, to: Option<&str>, settings: &NotifySettings) -> Outgoing {
+pub fn alert_message(
+    alert: &outbox::Alert,
+    to: Option<&str>,
+    step: u32,
+    settings: &NotifySettings,
+) -> Outgoing {
     let tn = alert.tracking_number.clone().unwrap_or_default();
     let subject = match &alert.tracking_number {
         Some(tn) => format!("Doorstep alert: {} ({tn})", alert.code),
@@ -658,7 +727,7 @@ pub fn alert_message(alert: &outbox::Alert, to: Option<&str>, settings: &NotifyS
         subject,
         body: alert.detail.clone(),
         link: String::new(),
-        alert: Some(AlertRef { id: alert.id, code: alert.code.clone() }),
+        alert: Some(AlertRef { id: alert.id, code: alert.code.clone(), step }),
     }
 }
 

@@ -387,22 +387,96 @@ pub struct Alert {
     pub tracking_number: Option<String>,
 }
 
-/// Unsent alerts, oldest first.
-pub fn unsent_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Alert>> {
+/// An alert and where its escalation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueAlert {
+    /// The alert.
+    pub alert: Alert,
+    /// The last step it was posted at (0: not yet).
+    pub level: u32,
+    /// When it was posted there.
+    pub posted_ms: Option<i64>,
+}
+
+/// Alerts not acknowledged whose next step may be due: never posted, or posted at a step
+/// before the last at least `min_wait_ms` ago (`None`: steps only take over on failure,
+/// so posted alerts are done). Oldest first.
+pub fn due_alerts(
+    conn: &Connection,
+    steps: u32,
+    min_wait_ms: Option<i64>,
+    now_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueAlert>> {
     conn.prepare_cached(
-        "SELECT a.id, a.code, a.detail, s.tracking_number FROM ops_alerts a
-         LEFT JOIN shipments s ON s.id = a.shipment_id WHERE a.sent = 0 ORDER BY a.id LIMIT ?1",
+        "SELECT a.id, a.code, a.detail, s.tracking_number, a.level, a.posted_ms FROM ops_alerts a
+         LEFT JOIN shipments s ON s.id = a.shipment_id
+         WHERE a.acked_ms IS NULL AND a.level < ?1
+           AND (a.level = 0 OR (?2 IS NOT NULL AND a.posted_ms <= ?3 - ?2))
+         ORDER BY a.id LIMIT ?4",
     )?
-    .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-        Ok(Alert { id: r.get(0)?, code: r.get(1)?, detail: r.get(2)?, tracking_number: r.get(3)? })
+    .query_map(params![steps, min_wait_ms, now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(DueAlert {
+            alert: Alert { id: r.get(0)?, code: r.get(1)?, detail: r.get(2)?, tracking_number: r.get(3)? },
+            level: r.get(4)?,
+            posted_ms: r.get(5)?,
+        })
     })?
     .collect()
 }
 
-/// Marks an alert posted.
-pub fn mark_alert_sent(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE ops_alerts SET sent = 1 WHERE id = ?1")?.execute([id])?;
-    Ok(())
+/// Records an alert posted at `level` (1-based), unless it was acknowledged or another
+/// hub posted it there first; false then.
+pub fn mark_alert_posted(
+    conn: &Connection,
+    id: i64,
+    from_level: u32,
+    level: u32,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE ops_alerts SET sent = 1, level = ?3, posted_ms = ?4
+             WHERE id = ?1 AND level = ?2 AND acked_ms IS NULL",
+        )?
+        .execute(params![id, from_level, level, now_ms])?;
+    Ok(n == 1)
+}
+
+/// What acknowledging an alert found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Acknowledged now; its escalation stops.
+    Acknowledged,
+    /// It was already, by this key name at this time.
+    Already {
+        /// Who.
+        by: Option<String>,
+        /// When.
+        at_ms: i64,
+    },
+    /// No such alert.
+    Missing,
+}
+
+/// Acknowledges an alert as `by` (the API key's name).
+pub fn ack_alert(conn: &Connection, id: i64, by: &str, now_ms: i64) -> rusqlite::Result<Ack> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE ops_alerts SET acked_ms = ?2, acked_by = ?3 WHERE id = ?1 AND acked_ms IS NULL",
+        )?
+        .execute(params![id, now_ms, by])?;
+    if n == 1 {
+        return Ok(Ack::Acknowledged);
+    }
+    let found = conn
+        .prepare_cached("SELECT acked_by, acked_ms FROM ops_alerts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)))
+        .optional()?;
+    Ok(match found {
+        Some((by, Some(at_ms))) => Ack::Already { by, at_ms },
+        _ => Ack::Missing,
+    })
 }
 
 #[cfg(test)]

@@ -20,14 +20,32 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::config::{NotifyConfigError, invalid};
+use super::google_chat;
+use super::onesignal;
 use super::page::NotifyState;
 use super::provider::{Build, Channel, ProviderType, Registered};
 use super::ratelimit::RateLimit;
-use super::{sendgrid, slack, twilio, webhook, whatsapp};
+use super::sendgrid;
+use super::slack;
+use super::teams;
+use super::twilio;
+use super::webhook;
+use super::whatsapp;
+use super::zapier;
 
 /// Every kind of provider, in the order `--print-default-config` shows them.
-pub const TYPES: &[ProviderType] =
-    &[twilio::TYPE, sendgrid::TYPE, whatsapp::TYPE, webhook::TYPE, slack::TYPE];
+#[rustfmt::skip]
+pub const TYPES: &[ProviderType] = &[
+    twilio::TYPE,
+    sendgrid::TYPE,
+    whatsapp::TYPE,
+    webhook::TYPE,
+    onesignal::TYPE,
+    slack::TYPE,
+    teams::TYPE,
+    google_chat::TYPE,
+    zapier::TYPE,
+];
 
 /// The type called `kind`.
 pub fn find(kind: &str) -> Option<&'static ProviderType> {

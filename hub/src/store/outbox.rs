@@ -132,3 +132,15 @@ impl StoreTx<'_> {
         Ok(n == 1)
     }
 }
+
+impl Store {
+    /// Acknowledges an operations alert as `by` (an API key's name): its escalation stops.
+    pub fn ack_alert(
+        &self,
+        id: i64,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<crate::notify::outbox::Ack, StoreError> {
+        Ok(crate::notify::outbox::ack_alert(&self.conn, id, by, now_ms)?)
+    }
+}

@@ -1,0 +1,319 @@
+//! Push to customers' app accounts (OneSignal) and operations alerts to staff (Slack,
+//! Microsoft Teams, Google Chat, Zapier) with their escalation, each against a loopback
+//! fake that checks the request the way the vendor documents it and answers the way the
+//! vendor does, quirks included.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::notify::Dispatcher;
+use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
+use doorstep_proto::TrackingNumber;
+use serde_json::Value;
+
+mod fake_vendor;
+use fake_vendor::*;
+
+const APP_ID: &str = "2f3c1a0e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+const EXTERNAL_ID: &str = "shop-user-4711";
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("a JSON body")
+}
+
+/// A shipment whose customer has a push contact (the shop's user id) and returns its id.
+fn push_shipment(path: &Path) -> i64 {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    let mut contacts = BTreeMap::new();
+    contacts.insert(ContactChannel::Push, Contact { recipient: EXTERNAL_ID.into(), consent: true });
+    let id = tx
+        .insert_shipment(
+            &NewShipment {
+                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+                carrier: Some("ups".into()),
+                order_id: None,
+                contacts,
+                locale: "de-DE".into(),
+                time_zone: "Europe/Berlin".into(),
+            },
+            0,
+        )
+        .expect("shipment");
+    tx.save_reconcile(id, doorstep_hub::model::Milestone::Delivered, &serde_json::json!(null), 0)
+        .expect("milestone");
+    tx.commit().expect("commit");
+    id
+}
+
+fn onesignal_section(base: &str) -> String {
+    format!(
+        "[[providers]]\ntype = \"onesignal\"\nbase_url = \"{base}\"\napp_id = \"{APP_ID}\"\napi_key = \"os-key\"\n"
+    )
+}
+
+/// Checks one request against OneSignal's Create Notification documentation.
+fn check_onesignal(seen: &Seen) -> Value {
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/notifications");
+    assert_eq!(seen.headers["authorization"], "Key os-key");
+    assert!(seen.headers["content-type"].to_str().expect("ascii").starts_with("application/json"));
+    let body = json(&seen.body);
+    assert_eq!(body["app_id"], APP_ID);
+    assert_eq!(body["include_aliases"]["external_id"], serde_json::json!([EXTERNAL_ID]));
+    assert_eq!(body["target_channel"], "push");
+    assert!(body["contents"]["en"].as_str().is_some_and(|t| !t.is_empty()), "English content is required");
+    assert!(body["headings"]["en"].is_string());
+    let key = body["idempotency_key"].as_str().expect("idempotency_key");
+    assert_eq!(key.len(), 36, "a UUID: {key}");
+    body
+}
+
+#[tokio::test]
+async fn a_push_row_becomes_one_onesignal_notification_in_the_customers_language() {
+    let (fake, base) = Fake::start(Answer::ok(200, r#"{"id":"b98881cc-1e94-4366-bbd9-db8f3429292b"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = push_shipment(&db);
+    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let dispatcher =
+        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    let body = check_onesignal(&seen[0]);
+    assert!(body["contents"]["de"].as_str().is_some_and(|t| t.contains("zugestellt")), "{body}");
+    assert!(body["url"].as_str().is_some_and(|u| u.starts_with("https://track.example.com/t/")));
+    assert_eq!(status(&db, id), "sent");
+    let last = last_outcome(&db, id);
+    assert_eq!(last.provider_id.as_deref(), Some("b98881cc-1e94-4366-bbd9-db8f3429292b"));
+    assert_eq!(last.provider.as_deref(), Some("onesignal"));
+}
+
+#[tokio::test]
+async fn onesignals_200_with_an_empty_id_is_a_failure_not_a_send() {
+    let quirk = r#"{"id":"","errors":{"invalid_aliases":{"external_id":["shop-user-4711"]}}}"#;
+    let (fake, base) = Fake::start(Answer::ok(200, quirk)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = push_shipment(&db);
+    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let dispatcher =
+        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(fake.seen().len(), 1);
+    assert_eq!(status(&db, id), "failed", "nothing was sent");
+    let detail = last_outcome(&db, id).detail.expect("detail");
+    assert!(detail.contains("empty id") && detail.contains("invalid_aliases"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_push_that_timed_out_is_sent_again_under_the_same_idempotency_key() {
+    let (fake, base) = Fake::start(Answer::ok(200, r#"{"id":"b98881cc-1e94-4366-bbd9-db8f3429292b"}"#)).await;
+    fake.push(Answer { delay: Duration::from_millis(1_500), ..Answer::ok(200, r#"{"id":"first"}"#) });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = push_shipment(&db);
+    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let dispatcher =
+        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "queued", "push carries an idempotency key, so a timeout is retried");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("retry");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(check_onesignal(&seen[0])["idempotency_key"], check_onesignal(&seen[1])["idempotency_key"]);
+    assert_eq!(status(&db, id), "sent");
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_onesignals_retry_after() {
+    let (fake, base) = Fake::start(Answer::ok(200, r#"{"id":"b98881cc-1e94-4366-bbd9-db8f3429292b"}"#)).await;
+    fake.push(Answer {
+        header: Some(("retry-after", "600")),
+        ..Answer::ok(429, r#"{"errors":["API rate limit exceeded"]}"#)
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = push_shipment(&db);
+    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let dispatcher =
+        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&db, id), "queued");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let next: i64 = conn
+        .query_row("SELECT next_attempt_ms FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
+        .expect("next");
+    assert!(next >= DAY + 600_000, "Retry-After: 600 s is honoured (next at +{} ms)", next - DAY);
+    dispatcher.run_once(DAY + 300_000).await.expect("too early");
+    assert_eq!(fake.seen().len(), 1, "not before Retry-After");
+    dispatcher.run_once(DAY + 700_000).await.expect("later");
+    assert_eq!(status(&db, id), "sent");
+}
+
+// ---- operations alerts ----------------------------------------------------------------
+
+fn raise(path: &Path, code: &str) -> i64 {
+    let shipment = database(path);
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    tx.raise_alert(shipment, code, "Delivered by the carrier, no door scan by the van", 0).expect("alert");
+    tx.commit().expect("commit");
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("SELECT max(id) FROM ops_alerts", [], |r| r.get(0)).expect("id")
+}
+
+fn staff_section(base: &str, escalation: &str) -> String {
+    format!(
+        "[[providers]]\ntype = \"slack\"\nwebhook_url = \"{base}/slack/T0/B0/x\"\n\
+         [[providers]]\ntype = \"teams\"\nwebhook_url = \"{base}/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sig=s1g\"\n\
+         [[providers]]\ntype = \"google_chat\"\nwebhook_url = \"{base}/v1/spaces/AAAA/messages?key=k3y&token=t0k\"\n\
+         [[providers]]\ntype = \"zapier\"\nwebhook_url = \"{base}/hooks/catch/123/abc/\"\n{escalation}"
+    )
+}
+
+fn check_teams(seen: &Seen) {
+    assert!(seen.uri.starts_with("/workflows/abc/") && seen.uri.contains("sig=s1g"), "{}", seen.uri);
+    let body = json(&seen.body);
+    assert_eq!(body["type"], "message");
+    let attachment = &body["attachments"][0];
+    assert_eq!(attachment["contentType"], "application/vnd.microsoft.card.adaptive");
+    assert!(attachment["contentUrl"].is_null());
+    let card = &attachment["content"];
+    assert!(card.is_object(), "content is the card object, not a string");
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(card["version"], "1.4", "Workflows refuse cards above 1.4");
+    assert!(seen.body.len() <= 28 * 1024);
+    let text = card["body"].to_string();
+    assert!(text.contains("delivered_without_scan") && text.contains("1Z999AA10123456784"), "{text}");
+}
+
+fn check_google_chat(seen: &Seen, alert: i64, step: u32) {
+    let (path, query) = seen.uri.split_once('?').expect("query");
+    assert_eq!(path, "/v1/spaces/AAAA/messages");
+    let q = form(query.as_bytes());
+    assert_eq!((q["key"].as_str(), q["token"].as_str()), ("k3y", "t0k"));
+    assert_eq!(q["messageReplyOption"], "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
+    assert_eq!(q["requestId"], format!("doorstep-alert-{alert}-{step}"));
+    let body = json(&seen.body);
+    assert_eq!(body["thread"]["threadKey"], "doorstep-1Z999AA10123456784", "one thread per shipment");
+    assert!(body["text"].as_str().is_some_and(|t| t.contains("delivered_without_scan")));
+}
+
+fn paths(fake: &Fake) -> Vec<String> {
+    fake.seen().iter().map(|s| s.uri.split('/').nth(1).unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test]
+async fn without_an_escalation_list_an_alert_goes_to_the_first_staff_provider_that_takes_it() {
+    let (fake, base) = Fake::start(Answer::ok(200, r#"{"name":"spaces/AAAA/messages/1"}"#)).await;
+    // Slack is down (503), Teams' flow is gone (404): Google Chat takes it.
+    fake.push(Answer::ok(503, "service unavailable"));
+    fake.push(Answer::ok(404, "flow not found"));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let alert = raise(&db, "delivered_without_scan");
+    let dispatcher =
+        Dispatcher::new(settings(&staff_section(&base, "")), &db, Arc::new(Metrics::default())).expect("new");
+    let report = dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(report.alerts, 1);
+    let seen = fake.seen();
+    assert_eq!(paths(&fake), ["slack", "workflows", "v1"], "Zapier, after Google Chat, is never asked");
+    check_teams(&seen[1]);
+    check_google_chat(&seen[2], alert, 3);
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later");
+    assert_eq!(fake.seen().len(), 3, "posted once; no escalation without a list");
+}
+
+#[tokio::test]
+async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowledged() {
+    let (fake, base) = Fake::start(Answer::ok(200, r#"{"name":"spaces/AAAA/messages/1"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let escalation = "[alerts]\nack_timeout_s = 60\nescalation = [\n  { provider = \"slack\" },\n  \
+                      { provider = \"teams\", after_s = 120 },\n  { provider = \"google_chat\" },\n  { provider = \"zapier\" },\n]\n";
+    let dispatcher =
+        Dispatcher::new(settings(&staff_section(&base, escalation)), &db, Arc::new(Metrics::default()))
+            .expect("new");
+    let alert = raise(&db, "delivered_without_scan");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let level = || {
+        conn.query_row("SELECT level FROM ops_alerts WHERE id = ?1", [alert], |r| r.get::<_, i64>(0))
+            .expect("level")
+    };
+
+    dispatcher.run_once(DAY).await.expect("post");
+    assert_eq!((paths(&fake), level()), (vec!["slack".to_owned()], 1));
+    let slack = json(&fake.seen()[0].body);
+    assert!(slack["text"].as_str().is_some_and(|t| t.contains("delivered_without_scan")), "{slack}");
+    dispatcher.run_once(DAY + 59_000).await.expect("before the wait");
+    assert_eq!(fake.seen().len(), 1, "not before ack_timeout_s");
+    dispatcher.run_once(DAY + 61_000).await.expect("escalate");
+    assert_eq!((paths(&fake), level()), (vec!["slack".to_owned(), "workflows".to_owned()], 2));
+    check_teams(&fake.seen()[1]);
+    dispatcher.run_once(DAY + 61_000 + 100_000).await.expect("teams waits its own after_s");
+    assert_eq!(fake.seen().len(), 2);
+    dispatcher.run_once(DAY + 61_000 + 121_000).await.expect("escalate again");
+    assert_eq!(level(), 3);
+    check_google_chat(&fake.seen()[2], alert, 3);
+
+    // Someone is on it: the last step (Zapier) is never used.
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    assert_eq!(
+        store.ack_alert(alert, "oncall", DAY + 200_000).expect("ack"),
+        doorstep_hub::notify::outbox::Ack::Acknowledged
+    );
+    dispatcher.run_once(DAY + 3_600_000).await.expect("after the ack");
+    assert_eq!(fake.seen().len(), 3, "an acknowledged alert does not escalate");
+}
+
+#[tokio::test]
+async fn an_alert_acknowledged_in_time_is_posted_once() {
+    let (fake, base) = Fake::start(Answer::ok(200, "ok")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let escalation =
+        "[alerts]\nack_timeout_s = 60\nescalation = [{ provider = \"zapier\" }, { provider = \"slack\" }]\n";
+    let dispatcher =
+        Dispatcher::new(settings(&staff_section(&base, escalation)), &db, Arc::new(Metrics::default()))
+            .expect("new");
+    let alert = raise(&db, "delivered_without_scan");
+    dispatcher.run_once(DAY).await.expect("post");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    let zap = json(&seen[0].body);
+    assert_eq!(
+        (zap["alert_id"].as_i64(), zap["code"].as_str()),
+        (Some(alert), Some("delivered_without_scan"))
+    );
+    assert_eq!(zap["tracking_number"], "1Z999AA10123456784");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    store.ack_alert(alert, "oncall", DAY + 30_000).expect("ack");
+    dispatcher.run_once(DAY + 61_000).await.expect("past the wait");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("much later");
+    assert_eq!(fake.seen().len(), 1, "acknowledged within the wait: never escalated");
+}
+
+#[test]
+fn an_escalation_step_must_name_a_provider_that_can_carry_alerts_and_say_to_whom_if_it_sends_to_a_person() {
+    let try_settings = |extra: &str| {
+        let text = format!(
+            "[[providers]]\ntype = \"slack\"\nwebhook_url = \"https://hooks.slack.com/x\"\n\
+             [[providers]]\ntype = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n{extra}"
+        );
+        let table: toml::Table = toml::from_str(&text).expect("toml");
+        doorstep_hub::notify::NotifyConfig::from_table(Some(&table))
+            .expect("parse")
+            .validate("https://t.example", SECRET)
+    };
+    assert!(try_settings("[alerts]\nescalation = [{ provider = \"slack\" }, { provider = \"twilio\", to = \"+15555550100\" }]").is_ok());
+    let missing = try_settings("[alerts]\nescalation = [{ provider = \"twilio\" }]").expect_err("no to");
+    assert!(missing.to_string().contains("give `to`"), "{missing}");
+    assert!(try_settings("[alerts]\nescalation = [{ provider = \"slack\", to = \"#ops\" }]").is_err());
+    assert!(try_settings("[alerts]\nescalation = [{ provider = \"pagerduty\" }]").is_err());
+    assert!(try_settings("[alerts]\nescalation = [{ provider = \"slack\", after_s = 1 }]").is_err());
+}
