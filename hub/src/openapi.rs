@@ -433,6 +433,8 @@ pub struct Notification {
     pub attempts: i64,
     /// Next attempt, ms since the Unix epoch.
     pub next_attempt_ms: i64,
+    /// When it was enqueued, ms since the Unix epoch.
+    pub created_ms: i64,
 }
 
 /// `store::ContactChannel`.
@@ -703,6 +705,7 @@ mod tests {
             status: "queued".into(),
             attempts: 0,
             next_attempt_ms: 0,
+            created_ms: 0,
         };
         assert_eq!(keys(&row), properties(&doc, "Notification"));
         let stop = doorstep_proto::route::Stop {

@@ -317,3 +317,41 @@ fn an_escalation_step_must_name_a_provider_that_can_carry_alerts_and_say_to_whom
     assert!(try_settings("[alerts]\nescalation = [{ provider = \"pagerduty\" }]").is_err());
     assert!(try_settings("[alerts]\nescalation = [{ provider = \"slack\", after_s = 1 }]").is_err());
 }
+
+// ---- one message per person and moment ------------------------------------------------
+
+#[tokio::test]
+async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_both_links() {
+    let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let first = add_shipment(&db, "1Z999AA10123456784");
+    let second = add_shipment(&db, "1Z999AA10123456791");
+    let third = add_shipment(&db, "1Z999AA10123456792");
+    let twilio = format!(
+        "[[providers]]\ntype = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n"
+    );
+    let dispatcher = Dispatcher::new(settings(&twilio), &db, Arc::new(Metrics::default())).expect("new");
+    // Two door scans five seconds apart; a webhook for the first (a machine: never grouped).
+    let a = enqueue_at(&db, first, "delivered", "sms", PHONE, None, DAY);
+    let b = enqueue_at(&db, second, "delivered", "sms", PHONE, None, DAY + 5_000);
+    dispatcher.run_once(DAY + 1_000).await.expect("held");
+    assert!(fake.seen().is_empty(), "the first message waits group_hold_s for other parcels");
+    dispatcher.run_once(DAY + 15_500).await.expect("send");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1, "one SMS for both parcels");
+    let text = form(&seen[0].body)["Body"].clone();
+    assert!(text.contains("1Z999AA10123456784") && text.contains("1Z999AA10123456791"), "{text}");
+    assert_eq!(text.matches("https://track.example.com/t/").count(), 2, "each parcel's link: {text}");
+    for id in [a, b] {
+        assert_eq!(status(&db, id), "sent", "each parcel's milestone is told (row {id})");
+    }
+    assert!(last_outcome(&db, b).detail.expect("detail").contains(&format!("one message with outbox {a}")));
+    // The third parcel's "delivered" an hour later is its own moment.
+    let c = enqueue_at(&db, third, "delivered", "sms", PHONE, None, DAY + 3_600_000);
+    dispatcher.run_once(DAY + 3_600_000 + 16_000).await.expect("later");
+    assert_eq!(fake.seen().len(), 2);
+    assert_eq!(status(&db, c), "sent");
+    dispatcher.run_once(DAY + 7_200_000).await.expect("nothing left");
+    assert_eq!(fake.seen().len(), 2, "every milestone told once");
+}

@@ -38,6 +38,13 @@ request_timeout_s = 10
 sms_max_segments = 2
 # Templates are looked up by exact locale, language, this fallback, then English.
 fallback_locale = "en"
+# One message per person and moment: a message waits group_hold_s after its row was
+# enqueued for other parcels of the same recipient, channel and milestone (two parcels at
+# one door), and every such row enqueued within group_window_s goes out in it, naming each
+# parcel with its link. 0 sends every parcel's message alone and at once. Signed webhooks
+# (machines) are never grouped.
+group_hold_s = 15
+group_window_s = 120
 # Tracking links in messages stay valid this long.
 link_ttl_days = 30
 # Public base URL providers call back on (for Twilio's signature); default: hub.public_base_url.
@@ -111,6 +118,12 @@ fn base_url(field: &str, value: &str) -> Result<String, NotifyConfigError> {
     }
 }
 
+fn d_group_hold() -> u64 {
+    15
+}
+fn d_group_window() -> u64 {
+    120
+}
 fn d_dispatch() -> bool {
     true
 }
@@ -182,6 +195,12 @@ pub struct NotifyConfig {
     /// Tracking link lifetime, days.
     #[serde(default = "d_ttl")]
     pub link_ttl_days: u64,
+    /// How long a message waits for other parcels of the same person and moment, s.
+    #[serde(default = "d_group_hold")]
+    pub group_hold_s: u64,
+    /// Rows enqueued this close together go out as one message, s.
+    #[serde(default = "d_group_window")]
+    pub group_window_s: u64,
     /// Public base URL for provider callbacks.
     #[serde(default)]
     pub callback_base_url: Option<String>,
@@ -327,6 +346,10 @@ pub struct NotifySettings {
     pub providers: Providers,
     /// Where operations alerts go, step by step.
     pub escalation: Vec<Step>,
+    /// How long a message waits for other parcels of the same person and moment.
+    pub group_hold: Duration,
+    /// Rows enqueued this close together go out as one message.
+    pub group_window: Duration,
 }
 
 impl NotifyConfig {
@@ -381,6 +404,12 @@ impl NotifyConfig {
         if !(1..=10).contains(&self.sms_max_segments) {
             return Err(invalid("sms_max_segments", "must be 1 to 10"));
         }
+        if self.group_hold_s > 600 || self.group_window_s > 3600 || self.group_hold_s > self.group_window_s {
+            return Err(invalid(
+                "group_hold_s",
+                "must be at most 600 s and at most group_window_s (at most 3600 s)",
+            ));
+        }
         if !(1..=365).contains(&self.link_ttl_days) {
             return Err(invalid("link_ttl_days", "must be 1 to 365"));
         }
@@ -418,6 +447,8 @@ impl NotifyConfig {
             templates: Arc::new(templates),
             providers,
             escalation,
+            group_hold: Duration::from_secs(self.group_hold_s),
+            group_window: Duration::from_secs(self.group_window_s),
         })
     }
 }

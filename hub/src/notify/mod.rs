@@ -206,6 +206,9 @@ pub struct Outgoing {
     pub link: String,
     /// Set when this is an operations alert (to staff), not a customer message.
     pub alert: Option<AlertRef>,
+    /// Other outbox rows this message tells too (other parcels of the same person and
+    /// moment); they end as this one does.
+    pub merged: Vec<i64>,
 }
 
 /// The operations alert a staff message carries.
@@ -317,7 +320,46 @@ pub fn plan(
         body,
         link,
         alert: None,
+        merged: Vec::new(),
     }))
+}
+
+/// Whether a channel's messages go to a person, who should get one message for several
+/// parcels of one moment (a signed webhook goes to a machine: one event per parcel).
+pub fn groups(channel: ContactChannel) -> bool {
+    channel != ContactChannel::Webhook
+}
+
+/// One message for several parcels of the same person, channel and milestone: the
+/// template filled with every tracking number and every parcel's link. `first` leads
+/// (its id, locale, detail); `others` were planned the same way.
+pub fn combine(settings: &NotifySettings, first: Outgoing, others: Vec<Outgoing>) -> Outgoing {
+    if others.is_empty() {
+        return first;
+    }
+    let Some((_, template)) =
+        settings.templates.lookup_with_locale(first.milestone, first.channel, &first.locale)
+    else {
+        return first;
+    };
+    let numbers: Vec<&str> = std::iter::once(first.tracking_number.as_str())
+        .chain(others.iter().map(|o| o.tracking_number.as_str()))
+        .collect();
+    let links: Vec<&str> =
+        std::iter::once(first.link.as_str()).chain(others.iter().map(|o| o.link.as_str())).collect();
+    let (tracking_number, link) = (numbers.join(", "), links.join(" "));
+    let vars = Vars { tracking_number: &tracking_number, detail: first.detail.as_deref(), link: &link };
+    let body = match first.channel {
+        ContactChannel::Sms => render_sms(&template.body, &vars, settings.sms_max_segments),
+        _ => fill(&template.body, &vars),
+    };
+    Outgoing {
+        subject: fill(&template.subject, &vars),
+        body,
+        tracking_number,
+        merged: others.iter().map(|o| o.outbox_id).collect(),
+        ..first
+    }
 }
 
 /// The current time, ms since the Unix epoch.
@@ -568,8 +610,36 @@ impl Dispatcher {
                             tracing::info!(outbox = row.id, channel = %row.channel, until_ms, "notification deferred");
                             report.deferred += 1;
                         }
-                        Plan::Send(msg) => {
+                        Plan::Send(mut msg) => {
+                            let grouping = groups(msg.channel) && !settings.group_window.is_zero();
+                            let hold_ms = i64::try_from(settings.group_hold.as_millis()).unwrap_or(0);
+                            if grouping && row.attempts == 0 && row.created_ms.saturating_add(hold_ms) > now_ms {
+                                // Give other parcels of this person and moment a few
+                                // seconds to join (two scans at one door).
+                                outbox::hold(conn, row.id, row.created_ms.saturating_add(hold_ms))?;
+                                continue;
+                            }
+                            let mut others = Vec::new();
+                            if grouping {
+                                let window_ms = i64::try_from(settings.group_window.as_millis()).unwrap_or(0);
+                                for sibling in store.outbox_siblings(&row, window_ms)? {
+                                    let shipment = store.shipment(sibling.shipment_id)?;
+                                    if let Plan::Send(m) = plan(&settings, &sibling, shipment.as_ref(), opted_out, now_ms) {
+                                        others.push((sibling.id, *m));
+                                    }
+                                }
+                            }
                             if outbox::claim(conn, row.id)? {
+                                let mut joined = Vec::new();
+                                for (id, m) in others {
+                                    if outbox::claim(conn, id)? {
+                                        joined.push(m);
+                                    }
+                                }
+                                if !joined.is_empty() {
+                                    tracing::info!(outbox = row.id, with = joined.len(), channel = %row.channel, milestone = %row.milestone, "one message for several parcels of one person");
+                                    msg = Box::new(combine(&settings, *msg, joined));
+                                }
                                 // For the scan-to-message histogram only: a failed
                                 // look-up leaves the message unmeasured, not unsent.
                                 let scanned_ms = if msg.milestone == Milestone::Delivered {
@@ -728,6 +798,7 @@ pub fn alert_message(
         body: alert.detail.clone(),
         link: String::new(),
         alert: Some(AlertRef { id: alert.id, code: alert.code.clone(), step }),
+        merged: Vec::new(),
     }
 }
 
@@ -908,6 +979,7 @@ async fn deliver(
     }
     inner.metrics.notification(channel, outcome);
     let (id, recipient, ch) = (msg.outbox_id, msg.recipient.clone(), channel.to_owned());
+    let merged = msg.merged.clone();
     inner
         .db
         .call(move |conn, _| {
@@ -916,6 +988,23 @@ async fn deliver(
             }
             for (p, d) in &handed_on {
                 outbox::record_attempt(conn, id, now_ms, "handed_on", p, d)?;
+                for &other in &merged {
+                    outbox::record_attempt(conn, other, now_ms, "handed_on", p, d)?;
+                }
+            }
+            for &other in &merged {
+                let together = format!("{detail} (one message with outbox {id})");
+                outbox::finish(
+                    conn,
+                    other,
+                    status,
+                    next,
+                    now_ms,
+                    outcome,
+                    provider.as_deref(),
+                    provider_id.as_deref(),
+                    Some(&together),
+                )?;
             }
             outbox::finish(
                 conn,
@@ -986,6 +1075,7 @@ mod tests {
             status: "queued".into(),
             attempts: 0,
             next_attempt_ms: 0,
+            created_ms: 0,
         }
     }
 

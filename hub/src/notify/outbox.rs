@@ -179,6 +179,16 @@ pub fn finish(
     tx.commit()
 }
 
+/// Holds a queued row until `until_ms` without a log entry: a message waiting a few
+/// seconds for other parcels of the same person (see `NotifySettings::group_hold`).
+pub fn hold(conn: &Connection, id: i64, until_ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE notification_outbox SET next_attempt_ms = ?2 WHERE id = ?1 AND status = 'queued'",
+    )?
+    .execute(params![id, until_ms])?;
+    Ok(())
+}
+
 /// Moves a queued row's next attempt to `until_ms` (quiet hours) and logs why.
 pub fn defer(
     conn: &mut Connection,

@@ -44,6 +44,8 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Next attempt, ms since the Unix epoch.
     pub next_attempt_ms: i64,
+    /// When it was enqueued, ms since the Unix epoch.
+    pub created_ms: i64,
 }
 
 fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
@@ -57,6 +59,7 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         status: r.get(6)?,
         attempts: r.get(7)?,
         next_attempt_ms: r.get(8)?,
+        created_ms: r.get(9)?,
     })
 }
 
@@ -64,7 +67,8 @@ impl Store {
     /// Notification rows due at `now_ms` with status `queued`, oldest first.
     pub fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms
+            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms,
+                    created_ms
              FROM notification_outbox WHERE status = 'queued' AND next_attempt_ms <= ?1
              ORDER BY next_attempt_ms, id LIMIT ?2",
         )?;
@@ -75,10 +79,38 @@ impl Store {
     /// Every notification row of a shipment, by id.
     pub fn outbox_for_shipment(&self, shipment_id: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms
+            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms,
+                    created_ms
              FROM notification_outbox WHERE shipment_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([shipment_id], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queued rows of other shipments for the same recipient, channel and milestone as
+    /// `row`, enqueued within `window_ms` of it (due or not): what one message to that
+    /// person may tell together. Oldest first.
+    pub fn outbox_siblings(&self, row: &OutboxRow, window_ms: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms,
+                    created_ms
+             FROM notification_outbox
+             WHERE channel = ?1 AND recipient = ?2 AND milestone = ?3 AND status = 'queued'
+               AND id != ?4 AND shipment_id != ?5 AND created_ms BETWEEN ?6 AND ?7
+             ORDER BY created_ms, id LIMIT 20",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                row.channel,
+                row.recipient,
+                row.milestone,
+                row.id,
+                row.shipment_id,
+                row.created_ms.saturating_sub(window_ms),
+                row.created_ms.saturating_add(window_ms)
+            ],
+            outbox_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -130,6 +130,11 @@ pub fn last_outcome(path: &Path, id: i64) -> outbox::Outcome {
 /// A database with one shipment (SMS, email and WhatsApp contacts, consented) and returns
 /// its id.
 pub fn database(path: &Path) -> i64 {
+    add_shipment(path, "1Z999AA10123456784")
+}
+
+/// Another shipment for the same customer (the same contacts), by tracking number.
+pub fn add_shipment(path: &Path, tracking: &str) -> i64 {
     let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
     let mut contacts = BTreeMap::new();
@@ -139,7 +144,7 @@ pub fn database(path: &Path) -> i64 {
     let id = tx
         .insert_shipment(
             &NewShipment {
-                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+                tracking_number: TrackingNumber::new(tracking).expect("tn"),
                 carrier: Some("ups".into()),
                 order_id: None,
                 contacts,
@@ -162,9 +167,22 @@ pub fn enqueue(
     recipient: &str,
     detail: Option<&str>,
 ) -> i64 {
+    enqueue_at(path, shipment, milestone, channel, recipient, detail, 0)
+}
+
+/// [`enqueue`] at `now_ms`.
+pub fn enqueue_at(
+    path: &Path,
+    shipment: i64,
+    milestone: &str,
+    channel: &str,
+    recipient: &str,
+    detail: Option<&str>,
+    now_ms: i64,
+) -> i64 {
     let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
-    let n = NewNotification { shipment_id: shipment, milestone, channel, recipient, detail, now_ms: 0 };
+    let n = NewNotification { shipment_id: shipment, milestone, channel, recipient, detail, now_ms };
     assert!(tx.enqueue_notification(&n).expect("enqueue"));
     tx.commit().expect("commit");
     drop(store);
