@@ -38,6 +38,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod sendgrid;
 pub mod slack;
+pub mod sns;
 pub mod teams;
 pub mod templates;
 pub mod token;

@@ -27,6 +27,7 @@ use super::provider::{Build, Channel, ProviderType, Registered};
 use super::ratelimit::RateLimit;
 use super::sendgrid;
 use super::slack;
+use super::sns;
 use super::teams;
 use super::twilio;
 use super::webhook;
@@ -37,6 +38,7 @@ use super::zapier;
 #[rustfmt::skip]
 pub const TYPES: &[ProviderType] = &[
     twilio::TYPE,
+    sns::TYPE,
     sendgrid::TYPE,
     whatsapp::TYPE,
     webhook::TYPE,
