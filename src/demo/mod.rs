@@ -50,6 +50,13 @@ pub(crate) struct Options {
     /// temporary one that is removed at the end.
     #[arg(long, value_name = "DIR")]
     keep_files: Option<PathBuf>,
+    /// Send through these providers instead of Twilio, SendGrid and Slack: a TOML file of
+    /// `[[notify.providers]]` entries (and `[notify.alerts]`), as in the hub's own config,
+    /// where `{sinks}` stands for the demo's loopback stand-ins (which speak Twilio,
+    /// SendGrid, Slack, Mailgun, Amazon SNS, Microsoft Teams and Google Chat). Example:
+    /// `demo/providers/mailgun-sns-teams.toml`.
+    #[arg(long, value_name = "FILE")]
+    providers: Option<PathBuf>,
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -287,7 +294,25 @@ async fn demo(options: Options) -> anyhow::Result<()> {
     let broker_port = tokio::task::spawn_blocking(broker::start).await??;
     printer.line("broker", &format!("embedded MQTT broker on 127.0.0.1:{broker_port}"));
     let sinks = Sinks::start(printer.clone()).await?;
-    printer.line("providers", &format!("loopback Twilio, SendGrid and Slack at {}", sinks.base_url));
+    let providers = match &options.providers {
+        None => {
+            printer.line("providers", &format!("loopback Twilio, SendGrid and Slack at {}", sinks.base_url));
+            default_providers()
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--providers {}: cannot read it", path.display()))?;
+            let kinds: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("type = ").map(|t| t.trim_matches('"').to_owned()))
+                .collect();
+            printer.line(
+                "providers",
+                &format!("from {}: loopback {} at {}", path.display(), kinds.join(", "), sinks.base_url),
+            );
+            text
+        }
+    };
 
     // Fleet IT: a key per van, registered at the hub before it starts.
     let rng = ring::rand::SystemRandom::new();
@@ -328,7 +353,7 @@ async fn demo(options: Options) -> anyhow::Result<()> {
         &hub_url,
         &api_url,
         broker_port,
-        &sinks.base_url,
+        &providers.replace("{sinks}", &sinks.base_url),
     ))
     .context("the demo's hub configuration")?
     .validate()
@@ -451,7 +476,32 @@ fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
 }
 
-fn hub_config(dir: &Path, hub_url: &str, api_url: &str, broker_port: u16, sinks: &str) -> String {
+/// The demo's providers unless `--providers` names others: Twilio, SendGrid and Slack at
+/// the loopback sinks (`{sinks}`).
+fn default_providers() -> String {
+    format!(
+        r#"[notify.twilio]
+base_url = "{{sinks}}"
+account_sid = "{sid}"
+auth_token = "{token}"
+from = "+15005550006"
+
+[notify.sendgrid]
+base_url = "{{sinks}}"
+api_key = "{sendgrid}"
+from_email = "parcels@doorstep.example"
+from_name = "Doorstep demo"
+
+[notify.slack]
+webhook_url = "{{sinks}}/slack/ops"
+"#,
+        sid = sinks::TWILIO_SID,
+        token = sinks::TWILIO_TOKEN,
+        sendgrid = sinks::SENDGRID_KEY,
+    )
+}
+
+fn hub_config(dir: &Path, hub_url: &str, api_url: &str, broker_port: u16, providers: &str) -> String {
     let listen = hub_url.trim_start_matches("http://");
     let api_listen = api_url.trim_start_matches("http://");
     format!(
@@ -487,21 +537,10 @@ hold_period_s = {HOLD_S}
 [notify]
 poll_interval_ms = 50
 request_timeout_s = 5
+# The demo's clock runs fast: a message waits one wall-clock second for other parcels.
+group_hold_s = 1
 
-[notify.twilio]
-base_url = "{sinks}"
-account_sid = "{sid}"
-auth_token = "{token}"
-from = "+15005550006"
-
-[notify.sendgrid]
-base_url = "{sinks}"
-api_key = "{sendgrid}"
-from_email = "parcels@doorstep.example"
-from_name = "Doorstep demo"
-
-[notify.slack]
-webhook_url = "{sinks}/slack/ops"
+{providers}
 
 [[notify.channel_map]]
 milestone = "dispatched"
@@ -513,9 +552,6 @@ channels = ["sms"]
 "#,
         db = dir.join("hub.db").display(),
         key = dir.join("hub.key").display(),
-        sid = sinks::TWILIO_SID,
-        token = sinks::TWILIO_TOKEN,
-        sendgrid = sinks::SENDGRID_KEY,
     )
 }
 

@@ -1,5 +1,6 @@
-//! Loopback stand-ins for the providers the hub talks to: Twilio (SMS), SendGrid (email)
-//! and a Slack incoming webhook (operations). Each answers as the provider documents and
+//! Loopback stand-ins for the providers the hub talks to: Twilio and Amazon SNS (SMS),
+//! SendGrid and Mailgun (email), and Slack, Microsoft Teams (a Workflows webhook) and
+//! Google Chat for operations alerts; `doorstep demo --providers FILE` picks which. Each answers as the provider documents and
 //! prints what it received, so the demo shows every message exactly as the provider would
 //! get it. The hub's own tests check every request field; here the sinks check the parts
 //! a wrong request would get refused for (auth, recipient, body).
@@ -21,6 +22,10 @@ use super::Printer;
 pub(crate) const TWILIO_SID: &str = "AC00000000000000000000000000d00r";
 pub(crate) const TWILIO_TOKEN: &str = "demo-twilio-auth-token";
 pub(crate) const SENDGRID_KEY: &str = "SG.demo-key";
+/// Mailgun's API key for the demo (`demo/providers/mailgun-sns-teams.toml`).
+pub(crate) const MAILGUN_KEY: &str = "demo-mailgun-key";
+/// The demo's AWS access key id (SNS); its secret is in the providers file.
+pub(crate) const AWS_KEY_ID: &str = "AKIADEMODOORSTEP0001";
 
 /// One message a provider accepted.
 #[derive(Debug, Clone)]
@@ -65,6 +70,10 @@ impl Sinks {
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
             .route("/v3/mail/send", post(sendgrid))
             .route("/slack/ops", post(slack))
+            .route("/v3/{domain}/messages", post(mailgun))
+            .route("/", post(sns))
+            .route("/teams/ops", post(teams))
+            .route("/v1/spaces/{space}/messages", post(google_chat))
             .with_state(sink);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -164,4 +173,100 @@ async fn slack(State(sink): State<Sink>, body: Bytes) -> Response {
     };
     sink.keep(Captured { channel: "ops", to: "#delivery-ops".into(), text });
     (StatusCode::OK, "ok").into_response()
+}
+
+/// Mailgun's Messages API: HTTP basic `api:<key>`, form `from`, `to`, `subject`, `text`;
+/// answers 200 with the queued message's id.
+async fn mailgun(
+    State(sink): State<Sink>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{MAILGUN_KEY}")));
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&expected) {
+        return (StatusCode::UNAUTHORIZED, "Forbidden").into_response();
+    }
+    let form = form_pairs(&body);
+    let (Some(to), Some(_from)) = (form.get("to"), form.get("from")) else {
+        return refuse(StatusCode::BAD_REQUEST, "'from' and 'to' parameters are missing");
+    };
+    let subject = form.get("subject").map_or("(template)", String::as_str);
+    let text = form.get("text").map_or("", String::as_str);
+    let n = sink.keep(Captured { channel: "email", to: to.clone(), text: format!("{subject} | {text}") });
+    let reply =
+        serde_json::json!({ "id": format!("<demo{n:020}@{domain}>"), "message": "Queued. Thank you." });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
+}
+
+/// Amazon SNS `Publish` (form `Action=Publish`, `PhoneNumber`, `Message`), SigV4-signed
+/// with the demo's access key id (the hub's tests recompute the signature; here the
+/// credential and the signed headers are checked); answers the documented XML.
+async fn sns(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let credential_ok = auth.starts_with("AWS4-HMAC-SHA256 ")
+        && auth.contains(&format!("Credential={AWS_KEY_ID}/"))
+        && auth.contains("/sns/aws4_request")
+        && headers.contains_key("x-amz-date");
+    if !credential_ok {
+        return (
+            StatusCode::FORBIDDEN,
+            "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidClientTokenId</Code>\
+             <Message>The security token included in the request is invalid.</Message></Error></ErrorResponse>",
+        )
+            .into_response();
+    }
+    let form = form_pairs(&body);
+    let (Some("Publish"), Some(to), Some(text)) =
+        (form.get("Action").map(String::as_str), form.get("PhoneNumber"), form.get("Message"))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidParameter</Code>\
+             <Message>Invalid parameter: PhoneNumber</Message></Error></ErrorResponse>",
+        )
+            .into_response();
+    };
+    let n = sink.keep(Captured { channel: "sms", to: to.clone(), text: text.clone() });
+    let xml = format!(
+        "<PublishResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult>\
+         <MessageId>{n:08x}-demo-0000-0000-000000000000</MessageId></PublishResult>\
+         <ResponseMetadata><RequestId>demo-{n}</RequestId></ResponseMetadata></PublishResponse>"
+    );
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], xml).into_response()
+}
+
+/// A Teams Workflows webhook: a message with one Adaptive Card (version at most 1.4);
+/// answers 202 (accepted by the flow).
+async fn teams(State(sink): State<Sink>, body: Bytes) -> Response {
+    let Ok(message) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
+    };
+    let card = &message["attachments"][0]["content"];
+    if card["type"] != "AdaptiveCard" || card["version"] != "1.4" {
+        return (StatusCode::BAD_REQUEST, "expected an Adaptive Card 1.4 attachment").into_response();
+    }
+    let text = card["body"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["text"].as_str())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    sink.keep(Captured { channel: "ops", to: "Teams: Delivery ops".into(), text });
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// A Google Chat space webhook: JSON `{"text", "thread"}`; answers the created message.
+async fn google_chat(State(sink): State<Sink>, Path(space): Path<String>, body: Bytes) -> Response {
+    let Some(text) = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["text"].as_str().map(str::to_owned))
+    else {
+        return (StatusCode::BAD_REQUEST, "invalid payload").into_response();
+    };
+    let n = sink.keep(Captured { channel: "ops", to: format!("Google Chat: {space}"), text });
+    let reply = serde_json::json!({ "name": format!("spaces/{space}/messages/demo{n}") });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
 }
