@@ -29,6 +29,7 @@
 pub mod config;
 pub mod google_chat;
 pub mod lease;
+pub mod mailgun;
 pub mod onesignal;
 pub mod outbox;
 pub mod page;

@@ -21,6 +21,7 @@ use axum::Router;
 
 use super::config::{NotifyConfigError, invalid};
 use super::google_chat;
+use super::mailgun;
 use super::onesignal;
 use super::page::NotifyState;
 use super::provider::{Build, Channel, ProviderType, Registered};
@@ -40,6 +41,7 @@ pub const TYPES: &[ProviderType] = &[
     twilio::TYPE,
     sns::TYPE,
     sendgrid::TYPE,
+    mailgun::TYPE,
     whatsapp::TYPE,
     webhook::TYPE,
     onesignal::TYPE,
