@@ -355,3 +355,72 @@ async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_b
     dispatcher.run_once(DAY + 7_200_000).await.expect("nothing left");
     assert_eq!(fake.seen().len(), 2, "every milestone told once");
 }
+
+// ---- e-mail failover ------------------------------------------------------------------
+
+async fn email_pair(
+    sendgrid_answer: Answer,
+) -> (Fake, Fake, tempfile::TempDir, std::path::PathBuf, i64, Dispatcher) {
+    let (sendgrid, sg_base) = Fake::start(sendgrid_answer).await;
+    let (mailgun, mg_base) = Fake::start(Answer::ok(
+        200,
+        r#"{"id":"<20261202.1@mg.example.com>","message":"Queued. Thank you."}"#,
+    ))
+    .await;
+    let section = format!(
+        "[[providers]]\ntype = \"sendgrid\"\nbase_url = \"{sg_base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\n\
+         [[providers]]\ntype = \"mailgun\"\npriority = 2\nbase_url = \"{mg_base}\"\ndomain = \"mg.example.com\"\n\
+         api_key = \"mg-key\"\nfrom = \"Doorstep <parcels@mg.example.com>\"\n"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    (sendgrid, mailgun, dir, db, id, dispatcher)
+}
+
+fn providers_logged(db: &Path, id: i64) -> Vec<(String, Option<String>)> {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    doorstep_hub::notify::outbox::outcomes(&conn, id)
+        .expect("log")
+        .into_iter()
+        .map(|o| (o.outcome, o.provider))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sendgrid_outage_hands_the_email_to_mailgun_and_the_log_names_both() {
+    for refusal in
+        [Answer::ok(503, "upstream unavailable"), Answer::ok(400, r#"{"errors":[{"message":"bad from"}]}"#)]
+    {
+        let (sendgrid, mailgun, _dir, db, id, dispatcher) = email_pair(refusal).await;
+        dispatcher.run_once(DAY).await.expect("pass");
+        assert_eq!(sendgrid.seen().len(), 1);
+        let sent = mailgun.seen();
+        assert_eq!(sent.len(), 1, "the next e-mail provider sends it once");
+        assert!(sent[0].uri.starts_with("/v3/mg.example.com/messages"), "{}", sent[0].uri);
+        assert_eq!(form(&sent[0].body)["to"], EMAIL);
+        assert_eq!(status(&db, id), "sent");
+        assert_eq!(
+            providers_logged(&db, id),
+            [
+                ("queued".to_owned(), None),
+                ("handed_on".to_owned(), Some("sendgrid".to_owned())),
+                ("sent".to_owned(), Some("mailgun".to_owned())),
+            ]
+        );
+        assert_eq!(last_outcome(&db, id).provider_id.as_deref(), Some("20261202.1@mg.example.com"));
+    }
+}
+
+#[tokio::test]
+async fn an_email_that_may_have_left_through_sendgrid_is_never_sent_again_through_mailgun() {
+    let slow = Answer { delay: Duration::from_millis(1_500), ..Answer::ok(202, "") };
+    let (sendgrid, mailgun, _dir, db, id, dispatcher) = email_pair(slow).await;
+    dispatcher.run_once(DAY).await.expect("pass");
+    dispatcher.run_once(DAY + 3_600_000).await.expect("later");
+    assert_eq!(sendgrid.seen().len(), 1);
+    assert!(mailgun.seen().is_empty(), "an ambiguous send is not failed over");
+    assert_eq!(status(&db, id), "unknown");
+}

@@ -9,17 +9,16 @@
 //! or hub can send it), sends through the channel's adapter under that provider's rate
 //! limit, and writes the result and an outcome-log entry in one transaction.
 //!
-//! Failures, per provider:
-//!
-//! | result | Twilio SMS | SendGrid email | WhatsApp | generic webhook | Slack alert |
-//! |---|---|---|---|---|---|
-//! | connection refused (nothing sent), 429, 5xx | retry with backoff | retry | retry | retry | retry |
-//! | other 4xx | failed | failed | failed | failed | retried next pass |
-//! | timeout or broken connection after sending | `unknown`, not re-sent (no idempotency key) | `unknown`, not re-sent (none documented) | `unknown`, not re-sent | retried: same `webhook-id`, receivers dedupe | retried (operators may see it twice) |
-//!
-//! An `unknown` row is completed by the provider's status callback if the message did go
-//! out. Rows left `sending` by a stopped hub are treated the same way at start-up
-//! ([`outbox::recover`]).
+//! Sends go through the channel's providers in priority order ([`provider`], configured
+//! by [`registry`]): the next provider takes a message only when the previous one
+//! definitely did not (a refusal, 429, 5xx, connection refused, an open circuit); an
+//! ambiguous send (a timeout once the request was out) is never repeated on another
+//! provider, and is retried on the same one only when every provider of the channel
+//! dedupes on a key the request carries (signed webhooks, OneSignal); otherwise the row is
+//! `unknown`, completed by the provider's status callback if the message did go out. Rows
+//! left `sending` by a stopped hub are treated the same way at start-up
+//! ([`outbox::recover`]). Each vendor's quirks are in its module and in
+//! `docs/notifications.md`.
 //!
 //! What this module must never do: send a message twice on a channel without an
 //! idempotency guard, send to a recipient who opted out or withdrew consent, put the
@@ -27,26 +26,30 @@
 //! worker (every statement goes through [`outbox::NotifyDb::call`]).
 
 pub mod config;
-pub mod google_chat;
 pub mod lease;
-pub mod mailgun;
-pub mod onesignal;
 pub mod outbox;
 pub mod page;
 pub mod provider;
 pub mod quiet;
 pub mod ratelimit;
 pub mod registry;
-pub mod sendgrid;
-pub mod slack;
-pub mod sns;
-pub mod teams;
 pub mod templates;
 pub mod token;
-pub mod twilio;
-pub mod webhook;
-pub mod whatsapp;
-pub mod zapier;
+
+// The provider registry: one module per provider, listed once.
+registry::providers!(
+    twilio,
+    sns,
+    sendgrid,
+    mailgun,
+    whatsapp,
+    webhook,
+    onesignal,
+    slack,
+    teams,
+    google_chat,
+    zapier
+);
 
 use std::collections::HashMap;
 use std::path::Path;

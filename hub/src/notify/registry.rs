@@ -1,7 +1,8 @@
 //! The provider registry: every kind of provider the hub can send through, and how
 //! `[[notify.providers]]` entries become configured providers.
 //!
-//! Adding a provider is one module that defines a [`ProviderType`] and one line in
+//! Adding a provider is one module that defines a [`ProviderType`] and its name in the
+//! one `providers!` line in `notify/mod.rs`, which declares the modules and builds
 //! [`TYPES`]. Each entry takes these keys; the rest are the type's own:
 //!
 //! | key | meaning | default |
@@ -20,36 +21,24 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::config::{NotifyConfigError, invalid};
-use super::google_chat;
-use super::mailgun;
-use super::onesignal;
 use super::page::NotifyState;
 use super::provider::{Build, Channel, ProviderType, Registered};
 use super::ratelimit::RateLimit;
-use super::sendgrid;
-use super::slack;
-use super::sns;
-use super::teams;
-use super::twilio;
-use super::webhook;
-use super::whatsapp;
-use super::zapier;
+
+/// Declares the provider modules under `notify/` and lists their types, in the order
+/// `--print-default-config` shows them. Invoked once, in `notify/mod.rs`: adding a
+/// provider is its module plus its name in that one line.
+macro_rules! providers {
+    ($($module:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+        /// Every kind of provider (see [`registry`]).
+        pub const PROVIDER_TYPES: &[provider::ProviderType] = &[$($module::TYPE),+];
+    };
+}
+pub(crate) use providers;
 
 /// Every kind of provider, in the order `--print-default-config` shows them.
-#[rustfmt::skip]
-pub const TYPES: &[ProviderType] = &[
-    twilio::TYPE,
-    sns::TYPE,
-    sendgrid::TYPE,
-    mailgun::TYPE,
-    whatsapp::TYPE,
-    webhook::TYPE,
-    onesignal::TYPE,
-    slack::TYPE,
-    teams::TYPE,
-    google_chat::TYPE,
-    zapier::TYPE,
-];
+pub use super::PROVIDER_TYPES as TYPES;
 
 /// The type called `kind`.
 pub fn find(kind: &str) -> Option<&'static ProviderType> {
