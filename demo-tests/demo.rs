@@ -25,10 +25,11 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(summary: &Path) -> Demo {
+    fn start(summary: &Path, extra: &[&str]) -> Demo {
         let mut child = Command::new(DEMO)
             .args(["demo", "--keep-running", "--summary-json"])
             .arg(summary)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -123,7 +124,7 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let summary_path = dir.path().join("summary.json");
-    let mut demo = Demo::start(&summary_path);
+    let mut demo = Demo::start(&summary_path, &[]);
     let link_line = demo.wait_for_line("Tracking page with proof of delivery:", Duration::from_secs(120));
     let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary written"))
         .expect("summary is JSON");
@@ -283,4 +284,28 @@ async fn webdriver(base: &str, url: &str, screenshot: &Path, scratch: &Path) -> 
     std::fs::write(screenshot, png).expect("write screenshot");
     let _ = http.delete(&session_url).send().await;
     page
+}
+
+#[test]
+fn the_demo_switched_to_mailgun_sns_and_teams_by_config_alone_tells_the_same_stories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary_path = dir.path().join("summary.json");
+    let providers = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/providers/mailgun-sns-teams.toml");
+    let mut demo = Demo::start(&summary_path, &["--providers", providers]);
+    demo.wait_for_line("Tracking page with proof of delivery:", Duration::from_secs(120));
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary written"))
+        .expect("summary is JSON");
+    let via = &summary["via"];
+    assert!(via["sns"].as_u64() > Some(0) && via["mailgun"].as_u64() > Some(0), "{via}");
+    assert!(via["teams"].as_u64() > Some(0), "operations alerts went to Teams: {via}");
+    for other in ["twilio", "sendgrid", "slack"] {
+        assert!(via[other].is_null(), "nothing through {other}: {via}");
+    }
+    let anna = shipment(&summary, "1Z999AA10123456784");
+    assert_eq!(anna["milestone"], "delivered", "{anna:#}");
+    assert_eq!(texts(anna, "sms").iter().filter(|t| t.contains("was delivered")).count(), 1, "{anna:#}");
+    let cleo = shipment(&summary, "794843185271");
+    assert_eq!(alerts(cleo), ["delivered_away_from_address", "carrier_delivered_device_away"], "{cleo:#}");
+    let status = demo.interrupt_and_wait();
+    assert!(status.success(), "the demo exits cleanly on Ctrl-C: {status:?}");
 }

@@ -252,7 +252,7 @@ impl Printer {
             "email" => "EMAIL",
             _ => "OPS ALERT",
         };
-        self.line(who, &format!("to {}: {}", m.to, m.text.replace('\n', " ")));
+        self.line(who, &format!("to {} (via {}): {}", m.to, m.via, m.text.replace('\n', " ")));
     }
 
     fn plain(&self, text: &str) {
@@ -771,7 +771,7 @@ async fn summarize(
             photo = http.get(format!("{link}/photo")).send().await.is_ok_and(|r| r.status().is_success());
         }
         let messages: Vec<Value> =
-            mine.iter().map(|m| json!({"channel": m.channel, "text": m.text})).collect();
+            mine.iter().map(|m| json!({"channel": m.channel, "via": m.via, "text": m.text})).collect();
         rows.push(json!({
             "tracking_number": p.tracking, "van": p.van, "stop": p.stop, "story": p.story,
             "milestone": milestone, "sms": sms, "email": email, "alerts": alerts,
@@ -779,7 +779,11 @@ async fn summarize(
         }));
     }
     let ops = captured.iter().filter(|m| m.channel == "ops").count();
-    Ok(json!({"shipments": rows, "ops_alerts_sent": ops, "messages_sent": captured.len()}))
+    let mut via = std::collections::BTreeMap::<&str, usize>::new();
+    for m in &captured {
+        *via.entry(m.via).or_default() += 1;
+    }
+    Ok(json!({"shipments": rows, "ops_alerts_sent": ops, "messages_sent": captured.len(), "via": via}))
 }
 
 fn find_link(text: &str, hub_url: &str) -> Option<String> {

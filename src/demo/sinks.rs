@@ -36,6 +36,8 @@ pub(crate) struct Captured {
     pub(crate) to: String,
     /// The SMS body, the email's plain-text part, or the Slack text.
     pub(crate) text: String,
+    /// Which provider's stand-in took it (`twilio`, `sns`, `sendgrid`, `mailgun`, ...).
+    pub(crate) via: &'static str,
 }
 
 #[derive(Clone)]
@@ -125,7 +127,7 @@ async fn twilio(
     if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
         return refuse(StatusCode::BAD_REQUEST, "A 'From' phone number is required.");
     }
-    let n = sink.keep(Captured { channel: "sms", to: to.clone(), text: text.clone() });
+    let n = sink.keep(Captured { channel: "sms", to: to.clone(), text: text.clone(), via: "twilio" });
     let reply = serde_json::json!({
         "sid": format!("SM{n:032x}"), "account_sid": TWILIO_SID, "to": to, "body": text, "status": "queued",
     });
@@ -159,7 +161,12 @@ async fn sendgrid(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> 
         .and_then(|parts| parts.iter().find(|p| p["type"] == "text/plain"))
         .and_then(|p| p["value"].as_str())
         .unwrap_or("");
-    let n = sink.keep(Captured { channel: "email", to: to.to_owned(), text: format!("{subject} | {text}") });
+    let n = sink.keep(Captured {
+        channel: "email",
+        to: to.to_owned(),
+        text: format!("{subject} | {text}"),
+        via: "sendgrid",
+    });
     (StatusCode::ACCEPTED, [("x-message-id", format!("demo{n:020}"))], "").into_response()
 }
 
@@ -171,7 +178,7 @@ async fn slack(State(sink): State<Sink>, body: Bytes) -> Response {
     else {
         return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
     };
-    sink.keep(Captured { channel: "ops", to: "#delivery-ops".into(), text });
+    sink.keep(Captured { channel: "ops", to: "#delivery-ops".into(), text, via: "slack" });
     (StatusCode::OK, "ok").into_response()
 }
 
@@ -194,7 +201,12 @@ async fn mailgun(
     };
     let subject = form.get("subject").map_or("(template)", String::as_str);
     let text = form.get("text").map_or("", String::as_str);
-    let n = sink.keep(Captured { channel: "email", to: to.clone(), text: format!("{subject} | {text}") });
+    let n = sink.keep(Captured {
+        channel: "email",
+        to: to.clone(),
+        text: format!("{subject} | {text}"),
+        via: "mailgun",
+    });
     let reply =
         serde_json::json!({ "id": format!("<demo{n:020}@{domain}>"), "message": "Queued. Thank you." });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
@@ -228,7 +240,7 @@ async fn sns(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> Respo
         )
             .into_response();
     };
-    let n = sink.keep(Captured { channel: "sms", to: to.clone(), text: text.clone() });
+    let n = sink.keep(Captured { channel: "sms", to: to.clone(), text: text.clone(), via: "sns" });
     let xml = format!(
         "<PublishResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult>\
          <MessageId>{n:08x}-demo-0000-0000-000000000000</MessageId></PublishResult>\
@@ -254,7 +266,7 @@ async fn teams(State(sink): State<Sink>, body: Bytes) -> Response {
         .filter_map(|b| b["text"].as_str())
         .collect::<Vec<_>>()
         .join(" | ");
-    sink.keep(Captured { channel: "ops", to: "Teams: Delivery ops".into(), text });
+    sink.keep(Captured { channel: "ops", to: "Teams: Delivery ops".into(), text, via: "teams" });
     StatusCode::ACCEPTED.into_response()
 }
 
@@ -266,7 +278,8 @@ async fn google_chat(State(sink): State<Sink>, Path(space): Path<String>, body: 
     else {
         return (StatusCode::BAD_REQUEST, "invalid payload").into_response();
     };
-    let n = sink.keep(Captured { channel: "ops", to: format!("Google Chat: {space}"), text });
+    let n =
+        sink.keep(Captured { channel: "ops", to: format!("Google Chat: {space}"), text, via: "google_chat" });
     let reply = serde_json::json!({ "name": format!("spaces/{space}/messages/demo{n}") });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
 }
