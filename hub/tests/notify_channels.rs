@@ -424,3 +424,53 @@ async fn an_email_that_may_have_left_through_sendgrid_is_never_sent_again_throug
     assert!(mailgun.seen().is_empty(), "an ambiguous send is not failed over");
     assert_eq!(status(&db, id), "unknown");
 }
+
+#[tokio::test]
+async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28_kb_limit() {
+    let (fake, base) = Fake::start(Answer::ok(202, "")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db);
+    {
+        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+        let tx = store.transaction().expect("tx");
+        tx.raise_alert(shipment, "delivered_without_scan", &"the van's log says more. ".repeat(3_000), 0)
+            .expect("alert");
+        tx.commit().expect("commit");
+    }
+    let section = format!(
+        "[[providers]]\ntype = \"teams\"\nwebhook_url = \"{base}/workflows/abc/triggers/manual/paths/invoke?sig=s1g\"\n"
+    );
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1, "202 from the flow is a post");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    check_teams(&seen[0]);
+    assert!(seen[0].body.len() < 28 * 1024, "{} bytes", seen[0].body.len());
+}
+
+#[tokio::test]
+async fn an_escalation_step_can_e_mail_the_operations_mailbox_through_an_email_provider() {
+    let (fake, base) = Fake::start(Answer::ok(503, "slack is down")).await;
+    let (mail, mail_base) = Fake::start(Answer::ok(202, "")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let alert = raise(&db, "delivered_without_scan");
+    let section = format!(
+        "[[providers]]\ntype = \"slack\"\nwebhook_url = \"{base}/slack/T0/B0/x\"\n\
+         [[providers]]\ntype = \"sendgrid\"\nbase_url = \"{mail_base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\n\
+         [alerts]\nescalation = [{{ provider = \"slack\" }}, {{ provider = \"sendgrid\", to = \"ops@example.com\" }}]\n"
+    );
+    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1);
+    assert_eq!(fake.seen().len(), 1, "Slack was tried first");
+    let sent = mail.seen();
+    assert_eq!(sent.len(), 1, "Slack did not take it: the next step, at once");
+    let body = json(&sent[0].body);
+    let personalization = &body["personalizations"][0];
+    assert_eq!(personalization["to"][0]["email"], "ops@example.com");
+    assert_eq!(personalization["custom_args"]["doorstep_alert_id"], alert.to_string());
+    assert!(body["subject"].as_str().is_some_and(|s| s.contains("delivered_without_scan")), "{body}");
+    // The customer's own address is never where an alert goes.
+    assert!(!String::from_utf8_lossy(&sent[0].body).contains(EMAIL));
+}
