@@ -38,7 +38,17 @@ fuzz_target!(|data: &[u8]| {
     assert!((1..=100_000).contains(&settings.batch_max));
     assert!((1024..=64 * 1024 * 1024).contains(&settings.max_body_bytes));
     assert!(settings.verify_threads >= 1);
-    if let Err(e) = NotifySettings::from_hub(&settings) {
-        assert!(!e.to_string().is_empty());
+    match NotifySettings::from_hub(&settings) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(notify) => {
+            // Every provider has a unique name, and every alert step names one of them.
+            let names: std::collections::BTreeSet<&str> =
+                notify.providers.all().iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names.len(), notify.providers.all().len());
+            for step in &notify.escalation {
+                assert!(names.contains(step.provider.name.as_str()));
+            }
+            assert!(notify.group_hold <= notify.group_window);
+        }
     }
 });

@@ -55,6 +55,17 @@ fn onesignal_section(base: &str) -> String {
     )
 }
 
+/// A database with one push row for OneSignal at `base`: (its directory, path, row, dispatcher).
+fn push_case(base: &str) -> (tempfile::TempDir, std::path::PathBuf, i64, Dispatcher) {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = push_shipment(&db);
+    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let dispatcher =
+        Dispatcher::new(settings(&onesignal_section(base)), &db, Arc::new(Metrics::default())).expect("new");
+    (dir, db, id, dispatcher)
+}
+
 /// Checks one request against OneSignal's Create Notification documentation.
 fn check_onesignal(seen: &Seen) -> Value {
     assert_eq!(seen.method, "POST");
@@ -75,12 +86,7 @@ fn check_onesignal(seen: &Seen) -> Value {
 #[tokio::test]
 async fn a_push_row_becomes_one_onesignal_notification_in_the_customers_language() {
     let (fake, base) = Fake::start(Answer::ok(200, r#"{"id":"b98881cc-1e94-4366-bbd9-db8f3429292b"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = push_shipment(&db);
-    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
-    let dispatcher =
-        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let (_dir, db, id, dispatcher) = push_case(&base);
     dispatcher.run_once(DAY).await.expect("pass");
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
@@ -97,12 +103,7 @@ async fn a_push_row_becomes_one_onesignal_notification_in_the_customers_language
 async fn onesignals_200_with_an_empty_id_is_a_failure_not_a_send() {
     let quirk = r#"{"id":"","errors":{"invalid_aliases":{"external_id":["shop-user-4711"]}}}"#;
     let (fake, base) = Fake::start(Answer::ok(200, quirk)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = push_shipment(&db);
-    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
-    let dispatcher =
-        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let (_dir, db, id, dispatcher) = push_case(&base);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(fake.seen().len(), 1);
     assert_eq!(status(&db, id), "failed", "nothing was sent");
@@ -114,12 +115,7 @@ async fn onesignals_200_with_an_empty_id_is_a_failure_not_a_send() {
 async fn a_push_that_timed_out_is_sent_again_under_the_same_idempotency_key() {
     let (fake, base) = Fake::start(Answer::ok(200, r#"{"id":"b98881cc-1e94-4366-bbd9-db8f3429292b"}"#)).await;
     fake.push(Answer { delay: Duration::from_millis(1_500), ..Answer::ok(200, r#"{"id":"first"}"#) });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = push_shipment(&db);
-    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
-    let dispatcher =
-        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let (_dir, db, id, dispatcher) = push_case(&base);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "queued", "push carries an idempotency key, so a timeout is retried");
     dispatcher.run_once(DAY + 3_600_000).await.expect("retry");
@@ -136,12 +132,7 @@ async fn a_429_is_retried_after_onesignals_retry_after() {
         header: Some(("retry-after", "600")),
         ..Answer::ok(429, r#"{"errors":["API rate limit exceeded"]}"#)
     });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = push_shipment(&db);
-    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
-    let dispatcher =
-        Dispatcher::new(settings(&onesignal_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let (_dir, db, id, dispatcher) = push_case(&base);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "queued");
     let conn = rusqlite::Connection::open(&db).expect("open");

@@ -111,13 +111,7 @@ async fn twilio(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{TWILIO_SID}:{TWILIO_TOKEN}"))
-    );
-    if sid != TWILIO_SID
-        || headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&expected)
-    {
+    if sid != TWILIO_SID || !basic_auth(&headers, TWILIO_SID, TWILIO_TOKEN) {
         return refuse(StatusCode::UNAUTHORIZED, "Authenticate");
     }
     let form: BTreeMap<String, String> = form_pairs(&body);
@@ -132,6 +126,13 @@ async fn twilio(
         "sid": format!("SM{n:032x}"), "account_sid": TWILIO_SID, "to": to, "body": text, "status": "queued",
     });
     (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
+}
+
+/// Whether the request carries HTTP basic auth for `user` and `password`.
+fn basic_auth(headers: &HeaderMap, user: &str, password: &str) -> bool {
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
 }
 
 fn form_pairs(body: &[u8]) -> BTreeMap<String, String> {
@@ -190,9 +191,7 @@ async fn mailgun(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let expected =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{MAILGUN_KEY}")));
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&expected) {
+    if !basic_auth(&headers, "api", MAILGUN_KEY) {
         return (StatusCode::UNAUTHORIZED, "Forbidden").into_response();
     }
     let form = form_pairs(&body);

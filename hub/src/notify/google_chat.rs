@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::provider::{Build, Channel, Provider, ProviderType};
+use super::provider::{Build, Channel, Provider, ProviderType, SecretUrl};
 use super::ratelimit::RateLimit;
 use super::teams::cut;
 use super::{Outgoing, Reply, SendResult};
@@ -35,26 +35,14 @@ pub const TYPE: ProviderType = ProviderType {
     build,
 };
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    webhook_url: String,
-}
-
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
-    let s: Section = b.section()?;
-    Ok(Arc::new(GoogleChat { webhook_url: b.secret_url("webhook_url", &s.webhook_url)? }))
+    Ok(Arc::new(GoogleChat { webhook_url: b.webhook_url()? }))
 }
 
 /// A configured space webhook.
+#[derive(Debug)]
 pub struct GoogleChat {
-    webhook_url: String,
-}
-
-impl std::fmt::Debug for GoogleChat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoogleChat").finish_non_exhaustive()
-    }
+    webhook_url: SecretUrl,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +75,7 @@ impl Provider for GoogleChat {
         msg: &Outgoing,
     ) -> Result<reqwest::RequestBuilder, SendResult> {
         let text = cut(&format!("*{}*\n{}", msg.subject, msg.body), MAX_TEXT);
-        let mut url = reqwest::Url::parse(&self.webhook_url)
+        let mut url = reqwest::Url::parse(self.webhook_url.as_str())
             .map_err(|e| SendResult::Rejected { detail: format!("google chat webhook URL: {e}") })?;
         url.query_pairs_mut()
             .append_pair("messageReplyOption", "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD")
@@ -100,12 +88,7 @@ impl Provider for GoogleChat {
             let name = serde_json::from_slice::<Created>(&reply.body).ok().and_then(|c| c.name);
             return SendResult::Accepted { provider_id: name, detail: "google chat posted".into() };
         }
-        let reason = String::from_utf8_lossy(&reply.body).chars().take(200).collect::<String>();
-        super::classify_status(
-            reply.status,
-            reply.retry_after,
-            format!("google chat HTTP {}: {reason}", reply.status.as_u16()),
-        )
+        super::refused("google chat", reply)
     }
 
     fn resend_safe(&self) -> bool {

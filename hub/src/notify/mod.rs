@@ -183,6 +183,16 @@ pub fn classify_status(status: StatusCode, retry_after: Option<Duration>, detail
     }
 }
 
+/// A non-2xx answer as a result, naming the vendor and quoting the start of its body.
+pub fn refused(vendor: &str, reply: &Reply) -> SendResult {
+    let text = String::from_utf8_lossy(&reply.body).chars().take(300).collect::<String>();
+    classify_status(
+        reply.status,
+        reply.retry_after,
+        format!("{vendor} HTTP {}: {text}", reply.status.as_u16()),
+    )
+}
+
 /// One message, rendered and ready for its adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
@@ -991,37 +1001,29 @@ async fn deliver(
             if opt_out {
                 outbox::set_opt_out(conn, &ch, &recipient, true, "provider", now_ms)?;
             }
-            for (p, d) in &handed_on {
-                outbox::record_attempt(conn, id, now_ms, "handed_on", p, d)?;
-                for &other in &merged {
-                    outbox::record_attempt(conn, other, now_ms, "handed_on", p, d)?;
+            // The row, then the other parcels' rows the same message told.
+            for row in std::iter::once(id).chain(merged.iter().copied()) {
+                for (p, d) in &handed_on {
+                    outbox::record_attempt(conn, row, now_ms, "handed_on", p, d)?;
                 }
-            }
-            for &other in &merged {
-                let together = format!("{detail} (one message with outbox {id})");
+                let detail = if row == id {
+                    detail.clone()
+                } else {
+                    format!("{detail} (one message with outbox {id})")
+                };
+                let (provider, provider_id) = (provider.as_deref(), provider_id.as_deref());
                 outbox::finish(
                     conn,
-                    other,
+                    row,
                     status,
                     next,
                     now_ms,
                     outcome,
-                    provider.as_deref(),
-                    provider_id.as_deref(),
-                    Some(&together),
+                    provider,
+                    provider_id,
+                    Some(&detail),
                 )?;
             }
-            outbox::finish(
-                conn,
-                id,
-                status,
-                next,
-                now_ms,
-                outcome,
-                provider.as_deref(),
-                provider_id.as_deref(),
-                Some(&detail),
-            )?;
             Ok(())
         })
         .await

@@ -173,6 +173,18 @@ impl<'a> Build<'a> {
         check_url(&self.field(key), &self.secret(key, value)?)
     }
 
+    /// The one key of a provider whose URL is its credential (a chat or Zap webhook):
+    /// `webhook_url`, inline or `file:/path`. Any other key is an error.
+    pub fn webhook_url(&mut self) -> Result<SecretUrl, NotifyConfigError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Section {
+            webhook_url: String,
+        }
+        let s: Section = self.section()?;
+        Ok(SecretUrl(self.secret_url("webhook_url", &s.webhook_url)?))
+    }
+
     /// An error about one of this entry's keys.
     pub fn invalid(&self, key: &str, message: impl Into<String>) -> NotifyConfigError {
         invalid(&self.field(key), message)
@@ -189,6 +201,23 @@ impl<'a> Build<'a> {
         } else {
             format!("providers.{}.{key}", self.name)
         }
+    }
+}
+
+/// A URL that is itself a credential: never printed (`Debug` shows only that it is set).
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretUrl(..)")
     }
 }
 

@@ -137,20 +137,6 @@ impl std::fmt::Debug for SendGrid {
     }
 }
 
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 impl SendGrid {
     /// The Mail Send request body for a message.
@@ -180,12 +166,7 @@ impl SendGrid {
                 body["template_id"] = json!(template_id);
             }
             None => {
-                let html = format!(
-                    "<p>{}</p><p><a href=\"{}\">{}</a></p>",
-                    html_escape(&msg.body).replace('\n', "<br>"),
-                    html_escape(&msg.link),
-                    html_escape(&msg.link)
-                );
+                let html = super::templates::html_body(&msg.body, &msg.link);
                 body["subject"] = json!(msg.subject);
                 body["content"] = json!([
                     { "type": "text/plain", "value": msg.body },

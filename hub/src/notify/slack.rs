@@ -10,21 +10,15 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::provider::{Build, Channel, Provider, ProviderType};
+use super::provider::{Build, Channel, Provider, ProviderType, SecretUrl};
 use super::ratelimit::RateLimit;
 use super::{Outgoing, Reply, SendResult};
 
 /// A configured Slack incoming webhook.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Slack {
     /// The webhook URL (a secret: it is the credential).
-    pub webhook_url: String,
-}
-
-impl std::fmt::Debug for Slack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slack").finish_non_exhaustive()
-    }
+    pub webhook_url: SecretUrl,
 }
 
 /// The alert text: code, shipment and the operator's sentence.
@@ -46,15 +40,8 @@ pub const TYPE: ProviderType = ProviderType {
     build,
 };
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    webhook_url: String,
-}
-
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
-    let s: Section = b.section()?;
-    Ok(Arc::new(Slack { webhook_url: b.secret_url("webhook_url", &s.webhook_url)? }))
+    Ok(Arc::new(Slack { webhook_url: b.webhook_url()? }))
 }
 
 impl Provider for Slack {
@@ -65,19 +52,14 @@ impl Provider for Slack {
     ) -> Result<reqwest::RequestBuilder, SendResult> {
         let text =
             alert_text(&msg.subject, Some(msg.tracking_number.as_str()).filter(|t| !t.is_empty()), &msg.body);
-        Ok(client.post(&self.webhook_url).json(&json!({ "text": text })))
+        Ok(client.post(self.webhook_url.as_str()).json(&json!({ "text": text })))
     }
 
     fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
         if reply.status.is_success() {
             return SendResult::Accepted { provider_id: None, detail: "slack ok".into() };
         }
-        let reason = String::from_utf8_lossy(&reply.body).chars().take(100).collect::<String>();
-        super::classify_status(
-            reply.status,
-            reply.retry_after,
-            format!("slack HTTP {}: {reason}", reply.status.as_u16()),
-        )
+        super::refused("slack", reply)
     }
 
     /// Posted again after a timeout: an operator seeing an alert twice is better than never.

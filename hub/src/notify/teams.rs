@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::provider::{Build, Channel, Provider, ProviderType};
+use super::provider::{Build, Channel, Provider, ProviderType, SecretUrl};
 use super::ratelimit::RateLimit;
 use super::{Outgoing, Reply, SendResult};
 
@@ -37,26 +37,14 @@ pub const TYPE: ProviderType = ProviderType {
     build,
 };
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    webhook_url: String,
-}
-
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
-    let s: Section = b.section()?;
-    Ok(Arc::new(Teams { webhook_url: b.secret_url("webhook_url", &s.webhook_url)? }))
+    Ok(Arc::new(Teams { webhook_url: b.webhook_url()? }))
 }
 
 /// A configured Workflows webhook.
+#[derive(Debug)]
 pub struct Teams {
-    webhook_url: String,
-}
-
-impl std::fmt::Debug for Teams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Teams").finish_non_exhaustive()
-    }
+    webhook_url: SecretUrl,
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, marked when cut.
@@ -105,7 +93,7 @@ impl Provider for Teams {
         client: &reqwest::Client,
         msg: &Outgoing,
     ) -> Result<reqwest::RequestBuilder, SendResult> {
-        Ok(client.post(&self.webhook_url).json(&card(msg)))
+        Ok(client.post(self.webhook_url.as_str()).json(&card(msg)))
     }
 
     fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
@@ -118,12 +106,7 @@ impl Provider for Teams {
                 ),
             };
         }
-        let reason = String::from_utf8_lossy(&reply.body).chars().take(200).collect::<String>();
-        super::classify_status(
-            reply.status,
-            reply.retry_after,
-            format!("teams HTTP {}: {reason}", reply.status.as_u16()),
-        )
+        super::refused("teams", reply)
     }
 
     fn resend_safe(&self) -> bool {

@@ -86,6 +86,38 @@ pub fn sms_length(text: &str) -> SmsLength {
     SmsLength { encoding, units, segments }
 }
 
+/// `text` with the five HTML-significant characters escaped.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The HTML part of a message from the hub's own template: the text, escaped, with the
+/// tracking link made clickable (and added when the text lacks it).
+pub fn html_body(body: &str, link: &str) -> String {
+    let text = html_escape(body).replace('\n', "<br>");
+    if link.is_empty() {
+        return format!("<p>{text}</p>");
+    }
+    let link = html_escape(link);
+    let anchor = format!("<a href=\"{link}\">{link}</a>");
+    if text.contains(&link) {
+        format!("<p>{}</p>", text.replace(&link, &anchor))
+    } else {
+        format!("<p>{text}</p><p>{anchor}</p>")
+    }
+}
+
 /// One message template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {

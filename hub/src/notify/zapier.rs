@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::provider::{Build, Channel, Provider, ProviderType};
+use super::provider::{Build, Channel, Provider, ProviderType, SecretUrl};
 use super::ratelimit::RateLimit;
 use super::{Outgoing, Reply, SendResult};
 
@@ -28,26 +28,14 @@ pub const TYPE: ProviderType = ProviderType {
     build,
 };
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    webhook_url: String,
-}
-
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Provider>, NotifyConfigError> {
-    let s: Section = b.section()?;
-    Ok(Arc::new(Zapier { webhook_url: b.secret_url("webhook_url", &s.webhook_url)? }))
+    Ok(Arc::new(Zapier { webhook_url: b.webhook_url()? }))
 }
 
 /// A configured catch hook.
+#[derive(Debug)]
 pub struct Zapier {
-    webhook_url: String,
-}
-
-impl std::fmt::Debug for Zapier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Zapier").finish_non_exhaustive()
-    }
+    webhook_url: SecretUrl,
 }
 
 /// The flat JSON a Zap receives.
@@ -69,7 +57,7 @@ impl Provider for Zapier {
         client: &reqwest::Client,
         msg: &Outgoing,
     ) -> Result<reqwest::RequestBuilder, SendResult> {
-        Ok(client.post(&self.webhook_url).json(&payload(msg)))
+        Ok(client.post(self.webhook_url.as_str()).json(&payload(msg)))
     }
 
     fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
