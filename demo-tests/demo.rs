@@ -69,7 +69,9 @@ impl Demo {
         }
     }
 
+    /// Ctrl-C once the demo says it is serving (it listens for Ctrl-C from then on).
     fn interrupt_and_wait(&mut self) -> std::process::ExitStatus {
+        self.wait_for_line("Serving the tracking pages until Ctrl-C.", Duration::from_secs(30));
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
         let deadline = Instant::now() + Duration::from_secs(20);

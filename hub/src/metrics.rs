@@ -75,6 +75,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
     ("doorstep_hub_notifications_total", Kind::Counter, "Notification attempts by channel and outcome."),
     (
+        "doorstep_hub_questions_total",
+        Kind::Counter,
+        "Customers' questions by text message, by channel and answer (named, only_open, which_one, unknown_sender, not_a_question).",
+    ),
+    (
         "doorstep_hub_provider_attempts_total",
         Kind::Counter,
         "Requests to each configured provider by result (accepted, retry, ambiguous, rejected, opted_out).",
@@ -322,6 +327,11 @@ impl Metrics {
     /// A notification attempt outcome (sent, delivered, failed, ...), for the dispatcher.
     pub fn notification(&self, channel: &str, outcome: &str) {
         self.add("doorstep_hub_notifications_total", &[("channel", channel), ("outcome", outcome)], 1);
+    }
+
+    /// A customer's question and the kind of answer it got.
+    pub fn question(&self, channel: &str, kind: &str) {
+        self.add("doorstep_hub_questions_total", &[("channel", channel), ("answer", kind)], 1);
     }
 
     /// One request to a configured provider and how it ended.
@@ -600,6 +610,7 @@ mod tests {
         m.rate_limited("tracking_page");
         m.notification("sms", "sent");
         m.provider_attempt("twilio", "accepted");
+        m.question("sms", "named");
         m.notification_enqueued("sms", "delivered");
         m.alert("at_address_while_moving");
         m.committed(1, [120]);

@@ -465,3 +465,73 @@ async fn an_escalation_step_can_e_mail_the_operations_mailbox_through_an_email_p
     // The customer's own address is never where an alert goes.
     assert!(!String::from_utf8_lossy(&sent[0].body).contains(EMAIL));
 }
+
+// ---- customers' questions by SMS ------------------------------------------------------
+
+/// Posts a signed inbound SMS from `from` to Twilio's callback and returns the TwiML.
+async fn ask(app: &axum::Router, from: &str, text: &str) -> String {
+    let params = vec![
+        ("Body".to_owned(), text.to_owned()),
+        ("From".to_owned(), from.to_owned()),
+        ("MessageSid".to_owned(), "SMin".to_owned()),
+        ("To".to_owned(), "+15005550006".to_owned()),
+    ];
+    let url = "https://track.example.com/callbacks/twilio/inbound";
+    let sig = doorstep_hub::notify::twilio::signature("t", url, &params);
+    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let (code, body) =
+        call(app, "POST", "/callbacks/twilio/inbound", &[("x-twilio-signature", &sig)], encoded).await;
+    assert_eq!(code, axum::http::StatusCode::OK, "{body}");
+    assert!(body.starts_with("<?xml") && body.contains("<Response>"), "TwiML: {body}");
+    body
+}
+
+#[tokio::test]
+async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_elses_parcel() {
+    use doorstep_hub::model::Milestone;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let now = doorstep_hub::notify::now_ms();
+    add_shipment_at(&db, "1Z999AA10123456784", Milestone::OutForDelivery, now - 3_600_000);
+    add_shipment_at(&db, "9400111899223197428490", Milestone::Delivered, now - 86_400_000);
+    let twilio = "[[providers]]\ntype = \"twilio\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n";
+    let dispatcher = Dispatcher::new(settings(twilio), &db, Arc::new(Metrics::default())).expect("new");
+    let app = doorstep_hub::notify::callbacks_router(dispatcher.state());
+
+    // One open parcel: its status and its own tracking link, at once.
+    let reply = ask(&app, PHONE, "Hi, where is my parcel?").await;
+    assert!(reply.contains("<Message>") && reply.contains("1Z999AA10123456784"), "{reply}");
+    assert!(
+        reply.contains("out for delivery today") && reply.contains("https://track.example.com/t/"),
+        "{reply}"
+    );
+    // Naming a parcel (spaces and case do not matter) answers for that one.
+    let reply = ask(&app, PHONE, "status 9400 1118 9922 3197 4284 90").await;
+    assert!(reply.contains("9400111899223197428490 is delivered"), "{reply}");
+    // Two open parcels: which one?
+    add_shipment_at(&db, "1Z999AA10123456791", Milestone::Dispatched, now - 60_000);
+    let reply = ask(&app, PHONE, "wo ist mein paket").await;
+    assert!(reply.contains("2 parcels") && !reply.contains("1Z999"), "{reply}");
+    // A stranger naming a real tracking number learns nothing about it.
+    let reply = ask(&app, "+15555550999", "where is 1Z999AA10123456784?").await;
+    assert!(
+        reply.contains("could not find a parcel") && !reply.contains("1Z999") && !reply.contains("/t/"),
+        "{reply}"
+    );
+    // Thanks is not a question; STOP still opts out.
+    assert!(!ask(&app, PHONE, "Thank you!").await.contains("<Message>"));
+    assert!(!ask(&app, PHONE, "STOP").await.contains("<Message>"));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM customer_questions ORDER BY id")
+        .expect("sql")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("kinds");
+    assert_eq!(kinds, ["only_open", "named", "which_one", "unknown_sender", "not_a_question"]);
+    let opted: i64 = conn
+        .query_row("SELECT count(*) FROM notification_opt_outs WHERE recipient = ?1", [PHONE], |r| r.get(0))
+        .expect("opt-outs");
+    assert_eq!(opted, 1);
+}

@@ -460,8 +460,10 @@ async fn demo(options: Options) -> anyhow::Result<()> {
     }
     print_summary(&printer, &summary, wall.elapsed());
     if options.keep_running {
+        // Listening before saying so: a Ctrl-C right after the line is caught, not fatal.
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         printer.plain("\nServing the tracking pages until Ctrl-C.");
-        tokio::signal::ctrl_c().await?;
+        interrupt.recv().await;
     }
     agents.cancel();
     for van in vans {

@@ -30,6 +30,7 @@ pub mod lease;
 pub mod outbox;
 pub mod page;
 pub mod provider;
+pub mod questions;
 pub mod quiet;
 pub mod ratelimit;
 pub mod registry;

@@ -397,6 +397,32 @@ pub struct Alert {
     pub tracking_number: Option<String>,
 }
 
+/// Logs a customer's question and the hub's answer.
+pub fn record_question(
+    conn: &Connection,
+    now_ms: i64,
+    channel: &str,
+    sender: &str,
+    question: &str,
+    answer: &super::questions::Answer,
+) -> rusqlite::Result<()> {
+    let question: String = question.chars().take(super::questions::MAX_LOGGED).collect();
+    conn.prepare_cached(
+        "INSERT INTO customer_questions (at_ms, channel, sender, question, kind, shipment_id, answer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        now_ms,
+        channel,
+        sender,
+        question,
+        answer.kind.as_str(),
+        answer.shipment_id,
+        answer.text
+    ])?;
+    Ok(())
+}
+
 /// An alert and where its escalation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueAlert {

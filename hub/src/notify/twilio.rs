@@ -242,6 +242,44 @@ impl Provider for Twilio {
 
 // ---- callbacks ------------------------------------------------------------------------
 
+/// Twilio's answer to an inbound message: TwiML, with the reply as a `<Message>` (Twilio
+/// sends it from the number the customer wrote to), or empty for no reply.
+fn twiml_reply(text: Option<&str>) -> Response {
+    let message = text.map(|t| format!("<Message>{}</Message>", super::templates::html_escape(t))).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{message}</Response>"),
+    )
+        .into_response()
+}
+
+/// A customer's text that is not STOP or START: "where is my parcel?" (see
+/// [`super::questions`]), answered at once in the TwiML and logged.
+async fn question(state: &NotifyState, from: &str, text: &str) -> Response {
+    let (sender, text) = (from.to_owned(), text.to_owned());
+    let settings = Arc::clone(&state.settings);
+    let now = now_ms();
+    let result = state
+        .db
+        .call(move |conn, store| {
+            let since = now.saturating_sub(super::questions::LOOKBACK_DAYS * 86_400_000);
+            let shipments = store.shipments_for_contact(ContactChannel::Sms, &sender, since)?;
+            let answer = super::questions::answer(&text, &shipments, |s| settings.tracking_link(s.id, now));
+            outbox::record_question(conn, now, ContactChannel::Sms.as_str(), &sender, &text, &answer)?;
+            Ok(answer)
+        })
+        .await;
+    match result {
+        Ok(answer) => {
+            state.metrics.question("sms", answer.kind.as_str());
+            tracing::info!(sender = %crate::mask::Masked(from), kind = answer.kind.as_str(), shipment = ?answer.shipment_id, "customer question answered");
+            twiml_reply(answer.text.as_deref())
+        }
+        Err(e) => internal(&e),
+    }
+}
+
 /// Checks a callback's signature; `Some(refusal)` when it fails.
 fn check(
     twilio: &Twilio,
@@ -316,16 +354,9 @@ async fn inbound_callback(
     if let Some(refused) = check(twilio, state, uri, headers, &params) {
         return refused;
     }
-    let twiml = || {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/xml")],
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
-        )
-            .into_response()
-    };
+    let twiml = || twiml_reply(None);
     let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else { return twiml() };
-    let Some(keyword) = inbound_keyword(text) else { return twiml() };
+    let Some(keyword) = inbound_keyword(text) else { return question(state, from, text).await };
     let from = from.to_owned();
     let out = keyword == Keyword::OptOut;
     let now = now_ms();

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -231,6 +231,21 @@ ALTER TABLE ops_alerts ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE ops_alerts ADD COLUMN posted_ms INTEGER;
 ALTER TABLE ops_alerts ADD COLUMN acked_ms INTEGER;
 ALTER TABLE ops_alerts ADD COLUMN acked_by TEXT;
+"#,
+    // Customers' questions by SMS ("where is my parcel?") and the hub's answers: the
+    // outcome log of the conversations no outbox row stands for.
+    r#"
+CREATE TABLE customer_questions (
+    id           INTEGER PRIMARY KEY,
+    at_ms        INTEGER NOT NULL,
+    channel      TEXT NOT NULL,
+    sender       TEXT NOT NULL,
+    question     TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    shipment_id  INTEGER REFERENCES shipments(id),
+    answer       TEXT
+);
+CREATE INDEX customer_questions_sender ON customer_questions (sender, at_ms);
 "#,
 ];
 

@@ -163,29 +163,28 @@ fn shipment_where(
                     reconcile_state, created_ms FROM shipments WHERE tracking_number = ?1"
         }
     };
-    let row: Option<ShipmentRow> = conn
-        .prepare_cached(sql)?
-        .query_row([value], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })
-        .optional()?;
-    let Some((id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms)) =
-        row
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Shipment {
+    let row: Option<ShipmentRow> = conn.prepare_cached(sql)?.query_row([value], shipment_row).optional()?;
+    row.map(shipment_from_row).transpose()
+}
+
+fn shipment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShipmentRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn shipment_from_row(row: ShipmentRow) -> Result<Shipment, StoreError> {
+    let (id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms) = row;
+    Ok(Shipment {
         id,
         tracking_number: TrackingNumber::new(tracking).map_err(|e| corrupt("tracking number", e))?,
         carrier,
@@ -196,10 +195,38 @@ fn shipment_where(
         milestone: parse_milestone(&milestone)?,
         reconcile_state: state,
         created_ms,
-    }))
+    })
 }
 
 impl Store {
+    /// The shipments created since `since_ms` whose contact on `channel` is `recipient`
+    /// (a customer writing in from their number), newest first, at most 20.
+    pub fn shipments_for_contact(
+        &self,
+        channel: ContactChannel,
+        recipient: &str,
+        since_ms: i64,
+    ) -> Result<Vec<Shipment>, StoreError> {
+        // `contacts` is JSON: the LIKE narrows, the parsed contact decides.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms FROM shipments
+             WHERE created_ms >= ?1 AND instr(contacts, ?2) > 0 ORDER BY created_ms DESC, id DESC LIMIT 200",
+        )?;
+        let rows = stmt.query_map(params![since_ms, recipient], shipment_row)?;
+        let mut found = Vec::new();
+        for row in rows {
+            let shipment = shipment_from_row(row?)?;
+            if shipment.contacts.get(&channel).is_some_and(|c| c.recipient == recipient) {
+                found.push(shipment);
+                if found.len() == 20 {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// A shipment by row id.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
         shipment_where(&self.conn, ShipmentKey::Id, rusqlite::types::Value::Integer(id))

@@ -135,6 +135,11 @@ pub fn database(path: &Path) -> i64 {
 
 /// Another shipment for the same customer (the same contacts), by tracking number.
 pub fn add_shipment(path: &Path, tracking: &str) -> i64 {
+    add_shipment_at(path, tracking, Milestone::Delivered, 0)
+}
+
+/// [`add_shipment`] at `milestone`, created at `created_ms`.
+pub fn add_shipment_at(path: &Path, tracking: &str, milestone: Milestone, created_ms: i64) -> i64 {
     let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
     let mut contacts = BTreeMap::new();
@@ -151,10 +156,10 @@ pub fn add_shipment(path: &Path, tracking: &str) -> i64 {
                 locale: "en-US".into(),
                 time_zone: "Europe/Berlin".into(),
             },
-            0,
+            created_ms,
         )
         .expect("shipment");
-    tx.save_reconcile(id, Milestone::Delivered, &serde_json::json!(null), 0).expect("milestone");
+    tx.save_reconcile(id, milestone, &serde_json::json!(null), created_ms).expect("milestone");
     tx.commit().expect("commit");
     id
 }
