@@ -535,3 +535,19 @@ async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_e
         .expect("opt-outs");
     assert_eq!(opted, 1);
 }
+
+#[tokio::test]
+async fn a_person_with_one_parcel_is_not_kept_waiting_for_others() {
+    let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let only = add_shipment(&db, "1Z999AA10123456784");
+    let twilio = format!(
+        "[[providers]]\ntype = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n"
+    );
+    let dispatcher = Dispatcher::new(settings(&twilio), &db, Arc::new(Metrics::default())).expect("new");
+    let id = enqueue_at(&db, only, "delivered", "sms", PHONE, None, DAY);
+    dispatcher.run_once(DAY + 100).await.expect("send");
+    assert_eq!(fake.seen().len(), 1, "no other parcel in flight: sent at once, no group hold");
+    assert_eq!(status(&db, id), "sent");
+}

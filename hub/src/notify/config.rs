@@ -38,10 +38,11 @@ request_timeout_s = 10
 sms_max_segments = 2
 # Templates are looked up by exact locale, language, this fallback, then English.
 fallback_locale = "en"
-# One message per person and moment: a message waits group_hold_s after its row was
-# enqueued for other parcels of the same recipient, channel and milestone (two parcels at
-# one door), and every such row enqueued within group_window_s goes out in it, naming each
-# parcel with its link. 0 sends every parcel's message alone and at once. Signed webhooks
+# One message per person and moment: every row for the same recipient, channel and
+# milestone enqueued within group_window_s goes out as one message naming each parcel with
+# its link. When the person has another parcel in flight (messaged on this channel in the
+# last two days), a message waits group_hold_s after its row was enqueued for the other
+# parcel's to join it (two scans at one door); someone with one parcel is not kept waiting. 0 sends every parcel's message alone and at once. Signed webhooks
 # (machines) are never grouped.
 group_hold_s = 15
 group_window_s = 120

@@ -78,6 +78,9 @@ pub const MAX_IN_FLIGHT: usize = 32;
 /// Largest provider response body read, bytes (a customer's webhook endpoint could
 /// answer with anything).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// How far back another parcel's messages make a person worth waiting for (see
+/// `NotifySettings::group_hold`).
+pub const GROUP_LOOKBACK_MS: i64 = 2 * 86_400_000;
 /// Unsent operations alerts taken per pass.
 pub const ALERT_BATCH: usize = 32;
 
@@ -629,9 +632,15 @@ impl Dispatcher {
                         Plan::Send(mut msg) => {
                             let grouping = groups(msg.channel) && !settings.group_window.is_zero();
                             let hold_ms = i64::try_from(settings.group_hold.as_millis()).unwrap_or(0);
-                            if grouping && row.attempts == 0 && row.created_ms.saturating_add(hold_ms) > now_ms {
-                                // Give other parcels of this person and moment a few
-                                // seconds to join (two scans at one door).
+                            // A person with another parcel in flight (messaged on this
+                            // channel in the last two days): give that parcel's message a
+                            // few seconds to join this one (two scans at one door). Someone
+                            // with one parcel gets theirs at once.
+                            if grouping
+                                && row.attempts == 0
+                                && row.created_ms.saturating_add(hold_ms) > now_ms
+                                && outbox::has_other_parcel(conn, &row, row.created_ms.saturating_sub(GROUP_LOOKBACK_MS))?
+                            {
                                 outbox::hold(conn, row.id, row.created_ms.saturating_add(hold_ms))?;
                                 continue;
                             }

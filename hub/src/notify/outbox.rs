@@ -179,6 +179,21 @@ pub fn finish(
     tx.commit()
 }
 
+/// Whether the person a row goes to has another parcel with messages on this channel
+/// since `since_ms`: only then may another parcel's message join this one, and only
+/// then is it worth waiting for.
+pub fn has_other_parcel(
+    conn: &Connection,
+    row: &crate::store::OutboxRow,
+    since_ms: i64,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM notification_outbox
+         WHERE channel = ?1 AND recipient = ?2 AND created_ms >= ?3 AND shipment_id != ?4 LIMIT 1",
+    )?
+    .exists(params![row.channel, row.recipient, since_ms, row.shipment_id])
+}
+
 /// Holds a queued row until `until_ms` without a log entry: a message waiting a few
 /// seconds for other parcels of the same person (see `NotifySettings::group_hold`).
 pub fn hold(conn: &Connection, id: i64, until_ms: i64) -> rusqlite::Result<()> {

@@ -233,7 +233,8 @@ ALTER TABLE ops_alerts ADD COLUMN acked_ms INTEGER;
 ALTER TABLE ops_alerts ADD COLUMN acked_by TEXT;
 "#,
     // Customers' questions by SMS ("where is my parcel?") and the hub's answers: the
-    // outcome log of the conversations no outbox row stands for.
+    // outcome log of the conversations no outbox row stands for. The outbox by recipient:
+    // whether a person has other parcels in flight (one message per person and moment).
     r#"
 CREATE TABLE customer_questions (
     id           INTEGER PRIMARY KEY,
@@ -246,6 +247,7 @@ CREATE TABLE customer_questions (
     answer       TEXT
 );
 CREATE INDEX customer_questions_sender ON customer_questions (sender, at_ms);
+CREATE INDEX notification_outbox_recipient ON notification_outbox (channel, recipient, created_ms);
 "#,
 ];
 
