@@ -907,3 +907,45 @@ fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_hold
     assert_eq!(outcomes(&db, hook), ["queued", "attempt_failed", "sent"], "the answer is logged");
     assert_eq!(status(&db, sms), "sent", "an unknown row learns it went out");
 }
+
+#[tokio::test]
+async fn a_whatsapp_question_is_answered_with_a_text_reply_and_a_flood_is_cut_off() {
+    let WhatsAppCase { meta, db, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let now = notify::now_ms();
+    add_shipment_at(&db, "1Z999AA10123456791", Milestone::Nearby, now - 600_000);
+    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let ask = |n: usize| {
+        meta_change(serde_json::json!({
+            "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],
+            "messages": [{
+                "from": "15555550100", "id": format!("wamid.question{n}"),
+                "timestamp": "1751356900", "type": "text", "text": { "body": "Where is my parcel?" },
+            }],
+        }))
+    };
+    let body = ask(0);
+    let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    assert!(eventually(|| meta.seen().len() == 1).await, "the answer is sent through the Cloud API");
+    let sent = &meta.seen()[0];
+    assert_eq!(sent.uri, "/v21.0/106540352242922/messages");
+    assert_eq!(sent.headers["authorization"], "Bearer EAAG-system-user-token");
+    let reply: serde_json::Value = serde_json::from_slice(&sent.body).expect("json");
+    assert_eq!((reply["to"].as_str(), reply["type"].as_str()), (Some("15555550100"), Some("text")));
+    let words = reply["text"]["body"].as_str().expect("text body");
+    assert!(words.contains("1Z999AA10123456791") && words.contains("the driver is nearby"), "{words}");
+    assert!(words.contains("https://track.example.com/t/"), "{words}");
+    // Five answers an hour at most: a number writing in a loop does not run the bill up.
+    for n in 1..8 {
+        let body = ask(n);
+        assert_eq!(post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await.0, StatusCode::OK);
+    }
+    assert!(eventually(|| meta.seen().len() == 5).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(meta.seen().len(), 5, "no sixth answer within the hour");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let too_many: i64 = conn
+        .query_row("SELECT count(*) FROM customer_questions WHERE kind = 'too_many'", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(too_many, 3);
+}

@@ -453,6 +453,7 @@ impl Dispatcher {
             Arc::clone(&self.inner.settings),
             Arc::clone(&self.inner.db),
             Arc::clone(&self.inner.metrics),
+            self.inner.client.clone(),
         )
     }
 
@@ -911,7 +912,7 @@ async fn send_with_failover(inner: &Inner, channel: Channel, msg: &Outgoing, now
     sent
 }
 
-fn outcome_label(result: &SendResult) -> &'static str {
+pub(crate) fn outcome_label(result: &SendResult) -> &'static str {
     match result {
         SendResult::Accepted { .. } => "accepted",
         SendResult::Retry { .. } => "retry",

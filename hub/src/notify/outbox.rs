@@ -438,6 +438,15 @@ pub fn record_question(
     Ok(())
 }
 
+/// How many of a sender's questions on `channel` got an answer since `since_ms`.
+pub fn answers_since(conn: &Connection, channel: &str, sender: &str, since_ms: i64) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM customer_questions
+         WHERE sender = ?1 AND channel = ?2 AND at_ms >= ?3 AND answer IS NOT NULL",
+    )?
+    .query_row(params![sender, channel, since_ms], |r| r.get(0))
+}
+
 /// An alert and where its escalation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueAlert {

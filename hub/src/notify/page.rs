@@ -48,12 +48,19 @@ pub struct NotifyState {
     pub(crate) settings: Arc<NotifySettings>,
     pub(crate) db: Arc<NotifyDb>,
     pub(crate) metrics: Arc<Metrics>,
+    /// For a callback that answers through the vendor's API (a WhatsApp reply).
+    pub(crate) client: reqwest::Client,
 }
 
 impl NotifyState {
     /// State over an open database.
-    pub fn new(settings: Arc<NotifySettings>, db: Arc<NotifyDb>, metrics: Arc<Metrics>) -> Self {
-        Self { settings, db, metrics }
+    pub fn new(
+        settings: Arc<NotifySettings>,
+        db: Arc<NotifyDb>,
+        metrics: Arc<Metrics>,
+        client: reqwest::Client,
+    ) -> Self {
+        Self { settings, db, metrics, client }
     }
 }
 

@@ -12,13 +12,18 @@
 //!
 //! [`answer`] is pure: the sender's shipments and the links come in, the text goes out.
 
+use super::page::NotifyState;
+use super::{NotifyError, now_ms, outbox};
 use crate::model::Milestone;
-use crate::store::Shipment;
+use crate::store::{ContactChannel, Shipment};
 
 /// How far back a sender's parcels are looked for (days).
 pub const LOOKBACK_DAYS: i64 = 60;
 /// Longest question kept in the log, characters.
 pub const MAX_LOGGED: usize = 500;
+/// Answers one sender gets in an hour at most; every answer is a paid message, and a
+/// number writing in a loop (or an attacker) must not run the bill up.
+pub const MAX_ANSWERS_PER_HOUR: i64 = 5;
 
 /// What kind of answer a question got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub enum Kind {
     Unknown,
     /// Not a question: no answer.
     NotAQuestion,
+    /// The sender had their answers for this hour: no answer.
+    TooMany,
 }
 
 impl Kind {
@@ -44,6 +51,7 @@ impl Kind {
             Kind::WhichOne => "which_one",
             Kind::Unknown => "unknown_sender",
             Kind::NotAQuestion => "not_a_question",
+            Kind::TooMany => "too_many",
         }
     }
 }
@@ -172,6 +180,38 @@ pub fn answer(text: &str, shipments: &[Shipment], link: impl Fn(&Shipment) -> St
             ),
         },
     }
+}
+
+/// Answers a customer's message on `channel` from `sender` against the database (their
+/// parcels of the last [`LOOKBACK_DAYS`]), within [`MAX_ANSWERS_PER_HOUR`], and logs it.
+pub async fn answer_and_log(
+    state: &NotifyState,
+    channel: ContactChannel,
+    sender: &str,
+    text: &str,
+) -> Result<Answer, NotifyError> {
+    let (sender, text) = (sender.to_owned(), text.to_owned());
+    let settings = std::sync::Arc::clone(&state.settings);
+    let now = now_ms();
+    let answer = state
+        .db
+        .call(move |conn, store| {
+            let answered =
+                outbox::answers_since(conn, channel.as_str(), &sender, now.saturating_sub(3_600_000))?;
+            let answer = if answered >= MAX_ANSWERS_PER_HOUR {
+                Answer { kind: Kind::TooMany, shipment_id: None, text: None }
+            } else {
+                let since = now.saturating_sub(LOOKBACK_DAYS * 86_400_000);
+                let shipments = store.shipments_for_contact(channel, &sender, since)?;
+                answer(&text, &shipments, |s| settings.tracking_link(s.id, now))
+            };
+            outbox::record_question(conn, now, channel.as_str(), &sender, &text, &answer)?;
+            Ok(answer)
+        })
+        .await?;
+    state.metrics.question(channel.as_str(), answer.kind.as_str());
+    tracing::info!(channel = channel.as_str(), kind = answer.kind.as_str(), shipment = ?answer.shipment_id, "customer question");
+    Ok(answer)
 }
 
 #[cfg(test)]

@@ -257,25 +257,8 @@ fn twiml_reply(text: Option<&str>) -> Response {
 /// A customer's text that is not STOP or START: "where is my parcel?" (see
 /// [`super::questions`]), answered at once in the TwiML and logged.
 async fn question(state: &NotifyState, from: &str, text: &str) -> Response {
-    let (sender, text) = (from.to_owned(), text.to_owned());
-    let settings = Arc::clone(&state.settings);
-    let now = now_ms();
-    let result = state
-        .db
-        .call(move |conn, store| {
-            let since = now.saturating_sub(super::questions::LOOKBACK_DAYS * 86_400_000);
-            let shipments = store.shipments_for_contact(ContactChannel::Sms, &sender, since)?;
-            let answer = super::questions::answer(&text, &shipments, |s| settings.tracking_link(s.id, now));
-            outbox::record_question(conn, now, ContactChannel::Sms.as_str(), &sender, &text, &answer)?;
-            Ok(answer)
-        })
-        .await;
-    match result {
-        Ok(answer) => {
-            state.metrics.question("sms", answer.kind.as_str());
-            tracing::info!(sender = %crate::mask::Masked(from), kind = answer.kind.as_str(), shipment = ?answer.shipment_id, "customer question answered");
-            twiml_reply(answer.text.as_deref())
-        }
+    match super::questions::answer_and_log(state, ContactChannel::Sms, from, text).await {
+        Ok(answer) => twiml_reply(answer.text.as_deref()),
         Err(e) => internal(&e),
     }
 }

@@ -259,6 +259,24 @@ pub fn language_code(locale: &str) -> String {
 }
 
 impl WhatsApp {
+    /// What the Cloud API's answer to a send means (a template message or a reply).
+    pub fn read_reply(&self, reply: &Reply) -> SendResult {
+        if reply.status.is_success() {
+            let id =
+                serde_json::from_slice::<Sent>(&reply.body).ok().and_then(|s| s.messages.into_iter().next());
+            return SendResult::Accepted {
+                provider_id: id.map(|m| m.id),
+                detail: format!("whatsapp HTTP {}", reply.status.as_u16()),
+            };
+        }
+        let text = String::from_utf8_lossy(&reply.body).chars().take(300).collect::<String>();
+        let detail = format!("whatsapp HTTP {}: {text}", reply.status.as_u16());
+        let code = serde_json::from_slice::<Refusal>(&reply.body).ok().and_then(|r| r.error.code);
+        if code.is_some_and(|c| RETRY_CODES.contains(&c)) {
+            return SendResult::Retry { detail, retry_after: reply.retry_after };
+        }
+        super::classify_status(reply.status, reply.retry_after, detail)
+    }
     /// The request body for a message.
     pub fn request_body(&self, msg: &Outgoing) -> serde_json::Value {
         let to: String = msg.recipient.chars().filter(char::is_ascii_digit).collect();
@@ -351,22 +369,9 @@ impl Provider for WhatsApp {
     }
 
     fn read(&self, _msg: &Outgoing, reply: &Reply) -> SendResult {
-        if reply.status.is_success() {
-            let id =
-                serde_json::from_slice::<Sent>(&reply.body).ok().and_then(|s| s.messages.into_iter().next());
-            return SendResult::Accepted {
-                provider_id: id.map(|m| m.id),
-                detail: format!("whatsapp HTTP {}", reply.status.as_u16()),
-            };
-        }
-        let text = String::from_utf8_lossy(&reply.body).chars().take(300).collect::<String>();
-        let detail = format!("whatsapp HTTP {}: {text}", reply.status.as_u16());
-        let code = serde_json::from_slice::<Refusal>(&reply.body).ok().and_then(|r| r.error.code);
-        if code.is_some_and(|c| RETRY_CODES.contains(&c)) {
-            return SendResult::Retry { detail, retry_after: reply.retry_after };
-        }
-        super::classify_status(reply.status, reply.retry_after, detail)
+        self.read_reply(reply)
     }
+
 
     fn callbacks(self: Arc<Self>, name: &str) -> Option<Router<NotifyState>> {
         self.webhook.as_ref()?;
@@ -414,8 +419,36 @@ fn verify_subscription(w: &WhatsApp, name: &str, state: &NotifyState, query: Opt
     }
 }
 
+/// Answers one customer's question with a text message (inside the 24-hour customer
+/// service window their message opened, where free text is allowed).
+async fn answer_question(w: &WhatsApp, name: &str, state: &NotifyState, recipient: &str, wa_id: &str, text: &str) {
+    let answer = match super::questions::answer_and_log(state, ContactChannel::Whatsapp, recipient, text).await {
+        Ok(answer) => answer,
+        Err(error) => return tracing::error!(%error, "answering a whatsapp question failed"),
+    };
+    let Some(reply) = answer.text else { return };
+    let body = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": wa_id,
+        "type": "text",
+        "text": { "preview_url": true, "body": reply },
+    });
+    let url = format!("{}/{}/{}/messages", w.base_url, w.api_version, w.phone_number_id);
+    let sent = super::read_response(state.client.post(url).bearer_auth(&w.access_token).json(&body).send().await).await;
+    let result = match sent {
+        Ok(reply) => w.read_reply(&reply),
+        Err(result) => result,
+    };
+    state.metrics.provider_attempt(name, super::outcome_label(&result));
+    match result {
+        SendResult::Accepted { .. } => tracing::info!("whatsapp question answered"),
+        other => tracing::warn!(result = ?other, "whatsapp answer to a question not sent"),
+    }
+}
+
 async fn receive(
-    w: &WhatsApp,
+    w: &Arc<WhatsApp>,
     name: &str,
     state: &NotifyState,
     headers: &HeaderMap,
@@ -437,6 +470,7 @@ async fn receive(
         }
     };
     let (updates, opt_changes) = read_notification(&notification, &w.phone_number_id, &w.opaque);
+    let asked = questions(&notification, &w.phone_number_id);
     let channel = ContactChannel::Whatsapp.as_str();
     let now = now_ms();
     let result = state
@@ -492,6 +526,15 @@ async fn receive(
                 );
             }
             state.metrics.webhook(name, "stored", "ok");
+            if !asked.is_empty() {
+                // Answered apart from Meta's delivery, which wants its 200 quickly.
+                let (w, state, name) = (Arc::clone(w), state.clone(), name.to_owned());
+                tokio::spawn(async move {
+                    for (recipient, wa_id, text) in asked {
+                        answer_question(&w, &name, &state, &recipient, &wa_id, &text).await;
+                    }
+                });
+            }
             // Meta retries anything but a 200.
             StatusCode::OK.into_response()
         }
@@ -698,17 +741,40 @@ pub fn read_notification(
                 detail,
             });
         }
-        for m in &change.value.messages {
-            let (Some(text), Some(recipient)) = (m.text.as_ref(), e164(&m.from)) else { continue };
-            if m.kind != "text" {
-                continue;
-            }
-            if let Some(keyword) = inbound_keyword(&text.body) {
-                opts.push(OptChange { recipient, out: keyword == Keyword::OptOut });
-            }
+    }
+    for (recipient, _, body) in inbound_texts(n, phone_number_id) {
+        if let Some(keyword) = inbound_keyword(body) {
+            opts.push(OptChange { recipient, out: keyword == Keyword::OptOut });
         }
     }
     (updates, opts)
+}
+
+/// The text messages customers sent to this number: (their number as rows hold it, their
+/// WhatsApp id, the text).
+pub fn inbound_texts<'a>(
+    n: &'a Notification,
+    phone_number_id: &'a str,
+) -> impl Iterator<Item = (String, &'a str, &'a str)> + 'a {
+    let ours = n.object == "whatsapp_business_account";
+    n.entry
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter(move |c| {
+            ours && c.field == "messages"
+                && c.value.metadata.as_ref().and_then(|m| m.phone_number_id.as_deref()).is_none_or(|id| id == phone_number_id)
+        })
+        .flat_map(|c| &c.value.messages)
+        .filter(|m| m.kind == "text")
+        .filter_map(|m| Some((e164(&m.from)?, m.from.as_str(), m.text.as_ref()?.body.as_str())))
+}
+
+/// The questions among them: texts that are not STOP or START.
+pub fn questions<'a>(n: &'a Notification, phone_number_id: &'a str) -> Vec<(String, String, String)> {
+    inbound_texts(n, phone_number_id)
+        .filter(|(_, _, body)| inbound_keyword(body).is_none())
+        .map(|(recipient, wa_id, body)| (recipient, wa_id.to_owned(), body.to_owned()))
+        .collect()
 }
 
 /// A template parameter as WhatsApp accepts it: no newline, carriage return or tab, and
