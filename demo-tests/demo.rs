@@ -170,7 +170,23 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     // Nobody home: an honest exception with the driver's reason.
     let emil = shipment(&summary, "9205590164917312751089");
     assert_eq!(emil["milestone"], "exception", "{emil:#}");
-    assert!(texts(emil, "email").iter().any(|t| t.contains("recipient_absent")), "{emil:#}");
+    // In words, with what happens next; never the reason code or the driver's note.
+    for channel in ["email", "sms"] {
+        let told = texts(emil, channel);
+        assert!(
+            told.iter()
+                .any(|t| t.contains("Nobody was at home") || t.contains("try again on the next working day")),
+            "{channel}: {emil:#}"
+        );
+        assert!(
+            told.iter().any(|t| t.contains("We will try again on the next working day.")),
+            "{channel}: {emil:#}"
+        );
+        assert!(
+            told.iter().all(|t| !t.contains("recipient_absent") && !t.contains("rang twice")),
+            "{emil:#}"
+        );
+    }
 
     // Every message carries its own tracking link; nobody is told anything twice.
     for row in summary["shipments"].as_array().expect("shipments") {

@@ -852,30 +852,46 @@ fn latest_exception(current: Option<ExceptionFact>, candidate: ExceptionFact) ->
     }
 }
 
-/// The honest update: what the carrier said happened, and its revised expectation.
+/// What the customer is told of a carrier's exception: its kind and the carrier's revised
+/// expectation (the words are the notifier's, in the customer's language; see
+/// [`ExceptionDetail`]).
 fn carrier_exception_text(e: &CarrierEvent) -> Option<String> {
-    let what = e.message.clone().unwrap_or_else(|| {
-        match e.status {
-            CanonicalStatus::AttemptFailed => "Delivery attempt failed",
-            CanonicalStatus::AvailableForPickup => "Available for pickup",
-            CanonicalStatus::Returning => "Returning to sender",
-            _ => "Delivery problem reported by the carrier",
-        }
-        .to_owned()
-    });
-    Some(match &e.expected_delivery {
-        Some(expected) => format!("{what}. New expected delivery: {expected}"),
-        None => what,
-    })
+    Some(
+        ExceptionDetail { reason: e.status.as_str().to_owned(), expected: e.expected_delivery.clone() }
+            .to_json(),
+    )
 }
 
+/// What the customer is told of a driver's exception: the reason code only. The driver's
+/// note (`code: note` as ingest records it) is for operators, never the customer.
 fn driver_reason_text(code: &str) -> String {
-    match code {
-        "recipient_absent" => "The driver could not find anyone to hand the parcel to".to_owned(),
-        "no_access" => "The driver could not get access to the address".to_owned(),
-        "refused" => "The parcel was refused".to_owned(),
-        "damaged" => "The parcel was damaged".to_owned(),
-        other => format!("The driver could not deliver ({other})"),
+    let reason = code.split(':').next().unwrap_or(code).trim();
+    ExceptionDetail { reason: reason.to_owned(), expected: None }.to_json()
+}
+
+/// An exception as the reconciler hands it to the notifier (the outbox row's `detail`, as
+/// JSON): the reason code (a driver's, or the carrier's canonical status) and the
+/// carrier's revised expected delivery, verbatim. The notifier turns it into words in the
+/// customer's language, with what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionDetail {
+    /// `recipient_absent`, `no_access`, ... or `attempt_failed`, `exception`,
+    /// `available_for_pickup`, `returning`.
+    pub reason: String,
+    /// The carrier's new expected delivery, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+impl ExceptionDetail {
+    /// As stored in the outbox.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored detail; `None` for one written as plain text by an older hub.
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
     }
 }
 

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
+use super::exceptions::{NextStep, REASONS};
 use super::provider::{Channel, Registered};
 use super::quiet::QuietHours;
 use super::registry::{self, Providers};
@@ -63,6 +66,14 @@ link_ttl_days = 30
 #   { provider = "teams", after_s = 1800 },
 #   { provider = "twilio", to = "+15555550100" },
 # ]
+
+# What an exception message says happens next, per reason (next_attempt, pickup_point,
+# choose, return_to_sender, updates); the carrier's new date, when it gives one, comes
+# first. Defaults: recipient_absent, unsafe, attempt_failed: next_attempt; no_access,
+# address_not_found: choose; refused, damaged, returning: return_to_sender;
+# available_for_pickup: pickup_point; exception, other: updates.
+# [notify.exceptions]
+# recipient_absent = "pickup_point"
 
 # Local to each recipient's time zone: "nearby" is dropped, other messages wait.
 [notify.quiet_hours]
@@ -215,6 +226,9 @@ pub struct NotifyConfig {
     /// Where operations alerts go, and their escalation.
     #[serde(default)]
     pub alerts: Option<AlertsSection>,
+    /// What happens next after an exception, per reason.
+    #[serde(default)]
+    pub exceptions: BTreeMap<String, NextStep>,
     /// Template overrides.
     #[serde(default)]
     pub templates: Vec<TemplateSection>,
@@ -351,6 +365,8 @@ pub struct NotifySettings {
     pub group_hold: Duration,
     /// Rows enqueued this close together go out as one message.
     pub group_window: Duration,
+    /// The fleet's next step per exception reason (others: `exceptions::default_step`).
+    pub exception_steps: BTreeMap<String, NextStep>,
 }
 
 impl NotifyConfig {
@@ -427,6 +443,12 @@ impl NotifyConfig {
                 .insert(t.milestone, t.channel, &t.locale, template)
                 .map_err(|e| invalid("templates", e.to_string()))?;
         }
+        if let Some(reason) = self.exceptions.keys().find(|r| !REASONS.contains(&r.as_str())) {
+            return Err(invalid(
+                &format!("exceptions.{reason}"),
+                format!("not a reason a driver or carrier gives; one of: {}", REASONS.join(", ")),
+            ));
+        }
         let providers = registry::build(&self.providers, &callback_base_url, link_secret)?;
         let escalation = escalation(self.alerts.as_ref(), &providers)?;
         Ok(NotifySettings {
@@ -450,6 +472,7 @@ impl NotifyConfig {
             escalation,
             group_hold: Duration::from_secs(self.group_hold_s),
             group_window: Duration::from_secs(self.group_window_s),
+            exception_steps: self.exceptions.clone(),
         })
     }
 }

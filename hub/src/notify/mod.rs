@@ -26,6 +26,7 @@
 //! worker (every statement goes through [`outbox::NotifyDb::call`]).
 
 pub mod config;
+pub mod exceptions;
 pub mod lease;
 pub mod outbox;
 pub mod page;
@@ -71,7 +72,7 @@ use crate::metrics::Metrics;
 use crate::model::Milestone;
 use crate::store::{ContactChannel, OutboxRow, Shipment, StoreError, StoreOptions};
 use provider::Registered;
-use templates::{Vars, fill, render_sms};
+use templates::{Vars, fill, render_sms, render_sms_keeping};
 
 /// Most provider requests in flight at once, over all providers.
 pub const MAX_IN_FLIGHT: usize = 32;
@@ -317,15 +318,26 @@ pub fn plan(
         return skip("no_template", format!("no template for {}", row.milestone));
     };
     let link = settings.tracking_link(shipment.id, now_ms);
-    let vars = Vars {
-        tracking_number: shipment.tracking_number.as_str(),
-        detail: row.detail.as_deref(),
-        link: &link,
+    // An exception is told in words: what happened and what happens next (never the
+    // reason code or the driver's note); a detail from an older hub is its own text.
+    let exception = (milestone == Milestone::Exception)
+        .then(|| row.detail.as_deref().and_then(crate::reconcile::ExceptionDetail::from_json))
+        .flatten()
+        .map(|d| exceptions::words(&d, &locale, &shipment.time_zone, &settings.exception_steps));
+    let detail = match &exception {
+        Some(w) => Some(format!("{} {}", w.what, w.next)),
+        None => row.detail.clone(),
     };
-    let body = match channel {
-        ContactChannel::Sms => render_sms(&template.body, &vars, settings.sms_max_segments),
+    let vars =
+        Vars { tracking_number: shipment.tracking_number.as_str(), detail: detail.as_deref(), link: &link };
+    let body = match (channel, &exception) {
+        (ContactChannel::Sms, Some(w)) => {
+            render_sms_keeping(&template.body, &vars, &w.next, settings.sms_max_segments)
+        }
+        (ContactChannel::Sms, None) => render_sms(&template.body, &vars, settings.sms_max_segments),
         _ => fill(&template.body, &vars),
     };
+    let subject = fill(&template.subject, &vars);
     Plan::Send(Box::new(Outgoing {
         outbox_id: row.id,
         shipment_id: shipment.id,
@@ -334,8 +346,8 @@ pub fn plan(
         milestone,
         locale,
         tracking_number: shipment.tracking_number.to_string(),
-        detail: row.detail.clone(),
-        subject: fill(&template.subject, &vars),
+        detail,
+        subject,
         body,
         link,
         alert: None,
@@ -1154,6 +1166,66 @@ mod tests {
             // 08:00 Berlin (CEST) on 2 July = 06:00Z.
             Plan::Defer { until_ms } => assert_eq!(until_ms, 1_751_436_000_000),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exception_messages_say_what_happened_and_what_happens_next_in_every_language_and_channel() {
+        let table: toml::Table = toml::from_str(
+            "[twilio]\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n\
+             [sendgrid]\napi_key = \"k\"\nfrom_email = \"p@example.com\"\n",
+        )
+        .expect("toml");
+        let s = NotifyConfig::from_table(Some(&table))
+            .expect("parse")
+            .validate("https://track.example.com", b"0123456789abcdef0123456789abcdef")
+            .expect("valid");
+        for reason in exceptions::REASONS {
+            for expected in [None, Some("2026-12-05")] {
+                for locale in ["en-US", "de-DE"] {
+                    for (channel, recipient) in [("sms", "+15555550100"), ("email", "ada@example.com")] {
+                        let mut ship = shipment(Milestone::Exception, true);
+                        ship.locale = locale.into();
+                        ship.contacts.insert(
+                            ContactChannel::Email,
+                            Contact { recipient: "ada@example.com".into(), consent: true },
+                        );
+                        let detail = crate::reconcile::ExceptionDetail {
+                            reason: reason.into(),
+                            expected: expected.map(str::to_owned),
+                        };
+                        let mut r = row("exception");
+                        (r.channel, r.recipient, r.detail) =
+                            (channel.into(), recipient.into(), Some(detail.to_json()));
+                        let Plan::Send(msg) = plan(&s, &r, Some(&ship), false, DAY) else {
+                            panic!("{reason} {channel}")
+                        };
+                        let words = exceptions::words(&detail, locale, &ship.time_zone, &s.exception_steps);
+                        let case = format!("{reason}/{expected:?}/{locale}/{channel}: {}", msg.body);
+                        // No code (they are snake_case; the link's token is base64url, no `_`
+                        // check there) and no unfilled placeholder.
+                        let text = msg.body.replace(&msg.link, "");
+                        assert!(!text.contains('_') && !text.contains('{'), "{case}");
+                        assert!(msg.body.contains(&words.next), "the next step is always whole: {case}");
+                        assert!(msg.body.contains(&msg.link), "{case}");
+                        if expected.is_some()
+                            && !["available_for_pickup", "returning", "refused", "damaged"].contains(&reason)
+                        {
+                            assert!(msg.body.contains("5"), "the new date: {case}");
+                        }
+                        match channel {
+                            "sms" => assert!(
+                                templates::sms_length(&msg.body).segments <= s.sms_max_segments,
+                                "{case}"
+                            ),
+                            _ => assert!(
+                                msg.body.contains(&words.what),
+                                "e-mail says what happened too: {case}"
+                            ),
+                        }
+                    }
+                }
+            }
         }
     }
 }

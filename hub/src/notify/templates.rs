@@ -385,6 +385,22 @@ pub fn render_sms(body: &str, vars: &Vars<'_>, max_segments: usize) -> String {
     format!("{} {}", vars.tracking_number, vars.link)
 }
 
+/// [`render_sms`] for a detail with a part that must stay whole (an exception's next
+/// step): the whole detail in one segment, else only `kept` in one, else the whole in up
+/// to `max_segments`, else only `kept`, shortened as a last resort.
+pub fn render_sms_keeping(body: &str, vars: &Vars<'_>, kept: &str, max_segments: usize) -> String {
+    let with = |detail: &str| fill(body, &Vars { detail: Some(detail), ..*vars });
+    for limit in [1, max_segments.max(1)] {
+        for detail in [vars.detail.unwrap_or(kept), kept] {
+            let text = with(detail);
+            if sms_length(&text).segments <= limit {
+                return text;
+            }
+        }
+    }
+    render_sms(body, &Vars { detail: Some(kept), ..*vars }, max_segments)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,7 +296,11 @@ fn exception_then_delivered_next_day_tells_the_customer_honestly_then_delivers()
         Action::NotifyCustomer { detail, .. } => detail.clone(),
         _ => None,
     });
-    assert_eq!(detail.as_deref(), Some("The driver could not find anyone to hand the parcel to"));
+    assert_eq!(
+        detail.as_deref(),
+        Some(r#"{"reason":"recipient_absent"}"#),
+        "the code, never the driver's note"
+    );
 
     // The carrier's matching "attempt failed" with a revised date is not a second message.
     let mut attempt = carrier_event(C::AttemptFailed, DAY1 + 3 * HOUR + 6 * MIN);
@@ -325,7 +329,7 @@ fn a_carrier_exception_tells_the_customer_the_revised_expectation() {
         actions,
         vec![Action::NotifyCustomer {
             milestone: M::Exception,
-            detail: Some("Weather delay. New expected delivery: 2026-08-09".to_owned()),
+            detail: Some(r#"{"reason":"exception","expected":"2026-08-09"}"#.to_owned()),
         }]
     );
 }

@@ -43,7 +43,9 @@ pub(super) fn signal_for(tracking: &str, kind: DeviceSignalKind, at_ms: i64) -> 
         stop_id: Some(StopId::new("stop-14").expect("stop")),
         occurred_ms: at_ms,
         distance_m: Some(12),
-        reason: (kind == DeviceSignalKind::DriverException).then(|| "recipient_absent".to_owned()),
+        // As ingest records it: the driver's code, then their note (for operators only).
+        reason: (kind == DeviceSignalKind::DriverException)
+            .then(|| "recipient_absent: no answer, rang twice".to_owned()),
         photo_sha256: None,
         speed_cmps: None,
         dwell_s: None,
