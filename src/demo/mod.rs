@@ -451,6 +451,9 @@ async fn demo(options: Options) -> anyhow::Result<()> {
 
     // Let the last events, photos, acks and messages land.
     settle(&vans, &sinks, Duration::from_secs(30)).await?;
+    if options.providers.is_none() {
+        ask_where(&http, &hub_url, &printer, &sinks, &PARCELS[5]).await?;
+    }
     let summary = summarize(&http, &orders, &api_url, &hub_url, &sinks).await?;
     if let Some(path) = &options.summary_json {
         let mut doc = summary.clone();
@@ -741,6 +744,55 @@ async fn settle(vans: &[Van], sinks: &Sinks, timeout: Duration) -> anyhow::Resul
             return Ok(());
         }
     }
+}
+
+/// A customer texts "where is my parcel?" to the number their messages come from: Twilio
+/// posts it, signed, to the hub's inbound callback, and sends the TwiML reply back.
+async fn ask_where(
+    http: &reqwest::Client,
+    hub_url: &str,
+    printer: &Printer,
+    sinks: &Sinks,
+    parcel: &Parcel,
+) -> anyhow::Result<()> {
+    let path = "/callbacks/twilio/inbound";
+    let params: Vec<(String, String)> = [
+        ("Body", "Where is my parcel?"),
+        ("From", parcel.phone),
+        ("MessageSid", "SMdemo0000000000000000000000000001"),
+        ("To", "+15005550006"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let signature =
+        doorstep_hub::notify::twilio::signature(sinks::TWILIO_TOKEN, &format!("{hub_url}{path}"), &params);
+    printer.line("customer", &format!("{} texts the shop's number: \"Where is my parcel?\"", parcel.phone));
+    let twiml = http
+        .post(format!("{hub_url}{path}"))
+        .header("x-twilio-signature", signature)
+        .form(&params)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let Some(reply) =
+        twiml.split_once("<Message>").and_then(|(_, rest)| rest.split_once("</Message>")).map(|(m, _)| m)
+    else {
+        bail!("the hub did not answer the customer's question: {twiml}");
+    };
+    let reply = reply
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'");
+    sinks.keep_reply(
+        printer,
+        Captured { channel: "sms", to: parcel.phone.to_owned(), text: reply, via: "twilio reply" },
+    );
+    Ok(())
 }
 
 /// Per shipment: the milestone, the messages the providers received, operations alerts,

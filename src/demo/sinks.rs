@@ -87,6 +87,13 @@ impl Sinks {
         Ok(Sinks { base_url, captured })
     }
 
+    /// Keeps a message that reached a customer another way (Twilio's reply to their own
+    /// text, sent from the hub's answer), printed like the others.
+    pub(crate) fn keep_reply(&self, printer: &Printer, message: Captured) {
+        printer.message(&message);
+        self.captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(message);
+    }
+
     /// Everything accepted so far, in order.
     pub(crate) fn captured(&self) -> Vec<Captured> {
         self.captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
