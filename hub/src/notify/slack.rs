@@ -50,8 +50,8 @@ impl Provider for Slack {
         client: &reqwest::Client,
         msg: &Outgoing,
     ) -> Result<reqwest::RequestBuilder, SendResult> {
-        let text =
-            alert_text(&msg.subject, Some(msg.tracking_number.as_str()).filter(|t| !t.is_empty()), &msg.body);
+        let code = msg.alert.as_ref().map_or(msg.subject.as_str(), |a| a.code.as_str());
+        let text = alert_text(code, Some(msg.tracking_number.as_str()).filter(|t| !t.is_empty()), &msg.body);
         Ok(client.post(self.webhook_url.as_str()).json(&json!({ "text": text })))
     }
 
