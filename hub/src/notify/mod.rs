@@ -165,8 +165,7 @@ pub async fn read_response(result: Result<reqwest::Response, reqwest::Error>) ->
     let retry_after = headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| retry_after(v, now_ms()));
     let mut body = Vec::new();
     // The status is what counts; a body cut short still leaves it known.
     while let Ok(Some(chunk)) = response.chunk().await {
@@ -177,6 +176,19 @@ pub async fn read_response(result: Result<reqwest::Response, reqwest::Error>) ->
         }
     }
     Ok(Reply { status, headers, body, retry_after })
+}
+
+/// A `Retry-After` value as a wait from `now_ms`: seconds, or an HTTP date (RFC 9110: an
+/// IMF-fixdate, which RFC 2822 reads). A date in the past is no wait; anything else is
+/// no value at all (the backoff applies).
+pub fn retry_after(value: &str, now_ms: i64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(value).ok()?;
+    let wait_ms = at.as_millisecond().saturating_sub(now_ms).max(0);
+    Some(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)))
 }
 
 /// The result of a non-2xx status.
@@ -1227,5 +1239,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_as_an_http_date() {
+        assert_eq!(retry_after(" 120 ", 0), Some(Duration::from_secs(120)));
+        // RFC 9110's example date, 90 s before it.
+        let at = 784_111_777_000;
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at - 90_000), Some(Duration::from_secs(90)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + 1),
+            Some(Duration::ZERO),
+            "past: no wait"
+        );
+        assert_eq!(retry_after("soon", 0), None);
+        assert_eq!(retry_after("-5", 0), None);
     }
 }
