@@ -338,6 +338,21 @@ async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_b
         assert_eq!(status(&db, id), "sent", "each parcel's milestone is told (row {id})");
     }
     assert!(last_outcome(&db, b).detail.expect("detail").contains(&format!("one message with outbox {a}")));
+    // Twilio's "delivered" for that one SMS delivers both parcels' rows.
+    let app = doorstep_hub::notify::callbacks_router(dispatcher.state());
+    let params = vec![
+        ("MessageSid".to_owned(), "SM1".to_owned()),
+        ("MessageStatus".to_owned(), "delivered".to_owned()),
+    ];
+    let url = "https://track.example.com/callbacks/twilio/status";
+    let sig = doorstep_hub::notify::twilio::signature("t", url, &params);
+    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let (code, _) =
+        call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", &sig)], encoded).await;
+    assert_eq!(code, axum::http::StatusCode::NO_CONTENT);
+    for id in [a, b] {
+        assert_eq!(status(&db, id), "delivered", "row {id}");
+    }
     // The third parcel's "delivered" an hour later is its own moment.
     let c = enqueue_at(&db, third, "delivered", "sms", PHONE, None, DAY + 3_600_000);
     dispatcher.run_once(DAY + 3_600_000 + 16_000).await.expect("later");

@@ -365,38 +365,56 @@ pub fn provider_event(
     now_ms: i64,
 ) -> rusqlite::Result<bool> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail)
-             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM notification_outbox WHERE id = ?1)
-               AND NOT EXISTS (SELECT 1 FROM notification_outcomes
-                               WHERE outbox_id = ?1 AND outcome = ?3 AND provider_id IS ?4)",
-        )?
-        .execute(params![outbox_id, now_ms, outcome, provider_id, detail])?;
-    if n == 1 {
-        let sql = match outcome {
-            "delivered" | "opened" => Some(
-                "UPDATE notification_outbox SET status = 'delivered'
-                 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown', 'undelivered', 'failed')",
-            ),
-            "undelivered" | "failed" => Some(
-                "UPDATE notification_outbox SET status = ?2 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown')",
-            ),
-            "sent" => Some(
-                "UPDATE notification_outbox SET status = 'sent' WHERE id = ?1 AND status IN ('sending', 'unknown')",
-            ),
-            _ => None,
-        };
-        if let Some(sql) = sql {
-            if sql.contains("?2") {
-                tx.execute(sql, params![outbox_id, outcome])?;
-            } else {
-                tx.execute(sql, [outbox_id])?;
+    // One message may have told several parcels (one message per person and moment): the
+    // report is about each row the message was sent for.
+    let mut rows = vec![outbox_id];
+    if let Some(pid) = provider_id {
+        let mut stmt = tx.prepare_cached(
+            "SELECT DISTINCT outbox_id FROM notification_outcomes
+             WHERE provider_id = ?1 AND outcome = 'sent' AND outbox_id != ?2",
+        )?;
+        for id in stmt.query_map(params![pid, outbox_id], |r| r.get::<_, i64>(0))? {
+            rows.push(id?);
+        }
+    }
+    let mut first_new = false;
+    for (i, &row) in rows.iter().enumerate() {
+        let n = tx
+            .prepare_cached(
+                "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM notification_outbox WHERE id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM notification_outcomes
+                                   WHERE outbox_id = ?1 AND outcome = ?3 AND provider_id IS ?4)",
+            )?
+            .execute(params![row, now_ms, outcome, provider_id, detail])?;
+        if i == 0 {
+            first_new = n == 1;
+        }
+        if n == 1 {
+            let sql = match outcome {
+                "delivered" | "opened" => Some(
+                    "UPDATE notification_outbox SET status = 'delivered'
+                     WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown', 'undelivered', 'failed')",
+                ),
+                "undelivered" | "failed" => Some(
+                    "UPDATE notification_outbox SET status = ?2 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown')",
+                ),
+                "sent" => Some(
+                    "UPDATE notification_outbox SET status = 'sent' WHERE id = ?1 AND status IN ('sending', 'unknown')",
+                ),
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                if sql.contains("?2") {
+                    tx.execute(sql, params![row, outcome])?;
+                } else {
+                    tx.execute(sql, [row])?;
+                }
             }
         }
     }
     tx.commit()?;
-    Ok(n == 1)
+    Ok(first_new)
 }
 
 /// An unsent operations alert.
