@@ -425,18 +425,8 @@ mod tests {
     use serde_json::json;
 
     fn shipment(milestone: Milestone, locale: &str) -> Shipment {
-        Shipment {
-            id: 1,
-            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
-            carrier: Some("ups".into()),
-            order_id: None,
-            contacts: Default::default(),
-            locale: locale.into(),
-            time_zone: "Europe/Berlin".into(),
-            milestone,
-            reconcile_state: None,
-            created_ms: 0,
-        }
+        let tn = TrackingNumber::new("1Z999AA10123456784").expect("tn");
+        Shipment { carrier: Some("ups".into()), ..Shipment::bare(1, tn, milestone, locale) }
     }
 
     #[test]

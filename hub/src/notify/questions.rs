@@ -220,18 +220,7 @@ mod tests {
     use doorstep_proto::TrackingNumber;
 
     fn shipment(id: i64, tracking: &str, milestone: Milestone, locale: &str) -> Shipment {
-        Shipment {
-            id,
-            tracking_number: TrackingNumber::new(tracking).expect("tn"),
-            carrier: None,
-            order_id: None,
-            contacts: Default::default(),
-            locale: locale.into(),
-            time_zone: "Europe/Berlin".into(),
-            milestone,
-            reconcile_state: None,
-            created_ms: 0,
-        }
+        Shipment::bare(id, TrackingNumber::new(tracking).expect("tn"), milestone, locale)
     }
 
     fn link(s: &Shipment) -> String {

@@ -86,6 +86,25 @@ pub struct Shipment {
     pub created_ms: i64,
 }
 
+impl Shipment {
+    /// A shipment with no carrier, order or contacts, created at 0, in Berlin's time zone:
+    /// what tests and fuzz targets build their cases from.
+    pub fn bare(id: i64, tracking_number: TrackingNumber, milestone: Milestone, locale: &str) -> Self {
+        Shipment {
+            id,
+            tracking_number,
+            carrier: None,
+            order_id: None,
+            contacts: BTreeMap::new(),
+            locale: locale.into(),
+            time_zone: "Europe/Berlin".into(),
+            milestone,
+            reconcile_state: None,
+            created_ms: 0,
+        }
+    }
+}
+
 /// A shipment to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewShipment {
