@@ -209,35 +209,32 @@ impl Provider for Twilio {
     }
 
     fn callbacks(self: Arc<Self>, name: &str) -> Option<Router<NotifyState>> {
-        let (status, inbound) = (Arc::clone(&self), self);
+        // Both are signed form posts; they differ in what they do.
+        let route = |inbound: bool| {
+            let twilio = Arc::clone(&self);
+            post(
+                move |State(state): State<NotifyState>,
+                      OriginalUri(uri): OriginalUri,
+                      headers: HeaderMap,
+                      body: Bytes| {
+                    let twilio = Arc::clone(&twilio);
+                    async move {
+                        if inbound {
+                            inbound_callback(&twilio, &state, &uri, &headers, &body).await
+                        } else {
+                            status_callback(&twilio, &state, &uri, &headers, &body).await
+                        }
+                    }
+                },
+            )
+        };
         Some(
             Router::new()
-                .route(
-                    &callback_path(name, STATUS_SUFFIX),
-                    post(
-                        move |State(state): State<NotifyState>,
-                              OriginalUri(uri): OriginalUri,
-                              headers: HeaderMap,
-                              body: Bytes| {
-                            let twilio = Arc::clone(&status);
-                            async move { status_callback(&twilio, &state, &uri, &headers, &body).await }
-                        },
-                    ),
-                )
-                .route(
-                    &callback_path(name, INBOUND_SUFFIX),
-                    post(
-                        move |State(state): State<NotifyState>,
-                              OriginalUri(uri): OriginalUri,
-                              headers: HeaderMap,
-                              body: Bytes| {
-                            let twilio = Arc::clone(&inbound);
-                            async move { inbound_callback(&twilio, &state, &uri, &headers, &body).await }
-                        },
-                    ),
-                ),
+                .route(&callback_path(name, STATUS_SUFFIX), route(false))
+                .route(&callback_path(name, INBOUND_SUFFIX), route(true)),
         )
     }
+
 }
 
 // ---- callbacks ------------------------------------------------------------------------
