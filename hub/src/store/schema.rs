@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -248,6 +248,19 @@ CREATE TABLE customer_questions (
 );
 CREATE INDEX customer_questions_sender ON customer_questions (sender, at_ms);
 CREATE INDEX notification_outbox_recipient ON notification_outbox (channel, recipient, created_ms);
+"#,
+    // Shipments by contact (a customer writing in from their number finds their parcels
+    // without reading every shipment's contacts), filled from the shipments already there.
+    r#"
+CREATE TABLE shipment_contacts (
+    channel      TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    PRIMARY KEY (channel, recipient, shipment_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO shipment_contacts (channel, recipient, shipment_id)
+    SELECT c.key, json_extract(c.value, '$.recipient'), s.id FROM shipments s, json_each(s.contacts) c
+    WHERE json_extract(c.value, '$.recipient') IS NOT NULL;
 "#,
 ];
 

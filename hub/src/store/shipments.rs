@@ -226,24 +226,15 @@ impl Store {
         recipient: &str,
         since_ms: i64,
     ) -> Result<Vec<Shipment>, StoreError> {
-        // `contacts` is JSON: the LIKE narrows, the parsed contact decides.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
-                    reconcile_state, created_ms FROM shipments
-             WHERE created_ms >= ?1 AND instr(contacts, ?2) > 0 ORDER BY created_ms DESC, id DESC LIMIT 200",
+            "SELECT s.id, s.tracking_number, s.carrier, s.order_id, s.contacts, s.locale, s.time_zone,
+                    s.milestone, s.reconcile_state, s.created_ms
+             FROM shipment_contacts c JOIN shipments s ON s.id = c.shipment_id
+             WHERE c.channel = ?1 AND c.recipient = ?2 AND s.created_ms >= ?3
+             ORDER BY s.created_ms DESC, s.id DESC LIMIT 20",
         )?;
-        let rows = stmt.query_map(params![since_ms, recipient], shipment_row)?;
-        let mut found = Vec::new();
-        for row in rows {
-            let shipment = shipment_from_row(row?)?;
-            if shipment.contacts.get(&channel).is_some_and(|c| c.recipient == recipient) {
-                found.push(shipment);
-                if found.len() == 20 {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        let rows = stmt.query_map(params![channel.as_str(), recipient, since_ms], shipment_row)?;
+        rows.map(|row| shipment_from_row(row?)).collect()
     }
 
     /// A shipment by row id.
@@ -296,7 +287,14 @@ impl StoreTx<'_> {
         if n == 0 {
             return Err(StoreError::Exists(format!("shipment {}", new.tracking_number)));
         }
-        Ok(self.tx.last_insert_rowid())
+        let id = self.tx.last_insert_rowid();
+        let mut contact = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3)",
+        )?;
+        for (channel, c) in &new.contacts {
+            contact.execute(params![channel.as_str(), c.recipient, id])?;
+        }
+        Ok(id)
     }
 
     /// A shipment by tracking number, read inside this transaction.

@@ -33,6 +33,42 @@ fn migrations_bring_a_new_database_to_the_current_version() {
 }
 
 #[test]
+fn a_database_of_the_previous_version_finds_its_shipments_by_contact_after_the_migration() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("hub.db");
+    {
+        // A hub of schema version 7 with one shipment.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        for sql in &schema::MIGRATIONS[..7] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 7).expect("version");
+        conn.execute(
+            "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                 created_ms, updated_ms)
+             VALUES ('1Z999AA10123456784', 'ups', NULL,
+                 '{\"sms\":{\"recipient\":\"+15555550100\",\"consent\":true},\"email\":{\"recipient\":\"a@example.com\",\"consent\":false}}',
+                 'en', 'UTC', 'dispatched', 5, 5)",
+            [],
+        )
+        .expect("shipment");
+    }
+    let store = Store::open(&path, StoreOptions::default()).expect("migrate");
+    assert_eq!(store.schema_version().expect("version"), SCHEMA_VERSION);
+    let found = store.shipments_for_contact(ContactChannel::Sms, "+15555550100", 0).expect("lookup");
+    assert_eq!(found.iter().map(|s| s.tracking_number.as_str()).collect::<Vec<_>>(), ["1Z999AA10123456784"]);
+    assert_eq!(
+        store.shipments_for_contact(ContactChannel::Email, "a@example.com", 0).expect("lookup").len(),
+        1
+    );
+    assert!(store.shipments_for_contact(ContactChannel::Sms, "a@example.com", 0).expect("lookup").is_empty());
+    assert!(
+        store.shipments_for_contact(ContactChannel::Sms, "+15555550100", 6).expect("lookup").is_empty(),
+        "too old"
+    );
+}
+
+#[test]
 fn hubs_starting_together_on_one_new_file_migrate_it_once() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("hub.db");
