@@ -342,13 +342,8 @@ pub fn plan(
     };
     let vars =
         Vars { tracking_number: shipment.tracking_number.as_str(), detail: detail.as_deref(), link: &link };
-    let body = match (channel, &exception) {
-        (ContactChannel::Sms, Some(w)) => {
-            render_sms_keeping(&template.body, &vars, &w.next, settings.sms_max_segments)
-        }
-        (ContactChannel::Sms, None) => render_sms(&template.body, &vars, settings.sms_max_segments),
-        _ => fill(&template.body, &vars),
-    };
+    let body =
+        render_body(settings, channel, &template.body, &vars, exception.as_ref().map(|w| w.next.as_str()));
     let subject = fill(&template.subject, &vars);
     Plan::Send(Box::new(Outgoing {
         outbox_id: row.id,
@@ -365,6 +360,24 @@ pub fn plan(
         alert: None,
         merged: Vec::new(),
     }))
+}
+
+/// A message's text on its channel: SMS fitted to the segment limit (keeping `kept`, an
+/// exception's next step, whole), other channels filled as written.
+fn render_body(
+    settings: &NotifySettings,
+    channel: ContactChannel,
+    template: &str,
+    vars: &Vars<'_>,
+    kept: Option<&str>,
+) -> String {
+    match (channel, kept) {
+        (ContactChannel::Sms, Some(kept)) => {
+            render_sms_keeping(template, vars, kept, settings.sms_max_segments)
+        }
+        (ContactChannel::Sms, None) => render_sms(template, vars, settings.sms_max_segments),
+        _ => fill(template, vars),
+    }
 }
 
 /// Whether a channel's messages go to a person, who should get one message for several
@@ -392,10 +405,7 @@ pub fn combine(settings: &NotifySettings, first: Outgoing, others: Vec<Outgoing>
         std::iter::once(first.link.as_str()).chain(others.iter().map(|o| o.link.as_str())).collect();
     let (tracking_number, link) = (numbers.join(", "), links.join(" "));
     let vars = Vars { tracking_number: &tracking_number, detail: first.detail.as_deref(), link: &link };
-    let body = match first.channel {
-        ContactChannel::Sms => render_sms(&template.body, &vars, settings.sms_max_segments),
-        _ => fill(&template.body, &vars),
-    };
+    let body = render_body(settings, first.channel, &template.body, &vars, None);
     Outgoing {
         subject: fill(&template.subject, &vars),
         body,

@@ -219,10 +219,14 @@ impl Provider for Twilio {
                       body: Bytes| {
                     let twilio = Arc::clone(&twilio);
                     async move {
+                        let params = form_pairs(&body);
+                        if let Some(refused) = check(&twilio, &state, &uri, &headers, &params) {
+                            return refused;
+                        }
                         if inbound {
-                            inbound_callback(&twilio, &state, &uri, &headers, &body).await
+                            inbound_callback(&state, &params).await
                         } else {
-                            status_callback(&twilio, &state, &uri, &headers, &body).await
+                            status_callback(&state, &params).await
                         }
                     }
                 },
@@ -279,23 +283,14 @@ fn check(
     Some(plain(StatusCode::FORBIDDEN, "bad X-Twilio-Signature\n"))
 }
 
-async fn status_callback(
-    twilio: &Twilio,
-    state: &NotifyState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let params = form_pairs(body);
-    if let Some(refused) = check(twilio, state, uri, headers, &params) {
-        return refused;
-    }
-    let (Some(sid), Some(status)) = (param(&params, "MessageSid"), param(&params, "MessageStatus")) else {
+/// A signed form post Twilio made (checked by the route).
+async fn status_callback(state: &NotifyState, params: &[(String, String)]) -> Response {
+    let (Some(sid), Some(status)) = (param(params, "MessageSid"), param(params, "MessageStatus")) else {
         return plain(StatusCode::BAD_REQUEST, "MessageSid and MessageStatus are required\n");
     };
     let Some(outcome) = status_outcome(status) else { return StatusCode::NO_CONTENT.into_response() };
     let sid = sid.to_owned();
-    let detail = match param(&params, "ErrorCode") {
+    let detail = match param(params, "ErrorCode") {
         Some(code) => format!("twilio {status} (error {code})"),
         None => format!("twilio {status}"),
     };
@@ -323,19 +318,10 @@ async fn status_callback(
     }
 }
 
-async fn inbound_callback(
-    twilio: &Twilio,
-    state: &NotifyState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let params = form_pairs(body);
-    if let Some(refused) = check(twilio, state, uri, headers, &params) {
-        return refused;
-    }
+/// A signed form post Twilio made (checked by the route).
+async fn inbound_callback(state: &NotifyState, params: &[(String, String)]) -> Response {
     let twiml = || twiml_reply(None);
-    let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else { return twiml() };
+    let (Some(from), Some(text)) = (param(params, "From"), param(params, "Body")) else { return twiml() };
     let Some(keyword) = inbound_keyword(text) else { return question(state, from, text).await };
     let from = from.to_owned();
     let out = keyword == Keyword::OptOut;
