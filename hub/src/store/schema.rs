@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -261,6 +261,28 @@ CREATE TABLE shipment_contacts (
 INSERT OR IGNORE INTO shipment_contacts (channel, recipient, shipment_id)
     SELECT c.key, json_extract(c.value, '$.recipient'), s.id FROM shipments s, json_each(s.contacts) c
     WHERE json_extract(c.value, '$.recipient') IS NOT NULL;
+"#,
+    // Order systems' webhooks (Shopify, WooCommerce): each delivery once, keyed by the
+    // source's delivery id (a retry carries the same one), with the time the source says it
+    // triggered it, so a stale retry never overwrites what a newer delivery said about the
+    // same order object. A shipment remembers its order's display name and which source
+    // created it.
+    r#"
+CREATE TABLE order_events (
+    id            INTEGER PRIMARY KEY,
+    source        TEXT NOT NULL,
+    delivery_id   TEXT NOT NULL,
+    object_key    TEXT NOT NULL,
+    triggered_ms  INTEGER NOT NULL,
+    raw_body      BLOB NOT NULL,
+    normalized    TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    received_ms   INTEGER NOT NULL,
+    UNIQUE (source, delivery_id)
+);
+CREATE INDEX order_events_object ON order_events (source, object_key, triggered_ms);
+ALTER TABLE shipments ADD COLUMN order_name TEXT;
+ALTER TABLE shipments ADD COLUMN source TEXT;
 "#,
 ];
 
