@@ -42,10 +42,11 @@ use utoipa::ToSchema;
 use crate::access::{self, AuditSubject, Guard, Required, Scope};
 use crate::carrier::{self, Verifier};
 use crate::config::{CarrierSecrets, RateLimits};
+use crate::inbound;
 use crate::ingest::{self, Effects, Writer, apply_to_shipment, now_ms};
 use crate::limits;
 use crate::metrics::Metrics;
-use crate::model::{Carrier, CarrierEvent, Milestone};
+use crate::model::{Carrier, Milestone};
 use crate::openapi as doc;
 use crate::reconcile::Input;
 use crate::store::{Contact, ContactChannel, NewShipment, OutboxRow, Shipment, StoreError, TimelineEntry};
@@ -938,36 +939,13 @@ async fn webhook(
     let outcome = state
         .writer
         .call(move |ctx| -> Result<&'static str, ApiError> {
-            let now = now_ms();
-            let event = CarrierEvent { received_ms: Some(now), ..event };
-            let normalized =
-                serde_json::to_value(&event).map_err(|e| ApiError::unprocessable(e.to_string()))?;
             let tx = ctx.store.transaction()?;
-            let new = tx.insert_carrier_event(
-                carrier::carrier_slug(event.carrier),
-                &event.event_key,
-                event.tracking_number.as_str(),
-                &raw,
-                &normalized,
-                event.occurred_ms,
-                now,
-            )?;
-            if !new {
-                return Ok("duplicate");
+            let (outcome, effects) = inbound::apply_carrier(&tx, ctx.domain, event, &raw, now_ms())?;
+            if outcome != inbound::Outcome::Duplicate {
+                tx.commit()?;
+                effects.record(&metrics);
             }
-            let outcome = match tx.shipment_by_tracking(&event.tracking_number)? {
-                Some(shipment) => {
-                    let effects = apply_to_shipment(&tx, ctx.domain, &shipment, &Input::Carrier(event), now)?;
-                    tx.commit()?;
-                    effects.record(&metrics);
-                    "stored"
-                }
-                None => {
-                    tx.commit()?;
-                    "unmatched"
-                }
-            };
-            Ok(outcome)
+            Ok(outcome.as_str())
         })
         .await??;
     state.metrics.webhook(name, outcome, "ok");

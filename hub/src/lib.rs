@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod carrier;
 pub mod config;
 pub mod http;
+pub mod inbound;
 pub mod ingest;
 pub mod limits;
 pub mod mask;
