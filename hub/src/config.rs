@@ -108,6 +108,22 @@ listen = "127.0.0.1:8081"
 # key_id = "..."        # only for a PEM file
 timestamp_window_s = 300
 
+[orders]
+# Order systems' webhooks create shipments: those get this locale when the order has none,
+# and this IANA time zone for quiet hours and local times (orders carry none).
+locale = "en"
+time_zone = "UTC"
+
+[orders.shopify]
+# The Shopify app's client secret (X-Shopify-Hmac-Sha256 over the raw body). Subscribe
+# fulfillments/create, fulfillments/update and orders/fulfilled to <public>/webhooks/shopify.
+# secret = "..."
+
+[orders.woocommerce]
+# The WooCommerce webhook's secret (X-WC-Webhook-Signature). Subscribe order.updated to
+# <public>/webhooks/woocommerce; tracking comes from the Shipment Tracking extension.
+# secret = "..."
+
 [reconcile]
 # How long one "delivered" signal (device or carrier) waits uncontradicted before the
 # customer is told, seconds.
@@ -184,6 +200,9 @@ pub struct Config {
     /// `[carriers.*]`.
     #[serde(default)]
     pub carriers: CarriersSection,
+    /// `[orders]`: order systems' webhooks.
+    #[serde(default)]
+    pub orders: OrdersSection,
     /// `[reconcile]`.
     #[serde(default)]
     pub reconcile: ReconcileSection,
@@ -437,6 +456,99 @@ fn default_window() -> u64 {
     300
 }
 
+/// `[orders]`: order systems whose webhooks create shipments and raise "dispatched".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersSection {
+    /// Locale of shipments whose order has none.
+    #[serde(default = "default_order_locale")]
+    pub locale: String,
+    /// Time zone of shipments an order system creates.
+    #[serde(default = "default_order_time_zone")]
+    pub time_zone: String,
+    /// Shopify.
+    #[serde(default)]
+    pub shopify: Option<SecretSection>,
+    /// WooCommerce.
+    #[serde(default)]
+    pub woocommerce: Option<SecretSection>,
+}
+
+impl Default for OrdersSection {
+    fn default() -> Self {
+        OrdersSection {
+            locale: default_order_locale(),
+            time_zone: default_order_time_zone(),
+            shopify: None,
+            woocommerce: None,
+        }
+    }
+}
+
+fn default_order_locale() -> String {
+    "en".into()
+}
+
+fn default_order_time_zone() -> String {
+    "UTC".into()
+}
+
+/// `[orders]`, validated, with the secrets loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OrderSettings {
+    /// Locale of shipments whose order has none.
+    pub locale: String,
+    /// Time zone of shipments an order system creates.
+    pub time_zone: String,
+    /// Shopify's client secret.
+    pub shopify_secret: Option<String>,
+    /// WooCommerce's webhook secret.
+    pub woocommerce_secret: Option<String>,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        let section = OrdersSection::default();
+        OrderSettings { locale: section.locale, time_zone: section.time_zone, shopify_secret: None, woocommerce_secret: None }
+    }
+}
+
+impl std::fmt::Debug for OrderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("OrderSettings")
+            .field("locale", &self.locale)
+            .field("time_zone", &self.time_zone)
+            .field("shopify", &self.shopify_secret.is_some())
+            .field("woocommerce", &self.woocommerce_secret.is_some())
+            .finish()
+    }
+}
+
+impl OrdersSection {
+    fn settings(&self) -> Result<OrderSettings, ConfigError> {
+        let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.locale.is_empty() || self.locale.len() > 35 || !self.locale.chars().all(token) {
+            return Err(invalid(format!("orders.locale {:?} is not a locale such as en or de-DE", self.locale)));
+        }
+        if jiff::tz::TimeZone::get(&self.time_zone).is_err() {
+            return Err(invalid(format!(
+                "orders.time_zone {:?} is not an IANA time zone this hub knows (such as Europe/Berlin)",
+                self.time_zone
+            )));
+        }
+        let secret = |what: &str, section: &Option<SecretSection>| {
+            section.as_ref().and_then(|c| c.secret.as_deref()).map(|s| load_secret(what, s)).transpose()
+        };
+        Ok(OrderSettings {
+            locale: self.locale.clone(),
+            time_zone: self.time_zone.clone(),
+            shopify_secret: secret("orders.shopify.secret", &self.shopify)?,
+            woocommerce_secret: secret("orders.woocommerce.secret", &self.woocommerce)?,
+        })
+    }
+}
+
 /// `[reconcile]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -597,6 +709,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Carrier webhook secrets.
     pub carriers: CarrierSecrets,
+    /// Order systems' webhooks.
+    pub orders: OrderSettings,
     /// Hold period.
     pub hold_period: Duration,
     /// Standing threshold for re-checking at-address evidence, cm/s.
@@ -776,6 +890,7 @@ impl Config {
             rate_limits: self.http.rate_limits(),
             max_body_bytes: self.http.max_body_bytes,
             carriers,
+            orders: self.orders.settings()?,
             hold_period: Duration::from_secs(self.reconcile.hold_period_s),
             standing_speed_cmps,
             default_dwell_s: self.reconcile.default_dwell_s,

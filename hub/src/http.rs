@@ -9,7 +9,7 @@
 //! | POST | `/v1/shipments/{tracking}/links/revoke` | withdraw every tracking link sent so far |
 //! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained (and again whenever the broker may have lost it: see `ingest`) |
 //! | GET  | `/v1/openapi.json` | the private API as OpenAPI 3.1 (see `openapi`) |
-//! | POST | `/webhooks/{aftership,easypost,shipengine}` | carrier tracking updates, signature checked on the raw body |
+//! | POST | `/webhooks/{aftership,easypost,shipengine,shopify,woocommerce}` | carriers' tracking updates and order systems' fulfillments, signature checked on the raw body (see `inbound`) |
 //! | GET  | `/metrics` | Prometheus text |
 //! | GET  | `/healthz` | 200 when the broker session is up and the database answers |
 //!
@@ -40,13 +40,13 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::access::{self, AuditSubject, Guard, Required, Scope};
-use crate::carrier::{self, Verifier};
-use crate::config::{CarrierSecrets, RateLimits};
+use crate::carrier;
+use crate::config::RateLimits;
 use crate::inbound;
 use crate::ingest::{self, Effects, Writer, apply_to_shipment, now_ms};
 use crate::limits;
 use crate::metrics::Metrics;
-use crate::model::{Carrier, Milestone};
+use crate::model::Milestone;
 use crate::openapi as doc;
 use crate::reconcile::Input;
 use crate::store::{Contact, ContactChannel, NewShipment, OutboxRow, Shipment, StoreError, TimelineEntry};
@@ -58,70 +58,6 @@ pub const MAX_FIELD_LEN: usize = 128;
 /// Longest contact (phone, email, URL), bytes.
 pub const MAX_CONTACT_LEN: usize = 512;
 
-/// The configured carrier webhook verifiers.
-#[derive(Debug, Default)]
-pub struct CarrierVerifiers {
-    /// AfterShip.
-    pub aftership: Option<Verifier>,
-    /// EasyPost.
-    pub easypost: Option<Verifier>,
-    /// ShipEngine.
-    pub shipengine: Option<Verifier>,
-}
-
-/// Why a carrier verifier could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("carriers.{carrier}: {source}")]
-pub struct VerifierError {
-    /// The config section.
-    pub carrier: &'static str,
-    /// What is wrong.
-    pub source: carrier::KeyError,
-}
-
-impl CarrierVerifiers {
-    /// Builds the verifiers the configuration has secrets for.
-    pub fn from_secrets(secrets: &CarrierSecrets) -> Result<Self, VerifierError> {
-        let err = |carrier| move |source| VerifierError { carrier, source };
-        let aftership = secrets
-            .aftership
-            .as_deref()
-            .map(|s| carrier::aftership::Verifier::new(s).map(Verifier::AfterShip))
-            .transpose()
-            .map_err(err("aftership"))?;
-        let easypost = secrets
-            .easypost
-            .as_deref()
-            .map(|s| carrier::easypost::Verifier::new(s).map(Verifier::EasyPost))
-            .transpose()
-            .map_err(err("easypost"))?;
-        let shipengine = match &secrets.shipengine_keys {
-            None => None,
-            Some(text) => {
-                let keys = if text.trim_start().starts_with('{') {
-                    carrier::shipengine::Keys::from_jwks_json(text.as_bytes()).map_err(err("shipengine"))?
-                } else {
-                    let mut keys = carrier::shipengine::Keys::new();
-                    let id = secrets.shipengine_key_id.as_deref().unwrap_or("default");
-                    keys.add_pem(id, text).map_err(err("shipengine"))?;
-                    keys
-                };
-                let window = i64::try_from(secrets.shipengine_window.as_millis()).unwrap_or(i64::MAX);
-                Some(Verifier::ShipEngine(carrier::shipengine::Verifier::new(keys, window)))
-            }
-        };
-        Ok(Self { aftership, easypost, shipengine })
-    }
-
-    fn get(&self, carrier: Carrier) -> Option<&Verifier> {
-        match carrier {
-            Carrier::AfterShip => self.aftership.as_ref(),
-            Carrier::EasyPost => self.easypost.as_ref(),
-            Carrier::ShipEngine => self.shipengine.as_ref(),
-        }
-    }
-}
-
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -131,8 +67,8 @@ pub struct AppState {
     pub hub_key: Arc<SigningKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Carrier webhook verifiers.
-    pub carriers: Arc<CarrierVerifiers>,
+    /// The signed sources of `/webhooks/{source}`: carriers and order systems.
+    pub sources: Arc<inbound::Sources>,
     /// Largest request body.
     pub max_body_bytes: usize,
 }
@@ -884,63 +820,53 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
 
 // ---- webhooks -----------------------------------------------------------------------------
 
-fn carrier_by_slug(slug: &str) -> Option<Carrier> {
-    match slug {
-        "aftership" => Some(Carrier::AfterShip),
-        "easypost" => Some(Carrier::EasyPost),
-        "shipengine" => Some(Carrier::ShipEngine),
-        _ => None,
-    }
-}
-
+/// A delivery from a carrier or an order system, at `/webhooks/{source}`: verified on
+/// the raw body, parsed, deduped and applied by `inbound` in one writer transaction.
 async fn webhook(
     State(state): State<AppState>,
     Path(slug): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(carrier) = carrier_by_slug(&slug) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown carrier; use aftership, easypost or shipengine",
-        ));
+    let Some(source) = state.sources.get(&slug) else {
+        let known = inbound::SLUGS.contains(&slug.as_str());
+        if known {
+            state.metrics.webhook(&slug, "rejected", "not_configured");
+        }
+        let message = if known {
+            format!("{slug} webhooks are not configured on this hub (its secret in hub.toml)")
+        } else {
+            format!("unknown source; use one of {}", inbound::SLUGS.join(", "))
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, message));
     };
-    let name = carrier::carrier_slug(carrier);
-    let Some(verifier) = state.carriers.get(carrier) else {
-        state.metrics.webhook(name, "rejected", "not_configured");
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("{name} webhooks are not configured on this hub ([carriers.{name}])"),
-        ));
-    };
+    let name = source.slug();
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
         .collect();
-    let event = match verifier.receive(&pairs, &body, now_ms()) {
-        Ok(Some(event)) => event,
-        Ok(None) => {
-            state.metrics.webhook(name, "ignored", "not_a_tracking_update");
-            return Ok((StatusCode::OK, axum::Json(json!({ "outcome": "ignored" }))).into_response());
-        }
+    let received = match source.receive(&pairs, &body, now_ms()) {
+        Ok(received) => received,
         Err(e) => {
-            state.metrics.webhook(name, "rejected", e.reason());
-            tracing::warn!(carrier = name, reason = e.reason(), error = %e, len = body.len(), "webhook rejected");
-            let status = if e.is_authentication_failure() {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return Err(ApiError::new(status, e.to_string()));
+            state.metrics.webhook(name, "rejected", e.reason);
+            tracing::warn!(source = name, reason = e.reason, error = %e, len = body.len(), "webhook rejected");
+            let status = if e.authentication { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+            return Err(ApiError::new(status, e.message));
         }
     };
+    if let inbound::Inbound::Ignored(why) = received.item {
+        state.metrics.webhook(name, "ignored", why);
+        return Ok((StatusCode::OK, axum::Json(json!({ "outcome": "ignored", "why": why }))).into_response());
+    }
     let metrics = Arc::clone(&state.metrics);
+    let sources = Arc::clone(&state.sources);
     let raw = body.to_vec();
     let outcome = state
         .writer
         .call(move |ctx| -> Result<&'static str, ApiError> {
             let tx = ctx.store.transaction()?;
-            let (outcome, effects) = inbound::apply_carrier(&tx, ctx.domain, event, &raw, now_ms())?;
+            let (outcome, effects) =
+                inbound::apply(&tx, ctx.domain, &sources.defaults, name, received, &raw, now_ms())?;
             if outcome != inbound::Outcome::Duplicate {
                 tx.commit()?;
                 effects.record(&metrics);
@@ -949,7 +875,7 @@ async fn webhook(
         })
         .await??;
     state.metrics.webhook(name, outcome, "ok");
-    tracing::info!(carrier = name, outcome, "webhook accepted");
+    tracing::info!(source = name, outcome, "webhook accepted");
     Ok((StatusCode::OK, axum::Json(json!({ "outcome": outcome }))).into_response())
 }
 

@@ -69,6 +69,9 @@ pub enum Carrier {
     EasyPost,
     /// ShipEngine (aggregator).
     ShipEngine,
+    /// Shopify's fulfillment `shipment_status`, which the shop's shipping app keeps from
+    /// the carrier: a carrier-like signal with its own mapping table (`inbound::shopify`).
+    Shopify,
 }
 
 /// One normalized carrier tracking update.

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use std::path::Path;
 
 use crate::config::Settings;
-use crate::http::{AppState, CarrierVerifiers};
+use crate::http::AppState;
+use crate::inbound::Sources;
 use crate::ingest::{Domain, Ingest, IngestOptions};
 use crate::metrics::Metrics;
 use crate::reconcile::Rules;
@@ -56,7 +57,7 @@ pub async fn serve(
         max_event_ahead_ms: millis(settings.max_event_ahead),
         metrics: Arc::clone(&metrics),
     };
-    let carriers = Arc::new(CarrierVerifiers::from_secrets(&settings.carriers)?);
+    let sources = Arc::new(Sources::build(&settings.carriers, &settings.orders)?);
     let options = IngestOptions {
         database: settings.database.clone(),
         store: StoreOptions { full_sync: settings.full_sync },
@@ -70,7 +71,7 @@ pub async fn serve(
         writer: ingest.writer(),
         hub_key,
         metrics: Arc::clone(&metrics),
-        carriers,
+        sources,
         max_body_bytes: settings.max_body_bytes,
     };
     // Customer messages and operations alerts: the dispatcher sends what ingest and the

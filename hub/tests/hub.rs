@@ -337,8 +337,9 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
         aftership: Some("aftership-test-secret".into()),
         ..Default::default()
     };
-    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
-    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
+    let sources = std::sync::Arc::new(sources);
+    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
     let client = http();
     let shipment = serde_json::json!({"tracking_number": "111111111111", "carrier": "fedex",
         "contacts": {"email": "ann@example.com"}, "consent": true});
@@ -533,8 +534,9 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
     let signature = fixture["hmac_signature"].as_str().unwrap().to_owned();
     let secrets =
         doorstep_hub::config::CarrierSecrets { easypost: Some(secret.clone()), ..Default::default() };
-    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
-    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
+    let sources = std::sync::Arc::new(sources);
+    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
     let client = http();
     let post = |body: Vec<u8>, signature: String| {
         client
@@ -596,8 +598,9 @@ async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_bod
         shipengine_window: Duration::from_secs(300),
         ..Default::default()
     };
-    let carriers = std::sync::Arc::new(doorstep_hub::http::CarrierVerifiers::from_secrets(&secrets).unwrap());
-    let hub = TestHub::start(broker.port(), &db, HubOptions { carriers, ..HubOptions::default() }).await;
+    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
+    let sources = std::sync::Arc::new(sources);
+    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
     create_shipment(&hub, "9361269903502070406152", "usps").await;
 
     let pem = std::fs::read_to_string(data.join("shipengine_test_private_pkcs8.pem")).unwrap();

@@ -16,6 +16,24 @@ pub fn aftership(secret: &str, body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(hmac_sha256(secret.as_bytes(), body))
 }
 
+/// Shopify's `X-Shopify-Hmac-Sha256` header.
+pub const SHOPIFY_HEADER: &str = "x-shopify-hmac-sha256";
+
+/// The value of [`SHOPIFY_HEADER`] for `body`: base64 of the HMAC-SHA256 of the raw
+/// body with the app's client secret (AfterShip's scheme).
+pub fn shopify(secret: &str, body: &[u8]) -> String {
+    aftership(secret, body)
+}
+
+/// WooCommerce's `X-WC-Webhook-Signature` header.
+pub const WOOCOMMERCE_HEADER: &str = "x-wc-webhook-signature";
+
+/// The value of [`WOOCOMMERCE_HEADER`] for `body`: base64 of the HMAC-SHA256 of the raw
+/// body with the webhook's secret.
+pub fn woocommerce(secret: &str, body: &[u8]) -> String {
+    aftership(secret, body)
+}
+
 /// EasyPost's `x-hmac-signature` header.
 pub const EASYPOST_HEADER: &str = "x-hmac-signature";
 

@@ -15,8 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Headers, KeyError, RawUpdate, WebhookError, check_size, from_json, lookup, non_blank, parse_time_ms,
-    required_time, single_header, verify_hmac,
+    Headers, KeyError, RawUpdate, WebhookError, from_json, lookup, non_blank, parse_time_ms, required_time,
 };
 use crate::model::{CanonicalStatus, Carrier};
 
@@ -63,17 +62,8 @@ impl Verifier {
 
     /// Checks the header against the raw body, in constant time.
     pub fn verify<H: Headers + ?Sized>(&self, headers: &H, body: &[u8]) -> Result<(), WebhookError> {
-        check_size(body)?;
-        let value = single_header(headers, SIGNATURE_HEADER)?;
-        let tag = base64_decode(value)
-            .ok_or(WebhookError::MalformedSignature { header: SIGNATURE_HEADER, problem: "not base64" })?;
-        verify_hmac(&self.key, body, &tag)
+        super::verify_base64_hmac(headers, SIGNATURE_HEADER, &self.key, body)
     }
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 #[derive(Debug, Deserialize)]

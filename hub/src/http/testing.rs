@@ -50,7 +50,7 @@ impl TestApi {
             writer: ingest.writer(),
             hub_key,
             metrics,
-            carriers: Arc::new(CarrierVerifiers::default()),
+            sources: Arc::new(crate::inbound::Sources::default()),
             max_body_bytes: 64 * 1024,
         };
         let mut api =

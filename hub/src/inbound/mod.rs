@@ -1,19 +1,160 @@
 //! Everything signed that reaches the hub from outside a van: carriers' tracking updates
 //! (webhooks, and polled answers) and order systems' webhooks (Shopify, WooCommerce).
 //!
-//! Every source goes the same way: verify on the raw body, parse into a carrier status or
-//! an order event, dedupe on `(source, delivery id)`, then apply through the same code the
-//! API uses, inside one writer transaction.
+//! Every source goes the same way, whatever it is:
+//!
+//! 1. **Verify** on the raw body, exactly as received, with the source's own scheme
+//!    ([`Source::receive`]); nothing is parsed before that succeeds (invariant 5).
+//! 2. **Parse** into one [`Inbound`]: a carrier status ([`CarrierEvent`]), an order
+//!    event ([`OrderEvent`]), or nothing Doorstep acts on.
+//! 3. **Dedupe** on `(source, delivery id)`: a carrier's event key, an order system's
+//!    delivery id. A retry changes nothing; a stale retry (older than what the source
+//!    already said about the same order object) is kept for the record, not applied.
+//! 4. **Apply** through the same code the API uses ([`apply`]), inside one writer
+//!    transaction, so storage, reconciliation and the messages it enqueues commit together.
+//!
+//! A new source is one module implementing [`Source`] plus one line in [`Sources::build`].
 
+pub mod carriers;
+pub mod orders;
+pub mod shopify;
+pub mod woocommerce;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::carrier::{Headers, WebhookError};
+use crate::config::{CarrierSecrets, OrderSettings};
 use crate::ingest::{ApplyError, Domain, Effects, apply_to_shipment};
 use crate::model::CarrierEvent;
 use crate::reconcile::Input;
 use crate::store::StoreTx;
 
+pub use carriers::CarrierVerifiers;
+pub use orders::{OrderDefaults, OrderEvent, Parcel, StatusSignal};
+
+/// One signed source of webhooks, reached at `/webhooks/{slug}` on the public listener.
+pub trait Source: Send + Sync + fmt::Debug {
+    /// The path segment, and the `source` in dedupe keys, logs and counters.
+    fn slug(&self) -> &'static str;
+
+    /// Verifies the request on its raw `body`, then parses it. `now_ms` is only used by
+    /// schemes with a signed timestamp.
+    fn receive(&self, headers: &dyn Headers, body: &[u8], now_ms: i64) -> Result<Received, Refused>;
+}
+
+/// A verified delivery from a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The source's id for this delivery: the same on every retry of it.
+    pub delivery_id: String,
+    /// When the source says it triggered the delivery (ms since the Unix epoch), for
+    /// sources that resend old payloads; a delivery older than one already applied to the
+    /// same object is stale.
+    pub triggered_ms: Option<i64>,
+    /// What it says.
+    pub item: Inbound,
+}
+
+/// What a verified delivery says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A carrier's current status for one parcel.
+    Carrier(CarrierEvent),
+    /// An order system's news about one order: parcels shipped, with whom to tell.
+    Order(OrderEvent),
+    /// Genuine, but nothing Doorstep acts on (another topic, an order not shipped yet);
+    /// the label says why.
+    Ignored(&'static str),
+}
+
+/// Why a delivery was refused: an authentication failure (401: not from the source at
+/// all) or a body the source should not have sent (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// A short snake_case label for counters and logs.
+    pub reason: &'static str,
+    /// The request must be treated as not coming from the source.
+    pub authentication: bool,
+    /// What was wrong, for the sender.
+    pub message: String,
+}
+
+impl Refused {
+    /// A verified body Doorstep cannot use.
+    pub fn malformed(reason: &'static str, message: impl Into<String>) -> Self {
+        Refused { reason, authentication: false, message: message.into() }
+    }
+}
+
+impl From<WebhookError> for Refused {
+    fn from(e: WebhookError) -> Self {
+        Refused { reason: e.reason(), authentication: e.is_authentication_failure(), message: e.to_string() }
+    }
+}
+
+/// Why the configured sources could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{section}: {problem}")]
+pub struct SourceError {
+    /// The config section.
+    pub section: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The sources this hub takes webhooks from, by slug, with what order events need.
+#[derive(Debug, Default)]
+pub struct Sources {
+    by_slug: BTreeMap<&'static str, Box<dyn Source>>,
+    /// Locale and time zone for shipments an order system creates without them.
+    pub defaults: OrderDefaults,
+}
+
+/// Every source the hub knows, configured or not, for messages that list them.
+pub const SLUGS: [&str; 5] = ["aftership", "easypost", "shipengine", "shopify", "woocommerce"];
+
+impl Sources {
+    /// The sources the configuration has secrets for: one line per kind of source.
+    pub fn build(carriers: &CarrierSecrets, orders: &OrderSettings) -> Result<Self, SourceError> {
+        let mut sources = Sources::from(CarrierVerifiers::from_secrets(carriers)?);
+        sources.defaults =
+            OrderDefaults { locale: orders.locale.clone(), time_zone: orders.time_zone.clone() };
+        if let Some(secret) = &orders.shopify_secret {
+            sources.add(Box::new(shopify::Shopify::new(secret)?));
+        }
+        if let Some(secret) = &orders.woocommerce_secret {
+            sources.add(Box::new(woocommerce::WooCommerce::new(secret)?));
+        }
+        Ok(sources)
+    }
+
+    /// Adds (or replaces) a source.
+    pub fn add(&mut self, source: Box<dyn Source>) {
+        self.by_slug.insert(source.slug(), source);
+    }
+
+    /// The configured source at `slug`.
+    pub fn get(&self, slug: &str) -> Option<&dyn Source> {
+        self.by_slug.get(slug).map(|s| s.as_ref())
+    }
+}
+
+impl From<CarrierVerifiers> for Sources {
+    fn from(carriers: CarrierVerifiers) -> Self {
+        let mut sources = Sources::default();
+        for verifier in carriers.into_iter() {
+            sources.add(Box::new(verifier));
+        }
+        sources
+    }
+}
+
 /// What became of one inbound delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stored and applied to its shipment.
+    /// Stored and applied to its shipment(s).
     Stored,
     /// Stored; no shipment has this tracking number (yet).
     Unmatched,
@@ -36,6 +177,32 @@ impl Outcome {
             Self::Stale => "stale",
             Self::Ignored => "ignored",
         }
+    }
+}
+
+/// Applies one verified delivery inside `tx`. The caller commits unless the outcome is
+/// [`Outcome::Duplicate`], and records the effects after the commit.
+pub fn apply(
+    tx: &StoreTx<'_>,
+    domain: &Domain,
+    defaults: &OrderDefaults,
+    source: &'static str,
+    received: Received,
+    raw: &[u8],
+    now: i64,
+) -> Result<(Outcome, Effects), ApplyError> {
+    match received.item {
+        Inbound::Carrier(event) => apply_carrier(tx, domain, event, raw, now),
+        Inbound::Order(order) => {
+            let delivery = orders::Delivery {
+                source,
+                delivery_id: &received.delivery_id,
+                triggered_ms: received.triggered_ms.unwrap_or(now),
+                raw,
+            };
+            orders::apply_order(tx, domain, defaults, &delivery, &order, now)
+        }
+        Inbound::Ignored(_) => Ok((Outcome::Ignored, Effects::default())),
     }
 }
 

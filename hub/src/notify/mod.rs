@@ -1102,18 +1102,8 @@ mod tests {
     fn shipment(milestone: Milestone, consent: bool) -> Shipment {
         let mut contacts = std::collections::BTreeMap::new();
         contacts.insert(ContactChannel::Sms, Contact { recipient: "+15555550100".into(), consent });
-        Shipment {
-            id: 7,
-            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
-            carrier: None,
-            order_id: None,
-            contacts,
-            locale: "de-DE".into(),
-            time_zone: "Europe/Berlin".into(),
-            milestone,
-            reconcile_state: None,
-            created_ms: 0,
-        }
+        let tn = TrackingNumber::new("1Z999AA10123456784").expect("tn");
+        Shipment { contacts, ..Shipment::bare(7, tn, milestone, "de-DE") }
     }
 
     fn row(milestone: &str) -> OutboxRow {

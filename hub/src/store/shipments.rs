@@ -71,6 +71,8 @@ pub struct Shipment {
     pub carrier: Option<String>,
     /// The order system's id.
     pub order_id: Option<String>,
+    /// The order's name as the customer knows it (`#1001`), when an order system said.
+    pub order_name: Option<String>,
     /// Contacts per channel.
     pub contacts: BTreeMap<ContactChannel, Contact>,
     /// BCP 47 locale (`en-US`).
@@ -95,6 +97,7 @@ impl Shipment {
             tracking_number,
             carrier: None,
             order_id: None,
+            order_name: None,
             contacts: BTreeMap::new(),
             locale: locale.into(),
             time_zone: "Europe/Berlin".into(),
@@ -156,8 +159,19 @@ fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| corrupt("milestone", e))
 }
 
-type ShipmentRow =
-    (i64, String, Option<String>, Option<String>, String, String, String, String, Option<String>, i64);
+type ShipmentRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+);
 
 /// The two ways a shipment is looked up, as whole statements so the statement cache finds
 /// them without building the SQL text on every event.
@@ -175,11 +189,11 @@ fn shipment_where(
     let sql = match key {
         ShipmentKey::Id => {
             "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
-                    reconcile_state, created_ms FROM shipments WHERE id = ?1"
+                    reconcile_state, created_ms, order_name FROM shipments WHERE id = ?1"
         }
         ShipmentKey::Tracking => {
             "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
-                    reconcile_state, created_ms FROM shipments WHERE tracking_number = ?1"
+                    reconcile_state, created_ms, order_name FROM shipments WHERE tracking_number = ?1"
         }
     };
     let row: Option<ShipmentRow> = conn.prepare_cached(sql)?.query_row([value], shipment_row).optional()?;
@@ -198,16 +212,30 @@ fn shipment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShipmentRow> {
         r.get(7)?,
         r.get(8)?,
         r.get(9)?,
+        r.get(10)?,
     ))
 }
 
 fn shipment_from_row(row: ShipmentRow) -> Result<Shipment, StoreError> {
-    let (id, tracking, carrier, order_id, contacts, locale, time_zone, milestone, state, created_ms) = row;
+    let (
+        id,
+        tracking,
+        carrier,
+        order_id,
+        contacts,
+        locale,
+        time_zone,
+        milestone,
+        state,
+        created_ms,
+        order_name,
+    ) = row;
     Ok(Shipment {
         id,
         tracking_number: TrackingNumber::new(tracking).map_err(|e| corrupt("tracking number", e))?,
         carrier,
         order_id,
+        order_name,
         contacts: serde_json::from_str(&contacts).map_err(|e| corrupt("contacts", e))?,
         locale,
         time_zone,
@@ -228,7 +256,7 @@ impl Store {
     ) -> Result<Vec<Shipment>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT s.id, s.tracking_number, s.carrier, s.order_id, s.contacts, s.locale, s.time_zone,
-                    s.milestone, s.reconcile_state, s.created_ms
+                    s.milestone, s.reconcile_state, s.created_ms, s.order_name
              FROM shipment_contacts c JOIN shipments s ON s.id = c.shipment_id
              WHERE c.channel = ?1 AND c.recipient = ?2 AND s.created_ms >= ?3
              ORDER BY s.created_ms DESC, s.id DESC LIMIT 20",

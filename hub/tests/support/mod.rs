@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use doorstep_hub::config::{ChannelMap, MqttSettings};
-use doorstep_hub::http::{AppState, CarrierVerifiers};
+use doorstep_hub::http::AppState;
+use doorstep_hub::inbound::Sources;
 use doorstep_hub::ingest::{Domain, Ingest, IngestOptions};
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::reconcile::Rules;
@@ -138,7 +139,7 @@ pub struct HubOptions {
     pub verify_threads: usize,
     pub batch_max: usize,
     pub full_sync: bool,
-    pub carriers: Arc<CarrierVerifiers>,
+    pub sources: Arc<Sources>,
     pub hold_ms: i64,
     pub client_id: String,
     /// Shared subscription group, for hubs splitting one fleet's events.
@@ -153,7 +154,7 @@ impl Default for HubOptions {
             verify_threads: 2,
             batch_max: 1024,
             full_sync: true,
-            carriers: Arc::new(CarrierVerifiers::default()),
+            sources: Arc::new(Sources::default()),
             hold_ms: 30 * 60 * 1000,
             client_id: "doorstep-hub-test".into(),
             shared_group: None,
@@ -196,7 +197,7 @@ impl TestHub {
             writer: ingest.writer(),
             hub_key,
             metrics: Arc::clone(&metrics),
-            carriers: options.carriers,
+            sources: options.sources,
             max_body_bytes: 1024 * 1024,
         };
         let limits = doorstep_hub::config::RateLimits::default();
