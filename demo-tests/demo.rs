@@ -135,6 +135,8 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     let anna = shipment(&summary, "1Z999AA10123456784");
     assert_eq!(anna["milestone"], "delivered", "{anna:#}");
     assert_eq!(anna["proof_photo"], true, "{anna:#}");
+    // The shop's signed Shopify webhook created it, knowing its order.
+    assert_eq!(anna["order"], "#1001", "{anna:#}");
     assert!(alerts(anna).is_empty(), "{anna:#}");
     assert_eq!(texts(anna, "sms").iter().filter(|t| t.contains("was delivered")).count(), 1, "{anna:#}");
 

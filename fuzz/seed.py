@@ -172,6 +172,19 @@ def carriers():
         add("carrier_shipengine", pem.read_bytes())
 
 
+def orders():
+    """The order systems' recorded payloads of hub/tests/data, behind the topic byte
+    order_webhooks reads first (0, 1: Shopify fulfillments; 2: orders/fulfilled;
+    3: WooCommerce), compact too."""
+    data = ROOT / "hub" / "tests" / "data"
+    for name, picks in (("shopify_fulfillments_create.json", (0, 1)),
+                        ("shopify_orders_fulfilled.json", (2,)),
+                        ("woocommerce_order_updated.json", (3,))):
+        body = json.loads((data / name).read_text())
+        for pick in picks:
+            add("order_webhooks", bytes([pick]) + json.dumps(body, separators=(",", ":")).encode())
+
+
 def rust_const(path, name):
     text = path.read_text()
     m = re.search(r'pub const ' + name + r': &str = r#"(.*?)"#;', text, re.S)
@@ -221,6 +234,7 @@ def main():
     blobs()
     driver()
     carriers()
+    orders()
     configs()
     hand_made()
     for target in sorted(CORPUS.iterdir()):

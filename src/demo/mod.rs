@@ -73,6 +73,8 @@ const DEPOT: (f64, f64) = (49.0134, 12.1016);
 const HOLD_S: u64 = 10;
 const AFTERSHIP_SECRET: &str = "demo-aftership-webhook-secret";
 const EASYPOST_SECRET: &str = "demo-easypost-webhook-secret";
+/// The demo shop's Shopify app client secret: its webhooks create the shipments.
+const SHOPIFY_SECRET: &str = "demo-shopify-app-client-secret";
 
 /// A parcel of the story.
 #[derive(Debug, Clone, Copy)]
@@ -388,20 +390,33 @@ async fn demo(options: Options) -> anyhow::Result<()> {
         vans.push(van);
     }
 
-    // The order system: shipments, then each van's route (which dispatches them).
-    for p in &PARCELS {
-        let body = json!({
-            "tracking_number": p.tracking, "carrier": p.carrier, "order_id": format!("order-{}", &p.tracking[p.tracking.len() - 4..]),
-            "contacts": {"sms": p.phone, "email": p.email}, "consent": {"sms": true, "email": true},
-            "locale": "en-GB", "time_zone": "Europe/Berlin",
-        });
-        expect_status(
-            orders.post(format!("{api_url}/v1/shipments")).json(&body).send().await?,
-            201,
-            "create shipment",
-        )
-        .await?;
-        printer.line("orders", &format!("shipment {} ({}): {}", p.tracking, p.carrier, p.story));
+    // The order system: a Shopify shop whose orders are fulfilled (signed webhooks to the
+    // public listener, as Shopify sends them); then each van's route.
+    for (i, p) in PARCELS.iter().enumerate() {
+        let order = shopify_order(i, p);
+        let body = serde_json::to_vec(&order)?;
+        let response = http
+            .post(format!("{hub_url}/webhooks/shopify"))
+            .header("content-type", "application/json")
+            .header("x-shopify-topic", "orders/fulfilled")
+            .header(webhooks::SHOPIFY_HEADER, webhooks::shopify(SHOPIFY_SECRET, &body))
+            .header("x-shopify-shop-domain", "doorstep-demo.myshopify.com")
+            .header("x-shopify-webhook-id", format!("demo-order-{}", 1001 + i))
+            .header("x-shopify-triggered-at", rfc3339(now_ms()))
+            .body(body)
+            .send()
+            .await?;
+        expect_status(response, 200, "Shopify orders/fulfilled webhook").await?;
+        printer.line(
+            "shopify",
+            &format!(
+                "order {} fulfilled: {} ({}): {}",
+                order["name"].as_str().unwrap_or(""),
+                p.tracking,
+                p.carrier,
+                p.story
+            ),
+        );
     }
     for van in ["van-1", "van-2"] {
         let stops: Vec<Value> = STOPS
@@ -506,6 +521,27 @@ webhook_url = "{{sinks}}/slack/ops"
     )
 }
 
+/// Parcel `i` as a fulfilled Shopify order (topic `orders/fulfilled`): one fulfillment
+/// with its tracking number, the customer's e-mail, and the phone of a customer who
+/// subscribed to SMS.
+fn shopify_order(i: usize, p: &Parcel) -> Value {
+    let id = 5_100_000_000_000u64 + i as u64;
+    let at = rfc3339(now_ms());
+    json!({
+        "id": id, "name": format!("#{}", 1001 + i), "order_number": 1001 + i,
+        "email": p.email, "phone": p.phone, "customer_locale": "en-GB",
+        "financial_status": "paid", "fulfillment_status": "fulfilled", "updated_at": at,
+        "customer": {"email": p.email, "phone": p.phone,
+            "sms_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in"}},
+        "fulfillments": [{
+            "id": id + 7, "order_id": id, "status": "success", "created_at": at, "updated_at": at,
+            "tracking_company": p.carrier.to_uppercase(), "shipment_status": null,
+            "tracking_number": p.tracking, "tracking_numbers": [p.tracking],
+            "name": format!("#{}.1", 1001 + i),
+        }],
+    })
+}
+
 fn hub_config(dir: &Path, hub_url: &str, api_url: &str, broker_port: u16, providers: &str) -> String {
     let listen = hub_url.trim_start_matches("http://");
     let api_listen = api_url.trim_start_matches("http://");
@@ -535,6 +571,13 @@ secret = "{AFTERSHIP_SECRET}"
 
 [carriers.easypost]
 secret = "{EASYPOST_SECRET}"
+
+[orders]
+locale = "en-GB"
+time_zone = "Europe/Berlin"
+
+[orders.shopify]
+secret = "{SHOPIFY_SECRET}"
 
 [reconcile]
 hold_period_s = {HOLD_S}
@@ -830,6 +873,7 @@ async fn summarize(
             "tracking_number": p.tracking, "van": p.van, "stop": p.stop, "story": p.story,
             "milestone": milestone, "sms": sms, "email": email, "alerts": alerts,
             "proof_photo": photo, "link": link, "messages": messages,
+            "order": shown["shipment"]["order_name"],
         }));
     }
     let ops = captured.iter().filter(|m| m.channel == "ops").count();
