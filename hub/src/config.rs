@@ -96,6 +96,19 @@ listen = "127.0.0.1:8081"
 [carriers.aftership]
 # Webhook secret from the AfterShip admin (aftership-hmac-sha256 header).
 # secret = "..."
+# Registering new shipments with AfterShip (POST /tracking/2024-10/trackings), so it tracks
+# them and its webhooks start flowing: every shipment whose carrier is listed in `register`,
+# once, retried on 429 and 5xx; "already exists" counts as registered. At most
+# register_per_second requests a second from this hub (AfterShip allows 20 per account).
+# The API key (as-api-key header): inline or "file:/path".
+# api_key = "file:/etc/doorstep-hub/aftership-api.key"
+# register = ["ups", "fedex"]
+api_base_url = "https://api.aftership.com"
+register_per_second = 10
+# AfterShip's courier slug per carrier name, beyond the built-in ups, fedex, usps, dhl,
+# dhl express, canada post, royal mail, australia post, dpd, gls, ontrac and purolator:
+# [carriers.aftership.slugs]
+# "posti" = "finland-posti"
 
 [carriers.easypost]
 # Webhook secret given when the EasyPost webhook was created (X-Hmac-Signature header).
@@ -107,6 +120,25 @@ listen = "127.0.0.1:8081"
 # public_key = "/etc/doorstep-hub/shipengine-jwks.json"
 # key_id = "..."        # only for a PEM file
 timestamp_window_s = 300
+# Polling ShipEngine (GET /v1/tracking) for carriers that never call a webhook: each
+# shipment whose carrier is listed in `poll`, poll_first_s after it is created, then every
+# poll_interval_s while its status moves, doubling up to poll_max_interval_s while it does
+# not, until the carrier says delivered, cancelled or returned, or the shipment is
+# poll_max_age_days old. At most poll_per_second requests a second from this hub
+# (ShipEngine allows 200 a minute per account). The API key (API-Key header): inline or
+# "file:/path".
+# api_key = "file:/etc/doorstep-hub/shipengine-api.key"
+# poll = ["usps", "ups"]
+poll_base_url = "https://api.shipengine.com"
+poll_per_second = 2
+poll_first_s = 60
+poll_interval_s = 1800
+poll_max_interval_s = 21600
+poll_max_age_days = 30
+# ShipEngine's carrier_code per carrier name, beyond the built-in usps, ups, fedex,
+# dhl and dhl express (dhl_express), canada post (canada_post) and ontrac:
+# [carriers.shipengine.carrier_codes]
+# "purolator" = "purolator_ca"
 
 [orders]
 # Order systems' webhooks create shipments: those get this locale when the order has none,
@@ -413,12 +445,12 @@ impl HttpSection {
 }
 
 /// `[carriers]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CarriersSection {
     /// AfterShip.
     #[serde(default)]
-    pub aftership: Option<SecretSection>,
+    pub aftership: Option<AfterShipSection>,
     /// EasyPost.
     #[serde(default)]
     pub easypost: Option<SecretSection>,
@@ -438,7 +470,7 @@ pub struct SecretSection {
 }
 
 /// ShipEngine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShipEngineSection {
     /// JWKS document or PEM public key file.
@@ -450,10 +482,184 @@ pub struct ShipEngineSection {
     /// Timestamp window, seconds.
     #[serde(default = "default_window")]
     pub timestamp_window_s: u64,
+    /// The API key for polling, inline or `file:/path`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The carriers whose shipments are polled.
+    #[serde(default)]
+    pub poll: Vec<String>,
+    /// ShipEngine's base URL.
+    #[serde(default = "default_shipengine_url")]
+    pub poll_base_url: String,
+    /// Polls a second, at most.
+    #[serde(default = "default_poll_per_second")]
+    pub poll_per_second: f64,
+    /// From a shipment's creation to its first poll, seconds.
+    #[serde(default = "default_poll_first")]
+    pub poll_first_s: u64,
+    /// Between polls while the status moves, seconds.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_s: u64,
+    /// The longest wait between polls, seconds.
+    #[serde(default = "default_poll_max_interval")]
+    pub poll_max_interval_s: u64,
+    /// Shipments older than this are not polled, days.
+    #[serde(default = "default_poll_max_age")]
+    pub poll_max_age_days: u64,
+    /// Carrier name → ShipEngine `carrier_code`, beyond the built-in ones.
+    #[serde(default)]
+    pub carrier_codes: BTreeMap<String, String>,
 }
 
 fn default_window() -> u64 {
     300
+}
+fn default_shipengine_url() -> String {
+    crate::carrier::poll::DEFAULT_BASE_URL.into()
+}
+fn default_poll_per_second() -> f64 {
+    2.0
+}
+fn default_poll_first() -> u64 {
+    60
+}
+fn default_poll_interval() -> u64 {
+    1800
+}
+fn default_poll_max_interval() -> u64 {
+    6 * 3600
+}
+fn default_poll_max_age() -> u64 {
+    30
+}
+
+/// AfterShip: its webhook secret, and registering new shipments with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterShipSection {
+    /// The webhook secret, inline or `file:/path`; absent = AfterShip webhooks are refused.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The API key for registering, inline or `file:/path`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The carriers whose shipments are registered.
+    #[serde(default)]
+    pub register: Vec<String>,
+    /// AfterShip's base URL.
+    #[serde(default = "default_aftership_url")]
+    pub api_base_url: String,
+    /// Registrations a second, at most.
+    #[serde(default = "default_register_per_second")]
+    pub register_per_second: f64,
+    /// Carrier name → AfterShip courier slug, beyond the built-in ones.
+    #[serde(default)]
+    pub slugs: BTreeMap<String, String>,
+}
+
+fn default_aftership_url() -> String {
+    crate::carrier::registration::DEFAULT_BASE_URL.into()
+}
+fn default_register_per_second() -> f64 {
+    10.0
+}
+
+/// A vendor's base URL, without a trailing slash, or why it is refused.
+fn base_url(what: &str, url: &str) -> Result<String, ConfigError> {
+    let url = url.trim().trim_end_matches('/');
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(['?', '#', ' ']) {
+        return Err(invalid(format!("{what} {url:?} must be an https:// URL without a query")));
+    }
+    Ok(url.to_owned())
+}
+
+/// A per-second rate, or why it is refused.
+fn per_second(what: &str, value: f64) -> Result<f64, ConfigError> {
+    if !(value.is_finite() && (0.01..=100.0).contains(&value)) {
+        return Err(invalid(format!("{what} = {value} must be 0.01 to 100 (requests a second)")));
+    }
+    Ok(value)
+}
+
+/// The API key a listed job needs, loaded.
+fn api_key(what: &str, key: Option<&str>, list: &str) -> Result<String, ConfigError> {
+    let key = key.map(|k| load_secret(what, k)).transpose()?.unwrap_or_default();
+    if key.trim().is_empty() {
+        return Err(invalid(format!(
+            "{list} names carriers, so {what} must be set (inline or \"file:/path\")"
+        )));
+    }
+    Ok(key.trim().to_owned())
+}
+
+impl ShipEngineSection {
+    /// Polling, validated; `None` when no carrier is listed in `poll`.
+    fn polling(&self) -> Result<Option<crate::carrier::poll::PollSettings>, ConfigError> {
+        use crate::carrier::{jobs, poll, schedule};
+        if self.poll.iter().all(|c| c.trim().is_empty()) {
+            return Ok(None);
+        }
+        let api_key =
+            api_key("carriers.shipengine.api_key", self.api_key.as_deref(), "carriers.shipengine.poll")?;
+        if self.poll_first_s > 86_400 {
+            return Err(invalid("carriers.shipengine.poll_first_s must be 0 to 86400 (seconds)"));
+        }
+        if !(60..=86_400).contains(&self.poll_interval_s) {
+            return Err(invalid("carriers.shipengine.poll_interval_s must be 60 to 86400 (seconds)"));
+        }
+        if !(self.poll_interval_s..=7 * 86_400).contains(&self.poll_max_interval_s) {
+            return Err(invalid(
+                "carriers.shipengine.poll_max_interval_s must be at least poll_interval_s and at most 604800 (seconds)",
+            ));
+        }
+        if !(1..=365).contains(&self.poll_max_age_days) {
+            return Err(invalid("carriers.shipengine.poll_max_age_days must be 1 to 365"));
+        }
+        let poll: Vec<String> = self.poll.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
+        Ok(Some(poll::PollSettings {
+            api_key,
+            base_url: base_url("carriers.shipengine.poll_base_url", &self.poll_base_url)?,
+            carrier_codes: poll::PollSettings::codes_for(&poll, &self.carrier_codes),
+            jobs: jobs::JobSettings {
+                per_second: per_second("carriers.shipengine.poll_per_second", self.poll_per_second)?,
+                schedule: schedule::Schedule {
+                    first: Duration::from_secs(self.poll_first_s),
+                    interval: Duration::from_secs(self.poll_interval_s),
+                    max_interval: Duration::from_secs(self.poll_max_interval_s),
+                    retry: poll::RETRY,
+                    max_age: Duration::from_secs(self.poll_max_age_days * 86_400),
+                },
+                sweep_every: jobs::SWEEP_EVERY,
+                lease: jobs::LEASE,
+                request_timeout: jobs::REQUEST_TIMEOUT,
+            },
+        }))
+    }
+}
+
+impl AfterShipSection {
+    /// Registration, validated; `None` when no carrier is listed in `register`.
+    fn registration(&self) -> Result<Option<crate::carrier::registration::RegisterSettings>, ConfigError> {
+        use crate::carrier::{jobs, registration};
+        if self.register.iter().all(|c| c.trim().is_empty()) {
+            return Ok(None);
+        }
+        let api_key =
+            api_key("carriers.aftership.api_key", self.api_key.as_deref(), "carriers.aftership.register")?;
+        let register: Vec<String> = self.register.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
+        Ok(Some(registration::RegisterSettings {
+            api_key,
+            base_url: base_url("carriers.aftership.api_base_url", &self.api_base_url)?,
+            slugs: registration::RegisterSettings::slugs_for(&register, &self.slugs),
+            jobs: jobs::JobSettings {
+                per_second: per_second("carriers.aftership.register_per_second", self.register_per_second)?,
+                schedule: registration::SCHEDULE,
+                sweep_every: jobs::SWEEP_EVERY,
+                lease: jobs::LEASE,
+                request_timeout: jobs::REQUEST_TIMEOUT,
+            },
+        }))
+    }
 }
 
 /// `[orders]`: order systems whose webhooks create shipments and raise "dispatched".
@@ -667,6 +873,12 @@ pub struct CarrierSecrets {
     pub shipengine_key_id: Option<String>,
     /// ShipEngine timestamp window.
     pub shipengine_window: Duration,
+    /// Polling ShipEngine for carriers that never call, when `[carriers.shipengine] poll`
+    /// lists any.
+    pub poll: Option<crate::carrier::poll::PollSettings>,
+    /// Registering new shipments with AfterShip, when `[carriers.aftership] register`
+    /// lists any.
+    pub register: Option<crate::carrier::registration::RegisterSettings>,
 }
 
 impl std::fmt::Debug for CarrierSecrets {
@@ -676,6 +888,8 @@ impl std::fmt::Debug for CarrierSecrets {
             .field("aftership", &self.aftership.is_some())
             .field("easypost", &self.easypost.is_some())
             .field("shipengine", &self.shipengine_keys.is_some())
+            .field("poll", &self.poll)
+            .field("register", &self.register)
             .finish_non_exhaustive()
     }
 }
@@ -837,6 +1051,14 @@ impl Config {
             shipengine_window: Duration::from_secs(
                 self.carriers.shipengine.as_ref().map_or(default_window(), |c| c.timestamp_window_s),
             ),
+            poll: self.carriers.shipengine.as_ref().map(ShipEngineSection::polling).transpose()?.flatten(),
+            register: self
+                .carriers
+                .aftership
+                .as_ref()
+                .map(AfterShipSection::registration)
+                .transpose()?
+                .flatten(),
         };
         let channel_map = match self.notify.as_ref().and_then(|n| n.get("channel_map")) {
             None => ChannelMap::default(),
@@ -953,5 +1175,60 @@ mod tests {
         assert!(matches!(Config::parse(&crawling).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let short = text.replace("0123456789abcdef0123456789abcdef", "short");
         assert!(matches!(Config::parse(&short).expect("parse").validate(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn polling_and_registration_start_when_carriers_are_listed_and_need_their_api_keys() {
+        let text = DEFAULT_CONFIG.replace(
+            "link_token_secret = \"file:/var/lib/doorstep-hub/link.secret\"",
+            "link_token_secret = \"0123456789abcdef0123456789abcdef\"",
+        );
+        let settings = Config::parse(&text).expect("parse").validate().expect("valid");
+        assert!(settings.carriers.poll.is_none() && settings.carriers.register.is_none());
+
+        let dir = tempfile::tempdir().expect("dir");
+        let key_file = dir.path().join("shipengine.key");
+        std::fs::write(&key_file, "TEST_se_key\n").expect("key file");
+        let listed = text
+            .replace(
+                "# poll = [\"usps\", \"ups\"]",
+                &format!("poll = [\"USPS\", \"dhl\"]\napi_key = \"file:{}\"", key_file.display()),
+            )
+            .replace(
+                "# register = [\"ups\", \"fedex\"]",
+                "register = [\"ups\", \"posti\"]\napi_key = \"as-key\"",
+            )
+            .replace("# [carriers.aftership.slugs]\n# \"posti\"", "[carriers.aftership.slugs]\n\"posti\"");
+        let carriers = Config::parse(&listed).expect("parse").validate().expect("valid").carriers;
+        let poll = carriers.poll.expect("polling");
+        assert_eq!(poll.api_key, "TEST_se_key");
+        assert_eq!(poll.base_url, "https://api.shipengine.com");
+        let codes: Vec<(&str, &str)> =
+            poll.carrier_codes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(codes, [("dhl", "dhl_express"), ("usps", "usps")]);
+        assert_eq!(poll.jobs.per_second, 2.0);
+        assert_eq!(poll.jobs.schedule.interval, Duration::from_secs(1800));
+        assert_eq!(poll.jobs.schedule.max_age, Duration::from_secs(30 * 86_400));
+        let register = carriers.register.expect("registration");
+        assert_eq!(
+            (register.api_key.as_str(), register.base_url.as_str()),
+            ("as-key", "https://api.aftership.com")
+        );
+        let slugs: Vec<(&str, &str)> = register.slugs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(slugs, [("posti", "finland-posti"), ("ups", "ups")]);
+        let printed = format!("{poll:?}{register:?}");
+        assert!(!printed.contains("TEST_se_key") && !printed.contains("as-key"), "keys are never printed");
+
+        for broken in [
+            listed.replace(&format!("api_key = \"file:{}\"", key_file.display()), ""),
+            listed.replace("poll_interval_s = 1800", "poll_interval_s = 5"),
+            listed.replace("poll_per_second = 2", "poll_per_second = 0"),
+            listed.replace("api_base_url = \"https://api.aftership.com\"", "api_base_url = \"ftp://x\""),
+        ] {
+            assert!(
+                matches!(Config::parse(&broken).expect("parse").validate(), Err(ConfigError::Invalid(_))),
+                "{broken}"
+            );
+        }
     }
 }

@@ -64,6 +64,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("doorstep_hub_photos_total", Kind::Counter, "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", Kind::Counter, "Carrier webhooks by carrier and outcome."),
     (
+        "doorstep_hub_carrier_polls_total",
+        Kind::Counter,
+        "ShipEngine polls by the shipment's carrier and outcome (stored, duplicate, unmatched, not_yet, rate_limited, auth_error, server_error, network_error, malformed, rejected, ...).",
+    ),
+    (
+        "doorstep_hub_carrier_registrations_total",
+        Kind::Counter,
+        "AfterShip registrations by the shipment's carrier and outcome (registered, already_registered, rate_limited, auth_error, server_error, network_error, rejected, ...).",
+    ),
+    (
         "doorstep_hub_api_requests_total",
         Kind::Counter,
         "Private API requests by outcome (allowed, unauthenticated, revoked, forbidden) and scope.",
@@ -309,6 +319,20 @@ impl Metrics {
         self.add(
             "doorstep_hub_webhooks_total",
             &[("carrier", carrier), ("outcome", outcome), ("reason", reason)],
+            1,
+        );
+    }
+
+    /// One poll of ShipEngine for a shipment of `carrier`, and how it ended.
+    pub fn carrier_poll(&self, carrier: &str, outcome: &str) {
+        self.add("doorstep_hub_carrier_polls_total", &[("carrier", carrier), ("outcome", outcome)], 1);
+    }
+
+    /// One attempt to register a shipment of `carrier` with AfterShip, and how it ended.
+    pub fn carrier_registration(&self, carrier: &str, outcome: &str) {
+        self.add(
+            "doorstep_hub_carrier_registrations_total",
+            &[("carrier", carrier), ("outcome", outcome)],
             1,
         );
     }

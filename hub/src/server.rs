@@ -93,6 +93,15 @@ pub async fn serve(
         tracing::info!("notify.dispatch = false: this hub does not send messages or alerts");
         None
     };
+    // Carriers that never call: ShipEngine polls and AfterShip registrations, as configured.
+    let carrier_cancel = tokio_util::sync::CancellationToken::new();
+    let carrier_tasks = crate::carrier::jobs::spawn_configured(
+        &settings.carriers,
+        &ingest.writer(),
+        &metrics,
+        &carrier_cancel,
+    )
+    .context("starting the carrier jobs")?;
     if let Some(group) = &settings.mqtt.shared_group {
         tracing::info!(
             group,
@@ -131,6 +140,11 @@ pub async fn serve(
     stop.cancel();
     public.context("public listener")?;
     api.context("API listener")?;
+    // Their answers are written through ingest's writer: they stop before it drains.
+    carrier_cancel.cancel();
+    for task in carrier_tasks {
+        let _ = task.await;
+    }
     tracing::info!("shutting down: draining ingest");
     ingest.shutdown().await;
     notify_cancel.cancel();

@@ -2,8 +2,9 @@
 //! submodule per kind of record: `schema` (the migrations), `devices` (the registry, keys,
 //! live state), `events` (device events, gaps, acks, rejections), `routes`, `shipments`
 //! (shipments, timelines, wake-ups, carrier events), `outbox` (notifications and alerts),
-//! `photos`, and `access` (API keys, the audit log, withdrawn tracking links). This file
-//! holds the connection, its transactions and the shared error.
+//! `carrier_jobs` (polls and registrations owed to carrier aggregators), `photos`, and
+//! `access` (API keys, the audit log, withdrawn tracking links). This file holds the
+//! connection, its transactions and the shared error.
 //!
 //! One SQLite file in WAL mode, migrated with `PRAGMA user_version`. [`Store`] owns a
 //! connection; [`StoreTx`] is one transaction over it. Ingest, the HTTP API and the
@@ -24,21 +25,23 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 mod access;
+mod carrier_jobs;
 mod devices;
 mod events;
-mod outbox;
 mod orders;
+mod outbox;
 mod photos;
 mod routes;
 mod schema;
 mod shipments;
 
 pub use access::{ApiKeyRecord, AuditEntry};
+pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
 pub use events::{EventInsert, GapApplied, NewEvent, NewGap};
+pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow};
 pub use photos::PhotoRecord;
-pub use orders::{NewOrderEvent, OrderFields};
 pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};

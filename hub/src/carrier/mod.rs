@@ -19,9 +19,18 @@
 //! [`Headers`] trait (implemented for `[(String, String)]`), the body as bytes, and the
 //! current time, where a scheme needs one, as an argument. It must never panic on any
 //! input; `garbage_never_panics` in each submodule checks that.
+//!
+//! The other direction, the hub asking aggregators, lives beside the receivers and reads
+//! with their mappings: [`jobs`] runs durable, scheduled work per shipment ([`schedule`]
+//! says when), one vendor per kind: [`poll`] asks ShipEngine about parcels of carriers that
+//! never call, [`registration`] registers new parcels with AfterShip so its webhooks flow.
 
 pub mod aftership;
 pub mod easypost;
+pub mod jobs;
+pub mod poll;
+pub mod registration;
+pub mod schedule;
 pub mod shipengine;
 
 use doorstep_proto::TrackingNumber;
@@ -220,15 +229,6 @@ fn verify_hmac(key: &hmac::Key, body: &[u8], tag: &[u8]) -> Result<(), WebhookEr
     hmac::verify(key, body, tag).map_err(|_| WebhookError::BadSignature)
 }
 
-/// A configured webhook verifier for one carrier integration.
-#[derive(Debug)]
-pub enum Verifier {
-    /// AfterShip: base64 HMAC-SHA256 in `aftership-hmac-sha256`.
-    AfterShip(aftership::Verifier),
-    /// EasyPost: hex HMAC-SHA256 with an NFKD-normalized secret in `X-Hmac-Signature`.
-    EasyPost(easypost::Verifier),
-    /// ShipEngine: RSA-SHA256 over `timestamp.body` with a published key and a window.
-    ShipEngine(shipengine::Verifier),
 /// The scheme AfterShip, Shopify and WooCommerce share: the base64 HMAC-SHA256 of the raw
 /// body under a shared secret, in one header, compared in constant time.
 pub(crate) fn verify_base64_hmac<H: Headers + ?Sized>(
@@ -246,6 +246,15 @@ pub(crate) fn verify_base64_hmac<H: Headers + ?Sized>(
     verify_hmac(key, body, &tag)
 }
 
+/// A configured webhook verifier for one carrier integration.
+#[derive(Debug)]
+pub enum Verifier {
+    /// AfterShip: base64 HMAC-SHA256 in `aftership-hmac-sha256`.
+    AfterShip(aftership::Verifier),
+    /// EasyPost: hex HMAC-SHA256 with an NFKD-normalized secret in `X-Hmac-Signature`.
+    EasyPost(easypost::Verifier),
+    /// ShipEngine: RSA-SHA256 over `timestamp.body` with a published key and a window.
+    ShipEngine(shipengine::Verifier),
 }
 
 impl Verifier {
@@ -295,6 +304,11 @@ pub fn parse(carrier: Carrier, body: &[u8]) -> Result<Option<CarrierEvent>, Webh
         Carrier::AfterShip => aftership::parse_update(body)?,
         Carrier::EasyPost => easypost::parse_update(body)?,
         Carrier::ShipEngine => shipengine::parse_update(body)?,
+        // Shopify's fulfillment statuses arrive inside its order webhooks
+        // (`inbound::shopify`), never on a carrier route.
+        Carrier::Shopify => {
+            return Err(WebhookError::Malformed { carrier, detail: "not a carrier webhook".into() });
+        }
     };
     update.map(RawUpdate::into_event).transpose()
 }
@@ -304,11 +318,6 @@ pub fn parse(carrier: Carrier, body: &[u8]) -> Result<Option<CarrierEvent>, Webh
 /// Doorstep refuses (EasyPost's signed fixture uses the tracking code `"1"`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawUpdate {
-        // Shopify's fulfillment statuses arrive inside its order webhooks
-        // (`inbound::shopify`), never on a carrier route.
-        Carrier::Shopify => {
-            return Err(WebhookError::Malformed { carrier, detail: "not a carrier webhook".into() });
-        }
     /// The integration.
     pub carrier: Carrier,
     /// The carrier's event id, when the payload has one.
@@ -363,6 +372,7 @@ pub fn carrier_slug(carrier: Carrier) -> &'static str {
         Carrier::AfterShip => "aftership",
         Carrier::EasyPost => "easypost",
         Carrier::ShipEngine => "shipengine",
+        Carrier::Shopify => "shopify",
     }
 }
 
@@ -372,7 +382,6 @@ pub fn content_key(
     carrier: Carrier,
     tracking: &TrackingNumber,
     raw_status: &str,
-        Carrier::Shopify => "shopify",
     occurred_ms: i64,
 ) -> String {
     let text = format!("{}|{}|{}|{}", carrier_slug(carrier), tracking, raw_status, occurred_ms);

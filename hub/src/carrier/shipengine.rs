@@ -344,6 +344,38 @@ pub fn parse_update(body: &[u8]) -> Result<Option<RawUpdate>, WebhookError> {
         (None, _, Some(bare)) if bare.tracking_number.is_some() => bare,
         (None, _, _) => return Err(WebhookError::MissingField { carrier: C, field: "resource_type" }),
     };
+    let answer = read_info(info)?;
+    answer.update.map(Some).ok_or(WebhookError::MissingField { carrier: C, field: OCCURRED_FIELDS })
+}
+
+/// Where the time of the current status comes from.
+const OCCURRED_FIELDS: &str = "events[].occurred_at or actual_delivery_date";
+
+/// What `GET /v1/tracking` says about a parcel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackingAnswer {
+    /// The tracking number as ShipEngine wrote it.
+    pub tracking: String,
+    /// ShipEngine's status code, with the detail code when there is one (`IT`,
+    /// `IT/OUT_FOR_DELIVERY`, `NY`).
+    pub raw_status: String,
+    /// The status, through the same tables as the webhook.
+    pub status: CanonicalStatus,
+    /// The update to store, exactly as the webhook with the same tracking info would give
+    /// it (so both find the same dedupe key); `None` while nothing is dated yet: `NY`, the
+    /// carrier has not seen the parcel, comes without events.
+    pub update: Option<RawUpdate>,
+}
+
+/// Parses the answer of `GET /v1/tracking?carrier_code=..&tracking_number=..`: the bare
+/// tracking-info object a webhook carries in `data`, read with the webhook's mapping.
+pub fn parse_tracking_info(body: &[u8]) -> Result<TrackingAnswer, WebhookError> {
+    check_size(body)?;
+    read_info(from_json(Carrier::ShipEngine, body)?)
+}
+
+fn read_info(info: TrackingInfo) -> Result<TrackingAnswer, WebhookError> {
+    const C: Carrier = Carrier::ShipEngine;
     let number = non_blank(info.tracking_number.as_deref())
         .ok_or(WebhookError::MissingField { carrier: C, field: "tracking_number" })?
         .to_owned();
@@ -363,10 +395,7 @@ pub fn parse_update(body: &[u8]) -> Result<Option<RawUpdate>, WebhookError> {
         CanonicalStatus::Delivered => info.actual_delivery_date.as_deref().and_then(parse_time_ms),
         _ => None,
     };
-    let occurred_ms = delivered_at.or(latest.map(|(t, _)| t)).ok_or(WebhookError::MissingField {
-        carrier: C,
-        field: "events[].occurred_at or actual_delivery_date",
-    })?;
+    let occurred_ms = delivered_at.or(latest.map(|(t, _)| t));
 
     let message = non_blank(info.exception_description.as_deref())
         .or(latest.and_then(|(_, e)| non_blank(e.description.as_deref())))
@@ -374,16 +403,17 @@ pub fn parse_update(body: &[u8]) -> Result<Option<RawUpdate>, WebhookError> {
         .or(non_blank(info.status_description.as_deref()))
         .map(str::to_owned);
 
-    Ok(Some(RawUpdate {
+    let update = occurred_ms.map(|occurred_ms| RawUpdate {
         carrier: C,
         event_id: None,
-        tracking: number,
+        tracking: number.clone(),
         status,
-        raw_status,
+        raw_status: raw_status.clone(),
         occurred_ms,
         expected_delivery: non_blank(info.estimated_delivery_date.as_deref()).map(str::to_owned),
         message,
-    }))
+    });
+    Ok(TrackingAnswer { tracking: number, raw_status, status, update })
 }
 
 #[cfg(test)]
@@ -597,6 +627,52 @@ mod tests {
     }
 
     #[test]
+    fn a_polled_answer_maps_like_the_webhook_carrying_it_and_finds_the_same_dedupe_key() {
+        let answer = fixture("shipengine_tracking_info_data_sdk_mock.json");
+        let polled = parse_tracking_info(&answer).expect("parses");
+        assert_eq!((polled.raw_status.as_str(), polled.status), ("UN", CanonicalStatus::Unknown));
+        let polled = polled.update.expect("dated").into_event().expect("event");
+        let info: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+        let webhook = serde_json::json!({"resource_url": "https://api.shipengine.com/v1/tracking?x",
+            "resource_type": "API_TRACK", "data": info});
+        let pushed = parse(Carrier::ShipEngine, &serde_json::to_vec(&webhook).expect("encode"))
+            .expect("parses")
+            .expect("update");
+        assert_eq!(polled, pushed);
+    }
+
+    #[test]
+    fn not_yet_in_system_without_events_is_an_answer_with_nothing_to_store() {
+        let body = br#"{"tracking_number":"9405511899223197428490","status_code":"NY",
+            "status_description":"Not Yet In System","carrier_status_code":null,"events":[]}"#;
+        let answer = parse_tracking_info(body).expect("parses");
+        assert_eq!(answer.raw_status, "NY");
+        assert_eq!(answer.status, CanonicalStatus::LabelCreated);
+        assert_eq!(answer.update, None);
+        // The webhook path keeps refusing an undated update.
+        let wrapped = format!(r#"{{"resource_type":"API_TRACK","data":{}}}"#, String::from_utf8_lossy(body));
+        assert_eq!(
+            parse(Carrier::ShipEngine, wrapped.as_bytes()).map_err(|e| e.reason()),
+            Err("missing_field")
+        );
+    }
+
+    #[test]
+    fn a_delivered_answer_is_dated_by_its_actual_delivery() {
+        let body =
+            br#"{"tracking_number":"1Z999AA10123456784","status_code":"DE","status_detail_code":"DELIVERED",
+            "actual_delivery_date":"2026-08-07T15:02:00Z",
+            "events":[{"occurred_at":"2026-08-07T15:01:00Z","description":"Delivered, front door"}]}"#;
+        let answer = parse_tracking_info(body).expect("parses");
+        assert_eq!((answer.raw_status.as_str(), answer.status), ("DE/DELIVERED", CanonicalStatus::Delivered));
+        let update = answer.update.expect("dated");
+        assert_eq!(update.occurred_ms, ms("2026-08-07T15:02:00Z"));
+        assert_eq!(update.message.as_deref(), Some("Delivered, front door"));
+        assert!(parse_tracking_info(b"{}").is_err());
+        assert!(parse_tracking_info(b"<html>502</html>").is_err());
+    }
+
+    #[test]
     fn other_resource_types_are_not_tracking_updates() {
         assert_eq!(
             parse(Carrier::ShipEngine, br#"{"resource_type":"API_BATCH","resource_url":"x"}"#),
@@ -609,6 +685,7 @@ mod tests {
         fn garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512),
                                 ts in ".{0,30}", sig in ".{0,40}") {
             let _ = parse(Carrier::ShipEngine, &body);
+            let _ = parse_tracking_info(&body);
             let _ = der_element(&body);
             let _ = rsa_from_spki(&body);
             let v = Verifier::new(keys(), DEFAULT_WINDOW_MS);

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -283,6 +283,36 @@ CREATE TABLE order_events (
 CREATE INDEX order_events_object ON order_events (source, object_key, triggered_ms);
 ALTER TABLE shipments ADD COLUMN order_name TEXT;
 ALTER TABLE shipments ADD COLUMN source TEXT;
+"#,
+    // What the hub owes carriers for a shipment, durable across restarts and shared by the
+    // hubs of one database: polling ShipEngine for carriers that never call (`poll`) and
+    // registering the parcel with AfterShip so its webhooks flow (`register`). A hub claims
+    // a due row with one UPDATE that moves `due_ms` to the end of its lease and writes its
+    // `claim` token; the answer is written back only under that token, and a row whose
+    // claimer died comes due again when the lease ends. The cursor is the highest shipment
+    // id each kind has looked at, so a sweep reads only shipments created since.
+    r#"
+CREATE TABLE carrier_jobs (
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    kind         TEXT NOT NULL CHECK (kind IN ('poll', 'register')),
+    state        TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    due_ms       INTEGER NOT NULL,
+    claim        TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    errors       INTEGER NOT NULL DEFAULT 0,
+    unchanged    INTEGER NOT NULL DEFAULT 0,
+    last_status  TEXT,
+    outcome      TEXT,
+    detail       TEXT,
+    created_ms   INTEGER NOT NULL,
+    updated_ms   INTEGER NOT NULL,
+    PRIMARY KEY (shipment_id, kind)
+);
+CREATE INDEX carrier_jobs_due ON carrier_jobs (kind, due_ms) WHERE state = 'pending';
+CREATE TABLE carrier_job_cursors (
+    kind         TEXT PRIMARY KEY,
+    shipment_id  INTEGER NOT NULL
+);
 "#,
 ];
 
