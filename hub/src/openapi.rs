@@ -379,6 +379,9 @@ pub struct Shipment {
     pub carrier: Option<String>,
     /// The order system's id.
     pub order_id: Option<String>,
+    /// The order's name as the customer knows it (`#1001`), when an order system's
+    /// webhook created or updated the shipment.
+    pub order_name: Option<String>,
     /// Contacts per channel.
     #[schema(value_type = ContactsOnFile)]
     pub contacts: std::collections::BTreeMap<String, Contact>,
@@ -679,6 +682,7 @@ mod tests {
             tracking_number: tracking.clone(),
             carrier: None,
             order_id: None,
+            order_name: None,
             contacts: BTreeMap::from([(ContactChannel::Sms, contact.clone())]),
             locale: "en".into(),
             time_zone: "UTC".into(),

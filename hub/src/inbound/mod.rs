@@ -104,6 +104,32 @@ pub struct SourceError {
     pub problem: String,
 }
 
+/// A shared webhook secret as an HMAC-SHA256 key (Shopify's app client secret,
+/// WooCommerce's webhook secret). Never printed.
+pub struct SharedSecret(ring::hmac::Key);
+
+impl SharedSecret {
+    /// The key for `secret`, refused when empty (an empty key accepts what anyone signs
+    /// with one), naming the config `section`.
+    pub fn new(section: &'static str, secret: &str) -> Result<Self, SourceError> {
+        if secret.is_empty() {
+            return Err(SourceError { section, problem: "the secret is empty".into() });
+        }
+        Ok(SharedSecret(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())))
+    }
+
+    /// Checks the base64 HMAC-SHA256 of the raw `body` in `header`.
+    pub fn verify(&self, headers: &dyn Headers, header: &'static str, body: &[u8]) -> Result<(), Refused> {
+        Ok(crate::carrier::verify_base64_hmac(headers, header, &self.0, body)?)
+    }
+}
+
+impl fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedSecret(<secret>)")
+    }
+}
+
 /// The sources this hub takes webhooks from, by slug, with what order events need.
 #[derive(Debug, Default)]
 pub struct Sources {

@@ -22,12 +22,11 @@
 use std::collections::BTreeMap;
 
 use doorstep_proto::TrackingNumber;
-use ring::hmac;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::orders::{self, OrderEvent, Parcel, StatusSignal};
-use super::{Inbound, Received, Refused, Source, SourceError};
+use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError};
 use crate::carrier::{self, Headers, lookup, non_blank, parse_time_ms};
 use crate::model::{CanonicalStatus, Carrier};
 use crate::store::{Contact, ContactChannel};
@@ -60,23 +59,13 @@ pub const SHIPMENT_STATUS: &[(&str, CanonicalStatus)] = &[
 ];
 
 /// The Shopify source, with the app's client secret.
-pub struct Shopify {
-    key: hmac::Key,
-}
-
-impl std::fmt::Debug for Shopify {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Shopify { key: <secret> }")
-    }
-}
+#[derive(Debug)]
+pub struct Shopify(SharedSecret);
 
 impl Shopify {
     /// A source checking signatures with `secret`.
     pub fn new(secret: &str) -> Result<Self, SourceError> {
-        if secret.is_empty() {
-            return Err(SourceError { section: "orders.shopify", problem: "the secret is empty".into() });
-        }
-        Ok(Shopify { key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()) })
+        SharedSecret::new("orders.shopify", secret).map(Shopify)
     }
 }
 
@@ -86,7 +75,7 @@ impl Source for Shopify {
     }
 
     fn receive(&self, headers: &dyn Headers, body: &[u8], _now_ms: i64) -> Result<Received, Refused> {
-        carrier::verify_base64_hmac(headers, SIGNATURE_HEADER, &self.key, body)?;
+        self.0.verify(headers, SIGNATURE_HEADER, body)?;
         let delivery_id = one(headers, WEBHOOK_ID_HEADER).ok_or_else(|| {
             Refused::malformed("missing_delivery_id", format!("no {WEBHOOK_ID_HEADER} header"))
         })?;
@@ -324,8 +313,7 @@ mod tests {
     const SECRET: &str = "shpss_test_client_secret";
 
     fn signed(topic: &str, body: &[u8], id: &str, at: &str) -> Vec<(String, String)> {
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes()), body);
-        let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tag.as_ref());
+        let sig = doorstep_testkit::webhooks::shopify(SECRET, body);
         headers(&[
             ("X-Shopify-Topic", topic),
             ("X-Shopify-Hmac-Sha256", &sig),

@@ -17,13 +17,12 @@
 use std::collections::BTreeMap;
 
 use doorstep_proto::TrackingNumber;
-use ring::hmac;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::orders::{self, OrderEvent, Parcel};
-use super::{Inbound, Received, Refused, Source, SourceError};
-use crate::carrier::{self, Headers, non_blank, parse_time_ms};
+use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError};
+use crate::carrier::{Headers, non_blank, parse_time_ms};
 use crate::store::{Contact, ContactChannel};
 
 /// WooCommerce's signature header.
@@ -36,23 +35,13 @@ pub const DELIVERY_ID_HEADER: &str = "X-WC-Webhook-Delivery-ID";
 pub const TRACKING_ITEMS_KEY: &str = "_wc_shipment_tracking_items";
 
 /// The WooCommerce source, with the webhook's secret.
-pub struct WooCommerce {
-    key: hmac::Key,
-}
-
-impl std::fmt::Debug for WooCommerce {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WooCommerce { key: <secret> }")
-    }
-}
+#[derive(Debug)]
+pub struct WooCommerce(SharedSecret);
 
 impl WooCommerce {
     /// A source checking signatures with `secret`.
     pub fn new(secret: &str) -> Result<Self, SourceError> {
-        if secret.is_empty() {
-            return Err(SourceError { section: "orders.woocommerce", problem: "the secret is empty".into() });
-        }
-        Ok(WooCommerce { key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()) })
+        SharedSecret::new("orders.woocommerce", secret).map(WooCommerce)
     }
 }
 
@@ -62,7 +51,7 @@ impl Source for WooCommerce {
     }
 
     fn receive(&self, headers: &dyn Headers, body: &[u8], _now_ms: i64) -> Result<Received, Refused> {
-        carrier::verify_base64_hmac(headers, SIGNATURE_HEADER, &self.key, body)?;
+        self.0.verify(headers, SIGNATURE_HEADER, body)?;
         let values = headers.values(DELIVERY_ID_HEADER);
         let delivery_id = match values.as_slice() {
             [one] => non_blank(Some(one)),
@@ -206,8 +195,7 @@ mod tests {
     const SECRET: &str = "wc-webhook-secret";
 
     fn signed(topic: &str, body: &[u8], delivery: &str) -> Vec<(String, String)> {
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes()), body);
-        let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tag.as_ref());
+        let sig = doorstep_testkit::webhooks::woocommerce(SECRET, body);
         headers(&[
             ("X-WC-Webhook-Source", "https://shop.example.com/"),
             ("X-WC-Webhook-Topic", topic),
