@@ -658,3 +658,71 @@ fn the_tracking_numbers_here_are_ones_doorstep_holds() {
         TrackingNumber::new(tracking).unwrap();
     }
 }
+
+// ---- from the configuration, through `serve` ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_polls_the_carriers_its_configuration_lists_and_stops_cleanly() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let key = dir.path().join("hub.key");
+    doorstep_runtime::keyfile::create(&key, false).unwrap();
+    let api_token = {
+        let mut store = Store::open(&db, StoreOptions::default()).unwrap();
+        let issued = doorstep_hub::access::issue(&ring::rand::SystemRandom::new()).unwrap();
+        store.create_api_key("orders", &issued.key_id, &issued.digest, "admin", 0).unwrap();
+        issued.token
+    };
+    let (shipengine, base) = Vendor::start(|_, _| reply(200, delivered_info(USPS).to_string())).await;
+    let text = doorstep_hub::config::DEFAULT_CONFIG
+        .replace("/var/lib/doorstep-hub/hub.db", &db.display().to_string())
+        .replace("/var/lib/doorstep-hub/hub.key", &key.display().to_string())
+        .replace("\"file:/var/lib/doorstep-hub/link.secret\"", "\"0123456789abcdef0123456789abcdef\"")
+        .replace("port = 1883", &format!("port = {}", broker.port()))
+        .replace("client_id = \"doorstep-hub\"", "client_id = \"doorstep-hub-carrier-poll\"")
+        .replace(
+            "# poll = [\"usps\", \"ups\"]",
+            &format!("poll = [\"usps\"]\napi_key = \"{SHIPENGINE_KEY}\""),
+        )
+        .replace("poll_base_url = \"https://api.shipengine.com\"", &format!("poll_base_url = \"{base}\""))
+        .replace("poll_first_s = 60", "poll_first_s = 0");
+    let settings = doorstep_hub::config::Config::parse(&text).unwrap().validate().unwrap();
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", api.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    let hub = tokio::spawn(doorstep_hub::server::serve(
+        settings,
+        doorstep_hub::server::Listeners { public, api },
+        async move { shutdown.cancelled().await },
+    ));
+
+    let client = reqwest::Client::new();
+    let shipment = serde_json::json!({"tracking_number": USPS, "carrier": "usps",
+        "contacts": {"email": "ann@example.com"}, "consent": true});
+    let created = client
+        .post(format!("{api_url}/v1/shipments"))
+        .bearer_auth(&api_token)
+        .json(&shipment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+    assert!(
+        until(Duration::from_secs(15), || job(&db, id, "poll").is_some_and(|j| j.state == JobState::Done))
+            .await,
+        "{:?}",
+        job(&db, id, "poll")
+    );
+    let seen = shipengine.seen();
+    assert_eq!(seen.len(), 1);
+    assert_is_a_tracking_request(&seen[0], USPS);
+    assert_eq!(carrier_events(&db, USPS), 1);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), hub).await.expect("the hub stops").unwrap().unwrap();
+}
