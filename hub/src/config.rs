@@ -166,9 +166,15 @@ hold_period_s = 1800
 standing_speed_mps = 1.5
 # The dwell a stop needs when its route does not set one, seconds (agents: geofence.dwell_s).
 default_dwell_s = 30
+# When the carrier's expected delivery moves later than what the customer was last told
+# by more than this many hours, and no exception explains it, the customer gets one
+# "delayed, now expected ..." message per new date. A bare date counts as the middle of
+# its day, so a day's slip is always told and a window moved within the day is not.
+delay_tolerance_h = 12
 
 # [notify] (below) holds the providers, their credentials and the templates.
-# Which channels each milestone goes to; without a map, every consented channel.
+# Which channels each milestone goes to; without a map, every consented channel. Updates
+# between milestones (a delay, "still on its way") go where the current milestone goes.
 # [[notify.channel_map]]
 # milestone = "nearby"
 # channels = ["sms", "whatsapp"]
@@ -715,7 +721,12 @@ pub struct OrderSettings {
 impl Default for OrderSettings {
     fn default() -> Self {
         let section = OrdersSection::default();
-        OrderSettings { locale: section.locale, time_zone: section.time_zone, shopify_secret: None, woocommerce_secret: None }
+        OrderSettings {
+            locale: section.locale,
+            time_zone: section.time_zone,
+            shopify_secret: None,
+            woocommerce_secret: None,
+        }
     }
 }
 
@@ -735,7 +746,10 @@ impl OrdersSection {
     fn settings(&self) -> Result<OrderSettings, ConfigError> {
         let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
         if self.locale.is_empty() || self.locale.len() > 35 || !self.locale.chars().all(token) {
-            return Err(invalid(format!("orders.locale {:?} is not a locale such as en or de-DE", self.locale)));
+            return Err(invalid(format!(
+                "orders.locale {:?} is not a locale such as en or de-DE",
+                self.locale
+            )));
         }
         if jiff::tz::TimeZone::get(&self.time_zone).is_err() {
             return Err(invalid(format!(
@@ -768,6 +782,14 @@ pub struct ReconcileSection {
     /// A stop's dwell when its route does not set one, seconds.
     #[serde(default = "default_dwell")]
     pub default_dwell_s: u32,
+    /// How much later the carrier's expected delivery must move to be told as a delay,
+    /// hours.
+    #[serde(default = "default_delay_tolerance")]
+    pub delay_tolerance_h: u32,
+}
+
+fn default_delay_tolerance() -> u32 {
+    u32::try_from(crate::reconcile::DEFAULT_DELAY_TOLERANCE_MS / 3_600_000).unwrap_or(12)
 }
 
 fn default_hold() -> u64 {
@@ -786,6 +808,7 @@ impl Default for ReconcileSection {
             hold_period_s: default_hold(),
             standing_speed_mps: default_standing_speed(),
             default_dwell_s: default_dwell(),
+            delay_tolerance_h: default_delay_tolerance(),
         }
     }
 }
@@ -812,6 +835,13 @@ impl ChannelMap {
     /// A map from explicit entries.
     pub fn from_entries(entries: impl IntoIterator<Item = (Milestone, Vec<ContactChannel>)>) -> Self {
         Self(entries.into_iter().collect())
+    }
+
+    /// Reads the `[[notify.channel_map]]` entries as written (absent: the empty map).
+    pub fn from_toml(value: Option<&toml::Value>) -> Result<Self, String> {
+        let Some(value) = value else { return Ok(Self::default()) };
+        let entries: Vec<ChannelMapEntry> = value.clone().try_into().map_err(|e| format!("{e}"))?;
+        Ok(Self::from_entries(entries.into_iter().map(|e| (e.milestone, e.channels))))
     }
 }
 
@@ -931,6 +961,8 @@ pub struct Settings {
     pub standing_speed_cmps: u16,
     /// A stop's dwell when its route does not set one, seconds.
     pub default_dwell_s: u32,
+    /// How much later the carrier's expected delivery must move to be told as a delay.
+    pub delay_tolerance: Duration,
     /// How far ahead of the hub's clock an event's GNSS time may be.
     pub max_event_ahead: Duration,
     /// Milestone → channels.
@@ -1083,6 +1115,12 @@ impl Config {
                 doorstep_proto::route::MAX_DWELL_S
             )));
         }
+        if self.reconcile.delay_tolerance_h > 30 * 24 {
+            return Err(invalid(format!(
+                "reconcile.delay_tolerance_h = {} must be 0 to 720 (hours; 12 is the default)",
+                self.reconcile.delay_tolerance_h
+            )));
+        }
         if !(1..=7 * 24 * 3600).contains(&self.ingest.max_event_ahead_s) {
             return Err(invalid("ingest.max_event_ahead_s must be 1 s to 7 days (600 is the default)"));
         }
@@ -1116,6 +1154,7 @@ impl Config {
             hold_period: Duration::from_secs(self.reconcile.hold_period_s),
             standing_speed_cmps,
             default_dwell_s: self.reconcile.default_dwell_s,
+            delay_tolerance: Duration::from_secs(u64::from(self.reconcile.delay_tolerance_h) * 3600),
             max_event_ahead: Duration::from_secs(self.ingest.max_event_ahead_s),
             channel_map,
             notify: self.notify.clone(),
@@ -1171,6 +1210,15 @@ mod tests {
         assert_eq!(settings.standing_speed_cmps, crate::reconcile::DEFAULT_STANDING_SPEED_CMPS);
         assert_eq!(settings.default_dwell_s, crate::reconcile::DEFAULT_DWELL_S);
         assert_eq!(settings.max_event_ahead, Duration::from_secs(600));
+        assert_eq!(
+            settings.delay_tolerance.as_millis(),
+            u128::try_from(crate::reconcile::DEFAULT_DELAY_TOLERANCE_MS).expect("positive")
+        );
+        let patient = text.replace("delay_tolerance_h = 12", "delay_tolerance_h = 36");
+        let patient = Config::parse(&patient).expect("parse").validate().expect("valid");
+        assert_eq!(patient.delay_tolerance, Duration::from_secs(36 * 3600));
+        let forever = text.replace("delay_tolerance_h = 12", "delay_tolerance_h = 10000");
+        assert!(matches!(Config::parse(&forever).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let crawling = text.replace("standing_speed_mps = 1.5", "standing_speed_mps = 0.0");
         assert!(matches!(Config::parse(&crawling).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let short = text.replace("0123456789abcdef0123456789abcdef", "short");

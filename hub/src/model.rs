@@ -209,6 +209,95 @@ pub enum Action {
         /// When, ms since the Unix epoch.
         at_ms: i64,
     },
+    /// Tell the customer the parcel is delayed: the carrier's expected delivery moved later
+    /// than what they were last told, and no exception explains it. Once per new date,
+    /// channel and recipient ([`Notice::delayed`]); it moves no milestone.
+    NotifyDelay {
+        /// The carrier's new expected delivery, verbatim.
+        expected: String,
+        /// The expected delivery the customer was told before, verbatim.
+        previous: String,
+    },
+}
+
+/// Customer news that moves no milestone: word about a parcel between its milestones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Update {
+    /// The expected delivery moved later than the customer was last told.
+    Delayed,
+    /// A scheduled word that a parcel long in transit is still on its way.
+    StillOnItsWay,
+}
+
+impl Update {
+    /// Every update.
+    pub const ALL: [Update; 2] = [Update::Delayed, Update::StillOnItsWay];
+
+    /// The snake_case name, as serialized and as the outbox key starts (`delayed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Update::Delayed => "delayed",
+            Update::StillOnItsWay => "still_on_its_way",
+        }
+    }
+}
+
+/// What one customer message tells, as the notification outbox keys it: its `milestone`
+/// column, unique per shipment, channel and recipient. A milestone is keyed by its name
+/// (`delivered`), so each is told once; an update by its name and the occasion that makes
+/// it news once (`delayed:2026-08-09`, the new date; `still_on_its_way:2`, the update's
+/// number), so the same date is never told twice and each new one is told once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A milestone.
+    Milestone(Milestone),
+    /// An update, on one occasion.
+    Update {
+        /// Which update.
+        update: Update,
+        /// What makes it news (no `:` needed; everything after the first one belongs here).
+        occasion: String,
+    },
+}
+
+impl Notice {
+    /// "Delayed, now expected `expected`" (the carrier's text, verbatim).
+    pub fn delayed(expected: &str) -> Self {
+        Notice::Update { update: Update::Delayed, occasion: expected.trim().to_owned() }
+    }
+
+    /// The `n`th "still on its way" update of a shipment, from 1.
+    pub fn still_on_its_way(n: u32) -> Self {
+        Notice::Update { update: Update::StillOnItsWay, occasion: n.to_string() }
+    }
+
+    /// The outbox key.
+    pub fn key(&self) -> String {
+        match self {
+            Notice::Milestone(m) => crate::store::milestone_name(*m).to_owned(),
+            Notice::Update { update, occasion } => format!("{}:{occasion}", update.as_str()),
+        }
+    }
+
+    /// Reads an outbox key; `None` for one this hub does not know.
+    pub fn parse(key: &str) -> Option<Self> {
+        let named = |name: &str| serde_json::Value::String(name.to_owned());
+        match key.split_once(':') {
+            None => serde_json::from_value(named(key)).ok().map(Notice::Milestone),
+            Some((name, occasion)) => serde_json::from_value(named(name))
+                .ok()
+                .map(|update| Notice::Update { update, occasion: occasion.to_owned() }),
+        }
+    }
+
+    /// The name without its occasion (`delivered`, `delayed`): a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::Milestone(m) => crate::store::milestone_name(*m),
+            Notice::Update { update, .. } => update.as_str(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +332,23 @@ mod tests {
         {
             assert_eq!(kind.as_str(), serde_name(kind));
         }
+    }
+
+    #[test]
+    fn notices_round_trip_through_their_outbox_keys() {
+        for update in Update::ALL {
+            assert_eq!(update.as_str(), serde_name(update));
+        }
+        for notice in [
+            Notice::Milestone(Milestone::OutForDelivery),
+            Notice::delayed("2026-08-09T18:00:00+02:00"),
+            Notice::still_on_its_way(3),
+        ] {
+            assert_eq!(Notice::parse(&notice.key()), Some(notice.clone()), "{}", notice.key());
+        }
+        assert_eq!(Notice::delayed(" 2026-08-09 ").key(), "delayed:2026-08-09");
+        assert_eq!(Notice::still_on_its_way(2).kind(), "still_on_its_way");
+        assert_eq!(Notice::parse("soon"), None);
+        assert_eq!(Notice::parse("rumoured:tomorrow"), None);
     }
 }

@@ -28,6 +28,21 @@
 //! The same table, in words for operators, is `docs/reconciliation.md`; a test keeps the
 //! two in step.
 //!
+//! # Delays
+//!
+//! A delay is usually a date that quietly slips, not an exception status. Beside the
+//! table, the state keeps the carrier's latest expected delivery (from the newest event,
+//! in event time, that gave a readable one) and the one the customer was last told: the
+//! first the hub learned (the tracking page shows it), then each date a message named (a
+//! delay message, an exception or out-for-delivery message with the carrier's date).
+//! When the carrier's date lies later than the told one by more than
+//! [`Rules::delay_tolerance_ms`] (compared as instants; a bare date stands for the middle
+//! of its day) and no exception explains it (the milestone is not exception or delivered,
+//! and the carrier's latest status is not an exception-like, delivered or cancelled one),
+//! [`Action::NotifyDelay`] asks for one message, and the new date becomes what the
+//! customer was told. An earlier date, or the same one again, says nothing. A delay never
+//! moves the milestone, so a later delivery notifies as it always does.
+//!
 //! # One shipment per tracking number
 //!
 //! A [`ShipmentState`] is one parcel: one tracking number. Two parcels for one stop are
@@ -39,6 +54,10 @@ use doorstep_proto::{DeviceId, StopId};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Action, CanonicalStatus, CarrierEvent, DeviceSignal, DeviceSignalKind, Milestone};
+
+/// Default delay tolerance: 12 hours. A carrier's date that moves by less (a delivery
+/// window shifted within the day) is not worth a message; a day's slip always is.
+pub const DEFAULT_DELAY_TOLERANCE_MS: i64 = 12 * 60 * 60 * 1000;
 
 /// Default hold period: 30 minutes for a lone signal to stand uncontradicted.
 pub const DEFAULT_HOLD_MS: i64 = 30 * 60 * 1000;
@@ -72,6 +91,9 @@ pub struct Rules {
     /// The dwell a stop needs when the hub does not know an override for it from the
     /// stop's route, seconds. Keep it in step with the agents' `geofence.dwell_s`.
     pub default_dwell_s: u32,
+    /// How much later than what the customer was last told the carrier's expected
+    /// delivery must move before the customer is told of a delay, ms.
+    pub delay_tolerance_ms: i64,
 }
 
 impl Default for Rules {
@@ -80,6 +102,7 @@ impl Default for Rules {
             hold_ms: DEFAULT_HOLD_MS,
             standing_speed_cmps: DEFAULT_STANDING_SPEED_CMPS,
             default_dwell_s: DEFAULT_DWELL_S,
+            delay_tolerance_ms: DEFAULT_DELAY_TOLERANCE_MS,
         }
     }
 }
@@ -215,6 +238,17 @@ pub struct CarrierFact {
     pub expected_delivery: Option<String>,
 }
 
+/// A carrier's expected delivery, from the event that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedFact {
+    /// The event's time, ms.
+    pub at_ms: i64,
+    /// The event's dedupe key (tie-breaker for equal times).
+    pub event_key: String,
+    /// The expectation, verbatim (trimmed); always readable by [`expected_ms`].
+    pub text: String,
+}
+
 /// How "delivered" was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -284,6 +318,14 @@ pub struct ShipmentState {
     pub driver_exception: Option<ExceptionFact>,
     /// The latest hub time seen in a [`Input::Wake`].
     pub now_ms: Option<i64>,
+    /// The carrier's latest readable expected delivery: from the newest event (in event
+    /// time) that gave one.
+    #[serde(default)]
+    pub carrier_expected: Option<ExpectedFact>,
+    /// The expected delivery the customer was last told, verbatim: the first one the hub
+    /// learned, then the date each delay, exception or out-for-delivery message named.
+    #[serde(default)]
+    pub told_expected: Option<String>,
 }
 
 impl Default for ShipmentState {
@@ -312,6 +354,8 @@ impl Default for ShipmentState {
             last_not_at_door: None,
             driver_exception: None,
             now_ms: None,
+            carrier_expected: None,
+            told_expected: None,
         }
     }
 }
@@ -692,9 +736,14 @@ pub fn apply(state: &ShipmentState, input: &Input, rules: &Rules) -> (ShipmentSt
         s.delivered_by = s.delivered_by.or(by);
         if !s.notified.contains(&milestone) {
             s.notified.push(milestone);
-            actions.push(Action::NotifyCustomer { milestone, detail: customer_detail(&s, milestone) });
+            let detail = customer_detail(&s, milestone);
+            if let Some(date) = named_date(milestone, detail.as_deref()) {
+                s.told_expected = Some(date);
+            }
+            actions.push(Action::NotifyCustomer { milestone, detail });
         }
     }
+    actions.extend(delay(&mut s, rules));
 
     for rule in RULES {
         if let Then::Alert(code) = rule.then
@@ -764,6 +813,16 @@ fn record_carrier(s: &mut ShipmentState, e: &CarrierEvent) {
         s.latest_carrier = Some(fact);
     }
     let t = e.occurred_ms;
+    if let Some(text) = e.expected_delivery.as_deref().map(str::trim).filter(|t| expected_ms(t).is_some()) {
+        let fact = ExpectedFact { at_ms: t, event_key: e.event_key.clone(), text: text.to_owned() };
+        let newer = s
+            .carrier_expected
+            .as_ref()
+            .is_none_or(|l| (fact.at_ms, &fact.event_key) > (l.at_ms, &l.event_key));
+        if newer {
+            s.carrier_expected = Some(fact);
+        }
+    }
     match e.status {
         CanonicalStatus::OutForDelivery => {
             s.carrier_out_for_delivery_at_ms = earliest(s.carrier_out_for_delivery_at_ms, t);
@@ -893,6 +952,96 @@ impl ExceptionDetail {
     pub fn from_json(text: &str) -> Option<Self> {
         serde_json::from_str(text).ok()
     }
+}
+
+/// A delay as the reconciler hands it to the notifier (the outbox row's `detail`, as
+/// JSON): the carrier's new expected delivery and the one the customer was told before,
+/// both verbatim. The notifier words the new date in the customer's calendar and language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelayDetail {
+    /// The carrier's new expected delivery.
+    pub expected: String,
+    /// What the customer was told before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+impl DelayDetail {
+    /// As stored in the outbox.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored detail.
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// The instant a carrier's expected delivery stands for, ms since the Unix epoch: its own
+/// time when it has one with an offset (`2026-08-09T18:00:00Z`), else the middle of its
+/// day in UTC for a bare date (`2026-08-09`; a civil date-time without an offset counts as
+/// its date), so that a date and any time on it are at most twelve hours apart. `None`
+/// when it is neither: such a text is never compared, and never becomes what the customer
+/// was told.
+pub fn expected_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(instant) = text.parse::<jiff::Timestamp>() {
+        return Some(instant.as_millisecond());
+    }
+    let date = text.parse::<jiff::civil::Date>().ok()?;
+    let noon = date.at(12, 0, 0, 0).to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    Some(noon.timestamp().as_millisecond())
+}
+
+/// The expected delivery a milestone message names, when it names a readable one: an
+/// exception's carrier date, or the out-for-delivery message's.
+fn named_date(milestone: Milestone, detail: Option<&str>) -> Option<String> {
+    let date = match milestone {
+        Milestone::Exception => detail.and_then(ExceptionDetail::from_json)?.expected?,
+        Milestone::OutForDelivery => detail?.trim().to_owned(),
+        Milestone::Created | Milestone::Dispatched | Milestone::Nearby | Milestone::Delivered => return None,
+    };
+    expected_ms(&date).is_some().then_some(date)
+}
+
+/// Whether something other than a slipping date explains a later one: the shipment is
+/// at an exception or delivered, or the carrier's latest word is an exception-like
+/// status, its delivered (a hold may be running) or a cancellation. The customer then
+/// hears about that, not about a delay.
+fn delay_explained(s: &ShipmentState) -> bool {
+    matches!(s.milestone, Milestone::Exception | Milestone::Delivered)
+        || s.latest_carrier.as_ref().is_some_and(|c| {
+            matches!(
+                c.status,
+                CanonicalStatus::AttemptFailed
+                    | CanonicalStatus::Exception
+                    | CanonicalStatus::AvailableForPickup
+                    | CanonicalStatus::Returning
+                    | CanonicalStatus::Delivered
+                    | CanonicalStatus::CancelledOrExpired
+            )
+        })
+}
+
+/// The delay rule (see the module docs): takes the first expected delivery as what the
+/// customer was told, and asks for a delay message when the carrier's moves later than
+/// that beyond the tolerance, unexplained.
+fn delay(s: &mut ShipmentState, rules: &Rules) -> Option<Action> {
+    let current = s.carrier_expected.as_ref()?.text.clone();
+    let Some(told) = s.told_expected.clone() else {
+        s.told_expected = Some(current);
+        return None;
+    };
+    if delay_explained(s) {
+        return None;
+    }
+    let later_by = expected_ms(&current)?.saturating_sub(expected_ms(&told)?);
+    if later_by <= rules.delay_tolerance_ms {
+        return None;
+    }
+    s.told_expected = Some(current.clone());
+    Some(Action::NotifyDelay { expected: current, previous: told })
 }
 
 fn customer_detail(s: &ShipmentState, milestone: Milestone) -> Option<String> {

@@ -52,6 +52,7 @@ pub async fn serve(
             hold_ms: millis(settings.hold_period),
             standing_speed_cmps: settings.standing_speed_cmps,
             default_dwell_s: settings.default_dwell_s,
+            delay_tolerance_ms: millis(settings.delay_tolerance),
         },
         channel_map: settings.channel_map.clone(),
         max_event_ahead_ms: millis(settings.max_event_ahead),

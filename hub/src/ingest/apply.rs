@@ -9,9 +9,9 @@ use doorstep_proto::{DeviceId, Envelope, Event, TrackingNumber};
 
 use crate::config::ChannelMap;
 use crate::metrics::Metrics;
-use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone};
-use crate::reconcile::{self, Input, Rules, ScanEvidence, ShipmentState};
-use crate::store::{EventInsert, NewEvent, NewGap, NewNotification, Shipment, StoreError, StoreTx};
+use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone, Notice};
+use crate::reconcile::{self, DelayDetail, Input, Rules, ScanEvidence, ShipmentState};
+use crate::store::{EventInsert, NewEvent, NewGap, Shipment, StoreError, StoreTx};
 
 use super::TIME_IN_FUTURE;
 
@@ -129,22 +129,19 @@ pub fn apply_to_state(
     for action in actions {
         match action {
             Action::NotifyCustomer { milestone, detail } => {
-                let name = crate::store::milestone_name(milestone);
-                for (channel, contact) in &shipment.contacts {
-                    if !contact.consent || !domain.channel_map.allows(milestone, *channel) {
-                        continue;
-                    }
-                    let new = NewNotification {
-                        shipment_id: shipment.id,
-                        milestone: name,
-                        channel: channel.as_str(),
-                        recipient: &contact.recipient,
-                        detail: detail.as_deref(),
-                        now_ms: now,
-                    };
-                    if tx.enqueue_notification(&new)? {
-                        effects.enqueued.push((channel.as_str().to_owned(), name.to_owned()));
-                    }
+                let notice = Notice::Milestone(milestone);
+                let on = |channel| domain.channel_map.allows(milestone, channel);
+                for channel in tx.enqueue_to_contacts(shipment, &notice.key(), detail.as_deref(), now, on)? {
+                    effects.enqueued.push((channel.as_str().to_owned(), notice.kind().to_owned()));
+                }
+            }
+            Action::NotifyDelay { expected, previous } => {
+                let notice = Notice::delayed(&expected);
+                let detail = DelayDetail { expected, previous: Some(previous) }.to_json();
+                // An update goes where news of the shipment's current milestone goes.
+                let on = |channel| domain.channel_map.allows(next.milestone, channel);
+                for channel in tx.enqueue_to_contacts(shipment, &notice.key(), Some(&detail), now, on)? {
+                    effects.enqueued.push((channel.as_str().to_owned(), notice.kind().to_owned()));
                 }
             }
             Action::AlertOperations { code, detail } => {
@@ -469,4 +466,81 @@ fn reconcile_event(
         effects.merge(apply_to_state(tx, domain, &shipment, &state, &Input::Device(signal), now)?);
     }
     Ok(effects)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{CanonicalStatus, Carrier, CarrierEvent};
+    use crate::store::{Contact, ContactChannel, NewShipment, Store};
+
+    const T0: i64 = 1_786_082_400_000;
+
+    fn carrier(at_ms: i64, expected: &str) -> Input {
+        Input::Carrier(CarrierEvent {
+            carrier: Carrier::EasyPost,
+            event_key: format!("ev-{at_ms}"),
+            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tracking"),
+            status: CanonicalStatus::InTransit,
+            raw_status: "in_transit".into(),
+            occurred_ms: at_ms,
+            expected_delivery: Some(expected.into()),
+            message: None,
+            received_ms: None,
+        })
+    }
+
+    #[test]
+    fn a_delay_is_enqueued_once_per_new_date_to_consented_contacts_on_the_current_milestones_channels() {
+        let mut store = Store::open_in_memory().expect("open");
+        let domain = Domain {
+            rules: Rules::default(),
+            channel_map: ChannelMap::from_entries([(
+                Milestone::Dispatched,
+                vec![ContactChannel::Sms, ContactChannel::Whatsapp],
+            )]),
+            max_event_ahead_ms: super::super::DEFAULT_MAX_EVENT_AHEAD_MS,
+            metrics: Arc::new(Metrics::default()),
+        };
+        let contact = |recipient: &str, consent| Contact { recipient: recipient.into(), consent };
+        let contacts = BTreeMap::from([
+            (ContactChannel::Sms, contact("+15555550100", true)),
+            (ContactChannel::Whatsapp, contact("+15555550100", false)),
+            (ContactChannel::Email, contact("ada@example.com", true)),
+        ]);
+        let tx = store.transaction().expect("tx");
+        let new = NewShipment {
+            tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tracking"),
+            carrier: None,
+            order_id: None,
+            contacts,
+            locale: "en".into(),
+            time_zone: "UTC".into(),
+        };
+        let id = tx.insert_shipment(&new, T0).expect("insert");
+        let feed = |input: Input, now: i64| {
+            let shipment = tx.shipment(id).expect("read").expect("shipment");
+            apply_to_shipment(&tx, &domain, &shipment, &input, now).expect("apply").enqueued
+        };
+        let dispatched = Input::Dispatched { at_ms: T0, on_route: false };
+        assert_eq!(feed(dispatched, T0), vec![("sms".to_owned(), "dispatched".to_owned())]);
+        assert_eq!(feed(carrier(T0 + 1, "2026-08-08"), T0 + 1), vec![], "the first date is the baseline");
+        let delayed = vec![("sms".to_owned(), "delayed".to_owned())];
+        assert_eq!(feed(carrier(T0 + 2, "2026-08-10"), T0 + 2), delayed, "sms only: whatsapp lacks consent");
+        assert_eq!(feed(carrier(T0 + 3, "2026-08-10"), T0 + 3), vec![]);
+        assert_eq!(feed(carrier(T0 + 4, "2026-08-12"), T0 + 4), delayed);
+        tx.commit().expect("commit");
+        let rows = store.outbox_for_shipment(id).expect("outbox");
+        let keys: Vec<&str> = rows.iter().map(|r| r.milestone.as_str()).collect();
+        assert_eq!(keys, ["dispatched", "delayed:2026-08-10", "delayed:2026-08-12"]);
+        let detail = rows[1].detail.as_deref().and_then(DelayDetail::from_json).expect("detail");
+        assert_eq!(
+            detail,
+            DelayDetail { expected: "2026-08-10".into(), previous: Some("2026-08-08".into()) }
+        );
+        let state = shipment_state(&store.shipment(id).expect("read").expect("shipment")).expect("state");
+        assert_eq!(state.milestone, Milestone::Dispatched, "a delay moves no milestone");
+    }
 }

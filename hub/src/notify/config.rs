@@ -14,8 +14,10 @@ use super::exceptions::{NextStep, REASONS};
 use super::provider::{Channel, Registered};
 use super::quiet::QuietHours;
 use super::registry::{self, Providers};
+use super::scheduled::Schedule;
 use super::templates::{Template, Templates};
 use super::token::LinkSigner;
+use crate::config::ChannelMap;
 use crate::model::Milestone;
 use crate::store::ContactChannel;
 
@@ -74,6 +76,14 @@ link_ttl_days = 30
 # available_for_pickup: pickup_point; exception, other: updates.
 # [notify.exceptions]
 # recipient_absent = "pickup_point"
+
+# A "still on its way" update for a parcel in transit (dispatched, out for delivery or
+# nearby: not delivered, no exception, not cancelled) whose customer has heard nothing
+# for after_days since its dispatch and its last message, repeated every every_days while
+# nothing else is sent. Off unless this section is present.
+# [notify.still_on_its_way]
+# after_days = 3
+# every_days = 2
 
 # Local to each recipient's time zone: "nearby" is dropped, other messages wait.
 [notify.quiet_hours]
@@ -232,6 +242,28 @@ pub struct NotifyConfig {
     /// Template overrides.
     #[serde(default)]
     pub templates: Vec<TemplateSection>,
+    /// Scheduled "still on its way" updates; off when absent.
+    #[serde(default)]
+    pub still_on_its_way: Option<StillOnItsWaySection>,
+}
+
+/// `[notify.still_on_its_way]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StillOnItsWaySection {
+    /// Days in transit without a message before the first update.
+    #[serde(default = "d_after_days")]
+    pub after_days: u32,
+    /// Days between updates while nothing else is sent.
+    #[serde(default = "d_every_days")]
+    pub every_days: u32,
+}
+
+fn d_after_days() -> u32 {
+    3
+}
+fn d_every_days() -> u32 {
+    2
 }
 
 /// `[notify.quiet_hours]`.
@@ -367,6 +399,11 @@ pub struct NotifySettings {
     pub group_window: Duration,
     /// The fleet's next step per exception reason (others: `exceptions::default_step`).
     pub exception_steps: BTreeMap<String, NextStep>,
+    /// When "still on its way" updates go out; `None`: never.
+    pub still_on_its_way: Option<Schedule>,
+    /// Which channels each milestone goes to (`[[notify.channel_map]]`): the channels of
+    /// the enqueued updates, as ingest's are.
+    pub channel_map: ChannelMap,
 }
 
 impl NotifyConfig {
@@ -449,6 +486,21 @@ impl NotifyConfig {
                 format!("not a reason a driver or carrier gives; one of: {}", REASONS.join(", ")),
             ));
         }
+        let still_on_its_way = match &self.still_on_its_way {
+            None => None,
+            Some(s) => {
+                if !(1..=60).contains(&s.after_days) || !(1..=60).contains(&s.every_days) {
+                    return Err(invalid(
+                        "still_on_its_way",
+                        "after_days and every_days must be 1 to 60 (days; 3 and 2 are the defaults)",
+                    ));
+                }
+                let day = |n: u32| Duration::from_secs(u64::from(n) * 86_400);
+                Some(Schedule { after: day(s.after_days), every: day(s.every_days) })
+            }
+        };
+        let channel_map =
+            ChannelMap::from_toml(self.channel_map.as_ref()).map_err(|e| invalid("channel_map", e))?;
         let providers = registry::build(&self.providers, &callback_base_url, link_secret)?;
         let escalation = escalation(self.alerts.as_ref(), &providers)?;
         Ok(NotifySettings {
@@ -473,6 +525,8 @@ impl NotifyConfig {
             group_hold: Duration::from_secs(self.group_hold_s),
             group_window: Duration::from_secs(self.group_window_s),
             exception_steps: self.exceptions.clone(),
+            still_on_its_way,
+            channel_map,
         })
     }
 }
@@ -637,6 +691,32 @@ mod tests {
         assert!(section("app_secret = \"s\"").is_err(), "a secret without a verify token");
         assert!(section("verify_token = \"v\"").is_err(), "a verify token without a secret");
         assert!(section("app_secret = \"\"\nverify_token = \"v\"").is_err(), "an empty secret");
+    }
+
+    #[test]
+    fn still_on_its_way_updates_are_off_unless_configured_and_their_days_are_checked() {
+        let settings = |text: &str| {
+            let table: toml::Table = toml::from_str(text).expect("toml");
+            NotifyConfig::from_table(Some(&table)).expect("parse").validate("https://t.example", SECRET)
+        };
+        assert_eq!(settings("").expect("valid").still_on_its_way, None, "opt-in");
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            settings("[still_on_its_way]").expect("valid").still_on_its_way,
+            Some(Schedule { after: 3 * day, every: 2 * day })
+        );
+        assert_eq!(
+            settings("[still_on_its_way]\nafter_days = 5\nevery_days = 7").expect("valid").still_on_its_way,
+            Some(Schedule { after: 5 * day, every: 7 * day })
+        );
+        assert!(settings("[still_on_its_way]\nevery_days = 0").is_err());
+        let typo: toml::Table = toml::from_str("[still_on_its_way]\nafter_day = 4").expect("toml");
+        assert!(NotifyConfig::from_table(Some(&typo)).is_err(), "a typo is an error");
+        let mapped = settings("channel_map = [{ milestone = \"dispatched\", channels = [\"email\"] }]")
+            .expect("valid")
+            .channel_map;
+        assert!(!mapped.allows(Milestone::Dispatched, ContactChannel::Sms));
+        assert!(mapped.allows(Milestone::Delivered, ContactChannel::Sms));
     }
 
     #[test]

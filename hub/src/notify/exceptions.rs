@@ -7,13 +7,16 @@
 //! it gave one, else the fleet's configured step for that reason (`[notify.exceptions]`,
 //! defaults in [`default_step`]). On SMS the next step is the part kept whole: the phrase
 //! is dropped before the next step is shortened (see `templates::render_sms_keeping`).
+//!
+//! A delay message ([`delay_words`]) says the carrier's new date the same way, in the
+//! customer's calendar.
 
 use std::collections::BTreeMap;
 
 use jiff::civil::Date;
 use serde::Deserialize;
 
-use crate::reconcile::ExceptionDetail;
+use crate::reconcile::{DelayDetail, ExceptionDetail};
 
 /// What happens after an exception, as the fleet handles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -194,6 +197,23 @@ pub fn words(
     Words { what: what(reason, de).to_owned(), next }
 }
 
+/// The detail of a delay message: the carrier's new date in the customer's calendar
+/// (`time_zone`) and language (`locale`). `None` when the date is unreadable, or falls on
+/// the same or an earlier day in their calendar than the one they were told: a message
+/// that says "delayed" must name a later day than the one they already have.
+pub fn delay_words(detail: &DelayDetail, locale: &str, time_zone: &str) -> Option<String> {
+    let date = local_date(&detail.expected, time_zone)?;
+    let told = detail.previous.as_deref().and_then(|p| local_date(p, time_zone));
+    if told.is_some_and(|told| date <= told) {
+        return None;
+    }
+    Some(if german(locale) {
+        format!("Es kommt jetzt voraussichtlich am {}.", date_words(date, true))
+    } else {
+        format!("It is now expected on {}.", date_words(date, false))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +260,38 @@ mod tests {
         let steps = BTreeMap::from([("recipient_absent".to_owned(), NextStep::PickupPoint)]);
         let w = words(&detail("recipient_absent", None), "en", "UTC", &steps);
         assert_eq!(w.next, "The link shows where to pick it up.");
+    }
+
+    fn delayed(expected: &str, previous: Option<&str>) -> DelayDetail {
+        DelayDetail { expected: expected.into(), previous: previous.map(str::to_owned) }
+    }
+
+    #[test]
+    fn a_delay_names_the_new_date_in_the_customers_calendar_and_language() {
+        let d = delayed("2026-08-10", Some("2026-08-08"));
+        assert_eq!(
+            delay_words(&d, "en-GB", "Europe/London").as_deref(),
+            Some("It is now expected on Monday 10 August.")
+        );
+        assert_eq!(
+            delay_words(&d, "de-AT", "Europe/Vienna").as_deref(),
+            Some("Es kommt jetzt voraussichtlich am Montag, 10. August.")
+        );
+        // 23:30 UTC on the 9th is the 10th in Berlin; the 8th at 08:00 UTC is still the 8th.
+        let instant = delayed("2026-08-09T23:30:00Z", Some("2026-08-08T08:00:00Z"));
+        assert_eq!(
+            delay_words(&instant, "de-DE", "Europe/Berlin").as_deref(),
+            Some("Es kommt jetzt voraussichtlich am Montag, 10. August.")
+        );
+    }
+
+    #[test]
+    fn a_delay_within_the_customers_day_or_to_an_unreadable_date_has_no_words() {
+        // Eleven hours later by the carrier's clock, the same Saturday in New York.
+        let same_day = delayed("2026-08-08T23:00:00-04:00", Some("2026-08-08T10:00:00-04:00"));
+        assert_eq!(delay_words(&same_day, "en-US", "America/New_York"), None);
+        assert_eq!(delay_words(&delayed("2026-08-07", Some("2026-08-08")), "en", "UTC"), None, "earlier");
+        assert_eq!(delay_words(&delayed("next week", Some("2026-08-08")), "en", "UTC"), None);
+        assert!(delay_words(&delayed("2026-08-09", None), "en", "UTC").is_some(), "nothing told before");
     }
 }

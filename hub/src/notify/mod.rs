@@ -35,6 +35,7 @@ pub mod questions;
 pub mod quiet;
 pub mod ratelimit;
 pub mod registry;
+pub mod scheduled;
 pub mod templates;
 pub mod token;
 
@@ -69,7 +70,7 @@ pub use page::{NotifyState, callbacks_router, page_router};
 pub use provider::{Channel, Provider, ProviderType};
 
 use crate::metrics::Metrics;
-use crate::model::Milestone;
+use crate::model::{Milestone, Notice, Update};
 use crate::store::{ContactChannel, OutboxRow, Shipment, StoreError, StoreOptions};
 use provider::Registered;
 use templates::{Vars, fill, render_sms, render_sms_keeping};
@@ -296,9 +297,14 @@ pub fn plan(
     let Some(shipment) = shipment else {
         return skip("shipment_missing", format!("shipment {}", row.shipment_id));
     };
-    let Ok(milestone) = serde_json::from_value::<Milestone>(serde_json::Value::String(row.milestone.clone()))
-    else {
+    let Some(notice) = Notice::parse(&row.milestone) else {
         return skip("unknown_milestone", format!("milestone {:?}", row.milestone));
+    };
+    // An update (a delay, "still on its way") is news of the shipment's current milestone:
+    // providers that know only milestones are told that one.
+    let (milestone, update) = match &notice {
+        Notice::Milestone(m) => (*m, None),
+        Notice::Update { update, .. } => (shipment.milestone, Some(*update)),
     };
     match shipment.contacts.get(&channel) {
         Some(c) if c.consent && c.recipient == row.recipient => {}
@@ -306,6 +312,14 @@ pub fn plan(
     }
     if opted_out {
         return skip("opted_out", "the recipient opted out of this channel");
+    }
+    // An update is false once the parcel is delivered, or when an exception is what the
+    // customer hears instead.
+    if update.is_some() && matches!(shipment.milestone, Milestone::Exception | Milestone::Delivered) {
+        return skip(
+            "superseded",
+            format!("shipment is already {}", crate::store::milestone_name(shipment.milestone)),
+        );
     }
     // A message overtaken before it went out would now be false ("nearby" after the
     // parcel was delivered); the newer milestone has its own message.
@@ -319,31 +333,50 @@ pub fn plan(
         && quiet.covers(channel)
         && let Some(until_ms) = quiet.quiet_until(now_ms, &quiet::zone(&shipment.time_zone))
     {
-        if milestone == Milestone::Nearby {
+        if notice == Notice::Milestone(Milestone::Nearby) {
             return skip("quiet_hours", "nearby during the recipient's quiet hours; stale by morning");
         }
         return Plan::Defer { until_ms };
     }
-    let Some((locale, template)) =
-        settings.templates.lookup_with_locale(milestone, channel, &shipment.locale)
-    else {
+    let found = match update {
+        None => settings.templates.lookup_with_locale(milestone, channel, &shipment.locale),
+        Some(u) => settings.templates.lookup_update_with_locale(u, channel, &shipment.locale),
+    };
+    let Some((locale, template)) = found else {
         return skip("no_template", format!("no template for {}", row.milestone));
     };
     let link = settings.tracking_link(shipment.id, now_ms);
     // An exception is told in words: what happened and what happens next (never the
     // reason code or the driver's note); a detail from an older hub is its own text.
-    let exception = (milestone == Milestone::Exception)
+    let exception = (notice == Notice::Milestone(Milestone::Exception))
         .then(|| row.detail.as_deref().and_then(crate::reconcile::ExceptionDetail::from_json))
         .flatten()
         .map(|d| exceptions::words(&d, &locale, &shipment.time_zone, &settings.exception_steps));
-    let detail = match &exception {
-        Some(w) => Some(format!("{} {}", w.what, w.next)),
-        None => row.detail.clone(),
+    // A delay says its new date (kept whole on SMS), and only a later day than the
+    // customer had: "delayed" naming the day they already have would not be honest.
+    let delay = match update {
+        Some(Update::Delayed) => {
+            let words = row
+                .detail
+                .as_deref()
+                .and_then(crate::reconcile::DelayDetail::from_json)
+                .and_then(|d| exceptions::delay_words(&d, &locale, &shipment.time_zone));
+            let Some(words) = words else {
+                return skip("no_later_day", "the new date is not a later day in the customer's calendar");
+            };
+            Some(words)
+        }
+        Some(Update::StillOnItsWay) | None => None,
+    };
+    let (detail, kept) = match (&exception, delay) {
+        (Some(w), _) => (Some(format!("{} {}", w.what, w.next)), Some(w.next.clone())),
+        (None, Some(words)) => (Some(words.clone()), Some(words)),
+        (None, None) if update.is_some() => (None, None),
+        (None, None) => (row.detail.clone(), None),
     };
     let vars =
         Vars { tracking_number: shipment.tracking_number.as_str(), detail: detail.as_deref(), link: &link };
-    let body =
-        render_body(settings, channel, &template.body, &vars, exception.as_ref().map(|w| w.next.as_str()));
+    let body = render_body(settings, channel, &template.body, &vars, kept.as_deref());
     let subject = fill(&template.subject, &vars);
     Plan::Send(Box::new(Outgoing {
         outbox_id: row.id,
@@ -538,9 +571,17 @@ impl Dispatcher {
         ));
         tokio::spawn(async move {
             let mut tasks = JoinSet::new();
+            let mut next_sweep = i64::MIN;
+            let sweep_every = i64::try_from(scheduled::SWEEP_INTERVAL.as_millis()).unwrap_or(i64::MAX);
             loop {
                 let now = now_ms();
                 if held_until.load(Ordering::SeqCst) > now {
+                    if self.inner.settings.still_on_its_way.is_some() && now >= next_sweep {
+                        next_sweep = now.saturating_add(sweep_every);
+                        if let Err(error) = self.sweep_still_on_its_way(now).await {
+                            tracing::error!(%error, "still-on-its-way sweep failed");
+                        }
+                    }
                     if let Err(error) = self.dispatch_due(now, &mut tasks).await {
                         tracing::error!(%error, "notification pass failed");
                     }
@@ -561,6 +602,27 @@ impl Dispatcher {
             let _ = renewal.await;
             tracing::info!("notification dispatcher stopped");
         })
+    }
+
+    /// Enqueues the "still on its way" updates due at `now_ms` ([`scheduled::sweep`]);
+    /// returns how many rows it enqueued. The dispatcher runs it every
+    /// [`scheduled::SWEEP_INTERVAL`] while it holds the dispatch lease, when
+    /// `[notify.still_on_its_way]` is configured (otherwise this does nothing).
+    pub async fn sweep_still_on_its_way(&self, now_ms: i64) -> Result<usize, NotifyError> {
+        let settings = Arc::clone(&self.inner.settings);
+        let Some(schedule) = settings.still_on_its_way else { return Ok(0) };
+        let enqueued = self
+            .inner
+            .db
+            .call(move |_, store| Ok(scheduled::sweep(store, &schedule, &settings.channel_map, now_ms)?))
+            .await?;
+        for (channel, kind) in &enqueued {
+            self.inner.metrics.notification_enqueued(channel, kind);
+        }
+        if !enqueued.is_empty() {
+            tracing::info!(rows = enqueued.len(), "still-on-its-way updates enqueued");
+        }
+        Ok(enqueued.len())
     }
 
     /// Takes and renews the dispatch lease every third of `ttl_ms` until `stop`, apart
@@ -665,7 +727,11 @@ impl Dispatcher {
                             report.deferred += 1;
                         }
                         Plan::Send(mut msg) => {
-                            let grouping = groups(msg.channel) && !settings.group_window.is_zero();
+                            // One message for several parcels re-renders a milestone's
+                            // template; an update goes alone.
+                            let grouping = groups(msg.channel)
+                                && !settings.group_window.is_zero()
+                                && matches!(Notice::parse(&row.milestone), Some(Notice::Milestone(_)));
                             let hold_ms = i64::try_from(settings.group_hold.as_millis()).unwrap_or(0);
                             // A person with another parcel in flight (messaged on this
                             // channel in the last two days): give that parcel's message a

@@ -1,12 +1,14 @@
-//! Message templates per (milestone, channel, locale), and SMS length arithmetic.
+//! Message templates per (milestone or update, channel, locale), and SMS length
+//! arithmetic.
 //!
 //! A template is plain text with three placeholders: `{tracking_number}`, `{detail}`
 //! (the reconciler's extra text: a revised expectation, a reason; empty when there is
 //! none) and `{link}` (the signed tracking link, which every customer message carries:
 //! a template without `{link}` is refused at start-up). English and German defaults
-//! ship in code; `[[notify.templates]]` entries override them per milestone, locale and
-//! optionally channel. A locale is looked up exactly (`de-AT`), then by language (`de`),
-//! then in the fallback locale, then in built-in English.
+//! ship in code, for each milestone and for each [`Update`] (news between milestones: a
+//! delay, "still on its way"); `[[notify.templates]]` entries override the milestones'
+//! per locale and optionally channel. A locale is looked up exactly (`de-AT`), then by
+//! language (`de`), then in the fallback locale, then in built-in English.
 //!
 //! SMS bodies are fitted, not cut: the detail is shortened first so the message fits one
 //! segment (160 GSM-7 characters, or 70 UCS-2 code units once any character is outside
@@ -15,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::Milestone;
+use crate::model::{Milestone, Update};
 use crate::store::ContactChannel;
 
 /// The placeholders a template may use.
@@ -229,7 +231,44 @@ const DEFAULTS: &[(Milestone, &str, &str, &str)] = &[
     ),
 ];
 
-type Key = (Milestone, Option<ContactChannel>, String);
+/// The built-in templates of the updates: (update, language, subject, body). A delay's
+/// `{detail}` is its new date in the customer's calendar (`exceptions::delay_words`),
+/// kept whole on SMS.
+const UPDATE_DEFAULTS: &[(Update, &str, &str, &str)] = &[
+    (
+        Update::Delayed,
+        "en",
+        "Your parcel is delayed",
+        "Doorstep: your parcel {tracking_number} is delayed. {detail} Track it: {link}",
+    ),
+    (
+        Update::StillOnItsWay,
+        "en",
+        "Your parcel is still on its way",
+        "Doorstep: your parcel {tracking_number} is still on its way. Track it: {link}",
+    ),
+    (
+        Update::Delayed,
+        "de",
+        "Ihr Paket verspätet sich",
+        "Doorstep: Ihr Paket {tracking_number} verspätet sich. {detail} Verfolgen: {link}",
+    ),
+    (
+        Update::StillOnItsWay,
+        "de",
+        "Ihr Paket ist weiter unterwegs",
+        "Doorstep: Ihr Paket {tracking_number} ist weiter unterwegs. Verfolgen: {link}",
+    ),
+];
+
+/// What a template is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Topic {
+    Milestone(Milestone),
+    Update(Update),
+}
+
+type Key = (Topic, Option<ContactChannel>, String);
 
 /// The template table.
 #[derive(Debug, Clone)]
@@ -274,15 +313,14 @@ impl Templates {
 
     /// The built-in English and German templates, with `fallback_locale` as the fallback.
     pub fn defaults(fallback_locale: &str) -> Self {
-        let map = DEFAULTS
-            .iter()
-            .map(|(m, lang, subject, body)| {
-                (
-                    (*m, None, (*lang).to_owned()),
-                    Template { subject: (*subject).into(), body: (*body).into() },
-                )
-            })
-            .collect();
+        let template = |subject: &str, body: &str| Template { subject: subject.into(), body: body.into() };
+        let milestones = DEFAULTS.iter().map(|(m, lang, subject, body)| {
+            ((Topic::Milestone(*m), None, (*lang).to_owned()), template(subject, body))
+        });
+        let updates = UPDATE_DEFAULTS.iter().map(|(u, lang, subject, body)| {
+            ((Topic::Update(*u), None, (*lang).to_owned()), template(subject, body))
+        });
+        let map = milestones.chain(updates).collect();
         Self { map, fallback_locale: normalize_locale(fallback_locale) }
     }
 
@@ -296,7 +334,7 @@ impl Templates {
         template: Template,
     ) -> Result<(), TemplateError> {
         check(milestone, locale, &template.body, &template.subject)?;
-        self.map.insert((milestone, channel, normalize_locale(locale)), template);
+        self.map.insert((Topic::Milestone(milestone), channel, normalize_locale(locale)), template);
         Ok(())
     }
 
@@ -315,12 +353,26 @@ impl Templates {
         channel: ContactChannel,
         locale: &str,
     ) -> Option<(String, &Template)> {
+        self.find(Topic::Milestone(milestone), channel, locale)
+    }
+
+    /// [`Templates::lookup_with_locale`] for an update's message.
+    pub fn lookup_update_with_locale(
+        &self,
+        update: Update,
+        channel: ContactChannel,
+        locale: &str,
+    ) -> Option<(String, &Template)> {
+        self.find(Topic::Update(update), channel, locale)
+    }
+
+    fn find(&self, topic: Topic, channel: ContactChannel, locale: &str) -> Option<(String, &Template)> {
         let exact = normalize_locale(locale);
         let language = exact.split('-').next().unwrap_or_default().to_owned();
         let fallback_language = self.fallback_locale.split('-').next().unwrap_or_default().to_owned();
         for loc in [exact, language, self.fallback_locale.clone(), fallback_language, "en".to_owned()] {
             for ch in [Some(channel), None] {
-                if let Some(t) = self.map.get(&(milestone, ch, loc.clone())) {
+                if let Some(t) = self.map.get(&(topic, ch, loc.clone())) {
                     return Some((loc, t));
                 }
             }
@@ -526,5 +578,41 @@ mod tests {
         let body = &t.lookup(Milestone::Dispatched, ContactChannel::Sms, "en").expect("t").body;
         let text = fill(body, &Vars { tracking_number: "TN1", detail: None, link: "L" });
         assert_eq!(text, "Doorstep: your parcel TN1 is on its way. Track it: L");
+    }
+
+    #[test]
+    fn every_update_has_a_checked_template_in_both_languages_that_fits_the_sms_rules() {
+        let t = Templates::defaults("en");
+        let vars = |detail| Vars { tracking_number: "1Z999AA10123456784", detail, link: LINK };
+        for update in Update::ALL {
+            for (locale, language) in [("en-US", "en"), ("de-CH", "de"), ("fr-FR", "en")] {
+                let (found, template) =
+                    t.lookup_update_with_locale(update, ContactChannel::Sms, locale).expect("template");
+                assert_eq!(found, language, "{update:?} in {locale}");
+                check(Milestone::Dispatched, &found, &template.body, &template.subject).expect("valid");
+                let detail = match (update, language) {
+                    (Update::Delayed, "de") => {
+                        Some("Es kommt jetzt voraussichtlich am Donnerstag, 10. September.")
+                    }
+                    (Update::Delayed, _) => Some("It is now expected on Wednesday 30 September."),
+                    (Update::StillOnItsWay, _) => None,
+                };
+                let sms = render_sms_keeping(&template.body, &vars(detail), detail.unwrap_or(""), 2);
+                let length = sms_length(&sms);
+                assert!(length.segments <= 2 && length.encoding == SmsEncoding::Gsm7, "{sms}");
+                assert!(detail.is_none_or(|d| sms.contains(d)), "the new date stays whole: {sms}");
+                assert!(sms.ends_with(LINK) && !sms.contains('{'), "{sms}");
+                if update == Update::StillOnItsWay {
+                    assert_eq!(length.segments, 1, "a routine update costs one segment: {sms}");
+                }
+            }
+        }
+        // A milestone's override does not reach an update's text.
+        let mut t = t;
+        let over = Template { subject: "x".into(), body: "Dispatched {link}".into() };
+        t.insert(Milestone::Dispatched, None, "en", over).expect("valid");
+        let (_, still) =
+            t.lookup_update_with_locale(Update::StillOnItsWay, ContactChannel::Email, "en").expect("t");
+        assert!(still.body.contains("still on its way"));
     }
 }

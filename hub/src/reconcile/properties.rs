@@ -143,3 +143,61 @@ proptest! {
         }
     }
 }
+
+fn arb_dated_event() -> impl Strategy<Value = Input> {
+    let statuses = vec![
+        CanonicalStatus::InTransit,
+        CanonicalStatus::OutForDelivery,
+        CanonicalStatus::Exception,
+        CanonicalStatus::Delivered,
+        CanonicalStatus::Accepted,
+    ];
+    let dates = vec!["2026-08-07", "2026-08-08", "2026-08-08T20:00:00Z", "2026-08-09", "2026-08-11", "soon"];
+    (proptest::sample::select(statuses), arb_time(), proptest::sample::select(dates))
+        .prop_map(|(s, t, d)| Input::Carrier(carrier_expecting(s, t, d)))
+}
+
+fn arb_input_with_dates() -> impl Strategy<Value = Input> {
+    prop_oneof![3 => arb_input_with_wakes(), 2 => arb_dated_event()]
+}
+
+fn undated(input: &Input) -> Input {
+    match input {
+        Input::Carrier(e) => Input::Carrier(CarrierEvent { expected_delivery: None, ..e.clone() }),
+        other => other.clone(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_slipping_date_never_moves_a_milestone_and_is_told_only_when_unexplained_and_beyond_the_tolerance(
+        inputs in proptest::collection::vec(arb_input_with_dates(), 1..16)
+    ) {
+        let rules = Rules { hold_ms: HOLD, ..Rules::default() };
+        let mut state = ShipmentState::new();
+        let mut log = Vec::new();
+        let mut path = vec![state.milestone];
+        for input in &inputs {
+            let (next, actions) = apply(&state, input, &rules);
+            for (expected, previous) in delays(&actions) {
+                prop_assert!(!matches!(next.milestone, Milestone::Exception | Milestone::Delivered));
+                let later = expected_ms(&expected).zip(expected_ms(&previous)).map(|(e, p)| e - p);
+                prop_assert!(later.is_some_and(|d| d > rules.delay_tolerance_ms), "{} after {}", expected, previous);
+                prop_assert_eq!(next.told_expected.as_deref(), Some(expected.as_str()));
+            }
+            // Idempotent, dates and all.
+            let (twice, again) = apply(&next, input, &rules);
+            prop_assert_eq!(&again, &vec![]);
+            prop_assert_eq!(&twice, &next);
+            log.extend(actions);
+            state = next;
+            path.push(state.milestone);
+        }
+        assert_sane(&log, &path)?;
+        // The same story without any dates goes through the same milestones.
+        let (_, _, undated_path) = run(&inputs.iter().map(undated).collect::<Vec<_>>());
+        prop_assert_eq!(path, undated_path);
+    }
+}

@@ -455,3 +455,217 @@ fn the_operator_docs_list_every_rule_of_the_table() {
     let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
     assert_eq!(rows, RULES.len(), "the docs table has rows the code does not");
 }
+
+// --- delays -------------------------------------------------------------------------------
+
+/// A tuple as [`Shipment::delays`] lists it.
+fn delay(expected: &str, previous: &str) -> (String, String) {
+    (expected.to_owned(), previous.to_owned())
+}
+
+#[test]
+fn the_first_expected_date_is_what_the_customer_was_told_and_says_nothing_new() {
+    let mut s = Shipment::without_a_route();
+    assert_eq!(s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08"), vec![]);
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-08"));
+    assert_eq!(s.told(), vec![M::Dispatched]);
+}
+
+#[test]
+fn a_date_that_slips_beyond_the_tolerance_tells_the_customer_once_and_moves_no_milestone() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    let actions = s.expecting(C::InTransit, DAY1 + 5 * HOUR, "2026-08-10");
+    assert_eq!(
+        actions,
+        vec![Action::NotifyDelay { expected: "2026-08-10".into(), previous: "2026-08-08".into() }]
+    );
+    assert_eq!(s.state.milestone, M::Dispatched, "a delay moves no milestone");
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-10"), "the new date is what they were told");
+    assert_eq!(s.told(), vec![M::Dispatched]);
+}
+
+#[test]
+fn the_same_date_again_says_nothing_however_the_carrier_writes_it() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-10");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-10"), vec![]);
+    assert_eq!(s.expecting(C::Accepted, DAY1 + 4 * HOUR, "2026-08-10T15:00:00Z"), vec![], "the same day");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 5 * HOUR, " 2026-08-10 "), vec![]);
+    assert_eq!(s.delays(), vec![delay("2026-08-10", "2026-08-08")]);
+}
+
+#[test]
+fn a_date_moved_within_the_tolerance_says_nothing() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08T09:00:00Z");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-08T20:00:00Z"), vec![], "11 hours later");
+    assert_eq!(
+        s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-08T21:00:00Z"),
+        vec![],
+        "exactly 12 hours"
+    );
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 4 * HOUR, "2026-08-08"), vec![], "that day, bare");
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-08T09:00:00Z"), "nothing new was told");
+    // Measured from what the customer was told, not from the last small step.
+    let actions = s.expecting(C::InTransit, DAY1 + 5 * HOUR, "2026-08-08T21:00:01Z");
+    assert_eq!(
+        actions,
+        vec![Action::NotifyDelay {
+            expected: "2026-08-08T21:00:01Z".into(),
+            previous: "2026-08-08T09:00:00Z".into()
+        }]
+    );
+}
+
+#[test]
+fn a_fleet_can_widen_the_tolerance() {
+    let mut s = Shipment::without_a_route();
+    s.rules.delay_tolerance_ms = 48 * HOUR;
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    assert_eq!(
+        s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-10"),
+        vec![],
+        "two days is not beyond two days"
+    );
+    assert_eq!(s.delays(), vec![]);
+    s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-11");
+    assert_eq!(s.delays(), vec![delay("2026-08-11", "2026-08-08")]);
+}
+
+#[test]
+fn a_date_that_slips_again_later_tells_the_customer_a_second_time() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-10");
+    s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-10");
+    s.expecting(C::InTransit, DAY2, "2026-08-12");
+    assert_eq!(s.delays(), vec![delay("2026-08-10", "2026-08-08"), delay("2026-08-12", "2026-08-10")]);
+    assert_eq!(s.state.milestone, M::Dispatched);
+}
+
+#[test]
+fn a_date_moved_earlier_says_nothing_and_moving_back_to_the_told_date_is_no_news() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-10");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-08"), vec![], "earlier is good news");
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-10"), "still what the customer was told");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-10"), vec![], "back to the told date");
+    assert_eq!(s.delays(), vec![]);
+    s.expecting(C::InTransit, DAY1 + 4 * HOUR, "2026-08-11");
+    assert_eq!(s.delays(), vec![delay("2026-08-11", "2026-08-10")]);
+}
+
+#[test]
+fn an_older_event_arriving_late_with_a_later_date_is_not_a_delay() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + 5 * HOUR, "2026-08-08");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-12"), vec![], "stale: the newer word stands");
+    assert_eq!(s.state.carrier_expected.as_ref().map(|e| e.text.as_str()), Some("2026-08-08"));
+}
+
+#[test]
+fn an_unreadable_date_is_never_what_the_customer_was_told() {
+    let mut s = Shipment::without_a_route();
+    assert_eq!(s.expecting(C::InTransit, DAY1 + HOUR, "soon-ish"), vec![]);
+    assert_eq!(s.state.told_expected, None);
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 2 * HOUR, "2026-08-08"), vec![], "the first readable one");
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 3 * HOUR, "Tuesday-ish"), vec![]);
+    assert_eq!(s.delays(), vec![]);
+}
+
+#[test]
+fn an_exception_explains_a_later_date_and_the_customer_hears_the_exception_not_a_delay() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    let actions = s.expecting(C::Exception, DAY1 + 2 * HOUR, "2026-08-10");
+    assert_eq!(notified(&actions), vec![M::Exception]);
+    assert_eq!(delays(&actions), vec![]);
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-10"), "the exception message named it");
+    // The carrier moves on without delivering; the exception still stands for the customer.
+    assert_eq!(s.expecting(C::InTransit, DAY2, "2026-08-12"), vec![]);
+    assert_eq!(s.delays(), vec![]);
+    assert_eq!(s.state.milestone, M::Exception);
+}
+
+#[test]
+fn a_later_date_on_an_exception_like_carrier_status_is_not_a_delay_even_before_the_milestone() {
+    // The carrier's delivered (a hold is running) with a revised date, then its pickup
+    // notice: neither is a slipping date.
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    assert_eq!(delays(&s.expecting(C::Delivered, DAY1 + 2 * HOUR, "2026-08-09")), vec![]);
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    assert_eq!(delays(&s.expecting(C::CancelledOrExpired, DAY1 + 2 * HOUR, "2026-08-09")), vec![]);
+}
+
+#[test]
+fn a_drivers_exception_explains_a_later_date_too() {
+    let mut s = Shipment::on_a_route();
+    s.expecting(C::OutForDelivery, DAY1 + HOUR, "2026-08-07");
+    s.device(D::DriverException, DAY1 + 3 * HOUR);
+    assert_eq!(s.expecting(C::InTransit, DAY1 + 4 * HOUR, "2026-08-10"), vec![]);
+    assert_eq!(s.delays(), vec![]);
+}
+
+#[test]
+fn an_out_for_delivery_message_that_names_the_new_date_is_not_followed_by_a_delay_message() {
+    let mut s = Shipment::without_a_route();
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-07");
+    let actions = s.expecting(C::OutForDelivery, DAY2 + HOUR, "2026-08-08");
+    assert_eq!(notified(&actions), vec![M::OutForDelivery]);
+    assert_eq!(delays(&actions), vec![], "the out-for-delivery message already says the date");
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-08"));
+}
+
+#[test]
+fn delivered_after_a_delay_notifies_as_always() {
+    let mut s = Shipment::on_a_route();
+    s.expecting(C::InTransit, DAY1 - 20 * HOUR, "2026-08-07");
+    s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-08");
+    assert_eq!(s.delays(), vec![delay("2026-08-08", "2026-08-07")]);
+    assert_eq!(s.state.milestone, M::Dispatched);
+    s.carrier(C::OutForDelivery, DAY2 + HOUR);
+    s.device(D::Nearby, DAY2 + 3 * HOUR);
+    s.device(D::DeliveredAtAddress, DAY2 + 3 * HOUR + 4 * MIN);
+    let actions = s.carrier(C::Delivered, DAY2 + 3 * HOUR + 5 * MIN);
+    assert_eq!(notified(&actions), vec![M::Delivered]);
+    assert_eq!(s.told(), vec![M::Dispatched, M::OutForDelivery, M::Nearby, M::Delivered]);
+    // A late carrier word with yet another date after the handover is no delay.
+    assert_eq!(s.expecting(C::InTransit, DAY2 + 4 * HOUR, "2026-08-12"), vec![]);
+    assert_eq!(s.delays().len(), 1);
+}
+
+#[test]
+fn a_delay_never_moves_the_milestone_backwards_or_forwards() {
+    let mut s = Shipment::on_a_route();
+    s.expecting(C::OutForDelivery, DAY1 + HOUR, "2026-08-07T18:00:00Z");
+    s.device(D::Nearby, DAY1 + 2 * HOUR);
+    assert_eq!(s.state.milestone, M::Nearby);
+    let actions = s.expecting(C::InTransit, DAY1 + 3 * HOUR, "2026-08-09");
+    assert_eq!(delays(&actions), vec![delay("2026-08-09", "2026-08-07T18:00:00Z")]);
+    assert_eq!(notified(&actions), vec![]);
+    assert_eq!(s.state.milestone, M::Nearby, "neither back to dispatched nor on to anything");
+}
+
+#[test]
+fn a_state_stored_before_delays_were_tracked_takes_its_next_date_as_the_told_one() {
+    let old: ShipmentState =
+        serde_json::from_str(r#"{"milestone":"dispatched","dispatched_at_ms":1786082400000}"#)
+            .expect("decode");
+    assert_eq!((old.carrier_expected.clone(), old.told_expected.clone()), (None, None));
+    let mut s = Shipment { state: old, ..Shipment::new() };
+    assert_eq!(s.expecting(C::InTransit, DAY1 + HOUR, "2026-08-10"), vec![]);
+    assert_eq!(s.state.told_expected.as_deref(), Some("2026-08-10"));
+}
+
+#[test]
+fn bare_dates_stand_for_the_middle_of_their_day() {
+    let noon = expected_ms("2026-08-08").expect("date");
+    assert_eq!(expected_ms("2026-08-08T12:00:00Z"), Some(noon));
+    assert_eq!(expected_ms("2026-08-08T14:00:00+02:00"), Some(noon));
+    assert_eq!(expected_ms("2026-08-09").map(|t| t - noon), Some(24 * HOUR));
+    assert_eq!(expected_ms("next week"), None);
+}

@@ -29,6 +29,11 @@ pub(super) fn carrier_event_for(tracking: &str, status: CanonicalStatus, at_ms: 
     }
 }
 
+/// A carrier event with the carrier's expected delivery.
+pub(super) fn carrier_expecting(status: CanonicalStatus, at_ms: i64, expected: &str) -> CarrierEvent {
+    CarrierEvent { expected_delivery: Some(expected.to_owned()), ..carrier_event(status, at_ms) }
+}
+
 pub(super) fn signal(kind: DeviceSignalKind, at_ms: i64) -> DeviceSignal {
     signal_for("1Z999AA10123456784", kind, at_ms)
 }
@@ -102,6 +107,16 @@ impl Shipment {
         self.feed(Input::Wake { now_ms })
     }
 
+    /// A carrier event that gives an expected delivery.
+    pub(super) fn expecting(&mut self, status: CanonicalStatus, at_ms: i64, expected: &str) -> Vec<Action> {
+        self.feed(Input::Carrier(carrier_expecting(status, at_ms, expected)))
+    }
+
+    /// Every delay the customer was told of, as (new date, date told before), in order.
+    pub(super) fn delays(&self) -> Vec<(String, String)> {
+        delays(&self.log)
+    }
+
     /// Every milestone the customer was told about, in order.
     pub(super) fn told(&self) -> Vec<Milestone> {
         notified(&self.log)
@@ -138,6 +153,16 @@ pub(super) fn wakes(actions: &[Action]) -> Vec<i64> {
         .iter()
         .filter_map(|a| match a {
             Action::WakeAt { at_ms } => Some(*at_ms),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) fn delays(actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::NotifyDelay { expected, previous } => Some((expected.clone(), previous.clone())),
             _ => None,
         })
         .collect()

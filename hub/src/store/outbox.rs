@@ -176,3 +176,105 @@ impl Store {
         Ok(crate::notify::outbox::ack_alert(&self.conn, id, by, now_ms)?)
     }
 }
+
+/// The outbox keys of "still on its way" updates (`still_on_its_way:<n>`), as a GLOB
+/// pattern: exact, where LIKE would read the underscores as wildcards.
+const STILL_ON_ITS_WAY_KEYS: &str = "still_on_its_way:*";
+
+impl Store {
+    /// A write transaction (`BEGIN IMMEDIATE`, as [`Store::transaction`]) on a store shared
+    /// behind a lock, such as the notification dispatcher's: the lock, not a `&mut`
+    /// borrow, keeps it the connection's only transaction.
+    pub fn shared_transaction(&self) -> Result<StoreTx<'_>, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        Ok(StoreTx { tx })
+    }
+}
+
+impl StoreTx<'_> {
+    /// Enqueues one customer message, keyed `key` (what it tells: `model::Notice::key`), to
+    /// each of the shipment's contacts who consented, on each channel `on` allows: once per
+    /// key, channel and recipient. Returns the channels a new row was enqueued on.
+    pub fn enqueue_to_contacts(
+        &self,
+        shipment: &super::Shipment,
+        key: &str,
+        detail: Option<&str>,
+        now_ms: i64,
+        on: impl Fn(super::ContactChannel) -> bool,
+    ) -> Result<Vec<super::ContactChannel>, StoreError> {
+        let mut enqueued = Vec::new();
+        for (channel, contact) in &shipment.contacts {
+            if !contact.consent || !on(*channel) {
+                continue;
+            }
+            let new = NewNotification {
+                shipment_id: shipment.id,
+                milestone: key,
+                channel: channel.as_str(),
+                recipient: &contact.recipient,
+                detail,
+                now_ms,
+            };
+            if self.enqueue_notification(&new)? {
+                enqueued.push(*channel);
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// Shipments due a "still on its way" update at `now_ms`, as (shipment id, updates
+    /// enqueued for it so far), by id after `after_id`, at most `limit`: in transit (dispatched, out for delivery or nearby, and not cancelled
+    /// by the carrier), dispatched and known to the hub for at least `quiet_ms`, with no
+    /// other customer message enqueued in the last `quiet_ms` (skipped, failed and
+    /// undelivered ones never reached the customer), and no "still on its way" enqueued
+    /// in the last `every_ms`. Dispatch and cancellation are read from the reconciler's
+    /// stored state; a state that is not JSON counts as neither.
+    pub fn quiet_in_transit(
+        &self,
+        now_ms: i64,
+        quiet_ms: i64,
+        every_ms: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, u32)>, StoreError> {
+        let rows = self
+            .tx
+            .prepare_cached(
+                "SELECT s.id,
+                        (SELECT count(DISTINCT o.milestone) FROM notification_outbox o
+                         WHERE o.shipment_id = s.id AND o.milestone GLOB ?6)
+                 FROM shipments s
+                 WHERE s.id > ?1
+                   AND s.milestone IN ('dispatched', 'out_for_delivery', 'nearby')
+                   AND s.created_ms <= ?2 - ?3
+                   AND coalesce(CASE WHEN json_valid(s.reconcile_state)
+                                     THEN json_extract(s.reconcile_state, '$.dispatched_at_ms') END,
+                                s.created_ms) <= ?2 - ?3
+                   AND (CASE WHEN json_valid(s.reconcile_state)
+                             THEN json_extract(s.reconcile_state, '$.carrier_cancelled_at_ms') END) IS NULL
+                   AND NOT EXISTS (
+                       SELECT 1 FROM notification_outbox o
+                       WHERE o.shipment_id = s.id AND o.created_ms > ?2 - ?3
+                         AND o.status NOT IN ('skipped', 'failed', 'undelivered')
+                         AND NOT o.milestone GLOB ?6)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM notification_outbox o
+                       WHERE o.shipment_id = s.id AND o.created_ms > ?2 - ?4 AND o.milestone GLOB ?6)
+                 ORDER BY s.id LIMIT ?5",
+            )?
+            .query_map(
+                params![
+                    after_id,
+                    now_ms,
+                    quiet_ms,
+                    every_ms,
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    STILL_ON_ITS_WAY_KEYS
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+}
