@@ -669,3 +669,64 @@ fn bare_dates_stand_for_the_middle_of_their_day() {
     assert_eq!(expected_ms("2026-08-09").map(|t| t - noon), Some(24 * HOUR));
     assert_eq!(expected_ms("next week"), None);
 }
+
+// ---- carriers that never call: polled answers ------------------------------------------
+//
+// A polled carrier (ShipEngine's `GET /v1/tracking`) answers with its latest status each
+// time it is asked, often the same one, and always some time after the event happened:
+// the poll interval is the delay. The reconciler sees the same `Input::Carrier` as from a
+// webhook, with the hub's arrival time in `received_ms`.
+
+/// A polled answer: the carrier's event at `at_ms`, taken in by the hub at `polled_ms`.
+fn polled(status: CanonicalStatus, at_ms: i64, polled_ms: i64) -> Input {
+    Input::Carrier(CarrierEvent { received_ms: Some(polled_ms), ..carrier_event(status, at_ms) })
+}
+
+#[test]
+fn a_polled_carrier_repeating_its_latest_status_tells_the_customer_nothing_new() {
+    let mut s = Shipment::on_a_route();
+    let first = s.feed(polled(C::OutForDelivery, DAY1 + HOUR, DAY1 + HOUR + 20 * MIN));
+    assert_eq!(notified(&first), vec![M::OutForDelivery]);
+    for poll in 1..=5 {
+        let again = s.feed(polled(C::OutForDelivery, DAY1 + HOUR, DAY1 + HOUR + (20 + 30 * poll) * MIN));
+        assert_eq!(again, vec![], "poll {poll} repeats what is known");
+    }
+    assert_eq!(s.told(), vec![M::Dispatched, M::OutForDelivery]);
+}
+
+#[test]
+fn a_polled_delivered_arriving_late_agrees_with_the_van_by_event_time() {
+    // The van signs at the door at 10:02; the carrier's delivered happened at 10:00 but
+    // the poll only brings it at 10:25. Two agreeing signals: delivered, at once.
+    let mut s = Shipment::on_a_route();
+    s.device(D::Nearby, DAY1 + 4 * HOUR - 5 * MIN);
+    let actions = s.device(D::DeliveredAtAddress, DAY1 + 4 * HOUR + 2 * MIN);
+    assert_eq!(notified(&actions), vec![], "the van alone waits for its hold");
+    let actions = s.feed(polled(C::Delivered, DAY1 + 4 * HOUR, DAY1 + 4 * HOUR + 25 * MIN));
+    assert_eq!(notified(&actions), vec![M::Delivered]);
+    assert_eq!(s.state.delivered_by, Some(DeliveredBy::TwoSignals));
+    assert!(s.alerts().is_empty(), "{:?}", s.alerts());
+}
+
+#[test]
+fn a_polled_delivered_alone_holds_from_its_event_time_not_from_the_poll() {
+    // No van on this parcel: the carrier's word waits out the hold, counted from when the
+    // delivery happened, so a slow poll does not delay the customer's message further.
+    let mut s = Shipment::without_a_route();
+    let at = DAY1 + 5 * HOUR;
+    let actions = s.feed(polled(C::Delivered, at, at + 25 * MIN));
+    assert_eq!(notified(&actions), vec![]);
+    assert_eq!(wakes(&actions), vec![at + HOLD], "the hold ends 30 min after the event");
+    assert_eq!(notified(&s.wake(at + HOLD)), vec![M::Delivered]);
+}
+
+#[test]
+fn an_older_polled_answer_after_a_newer_webhook_never_moves_the_shipment_back() {
+    let mut s = Shipment::on_a_route();
+    s.carrier(C::OutForDelivery, DAY1 + 2 * HOUR);
+    // A poll that left before the webhook came answers with the earlier in-transit.
+    let actions = s.feed(polled(C::InTransit, DAY1 + HOUR, DAY1 + 2 * HOUR + MIN));
+    assert_eq!(actions, vec![]);
+    assert_eq!(s.state.milestone, M::OutForDelivery);
+    assert_eq!(s.told(), vec![M::Dispatched, M::OutForDelivery]);
+}
