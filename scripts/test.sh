@@ -16,6 +16,7 @@ declare -A NEED=(
     # The demo's tracking page is checked in a real browser over WebDriver.
     [chromium]=/usr/bin/chromium
     [chromium-driver]=/usr/bin/chromedriver
+    [nats-server]=/usr/sbin/nats-server
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
