@@ -175,6 +175,7 @@ fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: 
         channel_map: ChannelMap::default(),
         max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         metrics: Arc::new(Metrics::default()),
+        sinks: Default::default(),
     };
     // Decoding is the verifiers' work, as is the signature check.
     let decoded: Vec<(Envelope, &[u8])> =

@@ -136,6 +136,7 @@ async fn run(scans: usize, full: bool) {
         channel_map: ChannelMap::default(),
         max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         metrics: Arc::new(Metrics::default()),
+        sinks: Default::default(),
     };
     setup(&db, scans, &domain);
 

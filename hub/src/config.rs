@@ -181,12 +181,13 @@ delay_tolerance_h = 12
 "#;
 
 /// The whole commented default file `--print-default-config` prints: [`DEFAULT_CONFIG`],
-/// the `[notify]` section, and every provider type's sample entry, commented.
+/// the `[notify]` section, every provider type's sample entry and every sink type's, commented.
 pub fn default_config() -> String {
     format!(
-        "{DEFAULT_CONFIG}\n{}\n{}",
+        "{DEFAULT_CONFIG}\n{}\n{}\n{}",
         crate::notify::config::DEFAULT_CONFIG,
-        crate::notify::registry::samples()
+        crate::notify::registry::samples(),
+        crate::sinks::registry::samples()
     )
 }
 
@@ -247,6 +248,9 @@ pub struct Config {
     /// `[notify]`: read by the notification module; ingest reads only `channel_map`.
     #[serde(default)]
     pub notify: Option<toml::Table>,
+    /// `[[sinks]]`: business sinks (an event stream, helpdesks), built by `sinks::registry`.
+    #[serde(default)]
+    pub sinks: Vec<toml::Table>,
 }
 
 /// `[hub]`.
@@ -969,6 +973,8 @@ pub struct Settings {
     pub channel_map: ChannelMap,
     /// The `[notify]` table, for the notification module.
     pub notify: Option<toml::Table>,
+    /// The configured business sinks.
+    pub sinks: crate::sinks::Sinks,
 }
 
 /// Smallest link token secret, bytes.
@@ -1158,6 +1164,7 @@ impl Config {
             max_event_ahead: Duration::from_secs(self.ingest.max_event_ahead_s),
             channel_map,
             notify: self.notify.clone(),
+            sinks: crate::sinks::registry::build(&self.sinks).map_err(|e| invalid(e.to_string()))?,
         })
     }
 }
@@ -1192,6 +1199,10 @@ mod tests {
         assert!(notify.dispatch && notify.providers.all().is_empty(), "every provider is commented out");
         for ty in crate::notify::registry::TYPES {
             assert!(printed.contains(&format!("# type = \"{}\"", ty.kind)), "{} is shown", ty.kind);
+        }
+        assert!(settings.sinks.is_empty(), "every sink is commented out");
+        for ty in crate::sinks::registry::TYPES {
+            assert!(printed.contains(&format!("# type = \"{}\"", ty.kind)), "sink {} is shown", ty.kind);
         }
     }
 

@@ -23,4 +23,5 @@ pub mod openapi;
 pub mod reconcile;
 pub mod registry;
 pub mod server;
+pub mod sinks;
 pub mod store;

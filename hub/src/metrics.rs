@@ -95,6 +95,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Requests to each configured provider by result (accepted, retry, ambiguous, rejected, opted_out).",
     ),
     (
+        "doorstep_hub_sink_deliveries_total",
+        Kind::Counter,
+        "Business sink delivery attempts by sink and outcome (sent, skipped, attempt_failed, failed, unknown).",
+    ),
+    (
         "doorstep_hub_notifications_enqueued_total",
         Kind::Counter,
         "Notifications enqueued by channel and milestone.",
@@ -372,6 +377,11 @@ impl Metrics {
             &[("channel", channel)],
             seconds(scan_to_accept_ms),
         );
+    }
+
+    /// One delivery attempt to a business sink and how it ended.
+    pub fn sink_delivery(&self, sink: &str, outcome: &str) {
+        self.add("doorstep_hub_sink_deliveries_total", &[("sink", sink), ("outcome", outcome)], 1);
     }
 
     /// A notification enqueued.

@@ -57,6 +57,7 @@ pub async fn serve(
         channel_map: settings.channel_map.clone(),
         max_event_ahead_ms: millis(settings.max_event_ahead),
         metrics: Arc::clone(&metrics),
+        sinks: settings.sinks.subscriptions(),
     };
     let sources = Arc::new(Sources::build(&settings.carriers, &settings.orders)?);
     let options = IngestOptions {
@@ -92,6 +93,16 @@ pub async fn serve(
         // Another hub of the group sends; this one still enqueues, serves the tracking
         // page and records the providers' callbacks.
         tracing::info!("notify.dispatch = false: this hub does not send messages or alerts");
+        None
+    };
+    // Business sinks report what ingest commits; like messages, only from a dispatching hub.
+    let sink_cancel = tokio_util::sync::CancellationToken::new();
+    let sink_task = if dispatch && !settings.sinks.is_empty() {
+        let sinks =
+            crate::sinks::Dispatcher::new(settings.sinks.clone(), &settings.database, Arc::clone(&metrics))
+                .context("starting the sink dispatcher")?;
+        Some(sinks.spawn(sink_cancel.clone()))
+    } else {
         None
     };
     // Carriers that never call: ShipEngine polls and AfterShip registrations, as configured.
@@ -149,7 +160,11 @@ pub async fn serve(
     tracing::info!("shutting down: draining ingest");
     ingest.shutdown().await;
     notify_cancel.cancel();
+    sink_cancel.cancel();
     if let Some(task) = notify_task {
+        let _ = task.await;
+    }
+    if let Some(task) = sink_task {
         let _ = task.await;
     }
     Ok(())

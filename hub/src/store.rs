@@ -2,8 +2,9 @@
 //! submodule per kind of record: `schema` (the migrations), `devices` (the registry, keys,
 //! live state), `events` (device events, gaps, acks, rejections), `routes`, `shipments`
 //! (shipments, timelines, wake-ups, carrier events), `outbox` (notifications and alerts),
-//! `carrier_jobs` (polls and registrations owed to carrier aggregators), `photos`, and
-//! `access` (API keys, the audit log, withdrawn tracking links). This file holds the
+//! `carrier_jobs` (polls and registrations owed to carrier aggregators), `photos`, `access`
+//! (API keys, the audit log, withdrawn tracking links), and `sinks` (the business sinks'
+//! outbox). This file holds the
 //! connection, its transactions and the shared error.
 //!
 //! One SQLite file in WAL mode, migrated with `PRAGMA user_version`. [`Store`] owns a
@@ -34,6 +35,7 @@ mod photos;
 mod routes;
 mod schema;
 mod shipments;
+mod sinks;
 
 pub use access::{ApiKeyRecord, AuditEntry};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
@@ -45,6 +47,7 @@ pub use photos::PhotoRecord;
 pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};
+pub use sinks::{SinkOutcome, SinkRow};
 
 use schema::MIGRATIONS;
 

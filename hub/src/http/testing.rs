@@ -33,6 +33,7 @@ impl TestApi {
             channel_map: ChannelMap::default(),
             max_event_ahead_ms: ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
             metrics: Arc::clone(&metrics),
+            sinks: Default::default(),
         };
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = closed.local_addr().expect("addr").port();

@@ -38,6 +38,8 @@ pub struct Domain {
     pub max_event_ahead_ms: i64,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Which business sinks receive which milestones and alerts (none by default).
+    pub sinks: crate::sinks::Subscriptions,
 }
 
 /// What applying one input did, for counters updated after commit.
@@ -125,6 +127,13 @@ pub fn apply_to_state(
     let mut effects = Effects::default();
     if next.milestone != current.milestone {
         effects.milestones.push((shipment.id, next.milestone));
+        // Reported to the business sinks from this transaction: only if it commits.
+        let detail = actions.iter().find_map(|a| match a {
+            Action::NotifyCustomer { milestone, detail } if *milestone == next.milestone => detail.as_deref(),
+            _ => None,
+        });
+        let event = crate::sinks::EventKind::Milestone(next.milestone).key();
+        tx.enqueue_sink_event(&domain.sinks.milestone(next.milestone), shipment.id, &event, detail, now)?;
     }
     for action in actions {
         match action {
@@ -146,6 +155,8 @@ pub fn apply_to_state(
             }
             Action::AlertOperations { code, detail } => {
                 if tx.raise_alert(shipment.id, &code, &detail, now)? {
+                    let event = crate::sinks::EventKind::Alert(code.clone()).key();
+                    tx.enqueue_sink_event(&domain.sinks.alerts(), shipment.id, &event, Some(&detail), now)?;
                     tracing::warn!(shipment = %shipment.tracking_number, code, detail, "operations alert");
                     effects.alerts.push(code);
                 }
@@ -503,6 +514,7 @@ mod tests {
             )]),
             max_event_ahead_ms: super::super::DEFAULT_MAX_EVENT_AHEAD_MS,
             metrics: Arc::new(Metrics::default()),
+            sinks: Default::default(),
         };
         let contact = |recipient: &str, consent| Contact { recipient: recipient.into(), consent };
         let contacts = BTreeMap::from([

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -312,6 +312,45 @@ CREATE INDEX carrier_jobs_due ON carrier_jobs (kind, due_ms) WHERE state = 'pend
 CREATE TABLE carrier_job_cursors (
     kind         TEXT PRIMARY KEY,
     shipment_id  INTEGER NOT NULL
+);
+"#,
+    // Business sinks (`[[sinks]]`: an event stream, helpdesks, CRMs): one row per (sink,
+    // shipment, event) enqueued in the writer's transaction that reached the milestone or
+    // raised the alert, so an event exists exactly when what it reports was committed, and
+    // the unique key keeps a replayed input from enqueuing it twice. `sink_outcomes` is the
+    // outcome log of each row; `sink_threads` remembers what a sink made for a shipment (a
+    // Zendesk ticket) so later events update it instead of opening another.
+    r#"
+CREATE TABLE sink_outbox (
+    id               INTEGER PRIMARY KEY,
+    sink             TEXT NOT NULL,
+    shipment_id      INTEGER NOT NULL REFERENCES shipments(id),
+    event            TEXT NOT NULL,
+    detail           TEXT,
+    fleet            TEXT,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL,
+    created_ms       INTEGER NOT NULL,
+    UNIQUE (sink, shipment_id, event)
+);
+CREATE INDEX sink_outbox_due ON sink_outbox (next_attempt_ms) WHERE status = 'queued';
+CREATE INDEX sink_outbox_shipment ON sink_outbox (sink, shipment_id, id);
+CREATE TABLE sink_outcomes (
+    id         INTEGER PRIMARY KEY,
+    outbox_id  INTEGER NOT NULL REFERENCES sink_outbox(id),
+    at_ms      INTEGER NOT NULL,
+    outcome    TEXT NOT NULL,
+    vendor_id  TEXT,
+    detail     TEXT
+);
+CREATE INDEX sink_outcomes_row ON sink_outcomes (outbox_id);
+CREATE TABLE sink_threads (
+    sink         TEXT NOT NULL,
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    reference    TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    PRIMARY KEY (sink, shipment_id)
 );
 "#,
 ];

@@ -173,6 +173,7 @@ impl TestHub {
             channel_map: ChannelMap::default(),
             max_event_ahead_ms: options.max_event_ahead_ms,
             metrics: Arc::clone(&metrics),
+            sinks: Default::default(),
         };
         let ingest_options = IngestOptions {
             database: db.to_owned(),

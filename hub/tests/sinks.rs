@@ -1,0 +1,500 @@
+//! Business sinks end to end: milestones and alerts reconciled in the writer's transaction,
+//! then delivered from the sinks' outbox to a real `nats-server` with JetStream, and to a
+//! loopback Zendesk that checks each request against Zendesk's documented API.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use doorstep_hub::config::ChannelMap;
+use doorstep_hub::ingest::{DEFAULT_MAX_EVENT_AHEAD_MS, Domain, apply_to_shipment};
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::model::{CanonicalStatus, Carrier, CarrierEvent};
+use doorstep_hub::reconcile::{Input, Rules};
+use doorstep_hub::sinks::{Dispatcher, Sinks, registry};
+use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
+use doorstep_proto::TrackingNumber;
+
+const TRACKING: &str = "1Z999AA10123456784";
+const EMAIL: &str = "ada@example.com";
+/// 2025-07-01 08:00Z.
+const T0: i64 = 1_751_356_800_000;
+
+// ---- the hub's side: a database, reconciliation in a transaction, the dispatcher ---------
+
+/// The sinks of a `[[sinks]]` config text.
+fn sinks(text: &str) -> Sinks {
+    let table: toml::Table = toml::from_str(text).expect("toml");
+    let entries: Vec<toml::Table> = table["sinks"]
+        .as_array()
+        .expect("[[sinks]]")
+        .iter()
+        .map(|v| v.as_table().expect("table").clone())
+        .collect();
+    registry::build(&entries).expect("sinks build")
+}
+
+fn domain(sinks: &Sinks) -> Domain {
+    Domain {
+        rules: Rules::default(),
+        channel_map: ChannelMap::default(),
+        max_event_ahead_ms: DEFAULT_MAX_EVENT_AHEAD_MS,
+        metrics: Arc::new(Metrics::default()),
+        sinks: sinks.subscriptions(),
+    }
+}
+
+/// A database with one shipment whose customer consented to e-mail; returns its id.
+fn database(path: &Path, tracking: &str) -> i64 {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    let contacts =
+        BTreeMap::from([(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true })]);
+    let new = NewShipment {
+        tracking_number: TrackingNumber::new(tracking).expect("tracking"),
+        carrier: Some("ups".into()),
+        order_id: None,
+        contacts,
+        locale: "en".into(),
+        time_zone: "UTC".into(),
+    };
+    let id = tx.insert_shipment(&new, T0).expect("shipment");
+    tx.commit().expect("commit");
+    id
+}
+
+/// Reconciles `input` for the shipment inside one writer transaction, committed or (with
+/// `commit` false) rolled back.
+fn feed(path: &Path, domain: &Domain, tracking: &str, input: Input, now: i64, commit: bool) {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    let shipment = tx
+        .shipment_by_tracking(&TrackingNumber::new(tracking).expect("tracking"))
+        .expect("read")
+        .expect("shipment");
+    apply_to_shipment(&tx, domain, &shipment, &input, now).expect("apply");
+    if commit {
+        tx.commit().expect("commit");
+    }
+}
+
+fn carrier(status: CanonicalStatus, at_ms: i64) -> Input {
+    Input::Carrier(CarrierEvent {
+        carrier: Carrier::EasyPost,
+        event_key: format!("ev-{at_ms}"),
+        tracking_number: TrackingNumber::new(TRACKING).expect("tracking"),
+        status,
+        raw_status: format!("{status:?}"),
+        occurred_ms: at_ms,
+        expected_delivery: None,
+        message: Some("Receiver not available".into()),
+        received_ms: None,
+    })
+}
+
+/// (sink, event, status) of every sink row of a shipment.
+fn rows(path: &Path, shipment: i64) -> Vec<(String, String, String)> {
+    let store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    store
+        .sink_rows_for_shipment(shipment)
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.sink, r.event, r.status))
+        .collect()
+}
+
+fn outcomes(path: &Path, shipment: i64, event: &str) -> Vec<(String, Option<String>)> {
+    let store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let row = store.sink_rows_for_shipment(shipment).expect("rows").into_iter().find(|r| r.event == event);
+    let row = row.unwrap_or_else(|| panic!("no row for {event}"));
+    store.sink_outcomes(row.id).expect("log").into_iter().map(|o| (o.outcome, o.detail)).collect()
+}
+
+// ---- a real nats-server with JetStream -------------------------------------------------
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A `nats-server -js` on a free loopback port with its store in a temp dir, stopped when
+/// dropped.
+struct NatsServer {
+    port: u16,
+    child: tokio::process::Child,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    async fn start() -> NatsServer {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        Self::start_on(port).await
+    }
+
+    /// [`NatsServer::start`] on a given port.
+    async fn start_on(port: u16) -> NatsServer {
+        let binary = [PathBuf::from(NATS_SERVER), PathBuf::from("/usr/bin/nats-server")]
+            .into_iter()
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("{NATS_SERVER} is missing: the event stream tests need a real JetStream; `apt-get install nats-server`")
+            });
+        let store = tempfile::tempdir().expect("store dir");
+        let child = tokio::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        let server = NatsServer { port, child, _store: store };
+        // Ready when JetStream answers for the account.
+        let mut last = String::new();
+        for _ in 0..200 {
+            match async_nats::connect(server.url()).await {
+                // The raw API request: the account-info types of the newest client do not
+                // read an older server's answer, and only the answer matters here.
+                Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
+                    Ok(_) => return server,
+                    Err(e) => last = format!("$JS.API.INFO: {e}"),
+                },
+                Err(e) => last = format!("connect: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server on port {port} did not become ready with JetStream: {last}");
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message of `stream`: (subject, Nats-Msg-Id, body).
+    async fn messages(&self, stream: &str) -> Vec<(String, String, serde_json::Value)> {
+        let client = async_nats::connect(self.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("the hub created its stream");
+        let state = stream.info().await.expect("info").state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..state.first_sequence + state.messages {
+            let m = stream.get_raw_message(seq).await.expect("message");
+            let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            out.push((m.subject.to_string(), id, serde_json::from_slice(&m.payload).expect("json")));
+        }
+        out
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn nats_sinks(url: &str) -> Sinks {
+    sinks(&format!(
+        "[[sinks]]\ntype = \"nats\"\nname = \"stream\"\nurl = \"{url}\"\nrequest_timeout_s = 2\nbackoff_base_s = 1\n"
+    ))
+}
+
+#[tokio::test]
+async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub_publishes_again() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = nats_sinks(&nats.url());
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    // A transaction that rolls back (the writer failed after reconciling) reports nothing.
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, false);
+    assert_eq!(dispatcher.run_once(T0 + 2).await.expect("pass"), 1);
+    let published = nats.messages("DOORSTEP").await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    let key = format!("doorstep:stream:{TRACKING}:milestone:dispatched");
+    assert_eq!(published[0].0, format!("doorstep.orders.{TRACKING}.dispatched"));
+    assert_eq!(published[0].1, key, "Nats-Msg-Id is the row's stable key");
+    assert_eq!(published[0].2["milestone"], "dispatched");
+    assert_eq!(published[0].2["id"], key.as_str());
+
+    // The hub stopped after JetStream stored the message but before it wrote the result:
+    // the row is left in flight, resent at start-up, and JetStream drops the repeat.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute("UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'", [])
+        .expect("left in flight");
+    assert_eq!(dispatcher.recover(T0 + 3).await.expect("recover"), (1, 0));
+    assert_eq!(dispatcher.run_once(T0 + 3).await.expect("pass"), 1, "published again");
+    assert_eq!(nats.messages("DOORSTEP").await.len(), 1, "stored once");
+    let log = outcomes(&db, shipment, "milestone:dispatched");
+    let last = log.last().expect("entry");
+    assert_eq!(last.0, "sent");
+    assert!(last.1.as_deref().is_some_and(|d| d.contains("duplicate")), "{log:?}");
+
+    // Committed this time: the exception and the alert it raised, one message each.
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 4, true);
+    assert_eq!(dispatcher.run_once(T0 + 5).await.expect("pass"), 2);
+    assert_eq!(dispatcher.run_once(T0 + 6).await.expect("pass"), 0, "nothing is sent twice");
+    let published = nats.messages("DOORSTEP").await;
+    let subjects: Vec<&str> = published.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            format!("doorstep.orders.{TRACKING}.dispatched"),
+            format!("doorstep.orders.{TRACKING}.exception"),
+            format!("doorstep.orders.{TRACKING}.alert"),
+        ]
+    );
+    assert_eq!(published[2].2["alert"], "carrier_returning");
+    assert!(rows(&db, shipment).iter().all(|(_, _, status)| status == "sent"));
+}
+
+#[tokio::test]
+async fn a_stream_that_is_down_is_retried_with_backoff_and_gets_each_event_once_it_is_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    // Reserve a port, then start the server on it only after the first attempt failed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let sinks = nats_sinks(&format!("nats://127.0.0.1:{port}"));
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
+    assert_eq!(rows(&db, shipment)[0].2, "queued", "connection refused: nothing was sent");
+    assert_eq!(outcomes(&db, shipment, "milestone:dispatched").last().expect("entry").0, "attempt_failed");
+    assert_eq!(dispatcher.run_once(T0 + 500).await.expect("pass"), 0, "waits for its backoff");
+
+    let nats = NatsServer::start_on(port).await;
+    assert_eq!(dispatcher.run_once(T0 + 2_000).await.expect("pass"), 1);
+    assert_eq!(nats.messages("DOORSTEP").await.len(), 1);
+    assert_eq!(rows(&db, shipment)[0].2, "sent");
+}
+
+// ---- a loopback Zendesk --------------------------------------------------------------------
+
+const ZD_EMAIL: &str = "ops@example.com";
+const ZD_TOKEN: &str = "6wiIBWbGkBMo1mRDMuVwkw1EPsNkeUj95PIz2akv";
+const TICKET: u64 = 35436;
+
+/// A scripted answer: status, a header, and a delay before it.
+type Scripted = (u16, Option<(&'static str, &'static str)>, Duration);
+
+/// One request the fake Zendesk accepted as valid: (method, path, Idempotency-Key, body).
+type Seen = (String, String, Option<String>, serde_json::Value);
+
+/// A loopback Zendesk Support API: checks each request the way Zendesk documents it (path,
+/// method, API-token Basic auth, JSON body shape), refuses what Zendesk would refuse (401
+/// without the credentials, 422 for an invalid ticket), answers scripted statuses first
+/// (429 with Retry-After), and otherwise answers as Zendesk does: 201 with the new ticket
+/// (the same one for a repeated Idempotency-Key), 200 with the updated one.
+#[derive(Clone, Default)]
+struct FakeZendesk {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<VecDeque<Scripted>>>,
+    keys: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Updates are applied, but answered only after this long (a lost answer).
+    slow_updates: Arc<Mutex<Duration>>,
+}
+
+fn invalid(why: &str) -> Response {
+    let body = serde_json::json!({
+        "error": "RecordInvalid",
+        "description": "Record validation errors",
+        "details": { "base": [{ "description": why }] },
+    });
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+}
+
+async fn zendesk(
+    State(fake): State<FakeZendesk>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{ZD_EMAIL}/token:{ZD_TOKEN}"));
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Basic {basic}")) {
+        return (StatusCode::UNAUTHORIZED, r#"{"error":"Couldn't authenticate you"}"#).into_response();
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "").into_response();
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, r#"{"error":"Unprocessable JSON"}"#).into_response();
+    };
+    let scripted = fake.script.lock().expect("lock").pop_front();
+    if let Some((status, header, delay)) = scripted {
+        tokio::time::sleep(delay).await;
+        let status = StatusCode::from_u16(status).expect("status");
+        return match header {
+            Some(h) => (status, [h], r#"{"error":"TooManyRequests"}"#).into_response(),
+            None => (status, "").into_response(),
+        };
+    }
+    let path = uri.path().to_owned();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let ticket = &json["ticket"];
+    let comment = &ticket["comment"];
+    if !ticket.is_object() || !comment["body"].is_string() || comment["public"] != false {
+        return invalid("a ticket with a private comment body is expected");
+    }
+    let answer = if method == Method::POST && path == "/api/v2/tickets.json" {
+        let keys = ["subject", "comment", "external_id", "requester", "tags"];
+        if !ticket["subject"].is_string()
+            || !ticket["external_id"].is_string()
+            || ticket.as_object().is_some_and(|t| t.keys().any(|k| !keys.contains(&k.as_str())))
+            || (ticket.get("requester").is_some() && !ticket["requester"]["email"].is_string())
+        {
+            return invalid("subject, comment, external_id, requester {email}, tags");
+        }
+        let id = match &key {
+            Some(k) => *fake.keys.lock().expect("lock").entry(k.clone()).or_insert(TICKET),
+            None => TICKET,
+        };
+        let body = serde_json::json!({ "ticket": { "id": id, "status": "new", "external_id": ticket["external_id"] } });
+        (StatusCode::CREATED, axum::Json(body)).into_response()
+    } else if method == Method::PUT && path == format!("/api/v2/tickets/{TICKET}.json") {
+        let keys = ["comment", "status"];
+        if ticket.as_object().is_some_and(|t| t.keys().any(|k| !keys.contains(&k.as_str())))
+            || ticket.get("status").is_some_and(|s| s != "solved")
+        {
+            return invalid("comment and status only");
+        }
+        let slow = *fake.slow_updates.lock().expect("lock");
+        fake.seen.lock().expect("lock").push((method.to_string(), path, key, json.clone()));
+        tokio::time::sleep(slow).await;
+        let status = ticket.get("status").cloned().unwrap_or("open".into());
+        let body =
+            serde_json::json!({ "ticket": { "id": TICKET, "status": status }, "audit": { "events": [] } });
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    } else {
+        return (StatusCode::NOT_FOUND, r#"{"error":"InvalidEndpoint"}"#).into_response();
+    };
+    fake.seen.lock().expect("lock").push((method.to_string(), path, key, json));
+    answer
+}
+
+impl FakeZendesk {
+    async fn start() -> (FakeZendesk, String) {
+        let fake = FakeZendesk::default();
+        let app = Router::new().fallback(zendesk).with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (fake, format!("http://{addr}"))
+    }
+
+    fn then_answer(&self, status: u16, header: Option<(&'static str, &'static str)>, delay: Duration) {
+        self.script.lock().expect("lock").push_back((status, header, delay));
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+fn zendesk_sinks(base: &str, token: &str) -> Sinks {
+    sinks(&format!(
+        "[[sinks]]\ntype = \"zendesk\"\nname = \"helpdesk\"\nbase_url = \"{base}\"\nemail = \"{ZD_EMAIL}\"\n\
+         api_token = \"{token}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\nmax_attempts = 3\n"
+    ))
+}
+
+#[tokio::test]
+async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_delivery_solves_it() {
+    let (fake, base) = FakeZendesk::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = zendesk_sinks(&base, ZD_TOKEN);
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+
+    // Dispatched: support hears nothing of a parcel that is fine.
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    assert!(fake.seen().is_empty());
+    assert_eq!(outcomes(&db, shipment, "milestone:dispatched").last().expect("entry").0, "skipped");
+
+    // A failed attempt: the exception opens the ticket; Zendesk first asks us to wait.
+    fake.then_answer(429, Some(("retry-after", "7")), Duration::ZERO);
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1), T0 + 1, true);
+    dispatcher.run_once(T0 + 2).await.expect("pass");
+    assert_eq!(rows(&db, shipment)[1], ("helpdesk".into(), "milestone:exception".into(), "queued".into()));
+    assert_eq!(dispatcher.run_once(T0 + 2 + 6_000).await.expect("pass"), 0, "Retry-After is honoured");
+    assert_eq!(dispatcher.run_once(T0 + 2 + 7_000).await.expect("pass"), 1);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (method, path, key, body) = &seen[0];
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/v2/tickets.json"));
+    assert_eq!(key.as_deref(), Some(format!("doorstep:helpdesk:{TRACKING}:milestone:exception").as_str()));
+    assert_eq!(body["ticket"]["external_id"], TRACKING);
+    assert_eq!(body["ticket"]["requester"]["email"], EMAIL, "the consented customer is the requester");
+    let text = body["ticket"]["comment"]["body"].as_str().expect("comment body");
+    assert!(text.contains(TRACKING) && text.contains("exception"), "{text}");
+
+    // Delivered (the carrier's word, then the hold): a private comment that solves it.
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Delivered, T0 + 3_600_000), T0 + 3_600_000, true);
+    let later = T0 + 3_600_000 + Rules::default().hold_ms;
+    feed(&db, &domain, TRACKING, Input::Wake { now_ms: later }, later, true);
+    assert_eq!(dispatcher.run_once(later).await.expect("pass"), 1);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "one ticket, then its update: {seen:?}");
+    let (method, path, key, body) = &seen[1];
+    assert_eq!((method.as_str(), path.as_str()), ("PUT", format!("/api/v2/tickets/{TICKET}.json").as_str()));
+    assert_eq!(key, &None, "Zendesk takes no idempotency key on an update");
+    assert_eq!(body["ticket"]["status"], "solved");
+    assert_eq!(body["ticket"]["comment"]["public"], false);
+    let statuses: Vec<String> = rows(&db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
+    assert_eq!(
+        statuses,
+        ["milestone:dispatched skipped", "milestone:exception sent", "milestone:delivered sent"]
+    );
+    assert_eq!(dispatcher.run_once(later + 60_000).await.expect("pass"), 0, "nothing is sent twice");
+}
+
+#[tokio::test]
+async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_fails() {
+    let (fake, base) = FakeZendesk::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = zendesk_sinks(&base, ZD_TOKEN);
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
+    // The exception's ticket, then the alert as a comment Zendesk applies but whose answer
+    // comes after the hub's timeout.
+    *fake.slow_updates.lock().expect("lock") = Duration::from_secs(3);
+    dispatcher.run_once(T0).await.expect("ticket and comment");
+    let events: Vec<String> = rows(&db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
+    assert_eq!(events, ["milestone:exception sent", "alert:carrier_returning unknown"]);
+    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+    let methods: Vec<String> = fake.seen().into_iter().map(|(m, _, _, _)| m).collect();
+    assert_eq!(methods, ["POST", "PUT"], "the ambiguous comment was not sent again");
+
+    // Wrong credentials: Zendesk refuses, and the row fails without retries.
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = zendesk_sinks(&base, "not-the-token");
+    let domain = self::domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    let log = outcomes(&db, shipment, "milestone:exception");
+    let last = log.last().expect("entry");
+    assert_eq!(last.0, "failed");
+    assert!(last.1.as_deref().is_some_and(|d| d.contains("401")), "{log:?}");
+}
