@@ -498,3 +498,123 @@ async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_
     assert_eq!(last.0, "failed");
     assert!(last.1.as_deref().is_some_and(|d| d.contains("401")), "{log:?}");
 }
+
+// ---- from the configuration, through `serve`, across a restart ---------------------------
+
+/// How many messages the stream holds (0 before the hub created it).
+async fn stored(nats: &NatsServer) -> u64 {
+    let Ok(client) = async_nats::connect(nats.url()).await else { return 0 };
+    let Ok(mut stream) = async_nats::jetstream::new(client).get_stream("DOORSTEP").await else { return 0 };
+    stream.info().await.map_or(0, |i| i.state.messages)
+}
+
+/// Waits until `done` holds, or `timeout` passes; says which.
+async fn until<F: std::future::Future<Output = bool>>(timeout: Duration, done: impl Fn() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done().await
+}
+
+/// Serves `text` until the returned token is cancelled; the handle ends with `serve`.
+fn serve(
+    text: &str,
+    api: tokio::net::TcpListener,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let settings = doorstep_hub::config::Config::parse(text).expect("parse").validate().expect("valid");
+    let public = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    public.set_nonblocking(true).expect("nonblocking");
+    let public = tokio::net::TcpListener::from_std(public).expect("listener");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    let hub = tokio::spawn(doorstep_hub::server::serve(
+        settings,
+        doorstep_hub::server::Listeners { public, api },
+        async move { shutdown.cancelled().await },
+    ));
+    (stop, hub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_restart_mid_send() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let nats = NatsServer::start().await;
+    let broker = doorstep_testkit::mosquitto::Broker::start(Default::default())
+        .await
+        .expect("a test broker (install it: apt-get install mosquitto)");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let key = dir.path().join("hub.key");
+    doorstep_runtime::keyfile::create(&key, false).expect("hub key");
+    let api_token = {
+        let mut store = Store::open(&db, StoreOptions::default()).expect("open");
+        let issued = doorstep_hub::access::issue(&ring::rand::SystemRandom::new()).expect("key");
+        store.create_api_key("orders", &issued.key_id, &issued.digest, "admin", 0).expect("api key");
+        issued.token
+    };
+    let text = doorstep_hub::config::DEFAULT_CONFIG
+        .replace("/var/lib/doorstep-hub/hub.db", &db.display().to_string())
+        .replace("/var/lib/doorstep-hub/hub.key", &key.display().to_string())
+        .replace("\"file:/var/lib/doorstep-hub/link.secret\"", "\"0123456789abcdef0123456789abcdef\"")
+        .replace("port = 1883", &format!("port = {}", broker.port()))
+        .replace("client_id = \"doorstep-hub\"", "client_id = \"doorstep-hub-sinks\"")
+        + &format!(
+            "\n[[sinks]]\ntype = \"nats\"\nname = \"stream\"\nurl = \"{}\"\nrequest_timeout_s = 2\n",
+            nats.url()
+        );
+
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api_url = format!("http://{}", api.local_addr().expect("addr"));
+    let (stop, hub) = serve(&text, api);
+    let client = reqwest::Client::new();
+    let shipment = serde_json::json!({"tracking_number": TRACKING, "carrier": "ups",
+        "contacts": {"email": EMAIL}, "consent": true});
+    let created =
+        client.post(format!("{api_url}/v1/shipments")).bearer_auth(&api_token).json(&shipment).send().await;
+    assert_eq!(created.expect("create").status(), 201);
+    let dispatched = client
+        .post(format!("{api_url}/v1/shipments/{TRACKING}/dispatched"))
+        .bearer_auth(&api_token)
+        .send()
+        .await
+        .expect("dispatched");
+    assert!(dispatched.status().is_success(), "{}", dispatched.status());
+    assert!(until(Duration::from_secs(10), || async { stored(&nats).await == 1 }).await, "published");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), hub)
+        .await
+        .expect("the hub stops")
+        .expect("join")
+        .expect("served");
+
+    // As if the hub had died after JetStream's ack and before writing it down.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let n = conn
+        .execute("UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'", [])
+        .expect("left in flight");
+    assert_eq!(n, 1, "one row for the milestone");
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (stop, hub) = serve(&text, api);
+    let shipment_id: i64 = conn.query_row("SELECT id FROM shipments", [], |r| r.get(0)).expect("shipment");
+    let resent = || async {
+        outcomes(&db, shipment_id, "milestone:dispatched").iter().filter(|(o, _)| o == "sent").count() == 2
+    };
+    assert!(
+        until(Duration::from_secs(10), resent).await,
+        "{:?}",
+        outcomes(&db, shipment_id, "milestone:dispatched")
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), hub)
+        .await
+        .expect("the hub stops")
+        .expect("join")
+        .expect("served");
+    assert_eq!(stored(&nats).await, 1, "one message for the milestone, across the restart");
+    let published = nats.messages("DOORSTEP").await;
+    assert_eq!(published[0].0, format!("doorstep.orders.{TRACKING}.dispatched"));
+}
