@@ -54,10 +54,14 @@ fn domain(sinks: &Sinks) -> Domain {
 
 /// A database with one shipment whose customer consented to e-mail; returns its id.
 fn database(path: &Path, tracking: &str) -> i64 {
+    shipment_with_consent(path, tracking, true)
+}
+
+/// A shipment whose customer gave an e-mail address, consenting to it or not; its id.
+fn shipment_with_consent(path: &Path, tracking: &str, consent: bool) -> i64 {
     let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
-    let contacts =
-        BTreeMap::from([(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true })]);
+    let contacts = BTreeMap::from([(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent })]);
     let new = NewShipment {
         tracking_number: TrackingNumber::new(tracking).expect("tracking"),
         carrier: Some("ups".into()),
@@ -617,4 +621,148 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
     assert_eq!(stored(&nats).await, 1, "one message for the milestone, across the restart");
     let published = nats.messages("DOORSTEP").await;
     assert_eq!(published[0].0, format!("doorstep.orders.{TRACKING}.dispatched"));
+}
+
+// ---- a loopback HubSpot ------------------------------------------------------------------
+
+const HS_TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
+const HS_EVENT: &str = "pe1234567_doorstep_milestone";
+
+/// A loopback HubSpot custom-events API: checks each request the way HubSpot documents
+/// `POST /events/v3/send` (Bearer private-app token, `eventName` of a defined event,
+/// `email`, ISO 8601 `occurredAt`, `properties` of strings, `uuid`), answers 401 without the
+/// token, 400 for an event it has no definition for, a scripted 429 with Retry-After, and
+/// otherwise 204 with no body.
+#[derive(Clone, Default)]
+struct FakeHubSpot {
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+    script: Arc<Mutex<VecDeque<Scripted>>>,
+}
+
+async fn hubspot(
+    State(fake): State<FakeHubSpot>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let error = |status: StatusCode, message: &str| {
+        let body =
+            serde_json::json!({ "status": "error", "message": message, "category": "VALIDATION_ERROR" });
+        (status, axum::Json(body)).into_response()
+    };
+    if method != Method::POST || uri.path() != "/events/v3/send" {
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {HS_TOKEN}")) {
+        return error(StatusCode::UNAUTHORIZED, "Authentication credentials not found");
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json expected");
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "Invalid input JSON");
+    };
+    let scripted = fake.script.lock().expect("lock").pop_front();
+    if let Some((status, header, _)) = scripted {
+        let status = StatusCode::from_u16(status).expect("status");
+        let limit = r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT"}"#;
+        return match header {
+            Some(h) => (status, [h], limit).into_response(),
+            None => (status, "").into_response(),
+        };
+    }
+    let fields = ["eventName", "email", "occurredAt", "uuid", "properties"];
+    let shaped = json.as_object().is_some_and(|o| o.keys().all(|k| fields.contains(&k.as_str())))
+        && json["email"].as_str().is_some_and(|e| e.contains('@'))
+        && json["occurredAt"].as_str().is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok())
+        && json["uuid"].as_str().is_some_and(|u| u.len() == 36 && u.matches('-').count() == 4)
+        && json["properties"].as_object().is_some_and(|p| p.values().all(serde_json::Value::is_string));
+    if !shaped {
+        return error(StatusCode::BAD_REQUEST, "Invalid event occurrence");
+    }
+    if json["eventName"] != HS_EVENT {
+        return error(StatusCode::BAD_REQUEST, "Event definition not found");
+    }
+    fake.seen.lock().expect("lock").push(json);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+impl FakeHubSpot {
+    async fn start() -> (FakeHubSpot, String) {
+        let fake = FakeHubSpot::default();
+        let app = Router::new().fallback(hubspot).with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (fake, format!("http://{addr}"))
+    }
+
+    fn seen(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
+    sinks(&format!(
+        "[[sinks]]\ntype = \"hubspot\"\nname = \"crm\"\nbase_url = \"{base}\"\naccess_token = \"{HS_TOKEN}\"\n\
+         event_name = \"{event_name}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\n"
+    ))
+}
+
+#[tokio::test]
+async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others_are_skipped() {
+    let (fake, base) = FakeHubSpot::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let other = "1Z999AA10123456785";
+    let quiet = shipment_with_consent(&db, other, false);
+    let sinks = hubspot_sinks(&base, HS_EVENT);
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+
+    fake.script.lock().expect("lock").push_back((429, Some(("retry-after", "10")), Duration::ZERO));
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    assert_eq!(rows(&db, shipment)[0].2, "queued", "429: wait and retry");
+    assert_eq!(dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
+    assert_eq!(dispatcher.run_once(T0 + 10_000).await.expect("pass"), 1);
+    // The exception and its alert: alerts are not the marketing system's business.
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 20_000, true);
+    dispatcher.run_once(T0 + 20_000).await.expect("pass");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["email"], EMAIL);
+    assert_eq!(seen[0]["properties"]["doorstep_milestone"], "dispatched");
+    assert_eq!(seen[0]["properties"]["doorstep_tracking_number"], TRACKING);
+    assert_eq!(seen[0]["occurredAt"], "2025-07-01T08:00:00Z");
+    assert_eq!(seen[1]["properties"]["doorstep_milestone"], "exception");
+    assert_ne!(seen[0]["uuid"], seen[1]["uuid"]);
+    let events: Vec<String> = rows(&db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
+    assert_eq!(events, ["milestone:dispatched sent", "milestone:exception sent"]);
+
+    // No consent to e-mail: no contact to tell.
+    feed(&db, &domain, other, Input::Dispatched { at_ms: T0, on_route: false }, T0 + 30_000, true);
+    dispatcher.run_once(T0 + 30_000).await.expect("pass");
+    assert_eq!(rows(&db, quiet)[0].2, "skipped");
+    assert_eq!(fake.seen().len(), 2);
+
+    // An event HubSpot has no definition for is refused for good.
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = hubspot_sinks(&base, "pe1234567_not_defined");
+    let domain = self::domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    let log = outcomes(&db, shipment, "milestone:dispatched");
+    let last = log.last().expect("entry");
+    assert_eq!(last.0, "failed");
+    let refused =
+        last.1.as_deref().is_some_and(|d| d.contains("400") && d.contains("Event definition not found"));
+    assert!(refused, "{log:?}");
 }

@@ -35,6 +35,7 @@ use crate::notify::ratelimit::RateLimit;
 pub const TYPE: SinkType = SinkType {
     kind: "nats",
     rate: RateLimit { per_s: 500.0, burst: 500 },
+    alerts: true,
     sample: r#"# name = "stream"
 # url = "nats://127.0.0.1:4222"         # tls://host:4222 for TLS
 # subject_prefix = "doorstep"           # doorstep.<fleet or orders>.<tracking>.<milestone or alert>

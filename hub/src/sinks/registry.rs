@@ -9,7 +9,7 @@
 //! | `type` | which kind of sink (a name in [`TYPES`]) | required |
 //! | `name` | unique; in the outbox, the outcome log, the metrics and the stable keys | the type |
 //! | `milestones` | which milestones it receives (`dispatched`, `out_for_delivery`, `nearby`, `exception`, `delivered`) | all |
-//! | `alerts` | whether it receives operations alerts | true |
+//! | `alerts` | whether it receives operations alerts | the type's (true but for marketing tools) |
 //! | `base_url` | the API's base URL (a loopback server in tests); HTTP sinks only | the vendor's |
 //! | `rate_per_s`, `burst` | its own rate limit | the type's |
 //! | `max_attempts`, `backoff_base_s`, `backoff_max_s` | retries, backoff doubling from base to max | 8, 30, 3600 |
@@ -243,7 +243,7 @@ pub fn build(entries: &[toml::Table]) -> Result<Sinks, SinkConfigError> {
         }
         let milestones = take_milestones(&mut table, &name)?;
         let alerts = match table.remove("alerts") {
-            None => true,
+            None => ty.alerts,
             Some(toml::Value::Boolean(b)) => b,
             Some(_) => return Err(invalid(&name, "alerts", "must be true or false")),
         };
@@ -303,7 +303,7 @@ pub fn samples() -> String {
          # stream, a helpdesk or a CRM after the hub commits it, from a durable outbox of their\n\
          # own (docs/sinks.md). One [[sinks]] entry each. Common keys: type; name (unique,\n\
          # default the type); milestones (default all: dispatched, out_for_delivery, nearby,\n\
-         # exception, delivered); alerts (default true); base_url (HTTP sinks); rate_per_s and\n\
+         # exception, delivered); alerts (default: the type's); base_url (HTTP sinks); rate_per_s and\n\
          # burst; max_attempts (8), backoff_base_s (30), backoff_max_s (3600);\n\
          # request_timeout_s (10). Secrets may be \"file:/path\".\n",
     );

@@ -70,6 +70,8 @@ pub struct SinkType {
     pub kind: &'static str,
     /// Its rate limit unless configured (requests per second, burst).
     pub rate: RateLimit,
+    /// Whether it receives operations alerts unless configured (a marketing tool does not).
+    pub alerts: bool,
     /// Its commented sample entry for `--print-default-config` (each line starts `# `).
     pub sample: &'static str,
     /// Builds it from its entry.

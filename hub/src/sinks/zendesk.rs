@@ -33,6 +33,7 @@ pub const TYPE: SinkType = SinkType {
     kind: "zendesk",
     // Zendesk's plans allow 200 to 700 requests a minute for the whole account.
     rate: RateLimit { per_s: 2.0, burst: 10 },
+    alerts: true,
     sample: r#"# name = "helpdesk"
 # subdomain = "acme"                    # https://acme.zendesk.com
 # email = "ops@example.com"             # the agent the API token belongs to
