@@ -360,10 +360,14 @@ async fn zendesk(
         {
             return invalid("subject, comment, external_id, requester {email}, tags");
         }
+        // A new ticket per request, but the same one again for a repeated Idempotency-Key.
+        let mut keys = fake.keys.lock().expect("lock");
+        let next = TICKET + u64::try_from(keys.len()).expect("few");
         let id = match &key {
-            Some(k) => *fake.keys.lock().expect("lock").entry(k.clone()).or_insert(TICKET),
-            None => TICKET,
+            Some(k) => *keys.entry(k.clone()).or_insert(next),
+            None => next,
         };
+        drop(keys);
         let body = serde_json::json!({ "ticket": { "id": id, "status": "new", "external_id": ticket["external_id"] } });
         (StatusCode::CREATED, axum::Json(body)).into_response()
     } else if method == Method::PUT && path == format!("/api/v2/tickets/{TICKET}.json") {
@@ -765,4 +769,30 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
     let refused =
         last.1.as_deref().is_some_and(|d| d.contains("400") && d.contains("Event definition not found"));
     assert!(refused, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice() {
+    let (fake, base) = FakeZendesk::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = zendesk_sinks(&base, ZD_TOKEN);
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    // The hub died after Zendesk made the ticket and before it wrote the answer down.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("UPDATE sink_outbox SET status = 'sending'; DELETE FROM sink_threads;")
+        .expect("cut short");
+    assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (1, 0), "a creation is resent");
+    dispatcher.run_once(T0 + 1).await.expect("pass");
+    let seen = fake.seen();
+    let keys: Vec<Option<String>> = seen.iter().map(|(_, _, k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "the same Idempotency-Key both times");
+    assert_eq!(fake.keys.lock().expect("lock").len(), 1, "Zendesk made one ticket");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    assert_eq!(store.sink_thread("helpdesk", shipment).expect("thread"), Some(TICKET.to_string()));
 }

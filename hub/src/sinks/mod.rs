@@ -298,7 +298,7 @@ impl Dispatcher {
         let mut passes = JoinSet::new();
         for sink in self.inner.sinks.all() {
             let (this, sink) = (self.clone(), Arc::clone(sink));
-            passes.spawn(async move { this.pass(&sink, now_ms).await });
+            passes.spawn(async move { this.pass(&sink, now_ms, &CancellationToken::new()).await });
         }
         let mut done = 0;
         while let Some(joined) = passes.join_next().await {
@@ -309,7 +309,7 @@ impl Dispatcher {
 
     /// Settles what a previous run left in flight, then runs one loop per sink until
     /// `cancel`. On cancellation each loop finishes the delivery in hand (bounded by the
-    /// sink's timeout) and stops.
+    /// sink's timeout), claims no other row, and stops.
     pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             match self.recover(crate::notify::now_ms()).await {
@@ -324,7 +324,7 @@ impl Dispatcher {
                 let (this, sink, cancel) = (self.clone(), Arc::clone(sink), cancel.clone());
                 loops.spawn(async move {
                     loop {
-                        if let Err(error) = this.pass(&sink, crate::notify::now_ms()).await {
+                        if let Err(error) = this.pass(&sink, crate::notify::now_ms(), &cancel).await {
                             tracing::error!(sink = %sink.name, %error, "sink pass failed");
                         }
                         tokio::select! {
@@ -341,10 +341,15 @@ impl Dispatcher {
 
     /// One sink's due rows at `now_ms`, one after another, until none is due: a
     /// shipment's next row becomes due once the one before it is settled.
-    async fn pass(&self, sink: &Arc<Registered>, now_ms: i64) -> Result<usize, SinkError> {
+    async fn pass(
+        &self,
+        sink: &Arc<Registered>,
+        now_ms: i64,
+        cancel: &CancellationToken,
+    ) -> Result<usize, SinkError> {
         let mut done = 0;
         loop {
-            let round = self.round(sink, now_ms).await?;
+            let round = self.round(sink, now_ms, cancel).await?;
             if round == 0 {
                 return Ok(done);
             }
@@ -353,14 +358,19 @@ impl Dispatcher {
     }
 
     /// One batch of a sink's due rows (see [`Store::sink_due`]).
-    async fn round(&self, sink: &Arc<Registered>, now_ms: i64) -> Result<usize, SinkError> {
+    async fn round(
+        &self,
+        sink: &Arc<Registered>,
+        now_ms: i64,
+        cancel: &CancellationToken,
+    ) -> Result<usize, SinkError> {
         let name = sink.name.clone();
         let due = self.db(move |store| store.sink_due(&[name.as_str()], now_ms, BATCH)).await?;
         let mut done = 0;
         for row in due {
             // Open after repeated failures or for as long as a Retry-After asked: the rows
             // wait, unclaimed, for a later pass.
-            if !sink.circuit().allows(now_ms) {
+            if !sink.circuit().allows(now_ms) || cancel.is_cancelled() {
                 break;
             }
             let id = row.id;
