@@ -463,6 +463,9 @@ impl Metrics {
         self.set("doorstep_hub_queue_depth", &[("queue", "reconcile_wakeups")], depths.wakeups);
         self.set("doorstep_hub_queue_depth", &[("queue", "photos_partial")], depths.photos_partial);
         self.set("doorstep_hub_devices_online", &[], depths.devices_online);
+        for (status, n) in &depths.sink_outbox_by_status {
+            self.set("doorstep_hub_queue_depth", &[("queue", &format!("sink_{status}"))], *n);
+        }
     }
 
     /// Everything, in the Prometheus text exposition format (version 0.0.4, served as
@@ -640,12 +643,15 @@ mod tests {
         m.blob_chunk("stored", "ok");
         m.photo("verified");
         m.webhook("easypost", "stored", "ok");
+        m.carrier_poll("usps", "changed");
+        m.carrier_registration("ups", "registered");
         m.api_request("allowed", "metrics:read");
         m.rate_limited("tracking_page");
         m.notification("sms", "sent");
         m.provider_attempt("twilio", "accepted");
         m.question("sms", "named");
         m.notification_enqueued("sms", "delivered");
+        m.sink_delivery("stream", "sent");
         m.alert("at_address_while_moving");
         m.committed(1, [120]);
         m.busy("commit", std::time::Duration::from_micros(3));

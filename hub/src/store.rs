@@ -115,6 +115,8 @@ pub struct QueueDepths {
     pub photos_partial: i64,
     /// Registered, active devices whose last state message said online.
     pub devices_online: i64,
+    /// Business sink outbox rows by status.
+    pub sink_outbox_by_status: BTreeMap<String, i64>,
 }
 
 /// Options for opening the store.
@@ -251,6 +253,7 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
+        depths.sink_outbox_by_status = self.sink_depths()?;
         Ok(depths)
     }
 

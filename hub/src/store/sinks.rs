@@ -265,6 +265,16 @@ impl Store {
         Ok((requeued, unknown))
     }
 
+    /// Sink outbox rows by status (for `/metrics`).
+    pub(super) fn sink_depths(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT status, count(*) FROM sink_outbox GROUP BY status")?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// What a sink made for a shipment (a ticket id), if anything.
     pub fn sink_thread(&self, sink: &str, shipment_id: i64) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -317,6 +327,12 @@ mod tests {
         tx.commit().expect("commit");
         let rows = store.sink_rows_for_shipment(id).expect("rows");
         assert_eq!(rows.len(), 2);
+        let depths = store.queue_depths().expect("depths").sink_outbox_by_status;
+        assert_eq!(
+            depths.get("queued"),
+            Some(&2),
+            "on /metrics as doorstep_hub_queue_depth{{queue=\"sink_queued\"}}"
+        );
         assert!(rows.iter().all(|r| r.status == "queued" && r.fleet.is_none() && r.created_ms == 5));
         assert_eq!(store.sink_outcomes(rows[0].id).expect("log")[0].outcome, "queued");
     }
