@@ -15,8 +15,9 @@
 //! duplicate window, so a publish repeated after a lost ack or a hub stopped mid-send is
 //! stored once. That makes every publish safe to repeat within the window; the hub creates
 //! its stream with a 24-hour window (`duplicate_window_s`) so that retries with backoff stay
-//! inside it. The body is the event as JSON (`id` is the same key, for consumers that keep
-//! their own de-duplication beyond the window).
+//! inside it, and warns when a stream the operators made keeps a shorter one. The body is
+//! the event as JSON (`id` is the same key, for consumers that keep their own
+//! de-duplication beyond the window).
 
 use std::fmt;
 use std::sync::Arc;
@@ -181,17 +182,25 @@ impl Nats {
         })?;
         let mut context = jetstream::new(client);
         context.set_timeout(self.timeout);
-        if self.create_stream {
+        let stream = if self.create_stream {
             let config = jetstream::stream::Config {
                 name: self.stream.clone(),
                 subjects: vec![format!("{}.>", self.prefix)],
                 duplicate_window: self.duplicate_window,
                 ..Default::default()
             };
-            context.get_or_create_stream(config).await.map_err(|e| SendResult::Retry {
-                detail: format!("creating stream {}: {e}", self.stream),
-                retry_after: None,
-            })?;
+            context.get_or_create_stream(config).await.map_err(|e| e.to_string())
+        } else {
+            context.get_stream(&self.stream).await.map_err(|e| e.to_string())
+        };
+        let stream = stream.map_err(|e| SendResult::Retry {
+            detail: format!("stream {} on {}: {e}", self.stream, self.url),
+            retry_after: None,
+        })?;
+        // A stream the operators made may drop repeats for less long than our retries take.
+        let window = stream.cached_info().config.duplicate_window;
+        if window < self.duplicate_window {
+            tracing::warn!(stream = %self.stream, window_s = window.as_secs(), wanted_s = self.duplicate_window.as_secs(), "the stream's duplicate window is shorter than duplicate_window_s: a publish repeated after it may be stored twice");
         }
         Ok(context)
     }
