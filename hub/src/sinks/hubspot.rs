@@ -58,7 +58,12 @@ fn build(b: &mut Build<'_>) -> Result<Arc<dyn Sink>, SinkConfigError> {
         return Err(b.invalid("event_name", "the event's fully qualified name, pe{HubID}_{name}"));
     }
     let token = b.secret("access_token", &s.access_token)?;
-    Ok(Arc::new(HubSpot { base_url, authorization: format!("Bearer {token}"), event_name: s.event_name }))
+    Ok(Arc::new(HubSpot {
+        base_url,
+        authorization: format!("Bearer {token}"),
+        event_name: s.event_name,
+        timeout: b.request_timeout,
+    }))
 }
 
 /// A configured HubSpot account.
@@ -66,6 +71,7 @@ pub struct HubSpot {
     base_url: String,
     authorization: String,
     event_name: String,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for HubSpot {
@@ -119,6 +125,7 @@ impl HubSpot {
         };
         let request = client
             .post(format!("{}/events/v3/send", self.base_url))
+            .timeout(self.timeout)
             .header(reqwest::header::AUTHORIZATION, &self.authorization)
             .json(&body(&self.event_name, event, email));
         let reply = match exchange(request).await {

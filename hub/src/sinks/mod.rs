@@ -249,7 +249,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Opens the hub database at `database` (migrated like the store does) and builds the
-    /// HTTP client, each request bounded by the longest configured `request_timeout_s`.
+    /// HTTP client (each HTTP sink bounds its own requests by its `request_timeout_s`).
     pub fn new(sinks: Sinks, database: &Path, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
         // reqwest is built without a default crypto provider: choose ring (idempotent).
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -84,6 +84,7 @@ fn build(b: &mut Build<'_>) -> Result<Arc<dyn Sink>, SinkConfigError> {
         authorization: format!("Basic {credentials}"),
         tags: s.tags,
         requester: s.requester,
+        timeout: b.request_timeout,
     }))
 }
 
@@ -93,6 +94,7 @@ pub struct Zendesk {
     authorization: String,
     tags: Vec<String>,
     requester: bool,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Zendesk {
@@ -200,8 +202,9 @@ impl Zendesk {
                     .json(&serde_json::json!({ "ticket": update }))
             }
         };
-        let reply = match exchange(request.header(reqwest::header::AUTHORIZATION, &self.authorization)).await
-        {
+        let request =
+            request.timeout(self.timeout).header(reqwest::header::AUTHORIZATION, &self.authorization);
+        let reply = match exchange(request).await {
             Ok(reply) => reply,
             Err(result) => return Delivery::NotTaken(result),
         };
