@@ -49,7 +49,7 @@ fi
 
 # The whole workspace selected, as test.sh builds it: the same features, so no rebuild.
 cargo build --locked --workspace --bin doorstep-hub
-hub="$PWD/target/debug/doorstep-hub"
+hub="${CARGO_TARGET_DIR:-$PWD/target}/debug/doorstep-hub"
 
 work="$(mktemp -d)"
 pids=()
