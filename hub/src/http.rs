@@ -297,7 +297,9 @@ struct CreateShipment {
 /// Longest push `external_id` (OneSignal allows 128 bytes).
 pub const MAX_EXTERNAL_ID_LEN: usize = 128;
 
-fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
+/// Whether `value` can be a contact on `channel`, as the API and the order systems'
+/// webhooks accept one; the error says what it must be.
+pub(crate) fn check_contact(channel: ContactChannel, value: &str) -> Result<(), String> {
     if value.len() > MAX_CONTACT_LEN || value.trim() != value || value.is_empty() {
         return Err(format!(
             "contacts.{}: empty, padded or longer than {MAX_CONTACT_LEN} bytes",

@@ -655,22 +655,12 @@ impl<V: Vendor> Worker<V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use doorstep_proto::TrackingNumber;
 
     use super::*;
 
-    const MIN: Duration = Duration::from_secs(60);
-
-    fn schedule() -> Schedule {
-        Schedule {
-            first: MIN,
-            interval: 30 * MIN,
-            max_interval: 6 * 60 * MIN,
-            retry: MIN,
-            max_age: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
+    use crate::carrier::schedule::tests::schedule;
 
     fn job(last_status: Option<&str>, unchanged: u32, errors: u32) -> ClaimedJob {
         ClaimedJob {
@@ -740,7 +730,8 @@ mod tests {
         assert!(matches!(too_old(&job(None, 0, 1)), Attempt::Failed { outcome: "gave_up", .. }));
     }
 
-    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+    /// A vendor's answer, for the tests of each vendor's reading.
+    pub(crate) fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
         Answer {
             status,
             headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),

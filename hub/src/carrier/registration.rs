@@ -212,13 +212,7 @@ pub fn read_answer(answer: &Answer, now_ms: i64) -> Attempt {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
-        Answer {
-            status,
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
+    use crate::carrier::jobs::tests::answer;
 
     #[test]
     fn created_is_registered_with_aftership_s_id() {

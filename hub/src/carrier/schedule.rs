@@ -119,12 +119,13 @@ pub fn rate_limit_wait(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MIN: Duration = Duration::from_secs(60);
 
-    fn schedule() -> Schedule {
+    /// The schedule the carrier job tests share.
+    pub(crate) fn schedule() -> Schedule {
         Schedule {
             first: MIN,
             interval: 30 * MIN,

@@ -104,6 +104,15 @@ pub struct SourceError {
     pub problem: String,
 }
 
+/// The one non-blank value of header `name`; `None` when it is absent, blank or
+/// repeated (a proxy or an attacker can append a copy: which one counts is not guessed).
+pub(crate) fn one_header<'a>(headers: &'a dyn Headers, name: &str) -> Option<&'a str> {
+    match headers.values(name).as_slice() {
+        [value] => crate::carrier::non_blank(Some(value)),
+        _ => None,
+    }
+}
+
 /// A shared webhook secret as an HMAC-SHA256 key (Shopify's app client secret,
 /// WooCommerce's webhook secret). Never printed.
 pub struct SharedSecret(ring::hmac::Key);

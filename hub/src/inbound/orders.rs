@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{Outcome, apply_carrier};
 use crate::carrier::content_key;
+use crate::http::check_contact;
 use crate::ingest::{ApplyError, Domain, Effects, apply_to_shipment};
 use crate::model::{CanonicalStatus, Carrier, CarrierEvent};
 use crate::reconcile::Input;
@@ -114,8 +115,7 @@ pub fn carrier_token(name: &str) -> Option<String> {
 /// brackets are gone. A number without a country code cannot be texted safely: `None`.
 pub fn e164(phone: &str) -> Option<String> {
     let kept: String = phone.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
-    let digits = kept.strip_prefix('+')?;
-    ((8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(kept)
+    check_contact(ContactChannel::Sms, &kept).is_ok().then_some(kept)
 }
 
 /// An order system's id (a JSON number or string) as text.
@@ -130,12 +130,7 @@ pub fn id_text(value: Option<&serde_json::Value>) -> Option<String> {
 /// An e-mail address good enough to send to (as the API checks it).
 pub fn email(address: &str) -> Option<String> {
     let address = address.trim();
-    let (local, domain) = address.split_once('@')?;
-    let ok = !local.is_empty()
-        && domain.contains('.')
-        && !address.contains(char::is_whitespace)
-        && address.len() <= crate::http::MAX_CONTACT_LEN;
-    ok.then(|| address.to_owned())
+    check_contact(ContactChannel::Email, address).is_ok().then(|| address.to_owned())
 }
 
 /// Applies an order event inside `tx`: recorded once per delivery id; stale if the same

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::orders::{self, OrderEvent, Parcel, StatusSignal};
-use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError};
+use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError, one_header};
 use crate::carrier::{self, Headers, lookup, non_blank, parse_time_ms};
 use crate::model::{CanonicalStatus, Carrier};
 use crate::store::{Contact, ContactChannel};
@@ -76,10 +76,10 @@ impl Source for Shopify {
 
     fn receive(&self, headers: &dyn Headers, body: &[u8], _now_ms: i64) -> Result<Received, Refused> {
         self.0.verify(headers, SIGNATURE_HEADER, body)?;
-        let delivery_id = one(headers, WEBHOOK_ID_HEADER).ok_or_else(|| {
+        let delivery_id = one_header(headers, WEBHOOK_ID_HEADER).ok_or_else(|| {
             Refused::malformed("missing_delivery_id", format!("no {WEBHOOK_ID_HEADER} header"))
         })?;
-        let triggered_ms = match one(headers, TRIGGERED_AT_HEADER) {
+        let triggered_ms = match one_header(headers, TRIGGERED_AT_HEADER) {
             None => None,
             Some(text) => Some(parse_time_ms(text).ok_or_else(|| {
                 Refused::malformed(
@@ -88,16 +88,8 @@ impl Source for Shopify {
                 )
             })?),
         };
-        let item = parse(one(headers, TOPIC_HEADER).unwrap_or(""), body)?;
+        let item = parse(one_header(headers, TOPIC_HEADER).unwrap_or(""), body)?;
         Ok(Received { delivery_id: delivery_id.to_owned(), triggered_ms, item })
-    }
-}
-
-/// The one non-blank value of a header, if there is exactly one.
-fn one<'a>(headers: &'a dyn Headers, name: &str) -> Option<&'a str> {
-    match headers.values(name).as_slice() {
-        [value] => non_blank(Some(value)),
-        _ => None,
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::orders::{self, OrderEvent, Parcel};
-use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError};
+use super::{Inbound, Received, Refused, SharedSecret, Source, SourceError, one_header};
 use crate::carrier::{Headers, non_blank, parse_time_ms};
 use crate::store::{Contact, ContactChannel};
 
@@ -52,11 +52,7 @@ impl Source for WooCommerce {
 
     fn receive(&self, headers: &dyn Headers, body: &[u8], _now_ms: i64) -> Result<Received, Refused> {
         self.0.verify(headers, SIGNATURE_HEADER, body)?;
-        let values = headers.values(DELIVERY_ID_HEADER);
-        let delivery_id = match values.as_slice() {
-            [one] => non_blank(Some(one)),
-            _ => None,
-        };
+        let delivery_id = one_header(headers, DELIVERY_ID_HEADER);
         // WooCommerce's first request to a new webhook is a signed form body
         // `webhook_id=<n>` (a ping), with no delivery id.
         if body.starts_with(b"webhook_id=") {
@@ -69,7 +65,7 @@ impl Source for WooCommerce {
         let delivery_id = delivery_id.ok_or_else(|| {
             Refused::malformed("missing_delivery_id", format!("no {DELIVERY_ID_HEADER} header"))
         })?;
-        let topic = headers.values(TOPIC_HEADER).first().copied().unwrap_or("");
+        let topic = one_header(headers, TOPIC_HEADER).unwrap_or("");
         let (item, triggered_ms) = parse(topic, body)?;
         Ok(Received { delivery_id: delivery_id.to_owned(), triggered_ms, item })
     }
