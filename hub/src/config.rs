@@ -156,6 +156,25 @@ time_zone = "UTC"
 # <public>/webhooks/woocommerce; tracking comes from the Shipment Tracking extension.
 # secret = "..."
 
+[support]
+# Helpdesks' new tickets that name a tracking number are recorded as support contacts:
+# the customer still asked although the messages went out. /metrics and
+# GET /v1/support/leak report, per milestone and channel, how many customers that was.
+# Tickets tagged with ignore_tag are the hub's own (its helpdesk sinks tag theirs so).
+ignore_tag = "doorstep"
+
+[support.zendesk]
+# The signing secret of a Zendesk webhook subscribed to the ticket event "Ticket created"
+# (zen:event-type:ticket.created), pointed at <public>/webhooks/zendesk.
+# secret = "..."
+
+[support.freshdesk]
+# Freshdesk signs nothing: its automation rule ("Ticket is created" -> Trigger webhook,
+# POST to <public>/webhooks/freshdesk) sends this header with this secret (16+ characters),
+# and the ticket's id, subject, description and tags (docs/sinks.md shows the body).
+# header = "X-Doorstep-Secret"
+# secret = "..."
+
 [reconcile]
 # How long one "delivered" signal (device or carrier) waits uncontradicted before the
 # customer is told, seconds.
@@ -242,6 +261,9 @@ pub struct Config {
     /// `[orders]`: order systems' webhooks.
     #[serde(default)]
     pub orders: OrdersSection,
+    /// `[support]`: helpdesks' new tickets, for the leak report.
+    #[serde(default)]
+    pub support: SupportSection,
     /// `[reconcile]`.
     #[serde(default)]
     pub reconcile: ReconcileSection,
@@ -773,6 +795,99 @@ impl OrdersSection {
     }
 }
 
+/// `[support]`: helpdesks whose new tickets are support contacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportSection {
+    /// Tickets with this tag are the hub's own.
+    #[serde(default = "default_ignore_tag")]
+    pub ignore_tag: String,
+    /// Zendesk.
+    #[serde(default)]
+    pub zendesk: Option<SecretSection>,
+    /// Freshdesk.
+    #[serde(default)]
+    pub freshdesk: Option<FreshdeskSection>,
+}
+
+impl Default for SupportSection {
+    fn default() -> Self {
+        SupportSection { ignore_tag: default_ignore_tag(), zendesk: None, freshdesk: None }
+    }
+}
+
+fn default_ignore_tag() -> String {
+    "doorstep".into()
+}
+
+/// `[support.freshdesk]`: the header its automation rule sends, with the shared secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshdeskSection {
+    /// The header's name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The secret, inline or `file:/path`.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// `[support]`, validated, with the secrets loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SupportSettings {
+    /// Tickets with this tag are the hub's own.
+    pub ignore_tag: String,
+    /// Zendesk's webhook signing secret.
+    pub zendesk_secret: Option<String>,
+    /// Freshdesk's header and secret.
+    pub freshdesk: Option<(String, String)>,
+}
+
+impl Default for SupportSettings {
+    fn default() -> Self {
+        SupportSettings { ignore_tag: default_ignore_tag(), zendesk_secret: None, freshdesk: None }
+    }
+}
+
+impl std::fmt::Debug for SupportSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("SupportSettings")
+            .field("ignore_tag", &self.ignore_tag)
+            .field("zendesk", &self.zendesk_secret.is_some())
+            .field("freshdesk", &self.freshdesk.as_ref().map(|(header, _)| header))
+            .finish()
+    }
+}
+
+impl SupportSection {
+    fn settings(&self) -> Result<SupportSettings, ConfigError> {
+        if self.ignore_tag.trim().is_empty() {
+            return Err(invalid(
+                "support.ignore_tag must not be empty (the tag the hub's own tickets carry)",
+            ));
+        }
+        let zendesk_secret = self
+            .zendesk
+            .as_ref()
+            .and_then(|c| c.secret.as_deref())
+            .map(|s| load_secret("support.zendesk.secret", s))
+            .transpose()?;
+        let freshdesk = match self.freshdesk.as_ref().map(|f| (f.header.as_deref(), f.secret.as_deref())) {
+            None | Some((None, None)) => None,
+            Some((Some(header), Some(secret))) => {
+                Some((header.to_owned(), load_secret("support.freshdesk.secret", secret)?))
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "support.freshdesk needs both header and secret (the header its webhook sends, and the value)",
+                ));
+            }
+        };
+        Ok(SupportSettings { ignore_tag: self.ignore_tag.trim().to_owned(), zendesk_secret, freshdesk })
+    }
+}
+
 /// `[reconcile]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -959,6 +1074,8 @@ pub struct Settings {
     pub carriers: CarrierSecrets,
     /// Order systems' webhooks.
     pub orders: OrderSettings,
+    /// Helpdesks' webhooks.
+    pub support: SupportSettings,
     /// Hold period.
     pub hold_period: Duration,
     /// Standing threshold for re-checking at-address evidence, cm/s.
@@ -1157,6 +1274,7 @@ impl Config {
             max_body_bytes: self.http.max_body_bytes,
             carriers,
             orders: self.orders.settings()?,
+            support: self.support.settings()?,
             hold_period: Duration::from_secs(self.reconcile.hold_period_s),
             standing_speed_cmps,
             default_dwell_s: self.reconcile.default_dwell_s,

@@ -10,6 +10,8 @@
 //! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained (and again whenever the broker may have lost it: see `ingest`) |
 //! | GET  | `/v1/openapi.json` | the private API as OpenAPI 3.1 (see `openapi`) |
 //! | POST | `/webhooks/{aftership,easypost,shipengine,shopify,woocommerce}` | carriers' tracking updates and order systems' fulfillments, signature checked on the raw body (see `inbound`) |
+//! | GET  | `/v1/support/leak` | per milestone and channel: customers messaged, and those who still contacted support |
+//! | POST | `/webhooks/{zendesk,freshdesk}` | helpdesks' new tickets naming a parcel: support contacts (see `inbound::helpdesks`) |
 //! | GET  | `/metrics` | Prometheus text |
 //! | GET  | `/healthz` | 200 when the broker session is up and the database answers |
 //!
@@ -113,7 +115,10 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/shipments/{tracking}", get(show_shipment))
         .route_layer(need(Scope::ShipmentsRead));
     let routes = Router::new().route("/v1/routes", post(create_route)).route_layer(need(Scope::RoutesWrite));
-    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(need(Scope::MetricsRead));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/support/leak", get(support_leak))
+        .route_layer(need(Scope::MetricsRead));
     let alerts =
         Router::new().route("/v1/alerts/{id}/ack", post(ack_alert)).route_layer(need(Scope::AlertsWrite));
     let max_body_bytes = state.max_body_bytes;
@@ -465,6 +470,19 @@ struct ShipmentView {
     notifications: Vec<OutboxRow>,
     /// Operations alerts raised for the parcel.
     alerts: Vec<Alert>,
+    /// Helpdesk tickets the customer opened about the parcel.
+    support_contacts: Vec<SupportContactView>,
+}
+
+/// A helpdesk ticket that named the parcel.
+#[derive(Debug, Serialize, ToSchema)]
+struct SupportContactView {
+    /// The helpdesk (`zendesk`, `freshdesk`).
+    helpdesk: String,
+    /// The helpdesk's ticket id.
+    ticket: String,
+    /// When the customer opened it, ms since the Unix epoch.
+    opened_ms: i64,
 }
 
 /// An operations alert about a shipment.
@@ -510,7 +528,13 @@ async fn show_shipment(
                 .into_iter()
                 .map(|(code, detail)| Alert { code, detail })
                 .collect();
-            Ok(Some(ShipmentView { shipment, timeline, notifications, alerts }))
+            let support_contacts = ctx
+                .store
+                .support_contacts(shipment.id)?
+                .into_iter()
+                .map(|c| SupportContactView { helpdesk: c.source, ticket: c.ticket, opened_ms: c.opened_ms })
+                .collect();
+            Ok(Some(ShipmentView { shipment, timeline, notifications, alerts, support_contacts }))
         })
         .await??;
     match shown {
@@ -899,12 +923,97 @@ async fn webhook(
     security(("api_key" = [Scope::MetricsRead.as_str()])),
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let depths =
-        tokio::time::timeout(HEALTH_TIMEOUT, state.writer.call(|ctx| ctx.store.queue_depths())).await;
-    if let Ok(Ok(Ok(depths))) = depths {
+    let since = now_ms().saturating_sub(LEAK_WINDOW_DAYS * DAY_MS);
+    let read = state
+        .writer
+        .call(move |ctx| Ok::<_, StoreError>((ctx.store.queue_depths()?, ctx.store.support_leak(since)?)));
+    if let Ok(Ok(Ok((depths, leak)))) = tokio::time::timeout(HEALTH_TIMEOUT, read).await {
         state.metrics.store_depths(&depths);
+        state.metrics.support_leak(&leak);
     }
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+/// The leak report's default window, days (also `/metrics`').
+pub const LEAK_WINDOW_DAYS: i64 = 30;
+const DAY_MS: i64 = 86_400_000;
+
+/// The leak report's window.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LeakQuery {
+    /// Messages sent in the last this many days (1 to 365; default 30).
+    days: Option<i64>,
+}
+
+/// One line of the leak report.
+#[derive(Debug, Serialize, ToSchema)]
+struct LeakLine {
+    /// The milestone the message was about (`nearby`, `delivered`, `delayed`, ...).
+    milestone: String,
+    /// The channel it went out on; `all` counts each shipment once whatever its channels.
+    channel: String,
+    /// Shipments whose customer was sent this message.
+    shipments: i64,
+    /// Of those, shipments whose customer opened a helpdesk ticket about the parcel at or
+    /// after the message.
+    contacted: i64,
+    /// `contacted / shipments`.
+    share: f64,
+}
+
+/// The leak report.
+#[derive(Debug, Serialize, ToSchema)]
+struct LeakReport {
+    /// The window, days.
+    days: i64,
+    /// Messages counted were sent at or after this time, ms since the Unix epoch.
+    since_ms: i64,
+    /// Per milestone and channel.
+    lines: Vec<LeakLine>,
+}
+
+/// Support leak
+///
+/// Which customer messages still leave customers asking support: for each milestone and
+/// channel, the shipments whose customer was sent that message in the window, and those
+/// whose customer then opened a helpdesk ticket naming the parcel (Zendesk and Freshdesk
+/// webhooks at `/webhooks/zendesk` and `/webhooks/freshdesk`). The same figures are the
+/// `doorstep_hub_support_leak_*` gauges of `/metrics` (30 days).
+#[utoipa::path(
+    get,
+    path = "/v1/support/leak",
+    operation_id = "supportLeak",
+    tag = "operations",
+    params(LeakQuery),
+    responses(
+        (status = 200, description = "The report.", body = LeakReport),
+        (status = 400, description = "`days` is not 1 to 365.", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::MetricsRead.as_str()])),
+)]
+async fn support_leak(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<LeakQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let days = query.days.unwrap_or(LEAK_WINDOW_DAYS);
+    if !(1..=365).contains(&days) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "days must be 1 to 365"));
+    }
+    let since_ms = now_ms().saturating_sub(days * DAY_MS);
+    let rows = state.writer.call(move |ctx| ctx.store.support_leak(since_ms)).await??;
+    let lines = rows
+        .into_iter()
+        .map(|r| LeakLine {
+            share: r.share(),
+            milestone: r.milestone,
+            channel: r.channel,
+            shipments: r.shipments,
+            contacted: r.contacted,
+        })
+        .collect();
+    Ok(axum::Json(LeakReport { days, since_ms, lines }).into_response())
 }
 
 /// What `/healthz` found.

@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::store::QueueDepths;
+use crate::store::{LeakRow, QueueDepths};
 
 /// The `Content-Type` of [`Metrics::render`]'s text (the Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -43,6 +44,8 @@ pub const SCAN_TO_MESSAGE_BUCKETS: [f64; 14] =
 enum Kind {
     Counter,
     Gauge,
+    /// A gauge of a fraction.
+    Ratio,
     /// With the constructor that gives each series its buckets.
     Histogram(fn() -> Histogram),
 }
@@ -135,6 +138,21 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
     ("doorstep_hub_devices_online", Kind::Gauge, "Active devices whose last state message said online."),
     ("doorstep_hub_queue_depth", Kind::Gauge, "Items waiting, by queue."),
+    (
+        "doorstep_hub_support_leak_shipments",
+        Kind::Gauge,
+        "Shipments whose customer was sent a milestone's message in the last 30 days, by milestone and channel (all: any channel).",
+    ),
+    (
+        "doorstep_hub_support_leak_contacted",
+        Kind::Gauge,
+        "Of those, shipments whose customer still opened a support ticket about the parcel after the message, by milestone and channel.",
+    ),
+    (
+        "doorstep_hub_support_leak_share",
+        Kind::Ratio,
+        "Contacted over shipments, by milestone and channel: the share of customers a message left asking support.",
+    ),
     ("doorstep_hub_mqtt_connected", Kind::Gauge, "1 while the hub's broker session is up."),
     (
         "doorstep_hub_mqtt_subscriptions",
@@ -162,6 +180,7 @@ fn scan_to_message_histogram() -> Histogram {
 enum Series {
     Counter(Family<Labels, Counter>),
     Gauge(Family<Labels, Gauge>),
+    Ratio(Family<Labels, Gauge<f64, AtomicU64>>),
     Histogram(Histograms),
 }
 
@@ -193,6 +212,11 @@ impl Default for Metrics {
                     let family = Family::<Labels, Gauge>::default();
                     registry.register(name, help, family.clone());
                     Series::Gauge(family)
+                }
+                Kind::Ratio => {
+                    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                    registry.register(name, help, family.clone());
+                    Series::Ratio(family)
                 }
                 Kind::Histogram(make) => {
                     let family = Histograms::new_with_constructor(make);
@@ -254,7 +278,7 @@ impl Metrics {
         match self.families.get(name) {
             Some(Series::Counter(family)) => family.get(&key).map_or(0, |c| clamp(c.get())),
             Some(Series::Gauge(family)) => family.get(&key).map_or(0, |g| g.get()),
-            Some(Series::Histogram(_)) | None => 0,
+            Some(Series::Ratio(_) | Series::Histogram(_)) | None => 0,
         }
     }
 
@@ -468,6 +492,18 @@ impl Metrics {
         }
     }
 
+    /// The support leak report, as gauges (see `store::support`).
+    pub fn support_leak(&self, rows: &[LeakRow]) {
+        for row in rows {
+            let pairs = [("milestone", row.milestone.as_str()), ("channel", row.channel.as_str())];
+            self.set("doorstep_hub_support_leak_shipments", &pairs, row.shipments);
+            self.set("doorstep_hub_support_leak_contacted", &pairs, row.contacted);
+            if let Some(Series::Ratio(family)) = self.family("doorstep_hub_support_leak_share") {
+                family.get_or_create(&labels(&pairs)).set(row.share());
+            }
+        }
+    }
+
     /// Everything, in the Prometheus text exposition format (version 0.0.4, served as
     /// [`CONTENT_TYPE`]). A labelled family shows once it has its first series; the
     /// histogram of ingest lag shows from the start.
@@ -661,11 +697,21 @@ mod tests {
         m.mqtt_connected(true);
         m.mqtt_subscriptions(4);
         m.store_depths(&QueueDepths::default());
+        m.support_leak(&[LeakRow {
+            milestone: "delivered".into(),
+            channel: "sms".into(),
+            shipments: 4,
+            contacted: 1,
+        }]);
         let text = m.render();
+        assert!(
+            text.contains("doorstep_hub_support_leak_share{milestone=\"delivered\",channel=\"sms\"} 0.25\n"),
+            "{text}"
+        );
         for (name, kind, help) in FAMILIES {
             let kind = match kind {
                 Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
+                Kind::Gauge | Kind::Ratio => "gauge",
                 Kind::Histogram(_) => "histogram",
             };
             assert!(

@@ -59,7 +59,7 @@ pub async fn serve(
         metrics: Arc::clone(&metrics),
         sinks: settings.sinks.subscriptions(),
     };
-    let sources = Arc::new(Sources::build(&settings.carriers, &settings.orders)?);
+    let sources = Arc::new(Sources::build(&settings.carriers, &settings.orders, &settings.support)?);
     let options = IngestOptions {
         database: settings.database.clone(),
         store: StoreOptions { full_sync: settings.full_sync },

@@ -36,6 +36,7 @@ mod routes;
 mod schema;
 mod shipments;
 mod sinks;
+mod support;
 
 pub use access::{ApiKeyRecord, AuditEntry};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
@@ -48,6 +49,7 @@ pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};
 pub use sinks::{SinkOutcome, SinkRow};
+pub use support::{LeakRow, SupportContactRecord};
 
 use schema::MIGRATIONS;
 

@@ -8,7 +8,7 @@ mod support;
 
 use std::sync::Arc;
 
-use doorstep_hub::config::{CarrierSecrets, OrderSettings};
+use doorstep_hub::config::{CarrierSecrets, OrderSettings, SupportSettings};
 use doorstep_hub::inbound::Sources;
 use doorstep_testkit::webhooks;
 use serde_json::{Value, json};
@@ -31,7 +31,7 @@ async fn hub_with_orders() -> (Broker, tempfile::TempDir, TestHub) {
         time_zone: "Europe/Berlin".into(),
         ..OrderSettings::default()
     };
-    let sources = Arc::new(Sources::build(&CarrierSecrets::default(), &orders).unwrap());
+    let sources = Arc::new(Sources::build(&CarrierSecrets::default(), &orders, &SupportSettings::default()).unwrap());
     let hub = TestHub::start(
         broker.port(),
         &dir.path().join("hub.db"),

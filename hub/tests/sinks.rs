@@ -3,7 +3,7 @@
 //! loopback Zendesk that checks each request against Zendesk's documented API.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,113 +14,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use doorstep_hub::config::ChannelMap;
-use doorstep_hub::ingest::{DEFAULT_MAX_EVENT_AHEAD_MS, Domain, apply_to_shipment};
 use doorstep_hub::metrics::Metrics;
-use doorstep_hub::model::{CanonicalStatus, Carrier, CarrierEvent};
+use doorstep_hub::model::CanonicalStatus;
 use doorstep_hub::reconcile::{Input, Rules};
-use doorstep_hub::sinks::{Dispatcher, Sinks, registry};
-use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
-use doorstep_proto::TrackingNumber;
+use doorstep_hub::sinks::{Dispatcher, Sinks};
+use doorstep_hub::store::{Store, StoreOptions};
 
-const TRACKING: &str = "1Z999AA10123456784";
-const EMAIL: &str = "ada@example.com";
-/// 2025-07-01 08:00Z.
-const T0: i64 = 1_751_356_800_000;
+mod sink_kit;
 
-// ---- the hub's side: a database, reconciliation in a transaction, the dispatcher ---------
-
-/// The sinks of a `[[sinks]]` config text.
-fn sinks(text: &str) -> Sinks {
-    let table: toml::Table = toml::from_str(text).expect("toml");
-    let entries: Vec<toml::Table> = table["sinks"]
-        .as_array()
-        .expect("[[sinks]]")
-        .iter()
-        .map(|v| v.as_table().expect("table").clone())
-        .collect();
-    registry::build(&entries).expect("sinks build")
-}
-
-fn domain(sinks: &Sinks) -> Domain {
-    Domain {
-        rules: Rules::default(),
-        channel_map: ChannelMap::default(),
-        max_event_ahead_ms: DEFAULT_MAX_EVENT_AHEAD_MS,
-        metrics: Arc::new(Metrics::default()),
-        sinks: sinks.subscriptions(),
-    }
-}
-
-/// A database with one shipment whose customer consented to e-mail; returns its id.
-fn database(path: &Path, tracking: &str) -> i64 {
-    shipment_with_consent(path, tracking, true)
-}
-
-/// A shipment whose customer gave an e-mail address, consenting to it or not; its id.
-fn shipment_with_consent(path: &Path, tracking: &str, consent: bool) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let contacts = BTreeMap::from([(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent })]);
-    let new = NewShipment {
-        tracking_number: TrackingNumber::new(tracking).expect("tracking"),
-        carrier: Some("ups".into()),
-        order_id: None,
-        contacts,
-        locale: "en".into(),
-        time_zone: "UTC".into(),
-    };
-    let id = tx.insert_shipment(&new, T0).expect("shipment");
-    tx.commit().expect("commit");
-    id
-}
-
-/// Reconciles `input` for the shipment inside one writer transaction, committed or (with
-/// `commit` false) rolled back.
-fn feed(path: &Path, domain: &Domain, tracking: &str, input: Input, now: i64, commit: bool) {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let shipment = tx
-        .shipment_by_tracking(&TrackingNumber::new(tracking).expect("tracking"))
-        .expect("read")
-        .expect("shipment");
-    apply_to_shipment(&tx, domain, &shipment, &input, now).expect("apply");
-    if commit {
-        tx.commit().expect("commit");
-    }
-}
-
-fn carrier(status: CanonicalStatus, at_ms: i64) -> Input {
-    Input::Carrier(CarrierEvent {
-        carrier: Carrier::EasyPost,
-        event_key: format!("ev-{at_ms}"),
-        tracking_number: TrackingNumber::new(TRACKING).expect("tracking"),
-        status,
-        raw_status: format!("{status:?}"),
-        occurred_ms: at_ms,
-        expected_delivery: None,
-        message: Some("Receiver not available".into()),
-        received_ms: None,
-    })
-}
-
-/// (sink, event, status) of every sink row of a shipment.
-fn rows(path: &Path, shipment: i64) -> Vec<(String, String, String)> {
-    let store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    store
-        .sink_rows_for_shipment(shipment)
-        .expect("rows")
-        .into_iter()
-        .map(|r| (r.sink, r.event, r.status))
-        .collect()
-}
-
-fn outcomes(path: &Path, shipment: i64, event: &str) -> Vec<(String, Option<String>)> {
-    let store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let row = store.sink_rows_for_shipment(shipment).expect("rows").into_iter().find(|r| r.event == event);
-    let row = row.unwrap_or_else(|| panic!("no row for {event}"));
-    store.sink_outcomes(row.id).expect("log").into_iter().map(|o| (o.outcome, o.detail)).collect()
-}
+use sink_kit::{
+    EMAIL, T0, TRACKING, carrier, database, domain, feed, outcomes, rows, shipment_with_consent, sinks,
+};
 
 // ---- a real nats-server with JetStream -------------------------------------------------
 

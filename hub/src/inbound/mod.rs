@@ -1,12 +1,14 @@
 //! Everything signed that reaches the hub from outside a van: carriers' tracking updates
-//! (webhooks, and polled answers) and order systems' webhooks (Shopify, WooCommerce).
+//! (webhooks, and polled answers), order systems' webhooks (Shopify, WooCommerce) and
+//! helpdesks' new tickets (Zendesk, Freshdesk: the support contacts of the leak report).
 //!
 //! Every source goes the same way, whatever it is:
 //!
 //! 1. **Verify** on the raw body, exactly as received, with the source's own scheme
 //!    ([`Source::receive`]); nothing is parsed before that succeeds (invariant 5).
 //! 2. **Parse** into one [`Inbound`]: a carrier status ([`CarrierEvent`]), an order
-//!    event ([`OrderEvent`]), or nothing Doorstep acts on.
+//!    event ([`OrderEvent`]), a support contact ([`SupportContact`]), or nothing Doorstep
+//!    acts on.
 //! 3. **Dedupe** on `(source, delivery id)`: a carrier's event key, an order system's
 //!    delivery id. A retry changes nothing; a stale retry (older than what the source
 //!    already said about the same order object) is kept for the record, not applied.
@@ -16,6 +18,7 @@
 //! A new source is one module implementing [`Source`] plus one line in [`Sources::build`].
 
 pub mod carriers;
+pub mod helpdesks;
 pub mod orders;
 pub mod shopify;
 pub mod woocommerce;
@@ -24,13 +27,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::carrier::{Headers, WebhookError};
-use crate::config::{CarrierSecrets, OrderSettings};
+use crate::config::{CarrierSecrets, OrderSettings, SupportSettings};
 use crate::ingest::{ApplyError, Domain, Effects, apply_to_shipment};
 use crate::model::CarrierEvent;
 use crate::reconcile::Input;
 use crate::store::StoreTx;
 
 pub use carriers::CarrierVerifiers;
+pub use helpdesks::SupportContact;
 pub use orders::{OrderDefaults, OrderEvent, Parcel, StatusSignal};
 
 /// One signed source of webhooks, reached at `/webhooks/{slug}` on the public listener.
@@ -63,6 +67,8 @@ pub enum Inbound {
     Carrier(CarrierEvent),
     /// An order system's news about one order: parcels shipped, with whom to tell.
     Order(OrderEvent),
+    /// A customer's new helpdesk ticket that may name parcels.
+    SupportContact(SupportContact),
     /// Genuine, but nothing Doorstep acts on (another topic, an order not shipped yet);
     /// the label says why.
     Ignored(&'static str),
@@ -148,11 +154,16 @@ pub struct Sources {
 }
 
 /// Every source the hub knows, configured or not, for messages that list them.
-pub const SLUGS: [&str; 5] = ["aftership", "easypost", "shipengine", "shopify", "woocommerce"];
+pub const SLUGS: [&str; 7] =
+    ["aftership", "easypost", "freshdesk", "shipengine", "shopify", "woocommerce", "zendesk"];
 
 impl Sources {
     /// The sources the configuration has secrets for: one line per kind of source.
-    pub fn build(carriers: &CarrierSecrets, orders: &OrderSettings) -> Result<Self, SourceError> {
+    pub fn build(
+        carriers: &CarrierSecrets,
+        orders: &OrderSettings,
+        support: &SupportSettings,
+    ) -> Result<Self, SourceError> {
         let mut sources = Sources::from(CarrierVerifiers::from_secrets(carriers)?);
         sources.defaults =
             OrderDefaults { locale: orders.locale.clone(), time_zone: orders.time_zone.clone() };
@@ -161,6 +172,12 @@ impl Sources {
         }
         if let Some(secret) = &orders.woocommerce_secret {
             sources.add(Box::new(woocommerce::WooCommerce::new(secret)?));
+        }
+        if let Some(secret) = &support.zendesk_secret {
+            sources.add(Box::new(helpdesks::Zendesk::new(secret, &support.ignore_tag)?));
+        }
+        if let Some((header, secret)) = &support.freshdesk {
+            sources.add(Box::new(helpdesks::Freshdesk::new(header, secret, &support.ignore_tag)?));
         }
         Ok(sources)
     }
@@ -237,8 +254,37 @@ pub fn apply(
             };
             orders::apply_order(tx, domain, defaults, &delivery, &order, now)
         }
+        Inbound::SupportContact(contact) => apply_support_contact(tx, source, &contact, now),
         Inbound::Ignored(_) => Ok((Outcome::Ignored, Effects::default())),
     }
+}
+
+/// Records a helpdesk ticket against each shipment it names, inside `tx`: once per
+/// (helpdesk, ticket, shipment), opened no later than `now` (a helpdesk's clock ahead of
+/// ours does not make a contact come after a message it preceded).
+fn apply_support_contact(
+    tx: &StoreTx<'_>,
+    source: &'static str,
+    contact: &SupportContact,
+    now: i64,
+) -> Result<(Outcome, Effects), ApplyError> {
+    let opened = contact.opened_ms.map_or(now, |t| t.min(now));
+    let (mut matched, mut new) = (0, 0);
+    for tracking in &contact.candidates {
+        let Some(shipment) = tx.shipment_by_tracking(tracking)? else { continue };
+        matched += 1;
+        if tx.insert_support_contact(source, &contact.ticket, shipment.id, opened, now)? {
+            new += 1;
+            let detail = serde_json::json!({ "helpdesk": source, "ticket": contact.ticket });
+            tx.add_timeline(shipment.id, opened, source, "support_contact", &detail)?;
+        }
+    }
+    let outcome = match (matched, new) {
+        (0, _) => Outcome::Unmatched,
+        (_, 0) => Outcome::Duplicate,
+        _ => Outcome::Stored,
+    };
+    Ok((outcome, Effects::default()))
 }
 
 /// Takes one verified carrier event in, inside `tx`: stored once per `(carrier, event

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -352,6 +352,23 @@ CREATE TABLE sink_threads (
     created_ms   INTEGER NOT NULL,
     PRIMARY KEY (sink, shipment_id)
 );
+"#,
+    // 12: support contacts. A helpdesk ticket that names a parcel's tracking number (the
+    // customer asked support about it) is recorded against that shipment, once per
+    // (helpdesk, ticket, shipment), so operators can see which message still leaves
+    // customers asking.
+    r#"
+CREATE TABLE support_contacts (
+    id           INTEGER PRIMARY KEY,
+    source       TEXT NOT NULL,
+    ticket       TEXT NOT NULL,
+    shipment_id  INTEGER NOT NULL REFERENCES shipments(id),
+    opened_ms    INTEGER NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    UNIQUE (source, ticket, shipment_id)
+);
+CREATE INDEX support_contacts_shipment ON support_contacts (shipment_id, opened_ms);
+CREATE INDEX notification_outcomes_sent ON notification_outcomes (at_ms) WHERE outcome = 'sent';
 "#,
 ];
 

@@ -1,0 +1,126 @@
+//! Support contacts (`support_contacts`) and the leak they reveal: which customer messages
+//! still leave customers asking support about their parcel.
+//!
+//! A helpdesk's webhook for a new ticket that names a tracking number is recorded against
+//! that shipment, once per (helpdesk, ticket, shipment), inside the webhook's writer
+//! transaction. [`Store::support_leak`] then joins the contacts with the messages that
+//! went out: for each milestone and channel, the shipments whose customer was sent that
+//! message, and those of them whose customer opened a ticket at or after it.
+
+use rusqlite::params;
+
+use super::{Store, StoreError, StoreTx};
+
+/// One support contact, as the shipment's record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportContactRecord {
+    /// The helpdesk (`zendesk`, `freshdesk`).
+    pub source: String,
+    /// The helpdesk's ticket id.
+    pub ticket: String,
+    /// When the customer opened the ticket, ms since the Unix epoch.
+    pub opened_ms: i64,
+}
+
+/// One line of the leak report: a milestone's message on one channel (`all`: on any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakRow {
+    /// The milestone the message was about (`nearby`, `delivered`, `delayed`, ...).
+    pub milestone: String,
+    /// The channel it went out on, or `all` for the shipments messaged on any channel.
+    pub channel: String,
+    /// Shipments whose customer was sent this message.
+    pub shipments: i64,
+    /// Of those, the shipments whose customer opened a support ticket at or after it.
+    pub contacted: i64,
+}
+
+impl LeakRow {
+    /// `contacted / shipments` (0 when no shipment was messaged).
+    pub fn share(&self) -> f64 {
+        if self.shipments == 0 {
+            return 0.0;
+        }
+        // Counts far below 2^52.
+        #[allow(clippy::cast_precision_loss)]
+        let share = self.contacted as f64 / self.shipments as f64;
+        share
+    }
+}
+
+impl StoreTx<'_> {
+    /// Records a support contact; false when this ticket was already recorded for this
+    /// shipment (a helpdesk's retry).
+    pub fn insert_support_contact(
+        &self,
+        source: &str,
+        ticket: &str,
+        shipment_id: i64,
+        opened_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO support_contacts (source, ticket, shipment_id, opened_ms, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![source, ticket, shipment_id, opened_ms, now_ms])?;
+        Ok(n == 1)
+    }
+}
+
+/// The leak over messages sent since `?1`: per (milestone, channel) and per milestone over
+/// all channels. A message's time is its first `sent` outcome; a milestone with a suffix
+/// (`delayed:2025-07-03`) counts as the milestone.
+const LEAK_SQL: &str = "
+WITH messaged AS (
+    SELECT o.shipment_id,
+           CASE WHEN instr(o.milestone, ':') > 0
+                THEN substr(o.milestone, 1, instr(o.milestone, ':') - 1)
+                ELSE o.milestone END AS milestone,
+           o.channel,
+           min(c.at_ms) AS sent_ms
+    FROM notification_outcomes c
+    JOIN notification_outbox o ON o.id = c.outbox_id
+    WHERE c.outcome = 'sent' AND c.at_ms >= ?1 AND o.status IN ('sent', 'delivered')
+    GROUP BY o.shipment_id, 2, o.channel
+),
+lines AS (
+    SELECT shipment_id, milestone, channel, sent_ms FROM messaged
+    UNION ALL
+    SELECT shipment_id, milestone, 'all', min(sent_ms) FROM messaged GROUP BY shipment_id, milestone
+)
+SELECT l.milestone, l.channel, count(*),
+       sum(EXISTS (SELECT 1 FROM support_contacts s
+                   WHERE s.shipment_id = l.shipment_id AND s.opened_ms >= l.sent_ms))
+FROM lines l
+GROUP BY l.milestone, l.channel
+ORDER BY l.milestone, l.channel";
+
+impl Store {
+    /// A shipment's support contacts, oldest first.
+    pub fn support_contacts(&self, shipment_id: i64) -> Result<Vec<SupportContactRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT source, ticket, opened_ms FROM support_contacts WHERE shipment_id = ?1 ORDER BY opened_ms, id",
+        )?;
+        let rows = stmt.query_map([shipment_id], |r| {
+            Ok(SupportContactRecord { source: r.get(0)?, ticket: r.get(1)?, opened_ms: r.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The leak report over messages sent at or after `since_ms` (see [`LeakRow`]).
+    pub fn support_leak(&self, since_ms: i64) -> Result<Vec<LeakRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(LEAK_SQL)?;
+        let rows = stmt.query_map([since_ms], |r| {
+            Ok(LeakRow {
+                milestone: r.get(0)?,
+                channel: r.get(1)?,
+                shipments: r.get(2)?,
+                contacted: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
