@@ -22,7 +22,7 @@ pub mod registry;
 pub mod sink;
 
 // The sink registry: one module per sink, listed once.
-registry::sinks!(nats, zendesk, hubspot, klaviyo, activecampaign);
+registry::sinks!(nats, zendesk, freshdesk, hubspot, salesforce, klaviyo, activecampaign);
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
