@@ -31,7 +31,8 @@ async fn hub_with_orders() -> (Broker, tempfile::TempDir, TestHub) {
         time_zone: "Europe/Berlin".into(),
         ..OrderSettings::default()
     };
-    let sources = Arc::new(Sources::build(&CarrierSecrets::default(), &orders, &SupportSettings::default()).unwrap());
+    let sources =
+        Arc::new(Sources::build(&CarrierSecrets::default(), &orders, &SupportSettings::default()).unwrap());
     let hub = TestHub::start(
         broker.port(),
         &dir.path().join("hub.db"),

@@ -100,6 +100,44 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// The subjects a new durable pull consumer of `stream` receives, acking each, until
+    /// a fetch comes back empty.
+    async fn consume(&self, stream: &str) -> Vec<String> {
+        use futures_util::StreamExt as _;
+        let client = async_nats::connect(self.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(stream).await.expect("stream");
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("shipper".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut subjects = Vec::new();
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(16)
+                .expires(Duration::from_millis(300))
+                .messages()
+                .await
+                .expect("fetch");
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.expect("message");
+                subjects.push(message.subject.to_string());
+                message.ack().await.expect("ack");
+                got += 1;
+            }
+            if got == 0 {
+                return subjects;
+            }
+        }
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -529,6 +567,9 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
     assert_eq!(stored(&nats).await, 1, "one message for the milestone, across the restart");
     let published = nats.messages("DOORSTEP").await;
     assert_eq!(published[0].0, format!("doorstep.orders.{TRACKING}.dispatched"));
+    // What a shipper's service consuming the stream gets: the milestone once.
+    let consumed = nats.consume("DOORSTEP").await;
+    assert_eq!(consumed, [format!("doorstep.orders.{TRACKING}.dispatched")], "consumed once");
 }
 
 // ---- a loopback HubSpot ------------------------------------------------------------------
@@ -699,4 +740,25 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
     assert_eq!(fake.keys.lock().expect("lock").len(), 1, "Zendesk made one ticket");
     let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     assert_eq!(store.sink_thread("helpdesk", shipment).expect("thread"), Some(TICKET.to_string()));
+}
+
+#[tokio::test]
+async fn a_hubspot_event_whose_send_was_cut_short_by_a_restart_is_unknown_and_not_sent_again() {
+    let (fake, base) = FakeHubSpot::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("hub.db");
+    let shipment = database(&db, TRACKING);
+    let sinks = hubspot_sinks(&base, HS_EVENT);
+    let domain = domain(&sinks);
+    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    dispatcher.run_once(T0).await.expect("pass");
+    assert_eq!(fake.seen().len(), 1);
+    // The hub died after HubSpot took the event and before the hub wrote it down: HubSpot
+    // documents no de-duplication of custom events, so the event is not sent again.
+    sink_kit::cut_short(&db, "milestone:dispatched", false);
+    assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1));
+    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+    assert_eq!(fake.seen().len(), 1, "HubSpot got the event once");
+    assert_eq!(sink_kit::statuses(&db, shipment), ["milestone:dispatched unknown"]);
 }

@@ -53,6 +53,20 @@ pub fn meta(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), body)))
 }
 
+/// Zendesk's `X-Zendesk-Webhook-Signature` header.
+pub const ZENDESK_HEADER: &str = "x-zendesk-webhook-signature";
+/// Zendesk's `X-Zendesk-Webhook-Signature-Timestamp` header.
+pub const ZENDESK_TIMESTAMP_HEADER: &str = "x-zendesk-webhook-signature-timestamp";
+
+/// The value of [`ZENDESK_HEADER`] for `body` sent at `timestamp` (the value of
+/// [`ZENDESK_TIMESTAMP_HEADER`]): base64 of the HMAC-SHA256 of the timestamp followed by
+/// the raw body, with the webhook's signing secret.
+pub fn zendesk(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut signed = timestamp.as_bytes().to_vec();
+    signed.extend_from_slice(body);
+    aftership(secret, &signed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,18 +84,4 @@ mod tests {
         // NFKD: a composed and a decomposed secret sign alike.
         assert_eq!(easypost("caf\u{e9}", body), easypost("cafe\u{301}", body));
     }
-}
-
-/// Zendesk's `X-Zendesk-Webhook-Signature` header.
-pub const ZENDESK_HEADER: &str = "x-zendesk-webhook-signature";
-/// Zendesk's `X-Zendesk-Webhook-Signature-Timestamp` header.
-pub const ZENDESK_TIMESTAMP_HEADER: &str = "x-zendesk-webhook-signature-timestamp";
-
-/// The value of [`ZENDESK_HEADER`] for `body` sent at `timestamp` (the value of
-/// [`ZENDESK_TIMESTAMP_HEADER`]): base64 of the HMAC-SHA256 of the timestamp followed by
-/// the raw body, with the webhook's signing secret.
-pub fn zendesk(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut signed = timestamp.as_bytes().to_vec();
-    signed.extend_from_slice(body);
-    aftership(secret, &signed)
 }

@@ -328,7 +328,7 @@ mod tests {
         assert!(zendesk.receive(&headers(sign(ts, body), other), body, now).expect_err("ts").authentication);
         let old = zendesk.receive(&headers(sign(ts, body), ts), body, now + 2 * ZENDESK_WINDOW_MS);
         assert_eq!(old.expect_err("replay").reason, "stale_timestamp");
-        let changed = body.to_vec().into_iter().map(|b| if b == b'3' { b'4' } else { b }).collect::<Vec<_>>();
+        let changed = body.iter().map(|&b| if b == b'3' { b'4' } else { b }).collect::<Vec<_>>();
         assert!(zendesk.receive(&headers(sign(ts, body), ts), &changed, now).is_err());
         // The hub's own ticket.
         let own = br#"{"type":"zen:event-type:ticket.created","detail":{"id":"7","subject":"Doorstep: 1Z999AA10123456784","tags":["doorstep"]}}"#;
