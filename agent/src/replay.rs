@@ -314,6 +314,10 @@ pub fn event_json(decided: &Decided) -> Value {
     let mut v = json!({"kind": decided.event.kind(), "time": time});
     match &decided.event {
         Event::Position(fix) => fix_fields(&mut v, fix),
+        Event::Trail(trail) => {
+            v["samples"] = json!(trail.steps.len() + 1);
+            fix_fields(&mut v, &trail.first);
+        }
         Event::Nearby(n) => {
             v["stop_id"] = json!(n.stop_id);
             v["distance_m"] = json!(n.distance_m);

@@ -778,6 +778,9 @@ impl Run {
                     tx.send_replace(Some(route));
                 }
             }
+            HubMessage::Watch(watch) => {
+                tracing::info!(device = %self.device, for_s = watch.for_s, every_s = watch.every_s, "watch received; the live position pace does not follow watches yet");
+            }
         }
         Ok(())
     }

@@ -245,6 +245,89 @@ pub struct Gap {
     pub last_seq: u64,
 }
 
+/// Most samples in one [`Trail`]: ten minutes of samples taken every ten seconds, and a
+/// signed event of well under a kilobyte.
+pub const MAX_TRAIL_SAMPLES: usize = 64;
+
+/// Position samples for the hub's trail, several in one signed event: the first in full,
+/// each later one as its difference from the one before. A trail costs a few bytes per
+/// sample (postcard writes small integers in one to three bytes) instead of a signed
+/// envelope per sample. Like [`Event::Position`], a trail is not a confirmation: a full
+/// outbox may evict it (a [`Gap`] notice then covers its seq).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trail {
+    /// The first sample, with all its evidence.
+    pub first: FixEvidence,
+    /// Each later sample, relative to the one before it; at most
+    /// [`MAX_TRAIL_SAMPLES`] − 1.
+    pub steps: Vec<TrailStep>,
+}
+
+/// One trail sample after the first: how far it is from the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrailStep {
+    /// GNSS time since the sample before, milliseconds (at least 1).
+    pub dt_ms: u32,
+    /// Latitude change, 10⁻⁷ degrees.
+    pub dlat_e7: i32,
+    /// Longitude change, 10⁻⁷ degrees.
+    pub dlon_e7: i32,
+    /// Speed over ground, centimetres per second, when reported.
+    pub speed_cmps: Option<u16>,
+}
+
+impl Trail {
+    /// The trail of `samples`, oldest first: `None` when there are none, more than
+    /// [`MAX_TRAIL_SAMPLES`], or their times do not increase (a step's time must fit
+    /// 49 days, which any trail does).
+    pub fn from_samples(samples: &[FixEvidence]) -> Option<Trail> {
+        let (first, rest) = samples.split_first()?;
+        if samples.len() > MAX_TRAIL_SAMPLES {
+            return None;
+        }
+        let mut steps = Vec::with_capacity(rest.len());
+        let mut before = first;
+        for sample in rest {
+            let dt_ms = u32::try_from(sample.utc_ms.checked_sub(before.utc_ms)?).ok().filter(|dt| *dt > 0)?;
+            steps.push(TrailStep {
+                dt_ms,
+                dlat_e7: sample.lat_e7.checked_sub(before.lat_e7)?,
+                dlon_e7: sample.lon_e7.checked_sub(before.lon_e7)?,
+                speed_cmps: sample.speed_cmps,
+            });
+            before = sample;
+        }
+        Some(Trail { first: *first, steps })
+    }
+
+    /// The samples, oldest first. Later samples carry position, time and speed; the
+    /// receiver's quality figures travel with the first only.
+    pub fn samples(&self) -> Result<Vec<FixEvidence>, &'static str> {
+        let mut out = Vec::with_capacity(self.steps.len() + 1);
+        out.push(self.first);
+        let mut at = self.first;
+        for step in &self.steps {
+            let utc_ms = at.utc_ms.checked_add(i64::from(step.dt_ms)).filter(|_| step.dt_ms > 0);
+            let lat_e7 = at.lat_e7.checked_add(step.dlat_e7).filter(|v| v.unsigned_abs() <= 900_000_000);
+            let lon_e7 = at.lon_e7.checked_add(step.dlon_e7).filter(|v| v.unsigned_abs() <= 1_800_000_000);
+            let (Some(utc_ms), Some(lat_e7), Some(lon_e7)) = (utc_ms, lat_e7, lon_e7) else {
+                return Err("a trail step leaves the globe, overflows, or does not move forward in time");
+            };
+            at = FixEvidence {
+                utc_ms,
+                lat_e7,
+                lon_e7,
+                accuracy_dm: None,
+                hdop_centi: None,
+                sats: None,
+                speed_cmps: step.speed_cmps,
+            };
+            out.push(at);
+        }
+        Ok(out)
+    }
+}
+
 /// Everything a device reports. Variant order is part of the v1 wire format: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -263,6 +346,8 @@ pub enum Event {
     ScanNotOnRoute(ScanNotOnRoute),
     /// Evicted position samples: a hole in the seq the hub must not wait for.
     Gap(Gap),
+    /// Several position samples for the trail in one event (appended to v1).
+    Trail(Trail),
 }
 
 impl Event {
@@ -276,14 +361,15 @@ impl Event {
             Event::Exception(_) => "exception",
             Event::ScanNotOnRoute(_) => "scan_not_on_route",
             Event::Gap(_) => "gap",
+            Event::Trail(_) => "trail",
         }
     }
 
     /// Whether this event is a confirmation or exception that must never be evicted
-    /// from a full outbox (everything but position samples). A gap notice is kept too:
-    /// without it the hub would wait for the hole forever.
+    /// from a full outbox (everything but position samples and trails). A gap notice is
+    /// kept too: without it the hub would wait for the hole forever.
     pub fn is_confirmation(&self) -> bool {
-        !matches!(self, Event::Position(_))
+        !matches!(self, Event::Position(_) | Event::Trail(_))
     }
 
     /// Checks the limits the types cannot express (list lengths, note length).
@@ -303,6 +389,12 @@ impl Event {
         {
             return Err("gap notice ends before it starts");
         }
+        if let Event::Trail(trail) = self {
+            if trail.steps.len() >= MAX_TRAIL_SAMPLES {
+                return Err("more than 64 samples in one trail");
+            }
+            trail.samples()?;
+        }
         if codes > MAX_CODES_PER_EVENT {
             return Err("more than 50 tracking numbers in one event");
         }
@@ -313,6 +405,42 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fix(utc_ms: i64, lat: f64, lon: f64) -> FixEvidence {
+        FixEvidence::new(utc_ms, lat, lon).with_speed_mps(8.0)
+    }
+
+    #[test]
+    fn a_trail_round_trips_its_samples_and_refuses_what_cannot_be_one() {
+        let samples = [fix(1_000, 47.37, 8.53), fix(11_000, 47.3705, 8.5312), fix(21_000, 47.3702, 8.5301)];
+        let trail = Trail::from_samples(&samples).expect("trail");
+        assert_eq!(trail.steps.len(), 2);
+        assert_eq!(trail.samples().expect("samples"), samples);
+        assert!(Event::Trail(trail.clone()).check_limits().is_ok());
+        assert!(!Event::Trail(trail).is_confirmation(), "a full outbox may evict a trail");
+        assert_eq!(Trail::from_samples(&[]), None);
+        assert_eq!(Trail::from_samples(&[samples[1], samples[0]]), None, "time must move forward");
+        assert_eq!(Trail::from_samples(&[samples[0], samples[0]]), None, "two samples at one time");
+        let many: Vec<FixEvidence> = (0..=64).map(|i| fix(i * 1_000, 47.0, 8.0)).collect();
+        assert_eq!(Trail::from_samples(&many), None);
+        assert!(Trail::from_samples(&many[..64]).is_some());
+    }
+
+    #[test]
+    fn a_received_trail_that_leaves_the_globe_or_overflows_is_refused() {
+        let first = fix(0, 89.9, 179.9);
+        let step = |dlat_e7, dlon_e7, dt_ms| TrailStep { dt_ms, dlat_e7, dlon_e7, speed_cmps: None };
+        for steps in [
+            vec![step(10_000_000, 0, 1_000)],
+            vec![step(0, 10_000_000, 1_000)],
+            vec![step(0, 0, 0)],
+            vec![step(i32::MAX, 0, 1)],
+        ] {
+            assert!(Event::Trail(Trail { first, steps }).check_limits().is_err());
+        }
+        let long = Trail { first, steps: vec![step(0, 0, 1); MAX_TRAIL_SAMPLES] };
+        assert!(Event::Trail(long).check_limits().is_err(), "65 samples");
+    }
 
     #[test]
     fn fix_evidence_keeps_centimetre_precision_and_clamps_nonsense() {

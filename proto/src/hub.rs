@@ -53,6 +53,27 @@ pub struct RouteAssignment {
     pub route: RouteManifest,
 }
 
+/// Longest watch one message asks for, seconds: a watcher who stays is asked for again.
+pub const MAX_WATCH_S: u16 = 900;
+
+/// Someone is watching the van (a customer whose stop is next, an operator): send the
+/// live position every `every_s` seconds for `for_s` seconds, then fall back to the
+/// adaptive pace on your own. Time-bounded on both sides: the device ends the watch at
+/// `issued_ms + for_s` by its clock, and `for_s` after it received the message, whichever
+/// comes first, so a message delivered late (queued while the link was down) or a hub that
+/// stops asking never keeps a van sending fast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// The device watched.
+    pub device: DeviceId,
+    /// Hub time of issue, milliseconds since the Unix epoch.
+    pub issued_ms: i64,
+    /// How long the watch lasts, seconds (1 to [`MAX_WATCH_S`]).
+    pub for_s: u16,
+    /// How often to send the live position meanwhile, seconds (at least 1).
+    pub every_s: u16,
+}
+
 /// Everything the hub sends to a device. Variant order is part of the wire format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,6 +84,8 @@ pub enum HubMessage {
     BlobAck(BlobAck),
     /// A route to drive.
     Route(RouteAssignment),
+    /// Someone is watching: send the live position often, for a while (appended to v1).
+    Watch(Watch),
 }
 
 impl HubMessage {
@@ -72,14 +95,13 @@ impl HubMessage {
             HubMessage::Ack(a) => &a.device,
             HubMessage::BlobAck(b) => &b.device,
             HubMessage::Route(r) => &r.device,
+            HubMessage::Watch(w) => &w.device,
         }
     }
 
     /// Encodes and signs the message with the hub's key.
     pub fn seal(&self, hub_key: &SigningKey) -> Result<Vec<u8>, EnvelopeError> {
-        if let HubMessage::Route(r) = self {
-            r.route.validate().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        }
+        self.validate()?;
         seal_with(HUB_DOMAIN, MAX_HUB_LEN, hub_key, self)
     }
 
@@ -91,9 +113,21 @@ impl HubMessage {
             return Err(EnvelopeError::UnknownKey(key_id));
         }
         let message: HubMessage = verify_and_decode(HUB_DOMAIN, bytes, hub_key)?;
-        if let HubMessage::Route(r) = &message {
-            r.route.validate().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        }
+        message.validate()?;
         Ok(message)
+    }
+
+    /// What the types cannot say: a route is a valid manifest, a watch lasts 1 to
+    /// [`MAX_WATCH_S`] seconds at a pace of at least a second.
+    fn validate(&self) -> Result<(), EnvelopeError> {
+        match self {
+            HubMessage::Route(r) => r.route.validate().map_err(|e| EnvelopeError::Malformed(e.to_string())),
+            HubMessage::Watch(w) if !(1..=MAX_WATCH_S).contains(&w.for_s) || w.every_s == 0 => {
+                Err(EnvelopeError::Malformed(format!(
+                    "a watch lasts 1 to {MAX_WATCH_S} s at a pace of at least 1 s"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }

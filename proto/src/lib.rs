@@ -22,10 +22,11 @@ pub mod topic;
 
 pub use envelope::{Envelope, EnvelopeError, EventId};
 pub use event::{
-    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Gap, Nearby, PhotoRef, ScanNotOnRoute,
+    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, Gap, MAX_TRAIL_SAMPLES, Nearby,
+    PhotoRef, ScanNotOnRoute, Trail, TrailStep,
 };
 pub use hexbytes::HexBytes;
-pub use hub::{Ack, BlobAck, HubMessage, RouteAssignment};
+pub use hub::{Ack, BlobAck, HubMessage, RouteAssignment, Watch};
 pub use ids::{Barcode, DeviceId, FleetId, IdError, RouteId, StopId, TrackingNumber};
 pub use key::{KeyError, KeyId, Keyring, PublicKey, SigningKey, TrustedKey};
 pub use route::{RouteManifest, Stop};

@@ -42,6 +42,15 @@ fn build() -> Value {
                 route,
             }),
         ),
+        (
+            "watch",
+            HubMessage::Watch(Watch {
+                device: common::device(),
+                issued_ms: 1_763_742_000_000,
+                for_s: 120,
+                every_s: 5,
+            }),
+        ),
     ]
     .into_iter()
     .map(|(name, message)| {
@@ -86,7 +95,7 @@ fn committed_envelopes_open_to_the_committed_events() {
         serde_json::from_str(&std::fs::read_to_string(VECTORS).expect("vectors")).expect("json");
     let keyring = common::keyring();
     let events = vectors["events"].as_array().expect("events");
-    assert_eq!(events.len(), 7, "one vector per event kind");
+    assert_eq!(events.len(), 8, "one vector per event kind");
     for v in events {
         let wire = hex::decode(v["wire_hex"].as_str().expect("hex")).expect("hex");
         let opened = Envelope::open(&wire, &keyring).expect("committed envelope opens");
@@ -101,6 +110,26 @@ fn committed_envelopes_open_to_the_committed_events() {
         let expected: HubMessage = serde_json::from_value(v["message"].clone()).expect("json");
         assert_eq!(opened, expected);
     }
+}
+
+#[test]
+fn a_trail_costs_bytes_per_sample_not_a_signature_per_sample() {
+    let key = common::test_key();
+    let trail = common::driving_trail();
+    let samples = trail.samples().expect("samples");
+    assert_eq!(samples.len(), 10);
+    let batched = common::every_kind().into_iter().find(|(n, _)| *n == "trail").expect("trail").1;
+    let one_by_one: usize = samples
+        .iter()
+        .map(|fix| {
+            Envelope { event: Event::Position(*fix), ..batched.clone() }.seal(&key).expect("seal").len()
+        })
+        .sum();
+    let wire = batched.seal(&key).expect("seal").len();
+    eprintln!("10 trail samples: {wire} bytes as one trail, {one_by_one} bytes as 10 position events");
+    assert!(wire * 4 < one_by_one, "{wire} vs {one_by_one}");
+    // Round trip: the samples come back as they went in (quality figures on the first only).
+    assert_eq!(Trail::from_samples(&samples), Some(trail));
 }
 
 #[test]

@@ -260,7 +260,7 @@ pub fn device_signals(
     };
     let mut out = Vec::new();
     match &envelope.event {
-        Event::Position(_) | Event::ScanNotOnRoute(_) | Event::Gap(_) => {}
+        Event::Position(_) | Event::Trail(_) | Event::ScanNotOnRoute(_) | Event::Gap(_) => {}
         Event::Nearby(n) => {
             for tn in tx.stop_parcels(&envelope.device, n.route_id.as_str(), &n.stop_id)? {
                 out.push(DeviceSignal {

@@ -286,6 +286,8 @@ pub struct FleetInbox {
     pub blob_acks: Vec<doorstep_proto::BlobAck>,
     /// Routes received (retained or live).
     pub routes: Vec<doorstep_proto::RouteAssignment>,
+    /// Watches received, in order.
+    pub watches: Vec<doorstep_proto::Watch>,
     /// Hub messages that did not verify.
     pub refused: Vec<String>,
     /// Subscriptions acknowledged.
@@ -333,6 +335,7 @@ fn record(inbox: &mut FleetInbox, message: HubMessage) {
         }
         HubMessage::BlobAck(ack) => inbox.blob_acks.push(ack),
         HubMessage::Route(route) => inbox.routes.push(route),
+        HubMessage::Watch(watch) => inbox.watches.push(watch),
     }
 }
 

@@ -37,6 +37,23 @@ pub fn parked_fix() -> FixEvidence {
         .with_speed_mps(0.0)
 }
 
+/// Ten samples ten seconds apart, the van driving at about 12 m/s through Zurich, as one
+/// trail.
+pub fn driving_trail() -> Trail {
+    let samples: Vec<FixEvidence> = (0..10)
+        .map(|i| {
+            let fix = FixEvidence::new(
+                1_763_741_962_000 + i * 10_000,
+                47.370_000_0 + 0.000_8 * i as f64,
+                8.535_000_0 + 0.001_1 * i as f64,
+            )
+            .with_speed_mps(11.5 + 0.25 * i as f64);
+            if i == 0 { fix.with_accuracy_m(4.1).with_hdop(1.1).with_sats(8) } else { fix }
+        })
+        .collect();
+    Trail::from_samples(&samples).expect("a trail")
+}
+
 /// The size case: a delivered-at-address confirmation with a photo hash and three
 /// tracking numbers (UPS, USPS, FedEx formats).
 pub fn delivered_at_address() -> Envelope {
@@ -130,5 +147,6 @@ pub fn every_kind() -> Vec<(&'static str, Envelope)> {
             ),
         ),
         ("gap", with(1046, Event::Gap(Gap { first_seq: 1046, last_seq: 1187 }))),
+        ("trail", with(1188, Event::Trail(driving_trail()))),
     ]
 }
