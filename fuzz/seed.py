@@ -185,6 +185,29 @@ def orders():
             add("order_webhooks", bytes([pick]) + json.dumps(body, separators=(",", ":")).encode())
 
 
+def helpdesks():
+    """New-ticket webhooks behind the byte helpdesk_webhooks reads first (0: Zendesk's
+    ticket.created event; 1: Freshdesk's automation body), naming parcels or not."""
+    zendesk = {
+        "type": "zen:event-type:ticket.created", "account_id": 88888888, "id": "01HNFUZZ",
+        "time": "2026-12-01T14:12:31Z", "zendesk_event_version": "2022-11-06",
+        "subject": "zen:ticket:35436",
+        "detail": {"id": "35436", "subject": "Where is 1Z999AA10123456784?",
+                   "description": "Tracking 9400111899223856928499, order #10023",
+                   "created_at": "2026-12-01T14:10:00Z", "status": "NEW", "tags": ["vip"],
+                   "external_id": "", "via": {"channel": "web"}},
+        "event": {"meta": {"sequence": {"id": "s1", "position": 1}}},
+    }
+    add("helpdesk_webhooks", b"\x00" + json.dumps(zendesk, separators=(",", ":")).encode())
+    own = dict(zendesk, detail=dict(zendesk["detail"], tags=["doorstep"]))
+    add("helpdesk_webhooks", b"\x00" + json.dumps(own).encode())
+    freshdesk = {"freshdesk_webhook": {"ticket_id": 81, "ticket_subject": "Parcel?",
+                                       "ticket_description": "<p>1Z999AA10123456784</p>",
+                                       "ticket_tags": "vip, parcels"}}
+    add("helpdesk_webhooks", b"\x01" + json.dumps(freshdesk).encode())
+    add("helpdesk_webhooks", b"\x01" + json.dumps(freshdesk["freshdesk_webhook"]).encode())
+
+
 def rust_const(path, name):
     text = path.read_text()
     m = re.search(r'pub const ' + name + r': &str = r#"(.*?)"#;', text, re.S)
@@ -235,6 +258,7 @@ def main():
     driver()
     carriers()
     orders()
+    helpdesks()
     configs()
     hand_made()
     for target in sorted(CORPUS.iterdir()):
