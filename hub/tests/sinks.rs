@@ -23,7 +23,7 @@ use doorstep_hub::store::{Store, StoreOptions};
 mod sink_kit;
 
 use sink_kit::{
-    EMAIL, T0, TRACKING, carrier, database, domain, feed, outcomes, rows, shipment_with_consent, sinks,
+    Case, EMAIL, T0, TRACKING, carrier, database, domain, feed, outcomes, rows, shipment_with_consent, sinks,
 };
 
 // ---- a real nats-server with JetStream -------------------------------------------------
@@ -153,12 +153,8 @@ fn nats_sinks(url: &str) -> Sinks {
 #[tokio::test]
 async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub_publishes_again() {
     let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = nats_sinks(&nats.url());
-    let domain = domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(nats_sinks(&nats.url()));
+    let (db, shipment, domain, dispatcher) = case.parts();
 
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     // A transaction that rolls back (the writer failed after reconciling) reports nothing.
@@ -364,12 +360,8 @@ fn zendesk_sinks(base: &str, token: &str) -> Sinks {
 #[tokio::test]
 async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_delivery_solves_it() {
     let (fake, base) = FakeZendesk::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = zendesk_sinks(&base, ZD_TOKEN);
-    let domain = domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
@@ -417,12 +409,8 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
 #[tokio::test]
 async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_fails() {
     let (fake, base) = FakeZendesk::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = zendesk_sinks(&base, ZD_TOKEN);
-    let domain = domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
     // The exception's ticket, then the alert as a comment Zendesk applies but whose answer
     // comes after the hub's timeout.
@@ -435,12 +423,8 @@ async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_
     assert_eq!(methods, ["POST", "PUT"], "the ambiguous comment was not sent again");
 
     // Wrong credentials: Zendesk refuses, and the row fails without retries.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = zendesk_sinks(&base, "not-the-token");
-    let domain = self::domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(zendesk_sinks(&base, "not-the-token"));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     let log = outcomes(&db, shipment, "milestone:exception");
@@ -700,12 +684,8 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
     assert_eq!(fake.seen().len(), 2);
 
     // An event HubSpot has no definition for is refused for good.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = hubspot_sinks(&base, "pe1234567_not_defined");
-    let domain = self::domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(hubspot_sinks(&base, "pe1234567_not_defined"));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     let log = outcomes(&db, shipment, "milestone:dispatched");
@@ -719,12 +699,8 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
 #[tokio::test]
 async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice() {
     let (fake, base) = FakeZendesk::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = zendesk_sinks(&base, ZD_TOKEN);
-    let domain = domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     // The hub died after Zendesk made the ticket and before it wrote the answer down.
@@ -745,12 +721,8 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
 #[tokio::test]
 async fn a_hubspot_event_whose_send_was_cut_short_by_a_restart_is_unknown_and_not_sent_again() {
     let (fake, base) = FakeHubSpot::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = hubspot_sinks(&base, HS_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
+    let case = Case::new(hubspot_sinks(&base, HS_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(fake.seen().len(), 1);

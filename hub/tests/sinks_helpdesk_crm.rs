@@ -18,7 +18,7 @@ use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::TrackingNumber;
 use serde_json::{Value, json};
 use sink_kit::{
-    EMAIL, Request, T0, TRACKING, Vendor, carrier, cut_short, database, deliver, dispatcher, domain, feed,
+    Case, EMAIL, Request, T0, TRACKING, Vendor, carrier, cut_short, deliver, dispatcher, domain, feed,
     outcomes, shipment_with_consent, sinks, statuses,
 };
 
@@ -230,13 +230,9 @@ fn calls(vendor: &Vendor) -> Vec<(String, String)> {
 async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_are_private_notes_and_delivery_resolves_it()
  {
     let (vendor, desk) = start_freshdesk().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let quiet = shipment_with_consent(&db, OTHER, false);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let quiet = shipment_with_consent(&case.db, OTHER, false);
+    let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
@@ -302,12 +298,8 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
 #[tokio::test]
 async fn freshdesk_asking_to_wait_is_honoured_and_nothing_is_sent_before_its_retry_after() {
     let (vendor, desk) = start_freshdesk().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (db, shipment, domain, dispatcher) = case.parts();
 
     vendor.then_answer(
         429,
@@ -333,12 +325,8 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
     let (vendor, desk) = start_freshdesk().await;
 
     // Wrong credentials: 401.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = freshdesk_sinks(&vendor.url, "not-the-key", FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, "not-the-key", FD_OPS));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     let (outcome, detail) = last_outcome(&db, shipment, "milestone:exception");
@@ -370,12 +358,8 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
 #[tokio::test]
 async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown_and_not_opened_again() {
     let (vendor, desk) = start_freshdesk().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
@@ -399,12 +383,8 @@ async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown
 #[tokio::test]
 async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_note_is_added_once() {
     let (vendor, desk) = start_freshdesk().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("the ticket");
 
@@ -445,12 +425,8 @@ async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_no
 async fn freshdesk_a_resolve_the_account_refuses_still_leaves_the_delivery_note_saying_so() {
     let (vendor, desk) = start_freshdesk().await;
     desk.lock().expect("lock").required_to_resolve = Some("cf_resolution_reason");
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     let later = deliver(&db, &domain, TRACKING, T0 + 60_000);
     dispatcher.run_once(later).await.expect("pass");
@@ -666,12 +642,8 @@ fn sf_counts(vendor: &Vendor) -> (usize, usize) {
 #[tokio::test]
 async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_documented_fields() {
     let (vendor, org) = start_salesforce().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
 
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
@@ -713,12 +685,8 @@ async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_docu
 async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_event_uuid() {
     let (vendor, org) = start_salesforce().await;
     org.lock().expect("lock").enqueued = true;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
     assert_eq!(statuses(&db, shipment), ["milestone:dispatched sent"], "not an error");
@@ -735,12 +703,8 @@ async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_
 #[tokio::test]
 async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_once() {
     let (vendor, org) = start_salesforce().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(sf_counts(&vendor), (1, 1));
@@ -770,12 +734,8 @@ async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_
 #[tokio::test]
 async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_its_retry_after() {
     let (vendor, org) = start_salesforce().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
 
@@ -801,12 +761,8 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
     let (vendor, org) = start_salesforce().await;
 
     // An event defined without one of the hub's fields: 400 INVALID_FIELD.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_OLD_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_OLD_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     let (outcome, detail) = last_outcome(&db, shipment, "milestone:dispatched");
@@ -819,12 +775,8 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
     assert_eq!(sf_counts(&vendor), (1, 1), "not retried");
 
     // A wrong client secret: the token request is refused, nothing is published.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, "not-the-secret", SF_EVENT);
-    let domain = self::domain(&sinks);
-    let dispatcher = self::dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, "not-the-secret", SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     let (outcome, detail) = last_outcome(&db, shipment, "milestone:dispatched");
@@ -838,12 +790,8 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
 #[tokio::test]
 async fn salesforce_an_event_whose_publish_was_cut_short_by_a_restart_is_unknown_and_not_published_again() {
     let (vendor, org) = start_salesforce().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
-    let shipment = database(&db, TRACKING);
-    let sinks = salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT);
-    let domain = domain(&sinks);
-    let dispatcher = dispatcher(sinks, &db);
+    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (db, shipment, domain, dispatcher) = case.parts();
     feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
 

@@ -73,15 +73,7 @@ struct Section {
 
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Sink>, SinkConfigError> {
     let s: Section = b.section()?;
-    let default = match &s.account {
-        Some(a) if !a.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') => {
-            format!("https://{a}.api-us1.com")
-        }
-        Some(_) => return Err(b.invalid("account", "the name before .api-us1.com (letters, digits, -)")),
-        None if b.unused_base_url() => String::new(),
-        None => return Err(b.invalid("account", "is required (or base_url)")),
-    };
-    let base_url = b.base_url(&default)?;
+    let base_url = b.account_url("account", s.account.as_deref(), ".api-us1.com")?;
     let token = b.secret("api_token", &s.api_token)?;
     let known =
         || MILESTONES.map(crate::store::milestone_name).into_iter().chain(["alert"]).collect::<Vec<_>>();

@@ -87,15 +87,7 @@ fn yes() -> bool {
 
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Sink>, SinkConfigError> {
     let s: Section = b.section()?;
-    let default = match &s.domain {
-        Some(d) if !d.is_empty() && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') => {
-            format!("https://{d}.freshdesk.com")
-        }
-        Some(_) => return Err(b.invalid("domain", "the name before .freshdesk.com (letters, digits, -)")),
-        None if b.unused_base_url() => String::new(),
-        None => return Err(b.invalid("domain", "is required (or base_url)")),
-    };
-    let base_url = b.base_url(&default)?;
+    let base_url = b.account_url("domain", s.domain.as_deref(), ".freshdesk.com")?;
     if !s.requester_email.contains('@') {
         return Err(b.invalid(
             "requester_email",
@@ -335,19 +327,8 @@ mod tests {
     use super::*;
 
     fn event(kind: EventKind, thread: Option<&str>) -> SinkEvent {
-        SinkEvent {
-            row_id: 1,
-            key: "k".into(),
-            sink: "support".into(),
-            tracking_number: "1Z999AA10123456784".into(),
-            fleet: None,
-            kind,
-            detail: None,
-            occurred_ms: 0,
-            order_name: None,
-            customer_email: None,
-            thread: thread.map(str::to_owned),
-        }
+        let event = crate::sinks::test_event("support", kind);
+        SinkEvent { thread: thread.map(str::to_owned), customer_email: None, order_name: None, ..event }
     }
 
     #[test]

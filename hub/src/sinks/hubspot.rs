@@ -339,19 +339,7 @@ mod tests {
     }
 
     fn event(kind: EventKind) -> SinkEvent {
-        SinkEvent {
-            row_id: 1,
-            key: "doorstep:crm:1Z999AA10123456784:milestone:delivered".into(),
-            sink: "crm".into(),
-            tracking_number: "1Z999AA10123456784".into(),
-            fleet: None,
-            kind,
-            detail: None,
-            occurred_ms: 1_751_356_800_000,
-            order_name: None,
-            customer_email: Some("ada@example.com".into()),
-            thread: None,
-        }
+        SinkEvent { order_name: None, ..crate::sinks::test_event("crm", kind) }
     }
 
     #[test]

@@ -288,19 +288,7 @@ mod tests {
     use crate::notify::SendResult;
 
     fn event(kind: EventKind) -> SinkEvent {
-        SinkEvent {
-            row_id: 1,
-            key: "doorstep:marketing:1Z999AA10123456784:milestone:delivered".into(),
-            sink: "marketing".into(),
-            tracking_number: "1Z999AA10123456784".into(),
-            fleet: None,
-            kind,
-            detail: None,
-            occurred_ms: 1_751_356_800_000,
-            order_name: Some("#1001".into()),
-            customer_email: Some("ada@example.com".into()),
-            thread: None,
-        }
+        crate::sinks::test_event("marketing", kind)
     }
 
     #[test]

@@ -166,6 +166,26 @@ impl SinkEvent {
     }
 }
 
+/// An event of parcel `1Z999AA10123456784` (order `#1001`, a customer who consented to
+/// e-mail, 2025-07-01 08:00Z) for the sinks' unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(sink: &str, kind: EventKind) -> SinkEvent {
+    let tracking = "1Z999AA10123456784";
+    SinkEvent {
+        row_id: 1,
+        key: format!("doorstep:{sink}:{tracking}:{}", kind.key()),
+        sink: sink.into(),
+        tracking_number: tracking.into(),
+        fleet: None,
+        kind,
+        detail: None,
+        occurred_ms: 1_751_356_800_000,
+        order_name: Some("#1001".into()),
+        customer_email: Some("ada@example.com".into()),
+        thread: None,
+    }
+}
+
 /// How a delivery ends a row: its new status, next attempt, and log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ending {

@@ -253,17 +253,9 @@ mod tests {
 
     fn event(fleet: Option<&str>, kind: EventKind) -> SinkEvent {
         SinkEvent {
-            row_id: 1,
-            key: "doorstep:stream:1Z999AA10123456784:milestone:delivered".into(),
-            sink: "stream".into(),
-            tracking_number: "1Z999AA10123456784".into(),
             fleet: fleet.map(str::to_owned),
-            kind,
-            detail: None,
-            occurred_ms: 0,
             order_name: None,
-            customer_email: None,
-            thread: None,
+            ..crate::sinks::test_event("stream", kind)
         }
     }
 

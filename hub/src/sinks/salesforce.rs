@@ -328,19 +328,7 @@ mod tests {
     use crate::model::Milestone;
 
     fn event(kind: EventKind) -> SinkEvent {
-        SinkEvent {
-            row_id: 1,
-            key: "doorstep:ops_crm:1Z999AA10123456784:milestone:delivered".into(),
-            sink: "ops_crm".into(),
-            tracking_number: "1Z999AA10123456784".into(),
-            fleet: None,
-            kind,
-            detail: None,
-            occurred_ms: 1_751_356_800_000,
-            order_name: Some("#1001".into()),
-            customer_email: Some("ada@example.com".into()),
-            thread: None,
-        }
+        crate::sinks::test_event("ops_crm", kind)
     }
 
     #[test]

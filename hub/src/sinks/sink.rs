@@ -128,6 +128,29 @@ impl<'a> Build<'a> {
         }
     }
 
+    /// The API base URL of a vendor that gives each account its own host: the entry's
+    /// `base_url` when given, else `https://{account}{suffix}` from the entry's `key`
+    /// (`subdomain = "acme"` and `.zendesk.com`), which must then be given and be a host
+    /// name label.
+    pub fn account_url(
+        &mut self,
+        key: &str,
+        account: Option<&str>,
+        suffix: &str,
+    ) -> Result<String, SinkConfigError> {
+        let default = match account {
+            Some(a) if !a.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') => {
+                format!("https://{a}{suffix}")
+            }
+            Some(_) => {
+                return Err(self.invalid(key, format!("the name before {suffix} (letters, digits, -)")));
+            }
+            None if self.unused_base_url() => String::new(),
+            None => return Err(self.invalid(key, "is required (or base_url)")),
+        };
+        self.base_url(&default)
+    }
+
     /// Whether a `base_url` was given and not read (a sink that speaks no HTTP).
     pub fn unused_base_url(&self) -> bool {
         self.base_url.is_some()

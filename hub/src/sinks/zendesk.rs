@@ -65,15 +65,7 @@ fn yes() -> bool {
 
 fn build(b: &mut Build<'_>) -> Result<Arc<dyn Sink>, SinkConfigError> {
     let s: Section = b.section()?;
-    let default = match &s.subdomain {
-        Some(sub) if !sub.is_empty() && sub.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') => {
-            format!("https://{sub}.zendesk.com")
-        }
-        Some(_) => return Err(b.invalid("subdomain", "the name before .zendesk.com (letters, digits, -)")),
-        None if b.unused_base_url() => String::new(),
-        None => return Err(b.invalid("subdomain", "is required (or base_url)")),
-    };
-    let base_url = b.base_url(&default)?;
+    let base_url = b.account_url("subdomain", s.subdomain.as_deref(), ".zendesk.com")?;
     if !s.email.contains('@') {
         return Err(b.invalid("email", "the e-mail address of the agent the API token belongs to"));
     }
@@ -247,19 +239,8 @@ mod tests {
     use super::*;
 
     fn event(kind: EventKind, thread: Option<&str>) -> SinkEvent {
-        SinkEvent {
-            row_id: 1,
-            key: "k".into(),
-            sink: "helpdesk".into(),
-            tracking_number: "1Z999AA10123456784".into(),
-            fleet: None,
-            kind,
-            detail: None,
-            occurred_ms: 0,
-            order_name: None,
-            customer_email: None,
-            thread: thread.map(str::to_owned),
-        }
+        let event = crate::sinks::test_event("helpdesk", kind);
+        SinkEvent { thread: thread.map(str::to_owned), customer_email: None, order_name: None, ..event }
     }
 
     #[test]

@@ -288,3 +288,32 @@ impl Vendor {
             .collect()
     }
 }
+
+// ---- one test's hub: a database with a shipment, its sinks and their dispatcher ----------
+
+/// What most sink tests start from: a fresh database holding [`TRACKING`] (its customer
+/// consented to e-mail), the writer's domain enqueuing for the sinks, and their dispatcher.
+pub struct Case {
+    _dir: tempfile::TempDir,
+    pub db: std::path::PathBuf,
+    pub shipment: i64,
+    pub domain: Domain,
+    pub dispatcher: Dispatcher,
+}
+
+impl Case {
+    /// A case for `sinks`.
+    pub fn new(sinks: Sinks) -> Case {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("hub.db");
+        let shipment = database(&db, TRACKING);
+        let domain = domain(&sinks);
+        let dispatcher = dispatcher(sinks, &db);
+        Case { _dir: dir, db, shipment, domain, dispatcher }
+    }
+
+    /// (database, shipment, domain, dispatcher), as the tests name them.
+    pub fn parts(&self) -> (&Path, i64, &Domain, &Dispatcher) {
+        (&self.db, self.shipment, &self.domain, &self.dispatcher)
+    }
+}
