@@ -156,9 +156,9 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
     let case = Case::new(nats_sinks(&nats.url()));
     let (db, shipment, domain, dispatcher) = case.parts();
 
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     // A transaction that rolls back (the writer failed after reconciling) reports nothing.
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, false);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, false);
     assert_eq!(dispatcher.run_once(T0 + 2).await.expect("pass"), 1);
     let published = nats.messages("DOORSTEP").await;
     assert_eq!(published.len(), 1, "{published:?}");
@@ -170,19 +170,19 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
 
     // The hub stopped after JetStream stored the message but before it wrote the result:
     // the row is left in flight, resent at start-up, and JetStream drops the repeat.
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = rusqlite::Connection::open(db).expect("open");
     conn.execute("UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'", [])
         .expect("left in flight");
     assert_eq!(dispatcher.recover(T0 + 3).await.expect("recover"), (1, 0));
     assert_eq!(dispatcher.run_once(T0 + 3).await.expect("pass"), 1, "published again");
     assert_eq!(nats.messages("DOORSTEP").await.len(), 1, "stored once");
-    let log = outcomes(&db, shipment, "milestone:dispatched");
+    let log = outcomes(db, shipment, "milestone:dispatched");
     let last = log.last().expect("entry");
     assert_eq!(last.0, "sent");
     assert!(last.1.as_deref().is_some_and(|d| d.contains("duplicate")), "{log:?}");
 
     // Committed this time: the exception and the alert it raised, one message each.
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 4, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 4, true);
     assert_eq!(dispatcher.run_once(T0 + 5).await.expect("pass"), 2);
     assert_eq!(dispatcher.run_once(T0 + 6).await.expect("pass"), 0, "nothing is sent twice");
     let published = nats.messages("DOORSTEP").await;
@@ -196,7 +196,7 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
         ]
     );
     assert_eq!(published[2].2["alert"], "carrier_returning");
-    assert!(rows(&db, shipment).iter().all(|(_, _, status)| status == "sent"));
+    assert!(rows(db, shipment).iter().all(|(_, _, status)| status == "sent"));
 }
 
 #[tokio::test]
@@ -364,16 +364,16 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
     let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert!(fake.seen().is_empty());
-    assert_eq!(outcomes(&db, shipment, "milestone:dispatched").last().expect("entry").0, "skipped");
+    assert_eq!(outcomes(db, shipment, "milestone:dispatched").last().expect("entry").0, "skipped");
 
     // A failed attempt: the exception opens the ticket; Zendesk first asks us to wait.
     fake.then_answer(429, Some(("retry-after", "7")), Duration::ZERO);
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1), T0 + 1, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1), T0 + 1, true);
     dispatcher.run_once(T0 + 2).await.expect("pass");
-    assert_eq!(rows(&db, shipment)[1], ("helpdesk".into(), "milestone:exception".into(), "queued".into()));
+    assert_eq!(rows(db, shipment)[1], ("helpdesk".into(), "milestone:exception".into(), "queued".into()));
     assert_eq!(dispatcher.run_once(T0 + 2 + 6_000).await.expect("pass"), 0, "Retry-After is honoured");
     assert_eq!(dispatcher.run_once(T0 + 2 + 7_000).await.expect("pass"), 1);
     let seen = fake.seen();
@@ -387,9 +387,9 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
     assert!(text.contains(TRACKING) && text.contains("exception"), "{text}");
 
     // Delivered (the carrier's word, then the hold): a private comment that solves it.
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Delivered, T0 + 3_600_000), T0 + 3_600_000, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Delivered, T0 + 3_600_000), T0 + 3_600_000, true);
     let later = T0 + 3_600_000 + Rules::default().hold_ms;
-    feed(&db, &domain, TRACKING, Input::Wake { now_ms: later }, later, true);
+    feed(db, domain, TRACKING, Input::Wake { now_ms: later }, later, true);
     assert_eq!(dispatcher.run_once(later).await.expect("pass"), 1);
     let seen = fake.seen();
     assert_eq!(seen.len(), 2, "one ticket, then its update: {seen:?}");
@@ -398,7 +398,7 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
     assert_eq!(key, &None, "Zendesk takes no idempotency key on an update");
     assert_eq!(body["ticket"]["status"], "solved");
     assert_eq!(body["ticket"]["comment"]["public"], false);
-    let statuses: Vec<String> = rows(&db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
+    let statuses: Vec<String> = rows(db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
     assert_eq!(
         statuses,
         ["milestone:dispatched skipped", "milestone:exception sent", "milestone:delivered sent"]
@@ -411,12 +411,12 @@ async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_
     let (fake, base) = FakeZendesk::start().await;
     let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
     // The exception's ticket, then the alert as a comment Zendesk applies but whose answer
     // comes after the hub's timeout.
     *fake.slow_updates.lock().expect("lock") = Duration::from_secs(3);
     dispatcher.run_once(T0).await.expect("ticket and comment");
-    let events: Vec<String> = rows(&db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
+    let events: Vec<String> = rows(db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
     assert_eq!(events, ["milestone:exception sent", "alert:carrier_returning unknown"]);
     dispatcher.run_once(T0 + 3_600_000).await.expect("later");
     let methods: Vec<String> = fake.seen().into_iter().map(|(m, _, _, _)| m).collect();
@@ -425,9 +425,9 @@ async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_
     // Wrong credentials: Zendesk refuses, and the row fails without retries.
     let case = Case::new(zendesk_sinks(&base, "not-the-token"));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    let log = outcomes(&db, shipment, "milestone:exception");
+    let log = outcomes(db, shipment, "milestone:exception");
     let last = log.last().expect("entry");
     assert_eq!(last.0, "failed");
     assert!(last.1.as_deref().is_some_and(|d| d.contains("401")), "{log:?}");
@@ -686,9 +686,9 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
     // An event HubSpot has no definition for is refused for good.
     let case = Case::new(hubspot_sinks(&base, "pe1234567_not_defined"));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    let log = outcomes(&db, shipment, "milestone:dispatched");
+    let log = outcomes(db, shipment, "milestone:dispatched");
     let last = log.last().expect("entry");
     assert_eq!(last.0, "failed");
     let refused =
@@ -701,10 +701,10 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
     let (fake, base) = FakeZendesk::start().await;
     let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     // The hub died after Zendesk made the ticket and before it wrote the answer down.
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = rusqlite::Connection::open(db).expect("open");
     conn.execute_batch("UPDATE sink_outbox SET status = 'sending'; DELETE FROM sink_threads;")
         .expect("cut short");
     assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (1, 0), "a creation is resent");
@@ -714,7 +714,7 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0], keys[1], "the same Idempotency-Key both times");
     assert_eq!(fake.keys.lock().expect("lock").len(), 1, "Zendesk made one ticket");
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let store = Store::open(db, StoreOptions { full_sync: false }).expect("open");
     assert_eq!(store.sink_thread("helpdesk", shipment).expect("thread"), Some(TICKET.to_string()));
 }
 
@@ -723,14 +723,14 @@ async fn a_hubspot_event_whose_send_was_cut_short_by_a_restart_is_unknown_and_no
     let (fake, base) = FakeHubSpot::start().await;
     let case = Case::new(hubspot_sinks(&base, HS_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(fake.seen().len(), 1);
     // The hub died after HubSpot took the event and before the hub wrote it down: HubSpot
     // documents no de-duplication of custom events, so the event is not sent again.
-    sink_kit::cut_short(&db, "milestone:dispatched", false);
+    sink_kit::cut_short(db, "milestone:dispatched", false);
     assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1));
     dispatcher.run_once(T0 + 3_600_000).await.expect("later");
     assert_eq!(fake.seen().len(), 1, "HubSpot got the event once");
-    assert_eq!(sink_kit::statuses(&db, shipment), ["milestone:dispatched unknown"]);
+    assert_eq!(sink_kit::statuses(db, shipment), ["milestone:dispatched unknown"]);
 }

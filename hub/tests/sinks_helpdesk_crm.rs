@@ -235,13 +235,13 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
     let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
     assert!(vendor.seen().is_empty());
-    assert_eq!(last_outcome(&db, shipment, "milestone:dispatched").0, "skipped");
+    assert_eq!(last_outcome(db, shipment, "milestone:dispatched").0, "skipped");
 
     // Returning to sender: the exception opens the ticket, the alert it raised is a note.
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, true);
     assert_eq!(dispatcher.run_once(T0 + 2).await.expect("pass"), 2);
     let ticket = FD_FIRST_TICKET.to_string();
     let notes = format!("/api/v2/tickets/{ticket}/notes");
@@ -258,11 +258,11 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
     let note = vendor.accepted()[1].json().expect("json");
     assert_eq!(note["private"], true, "what the hub says is for agents");
     assert!(note["body"].as_str().is_some_and(|b| b.contains("carrier_returning")), "{note}");
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let store = Store::open(db, StoreOptions { full_sync: false }).expect("open");
     assert_eq!(store.sink_thread("support", shipment).expect("thread"), Some(ticket.clone()));
 
     // Delivered: the ticket is resolved, then noted.
-    let later = deliver(&db, &domain, TRACKING, T0 + 3_600_000);
+    let later = deliver(db, domain, TRACKING, T0 + 3_600_000);
     assert_eq!(dispatcher.run_once(later).await.expect("pass"), 1);
     let all = calls(&vendor);
     assert_eq!(all[2..], [("PUT".into(), format!("/api/v2/tickets/{ticket}")), ("POST".into(), notes)]);
@@ -275,7 +275,7 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
         assert!(notes[1].contains("was delivered") && notes[1].contains("resolved"), "{notes:?}");
     }
     assert_eq!(
-        statuses(&db, shipment),
+        statuses(db, shipment),
         [
             "milestone:dispatched skipped",
             "milestone:exception sent",
@@ -285,12 +285,12 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
     );
 
     // A customer who did not consent to e-mail: the operations mailbox is the requester.
-    feed(&db, &domain, OTHER, carrier_on(OTHER, CanonicalStatus::AttemptFailed, later), later, true);
+    feed(db, domain, OTHER, carrier_on(OTHER, CanonicalStatus::AttemptFailed, later), later, true);
     assert_eq!(dispatcher.run_once(later + 1).await.expect("pass"), 1);
     let last = vendor.accepted().pop().expect("a ticket");
     assert_eq!((last.method.as_str(), last.path.as_str()), ("POST", "/api/v2/tickets"));
     assert_eq!(last.json().expect("json")["email"], FD_OPS);
-    assert_eq!(statuses(&db, quiet), ["milestone:exception sent"]);
+    assert_eq!(statuses(db, quiet), ["milestone:exception sent"]);
     assert_eq!(dispatcher.run_once(later + 60_000).await.expect("pass"), 0, "nothing is sent twice");
     assert_eq!(desk.lock().expect("lock").tickets.len(), 2);
 }
@@ -306,16 +306,16 @@ async fn freshdesk_asking_to_wait_is_honoured_and_nothing_is_sent_before_its_ret
         Some(("retry-after", "7")),
         r#"{"message":"You have exceeded the limit of requests per minute"}"#,
     );
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&db, shipment), ["milestone:exception queued"]);
+    assert_eq!(statuses(db, shipment), ["milestone:exception queued"]);
     assert_eq!(vendor.seen().len(), 1);
     assert_eq!(dispatcher.run_once(T0 + 6_000).await.expect("pass"), 0, "Retry-After is honoured");
     assert_eq!(vendor.seen().len(), 1, "nothing was sent before the wait was over");
     assert_eq!(dispatcher.run_once(T0 + 7_000).await.expect("pass"), 1);
-    assert_eq!(statuses(&db, shipment), ["milestone:exception sent"]);
+    assert_eq!(statuses(db, shipment), ["milestone:exception sent"]);
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
-    let log = outcomes(&db, shipment, "milestone:exception");
+    let log = outcomes(db, shipment, "milestone:exception");
     let kinds: Vec<&str> = log.iter().map(|(o, _)| o.as_str()).collect();
     assert_eq!(kinds, ["queued", "attempt_failed", "sent"], "{log:?}");
 }
@@ -327,9 +327,9 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
     // Wrong credentials: 401.
     let case = Case::new(freshdesk_sinks(&vendor.url, "not-the-key", FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(&db, shipment, "milestone:exception");
+    let (outcome, detail) = last_outcome(db, shipment, "milestone:exception");
     assert_eq!(outcome, "failed");
     assert!(detail.contains("401") && detail.contains("invalid_credentials"), "{detail}");
     dispatcher.run_once(T0 + 3_600_000).await.expect("later");
@@ -360,12 +360,12 @@ async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown
     let (vendor, desk) = start_freshdesk().await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
 
     // The hub died after Freshdesk opened the ticket and before it wrote the answer down.
-    cut_short(&db, "milestone:exception", true);
+    cut_short(db, "milestone:exception", true);
     assert_eq!(
         dispatcher.recover(T0 + 1).await.expect("recover"),
         (0, 1),
@@ -375,8 +375,8 @@ async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown
     assert_eq!(dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
     assert_eq!(vendor.seen().len(), 1, "the ticket was not opened again");
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
-    assert_eq!(statuses(&db, shipment), ["milestone:exception unknown"]);
-    let (_, detail) = last_outcome(&db, shipment, "milestone:exception");
+    assert_eq!(statuses(db, shipment), ["milestone:exception unknown"]);
+    let (_, detail) = last_outcome(db, shipment, "milestone:exception");
     assert!(detail.contains("not resent"), "{detail}");
 }
 
@@ -385,22 +385,22 @@ async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_no
     let (vendor, desk) = start_freshdesk().await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("the ticket");
 
     // Delivered: Freshdesk resolves the ticket but answers after the hub's timeout. Setting
     // a status again is harmless, and the note has not been sent: the delivery is retried.
-    let later = deliver(&db, &domain, TRACKING, T0 + 60_000);
+    let later = deliver(db, domain, TRACKING, T0 + 60_000);
     vendor.answer_late(Duration::from_secs(2));
     assert_eq!(dispatcher.run_once(later).await.expect("pass"), 1);
-    assert_eq!(statuses(&db, shipment), ["milestone:exception sent", "milestone:delivered queued"]);
+    assert_eq!(statuses(db, shipment), ["milestone:exception sent", "milestone:delivered queued"]);
     assert!(desk.lock().expect("lock").tickets[&FD_FIRST_TICKET].2.is_empty(), "no note yet");
     vendor.answer_late(Duration::ZERO);
     assert_eq!(dispatcher.run_once(later + 5_000).await.expect("retry"), 1);
     let put = ("PUT".to_owned(), format!("/api/v2/tickets/{FD_FIRST_TICKET}"));
     let note = ("POST".to_owned(), format!("/api/v2/tickets/{FD_FIRST_TICKET}/notes"));
     assert_eq!(calls(&vendor)[1..], [put.clone(), put, note.clone()]);
-    assert_eq!(statuses(&db, shipment), ["milestone:exception sent", "milestone:delivered sent"]);
+    assert_eq!(statuses(db, shipment), ["milestone:exception sent", "milestone:delivered sent"]);
     {
         let desk = desk.lock().expect("lock");
         let (_, status, notes) = &desk.tickets[&FD_FIRST_TICKET];
@@ -410,11 +410,11 @@ async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_no
     // The carrier's exception after delivery alerts operations: a note Freshdesk adds but
     // answers too late, which is not added again.
     vendor.answer_late(Duration::from_secs(2));
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Exception, later + 10_000), later + 10_000, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Exception, later + 10_000), later + 10_000, true);
     dispatcher.run_once(later + 10_000).await.expect("pass");
     vendor.answer_late(Duration::ZERO);
     dispatcher.run_once(later + 3_600_000).await.expect("later");
-    let events = statuses(&db, shipment);
+    let events = statuses(db, shipment);
     assert_eq!(events[2..], ["alert:exception_after_delivered unknown"], "{events:?}");
     let notes = &desk.lock().expect("lock").tickets[&FD_FIRST_TICKET].2;
     assert_eq!(notes.iter().filter(|n| n.contains("exception_after_delivered")).count(), 1, "{notes:?}");
@@ -427,8 +427,8 @@ async fn freshdesk_a_resolve_the_account_refuses_still_leaves_the_delivery_note_
     desk.lock().expect("lock").required_to_resolve = Some("cf_resolution_reason");
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    let later = deliver(&db, &domain, TRACKING, T0 + 60_000);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
+    let later = deliver(db, domain, TRACKING, T0 + 60_000);
     dispatcher.run_once(later).await.expect("pass");
     let desk = desk.lock().expect("lock");
     let (_, status, notes) = &desk.tickets[&FD_FIRST_TICKET];
@@ -438,7 +438,7 @@ async fn freshdesk_a_resolve_the_account_refuses_still_leaves_the_delivery_note_
         notes[0].contains("refused to resolve") && notes[0].contains("cf_resolution_reason"),
         "{notes:?}"
     );
-    let (outcome, detail) = last_outcome(&db, shipment, "milestone:delivered");
+    let (outcome, detail) = last_outcome(db, shipment, "milestone:delivered");
     assert_eq!(outcome, "sent");
     assert!(detail.contains("refused"), "{detail}");
     assert_eq!(vendor.seen().len(), 3, "ticket, refused resolve, note");
@@ -645,9 +645,9 @@ async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_docu
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
 
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1_000), T0 + 1_000, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1_000), T0 + 1_000, true);
     assert_eq!(dispatcher.run_once(T0 + 1_000).await.expect("pass"), 2);
 
     let publish =
@@ -672,10 +672,10 @@ async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_docu
     assert!(published[2].1.get("Milestone__c").is_none());
     assert_eq!(sf_counts(&vendor), (1, 3), "one token for every publish");
     assert_eq!(
-        statuses(&db, shipment),
+        statuses(db, shipment),
         ["milestone:dispatched sent", "milestone:exception sent", "alert:carrier_returning sent"]
     );
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let store = Store::open(db, StoreOptions { full_sync: false }).expect("open");
     let row = store.sink_rows_for_shipment(shipment).expect("rows").remove(0);
     let log = store.sink_outcomes(row.id).expect("log");
     assert_eq!(log.last().and_then(|o| o.vendor_id.as_deref()), Some("e00xx0000000001AAA"));
@@ -687,10 +687,10 @@ async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_
     org.lock().expect("lock").enqueued = true;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
-    assert_eq!(statuses(&db, shipment), ["milestone:dispatched sent"], "not an error");
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    assert_eq!(statuses(db, shipment), ["milestone:dispatched sent"], "not an error");
+    let store = Store::open(db, StoreOptions { full_sync: false }).expect("open");
     let row = store.sink_rows_for_shipment(shipment).expect("rows").remove(0);
     let sent = store.sink_outcomes(row.id).expect("log").pop().expect("entry");
     assert_eq!(sent.outcome, "sent");
@@ -705,28 +705,28 @@ async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_
     let (vendor, org) = start_salesforce().await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(sf_counts(&vendor), (1, 1));
 
     // The org's session timeout ends the token: 401 INVALID_SESSION_ID, a new token, once.
     org.lock().expect("lock").expire();
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
     assert_eq!(dispatcher.run_once(T0 + 1_000).await.expect("pass"), 1);
     let answered: Vec<u16> = vendor.seen().iter().map(|(_, s)| *s).collect();
     assert_eq!(answered, [200, 201, 401, 200, 201], "token, publish, expired, token, publish");
     let published = org.lock().expect("lock").published.clone();
     assert_eq!(published.len(), 2);
     assert_eq!(published[1].1["Milestone__c"], "exception");
-    assert_eq!(statuses(&db, shipment), ["milestone:dispatched sent", "milestone:exception sent"]);
+    assert_eq!(statuses(db, shipment), ["milestone:dispatched sent", "milestone:exception sent"]);
 
     // An org that ends every session (the app revoked): one new token, then the row fails;
     // the sink does not loop on tokens.
     org.lock().expect("lock").revoke_all = true;
-    let later = deliver(&db, &domain, TRACKING, T0 + 60_000);
+    let later = deliver(db, domain, TRACKING, T0 + 60_000);
     dispatcher.run_once(later).await.expect("pass");
     assert_eq!(sf_counts(&vendor), (3, 5), "one more token, two refused publishes");
-    let (outcome, detail) = last_outcome(&db, shipment, "milestone:delivered");
+    let (outcome, detail) = last_outcome(db, shipment, "milestone:delivered");
     assert_eq!(outcome, "failed");
     assert!(detail.contains("401") && detail.contains("INVALID_SESSION_ID"), "{detail}");
 }
@@ -736,7 +736,7 @@ async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_i
     let (vendor, org) = start_salesforce().await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
 
     vendor.then_answer(
@@ -744,14 +744,14 @@ async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_i
         Some(("retry-after", "10")),
         r#"[{"message":"Too many requests","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
     );
-    feed(&db, &domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
+    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
     dispatcher.run_once(T0 + 1_000).await.expect("pass");
-    assert_eq!(statuses(&db, shipment), ["milestone:dispatched sent", "milestone:exception queued"]);
+    assert_eq!(statuses(db, shipment), ["milestone:dispatched sent", "milestone:exception queued"]);
     let before = vendor.seen().len();
     assert_eq!(dispatcher.run_once(T0 + 10_000).await.expect("pass"), 0, "Retry-After is honoured");
     assert_eq!(vendor.seen().len(), before, "nothing was sent before the wait was over");
     assert_eq!(dispatcher.run_once(T0 + 11_000).await.expect("pass"), 1);
-    assert_eq!(statuses(&db, shipment), ["milestone:dispatched sent", "milestone:exception sent"]);
+    assert_eq!(statuses(db, shipment), ["milestone:dispatched sent", "milestone:exception sent"]);
     assert_eq!(org.lock().expect("lock").published.len(), 2);
     assert_eq!(sf_counts(&vendor).0, 1, "the token outlived the wait");
 }
@@ -763,9 +763,9 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
     // An event defined without one of the hub's fields: 400 INVALID_FIELD.
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_OLD_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(&db, shipment, "milestone:dispatched");
+    let (outcome, detail) = last_outcome(db, shipment, "milestone:dispatched");
     assert_eq!(outcome, "failed");
     assert!(
         detail.contains("400") && detail.contains("INVALID_FIELD") && detail.contains("Event_Key__c"),
@@ -777,9 +777,9 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
     // A wrong client secret: the token request is refused, nothing is published.
     let case = Case::new(salesforce_sinks(&vendor.url, "not-the-secret", SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(&db, shipment, "milestone:dispatched");
+    let (outcome, detail) = last_outcome(db, shipment, "milestone:dispatched");
     assert_eq!(outcome, "failed");
     assert!(detail.contains("invalid_client"), "{detail}");
     dispatcher.run_once(T0 + 3_600_000).await.expect("later");
@@ -792,15 +792,15 @@ async fn salesforce_an_event_whose_publish_was_cut_short_by_a_restart_is_unknown
     let (vendor, org) = start_salesforce().await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
     dispatcher.run_once(T0).await.expect("pass");
 
     // The hub died after Salesforce took the event and before it wrote the answer down.
-    cut_short(&db, "milestone:dispatched", false);
+    cut_short(db, "milestone:dispatched", false);
     assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1), "Salesforce dedupes no event");
     assert_eq!(dispatcher.run_once(T0 + 1).await.expect("pass"), 0);
     assert_eq!(dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
     assert_eq!(org.lock().expect("lock").published.len(), 1, "published once");
     assert_eq!(sf_counts(&vendor), (1, 1));
-    assert_eq!(statuses(&db, shipment), ["milestone:dispatched unknown"]);
+    assert_eq!(statuses(db, shipment), ["milestone:dispatched unknown"]);
 }
