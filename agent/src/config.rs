@@ -9,9 +9,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use doorstep_proto::{DeviceId, FleetId};
+use doorstep_proto::{DeviceId, FleetId, MAX_TRAIL_SAMPLES};
 use serde::Deserialize;
 
+use crate::decide::{
+    DEFAULT_POSITION_INTERVAL_MS, DEFAULT_TRAIL_BATCH_MAX_AGE_MS, DEFAULT_TRAIL_BATCH_SAMPLES, TrailConfig,
+};
 use crate::gate::GateConfig;
 use crate::geofence::GeofenceConfig;
 use crate::outbox::OutboxLimits;
@@ -79,9 +82,21 @@ max_photo_bytes = 67108864    # 64 MiB of proof photos
 # max_file_bytes = 268435456  # optional hard cap on the database file
 
 [trail]
-# Seconds between position samples kept for the hub's trail (0: none). The live
-# position is sent separately, newest only.
-position_interval_s = 60
+# The hub's record of the route driven. Samples travel in signed batches, each sample
+# after the first as its difference from the one before: a sample costs about 12 bytes
+# instead of a ~130-byte signed event of its own (10 samples: 224 bytes as one batch,
+# 1,303 as ten events). At these defaults an hour of driving costs 2.2 kB of trail in
+# 6 messages; one position event a minute cost 8.0 kB in 60. The live position is sent
+# separately, newest only.
+# Seconds between samples (0: no trail). 30 s is a sample every 300 m at city speed.
+position_interval_s = 30
+# Samples per batch (1 to 64). A batch also goes out when its oldest sample is
+# batch_max_age_s old (GNSS time), and just before every confirmation, so the hub holds
+# the trail leading to a delivery with it.
+batch_samples = 20
+# The batch being filled is only in memory: a crash or power cut loses at most this
+# much of the trail (a graceful stop stores it). It also bounds how late the trail is.
+batch_max_age_s = 600
 
 # The link to the hub's MQTT broker. Without this section the agent works offline:
 # confirmations wait in the outbox until a broker is configured.
@@ -217,6 +232,51 @@ pub struct RawGate {
 pub struct RawTrail {
     /// Seconds between trail samples.
     pub position_interval_s: Option<u64>,
+    /// Samples per trail batch.
+    pub batch_samples: Option<usize>,
+    /// Age of a batch's oldest sample at which it goes out, seconds.
+    pub batch_max_age_s: Option<u64>,
+}
+
+/// Longest `[trail] batch_max_age_s` and `position_interval_s`: a day. A batch held longer
+/// would put more than a working day of trail at the mercy of one power cut.
+pub const MAX_TRAIL_BATCH_AGE_S: u64 = 86_400;
+
+impl RawTrail {
+    /// The sampling and batching the decider uses.
+    fn validate(&self) -> Result<TrailConfig, ConfigError> {
+        let secs_ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let interval_s =
+            self.position_interval_s.unwrap_or(DEFAULT_POSITION_INTERVAL_MS.unsigned_abs() / 1000);
+        if interval_s > MAX_TRAIL_BATCH_AGE_S {
+            return Err(invalid(
+                "trail",
+                "position_interval_s",
+                "must be at most 86400 s (30 is the default)",
+            ));
+        }
+        let batch_samples = self.batch_samples.unwrap_or(DEFAULT_TRAIL_BATCH_SAMPLES);
+        if !(1..=MAX_TRAIL_SAMPLES).contains(&batch_samples) {
+            return Err(invalid(
+                "trail",
+                "batch_samples",
+                format!("must be 1 to {MAX_TRAIL_SAMPLES} samples in one signed batch (20 is the default)"),
+            ));
+        }
+        let max_age_s = self.batch_max_age_s.unwrap_or(DEFAULT_TRAIL_BATCH_MAX_AGE_MS.unsigned_abs() / 1000);
+        if !(1..=MAX_TRAIL_BATCH_AGE_S).contains(&max_age_s) {
+            return Err(invalid(
+                "trail",
+                "batch_max_age_s",
+                "must be 1 to 86400 s: the most trail a power cut may lose (600 is the default)",
+            ));
+        }
+        Ok(TrailConfig {
+            interval_ms: secs_ms(interval_s),
+            batch_samples,
+            batch_max_age_ms: secs_ms(max_age_s),
+        })
+    }
 }
 
 /// A serial port to open.
@@ -253,8 +313,8 @@ pub struct Config {
     pub nearby_lookahead: usize,
     /// Quality gate thresholds.
     pub gate: GateConfig,
-    /// Interval between trail samples.
-    pub position_interval: Duration,
+    /// How the trail is sampled and batched.
+    pub trail: TrailConfig,
     /// The MQTT link, when configured.
     pub uplink: Option<UplinkConfig>,
     /// The outbox's storage budget.
@@ -391,7 +451,7 @@ impl RawConfig {
                 .nearby_lookahead
                 .unwrap_or(crate::decide::DEFAULT_NEARBY_LOOKAHEAD),
             gate,
-            position_interval: Duration::from_secs(self.trail.position_interval_s.unwrap_or(60)),
+            trail: self.trail.validate()?,
         })
     }
 }
@@ -463,4 +523,31 @@ mod tests {
         let err = RawConfig::parse(&baud).and_then(RawConfig::validate).expect_err("bad baud");
         assert!(err.to_string().contains("[gps] baud"), "{err}");
     }
+
+    #[test]
+    fn the_trail_section_sets_the_batches_and_refuses_what_cannot_be_one_signed_batch() {
+        let config =
+            RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
+        assert_eq!(config.trail, TrailConfig::default(), "the documented trail is the built-in one");
+        let text = DEFAULT_CONFIG
+            .replace("position_interval_s = 30", "position_interval_s = 10")
+            .replace("batch_samples = 20", "batch_samples = 64")
+            .replace("batch_max_age_s = 600", "batch_max_age_s = 300");
+        let config = RawConfig::parse(&text).and_then(RawConfig::validate).expect("valid");
+        assert_eq!(
+            config.trail,
+            TrailConfig { interval_ms: 10_000, batch_samples: 64, batch_max_age_ms: 300_000 }
+        );
+        for (from, to, key) in [
+            ("batch_samples = 20", "batch_samples = 0", "[trail] batch_samples"),
+            ("batch_samples = 20", "batch_samples = 65", "[trail] batch_samples"),
+            ("batch_max_age_s = 600", "batch_max_age_s = 0", "[trail] batch_max_age_s"),
+            ("position_interval_s = 30", "position_interval_s = 100000", "[trail] position_interval_s"),
+        ] {
+            let bad = DEFAULT_CONFIG.replace(from, to);
+            let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err(to);
+            assert!(err.to_string().starts_with(key), "{to}: {err}");
+        }
+    }
+
 }

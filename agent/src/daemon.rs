@@ -221,13 +221,21 @@ impl Brain {
         Some(fix.utc_ms.saturating_add(i64::try_from(since).unwrap_or(i64::MAX)))
     }
 
-    /// Stores decided events. Every event but a position sample commits the route
-    /// progress with it, in one transaction: the progress that makes a second scan of a
-    /// parcel a duplicate is never behind the confirmation it follows from.
+    /// Stores decided events, in order. Every confirmation commits the route progress
+    /// with it, in one transaction: the progress that makes a second scan of a parcel a
+    /// duplicate is never behind the confirmation it follows from. A trail batch commits
+    /// none: it goes just before the confirmation whose decision already moved the
+    /// progress, and must not carry that progress to disk ahead of it.
+    ///
+    /// A trail batch that cannot be stored is logged and counted, and the events after it
+    /// are still tried: the confirmation behind it may fit where the batch did not (on a
+    /// full disk a confirmation evicts trail rows to make room, a batch does not). The
+    /// error returned is a confirmation's.
     async fn store(&mut self, decided: Vec<Decided>) -> Result<(), StoreError> {
         for d in decided {
             let kind = d.event.kind();
-            let progress = (kind != "position").then(|| self.decider.progress());
+            let confirmation = d.event.is_confirmation();
+            let progress = confirmation.then(|| self.decider.progress());
             let state = match &progress {
                 Some(p) => Some((PROGRESS_STATE, serde_json::to_vec(p).map_err(StoreError::Progress)?)),
                 None => None,
@@ -243,7 +251,9 @@ impl Brain {
                 Err(e) => {
                     self.store_failures += 1;
                     tracing::error!(kind, error = %e, "EVENT NOT STORED");
-                    return Err(StoreError::Outbox(e));
+                    if confirmation {
+                        return Err(StoreError::Outbox(e));
+                    }
                 }
             }
         }
@@ -286,10 +296,10 @@ impl Brain {
                 (reply, decided, photo_path)
             }
         };
-        let Some(decided) = decided else {
+        if decided.is_empty() {
             return reply;
-        };
-        if let (Some(path), Some(photo)) = (photo_path, photo_of(&decided)) {
+        }
+        if let (Some(path), Some(photo)) = (photo_path, decided.iter().find_map(photo_of)) {
             // The photo is stored before the confirmation that names it, so the hub can
             // always fetch what a confirmation promises.
             let stored = match tokio::fs::read(&path).await {
@@ -298,6 +308,9 @@ impl Brain {
             };
             if let Err(e) = stored {
                 counters.count("photo_not_stored");
+                // The trail batch that went with it is still the van's trail.
+                let trail = decided.into_iter().filter(|d| !d.event.is_confirmation()).collect();
+                let _ = self.store(trail).await;
                 return Reply::refused(
                     "photo_unusable",
                     format!(
@@ -308,7 +321,7 @@ impl Brain {
             }
         }
         crate::failpoint::hit("scan_decided");
-        match self.store(vec![decided]).await {
+        match self.store(decided).await {
             Ok(()) => {
                 crate::failpoint::hit("scan_stored");
                 reply
@@ -317,6 +330,14 @@ impl Brain {
                 "not_stored",
                 format!("The agent could not store this ({e}). Keep the parcel and call dispatch"),
             ),
+        }
+    }
+
+    /// On a graceful stop: stores the trail batch being accumulated, so a stop loses no
+    /// trail (only a crash or power cut loses the batch in memory).
+    pub async fn on_stop(&mut self) {
+        if let Some(batch) = self.decider.flush_trail() {
+            let _ = self.store(vec![batch]).await;
         }
     }
 
@@ -401,6 +422,7 @@ pub async fn run_brain(
             }
         }
     }
+    brain.on_stop().await;
     let state = brain.state(&driver_counters);
     let _ = tokio::task::spawn_blocking(move || write_json_atomically(&state_path, &state)).await;
 }
@@ -477,7 +499,7 @@ pub async fn start(
 
     let mut decider = Decider::new(config.geofence.clone())
         .with_nearby_lookahead(config.nearby_lookahead)
-        .with_position_interval_ms(i64::try_from(config.position_interval.as_millis()).unwrap_or(i64::MAX));
+        .with_trail(config.trail);
     if let Some(path) = &config.route_file {
         let bytes = std::fs::read(path)
             .map_err(|e| DaemonError::Route { path: path.clone(), message: e.to_string() })?;
@@ -699,5 +721,72 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("\"events_stored\": 0"), "{text}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "no temporary file is left");
+    }
+
+    /// A dated, valid fix `t_s` seconds into a slow drive.
+    fn fix_at(t_s: i64) -> Fix {
+        Fix {
+            tod_ms: 43_200_000,
+            utc_ms: Some(1_717_243_200_000 + t_s * 1000),
+            mode: Some(crate::fix::FixMode::ThreeD),
+            lat: Some(48.1 + t_s as f64 * 0.000_01),
+            lon: Some(11.5),
+            speed_mps: Some(1.1),
+            hdop: Some(1.0),
+            sats: Some(9),
+            rmc_valid: Some(true),
+            gga_quality: Some(1),
+            faa_mode: Some('A'),
+            ..Fix::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_stores_the_trail_batch_being_filled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = doorstep_proto::DeviceId::new("van-stop").expect("id");
+        let key = Arc::new(SigningKey::from_seed(&[9; 32]).expect("seed"));
+        let outbox = Outbox::open(&dir.path().join("outbox.db"), OutboxConfig::new(device.clone()))
+            .expect("open")
+            .spawn(Arc::clone(&key))
+            .expect("spawn");
+        // The defaults: a sample every 30 s, 20 to a batch; 100 s of fixes fill none.
+        let decider = Decider::new(crate::geofence::GeofenceConfig::default());
+        let (live, _live) = watch::channel(None);
+        let brain = Brain::new(Gate::new(crate::gate::GateConfig::default()), decider, outbox.clone(), live);
+        let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
+        let (_route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
+        let (_job_tx, job_rx) = mpsc::channel(REQUEST_QUEUE);
+        let cancel = CancellationToken::new();
+        let brain = tokio::spawn(run_brain(
+            brain,
+            fix_rx,
+            route_rx,
+            job_rx,
+            DriverCounters::default(),
+            dir.path().join(BRAIN_STATE_FILE),
+            cancel.clone(),
+        ));
+        for t in 0..100 {
+            fix_tx.send(fix_at(t)).await.expect("brain runs");
+        }
+        // The brain took the last fix, and finishes a fix before it looks at the token.
+        while fix_tx.capacity() < FIX_QUEUE {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(outbox.stats().await.expect("stats").depth(), 0, "no batch is full yet");
+        cancel.cancel();
+        brain.await.expect("brain stops");
+
+        let trusted = doorstep_proto::TrustedKey { device, key: key.public_key() };
+        let rows = outbox.pending(0, 10).await.expect("pending");
+        let events: Vec<doorstep_proto::Event> = rows
+            .iter()
+            .map(|(_, wire)| doorstep_proto::Envelope::open(wire, &trusted).expect("verifies").event)
+            .collect();
+        let [doorstep_proto::Event::Trail(trail)] = events.as_slice() else { panic!("{events:?}") };
+        let times: Vec<i64> =
+            trail.samples().expect("samples").iter().map(|s| (s.utc_ms - 1_717_243_200_000) / 1000).collect();
+        assert_eq!(times, [0, 30, 60, 90], "the samples a stop would have lost");
     }
 }

@@ -5,9 +5,10 @@
 //! everything, so a test can assert "every confirmation exactly once, in order".
 //!
 //! Gap notices are applied as proto says a hub must: the seqs they name count as held
-//! for the contiguous ack (position samples the van evicted from a full outbox), also
-//! when a sample at the notice's own seq arrived before it; applying one twice changes
-//! nothing. A notice over a seq that held a confirmation is recorded as a conflict.
+//! for the contiguous ack (position samples or trail batches the van evicted from a full
+//! outbox), also when a sample at the notice's own seq arrived before it; applying one
+//! twice changes nothing. A notice over a seq that held a confirmation is recorded as a
+//! conflict.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -115,13 +116,15 @@ impl Received {
             return;
         }
         let evicted = self.in_gap(&device, envelope.seq);
+        // Position samples and trail batches are what a full outbox may evict.
+        let evictable = !envelope.event.is_confirmation();
         match self.events.get(&key) {
             Some(held) if held.event_id == envelope.event_id => self.duplicates += 1,
             // A sample published before its eviction, arriving after the notice for it.
-            Some(_) if evicted && matches!(envelope.event, DeviceEvent::Position(_)) => self.duplicates += 1,
+            Some(_) if evicted && evictable => self.duplicates += 1,
             Some(_) => self.conflicts.push(key),
             None => {
-                if evicted && !matches!(envelope.event, DeviceEvent::Position(_)) {
+                if evicted && !evictable {
                     self.conflicts.push(key.clone());
                 }
                 self.events.insert(key, envelope);
@@ -536,6 +539,23 @@ mod tests {
         r.insert(envelope(3, crate::position(3)));
         assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
         assert_eq!(r.gap_notices(&van()), vec![Gap { first_seq: 1, last_seq: 4 }]);
+    }
+
+    #[test]
+    fn a_trail_batch_published_before_its_eviction_counts_like_a_sample() {
+        let trail = |n: i64| {
+            let first = doorstep_proto::FixEvidence::new(1_767_225_600_000 + n * 60_000, 47.37, 8.54);
+            DeviceEvent::Trail(doorstep_proto::Trail::from_samples(&[first]).expect("trail"))
+        };
+        let mut r = Received::default();
+        r.insert(envelope(1, trail(1)));
+        r.insert(envelope(4, crate::confirmation(1)));
+        r.insert(gap(1, 3));
+        // The batch at seq 2 went out before the outbox evicted it, and arrives late.
+        r.insert(envelope(2, trail(2)));
+        assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+        assert_eq!(r.contiguous(&van()), 4);
+        r.assert_every_confirmation_once_in_order(&van(), 1);
     }
 
     #[test]
