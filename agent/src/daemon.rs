@@ -576,6 +576,7 @@ pub fn start_uplink(
         positions: Some(running.live.clone()),
         routes: Some(route_tx),
         kept_route_issued_ms: running.kept_route_issued_ms,
+        live: config.live,
         ..UplinkWiring::default()
     };
     let link = spawn_uplink(settings, running.outbox.clone(), &config.outbox_path(), wiring, cancel.clone());
@@ -627,6 +628,8 @@ pub struct UplinkWiring {
     pub routes: Option<watch::Sender<Option<RouteAssignment>>>,
     /// Issue time of the route kept from before a restart, so an older one is not taken.
     pub kept_route_issued_ms: Option<i64>,
+    /// When the live position is sent while nobody watches (`[live]`).
+    pub live: crate::live::LiveConfig,
 }
 
 /// Starts the uplink over `outbox` (database at `db`) the way every agent runs it: the
@@ -648,7 +651,7 @@ pub fn spawn_uplink(
     if let Some(tx) = wiring.routes {
         uplink = uplink.with_routes(tx);
     }
-    let uplink = uplink.with_kept_route(wiring.kept_route_issued_ms);
+    let uplink = uplink.with_kept_route(wiring.kept_route_issued_ms).with_live(wiring.live);
     tokio::spawn(uplink.run(cancel))
 }
 

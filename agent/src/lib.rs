@@ -3,8 +3,8 @@
 //! The agent reads the van's GPS and the driver's scans, decides on the device when the
 //! van is near a stop and when a parcel was handed over at the right address, signs that
 //! decision and gets it to the hub. Decisions ([`fix`] assembly, the quality gate, the
-//! geofence tracker) and the uplink's send [`window`] are pure state machines; the async
-//! shell around them is thin.
+//! geofence tracker), the uplink's send [`window`] and the [`live`] position's pace are
+//! pure state machines; the async shell around them is thin.
 
 pub mod config;
 pub mod daemon;
@@ -16,6 +16,7 @@ pub mod gate;
 pub mod geofence;
 pub mod gps;
 pub mod lines;
+pub mod live;
 pub mod nmea;
 pub mod outbox;
 pub mod replay;

@@ -57,6 +57,16 @@ pub struct FixRecord {
     pub seen_ms: i64,
 }
 
+/// A watch running: someone (a customer whose stop is next, an operator) looks at the
+/// van, so its live position goes out every few seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// The live position is sent every this many seconds.
+    pub every_s: u16,
+    /// When the watch ends (the last of them, if several), wall-clock ms.
+    pub until_ms: i64,
+}
+
 /// The uplink's side of `status`, as written to the link record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkRecord {
@@ -80,6 +90,15 @@ pub struct LinkRecord {
     pub last_fix: Option<FixRecord>,
     /// Hub messages refused (bad signature, wrong device, malformed), since start.
     pub rejected_hub_messages: u64,
+    /// Live positions sent since start.
+    #[serde(default)]
+    pub live_positions_sent: u64,
+    /// When the last live position was sent, wall-clock ms.
+    #[serde(default)]
+    pub last_live_ms: Option<i64>,
+    /// The hub's watch running now, if any.
+    #[serde(default)]
+    pub watch: Option<WatchRecord>,
     /// When this record was written, wall-clock ms.
     pub updated_ms: i64,
 }
@@ -252,6 +271,20 @@ impl Status {
                     }
                     None => out.push_str("last fix:        none\n"),
                 }
+                let sent = format!("{} sent, last {}", l.live_positions_sent, ago(l.last_live_ms));
+                match l.watch.filter(|w| w.until_ms > self.now_ms && !stale) {
+                    Some(w) => {
+                        let left = human_age((w.until_ms - self.now_ms + 999) / 1000);
+                        let _ = writeln!(
+                            out,
+                            "live position:   WATCHED: every {} s for {left} more ({sent})",
+                            w.every_s
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "live position:   adaptive, nobody watching ({sent})");
+                    }
+                }
             }
         }
         let o = &self.outbox;
@@ -353,6 +386,35 @@ mod tests {
         let db = dir.path().join("missing.db");
         let err = read_status(&db, &link_record_path(&db)).expect_err("no db");
         assert!(err.to_string().contains("no outbox database"), "{err}");
+    }
+
+    #[test]
+    fn status_says_whether_someone_watches_the_van_and_until_when() {
+        let now = 1_767_225_600_000;
+        let link = |watch| LinkRecord {
+            link: LinkState::Up,
+            updated_ms: now,
+            live_positions_sent: 42,
+            last_live_ms: Some(now - 3_000),
+            watch,
+            ..LinkRecord::default()
+        };
+        let watched = link(Some(WatchRecord { every_s: 5, until_ms: now + 90_000 }));
+        let text = Status::new(now, Some(watched), OutboxStats::default()).render();
+        assert!(
+            text.contains("live position:   WATCHED: every 5 s for 90 s more (42 sent, last 3 s ago)"),
+            "{text}"
+        );
+        let ended = link(Some(WatchRecord { every_s: 5, until_ms: now - 1 }));
+        let text = Status::new(now, Some(ended), OutboxStats::default()).render();
+        assert!(text.contains("live position:   adaptive, nobody watching"), "{text}");
+        // A record written before watches existed still reads.
+        let old: LinkRecord = serde_json::from_str(
+            r#"{"pid":1,"link":"up","broker":"b:1","since_ms":0,"last_publish_ms":null,"last_hub_ack_seq":0,
+               "last_hub_ack_ms":null,"last_error":null,"last_fix":null,"rejected_hub_messages":0,"updated_ms":0}"#,
+        )
+        .expect("old record");
+        assert_eq!(old.watch, None);
     }
 
     #[test]

@@ -16,9 +16,16 @@
 //! and tests them against a model.
 //!
 //! Priorities: events first, in seq order; the live position (QoS 0, retained,
-//! newest-only) goes out the moment it changes, never queued behind the backlog because
-//! the uplink keeps rumqttc's request queue nearly empty; photo chunks only when no
-//! event is waiting, at most [`PHOTO_WINDOW`](crate::window::PHOTO_WINDOW) at a time.
+//! newest-only) goes out the moment the [`LivePacer`] says a fix is worth sending (moved,
+//! turned, heartbeat, or every few seconds while the hub's signed watch says someone
+//! looks), never queued behind the backlog because the uplink keeps rumqttc's request
+//! queue nearly empty; photo chunks only when no event is waiting, at most
+//! [`PHOTO_WINDOW`](crate::window::PHOTO_WINDOW) at a time.
+//!
+//! A watch is kept by the pacer on the uplink's own monotonic clock, so it ends on time
+//! whether or not the link is up: a watch that ends while the van is out of coverage never
+//! makes it send fast when it comes back, and one delivered late (queued at the broker
+//! through a dead zone) is measured against its issue time by the van's GNSS clock.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,8 +49,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::{LiveConfig, LivePacer, WatchOutcome};
 use crate::outbox::{OutboxError, OutboxHandle};
-use crate::status::{FixRecord, LinkRecord, LinkState};
+use crate::status::{FixRecord, LinkRecord, LinkState, WatchRecord};
 use crate::util::wall_ms;
 use crate::window::{Next, Window, WindowConfig};
 
@@ -304,6 +312,16 @@ pub enum UplinkNotice {
         /// The photo's SHA-256.
         sha256: HexBytes<32>,
     },
+    /// A verified watch arrived: the live position goes out every `every_s` seconds, or,
+    /// when `started` is false, the watch had ended before it arrived and is ignored.
+    Watch {
+        /// The pace it asks for, seconds.
+        every_s: u16,
+        /// Whether it runs (false: it arrived after it ended).
+        started: bool,
+    },
+    /// The last running watch ended (by time, link up or down): back to the adaptive pace.
+    WatchEnded,
     /// A hub message was refused.
     Refused {
         /// Why.
@@ -405,6 +423,7 @@ pub struct Uplink {
     /// Issue time of the route the van already drives (kept from before a restart).
     kept_route_issued_ms: Option<i64>,
     agent_version: String,
+    live: LiveConfig,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -425,6 +444,7 @@ impl Uplink {
             routes: None,
             kept_route_issued_ms: None,
             agent_version: AGENT_VERSION.to_owned(),
+            live: LiveConfig::default(),
         }
     }
 
@@ -440,7 +460,8 @@ impl Uplink {
         self
     }
 
-    /// Publishes the newest value of `rx` on the `pos` topic whenever it changes.
+    /// Publishes the newest value of `rx` on the `pos` topic when the live position's pace
+    /// (`with_live`) says it is worth sending.
     pub fn with_positions(mut self, rx: watch::Receiver<Option<LivePosition>>) -> Self {
         self.positions = Some(rx);
         self
@@ -456,6 +477,12 @@ impl Uplink {
     /// no newer than it (a broker restored from an old backup) is ignored.
     pub fn with_kept_route(mut self, issued_ms: Option<i64>) -> Self {
         self.kept_route_issued_ms = issued_ms;
+        self
+    }
+
+    /// Sets when the live position is sent while nobody watches (`[live]`).
+    pub fn with_live(mut self, live: LiveConfig) -> Self {
+        self.live = live;
         self
     }
 
@@ -530,6 +557,9 @@ impl Uplink {
             record_dirty: true,
             route_issued_ms: self.kept_route_issued_ms,
             latest: None,
+            latest_at_ms: 0,
+            pacer: LivePacer::new(self.live),
+            started: Instant::now(),
             up: self,
         };
         let mut link_rx = link_rx;
@@ -571,6 +601,12 @@ struct Run {
     record_dirty: bool,
     route_issued_ms: Option<i64>,
     latest: Option<LivePosition>,
+    /// When `latest` reached the uplink, on [`Run::mono_ms`]'s clock.
+    latest_at_ms: u64,
+    /// Which fixes become the live position, and the hub's watches.
+    pacer: LivePacer,
+    /// The origin of the pacer's monotonic clock.
+    started: Instant,
 }
 
 /// Waits for the live position to change; `None` once its sender is gone (and forever
@@ -628,7 +664,7 @@ impl Run {
                 changed = position_changed(&mut positions) => match changed {
                     Some(latest) => {
                         self.latest = latest;
-                        self.publish_position();
+                        self.on_position();
                     }
                     None => positions = None,
                 },
@@ -661,7 +697,8 @@ impl Run {
                 {
                     self.window.on_control_published();
                 }
-                self.publish_position();
+                // The hub's retained position may be from before the outage.
+                self.publish_position("reconnected");
                 self.set_link(LinkState::Up, None);
                 self.notice(UplinkNotice::Connected { session_present });
             }
@@ -778,9 +815,7 @@ impl Run {
                     tx.send_replace(Some(route));
                 }
             }
-            HubMessage::Watch(watch) => {
-                tracing::info!(device = %self.device, for_s = watch.for_s, every_s = watch.every_s, "watch received; the live position pace does not follow watches yet");
-            }
+            HubMessage::Watch(watch) => self.on_watch(&watch),
         }
         Ok(())
     }
@@ -838,8 +873,24 @@ impl Run {
         Ok(())
     }
 
-    fn publish_position(&mut self) {
+    /// Milliseconds since the uplink started: the live position's clock (tokio's, so
+    /// paused test time reaches it).
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The van's GNSS time now: the newest fix's time plus the time since it arrived.
+    fn gnss_now_ms(&self, now_ms: u64) -> Option<i64> {
+        let live = self.latest?;
+        let since = i64::try_from(now_ms.saturating_sub(self.latest_at_ms)).unwrap_or(i64::MAX);
+        Some(live.fix.utc_ms.saturating_add(since))
+    }
+
+    /// A new fix: kept for `status`, and sent if the pacer says so.
+    fn on_position(&mut self) {
         let Some(live) = self.latest else { return };
+        let now = self.mono_ms();
+        self.latest_at_ms = now;
         self.record.last_fix = Some(FixRecord {
             utc_ms: live.fix.utc_ms,
             lat: live.fix.lat(),
@@ -847,6 +898,56 @@ impl Run {
             seen_ms: wall_ms(),
         });
         self.record_dirty = true;
+        self.expire_watches(now);
+        if let Some(reason) = self.pacer.on_fix(&live.fix, now) {
+            self.publish_position(reason.as_str());
+        }
+    }
+
+    /// A verified watch for this device: someone looks at the van.
+    fn on_watch(&mut self, watch: &doorstep_proto::Watch) {
+        let now = self.mono_ms();
+        match self.pacer.on_watch(watch, now, self.gnss_now_ms(now)) {
+            WatchOutcome::Started { until_ms } => {
+                tracing::info!(device = %self.device, for_s = watch.for_s, every_s = watch.every_s, left_s = until_ms.saturating_sub(now) / 1000, "watch received: sending the live position often");
+                self.record_watch(now);
+                self.notice(UplinkNotice::Watch { every_s: watch.every_s, started: true });
+                if self.pacer.due(now).is_some() {
+                    self.publish_position("watch_started");
+                }
+            }
+            WatchOutcome::AlreadyOver { ended_ms_ago } => {
+                tracing::info!(device = %self.device, for_s = watch.for_s, issued_ms = watch.issued_ms, ended_s_ago = ended_ms_ago / 1000, "watch arrived after it ended; ignored");
+                self.notice(UplinkNotice::Watch { every_s: watch.every_s, started: false });
+            }
+        }
+    }
+
+    /// Forgets the watches that ended by `now`, link up or down.
+    fn expire_watches(&mut self, now: u64) {
+        if self.pacer.expire(now) {
+            if self.pacer.watched(now).is_none() {
+                tracing::info!(device = %self.device, "watch ended: the live position is back at its adaptive pace");
+                self.notice(UplinkNotice::WatchEnded);
+            }
+            self.record_watch(now);
+        }
+    }
+
+    /// Puts the running watch, if any, in the link record for `status`.
+    fn record_watch(&mut self, now: u64) {
+        self.record.watch = self.pacer.watched(now).map(|w| WatchRecord {
+            every_s: w.every_s,
+            until_ms: wall_ms()
+                .saturating_add(i64::try_from(w.until_ms.saturating_sub(now)).unwrap_or(i64::MAX)),
+        });
+        self.record_dirty = true;
+    }
+
+    /// Sends the newest fix as the live position, when the link is up; `reason` says why
+    /// (the pacer's reason, a reconnect, a watch starting).
+    fn publish_position(&mut self, reason: &'static str) {
+        let Some(live) = self.latest else { return };
         if !self.window.is_connected() {
             return;
         }
@@ -867,13 +968,21 @@ impl Run {
         match envelope.seal(self.up.outbox.key()) {
             Ok(wire) => {
                 // Newest-only: if the queue is full this one is skipped; the next replaces it.
-                let _ = self.client.try_publish(self.topics.pos.clone(), QoS::AtMostOnce, true, wire);
+                if self.client.try_publish(self.topics.pos.clone(), QoS::AtMostOnce, true, wire).is_ok() {
+                    let now = self.mono_ms();
+                    self.pacer.on_sent(&live.fix, now);
+                    self.record.live_positions_sent += 1;
+                    self.record.last_live_ms = Some(wall_ms());
+                    self.record_dirty = true;
+                    tracing::debug!(device = %self.device, reason, "live position sent");
+                }
             }
             Err(e) => tracing::error!(device = %self.device, error = %e, "cannot seal the live position"),
         }
     }
 
     async fn on_tick(&mut self) {
+        self.expire_watches(self.mono_ms());
         let resend = self.window.on_tick(now());
         if let Some(stall) = resend.events {
             tracing::warn!(
