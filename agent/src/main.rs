@@ -69,7 +69,7 @@ enum Command {
     ///    "dwell_s":95,"tracking_numbers":["1Z999AA10123456784"],...}
     ///
     /// kinds: nearby, delivered_at_address, delivered_away_from_address, exception,
-    /// scan_not_on_route (and position with --positions). The reply each scan got, as the
+    /// scan_not_on_route (and trail with --positions). The reply each scan got, as the
     /// driver would have seen it, and a summary go to standard error.
     ///
     /// Route file: {"route_id":"r1","stops":[{"stop_id":"s1","lat":47.1,"lon":8.5,
@@ -99,7 +99,7 @@ struct ReplayArgs {
     /// The driver's scans (JSON lines); photo paths are relative to this file.
     #[arg(long)]
     scans: Option<PathBuf>,
-    /// Also print the position samples the van would keep for the hub's trail.
+    /// Also print the trail: the batches of position samples the van would send the hub.
     #[arg(long)]
     positions: bool,
 }

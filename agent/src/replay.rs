@@ -198,7 +198,8 @@ pub struct ReplayConfig {
     pub gate: GateConfig,
     /// Geofence parameters.
     pub geofence: GeofenceConfig,
-    /// Keep position samples in the output (off by default: they are the trail, not decisions).
+    /// Keep the trail in the output, as the signed batches the van would send (off by
+    /// default: the trail is not a decision).
     pub positions: bool,
     /// Stops past the furthest reached for which "nearby" may be said (see
     /// [`crate::decide::DEFAULT_NEARBY_LOOKAHEAD`]).
@@ -240,6 +241,8 @@ pub fn replay_fixes(
     for scan in pending {
         apply_scan(&mut decider, scan, &mut out);
     }
+    // The batch being filled when the log ends, as a graceful stop would store it.
+    out.events.extend(decider.flush_trail());
     out.counters = decider.counters().clone();
     out
 }

@@ -457,7 +457,10 @@ fn reconcile_event(
     now: i64,
 ) -> Result<Effects, ApplyError> {
     let mut effects = Effects::default();
-    if matches!(envelope.event, Event::Position(_) | Event::ScanNotOnRoute(_) | Event::Gap(_)) {
+    if matches!(
+        envelope.event,
+        Event::Position(_) | Event::Trail(_) | Event::ScanNotOnRoute(_) | Event::Gap(_)
+    ) {
         return Ok(effects);
     }
     let mut seen: BTreeSet<TrackingNumber> = BTreeSet::new();

@@ -227,7 +227,7 @@ impl StoreTx<'_> {
             .tx
             .prepare_cached(
                 "SELECT count(*) FROM events WHERE device = ?1 AND seq BETWEEN ?2 AND ?3
-                 AND kind NOT IN ('position', 'gap')",
+                 AND kind NOT IN ('position', 'trail', 'gap')",
             )?
             .query_row(params![gap.device.as_str(), first, last], |r| r.get(0))?;
         Ok(GapApplied {
