@@ -8,12 +8,14 @@
 //! | POST | `/v1/shipments/{tracking}/dispatched` | the order system says it left → milestone "dispatched" |
 //! | POST | `/v1/shipments/{tracking}/links/revoke` | withdraw every tracking link sent so far |
 //! | POST | `/v1/routes` | store a device's route, raise "dispatched" for its parcels, publish it signed and retained (and again whenever the broker may have lost it: see `ingest`) |
+//! | POST | `/v1/devices/{device}/watch` | an operator looks at a van: a signed watch (QoS 1, not retained) asks it for its live position every few seconds for a while |
 //! | GET  | `/v1/openapi.json` | the private API as OpenAPI 3.1 (see `openapi`) |
 //! | POST | `/webhooks/{aftership,easypost,shipengine,shopify,woocommerce}` | carriers' tracking updates and order systems' fulfillments, signature checked on the raw body (see `inbound`) |
 //! | GET  | `/v1/support/leak` | per milestone and channel: customers messaged, and those who still contacted support |
 //! | POST | `/webhooks/{zendesk,freshdesk}` | helpdesks' new tickets naming a parcel: support contacts (see `inbound::helpdesks`) |
 //! | GET  | `/metrics` | Prometheus text |
 //! | GET  | `/healthz` | 200 when the broker session is up and the database answers |
+//! | GET  | `/t/{token}` | the tracking page (see `notify::page`); a view while the van heads to that stop next asks the van for its live position by a signed watch |
 //!
 //! Handlers hold no SQL: their writes run on ingest's writer thread ([`Writer::call`]) in
 //! one transaction each, so a webhook's dedupe, storage, reconciliation and enqueued
@@ -36,7 +38,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use doorstep_proto::{DeviceId, FleetId, RouteManifest, SigningKey, TrackingNumber};
+use doorstep_proto::{DeviceId, FleetId, RouteManifest, SigningKey, TrackingNumber, Watch};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -77,7 +79,9 @@ pub struct AppState {
 
 /// The public surface, the one the internet reaches: carrier webhooks, the tracking page
 /// and provider callbacks (`page`, `callbacks`: `notify` brings their routes and state),
-/// and `/healthz`, each with its per-client rate limit. Nothing of the private API is
+/// and `/healthz`, each with its per-client rate limit. The page is given the writer's
+/// lane for watches ([`crate::notify::page::PageWatches`]), so a customer whose stop is
+/// next gets a van sending its live position often. Nothing of the private API is
 /// routed here, so `/v1/...` and `/metrics` are a plain 404: not advertised.
 pub fn public_router(state: AppState, page: Router, callbacks: Router, limits: &RateLimits) -> Router {
     let webhook_limit = state.max_body_bytes.min(carrier::MAX_WEBHOOK_BODY_BYTES);
@@ -89,6 +93,7 @@ pub fn public_router(state: AppState, page: Router, callbacks: Router, limits: &
     let trust = limits.trust_forwarded_for;
     let (page_period, page_burst) = (limits.page_period, limits.page_burst);
     let (hook_period, hook_burst) = (limits.webhooks_period, limits.webhooks_burst);
+    let page = page.layer(axum::Extension(crate::notify::page::PageWatches::new(state.writer.clone())));
     Router::new()
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -114,7 +119,10 @@ pub fn api_router(state: AppState) -> Router {
     let reads = Router::new()
         .route("/v1/shipments/{tracking}", get(show_shipment))
         .route_layer(need(Scope::ShipmentsRead));
-    let routes = Router::new().route("/v1/routes", post(create_route)).route_layer(need(Scope::RoutesWrite));
+    let routes = Router::new()
+        .route("/v1/routes", post(create_route))
+        .route("/v1/devices/{device}/watch", post(watch_device))
+        .route_layer(need(Scope::RoutesWrite));
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/support/leak", get(support_leak))
@@ -841,6 +849,125 @@ async fn create_route(State(state): State<AppState>, body: Bytes) -> Result<Resp
     let published = RoutePublished { issued_ms, shipments_dispatched: dispatched };
     let mut response = (StatusCode::CREATED, axum::Json(published)).into_response();
     response.extensions_mut().insert(AuditSubject(format!("route {fleet}/{device}/{route_id}")));
+    Ok(response)
+}
+
+// ---- devices ------------------------------------------------------------------------------
+
+/// Longest watch an operator may ask for, seconds (the wire's limit).
+pub const MAX_WATCH_S: u16 = doorstep_proto::hub::MAX_WATCH_S;
+/// Default watch an operator asks for, seconds.
+pub const DEFAULT_WATCH_S: u16 = 300;
+/// Default pace of an operator's watch, seconds between live positions.
+pub const DEFAULT_WATCH_EVERY_S: u16 = 5;
+/// Fastest pace an operator may ask for, seconds: each live position costs the van about
+/// 258 bytes, so every 2 s is about 7.7 kB a minute.
+pub const MIN_WATCH_EVERY_S: u16 = 2;
+/// Slowest pace an operator may ask for, seconds (slower is the van's own pace).
+pub const MAX_WATCH_EVERY_S: u16 = 60;
+
+/// How long to watch a van, and how often it should send meanwhile; the body may be left
+/// out altogether.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"for_s": 300, "every_s": 5}))]
+struct WatchBody {
+    /// How long, seconds: 1 to 900 (300 when left out). Ask again to watch longer.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 900, default = 300)]
+    for_s: Option<u16>,
+    /// Seconds between the van's live positions meanwhile: 2 to 60 (5 when left out).
+    #[serde(default)]
+    #[schema(minimum = 2, maximum = 60, default = 5)]
+    every_s: Option<u16>,
+}
+
+/// The watch was signed and queued for the van.
+#[derive(Debug, Serialize, ToSchema)]
+struct WatchQueued {
+    #[schema(value_type = doc::DeviceId)]
+    device: DeviceId,
+    /// When the hub issued it, ms since the Unix epoch.
+    issued_ms: i64,
+    /// How long it lasts, seconds.
+    for_s: u16,
+    /// Seconds between live positions meanwhile.
+    every_s: u16,
+    /// When it ends, ms since the Unix epoch (the van ends it by its own clock too, also
+    /// when it gets it late).
+    until_ms: i64,
+}
+
+/// Watch a van
+///
+/// An operator is looking at the van: the hub signs a watch and sends it to the van
+/// (QoS 1, not retained), which then sends its live position every `every_s` seconds for
+/// `for_s`, and falls back to its own pace by itself. A van out of coverage gets the
+/// watch when it is back, if it is not over by then. The position arrives on the van's
+/// `pos` topic as always; each costs the van about 258 bytes. The device must be
+/// registered (`doorstep-hub device add`) and not revoked; its fleet is the registered one.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{device}/watch",
+    operation_id = "watchDevice",
+    tag = "devices",
+    params(("device" = doc::DeviceId, Path, description = "The van's device id.")),
+    request_body(content = Option<WatchBody>, description = "Optional: how long, and how often."),
+    responses(
+        (status = 202, description = "Signed and queued for the van.", body = WatchQueued),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8.", body = ErrorBody),
+        (status = 404, description = "No device has this id, or it is not one.", body = ErrorBody),
+        (status = 413, description = "The body is over `[http] max_body_bytes`.", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of this shape, a value is out of range, or the device is revoked (the message says which).", body = ErrorBody),
+    ),
+    security(("api_key" = [Scope::RoutesWrite.as_str()])),
+)]
+async fn watch_device(
+    State(state): State<AppState>,
+    Path(device): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let device = DeviceId::new(device).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let body = if body.is_empty() { None } else { parse_json::<Option<WatchBody>>(&body)? };
+    let body = body.unwrap_or_default();
+    let for_s = body.for_s.unwrap_or(DEFAULT_WATCH_S);
+    if !(1..=MAX_WATCH_S).contains(&for_s) {
+        return Err(ApiError::unprocessable(format!(
+            "for_s must be 1 to {MAX_WATCH_S} seconds; ask again to watch longer"
+        )));
+    }
+    let every_s = body.every_s.unwrap_or(DEFAULT_WATCH_EVERY_S);
+    if !(MIN_WATCH_EVERY_S..=MAX_WATCH_EVERY_S).contains(&every_s) {
+        return Err(ApiError::unprocessable(format!(
+            "every_s must be {MIN_WATCH_EVERY_S} to {MAX_WATCH_EVERY_S} seconds between live positions"
+        )));
+    }
+    let issued_ms = now_ms();
+    let watch = Watch { device: device.clone(), issued_ms, for_s, every_s };
+    let who = device.clone();
+    state
+        .writer
+        .call(move |ctx| -> Result<(), ApiError> {
+            let fleet = match ctx.store.device(&who)? {
+                Some(d) if d.status == crate::store::DeviceStatus::Active => d.fleet,
+                Some(_) => return Err(ApiError::unprocessable(format!("device {who} is revoked"))),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("device {who} is not registered; add it with `doorstep-hub device add`"),
+                    ));
+                }
+            };
+            ctx.publish_watch(&fleet, watch).map_err(|e| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the watch could not be queued: {e}"))
+            })
+        })
+        .await??;
+    tracing::info!(device = %device, for_s, every_s, "watch published: an operator is looking");
+    let until_ms = issued_ms + i64::from(for_s) * 1000;
+    let queued = WatchQueued { device: device.clone(), issued_ms, for_s, every_s, until_ms };
+    let mut response = (StatusCode::ACCEPTED, axum::Json(queued)).into_response();
+    response.extensions_mut().insert(AuditSubject(format!("watch {device}")));
     Ok(response)
 }
 

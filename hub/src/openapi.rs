@@ -61,6 +61,7 @@ wrong and what to do. Writes are audited (`doorstep-hub audit`).",
         crate::http::revoke_links,
         crate::http::ack_alert,
         crate::http::create_route,
+        crate::http::watch_device,
         crate::http::metrics,
         crate::http::support_leak,
         crate::http::healthz,
@@ -71,6 +72,7 @@ wrong and what to do. Writes are audited (`doorstep-hub audit`).",
     tags(
         (name = "shipments", description = "Parcels, their customers and their tracking links (scopes `orders:write`, `shipments:read`)."),
         (name = "routes", description = "Vans' routes, signed by the hub (scope `routes:write`)."),
+        (name = "devices", description = "Vans: an operator watching one gets its live position every few seconds for a while (scope `routes:write`)."),
         (name = "alerts", description = "Operations alerts: acknowledging one stops its escalation (scope `alerts:write`)."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
@@ -630,7 +632,7 @@ mod tests {
     async fn each_operation_names_the_scope_the_router_checks() {
         let api = TestApi::start().await;
         for ((method, path), operation) in operations(&document()) {
-            let path = path.replace("{tracking}", "1Z999AA10123456784");
+            let path = path.replace("{tracking}", "1Z999AA10123456784").replace("{device}", "van-1");
             let Some(security) = operation.get("security") else {
                 let (status, _) = api.call(&method, &path, None, "").await;
                 assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path} is documented without a key");

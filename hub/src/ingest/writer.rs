@@ -1,13 +1,13 @@
 //! The writer thread: it puts checked messages back in delivery order, commits them in
-//! batches on the one read-write connection, and hands acks, PUBACKs and routes to the
-//! outbound task; and the [`Writer`] handle through which HTTP handlers write.
+//! batches on the one read-write connection, and hands acks, PUBACKs, routes and watches
+//! to the outbound task; and the [`Writer`] handle through which HTTP handlers write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use doorstep_proto::{Ack, BlobAck, Channel, DeviceId, FleetId, HubMessage, KeyId, SigningKey, Topic};
+use doorstep_proto::{Ack, BlobAck, Channel, DeviceId, FleetId, HubMessage, KeyId, SigningKey, Topic, Watch};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -64,13 +64,13 @@ impl Reorder {
     }
 }
 
-/// What a [`Writer::call`] closure gets: the store, the domain, and the route lane.
+/// What a [`Writer::call`] closure gets: the store, the domain, and the lane to devices.
 pub struct WriterCtx<'a> {
     /// The read-write store.
     pub store: &'a mut Store,
     /// Reconciler, channel map, metrics.
     pub domain: &'a Domain,
-    routes: RouteLane<'a>,
+    lane: DeviceLane<'a>,
 }
 
 impl WriterCtx<'_> {
@@ -83,20 +83,40 @@ impl WriterCtx<'_> {
         message: &HubMessage,
         reason: &'static str,
     ) -> Result<(), PublishError> {
-        self.routes.publish(fleet, message, reason)
+        self.lane.publish(fleet, message, reason)
+    }
+
+    /// Signs a watch (someone looks at the van: it sends its live position every
+    /// `every_s` for `for_s`) and queues it on the writer's outbound queue, after whatever
+    /// the writer queued before (a route posted just before it leaves first), on the
+    /// device's hub-message topic (`ack`): QoS 1 and not retained. A van offline meanwhile
+    /// gets it from its broker session when it is back, and judges by `issued_ms` whether
+    /// it is still on; a van that connects for the first time never finds an old one.
+    pub fn publish_watch(&self, fleet: &FleetId, watch: Watch) -> Result<(), PublishError> {
+        self.lane.send(fleet, &HubMessage::Watch(watch))
     }
 }
 
-/// Where route publishes go: sealed with the hub key onto the one outbound queue, so
-/// posted routes and repeats leave in the order the writer decided them.
+/// Where hub messages the HTTP side asks for go (routes, watches): sealed with the hub key
+/// onto the one outbound queue, so posted routes, repeats and watches leave in the order
+/// the writer decided them.
 #[derive(Clone, Copy)]
-struct RouteLane<'a> {
+struct DeviceLane<'a> {
     hub_key: &'a SigningKey,
     out: &'a mpsc::Sender<Outbound>,
     metrics: &'a Metrics,
 }
 
-impl RouteLane<'_> {
+impl DeviceLane<'_> {
+    /// A message that is not a route: on the device's `ack` topic, not retained.
+    fn send(&self, fleet: &FleetId, message: &HubMessage) -> Result<(), PublishError> {
+        let topic = Topic::new(fleet.clone(), message.device().clone(), Channel::Ack).to_string();
+        let payload = message.seal(self.hub_key).map_err(PublishError::Seal)?;
+        self.out
+            .blocking_send(Outbound::Publish { topic, payload, retain: false })
+            .map_err(|_| PublishError::Mqtt("the outbound task has stopped".to_owned()))
+    }
+
     fn publish(
         &self,
         fleet: &FleetId,
@@ -266,9 +286,9 @@ impl WriterThread {
             // Verifiers hand over handfuls, so the batch may pass batch_max by a few.
             self.commit_in_batches(batch);
             if let Some(f) = call {
-                let routes =
-                    RouteLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
-                let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain, routes };
+                let lane =
+                    DeviceLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
+                let mut ctx = WriterCtx { store: &mut self.store, domain: &self.domain, lane };
                 f(&mut ctx);
                 // An API or webhook write may have enqueued a message; a pass that finds
                 // nothing due costs one small query.
@@ -290,12 +310,12 @@ impl WriterThread {
                 while let Ok(item) = rx.try_recv() {
                     match item {
                         WriteItem::Call(f) => {
-                            let routes = RouteLane {
+                            let lane = DeviceLane {
                                 hub_key: &self.hub_key,
                                 out: &self.out,
                                 metrics: &self.domain.metrics,
                             };
-                            f(&mut WriterCtx { store: &mut self.store, domain: &self.domain, routes })
+                            f(&mut WriterCtx { store: &mut self.store, domain: &self.domain, lane })
                         }
                         WriteItem::Checked(items) => {
                             for (ordinal, item) in items {
@@ -325,7 +345,7 @@ impl WriterThread {
                 return;
             }
         };
-        let lane = RouteLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
+        let lane = DeviceLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
         for stored in routes {
             let message = route_message(&stored.device, stored.route, stored.issued_ms);
             match lane.publish(&stored.fleet, &message, reason) {

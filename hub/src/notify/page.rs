@@ -3,7 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET  | `/t/{token}` | the tracking page: milestone, timeline in the recipient's time zone, proof of delivery |
+//! | GET  | `/t/{token}` | the tracking page: milestone, timeline in the recipient's time zone, proof of delivery; while the van heads to this stop next, how far away it is (and the van is asked to send its position every few seconds) |
 //! | GET  | `/t/{token}/photo` | the delivery photo, when it arrived and matches the signed hash |
 //! | POST | `/callbacks/twilio/status` | Twilio message status (signed) → outcome log |
 //! | POST | `/callbacks/twilio/inbound` | Twilio inbound SMS (signed): STOP opts out, START opts back in |
@@ -16,31 +16,57 @@
 //! reason). A provider that is not configured is a plain 404.
 //!
 //! The page never shows the address, the stop's coordinates, the device or the
-//! carrier's free text: only milestone names, times, and the van's distance from the
-//! address at handover. A bad token is a plain 404, an expired or withdrawn one (the order
-//! system's `POST /v1/shipments/{tracking}/links/revoke`) a plain 410; neither says
-//! anything about the shipment.
+//! carrier's free text: only milestone names, times, the van's distance from the address
+//! at handover, and, only while the van is heading to this customer's stop next (see
+//! [`next_stop`]) and the parcel is not delivered, how far away the van is and how old
+//! that position is: never the van's position for another customer's stop, never where it
+//! is, never after delivery. Meanwhile the page reloads itself every few seconds, and a
+//! view asks the van, through a signed watch the writer publishes, to send its live
+//! position every [`PAGE_WATCH_EVERY_S`] seconds for [`PAGE_WATCH_FOR_S`], asking again at
+//! most once per van every half watch while views continue ([`PageWatches`]). A bad token
+//! is a plain 404, an expired or withdrawn one (the order system's
+//! `POST /v1/shipments/{tracking}/links/revoke`) a plain 410; neither says anything about
+//! the shipment.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
+use doorstep_proto::{DeviceId, FleetId, Stop, StopId, Watch};
 
 use super::config::NotifySettings;
 use super::outbox::NotifyDb;
 use super::token::TokenError;
 use super::{NotifyError, now_ms, quiet};
+use crate::ingest::Writer;
 use crate::metrics::Metrics;
 use crate::model::Milestone;
-use crate::store::{Shipment, Store, TimelineEntry};
+use crate::store::{LivePosition, Shipment, Store, TimelineEntry};
 
 /// Largest callback body accepted, bytes (SendGrid batches events; Twilio's are small).
 pub const MAX_CALLBACK_BODY: usize = 1024 * 1024;
 /// Most timeline entries shown.
 pub const MAX_TIMELINE: usize = 50;
+/// How long the watch a page view asks for lasts, seconds. Views ask again every half
+/// watch, so a customer who keeps the page open keeps the van sending, and one who
+/// leaves costs at most this much more of it.
+pub const PAGE_WATCH_FOR_S: u16 = 120;
+/// How often the van sends its live position while watched from the page, seconds: with
+/// the page reloading as often, the position a customer sees is about ten seconds old at
+/// most. About 3 kB of the van's data a minute.
+pub const PAGE_WATCH_EVERY_S: u16 = 5;
+/// How often the page reloads itself while it shows the van, seconds.
+pub const LIVE_REFRESH_S: u16 = 5;
+/// A live position older than this is not shown: the van is out of coverage, or has no
+/// fix, and a distance from then would mislead.
+pub const LIVE_MAX_AGE_MS: i64 = 15 * 60_000;
+/// Vans [`PageWatches`] remembers having asked; past it, those asked longer than a watch
+/// ago are forgotten.
+pub const MAX_PACED_VANS: usize = 10_000;
 
 /// What the page and callback handlers share.
 #[derive(Debug, Clone)]
@@ -267,11 +293,12 @@ fn local_time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
     quiet::zoned(ms, tz).strftime("%Y-%m-%d %H:%M %Z").to_string()
 }
 
-/// Renders the tracking page (pure).
+/// Renders the tracking page (pure). `van` is the van heading to this stop next.
 fn render_page(
     shipment: &Shipment,
     timeline: &[TimelineEntry],
     proof: Option<&Proof>,
+    van: Option<&VanView>,
     token: &str,
 ) -> String {
     let words = Words { de: shipment.locale.to_ascii_lowercase().starts_with("de") };
@@ -321,12 +348,18 @@ fn render_page(
             s
         }
     };
+    let (refresh, van_html) = match van {
+        Some(van) => {
+            (format!("<meta http-equiv=\"refresh\" content=\"{LIVE_REFRESH_S}\">"), van_html(van, &words))
+        }
+        None => (String::new(), String::new()),
+    };
     format!(
         "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}\
          <title>Doorstep {tn}</title>\
          <style>body{{font-family:sans-serif;max-width:36em;margin:1em auto;padding:0 1em}}time{{color:#555;margin-right:.5em}}</style>\
-         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>\
+         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>{van_html}\
          <h2>{history}</h2><ol reversed>{items}</ol>{proof_html}</main></body></html>",
         tn = escape(shipment.tracking_number.as_str()),
         headline = escape(words.milestone(shipment.milestone)),
@@ -335,10 +368,188 @@ fn render_page(
     )
 }
 
-async fn load(
-    state: &NotifyState,
-    token: &str,
-) -> Result<Result<(Shipment, Vec<TimelineEntry>, Option<Proof>), Response>, NotifyError> {
+// ---- the van on its way ----------------------------------------------------------------
+
+/// The stop a van is heading to next on its route: the first stop after the furthest one
+/// it is done with (`done`: a parcel handed over or given up there), or the first stop when
+/// it has done none; `None` once it is past the last. A stop the driver skipped is not
+/// "next" once a later stop is done: its customer is not shown a van serving others
+/// (should the driver go back, that stop is simply not shown live).
+pub fn next_stop<'a>(stops: &'a [Stop], done: &[StopId]) -> Option<&'a StopId> {
+    let furthest = stops.iter().rposition(|s| done.contains(&s.stop_id));
+    stops.get(furthest.map_or(0, |i| i + 1)).map(|s| &s.stop_id)
+}
+
+/// The van heading to a shipment's stop next, as the hub knows it.
+#[derive(Debug, Clone, PartialEq)]
+struct NextStop {
+    fleet: FleetId,
+    device: DeviceId,
+    /// The stop's coordinates (never shown; the distance is).
+    stop: (f64, f64),
+    position: Option<LivePosition>,
+}
+
+/// What the page shows of a van heading to this stop next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct VanView {
+    /// Metres from the address, when the hub has a recent position.
+    distance_m: Option<f64>,
+    /// Age of that position, seconds (by its GNSS time).
+    age_s: Option<i64>,
+}
+
+impl NextStop {
+    fn view(&self, now_ms: i64) -> VanView {
+        let fresh = self.position.filter(|p| now_ms - p.utc_ms <= LIVE_MAX_AGE_MS);
+        VanView {
+            distance_m: fresh.map(|p| {
+                let (lat, lon) = (f64::from(p.lat_e7) / 1e7, f64::from(p.lon_e7) / 1e7);
+                great_circle_m(lat, lon, self.stop.0, self.stop.1)
+            }),
+            age_s: fresh.map(|p| (now_ms - p.utc_ms).max(0) / 1000),
+        }
+    }
+}
+
+/// The van heading to `shipment`'s stop next, if it is: the parcel is not delivered, a
+/// van's current route carries it, and its stop is that route's [`next_stop`].
+fn heading_here(shipment: &Shipment, store: &Store) -> Result<Option<NextStop>, NotifyError> {
+    if shipment.milestone == Milestone::Delivered {
+        return Ok(None);
+    }
+    let Some((route, stop_id)) = store.current_route_of_parcel(&shipment.tracking_number)? else {
+        return Ok(None);
+    };
+    let done: Vec<StopId> =
+        store.stops_done(&route.device, &route.route.route_id)?.into_iter().map(|(s, _)| s).collect();
+    if next_stop(&route.route.stops, &done) != Some(&stop_id) {
+        return Ok(None);
+    }
+    let Some(stop) = route.route.stops.iter().find(|s| s.stop_id == stop_id) else { return Ok(None) };
+    let position = store.live_position(&route.device)?;
+    Ok(Some(NextStop { fleet: route.fleet, device: route.device, stop: (stop.lat, stop.lon), position }))
+}
+
+/// Great-circle distance, metres (haversine on the mean Earth radius).
+fn great_circle_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let h = ((p2 - p1) / 2.0).sin().powi(2)
+        + p1.cos() * p2.cos() * ((lon2 - lon1).to_radians() / 2.0).sin().powi(2);
+    2.0 * 6_371_008.8 * h.sqrt().min(1.0).asin()
+}
+
+/// The van's paragraph: how far, and how old that is. Distances are rounded (50 m, then
+/// a tenth of a kilometre): the customer learns how near, not where.
+fn van_html(van: &VanView, words: &Words) -> String {
+    let heading = if words.de { "Auf dem Weg zu Ihnen" } else { "On its way to you" };
+    let lead = if words.de {
+        "Der Lieferwagen fährt jetzt zu Ihrer Adresse"
+    } else {
+        "The van is heading to your address now"
+    };
+    let detail = match (van.distance_m, van.age_s) {
+        (Some(d), Some(age)) => {
+            let far = match d {
+                d if d < 100.0 => {
+                    if words.de {
+                        "weniger als 100 m".to_owned()
+                    } else {
+                        "less than 100 m".to_owned()
+                    }
+                }
+                d if d < 1_000.0 => {
+                    format!("{} {} m", if words.de { "etwa" } else { "about" }, (d / 50.0).round() * 50.0)
+                }
+                d => {
+                    let km = format!("{:.1}", d / 1000.0);
+                    let km = if words.de { km.replace('.', ",") } else { km };
+                    format!("{} {km} km", if words.de { "etwa" } else { "about" })
+                }
+            };
+            let ago = if age < 120 { format!("{age} s") } else { format!("{} min", age / 60) };
+            if words.de {
+                format!(": {far} entfernt (Position von vor {ago})")
+            } else {
+                format!(": {far} away (position from {ago} ago)")
+            }
+        }
+        _ => String::new(),
+    };
+    format!("<section><h2>{heading}</h2><p>{lead}{}.</p></section>", escape(&detail))
+}
+
+/// Asks vans for their live position while customers whose stop is next view the page:
+/// a watch per van at most once per half watch ([`PAGE_WATCH_FOR_S`]) while views
+/// continue, sent through the writer's outbound queue. `http::public_router` gives it to
+/// the page; without it (a router built alone, in tests) the page shows what the hub has
+/// and asks nothing.
+#[derive(Clone)]
+pub struct PageWatches {
+    writer: Writer,
+    /// Van → when a watch was last asked of it, hub ms.
+    asked: Arc<Mutex<HashMap<DeviceId, i64>>>,
+}
+
+impl std::fmt::Debug for PageWatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageWatches").finish_non_exhaustive()
+    }
+}
+
+/// Whether a van last asked at `last_ms` (if ever) should be asked again at `now_ms`:
+/// once half the watch it was given has passed (pure).
+fn watch_due(last_ms: Option<i64>, now_ms: i64) -> bool {
+    last_ms.is_none_or(|last| now_ms - last >= i64::from(PAGE_WATCH_FOR_S) * 500)
+}
+
+impl PageWatches {
+    /// Asks through `writer`.
+    pub fn new(writer: Writer) -> Self {
+        Self { writer, asked: Arc::default() }
+    }
+
+    /// A customer whose stop is next views the page at `now_ms`: ask `device` to send
+    /// often, unless it was asked within the last half watch. Does not wait for the writer.
+    fn ask(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) {
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+            if !watch_due(asked.get(device).copied(), now_ms) {
+                return;
+            }
+            if asked.len() >= MAX_PACED_VANS {
+                asked.retain(|_, at| now_ms - *at < i64::from(PAGE_WATCH_FOR_S) * 1000);
+            }
+            asked.insert(device.clone(), now_ms);
+        }
+        let watch = Watch {
+            device: device.clone(),
+            issued_ms: now_ms,
+            for_s: PAGE_WATCH_FOR_S,
+            every_s: PAGE_WATCH_EVERY_S,
+        };
+        let (writer, fleet, device) = (self.writer.clone(), fleet.clone(), device.clone());
+        tokio::spawn(async move {
+            match writer.call(move |ctx| ctx.publish_watch(&fleet, watch)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(device = %device, for_s = PAGE_WATCH_FOR_S, every_s = PAGE_WATCH_EVERY_S, "watch published: a customer whose stop is next is looking")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(device = %device, error = %e, "cannot publish a watch for the tracking page")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %device, error = %e, "cannot publish a watch for the tracking page")
+                }
+            }
+        });
+    }
+}
+
+/// What a page shows: the shipment, its timeline, the proof of delivery, and the van when
+/// it heads to this shipment's stop next.
+type Loaded = (Shipment, Vec<TimelineEntry>, Option<Proof>, Option<NextStop>);
+
+async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Response>, NotifyError> {
     let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
         Ok(found) => found,
         Err(e) => return Ok(Err(token_error(e))),
@@ -358,17 +569,27 @@ async fn load(
             }
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
-            Ok(Ok((shipment, timeline, proof)))
+            let next = heading_here(&shipment, store)?;
+            Ok(Ok((shipment, timeline, proof, next)))
         })
         .await
 }
 
-async fn tracking_page(State(state): State<NotifyState>, Path(token): Path<String>) -> Response {
+async fn tracking_page(
+    State(state): State<NotifyState>,
+    watches: Option<Extension<PageWatches>>,
+    Path(token): Path<String>,
+) -> Response {
     match load(&state, &token).await {
         Err(e) => internal(&e),
         Ok(Err(response)) => response,
-        Ok(Ok((shipment, timeline, proof))) => {
-            let html = render_page(&shipment, &timeline, proof.as_ref(), &token);
+        Ok(Ok((shipment, timeline, proof, next))) => {
+            let now = now_ms();
+            if let (Some(next), Some(Extension(watches))) = (&next, &watches) {
+                watches.ask(&next.fleet, &next.device, now);
+            }
+            let van = next.as_ref().map(|n| n.view(now));
+            let html = render_page(&shipment, &timeline, proof.as_ref(), van.as_ref(), &token);
             (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
                 .into_response()
         }
@@ -391,7 +612,7 @@ async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<Stri
     let proof = match load(&state, &token).await {
         Err(e) => return internal(&e),
         Ok(Err(response)) => return response,
-        Ok(Ok((_, _, proof))) => proof,
+        Ok(Ok((_, _, proof, _))) => proof,
     };
     let Some(Proof { photo: Some(hash), photo_ok: true, .. }) = proof else {
         return error_page(StatusCode::NOT_FOUND, "No photo.");
@@ -457,7 +678,8 @@ mod tests {
             photo: Some("ab".into()),
             photo_ok: true,
         };
-        let html = render_page(&shipment(Milestone::Delivered, "en-US"), &timeline, Some(&proof), "TOKEN");
+        let html =
+            render_page(&shipment(Milestone::Delivered, "en-US"), &timeline, Some(&proof), None, "TOKEN");
         assert!(html.contains("Delivered"), "{html}");
         assert!(html.contains("2025-07-01 11:00 CEST"), "{html}");
         assert!(html.contains("12 m from the address"), "{html}");
@@ -465,7 +687,88 @@ mod tests {
         for secret in ["Main Street", "Springfield", "van-7", "stop-14", "900", "away"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
-        let html = render_page(&shipment(Milestone::Delivered, "de-DE"), &timeline, Some(&proof), "TOKEN");
+        let html =
+            render_page(&shipment(Milestone::Delivered, "de-DE"), &timeline, Some(&proof), None, "TOKEN");
         assert!(html.contains("Zugestellt") && html.contains("12 m von der Adresse"), "{html}");
+    }
+
+    fn stops(ids: &[&str]) -> Vec<Stop> {
+        ids.iter()
+            .map(|id| Stop {
+                stop_id: StopId::new(*id).expect("id"),
+                lat: 47.37,
+                lon: 8.54,
+                tracking_numbers: vec![TrackingNumber::new("1Z999AA10123456784").expect("tn")],
+                approach_m: None,
+                arrival_m: None,
+                dwell_s: None,
+                label: None,
+            })
+            .collect()
+    }
+
+    fn ids(ids: &[&str]) -> Vec<StopId> {
+        ids.iter().map(|id| StopId::new(*id).expect("id")).collect()
+    }
+
+    #[test]
+    fn the_next_stop_is_the_first_after_the_furthest_one_done() {
+        let route = stops(&["s1", "s2", "s3", "s4"]);
+        let next = |done: &[&str]| next_stop(&route, &ids(done)).map(|s| s.as_str().to_owned());
+        assert_eq!(next(&[]).as_deref(), Some("s1"), "nothing done: the first stop");
+        assert_eq!(next(&["s1"]).as_deref(), Some("s2"));
+        assert_eq!(next(&["s1", "s2"]).as_deref(), Some("s3"));
+        // The driver skipped s2 and did s3: s2's customer is not shown a van serving s4.
+        assert_eq!(next(&["s1", "s3"]).as_deref(), Some("s4"));
+        assert_eq!(next(&["s3"]).as_deref(), Some("s4"));
+        assert_eq!(next(&["s1", "s2", "s3", "s4"]), None, "past the last stop");
+        assert_eq!(next(&["s4"]), None);
+        assert_eq!(next_stop(&[], &[]), None);
+    }
+
+    #[test]
+    fn the_van_is_shown_by_distance_and_age_only_and_the_page_reloads_meanwhile() {
+        let near = VanView { distance_m: Some(1_234.0), age_s: Some(4) };
+        let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), "TOKEN");
+        assert!(html.contains("about 1.2 km away (position from 4 s ago)"), "{html}");
+        assert!(html.contains("http-equiv=\"refresh\" content=\"5\""), "{html}");
+        for secret in ["47.37", "8.54", "van-"] {
+            assert!(!html.contains(secret), "page leaks {secret}: {html}");
+        }
+        let close = VanView { distance_m: Some(362.0), age_s: Some(130) };
+        let html = render_page(&shipment(Milestone::Nearby, "de-DE"), &[], None, Some(&close), "TOKEN");
+        assert!(html.contains("etwa 350 m entfernt (Position von vor 2 min)"), "{html}");
+        let unknown = VanView { distance_m: None, age_s: None };
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, Some(&unknown), "T");
+        assert!(html.contains("The van is heading to your address now.</p>"), "{html}");
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, "T");
+        assert!(!html.contains("heading to your address") && !html.contains("refresh"), "{html}");
+    }
+
+    #[test]
+    fn a_stale_position_is_not_shown() {
+        let next = NextStop {
+            fleet: FleetId::new("acme").expect("id"),
+            device: DeviceId::new("van-1").expect("id"),
+            stop: (47.37, 8.54),
+            position: Some(LivePosition {
+                utc_ms: 1_000_000,
+                lat_e7: 473_800_000,
+                lon_e7: 85_400_000,
+                accuracy_dm: None,
+                received_ms: 1_000_000,
+            }),
+        };
+        let fresh = next.view(1_008_000);
+        assert_eq!(fresh.age_s, Some(8));
+        assert!(fresh.distance_m.is_some_and(|d| (1_100.0..1_125.0).contains(&d)), "{fresh:?}");
+        assert_eq!(next.view(1_000_000 + LIVE_MAX_AGE_MS + 1), VanView { distance_m: None, age_s: None });
+    }
+
+    #[test]
+    fn a_van_is_asked_again_once_half_the_watch_has_passed() {
+        assert!(watch_due(None, 0));
+        assert!(!watch_due(Some(1_000), 1_000 + 59_999));
+        assert!(watch_due(Some(1_000), 1_000 + 60_000));
     }
 }

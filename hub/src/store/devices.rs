@@ -186,6 +186,27 @@ impl Store {
             .collect())
     }
 
+    /// A device's newest live position, if it ever sent one.
+    pub fn live_position(&self, device: &DeviceId) -> Result<Option<LivePosition>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT pos_utc_ms, pos_lat_e7, pos_lon_e7, pos_accuracy_dm, pos_ms FROM device_status
+                 WHERE device = ?1 AND pos_utc_ms IS NOT NULL",
+            )?
+            .query_row([device.as_str()], |r| {
+                Ok(LivePosition {
+                    utc_ms: r.get(0)?,
+                    lat_e7: r.get(1)?,
+                    lon_e7: r.get(2)?,
+                    accuracy_dm: r.get(3)?,
+                    received_ms: r.get(4)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
     /// What every device last said on its `state` and `pos` topics, by device.
     pub fn live_statuses(&self) -> Result<BTreeMap<DeviceId, LiveStatus>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

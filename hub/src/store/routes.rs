@@ -1,9 +1,15 @@
 //! Routes: the current route of each device and the stops and parcels on it.
 
-use doorstep_proto::{DeviceId, FleetId, RouteManifest, StopId, TrackingNumber};
+use doorstep_proto::{DeviceId, FleetId, RouteId, RouteManifest, StopId, TrackingNumber};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, StoreTx, corrupt};
+
+/// The device timeline kinds that say the van is done with a stop: a parcel handed over
+/// (at the address, away from it, or scanned at the address while moving) or given up
+/// with the driver's exception.
+const STOP_DONE_KINDS: [&str; 4] =
+    ["delivered_at_address", "delivered_away_from_address", "at_address_while_moving", "driver_exception"];
 
 /// A device's current route as stored: what the hub last published to it.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +51,77 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// The current route (the one issued last) of an active device that carries parcel
+    /// `tracking`, and the parcel's stop on it; `None` when no van's current route does.
+    pub fn current_route_of_parcel(
+        &self,
+        tracking: &TrackingNumber,
+    ) -> Result<Option<(StoredRoute, StopId)>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT r.fleet, r.device, r.manifest, r.issued_ms, rs.stop_id FROM route_stops rs
+                 JOIN routes r ON r.id = rs.route_pk
+                 JOIN devices d ON d.device = r.device AND d.fleet = r.fleet AND d.status = 'active'
+                 WHERE rs.tracking_number = ?1
+                   AND r.id = (SELECT id FROM routes WHERE device = r.device ORDER BY issued_ms DESC, id DESC LIMIT 1)
+                 ORDER BY r.issued_ms DESC LIMIT 1",
+            )?
+            .query_row([tracking.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((fleet, device, manifest, issued_ms, stop_id)) = row else { return Ok(None) };
+        let route = StoredRoute {
+            fleet: FleetId::new(fleet).map_err(|e| corrupt("fleet id", e))?,
+            device: DeviceId::new(device).map_err(|e| corrupt("device id", e))?,
+            route: RouteManifest::from_json(manifest.as_bytes()).map_err(|e| corrupt("route manifest", e))?,
+            issued_ms,
+        };
+        Ok(Some((route, StopId::new(stop_id).map_err(|e| corrupt("stop id", e))?)))
+    }
+
+    /// The stops of `device`'s route `route_id` the van is done with, and when it first
+    /// was (GNSS time, ms): a parcel of the stop handed over or given up
+    /// ([`STOP_DONE_KINDS`]), signed by the route's own device, no earlier than the route
+    /// was issued (a parcel given up on yesterday's route under the same stop id does not
+    /// finish today's stop). Only parcels with a shipment have a timeline, so a stop whose
+    /// parcels have none never shows as done here.
+    pub fn stops_done(
+        &self,
+        device: &DeviceId,
+        route_id: &RouteId,
+    ) -> Result<Vec<(StopId, i64)>, StoreError> {
+        let [k1, k2, k3, k4] = STOP_DONE_KINDS;
+        let rows: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT rs.stop_id, MIN(t.occurred_ms) FROM route_stops rs
+                 JOIN routes r ON r.id = rs.route_pk
+                 JOIN shipments s ON s.tracking_number = rs.tracking_number
+                 JOIN timeline t ON t.shipment_id = s.id
+                 WHERE rs.device = ?1 AND rs.route_id = ?2 AND t.source = 'device'
+                   AND t.kind IN (?3, ?4, ?5, ?6)
+                   AND json_extract(t.detail, '$.device') = r.device
+                   AND json_extract(t.detail, '$.stop_id') = rs.stop_id
+                   AND t.occurred_ms >= r.issued_ms
+                 GROUP BY rs.stop_id ORDER BY MIN(t.occurred_ms)",
+            )?
+            .query_map(params![device.as_str(), route_id.as_str(), k1, k2, k3, k4], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(stop, at)| Ok((StopId::new(stop).map_err(|e| corrupt("stop id", e))?, at)))
+            .collect()
     }
 }
 
@@ -146,5 +223,89 @@ impl StoreTx<'_> {
             )?
             .query_row(params![device.as_str(), route_id, tracking.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::NewShipment;
+
+    fn tn(n: u32) -> TrackingNumber {
+        TrackingNumber::new(format!("1ZROUTE{n:04}")).expect("tn")
+    }
+
+    /// `van-1`'s route `r1`, issued at 1000: stops s1 to s3, one parcel each (1 to 3),
+    /// each with a shipment.
+    fn store() -> (Store, DeviceId) {
+        let mut store = Store::open_in_memory().expect("open");
+        let fleet = FleetId::new("acme").expect("fleet");
+        let van = DeviceId::new("van-1").expect("id");
+        let key = doorstep_proto::SigningKey::from_seed(&[1; 32]).expect("seed").public_key();
+        store.add_device(&fleet, &van, &key, false, 0).expect("device");
+        let stops: Vec<_> = (1..=3)
+            .map(
+                |n| json!({"stop_id": format!("s{n}"), "lat": 47.0, "lon": 8.0, "tracking_numbers": [tn(n)]}),
+            )
+            .collect();
+        let route =
+            RouteManifest::from_json(json!({"route_id": "r1", "stops": stops}).to_string().as_bytes())
+                .expect("route");
+        let tx = store.transaction().expect("tx");
+        for n in 1..=3 {
+            let new = NewShipment {
+                tracking_number: tn(n),
+                carrier: None,
+                order_id: None,
+                contacts: BTreeMap::new(),
+                locale: "en".into(),
+                time_zone: "UTC".into(),
+            };
+            tx.insert_shipment(&new, 0).expect("shipment");
+        }
+        tx.upsert_route(&fleet, &van, &route, 1_000).expect("route");
+        tx.commit().expect("commit");
+        (store, van)
+    }
+
+    /// A device timeline entry for parcel `n`.
+    fn signal(store: &mut Store, n: u32, at_ms: i64, kind: &str, device: &str, stop: &str) {
+        let tx = store.transaction().expect("tx");
+        let id = tx.shipment_by_tracking(&tn(n)).expect("read").expect("shipment").id;
+        tx.add_timeline(id, at_ms, "device", kind, &json!({"device": device, "stop_id": stop}))
+            .expect("entry");
+        tx.commit().expect("commit");
+    }
+
+    fn done(store: &Store, van: &DeviceId) -> Vec<(String, i64)> {
+        let route = RouteId::new("r1").expect("id");
+        store.stops_done(van, &route).expect("done").into_iter().map(|(s, at)| (s.to_string(), at)).collect()
+    }
+
+    #[test]
+    fn a_parcel_is_found_on_its_vans_current_route_with_its_stop() {
+        let (store, van) = store();
+        let (route, stop) = store.current_route_of_parcel(&tn(2)).expect("read").expect("routed");
+        assert_eq!((route.device, route.route.route_id.as_str(), stop.as_str()), (van, "r1", "s2"));
+        assert_eq!(route.route.stops.len(), 3);
+        assert!(store.current_route_of_parcel(&tn(9)).expect("read").is_none(), "not on a route");
+    }
+
+    #[test]
+    fn a_stop_is_done_by_its_own_vans_handover_or_exception_after_the_route_was_issued() {
+        let (mut store, van) = store();
+        assert!(done(&store, &van).is_empty());
+        signal(&mut store, 1, 2_000, "nearby", "van-1", "s1");
+        signal(&mut store, 2, 2_000, "delivered_at_address", "van-9", "s2");
+        signal(&mut store, 3, 500, "driver_exception", "van-1", "s3");
+        assert!(done(&store, &van).is_empty(), "nearby, another van, before the route: not done");
+        signal(&mut store, 1, 3_000, "delivered_at_address", "van-1", "s1");
+        signal(&mut store, 1, 3_500, "delivered_away_from_address", "van-1", "s1");
+        signal(&mut store, 3, 4_000, "driver_exception", "van-1", "s3");
+        assert_eq!(done(&store, &van), [("s1".to_owned(), 3_000), ("s3".to_owned(), 4_000)]);
     }
 }

@@ -166,6 +166,12 @@ impl Default for HubOptions {
 impl TestHub {
     /// Starts a hub on `db` against the broker on `port`.
     pub async fn start(port: u16, db: &Path, options: HubOptions) -> TestHub {
+        Self::start_with_page(port, db, options, axum::Router::new()).await
+    }
+
+    /// [`TestHub::start`] with the tracking page's router (`notify::page_router`) on the
+    /// public listener, wired as `doorstep-hub serve` wires it.
+    pub async fn start_with_page(port: u16, db: &Path, options: HubOptions, page: axum::Router) -> TestHub {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::default());
         let domain = Domain {
@@ -202,12 +208,7 @@ impl TestHub {
             max_body_bytes: 1024 * 1024,
         };
         let limits = doorstep_hub::config::RateLimits::default();
-        let public = doorstep_hub::http::public_router(
-            state.clone(),
-            axum::Router::new(),
-            axum::Router::new(),
-            &limits,
-        );
+        let public = doorstep_hub::http::public_router(state.clone(), page, axum::Router::new(), &limits);
         let private = doorstep_hub::http::api_router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();

@@ -1,0 +1,270 @@
+//! Who gets to see the van, and who asks it to send often: the tracking page of the
+//! customer whose stop is next publishes a signed watch the van receives (once per van and
+//! half watch, however often the page is viewed) and shows how far away the van is and how
+//! old that is; another customer's page shows nothing of the van and asks nothing; once the
+//! van is done with a stop, its customer's page stops showing the van. An operator asks for
+//! a watch through the private API with `routes:write`, and is refused without it.
+//!
+//! A real Mosquitto, the hub in-process with the tracking page on its public listener, and
+//! a simulated van (one MQTT session) that checks every hub message with the hub's key.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use doorstep_hub::access;
+use doorstep_hub::metrics::Metrics;
+use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
+use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_proto::{Delivery, Envelope, Event, FixEvidence, HexBytes, RouteId, StopId, TrackingNumber};
+use serde_json::json;
+use support::*;
+
+/// The tracking links' secret.
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// The stops of van-1's route, in driving order, and the parcel of each.
+const STOPS: [(&str, f64, f64, &str); 3] = [
+    ("s1", 47.3700, 8.5400, "1ZWATCH00000000001"),
+    ("s2", 47.3750, 8.5450, "1ZWATCH00000000002"),
+    ("s3", 47.3800, 8.5500, "1ZWATCH00000000003"),
+];
+
+fn notify_settings() -> NotifySettings {
+    let table: toml::Table = toml::from_str("").expect("toml");
+    NotifyConfig::from_table(Some(&table))
+        .expect("parse")
+        .validate("https://track.example.com", SECRET)
+        .expect("valid")
+}
+
+fn now_ms() -> i64 {
+    doorstep_hub::ingest::now_ms()
+}
+
+/// A key with `scopes` only, as `doorstep-hub apikey create` makes one.
+fn api_key(db: &Path, scopes: &str) -> String {
+    let key = access::issue(&ring::rand::SystemRandom::new()).expect("issue");
+    let mut store = Store::open(db, StoreOptions::default()).expect("store");
+    store.create_api_key(&format!("k-{}", key.key_id), &key.key_id, &key.digest, scopes, 0).expect("key");
+    key.token
+}
+
+/// A signed envelope of van-1 dated now.
+fn signed(van: &doorstep_proto::SigningKey, seq: u64, event: Event) -> Vec<u8> {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[8] = 0x77;
+    Envelope {
+        device: device("van-1"),
+        seq,
+        event_id: HexBytes(id),
+        gnss_utc_ms: now_ms(),
+        mono_ms: seq * 1000,
+        event,
+    }
+    .seal(van)
+    .expect("seal")
+}
+
+struct Case {
+    _broker: Broker,
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    hub: TestHub,
+    fleet: SimFleet,
+    http: reqwest::Client,
+    /// Tracking links of the three shipments, in stop order.
+    links: Vec<String>,
+}
+
+impl Case {
+    async fn start() -> Case {
+        let broker = broker().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("hub.db");
+        register(&db, &[(&device("van-1"), &key(1))]);
+        let dispatcher =
+            Dispatcher::new(notify_settings(), &db, Arc::new(Metrics::default())).expect("dispatcher");
+        let page = notify::page_router(dispatcher.state());
+        let hub = TestHub::start_with_page(broker.port(), &db, HubOptions::default(), page).await;
+        let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
+        let api = hub.api_client();
+        let mut ids = Vec::new();
+        for (_, _, _, tracking) in STOPS {
+            let body = json!({"tracking_number": tracking, "carrier": "ups", "locale": "en-US"});
+            let r = api.post(hub.url("/v1/shipments")).json(&body).send().await.expect("post");
+            assert_eq!(r.status(), 201);
+            ids.push(r.json::<serde_json::Value>().await.expect("json")["id"].as_i64().expect("id"));
+        }
+        let stops: Vec<_> = STOPS
+            .iter()
+            .map(|(id, lat, lon, tracking)| json!({"stop_id": id, "lat": lat, "lon": lon, "tracking_numbers": [tracking]}))
+            .collect();
+        let route =
+            json!({"fleet": "acme", "device": "van-1", "route": {"route_id": "r-watch", "stops": stops}});
+        let r = api.post(hub.url("/v1/routes")).json(&route).send().await.expect("post");
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        assert!(
+            fleet.wait_for(Duration::from_secs(10), |i| !i.routes.is_empty()).await,
+            "the van got its route"
+        );
+        let signer = notify_settings().link_signer;
+        let links = ids.iter().map(|id| format!("/t/{}", signer.sign(*id, now_ms() + 3_600_000))).collect();
+        let http = reqwest::Client::new();
+        Case { _broker: broker, _dir: dir, db, hub, fleet, http, links }
+    }
+
+    /// The tracking page of the shipment at stop `index` (0-based).
+    async fn page(&self, index: usize) -> String {
+        let r = self.http.get(self.hub.url(&self.links[index])).send().await.expect("get");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("html")
+    }
+
+    fn watches(&self) -> Vec<doorstep_proto::Watch> {
+        self.fleet.inbox.lock().expect("inbox").watches.clone()
+    }
+
+    /// Waits a moment for anything still on its way from the hub.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+const SHOWN: &str = "The van is heading to your address now";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_of_it() {
+    let case = Case::start().await;
+
+    // s1 is next: s2's customer sees nothing of the van, and no van is asked anything.
+    let html = case.page(1).await;
+    assert!(!html.contains(SHOWN) && !html.contains("refresh"), "{html}");
+    case.settle().await;
+    assert!(case.watches().is_empty(), "a page not of the next stop asked for a watch");
+
+    // s1's customer: the van is on its way, and is asked, signed, to send often.
+    let html = case.page(0).await;
+    assert!(html.contains(SHOWN) && html.contains("http-equiv=\"refresh\""), "{html}");
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| !i.watches.is_empty()).await,
+        "no watch reached the van"
+    );
+    let watch = case.watches()[0].clone();
+    assert_eq!(watch.device, device("van-1"));
+    assert_eq!(
+        (watch.for_s, watch.every_s),
+        (notify::page::PAGE_WATCH_FOR_S, notify::page::PAGE_WATCH_EVERY_S)
+    );
+    assert!((now_ms() - watch.issued_ms).abs() < 10_000, "issued {} ms off", now_ms() - watch.issued_ms);
+    assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty(), "every hub message verifies");
+
+    // Views go on (the page reloads itself): the van is not asked again within half a watch.
+    for _ in 0..3 {
+        case.page(0).await;
+    }
+    case.settle().await;
+    assert_eq!(case.watches().len(), 1, "one watch per van per half watch");
+
+    // The van's live position, about 1.1 km north of s1: s1's page says how far, never where.
+    let pos = FixEvidence::new(now_ms(), 47.3800, 8.5400).with_speed_mps(8.0);
+    case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
+    let mut html = String::new();
+    for _ in 0..100 {
+        html = case.page(0).await;
+        if html.contains("km away") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(html.contains("about 1.1 km away (position from"), "{html}");
+    for secret in ["47.38", "8.54", "van-1", "s1"] {
+        assert!(!html.contains(secret), "the page leaks {secret}: {html}");
+    }
+    assert!(!case.page(1).await.contains(SHOWN), "s2's customer sees nothing of the van yet");
+
+    // The van hands s1's parcel over: s1's customer no longer sees the van, s2's does.
+    let delivered = Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("r-watch").expect("id"),
+        stop_id: StopId::new("s1").expect("id"),
+        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
+        distance_m: 9,
+        dwell_s: 60,
+        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
+        photo: None,
+    });
+    case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 1, delivered)).await;
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&1)).await
+    );
+    let html = case.page(0).await;
+    assert!(!html.contains(SHOWN) && !html.contains("km away"), "after the handover: {html}");
+    let html = case.page(1).await;
+    assert!(html.contains(SHOWN), "s2 is next now: {html}");
+    assert!(!case.page(2).await.contains(SHOWN));
+    case.settle().await;
+    assert_eq!(case.watches().len(), 1, "van-1 was asked less than half a watch ago");
+
+    case.fleet.stop();
+    case.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refused() {
+    let case = Case::start().await;
+    let url = case.hub.url("/v1/devices/van-1/watch");
+
+    // A dispatcher's key (routes:write): the van gets the watch asked for, signed.
+    let dispatcher = api_key(&case.db, "routes:write");
+    let r =
+        case.http.post(&url).bearer_auth(&dispatcher).json(&json!({"for_s": 60, "every_s": 2})).send().await;
+    let r = r.expect("post");
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        (body["device"].as_str(), body["for_s"].as_u64(), body["every_s"].as_u64()),
+        (Some("van-1"), Some(60), Some(2))
+    );
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| !i.watches.is_empty()).await,
+        "no watch reached the van"
+    );
+    let watch = case.watches()[0].clone();
+    assert_eq!((watch.device.as_str(), watch.for_s, watch.every_s), ("van-1", 60, 2));
+    assert_eq!(body["issued_ms"].as_i64(), Some(watch.issued_ms));
+
+    // No body: the defaults. Out of range: a 422 that says what to send.
+    let r = case.http.post(&url).bearer_auth(&dispatcher).send().await.expect("post");
+    assert_eq!(r.status(), 202);
+    assert!(case.fleet.wait_for(Duration::from_secs(10), |i| i.watches.len() == 2).await);
+    assert_eq!((case.watches()[1].for_s, case.watches()[1].every_s), (300, 5));
+    let r = case
+        .http
+        .post(&url)
+        .bearer_auth(&dispatcher)
+        .json(&json!({"for_s": 3600}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.expect("body").contains("for_s must be 1 to 900"));
+
+    // A key without the scope (an order system's) is refused, and the van hears nothing.
+    let orders = api_key(&case.db, "orders:write shipments:read");
+    let r = case.http.post(&url).bearer_auth(&orders).send().await.expect("post");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("body").contains("routes:write"));
+    let r = case.http.post(&url).send().await.expect("post");
+    assert_eq!(r.status(), 401, "no key at all");
+    // An unknown van is a 404.
+    let r = case.http.post(case.hub.url("/v1/devices/van-9/watch")).bearer_auth(&dispatcher).send().await;
+    assert_eq!(r.expect("post").status(), 404);
+    case.settle().await;
+    assert_eq!(case.watches().len(), 2, "refused requests published nothing");
+    assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty());
+
+    case.fleet.stop();
+    case.hub.stop().await;
+}
