@@ -214,6 +214,8 @@ enum Outbound {
     Publish { topic: String, payload: Vec<u8>, retain: bool },
     /// A signed route, retained.
     Route { topic: String, payload: Vec<u8> },
+    /// A signed watch: someone looks at the van (not retained: it is over in minutes).
+    Watch { topic: String, payload: Vec<u8> },
     /// The PUBACKs of one committed batch, in delivery order.
     PubAcks(Vec<Delivery>),
 }

@@ -63,6 +63,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Signed routes queued for the broker, retained, by reason (posted, device_online, broker_session_new).",
     ),
+    (
+        "doorstep_hub_watches_published_total",
+        Kind::Counter,
+        "Signed watches sent to vans (a customer whose stop is next, or an operator, is looking).",
+    ),
     ("doorstep_hub_blob_chunks_total", Kind::Counter, "Photo chunks by outcome and reason."),
     ("doorstep_hub_photos_total", Kind::Counter, "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", Kind::Counter, "Carrier webhooks by carrier and outcome."),
@@ -325,6 +330,11 @@ impl Metrics {
     /// An ack published.
     pub fn ack_published(&self) {
         self.add("doorstep_hub_acks_published_total", &[], 1);
+    }
+
+    /// A signed watch handed to the broker.
+    pub fn watch_published(&self) {
+        self.add("doorstep_hub_watches_published_total", &[], 1);
     }
 
     /// A signed route queued for the broker: `posted` through the API, or published again
@@ -675,6 +685,7 @@ mod tests {
         // Every labelled family shows once it has a series.
         m.ingest("stored", "ok");
         m.ack_published();
+        m.watch_published();
         m.route_published("posted");
         m.blob_chunk("stored", "ok");
         m.photo("verified");

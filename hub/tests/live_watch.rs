@@ -167,6 +167,8 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     }
     case.settle().await;
     assert_eq!(case.watches().len(), 1, "one watch per van per half watch");
+    assert_eq!(case.hub.metrics.get("doorstep_hub_watches_published_total", &[]), 1);
+    assert_eq!(case.hub.metrics.get("doorstep_hub_acks_published_total", &[]), 0, "a watch is no ack");
 
     // The van's live position, about 1.1 km north of s1: s1's page says how far, never where.
     let pos = FixEvidence::new(now_ms(), 47.3800, 8.5400).with_speed_mps(8.0);

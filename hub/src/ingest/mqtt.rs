@@ -212,6 +212,13 @@ pub(super) async fn outbound(
             Outbound::Route { topic, payload } => {
                 client.publish(topic, QoS::AtLeastOnce, true, payload).await
             }
+            Outbound::Watch { topic, payload } => {
+                let r = client.publish(topic, QoS::AtLeastOnce, false, payload).await;
+                if r.is_ok() {
+                    metrics.watch_published();
+                }
+                r
+            }
             Outbound::PubAcks(deliveries) => {
                 let mut result = Ok(());
                 for publish in &deliveries {

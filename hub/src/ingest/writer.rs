@@ -108,12 +108,12 @@ struct DeviceLane<'a> {
 }
 
 impl DeviceLane<'_> {
-    /// A message that is not a route: on the device's `ack` topic, not retained.
+    /// A watch: on the device's `ack` topic, not retained.
     fn send(&self, fleet: &FleetId, message: &HubMessage) -> Result<(), PublishError> {
         let topic = Topic::new(fleet.clone(), message.device().clone(), Channel::Ack).to_string();
         let payload = message.seal(self.hub_key).map_err(PublishError::Seal)?;
         self.out
-            .blocking_send(Outbound::Publish { topic, payload, retain: false })
+            .blocking_send(Outbound::Watch { topic, payload })
             .map_err(|_| PublishError::Mqtt("the outbound task has stopped".to_owned()))
     }
 
