@@ -299,10 +299,12 @@ fn render_page(
     timeline: &[TimelineEntry],
     proof: Option<&Proof>,
     van: Option<&VanView>,
+    window: Option<&crate::eta::ArrivalWindow>,
     token: &str,
 ) -> String {
     let words = Words { de: shipment.locale.to_ascii_lowercase().starts_with("de") };
     let tz = quiet::zone(&shipment.time_zone);
+    let window_html = window.map(|w| window_html(w, &words, &tz)).unwrap_or_default();
     let lang = if words.de { "de" } else { "en" };
     let mut items = String::new();
     let shown: Vec<&TimelineEntry> =
@@ -359,7 +361,7 @@ fn render_page(
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}\
          <title>Doorstep {tn}</title>\
          <style>body{{font-family:sans-serif;max-width:36em;margin:1em auto;padding:0 1em}}time{{color:#555;margin-right:.5em}}</style>\
-         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>{van_html}\
+         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>{window_html}{van_html}\
          <h2>{history}</h2><ol reversed>{items}</ol>{proof_html}</main></body></html>",
         tn = escape(shipment.tracking_number.as_str()),
         headline = escape(words.milestone(shipment.milestone)),
@@ -429,6 +431,54 @@ fn heading_here(shipment: &Shipment, store: &Store) -> Result<Option<NextStop>, 
     let Some(stop) = route.route.stops.iter().find(|s| s.stop_id == stop_id) else { return Ok(None) };
     let position = store.live_position(&route.device)?;
     Ok(Some(NextStop { fleet: route.fleet, device: route.device, stop: (stop.lat, stop.lon), position }))
+}
+
+/// When the van of the current route carrying `shipment` should reach its stop
+/// ([`crate::eta::estimate`] from the route's order, the stops done and the van's last
+/// position); `None` once delivered, or when no van's current route carries it.
+fn arrival_window(
+    shipment: &Shipment,
+    store: &Store,
+    now_ms: i64,
+) -> Result<Option<crate::eta::ArrivalWindow>, NotifyError> {
+    if matches!(shipment.milestone, Milestone::Delivered | Milestone::Exception) {
+        return Ok(None);
+    }
+    let Some((route, stop_id)) = store.current_route_of_parcel(&shipment.tracking_number)? else {
+        return Ok(None);
+    };
+    let stops = &route.route.stops;
+    let Some(target) = stops.iter().position(|s| s.stop_id == stop_id) else { return Ok(None) };
+    let places: Vec<(f64, f64)> = stops.iter().map(|s| (s.lat, s.lon)).collect();
+    let done: Vec<(usize, i64)> = store
+        .stops_done(&route.device, &route.route.route_id)?
+        .into_iter()
+        .filter_map(|(id, at)| stops.iter().position(|s| s.stop_id == id).map(|i| (i, at)))
+        .collect();
+    let van = store
+        .live_position(&route.device)?
+        .map(|p| (f64::from(p.lat_e7) / 1e7, f64::from(p.lon_e7) / 1e7, p.utc_ms));
+    let progress = crate::eta::RouteProgress { stops: &places, done: &done, van };
+    Ok(crate::eta::estimate(&progress, target, now_ms))
+}
+
+/// The arrival window in the customer's words and time zone.
+fn window_html(w: &crate::eta::ArrivalWindow, words: &Words, tz: &jiff::tz::TimeZone) -> String {
+    let hm = |ms: i64| quiet::zoned(ms, tz).strftime("%H:%M").to_string();
+    let stops = match (w.stops_before, words.de) {
+        (0, false) => "yours is the van's next stop".to_owned(),
+        (0, true) => "Ihre Adresse ist der nächste Halt".to_owned(),
+        (1, false) => "1 stop before yours".to_owned(),
+        (1, true) => "noch 1 Halt vor Ihrem".to_owned(),
+        (n, false) => format!("{n} stops before yours"),
+        (n, true) => format!("noch {n} Halte vor Ihrem"),
+    };
+    let text = if words.de {
+        format!("Voraussichtlich zwischen {} und {} ({stops}).", hm(w.earliest_ms), hm(w.latest_ms))
+    } else {
+        format!("Expected between {} and {} ({stops}).", hm(w.earliest_ms), hm(w.latest_ms))
+    };
+    format!("<p>{}</p>", escape(&text))
 }
 
 /// Great-circle distance, metres (haversine on the mean Earth radius).
@@ -547,7 +597,8 @@ impl PageWatches {
 
 /// What a page shows: the shipment, its timeline, the proof of delivery, and the van when
 /// it heads to this shipment's stop next.
-type Loaded = (Shipment, Vec<TimelineEntry>, Option<Proof>, Option<NextStop>);
+type Loaded =
+    (Shipment, Vec<TimelineEntry>, Option<Proof>, Option<NextStop>, Option<crate::eta::ArrivalWindow>);
 
 async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Response>, NotifyError> {
     let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
@@ -570,7 +621,8 @@ async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Respons
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
             let next = heading_here(&shipment, store)?;
-            Ok(Ok((shipment, timeline, proof, next)))
+            let window = arrival_window(&shipment, store, now_ms())?;
+            Ok(Ok((shipment, timeline, proof, next, window)))
         })
         .await
 }
@@ -583,13 +635,14 @@ async fn tracking_page(
     match load(&state, &token).await {
         Err(e) => internal(&e),
         Ok(Err(response)) => response,
-        Ok(Ok((shipment, timeline, proof, next))) => {
+        Ok(Ok((shipment, timeline, proof, next, window))) => {
             let now = now_ms();
             if let (Some(next), Some(Extension(watches))) = (&next, &watches) {
                 watches.ask(&next.fleet, &next.device, now);
             }
             let van = next.as_ref().map(|n| n.view(now));
-            let html = render_page(&shipment, &timeline, proof.as_ref(), van.as_ref(), &token);
+            let html =
+                render_page(&shipment, &timeline, proof.as_ref(), van.as_ref(), window.as_ref(), &token);
             (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
                 .into_response()
         }
@@ -612,7 +665,7 @@ async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<Stri
     let proof = match load(&state, &token).await {
         Err(e) => return internal(&e),
         Ok(Err(response)) => return response,
-        Ok(Ok((_, _, proof, _))) => proof,
+        Ok(Ok((_, _, proof, _, _))) => proof,
     };
     let Some(Proof { photo: Some(hash), photo_ok: true, .. }) = proof else {
         return error_page(StatusCode::NOT_FOUND, "No photo.");
@@ -678,8 +731,14 @@ mod tests {
             photo: Some("ab".into()),
             photo_ok: true,
         };
-        let html =
-            render_page(&shipment(Milestone::Delivered, "en-US"), &timeline, Some(&proof), None, "TOKEN");
+        let html = render_page(
+            &shipment(Milestone::Delivered, "en-US"),
+            &timeline,
+            Some(&proof),
+            None,
+            None,
+            "TOKEN",
+        );
         assert!(html.contains("Delivered"), "{html}");
         assert!(html.contains("2025-07-01 11:00 CEST"), "{html}");
         assert!(html.contains("12 m from the address"), "{html}");
@@ -687,8 +746,14 @@ mod tests {
         for secret in ["Main Street", "Springfield", "van-7", "stop-14", "900", "away"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
-        let html =
-            render_page(&shipment(Milestone::Delivered, "de-DE"), &timeline, Some(&proof), None, "TOKEN");
+        let html = render_page(
+            &shipment(Milestone::Delivered, "de-DE"),
+            &timeline,
+            Some(&proof),
+            None,
+            None,
+            "TOKEN",
+        );
         assert!(html.contains("Zugestellt") && html.contains("12 m von der Adresse"), "{html}");
     }
 
@@ -729,20 +794,39 @@ mod tests {
     #[test]
     fn the_van_is_shown_by_distance_and_age_only_and_the_page_reloads_meanwhile() {
         let near = VanView { distance_m: Some(1_234.0), age_s: Some(4) };
-        let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), "TOKEN");
+        let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), None, "TOKEN");
         assert!(html.contains("about 1.2 km away (position from 4 s ago)"), "{html}");
         assert!(html.contains("http-equiv=\"refresh\" content=\"5\""), "{html}");
         for secret in ["47.37", "8.54", "van-"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
         let close = VanView { distance_m: Some(362.0), age_s: Some(130) };
-        let html = render_page(&shipment(Milestone::Nearby, "de-DE"), &[], None, Some(&close), "TOKEN");
+        let html = render_page(&shipment(Milestone::Nearby, "de-DE"), &[], None, Some(&close), None, "TOKEN");
         assert!(html.contains("etwa 350 m entfernt (Position von vor 2 min)"), "{html}");
         let unknown = VanView { distance_m: None, age_s: None };
-        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, Some(&unknown), "T");
+        let html =
+            render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, Some(&unknown), None, "T");
         assert!(html.contains("The van is heading to your address now.</p>"), "{html}");
-        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, "T");
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, None, "T");
         assert!(!html.contains("heading to your address") && !html.contains("refresh"), "{html}");
+    }
+
+    #[test]
+    fn the_arrival_window_is_told_in_local_time_with_the_stops_before() {
+        let w = crate::eta::ArrivalWindow {
+            stops_before: 2,
+            earliest_ms: 1_751_356_800_000,
+            latest_ms: 1_751_358_000_000,
+        };
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en-US"), &[], None, None, Some(&w), "T");
+        assert!(html.contains("Expected between 10:00 and 10:20 (2 stops before yours)."), "{html}");
+        let next = crate::eta::ArrivalWindow { stops_before: 0, ..w };
+        let html =
+            render_page(&shipment(Milestone::OutForDelivery, "de-DE"), &[], None, None, Some(&next), "T");
+        assert!(
+            html.contains("Voraussichtlich zwischen 10:00 und 10:20 (Ihre Adresse ist der nächste Halt)."),
+            "{html}"
+        );
     }
 
     #[test]
