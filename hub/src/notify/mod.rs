@@ -710,8 +710,17 @@ impl Dispatcher {
             .call(move |conn, store| {
                 let mut report = PassReport::default();
                 let mut sends = Vec::new();
-                for row in store.outbox_due(now_ms, room)? {
+                for mut row in store.outbox_due(now_ms, room)? {
                     let shipment = store.shipment(row.shipment_id)?;
+                    // "Nearby" says when, as of its sending: the stops before the
+                    // customer's and the arrival window of the van's current route.
+                    if row.milestone == "nearby"
+                        && row.detail.is_none()
+                        && let Some(shipment) = &shipment
+                        && let Some(window) = page::arrival_window(shipment, store, now_ms)?
+                    {
+                        row.detail = Some(page::nearby_words(&window, &shipment.locale, now_ms));
+                    }
                     let opted_out = outbox::is_opted_out(conn, &row.channel, &row.recipient)?;
                     match plan(&settings, &row, shipment.as_ref(), opted_out, now_ms) {
                         Plan::Skip { reason, detail } => {

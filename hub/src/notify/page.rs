@@ -436,7 +436,7 @@ fn heading_here(shipment: &Shipment, store: &Store) -> Result<Option<NextStop>, 
 /// When the van of the current route carrying `shipment` should reach its stop
 /// ([`crate::eta::estimate`] from the route's order, the stops done and the van's last
 /// position); `None` once delivered, or when no van's current route carries it.
-fn arrival_window(
+pub(crate) fn arrival_window(
     shipment: &Shipment,
     store: &Store,
     now_ms: i64,
@@ -460,6 +460,29 @@ fn arrival_window(
         .map(|p| (f64::from(p.lat_e7) / 1e7, f64::from(p.lon_e7) / 1e7, p.utc_ms));
     let progress = crate::eta::RouteProgress { stops: &places, done: &done, van };
     Ok(crate::eta::estimate(&progress, target, now_ms))
+}
+
+/// The arrival window as a "nearby" message says it at `now_ms`: the stops before the
+/// customer's and how many minutes, rounded to five, in ASCII (a dash outside GSM-7 would
+/// double an SMS's cost).
+pub(crate) fn nearby_words(w: &crate::eta::ArrivalWindow, locale: &str, now_ms: i64) -> String {
+    let de = locale.to_ascii_lowercase().starts_with("de");
+    let minutes = |ms: i64| ((ms - now_ms).max(0) + 150_000) / 300_000 * 5;
+    let (from, to) = (minutes(w.earliest_ms), minutes(w.latest_ms).max(5));
+    let when = match (from, de) {
+        (0, false) => format!("within {to} minutes"),
+        (0, true) => format!("in den nächsten {to} Minuten"),
+        (_, false) => format!("in about {from}-{to} minutes"),
+        (_, true) => format!("in etwa {from}-{to} Minuten"),
+    };
+    match (w.stops_before, de) {
+        (0, false) => format!("Yours is the next stop, {when}."),
+        (0, true) => format!("Sie sind der nächste Halt, {when}."),
+        (1, false) => format!("1 stop before yours, {when}."),
+        (1, true) => format!("Noch 1 Halt vor Ihrem, {when}."),
+        (n, false) => format!("{n} stops before yours, {when}."),
+        (n, true) => format!("Noch {n} Halte vor Ihrem, {when}."),
+    }
 }
 
 /// The arrival window in the customer's words and time zone.
@@ -809,6 +832,24 @@ mod tests {
         assert!(html.contains("The van is heading to your address now.</p>"), "{html}");
         let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, None, "T");
         assert!(!html.contains("heading to your address") && !html.contains("refresh"), "{html}");
+    }
+
+    #[test]
+    fn nearby_says_the_stops_before_and_the_minutes_in_gsm_characters() {
+        let now = 1_751_356_800_000;
+        let w = crate::eta::ArrivalWindow {
+            stops_before: 2,
+            earliest_ms: now + 600_000,
+            latest_ms: now + 1_200_000,
+        };
+        assert_eq!(nearby_words(&w, "en-US", now), "2 stops before yours, in about 10-20 minutes.");
+        assert_eq!(nearby_words(&w, "de", now), "Noch 2 Halte vor Ihrem, in etwa 10-20 Minuten.");
+        let next = crate::eta::ArrivalWindow {
+            stops_before: 0,
+            earliest_ms: now - 60_000,
+            latest_ms: now + 600_000,
+        };
+        assert_eq!(nearby_words(&next, "en", now), "Yours is the next stop, within 10 minutes.");
     }
 
     #[test]

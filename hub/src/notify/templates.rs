@@ -185,7 +185,7 @@ const DEFAULTS: &[(Milestone, &str, &str, &str)] = &[
         Milestone::Nearby,
         "en",
         "Your driver is nearby",
-        "Doorstep: the driver with your parcel {tracking_number} is nearby. Track it: {link}",
+        "Doorstep: the driver with your parcel {tracking_number} is nearby. {detail} Track it: {link}",
     ),
     (
         Milestone::Exception,
@@ -215,7 +215,7 @@ const DEFAULTS: &[(Milestone, &str, &str, &str)] = &[
         Milestone::Nearby,
         "de",
         "Ihr Fahrer ist gleich da",
-        "Doorstep: Ihr Fahrer ist gleich da mit Paket {tracking_number}. Verfolgen: {link}",
+        "Doorstep: Ihr Fahrer ist gleich da mit Paket {tracking_number}. {detail} Verfolgen: {link}",
     ),
     (
         Milestone::Exception,
