@@ -102,15 +102,28 @@ pub struct DaemonConfig {
     pub device: DeviceId,
     /// The GNSS receiver's serial device (a pty).
     pub gps: PathBuf,
-    /// The route manifest, JSON.
+    /// The route manifest, JSON; none when empty (the van waits for the hub's).
     pub route_json: String,
-    /// `[trail] position_interval_s`.
+    /// `[trail] position_interval_s` (with [`Tuning::Test`]).
     pub position_interval_s: u64,
     /// The broker's port on 127.0.0.1.
     pub broker_port: u16,
     /// Extra lines for the `[uplink]` section (after the broker and the hub key), such
     /// as an `[uplink.tls]` table.
     pub uplink_extra: String,
+}
+
+/// How much of `agent.toml` a test writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tuning {
+    /// A test's link: a 5 s keepalive, 100 ms to 1 s backoff, 3 s ack timeout, and the
+    /// trail interval of [`DaemonConfig::position_interval_s`].
+    Test,
+    /// Only what fleet IT must set (device, key, serial port, driver socket, broker, hub
+    /// key, and [`DaemonConfig::uplink_extra`]); every other key keeps the agent's
+    /// built-in default, so an older or newer agent runs as it ships.
+    /// `position_interval_s` is not written.
+    Defaults,
 }
 
 /// One van: its key, config file and state directory in a temporary directory.
@@ -122,8 +135,15 @@ pub struct AgentDaemon {
 }
 
 impl AgentDaemon {
-    /// Provisions a van: a fresh device key (mode 0600) and `agent.toml`.
+    /// Provisions a van: a fresh device key (mode 0600) and `agent.toml` with a test's
+    /// tuning ([`Tuning::Test`]).
     pub fn provision(config: &DaemonConfig) -> anyhow::Result<AgentDaemon> {
+        Self::provision_with(config, Tuning::Test)
+    }
+
+    /// Provisions a van with `tuning`: a fresh device key (mode 0600) and `agent.toml`.
+    pub fn provision_with(config: &DaemonConfig, tuning: Tuning) -> anyhow::Result<AgentDaemon> {
+        use std::fmt::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let dir = tempfile::tempdir().context("van directory")?;
         let pkcs8 = SigningKey::generate_pkcs8(&ring::rand::SystemRandom::new())?;
@@ -132,28 +152,37 @@ impl AgentDaemon {
         let mut file =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_path)?;
         std::io::Write::write_all(&mut file, &pkcs8)?;
-        std::fs::write(dir.path().join("route.json"), &config.route_json)?;
-        let text = format!(
+        let mut text = format!(
             "[device]\nfleet = \"{fleet}\"\nid = \"{device}\"\nkey = \"{key}\"\nstate_dir = \"{state}\"\n\n\
              [gps]\ndevice = \"{gps}\"\nbaud = 9600\n\n\
-             [driver]\nsocket = \"{socket}\"\n\n\
-             [route]\nfile = \"{route}\"\n\n\
-             [trail]\nposition_interval_s = {interval}\n\n\
-             [uplink]\nhost = \"127.0.0.1\"\nport = {port}\nhub_key = \"{hub}\"\n\
-             keepalive_s = 5\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nconnect_timeout_s = 5\nack_timeout_s = 3\n\
-             {extra}\n",
+             [driver]\nsocket = \"{socket}\"\n\n",
             fleet = crate::fleet(),
             device = config.device,
             key = key_path.display(),
             state = dir.path().join("state").display(),
             gps = config.gps.display(),
             socket = dir.path().join("driver.sock").display(),
-            route = dir.path().join("route.json").display(),
-            interval = config.position_interval_s,
+        );
+        if !config.route_json.is_empty() {
+            let route = dir.path().join("route.json");
+            std::fs::write(&route, &config.route_json)?;
+            writeln!(text, "[route]\nfile = \"{}\"\n", route.display())?;
+        }
+        if tuning == Tuning::Test {
+            writeln!(text, "[trail]\nposition_interval_s = {}\n", config.position_interval_s)?;
+        }
+        write!(
+            text,
+            "[uplink]\nhost = \"127.0.0.1\"\nport = {port}\nhub_key = \"{hub}\"\n",
             port = config.broker_port,
             hub = crate::hub_key().public_key(),
-            extra = config.uplink_extra,
-        );
+        )?;
+        if tuning == Tuning::Test {
+            text.push_str(
+                "keepalive_s = 5\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nconnect_timeout_s = 5\nack_timeout_s = 3\n",
+            );
+        }
+        writeln!(text, "{}", config.uplink_extra)?;
         std::fs::write(dir.path().join("agent.toml"), text)?;
         Ok(AgentDaemon { dir, device: config.device.clone(), key })
     }

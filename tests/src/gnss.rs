@@ -1,19 +1,25 @@
 //! A GNSS receiver for the real agent process: a pseudo-terminal stands in for the serial
 //! port, and a thread writes NMEA 0183 to it the way a receiver does, one epoch (RMC and
-//! GGA, same time of day) per GNSS second.
+//! GGA, same time of day) per GNSS second, or a recorded drive's epochs at the drive's
+//! own pace.
 //!
 //! The feed runs faster than real time (the agent takes GNSS time from the sentences, not
 //! from a clock), so a thirty-second dwell at a stop takes a moment of test time. It keeps
 //! running while the agent is killed and restarted, like a receiver wired to the van's
 //! battery; what the agent does not read in time is dropped, as a UART overrun would.
+//! A replay keeps the recorded spacing of the epochs divided by one constant factor, so
+//! whatever the agent decides by GNSS time (dwell, sample intervals) sees the drive as
+//! driven.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use doorstep_testkit::pty::Pty;
+
+use crate::drive::Drive;
 
 /// Where and when the van is parked: its position and the GNSS time of the first epoch.
 #[derive(Debug, Clone, Copy)]
@@ -59,11 +65,15 @@ pub fn parked_epoch(at: &Parked, epoch: u64) -> String {
     rmc + &gga
 }
 
-/// A thread feeding a parked van's epochs into a pty.
+/// A thread feeding a parked van's epochs, or a recorded drive's, into a pty.
 #[derive(Debug)]
 pub struct GnssFeed {
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
+    /// GNSS time of the last epoch written, ms (0 before the first).
+    gnss_ms: Arc<AtomicI64>,
+    /// Set once a replay has written its last epoch.
+    finished: Arc<AtomicBool>,
     thread: Option<JoinHandle<Pty>>,
     /// The serial device the agent opens.
     pub path: PathBuf,
@@ -72,11 +82,9 @@ pub struct GnssFeed {
 impl GnssFeed {
     /// Starts feeding `pty` one epoch every `every` of test time.
     pub fn parked(mut pty: Pty, at: Parked, every: Duration) -> GnssFeed {
-        let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(0));
-        let path = pty.path().to_owned();
+        let mut feed = GnssFeed::idle(&pty);
         let thread = {
-            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            let (stop, written) = (Arc::clone(&feed.stop), Arc::clone(&feed.written));
             std::thread::spawn(move || {
                 let mut epoch = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -89,12 +97,75 @@ impl GnssFeed {
                 pty
             })
         };
-        GnssFeed { stop, written, thread: Some(thread), path }
+        feed.thread = Some(thread);
+        feed
+    }
+
+    /// Replays `drive` into `pty`, `speed` times faster than it was recorded: epoch `i` is
+    /// written `(t_i - t_0) / speed` after the start, by the wall clock, so a feed that fell
+    /// behind (a busy machine) catches up instead of stretching GNSS time. On a
+    /// non-blocking pty ([`Pty::open_nonblocking`]) an epoch the agent has no room for is
+    /// lost, as on a UART, and not counted in [`GnssFeed::written`].
+    pub fn replay(mut pty: Pty, drive: Arc<Drive>, speed: f64) -> GnssFeed {
+        assert!(speed > 0.0, "a replay needs a positive speed");
+        let mut feed = GnssFeed::idle(&pty);
+        let thread = {
+            let (stop, written) = (Arc::clone(&feed.stop), Arc::clone(&feed.written));
+            let (gnss_ms, finished) = (Arc::clone(&feed.gnss_ms), Arc::clone(&feed.finished));
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let t0 = drive.start_ms();
+                for epoch in &drive.epochs {
+                    #[allow(clippy::cast_precision_loss)] // GNSS ms of one drive fit an f64 exactly
+                    let due = Duration::from_secs_f64((epoch.utc_ms - t0) as f64 / 1000.0 / speed);
+                    while let Some(wait) = due.checked_sub(start.elapsed()).filter(|w| !w.is_zero()) {
+                        if stop.load(Ordering::Relaxed) {
+                            return pty;
+                        }
+                        std::thread::sleep(wait.min(Duration::from_millis(50)));
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return pty;
+                    }
+                    if pty.send(epoch.sentences.as_bytes()).is_ok() {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    gnss_ms.store(epoch.utc_ms, Ordering::Relaxed);
+                }
+                finished.store(true, Ordering::Relaxed);
+                pty
+            })
+        };
+        feed.thread = Some(thread);
+        feed
+    }
+
+    /// A feed of `pty` with no thread yet.
+    fn idle(pty: &Pty) -> GnssFeed {
+        GnssFeed {
+            stop: Arc::new(AtomicBool::new(false)),
+            written: Arc::new(AtomicU64::new(0)),
+            gnss_ms: Arc::new(AtomicI64::new(0)),
+            finished: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            path: pty.path().to_owned(),
+        }
     }
 
     /// Epochs written whole so far.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    /// GNSS time of the last epoch written, ms since the Unix epoch (0 before the first;
+    /// a parked feed does not keep it).
+    pub fn gnss_ms(&self) -> i64 {
+        self.gnss_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a replay has written its last epoch.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Stops the feed (the van's receiver goes quiet); the pty stays open.

@@ -1,8 +1,10 @@
 //! Support for Doorstep's end-to-end tests (with `doorstep-testkit`'s Mosquitto, pty and
 //! driver app): an acking
-//! receiver that plays the hub's side of the ack protocol, a lossy TCP proxy, an
-//! in-process agent built from the agent library's outbox and uplink, and the real
-//! `doorstep-agent run` process with a GNSS receiver on a pseudo-terminal.
+//! receiver that plays the hub's side of the ack protocol, a lossy TCP proxy (optionally
+//! counting bytes with a meter), an in-process agent built from the agent library's
+//! outbox and uplink, the real `doorstep-agent run` process with a GNSS receiver on a
+//! pseudo-terminal (a parked van, or a recorded drive replayed at its own pace), and a
+//! fleet's TLS certificates.
 //!
 //! Every fixture is real: the broker is the Debian `mosquitto` binary on a free loopback
 //! port with its own config file, the outbox is a SQLite file on disk, and the receiver
@@ -10,7 +12,10 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod drive;
 pub mod gnss;
+pub mod meter;
+pub mod pki;
 pub mod proxy;
 pub mod receiver;
 
@@ -19,7 +24,10 @@ pub use daemon::{AgentDaemon, DaemonConfig};
 pub use doorstep_testkit::driver::DriverApp;
 pub use doorstep_testkit::mosquitto::{Broker, BrokerOptions, BrokerTls};
 pub use doorstep_testkit::pty::Pty;
+pub use drive::Drive;
 pub use gnss::{GnssFeed, Parked};
+pub use meter::Meter;
+pub use pki::FleetPki;
 pub use proxy::LossyProxy;
 pub use receiver::{AckingReceiver, Received, ReceiverOptions};
 

@@ -1,6 +1,8 @@
 //! A small lossy TCP proxy between the agent and the broker: it can drop every
 //! connection at once, stall (stop forwarding in both directions), or do both at random
-//! ("chaos") to imitate a van driving through patchy cellular coverage.
+//! ("chaos") to imitate a van driving through patchy cellular coverage. A metered proxy
+//! also hands every read to a [`Meter`], which counts the bytes per connection and
+//! direction (the link budget benchmark's counting proxy).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::meter::{Direction, Meter};
 
 /// Bytes copied per read.
 const BUFFER: usize = 16 * 1024;
@@ -38,6 +42,15 @@ pub struct LossyProxy {
 impl LossyProxy {
     /// Starts a proxy to 127.0.0.1:`upstream`.
     pub async fn start(upstream: u16) -> anyhow::Result<LossyProxy> {
+        Self::start_with(upstream, None).await
+    }
+
+    /// Starts a proxy to 127.0.0.1:`upstream` that counts what it forwards in `meter`.
+    pub async fn start_metered(upstream: u16, meter: Arc<Meter>) -> anyhow::Result<LossyProxy> {
+        Self::start_with(upstream, Some(meter)).await
+    }
+
+    async fn start_with(upstream: u16, meter: Option<Arc<Meter>>) -> anyhow::Result<LossyProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind proxy")?;
         let port = listener.local_addr()?.port();
         let control = Arc::new(Control {
@@ -46,7 +59,8 @@ impl LossyProxy {
             drops: AtomicU64::new(0),
         });
         let cancel = CancellationToken::new();
-        let accept = tokio::spawn(accept_loop(listener, upstream, Arc::clone(&control), cancel.clone()));
+        let accept =
+            tokio::spawn(accept_loop(listener, upstream, Arc::clone(&control), meter, cancel.clone()));
         Ok(LossyProxy { port, control, cancel, accept })
     }
 
@@ -116,7 +130,13 @@ impl Drop for LossyProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: u16, control: Arc<Control>, cancel: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: u16,
+    control: Arc<Control>,
+    meter: Option<Arc<Meter>>,
+    cancel: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -124,22 +144,27 @@ async fn accept_loop(listener: TcpListener, upstream: u16, control: Arc<Control>
         };
         let Ok((client, _)) = accepted else { continue };
         let control = Arc::clone(&control);
+        let meter = meter.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let generation = *control.generation.borrow();
+            let metered = meter.as_ref().map(|m| (m.as_ref(), m.open()));
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
-            let up = pump(cr, sw, &control, generation);
-            let down = pump(sr, cw, &control, generation);
+            let up = pump(cr, sw, &control, generation, metered.map(|(m, c)| (m, c, Direction::Up)));
+            let down = pump(sr, cw, &control, generation, metered.map(|(m, c)| (m, c, Direction::Down)));
             tokio::select! {
                 () = cancel.cancelled() => {}
                 _ = up => {}
                 _ = down => {}
             }
             // Dropping both halves closes both sockets: the connection is gone.
+            if let Some((meter, index)) = metered {
+                meter.close(index);
+            }
         });
     }
 }
@@ -149,6 +174,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     control: &Control,
     generation: u64,
+    meter: Option<(&Meter, usize, Direction)>,
 ) -> std::io::Result<()> {
     let mut dropped = control.generation.subscribe();
     let mut stalled = control.stalled.subscribe();
@@ -171,6 +197,9 @@ async fn pump(
         };
         if n == 0 {
             return Ok(());
+        }
+        if let Some((meter, index, direction)) = meter {
+            meter.record(index, direction, &buf[..n]);
         }
         to.write_all(&buf[..n]).await?;
     }

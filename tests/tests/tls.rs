@@ -4,99 +4,24 @@
 //! requires the client certificate. The real `doorstep-agent run` then delivers the
 //! driver's confirmations over TLS to the acking receiver and applies its acks; with a
 //! CA that did not sign the broker's certificate, it refuses the broker, says why, and
-//! nothing leaves the van.
+//! nothing leaves the van. When the link drops, the van resumes its TLS session instead
+//! of paying a full handshake with both certificate chains again.
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use doorstep_e2e::daemon::{link_up, outbox_depth};
+use doorstep_e2e::meter::Framing;
+use doorstep_e2e::pki::uplink_tls;
 use doorstep_e2e::{
-    AckingReceiver, AgentDaemon, Broker, BrokerOptions, BrokerTls, DaemonConfig, GnssFeed, Parked, Pty,
-    device, hub_key,
+    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, FleetPki, GnssFeed, LossyProxy, Meter,
+    Parked, Pty, device, hub_key,
 };
 use doorstep_proto::{DeviceId, Event};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
 /// The stop the van is parked at.
 const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
 const PARCELS: [&str; 3] = ["TLS0001", "TLS0002", "TLS0003"];
-
-/// The fleet's certificates, as PEM files.
-struct Pki {
-    _dir: tempfile::TempDir,
-    broker: BrokerTls,
-    van_cert: PathBuf,
-    van_key: PathBuf,
-    /// A CA that signed nothing here: a van provisioned with the wrong bundle.
-    other_ca: PathBuf,
-}
-
-fn ca(name: &str) -> (CertificateParams, KeyPair) {
-    let key = KeyPair::generate().expect("CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    (params, key)
-}
-
-/// A certificate signed by `issuer`, and its key, as PEM.
-fn leaf(
-    issuer: &Issuer<'_, KeyPair>,
-    names: &[&str],
-    common_name: &str,
-    usage: ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let key = KeyPair::generate().expect("leaf key");
-    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-        .expect("leaf params");
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-fn pki(van: &DeviceId) -> Pki {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, pem: &str| -> PathBuf {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path
-    };
-    let (ca_params, ca_key) = ca("Doorstep test fleet CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let (broker_cert, broker_key) =
-        leaf(&issuer, &["localhost", "127.0.0.1"], "mqtt.fleet.test", ExtendedKeyUsagePurpose::ServerAuth);
-    let (van_cert, van_key) = leaf(&issuer, &[], van.as_str(), ExtendedKeyUsagePurpose::ClientAuth);
-    let (other_params, other_key) = ca("Some other CA");
-    let other_ca = other_params.self_signed(&other_key).expect("self-sign other CA");
-    Pki {
-        broker: BrokerTls {
-            ca: write("ca.pem", &ca_cert.pem()),
-            cert: write("broker.crt", &broker_cert),
-            key: write("broker.key", &broker_key),
-        },
-        van_cert: write("van.crt", &van_cert),
-        van_key: write("van-tls.key", &van_key),
-        other_ca: write("other-ca.pem", &other_ca.pem()),
-        _dir: dir,
-    }
-}
-
-/// The `[uplink.tls]` table of a van's `agent.toml`.
-fn uplink_tls(ca: &Path, cert: &Path, key: &Path) -> String {
-    format!(
-        "[uplink.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        ca.display(),
-        cert.display(),
-        key.display()
-    )
-}
 
 fn route() -> String {
     serde_json::json!({
@@ -129,13 +54,14 @@ struct ScannedVan {
     child: tokio::process::Child,
     pid: u32,
     _gps: GnssFeed,
-    _pki: Pki,
+    _pki: FleetPki,
 }
 
 async fn scanned_van_over_tls(name: &str, wrong_ca: bool) -> ScannedVan {
     doorstep_e2e::init_tracing();
     let van_id = device(name);
-    let pki = pki(&van_id);
+    let pki = FleetPki::new().expect("fleet certificates");
+    let van_tls = pki.van(&van_id).expect("the van's certificate");
     let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
     let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, Duration::from_millis(50));
     let ca = if wrong_ca { &pki.other_ca } else { &pki.broker.ca };
@@ -145,7 +71,7 @@ async fn scanned_van_over_tls(name: &str, wrong_ca: bool) -> ScannedVan {
         route_json: route(),
         position_interval_s: 0,
         broker_port: broker.tls_port().expect("TLS listener"),
-        uplink_extra: uplink_tls(ca, &pki.van_cert, &pki.van_key),
+        uplink_extra: uplink_tls(ca, &van_tls.cert, &van_tls.key),
     })
     .expect("provision the van");
     let receiver = AckingReceiver::start(broker.port(), &[(van_id.clone(), van.key())], hub_key()).await;
@@ -227,4 +153,73 @@ async fn a_van_with_the_wrong_ca_refuses_the_broker_says_why_and_sends_nothing()
         "the van got an MQTT session:\n{}",
         broker.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_van_whose_link_drops_resumes_its_tls_session_without_the_certificates() {
+    doorstep_e2e::init_tracing();
+    let van_id = device("van-resume");
+    let pki = FleetPki::new().expect("fleet certificates");
+    let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
+    // The meter reads the TLS records between the van and the broker.
+    let meter = Arc::new(Meter::new(Framing::Tls));
+    let proxy = LossyProxy::start_metered(broker.tls_port().expect("TLS listener"), Arc::clone(&meter))
+        .await
+        .expect("proxy");
+    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, Duration::from_millis(50));
+    let van = AgentDaemon::provision(&DaemonConfig {
+        device: van_id.clone(),
+        gps: gps.path.clone(),
+        route_json: route(),
+        position_interval_s: 0,
+        broker_port: proxy.port(),
+        uplink_extra: pki.van(&van_id).expect("the van's certificate").uplink_table(),
+    })
+    .expect("provision the van");
+    let child = van.start().expect("start the agent");
+    let pid = child.id().expect("pid");
+
+    // Connected once, the link drops, and the van connects again by itself.
+    let connected = |n: usize| {
+        let meter = Arc::clone(&meter);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while meter.connections().iter().filter(|c| c.setup.is_some()).count() < n {
+                assert!(tokio::time::Instant::now() < deadline, "no CONNACK on connection {n}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    connected(1).await;
+    let (up, status) =
+        van.wait_for_status(Duration::from_secs(30), |s| link_up(s, pid)).await.expect("status");
+    assert!(up, "{status}\n{}", van.log());
+    proxy.drop_connections();
+    connected(2).await;
+    let (up, status) =
+        van.wait_for_status(Duration::from_secs(30), |s| link_up(s, pid)).await.expect("status");
+    assert!(up, "the van did not come back after the drop: {status}\n{}", van.log());
+    van.stop(child).await.expect("clean stop");
+
+    let connections = meter.connections();
+    let (first, second) = (&connections[0], &connections[1]);
+    assert!(first.tls.tls13, "TLS 1.3 with Mosquitto: {:?}", first.tls);
+    assert!(
+        !first.tls.offered_ticket && !first.tls.resumed,
+        "a first connection has no ticket: {:?}",
+        first.tls
+    );
+    assert!(second.tls.offered_ticket, "the van did not offer the broker's session ticket: {:?}", second.tls);
+    assert!(second.tls.resumed, "the broker did not resume the session: {:?}", second.tls);
+    // Resumed, the broker sends neither its certificate nor a request for the van's, and
+    // signs nothing: its side of the setup shrinks by more than its certificate's size.
+    let broker_cert = std::fs::read_to_string(&pki.broker.cert).expect("broker certificate").len() as u64;
+    let (full, resumed) = (first.setup.expect("setup"), second.setup.expect("setup"));
+    assert!(
+        resumed[1] + broker_cert * 3 / 4 < full[1],
+        "broker to van until CONNACK: {} bytes resumed, {} full (certificate PEM {broker_cert} bytes)",
+        resumed[1],
+        full[1]
+    );
+    assert!(resumed[0] + resumed[1] < full[0] + full[1], "resumed {resumed:?}, full {full:?}");
 }
