@@ -109,9 +109,7 @@ fn progress_restored_after_a_restart_keeps_one_nearby_and_no_double_delivery() {
     assert!(after.restore(saved.clone()));
     let mut kinds = Vec::new();
     for t in 200..260 {
-        kinds.extend(
-            after.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)).into_iter().map(|d| d.event.kind()),
-        );
+        kinds.extend(after.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)).into_iter().map(|d| d.event.kind()));
     }
     assert!(kinds.is_empty(), "no second nearby after a restart: {kinds:?}");
     let (reply, event) = after.on_scan(T0 + 261_000, "1Z999AA10123456784", None);

@@ -148,14 +148,10 @@ fn exception_messages_say_what_happened_and_what_happens_next_in_every_language_
                         assert!(msg.body.contains("5"), "the new date: {case}");
                     }
                     match channel {
-                        "sms" => assert!(
-                            templates::sms_length(&msg.body).segments <= s.sms_max_segments,
-                            "{case}"
-                        ),
-                        _ => assert!(
-                            msg.body.contains(&words.what),
-                            "e-mail says what happened too: {case}"
-                        ),
+                        "sms" => {
+                            assert!(templates::sms_length(&msg.body).segments <= s.sms_max_segments, "{case}")
+                        }
+                        _ => assert!(msg.body.contains(&words.what), "e-mail says what happened too: {case}"),
                     }
                 }
             }
@@ -169,11 +165,7 @@ fn retry_after_is_read_in_seconds_and_as_an_http_date() {
     // RFC 9110's example date, 90 s before it.
     let at = 784_111_777_000;
     assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at - 90_000), Some(Duration::from_secs(90)));
-    assert_eq!(
-        retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + 1),
-        Some(Duration::ZERO),
-        "past: no wait"
-    );
+    assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + 1), Some(Duration::ZERO), "past: no wait");
     assert_eq!(retry_after("soon", 0), None);
     assert_eq!(retry_after("-5", 0), None);
 }
