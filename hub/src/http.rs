@@ -724,13 +724,13 @@ pub(crate) async fn ack_alert(
     let by = caller.0;
     let result = state
         .writer
-        .call(move |ctx| -> Result<(crate::notify::outbox::Ack, i64, String), StoreError> {
+        .call(move |ctx| -> Result<(crate::store::Ack, i64, String), StoreError> {
             let now = now_ms();
             Ok((ctx.store.ack_alert(id, &by, now)?, now, by))
         })
         .await??;
     let body = match result {
-        (crate::notify::outbox::Ack::Acknowledged, now, by) => {
+        (crate::store::Ack::Acknowledged, now, by) => {
             tracing::info!(alert = id, by = %by, "operations alert acknowledged; its escalation stops");
             AlertAcknowledged {
                 alert_id: id,
@@ -739,10 +739,10 @@ pub(crate) async fn ack_alert(
                 already: false,
             }
         }
-        (crate::notify::outbox::Ack::Already { by, at_ms }, _, _) => {
+        (crate::store::Ack::Already { by, at_ms }, _, _) => {
             AlertAcknowledged { alert_id: id, acknowledged_ms: at_ms, acknowledged_by: by, already: true }
         }
-        (crate::notify::outbox::Ack::Missing, _, _) => {
+        (crate::store::Ack::Missing, _, _) => {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "no operations alert has this id"));
         }
     };

@@ -1,7 +1,9 @@
 //! The hub's storage seam: every SQL statement the hub runs lives in this module, one
 //! submodule per kind of record: `schema` (the migrations), `devices` (the registry, keys,
 //! live state), `events` (device events, gaps, acks, rejections), `routes`, `shipments`
-//! (shipments, timelines, wake-ups, carrier events), `outbox` (notifications and alerts),
+//! (shipments, timelines, wake-ups, carrier events), `outbox` (notifications and alerts), `dispatch` (sending them: claims,
+//! the outcome log, opt-outs, providers' reports, alert escalation), `lease` (which hub
+//! sends),
 //! `carrier_jobs` (polls and registrations owed to carrier aggregators), `photos`, `access`
 //! (API keys, the audit log, withdrawn tracking links), and `sinks` (the business sinks'
 //! outbox). This file holds the
@@ -28,7 +30,9 @@ use rusqlite::Connection;
 mod access;
 mod carrier_jobs;
 mod devices;
+mod dispatch;
 mod events;
+mod lease;
 mod orders;
 mod outbox;
 mod photos;
@@ -41,7 +45,9 @@ mod support;
 pub use access::{ApiKeyRecord, AuditEntry};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
+pub use dispatch::{Ack, Alert, DueAlert, Finish, NewQuestion, Outcome};
 pub use events::{EventInsert, GapApplied, NewEvent, NewGap};
+pub use lease::{Acquired, LeaseClaim, Settled};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow};
 pub use photos::PhotoRecord;

@@ -256,7 +256,7 @@ async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowled
     let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     assert_eq!(
         store.ack_alert(alert, "oncall", DAY + 200_000).expect("ack"),
-        doorstep_hub::notify::outbox::Ack::Acknowledged
+        doorstep_hub::store::Ack::Acknowledged
     );
     dispatcher.run_once(DAY + 3_600_000).await.expect("after the ack");
     assert_eq!(fake.seen().len(), 3, "an acknowledged alert does not escalate");
@@ -387,8 +387,9 @@ async fn email_pair(
 }
 
 fn providers_logged(db: &Path, id: i64) -> Vec<(String, Option<String>)> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    doorstep_hub::notify::outbox::outcomes(&conn, id)
+    doorstep_hub::store::Store::open(db, doorstep_hub::store::StoreOptions { full_sync: false })
+        .expect("open")
+        .outcomes(id)
         .expect("log")
         .into_iter()
         .map(|o| (o.outcome, o.provider))

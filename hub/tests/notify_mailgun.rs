@@ -18,7 +18,7 @@ use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use doorstep_hub::metrics::Metrics;
-use doorstep_hub::notify::{self, Dispatcher, outbox};
+use doorstep_hub::notify::{self, Dispatcher};
 use ring::hmac;
 use serde_json::{Value, json};
 
@@ -255,8 +255,10 @@ async fn post_event(app: &Router, body: String) -> (StatusCode, String) {
 }
 
 fn opted_out(db: &Path, address: &str) -> bool {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    outbox::is_opted_out(&conn, "email", address).expect("query")
+    doorstep_hub::store::Store::open(db, doorstep_hub::store::StoreOptions { full_sync: false })
+        .expect("open")
+        .is_opted_out("email", address)
+        .expect("query")
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::Milestone;
-use doorstep_hub::notify::{self, Dispatcher, outbox};
-use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_hub::notify::{self, Dispatcher};
+use doorstep_hub::store::{Acquired, Finish, LeaseClaim, Settled, Store, StoreOptions};
 
 mod fake_vendor;
 use fake_vendor::*;
@@ -357,8 +357,8 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
     assert_eq!(body["content"][0]["type"], "text/plain");
     assert_eq!(body["content"][1]["type"], "text/html");
     assert!(body["content"][0]["value"].as_str().expect("text").contains("https://track.example.com/t/"));
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let log = outbox::outcomes(&conn, id).expect("log");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let log = store.outcomes(id).expect("log");
     assert_eq!(log.last().and_then(|o| o.provider_id.as_deref()), Some("MSG-0001"));
 }
 
@@ -421,8 +421,8 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
 
     assert_eq!(status(&db, id), "sent");
     assert_eq!(outcomes(&db, id), ["queued", "sent"]);
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let log = outbox::outcomes(&conn, id).expect("log");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let log = store.outcomes(id).expect("log");
     assert_eq!(log.last().and_then(|o| o.provider_id.as_deref()), Some(WAMID));
 }
 
@@ -435,8 +435,8 @@ async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
     assert_eq!(meta.seen().len(), 1, "not re-sent: the Cloud API has no idempotency key");
     assert_eq!(status(&db, id), "unknown");
     assert_eq!(outcomes(&db, id), ["queued", "unknown"]);
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let last = outbox::outcomes(&conn, id).expect("log").pop().expect("entry");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let last = store.outcomes(id).expect("log").pop().expect("entry");
     assert_eq!(last.provider_id, None);
     let detail = last.detail.expect("detail");
     assert!(detail.contains("whatsapp has no idempotency guard"), "{detail}");
@@ -454,8 +454,8 @@ async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operato
     assert_eq!(meta.seen().len(), 1, "a refused template is not retried");
     assert_eq!(status(&db, id), "failed");
     assert_eq!(outcomes(&db, id), ["queued", "failed"]);
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let detail = outbox::outcomes(&conn, id).expect("log").pop().and_then(|o| o.detail).expect("detail");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let detail = store.outcomes(id).expect("log").pop().and_then(|o| o.detail).expect("detail");
     assert!(detail.starts_with("whatsapp HTTP 400") && detail.contains("132001"), "{detail}");
 }
 
@@ -599,10 +599,9 @@ async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_co
     // A status whose id some SMS row carries is not about that row.
     let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     {
-        let mut conn = rusqlite::Connection::open(&db).expect("open");
-        assert!(outbox::claim(&conn, sms).expect("claim"));
-        outbox::finish(&mut conn, sms, "sent", None, DAY, "sent", None, Some("wamid.ON-AN-SMS-ROW"), None)
-            .expect("sms");
+        let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+        assert!(store.claim_notification(sms).expect("claim"));
+        store.finish_notification(sms, DAY, &sent(Some("wamid.ON-AN-SMS-ROW"))).expect("sms");
     }
     let body = meta_status("wamid.ON-AN-SMS-ROW", "failed", serde_json::json!({}));
     assert_eq!(post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await.0, StatusCode::OK);
@@ -651,8 +650,8 @@ async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept()
     let WhatsAppCase { db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
     // The dispatcher has claimed the row and its request is out; Meta's status is faster.
-    let mut conn = rusqlite::Connection::open(&db).expect("open");
-    assert!(outbox::claim(&conn, id).expect("claim"));
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    assert!(store.claim_notification(id).expect("claim"));
     let opaque = notify::whatsapp::OpaqueIds::new(SECRET).name(id);
     let error = serde_json::json!([{ "code": 131026, "title": "Message undeliverable" }]);
     let body = meta_status(
@@ -664,7 +663,7 @@ async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept()
     assert_eq!(code, StatusCode::OK, "{text}");
     assert_eq!(status(&db, id), "undelivered");
     // Then the send's answer is written: logged, and the failure stands.
-    outbox::finish(&mut conn, id, "sent", None, DAY, "sent", None, Some(WAMID), None).expect("finish");
+    store.finish_notification(id, DAY, &sent(Some(WAMID))).expect("finish");
     assert_eq!(status(&db, id), "undelivered");
     assert_eq!(outcomes(&db, id), ["queued", "undelivered", "sent"]);
 }
@@ -682,9 +681,9 @@ async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
     }));
     let (code, text) = post_meta(&app, &body, &meta_signature(APP_SECRET, &body)).await;
     assert_eq!(code, StatusCode::OK, "{text}");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    assert!(outbox::is_opted_out(&conn, "whatsapp", PHONE).expect("query"), "stored as rows hold it");
-    assert!(!outbox::is_opted_out(&conn, "sms", PHONE).expect("query"), "WhatsApp only");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    assert!(store.is_opted_out("whatsapp", PHONE).expect("query"), "stored as rows hold it");
+    assert!(!store.is_opted_out("sms", PHONE).expect("query"), "WhatsApp only");
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").skipped, 1, "the queued row");
     assert_eq!(status(&db, id), "skipped");
     assert!(meta.seen().is_empty());
@@ -865,8 +864,8 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
 
     // The holder stops and gives the lease up; the other hub takes over and sends what
     // comes next, once.
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let (first, _) = notify::lease::holder(&conn).expect("lease").expect("held");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
+    let (first, _) = store.dispatch_lease_holder().expect("lease").expect("held");
     let ((stopping, stop), (other, keep_going), survivor) = if first == "hub-a" {
         ((a, stop_a), (b, stop_b), "hub-b")
     } else {
@@ -878,7 +877,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
     assert!(eventually(|| slack.seen().len() >= 4).await, "the new alert goes out");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(slack.seen().len(), 4, "once");
-    assert_eq!(notify::lease::holder(&conn).expect("lease").map(|(h, _)| h).as_deref(), Some(survivor));
+    assert_eq!(store.dispatch_lease_holder().expect("lease").map(|(h, _)| h).as_deref(), Some(survivor));
     keep_going.cancel();
     other.await.expect("stopped");
 }
@@ -890,19 +889,20 @@ fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_hold
     let shipment = database(&db);
     let hook = enqueue(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None);
     let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
-    let mut conn = rusqlite::Connection::open(&db).expect("open");
+    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     // The old holder claims both; the lease passes and the new holder settles them.
-    assert!(outbox::claim(&conn, hook).expect("claim"));
-    assert!(outbox::claim(&conn, sms).expect("claim"));
-    let tx = conn.transaction().expect("tx");
-    assert_eq!(outbox::recover(&tx, DAY, &["webhook"]).expect("recover"), (1, 1));
-    tx.commit().expect("commit");
+    assert!(store.claim_notification(hook).expect("claim"));
+    assert!(store.claim_notification(sms).expect("claim"));
+    let claim =
+        LeaseClaim { holder: "hub-b", token: "b1", first: true, ttl_ms: 30_000, resend_safe: &["webhook"] };
+    let (took, settled) = store.take_dispatch_lease(&claim, DAY).expect("take over");
+    assert_eq!(took, Acquired::TookOver(None));
+    assert_eq!(settled, Settled { requeued: 1, unknown: 1 });
     assert_eq!(status(&db, hook), "queued", "the webhook goes again, with the same id");
     assert_eq!(status(&db, sms), "unknown");
     // Then the old holder's requests answer.
-    outbox::finish(&mut conn, hook, "sent", None, DAY + 1, "sent", None, Some("late"), None).expect("finish");
-    outbox::finish(&mut conn, sms, "sent", None, DAY + 1, "sent", None, Some("SM-late"), None)
-        .expect("finish");
+    store.finish_notification(hook, DAY + 1, &sent(Some("late"))).expect("finish");
+    store.finish_notification(sms, DAY + 1, &sent(Some("SM-late"))).expect("finish");
     assert_eq!(status(&db, hook), "queued", "the new holder's plan stands");
     assert_eq!(outcomes(&db, hook), ["queued", "attempt_failed", "sent"], "the answer is logged");
     assert_eq!(status(&db, sms), "sent", "an unknown row learns it went out");
@@ -948,4 +948,16 @@ async fn a_whatsapp_question_is_answered_with_a_text_reply_and_a_flood_is_cut_of
         .query_row("SELECT count(*) FROM customer_questions WHERE kind = 'too_many'", [], |r| r.get(0))
         .expect("count");
     assert_eq!(too_many, 3);
+}
+
+/// A send's answer as the dispatcher writes it: `sent`, with the provider's message id.
+fn sent(provider_id: Option<&str>) -> Finish<'_> {
+    Finish {
+        status: "sent",
+        next_attempt_ms: None,
+        outcome: "sent",
+        provider: None,
+        provider_id,
+        detail: None,
+    }
 }

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use doorstep_hub::metrics::Metrics;
-use doorstep_hub::notify::{Dispatcher, outbox};
+use doorstep_hub::notify::Dispatcher;
 use ring::{digest, hmac};
 
 const ACCESS_KEY: &str = "AKIDEXAMPLE";
@@ -369,9 +369,11 @@ fn case(notify: &str) -> Case {
     Case { db, id, dispatcher, _dir: dir }
 }
 
-fn log(db: &std::path::Path, id: i64) -> Vec<outbox::Outcome> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    outbox::outcomes(&conn, id).expect("outcomes")
+fn log(db: &std::path::Path, id: i64) -> Vec<doorstep_hub::store::Outcome> {
+    doorstep_hub::store::Store::open(db, doorstep_hub::store::StoreOptions { full_sync: false })
+        .expect("open")
+        .outcomes(id)
+        .expect("outcomes")
 }
 
 /// (outcome, provider) for every entry of the row's outcome log.

@@ -52,7 +52,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::config::NotifyConfigError;
-use super::outbox;
 use super::page::{NotifyState, internal, plain};
 use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
@@ -620,19 +619,19 @@ async fn events(mailgun: &Mailgun, name: &str, state: &NotifyState, body: &[u8])
     let detail = event.detail();
     let result = state
         .db
-        .call(move |conn, _| {
+        .call(move |store| {
             let email = ContactChannel::Email.as_str();
             let id = match event.outbox_id {
                 Some(id) => Some(id),
                 None => match &event.message_id {
-                    Some(mid) => outbox::by_provider_id(conn, mid)?,
+                    Some(mid) => store.by_provider_id(mid)?,
                     None => None,
                 },
             };
             // Only an e-mail row of this database, to the address the event names (another
             // hub sending through the same domain has rows with the same ids).
             let row = match id {
-                Some(id) => outbox::row_target(conn, id)?.and_then(|(channel, to)| {
+                Some(id) => store.row_target(id)?.and_then(|(channel, to)| {
                     let same = event.recipient.as_deref().is_none_or(|r| r.eq_ignore_ascii_case(&to));
                     (channel == email && same).then_some((id, to))
                 }),
@@ -647,12 +646,12 @@ async fn events(mailgun: &Mailgun, name: &str, state: &NotifyState, body: &[u8])
                     addresses.push(r);
                 }
                 for address in addresses {
-                    outbox::set_opt_out(conn, email, address, true, "mailgun_event", now)?;
+                    store.set_opt_out(email, address, true, "mailgun_event", now)?;
                 }
             }
             let Some((id, _)) = row else { return Ok(None) };
             let new =
-                outbox::provider_event(conn, id, outcome, event.message_id.as_deref(), Some(&detail), now)?;
+                store.provider_event(id, outcome, event.message_id.as_deref(), Some(&detail), now)?;
             Ok(new.then_some(outcome))
         })
         .await;

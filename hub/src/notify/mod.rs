@@ -17,18 +17,18 @@
 //! dedupes on a key the request carries (signed webhooks, OneSignal); otherwise the row is
 //! `unknown`, completed by the provider's status callback if the message did go out. Rows
 //! left `sending` by a stopped hub are treated the same way at start-up
-//! ([`outbox::recover`]). Each vendor's quirks are in its module and in
+//! ([`crate::store::Store::take_dispatch_lease`]). Each vendor's quirks are in its module and in
 //! `docs/notifications.md`.
 //!
 //! What this module must never do: send a message twice on a channel without an
 //! idempotency guard, send to a recipient who opted out or withdrew consent, put the
 //! shipment's address in a message or on the tracking page, or run SQLite on an async
-//! worker (every statement goes through [`outbox::NotifyDb::call`]).
+//! worker (every statement goes through [`db::NotifyDb::call`]).
 
 pub mod config;
+pub mod db;
 pub mod exceptions;
 pub mod lease;
-pub mod outbox;
 pub mod page;
 pub mod provider;
 pub mod questions;
@@ -71,7 +71,9 @@ pub use provider::{Channel, Provider, ProviderType};
 
 use crate::metrics::Metrics;
 use crate::model::{Milestone, Notice, Update};
-use crate::store::{ContactChannel, OutboxRow, Shipment, StoreError, StoreOptions};
+use crate::store::{
+    Acquired, ContactChannel, Finish, LeaseClaim, OutboxRow, Settled, Shipment, StoreError, StoreOptions,
+};
 use provider::Registered;
 use templates::{Vars, fill, render_sms, render_sms_keeping};
 
@@ -92,9 +94,6 @@ pub enum NotifyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// SQLite failed on the dispatcher's connection.
-    #[error("notification database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
     /// A blocking task panicked or was cancelled.
     #[error("notification task failed: {0}")]
     Task(String),
@@ -467,7 +466,7 @@ pub struct PassReport {
 #[derive(Debug)]
 struct Inner {
     settings: Arc<NotifySettings>,
-    db: Arc<outbox::NotifyDb>,
+    db: Arc<db::NotifyDb>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -483,7 +482,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Opens the database at `database` (WAL, migrated, plus [`outbox::MIGRATION`]) and
+    /// Opens the database at `database` (WAL, migrated) and
     /// builds the HTTP client. Then [`Dispatcher::spawn`] (which settles what a previous
     /// run left in flight when it takes the dispatch lease), or passes of
     /// [`Dispatcher::run_once`].
@@ -500,7 +499,7 @@ impl Dispatcher {
             .user_agent(concat!("doorstep-hub/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| NotifyError::Client(e.to_string()))?;
-        let db = Arc::new(outbox::NotifyDb::open(database, StoreOptions::default())?);
+        let db = Arc::new(db::NotifyDb::open(database, StoreOptions::default())?);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: Arc::new(settings),
@@ -614,7 +613,7 @@ impl Dispatcher {
         let enqueued = self
             .inner
             .db
-            .call(move |_, store| Ok(scheduled::sweep(store, &schedule, &settings.channel_map, now_ms)?))
+            .call(move |store| Ok(scheduled::sweep(store, &schedule, &settings.channel_map, now_ms)?))
             .await?;
         for (channel, kind) in &enqueued {
             self.inner.metrics.notification_enqueued(channel, kind);
@@ -638,7 +637,7 @@ impl Dispatcher {
     ) {
         let holder: Arc<str> = holder.into();
         let token: Arc<str> = lease::process_token().into();
-        // The channels whose rows left `sending` may be sent again (see `outbox::recover`).
+        // The channels whose rows left `sending` may be sent again (see `Store::take_dispatch_lease`).
         let resend_safe: Arc<Vec<&'static str>> = Arc::new(
             ContactChannel::ALL
                 .into_iter()
@@ -654,28 +653,26 @@ impl Dispatcher {
             let result = self
                 .inner
                 .db
-                .call(move |conn, _| {
-                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    let got = lease::acquire(&tx, &who, &process, first, now, ttl_ms)?;
-                    let settled = match got {
-                        lease::Acquired::TookOver(_) => outbox::recover(&tx, now, &resend_safe)?,
-                        _ => (0, 0),
+                .call(move |store| {
+                    let claim = LeaseClaim {
+                        holder: &who,
+                        token: &process,
+                        first,
+                        ttl_ms,
+                        resend_safe: &resend_safe,
                     };
-                    tx.commit()?;
-                    Ok((got, settled))
+                    Ok(store.take_dispatch_lease(&claim, now)?)
                 })
                 .await;
             match result {
-                Ok((lease::Acquired::Renewed, _)) => {
-                    held_until.store(now.saturating_add(ttl_ms), Ordering::SeqCst)
-                }
-                Ok((lease::Acquired::TookOver(previous), (requeued, unknown))) => {
+                Ok((Acquired::Renewed, _)) => held_until.store(now.saturating_add(ttl_ms), Ordering::SeqCst),
+                Ok((Acquired::TookOver(previous), Settled { requeued, unknown })) => {
                     first = false;
                     held_until.store(now.saturating_add(ttl_ms), Ordering::SeqCst);
                     tracing::info!(holder = %holder, previous = previous.as_deref().unwrap_or("none"), requeued, unknown, "this hub now sends notifications and alerts; what the previous holder left in flight is settled");
                     self.wake();
                 }
-                Ok((lease::Acquired::HeldBy(other), _)) => {
+                Ok((Acquired::HeldBy(other), _)) => {
                     if held_until.swap(i64::MIN, Ordering::SeqCst) > now {
                         tracing::warn!(holder = %holder, other, "the dispatch lease passed to another hub; this hub stops sending");
                     }
@@ -691,7 +688,9 @@ impl Dispatcher {
         held_until.store(i64::MIN, Ordering::SeqCst);
         if !first {
             let process = Arc::clone(&token);
-            if let Err(error) = self.inner.db.call(move |conn, _| Ok(lease::release(conn, &process)?)).await {
+            if let Err(error) =
+                self.inner.db.call(move |store| Ok(store.release_dispatch_lease(&process)?)).await
+            {
                 tracing::warn!(%error, "cannot give the dispatch lease up; another hub waits for it to expire");
             }
         }
@@ -707,7 +706,7 @@ impl Dispatcher {
         let (sends, mut report) = self
             .inner
             .db
-            .call(move |conn, store| {
+            .call(move |store| {
                 let mut report = PassReport::default();
                 let mut sends = Vec::new();
                 for mut row in store.outbox_due(now_ms, room)? {
@@ -721,17 +720,17 @@ impl Dispatcher {
                     {
                         row.detail = Some(page::nearby_words(&window, &shipment.locale, now_ms));
                     }
-                    let opted_out = outbox::is_opted_out(conn, &row.channel, &row.recipient)?;
+                    let opted_out = store.is_opted_out(&row.channel, &row.recipient)?;
                     match plan(&settings, &row, shipment.as_ref(), opted_out, now_ms) {
                         Plan::Skip { reason, detail } => {
-                            if outbox::skip(conn, row.id, now_ms, reason, &detail)? {
+                            if store.skip_notification(row.id, now_ms, reason, &detail)? {
                                 tracing::info!(outbox = row.id, channel = %row.channel, milestone = %row.milestone, reason, "notification skipped");
                                 report.skipped += 1;
                             }
                         }
                         Plan::Defer { until_ms } => {
                             let detail = format!("quiet hours until {until_ms}");
-                            outbox::defer(conn, row.id, until_ms, now_ms, &detail)?;
+                            store.defer_notification(row.id, until_ms, now_ms, &detail)?;
                             tracing::info!(outbox = row.id, channel = %row.channel, until_ms, "notification deferred");
                             report.deferred += 1;
                         }
@@ -749,9 +748,9 @@ impl Dispatcher {
                             if grouping
                                 && row.attempts == 0
                                 && row.created_ms.saturating_add(hold_ms) > now_ms
-                                && outbox::has_other_parcel(conn, &row, row.created_ms.saturating_sub(GROUP_LOOKBACK_MS))?
+                                && store.has_other_parcel(&row, row.created_ms.saturating_sub(GROUP_LOOKBACK_MS))?
                             {
-                                outbox::hold(conn, row.id, row.created_ms.saturating_add(hold_ms))?;
+                                store.hold_notification(row.id, row.created_ms.saturating_add(hold_ms))?;
                                 continue;
                             }
                             let mut others = Vec::new();
@@ -764,10 +763,10 @@ impl Dispatcher {
                                     }
                                 }
                             }
-                            if outbox::claim(conn, row.id)? {
+                            if store.claim_notification(row.id)? {
                                 let mut joined = Vec::new();
                                 for (id, m) in others {
-                                    if outbox::claim(conn, id)? {
+                                    if store.claim_notification(id)? {
                                         joined.push(m);
                                     }
                                 }
@@ -778,7 +777,7 @@ impl Dispatcher {
                                 // For the scan-to-message histogram only: a failed
                                 // look-up leaves the message unmeasured, not unsent.
                                 let scanned_ms = if msg.milestone == Milestone::Delivered {
-                                    outbox::delivery_scan_ms(conn, row.shipment_id).ok().flatten()
+                                    store.delivery_scan_ms(row.shipment_id).ok().flatten()
                                 } else {
                                     None
                                 };
@@ -822,7 +821,7 @@ impl Dispatcher {
         let due = self
             .inner
             .db
-            .call(move |conn, _| Ok(outbox::due_alerts(conn, n, min_wait_ms, now_ms, ALERT_BATCH)?))
+            .call(move |store| Ok(store.due_alerts(n, min_wait_ms, now_ms, ALERT_BATCH)?))
             .await?;
         let mut posted = 0;
         for due in due {
@@ -879,9 +878,7 @@ impl Dispatcher {
                     let marked = self
                         .inner
                         .db
-                        .call(move |conn, _| {
-                            Ok(outbox::mark_alert_posted(conn, id, from_level, level, now_ms)?)
-                        })
+                        .call(move |store| Ok(store.mark_alert_posted(id, from_level, level, now_ms)?))
                         .await?;
                     self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&alert.id);
                     self.inner.metrics.notification("staff", "sent");
@@ -910,7 +907,7 @@ impl Dispatcher {
 /// The message an operations alert becomes; `to` is the address or number for a
 /// provider that needs one (an on-call phone, an operations mailbox).
 pub fn alert_message(
-    alert: &outbox::Alert,
+    alert: &crate::store::Alert,
     to: Option<&str>,
     step: u32,
     settings: &NotifySettings,
@@ -1117,14 +1114,14 @@ async fn deliver(
     let merged = msg.merged.clone();
     inner
         .db
-        .call(move |conn, _| {
+        .call(move |store| {
             if opt_out {
-                outbox::set_opt_out(conn, &ch, &recipient, true, "provider", now_ms)?;
+                store.set_opt_out(&ch, &recipient, true, "provider", now_ms)?;
             }
             // The row, then the other parcels' rows the same message told.
             for row in std::iter::once(id).chain(merged.iter().copied()) {
                 for (p, d) in &handed_on {
-                    outbox::record_attempt(conn, row, now_ms, "handed_on", p, d)?;
+                    store.record_attempt(row, now_ms, "handed_on", p, d)?;
                 }
                 let detail = if row == id {
                     detail.clone()
@@ -1132,17 +1129,15 @@ async fn deliver(
                     format!("{detail} (one message with outbox {id})")
                 };
                 let (provider, provider_id) = (provider.as_deref(), provider_id.as_deref());
-                outbox::finish(
-                    conn,
-                    row,
+                let end = Finish {
                     status,
-                    next,
-                    now_ms,
+                    next_attempt_ms: next,
                     outcome,
                     provider,
                     provider_id,
-                    Some(&detail),
-                )?;
+                    detail: Some(&detail),
+                };
+                store.finish_notification(row, now_ms, &end)?;
             }
             Ok(())
         })

@@ -39,7 +39,7 @@ use axum::{Extension, Router};
 use doorstep_proto::{DeviceId, FleetId, Stop, StopId, Watch};
 
 use super::config::NotifySettings;
-use super::outbox::NotifyDb;
+use super::db::NotifyDb;
 use super::token::TokenError;
 use super::{NotifyError, now_ms, quiet};
 use crate::ingest::Writer;
@@ -631,7 +631,7 @@ async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Respons
     let ttl_ms = i64::try_from(state.settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
     state
         .db
-        .call(move |_, store| {
+        .call(move |store| {
             let Some(shipment) = store.shipment(shipment_id)? else {
                 return Ok(Err(token_error(TokenError::Invalid)));
             };
@@ -693,7 +693,7 @@ async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<Stri
     let Some(Proof { photo: Some(hash), photo_ok: true, .. }) = proof else {
         return error_page(StatusCode::NOT_FOUND, "No photo.");
     };
-    match state.db.call(move |_, store| Ok(store.photo(&hash)?)).await {
+    match state.db.call(move |store| Ok(store.photo(&hash)?)).await {
         Ok(Some(photo)) if photo.verified => {
             let kind = image_type(&photo.bytes);
             (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, kind)], photo.bytes).into_response()

@@ -13,9 +13,9 @@
 //! [`answer`] is pure: the sender's shipments and the links come in, the text goes out.
 
 use super::page::NotifyState;
-use super::{NotifyError, now_ms, outbox};
+use super::{NotifyError, now_ms};
 use crate::model::Milestone;
-use crate::store::{ContactChannel, Shipment};
+use crate::store::{ContactChannel, NewQuestion, Shipment};
 
 /// How far back a sender's parcels are looked for (days).
 pub const LOOKBACK_DAYS: i64 = 60;
@@ -195,9 +195,8 @@ pub async fn answer_and_log(
     let now = now_ms();
     let answer = state
         .db
-        .call(move |conn, store| {
-            let answered =
-                outbox::answers_since(conn, channel.as_str(), &sender, now.saturating_sub(3_600_000))?;
+        .call(move |store| {
+            let answered = store.answers_since(channel.as_str(), &sender, now.saturating_sub(3_600_000))?;
             let answer = if answered >= MAX_ANSWERS_PER_HOUR {
                 Answer { kind: Kind::TooMany, shipment_id: None, text: None }
             } else {
@@ -205,7 +204,18 @@ pub async fn answer_and_log(
                 let shipments = store.shipments_for_contact(channel, &sender, since)?;
                 answer(&text, &shipments, |s| settings.tracking_link(s.id, now))
             };
-            outbox::record_question(conn, now, channel.as_str(), &sender, &text, &answer)?;
+            let question: String = text.chars().take(MAX_LOGGED).collect();
+            store.record_question(
+                now,
+                &NewQuestion {
+                    channel: channel.as_str(),
+                    sender: &sender,
+                    question: &question,
+                    kind: answer.kind.as_str(),
+                    shipment_id: answer.shipment_id,
+                    answer: answer.text.as_deref(),
+                },
+            )?;
             Ok(answer)
         })
         .await?;

@@ -32,7 +32,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::outbox;
 use super::page::{NotifyState, internal, plain};
 use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
@@ -295,21 +294,19 @@ async fn events(
     let now = now_ms();
     let result = state
         .db
-        .call(move |conn, _| {
+        .call(move |store| {
             let mut recorded = Vec::new();
             for event in events {
                 let Some((outcome, opt_out)) = event_outcome(&event.event) else { continue };
                 let id = match event.outbox_id() {
                     Some(id) => Some(id),
                     None => match event.message_id() {
-                        Some(mid) => outbox::by_provider_id(conn, mid)?,
+                        Some(mid) => store.by_provider_id(mid)?,
                         None => None,
                     },
                 };
                 if opt_out && let Some(email) = &event.email {
-                    outbox::set_opt_out(
-                        conn,
-                        ContactChannel::Email.as_str(),
+                    store.set_opt_out(ContactChannel::Email.as_str(),
                         email,
                         true,
                         "sendgrid_event",
@@ -318,14 +315,14 @@ async fn events(
                 }
                 let Some(id) = id else { continue };
                 // Only events about an email row of ours.
-                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != ContactChannel::Email.as_str()) {
+                if store.row_target(id)?.is_none_or(|(ch, _)| ch != ContactChannel::Email.as_str()) {
                     continue;
                 }
                 let detail = match &event.reason {
                     Some(r) => format!("sendgrid {}: {r}", event.event),
                     None => format!("sendgrid {}", event.event),
                 };
-                if outbox::provider_event(conn, id, outcome, event.message_id(), Some(&detail), now)? {
+                if store.provider_event(id, outcome, event.message_id(), Some(&detail), now)? {
                     recorded.push(outcome);
                 }
             }

@@ -27,7 +27,6 @@ use ring::hmac;
 use serde::Deserialize;
 
 use super::config::NotifyConfigError;
-use super::outbox;
 use super::page::{NotifyState, form_pairs, internal, param, plain};
 use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
@@ -297,9 +296,9 @@ async fn status_callback(state: &NotifyState, params: &[(String, String)]) -> Re
     let now = now_ms();
     let result = state
         .db
-        .call(move |conn, _| {
-            let Some(id) = outbox::by_provider_id(conn, &sid)? else { return Ok(None) };
-            Ok(Some((id, outbox::provider_event(conn, id, outcome, Some(&sid), Some(&detail), now)?)))
+        .call(move |store| {
+            let Some(id) = store.by_provider_id(&sid)? else { return Ok(None) };
+            Ok(Some((id, store.provider_event(id, outcome, Some(&sid), Some(&detail), now)?)))
         })
         .await;
     match result {
@@ -329,8 +328,8 @@ async fn inbound_callback(state: &NotifyState, params: &[(String, String)]) -> R
     let logged = from.clone();
     match state
         .db
-        .call(move |conn, _| {
-            Ok(outbox::set_opt_out(conn, ContactChannel::Sms.as_str(), &from, out, "twilio_inbound", now)?)
+        .call(move |store| {
+            Ok(store.set_opt_out(ContactChannel::Sms.as_str(), &from, out, "twilio_inbound", now)?)
         })
         .await
     {

@@ -63,7 +63,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::NotifyConfigError;
-use super::outbox;
 use super::page::{NotifyState, form_pairs, internal, param, plain};
 use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
@@ -475,10 +474,10 @@ async fn receive(
     let now = now_ms();
     let result = state
         .db
-        .call(move |conn, _| {
+        .call(move |store| {
             let mut recorded = Vec::new();
             for u in updates {
-                let id = match outbox::by_provider_id(conn, &u.wamid)? {
+                let id = match store.by_provider_id(&u.wamid)? {
                     Some(id) => Some(id),
                     // A row that has not learned its wamid: its send timed out (`unknown`),
                     // or Meta's status came before the send's answer was written
@@ -488,9 +487,9 @@ async fn receive(
                     None => match u.outbox_id {
                         Some(id)
                             if matches!(
-                                outbox::row_status(conn, id)?.as_deref(),
+                                store.row_status(id)?.as_deref(),
                                 Some("unknown" | "sending")
-                            ) && outbox::row_target(conn, id)?
+                            ) && store.row_target(id)?
                                 .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
                         {
                             Some(id)
@@ -499,15 +498,15 @@ async fn receive(
                     },
                 };
                 let Some(id) = id else { continue };
-                if outbox::row_target(conn, id)?.is_none_or(|(ch, _)| ch != channel) {
+                if store.row_target(id)?.is_none_or(|(ch, _)| ch != channel) {
                     continue;
                 }
-                if outbox::provider_event(conn, id, u.outcome, Some(&u.wamid), Some(&u.detail), now)? {
+                if store.provider_event(id, u.outcome, Some(&u.wamid), Some(&u.detail), now)? {
                     recorded.push((id, u.outcome));
                 }
             }
             for o in &opt_changes {
-                outbox::set_opt_out(conn, channel, &o.recipient, o.out, "whatsapp_inbound", now)?;
+                store.set_opt_out(channel, &o.recipient, o.out, "whatsapp_inbound", now)?;
             }
             Ok((recorded, opt_changes))
         })

@@ -165,18 +165,6 @@ impl StoreTx<'_> {
     }
 }
 
-impl Store {
-    /// Acknowledges an operations alert as `by` (an API key's name): its escalation stops.
-    pub fn ack_alert(
-        &self,
-        id: i64,
-        by: &str,
-        now_ms: i64,
-    ) -> Result<crate::notify::outbox::Ack, StoreError> {
-        Ok(crate::notify::outbox::ack_alert(&self.conn, id, by, now_ms)?)
-    }
-}
-
 /// The outbox keys of "still on its way" updates (`still_on_its_way:<n>`), as a GLOB
 /// pattern: exact, where LIKE would read the underscores as wildcards.
 const STILL_ON_ITS_WAY_KEYS: &str = "still_on_its_way:*";

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -369,6 +369,20 @@ CREATE TABLE support_contacts (
 );
 CREATE INDEX support_contacts_shipment ON support_contacts (shipment_id, opened_ms);
 CREATE INDEX notification_outcomes_sent ON notification_outcomes (at_ms) WHERE outcome = 'sent';
+"#,
+    // 13: opt-outs and the provider-callback index join the store's own migrations (the
+    // notification module created them on the side before; a database it created keeps
+    // them, hence IF NOT EXISTS).
+    r#"
+CREATE TABLE IF NOT EXISTS notification_opt_outs (
+    channel    TEXT NOT NULL,
+    recipient  TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    PRIMARY KEY (channel, recipient)
+);
+CREATE INDEX IF NOT EXISTS notification_outcomes_provider
+    ON notification_outcomes (provider_id) WHERE provider_id IS NOT NULL;
 "#,
 ];
 

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use doorstep_hub::model::Milestone;
-use doorstep_hub::notify::{NotifyConfig, NotifySettings, outbox};
+use doorstep_hub::notify::{NotifyConfig, NotifySettings};
 use doorstep_hub::store::{Contact, ContactChannel, NewNotification, NewShipment, Store, StoreOptions};
 use doorstep_proto::TrackingNumber;
 
@@ -122,9 +122,13 @@ pub fn settings(extra: &str) -> NotifySettings {
         .expect("valid")
 }
 
-pub fn last_outcome(path: &Path, id: i64) -> outbox::Outcome {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    outbox::outcomes(&conn, id).expect("log").pop().expect("entry")
+pub fn last_outcome(path: &Path, id: i64) -> doorstep_hub::store::Outcome {
+    doorstep_hub::store::Store::open(path, doorstep_hub::store::StoreOptions { full_sync: false })
+        .expect("open")
+        .outcomes(id)
+        .expect("log")
+        .pop()
+        .expect("entry")
 }
 
 /// A database with one shipment (SMS, email and WhatsApp contacts, consented) and returns
@@ -199,8 +203,13 @@ pub fn enqueue_at(
 }
 
 pub fn outcomes(path: &Path, id: i64) -> Vec<String> {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    outbox::outcomes(&conn, id).expect("outcomes").into_iter().map(|o| o.outcome).collect()
+    doorstep_hub::store::Store::open(path, doorstep_hub::store::StoreOptions { full_sync: false })
+        .expect("open")
+        .outcomes(id)
+        .expect("outcomes")
+        .into_iter()
+        .map(|o| o.outcome)
+        .collect()
 }
 
 pub fn status(path: &Path, id: i64) -> String {
