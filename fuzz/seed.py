@@ -10,7 +10,7 @@ Sources, per target:
   nmea_sentence       one line of each sentence type of each log
   envelope_open       proto/tests/vectors/v1.json: each event's signed body, and its whole
                       envelope
-  hub_message_open    the same file's hub messages (ack, route)
+  hub_message_open    the same file's hub messages (ack, route, watch, stop note)
   route_json          the route in the golden vectors, and fuzz/seeds/route_json/
   blob_chunk          chunks built here in the v1 chunk layout, and fuzz/seeds/blob_chunk/
   driver_request      the requests in agent/src/driver.rs's module docs, one per file and

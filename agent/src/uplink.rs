@@ -848,6 +848,9 @@ impl Run {
                 }
             }
             HubMessage::Watch(watch) => self.on_watch(&watch),
+            HubMessage::StopNote(note) => {
+                tracing::info!(device = %self.device, route = %note.route_id, stop = %note.stop_id, "stop note received");
+            }
         }
         Ok(())
     }

@@ -26,7 +26,10 @@ pub use event::{
     PhotoRef, ScanNotOnRoute, Trail, TrailStep,
 };
 pub use hexbytes::HexBytes;
-pub use hub::{Ack, BlobAck, HubMessage, RouteAssignment, Watch};
+pub use hub::{
+    Ack, BlobAck, HubMessage, MAX_NOTE_CHARS, NoteTextError, RouteAssignment, StopNote, Watch,
+    check_note_text,
+};
 pub use ids::{Barcode, DeviceId, FleetId, IdError, RouteId, StopId, TrackingNumber};
 pub use key::{KeyError, KeyId, Keyring, PublicKey, SigningKey, TrustedKey};
 pub use route::{RouteManifest, Stop};

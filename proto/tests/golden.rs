@@ -51,6 +51,17 @@ fn build() -> Value {
                 every_s: 5,
             }),
         ),
+        (
+            "stop_note",
+            HubMessage::StopNote(StopNote {
+                device: common::device(),
+                issued_ms: 1_763_742_060_000,
+                route_id: RouteId::new("r-2026-11-21-van17").expect("id"),
+                stop_id: StopId::new("s-014").expect("id"),
+                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
+                text: "Bitte beim Nachbarn in Nr. 12 abgeben, not at the back door".to_owned(),
+            }),
+        ),
     ]
     .into_iter()
     .map(|(name, message)| {
