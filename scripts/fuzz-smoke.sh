@@ -47,7 +47,8 @@ fi
 start=$SECONDS
 (cd fuzz && cargo fuzz build "${build[@]}")
 build_s=$((SECONDS - start))
-bin="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/$profile"
+# cargo builds into CARGO_TARGET_DIR when it is set (an absolute path), else fuzz/target.
+bin="${CARGO_TARGET_DIR:-fuzz/target}/$(rustc -vV | sed -n 's/^host: //p')/$profile"
 
 if (($#)); then
     targets=("$@")
