@@ -17,6 +17,7 @@ declare -A NEED=(
     [chromium]=/usr/bin/chromium
     [chromium-driver]=/usr/bin/chromedriver
     [nats-server]=/usr/sbin/nats-server
+    [curl]=/usr/bin/curl
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
@@ -28,6 +29,26 @@ if ((${#missing[@]})); then
     [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# axe-core, the accessibility rule engine the page and console tests inject into
+# Chromium: one pinned release from the npm registry, checked against its published
+# SHA-512, kept in .cache/ (no Node.js needed).
+AXE_VERSION=4.14.1
+AXE_SHA512=FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==
+axe_dir=.cache/axe-core/$AXE_VERSION
+if [[ ! -s "$axe_dir/axe.min.js" ]]; then
+    echo "test.sh: fetching axe-core $AXE_VERSION" >&2
+    mkdir -p "$axe_dir"
+    tgz="$axe_dir/axe-core.tgz"
+    curl -fsSL "https://registry.npmjs.org/axe-core/-/axe-core-$AXE_VERSION.tgz" -o "$tgz"
+    got=$(python3 -c "import base64,hashlib,sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1],'rb').read()).digest()).decode())" "$tgz")
+    if [[ "$got" != "$AXE_SHA512" ]]; then
+        echo "test.sh: axe-core $AXE_VERSION does not match the npm registry's published SHA-512" >&2
+        exit 1
+    fi
+    tar -xzf "$tgz" -C "$axe_dir" --strip-components=1 package/axe.min.js
+    rm "$tgz"
 fi
 
 # Unit, integration and end-to-end tests; benchmarks run once each as smoke tests.

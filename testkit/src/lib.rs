@@ -1,5 +1,7 @@
 //! What Doorstep's tests and its demo share, so each piece exists once:
 //!
+//! - [`browser`]: headless Chromium over WebDriver, with axe-core's accessibility check,
+//!   for the tracking page and the operations console;
 //! - [`pty`]: a pseudo-terminal standing in for the van's GNSS serial port;
 //! - [`mosquitto`]: a real Mosquitto per test, on a free loopback port, that can be
 //!   killed, restarted and given a TLS listener;
@@ -9,6 +11,7 @@
 //!
 //! It is a development crate: nothing the agent or the hub ships depends on it.
 
+pub mod browser;
 pub mod driver;
 pub mod mosquitto;
 pub mod pty;
