@@ -17,18 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doorstep_proto::{RouteAssignment, RouteManifest, SigningKey};
+use doorstep_proto::{RouteAssignment, RouteManifest, SigningKey, StopNote};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::decide::{Decided, Decider, Reply};
+use crate::decide::{Decided, Decider, Instruction, Reply};
 use crate::driver::{self, Action, DriverCounters, Job, REQUEST_QUEUE};
 use crate::fix::{Fix, format_utc_ms};
 use crate::gate::{Gate, Verdict};
 use crate::gps::{self, Backoff, Decoder, DecoderConfig, LinkStats, SerialConfig};
+use crate::notes::{NoteOutcome, StopNotes};
 use crate::outbox::OutboxError;
 use crate::outbox::{Outbox, OutboxConfig, OutboxHandle};
 use crate::uplink::{LivePosition, Uplink, UplinkError, UplinkNotice, UplinkSettings};
@@ -38,6 +39,9 @@ use crate::watchdog::{self, Heartbeat, Heartbeats};
 pub const FIX_QUEUE: usize = 64;
 /// Routes waiting for the brain.
 pub const ROUTE_QUEUE: usize = 4;
+/// Stop notes waiting for the brain: a route's worth arrive together when the hub
+/// publishes it again (more are dropped and come again with the next publish).
+pub const NOTE_QUEUE: usize = 256;
 /// How often the brain rewrites its state file for `doorstep-agent status`.
 pub const STATE_INTERVAL: Duration = Duration::from_secs(2);
 /// Name of the brain's state file in the state directory.
@@ -51,6 +55,9 @@ pub const PROGRESS_STATE: &str = "route_progress";
 /// The outbox state that holds the last route assignment the hub sent, verified (JSON,
 /// with its issue time so an older retained route cannot replace it after a restart).
 pub const ROUTE_STATE: &str = "hub_route";
+/// The outbox state that holds the customers' delivery instructions the hub sent
+/// ([`StopNotes`] as JSON), so a restart keeps them with the route.
+pub const NOTES_STATE: &str = "stop_notes";
 
 /// Why the brain could not store a decided event; the driver is told to keep the parcel.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +132,9 @@ pub struct BrainState {
     pub route_id: Option<String>,
     /// Stops of the route with parcels left.
     pub stops_with_parcels_left: usize,
+    /// Parcels of the route with customers' delivery instructions in force.
+    #[serde(default)]
+    pub stop_notes: usize,
     /// Events stored in the outbox since start.
     pub events_stored: u64,
     /// Events that could not be stored (outbox full, disk full): must stay 0.
@@ -165,6 +175,8 @@ pub struct Brain {
     live: watch::Sender<Option<LivePosition>>,
     /// The progress as last committed, to restore when its route is loaded again.
     saved_progress: Option<crate::decide::Progress>,
+    /// Customers' delivery instructions for the route's stops, as the hub sent them.
+    notes: StopNotes,
     heartbeat: Option<Heartbeat>,
 }
 
@@ -186,8 +198,22 @@ impl Brain {
             store_failures: 0,
             live,
             saved_progress: None,
+            notes: StopNotes::default(),
             heartbeat: None,
         }
+    }
+
+    /// Restores the delivery instructions kept before a restart; those of another route
+    /// than the one loaded are dropped.
+    pub fn with_notes(mut self, mut notes: StopNotes) -> Self {
+        if let Some(route) = self.decider.route() {
+            notes.on_route(&route.route_id);
+        }
+        if !notes.is_empty() {
+            tracing::info!(kept = notes.len(), "stop notes restored");
+        }
+        self.notes = notes;
+        self
     }
 
     /// Restores the route's progress as last committed (from the outbox, or from an
@@ -276,10 +302,66 @@ impl Brain {
     /// outbox by the hand-off in [`start_uplink`]).
     pub async fn on_route(&mut self, route: RouteManifest) {
         tracing::info!(route = %route.route_id, stops = route.stops.len(), "route loaded");
+        let dropped = self.notes.on_route(&route.route_id);
         self.decider.load_route(route);
         if let Some(progress) = self.saved_progress.clone() {
             self.decider.restore(progress);
         }
+        if dropped > 0 {
+            tracing::info!(dropped, "stop notes of the previous route dropped");
+            self.keep_notes().await;
+        }
+    }
+
+    /// Takes a customer's delivery instructions for a stop (verified by the uplink under
+    /// the hub key) and keeps them for a restart.
+    pub async fn on_note(&mut self, note: StopNote, counters: &DriverCounters) {
+        let outcome = self.notes.on_note(&note);
+        counters.count(outcome.as_str());
+        tracing::info!(route = %note.route_id, stop = %note.stop_id, chars = note.text.chars().count(), outcome = outcome.as_str(), "stop note");
+        if outcome == NoteOutcome::Kept {
+            self.keep_notes().await;
+        }
+    }
+
+    /// Writes the notes to the outbox's state. A failure is logged: the notes stay shown
+    /// until a restart, and the hub sends them again with the route.
+    async fn keep_notes(&self) {
+        match serde_json::to_vec(&self.notes) {
+            Ok(bytes) => {
+                if let Err(e) = self.outbox.set_state(NOTES_STATE, bytes).await {
+                    tracing::warn!(error = %e, "stop notes could not be kept for a restart");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "stop notes could not be encoded to keep"),
+        }
+    }
+
+    /// The instructions for stop `stop_id` of the loaded route.
+    fn instructions_for(&self, stop_id: &doorstep_proto::StopId) -> Vec<Instruction> {
+        let Some(route) = self.decider.route() else { return Vec::new() };
+        self.notes
+            .for_stop(&route.route_id, stop_id)
+            .map(|(tn, text)| Instruction {
+                stop_id: stop_id.to_string(),
+                tracking_number: tn.to_string(),
+                text: text.to_owned(),
+            })
+            .collect()
+    }
+
+    /// Adds the instructions for the stop a reply is about, with a sentence for the
+    /// driver's screen.
+    fn with_instructions(&self, mut reply: Reply, stop_id: Option<&doorstep_proto::StopId>) -> Reply {
+        if let Some(stop_id) = stop_id {
+            reply.instructions = self.instructions_for(stop_id);
+        }
+        for i in &reply.instructions {
+            reply
+                .message
+                .push_str(&format!(" Customer's instructions for {}: {}", i.tracking_number, i.text));
+        }
+        reply
     }
 
     /// Handles one driver request and returns the reply.
@@ -289,7 +371,8 @@ impl Brain {
             Action::Status => return self.status_reply(),
             Action::Scan { code, photo, photo_path } => {
                 let (reply, decided) = self.decider.on_scan(now.unwrap_or(0), &code, photo);
-                (reply, decided, photo_path)
+                let stop = reply.stop_id.as_deref().and_then(|s| doorstep_proto::StopId::new(s).ok());
+                (self.with_instructions(reply, stop.as_ref()), decided, photo_path)
             }
             Action::Exception { report, photo_path } => {
                 let (reply, decided) = self.decider.on_exception(now.unwrap_or(0), report);
@@ -351,7 +434,12 @@ impl Brain {
         let route =
             self.decider.route().map_or("no route loaded".to_owned(), |r| format!("route {}", r.route_id));
         reply.message = format!("{route}; {fix}; {} event(s) stored since start", self.events_stored);
-        reply
+        let next = self.decider.next_stop().map(|s| s.stop_id.clone());
+        if let Some(stop) = &next {
+            reply.stop_id = Some(stop.to_string());
+            reply.message.push_str(&format!("; next stop {stop}."));
+        }
+        self.with_instructions(reply, next.as_ref())
     }
 
     /// The state for the status file.
@@ -367,6 +455,7 @@ impl Brain {
             }),
             route_id: self.decider.route().map(|r| r.route_id.to_string()),
             stops_with_parcels_left: self.decider.stops_with_parcels_left(),
+            stop_notes: self.decider.route().map_or(0, |r| self.notes.in_force(&r.route_id)),
             events_stored: self.events_stored,
             store_failures: self.store_failures,
             decisions: self.decider.counters().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
@@ -392,22 +481,35 @@ pub fn write_json_atomically(path: &std::path::Path, value: &impl Serialize) -> 
     crate::util::write_atomic(path, &text, false)
 }
 
-/// The brain's loop: fixes, routes and driver jobs in; until cancelled.
+/// What flows into the brain.
+#[derive(Debug)]
+pub struct BrainInputs {
+    /// Fixes from the receiver.
+    pub fixes: mpsc::Receiver<Fix>,
+    /// Routes from the hub (or the route file).
+    pub routes: mpsc::Receiver<RouteManifest>,
+    /// The hub's stop notes.
+    pub notes: mpsc::Receiver<StopNote>,
+    /// The driver's requests.
+    pub jobs: mpsc::Receiver<Job>,
+}
+
+/// The brain's loop: fixes, routes, stop notes and driver jobs in; until cancelled.
 pub async fn run_brain(
     mut brain: Brain,
-    mut fixes: mpsc::Receiver<Fix>,
-    mut routes: mpsc::Receiver<RouteManifest>,
-    mut jobs: mpsc::Receiver<Job>,
+    inputs: BrainInputs,
     driver_counters: DriverCounters,
     state_path: PathBuf,
     cancel: CancellationToken,
 ) {
+    let BrainInputs { mut fixes, mut routes, mut notes, mut jobs } = inputs;
     let mut tick = tokio::time::interval(STATE_INTERVAL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             Some(fix) = fixes.recv() => brain.on_fix(&fix).await,
             Some(route) = routes.recv() => brain.on_route(route).await,
+            Some(note) = notes.recv() => brain.on_note(note, &driver_counters).await,
             Some(job) = jobs.recv() => {
                 let reply = brain.on_action(job.action, &driver_counters).await;
                 let _ = job.reply.send(reply);
@@ -434,6 +536,8 @@ pub struct Running {
     pub outbox: OutboxHandle,
     /// Where hub routes go.
     pub routes: mpsc::Sender<RouteManifest>,
+    /// Where the hub's stop notes go.
+    pub notes: mpsc::Sender<StopNote>,
     /// The newest good fix, for the uplink's live position.
     pub live: watch::Receiver<Option<LivePosition>>,
     /// The tasks.
@@ -481,6 +585,15 @@ pub async fn start(
             }
         }
     });
+    let notes = read_state(&outbox, NOTES_STATE)
+        .and_then(|bytes| match serde_json::from_slice::<StopNotes>(&bytes) {
+            Ok(notes) => Some(notes),
+            Err(e) => {
+                tracing::warn!(error = %e, "kept stop notes unreadable; the hub sends them again with the route");
+                None
+            }
+        })
+        .unwrap_or_default();
     let progress = read_state(&outbox, PROGRESS_STATE)
         .or_else(|| std::fs::read(config.state_dir.join(PROGRESS_FILE)).ok())
         .and_then(|bytes| match serde_json::from_slice::<crate::decide::Progress>(&bytes) {
@@ -494,6 +607,7 @@ pub async fn start(
     let tasks = TaskTracker::new();
     let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
     let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
+    let (note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
     let (job_tx, job_rx) = mpsc::channel(REQUEST_QUEUE);
     let counters = DriverCounters::default();
 
@@ -546,17 +660,24 @@ pub async fn start(
     let (live_tx, live_rx) = watch::channel(None);
     let brain = Brain::new(Gate::new(config.gate), decider, outbox.clone(), live_tx)
         .with_progress(progress)
+        .with_notes(notes)
         .with_heartbeat(heartbeats.register("brain"));
     tasks.spawn(run_brain(
         brain,
-        fix_rx,
-        route_rx,
-        job_rx,
+        BrainInputs { fixes: fix_rx, routes: route_rx, notes: note_rx, jobs: job_rx },
         counters,
         config.state_dir.join(BRAIN_STATE_FILE),
         cancel,
     ));
-    Ok(Running { outbox, routes: route_tx, live: live_rx, tasks, heartbeats, kept_route_issued_ms })
+    Ok(Running {
+        outbox,
+        routes: route_tx,
+        notes: note_tx,
+        live: live_rx,
+        tasks,
+        heartbeats,
+        kept_route_issued_ms,
+    })
 }
 
 /// Starts the uplink to the hub when `[uplink]` is configured, with the hand-off of the
@@ -575,6 +696,7 @@ pub fn start_uplink(
     let wiring = UplinkWiring {
         positions: Some(running.live.clone()),
         routes: Some(route_tx),
+        notes: Some(running.notes.clone()),
         kept_route_issued_ms: running.kept_route_issued_ms,
         live: config.live,
         ..UplinkWiring::default()
@@ -626,6 +748,8 @@ pub struct UplinkWiring {
     pub positions: Option<watch::Receiver<Option<LivePosition>>>,
     /// Where verified routes from the hub go.
     pub routes: Option<watch::Sender<Option<RouteAssignment>>>,
+    /// Where verified stop notes (customers' delivery instructions) from the hub go.
+    pub notes: Option<mpsc::Sender<StopNote>>,
     /// Issue time of the route kept from before a restart, so an older one is not taken.
     pub kept_route_issued_ms: Option<i64>,
     /// When the live position is sent while nobody watches (`[live]`).
@@ -650,6 +774,9 @@ pub fn spawn_uplink(
     }
     if let Some(tx) = wiring.routes {
         uplink = uplink.with_routes(tx);
+    }
+    if let Some(tx) = wiring.notes {
+        uplink = uplink.with_notes(tx);
     }
     let uplink = uplink.with_kept_route(wiring.kept_route_issued_ms).with_live(wiring.live);
     tokio::spawn(uplink.run(cancel))
@@ -744,6 +871,106 @@ mod tests {
         }
     }
 
+    fn note(route: &str, stop: &str, tn: &str, text: &str, issued_ms: i64) -> StopNote {
+        StopNote {
+            device: doorstep_proto::DeviceId::new("van-notes").expect("id"),
+            issued_ms,
+            route_id: doorstep_proto::RouteId::new(route).expect("id"),
+            stop_id: doorstep_proto::StopId::new(stop).expect("id"),
+            tracking_number: doorstep_proto::TrackingNumber::new(tn).expect("tn"),
+            text: text.to_owned(),
+        }
+    }
+
+    fn two_stop_route(route_id: &str) -> RouteManifest {
+        RouteManifest::from_json(
+            format!(
+                r#"{{"route_id":"{route_id}","stops":[
+                    {{"stop_id":"s1","lat":47.0,"lon":8.0,"tracking_numbers":["1ZNOTE0001"]}},
+                    {{"stop_id":"s2","lat":47.01,"lon":8.0,"tracking_numbers":["1ZNOTE0002","1ZNOTE0003"]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .expect("route")
+    }
+
+    async fn notes_brain(dir: &Path) -> (Brain, OutboxHandle) {
+        let device = doorstep_proto::DeviceId::new("van-notes").expect("id");
+        let key = Arc::new(SigningKey::from_seed(&[9; 32]).expect("seed"));
+        let outbox = Outbox::open(&dir.join("outbox.db"), OutboxConfig::new(device))
+            .expect("open")
+            .spawn(key)
+            .expect("spawn");
+        let (live, _live) = watch::channel(None);
+        let decider = Decider::new(crate::geofence::GeofenceConfig::default());
+        let brain = Brain::new(Gate::new(crate::gate::GateConfig::default()), decider, outbox.clone(), live);
+        (brain, outbox)
+    }
+
+    #[tokio::test]
+    async fn the_drivers_status_shows_the_next_stops_instructions_and_a_restart_keeps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counters = DriverCounters::default();
+        let (mut brain, outbox) = notes_brain(dir.path()).await;
+        brain.on_route(two_stop_route("r1")).await;
+        brain.on_note(note("r1", "s1", "1ZNOTE0001", "Ring twice, dog is friendly", 10), &counters).await;
+        brain.on_note(note("r1", "s2", "1ZNOTE0003", "Neighbour at no. 12", 11), &counters).await;
+        let reply = brain.on_action(Action::Status, &counters).await;
+        assert!(reply.ok);
+        assert_eq!(reply.stop_id.as_deref(), Some("s1"), "no stop done yet: s1 is next");
+        assert_eq!(
+            reply.instructions,
+            [Instruction {
+                stop_id: "s1".into(),
+                tracking_number: "1ZNOTE0001".into(),
+                text: "Ring twice, dog is friendly".into()
+            }],
+            "only the next stop's"
+        );
+        assert!(reply.message.contains("Ring twice, dog is friendly"), "{}", reply.message);
+        let json = serde_json::to_string(&reply).expect("json");
+        assert!(json.contains(r#""instructions":[{"stop_id":"s1","tracking_number":"1ZNOTE0001""#), "{json}");
+        assert_eq!(brain.state(&counters).stop_notes, 2);
+        assert_eq!(counters.snapshot().get("stop_note_kept"), Some(&2));
+
+        // A restart: the notes come back from the outbox with the route.
+        let kept = outbox.call(|o| o.state(NOTES_STATE)).await.expect("state").expect("kept");
+        drop(brain);
+        let mut decider = Decider::new(crate::geofence::GeofenceConfig::default());
+        decider.load_route(two_stop_route("r1"));
+        let gate = Gate::new(crate::gate::GateConfig::default());
+        let brain = Brain::new(gate, decider, outbox.clone(), watch::channel(None).0)
+            .with_notes(serde_json::from_slice(&kept).expect("notes"));
+        assert_eq!(brain.state(&counters).stop_notes, 2, "kept across the restart");
+        assert_eq!(brain.status_reply().instructions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_scan_at_a_stop_with_instructions_shows_them_and_a_new_route_drops_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counters = DriverCounters::default();
+        let (mut brain, _outbox) = notes_brain(dir.path()).await;
+        brain.on_route(two_stop_route("r1")).await;
+        brain.on_note(note("r1", "s2", "1ZNOTE0003", "Leave it in the garage", 10), &counters).await;
+        brain.on_fix(&fix_at(0)).await;
+        // The van is far from s2: the scan is recorded away from the address, and the
+        // driver still sees what the customer asked for at that stop.
+        let reply = brain
+            .on_action(Action::Scan { code: "1ZNOTE0002".into(), photo: None, photo_path: None }, &counters)
+            .await;
+        assert_eq!(reply.stop_id.as_deref(), Some("s2"), "{reply:?}");
+        assert_eq!(reply.instructions.len(), 1, "{reply:?}");
+        assert_eq!(reply.instructions[0].text, "Leave it in the garage");
+        assert!(reply.message.ends_with("Customer's instructions for 1ZNOTE0003: Leave it in the garage"));
+
+        brain.on_route(two_stop_route("r2")).await;
+        assert_eq!(brain.state(&counters).stop_notes, 0, "another route, other customers");
+        let reply = brain
+            .on_action(Action::Scan { code: "1ZNOTE0002".into(), photo: None, photo_path: None }, &counters)
+            .await;
+        assert!(reply.instructions.is_empty(), "{reply:?}");
+    }
+
     #[tokio::test]
     async fn a_graceful_stop_stores_the_trail_batch_being_filled() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -759,13 +986,12 @@ mod tests {
         let brain = Brain::new(Gate::new(crate::gate::GateConfig::default()), decider, outbox.clone(), live);
         let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
         let (_route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
+        let (_note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
         let (_job_tx, job_rx) = mpsc::channel(REQUEST_QUEUE);
         let cancel = CancellationToken::new();
         let brain = tokio::spawn(run_brain(
             brain,
-            fix_rx,
-            route_rx,
-            job_rx,
+            BrainInputs { fixes: fix_rx, routes: route_rx, notes: note_rx, jobs: job_rx },
             DriverCounters::default(),
             dir.path().join(BRAIN_STATE_FILE),
             cancel.clone(),

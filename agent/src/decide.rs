@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use doorstep_proto::event::MAX_NOTE_LEN;
 use doorstep_proto::{
     Barcode, Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, MAX_TRAIL_SAMPLES, Nearby,
-    PhotoRef, RouteId, RouteManifest, ScanNotOnRoute, StopId, TrackingNumber, Trail,
+    PhotoRef, RouteId, RouteManifest, ScanNotOnRoute, Stop, StopId, TrackingNumber, Trail,
 };
 use serde::Serialize;
 
@@ -133,6 +133,21 @@ pub struct Reply {
     pub van_at_stop: Option<String>,
     /// One sentence for the driver's screen.
     pub message: String,
+    /// The customers' delivery instructions for the stop the reply is about (the scanned
+    /// parcel's stop; for `status`, the van's next stop), one per parcel that has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instructions: Vec<Instruction>,
+}
+
+/// A customer's delivery instructions for one parcel, as the driver's app shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instruction {
+    /// The stop.
+    pub stop_id: String,
+    /// The parcel.
+    pub tracking_number: String,
+    /// What the customer asks, plain text.
+    pub text: String,
 }
 
 impl Reply {
@@ -146,6 +161,7 @@ impl Reply {
             remaining: None,
             van_at_stop: None,
             message: message.into(),
+            instructions: Vec::new(),
         }
     }
 }
@@ -346,6 +362,17 @@ impl Decider {
         if n > 0 {
             *self.counters.entry(name).or_insert(0) += n;
         }
+    }
+
+    /// The stop the van is at or heading to next: the first stop with parcels left from
+    /// the furthest stop reached on (the first stop before any is reached), else the first
+    /// with parcels left anywhere (one the driver skipped); `None` when all are done.
+    pub fn next_stop(&self) -> Option<&Stop> {
+        let route = self.route.as_ref()?;
+        let stops = &route.manifest.stops;
+        let from = route.reached.unwrap_or(0);
+        let left = |i: &usize| route.remaining(*i) > 0;
+        (from..stops.len()).find(left).or_else(|| (0..from).find(left)).and_then(|i| stops.get(i))
     }
 
     /// Stops of the loaded route that still have parcels to hand over.
@@ -609,6 +636,7 @@ impl Decider {
                 "Recorded: {}. Operations and the customer will be told.",
                 report.reason.as_str()
             ),
+            instructions: Vec::new(),
         };
         (reply, self.trail_first([Decided { utc_ms, event }]))
     }
@@ -688,6 +716,7 @@ impl Loaded {
                 remaining: Some(remaining),
                 van_at_stop: None,
                 message: format!("Already delivered at {}. {remaining} parcel(s) to go there", label(&stop)),
+                instructions: Vec::new(),
             };
             return (reply, None, "scan_duplicate");
         }
@@ -732,6 +761,7 @@ impl Loaded {
                     remaining: Some(remaining),
                     van_at_stop: None,
                     message,
+                    instructions: Vec::new(),
                 };
                 let event = Event::DeliveredAtAddress(Delivery {
                     route_id: self.id.clone(),
@@ -770,6 +800,7 @@ impl Loaded {
                     remaining: Some(remaining),
                     van_at_stop: van_at.map(|s| s.id.to_string()),
                     message,
+                    instructions: Vec::new(),
                 };
                 let event = Event::DeliveredAwayFromAddress(Delivery {
                     route_id: self.id.clone(),
@@ -809,6 +840,7 @@ impl Loaded {
                         "Already scanned for {}. {remaining} parcel(s) to go there",
                         label(&stop)
                     ),
+                    instructions: Vec::new(),
                 };
                 (reply, None, "scan_duplicate")
             }

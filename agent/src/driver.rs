@@ -10,7 +10,14 @@
 //! → {"op":"scan","code":"1Z999AA10123456785","photo":"/data/pod/0142.jpg"}
 //! → {"op":"exception","reason":"recipient_absent","codes":["1Z999AA10123456785"],"note":"no answer"}
 //! → {"op":"status"}
+//! ← {"ok":true,"result":"status","stop_id":"s-015","message":"route r-17; GPS fix 1 s old; ...; next stop s-015.
+//!    Customer's instructions for 1Z999AA10123456786: Ring twice","instructions":[{"stop_id":"s-015",
+//!    "tracking_number":"1Z999AA10123456786","text":"Ring twice"}]}
 //! ```
+//!
+//! `instructions` (left out when there are none) are what customers asked for on their
+//! tracking page, signed by the hub: in a scan's reply those of the parcel's stop, in
+//! `status` those of the van's next stop.
 //!
 //! A serial barcode scanner sends one code per line and cannot show a reply; its replies
 //! go to the log (and the app shows the van's state with `status`).

@@ -18,6 +18,7 @@ pub mod gps;
 pub mod lines;
 pub mod live;
 pub mod nmea;
+pub mod notes;
 pub mod outbox;
 pub mod replay;
 pub mod status;

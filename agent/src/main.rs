@@ -280,9 +280,10 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         if let Some(brain) = brain {
             writeln!(
                 out,
-                "route: {}; stops with parcels left: {}",
+                "route: {}; stops with parcels left: {}; parcels with customer instructions: {}",
                 brain.route_id.as_deref().unwrap_or("none loaded"),
-                brain.stops_with_parcels_left
+                brain.stops_with_parcels_left,
+                brain.stop_notes
             )?;
             writeln!(
                 out,

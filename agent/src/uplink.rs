@@ -36,7 +36,7 @@ use doorstep_proto::hub::MAX_HUB_LEN;
 use doorstep_proto::state::DeviceState;
 use doorstep_proto::{
     Channel, DeviceId, Envelope, Event, FixEvidence, FleetId, HexBytes, HubMessage, KeyError, PublicKey,
-    RouteAssignment, Topic,
+    RouteAssignment, StopNote, Topic,
 };
 use doorstep_runtime::backoff::jitter;
 use doorstep_runtime::tls::TlsError;
@@ -452,6 +452,7 @@ pub struct Uplink {
     notices: Option<mpsc::Sender<UplinkNotice>>,
     positions: Option<watch::Receiver<Option<LivePosition>>>,
     routes: Option<watch::Sender<Option<RouteAssignment>>>,
+    notes: Option<mpsc::Sender<StopNote>>,
     /// Issue time of the route the van already drives (kept from before a restart).
     kept_route_issued_ms: Option<i64>,
     agent_version: String,
@@ -474,6 +475,7 @@ impl Uplink {
             notices: None,
             positions: None,
             routes: None,
+            notes: None,
             kept_route_issued_ms: None,
             agent_version: AGENT_VERSION.to_owned(),
             live: LiveConfig::default(),
@@ -502,6 +504,14 @@ impl Uplink {
     /// Delivers verified routes for this device to `tx` (newest `issued_ms` wins).
     pub fn with_routes(mut self, tx: watch::Sender<Option<RouteAssignment>>) -> Self {
         self.routes = Some(tx);
+        self
+    }
+
+    /// Delivers verified stop notes (customers' delivery instructions) for this device to
+    /// `tx`. The channel is bounded and never waited on: a note that finds it full is
+    /// logged and dropped, and comes again with the route when the hub publishes it again.
+    pub fn with_notes(mut self, tx: mpsc::Sender<StopNote>) -> Self {
+        self.notes = Some(tx);
         self
     }
 
@@ -850,6 +860,11 @@ impl Run {
             HubMessage::Watch(watch) => self.on_watch(&watch),
             HubMessage::StopNote(note) => {
                 tracing::info!(device = %self.device, route = %note.route_id, stop = %note.stop_id, "stop note received");
+                if let Some(tx) = &self.up.notes
+                    && let Err(mpsc::error::TrySendError::Full(note)) = tx.try_send(note)
+                {
+                    tracing::warn!(device = %self.device, route = %note.route_id, stop = %note.stop_id, "stop note dropped: the brain is busy; the hub sends it again with the route");
+                }
             }
         }
         Ok(())
