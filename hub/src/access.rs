@@ -54,18 +54,23 @@ pub enum Scope {
     MetricsRead,
     /// Acknowledge operations alerts (stops their escalation).
     AlertsWrite,
+    /// Sign in to the operations console (`/console`) in a browser: read alerts,
+    /// shipments with their contacts masked, the fleet and the numbers; acknowledge and
+    /// resolve alerts.
+    Console,
     /// Everything above.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in the order `--help` lists them.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::OrdersWrite,
         Scope::RoutesWrite,
         Scope::ShipmentsRead,
         Scope::MetricsRead,
         Scope::AlertsWrite,
+        Scope::Console,
         Scope::Admin,
     ];
 
@@ -77,6 +82,7 @@ impl Scope {
             Scope::ShipmentsRead => "shipments:read",
             Scope::MetricsRead => "metrics:read",
             Scope::AlertsWrite => "alerts:write",
+            Scope::Console => "console",
             Scope::Admin => "admin",
         }
     }
@@ -246,37 +252,108 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Why a key could not be checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// The database failed (logged).
+    #[error("database error; see the hub's log")]
+    Database,
+    /// The writer is gone.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+/// What checking a key found, for the console's sign-in and its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Malformed, unknown, or not matching its digest.
+    Unknown,
+    /// A genuine key that was revoked (its name).
+    Revoked(String),
+    /// A genuine key without the scope (its name).
+    Forbidden(String),
+    /// Go ahead: the key's name and public id.
+    Allowed {
+        /// The operator's name for the key.
+        name: String,
+        /// The key's public id (what a session remembers instead of the token).
+        key_id: String,
+    },
+}
+
+/// Looks a presented token up and judges it for `scope`, noting its use.
+async fn lookup(guard: &Guard, token: &str, scope: Scope) -> Result<Verdict, CheckError> {
+    let Some(id) = key_id_of(token).map(str::to_owned) else { return Ok(judge(token, None, scope)) };
+    let looked_up = guard
+        .writer
+        .call(move |ctx| -> Result<Option<ApiKeyRecord>, StoreError> {
+            let key = ctx.store.api_key_by_id(&id)?;
+            if let Some(key) = &key
+                && key.revoked_ms.is_none()
+            {
+                ctx.store.touch_api_key(&key.name, now_ms())?;
+            }
+            Ok(key)
+        })
+        .await;
+    match looked_up {
+        Ok(Ok(stored)) => Ok(judge(token, stored.as_ref(), scope)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "database error while checking an API key");
+            Err(CheckError::Database)
+        }
+        Err(_) => Err(CheckError::ShuttingDown),
+    }
+}
+
+/// Checks a token pasted into a form exactly as the middleware checks a bearer token
+/// (digest compared in constant time, an unknown id costing the same), for `scope`.
+pub async fn check_token(guard: &Guard, token: &str, scope: Scope) -> Result<KeyCheck, CheckError> {
+    let token = token.trim();
+    Ok(match lookup(guard, token, scope).await? {
+        Verdict::Missing | Verdict::Unknown => KeyCheck::Unknown,
+        Verdict::Revoked(name) => KeyCheck::Revoked(name),
+        Verdict::Forbidden(name) => KeyCheck::Forbidden(name),
+        Verdict::Allowed(name) => {
+            KeyCheck::Allowed { name, key_id: key_id_of(token).unwrap_or_default().to_owned() }
+        }
+    })
+}
+
+/// Checks again, by its public id, a key that was shown earlier: revoked since, or its
+/// scope taken away, is refused from the next request on.
+pub async fn recheck_key(guard: &Guard, key_id: &str, scope: Scope) -> Result<KeyCheck, CheckError> {
+    let id = key_id.to_owned();
+    let stored = match guard.writer.call(move |ctx| ctx.store.api_key_by_id(&id)).await {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "database error while checking an API key");
+            return Err(CheckError::Database);
+        }
+        Err(_) => return Err(CheckError::ShuttingDown),
+    };
+    Ok(match stored {
+        None => KeyCheck::Unknown,
+        Some(key) if key.revoked_ms.is_some() => KeyCheck::Revoked(key.name),
+        Some(key) if !scope.granted_by(&key.scopes) => KeyCheck::Forbidden(key.name),
+        Some(key) => KeyCheck::Allowed { name: key.name, key_id: key.key_id },
+    })
+}
+
 /// The middleware: checks the bearer key against the route's scope; audits writes.
 pub async fn authorize(State(required): State<Required>, mut request: Request, next: Next) -> Response {
     let Required { guard, scope } = required;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let token = bearer(&request).map(str::to_owned);
-    let verdict = match token {
+    let verdict = match bearer(&request).map(str::to_owned) {
         None => Verdict::Missing,
-        Some(token) => match key_id_of(&token).map(str::to_owned) {
-            None => judge(&token, None, scope),
-            Some(id) => {
-                let looked_up = guard
-                    .writer
-                    .call(move |ctx| -> Result<Option<ApiKeyRecord>, StoreError> {
-                        let key = ctx.store.api_key_by_id(&id)?;
-                        if let Some(key) = &key
-                            && key.revoked_ms.is_none()
-                        {
-                            ctx.store.touch_api_key(&key.name, now_ms())?;
-                        }
-                        Ok(key)
-                    })
-                    .await;
-                match looked_up {
-                    Ok(Ok(stored)) => judge(&token, stored.as_ref(), scope),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "database error while checking an API key");
-                        return error(StatusCode::INTERNAL_SERVER_ERROR, "database error; see the hub's log");
-                    }
-                    Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
-                }
+        Some(token) => match lookup(&guard, &token, scope).await {
+            Ok(verdict) => verdict,
+            Err(CheckError::Database) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "database error; see the hub's log");
+            }
+            Err(CheckError::ShuttingDown) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down");
             }
         },
     };
@@ -331,7 +408,9 @@ pub async fn authorize(State(required): State<Required>, mut request: Request, n
     response
 }
 
-async fn audit(
+/// Writes one audit line; `outcome` is `allowed` (then the status decides `ok` or not)
+/// or why the request was refused.
+pub(crate) async fn audit(
     guard: &Guard,
     key_name: Option<String>,
     method: &Method,

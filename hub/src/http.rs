@@ -141,7 +141,9 @@ pub fn api_router(state: AppState) -> Router {
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(max_body_bytes, json_errors))
-        .with_state(state)
+        .with_state(state.clone())
+        // After the layers: the console answers in HTML pages, not the API's JSON errors.
+        .merge(crate::console::router(&state))
 }
 
 /// Longest plain-text rejection [`json_errors`] reads to quote it, bytes. axum's own are

@@ -11,6 +11,7 @@ pub mod acl;
 pub mod blobs;
 pub mod carrier;
 pub mod config;
+pub mod console;
 pub mod eta;
 pub mod http;
 pub mod inbound;

@@ -29,6 +29,7 @@ use rusqlite::Connection;
 
 mod access;
 mod carrier_jobs;
+mod console;
 mod devices;
 mod dispatch;
 mod events;
@@ -44,6 +45,7 @@ mod support;
 
 pub use access::{ApiKeyRecord, AuditEntry};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
+pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
 pub use dispatch::{Ack, Alert, DueAlert, Finish, NewQuestion, Outcome};
 pub use events::{EventInsert, GapApplied, NewEvent, NewGap};

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 13;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -383,6 +383,12 @@ CREATE TABLE IF NOT EXISTS notification_opt_outs (
 );
 CREATE INDEX IF NOT EXISTS notification_outcomes_provider
     ON notification_outcomes (provider_id) WHERE provider_id IS NOT NULL;
+"#,
+    // 14: an operations alert resolved from the console (`resolved_ms`, `resolved_by`: the
+    // API key's name), as distinct from acknowledged (someone is on it).
+    r#"
+ALTER TABLE ops_alerts ADD COLUMN resolved_ms INTEGER;
+ALTER TABLE ops_alerts ADD COLUMN resolved_by TEXT;
 "#,
 ];
 
