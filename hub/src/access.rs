@@ -14,6 +14,10 @@
 //! without the scope 403. Requests other than GET and HEAD leave an audit line (key,
 //! method, path, shipment or route, time, status, outcome), refused ones included; see
 //! `doorstep-hub audit`.
+//!
+//! The operations console signs browsers in with the same keys: [`check_token`] judges a
+//! pasted key as the middleware judges a bearer token, and [`recheck_key`] checks a signed-in
+//! session's key again by its id on every page (see `console`).
 
 use std::sync::Arc;
 

@@ -33,7 +33,7 @@ use self::van::Van;
 /// What `doorstep demo` takes.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Options {
-    /// After the summary, keep serving the tracking pages until Ctrl-C.
+    /// After the summary, keep serving the tracking pages and the console until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
     /// How much faster than real time the vans drive (GNSS time runs this much faster
@@ -342,6 +342,14 @@ async fn demo(options: Options) -> anyhow::Result<()> {
         store.create_api_key("demo-orders", &orders_key.key_id, &orders_key.digest, &scopes, now_ms())?;
         printer.line("operator", &format!("API key demo-orders for the order system ({scopes})"));
     }
+    // The operations staff's key: it signs a browser in to the console.
+    let console_key = doorstep_hub::access::issue(&rng)?;
+    {
+        let mut store = doorstep_hub::store::Store::open(&dir.join("hub.db"), Default::default())?;
+        let scopes = doorstep_hub::access::scopes_text(&[Scope::Console])?;
+        store.create_api_key("demo-console", &console_key.key_id, &console_key.digest, &scopes, now_ms())?;
+        printer.line("operator", &format!("API key demo-console for the operations console ({scopes})"));
+    }
 
     // The hub, with the very code `doorstep-hub serve` runs: the public listener (tracking
     // pages, webhooks) and the private API listener.
@@ -477,10 +485,15 @@ async fn demo(options: Options) -> anyhow::Result<()> {
             .with_context(|| format!("{}", path.display()))?;
     }
     print_summary(&printer, &summary, wall.elapsed());
+    let open = if options.keep_running { "" } else { "; run the demo with --keep-running to open it" };
+    printer.plain(&format!(
+        "\nOperations console: {api_url}/console (sign in with the API key {}){open}",
+        console_key.token
+    ));
     if options.keep_running {
         // Listening before saying so: a Ctrl-C right after the line is caught, not fatal.
         let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        printer.plain("\nServing the tracking pages until Ctrl-C.");
+        printer.plain("\nServing the tracking pages and the console until Ctrl-C.");
         interrupt.recv().await;
     }
     agents.cancel();
