@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use super::exceptions::{NextStep, REASONS};
+use super::page::brand::{self, Brand};
 use super::provider::{Channel, Registered};
 use super::quiet::QuietHours;
 use super::registry::{self, Providers};
@@ -22,7 +23,7 @@ use crate::model::Milestone;
 use crate::store::ContactChannel;
 
 /// The commented `[notify]` section of the default config file.
-pub const DEFAULT_CONFIG: &str = r#"[notify]
+pub const DEFAULT_CONFIG: &str = r##"[notify]
 # Send messages and alerts from this hub. Hubs of one shared subscription group share
 # one database, and only the one holding the dispatch lease sends (the others take over
 # when it stops, and meanwhile serve the tracking page and the providers' callbacks).
@@ -85,6 +86,22 @@ link_ttl_days = 30
 # after_days = 3
 # every_days = 2
 
+# How the tracking page looks to customers: the name they know you by, your colours and
+# logo. Colours are #rrggbb; the page's background is white, and a colour too light to
+# read on it (a contrast ratio under 4.5:1, WCAG AA) is refused at start-up with its
+# ratio. primary_color fills the header (under white text), links and buttons.
+[notify.brand]
+name = "Doorstep"
+primary_color = "#1d4ed8"
+text_color = "#1f2937"
+# An https URL, or a path this hub's proxy serves; shown in the header instead of the name.
+# logo_url = "https://cdn.example.com/logo.svg"
+# While the van heads to a customer's stop next, show it on one map tile from this tile
+# server ({z}/{x}/{y}: zoom, column, row). The customer's browser fetches the tile, so the
+# tile server learns roughly where the van is, never where the customer lives. Without
+# it (the default, and offline) the page says how far away the van is in words.
+# map_tiles = "https://tile.example.org/{z}/{x}/{y}.png"
+
 # Local to each recipient's time zone: "nearby" is dropped, other messages wait.
 [notify.quiet_hours]
 start = "21:00"
@@ -100,7 +117,7 @@ channels = ["sms", "whatsapp"]
 # channel = "email"                    # optional: all channels when absent
 # subject = "Votre colis est livré"
 # body = "Votre colis {tracking_number} est livré. Preuve : {link}"
-"#;
+"##;
 
 /// Why the `[notify]` section was refused.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +262,52 @@ pub struct NotifyConfig {
     /// Scheduled "still on its way" updates; off when absent.
     #[serde(default)]
     pub still_on_its_way: Option<StillOnItsWaySection>,
+    /// The tracking page's look.
+    #[serde(default)]
+    pub brand: BrandSection,
+}
+
+/// `[notify.brand]`: the tracking page's look (checked by [`Brand::new`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrandSection {
+    /// The name customers know the sender or fleet by.
+    #[serde(default = "d_brand_name")]
+    pub name: String,
+    /// `#rrggbb`: header, links, buttons.
+    #[serde(default = "d_primary")]
+    pub primary_color: String,
+    /// `#rrggbb`: body text.
+    #[serde(default = "d_text")]
+    pub text_color: String,
+    /// An https URL or a path on this hub.
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    /// A tile server's URL template with `{z}`, `{x}`, `{y}`.
+    #[serde(default)]
+    pub map_tiles: Option<String>,
+}
+
+impl Default for BrandSection {
+    fn default() -> Self {
+        Self {
+            name: d_brand_name(),
+            primary_color: d_primary(),
+            text_color: d_text(),
+            logo_url: None,
+            map_tiles: None,
+        }
+    }
+}
+
+fn d_brand_name() -> String {
+    brand::DEFAULT_NAME.into()
+}
+fn d_primary() -> String {
+    brand::DEFAULT_PRIMARY.hex()
+}
+fn d_text() -> String {
+    brand::DEFAULT_TEXT.hex()
 }
 
 /// `[notify.still_on_its_way]`.
@@ -404,6 +467,8 @@ pub struct NotifySettings {
     /// Which channels each milestone goes to (`[[notify.channel_map]]`): the channels of
     /// the enqueued updates, as ingest's are.
     pub channel_map: ChannelMap,
+    /// The tracking page's look.
+    pub brand: Brand,
 }
 
 impl NotifyConfig {
@@ -501,6 +566,15 @@ impl NotifyConfig {
         };
         let channel_map =
             ChannelMap::from_toml(self.channel_map.as_ref()).map_err(|e| invalid("channel_map", e))?;
+        let b = &self.brand;
+        let brand = Brand::new(
+            &b.name,
+            &b.primary_color,
+            &b.text_color,
+            b.logo_url.as_deref(),
+            b.map_tiles.as_deref(),
+        )
+        .map_err(|e| invalid(&format!("brand.{}", e.field), e.message))?;
         let providers = registry::build(&self.providers, &callback_base_url, link_secret)?;
         let escalation = escalation(self.alerts.as_ref(), &providers)?;
         Ok(NotifySettings {
@@ -527,6 +601,7 @@ impl NotifyConfig {
             exception_steps: self.exceptions.clone(),
             still_on_its_way,
             channel_map,
+            brand,
         })
     }
 }
@@ -717,6 +792,38 @@ mod tests {
             .channel_map;
         assert!(!mapped.allows(Milestone::Dispatched, ContactChannel::Sms));
         assert!(mapped.allows(Milestone::Delivered, ContactChannel::Sms));
+    }
+
+    #[test]
+    fn the_brand_section_is_checked_for_legible_colours_and_usable_urls() {
+        let settings = |text: &str| {
+            let table: toml::Table = toml::from_str(text).expect("toml");
+            NotifyConfig::from_table(Some(&table)).expect("parse").validate("https://t.example", SECRET)
+        };
+        let plain = settings("").expect("valid").brand;
+        assert_eq!((plain.name.as_str(), plain.map_tiles.is_none()), ("Doorstep", true));
+        let acme = settings(
+            "[brand]\nname = \"Acme Parcels\"\nprimary_color = \"#0b3d91\"\n\
+             logo_url = \"https://cdn.acme.example/logo.svg\"\n\
+             map_tiles = \"https://tile.example.org/{z}/{x}/{y}.png\"",
+        )
+        .expect("valid")
+        .brand;
+        assert_eq!(acme.name, "Acme Parcels");
+        assert!(acme.csp().contains("img-src 'self' https://cdn.acme.example https://tile.example.org;"));
+        let pale = settings("[brand]\nprimary_color = \"#ffcc00\"");
+        assert!(
+            matches!(&pale, Err(NotifyConfigError::Invalid { field, message })
+                if field == "brand.primary_color" && message.contains("1.51:1") && message.contains("4.5:1")),
+            "{pale:?}"
+        );
+        let tiles = settings("[brand]\nmap_tiles = \"https://tile.example.org/{z}/{x}.png\"");
+        assert!(
+            matches!(&tiles, Err(NotifyConfigError::Invalid { field, .. }) if field == "brand.map_tiles"),
+            "{tiles:?}"
+        );
+        let typo: toml::Table = toml::from_str("[brand]\nprimary_colour = \"#0b3d91\"").expect("toml");
+        assert!(NotifyConfig::from_table(Some(&typo)).is_err(), "a typo is an error");
     }
 
     #[test]

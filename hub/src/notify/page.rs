@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -41,11 +41,18 @@ use doorstep_proto::{DeviceId, FleetId, Stop, StopId, Watch};
 use super::config::NotifySettings;
 use super::db::NotifyDb;
 use super::token::TokenError;
-use super::{NotifyError, now_ms, quiet};
+use super::{NotifyError, now_ms};
 use crate::ingest::Writer;
 use crate::metrics::Metrics;
 use crate::model::Milestone;
 use crate::store::{LivePosition, Shipment, Store, TimelineEntry};
+
+pub mod brand;
+pub mod map;
+mod view;
+mod words;
+
+pub use brand::Brand;
 
 /// Largest callback body accepted, bytes (SendGrid batches events; Twilio's are small).
 pub const MAX_CALLBACK_BODY: usize = 1024 * 1024;
@@ -61,6 +68,9 @@ pub const PAGE_WATCH_FOR_S: u16 = 120;
 pub const PAGE_WATCH_EVERY_S: u16 = 5;
 /// How often the page reloads itself while it shows the van, seconds.
 pub const LIVE_REFRESH_S: u16 = 5;
+/// How often the page reloads itself while the parcel is out for delivery and the van is
+/// not heading to this stop yet, seconds: the arrival window moves with the route.
+pub const OUT_FOR_DELIVERY_REFRESH_S: u16 = 60;
 /// A live position older than this is not shown: the van is out of coverage, or has no
 /// fix, and a distance from then would mislead.
 pub const LIVE_MAX_AGE_MS: i64 = 15 * 60_000;
@@ -119,26 +129,40 @@ pub(crate) fn internal(error: &NotifyError) -> Response {
 
 // ---- tracking page ------------------------------------------------------------------
 
-const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
+const PAGE_HEADERS: [(header::HeaderName, &str); 4] = [
     (header::CACHE_CONTROL, "no-store"),
     (header::REFERRER_POLICY, "no-referrer"),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"),
     (header::HeaderName::from_static("x-robots-tag"), "noindex"),
 ];
 
-fn error_page(status: StatusCode, message: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Doorstep</title></head>\
-         <body><p>{message}</p></body></html>"
-    );
-    (status, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+/// An HTML page of the tracking page's, with its headers: the Content-Security-Policy
+/// is the brand's ([`Brand::csp`]: images from this hub, the logo's and the map tiles'
+/// origins; forms to this hub; no scripts).
+fn html_page(status: StatusCode, brand: &Brand, html: String) -> Response {
+    (
+        status,
+        PAGE_HEADERS,
+        [(header::CONTENT_SECURITY_POLICY, brand.csp()), (header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
-fn token_error(e: TokenError) -> Response {
+pub(super) fn error_page(status: StatusCode, brand: &Brand, message: &str) -> Response {
+    match view::render_error(brand, message) {
+        Ok(html) => html_page(status, brand, html),
+        Err(error) => {
+            tracing::error!(%error, "cannot render the tracking page's error page");
+            plain(status, "This page is not available.\n")
+        }
+    }
+}
+
+fn token_error(brand: &Brand, e: TokenError) -> Response {
     match e {
-        TokenError::Invalid => error_page(StatusCode::NOT_FOUND, "This tracking link is not valid."),
-        TokenError::Expired => error_page(StatusCode::GONE, "This tracking link has expired."),
+        TokenError::Invalid => error_page(StatusCode::NOT_FOUND, brand, "This tracking link is not valid."),
+        TokenError::Expired => error_page(StatusCode::GONE, brand, "This tracking link has expired."),
     }
 }
 
@@ -177,199 +201,6 @@ fn proof_of(
     }))
 }
 
-struct Words {
-    de: bool,
-}
-
-impl Words {
-    fn milestone(&self, m: Milestone) -> &'static str {
-        match (m, self.de) {
-            (Milestone::Created, false) => "Order received",
-            (Milestone::Created, true) => "Bestellung erhalten",
-            (Milestone::Dispatched, false) => "On its way",
-            (Milestone::Dispatched, true) => "Unterwegs",
-            (Milestone::OutForDelivery, false) => "Out for delivery",
-            (Milestone::OutForDelivery, true) => "In Zustellung",
-            (Milestone::Nearby, false) => "The driver is nearby",
-            (Milestone::Nearby, true) => "Der Fahrer ist gleich da",
-            (Milestone::Exception, false) => "Delivery problem",
-            (Milestone::Exception, true) => "Zustellproblem",
-            (Milestone::Delivered, false) => "Delivered",
-            (Milestone::Delivered, true) => "Zugestellt",
-        }
-    }
-
-    /// Customer words for a timeline kind; `None` hides internal kinds.
-    fn kind(&self, source: &str, kind: &str) -> Option<&'static str> {
-        let de = self.de;
-        Some(match (source, kind) {
-            (_, "dispatched") => {
-                if de {
-                    "Versandt"
-                } else {
-                    "Dispatched"
-                }
-            }
-            (_, "accepted") | (_, "label_created") => {
-                if de {
-                    "Beim Versender angemeldet"
-                } else {
-                    "Registered with the carrier"
-                }
-            }
-            (_, "in_transit") => {
-                if de {
-                    "Unterwegs"
-                } else {
-                    "In transit"
-                }
-            }
-            (_, "out_for_delivery") => {
-                if de {
-                    "In Zustellung"
-                } else {
-                    "Out for delivery"
-                }
-            }
-            ("device", "nearby") => {
-                if de {
-                    "Der Fahrer war in der Nähe"
-                } else {
-                    "The driver was nearby"
-                }
-            }
-            ("device", "delivered_at_address") => {
-                if de {
-                    "An der Adresse übergeben"
-                } else {
-                    "Handed over at the address"
-                }
-            }
-            ("device", "driver_exception") | (_, "attempt_failed") => {
-                if de {
-                    "Zustellversuch fehlgeschlagen"
-                } else {
-                    "Delivery attempt failed"
-                }
-            }
-            (_, "available_for_pickup") => {
-                if de {
-                    "Zur Abholung bereit"
-                } else {
-                    "Ready for pickup"
-                }
-            }
-            (_, "exception") => {
-                if de {
-                    "Problem gemeldet"
-                } else {
-                    "Problem reported"
-                }
-            }
-            (_, "returning") => {
-                if de {
-                    "Auf dem Rückweg zum Absender"
-                } else {
-                    "Returning to the sender"
-                }
-            }
-            (_, "delivered") => {
-                if de {
-                    "Zustellung vom Versender gemeldet"
-                } else {
-                    "Carrier reports delivered"
-                }
-            }
-            _ => return None,
-        })
-    }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-fn local_time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
-    quiet::zoned(ms, tz).strftime("%Y-%m-%d %H:%M %Z").to_string()
-}
-
-/// Renders the tracking page (pure). `van` is the van heading to this stop next.
-fn render_page(
-    shipment: &Shipment,
-    timeline: &[TimelineEntry],
-    proof: Option<&Proof>,
-    van: Option<&VanView>,
-    window: Option<&crate::eta::ArrivalWindow>,
-    token: &str,
-) -> String {
-    let words = Words { de: shipment.locale.to_ascii_lowercase().starts_with("de") };
-    let tz = quiet::zone(&shipment.time_zone);
-    let window_html = window.map(|w| window_html(w, &words, &tz)).unwrap_or_default();
-    let lang = if words.de { "de" } else { "en" };
-    let mut items = String::new();
-    let shown: Vec<&TimelineEntry> =
-        timeline.iter().filter(|e| words.kind(&e.source, &e.kind).is_some()).collect();
-    for e in shown.iter().rev().take(MAX_TIMELINE) {
-        let label = words.kind(&e.source, &e.kind).unwrap_or_default();
-        items.push_str(&format!(
-            "<li><time>{}</time> {}</li>",
-            escape(&local_time(e.occurred_ms, &tz)),
-            escape(label)
-        ));
-    }
-    let proof_html = match proof {
-        None => String::new(),
-        Some(p) => {
-            let mut s = format!(
-                "<h2>{}</h2><p>{} {}",
-                if words.de { "Zustellnachweis" } else { "Proof of delivery" },
-                if words.de { "Übergeben" } else { "Handed over" },
-                escape(&local_time(p.at_ms, &tz))
-            );
-            if let Some(d) = p.distance_m {
-                if words.de {
-                    s.push_str(&format!(", der Lieferwagen stand {d} m von der Adresse entfernt"));
-                } else {
-                    s.push_str(&format!(", with the van parked {d} m from the address"));
-                }
-            }
-            s.push_str(".</p>");
-            if p.photo_ok {
-                s.push_str(&format!(
-                    "<p><img src=\"/t/{}/photo\" alt=\"{}\" style=\"max-width:100%\"></p>",
-                    escape(token),
-                    if words.de { "Foto bei der Übergabe" } else { "Photo taken at handover" }
-                ));
-            } else if p.photo.is_some() {
-                s.push_str(if words.de {
-                    "<p>Das Foto der Übergabe wird noch übertragen.</p>"
-                } else {
-                    "<p>The handover photo is still on its way.</p>"
-                });
-            }
-            s
-        }
-    };
-    let (refresh, van_html) = match van {
-        Some(van) => {
-            (format!("<meta http-equiv=\"refresh\" content=\"{LIVE_REFRESH_S}\">"), van_html(van, &words))
-        }
-        None => (String::new(), String::new()),
-    };
-    format!(
-        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}\
-         <title>Doorstep {tn}</title>\
-         <style>body{{font-family:sans-serif;max-width:36em;margin:1em auto;padding:0 1em}}time{{color:#555;margin-right:.5em}}</style>\
-         </head><body><main><h1>{headline}</h1><p>{tn_label} {tn}</p>{window_html}{van_html}\
-         <h2>{history}</h2><ol reversed>{items}</ol>{proof_html}</main></body></html>",
-        tn = escape(shipment.tracking_number.as_str()),
-        headline = escape(words.milestone(shipment.milestone)),
-        tn_label = if words.de { "Sendungsnummer" } else { "Tracking number" },
-        history = if words.de { "Verlauf" } else { "History" },
-    )
-}
-
 // ---- the van on its way ----------------------------------------------------------------
 
 /// The stop a van is heading to next on its route: the first stop after the furthest one
@@ -399,6 +230,8 @@ struct VanView {
     distance_m: Option<f64>,
     /// Age of that position, seconds (by its GNSS time).
     age_s: Option<i64>,
+    /// The van's recent position, for the map tile only (never written on the page).
+    at: Option<(f64, f64)>,
 }
 
 impl NextStop {
@@ -410,6 +243,7 @@ impl NextStop {
                 great_circle_m(lat, lon, self.stop.0, self.stop.1)
             }),
             age_s: fresh.map(|p| (now_ms - p.utc_ms).max(0) / 1000),
+            at: fresh.map(|p| (f64::from(p.lat_e7) / 1e7, f64::from(p.lon_e7) / 1e7)),
         }
     }
 }
@@ -485,71 +319,12 @@ pub(crate) fn nearby_words(w: &crate::eta::ArrivalWindow, locale: &str, now_ms: 
     }
 }
 
-/// The arrival window in the customer's words and time zone.
-fn window_html(w: &crate::eta::ArrivalWindow, words: &Words, tz: &jiff::tz::TimeZone) -> String {
-    let hm = |ms: i64| quiet::zoned(ms, tz).strftime("%H:%M").to_string();
-    let stops = match (w.stops_before, words.de) {
-        (0, false) => "yours is the van's next stop".to_owned(),
-        (0, true) => "Ihre Adresse ist der nächste Halt".to_owned(),
-        (1, false) => "1 stop before yours".to_owned(),
-        (1, true) => "noch 1 Halt vor Ihrem".to_owned(),
-        (n, false) => format!("{n} stops before yours"),
-        (n, true) => format!("noch {n} Halte vor Ihrem"),
-    };
-    let text = if words.de {
-        format!("Voraussichtlich zwischen {} und {} ({stops}).", hm(w.earliest_ms), hm(w.latest_ms))
-    } else {
-        format!("Expected between {} and {} ({stops}).", hm(w.earliest_ms), hm(w.latest_ms))
-    };
-    format!("<p>{}</p>", escape(&text))
-}
-
 /// Great-circle distance, metres (haversine on the mean Earth radius).
 fn great_circle_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let h = ((p2 - p1) / 2.0).sin().powi(2)
         + p1.cos() * p2.cos() * ((lon2 - lon1).to_radians() / 2.0).sin().powi(2);
     2.0 * 6_371_008.8 * h.sqrt().min(1.0).asin()
-}
-
-/// The van's paragraph: how far, and how old that is. Distances are rounded (50 m, then
-/// a tenth of a kilometre): the customer learns how near, not where.
-fn van_html(van: &VanView, words: &Words) -> String {
-    let heading = if words.de { "Auf dem Weg zu Ihnen" } else { "On its way to you" };
-    let lead = if words.de {
-        "Der Lieferwagen fährt jetzt zu Ihrer Adresse"
-    } else {
-        "The van is heading to your address now"
-    };
-    let detail = match (van.distance_m, van.age_s) {
-        (Some(d), Some(age)) => {
-            let far = match d {
-                d if d < 100.0 => {
-                    if words.de {
-                        "weniger als 100 m".to_owned()
-                    } else {
-                        "less than 100 m".to_owned()
-                    }
-                }
-                d if d < 1_000.0 => {
-                    format!("{} {} m", if words.de { "etwa" } else { "about" }, (d / 50.0).round() * 50.0)
-                }
-                d => {
-                    let km = format!("{:.1}", d / 1000.0);
-                    let km = if words.de { km.replace('.', ",") } else { km };
-                    format!("{} {km} km", if words.de { "etwa" } else { "about" })
-                }
-            };
-            let ago = if age < 120 { format!("{age} s") } else { format!("{} min", age / 60) };
-            if words.de {
-                format!(": {far} entfernt (Position von vor {ago})")
-            } else {
-                format!(": {far} away (position from {ago} ago)")
-            }
-        }
-        _ => String::new(),
-    };
-    format!("<section><h2>{heading}</h2><p>{lead}{}.</p></section>", escape(&detail))
 }
 
 /// Asks vans for their live position while customers whose stop is next view the page:
@@ -626,20 +401,21 @@ type Loaded =
 async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Response>, NotifyError> {
     let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
         Ok(found) => found,
-        Err(e) => return Ok(Err(token_error(e))),
+        Err(e) => return Ok(Err(token_error(&state.settings.brand, e))),
     };
     let ttl_ms = i64::try_from(state.settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
+    let settings = Arc::clone(&state.settings);
     state
         .db
         .call(move |store| {
             let Some(shipment) = store.shipment(shipment_id)? else {
-                return Ok(Err(token_error(TokenError::Invalid)));
+                return Ok(Err(token_error(&settings.brand, TokenError::Invalid)));
             };
             // Issued (deadline minus lifetime) at or before the withdrawal: gone.
             if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
                 && expires_ms <= revoked_ms.saturating_add(ttl_ms)
             {
-                return Ok(Err(token_error(TokenError::Expired)));
+                return Ok(Err(token_error(&settings.brand, TokenError::Expired)));
             }
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
@@ -654,6 +430,7 @@ async fn tracking_page(
     State(state): State<NotifyState>,
     watches: Option<Extension<PageWatches>>,
     Path(token): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     match load(&state, &token).await {
         Err(e) => internal(&e),
@@ -664,12 +441,40 @@ async fn tracking_page(
                 watches.ask(&next.fleet, &next.device, now);
             }
             let van = next.as_ref().map(|n| n.view(now));
-            let html =
-                render_page(&shipment, &timeline, proof.as_ref(), van.as_ref(), window.as_ref(), &token);
-            (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
-                .into_response()
+            let pairs = form_pairs(query.unwrap_or_default().as_bytes());
+            let brand = &state.settings.brand;
+            let id = shipment.id;
+            let saved = match state.db.call(move |store| Ok(store.customer_instructions(id)?)).await {
+                Ok(saved) => saved,
+                Err(e) => return internal(&e),
+            };
+            let page = view::PageInput {
+                shipment: &shipment,
+                timeline: &timeline,
+                proof: proof.as_ref(),
+                van: van.as_ref(),
+                window: window.as_ref(),
+                token: &token,
+                brand,
+                query: view::PageQuery::from_pairs(&pairs),
+                saved_instructions: saved.as_ref().map(|i| i.text.as_str()),
+            };
+            match view::render_page(&page) {
+                Ok(html) => html_page(StatusCode::OK, brand, html),
+                Err(error) => {
+                    tracing::error!(%error, "cannot render the tracking page");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                }
+            }
         }
     }
+}
+
+/// Whether the customer can still tell the driver something, as the page offers it
+/// ([`view::actions_open`]): the customer's actions ([`super::actions`]) refuse what the
+/// page no longer offers.
+pub(super) fn actions_open(milestone: Milestone, timeline: &[TimelineEntry]) -> bool {
+    view::actions_open(milestone, timeline)
 }
 
 fn image_type(bytes: &[u8]) -> &'static str {
@@ -691,14 +496,16 @@ async fn tracking_photo(State(state): State<NotifyState>, Path(token): Path<Stri
         Ok(Ok((_, _, proof, _, _))) => proof,
     };
     let Some(Proof { photo: Some(hash), photo_ok: true, .. }) = proof else {
-        return error_page(StatusCode::NOT_FOUND, "No photo.");
+        return error_page(StatusCode::NOT_FOUND, &state.settings.brand, "No photo.");
     };
     match state.db.call(move |store| Ok(store.photo(&hash)?)).await {
         Ok(Some(photo)) if photo.verified => {
             let kind = image_type(&photo.bytes);
-            (StatusCode::OK, PAGE_HEADERS, [(header::CONTENT_TYPE, kind)], photo.bytes).into_response()
+            // An image needs nothing from anywhere: the strictest policy.
+            let csp = (header::CONTENT_SECURITY_POLICY, "default-src 'none'");
+            (StatusCode::OK, PAGE_HEADERS, [csp, (header::CONTENT_TYPE, kind)], photo.bytes).into_response()
         }
-        Ok(_) => error_page(StatusCode::NOT_FOUND, "No photo."),
+        Ok(_) => error_page(StatusCode::NOT_FOUND, &state.settings.brand, "No photo."),
         Err(e) => internal(&e),
     }
 }
@@ -724,6 +531,29 @@ mod tests {
     fn shipment(milestone: Milestone, locale: &str) -> Shipment {
         let tn = TrackingNumber::new("1Z999AA10123456784").expect("tn");
         Shipment { carrier: Some("ups".into()), ..Shipment::bare(1, tn, milestone, locale) }
+    }
+
+    /// The page for the token `TOKEN`, in the default look, as first opened.
+    fn render_page(
+        shipment: &Shipment,
+        timeline: &[TimelineEntry],
+        proof: Option<&Proof>,
+        van: Option<&VanView>,
+        window: Option<&crate::eta::ArrivalWindow>,
+    ) -> String {
+        let brand = Brand::default();
+        let page = view::PageInput {
+            shipment,
+            timeline,
+            proof,
+            van,
+            window,
+            token: "TOKEN",
+            brand: &brand,
+            query: view::PageQuery::default(),
+            saved_instructions: None,
+        };
+        view::render_page(&page).expect("renders")
     }
 
     #[test]
@@ -754,14 +584,7 @@ mod tests {
             photo: Some("ab".into()),
             photo_ok: true,
         };
-        let html = render_page(
-            &shipment(Milestone::Delivered, "en-US"),
-            &timeline,
-            Some(&proof),
-            None,
-            None,
-            "TOKEN",
-        );
+        let html = render_page(&shipment(Milestone::Delivered, "en-US"), &timeline, Some(&proof), None, None);
         assert!(html.contains("Delivered"), "{html}");
         assert!(html.contains("2025-07-01 11:00 CEST"), "{html}");
         assert!(html.contains("12 m from the address"), "{html}");
@@ -769,14 +592,7 @@ mod tests {
         for secret in ["Main Street", "Springfield", "van-7", "stop-14", "900", "away"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
-        let html = render_page(
-            &shipment(Milestone::Delivered, "de-DE"),
-            &timeline,
-            Some(&proof),
-            None,
-            None,
-            "TOKEN",
-        );
+        let html = render_page(&shipment(Milestone::Delivered, "de-DE"), &timeline, Some(&proof), None, None);
         assert!(html.contains("Zugestellt") && html.contains("12 m von der Adresse"), "{html}");
     }
 
@@ -816,22 +632,23 @@ mod tests {
 
     #[test]
     fn the_van_is_shown_by_distance_and_age_only_and_the_page_reloads_meanwhile() {
-        let near = VanView { distance_m: Some(1_234.0), age_s: Some(4) };
-        let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), None, "TOKEN");
+        let near = VanView { distance_m: Some(1_234.0), age_s: Some(4), at: Some((47.38, 8.54)) };
+        let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), None);
         assert!(html.contains("about 1.2 km away (position from 4 s ago)"), "{html}");
-        assert!(html.contains("http-equiv=\"refresh\" content=\"5\""), "{html}");
+        assert!(html.contains("http-equiv=\"refresh\" content=\"5; url=/t/TOKEN\""), "{html}");
         for secret in ["47.37", "8.54", "van-"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
-        let close = VanView { distance_m: Some(362.0), age_s: Some(130) };
-        let html = render_page(&shipment(Milestone::Nearby, "de-DE"), &[], None, Some(&close), None, "TOKEN");
+        let close = VanView { distance_m: Some(362.0), age_s: Some(130), at: Some((47.37, 8.54)) };
+        let html = render_page(&shipment(Milestone::Nearby, "de-DE"), &[], None, Some(&close), None);
         assert!(html.contains("etwa 350 m entfernt (Position von vor 2 min)"), "{html}");
-        let unknown = VanView { distance_m: None, age_s: None };
-        let html =
-            render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, Some(&unknown), None, "T");
+        let unknown = VanView { distance_m: None, age_s: None, at: None };
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, Some(&unknown), None);
         assert!(html.contains("The van is heading to your address now.</p>"), "{html}");
-        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, None, "T");
-        assert!(!html.contains("heading to your address") && !html.contains("refresh"), "{html}");
+        // Another customer's stop is next: no van, and the page reloads only every minute.
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, None);
+        assert!(!html.contains("heading to your address"), "{html}");
+        assert!(html.contains("http-equiv=\"refresh\" content=\"60; url=/t/TOKEN\""), "{html}");
     }
 
     #[test]
@@ -859,11 +676,10 @@ mod tests {
             earliest_ms: 1_751_356_800_000,
             latest_ms: 1_751_358_000_000,
         };
-        let html = render_page(&shipment(Milestone::OutForDelivery, "en-US"), &[], None, None, Some(&w), "T");
+        let html = render_page(&shipment(Milestone::OutForDelivery, "en-US"), &[], None, None, Some(&w));
         assert!(html.contains("Expected between 10:00 and 10:20 (2 stops before yours)."), "{html}");
         let next = crate::eta::ArrivalWindow { stops_before: 0, ..w };
-        let html =
-            render_page(&shipment(Milestone::OutForDelivery, "de-DE"), &[], None, None, Some(&next), "T");
+        let html = render_page(&shipment(Milestone::OutForDelivery, "de-DE"), &[], None, None, Some(&next));
         assert!(
             html.contains("Voraussichtlich zwischen 10:00 und 10:20 (Ihre Adresse ist der nächste Halt)."),
             "{html}"
@@ -887,7 +703,27 @@ mod tests {
         let fresh = next.view(1_008_000);
         assert_eq!(fresh.age_s, Some(8));
         assert!(fresh.distance_m.is_some_and(|d| (1_100.0..1_125.0).contains(&d)), "{fresh:?}");
-        assert_eq!(next.view(1_000_000 + LIVE_MAX_AGE_MS + 1), VanView { distance_m: None, age_s: None });
+        assert_eq!(
+            next.view(1_000_000 + LIVE_MAX_AGE_MS + 1),
+            VanView { distance_m: None, age_s: None, at: None }
+        );
+    }
+
+    #[test]
+    fn the_page_is_served_with_the_brands_policy_allowing_the_tiles_and_forms_to_this_hub() {
+        let tiles =
+            Brand::new("Acme", "#0b3d91", "#111111", None, Some("https://tile.example.org/{z}/{x}/{y}.png"))
+                .expect("valid");
+        let response = html_page(StatusCode::OK, &tiles, String::new());
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let csp = header(header::CONTENT_SECURITY_POLICY);
+        assert!(csp.starts_with("default-src 'none'; img-src 'self' https://tile.example.org;"), "{csp}");
+        assert!(csp.contains("form-action 'self'") && !csp.contains("script-src"), "{csp}");
+        assert_eq!(header(header::REFERRER_POLICY), "no-referrer", "the tile server learns no token");
+        assert_eq!(header(header::CACHE_CONTROL), "no-store");
+        let plain = html_page(StatusCode::OK, &Brand::default(), String::new());
+        let csp = plain.headers().get(header::CONTENT_SECURITY_POLICY).and_then(|v| v.to_str().ok());
+        assert!(csp.is_some_and(|c| c.contains("img-src 'self';")), "{csp:?}");
     }
 
     #[test]
