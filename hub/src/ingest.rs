@@ -216,6 +216,9 @@ enum Outbound {
     Route { topic: String, payload: Vec<u8> },
     /// A signed watch: someone looks at the van (not retained: it is over in minutes).
     Watch { topic: String, payload: Vec<u8> },
+    /// A signed stop note: a customer's delivery instructions (not retained: the hub
+    /// sends them again with the route).
+    StopNote { topic: String, payload: Vec<u8> },
     /// The PUBACKs of one committed batch, in delivery order.
     PubAcks(Vec<Delivery>),
 }

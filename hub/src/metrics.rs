@@ -68,6 +68,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Signed watches sent to vans (a customer whose stop is next, or an operator, is looking).",
     ),
+    (
+        "doorstep_hub_stop_notes_published_total",
+        Kind::Counter,
+        "Signed stop notes (customers' delivery instructions) sent to vans, alone or after their route.",
+    ),
+    (
+        "doorstep_hub_customer_actions_total",
+        Kind::Counter,
+        "Customers' actions on the tracking page by action (instructions, not_home) and outcome (saved, refused reason).",
+    ),
     ("doorstep_hub_blob_chunks_total", Kind::Counter, "Photo chunks by outcome and reason."),
     ("doorstep_hub_photos_total", Kind::Counter, "Reassembled photos by outcome (verified, hash_mismatch)."),
     ("doorstep_hub_webhooks_total", Kind::Counter, "Carrier webhooks by carrier and outcome."),
@@ -335,6 +345,17 @@ impl Metrics {
     /// A signed watch handed to the broker.
     pub fn watch_published(&self) {
         self.add("doorstep_hub_watches_published_total", &[], 1);
+    }
+
+    /// A signed stop note handed to the broker.
+    pub fn stop_note_published(&self) {
+        self.add("doorstep_hub_stop_notes_published_total", &[], 1);
+    }
+
+    /// A customer's action on the tracking page: `saved`, or why it was refused
+    /// (`too_long`, `control_character`, `malformed`, `closed`, ...).
+    pub fn customer_action(&self, action: &str, outcome: &str) {
+        self.add("doorstep_hub_customer_actions_total", &[("action", action), ("outcome", outcome)], 1);
     }
 
     /// A signed route queued for the broker: `posted` through the API, or published again
@@ -686,6 +707,8 @@ mod tests {
         m.ingest("stored", "ok");
         m.ack_published();
         m.watch_published();
+        m.stop_note_published();
+        m.customer_action("instructions", "saved");
         m.route_published("posted");
         m.blob_chunk("stored", "ok");
         m.photo("verified");

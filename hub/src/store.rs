@@ -28,6 +28,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 mod access;
+mod actions;
 mod carrier_jobs;
 mod console;
 mod devices;
@@ -44,6 +45,9 @@ mod sinks;
 mod support;
 
 pub use access::{ApiKeyRecord, AuditEntry};
+pub use actions::{
+    ALERT_NOT_HOME, Instructions, KIND_INSTRUCTIONS, KIND_NOT_HOME, RouteNote, SOURCE_CUSTOMER,
+};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};

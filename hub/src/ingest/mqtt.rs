@@ -219,6 +219,13 @@ pub(super) async fn outbound(
                 }
                 r
             }
+            Outbound::StopNote { topic, payload } => {
+                let r = client.publish(topic, QoS::AtLeastOnce, false, payload).await;
+                if r.is_ok() {
+                    metrics.stop_note_published();
+                }
+                r
+            }
             Outbound::PubAcks(deliveries) => {
                 let mut result = Ok(());
                 for publish in &deliveries {

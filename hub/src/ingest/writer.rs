@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use doorstep_proto::{Ack, BlobAck, Channel, DeviceId, FleetId, HubMessage, KeyId, SigningKey, Topic, Watch};
+use doorstep_proto::{
+    Ack, BlobAck, Channel, DeviceId, FleetId, HubMessage, KeyId, RouteId, SigningKey, StopNote, Topic, Watch,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -77,13 +79,36 @@ impl WriterCtx<'_> {
     /// Signs a route message and queues it, retained, on the writer's outbound queue
     /// (after whatever the writer queued before). `reason` labels the counter
     /// (`posted`, ...). Call it after the transaction that stored the route committed.
+    ///
+    /// The customers' delivery instructions stored for the route's parcels follow it, as
+    /// [`StopNote`]s: instructions left before the van had a route reach it with the route.
     pub fn publish_route(
         &self,
         fleet: &FleetId,
         message: &HubMessage,
         reason: &'static str,
     ) -> Result<(), PublishError> {
-        self.lane.publish(fleet, message, reason)
+        self.lane.publish(fleet, message, reason)?;
+        if let HubMessage::Route(assignment) = message {
+            self.lane.publish_notes(
+                self.store,
+                fleet,
+                &assignment.device,
+                &assignment.route.route_id,
+                reason,
+            );
+        }
+        Ok(())
+    }
+
+    /// Signs a customer's delivery instructions for a stop and queues them on the writer's
+    /// outbound queue, on the device's hub-message topic (`ack`), QoS 1, not retained, after
+    /// whatever the writer queued before. A van offline meanwhile gets them from its broker
+    /// session; one whose session is gone gets them with its route, which the hub publishes
+    /// again when the van comes online. Call it after the transaction that stored them
+    /// committed.
+    pub fn publish_stop_note(&self, fleet: &FleetId, note: StopNote) -> Result<(), PublishError> {
+        self.lane.send_note(fleet, &HubMessage::StopNote(note))
     }
 
     /// Signs a watch (someone looks at the van: it sends its live position every
@@ -115,6 +140,55 @@ impl DeviceLane<'_> {
         self.out
             .blocking_send(Outbound::Watch { topic, payload })
             .map_err(|_| PublishError::Mqtt("the outbound task has stopped".to_owned()))
+    }
+
+    /// A stop note: on the device's `ack` topic, not retained.
+    fn send_note(&self, fleet: &FleetId, message: &HubMessage) -> Result<(), PublishError> {
+        let topic = Topic::new(fleet.clone(), message.device().clone(), Channel::Ack).to_string();
+        let payload = message.seal(self.hub_key).map_err(PublishError::Seal)?;
+        self.out
+            .blocking_send(Outbound::StopNote { topic, payload })
+            .map_err(|_| PublishError::Mqtt("the outbound task has stopped".to_owned()))
+    }
+
+    /// Every stored instruction for a parcel of `device`'s route `route_id`, removals
+    /// included, as stop notes after the route (`reason`: why the route went out). Each
+    /// keeps the time it was saved, so a van that has it already sees nothing newer. A
+    /// note that cannot be read or sent is logged; the route has gone out regardless.
+    fn publish_notes(
+        &self,
+        store: &Store,
+        fleet: &FleetId,
+        device: &DeviceId,
+        route_id: &RouteId,
+        reason: &'static str,
+    ) {
+        let notes = match store.route_notes(device, route_id) {
+            Ok(notes) => notes,
+            Err(e) => {
+                tracing::error!(device = %device, route = %route_id, error = %e, "cannot read the route's stop notes");
+                return;
+            }
+        };
+        for note in notes {
+            let stop = note.stop_id.clone();
+            let message = HubMessage::StopNote(StopNote {
+                device: device.clone(),
+                issued_ms: note.at_ms,
+                route_id: route_id.clone(),
+                stop_id: note.stop_id,
+                tracking_number: note.tracking_number,
+                text: note.text,
+            });
+            match self.send_note(fleet, &message) {
+                Ok(()) => {
+                    tracing::info!(device = %device, route = %route_id, stop = %stop, reason, "stop note published with the route")
+                }
+                Err(e) => {
+                    tracing::error!(device = %device, route = %route_id, stop = %stop, error = %e, reason, "cannot publish a stop note with the route")
+                }
+            }
+        }
     }
 
     fn publish(
@@ -347,10 +421,12 @@ impl WriterThread {
         };
         let lane = DeviceLane { hub_key: &self.hub_key, out: &self.out, metrics: &self.domain.metrics };
         for stored in routes {
+            let route_id = stored.route.route_id.clone();
             let message = route_message(&stored.device, stored.route, stored.issued_ms);
             match lane.publish(&stored.fleet, &message, reason) {
                 Ok(()) => {
-                    tracing::info!(device = %stored.device, issued_ms = stored.issued_ms, reason, "route published again")
+                    tracing::info!(device = %stored.device, issued_ms = stored.issued_ms, reason, "route published again");
+                    lane.publish_notes(&self.store, &stored.fleet, &stored.device, &route_id, reason);
                 }
                 Err(e) => {
                     tracing::error!(device = %stored.device, error = %e, reason, "cannot publish the route again")

@@ -25,6 +25,7 @@
 //! shipment's address in a message or on the tracking page, or run SQLite on an async
 //! worker (every statement goes through [`db::NotifyDb::call`]).
 
+pub mod actions;
 pub mod config;
 pub mod db;
 pub mod exceptions;

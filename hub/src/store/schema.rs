@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -389,6 +389,16 @@ CREATE INDEX IF NOT EXISTS notification_outcomes_provider
     r#"
 ALTER TABLE ops_alerts ADD COLUMN resolved_ms INTEGER;
 ALTER TABLE ops_alerts ADD COLUMN resolved_by TEXT;
+"#,
+    // 15: the delivery instructions a customer leaves on the tracking page, one row per
+    // shipment (the latest). Removed instructions stay as an empty text with their time,
+    // so a van that missed the removal is told again with the route.
+    r#"
+CREATE TABLE customer_instructions (
+    shipment_id  INTEGER PRIMARY KEY REFERENCES shipments(id),
+    text         TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -289,6 +289,8 @@ pub struct FleetInbox {
     pub routes: Vec<doorstep_proto::RouteAssignment>,
     /// Watches received, in order.
     pub watches: Vec<doorstep_proto::Watch>,
+    /// Stop notes (customers' delivery instructions) received, in order.
+    pub stop_notes: Vec<doorstep_proto::StopNote>,
     /// Hub messages that did not verify.
     pub refused: Vec<String>,
     /// Subscriptions acknowledged.
@@ -337,6 +339,7 @@ fn record(inbox: &mut FleetInbox, message: HubMessage) {
         HubMessage::BlobAck(ack) => inbox.blob_acks.push(ack),
         HubMessage::Route(route) => inbox.routes.push(route),
         HubMessage::Watch(watch) => inbox.watches.push(watch),
+        HubMessage::StopNote(note) => inbox.stop_notes.push(note),
     }
 }
 
