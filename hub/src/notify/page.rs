@@ -3,7 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET  | `/t/{token}` | the tracking page: milestone, timeline in the recipient's time zone, proof of delivery; while the van heads to this stop next, how far away it is (and the van is asked to send its position every few seconds) |
+//! | GET  | `/t/{token}` | the tracking page: milestone and progress bar, arrival window, timeline in the recipient's time zone, "verified at your door" once delivered, forms for the customer's instructions and "not at home today"; while the van heads to this stop next, how far away it is (and the van is asked to send its position every few seconds) |
 //! | GET  | `/t/{token}/photo` | the delivery photo, when it arrived and matches the signed hash |
 //! | POST | `/callbacks/twilio/status` | Twilio message status (signed) → outcome log |
 //! | POST | `/callbacks/twilio/inbound` | Twilio inbound SMS (signed): STOP opts out, START opts back in |
@@ -15,12 +15,15 @@
 //! each delivery on `doorstep_hub_webhooks_total` (provider, `stored` or `rejected`,
 //! reason). A provider that is not configured is a plain 404.
 //!
-//! The page never shows the address, the stop's coordinates, the device or the
+//! The page is rendered from the templates in `hub/templates/` (escaped by default; see
+//! `page/view.rs`) in the fleet's look ([`Brand`], `[notify.brand]`), with its words in
+//! `page/words.rs`. It never shows the address, the stop's coordinates, the device or the
 //! carrier's free text: only milestone names, times, the van's distance from the address
 //! at handover, and, only while the van is heading to this customer's stop next (see
 //! [`next_stop`]) and the parcel is not delivered, how far away the van is and how old
-//! that position is: never the van's position for another customer's stop, never where it
-//! is, never after delivery. Meanwhile the page reloads itself every few seconds, and a
+//! that position is, and where the fleet configured a tile server, the van on one map tile
+//! ([`map`]): never the van for another customer's stop, never after delivery.
+//! Meanwhile the page reloads itself every few seconds, and a
 //! view asks the van, through a signed watch the writer publishes, to send its live
 //! position every [`PAGE_WATCH_EVERY_S`] seconds for [`PAGE_WATCH_FOR_S`], asking again at
 //! most once per van every half watch while views continue ([`PageWatches`]). A bad token
@@ -105,8 +108,6 @@ pub fn page_router(state: NotifyState) -> Router {
     Router::new()
         .route("/t/{token}", get(tracking_page))
         .route("/t/{token}/photo", get(tracking_photo))
-        .route("/t/{token}/instructions", axum::routing::post(super::actions::instructions))
-        .route("/t/{token}/not-home", axum::routing::post(super::actions::not_home))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
         .with_state(state)
 }
@@ -359,11 +360,6 @@ impl PageWatches {
         Self { writer, asked: Arc::default() }
     }
 
-    /// The writer's lane, for the customer's actions ([`super::actions`]).
-    pub(super) fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
     /// A customer whose stop is next views the page at `now_ms`: ask `device` to send
     /// often, unless it was asked within the last half watch. Does not wait for the writer.
     fn ask(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) {
@@ -405,53 +401,25 @@ impl PageWatches {
 type Loaded =
     (Shipment, Vec<TimelineEntry>, Option<Proof>, Option<NextStop>, Option<crate::eta::ArrivalWindow>);
 
-/// The shipment a tracking link names, checked as the page checks it (a bad token is a
-/// 404, an expired or withdrawn one a 410), for the customer's actions.
-pub(super) async fn linked_shipment(
-    state: &NotifyState,
-    token: &str,
-) -> Result<Result<Shipment, Response>, NotifyError> {
-    let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(token_error(&state.settings.brand, e))),
-    };
-    let settings = Arc::clone(&state.settings);
-    state.db.call(move |store| link_target(store, &settings, shipment_id, expires_ms)).await
-}
-
-/// The shipment of a verified token, unless its links were withdrawn after it was issued.
-fn link_target(
-    store: &Store,
-    settings: &NotifySettings,
-    shipment_id: i64,
-    expires_ms: i64,
-) -> Result<Result<Shipment, Response>, NotifyError> {
-    let ttl_ms = i64::try_from(settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
-    let Some(shipment) = store.shipment(shipment_id)? else {
-        return Ok(Err(token_error(&settings.brand, TokenError::Invalid)));
-    };
-    // Issued (deadline minus lifetime) at or before the withdrawal: gone.
-    if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
-        && expires_ms <= revoked_ms.saturating_add(ttl_ms)
-    {
-        return Ok(Err(token_error(&settings.brand, TokenError::Expired)));
-    }
-    Ok(Ok(shipment))
-}
-
 async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Response>, NotifyError> {
     let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
         Ok(found) => found,
         Err(e) => return Ok(Err(token_error(&state.settings.brand, e))),
     };
+    let ttl_ms = i64::try_from(state.settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
     let settings = Arc::clone(&state.settings);
     state
         .db
         .call(move |store| {
-            let shipment = match link_target(store, &settings, shipment_id, expires_ms)? {
-                Ok(shipment) => shipment,
-                Err(response) => return Ok(Err(response)),
+            let Some(shipment) = store.shipment(shipment_id)? else {
+                return Ok(Err(token_error(&settings.brand, TokenError::Invalid)));
             };
+            // Issued (deadline minus lifetime) at or before the withdrawal: gone.
+            if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
+                && expires_ms <= revoked_ms.saturating_add(ttl_ms)
+            {
+                return Ok(Err(token_error(&settings.brand, TokenError::Expired)));
+            }
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
             let next = heading_here(&shipment, store)?;
