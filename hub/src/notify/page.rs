@@ -108,6 +108,8 @@ pub fn page_router(state: NotifyState) -> Router {
     Router::new()
         .route("/t/{token}", get(tracking_page))
         .route("/t/{token}/photo", get(tracking_photo))
+        .route("/t/{token}/instructions", axum::routing::post(super::actions::instructions))
+        .route("/t/{token}/not-home", axum::routing::post(super::actions::not_home))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
         .with_state(state)
 }
@@ -360,6 +362,11 @@ impl PageWatches {
         Self { writer, asked: Arc::default() }
     }
 
+    /// The writer's lane, for the customer's actions ([`super::actions`]).
+    pub(super) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
     /// A customer whose stop is next views the page at `now_ms`: ask `device` to send
     /// often, unless it was asked within the last half watch. Does not wait for the writer.
     fn ask(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) {
@@ -401,25 +408,53 @@ impl PageWatches {
 type Loaded =
     (Shipment, Vec<TimelineEntry>, Option<Proof>, Option<NextStop>, Option<crate::eta::ArrivalWindow>);
 
+/// The shipment a tracking link names, checked as the page checks it (a bad token is a
+/// 404, an expired or withdrawn one a 410), for the customer's actions.
+pub(super) async fn linked_shipment(
+    state: &NotifyState,
+    token: &str,
+) -> Result<Result<Shipment, Response>, NotifyError> {
+    let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(token_error(&state.settings.brand, e))),
+    };
+    let settings = Arc::clone(&state.settings);
+    state.db.call(move |store| link_target(store, &settings, shipment_id, expires_ms)).await
+}
+
+/// The shipment of a verified token, unless its links were withdrawn after it was issued.
+fn link_target(
+    store: &Store,
+    settings: &NotifySettings,
+    shipment_id: i64,
+    expires_ms: i64,
+) -> Result<Result<Shipment, Response>, NotifyError> {
+    let ttl_ms = i64::try_from(settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
+    let Some(shipment) = store.shipment(shipment_id)? else {
+        return Ok(Err(token_error(&settings.brand, TokenError::Invalid)));
+    };
+    // Issued (deadline minus lifetime) at or before the withdrawal: gone.
+    if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
+        && expires_ms <= revoked_ms.saturating_add(ttl_ms)
+    {
+        return Ok(Err(token_error(&settings.brand, TokenError::Expired)));
+    }
+    Ok(Ok(shipment))
+}
+
 async fn load(state: &NotifyState, token: &str) -> Result<Result<Loaded, Response>, NotifyError> {
     let (shipment_id, expires_ms) = match state.settings.link_signer.verify_with_expiry(token, now_ms()) {
         Ok(found) => found,
         Err(e) => return Ok(Err(token_error(&state.settings.brand, e))),
     };
-    let ttl_ms = i64::try_from(state.settings.link_ttl.as_millis()).unwrap_or(i64::MAX);
     let settings = Arc::clone(&state.settings);
     state
         .db
         .call(move |store| {
-            let Some(shipment) = store.shipment(shipment_id)? else {
-                return Ok(Err(token_error(&settings.brand, TokenError::Invalid)));
+            let shipment = match link_target(store, &settings, shipment_id, expires_ms)? {
+                Ok(shipment) => shipment,
+                Err(response) => return Ok(Err(response)),
             };
-            // Issued (deadline minus lifetime) at or before the withdrawal: gone.
-            if let Some(revoked_ms) = store.links_revoked_ms(shipment_id)?
-                && expires_ms <= revoked_ms.saturating_add(ttl_ms)
-            {
-                return Ok(Err(token_error(&settings.brand, TokenError::Expired)));
-            }
             let timeline = store.timeline(shipment_id)?;
             let proof = proof_of(&shipment, &timeline, store)?;
             let next = heading_here(&shipment, store)?;
