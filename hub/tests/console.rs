@@ -544,3 +544,81 @@ async fn hostile_text_from_order_systems_carriers_and_alerts_is_escaped() {
     );
     hub.stop().await;
 }
+
+/// An operator in a real browser: signs in with the key pasted into the form,
+/// acknowledges an alert with its button, opens the shipment, fleet and numbers pages.
+/// Every page passes axe-core's WCAG A/AA check without a serious violation; the
+/// screenshots are kept under `target/test-artifacts/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_acknowledges_an_alert_in_a_real_browser_and_every_page_passes_axe() {
+    use doorstep_testkit::browser::{Browser, artifact};
+
+    let hub = Hub::start().await;
+    let now = now_ms();
+    let a = hub.shipment("1ZCONSOLE0000031", "ups", "N-31");
+    hub.signal(a, now - 30 * MIN_MS, "aftership", "delivered", json!({}));
+    let alert =
+        hub.alert(a, "carrier_delivered_van_never_arrived", "the carrier said delivered; the van never came");
+    let b = hub.shipment("1ZCONSOLE0000032", "dhl", "N-32");
+    hub.signal(b, now - 20 * MIN_MS, "device", "delivered_at_address", json!({"distance_m": 7}));
+    hub.delivered(b);
+    hub.message_sent(b, "sms", PHONE, now - 18 * MIN_MS);
+    let key = hub.key("oncall", &[Scope::Console]);
+    let base = hub.url("");
+
+    tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::tempdir().unwrap();
+        let browser = Browser::start(scratch.path(), 1000, 900);
+        let check = |name: &str| {
+            browser.screenshot(&artifact(&format!("console-{name}.png")));
+            let violations = browser.axe();
+            assert!(violations.is_empty(), "console {name}: {violations:#?}");
+        };
+
+        browser.goto(&format!("{base}/console"));
+        assert!(browser.url().contains("/console/login"), "no session: to the sign-in page");
+        check("login");
+        browser.type_into("#api-key", &key);
+        browser.click("#sign-in");
+        let text = browser.text();
+        assert!(text.contains("1ZCONSOLE0000031"), "the open alert is listed: {text}");
+        assert!(text.contains("carrier_delivered_van_never_arrived"), "{text}");
+        check("alerts");
+
+        browser.click(&format!("#ack-{alert}"));
+        let text = browser.text();
+        assert!(text.contains("oncall"), "acknowledged by the operator's key: {text}");
+        assert!(
+            browser.execute(
+                "return document.getElementById(arguments[0]) === null;",
+                json!([format!("ack-{alert}")])
+            ) == json!(true),
+            "no second Acknowledge button"
+        );
+
+        browser.goto(&format!("{base}/console/shipments?q=N-32"));
+        let text = browser.text();
+        assert!(text.contains("1ZCONSOLE0000032"), "{text}");
+        assert!(!text.contains(PHONE), "contacts are masked: {text}");
+        check("shipment");
+        browser.goto(&format!("{base}/console/fleet"));
+        check("fleet");
+        browser.goto(&format!("{base}/console/numbers"));
+        assert!(browser.text().contains("Deliveries") || browser.text().contains("deliveries"));
+        check("numbers");
+    })
+    .await
+    .unwrap();
+
+    let acked = hub.store().console_alerts_for_shipment(a).unwrap();
+    let acked = acked.iter().find(|x| x.id == alert).unwrap();
+    assert_eq!(acked.acked_by.as_deref(), Some("oncall"), "{acked:?}");
+    assert!(acked.resolved_ms.is_none(), "acknowledged, not resolved: {acked:?}");
+    let audit = hub.store().audit_entries(100, Some("oncall")).unwrap();
+    let subject = format!("alert {alert}");
+    assert!(
+        audit.iter().any(|e| e.method == "POST" && e.subject.as_deref() == Some(subject.as_str())),
+        "{audit:?}"
+    );
+    hub.stop().await;
+}

@@ -69,8 +69,10 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the browser's runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the browser's runtime");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
         let base = format!("http://127.0.0.1:{port}");
         let profile = scratch.join(format!("chromium-profile-{port}"));
@@ -232,23 +234,27 @@ impl Drop for Browser {
 }
 
 /// Where `scripts/test.sh` puts axe-core: `.cache/axe-core/<version>/axe.min.js` in the
-/// workspace, or `DOORSTEP_AXE_JS`.
+/// workspace (found from the test's working directory up), or `DOORSTEP_AXE_JS`.
 pub fn axe_script() -> PathBuf {
     if let Some(path) = std::env::var_os("DOORSTEP_AXE_JS") {
         return PathBuf::from(path);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(".cache/axe-core")
-        .join(AXE_VERSION)
-        .join("axe.min.js")
+    let relative = Path::new(".cache/axe-core").join(AXE_VERSION).join("axe.min.js");
+    let start = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    start
+        .ancestors()
+        .map(|dir| dir.join(&relative))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| start.join(&relative))
 }
 
 /// Where a test keeps its screenshots: `target/test-artifacts/` (kept after the run, for
 /// people to look at).
 pub fn artifact(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let start = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        // The workspace's target directory: beside the Cargo.lock above the test's crate.
+        start.ancestors().find(|dir| dir.join("Cargo.lock").exists()).unwrap_or(&start).join("target")
+    });
     target.join("test-artifacts").join(name)
 }
