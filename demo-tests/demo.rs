@@ -210,7 +210,7 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     let page = browse(&link, &screenshot, dir.path());
     assert_eq!(page["headline"], "Delivered", "{page:#}");
     let text = page["text"].as_str().unwrap_or_default();
-    assert!(text.contains("Proof of delivery") && text.contains("1Z999AA10123456784"), "{text}");
+    assert!(text.contains("Verified at your door") && text.contains("1Z999AA10123456784"), "{text}");
     assert!(page["photo_width"].as_u64().unwrap_or(0) > 0, "the proof photo did not load: {page:#}");
     assert!(!text.contains("49.01"), "the page must never show the address or coordinates: {text}");
     eprintln!("tracking page screenshot: {}", screenshot.display());

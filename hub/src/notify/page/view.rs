@@ -444,7 +444,10 @@ mod tests {
         }
         assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;&quot; onmouseover"), "{html}");
         assert!(html.contains("Acme &lt;b&gt;&amp;&lt;&#x2f;b&gt;"), "{html}");
-        assert_eq!(html.matches("&lt;&#x2f;textarea&gt;&lt;script&gt;steal()").count(), 2, "{html}");
+        assert!(
+            html.contains(">&lt;&#x2f;textarea&gt;&lt;script&gt;steal()&lt;&#x2f;script&gt;</textarea>"),
+            "{html}"
+        );
         // A token that is not plain URL characters is escaped in the links too.
         let html = render(&s, |p| p.token = "a\"b<c");
         assert!(!html.contains("a\"b<c") && html.contains("a&quot;b&lt;c"), "{html}");
@@ -636,11 +639,12 @@ mod tests {
         assert!(html.contains("<textarea") && !html.contains("http-equiv"), "{html}");
         // Saved instructions are shown back.
         let html = render(&s, |p| p.saved_instructions = Some("Side door, please"));
-        assert!(html.contains("<blockquote>Side door, please</blockquote>"), "{html}");
         assert!(
             html.contains("aria-describedby=\"instructions-hint\">Side door, please</textarea>"),
             "{html}"
         );
+        let html = render(&out, |p| p.saved_instructions = Some("Side door, please"));
+        assert!(html.contains("<blockquote>Side door, please</blockquote>"), "behind the link: {html}");
         // Settled: delivered, or going back to the sender.
         assert!(!render(&shipment(Milestone::Delivered, "en"), |_| {}).contains("<form"));
         let back = [entry(1, "device", "driver_exception", json!({"reason": "refused"}))];
