@@ -170,6 +170,7 @@ impl DeviceLane<'_> {
                 return;
             }
         };
+        let (count, mut sent) = (notes.len(), 0usize);
         for note in notes {
             let stop = note.stop_id.clone();
             let message = HubMessage::StopNote(StopNote {
@@ -181,13 +182,14 @@ impl DeviceLane<'_> {
                 text: note.text,
             });
             match self.send_note(fleet, &message) {
-                Ok(()) => {
-                    tracing::info!(device = %device, route = %route_id, stop = %stop, reason, "stop note published with the route")
-                }
+                Ok(()) => sent += 1,
                 Err(e) => {
                     tracing::error!(device = %device, route = %route_id, stop = %stop, error = %e, reason, "cannot publish a stop note with the route")
                 }
             }
+        }
+        if count > 0 {
+            tracing::info!(device = %device, route = %route_id, notes = sent, reason, "stop notes published with the route");
         }
     }
 
