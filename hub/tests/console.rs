@@ -579,13 +579,13 @@ async fn an_operator_acknowledges_an_alert_in_a_real_browser_and_every_page_pass
         assert!(browser.url().contains("/console/login"), "no session: to the sign-in page");
         check("login");
         browser.type_into("#api-key", &key);
-        browser.click("#sign-in");
+        browser.click_and_wait("#sign-in");
         let text = browser.text();
         assert!(text.contains("1ZCONSOLE0000031"), "the open alert is listed: {text}");
         assert!(text.contains("carrier_delivered_van_never_arrived"), "{text}");
         check("alerts");
 
-        browser.click(&format!("#ack-{alert}"));
+        browser.click_and_wait(&format!("#ack-{alert}"));
         let text = browser.text();
         assert!(text.contains("oncall"), "acknowledged by the operator's key: {text}");
         assert!(

@@ -32,7 +32,11 @@ const STOPS: [(&str, f64, f64, &str); 3] = [
 ];
 
 fn notify_settings() -> NotifySettings {
-    let table: toml::Table = toml::from_str("").expect("toml");
+    settings_from("")
+}
+
+fn settings_from(toml_text: &str) -> NotifySettings {
+    let table: toml::Table = toml::from_str(toml_text).expect("toml");
     NotifyConfig::from_table(Some(&table))
         .expect("parse")
         .validate("https://track.example.com", SECRET)
@@ -81,14 +85,17 @@ struct Case {
 
 impl Case {
     async fn start() -> Case {
+        Case::start_with(notify_settings(), HubOptions::default()).await
+    }
+
+    async fn start_with(settings: NotifySettings, options: HubOptions) -> Case {
         let broker = broker().await;
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("hub.db");
         register(&db, &[(&device("van-1"), &key(1))]);
-        let dispatcher =
-            Dispatcher::new(notify_settings(), &db, Arc::new(Metrics::default())).expect("dispatcher");
+        let dispatcher = Dispatcher::new(settings, &db, Arc::new(Metrics::default())).expect("dispatcher");
         let page = notify::page_router(dispatcher.state());
-        let hub = TestHub::start_with_page(broker.port(), &db, HubOptions::default(), page).await;
+        let hub = TestHub::start_with_page(broker.port(), &db, options, page).await;
         let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
         let api = hub.api_client();
         let mut ids = Vec::new();
@@ -142,7 +149,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     // s1 is next: s2's customer sees nothing of the van, their page does not reload every
     // few seconds, and no van is asked anything.
     let html = case.page(1).await;
-    let live_reload = format!("http-equiv=\"refresh\" content=\"{};", notify::page::LIVE_REFRESH_S);
+    let live_reload = format!("<script data-seconds=\"{}\"", notify::page::LIVE_REFRESH_S);
     assert!(!html.contains(SHOWN) && !html.contains(&live_reload), "{html}");
     // It is told when, though: one stop before theirs.
     assert!(html.contains("Expected between ") && html.contains("(1 stop before yours)."), "{html}");
@@ -271,6 +278,238 @@ async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refus
     case.settle().await;
     assert_eq!(case.watches().len(), 2, "refused requests published nothing");
     assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty());
+
+    case.fleet.stop();
+    case.hub.stop().await;
+}
+
+/// A map tile server on loopback over HTTPS (the page takes tiles from https only), with
+/// a certificate made on the spot: every tile is the same small PNG; counts requests.
+async fn tile_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // A valid 1x1 PNG (the page scales it to the tile's 256 px).
+    const PNG: [u8; 67] = [
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00,
+        0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4, 0x89, 0x00,
+        0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00, 0x01,
+        0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    ];
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let der = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], der)
+        .expect("tls config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), Arc::clone(&counted));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    PNG.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&PNG).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}"), hits)
+}
+
+/// The tracking page as customers see it, in headless Chromium: out for delivery with the
+/// van on its map tile only for the stop it heads to next, another stop's page without
+/// it, a delivery instruction typed into the form that reaches the van signed for its
+/// stop, an exception, and "Verified at your door" once handed over. Every state passes
+/// axe-core's WCAG A/AA check without a serious violation; screenshots are kept under
+/// `target/test-artifacts/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
+    use doorstep_proto::{DeliveryException, ExceptionReason};
+    use doorstep_testkit::browser::{Browser, artifact};
+
+    let (tiles, tile_hits) = tile_server().await;
+    let settings = settings_from(&format!(
+        "[brand]\nname = \"Acme Parcels\"\nmap_tiles = \"{tiles}/{{z}}/{{x}}/{{y}}.png\""
+    ));
+    // A lone delivery signal stands after a one-second hold here (30 minutes by default).
+    let case = Case::start_with(settings, HubOptions { hold_ms: 1_000, ..HubOptions::default() }).await;
+    let pos = FixEvidence::new(now_ms(), 47.3690, 8.5390).with_speed_mps(8.0);
+    case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
+    for _ in 0..100 {
+        if case.page(0).await.contains("away (position from") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = |i: usize| case.hub.url(&case.links[i]);
+    let (next, other, third) = (url(0), url(1), url(2));
+    let scratch = tempfile::tempdir().expect("scratch");
+    let scratch_path = scratch.path().to_owned();
+
+    // s1's customer keeps the page open: it refreshes itself in place (no reload) while
+    // the van moves, and waits while the customer types.
+    let first = next.clone();
+    let browser = tokio::task::spawn_blocking(move || {
+        let browser = Browser::start_with(&scratch_path, 412, 915, &["--ignore-certificate-errors"]);
+        browser.goto(&first);
+        assert!(browser.text().contains("about 150 m away"), "{}", browser.text());
+        browser.execute("window.stillThisDocument = true;", json!([]));
+        browser
+    })
+    .await
+    .expect("browser");
+    let closer = FixEvidence::new(now_ms(), 47.3697, 8.5397).with_speed_mps(4.0);
+    case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(closer))).await;
+    let browser = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(12);
+        while !browser.text().contains("less than 100 m away") {
+            assert!(std::time::Instant::now() < deadline, "the page did not refresh itself: {}", browser.text());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let same = browser.execute("return window.stillThisDocument === true;", json!([]));
+        assert_eq!(same, json!(true), "refreshed in place, not reloaded");
+        // Typing (not sent yet): the page holds still for longer than a refresh period.
+        browser.type_into("#instructions", "Side gate is");
+        browser.execute("document.querySelector('main').dataset.seen = 'yes';", json!([]));
+        std::thread::sleep(Duration::from_secs(u64::from(notify::page::LIVE_REFRESH_S) + 2));
+        let kept = browser.execute(
+            "return [document.querySelector('#instructions').value, document.querySelector('main').dataset.seen];",
+            json!([]),
+        );
+        assert_eq!(kept, json!(["Side gate is", "yes"]), "nothing typed is wiped by a refresh");
+        browser
+    })
+    .await
+    .expect("browser");
+
+    // Out for delivery: s1's customer sees the van on its tile, s2's does not; s3's
+    // customer leaves an instruction through the form.
+    let instruction = "Back door, please ring twice";
+    let browser = tokio::task::spawn_blocking(move || {
+        let check = |browser: &Browser, name: &str| {
+            browser.screenshot(&artifact(&format!("page-{name}.png")));
+            let violations = browser.axe();
+            assert!(violations.is_empty(), "tracking page {name}: {violations:#?}");
+        };
+        browser.goto(&next);
+        let map = browser.execute(
+            "const img = document.querySelector('.map img'); \
+             return img ? {complete: img.complete, width: img.naturalWidth} : null;",
+            json!([]),
+        );
+        assert_eq!(map["width"], json!(1), "the van's tile loaded from the configured server: {map}");
+        let text = browser.text();
+        assert!(text.contains("Acme Parcels"), "the fleet's name: {text}");
+        assert!(text.contains("away (position from"), "{text}");
+        check(&browser, "van-next");
+
+        browser.goto(&other);
+        assert_eq!(
+            browser.execute("return document.querySelector('.map, #van') === null;", json!([])),
+            json!(true)
+        );
+        check(&browser, "van-not-next");
+
+        browser.goto(&third);
+        browser.type_into("#instructions", instruction);
+        browser.click_and_wait("form[action$='/instructions'] button");
+        assert!(browser.url().contains("done=instructions"), "{}", browser.url());
+        let saved = browser.execute("return document.querySelector('#instructions').value;", json!([]));
+        assert_eq!(saved, json!(instruction), "the saved instruction is shown back in the form");
+        assert!(browser.text().contains("your instructions for the driver are saved"), "{}", browser.text());
+        check(&browser, "instructions-saved");
+        browser
+    })
+    .await
+    .expect("browser");
+    assert!(tile_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| !i.stop_notes.is_empty()).await,
+        "the instruction reached the van"
+    );
+    {
+        let inbox = case.fleet.inbox.lock().expect("inbox");
+        let note = inbox.stop_notes.last().expect("note");
+        assert_eq!((note.stop_id.as_str(), note.text.as_str()), ("s3", instruction), "{note:?}");
+        assert!(inbox.refused.is_empty(), "every hub message verifies");
+    }
+
+    // s1 handed over at the door; s2's parcel could not be delivered.
+    let delivered = Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("r-watch").expect("id"),
+        stop_id: StopId::new("s1").expect("id"),
+        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
+        distance_m: 9,
+        dwell_s: 60,
+        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
+        photo: None,
+    });
+    case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 1, delivered)).await;
+    let absent = Event::Exception(DeliveryException {
+        route_id: Some(RouteId::new("r-watch").expect("id")),
+        stop_id: Some(StopId::new("s2").expect("id")),
+        reason: ExceptionReason::RecipientAbsent,
+        note: None,
+        tracking_numbers: vec![TrackingNumber::new(STOPS[1].3).expect("tn")],
+        distance_m: Some(12),
+        fix: Some(FixEvidence::new(now_ms(), 47.3751, 8.5451).with_speed_mps(0.0)),
+        photo: None,
+    });
+    case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 2, absent)).await;
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&2)).await,
+        "the hub stored both"
+    );
+    let mut delivered_page = String::new();
+    for _ in 0..100 {
+        delivered_page = case.page(0).await;
+        if delivered_page.contains("Verified at your door") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered_page.contains("Verified at your door"), "the hold ended: {delivered_page}");
+    let (next, other) = (url(0), url(1));
+    tokio::task::spawn_blocking(move || {
+        browser.goto(&next);
+        let text = browser.text();
+        assert!(text.contains("Verified at your door"), "{text}");
+        assert!(text.contains("9 m"), "how far from the address the handover was signed: {text}");
+        assert_eq!(
+            browser.execute("return document.querySelector('.map') === null;", json!([])),
+            json!(true),
+            "no van after delivery"
+        );
+        browser.screenshot(&artifact("page-delivered.png"));
+        let violations = browser.axe();
+        assert!(violations.is_empty(), "tracking page delivered: {violations:#?}");
+
+        browser.goto(&other);
+        browser.screenshot(&artifact("page-exception.png"));
+        let violations = browser.axe();
+        assert!(violations.is_empty(), "tracking page exception: {violations:#?}");
+        browser.text()
+    })
+    .await
+    .map(|text| assert!(!text.contains("47.37") && !text.contains("van-1"), "no address or device: {text}"))
+    .expect("browser");
 
     case.fleet.stop();
     case.hub.stop().await;

@@ -59,7 +59,6 @@ async fn every_state_of_the_tracking_page_reads_well_on_a_phone_and_passes_axe()
     let pages = [
         ("delivered", link(delivered)),
         ("forms", link(dispatched)),
-        ("writing", format!("{}?write=instructions", link(dispatched))),
         ("problem-confirmed", format!("{}?done=not-home", link(problem))),
     ];
     let dispatcher = Dispatcher::new(settings, &db, Arc::new(Metrics::default())).expect("new");

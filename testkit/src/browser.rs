@@ -52,6 +52,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium session with a phone-sized window
     /// (`width` x `height` CSS pixels). Fails with how to install them when missing.
     pub fn start(scratch: &Path, width: u32, height: u32) -> Self {
+        Self::start_with(scratch, width, height, &[])
+    }
+
+    /// [`Browser::start`] with more Chromium switches, e.g. `--ignore-certificate-errors`
+    /// for a test's own HTTPS server with a certificate made on the spot.
+    pub fn start_with(scratch: &Path, width: u32, height: u32, extra: &[&str]) -> Self {
         for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             assert!(
                 Path::new(path).exists(),
@@ -82,12 +88,23 @@ impl Browser {
                 assert!(Instant::now() < deadline, "chromedriver did not start on {base}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         format!("--window-size={width},{height}"),
-                         format!("--user-data-dir={}", profile.display())]}}}});
+            let mut args: Vec<String> = [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(str::to_owned)
+            .collect();
+            args.push(format!("--window-size={width},{height}"));
+            args.push(format!("--user-data-dir={}", profile.display()));
+            let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                "goog:chromeOptions": { "binary": CHROMIUM, "args": args }}}});
             let reply: Value = http
                 .post(format!("{base}/session"))
                 .json(&capabilities)
@@ -164,6 +181,25 @@ impl Browser {
     pub fn click(&self, css: &str) {
         let id = self.element(css);
         self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    /// Clicks the element `css` selects and waits (up to 10 s) until the browser has
+    /// loaded the next document: for a form's submit button or a link.
+    pub fn click_and_wait(&self, css: &str) {
+        self.execute("window.__doorstepBefore = true;", json!([]));
+        self.click(css);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let done = self.execute(
+                "return window.__doorstepBefore !== true && document.readyState === 'complete';",
+                json!([]),
+            );
+            if done == json!(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clicking {css} loaded no new page within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Saves a PNG screenshot of the viewport at `path` (a test artifact).

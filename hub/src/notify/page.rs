@@ -673,7 +673,7 @@ mod tests {
         let near = VanView { distance_m: Some(1_234.0), age_s: Some(4), at: Some((47.38, 8.54)) };
         let html = render_page(&shipment(Milestone::Nearby, "en-US"), &[], None, Some(&near), None);
         assert!(html.contains("about 1.2 km away (position from 4 s ago)"), "{html}");
-        assert!(html.contains("http-equiv=\"refresh\" content=\"5; url=/t/TOKEN\""), "{html}");
+        assert!(html.contains("<script data-seconds=\"5\" data-url=\"/t/TOKEN\">"), "{html}");
         for secret in ["47.37", "8.54", "van-"] {
             assert!(!html.contains(secret), "page leaks {secret}: {html}");
         }
@@ -686,7 +686,7 @@ mod tests {
         // Another customer's stop is next: no van, and the page reloads only every minute.
         let html = render_page(&shipment(Milestone::OutForDelivery, "en"), &[], None, None, None);
         assert!(!html.contains("heading to your address"), "{html}");
-        assert!(html.contains("http-equiv=\"refresh\" content=\"60; url=/t/TOKEN\""), "{html}");
+        assert!(html.contains("<script data-seconds=\"60\" data-url=\"/t/TOKEN\">"), "{html}");
     }
 
     #[test]
@@ -756,7 +756,10 @@ mod tests {
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let csp = header(header::CONTENT_SECURITY_POLICY);
         assert!(csp.starts_with("default-src 'none'; img-src 'self' https://tile.example.org;"), "{csp}");
-        assert!(csp.contains("form-action 'self'") && !csp.contains("script-src"), "{csp}");
+        assert!(csp.contains("form-action 'self'"), "{csp}");
+        // One script, the page's own refresher, by its hash; it fetches only this hub.
+        let script = format!("script-src {};", view::live_script_source());
+        assert!(csp.contains(&script) && csp.contains("connect-src 'self';"), "{csp}");
         assert_eq!(header(header::REFERRER_POLICY), "no-referrer", "the tile server learns no token");
         assert_eq!(header(header::CACHE_CONTROL), "no-store");
         let plain = html_page(StatusCode::OK, &Brand::default(), String::new());

@@ -150,11 +150,13 @@ impl Brand {
             img_src.push(' ');
             img_src.push_str(tiles.origin());
         }
-        // As strict as the page allows: no scripts, fonts or frames at all; forms post
-        // only to this hub; nobody frames the page to trick a customer into a click.
+        // As strict as the page allows: one script, the page's own refresher, allowed by
+        // its hash and fetching only this hub; no fonts or frames; forms post only to
+        // this hub; nobody frames the page to trick a customer into a click.
         let csp = format!(
-            "default-src 'none'; img-src {img_src}; style-src 'unsafe-inline'; form-action 'self'; \
-             base-uri 'none'; frame-ancestors 'none'"
+            "default-src 'none'; img-src {img_src}; style-src 'unsafe-inline'; script-src {}; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+            super::view::live_script_source()
         );
         Ok(Self {
             name: name.to_owned(),
@@ -246,8 +248,11 @@ mod tests {
         let plain = Brand::default();
         assert_eq!(
             plain.csp(),
-            "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; \
-             base-uri 'none'; frame-ancestors 'none'"
+            format!(
+                "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src {}; \
+                 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+                super::super::view::live_script_source()
+            )
         );
         let branded = Brand::new(
             "Acme",
@@ -262,7 +267,11 @@ mod tests {
             "{}",
             branded.csp()
         );
-        assert!(branded.csp().contains("default-src 'none'") && !branded.csp().contains("script"));
+        // Branding adds image origins only: every other directive is the plain page's.
+        let others = |csp: &str| -> Vec<String> {
+            csp.split("; ").filter(|d| !d.starts_with("img-src")).map(str::to_owned).collect()
+        };
+        assert_eq!(others(branded.csp()), others(plain.csp()));
         let local = Brand::new("Acme", "#0b3d91", "#111111", Some("/static/logo.png"), None).expect("a path");
         assert!(local.csp().contains("img-src 'self';"), "{}", local.csp());
         for bad in ["http://cdn.example/logo.png", "//cdn.example/logo.png", "logo.png", "/a\"onerror=x"] {

@@ -21,6 +21,18 @@ use crate::notify::exceptions::{NextStep, default_step};
 use crate::notify::quiet;
 use crate::store::{Shipment, TimelineEntry};
 
+/// The one script of the page (`templates/live.js`): refreshes a moving parcel's page in
+/// place, and waits while the customer writes in a form. The page's
+/// Content-Security-Policy allows exactly this text ([`live_script_source`]), nothing else.
+pub(crate) const LIVE_SCRIPT: &str = include_str!("../../../templates/live.js");
+
+/// `'sha256-…'` of [`LIVE_SCRIPT`], for the Content-Security-Policy's `script-src`.
+pub(crate) fn live_script_source() -> String {
+    use base64::Engine as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, LIVE_SCRIPT.as_bytes());
+    format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+}
+
 /// The page's templates, parsed once. A template that does not parse is a build of the
 /// hub that cannot show any page: the tests render every one.
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -43,16 +55,13 @@ pub(super) struct PageQuery<'a> {
     /// `done=instructions` or `done=not-home`: the action the customer just took (others
     /// are ignored).
     pub(super) done: Option<&'a str>,
-    /// `write=instructions`: the customer is writing instructions, so the page stops
-    /// reloading itself under their fingers.
-    pub(super) writing: bool,
 }
 
 impl<'a> PageQuery<'a> {
     /// Reads the pairs of the query string.
     pub(super) fn from_pairs(pairs: &'a [(String, String)]) -> Self {
         let value = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        Self { done: value("done"), writing: value("write") == Some("instructions") }
+        Self { done: value("done") }
     }
 }
 
@@ -118,6 +127,11 @@ struct Refresh {
     url: Value,
 }
 
+/// The script, marked safe: it is this build's own text, never anyone's input.
+fn live_script() -> Value {
+    Value::from_safe_string(LIVE_SCRIPT.to_owned())
+}
+
 #[derive(Debug, Serialize)]
 struct HistoryItem {
     datetime: String,
@@ -157,9 +171,6 @@ struct Verified {
 struct Actions {
     instructions_url: Value,
     not_home_url: Value,
-    write_url: Value,
-    /// The instructions form itself, or a link to it while the page reloads itself.
-    form: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,6 +179,7 @@ struct PageContext<'a> {
     brand: BrandView<'a>,
     t: &'static Labels,
     refresh: Option<Refresh>,
+    live_script: Value,
     title: String,
     headline: &'static str,
     tracking_number: &'a str,
@@ -195,12 +207,11 @@ pub(super) fn words_for(shipment: &Shipment) -> Words {
     Words { de: shipment.locale.to_ascii_lowercase().starts_with("de") }
 }
 
-/// How often the page reloads itself: every few seconds while it shows the van, every
-/// minute while the parcel is out for delivery, never while the customer writes
-/// instructions or once nothing will change soon.
-pub(super) fn refresh_s(milestone: Milestone, van_shown: bool, writing: bool) -> Option<u16> {
+/// How often the page refreshes itself (with JavaScript, `templates/live.js`, which waits
+/// while the customer writes in a form): every few seconds while it shows the van, every
+/// minute while the parcel is out for delivery, never once nothing will change soon.
+pub(super) fn refresh_s(milestone: Milestone, van_shown: bool) -> Option<u16> {
     match milestone {
-        _ if writing => None,
         Milestone::Delivered => None,
         _ if van_shown => Some(LIVE_REFRESH_S),
         Milestone::OutForDelivery | Milestone::Nearby => Some(OUT_FOR_DELIVERY_REFRESH_S),
@@ -341,18 +352,17 @@ pub(super) fn render_page(input: &PageInput<'_>) -> Result<String, minijinja::Er
             photo_pending: !p.photo_ok && p.photo.is_some(),
         }
     });
-    let refresh = refresh_s(shipment.milestone, input.van.is_some(), input.query.writing);
+    let refresh = refresh_s(shipment.milestone, input.van.is_some());
     let actions = actions_open(shipment.milestone, input.timeline).then(|| Actions {
         instructions_url: url(format!("/t/{token}/instructions")),
         not_home_url: url(format!("/t/{token}/not-home")),
-        write_url: url(format!("/t/{token}?write=instructions#instructions")),
-        form: refresh.is_none(),
     });
     let context = PageContext {
         lang: words.lang(),
         brand: BrandView::of(input.brand),
         t: words.labels(),
         refresh: refresh.map(|seconds| Refresh { seconds, url: url(format!("/t/{token}")) }),
+        live_script: live_script(),
         title: format!("{}: {}", input.brand.name, shipment.tracking_number.as_str()),
         headline: words.milestone(shipment.milestone),
         tracking_number: shipment.tracking_number.as_str(),
@@ -607,13 +617,12 @@ mod tests {
     }
 
     #[test]
-    fn the_page_reloads_itself_while_things_move_and_never_under_a_writing_customer() {
-        assert_eq!(refresh_s(Milestone::Nearby, true, false), Some(LIVE_REFRESH_S));
-        assert_eq!(refresh_s(Milestone::OutForDelivery, false, false), Some(OUT_FOR_DELIVERY_REFRESH_S));
-        assert_eq!(refresh_s(Milestone::OutForDelivery, true, true), None, "writing instructions");
-        assert_eq!(refresh_s(Milestone::Delivered, false, false), None);
-        assert_eq!(refresh_s(Milestone::Dispatched, false, false), None);
-        assert_eq!(refresh_s(Milestone::Exception, false, false), None);
+    fn the_page_refreshes_itself_while_things_move() {
+        assert_eq!(refresh_s(Milestone::Nearby, true), Some(LIVE_REFRESH_S));
+        assert_eq!(refresh_s(Milestone::OutForDelivery, false), Some(OUT_FOR_DELIVERY_REFRESH_S));
+        assert_eq!(refresh_s(Milestone::Delivered, false), None);
+        assert_eq!(refresh_s(Milestone::Dispatched, false), None);
+        assert_eq!(refresh_s(Milestone::Exception, false), None);
     }
 
     #[test]
@@ -628,23 +637,16 @@ mod tests {
         assert!(html.contains("<form method=\"post\" action=\"/t/TOKEN/not-home\">"), "{html}");
         assert!(html.contains("<h2 id=\"instructions-heading\">Delivery instructions for the driver</h2>"));
         assert!(html.contains("<h2 id=\"not-home\">Not at home today</h2>"), "{html}");
-        // While the page reloads itself, a link to the form, which stops the reloading.
+        // While the page refreshes itself, the form is there too: the page's script waits
+        // while the customer writes, and without scripts nothing refreshes.
         let out = shipment(Milestone::OutForDelivery, "en");
-        let html = render(&out, |_| {});
-        assert!(
-            !html.contains("<textarea") && html.contains("href=\"/t/TOKEN?write=instructions#instructions\"")
-        );
-        let pairs = vec![("write".to_owned(), "instructions".to_owned())];
-        let html = render(&out, |p| p.query = PageQuery::from_pairs(&pairs));
-        assert!(html.contains("<textarea") && !html.contains("http-equiv"), "{html}");
-        // Saved instructions are shown back.
-        let html = render(&s, |p| p.saved_instructions = Some("Side door, please"));
+        let html = render(&out, |p| p.saved_instructions = Some("Side door, please"));
+        assert!(html.contains("<textarea") && html.contains("data-seconds=\"60\""), "{html}");
         assert!(
             html.contains("aria-describedby=\"instructions-hint\">Side door, please</textarea>"),
-            "{html}"
+            "saved instructions are shown back: {html}"
         );
-        let html = render(&out, |p| p.saved_instructions = Some("Side door, please"));
-        assert!(html.contains("<blockquote>Side door, please</blockquote>"), "behind the link: {html}");
+        assert!(!html.contains("http-equiv"), "no reload that would wipe what is typed: {html}");
         // Settled: delivered, or going back to the sender.
         assert!(!render(&shipment(Milestone::Delivered, "en"), |_| {}).contains("<form"));
         let back = [entry(1, "device", "driver_exception", json!({"reason": "refused"}))];
