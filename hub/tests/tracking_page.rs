@@ -1,6 +1,6 @@
 //! The customer's tracking page in a real headless Chromium on a phone-sized screen: the
-//! delivered page with its evidence, the page with the customer's forms, a delivery
-//! problem and a confirmation, each in a fleet's own colours, each passing axe-core's
+//! delivered page with its evidence, the page with the customer's forms, out for
+//! delivery, nearby, a delivery problem and a confirmation, each in a fleet's own colours, each passing axe-core's
 //! WCAG 2 A/AA rules without a serious violation. Screenshots are kept under
 //! `target/test-artifacts/` for people to look at.
 
@@ -53,14 +53,28 @@ async fn every_state_of_the_tracking_page_reads_well_on_a_phone_and_passes_axe()
             ("device", "driver_exception", json!({"reason": "recipient_absent"})),
         ],
     );
+    let out = add_shipment_at(&db, "1ZPAGE0000000004", Milestone::OutForDelivery, 0);
+    timeline(&db, out, &[("ups", "dispatched", json!({})), ("ups", "out_for_delivery", json!({}))]);
+    let nearby = add_shipment_at(&db, "1ZPAGE0000000005", Milestone::Nearby, 0);
+    timeline(
+        &db,
+        nearby,
+        &[
+            ("ups", "out_for_delivery", json!({})),
+            ("device", "nearby", json!({"distance_m": 380, "stop_id": "s-3"})),
+        ],
+    );
     let settings = settings("[brand]\nname = \"Acme Parcels\"\nprimary_color = \"#0b5d3b\"\n");
     let expires = notify::now_ms() + 3_600_000;
     let link = |id: i64| format!("/t/{}", settings.link_signer.sign(id, expires));
     let pages = [
         ("delivered", link(delivered)),
         ("forms", link(dispatched)),
+        ("out-for-delivery", link(out)),
+        ("nearby", link(nearby)),
         ("problem-confirmed", format!("{}?done=not-home", link(problem))),
     ];
+    let headlines = [link(out), link(nearby)];
     let dispatcher = Dispatcher::new(settings, &db, Arc::new(Metrics::default())).expect("new");
     let app = notify::page_router(dispatcher.state());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -81,6 +95,14 @@ async fn every_state_of_the_tracking_page_reads_well_on_a_phone_and_passes_axe()
             let violations = browser.axe();
             assert!(violations.is_empty(), "tracking page {name}: {violations:#?}");
         }
+        // Each milestone's headline, in the customer's words.
+        for (path, headline) in [(&headlines[0], "Out for delivery"), (&headlines[1], "The driver is nearby")]
+        {
+            browser.goto(&format!("{base}{path}"));
+            let h1 = browser.execute("return document.querySelector('h1').textContent;", json!([]));
+            assert_eq!(h1, json!(headline));
+        }
+        browser.goto(&format!("{base}{}", pages.last().expect("pages").1));
         // The last page: the problem, where it happened, and the customer's confirmation.
         let text = browser.text();
         assert!(text.contains("Delivery problem"), "{text}");
