@@ -75,6 +75,9 @@ pub struct AppState {
     pub sources: Arc<inbound::Sources>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// The operations console's options: its cookie, and the tile server for the fleet
+    /// page's map (the tracking page's `[notify.brand] map_tiles`, when configured).
+    pub console: crate::console::ConsoleOptions,
 }
 
 /// The public surface, the one the internet reaches: carrier webhooks, the tracking page
@@ -143,7 +146,7 @@ pub fn api_router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(max_body_bytes, json_errors))
         .with_state(state.clone())
         // After the layers: the console answers in HTML pages, not the API's JSON errors.
-        .merge(crate::console::router(&state))
+        .merge(crate::console::router_with(&state, state.console.clone()))
 }
 
 /// Longest plain-text rejection [`json_errors`] reads to quote it, bytes. axum's own are

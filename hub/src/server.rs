@@ -69,17 +69,23 @@ pub async fn serve(
     };
     let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain)
         .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
+    // Customer messages and operations alerts: the dispatcher sends what ingest and the
+    // API enqueue; its router serves the tracking page and the providers' callbacks.
+    let notify_settings =
+        crate::notify::config::NotifySettings::from_hub(&settings).context("configuration [notify]")?;
     let state = AppState {
         writer: ingest.writer(),
         hub_key,
         metrics: Arc::clone(&metrics),
         sources,
         max_body_bytes: settings.max_body_bytes,
+        // The fleet page maps vans with the tracking page's tiles; without a [notify]
+        // section the brand has none, and the fleet page keeps to its table.
+        console: crate::console::ConsoleOptions {
+            map_tiles: notify_settings.brand.map_tiles.clone(),
+            ..Default::default()
+        },
     };
-    // Customer messages and operations alerts: the dispatcher sends what ingest and the
-    // API enqueue; its router serves the tracking page and the providers' callbacks.
-    let notify_settings =
-        crate::notify::config::NotifySettings::from_hub(&settings).context("configuration [notify]")?;
     let dispatch = notify_settings.dispatch;
     let dispatcher =
         crate::notify::Dispatcher::new(notify_settings, &settings.database, Arc::clone(&metrics))

@@ -12,18 +12,20 @@ use std::sync::Arc;
 
 use doorstep_hub::access::{self, Scope};
 use doorstep_hub::config::{ChannelMap, MqttSettings};
+use doorstep_hub::console::ConsoleOptions;
 use doorstep_hub::http::AppState;
 use doorstep_hub::inbound::Sources;
 use doorstep_hub::ingest::{Domain, Ingest, IngestOptions, now_ms};
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::Milestone;
+use doorstep_hub::notify::page::map::TileSource;
 use doorstep_hub::reconcile::Rules;
 use doorstep_hub::store::{
     AlertState, Contact, ContactChannel, Finish, NewNotification, NewShipment, Store, StoreOptions,
 };
-use doorstep_proto::{SigningKey, TrackingNumber};
+use doorstep_proto::{DeviceId, FixEvidence, FleetId, SigningKey, TrackingNumber};
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +47,13 @@ struct Hub {
 
 impl Hub {
     async fn start() -> Hub {
+        Hub::start_with(ConsoleOptions::default()).await
+    }
+
+    /// [`Hub::start`] with the console's `options`, as `doorstep-hub serve` fills them
+    /// from its configuration.
+    async fn start_with(options: ConsoleOptions) -> Hub {
+        let console = options;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("hub.db");
@@ -74,6 +83,7 @@ impl Hub {
             metrics,
             sources: Arc::new(Sources::default()),
             max_body_bytes: 64 * 1024,
+            console,
         };
         let router = doorstep_hub::http::api_router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -543,6 +553,58 @@ async fn hostile_text_from_order_systems_carriers_and_alerts_is_escaped() {
         "{html}"
     );
     hub.stop().await;
+}
+
+/// With the tracking page's tile server, the fleet page shows each van that has a
+/// position on its map tile, and the console lets images come from the tile server (and
+/// nowhere else new); without one, no image at all and the policy of before.
+#[tokio::test]
+async fn the_fleet_page_maps_vans_on_the_tracking_pages_tiles_only_when_they_are_configured() {
+    let tiles = TileSource::parse("https://tiles.example.org/{z}/{x}/{y}.png").unwrap();
+    let mapped = Hub::start_with(ConsoleOptions { map_tiles: Some(tiles), ..Default::default() }).await;
+    let plain = Hub::start().await;
+    let now = now_ms();
+    for hub in [&mapped, &plain] {
+        let mut store = hub.store();
+        let fleet = FleetId::new("acme").unwrap();
+        for (i, name) in ["van-7", "van-8"].into_iter().enumerate() {
+            let key = SigningKey::from_seed(&[0x70 + u8::try_from(i).unwrap(); 32]).unwrap().public_key();
+            store.add_device(&fleet, &DeviceId::new(name).unwrap(), &key, false, now).unwrap();
+        }
+        // van-7 was at Zürich Hauptbahnhof two hours ago; van-8 never sent a position.
+        let tx = store.transaction().unwrap();
+        let fix = FixEvidence::new(now - 2 * 3_600_000, 47.3779, 8.5403);
+        assert!(tx.set_live_position(&DeviceId::new("van-7").unwrap(), &fix, now).unwrap());
+        tx.commit().unwrap();
+    }
+
+    let cookie = mapped.session("dispatch").await;
+    let response =
+        mapped.http.get(mapped.url("/console/fleet")).header(COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let csp = response.headers().get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap().to_owned();
+    let html = response.text().await.unwrap();
+    assert!(csp.contains("img-src 'self' https://tiles.example.org;"), "{csp}");
+    assert!(csp.starts_with("default-src 'none';") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        html.contains(r#"<img src="https://tiles.example.org/15/17161/11474.png" width="256" height="256" alt="Map around van van-7">"#),
+        "{html}"
+    );
+    assert!(html.contains("left:35.7%;top:74.9%"), "the marker where the van was: {html}");
+    assert!(html.contains("last known, 2 h 0 min ago"), "an old position says its age: {html}");
+    assert!(!html.contains("Map around van van-8"), "no position, no tile: {html}");
+    assert!(html.contains("47.378") && html.contains("8.540"), "the table stays: {html}");
+
+    let cookie = plain.session("dispatch").await;
+    let response = plain.http.get(plain.url("/console/fleet")).header(COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let csp = response.headers().get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap().to_owned();
+    let html = response.text().await.unwrap();
+    assert!(csp.contains("img-src 'self';") && !csp.contains("https://"), "{csp}");
+    assert!(!html.contains("<img"), "no tile server, no map: {html}");
+    assert!(html.contains("47.378") && html.contains("8.540"), "the rounded position in the table: {html}");
+    mapped.stop().await;
+    plain.stop().await;
 }
 
 /// An operator in a real browser: signs in with the key pasted into the form,

@@ -46,13 +46,18 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Most alerts listed per state.
 pub const ALERTS_PER_PAGE: usize = 200;
 
-/// How the console's cookie is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How the console's cookie is set, and where the fleet page's map tiles come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsoleOptions {
     /// Mark the session cookie `Secure` on every sign-in, not only when the request
     /// says it came over TLS (`X-Forwarded-Proto: https` from the TLS proxy in front of
     /// the private listener).
     pub always_secure_cookie: bool,
+    /// The tracking page's tile server (`[notify.brand] map_tiles`): with it, the fleet
+    /// page shows each van's last position on a map tile, and the console's
+    /// Content-Security-Policy lets images come from its origin. Without it, positions
+    /// are a table of rounded coordinates only.
+    pub map_tiles: Option<crate::notify::page::map::TileSource>,
 }
 
 /// What the console's handlers share.
@@ -72,6 +77,7 @@ pub fn router(state: &AppState) -> Router {
 
 /// [`router`] with options.
 pub fn router_with(state: &AppState, options: ConsoleOptions) -> Router {
+    let csp = content_security_policy(options.map_tiles.as_ref());
     let console = Console {
         writer: state.writer.clone(),
         guard: Guard { writer: state.writer.clone(), metrics: Arc::clone(&state.metrics) },
@@ -92,26 +98,37 @@ pub fn router_with(state: &AppState, options: ConsoleOptions) -> Router {
         .route("/console/numbers", get(numbers::page))
         .route("/console/{*rest}", any(unknown_page))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
-        .layer(middleware::map_response(protect))
+        .layer(middleware::map_response_with_state(csp, protect))
         .with_state(console)
 }
 
+/// The console's Content-Security-Policy: no script, styles from the page itself, images
+/// from the hub and, when the fleet map is configured, from the tile server's origin.
+fn content_security_policy(tiles: Option<&crate::notify::page::map::TileSource>) -> HeaderValue {
+    const BASE: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'";
+    let Some(tiles) = tiles else { return HeaderValue::from_static(BASE) };
+    let policy = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' {}; form-action 'self'; frame-ancestors 'none'",
+        tiles.origin()
+    );
+    // A checked origin is `https://` and a plain host: always a valid header value.
+    HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static(BASE))
+}
+
 /// Headers every console answer carries: not cached (pages hold customers' data), not
-/// framed (no clickjacking of the buttons), no script, no referrer.
-async fn protect(mut response: Response) -> Response {
+/// framed (no clickjacking of the buttons), no script, no referrer (a tile server never
+/// learns which console page asked), images only from the hub and the fleet map's tiles.
+async fn protect(State(csp): State<HeaderValue>, mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        ),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     response
 }
 
@@ -658,6 +675,27 @@ mod tests {
         assert_eq!(age(3 * 3_600_000 + 5 * 60_000), "3 h 5 min");
         assert_eq!(age(2 * 86_400_000 + 4 * 3_600_000), "2 d 4 h");
         assert_eq!(when(1_796_083_200_000), "2026-12-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn images_may_come_from_the_tile_server_only_when_the_fleet_map_is_configured() {
+        let plain = content_security_policy(None);
+        assert_eq!(
+            plain.to_str().ok(),
+            Some(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'"
+            )
+        );
+        let tiles =
+            crate::notify::page::map::TileSource::parse("https://tile.example.org:8443/{z}/{x}/{y}.png")
+                .expect("valid tiles");
+        let with_map = content_security_policy(Some(&tiles));
+        assert_eq!(
+            with_map.to_str().ok(),
+            Some(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https://tile.example.org:8443; form-action 'self'; frame-ancestors 'none'"
+            )
+        );
     }
 
     #[test]

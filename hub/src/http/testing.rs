@@ -53,6 +53,7 @@ impl TestApi {
             metrics,
             sources: Arc::new(crate::inbound::Sources::default()),
             max_body_bytes: 64 * 1024,
+            console: Default::default(),
         };
         let mut api =
             TestApi { router: api_router(state), ingest: Some(ingest), db, admin: String::new(), _dir: dir };

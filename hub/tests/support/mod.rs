@@ -206,6 +206,7 @@ impl TestHub {
             metrics: Arc::clone(&metrics),
             sources: options.sources,
             max_body_bytes: 1024 * 1024,
+            console: Default::default(),
         };
         let limits = doorstep_hub::config::RateLimits::default();
         let public = doorstep_hub::http::public_router(state.clone(), page, axum::Router::new(), &limits);

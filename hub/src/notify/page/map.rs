@@ -28,6 +28,15 @@ pub struct TilePoint {
     pub py: f64,
 }
 
+impl TilePoint {
+    /// Where the position sits in its tile as CSS places a marker over the tile's image:
+    /// percent of the tile's width from its left edge and of its height from its top,
+    /// to one decimal (`"35.7"`, `"74.9"`).
+    pub fn marker_percent(&self) -> (String, String) {
+        (format!("{:.1}", self.px / TILE_PX * 100.0), format!("{:.1}", self.py / TILE_PX * 100.0))
+    }
+}
+
 /// The slippy-map (Web Mercator, OpenStreetMap numbering) tile holding `lat`, `lon` at
 /// `zoom`, and the position's pixel within it (pure). Latitudes beyond the Mercator
 /// limit are clamped to it; longitudes wrap.
@@ -156,6 +165,9 @@ mod tests {
         // North is up: a little north is fewer pixels from the top (or the tile above).
         let north = tile_at(47.3789, 8.5403, MAP_ZOOM);
         assert!(north.y < here.y || north.py < here.py, "{north:?} {here:?}");
+        // The marker's place is the pixel as percent of the tile.
+        let middle = tile_at(0.0, 0.0, 0);
+        assert_eq!(middle.marker_percent(), ("50.0".to_owned(), "50.0".to_owned()));
     }
 
     #[test]

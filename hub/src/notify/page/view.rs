@@ -12,7 +12,7 @@ use minijinja::{Environment, Value};
 use serde::Serialize;
 
 use super::brand::{Brand, CONFIRMED_TEXT, MUTED_TEXT, PROBLEM_TEXT};
-use super::map::{MAP_ZOOM, TILE_PX, tile_at};
+use super::map::{MAP_ZOOM, tile_at};
 use super::words::{Labels, VanWords, Words};
 use super::{LIVE_REFRESH_S, MAX_TIMELINE, OUT_FOR_DELIVERY_REFRESH_S, Proof, VanView};
 use crate::eta::ArrivalWindow;
@@ -328,11 +328,8 @@ pub(super) fn render_page(input: &PageInput<'_>) -> Result<String, minijinja::Er
         map: match (&input.brand.map_tiles, v.at) {
             (Some(tiles), Some((lat, lon))) => {
                 let tile = tile_at(lat, lon, MAP_ZOOM);
-                Some(MapView {
-                    src: url(tiles.url(&tile)),
-                    left: format!("{:.1}", tile.px / TILE_PX * 100.0),
-                    top: format!("{:.1}", tile.py / TILE_PX * 100.0),
-                })
+                let (left, top) = tile.marker_percent();
+                Some(MapView { src: url(tiles.url(&tile)), left, top })
             }
             _ => None,
         },
