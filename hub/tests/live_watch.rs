@@ -72,6 +72,19 @@ fn signed(van: &doorstep_proto::SigningKey, seq: u64, event: Event) -> Vec<u8> {
     .expect("seal")
 }
 
+/// The van hands s1's parcel over at the door (9 m from it, standing), now.
+fn delivered_at_s1() -> Event {
+    Event::DeliveredAtAddress(Delivery {
+        route_id: RouteId::new("r-watch").expect("id"),
+        stop_id: StopId::new("s1").expect("id"),
+        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
+        distance_m: 9,
+        dwell_s: 60,
+        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
+        photo: None,
+    })
+}
+
 struct Case {
     _broker: Broker,
     _dir: tempfile::TempDir,
@@ -200,15 +213,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     assert!(!case.page(1).await.contains(SHOWN), "s2's customer sees nothing of the van yet");
 
     // The van hands s1's parcel over: s1's customer no longer sees the van, s2's does.
-    let delivered = Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("r-watch").expect("id"),
-        stop_id: StopId::new("s1").expect("id"),
-        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
-        distance_m: 9,
-        dwell_s: 60,
-        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
-        photo: None,
-    });
+    let delivered = delivered_at_s1();
     case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 1, delivered)).await;
     assert!(
         case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&1)).await
@@ -452,15 +457,7 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
     }
 
     // s1 handed over at the door; s2's parcel could not be delivered.
-    let delivered = Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("r-watch").expect("id"),
-        stop_id: StopId::new("s1").expect("id"),
-        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
-        distance_m: 9,
-        dwell_s: 60,
-        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
-        photo: None,
-    });
+    let delivered = delivered_at_s1();
     case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 1, delivered)).await;
     let absent = Event::Exception(DeliveryException {
         route_id: Some(RouteId::new("r-watch").expect("id")),

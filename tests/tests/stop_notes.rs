@@ -1,6 +1,6 @@
-//! A customer's delivery instructions, end to end: posted on the tracking page of the real
-//! hub (`doorstep_hub::server::serve`, default configuration), signed by the hub, carried by
-//! a real Mosquitto, verified by the real agent (`doorstep-agent run`) and shown to the
+//! A customer's delivery instructions, end to end: typed into the tracking page in headless
+//! Chromium, sent to the real hub (`doorstep_hub::server::serve`, default configuration),
+//! signed by the hub, carried by a real Mosquitto, verified by the real agent (`doorstep-agent run`) and shown to the
 //! driver in the reply to `{"op":"status"}` on the driver socket while the parcel's stop is
 //! the van's next; removed again from the page, they are gone from the driver's screen.
 
@@ -186,9 +186,19 @@ async fn instructions_left_on_the_tracking_page_reach_the_drivers_status_reply()
     .await;
     assert!(reply.get("instructions").is_none(), "none yet: {reply}");
 
-    // The customer of the van's next stop writes on their tracking page.
-    let r = hub.instruct(&first, "Ring twice, the bell is on the left").await.expect("post");
-    assert_eq!(r.status(), 303);
+    // The customer of the van's next stop writes on their tracking page, in a real browser.
+    let page = format!("{}{first}", hub.public_url);
+    let scratch = tempfile::tempdir().expect("scratch");
+    let scratch_path = scratch.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let browser = doorstep_testkit::browser::Browser::start(&scratch_path, 412, 915);
+        browser.goto(&page);
+        browser.type_into("#instructions", "Ring twice, the bell is on the left");
+        browser.click_and_wait("form[action$='/instructions'] button");
+        assert!(browser.url().contains("done=instructions"), "{}", browser.url());
+    })
+    .await
+    .expect("the browser sent the form");
     let reply = status_until(&van, &mut driver, |r| r.get("instructions").is_some()).await;
     assert_eq!(reply["stop_id"], "north-gate", "{reply}");
     assert_eq!(
