@@ -2,20 +2,19 @@
 //! the demo prints (every parcel ends where the story says, with the messages and alerts
 //! that make it true), then loads the delivered parcel's tracking page in a real headless
 //! Chromium over WebDriver and checks that the customer sees "delivered" and the photo.
-//! The screenshot is kept as an artifact: `target/tmp/demo-tracking-page.png`.
+//! Then it signs in to the operations console with the key the demo printed. The
+//! screenshots are kept as artifacts: `target/test-artifacts/demo-*.png`.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use doorstep_testkit::browser::{Browser, artifact};
 use serde_json::{Value, json};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_doorstep");
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// The running demo, stopped with SIGINT (its Ctrl-C) when dropped.
 struct Demo {
@@ -71,7 +70,10 @@ impl Demo {
 
     /// Ctrl-C once the demo says it is serving (it listens for Ctrl-C from then on).
     fn interrupt_and_wait(&mut self) -> std::process::ExitStatus {
-        self.wait_for_line("Serving the tracking pages until Ctrl-C.", Duration::from_secs(30));
+        self.wait_for_line(
+            "Serving the tracking pages and the console until Ctrl-C.",
+            Duration::from_secs(30),
+        );
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -117,13 +119,6 @@ fn texts<'a>(row: &'a Value, channel: &str) -> Vec<&'a str> {
 
 #[test]
 fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in_a_browser() {
-    for (tool, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: install Debian's {package} (`apt-get install chromium chromium-driver`, \
-             or run `bash scripts/test.sh`, which installs it)"
-        );
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let summary_path = dir.path().join("summary.json");
     let mut demo = Demo::start(&summary_path, &[]);
@@ -204,10 +199,29 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     let wall = summary["wall_s"].as_f64().expect("wall time");
     eprintln!("demo wall time to the summary: {wall:.1} s");
 
-    // The customer's view, in a real browser.
+    // The customer's view, in a real browser; then the operator's, with the key the demo
+    // printed.
     let link = link_line.rsplit(' ').next().expect("link").to_owned();
-    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-tracking-page.png");
-    let page = browse(&link, &screenshot, dir.path());
+    let console_line = demo.wait_for_line("Operations console:", Duration::from_secs(30));
+    let console_url = console_line.split_whitespace().nth(2).expect("console URL").to_owned();
+    let key = console_line.rsplit(' ').next().expect("key").trim_end_matches(')').to_owned();
+    assert!(key.starts_with("dsk_"), "{console_line}");
+    let browser = Browser::start(dir.path(), 800, 1000);
+    browser.goto(&link);
+    // The page is server-rendered; wait for the photo to finish loading.
+    let script = "const img = document.querySelector('figure img'); \
+                  return {headline: document.querySelector('h1').textContent, text: document.body.innerText, \
+                          photo_complete: img ? img.complete : true, photo_width: img ? img.naturalWidth : 0};";
+    let mut page = Value::Null;
+    for _ in 0..50 {
+        page = browser.execute(script, json!([]));
+        if page["photo_complete"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let screenshot = artifact("demo-tracking-page.png");
+    browser.screenshot(&screenshot);
     assert_eq!(page["headline"], "Delivered", "{page:#}");
     let text = page["text"].as_str().unwrap_or_default();
     assert!(text.contains("Verified at your door") && text.contains("1Z999AA10123456784"), "{text}");
@@ -215,95 +229,16 @@ fn the_demo_tells_each_story_truthfully_and_the_tracking_page_shows_the_proof_in
     assert!(!text.contains("49.01"), "the page must never show the address or coordinates: {text}");
     eprintln!("tracking page screenshot: {}", screenshot.display());
 
+    browser.goto(&console_url);
+    browser.type_into("#api-key", &key);
+    browser.click_and_wait("#sign-in");
+    let text = browser.text();
+    assert!(text.contains("carrier_delivered_van_never_arrived"), "the demo's alerts on the console: {text}");
+    browser.screenshot(&artifact("demo-console.png"));
+    drop(browser);
+
     let status = demo.interrupt_and_wait();
     assert!(status.success(), "the demo exits cleanly on Ctrl-C: {status:?}");
-}
-
-/// Loads `url` in headless Chromium through chromedriver (WebDriver), returns what the
-/// page shows and saves a screenshot.
-fn browse(url: &str, screenshot: &Path, scratch: &Path) -> Value {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let base = format!("http://127.0.0.1:{port}");
-    let result = std::panic::catch_unwind(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(webdriver(&base, url, screenshot, scratch))
-    });
-    let _ = driver.kill();
-    let _ = driver.wait();
-    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
-async fn webdriver(base: &str, url: &str, screenshot: &Path, scratch: &Path) -> Value {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/status")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start on {base}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let profile = scratch.join("chromium-profile");
-    let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-        "binary": CHROMIUM,
-        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=800,1000",
-                 format!("--user-data-dir={}", profile.display())]}}}});
-    let session: Value = http
-        .post(format!("{base}/session"))
-        .json(&capabilities)
-        .send()
-        .await
-        .expect("new session")
-        .json()
-        .await
-        .expect("json");
-    let id =
-        session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_owned();
-    let session_url = format!("{base}/session/{id}");
-    let r =
-        http.post(format!("{session_url}/url")).json(&json!({"url": url})).send().await.expect("navigate");
-    assert!(r.status().is_success(), "navigate: {}", r.text().await.unwrap_or_default());
-    // The page is server-rendered; wait for the photo to finish loading.
-    let script = "const img = document.querySelector('img'); \
-                  return {headline: document.querySelector('h1').textContent, text: document.body.innerText, \
-                          photo_complete: img ? img.complete : true, photo_width: img ? img.naturalWidth : 0};";
-    let mut page = Value::Null;
-    for _ in 0..50 {
-        let r: Value = http
-            .post(format!("{session_url}/execute/sync"))
-            .json(&json!({"script": script, "args": []}))
-            .send()
-            .await
-            .expect("execute")
-            .json()
-            .await
-            .expect("json");
-        page = r["value"].clone();
-        if page["photo_complete"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let shot: Value = http
-        .get(format!("{session_url}/screenshot"))
-        .send()
-        .await
-        .expect("screenshot")
-        .json()
-        .await
-        .expect("json");
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["value"].as_str().expect("base64 screenshot"))
-        .expect("decode screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
-    std::fs::write(screenshot, png).expect("write screenshot");
-    let _ = http.delete(&session_url).send().await;
-    page
 }
 
 #[test]
