@@ -18,6 +18,8 @@ declare -A NEED=(
     [chromium-driver]=/usr/bin/chromedriver
     [nats-server]=/usr/sbin/nats-server
     [curl]=/usr/bin/curl
+    # A PostgreSQL of each test's own (initdb into a temporary directory, a free port).
+    [postgresql]=/usr/bin/pg_ctlcluster
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

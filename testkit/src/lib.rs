@@ -3,6 +3,8 @@
 //! - [`browser`]: headless Chromium over WebDriver, with axe-core's accessibility check,
 //!   for the tracking page and the operations console;
 //! - [`pty`]: a pseudo-terminal standing in for the van's GNSS serial port;
+//! - [`postgres`]: a real PostgreSQL per test (initdb into a temporary directory, a
+//!   free port), for the hubs that share one database;
 //! - [`mosquitto`]: a real Mosquitto per test, on a free loopback port, that can be
 //!   killed, restarted and given a TLS listener;
 //! - [`driver`]: the driver app's side of the agent's socket, speaking
@@ -14,5 +16,6 @@
 pub mod browser;
 pub mod driver;
 pub mod mosquitto;
+pub mod postgres;
 pub mod pty;
 pub mod webhooks;

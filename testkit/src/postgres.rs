@@ -1,0 +1,214 @@
+//! A real PostgreSQL per test: `initdb` into a temporary directory and a server on a free
+//! loopback port, never the machine's own instance. The hub's shared-database tests run
+//! several hubs against one of these.
+//!
+//! PostgreSQL refuses to run as root; when the tests run as root (CI does), the server and
+//! its tools run as the `postgres` user the Debian package creates, through `runuser`.
+//! Durability is PostgreSQL's default (`fsync` and `synchronous_commit` on): the hub
+//! refuses a server without it, so the tests use what production needs.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running PostgreSQL server, stopped (fast shutdown) and deleted when dropped.
+#[derive(Debug)]
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    server: Child,
+}
+
+/// The directory with `initdb`, `postgres` and `psql` of the newest installed major
+/// version (Debian: `/usr/lib/postgresql/<major>/bin`).
+pub fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `program args...`, as the `postgres` user when this process is root.
+fn command(program: &Path, args: &[&str]) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+impl Postgres {
+    /// Creates a cluster and starts its server. Fails with how to install PostgreSQL when
+    /// it is missing.
+    pub fn start() -> Self {
+        let bin = bin_dir().unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL is missing (no /usr/lib/postgresql/<version>/bin/initdb): run `bash scripts/test.sh`, \
+                 which installs Debian's postgresql, or `apt-get install postgresql`"
+            )
+        });
+        let dir = tempfile::Builder::new().prefix("doorstep-pg-").tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        if running_as_root() {
+            let chown = Command::new("chown").arg("postgres:postgres").arg(dir.path()).status();
+            assert!(chown.is_ok_and(|s| s.success()), "chown the cluster directory to postgres");
+        }
+        let data_arg = data.to_str().expect("a UTF-8 path");
+        let init = command(
+            &bin.join("initdb"),
+            &["-D", data_arg, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        )
+        .output()
+        .expect("run initdb");
+        check("initdb", &init);
+        let port = free_port();
+        let socket_dir = dir.path().to_str().expect("a UTF-8 path");
+        let server = command(
+            &bin.join("postgres"),
+            &[
+                "-D",
+                data_arg,
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                &format!("unix_socket_directories={socket_dir}"),
+                "-c",
+                "max_connections=100",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+        let pg = Postgres { dir, bin, port, server };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && pg.try_psql("SELECT 1").is_some() {
+                return pg;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not accept connections on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db` as the superuser `postgres`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn try_psql(&self, sql: &str) -> Option<String> {
+        let port = self.port.to_string();
+        let out = command(
+            &self.bin.join("psql"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        )
+        .output()
+        .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Runs `sql` with psql in the `postgres` database and returns what it printed
+    /// (unaligned, tuples only). Panics with PostgreSQL's message when it fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = command(
+            &self.bin.join("psql"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        )
+        .output()
+        .expect("run psql");
+        check(&format!("psql {sql:?}"), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+fn check(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A fast shutdown: sessions end, the server writes a checkpoint and exits.
+        let data = self.data_dir();
+        let stopped = data.to_str().map(|data| {
+            command(&self.bin.join("pg_ctl"), &["-D", data, "-m", "fast", "-w", "-t", "20", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        });
+        if !matches!(stopped, Some(Ok(s)) if s.success()) {
+            let _ = self.server.kill();
+        }
+        let _ = self.server.wait();
+    }
+}
