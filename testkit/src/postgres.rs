@@ -127,55 +127,35 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    fn try_psql(&self, sql: &str) -> Option<String> {
+    fn run_psql(&self, sql: &str) -> std::io::Result<Output> {
         let port = self.port.to_string();
-        let out = command(
-            &self.bin.join("psql"),
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-tAq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ],
-        )
-        .output()
-        .ok()?;
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ];
+        command(&self.bin.join("psql"), &args).output()
+    }
+
+    fn try_psql(&self, sql: &str) -> Option<String> {
+        let out = self.run_psql(sql).ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Runs `sql` with psql in the `postgres` database and returns what it printed
     /// (unaligned, tuples only). Panics with PostgreSQL's message when it fails.
     pub fn psql(&self, sql: &str) -> String {
-        let port = self.port.to_string();
-        let out = command(
-            &self.bin.join("psql"),
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-tAq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ],
-        )
-        .output()
-        .expect("run psql");
+        let out = self.run_psql(sql).expect("run psql");
         check(&format!("psql {sql:?}"), &out);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
