@@ -141,6 +141,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("login.html", include_str!("../../templates/console/login.html")),
         ("error.html", include_str!("../../templates/console/error.html")),
         ("alerts.html", include_str!("../../templates/console/alerts.html")),
+        ("alert_cells.html", include_str!("../../templates/console/alert_cells.html")),
         ("search.html", include_str!("../../templates/console/search.html")),
         ("shipment.html", include_str!("../../templates/console/shipment.html")),
         ("fleet.html", include_str!("../../templates/console/fleet.html")),
