@@ -210,10 +210,12 @@ def helpdesks():
 
 def rust_const(path, name):
     text = path.read_text()
-    m = re.search(r'pub const ' + name + r': &str = r#"(.*?)"#;', text, re.S)
+    # A raw string with any number of hashes: r#"..."#, r##"..."## (a colour like "#0b3d91"
+    # inside needs two).
+    m = re.search(r'pub const ' + name + r': &str = r(#+)"(.*?)"\1;', text, re.S)
     if not m:
         sys.exit(f"seed.py: no {name} raw string in {path}")
-    return m.group(1)
+    return m.group(2)
 
 
 def switched_on(config):
