@@ -438,7 +438,9 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
         assert!(browser.url().contains("done=instructions"), "{}", browser.url());
         let saved = browser.execute("return document.querySelector('#instructions').value;", json!([]));
         assert_eq!(saved, json!(instruction), "the saved instruction is shown back in the form");
-        assert!(browser.text().contains("your instructions for the driver are saved"), "{}", browser.text());
+        let text = browser.text();
+        assert!(text.contains("your instructions for the driver are saved"), "{text}");
+        assert!(text.contains("Your instructions for the driver"), "in the history: {text}");
         check(&browser, "instructions-saved");
         browser
     })

@@ -110,6 +110,21 @@ impl Words {
                     "Carrier reports delivered"
                 }
             }
+            // What the customer did on this page, so they see it was taken.
+            ("customer", "customer_instructions") => {
+                if de {
+                    "Ihre Hinweise für den Fahrer"
+                } else {
+                    "Your instructions for the driver"
+                }
+            }
+            ("customer", "customer_not_home") => {
+                if de {
+                    "Sie haben gemeldet: heute nicht zu Hause"
+                } else {
+                    "You told us: not at home today"
+                }
+            }
             _ => return None,
         })
     }
@@ -304,5 +319,23 @@ impl Words {
         } else {
             format!("Expected between {from} and {to} ({stops}).")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_customers_own_actions_show_in_their_history_in_their_language() {
+        let (en, de) = (Words { de: false }, Words { de: true });
+        assert_eq!(en.kind("customer", "customer_instructions"), Some("Your instructions for the driver"));
+        assert_eq!(
+            de.kind("customer", "customer_not_home"),
+            Some("Sie haben gemeldet: heute nicht zu Hause")
+        );
+        // Only the customer's own entries read as "you": the same kind from another
+        // source is not shown.
+        assert_eq!(en.kind("ups", "customer_not_home"), None);
     }
 }
