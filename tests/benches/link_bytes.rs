@@ -71,7 +71,7 @@
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 #![allow(clippy::cast_precision_loss, reason = "bytes and hours for display")]
 
-#[path = "link_bytes/hub.rs"]
+#[path = "../common/served_hub.rs"]
 mod hub;
 #[path = "link_bytes/report.rs"]
 mod report;
@@ -276,7 +276,7 @@ async fn bench(speed: f64) -> anyhow::Result<()> {
     }
     let registered: Vec<(DeviceId, PublicKey)> =
         vans.iter().map(|v| (v.daemon.device().clone(), v.daemon.key().public_key())).collect();
-    let hub = hub::Hub::start(broker.port(), &registered).await?;
+    let hub = hub::Hub::start(broker.port(), &registered, "doorstep-hub-link-bench", "routes:write").await?;
     let mut plans = Vec::new();
     for drive in &drives {
         let stops = drive.stops(STOP_MIN_S);

@@ -1,8 +1,12 @@
-//! The real hub, in this process: `doorstep_hub::server::serve` with its default
-//! configuration (a temporary database, the tests' hub key, the broker's plain listener),
-//! the vans registered as `doorstep-hub device add` registers them, and an order system's
-//! API key to post their routes. What the vans hear (acks, routes, anything a newer hub
-//! sends) is what a hub in service would send them.
+//! The real hub, in this process, for the end-to-end tests and the link budget bench:
+//! `doorstep_hub::server::serve` with its default configuration (a temporary database,
+//! the tests' hub key, the broker's plain listener, [`LINK_SECRET`] for tracking links),
+//! the vans registered as `doorstep-hub device add` registers them, and one API key. What
+//! the vans hear (acks, routes, stop notes) is what a hub in service would send them.
+//!
+//! A dev-only file included with `#[path]` (the e2e library does not depend on the hub).
+
+#![allow(dead_code, reason = "each test or bench that includes this module uses a part of it")]
 
 use std::time::Duration;
 
@@ -11,12 +15,18 @@ use doorstep_proto::{DeviceId, PublicKey};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// The hub and the way to talk to its API.
+/// The tracking links' secret, as the hub's configuration gives it.
+pub(crate) const LINK_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// The hub and the way to talk to it.
 pub(crate) struct Hub {
     _dir: tempfile::TempDir,
+    /// The public listener (tracking pages, webhooks): `http://127.0.0.1:<port>`.
+    pub(crate) public_url: String,
     api_url: String,
     token: String,
-    http: reqwest::Client,
+    /// Follows no redirects, so a test sees what the hub answers.
+    pub(crate) http: reqwest::Client,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -30,14 +40,22 @@ fn pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
     doc
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
 }
 
 impl Hub {
-    /// Starts a hub reading the broker at 127.0.0.1:`broker_port`, with `devices`
-    /// registered in fleet [`doorstep_e2e::fleet`].
-    pub(crate) async fn start(broker_port: u16, devices: &[(DeviceId, PublicKey)]) -> anyhow::Result<Hub> {
+    /// Starts a hub reading the broker at 127.0.0.1:`broker_port` as MQTT client `name`,
+    /// with `devices` registered in fleet [`doorstep_e2e::fleet`] and an API key named
+    /// `name` holding `scopes`.
+    pub(crate) async fn start(
+        broker_port: u16,
+        devices: &[(DeviceId, PublicKey)],
+        name: &str,
+        scopes: &str,
+    ) -> anyhow::Result<Hub> {
+        // The provider the hub's rustls and reqwest expect (`doorstep-hub serve` installs it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().context("hub directory")?;
         let db = dir.path().join("hub.db");
         let key = dir.path().join("hub.key");
@@ -55,15 +73,15 @@ impl Hub {
                 store.add_device(&doorstep_e2e::fleet(), device, public, false, now_ms())?;
             }
             let issued = doorstep_hub::access::issue(&ring::rand::SystemRandom::new())?;
-            store.create_api_key("link-bench", &issued.key_id, &issued.digest, "routes:write", now_ms())?;
+            store.create_api_key(name, &issued.key_id, &issued.digest, scopes, now_ms())?;
             issued.token
         };
         let text = doorstep_hub::config::DEFAULT_CONFIG
             .replace("/var/lib/doorstep-hub/hub.db", &db.display().to_string())
             .replace("/var/lib/doorstep-hub/hub.key", &key.display().to_string())
-            .replace("\"file:/var/lib/doorstep-hub/link.secret\"", "\"0123456789abcdef0123456789abcdef\"")
+            .replace("\"file:/var/lib/doorstep-hub/link.secret\"", &format!("\"{LINK_SECRET}\""))
             .replace("port = 1883", &format!("port = {broker_port}"))
-            .replace("client_id = \"doorstep-hub\"", "client_id = \"doorstep-hub-link-bench\"");
+            .replace("client_id = \"doorstep-hub\"", &format!("client_id = \"{name}\""));
         let settings = doorstep_hub::config::Config::parse(&text)
             .context("the hub's default configuration")?
             .validate()
@@ -79,7 +97,10 @@ impl Hub {
             doorstep_hub::server::Listeners { public, api },
             async move { shutdown.cancelled().await },
         ));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = http.get(format!("{public_url}/healthz")).send().await
@@ -92,23 +113,29 @@ impl Hub {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Hub { _dir: dir, api_url, token, http, stop, task })
+        Ok(Hub { _dir: dir, public_url, api_url, token, http, stop, task })
     }
 
-    /// Posts `route` (a route manifest) for `device`, as an order system does; the hub
-    /// signs it and publishes it retained to the van.
-    pub(crate) async fn post_route(&self, device: &DeviceId, route: Value) -> anyhow::Result<()> {
-        let body = serde_json::json!({"fleet": doorstep_e2e::fleet().as_str(), "device": device.as_str(), "route": route});
+    /// Posts `body` to the API's `path` with the hub's key, as an order system does;
+    /// expects 201 Created and returns its body.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
             .http
-            .post(format!("{}/v1/routes", self.api_url))
+            .post(format!("{}{path}", self.api_url))
             .bearer_auth(&self.token)
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         let status = response.status();
-        ensure!(status.as_u16() == 201, "POST /v1/routes for {device}: {status}: {}", response.text().await?);
-        Ok(())
+        ensure!(status.as_u16() == 201, "POST {path}: {status}: {}", response.text().await?);
+        Ok(response.json().await?)
+    }
+
+    /// Posts `route` (a route manifest) for `device`; the hub signs it and publishes it
+    /// retained to the van.
+    pub(crate) async fn post_route(&self, device: &DeviceId, route: Value) -> anyhow::Result<()> {
+        let body = serde_json::json!({"fleet": doorstep_e2e::fleet().as_str(), "device": device.as_str(), "route": route});
+        self.post("/v1/routes", &body).await.map(drop)
     }
 
     /// Stops the hub.
