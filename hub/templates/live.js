@@ -1,7 +1,8 @@
 (function () {
   // The tracking page keeps itself fresh: every few seconds it fetches itself again and
   // swaps in the new <main>, unless the customer is writing in a form (nothing typed is
-  // ever lost) or the tab is hidden. Without JavaScript the page is simply not refreshed.
+  // ever lost) or the tab is hidden, at the pace the fresh page asks for, and stops once
+  // it asks for none (delivered). Without JavaScript the page is simply not refreshed.
   var script = document.currentScript;
   var every = Number(script.dataset.seconds) * 1000;
   var url = script.dataset.url;
@@ -20,13 +21,22 @@
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
           if (!html || busy()) return;
-          var fresh = new DOMParser().parseFromString(html, 'text/html').querySelector('main');
+          var page = new DOMParser().parseFromString(html, 'text/html');
+          var fresh = page.querySelector('main');
           var current = document.querySelector('main');
           if (fresh && current) current.replaceWith(fresh);
+          // The fresh page says how often it wants refreshing, or not at all (delivered).
+          var next = page.querySelector('script[data-seconds]');
+          every = next ? Number(next.dataset.seconds) * 1000 : 0;
         })
-        .catch(function () {});
+        .catch(function () {})
+        .then(schedule);
+      return;
     }
-    setTimeout(tick, every);
+    schedule();
   }
-  if (every > 0 && url) setTimeout(tick, every);
+  function schedule() {
+    if (every > 0) setTimeout(tick, every);
+  }
+  if (url) schedule();
 })();

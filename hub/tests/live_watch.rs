@@ -458,6 +458,16 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
         assert!(inbox.refused.is_empty(), "every hub message verifies");
     }
 
+    // s1's customer has the page open while the parcel is handed over.
+    let open = url(0);
+    let browser = tokio::task::spawn_blocking(move || {
+        browser.goto(&open);
+        assert!(browser.text().contains("away (position from"), "{}", browser.text());
+        browser
+    })
+    .await
+    .expect("browser");
+
     // s1 handed over at the door; s2's parcel could not be delivered.
     let delivered = delivered_at_s1();
     case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(&key(1), 1, delivered)).await;
@@ -487,6 +497,20 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
     assert!(delivered_page.contains("Verified at your door"), "the hold ended: {delivered_page}");
     let (next, other) = (url(0), url(1));
     tokio::task::spawn_blocking(move || {
+        // The open page turns into the delivered one by itself, then stops refreshing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(12);
+        while !browser.text().contains("Verified at your door") {
+            assert!(std::time::Instant::now() < deadline, "the open page did not update: {}", browser.text());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        browser.execute(
+            "window.fetches = 0; const f = window.fetch; \
+             window.fetch = function () { window.fetches++; return f.apply(this, arguments); };",
+            json!([]),
+        );
+        std::thread::sleep(Duration::from_secs(u64::from(notify::page::LIVE_REFRESH_S) + 2));
+        let fetched = browser.execute("return window.fetches;", json!([]));
+        assert_eq!(fetched, json!(0), "a delivered page asks for nothing more");
         browser.goto(&next);
         let text = browser.text();
         assert!(text.contains("Verified at your door"), "{text}");
