@@ -20,8 +20,8 @@ use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::state::DeviceState;
 use doorstep_proto::{
-    Delivery, DeliveryException, Envelope, Event, ExceptionReason, FixEvidence, HexBytes, MAX_NOTE_CHARS,
-    RouteId, StopId, StopNote, TrackingNumber,
+    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, MAX_NOTE_CHARS, RouteId, StopId,
+    StopNote, TrackingNumber,
 };
 use serde_json::json;
 use support::*;
@@ -294,18 +294,7 @@ async fn not_at_home_raises_an_operations_alert_and_a_timeline_entry() {
 
 /// A signed event of van-1 dated now.
 fn signed(seq: u64, event: Event) -> Vec<u8> {
-    let mut id = [0x42; 16];
-    id[..8].copy_from_slice(&seq.to_be_bytes());
-    Envelope {
-        device: device("van-1"),
-        seq,
-        event_id: HexBytes(id),
-        gnss_utc_ms: now_ms(),
-        mono_ms: seq * 1000,
-        event,
-    }
-    .seal(&key(1))
-    .expect("seal")
+    seal_at(&key(1), &device("van-1"), seq, now_ms(), event)
 }
 
 fn driver_gives_up(stop: usize, reason: ExceptionReason) -> Event {

@@ -18,7 +18,7 @@ use doorstep_hub::access;
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
 use doorstep_hub::store::{Store, StoreOptions};
-use doorstep_proto::{Delivery, Envelope, Event, FixEvidence, HexBytes, RouteId, StopId, TrackingNumber};
+use doorstep_proto::{Delivery, Event, FixEvidence, RouteId, StopId, TrackingNumber};
 use serde_json::json;
 use support::*;
 
@@ -57,19 +57,7 @@ fn api_key(db: &Path, scopes: &str) -> String {
 
 /// A signed envelope of van-1 dated now.
 fn signed(van: &doorstep_proto::SigningKey, seq: u64, event: Event) -> Vec<u8> {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&seq.to_be_bytes());
-    id[8] = 0x77;
-    Envelope {
-        device: device("van-1"),
-        seq,
-        event_id: HexBytes(id),
-        gnss_utc_ms: now_ms(),
-        mono_ms: seq * 1000,
-        event,
-    }
-    .seal(van)
-    .expect("seal")
+    seal_at(van, &device("van-1"), seq, now_ms(), event)
 }
 
 /// The van hands s1's parcel over at the door (9 m from it, standing), now.
