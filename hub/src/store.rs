@@ -176,8 +176,22 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| corrupt("database directory", e))?;
         }
-        let conn = Connection::open(path)?;
-        Self::setup(conn, options)
+        // Hubs starting together on a new file: the first one switches it to WAL, and
+        // SQLite answers "busy" at once (without waiting on the busy handler) to a
+        // connection that opens it meanwhile. Setting up is idempotent, so try again
+        // until the busy timeout has passed.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::setup(Connection::open(path)?, options) {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
     }
 
     /// An in-memory database, for unit tests.
