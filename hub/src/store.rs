@@ -37,7 +37,9 @@ mod events;
 mod lease;
 mod orders;
 mod outbox;
+mod pg_schema;
 mod photos;
+mod postgres;
 mod routes;
 mod schema;
 mod shipments;
@@ -56,7 +58,9 @@ pub use events::{EventInsert, GapApplied, NewEvent, NewGap};
 pub use lease::{Acquired, LeaseClaim, Settled};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow};
+pub use pg_schema::PG_SCHEMA_VERSION;
 pub use photos::PhotoRecord;
+pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};
@@ -110,11 +114,29 @@ pub enum StoreError {
     /// The thing named does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// PostgreSQL refused the operation, or could not be reached.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The PostgreSQL server is set to lose commits in a crash.
+    #[error(
+        "the PostgreSQL server has {setting} = {value}: a crash could lose events the vans were already \
+         acked for (and have deleted). Set {setting} = on (postgresql.conf or ALTER SYSTEM) and reload it"
+    )]
+    NotDurable {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt { what, detail: detail.to_string() }
 }
+
+/// A table and its columns, for the schema parity check: (name, declared type, not null)
+/// per column, in column order.
+pub type TableColumns = (String, Vec<(String, String, bool)>);
 
 /// Queue depths for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -244,6 +266,26 @@ impl Store {
             }
         }
         Ok(Self { conn })
+    }
+
+    /// Every table's columns: (name, declared type, not null), in column order, tables by
+    /// name. The PostgreSQL schema is checked against it ([`PgStore::columns`]).
+    pub fn columns(&self) -> Result<Vec<TableColumns>, StoreError> {
+        let tables: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            let columns = self
+                .conn
+                .prepare("SELECT name, type, \"notnull\" OR pk > 0 FROM pragma_table_info(?1) ORDER BY cid")?
+                .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            out.push((table, columns));
+        }
+        Ok(out)
     }
 
     /// The database's schema version.

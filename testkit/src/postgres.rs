@@ -128,6 +128,10 @@ impl Postgres {
     }
 
     fn run_psql(&self, sql: &str) -> std::io::Result<Output> {
+        self.run_psql_in("postgres", sql)
+    }
+
+    fn run_psql_in(&self, db: &str, sql: &str) -> std::io::Result<Output> {
         let port = self.port.to_string();
         let args = [
             "-h",
@@ -137,7 +141,7 @@ impl Postgres {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-tAq",
             "-v",
             "ON_ERROR_STOP=1",
@@ -158,6 +162,20 @@ impl Postgres {
         let out = self.run_psql(sql).expect("run psql");
         check(&format!("psql {sql:?}"), &out);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs `sql` with psql in database `db`, as [`Postgres::psql`] does in `postgres`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.run_psql_in(db, sql).expect("run psql");
+        check(&format!("psql -d {db} {sql:?}"), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Creates an empty database and returns its connection URL: tests sharing one
+    /// server each take their own.
+    pub fn database(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE \"{name}\""));
+        self.url(name)
     }
 
     /// The cluster's data directory.

@@ -61,7 +61,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let inserted = self.conn.execute(
-            "INSERT OR IGNORE INTO api_keys (name, key_id, digest, scopes, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO api_keys (name, key_id, digest, scopes, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             params![name, key_id, digest, scopes, now_ms],
         )?;
         if inserted == 0 {

@@ -132,12 +132,12 @@ impl StoreTx<'_> {
         let added = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO carrier_jobs (shipment_id, kind, due_ms, created_ms, updated_ms)
+                "INSERT INTO carrier_jobs (shipment_id, kind, due_ms, created_ms, updated_ms)
                  SELECT s.id, ?1, s.created_ms + ?2, ?5, ?5 FROM shipments s
                  WHERE s.id > coalesce((SELECT shipment_id FROM carrier_job_cursors WHERE kind = ?1), 0)
                    AND s.created_ms >= ?4
                    AND s.milestone <> 'delivered'
-                   AND lower(trim(s.carrier)) IN (SELECT value FROM json_each(?3))",
+                   AND lower(trim(s.carrier)) IN (SELECT value FROM json_each(?3)) ON CONFLICT DO NOTHING",
             )?
             .execute(params![kind, first_delay_ms, names, min_created_ms, now_ms])?;
         self.tx

@@ -219,10 +219,17 @@ impl StoreTx<'_> {
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO device_gaps (device, first_seq, last_seq, event_id, envelope, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO device_gaps (device, first_seq, last_seq, event_id, envelope, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![gap.device.as_str(), first, last, gap.event_id, gap.envelope, gap.received_ms])?;
+            .execute(params![
+                gap.device.as_str(),
+                first,
+                last,
+                gap.event_id,
+                gap.envelope,
+                gap.received_ms
+            ])?;
         let confirmations: i64 = self
             .tx
             .prepare_cached(
@@ -239,6 +246,9 @@ impl StoreTx<'_> {
     /// Moves the device's contiguous high-water mark over every stored seq that follows
     /// it without a gap, and over every seq a gap notice covers, records it, and returns
     /// it: the `up_to_seq` of the next ack.
+    ///
+    /// The stored mark only ever grows: where another writer recorded a higher one (a
+    /// hub sharing the database that stored later seqs), that one stays and is returned.
     pub fn advance_ack(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) -> Result<u64, StoreError> {
         let start = ack_high_water(&self.tx, device)?;
         let mut high = start;
@@ -274,12 +284,20 @@ impl StoreTx<'_> {
             }
         }
         if high != start || start == 0 {
-            self.tx
+            let stored: i64 = self
+                .tx
                 .prepare_cached(
                     "INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (device) DO UPDATE SET up_to_seq = ?3, updated_ms = ?4, fleet = ?2",
+                     ON CONFLICT (device) DO UPDATE SET
+                         up_to_seq = CASE WHEN excluded.up_to_seq > device_acks.up_to_seq
+                                          THEN excluded.up_to_seq ELSE device_acks.up_to_seq END,
+                         updated_ms = excluded.updated_ms, fleet = excluded.fleet
+                     RETURNING up_to_seq",
                 )?
-                .execute(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms])?;
+                .query_row(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms], |r| {
+                    r.get(0)
+                })?;
+            return u64::try_from(stored).map_err(|e| corrupt("acked seq", e));
         }
         Ok(high)
     }

@@ -101,7 +101,7 @@ impl StoreTx<'_> {
             params![id, fields.carrier, fields.order_id, fields.order_name, fields.source, json, now_ms],
         )?;
         let mut index = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3)",
+            "INSERT INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         )?;
         for (channel, c) in fields.contacts {
             index.execute(params![channel.as_str(), c.recipient, id])?;

@@ -1,7 +1,7 @@
 //! The notification outbox (each customer message enqueued once per key) and reconciliation
 //! alerts.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx};
@@ -128,23 +128,23 @@ impl StoreTx<'_> {
     /// Enqueues a notification; returns false when the same (shipment, milestone,
     /// channel, recipient) was already enqueued, which is how a retry never doubles.
     pub fn enqueue_notification(&self, n: &NewNotification<'_>) -> Result<bool, StoreError> {
-        let inserted = self
+        let inserted: Option<i64> = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO notification_outbox
+                "INSERT INTO notification_outbox
                      (shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) ON CONFLICT DO NOTHING RETURNING id",
             )?
-            .execute(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms])?;
-        if inserted == 1 {
-            let id = self.tx.last_insert_rowid();
+            .query_row(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = inserted {
             self.tx
                 .prepare_cached(
                     "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome) VALUES (?1, ?2, 'queued')",
                 )?
                 .execute(params![id, n.now_ms])?;
         }
-        Ok(inserted == 1)
+        Ok(inserted.is_some())
     }
 
     /// Raises an operations alert; once per (shipment, code).
@@ -158,7 +158,7 @@ impl StoreTx<'_> {
         let n = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO ops_alerts (shipment_id, code, detail, created_ms, sent) VALUES (?1, ?2, ?3, ?4, 0)",
+                "INSERT INTO ops_alerts (shipment_id, code, detail, created_ms, sent) VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT DO NOTHING",
             )?
             .execute(params![shipment_id, code, detail, now_ms])?;
         Ok(n == 1)

@@ -61,7 +61,7 @@ impl StoreTx<'_> {
         let size = i64::try_from(size).map_err(|e| corrupt("photo size", e))?;
         self.tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO photo_refs (sha256, device, seq, size) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO photo_refs (sha256, device, seq, size) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             )?
             .execute(params![sha256_hex, device.as_str(), seq_param(seq)?, size])?;
         Ok(())
@@ -104,7 +104,7 @@ impl StoreTx<'_> {
             .execute(params![device.as_str(), sha256_hex, total])?;
         self.tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO photo_chunks (device, sha256, idx, total_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO photo_chunks (device, sha256, idx, total_len, data) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             )?
             .execute(params![device.as_str(), sha256_hex, index, total, data])?;
         let indexes: Vec<u32> = self
@@ -155,8 +155,8 @@ impl StoreTx<'_> {
         let len = i64::try_from(bytes.len()).map_err(|e| corrupt("photo size", e))?;
         self.tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO photos (sha256, device, total_len, bytes, verified, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                "INSERT INTO photos (sha256, device, total_len, bytes, verified, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5) ON CONFLICT DO NOTHING",
             )?
             .execute(params![sha256_hex, device.as_str(), len, bytes, now_ms])?;
         Ok(())

@@ -298,26 +298,30 @@ impl StoreTx<'_> {
     /// Creates a shipment at milestone `created`.
     pub fn insert_shipment(&self, new: &NewShipment, now_ms: i64) -> Result<i64, StoreError> {
         let contacts = serde_json::to_string(&new.contacts).map_err(|e| corrupt("contacts", e))?;
-        let n = self.tx.execute(
-            "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
+        let id: Option<i64> = self
+            .tx
+            .query_row(
+                "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
                  milestone, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', ?7, ?7) ON CONFLICT (tracking_number) DO NOTHING",
-            params![
-                new.tracking_number.as_str(),
-                new.carrier,
-                new.order_id,
-                contacts,
-                new.locale,
-                new.time_zone,
-                now_ms
-            ],
-        )?;
-        if n == 0 {
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', ?7, ?7) ON CONFLICT (tracking_number) DO NOTHING
+             RETURNING id",
+                params![
+                    new.tracking_number.as_str(),
+                    new.carrier,
+                    new.order_id,
+                    contacts,
+                    new.locale,
+                    new.time_zone,
+                    now_ms
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else {
             return Err(StoreError::Exists(format!("shipment {}", new.tracking_number)));
-        }
-        let id = self.tx.last_insert_rowid();
+        };
         let mut contact = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3)",
+            "INSERT INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         )?;
         for (channel, c) in &new.contacts {
             contact.execute(params![channel.as_str(), c.recipient, id])?;
@@ -395,27 +399,29 @@ impl StoreTx<'_> {
     /// Asks for the reconciler to be woken for a shipment at `at_ms`.
     pub fn schedule_wake(&self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
         self.tx
-            .prepare_cached("INSERT OR IGNORE INTO wakeups (shipment_id, at_ms) VALUES (?1, ?2)")?
+            .prepare_cached(
+                "INSERT INTO wakeups (shipment_id, at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?
             .execute(params![shipment_id, at_ms])?;
         Ok(())
     }
 
-    /// Removes and returns wake-ups due at `now_ms`: (shipment id, wake time).
+    /// Removes and returns wake-ups due at `now_ms`, earliest first: (shipment id, wake
+    /// time). One statement takes and deletes them, so a wake-up is handed out once even
+    /// where several hubs ask together.
     pub fn take_due_wakeups(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, i64)>, StoreError> {
-        let due: Vec<(i64, i64)> = self
+        let mut due: Vec<(i64, i64)> = self
             .tx
             .prepare_cached(
-                "SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2",
+                "DELETE FROM wakeups WHERE (shipment_id, at_ms) IN
+                     (SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2)
+                 RETURNING shipment_id, at_ms",
             )?
             .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
-        let mut delete =
-            self.tx.prepare_cached("DELETE FROM wakeups WHERE shipment_id = ?1 AND at_ms = ?2")?;
-        for (id, at) in &due {
-            delete.execute(params![id, at])?;
-        }
+        due.sort_unstable_by_key(|&(id, at)| (at, id));
         Ok(due)
     }
 

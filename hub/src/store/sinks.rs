@@ -108,20 +108,21 @@ impl StoreTx<'_> {
         for sink in sinks {
             // The fleet is read now, not when sent: a stream subject must not change
             // between a publish and its retry.
-            let inserted = self
+            let inserted: Option<i64> = self
                 .tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO sink_outbox
+                    "INSERT INTO sink_outbox
                          (sink, shipment_id, event, detail, fleet, status, attempts, next_attempt_ms, created_ms)
                      VALUES (?1, ?2, ?3, ?4,
                              (SELECT r.fleet FROM route_stops rs JOIN routes r ON r.id = rs.route_pk
                               JOIN shipments s ON s.tracking_number = rs.tracking_number
                               WHERE s.id = ?2 ORDER BY r.issued_ms DESC, r.id DESC LIMIT 1),
-                             'queued', 0, ?5, ?5)",
+                             'queued', 0, ?5, ?5) ON CONFLICT DO NOTHING RETURNING id",
                 )?
-                .execute(params![sink, shipment_id, event, detail, now_ms])?;
-            if inserted == 1 {
-                log(&self.tx, self.tx.last_insert_rowid(), now_ms, "queued", None, None)?;
+                .query_row(params![sink, shipment_id, event, detail, now_ms], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = inserted {
+                log(&self.tx, id, now_ms, "queued", None, None)?;
                 new += 1;
             }
         }
@@ -219,8 +220,8 @@ impl Store {
         if let Some(reference) = thread {
             tx.tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO sink_threads (sink, shipment_id, reference, created_ms)
-                     SELECT sink, shipment_id, ?2, ?3 FROM sink_outbox WHERE id = ?1",
+                    "INSERT INTO sink_threads (sink, shipment_id, reference, created_ms)
+                     SELECT sink, shipment_id, ?2, ?3 FROM sink_outbox WHERE id = ?1 ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![id, reference, now_ms])?;
         }

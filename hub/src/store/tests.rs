@@ -311,3 +311,42 @@ fn a_notification_is_enqueued_once_per_key() {
     tx.commit().expect("commit");
     assert_eq!(store.outbox_due(10, 10).expect("due").len(), 1);
 }
+
+#[test]
+fn due_wake_ups_are_handed_out_once_earliest_first() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("hub.db");
+    let mut a = Store::open(&path, StoreOptions::default()).expect("hub a");
+    let mut b = Store::open(&path, StoreOptions::default()).expect("hub b");
+    let tx = a.transaction().expect("tx");
+    let shipment = |n: u32| NewShipment {
+        tracking_number: TrackingNumber::new(format!("1Z999AA1012345678{n}")).expect("tn"),
+        carrier: None,
+        order_id: None,
+        contacts: BTreeMap::new(),
+        locale: "en-US".into(),
+        time_zone: "UTC".into(),
+    };
+    let ids: Vec<i64> = (0..3).map(|n| tx.insert_shipment(&shipment(n), 0).expect("shipment")).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "each insert returns its own id: {ids:?}");
+    tx.schedule_wake(ids[0], 300).expect("wake");
+    tx.schedule_wake(ids[1], 100).expect("wake");
+    tx.schedule_wake(ids[1], 100).expect("the same wake-up again is one");
+    tx.schedule_wake(ids[2], 200).expect("wake");
+    tx.schedule_wake(ids[2], 900).expect("a later one, not due yet");
+    tx.commit().expect("commit");
+
+    let tx = a.transaction().expect("tx");
+    assert_eq!(tx.take_due_wakeups(500, 2).expect("take"), vec![(ids[1], 100), (ids[2], 200)]);
+    tx.commit().expect("commit");
+    let tx = b.transaction().expect("tx");
+    assert_eq!(
+        tx.take_due_wakeups(500, 10).expect("take"),
+        vec![(ids[0], 300)],
+        "the other hub gets the rest"
+    );
+    tx.commit().expect("commit");
+    let tx = a.transaction().expect("tx");
+    assert!(tx.take_due_wakeups(500, 10).expect("take").is_empty(), "nothing twice");
+    assert_eq!(tx.take_due_wakeups(900, 10).expect("take"), vec![(ids[2], 900)]);
+}

@@ -1,0 +1,179 @@
+//! The hub's shared state on a real PostgreSQL (a server of the test's own: initdb into a
+//! temporary directory, a free port): the schema matches SQLite's column by column, hubs
+//! starting together migrate once, a server that can lose commits is refused, and the
+//! dispatch lease has one holder decided on the database's clock.
+
+use doorstep_hub::store::{
+    Acquired, LeaseClaim, Migrated, PG_SCHEMA_VERSION, PgStore, Settled, Store, StoreError, TableColumns,
+};
+use doorstep_testkit::postgres::Postgres;
+
+fn claim<'a>(holder: &'a str, token: &'a str, first: bool, ttl_ms: i64) -> LeaseClaim<'a> {
+    LeaseClaim { holder, token, first, ttl_ms, resend_safe: &["email"] }
+}
+
+#[tokio::test]
+async fn the_schema_has_every_sqlite_table_and_column_and_hubs_starting_together_migrate_it_once() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let (a, b, c) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url), PgStore::connect(&url));
+    let mut migrated: Vec<Migrated> = [a, b, c].into_iter().map(|r| r.expect("connect").1).collect();
+    migrated.sort_by_key(|m| m.from);
+    let fresh = Migrated { from: 0, to: PG_SCHEMA_VERSION };
+    let found = Migrated { from: PG_SCHEMA_VERSION, to: PG_SCHEMA_VERSION };
+    assert_eq!(migrated, vec![fresh, found, found], "one hub migrated, the others found it done");
+
+    let (store, again) = PgStore::connect(&url).await.expect("connect again");
+    assert_eq!(again, found);
+    assert_eq!(store.schema_version().await.expect("version"), PG_SCHEMA_VERSION);
+
+    // Column by column: a SQLite migration without its PostgreSQL twin fails here.
+    let sqlite = Store::open_in_memory().expect("sqlite").columns().expect("sqlite columns");
+    let postgres = store.columns().await.expect("postgres columns");
+    let names = |t: &[TableColumns]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&postgres), names(&sqlite), "the same tables");
+    for ((table, lite), (_, pgc)) in sqlite.iter().zip(&postgres) {
+        let lite_names: Vec<&str> = lite.iter().map(|c| c.0.as_str()).collect();
+        let pg_names: Vec<&str> = pgc.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(pg_names, lite_names, "{table}: the same columns in the same order");
+        for ((column, lite_type, lite_not_null), (_, pg_type, pg_not_null)) in lite.iter().zip(pgc) {
+            let expected: &[&str] = match lite_type.as_str() {
+                "INTEGER" => &["bigint", "boolean"],
+                "TEXT" => &["text"],
+                "BLOB" => &["bytea"],
+                "REAL" => &["double precision"],
+                other => panic!("{table}.{column}: SQLite type {other} has no PostgreSQL twin here"),
+            };
+            assert!(expected.contains(&pg_type.as_str()), "{table}.{column}: {lite_type} became {pg_type}");
+            assert_eq!(pg_not_null, lite_not_null, "{table}.{column}: NOT NULL differs");
+        }
+    }
+
+    // A database written by a newer hub is left alone.
+    pg.psql_in("hub", "UPDATE doorstep_schema SET version = version + 1");
+    let newer = PgStore::connect(&url).await.expect_err("a newer schema");
+    assert!(matches!(newer, StoreError::TooNew { found } if found == PG_SCHEMA_VERSION + 1), "{newer}");
+}
+
+#[tokio::test]
+async fn a_server_that_can_lose_acked_commits_is_refused_with_what_to_set() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    PgStore::connect(&url).await.expect("a durable server is taken");
+
+    pg.psql("ALTER DATABASE hub SET synchronous_commit = off");
+    let refused = PgStore::connect(&url).await.expect_err("synchronous_commit off");
+    assert!(matches!(&refused, StoreError::NotDurable { setting: "synchronous_commit", .. }), "{refused}");
+    let message = refused.to_string();
+    assert!(
+        message.contains("synchronous_commit = off") && message.contains("Set synchronous_commit = on"),
+        "{message}"
+    );
+    pg.psql("ALTER DATABASE hub RESET synchronous_commit");
+
+    // fsync is the server's; a reload applies it.
+    pg.psql("ALTER SYSTEM SET fsync = off");
+    pg.psql("SELECT pg_reload_conf()");
+    let mut refused = None;
+    for _ in 0..50 {
+        match PgStore::connect(&url).await {
+            Err(e @ StoreError::NotDurable { setting: "fsync", .. }) => {
+                refused = Some(e);
+                break;
+            }
+            // The reload is asynchronous: until the server has read it, fsync is still on.
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(refused.is_some(), "fsync off is refused once the server has reloaded");
+    pg.psql("ALTER SYSTEM RESET fsync");
+    pg.psql("SELECT pg_reload_conf()");
+
+    let wrong = PgStore::connect(&format!("postgres://nobody@127.0.0.1:{}/hub?sslmode=disable", pg.port()))
+        .await
+        .expect_err("a role that does not exist");
+    assert!(wrong.to_string().contains("nobody"), "the server's own message names the role: {wrong}");
+}
+
+#[tokio::test]
+async fn one_lease_holder_decided_on_the_databases_clock() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let mut hubs = Vec::new();
+    for _ in 0..3 {
+        hubs.push(PgStore::connect(&url).await.expect("connect").0);
+    }
+    let [a, b, c] = &mut hubs[..] else { unreachable!() };
+    let claims = [
+        claim("hub-a", "a1", true, 60_000),
+        claim("hub-b", "b1", true, 60_000),
+        claim("hub-c", "c1", true, 60_000),
+    ];
+    let (ra, rb, rc) = tokio::join!(
+        a.take_dispatch_lease(&claims[0]),
+        b.take_dispatch_lease(&claims[1]),
+        c.take_dispatch_lease(&claims[2]),
+    );
+    let results = [ra.expect("a"), rb.expect("b"), rc.expect("c")];
+    let winners: Vec<usize> = (0..3).filter(|&i| matches!(results[i].0, Acquired::TookOver(None))).collect();
+    assert_eq!(winners.len(), 1, "exactly one holder: {results:?}");
+    let winner = ["hub-a", "hub-b", "hub-c"][winners[0]];
+    for (i, (acquired, _)) in results.iter().enumerate() {
+        if i != winners[0] {
+            assert_eq!(acquired, &Acquired::HeldBy(winner.to_owned()));
+        }
+    }
+
+    // The holder stops with a message of each kind in flight; the next holder settles them.
+    pg.psql_in(
+        "hub",
+        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
+             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+             VALUES (1, 'nearby', 'email', 'a@example.com', 'sending', 0, 0),
+                    (1, 'nearby', 'sms', '+15555550100', 'sending', 0, 0),
+                    (1, 'created', 'sms', '+15555550100', 'sent', 0, 0)",
+    );
+    let holder_token = ["a1", "b1", "c1"][winners[0]];
+    hubs[winners[0]].release_dispatch_lease(holder_token).await.expect("release");
+    let next = (winners[0] + 1) % 3;
+    let (holder, token) = (["hub-a", "hub-b", "hub-c"][next], ["a1", "b1", "c1"][next]);
+    let (acquired, settled) =
+        hubs[next].take_dispatch_lease(&claim(holder, token, false, 60_000)).await.expect("take over");
+    assert_eq!(acquired, Acquired::TookOver(Some(winner.to_owned())));
+    assert_eq!(settled, Settled { requeued: 1, unknown: 1 }, "email is resend-safe here, SMS is not");
+    assert_eq!(
+        pg.psql_in("hub", "SELECT channel || ':' || status FROM notification_outbox WHERE milestone = 'nearby' ORDER BY channel"),
+        "email:queued\nsms:unknown"
+    );
+    assert_eq!(
+        pg.psql_in(
+            "hub",
+            "SELECT count(*) FROM notification_outcomes WHERE outcome IN ('attempt_failed', 'unknown')"
+        ),
+        "2",
+        "each settled row says why in its outcome log"
+    );
+    let (renewed, settled) =
+        hubs[next].take_dispatch_lease(&claim(holder, token, false, 60_000)).await.expect("renew");
+    assert_eq!((renewed, settled), (Acquired::Renewed, Settled::default()));
+
+    // Expiry is the database's clock: a lease that ended by the server's time is free,
+    // whatever the hubs' own clocks say.
+    pg.psql_in(
+        "hub",
+        "UPDATE dispatcher_lease SET expires_ms = (extract(epoch FROM now()) * 1000)::bigint - 1",
+    );
+    let other = (next + 1) % 3;
+    let (holder_o, token_o) = (["hub-a", "hub-b", "hub-c"][other], ["a1", "b1", "c1"][other]);
+    let (acquired, _) =
+        hubs[other].take_dispatch_lease(&claim(holder_o, token_o, false, 60_000)).await.expect("expired");
+    assert_eq!(acquired, Acquired::TookOver(Some(holder.to_owned())));
+    let (lost, _) = hubs[next].take_dispatch_lease(&claim(holder, token, false, 60_000)).await.expect("lost");
+    assert_eq!(
+        lost,
+        Acquired::HeldBy(holder_o.to_owned()),
+        "a hub that lost the lease waits for it to expire"
+    );
+}
