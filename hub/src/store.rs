@@ -9,6 +9,10 @@
 //! outbox). This file holds the
 //! connection, its transactions and the shared error.
 //!
+//! PostgreSQL, for several hubs on several hosts, is being added beside SQLite in
+//! `postgres` (its schema in `pg_schema`); statements here already use the syntax both
+//! engines accept (`ON CONFLICT DO NOTHING`, `RETURNING id`).
+//!
 //! One SQLite file in WAL mode, migrated with `PRAGMA user_version`. [`Store`] owns a
 //! connection; [`StoreTx`] is one transaction over it. Ingest, the HTTP API and the
 //! carrier webhooks do all their writes for one input inside one `StoreTx`, so an event,
@@ -18,7 +22,7 @@
 //!
 //! Idempotency lives in the schema, not in the callers: events are `UNIQUE(device, seq)`
 //! and `UNIQUE(event_id)`, carrier events `UNIQUE(carrier, event_key)`, notifications
-//! `UNIQUE(shipment_id, milestone, channel, recipient)` enqueued with `INSERT OR IGNORE`
+//! `UNIQUE(shipment_id, milestone, channel, recipient)` enqueued with `ON CONFLICT DO NOTHING`
 //! (invariant 4).
 
 use std::collections::BTreeMap;
@@ -37,6 +41,7 @@ mod events;
 mod lease;
 mod orders;
 mod outbox;
+mod pg_events;
 mod pg_schema;
 mod photos;
 mod postgres;

@@ -4,8 +4,10 @@
 //! dispatch lease has one holder decided on the database's clock.
 
 use doorstep_hub::store::{
-    Acquired, LeaseClaim, Migrated, PG_SCHEMA_VERSION, PgStore, Settled, Store, StoreError, TableColumns,
+    Acquired, EventInsert, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore, Settled,
+    Store, StoreError, TableColumns,
 };
+use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
 
 fn claim<'a>(holder: &'a str, token: &'a str, first: bool, ttl_ms: i64) -> LeaseClaim<'a> {
@@ -176,4 +178,135 @@ async fn one_lease_holder_decided_on_the_databases_clock() {
         Acquired::HeldBy(holder_o.to_owned()),
         "a hub that lost the lease waits for it to expire"
     );
+}
+
+/// Three hubs store five vans' events in interleaved, overlapping batches at once (a
+/// third of the batches go to two hubs, as after a shared subscription reshuffles), and
+/// each computes acks after its commits. Every event is stored once, no hub ever sees an
+/// ack move back, and every van is acked to its last seq: one van's evicted run is
+/// covered by a gap notice only one hub received.
+#[tokio::test]
+async fn hubs_storing_one_vans_events_between_them_ack_it_to_its_last_seq_and_never_back() {
+    const VANS: usize = 5;
+    const EVENTS: u64 = 120;
+    const BATCH: usize = 8;
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let fleet = FleetId::new("acme").expect("fleet");
+    let vans: Vec<DeviceId> = (0..VANS).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
+    // Van 4 evicted seqs 40..=49: they never come, a gap notice says so.
+    let evicted = 40..=49;
+    let ids: Vec<Vec<String>> =
+        (0..VANS).map(|v| (1..=EVENTS).map(|s| format!("{v:02}{s:030}")).collect()).collect();
+    let envelope = [7u8; 64];
+    let event = |v: usize, seq: u64| NewEvent {
+        device: &vans[v],
+        seq,
+        event_id: &ids[v][usize::try_from(seq - 1).expect("index")],
+        gnss_ms: i64::try_from(seq).expect("ms"),
+        kind: "position",
+        envelope: &envelope,
+        received_ms: 0,
+        quarantine: None,
+    };
+    // Batches of each van's events in seq order, dealt round-robin with every third batch
+    // also given to the next hub; each hub then stores its share newest first.
+    let mut shares: [Vec<Vec<NewEvent<'_>>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut n = 0;
+    for v in 0..VANS {
+        let seqs: Vec<u64> = (1..=EVENTS).filter(|s| v != 4 || !evicted.contains(s)).collect();
+        for chunk in seqs.chunks(BATCH) {
+            let batch: Vec<NewEvent<'_>> = chunk.iter().map(|&s| event(v, s)).collect();
+            shares[n % 3].push(batch.clone());
+            if n % 3 == 0 {
+                shares[(n + 1) % 3].push(batch);
+            }
+            n += 1;
+        }
+    }
+    for share in &mut shares {
+        share.reverse();
+    }
+    let gap_id = "ff".repeat(16);
+    let gap = NewGap {
+        device: &vans[4],
+        first_seq: *evicted.start(),
+        last_seq: *evicted.end(),
+        event_id: &gap_id,
+        envelope: &envelope,
+        received_ms: 0,
+    };
+
+    let [s0, s1, s2] = shares;
+    let ((mut a, stored_a), (_, stored_b), (_, stored_c)) = tokio::join!(
+        store_share(&url, &fleet, None, s0),
+        store_share(&url, &fleet, Some(&gap), s1),
+        store_share(&url, &fleet, None, s2)
+    );
+    let expected = VANS * usize::try_from(EVENTS).expect("count") - evicted.clone().count();
+    assert_eq!(stored_a + stored_b + stored_c, expected, "each event stored by exactly one hub");
+    for (v, van) in vans.iter().enumerate() {
+        let kept = if v == 4 { EVENTS - 10 } else { EVENTS };
+        assert_eq!(a.event_count(van).await.expect("count"), kept, "{van}");
+        assert_eq!(a.advance_ack(&fleet, van, 0).await.expect("ack"), EVENTS, "{van} acked to its last seq");
+    }
+    assert_eq!(
+        pg.psql_in("hub", "SELECT string_agg(up_to_seq::text, ',' ORDER BY device) FROM device_acks"),
+        vec![EVENTS.to_string(); VANS].join(",")
+    );
+
+    // Conflicts are named, as on SQLite, and a batch holding one event twice stores it once.
+    let other_id = "ab".repeat(16);
+    let new_id = "cd".repeat(16);
+    let batch = [
+        event(0, 1),
+        NewEvent { event_id: &other_id, ..event(0, 2) },
+        NewEvent { seq: EVENTS + 1, ..event(0, 3) },
+        NewEvent { seq: EVENTS + 1, event_id: &new_id, ..event(0, 1) },
+        NewEvent { seq: EVENTS + 1, event_id: &new_id, ..event(0, 1) },
+    ];
+    assert_eq!(
+        a.insert_events(&batch).await.expect("insert"),
+        [
+            EventInsert::Duplicate,
+            EventInsert::SeqConflict,
+            EventInsert::SeqConflict,
+            EventInsert::Stored,
+            EventInsert::Duplicate
+        ]
+    );
+    let reused = NewEvent { seq: EVENTS + 2, ..event(0, 3) };
+    assert_eq!(a.insert_events(&[reused]).await.expect("insert"), [EventInsert::EventIdReused]);
+    assert_eq!(a.event_count(&vans[0]).await.expect("count"), EVENTS + 1);
+}
+
+/// One hub of [`hubs_storing_one_vans_events_between_them_ack_it_to_its_last_seq_and_never_back`]:
+/// stores its batches, acks after each commit, and checks no ack it computes moves back.
+/// Returns its store and how many events it stored first.
+async fn store_share(
+    url: &str,
+    fleet: &FleetId,
+    gap: Option<&NewGap<'_>>,
+    share: Vec<Vec<NewEvent<'_>>>,
+) -> (PgStore, usize) {
+    let (mut store, _) = PgStore::connect(url).await.expect("connect");
+    if let Some(gap) = gap {
+        assert!(store.apply_gap(gap).await.expect("gap").new);
+    }
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut stored = 0;
+    for batch in share {
+        let results = store.insert_events(&batch).await.expect("insert");
+        stored += results.iter().filter(|r| **r == EventInsert::Stored).count();
+        assert!(
+            results.iter().all(|r| matches!(r, EventInsert::Stored | EventInsert::Duplicate)),
+            "{results:?}"
+        );
+        let device = batch[0].device;
+        let ack = store.advance_ack(fleet, device, 0).await.expect("ack");
+        let last = seen.entry(device.to_string()).or_default();
+        assert!(ack >= *last, "{device}: the ack moved back from {last} to {ack}");
+        *last = ack;
+    }
+    (store, stored)
 }

@@ -74,7 +74,8 @@ pub enum EventInsert {
 }
 
 pub(super) fn seq_param(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq).map_err(|_| corrupt("sequence number", format!("{seq} does not fit SQLite's integer")))
+    i64::try_from(seq)
+        .map_err(|_| corrupt("sequence number", format!("{seq} does not fit the database's 64-bit integer")))
 }
 
 fn ack_high_water(conn: &Connection, device: &DeviceId) -> Result<u64, StoreError> {

@@ -40,7 +40,7 @@ pub struct Migrated {
 /// One connection to the shared PostgreSQL database.
 #[derive(Debug)]
 pub struct PgStore {
-    client: Client,
+    pub(super) client: Client,
 }
 
 impl PgStore {
