@@ -1,11 +1,13 @@
 //! The hub's shared state on a real PostgreSQL (a server of the test's own: initdb into a
 //! temporary directory, a free port): the schema matches SQLite's column by column, hubs
-//! starting together migrate once, a server that can lose commits is refused, and the
-//! dispatch lease has one holder decided on the database's clock.
+//! starting together migrate once, a server that can lose commits is refused, the
+//! dispatch lease has one holder decided on the database's clock, and what several hubs
+//! do to the same rows (events and acks, wake-ups, photos, provider reports, counters)
+//! happens once.
 
 use doorstep_hub::store::{
-    Acquired, EventInsert, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore, Settled,
-    Store, StoreError, TableColumns,
+    Acquired, EventInsert, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore, PhotoProgress,
+    Settled, Store, StoreError, TableColumns,
 };
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
@@ -309,4 +311,150 @@ async fn store_share(
         *last = ack;
     }
     (store, stored)
+}
+
+/// What several hubs do to the same rows at once happens once: each wake-up is taken by
+/// one hub, a photo whose chunks arrive at three hubs is assembled once (a late chunk
+/// leaves nothing behind), a provider's callback redelivered to three hubs is logged
+/// once, and rejection counts from three hubs add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_several_hubs_do_to_the_same_rows_happens_once() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let mut hubs = Vec::new();
+    for _ in 0..3 {
+        hubs.push(PgStore::connect(&url).await.expect("connect").0);
+    }
+    pg.psql_in(
+        "hub",
+        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
+             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+         INSERT INTO notification_outbox (id, shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+             VALUES (1, 1, 'nearby', 'sms', '+15555550100', 'sent', 0, 0);
+         INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id) VALUES (1, 0, 'sent', 'SM1')",
+    );
+
+    // Wake-ups: 30 due, three hubs taking four at a time until none are left.
+    for at in 1..=30 {
+        hubs[usize::try_from(at).expect("small") % 3].schedule_wake(1, at).await.expect("wake");
+    }
+    hubs[0].schedule_wake(1, 500).await.expect("a wake-up not due yet");
+    let (a, b, c) = tokio::join!(drain_wakeups(&hubs[0]), drain_wakeups(&hubs[1]), drain_wakeups(&hubs[2]));
+    let mut all: Vec<i64> = [a, b, c].concat();
+    all.sort_unstable();
+    assert_eq!(all, (1..=30).collect::<Vec<i64>>(), "every due wake-up taken exactly once");
+    assert_eq!(pg.psql_in("hub", "SELECT string_agg(at_ms::text, ',') FROM wakeups"), "500");
+
+    // A photo in ten chunks spread over three hubs, one chunk delivered twice.
+    let van = DeviceId::new("van-1").expect("device");
+    let photo: Vec<u8> = (0..10_000u32).map(|i| u8::try_from(i * 31 % 251).expect("a byte")).collect();
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &photo));
+    let chunks: Vec<(u32, &[u8])> =
+        photo.chunks(1_000).enumerate().map(|(i, c)| (u32::try_from(i).expect("index"), c)).collect();
+    let total = photo.len() as u64;
+    let share = |k: usize| {
+        chunks
+            .iter()
+            .copied()
+            .filter(|(i, _)| *i as usize % 3 == k || (k == 1 && *i == 0))
+            .collect::<Vec<_>>()
+    };
+    let [h0, h1, h2] = &mut hubs[..] else { unreachable!() };
+    let (o0, o1, o2) = tokio::join!(
+        send_chunks(h0, &van, &sha, total, share(0)),
+        send_chunks(h1, &van, &sha, total, share(1)),
+        send_chunks(h2, &van, &sha, total, share(2))
+    );
+    let outcomes = [o0, o1, o2].concat();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == PhotoProgress::Assembled).count(),
+        1,
+        "assembled once: {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        PhotoProgress::Missing(_) | PhotoProgress::Assembled | PhotoProgress::AlreadyComplete
+    )));
+    assert!(hubs[2].photo_complete(&sha).await.expect("complete"));
+    let late = hubs[1].put_photo_chunk(&van, &sha, 3, total, chunks[3].1, 0).await.expect("late chunk");
+    assert_eq!(late, PhotoProgress::AlreadyComplete);
+    assert_eq!(pg.psql_in("hub", "SELECT count(*) FROM photo_chunks"), "0", "no chunk left behind");
+    assert_eq!(
+        pg.psql_in("hub", &format!("SELECT length(bytes) FROM photos WHERE sha256 = '{sha}'")),
+        "10000"
+    );
+    let wrong = "00".repeat(32);
+    assert_eq!(
+        hubs[0].put_photo_chunk(&van, &wrong, 0, 3, b"abc", 0).await.expect("chunk"),
+        PhotoProgress::HashMismatch
+    );
+    assert!(!hubs[0].photo_complete(&wrong).await.expect("complete"));
+
+    // A delivery callback redelivered to all three hubs at once.
+    let [h0, h1, h2] = &mut hubs[..] else { unreachable!() };
+    let (r0, r1, r2) = tokio::join!(
+        h0.provider_event(1, "delivered", Some("SM1"), None, 10),
+        h1.provider_event(1, "delivered", Some("SM1"), None, 10),
+        h2.provider_event(1, "delivered", Some("SM1"), None, 10),
+    );
+    let new: Vec<bool> = [r0, r1, r2].into_iter().map(|r| r.expect("report")).collect();
+    assert_eq!(new.iter().filter(|n| **n).count(), 1, "logged once: {new:?}");
+    assert_eq!(
+        pg.psql_in("hub", "SELECT count(*) FROM notification_outcomes WHERE outcome = 'delivered'"),
+        "1"
+    );
+    assert_eq!(pg.psql_in("hub", "SELECT status FROM notification_outbox WHERE id = 1"), "delivered");
+    assert!(
+        hubs[0].provider_event(1, "failed", Some("SM1"), None, 11).await.expect("a late failure is logged")
+    );
+    assert!(!hubs[1].provider_event(1, "failed", Some("SM1"), None, 12).await.expect("once"));
+    assert_eq!(
+        pg.psql_in("hub", "SELECT status FROM notification_outbox WHERE id = 1"),
+        "delivered",
+        "never back from delivered"
+    );
+
+    // Rejection counters from three hubs at once, hot rows in different orders.
+    let batch_a = [("mqtt", "bad_signature"), ("mqtt", "unknown_key"), ("mqtt", "bad_signature")];
+    let batch_b = [("mqtt", "unknown_key"), ("webhook", "bad_signature"), ("mqtt", "bad_signature")];
+    tokio::join!(count_20(&hubs[0], &batch_a), count_20(&hubs[1], &batch_b), count_20(&hubs[2], &batch_a));
+    assert_eq!(
+        hubs[0].rejections().await.expect("counters"),
+        vec![
+            ("mqtt".to_owned(), "bad_signature".to_owned(), 100),
+            ("mqtt".to_owned(), "unknown_key".to_owned(), 60),
+            ("webhook".to_owned(), "bad_signature".to_owned(), 20),
+        ]
+    );
+}
+
+async fn drain_wakeups(hub: &PgStore) -> Vec<i64> {
+    let mut taken = Vec::new();
+    loop {
+        let batch = hub.take_due_wakeups(100, 4).await.expect("take");
+        if batch.is_empty() {
+            return taken;
+        }
+        taken.extend(batch.into_iter().map(|(_, at)| at));
+    }
+}
+
+async fn send_chunks(
+    hub: &mut PgStore,
+    van: &DeviceId,
+    sha: &str,
+    total: u64,
+    mine: Vec<(u32, &[u8])>,
+) -> Vec<PhotoProgress> {
+    let mut outcomes = Vec::new();
+    for (i, data) in mine {
+        outcomes.push(hub.put_photo_chunk(van, sha, i, total, data, 0).await.expect("chunk"));
+    }
+    outcomes
+}
+
+async fn count_20(hub: &PgStore, batch: &[(&str, &str)]) {
+    for _ in 0..20 {
+        hub.count_rejections(batch, 5).await.expect("count");
+    }
 }

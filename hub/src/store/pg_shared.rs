@@ -1,0 +1,259 @@
+//! The PostgreSQL side of what several hubs do to the same rows at once (SCALE.md's
+//! table): reconciler wake-ups, photo reassembly, providers' delivery reports and the
+//! rejection counters. On SQLite each of these is safe because every hub's transaction
+//! runs alone; here each says how it stays correct under READ COMMITTED.
+
+use doorstep_proto::DeviceId;
+use ring::digest;
+
+use super::{PgStore, StoreError, corrupt};
+
+/// What storing one photo chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhotoProgress {
+    /// Stored; the first chunk index still missing.
+    Missing(u32),
+    /// This chunk completed the photo, its bytes matched the hash and it is stored.
+    Assembled,
+    /// The photo was already complete (another hub assembled it): nothing stored.
+    AlreadyComplete,
+    /// The chunks add up but their bytes do not match the hash: dropped, the van sends
+    /// the photo again.
+    HashMismatch,
+}
+
+impl PgStore {
+    /// Asks for the reconciler to be woken for a shipment at `at_ms` (idempotent).
+    pub async fn schedule_wake(&self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO wakeups (shipment_id, at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&shipment_id, &at_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes and returns up to `limit` wake-ups due at `now_ms`, earliest first. Rows
+    /// another hub is taking are skipped rather than waited for (`SKIP LOCKED`), so each
+    /// wake-up is reconciled by one hub, and hubs polling together do not queue.
+    pub async fn take_due_wakeups(&self, now_ms: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "DELETE FROM wakeups WHERE (shipment_id, at_ms) IN
+                     (SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= $1
+                      ORDER BY at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING shipment_id, at_ms",
+                &[&now_ms, &limit],
+            )
+            .await?;
+        let mut due: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        due.sort_unstable_by_key(|&(id, at)| (at, id));
+        Ok(due)
+    }
+
+    /// Stores one chunk of a photo and, when it completes the photo, checks the bytes
+    /// against the hash and stores the photo, all in one transaction under a lock on
+    /// (device, hash): chunks of one photo spread over several hubs are assembled once,
+    /// and a chunk arriving after assembly leaves nothing behind.
+    pub async fn put_photo_chunk(
+        &mut self,
+        device: &DeviceId,
+        sha256_hex: &str,
+        index: u32,
+        total_len: u64,
+        data: &[u8],
+        now_ms: i64,
+    ) -> Result<PhotoProgress, StoreError> {
+        let total = i64::try_from(total_len).map_err(|e| corrupt("photo size", e))?;
+        let tx = self.client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("photo {device} {sha256_hex}")],
+        )
+        .await?;
+        let complete = tx
+            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified", &[&sha256_hex])
+            .await?
+            .is_some();
+        if complete {
+            tx.commit().await?;
+            return Ok(PhotoProgress::AlreadyComplete);
+        }
+        // A different size under the same hash is a restarted upload with other
+        // metadata; the old chunks cannot belong to it.
+        tx.execute(
+            "DELETE FROM photo_chunks WHERE device = $1 AND sha256 = $2 AND total_len <> $3",
+            &[&device.as_str(), &sha256_hex, &total],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO photo_chunks (device, sha256, idx, total_len, data) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            &[&device.as_str(), &sha256_hex, &i64::from(index), &total, &data],
+        )
+        .await?;
+        let chunks = tx
+            .query(
+                "SELECT idx, length(data)::bigint FROM photo_chunks WHERE device = $1 AND sha256 = $2 ORDER BY idx",
+                &[&device.as_str(), &sha256_hex],
+            )
+            .await?;
+        let (mut next, mut have) = (0i64, 0i64);
+        for row in &chunks {
+            if row.get::<_, i64>(0) != next {
+                break;
+            }
+            next += 1;
+            have += row.get::<_, i64>(1);
+        }
+        if have < total {
+            tx.commit().await?;
+            return Ok(PhotoProgress::Missing(u32::try_from(next).map_err(|e| corrupt("chunk index", e))?));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        for row in tx
+            .query(
+                "SELECT data FROM photo_chunks WHERE device = $1 AND sha256 = $2 ORDER BY idx",
+                &[&device.as_str(), &sha256_hex],
+            )
+            .await?
+        {
+            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
+        }
+        tx.execute(
+            "DELETE FROM photo_chunks WHERE device = $1 AND sha256 = $2",
+            &[&device.as_str(), &sha256_hex],
+        )
+        .await?;
+        let matches = bytes.len() == usize::try_from(total).unwrap_or(usize::MAX)
+            && hex::encode(digest::digest(&digest::SHA256, &bytes)) == sha256_hex.to_ascii_lowercase();
+        if matches {
+            tx.execute(
+                "INSERT INTO photos (sha256, device, total_len, bytes, verified, received_ms)
+                 VALUES ($1, $2, $3, $4, true, $5) ON CONFLICT DO NOTHING",
+                &[&sha256_hex, &device.as_str(), &total, &bytes, &now_ms],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(if matches { PhotoProgress::Assembled } else { PhotoProgress::HashMismatch })
+    }
+
+    /// Applies a provider's report about a row, as [`super::Store::provider_event`]
+    /// does: logged once, whichever hub received the callback (a unique index decides
+    /// where two hubs receive the same redelivered callback at once), and the status only
+    /// moves forward. Returns whether it was new.
+    pub async fn provider_event(
+        &mut self,
+        outbox_id: i64,
+        outcome: &str,
+        provider_id: Option<&str>,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.client.transaction().await?;
+        // One message may have told several parcels: the report is about each row the
+        // message was sent for.
+        let mut rows = vec![outbox_id];
+        if let Some(pid) = provider_id {
+            for row in tx
+                .query(
+                    "SELECT DISTINCT outbox_id FROM notification_outcomes
+                     WHERE provider_id = $1 AND outcome = 'sent' AND outbox_id <> $2",
+                    &[&pid, &outbox_id],
+                )
+                .await?
+            {
+                rows.push(row.get(0));
+            }
+        }
+        let mut first_new = false;
+        for (i, &row) in rows.iter().enumerate() {
+            let new = tx
+                .query_opt(
+                    "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail)
+                     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM notification_outbox WHERE id = $1)
+                       AND NOT EXISTS (SELECT 1 FROM notification_outcomes
+                                       WHERE outbox_id = $1 AND outcome = $3 AND provider_id IS NOT DISTINCT FROM $4)
+                     ON CONFLICT DO NOTHING
+                     RETURNING id",
+                    &[&row, &now_ms, &outcome, &provider_id, &detail],
+                )
+                .await?
+                .is_some();
+            if i == 0 {
+                first_new = new;
+            }
+            if !new {
+                continue;
+            }
+            let moves: Option<(&str, &[&str])> = match outcome {
+                "delivered" | "opened" => {
+                    Some(("delivered", &["sending", "sent", "unknown", "undelivered", "failed"]))
+                }
+                "undelivered" | "failed" => Some((outcome, &["sending", "sent", "unknown"])),
+                "sent" => Some(("sent", &["sending", "unknown"])),
+                _ => None,
+            };
+            if let Some((status, from)) = moves {
+                tx.execute(
+                    "UPDATE notification_outbox SET status = $2 WHERE id = $1 AND status = ANY($3)",
+                    &[&row, &status, &from],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(first_new)
+    }
+
+    /// Adds a batch's rejected inputs to the persistent counters: summed per (source,
+    /// reason) first and written in key order, so hubs counting the same hot rows at
+    /// once take their locks in one order and never deadlock.
+    pub async fn count_rejections(&self, rejections: &[(&str, &str)], now_ms: i64) -> Result<(), StoreError> {
+        let mut counts: std::collections::BTreeMap<(&str, &str), i64> = std::collections::BTreeMap::new();
+        for &key in rejections {
+            *counts.entry(key).or_default() += 1;
+        }
+        let (sources, reasons, ns): (Vec<&str>, Vec<&str>, Vec<i64>) =
+            counts.into_iter().map(|((s, r), n)| (s, r, n)).fold(Default::default(), |mut acc, (s, r, n)| {
+                acc.0.push(s);
+                acc.1.push(r);
+                acc.2.push(n);
+                acc
+            });
+        self.client
+            .execute(
+                "INSERT INTO rejections (source, reason, count, last_ms)
+                 SELECT source, reason, n, $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(source, reason, n)
+                 ORDER BY source, reason
+                 ON CONFLICT (source, reason) DO UPDATE SET count = rejections.count + excluded.count,
+                                                           last_ms = excluded.last_ms",
+                &[&sources, &reasons, &ns, &now_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The rejection counters: (source, reason, count), in key order.
+    pub async fn rejections(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(self
+            .client
+            .query("SELECT source, reason, count FROM rejections ORDER BY source, reason", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Whether a complete, verified photo with this hash is stored.
+    pub async fn photo_complete(&self, sha256_hex: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .client
+            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified", &[&sha256_hex])
+            .await?
+            .is_some())
+    }
+}
