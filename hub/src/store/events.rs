@@ -248,8 +248,7 @@ impl StoreTx<'_> {
     /// it without a gap, and over every seq a gap notice covers, records it, and returns
     /// it: the `up_to_seq` of the next ack.
     ///
-    /// The stored mark only ever grows: where another writer recorded a higher one (a
-    /// hub sharing the database that stored later seqs), that one stays and is returned.
+    /// The stored mark only ever grows.
     pub fn advance_ack(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) -> Result<u64, StoreError> {
         let start = ack_high_water(&self.tx, device)?;
         let mut high = start;
@@ -285,20 +284,19 @@ impl StoreTx<'_> {
             }
         }
         if high != start || start == 0 {
-            let stored: i64 = self
-                .tx
+            // `max`: the mark never moves back. No other writer can have moved it since
+            // `start` was read (SQLite runs one write transaction at a time), so `high` is
+            // what is stored; PostgreSQL's twin returns the stored mark instead. (No
+            // RETURNING here: SQLite runs it as a trigger, and this runs for every device
+            // of every batch.)
+            self.tx
                 .prepare_cached(
                     "INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (device) DO UPDATE SET
-                         up_to_seq = CASE WHEN excluded.up_to_seq > device_acks.up_to_seq
-                                          THEN excluded.up_to_seq ELSE device_acks.up_to_seq END,
-                         updated_ms = excluded.updated_ms, fleet = excluded.fleet
-                     RETURNING up_to_seq",
+                         up_to_seq = max(device_acks.up_to_seq, excluded.up_to_seq),
+                         updated_ms = excluded.updated_ms, fleet = excluded.fleet",
                 )?
-                .query_row(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms], |r| {
-                    r.get(0)
-                })?;
-            return u64::try_from(stored).map_err(|e| corrupt("acked seq", e));
+                .execute(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms])?;
         }
         Ok(high)
     }

@@ -1,7 +1,7 @@
 //! The notification outbox (each customer message enqueued once per key) and reconciliation
 //! alerts.
 
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx};
@@ -128,23 +128,24 @@ impl StoreTx<'_> {
     /// Enqueues a notification; returns false when the same (shipment, milestone,
     /// channel, recipient) was already enqueued, which is how a retry never doubles.
     pub fn enqueue_notification(&self, n: &NewNotification<'_>) -> Result<bool, StoreError> {
-        let inserted: Option<i64> = self
+        let inserted = self
             .tx
             .prepare_cached(
                 "INSERT INTO notification_outbox
                      (shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) ON CONFLICT DO NOTHING RETURNING id",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) ON CONFLICT DO NOTHING",
             )?
-            .query_row(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = inserted {
+            .execute(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms])?;
+        if inserted == 1 {
+            // (Not RETURNING: SQLite runs it as a trigger, and this is on the ingest path.)
+            let id = self.tx.last_insert_rowid();
             self.tx
                 .prepare_cached(
                     "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome) VALUES (?1, ?2, 'queued')",
                 )?
                 .execute(params![id, n.now_ms])?;
         }
-        Ok(inserted.is_some())
+        Ok(inserted == 1)
     }
 
     /// Raises an operations alert; once per (shipment, code).

@@ -108,7 +108,7 @@ impl StoreTx<'_> {
         for sink in sinks {
             // The fleet is read now, not when sent: a stream subject must not change
             // between a publish and its retry.
-            let inserted: Option<i64> = self
+            let inserted = self
                 .tx
                 .prepare_cached(
                     "INSERT INTO sink_outbox
@@ -117,12 +117,11 @@ impl StoreTx<'_> {
                              (SELECT r.fleet FROM route_stops rs JOIN routes r ON r.id = rs.route_pk
                               JOIN shipments s ON s.tracking_number = rs.tracking_number
                               WHERE s.id = ?2 ORDER BY r.issued_ms DESC, r.id DESC LIMIT 1),
-                             'queued', 0, ?5, ?5) ON CONFLICT DO NOTHING RETURNING id",
+                             'queued', 0, ?5, ?5) ON CONFLICT DO NOTHING",
                 )?
-                .query_row(params![sink, shipment_id, event, detail, now_ms], |r| r.get(0))
-                .optional()?;
-            if let Some(id) = inserted {
-                log(&self.tx, id, now_ms, "queued", None, None)?;
+                .execute(params![sink, shipment_id, event, detail, now_ms])?;
+            if inserted == 1 {
+                log(&self.tx, self.tx.last_insert_rowid(), now_ms, "queued", None, None)?;
                 new += 1;
             }
         }
