@@ -458,3 +458,57 @@ async fn count_20(hub: &PgStore, batch: &[(&str, &str)]) {
         hub.count_rejections(batch, 5).await.expect("count");
     }
 }
+
+/// The set-based ack against the cases the SQLite store's tests pin down: it stops at the
+/// first hole, moves over what a gap notice covers (also one overlapping the stored
+/// mark), never skips a hole before a notice, and one van's notice is not another's.
+#[tokio::test]
+async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
+    let pg = Postgres::start();
+    let (mut store, _) = PgStore::connect(&pg.database("hub")).await.expect("connect");
+    let fleet = FleetId::new("acme").expect("fleet");
+    let vans: Vec<DeviceId> = (1..=3).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
+    let ids: Vec<String> = (0..64).map(|i| format!("{i:032x}")).collect();
+    let mut next_id = ids.iter();
+    let mut put = async |store: &mut PgStore, van: &DeviceId, seqs: &[u64]| {
+        let events: Vec<NewEvent<'_>> = seqs
+            .iter()
+            .map(|&seq| NewEvent {
+                device: van,
+                seq,
+                event_id: next_id.next().expect("an id"),
+                gnss_ms: 0,
+                kind: "position",
+                envelope: b"signed",
+                received_ms: 0,
+                quarantine: None,
+            })
+            .collect();
+        store.insert_events(&events).await.expect("insert");
+    };
+    let gap = |van: usize, first_seq: u64, last_seq: u64| NewGap {
+        device: &vans[van],
+        first_seq,
+        last_seq,
+        event_id: "ee",
+        envelope: b"signed",
+        received_ms: 0,
+    };
+    let acks = async |store: &mut PgStore| -> Vec<u64> {
+        let all: Vec<(&FleetId, &DeviceId)> = vans.iter().map(|v| (&fleet, v)).collect();
+        store.advance_acks(&all, 0).await.expect("acks").into_iter().map(|(_, seq)| seq).collect()
+    };
+    put(&mut store, &vans[0], &[1, 2, 4]).await;
+    put(&mut store, &vans[1], &[1]).await;
+    store.apply_gap(&gap(1, 3, 5)).await.expect("gap: 2 is still on its way");
+    store.apply_gap(&gap(2, 1, 100)).await.expect("van-3 evicted 1..=100");
+    assert_eq!(acks(&mut store).await, [2, 1, 100], "van-1 stops at 3, van-2 at the hole before its notice");
+    put(&mut store, &vans[0], &[3]).await;
+    put(&mut store, &vans[1], &[2, 6]).await;
+    assert_eq!(acks(&mut store).await, [4, 6, 100]);
+    // A notice that starts before the stored mark and ends after it.
+    store.apply_gap(&gap(0, 3, 9)).await.expect("gap");
+    put(&mut store, &vans[0], &[10, 12]).await;
+    assert_eq!(acks(&mut store).await, [10, 6, 100]);
+    assert_eq!(store.advance_ack(&fleet, &vans[0], 0).await.expect("one van"), 10);
+}

@@ -7,6 +7,8 @@
 //! rows, and its upsert keeps the greater mark (`GREATEST`), so an ack never moves
 //! backwards and reaches the van's last seq whichever hub stored which event.
 
+use std::collections::{HashMap, HashSet};
+
 use doorstep_proto::{DeviceId, FleetId};
 use tokio_postgres::error::SqlState;
 
@@ -17,8 +19,39 @@ use super::{PgStore, StoreError, corrupt};
 /// retry is safe: the events are keyed, so a replay stores nothing twice).
 const RETRIES: usize = 5;
 
-/// Seqs read per round while the ack moves over stored events.
-const ACK_PAGE: i64 = 4096;
+/// The acks of a batch's vans: `$1` devices (sorted, distinct), `$2` their fleets, `$3`
+/// now. A span is an event (`seq..=seq`) or a gap notice (`first..=last`) past the
+/// stored mark `s`; ordered by start, a span breaks the run when it starts beyond
+/// `max(s, every earlier span's end) + 1`. The new mark is the greatest end before the
+/// first break (or `s`).
+const ADVANCE_ACKS: &str = "
+WITH vans AS (
+    SELECT v.device, v.fleet, coalesce(a.up_to_seq, 0) AS s
+    FROM unnest($1::text[], $2::text[]) AS v(device, fleet)
+    LEFT JOIN device_acks a ON a.device = v.device),
+spans AS (
+    SELECT e.device, e.seq AS lo, e.seq AS hi FROM events e JOIN vans v ON e.device = v.device AND e.seq > v.s
+    UNION ALL
+    SELECT g.device, g.first_seq, g.last_seq FROM device_gaps g JOIN vans v ON g.device = v.device AND g.last_seq > v.s),
+ordered AS (
+    SELECT device, lo, hi,
+           max(hi) OVER (PARTITION BY device ORDER BY lo, hi ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+    FROM spans),
+breaks AS (
+    SELECT o.device, min(o.lo) AS at FROM ordered o JOIN vans v ON o.device = v.device
+    WHERE o.lo > greatest(coalesce(o.reach, v.s), v.s) + 1
+    GROUP BY o.device),
+marks AS (
+    SELECT v.device, v.fleet,
+           greatest(v.s, coalesce((SELECT max(p.hi) FROM spans p
+                                   WHERE p.device = v.device AND p.lo < coalesce(b.at, 9223372036854775807)), v.s)) AS high
+    FROM vans v LEFT JOIN breaks b ON b.device = v.device)
+INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms)
+SELECT device, fleet, high, $3 FROM marks ORDER BY device
+ON CONFLICT (device) DO UPDATE SET
+    up_to_seq = GREATEST(device_acks.up_to_seq, excluded.up_to_seq),
+    updated_ms = excluded.updated_ms, fleet = excluded.fleet
+RETURNING device, up_to_seq";
 
 impl PgStore {
     /// Stores a batch of verified events in one transaction and one statement, in
@@ -47,39 +80,56 @@ impl PgStore {
         let envelopes: Vec<&[u8]> = events.iter().map(|e| e.envelope).collect();
         let received: Vec<i64> = events.iter().map(|e| e.received_ms).collect();
         let quarantine: Vec<Option<&str>> = events.iter().map(|e| e.quarantine).collect();
-        let tx = self.client.transaction().await?;
-        let stored = tx
-            .query(
+        let insert = self
+            .prepared(
                 "INSERT INTO events (device, seq, event_id, gnss_ms, kind, envelope, received_ms, quarantine)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
                                       $6::bytea[], $7::bigint[], $8::text[])
                  ORDER BY 1, 2
                  ON CONFLICT DO NOTHING
-                 RETURNING device, seq",
-                &[&devices, &seqs, &ids, &gnss, &kinds, &envelopes, &received, &quarantine],
+                 RETURNING device, seq, event_id",
             )
             .await?;
-        let mut fresh: std::collections::HashSet<(String, i64)> =
-            stored.iter().map(|r| (r.get(0), r.get(1))).collect();
-        // The rest: the same event again, or a conflict to name.
-        let held = tx
-            .query(
+        let lookup = self
+            .prepared(
                 "SELECT e.device, e.seq, e.event_id FROM events e
                  JOIN unnest($1::text[], $2::bigint[]) AS k(device, seq) USING (device, seq)",
-                &[&devices, &seqs],
             )
             .await?;
-        let held: std::collections::HashMap<(String, i64), String> =
-            held.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        let tx = self.client.transaction().await?;
+        let stored = tx
+            .query(&insert, &[&devices, &seqs, &ids, &gnss, &kinds, &envelopes, &received, &quarantine])
+            .await?;
+        // What was stored just now, by key; the rest (usually none) is looked up: the
+        // same event again, or a conflict to name.
+        let fresh: HashMap<(String, i64), String> =
+            stored.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        let (mut left_devices, mut left_seqs) = (Vec::new(), Vec::new());
+        for (device, seq) in devices.iter().zip(seqs) {
+            if !fresh.contains_key(&((*device).to_owned(), *seq)) {
+                left_devices.push(*device);
+                left_seqs.push(*seq);
+            }
+        }
+        let held: HashMap<(String, i64), String> = if left_devices.is_empty() {
+            HashMap::new()
+        } else {
+            let rows = tx.query(&lookup, &[&left_devices, &left_seqs]).await?;
+            rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect()
+        };
         tx.commit().await?;
+        let mut claimed = HashSet::new();
         Ok(events
             .iter()
             .zip(seqs)
             .map(|(e, &seq)| {
                 let key = (e.device.as_str().to_owned(), seq);
-                match held.get(&key) {
-                    // The first of the batch with this key is the one stored.
-                    Some(id) if id == e.event_id && fresh.remove(&key) => EventInsert::Stored,
+                let now = fresh.get(&key);
+                match now.or_else(|| held.get(&key)) {
+                    // The first of the batch with the stored event's id is the one stored.
+                    Some(id) if id == e.event_id && now.is_some() && claimed.insert(key) => {
+                        EventInsert::Stored
+                    }
                     Some(id) if id == e.event_id => EventInsert::Duplicate,
                     Some(_) => EventInsert::SeqConflict,
                     None => EventInsert::EventIdReused,
@@ -126,57 +176,35 @@ impl PgStore {
         device: &DeviceId,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let start: i64 = self
-            .client
-            .query_opt("SELECT up_to_seq FROM device_acks WHERE device = $1", &[&device.as_str()])
-            .await?
-            .map_or(0, |r| r.get(0));
-        let mut high = start;
-        loop {
-            let before = high;
-            let rows = self
-                .client
-                .query(
-                    "SELECT seq FROM events WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    &[&device.as_str(), &high, &ACK_PAGE],
-                )
-                .await?;
-            for row in &rows {
-                if row.get::<_, i64>(0) != high + 1 {
-                    break;
-                }
-                high += 1;
-            }
-            if high - before == ACK_PAGE {
-                continue;
-            }
-            let Some(next) = high.checked_add(1) else { break };
-            let covered: Option<i64> = self
-                .client
-                .query_one(
-                    "SELECT max(last_seq) FROM device_gaps WHERE device = $1 AND first_seq <= $2 AND last_seq >= $2",
-                    &[&device.as_str(), &next],
-                )
-                .await?
-                .get(0);
-            match covered {
-                Some(last) if last >= next => high = last,
-                _ => break,
-            }
-        }
-        let stored: i64 = self
-            .client
-            .query_one(
-                "INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (device) DO UPDATE SET
-                     up_to_seq = GREATEST(device_acks.up_to_seq, excluded.up_to_seq),
-                     updated_ms = excluded.updated_ms, fleet = excluded.fleet
-                 RETURNING up_to_seq",
-                &[&device.as_str(), &fleet.as_str(), &high, &now_ms],
-            )
-            .await?
-            .get(0);
-        u64::try_from(stored).map_err(|e| corrupt("acked seq", e))
+        let acks = self.advance_acks(&[(fleet, device)], now_ms).await?;
+        acks.into_iter().next().map(|(_, seq)| seq).ok_or_else(|| corrupt("ack", "no row for the device"))
+    }
+
+    /// [`PgStore::advance_ack`] for every van a batch touched, in one statement: from
+    /// each van's stored mark, the committed events and gap notices after it are taken
+    /// as spans in order, and the mark moves to the end of the first unbroken run. The
+    /// upsert keeps the greater mark (`GREATEST`) and takes the rows in device order.
+    /// Returns (device, mark) in device order.
+    pub async fn advance_acks(
+        &mut self,
+        vans: &[(&FleetId, &DeviceId)],
+        now_ms: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut sorted: Vec<(&str, &str)> = vans.iter().map(|(f, d)| (d.as_str(), f.as_str())).collect();
+        sorted.sort_unstable();
+        sorted.dedup_by_key(|(d, _)| *d);
+        let (devices, fleets): (Vec<&str>, Vec<&str>) = sorted.into_iter().unzip();
+        let statement = self.prepared(ADVANCE_ACKS).await?;
+        let rows = self.client.query(&statement, &[&devices, &fleets, &now_ms]).await?;
+        let mut acks = rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(1);
+                Ok((r.get(0), u64::try_from(seq).map_err(|e| corrupt("acked seq", e))?))
+            })
+            .collect::<Result<Vec<(String, u64)>, StoreError>>()?;
+        acks.sort_unstable();
+        Ok(acks)
     }
 
     /// Events stored for a device (for tests and the CLI).

@@ -16,7 +16,7 @@
 use std::str::FromStr as _;
 
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::lease::{Acquired, LeaseClaim, Settled};
 use super::pg_schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
@@ -41,6 +41,9 @@ pub struct Migrated {
 #[derive(Debug)]
 pub struct PgStore {
     pub(super) client: Client,
+    /// Statements prepared on this connection, by their text: a statement sent as text
+    /// costs PostgreSQL a parse and plan and the hub a round trip each time.
+    statements: std::collections::HashMap<&'static str, Statement>,
 }
 
 impl PgStore {
@@ -70,7 +73,17 @@ impl PgStore {
         };
         check_durability(&client).await?;
         let migrated = migrate(&mut client).await?;
-        Ok((Self { client }, migrated))
+        Ok((Self { client, statements: std::collections::HashMap::new() }, migrated))
+    }
+
+    /// `sql` prepared on this connection, once.
+    pub(super) async fn prepared(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
     }
 
     /// The schema version in the database.
