@@ -6,8 +6,8 @@
 //! happens once.
 
 use doorstep_hub::store::{
-    Acquired, EventInsert, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore, PhotoProgress,
-    Settled, Store, StoreError, TableColumns,
+    Acquired, EventInsert, Finish, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore,
+    PhotoProgress, Settled, Store, StoreError, TableColumns,
 };
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
@@ -511,4 +511,92 @@ async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
     put(&mut store, &vans[0], &[10, 12]).await;
     assert_eq!(acks(&mut store).await, [10, 6, 100]);
     assert_eq!(store.advance_ack(&fleet, &vans[0], 0).await.expect("one van"), 10);
+}
+
+/// Only the lease holder claims, each due row once however many of its connections
+/// claim at once, and a holder whose lease ran out by the database's clock claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_claims_and_each_due_row_once() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(PgStore::connect(&url).await.expect("connect").0);
+    }
+    pg.psql_in(
+        "hub",
+        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
+             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+             SELECT 1, 'nearby', 'sms', '+1555555' || lpad(n::text, 4, '0'), 'queued', n, 0
+             FROM generate_series(1, 40) AS n;
+         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+             VALUES (1, 'nearby', 'email', 'later@example.com', 'queued', 10000, 0)",
+    );
+    let (held, _) = conns[0].take_dispatch_lease(&claim("hub-a", "a1", true, 60_000)).await.expect("lease");
+    assert_eq!(held, Acquired::TookOver(None));
+    assert!(
+        conns[3].claim_due_notifications(100, 50, "b1").await.expect("claim").is_empty(),
+        "not the holder"
+    );
+
+    let [c0, c1, c2, _] = &mut conns[..] else { unreachable!() };
+    let (r0, r1, r2) = tokio::join!(drain_claims(c0), drain_claims(c1), drain_claims(c2));
+    let mut ids: Vec<i64> = [r0, r1, r2].concat();
+    let claimed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((claimed, ids.len()), (40, 40), "every due row claimed, none twice");
+    assert_eq!(
+        pg.psql_in(
+            "hub",
+            "SELECT count(*) FROM notification_outbox WHERE status = 'sending' AND attempts = 1"
+        ),
+        "40"
+    );
+    assert_eq!(
+        pg.psql_in("hub", "SELECT status FROM notification_outbox WHERE channel = 'email'"),
+        "queued",
+        "not due"
+    );
+
+    let end = Finish {
+        status: "sent",
+        next_attempt_ms: None,
+        outcome: "sent",
+        provider: Some("twilio"),
+        provider_id: Some("SM1"),
+        detail: None,
+    };
+    conns[0].finish_notification(ids[0], 50, &end).await.expect("finish");
+    conns[0].finish_notification(ids[0], 51, &end).await.expect("a repeated finish logs once");
+    assert_eq!(
+        pg.psql_in(
+            "hub",
+            &format!("SELECT count(*) FROM notification_outcomes WHERE outbox_id = {}", ids[0])
+        ),
+        "1"
+    );
+
+    // The lease runs out by the server's clock: the old holder's claims stop.
+    pg.psql_in(
+        "hub",
+        "UPDATE dispatcher_lease SET expires_ms = (extract(epoch FROM now()) * 1000)::bigint - 1",
+    );
+    assert!(
+        conns[0].claim_due_notifications(20_000, 50, "a1").await.expect("claim").is_empty(),
+        "lease ran out"
+    );
+}
+
+/// Claims five rows at a time with hub-a's lease until none are left; the ids claimed.
+async fn drain_claims(conn: &mut PgStore) -> Vec<i64> {
+    let mut ids = Vec::new();
+    loop {
+        let rows = conn.claim_due_notifications(100, 5, "a1").await.expect("claim");
+        if rows.is_empty() {
+            return ids;
+        }
+        ids.extend(rows.iter().map(|r| r.id));
+    }
 }

@@ -1,12 +1,13 @@
 //! The PostgreSQL side of what several hubs do to the same rows at once (SCALE.md's
-//! table): reconciler wake-ups, photo reassembly, providers' delivery reports and the
-//! rejection counters. On SQLite each of these is safe because every hub's transaction
+//! table): reconciler wake-ups, photo reassembly, providers' delivery reports, the
+//! rejection counters and the notification outbox's claims. On SQLite each of these is safe because every hub's transaction
 //! runs alone; here each says how it stays correct under READ COMMITTED.
 
 use doorstep_proto::DeviceId;
 use ring::digest;
 
-use super::{PgStore, StoreError, corrupt};
+use super::dispatch::Finish;
+use super::{OutboxRow, PgStore, StoreError, corrupt};
 
 /// What storing one photo chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,3 +258,76 @@ impl PgStore {
             .is_some())
     }
 }
+
+impl PgStore {
+    /// Claims up to `limit` notification rows due at `now_ms` for sending (`queued` →
+    /// `sending`, one more attempt) and returns them, oldest first, in one statement:
+    /// rows another dispatcher is claiming are skipped, not waited for, and nothing is
+    /// claimed unless `lease_token` holds the dispatch lease by the database's clock, so a
+    /// hub that lost the lease mid-pass sends nothing more.
+    pub async fn claim_due_notifications(
+        &mut self,
+        now_ms: i64,
+        limit: i64,
+        lease_token: &str,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let statement = self.prepared(CLAIM_DUE).await?;
+        let rows = self.client.query(&statement, &[&now_ms, &limit, &lease_token]).await?;
+        let mut claimed: Vec<OutboxRow> = rows
+            .iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                shipment_id: r.get(1),
+                milestone: r.get(2),
+                channel: r.get(3),
+                recipient: r.get(4),
+                detail: r.get(5),
+                status: r.get(6),
+                attempts: r.get(7),
+                next_attempt_ms: r.get(8),
+                created_ms: r.get(9),
+            })
+            .collect();
+        claimed.sort_unstable_by_key(|row| (row.next_attempt_ms, row.id));
+        Ok(claimed)
+    }
+
+    /// Ends a row (or an attempt), as [`super::Store::finish_notification`] does: the
+    /// status only of a row still in flight, and the outcome logged (once, where a
+    /// provider's callback already logged the same report).
+    pub async fn finish_notification(
+        &mut self,
+        id: i64,
+        now_ms: i64,
+        end: &Finish<'_>,
+    ) -> Result<(), StoreError> {
+        let tx = self.client.transaction().await?;
+        tx.execute(
+            "UPDATE notification_outbox SET status = $2, next_attempt_ms = COALESCE($3, next_attempt_ms)
+             WHERE id = $1 AND status IN ('sending', 'unknown')",
+            &[&id, &end.status, &end.next_attempt_ms],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider, provider_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[&id, &now_ms, &end.outcome, &end.provider, &end.provider_id, &end.detail],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// `$1` now, `$2` limit, `$3` the claimant's lease token.
+const CLAIM_DUE: &str = "
+UPDATE notification_outbox o SET status = 'sending', attempts = o.attempts + 1
+WHERE o.id IN (SELECT id FROM notification_outbox
+               WHERE status = 'queued' AND next_attempt_ms <= $1
+               ORDER BY next_attempt_ms, id LIMIT $2
+               FOR UPDATE SKIP LOCKED)
+  AND EXISTS (SELECT 1 FROM dispatcher_lease
+              WHERE id = 1 AND token = $3
+                AND expires_ms > (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+RETURNING o.id, o.shipment_id, o.milestone, o.channel, o.recipient, o.detail, o.status, o.attempts,
+          o.next_attempt_ms, o.created_ms";
