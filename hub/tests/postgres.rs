@@ -27,7 +27,7 @@ async fn the_schema_has_every_sqlite_table_and_column_and_hubs_starting_together
     let found = Migrated { from: PG_SCHEMA_VERSION, to: PG_SCHEMA_VERSION };
     assert_eq!(migrated, vec![fresh, found, found], "one hub migrated, the others found it done");
 
-    let (store, again) = PgStore::connect(&url).await.expect("connect again");
+    let (mut store, again) = PgStore::connect(&url).await.expect("connect again");
     assert_eq!(again, found);
     assert_eq!(store.schema_version().await.expect("version"), PG_SCHEMA_VERSION);
 
@@ -339,7 +339,8 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
         hubs[usize::try_from(at).expect("small") % 3].schedule_wake(1, at).await.expect("wake");
     }
     hubs[0].schedule_wake(1, 500).await.expect("a wake-up not due yet");
-    let (a, b, c) = tokio::join!(drain_wakeups(&hubs[0]), drain_wakeups(&hubs[1]), drain_wakeups(&hubs[2]));
+    let [h0, h1, h2] = &mut hubs[..] else { unreachable!() };
+    let (a, b, c) = tokio::join!(drain_wakeups(h0), drain_wakeups(h1), drain_wakeups(h2));
     let mut all: Vec<i64> = [a, b, c].concat();
     all.sort_unstable();
     assert_eq!(all, (1..=30).collect::<Vec<i64>>(), "every due wake-up taken exactly once");
@@ -417,7 +418,8 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
     // Rejection counters from three hubs at once, hot rows in different orders.
     let batch_a = [("mqtt", "bad_signature"), ("mqtt", "unknown_key"), ("mqtt", "bad_signature")];
     let batch_b = [("mqtt", "unknown_key"), ("webhook", "bad_signature"), ("mqtt", "bad_signature")];
-    tokio::join!(count_20(&hubs[0], &batch_a), count_20(&hubs[1], &batch_b), count_20(&hubs[2], &batch_a));
+    let [h0, h1, h2] = &mut hubs[..] else { unreachable!() };
+    tokio::join!(count_20(h0, &batch_a), count_20(h1, &batch_b), count_20(h2, &batch_a));
     assert_eq!(
         hubs[0].rejections().await.expect("counters"),
         vec![
@@ -428,7 +430,7 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
     );
 }
 
-async fn drain_wakeups(hub: &PgStore) -> Vec<i64> {
+async fn drain_wakeups(hub: &mut PgStore) -> Vec<i64> {
     let mut taken = Vec::new();
     loop {
         let batch = hub.take_due_wakeups(100, 4).await.expect("take");
@@ -453,7 +455,7 @@ async fn send_chunks(
     outcomes
 }
 
-async fn count_20(hub: &PgStore, batch: &[(&str, &str)]) {
+async fn count_20(hub: &mut PgStore, batch: &[(&str, &str)]) {
     for _ in 0..20 {
         hub.count_rejections(batch, 5).await.expect("count");
     }
@@ -599,4 +601,47 @@ async fn drain_claims(conn: &mut PgStore) -> Vec<i64> {
         }
         ids.extend(rows.iter().map(|r| r.id));
     }
+}
+
+/// The server drops the hub's connection (a restart, a failover, an administrator's
+/// `pg_terminate_backend`) between batches and again under one: the hub connects again
+/// and the batch is retried; nothing is lost or stored twice, and the van is acked to
+/// its last seq.
+#[tokio::test]
+async fn a_lost_connection_is_opened_again_and_the_batch_retried() {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let (mut store, _) = PgStore::connect(&url).await.expect("connect");
+    let fleet = FleetId::new("acme").expect("fleet");
+    let van = DeviceId::new("van-1").expect("device");
+    let ids: Vec<String> = (1..=30).map(|i| format!("{i:032x}")).collect();
+    let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<NewEvent<'_>> {
+        seqs.map(|seq| NewEvent {
+            device: &van,
+            seq,
+            event_id: &ids[usize::try_from(seq - 1).expect("index")],
+            gnss_ms: 0,
+            kind: "position",
+            envelope: b"signed",
+            received_ms: 0,
+            quarantine: None,
+        })
+        .collect()
+    };
+    let drop_hubs =
+        || pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'hub'");
+    store.insert_events(&batch(1..=10)).await.expect("first batch");
+
+    assert_eq!(drop_hubs(), "1", "the hub's connection is dropped");
+    // The next call finds the connection closed, or fails on it and is retried.
+    let stored = store.insert_events(&batch(11..=20)).await.expect("after a lost connection");
+    assert!(stored.iter().all(|r| *r == EventInsert::Stored), "{stored:?}");
+
+    // Dropped again while the hub is idle, then a batch overlapping the last one.
+    assert_eq!(drop_hubs(), "1");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stored = store.insert_events(&batch(16..=30)).await.expect("overlapping batch");
+    assert_eq!(stored.iter().filter(|r| **r == EventInsert::Duplicate).count(), 5);
+    assert_eq!(store.advance_ack(&fleet, &van, 0).await.expect("ack"), 30);
+    assert_eq!(store.event_count(&van).await.expect("count"), 30, "nothing lost, nothing twice");
 }

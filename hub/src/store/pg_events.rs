@@ -13,10 +13,13 @@ use doorstep_proto::{DeviceId, FleetId};
 use tokio_postgres::error::SqlState;
 
 use super::events::{EventInsert, GapApplied, NewEvent, NewGap, seq_param};
+use super::postgres::connection_lost;
 use super::{PgStore, StoreError, corrupt};
 
-/// How often a batch is tried again after a serialization failure or a deadlock (each
-/// retry is safe: the events are keyed, so a replay stores nothing twice).
+/// How often a batch is tried again after a serialization failure, a deadlock or a lost
+/// connection (each retry is safe: the events are keyed, so a replay stores nothing
+/// twice; a batch whose commit went through before the connection broke comes back as
+/// duplicates).
 const RETRIES: usize = 5;
 
 /// The acks of a batch's vans: `$1` devices (sorted, distinct), `$2` their fleets, `$3`
@@ -60,8 +63,13 @@ impl PgStore {
     pub async fn insert_events(&mut self, events: &[NewEvent<'_>]) -> Result<Vec<EventInsert>, StoreError> {
         let seqs: Vec<i64> = events.iter().map(|e| seq_param(e.seq)).collect::<Result<_, _>>()?;
         let mut attempt = 0;
+        self.ready().await?;
         loop {
             match self.insert_events_once(events, &seqs).await {
+                Err(e) if attempt < RETRIES && connection_lost(&e) => {
+                    attempt += 1;
+                    self.reconnect().await?;
+                }
                 Err(e) if attempt < RETRIES && retryable(&e) => attempt += 1,
                 result => return Ok(result?),
             }
@@ -140,6 +148,7 @@ impl PgStore {
 
     /// Records a verified gap notice (idempotent), as [`super::StoreTx::apply_gap`] does.
     pub async fn apply_gap(&mut self, gap: &NewGap<'_>) -> Result<GapApplied, StoreError> {
+        self.ready().await?;
         let (first, last) = (seq_param(gap.first_seq)?, seq_param(gap.last_seq)?);
         if last < first {
             return Err(corrupt("gap notice", format!("seq {} ends before it starts", gap.first_seq)));
@@ -190,6 +199,7 @@ impl PgStore {
         vans: &[(&FleetId, &DeviceId)],
         now_ms: i64,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.ready().await?;
         let mut sorted: Vec<(&str, &str)> = vans.iter().map(|(f, d)| (d.as_str(), f.as_str())).collect();
         sorted.sort_unstable();
         sorted.dedup_by_key(|(d, _)| *d);
@@ -208,7 +218,8 @@ impl PgStore {
     }
 
     /// Events stored for a device (for tests and the CLI).
-    pub async fn event_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
+    pub async fn event_count(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
+        self.ready().await?;
         let n: i64 = self
             .client
             .query_one("SELECT count(*) FROM events WHERE device = $1", &[&device.as_str()])

@@ -25,7 +25,8 @@ pub enum PhotoProgress {
 
 impl PgStore {
     /// Asks for the reconciler to be woken for a shipment at `at_ms` (idempotent).
-    pub async fn schedule_wake(&self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
+    pub async fn schedule_wake(&mut self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.ready().await?;
         self.client
             .execute(
                 "INSERT INTO wakeups (shipment_id, at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -38,7 +39,8 @@ impl PgStore {
     /// Removes and returns up to `limit` wake-ups due at `now_ms`, earliest first. Rows
     /// another hub is taking are skipped rather than waited for (`SKIP LOCKED`), so each
     /// wake-up is reconciled by one hub, and hubs polling together do not queue.
-    pub async fn take_due_wakeups(&self, now_ms: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+    pub async fn take_due_wakeups(&mut self, now_ms: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.ready().await?;
         let rows = self
             .client
             .query(
@@ -67,6 +69,7 @@ impl PgStore {
         data: &[u8],
         now_ms: i64,
     ) -> Result<PhotoProgress, StoreError> {
+        self.ready().await?;
         let total = i64::try_from(total_len).map_err(|e| corrupt("photo size", e))?;
         let tx = self.client.transaction().await?;
         tx.execute(
@@ -154,6 +157,7 @@ impl PgStore {
         detail: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        self.ready().await?;
         let tx = self.client.transaction().await?;
         // One message may have told several parcels: the report is about each row the
         // message was sent for.
@@ -213,7 +217,12 @@ impl PgStore {
     /// Adds a batch's rejected inputs to the persistent counters: summed per (source,
     /// reason) first and written in key order, so hubs counting the same hot rows at
     /// once take their locks in one order and never deadlock.
-    pub async fn count_rejections(&self, rejections: &[(&str, &str)], now_ms: i64) -> Result<(), StoreError> {
+    pub async fn count_rejections(
+        &mut self,
+        rejections: &[(&str, &str)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.ready().await?;
         let mut counts: std::collections::BTreeMap<(&str, &str), i64> = std::collections::BTreeMap::new();
         for &key in rejections {
             *counts.entry(key).or_default() += 1;
@@ -239,7 +248,8 @@ impl PgStore {
     }
 
     /// The rejection counters: (source, reason, count), in key order.
-    pub async fn rejections(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn rejections(&mut self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.ready().await?;
         Ok(self
             .client
             .query("SELECT source, reason, count FROM rejections ORDER BY source, reason", &[])
@@ -250,7 +260,8 @@ impl PgStore {
     }
 
     /// Whether a complete, verified photo with this hash is stored.
-    pub async fn photo_complete(&self, sha256_hex: &str) -> Result<bool, StoreError> {
+    pub async fn photo_complete(&mut self, sha256_hex: &str) -> Result<bool, StoreError> {
+        self.ready().await?;
         Ok(self
             .client
             .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified", &[&sha256_hex])
@@ -271,6 +282,7 @@ impl PgStore {
         limit: i64,
         lease_token: &str,
     ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.ready().await?;
         let statement = self.prepared(CLAIM_DUE).await?;
         let rows = self.client.query(&statement, &[&now_ms, &limit, &lease_token]).await?;
         let mut claimed: Vec<OutboxRow> = rows
@@ -301,6 +313,7 @@ impl PgStore {
         now_ms: i64,
         end: &Finish<'_>,
     ) -> Result<(), StoreError> {
+        self.ready().await?;
         let tx = self.client.transaction().await?;
         tx.execute(
             "UPDATE notification_outbox SET status = $2, next_attempt_ms = COALESCE($3, next_attempt_ms)

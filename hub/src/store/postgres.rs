@@ -41,6 +41,8 @@ pub struct Migrated {
 #[derive(Debug)]
 pub struct PgStore {
     pub(super) client: Client,
+    /// Where it connects, to connect again.
+    config: Config,
     /// Statements prepared on this connection, by their text: a statement sent as text
     /// costs PostgreSQL a parse and plan and the hub a round trip each time.
     statements: std::collections::HashMap<&'static str, Statement>,
@@ -52,28 +54,30 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<(Self, Migrated), StoreError> {
         let config = Config::from_str(url)
             .map_err(|e| StoreError::Postgres(format!("the database URL does not parse: {e}")))?;
-        let mut client = if config.get_ssl_mode() == SslMode::Disable {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(drive(connection));
-            client
-        } else {
-            // The hub's processes use ring, like its other TLS clients.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let (tls, _unreadable) =
-                tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|_| {
-                    StoreError::Postgres(
-                    "no system root certificates to check the database server's TLS certificate: install \
-                     ca-certificates, or add sslmode=disable to the URL on a private network"
-                        .to_owned(),
-                )
-                })?;
-            let (client, connection) = config.connect(tls).await?;
-            tokio::spawn(drive(connection));
-            client
-        };
+        let mut client = open_client(&config).await?;
         check_durability(&client).await?;
         let migrated = migrate(&mut client).await?;
-        Ok((Self { client, statements: std::collections::HashMap::new() }, migrated))
+        Ok((Self { client, config, statements: std::collections::HashMap::new() }, migrated))
+    }
+
+    /// Connects again when the connection was lost (a server restart, a failover, a
+    /// network cut): the statements prepared on the old one go with it. Every method
+    /// calls it first; a batch that failed because the connection broke under it is
+    /// retried on the new one ([`PgStore::insert_events`]), which is safe because
+    /// events are keyed.
+    pub(super) async fn ready(&mut self) -> Result<(), StoreError> {
+        if self.client.is_closed() {
+            self.reconnect().await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the connection.
+    pub(super) async fn reconnect(&mut self) -> Result<(), StoreError> {
+        tracing::warn!("the PostgreSQL connection was lost; connecting again");
+        self.client = open_client(&self.config).await?;
+        self.statements.clear();
+        Ok(())
     }
 
     /// `sql` prepared on this connection, once.
@@ -87,13 +91,15 @@ impl PgStore {
     }
 
     /// The schema version in the database.
-    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+    pub async fn schema_version(&mut self) -> Result<i64, StoreError> {
+        self.ready().await?;
         Ok(self.client.query_one("SELECT version FROM doorstep_schema WHERE id = 1", &[]).await?.get(0))
     }
 
     /// Every table's columns: (name, type, not null), in column order. The schema parity
     /// test compares them with [`super::Store::columns`].
-    pub async fn columns(&self) -> Result<Vec<TableColumns>, StoreError> {
+    pub async fn columns(&mut self) -> Result<Vec<TableColumns>, StoreError> {
+        self.ready().await?;
         let rows = self
             .client
             .query(
@@ -124,6 +130,7 @@ impl PgStore {
         &mut self,
         claim: &LeaseClaim<'_>,
     ) -> Result<(Acquired, Settled), StoreError> {
+        self.ready().await?;
         let tx = self.client.transaction().await?;
         // The row is created once; after that, the row lock orders concurrent claims.
         tx.execute(
@@ -184,10 +191,44 @@ impl PgStore {
     }
 
     /// Gives the lease up (a graceful stop). Only this process's lease.
-    pub async fn release_dispatch_lease(&self, token: &str) -> Result<(), StoreError> {
+    pub async fn release_dispatch_lease(&mut self, token: &str) -> Result<(), StoreError> {
+        self.ready().await?;
         self.client.execute("UPDATE dispatcher_lease SET expires_ms = 0 WHERE token = $1", &[&token]).await?;
         Ok(())
     }
+}
+
+/// Whether `e` means the connection is gone: closed under the client, or ended by the
+/// server (an administrator, a shutdown, a failover) or the network.
+pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.is_closed()
+        || e.code().is_some_and(|code| {
+            [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code)
+                || code.code().starts_with("08")
+        })
+}
+
+/// A client for `config`: TLS by rustls with the system's roots unless the URL says
+/// `sslmode=disable`; its connection runs on a task of its own.
+async fn open_client(config: &Config) -> Result<Client, StoreError> {
+    if config.get_ssl_mode() == SslMode::Disable {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(drive(connection));
+        return Ok(client);
+    }
+    // The hub's processes use ring, like its other TLS clients.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (tls, _unreadable) = tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|_| {
+        StoreError::Postgres(
+            "no system root certificates to check the database server's TLS certificate: install \
+             ca-certificates, or add sslmode=disable to the URL on a private network"
+                .to_owned(),
+        )
+    })?;
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(drive(connection));
+    Ok(client)
 }
 
 /// The database's clock, ms since the Unix epoch (`clock_timestamp()`: the time of the
