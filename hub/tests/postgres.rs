@@ -12,6 +12,11 @@ use doorstep_hub::store::{
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
 
+/// One shipment (id 1) for the outbox rows a test needs.
+const SHIPMENT: &str = "INSERT INTO shipments
+    (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
+    VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);";
+
 fn claim<'a>(holder: &'a str, token: &'a str, first: bool, ttl_ms: i64) -> LeaseClaim<'a> {
     LeaseClaim { holder, token, first, ttl_ms, resend_safe: &["email"] }
 }
@@ -132,12 +137,11 @@ async fn one_lease_holder_decided_on_the_databases_clock() {
     // The holder stops with a message of each kind in flight; the next holder settles them.
     pg.psql_in(
         "hub",
-        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
-             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+        &format!("{SHIPMENT}
          INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              VALUES (1, 'nearby', 'email', 'a@example.com', 'sending', 0, 0),
                     (1, 'nearby', 'sms', '+15555550100', 'sending', 0, 0),
-                    (1, 'created', 'sms', '+15555550100', 'sent', 0, 0)",
+                    (1, 'created', 'sms', '+15555550100', 'sent', 0, 0)"),
     );
     let holder_token = ["a1", "b1", "c1"][winners[0]];
     hubs[winners[0]].release_dispatch_lease(holder_token).await.expect("release");
@@ -327,11 +331,10 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
     }
     pg.psql_in(
         "hub",
-        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
-             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+        &format!("{SHIPMENT}
          INSERT INTO notification_outbox (id, shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              VALUES (1, 1, 'nearby', 'sms', '+15555550100', 'sent', 0, 0);
-         INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id) VALUES (1, 0, 'sent', 'SM1')",
+         INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id) VALUES (1, 0, 'sent', 'SM1')"),
     );
 
     // Wake-ups: 30 due, three hubs taking four at a time until none are left.
@@ -527,13 +530,12 @@ async fn only_the_lease_holder_claims_and_each_due_row_once() {
     }
     pg.psql_in(
         "hub",
-        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
-             VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);
+        &format!("{SHIPMENT}
          INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              SELECT 1, 'nearby', 'sms', '+1555555' || lpad(n::text, 4, '0'), 'queued', n, 0
              FROM generate_series(1, 40) AS n;
          INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
-             VALUES (1, 'nearby', 'email', 'later@example.com', 'queued', 10000, 0)",
+             VALUES (1, 'nearby', 'email', 'later@example.com', 'queued', 10000, 0)"),
     );
     let (held, _) = conns[0].take_dispatch_lease(&claim("hub-a", "a1", true, 60_000)).await.expect("lease");
     assert_eq!(held, Acquired::TookOver(None));

@@ -48,6 +48,18 @@ pub struct NewGap<'a> {
     pub received_ms: i64,
 }
 
+impl NewGap<'_> {
+    /// The evicted seqs as stored, checked: a notice that ends before it starts is bad
+    /// input, refused before anything is written.
+    pub(super) fn range(&self) -> Result<(i64, i64), StoreError> {
+        let (first, last) = (seq_param(self.first_seq)?, seq_param(self.last_seq)?);
+        if last < first {
+            return Err(corrupt("gap notice", format!("seq {} ends before it starts", self.first_seq)));
+        }
+        Ok((first, last))
+    }
+}
+
 /// What applying a gap notice did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GapApplied {
@@ -213,10 +225,7 @@ impl StoreTx<'_> {
     /// Records a verified gap notice (idempotent: applying it twice changes nothing).
     /// [`StoreTx::advance_ack`] then moves past the seqs it covers.
     pub fn apply_gap(&self, gap: &NewGap<'_>) -> Result<GapApplied, StoreError> {
-        let (first, last) = (seq_param(gap.first_seq)?, seq_param(gap.last_seq)?);
-        if last < first {
-            return Err(corrupt("gap notice", format!("seq {} ends before it starts", gap.first_seq)));
-        }
+        let (first, last) = gap.range()?;
         let inserted = self
             .tx
             .prepare_cached(

@@ -149,10 +149,7 @@ impl PgStore {
     /// Records a verified gap notice (idempotent), as [`super::StoreTx::apply_gap`] does.
     pub async fn apply_gap(&mut self, gap: &NewGap<'_>) -> Result<GapApplied, StoreError> {
         self.ready().await?;
-        let (first, last) = (seq_param(gap.first_seq)?, seq_param(gap.last_seq)?);
-        if last < first {
-            return Err(corrupt("gap notice", format!("seq {} ends before it starts", gap.first_seq)));
-        }
+        let (first, last) = gap.range()?;
         let inserted = self
             .client
             .execute(
