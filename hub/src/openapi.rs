@@ -709,7 +709,7 @@ mod tests {
             channel: "sms".into(),
             recipient: "+15555550100".into(),
             detail: None,
-            status: "queued".into(),
+            status: crate::store::OutboxStatus::Queued,
             attempts: 0,
             next_attempt_ms: 0,
             created_ms: 0,

@@ -64,7 +64,7 @@ pub use dispatch::{Ack, Alert, DueAlert, Finish, NewQuestion, Outcome};
 pub use events::{EventInsert, GapApplied, NewEvent, NewGap};
 pub use lease::{Acquired, LeaseClaim, Settled};
 pub use orders::{NewOrderEvent, OrderFields};
-pub use outbox::{NewNotification, OutboxRow};
+pub use outbox::{NewNotification, OutboxRow, OutboxStatus};
 pub use pg_schema::PG_SCHEMA_VERSION;
 pub use pg_shared::PhotoProgress;
 pub use photos::PhotoRecord;

@@ -219,7 +219,7 @@ impl Hub {
             store.outbox_for_shipment(shipment).unwrap().into_iter().find(|r| r.channel == channel).unwrap();
         assert!(store.claim_notification(row.id).unwrap());
         let end = Finish {
-            status: "sent",
+            status: doorstep_hub::store::OutboxStatus::Sent,
             next_attempt_ms: None,
             outcome: "sent",
             provider: Some("twilio"),

@@ -953,7 +953,7 @@ async fn a_whatsapp_question_is_answered_with_a_text_reply_and_a_flood_is_cut_of
 /// A send's answer as the dispatcher writes it: `sent`, with the provider's message id.
 fn sent(provider_id: Option<&str>) -> Finish<'_> {
     Finish {
-        status: "sent",
+        status: doorstep_hub::store::OutboxStatus::Sent,
         next_attempt_ms: None,
         outcome: "sent",
         provider: None,

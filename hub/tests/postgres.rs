@@ -6,8 +6,8 @@
 //! happens once.
 
 use doorstep_hub::store::{
-    Acquired, EventInsert, Finish, LeaseClaim, Migrated, NewEvent, NewGap, PG_SCHEMA_VERSION, PgStore,
-    PhotoProgress, Settled, Store, StoreError, TableColumns,
+    Acquired, EventInsert, Finish, LeaseClaim, Migrated, NewEvent, NewGap, OutboxStatus, PG_SCHEMA_VERSION,
+    PgStore, PhotoProgress, Settled, Store, StoreError, TableColumns,
 };
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
@@ -565,7 +565,7 @@ async fn only_the_lease_holder_claims_and_each_due_row_once() {
     );
 
     let end = Finish {
-        status: "sent",
+        status: OutboxStatus::Sent,
         next_attempt_ms: None,
         outcome: "sent",
         provider: Some("twilio"),

@@ -272,7 +272,7 @@ fn message_view(row: &OutboxRow, outcomes: &[Outcome]) -> MessageView {
         milestone: row.milestone.clone(),
         channel: row.channel.clone(),
         recipient: channel.map_or_else(|| mask(&row.recipient), |c| shown_contact(c, &row.recipient)),
-        status: row.status.clone(),
+        status: row.status.to_string(),
         attempts: row.attempts,
         created: when(row.created_ms),
         outcomes: outcomes.iter().map(outcome_view).collect(),

@@ -73,7 +73,8 @@ pub use provider::{Channel, Provider, ProviderType};
 use crate::metrics::Metrics;
 use crate::model::{Milestone, Notice, Update};
 use crate::store::{
-    Acquired, ContactChannel, Finish, LeaseClaim, OutboxRow, Settled, Shipment, StoreError, StoreOptions,
+    Acquired, ContactChannel, Finish, LeaseClaim, OutboxRow, OutboxStatus, Settled, Shipment, StoreError,
+    StoreOptions,
 };
 use provider::Registered;
 use templates::{Vars, fill, render_sms, render_sms_keeping};
@@ -1065,13 +1066,15 @@ async fn deliver(
     let can_retry = attempt < i64::from(settings.retry.max_attempts);
     // (status, next attempt, outcome, provider id, detail)
     let (status, next, outcome, provider_id, detail, opt_out) = match result {
-        SendResult::Accepted { provider_id, detail } => ("sent", None, "sent", provider_id, detail, false),
-        SendResult::Rejected { detail } => ("failed", None, "failed", None, detail, false),
-        SendResult::OptedOut { detail } => ("skipped", None, "opted_out", None, detail, true),
+        SendResult::Accepted { provider_id, detail } => {
+            (OutboxStatus::Sent, None, "sent", provider_id, detail, false)
+        }
+        SendResult::Rejected { detail } => (OutboxStatus::Failed, None, "failed", None, detail, false),
+        SendResult::OptedOut { detail } => (OutboxStatus::Skipped, None, "opted_out", None, detail, true),
         SendResult::Retry { detail, retry_after } if can_retry => {
             let at = retry_at(retry_after);
             (
-                "queued",
+                OutboxStatus::Queued,
                 Some(at),
                 "attempt_failed",
                 None,
@@ -1083,19 +1086,24 @@ async fn deliver(
             let at = retry_at(None);
             let detail =
                 format!("{detail}; attempt {attempt}, resending at {at} under the same idempotency key");
-            ("queued", Some(at), "attempt_failed", None, detail, false)
+            (OutboxStatus::Queued, Some(at), "attempt_failed", None, detail, false)
         }
         SendResult::Ambiguous { detail } if !resend_safe => (
-            "unknown",
+            OutboxStatus::Unknown,
             None,
             "unknown",
             None,
             format!("{detail}; not resent: {channel} has no idempotency guard"),
             false,
         ),
-        SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail } => {
-            ("failed", None, "failed", None, format!("{detail}; gave up after {attempt} attempts"), false)
-        }
+        SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail } => (
+            OutboxStatus::Failed,
+            None,
+            "failed",
+            None,
+            format!("{detail}; gave up after {attempt} attempts"),
+            false,
+        ),
     };
     match outcome {
         "sent" => {

@@ -284,7 +284,7 @@ mod tests {
             channel: channel.as_str().into(),
             recipient: recipient.into(),
             detail,
-            status: "queued".into(),
+            status: crate::store::OutboxStatus::Queued,
             attempts: 0,
             next_attempt_ms: 0,
             created_ms: 0,

@@ -36,7 +36,7 @@ fn row(milestone: &str) -> OutboxRow {
         channel: "sms".into(),
         recipient: "+15555550100".into(),
         detail: None,
-        status: "queued".into(),
+        status: crate::store::OutboxStatus::Queued,
         attempts: 0,
         next_attempt_ms: 0,
         created_ms: 0,

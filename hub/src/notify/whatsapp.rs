@@ -69,7 +69,7 @@ use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
 use super::twilio::{Keyword, inbound_keyword};
 use super::{Outgoing, Reply, SendResult, now_ms};
-use crate::store::ContactChannel;
+use crate::store::{ContactChannel, OutboxStatus};
 
 /// The header Meta signs webhook bodies in.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -487,8 +487,8 @@ async fn receive(
                     None => match u.outbox_id {
                         Some(id)
                             if matches!(
-                                store.row_status(id)?.as_deref(),
-                                Some("unknown" | "sending")
+                                store.row_status(id)?,
+                                Some(OutboxStatus::Unknown | OutboxStatus::Sending)
                             ) && store.row_target(id)?
                                 .is_some_and(|(ch, to)| ch == channel && to == u.recipient) =>
                         {

@@ -14,7 +14,7 @@
 
 use rusqlite::{OptionalExtension as _, params};
 
-use super::{OutboxRow, Store, StoreError};
+use super::{OutboxRow, OutboxStatus, Store, StoreError};
 
 /// One entry of the outcome log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finish<'a> {
     /// The row's new status.
-    pub status: &'a str,
+    pub status: OutboxStatus,
     /// When it is `queued` again: its next attempt.
     pub next_attempt_ms: Option<i64>,
     /// The outcome log entry.
@@ -338,7 +338,7 @@ impl Store {
     }
 
     /// The status of a row.
-    pub fn row_status(&self, id: i64) -> Result<Option<String>, StoreError> {
+    pub fn row_status(&self, id: i64) -> Result<Option<OutboxStatus>, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT status FROM notification_outbox WHERE id = ?1")?

@@ -4,7 +4,7 @@
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Store, StoreError, StoreTx};
+use super::{Store, StoreError, StoreTx, corrupt};
 
 /// A notification to enqueue (one row of `notification_outbox`).
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +23,85 @@ pub struct NewNotification<'a> {
     pub now_ms: i64,
 }
 
+/// Where a customer message stands. Only moves forward: `queued` → `sending` → `sent` →
+/// `delivered` (or `undelivered`, `failed`); `unknown` where a send may or may not have
+/// happened; `skipped` where it is not sent (opted out, superseded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting for its (next) attempt.
+    Queued,
+    /// Claimed by the dispatcher; a request may be in flight.
+    Sending,
+    /// The provider accepted it.
+    Sent,
+    /// The provider reported it delivered (or opened).
+    Delivered,
+    /// The provider reported it could not be delivered.
+    Undelivered,
+    /// Refused, or out of attempts.
+    Failed,
+    /// A send that may have happened, never repeated blindly.
+    Unknown,
+    /// Not sent, on purpose.
+    Skipped,
+}
+
+impl OutboxStatus {
+    /// Every status.
+    pub const ALL: [Self; 8] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Delivered,
+        Self::Undelivered,
+        Self::Failed,
+        Self::Unknown,
+        Self::Skipped,
+    ];
+
+    /// Its name in the database, the API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(name: &str) -> Result<Self, StoreError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| corrupt("notification status", format!("{name:?} is not one this hub writes")))
+    }
+}
+
+impl std::fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::ToSql for OutboxStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for OutboxStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        Self::parse(name).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// A row of the notification outbox, as the dispatcher reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxRow {
@@ -38,8 +117,8 @@ pub struct OutboxRow {
     pub recipient: String,
     /// Extra template text.
     pub detail: Option<String>,
-    /// `queued`, `sending`, `sent`, `failed`, ...
-    pub status: String,
+    /// Where it stands.
+    pub status: OutboxStatus,
     /// Attempts made.
     pub attempts: i64,
     /// Next attempt, ms since the Unix epoch.

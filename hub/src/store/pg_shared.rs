@@ -7,7 +7,7 @@ use doorstep_proto::DeviceId;
 use ring::digest;
 
 use super::dispatch::Finish;
-use super::{OutboxRow, PgStore, StoreError, corrupt};
+use super::{OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
 
 /// What storing one photo chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,19 +287,21 @@ impl PgStore {
         let rows = self.client.query(&statement, &[&now_ms, &limit, &lease_token]).await?;
         let mut claimed: Vec<OutboxRow> = rows
             .iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                shipment_id: r.get(1),
-                milestone: r.get(2),
-                channel: r.get(3),
-                recipient: r.get(4),
-                detail: r.get(5),
-                status: r.get(6),
-                attempts: r.get(7),
-                next_attempt_ms: r.get(8),
-                created_ms: r.get(9),
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: r.get(0),
+                    shipment_id: r.get(1),
+                    milestone: r.get(2),
+                    channel: r.get(3),
+                    recipient: r.get(4),
+                    detail: r.get(5),
+                    status: OutboxStatus::parse(r.get(6))?,
+                    attempts: r.get(7),
+                    next_attempt_ms: r.get(8),
+                    created_ms: r.get(9),
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         claimed.sort_unstable_by_key(|row| (row.next_attempt_ms, row.id));
         Ok(claimed)
     }
@@ -318,7 +320,7 @@ impl PgStore {
         tx.execute(
             "UPDATE notification_outbox SET status = $2, next_attempt_ms = COALESCE($3, next_attempt_ms)
              WHERE id = $1 AND status IN ('sending', 'unknown')",
-            &[&id, &end.status, &end.next_attempt_ms],
+            &[&id, &end.status.as_str(), &end.next_attempt_ms],
         )
         .await?;
         tx.execute(

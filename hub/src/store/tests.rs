@@ -350,3 +350,13 @@ fn due_wake_ups_are_handed_out_once_earliest_first() {
     assert!(tx.take_due_wakeups(500, 10).expect("take").is_empty(), "nothing twice");
     assert_eq!(tx.take_due_wakeups(900, 10).expect("take"), vec![(ids[2], 900)]);
 }
+
+#[test]
+fn notification_statuses_read_back_and_a_stranger_is_named() {
+    for status in OutboxStatus::ALL {
+        assert_eq!(OutboxStatus::parse(status.as_str()).expect("known"), status);
+        assert_eq!(serde_json::to_value(status).expect("json"), status.as_str(), "the API says the same name");
+    }
+    let err = OutboxStatus::parse("lost").expect_err("not a status");
+    assert!(err.to_string().contains("\"lost\" is not one this hub writes"), "{err}");
+}
