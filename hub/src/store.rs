@@ -66,7 +66,7 @@ pub use lease::{Acquired, LeaseClaim, Settled};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow, OutboxStatus};
 pub use pg_schema::PG_SCHEMA_VERSION;
-pub use pg_shared::PhotoProgress;
+pub use pg_shared::{LockedShipment, PhotoProgress};
 pub use photos::PhotoRecord;
 pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;

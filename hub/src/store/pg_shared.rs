@@ -1,13 +1,16 @@
 //! The PostgreSQL side of what several hubs do to the same rows at once (SCALE.md's
 //! table): reconciler wake-ups, photo reassembly, providers' delivery reports, the
-//! rejection counters and the notification outbox's claims. On SQLite each of these is safe because every hub's transaction
+//! rejection counters, the notification outbox's claims and the reconcile state's
+//! read-modify-write. On SQLite each of these is safe because every hub's transaction
 //! runs alone; here each says how it stays correct under READ COMMITTED.
 
 use doorstep_proto::DeviceId;
 use ring::digest;
 
 use super::dispatch::Finish;
+use super::shipments::{milestone_str, parse_milestone};
 use super::{OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
+use crate::model::Milestone;
 
 /// What storing one photo chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,3 +349,63 @@ WHERE o.id IN (SELECT id FROM notification_outbox
                 AND expires_ms > (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
 RETURNING o.id, o.shipment_id, o.milestone, o.channel, o.recipient, o.detail, o.status, o.attempts,
           o.next_attempt_ms, o.created_ms";
+
+/// A shipment's reconcile state, read under lock by [`PgStore::reconcile_locked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedShipment {
+    /// The shipment.
+    pub id: i64,
+    /// Its milestone.
+    pub milestone: Milestone,
+    /// The reconciler's state, JSON, if it has run.
+    pub state: Option<String>,
+}
+
+impl PgStore {
+    /// Runs `apply` on the reconcile state of `shipment_ids` with those rows locked (`FOR
+    /// NO KEY UPDATE`, in id order, so hubs locking overlapping sets take turns instead of
+    /// deadlocking) and writes back what it leaves, in one transaction. An ingest batch on
+    /// one hub and a carrier webhook on another reconciling the same shipment take turns;
+    /// neither overwrites the other's result with a state it read before it.
+    pub async fn reconcile_locked<F>(
+        &mut self,
+        shipment_ids: &[i64],
+        now_ms: i64,
+        apply: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce(&mut [LockedShipment]),
+    {
+        self.ready().await?;
+        let mut ids = shipment_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let tx = self.client.transaction().await?;
+        let rows = tx
+            .query(
+                "SELECT id, milestone, reconcile_state FROM shipments WHERE id = ANY($1)
+                 ORDER BY id FOR NO KEY UPDATE",
+                &[&ids],
+            )
+            .await?;
+        let mut locked = rows
+            .iter()
+            .map(|r| {
+                Ok(LockedShipment { id: r.get(0), milestone: parse_milestone(r.get(1))?, state: r.get(2) })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        apply(&mut locked);
+        let ids: Vec<i64> = locked.iter().map(|s| s.id).collect();
+        let milestones: Vec<&str> = locked.iter().map(|s| milestone_str(s.milestone)).collect();
+        let states: Vec<Option<&str>> = locked.iter().map(|s| s.state.as_deref()).collect();
+        tx.execute(
+            "UPDATE shipments s SET milestone = u.milestone, reconcile_state = u.state, updated_ms = $4
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, milestone, state)
+             WHERE s.id = u.id",
+            &[&ids, &milestones, &states, &now_ms],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

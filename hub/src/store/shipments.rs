@@ -138,7 +138,7 @@ pub struct TimelineEntry {
     pub detail: serde_json::Value,
 }
 
-fn milestone_str(m: Milestone) -> &'static str {
+pub(super) fn milestone_str(m: Milestone) -> &'static str {
     match m {
         Milestone::Created => "created",
         Milestone::Dispatched => "dispatched",
@@ -155,7 +155,7 @@ pub fn milestone_name(m: Milestone) -> &'static str {
     milestone_str(m)
 }
 
-fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
+pub(super) fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| corrupt("milestone", e))
 }
 

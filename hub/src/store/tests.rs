@@ -355,7 +355,11 @@ fn due_wake_ups_are_handed_out_once_earliest_first() {
 fn notification_statuses_read_back_and_a_stranger_is_named() {
     for status in OutboxStatus::ALL {
         assert_eq!(OutboxStatus::parse(status.as_str()).expect("known"), status);
-        assert_eq!(serde_json::to_value(status).expect("json"), status.as_str(), "the API says the same name");
+        assert_eq!(
+            serde_json::to_value(status).expect("json"),
+            status.as_str(),
+            "the API says the same name"
+        );
     }
     let err = OutboxStatus::parse("lost").expect_err("not a status");
     assert!(err.to_string().contains("\"lost\" is not one this hub writes"), "{err}");
