@@ -104,8 +104,10 @@ impl PgStore {
                  JOIN unnest($1::text[], $2::bigint[]) AS k(device, seq) USING (device, seq)",
             )
             .await?;
-        let tx = self.client.transaction().await?;
-        let stored = tx
+        // One statement is one transaction: the batch is stored whole or not at all, in
+        // one round trip (no BEGIN and COMMIT of their own).
+        let stored = self
+            .client
             .query(&insert, &[&devices, &seqs, &ids, &gnss, &kinds, &envelopes, &received, &quarantine])
             .await?;
         // What was stored just now, by key; the rest (usually none) is looked up: the
@@ -122,10 +124,11 @@ impl PgStore {
         let held: HashMap<(String, i64), String> = if left_devices.is_empty() {
             HashMap::new()
         } else {
-            let rows = tx.query(&lookup, &[&left_devices, &left_seqs]).await?;
+            // Rows that conflicted are committed (another batch's), so a read after the
+            // insert sees them.
+            let rows = self.client.query(&lookup, &[&left_devices, &left_seqs]).await?;
             rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect()
         };
-        tx.commit().await?;
         let mut claimed = HashSet::new();
         Ok(events
             .iter()
