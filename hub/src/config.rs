@@ -720,6 +720,7 @@ impl Config {
 
     /// Checks values and loads referenced files (stage two).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        crate::store::check_database_path(&self.hub.database).map_err(|e| invalid(e.to_string()))?;
         let secret = load_secret("hub.link_token_secret", &self.hub.link_token_secret)?;
         if secret.len() < MIN_SECRET_LEN {
             return Err(invalid(format!(
@@ -948,6 +949,9 @@ mod tests {
         assert!(matches!(Config::parse(&crawling).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let short = text.replace("0123456789abcdef0123456789abcdef", "short");
         assert!(matches!(Config::parse(&short).expect("parse").validate(), Err(ConfigError::Invalid(_))));
+        let url = text.replace("/var/lib/doorstep-hub/hub.db", "postgres://hub@db.internal/doorstep");
+        let err = Config::parse(&url).expect("parse").validate().expect_err("a URL is not a path");
+        assert!(err.to_string().contains("not selectable yet; see docs/scaling.md"), "{err}");
     }
 
     #[test]

@@ -125,6 +125,12 @@ pub enum StoreError {
     /// PostgreSQL refused the operation, or could not be reached.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// `hub.database` names a server, not a file.
+    #[error(
+        "hub.database {0:?} looks like a URL: this hub stores its state in one SQLite file (a path). \
+         PostgreSQL for hubs on several hosts is not selectable yet; see docs/scaling.md"
+    )]
+    NotAPath(String),
     /// The PostgreSQL server is set to lose commits in a crash.
     #[error(
         "the PostgreSQL server has {setting} = {value}: a crash could lose events the vans were already \
@@ -198,9 +204,20 @@ pub struct StoreTx<'a> {
     tx: rusqlite::Transaction<'a>,
 }
 
+/// Refuses a database URL where a file path belongs: it would otherwise become a SQLite
+/// file under a directory named `postgres:`, a database of its own on each hub host.
+pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
+    let text = path.to_string_lossy();
+    if text.contains("://") {
+        return Err(StoreError::NotAPath(text.into_owned()));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        check_database_path(path)?;
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {

@@ -364,3 +364,13 @@ fn notification_statuses_read_back_and_a_stranger_is_named() {
     let err = OutboxStatus::parse("lost").expect_err("not a status");
     assert!(err.to_string().contains("\"lost\" is not one this hub writes"), "{err}");
 }
+
+#[test]
+fn a_database_url_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = dir.path().join("postgres://hub@db.internal/doorstep");
+    let err = Store::open(&url, StoreOptions::default()).expect_err("a URL is not a path");
+    assert!(matches!(err, StoreError::NotAPath(_)), "{err}");
+    assert!(err.to_string().contains("see docs/scaling.md"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "nothing created");
+}
