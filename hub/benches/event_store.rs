@@ -17,7 +17,8 @@
 //! Both engines commit durably (SQLite `synchronous = FULL`, PostgreSQL `fsync` and
 //! `synchronous_commit` on), on the same disk. Printed: events per second, the ratio to
 //! SQLite, and CPU per event for this process and for the PostgreSQL server processes
-//! (from /proc), so the cost of a bigger fleet can be projected. Signature checks,
+//! (the test's own server and its backends, from /proc; not the machine's own instance),
+//! so the cost of a bigger fleet can be projected. Signature checks,
 //! reconciliation and the broker are not in it: `ingest` measures the whole path.
 //!
 //! `cargo bench -p doorstep-hub --bench event_store`; without `--bench` (as `cargo test
@@ -26,6 +27,9 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -33,39 +37,11 @@ use doorstep_hub::config::IngestSection;
 use doorstep_hub::store::{EventInsert, NewEvent, PgStore, Store, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
-
-/// CPU seconds (user + system) of a `/proc/.../stat` line.
-fn stat_cpu(stat: &str) -> Option<(String, f64)> {
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((stat[open + 1..close].to_owned(), (utime + stime) / 100.0))
-}
+use proc_stat::{load_average, stat_cpu, tree_cpu};
 
 /// CPU seconds of this process.
 fn own_cpu() -> f64 {
     std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| stat_cpu(&s)).map_or(0.0, |c| c.1)
-}
-
-/// CPU seconds of every running `postgres` process (the server and its backends; a
-/// backend that exits takes its time with it, so connections stay open until read).
-fn postgres_cpu() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
-    dir.flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|s| stat_cpu(&s))
-        .filter(|(name, _)| name == "postgres")
-        .map(|(_, cpu)| cpu)
-        .sum()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 struct Fleet {
@@ -133,7 +109,7 @@ fn sqlite_rate(fleet: &Fleet, batch: usize) -> (f64, f64) {
     (n / start.elapsed().as_secs_f64(), (own_cpu() - cpu) * 1e6 / n)
 }
 
-async fn store_share(store: &mut PgStore, fleet: &FleetId, batches: &[&Vec<NewEvent<'_>>]) {
+async fn store_share(store: &mut PgStore, fleet: &FleetId, batches: &[Vec<NewEvent<'_>>]) {
     for batch in batches {
         let results = store.insert_events(batch).await.unwrap();
         assert!(results.iter().all(|r| *r == EventInsert::Stored));
@@ -165,21 +141,22 @@ async fn postgres_rate(
     for _ in 0..hubs {
         stores.push(PgStore::connect(&url).await.unwrap().0);
     }
-    let all = fleet.batches(batch, |_| true);
-    let by_van: Vec<Vec<Vec<NewEvent<'_>>>> =
-        (0..hubs).map(|h| fleet.batches(batch, |v| v % hubs == h)).collect();
-    let shares: Vec<Vec<&Vec<NewEvent<'_>>>> = match deal {
-        Deal::RoundRobin => (0..hubs).map(|h| all.iter().skip(h).step_by(hubs).collect()).collect(),
-        Deal::ByVan => by_van.iter().map(|b| b.iter().collect()).collect(),
+    let shares: Vec<Vec<Vec<NewEvent<'_>>>> = match deal {
+        Deal::RoundRobin => {
+            let all = fleet.batches(batch, |_| true);
+            (0..hubs).map(|h| all.iter().skip(h).step_by(hubs).cloned().collect()).collect()
+        }
+        Deal::ByVan => (0..hubs).map(|h| fleet.batches(batch, |v| v % hubs == h)).collect(),
     };
-    let (cpu, pg_cpu, start) = (own_cpu(), postgres_cpu(), Instant::now());
+    let postmaster = pg.postmaster_pid();
+    let (cpu, pg_cpu, start) = (own_cpu(), tree_cpu(postmaster), Instant::now());
     let runs = stores.iter_mut().zip(&shares).map(|(store, share)| store_share(store, &fleet.fleet, share));
     futures_util::future::join_all(runs).await;
     let elapsed = start.elapsed().as_secs_f64();
     let n = fleet.order.len() as f64;
     let acked = pg.psql_in(name, "SELECT min(up_to_seq) FROM device_acks");
     assert_eq!(acked, fleet.order.last().unwrap().1.to_string(), "every van acked to its last seq");
-    (n / elapsed, (own_cpu() - cpu) * 1e6 / n, (postgres_cpu() - pg_cpu) * 1e6 / n)
+    (n / elapsed, (own_cpu() - cpu) * 1e6 / n, (tree_cpu(postmaster) - pg_cpu) * 1e6 / n)
 }
 
 fn main() {

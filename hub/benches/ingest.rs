@@ -21,6 +21,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_possible_truncation)]
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -34,6 +36,7 @@ use doorstep_hub::metrics::Metrics;
 use doorstep_hub::reconcile::Rules;
 use doorstep_hub::store::{NewShipment, Store, StoreOptions};
 use doorstep_proto::{DeviceId, Envelope, KeyId, RouteManifest, Stop, StopId, TrackingNumber, TrustedKey};
+use proc_stat::{load_average, process_cpu, stat_cpu};
 use support::*;
 
 /// Stops per simulated route; events cycle through them.
@@ -112,17 +115,6 @@ fn setup(db: &std::path::Path, vans: &[(DeviceId, doorstep_proto::SigningKey)]) 
     tx.commit().unwrap();
 }
 
-/// Name and CPU seconds (user + system) from a `/proc/.../stat` line (Linux).
-fn stat_cpu(stat: &str) -> Option<(String, f64)> {
-    let ticks = 100.0; // USER_HZ on Linux.
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let name = stat[open + 1..close].to_owned();
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((name, (utime + stime) / ticks))
-}
-
 /// CPU seconds of each thread of this process, summed by thread kind.
 fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
@@ -134,21 +126,6 @@ fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
         *out.entry(name).or_default() += cpu;
     }
     out
-}
-
-/// CPU seconds of another process (the broker).
-fn process_cpu(pid: Option<u32>) -> f64 {
-    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|stat| stat_cpu(&stat))
-        .map_or(0.0, |(_, cpu)| cpu)
-}
-
-/// The 1-minute load average: the machine is shared, so every figure comes with it.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 fn verify_rate(envelopes: &[Vec<u8>], keyring: &HashMap<KeyId, TrustedKey>, threads: usize) -> f64 {

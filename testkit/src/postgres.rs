@@ -178,6 +178,18 @@ impl Postgres {
         self.url(name)
     }
 
+    /// The server's process id (the postmaster, from its `postmaster.pid`): its backends
+    /// are its children, so a benchmark can count this server's CPU and no other's.
+    pub fn postmaster_pid(&self) -> u32 {
+        let pid_file =
+            std::fs::read_to_string(self.data_dir().join("postmaster.pid")).expect("postmaster.pid");
+        pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on postmaster.pid's first line")
+    }
+
     /// The cluster's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

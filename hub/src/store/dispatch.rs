@@ -14,7 +14,7 @@
 
 use rusqlite::{OptionalExtension as _, params};
 
-use super::{OutboxRow, OutboxStatus, Store, StoreError};
+use super::{OutboxRow, OutboxStatus, Store, StoreError, corrupt};
 
 /// One entry of the outcome log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,23 +384,16 @@ impl Store {
             if i == 0 {
                 first_new = n == 1;
             }
-            if n == 1 {
-                match outcome {
-                    "delivered" | "opened" => tx_conn.execute(
-                        "UPDATE notification_outbox SET status = 'delivered'
-                         WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown', 'undelivered', 'failed')",
-                        [row],
-                    )?,
-                    "undelivered" | "failed" => tx_conn.execute(
-                        "UPDATE notification_outbox SET status = ?2 WHERE id = ?1 AND status IN ('sending', 'sent', 'unknown')",
-                        params![row, outcome],
-                    )?,
-                    "sent" => tx_conn.execute(
-                        "UPDATE notification_outbox SET status = 'sent' WHERE id = ?1 AND status IN ('sending', 'unknown')",
-                        [row],
-                    )?,
-                    _ => 0,
-                };
+            if n == 1
+                && let Some((status, from)) = report_moves(outcome)
+            {
+                let from = serde_json::to_string(&from).map_err(|e| corrupt("statuses", e))?;
+                tx_conn
+                    .prepare_cached(
+                        "UPDATE notification_outbox SET status = ?2
+                         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?3))",
+                    )?
+                    .execute(params![row, status, from])?;
             }
         }
         tx.commit()?;
@@ -509,6 +502,25 @@ impl Store {
 /// the lease): channels whose requests are safe to repeat (`resend_safe`) go back to
 /// `queued`; the rest become `unknown` (the request may have been sent). Runs inside the
 /// lease's take-over transaction. Returns (requeued, unknown).
+/// Where a provider's report moves a row: its new status and the statuses it may leave
+/// (never back from `delivered`; an open implies delivery). `None`: the report moves
+/// nothing. Both backends apply this table.
+pub(super) fn report_moves(outcome: &str) -> Option<(OutboxStatus, &'static [OutboxStatus])> {
+    use OutboxStatus::{Delivered, Failed, Sending, Sent, Undelivered, Unknown};
+    match outcome {
+        "delivered" | "opened" => Some((Delivered, &[Sending, Sent, Unknown, Undelivered, Failed])),
+        "undelivered" => Some((Undelivered, &[Sending, Sent, Unknown])),
+        "failed" => Some((Failed, &[Sending, Sent, Unknown])),
+        "sent" => Some((Sent, &[Sending, Unknown])),
+        _ => None,
+    }
+}
+
+/// The outcome log's words for a row a new lease holder settles (both backends).
+pub(super) const SETTLED_RESEND: &str = "hub stopped mid-send; resending (idempotent channel)";
+/// The same, for a row that becomes `unknown`.
+pub(super) const SETTLED_UNKNOWN: &str = "hub stopped mid-send; not resent (no idempotency guard)";
+
 pub(super) fn recover(
     tx: &rusqlite::Connection,
     now_ms: i64,
@@ -525,25 +537,11 @@ pub(super) fn recover(
                 "UPDATE notification_outbox SET status = 'queued', next_attempt_ms = ?2 WHERE id = ?1",
                 params![id, now_ms],
             )?;
-            log(
-                tx,
-                id,
-                now_ms,
-                "attempt_failed",
-                None,
-                Some("hub stopped mid-send; resending (idempotent channel)"),
-            )?;
+            log(tx, id, now_ms, "attempt_failed", None, Some(SETTLED_RESEND))?;
             requeued += 1;
         } else {
             tx.execute("UPDATE notification_outbox SET status = 'unknown' WHERE id = ?1", [id])?;
-            log(
-                tx,
-                id,
-                now_ms,
-                "unknown",
-                None,
-                Some("hub stopped mid-send; not resent (no idempotency guard)"),
-            )?;
+            log(tx, id, now_ms, "unknown", None, Some(SETTLED_UNKNOWN))?;
             unknown += 1;
         }
     }

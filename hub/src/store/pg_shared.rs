@@ -7,7 +7,7 @@
 use doorstep_proto::DeviceId;
 use ring::digest;
 
-use super::dispatch::Finish;
+use super::dispatch::{Finish, report_moves};
 use super::shipments::{milestone_str, parse_milestone};
 use super::{OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
 use crate::model::Milestone;
@@ -197,15 +197,9 @@ impl PgStore {
             if !new {
                 continue;
             }
-            let moves: Option<(&str, &[&str])> = match outcome {
-                "delivered" | "opened" => {
-                    Some(("delivered", &["sending", "sent", "unknown", "undelivered", "failed"]))
-                }
-                "undelivered" | "failed" => Some((outcome, &["sending", "sent", "unknown"])),
-                "sent" => Some(("sent", &["sending", "unknown"])),
-                _ => None,
-            };
-            if let Some((status, from)) = moves {
+            if let Some((status, from)) = report_moves(outcome) {
+                let (status, from): (&str, Vec<&str>) =
+                    (status.as_str(), from.iter().map(|s| s.as_str()).collect());
                 tx.execute(
                     "UPDATE notification_outbox SET status = $2 WHERE id = $1 AND status = ANY($3)",
                     &[&row, &status, &from],

@@ -18,6 +18,7 @@ use std::str::FromStr as _;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use super::dispatch::{SETTLED_RESEND, SETTLED_UNKNOWN};
 use super::lease::{Acquired, LeaseClaim, Settled};
 use super::pg_schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
 use super::{StoreError, TableColumns};
@@ -173,12 +174,10 @@ impl PgStore {
                      INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, detail)
                      SELECT id, $2,
                             CASE WHEN status = 'queued' THEN 'attempt_failed' ELSE 'unknown' END,
-                            CASE WHEN status = 'queued'
-                                 THEN 'hub stopped mid-send; resending (idempotent channel)'
-                                 ELSE 'hub stopped mid-send; not resent (no idempotency guard)' END
+                            CASE WHEN status = 'queued' THEN $3 ELSE $4 END
                      FROM settled
                      RETURNING outcome",
-                    &[&safe, &db_now_ms(&tx).await?],
+                    &[&safe, &db_now_ms(&tx).await?, &SETTLED_RESEND, &SETTLED_UNKNOWN],
                 )
                 .await?;
             let requeued = rows.iter().filter(|r| r.get::<_, &str>(0) == "attempt_failed").count();
