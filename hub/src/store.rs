@@ -32,10 +32,15 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use db::params;
+
+pub use db::{Db, Dialect};
+
 mod access;
 mod actions;
 mod carrier_jobs;
 mod console;
+mod db;
 mod devices;
 mod dispatch;
 mod events;
@@ -102,6 +107,9 @@ pub enum StoreError {
     /// SQLite refused the operation (disk full, locked too long, corrupt file).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A query that must return a row found none (`.optional()` turns it into `None`).
+    #[error("the query returned no row")]
+    NoRow,
     /// The database was written by a newer hub.
     #[error("database schema version {found} is newer than this build's {SCHEMA_VERSION}; upgrade the hub")]
     TooNew {
@@ -192,16 +200,17 @@ impl Default for StoreOptions {
     }
 }
 
-/// The hub database: one connection.
+/// The hub database: one connection, to a SQLite file or a PostgreSQL server.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    conn: Db,
 }
 
 /// One transaction. Dropped without [`StoreTx::commit`], it rolls back.
 #[derive(Debug)]
 pub struct StoreTx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: &'a Db,
+    open: bool,
 }
 
 /// Refuses a database URL where a file path belongs: it would otherwise become a SQLite
@@ -290,21 +299,29 @@ impl Store {
                 tx.commit()?;
             }
         }
-        Ok(Self { conn })
+        Ok(Self { conn: Db::Sqlite(conn) })
+    }
+
+    /// Which backend this store runs on.
+    pub fn dialect(&self) -> Dialect {
+        self.conn.dialect()
     }
 
     /// Every table's columns: (name, declared type, not null), in column order, tables by
     /// name. The PostgreSQL schema is checked against it ([`PgStore::columns`]).
     pub fn columns(&self) -> Result<Vec<TableColumns>, StoreError> {
-        let tables: Vec<String> = self
-            .conn
+        let Db::Sqlite(conn) = &self.conn else {
+            return Err(StoreError::Postgres(
+                "columns() reads SQLite's catalogue; use PgStore::columns".into(),
+            ));
+        };
+        let tables: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(tables.len());
         for table in tables {
-            let columns = self
-                .conn
+            let columns = conn
                 .prepare("SELECT name, type, \"notnull\" OR pk > 0 FROM pragma_table_info(?1) ORDER BY cid")?
                 .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
@@ -315,14 +332,30 @@ impl Store {
 
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        match &self.conn {
+            Db::Sqlite(conn) => Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?),
+            Db::Postgres(pg) => pg.run(async |store| store.schema_version().await),
+        }
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE`: the write lock is taken up front,
     /// so a concurrent writer waits at the start rather than failing at commit).
     pub fn transaction(&mut self) -> Result<StoreTx<'_>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(StoreTx { tx })
+        self.shared_transaction()
+    }
+
+    /// Begins a write transaction from a shared reference: for callers that hold the
+    /// store behind a lock of their own (the dispatcher's handle), so nothing else uses
+    /// the connection meanwhile.
+    pub fn shared_transaction(&self) -> Result<StoreTx<'_>, StoreError> {
+        match &self.conn {
+            Db::Sqlite(conn) => conn.execute_batch("BEGIN IMMEDIATE")?,
+            Db::Postgres(pg) => {
+                self.conn.execute_batch("BEGIN")?;
+                pg.in_transaction.set(true);
+            }
+        }
+        Ok(StoreTx { tx: &self.conn, open: true })
     }
 
     /// Queue depths for the metrics endpoint.
@@ -330,22 +363,22 @@ impl Store {
         let mut depths = QueueDepths::default();
         let mut stmt =
             self.conn.prepare_cached("SELECT status, count(*) FROM notification_outbox GROUP BY status")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        for row in stmt.query_map(params![], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (status, n) = row?;
             depths.outbox_by_status.insert(status, n);
         }
         depths.alerts_unsent =
-            self.conn.query_row("SELECT count(*) FROM ops_alerts WHERE sent = 0", [], |r| r.get(0))?;
-        depths.wakeups = self.conn.query_row("SELECT count(*) FROM wakeups", [], |r| r.get(0))?;
+            self.conn.query_row("SELECT count(*) FROM ops_alerts WHERE sent = 0", params![], |r| r.get(0))?;
+        depths.wakeups = self.conn.query_row("SELECT count(*) FROM wakeups", params![], |r| r.get(0))?;
         depths.photos_partial = self.conn.query_row(
             "SELECT count(*) FROM (SELECT DISTINCT device, sha256 FROM photo_chunks)",
-            [],
+            params![],
             |r| r.get(0),
         )?;
         depths.devices_online = self.conn.query_row(
             "SELECT count(*) FROM device_status s JOIN devices d ON d.device = s.device
              WHERE s.online = 1 AND d.status = 'active'",
-            [],
+            params![],
             |r| r.get(0),
         )?;
         depths.sink_outbox_by_status = self.sink_depths()?;
@@ -355,33 +388,68 @@ impl Store {
     /// Runs `f` on the raw connection, for the rare maintenance read (checkpoints in
     /// benchmarks). Not for application queries: those get a method here.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        if let Db::Sqlite(conn) = &self.conn {
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
         Ok(())
     }
 }
 
 impl StoreTx<'_> {
     /// Commits everything done in this transaction.
-    pub fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit()?)
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        let committed = self.tx.execute_batch("COMMIT");
+        self.end();
+        if committed.is_err() {
+            // SQLite keeps a transaction open after a failed COMMIT (SQLITE_BUSY);
+            // PostgreSQL has ended it. Either way nothing of it stays.
+            let _ = self.tx.execute_batch("ROLLBACK");
+        }
+        committed
+    }
+
+    fn end(&self) {
+        if let Db::Postgres(pg) = self.tx {
+            pg.in_transaction.set(false);
+        }
     }
 
     /// Starts a nested unit (a savepoint) that can be undone alone with
     /// [`StoreTx::rollback_item`], or kept with [`StoreTx::release_item`].
     pub fn begin_item(&self) -> Result<(), StoreError> {
-        self.tx.prepare_cached("SAVEPOINT item")?.execute([])?;
+        self.tx.execute("SAVEPOINT item", params![])?;
         Ok(())
     }
 
     /// Keeps the nested unit's changes (still subject to the transaction's commit).
     pub fn release_item(&self) -> Result<(), StoreError> {
-        self.tx.prepare_cached("RELEASE item")?.execute([])?;
+        self.tx.execute("RELEASE item", params![])?;
         Ok(())
     }
 
     /// Undoes the nested unit's changes.
     pub fn rollback_item(&self) -> Result<(), StoreError> {
-        Ok(self.tx.execute_batch("ROLLBACK TO item; RELEASE item")?)
+        self.tx.execute_batch("ROLLBACK TO item; RELEASE item")
+    }
+}
+
+impl std::ops::Deref for StoreTx<'_> {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        self.tx
+    }
+}
+
+impl Drop for StoreTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Not committed: undone. A failure here means the connection is gone, which
+            // ends the transaction as surely.
+            let _ = self.tx.execute_batch("ROLLBACK");
+            self.end();
+        }
     }
 }
 

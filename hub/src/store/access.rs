@@ -2,7 +2,7 @@
 //! tracking links withdrawn per shipment. Plain autocommit statements: each is one row,
 //! written outside any ingest transaction.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -76,7 +76,7 @@ impl Store {
             "SELECT name, key_id, digest, scopes, created_ms, last_used_ms, revoked_ms
              FROM api_keys ORDER BY created_ms DESC, name",
         )?;
-        let rows = stmt.query_map([], api_key_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map(super::db::params![], api_key_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -190,7 +190,7 @@ impl Store {
     }
 }
 
-fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+fn api_key_row(r: &super::db::Row<'_>) -> Result<ApiKeyRecord, StoreError> {
     Ok(ApiKeyRecord {
         name: r.get(0)?,
         key_id: r.get(1)?,

@@ -3,8 +3,8 @@
 //! `customer`) in the same transaction as its effect, so the shipment's history and what
 //! the hub acts on never disagree.
 
+use super::db::{OptionalExtension, params};
 use doorstep_proto::{DeviceId, RouteId, StopId, TrackingNumber};
-use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
 use super::{Store, StoreError, StoreTx, corrupt};

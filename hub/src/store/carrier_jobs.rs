@@ -6,8 +6,8 @@
 //! RETURNING`, never a read followed by a write, so hubs sharing the database never take
 //! the same row at once.
 
+use super::db::{OptionalExtension, params};
 use doorstep_proto::TrackingNumber;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx, corrupt};

@@ -4,7 +4,7 @@
 //! carrier, per channel and outcome, van scan to customer message). The figures are
 //! counted here and shaped by pure functions in `console::numbers`.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::db::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
 
@@ -137,7 +137,7 @@ const EXCEPTION_SIGNAL: &str = "((t.source = 'device' AND t.kind = 'driver_excep
 const ALERT_COLUMNS: &str = "a.id, a.code, a.detail, s.tracking_number, a.created_ms, a.level, a.posted_ms,
      a.acked_ms, a.acked_by, a.resolved_ms, a.resolved_by";
 
-fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConsoleAlert> {
+fn alert_row(r: &super::db::Row<'_>) -> Result<ConsoleAlert, StoreError> {
     Ok(ConsoleAlert {
         id: r.get(0)?,
         code: r.get(1)?,
@@ -154,9 +154,9 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConsoleAlert> {
 }
 
 fn triples(
-    conn: &rusqlite::Connection,
+    conn: &super::Db,
     sql: &str,
-    args: impl rusqlite::Params,
+    args: impl super::db::Args,
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
     Ok(conn
         .prepare(sql)?

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::db::{OptionalExtension, params};
 use doorstep_proto::{DeviceId, FleetId, KeyId, PublicKey, TrustedKey};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, StoreTx, corrupt};
@@ -96,7 +96,7 @@ impl Store {
         replace: bool,
         now_ms: i64,
     ) -> Result<DeviceRecord, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.transaction()?;
         let existing: Option<String> = tx
             .query_row("SELECT device FROM devices WHERE device = ?1", [device.as_str()], |r| r.get(0))
             .optional()?;
@@ -146,7 +146,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT fleet, device, public_key, status, added_ms FROM devices ORDER BY fleet, device",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(super::db::params![], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -213,7 +213,7 @@ impl Store {
             "SELECT device, online, agent_version, outbox_depth, state_ms, pos_utc_ms, pos_lat_e7, pos_lon_e7,
                     pos_accuracy_dm, pos_ms FROM device_status",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query(super::db::params![])?;
         let mut out = BTreeMap::new();
         while let Some(r) = rows.next()? {
             let device = DeviceId::new(r.get::<_, String>(0)?).map_err(|e| corrupt("device id", e))?;

@@ -12,7 +12,7 @@
 //! Statements that change two tables run in one write transaction
 //! ([`Store::shared_transaction`]: the dispatcher's store sits behind its lock).
 
-use rusqlite::{OptionalExtension as _, params};
+use super::db::{OptionalExtension as _, params};
 
 use super::{OutboxRow, OutboxStatus, Store, StoreError, corrupt};
 
@@ -106,13 +106,13 @@ pub enum Ack {
 }
 
 fn log(
-    conn: &rusqlite::Connection,
+    conn: &super::Db,
     outbox_id: i64,
     now_ms: i64,
     outcome: &str,
     provider_id: Option<&str>,
     detail: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -358,7 +358,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let tx = self.shared_transaction()?;
-        let tx_conn: &rusqlite::Connection = &tx.tx;
+        let tx_conn: &super::Db = &tx.tx;
         // One message may have told several parcels (one message per person and moment):
         // the report is about each row the message was sent for.
         let mut rows = vec![outbox_id];
@@ -522,13 +522,13 @@ pub(super) const SETTLED_RESEND: &str = "hub stopped mid-send; resending (idempo
 pub(super) const SETTLED_UNKNOWN: &str = "hub stopped mid-send; not resent (no idempotency guard)";
 
 pub(super) fn recover(
-    tx: &rusqlite::Connection,
+    tx: &super::Db,
     now_ms: i64,
     resend_safe: &[&str],
-) -> rusqlite::Result<(usize, usize)> {
+) -> Result<(usize, usize), StoreError> {
     let rows: Vec<(i64, String)> = tx
         .prepare_cached("SELECT id, channel FROM notification_outbox WHERE status = 'sending'")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(super::db::params![], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let (mut requeued, mut unknown) = (0, 0);
     for (id, channel) in rows {

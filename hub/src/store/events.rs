@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::db::{Db, OptionalExtension, params};
 use doorstep_proto::{DeviceId, FleetId};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, StoreError, StoreTx, corrupt};
 
@@ -90,7 +90,7 @@ pub(super) fn seq_param(seq: u64) -> Result<i64, StoreError> {
         .map_err(|_| corrupt("sequence number", format!("{seq} does not fit the database's 64-bit integer")))
 }
 
-fn ack_high_water(conn: &Connection, device: &DeviceId) -> Result<u64, StoreError> {
+fn ack_high_water(conn: &Db, device: &DeviceId) -> Result<u64, StoreError> {
     let n: Option<i64> = conn
         .prepare_cached("SELECT up_to_seq FROM device_acks WHERE device = ?1")?
         .query_row([device.as_str()], |r| r.get(0))
@@ -169,15 +169,17 @@ impl Store {
 
     /// Total events stored.
     pub fn total_events(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        let n: i64 =
+            self.conn.query_row("SELECT count(*) FROM events", super::db::params![], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Persistent rejection counters: (source, reason) → count.
     pub fn rejection_counts(&self) -> Result<BTreeMap<(String, String), u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT source, reason, count FROM rejections")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let rows = stmt.query_map(super::db::params![], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
         let mut out = BTreeMap::new();
         for row in rows {
             let (source, reason, count) = row?;

@@ -12,7 +12,7 @@
 //! channels whose requests are safe to repeat go back to `queued`, the others become
 //! `unknown`.
 
-use rusqlite::{OptionalExtension as _, params};
+use super::db::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
 
@@ -63,11 +63,13 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Acquired, Settled), StoreError> {
         let tx = self.shared_transaction()?;
-        let conn: &rusqlite::Connection = &tx.tx;
+        let conn: &super::Db = &tx.tx;
         let current: Option<(String, String, i64)> = conn
-            .query_row("SELECT holder, token, expires_ms FROM dispatcher_lease WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT holder, token, expires_ms FROM dispatcher_lease WHERE id = 1",
+                super::db::params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         let acquired = match current {
             Some((h, t, _)) if h == claim.holder && t == claim.token => Acquired::Renewed,
@@ -107,9 +109,11 @@ impl Store {
     pub fn dispatch_lease_holder(&self) -> Result<Option<(String, i64)>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT holder, expires_ms FROM dispatcher_lease WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT holder, expires_ms FROM dispatcher_lease WHERE id = 1",
+                super::db::params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?)
     }
 }

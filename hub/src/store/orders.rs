@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{OptionalExtension, params};
 
 use super::shipments::{Contact, ContactChannel};
 use super::{StoreError, StoreTx, corrupt};

@@ -1,7 +1,7 @@
 //! The notification outbox (each customer message enqueued once per key) and reconciliation
 //! alerts.
 
-use rusqlite::params;
+use super::db::params;
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx, corrupt};
@@ -89,16 +89,18 @@ impl std::fmt::Display for OutboxStatus {
     }
 }
 
-impl rusqlite::types::ToSql for OutboxStatus {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
+impl super::db::ToValue for OutboxStatus {
+    fn to_value(&self) -> super::db::Value<'_> {
+        super::db::Value::Text(self.as_str().into())
     }
 }
 
-impl rusqlite::types::FromSql for OutboxStatus {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let name = value.as_str()?;
-        Self::parse(name).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+impl super::db::FromDb for OutboxStatus {
+    fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Result<Self, rusqlite::types::FromSqlError> {
+        Self::parse(value.as_str()?).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+    fn from_postgres(row: &tokio_postgres::Row, idx: usize) -> Result<Self, StoreError> {
+        Self::parse(&String::from_postgres(row, idx)?)
     }
 }
 
@@ -127,7 +129,7 @@ pub struct OutboxRow {
     pub created_ms: i64,
 }
 
-fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+fn outbox_row(r: &super::db::Row<'_>) -> Result<OutboxRow, StoreError> {
     Ok(OutboxRow {
         id: r.get(0)?,
         shipment_id: r.get(1)?,
@@ -207,24 +209,20 @@ impl StoreTx<'_> {
     /// Enqueues a notification; returns false when the same (shipment, milestone,
     /// channel, recipient) was already enqueued, which is how a retry never doubles.
     pub fn enqueue_notification(&self, n: &NewNotification<'_>) -> Result<bool, StoreError> {
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO notification_outbox
-                     (shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms])?;
-        if inserted == 1 {
-            // (Not RETURNING: SQLite runs it as a trigger, and this is on the ingest path.)
-            let id = self.tx.last_insert_rowid();
+        let inserted = self.tx.insert_id(
+            "INSERT INTO notification_outbox
+                 (shipment_id, milestone, channel, recipient, detail, status, attempts, next_attempt_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) ON CONFLICT DO NOTHING",
+            params![n.shipment_id, n.milestone, n.channel, n.recipient, n.detail, n.now_ms],
+        )?;
+        if let Some(id) = inserted {
             self.tx
                 .prepare_cached(
                     "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome) VALUES (?1, ?2, 'queued')",
                 )?
                 .execute(params![id, n.now_ms])?;
         }
-        Ok(inserted == 1)
+        Ok(inserted.is_some())
     }
 
     /// Raises an operations alert; once per (shipment, code).
@@ -248,16 +246,6 @@ impl StoreTx<'_> {
 /// The outbox keys of "still on its way" updates (`still_on_its_way:<n>`), as a GLOB
 /// pattern: exact, where LIKE would read the underscores as wildcards.
 const STILL_ON_ITS_WAY_KEYS: &str = "still_on_its_way:*";
-
-impl Store {
-    /// A write transaction (`BEGIN IMMEDIATE`, as [`Store::transaction`]) on a store shared
-    /// behind a lock, such as the notification dispatcher's: the lock, not a `&mut`
-    /// borrow, keeps it the connection's only transaction.
-    pub fn shared_transaction(&self) -> Result<StoreTx<'_>, StoreError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
-        Ok(StoreTx { tx })
-    }
-}
 
 impl StoreTx<'_> {
     /// Enqueues one customer message, keyed `key` (what it tells: `model::Notice::key`), to

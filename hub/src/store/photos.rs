@@ -1,7 +1,7 @@
 //! Proof-of-delivery photos: references from events, chunks as they arrive, assembled photos.
 
+use super::db::{OptionalExtension, params};
 use doorstep_proto::DeviceId;
-use rusqlite::{OptionalExtension, params};
 
 use super::events::seq_param;
 use super::{Store, StoreError, StoreTx, corrupt};

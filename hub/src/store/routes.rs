@@ -1,7 +1,7 @@
 //! Routes: the current route of each device and the stops and parcels on it.
 
+use super::db::{OptionalExtension, params};
 use doorstep_proto::{DeviceId, FleetId, RouteId, RouteManifest, StopId, TrackingNumber};
-use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, StoreTx, corrupt};
 

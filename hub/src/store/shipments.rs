@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::db::{Db, OptionalExtension, params};
 use doorstep_proto::TrackingNumber;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Milestone;
@@ -182,9 +182,9 @@ enum ShipmentKey {
 }
 
 fn shipment_where(
-    conn: &Connection,
+    conn: &Db,
     key: ShipmentKey,
-    value: rusqlite::types::Value,
+    value: super::db::Value<'_>,
 ) -> Result<Option<Shipment>, StoreError> {
     let sql = match key {
         ShipmentKey::Id => {
@@ -200,7 +200,7 @@ fn shipment_where(
     row.map(shipment_from_row).transpose()
 }
 
-fn shipment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShipmentRow> {
+fn shipment_row(r: &super::db::Row<'_>) -> Result<ShipmentRow, StoreError> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -267,12 +267,12 @@ impl Store {
 
     /// A shipment by row id.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
+        shipment_where(&self.conn, ShipmentKey::Id, super::db::Value::Int(id))
     }
 
     /// A shipment by tracking number.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
+        shipment_where(&self.conn, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
     }
 
     /// A shipment's timeline, oldest first.
@@ -298,14 +298,11 @@ impl StoreTx<'_> {
     /// Creates a shipment at milestone `created`.
     pub fn insert_shipment(&self, new: &NewShipment, now_ms: i64) -> Result<i64, StoreError> {
         let contacts = serde_json::to_string(&new.contacts).map_err(|e| corrupt("contacts", e))?;
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
-                     milestone, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', ?7, ?7) ON CONFLICT (tracking_number) DO NOTHING",
-            )?
-            .execute(params![
+        let inserted = self.tx.insert_id(
+            "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
+                 milestone, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', ?7, ?7) ON CONFLICT (tracking_number) DO NOTHING",
+            params![
                 new.tracking_number.as_str(),
                 new.carrier,
                 new.order_id,
@@ -313,12 +310,11 @@ impl StoreTx<'_> {
                 new.locale,
                 new.time_zone,
                 now_ms
-            ])?;
-        if inserted == 0 {
+            ],
+        )?;
+        let Some(id) = inserted else {
             return Err(StoreError::Exists(format!("shipment {}", new.tracking_number)));
-        }
-        // (Not RETURNING: SQLite runs it as a trigger, which tripled this insert's cost.)
-        let id = self.tx.last_insert_rowid();
+        };
         let mut contact = self.tx.prepare_cached(
             "INSERT INTO shipment_contacts (channel, recipient, shipment_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         )?;
@@ -330,12 +326,12 @@ impl StoreTx<'_> {
 
     /// A shipment by tracking number, read inside this transaction.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, ShipmentKey::Tracking, rusqlite::types::Value::Text(tracking.to_string()))
+        shipment_where(&self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
     }
 
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, ShipmentKey::Id, rusqlite::types::Value::Integer(id))
+        shipment_where(&self.tx, ShipmentKey::Id, super::db::Value::Int(id))
     }
 
     /// Saves the reconciler's result for a shipment (state as a JSON value).

@@ -13,7 +13,7 @@
 //! a shipment that has no ticket), `failed`, `unknown` (an ambiguous send the sink cannot
 //! repeat safely: never re-sent automatically).
 
-use rusqlite::{OptionalExtension, params};
+use super::db::{OptionalExtension, params};
 
 use super::{Store, StoreError, StoreTx};
 
@@ -61,7 +61,7 @@ const ROW_COLUMNS: &str =
     "o.id, o.sink, o.shipment_id, s.tracking_number, o.event, o.detail, o.fleet, o.status,
      o.attempts, o.created_ms, t.reference";
 
-fn sink_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SinkRow> {
+fn sink_row(r: &super::db::Row<'_>) -> Result<SinkRow, StoreError> {
     Ok(SinkRow {
         id: r.get(0)?,
         sink: r.get(1)?,
@@ -78,13 +78,13 @@ fn sink_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SinkRow> {
 }
 
 fn log(
-    conn: &rusqlite::Connection,
+    conn: &super::Db,
     id: i64,
     at_ms: i64,
     outcome: &str,
     vendor_id: Option<&str>,
     detail: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO sink_outcomes (outbox_id, at_ms, outcome, vendor_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -108,20 +108,18 @@ impl StoreTx<'_> {
         for sink in sinks {
             // The fleet is read now, not when sent: a stream subject must not change
             // between a publish and its retry.
-            let inserted = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO sink_outbox
+            let inserted = self.tx.insert_id(
+                "INSERT INTO sink_outbox
                          (sink, shipment_id, event, detail, fleet, status, attempts, next_attempt_ms, created_ms)
                      VALUES (?1, ?2, ?3, ?4,
                              (SELECT r.fleet FROM route_stops rs JOIN routes r ON r.id = rs.route_pk
                               JOIN shipments s ON s.tracking_number = rs.tracking_number
                               WHERE s.id = ?2 ORDER BY r.issued_ms DESC, r.id DESC LIMIT 1),
                              'queued', 0, ?5, ?5) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![sink, shipment_id, event, detail, now_ms])?;
-            if inserted == 1 {
-                log(&self.tx, self.tx.last_insert_rowid(), now_ms, "queued", None, None)?;
+                params![sink, shipment_id, event, detail, now_ms],
+            )?;
+            if let Some(id) = inserted {
+                log(self.tx, id, now_ms, "queued", None, None)?;
                 new += 1;
             }
         }
@@ -241,8 +239,11 @@ impl Store {
              LEFT JOIN sink_threads t ON t.sink = o.sink AND t.shipment_id = o.shipment_id
              WHERE o.status = 'sending' ORDER BY o.id"
         );
-        let rows: Vec<SinkRow> =
-            self.conn.prepare_cached(&sql)?.query_map([], sink_row)?.collect::<Result<_, _>>()?;
+        let rows: Vec<SinkRow> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(super::db::params![], sink_row)?
+            .collect::<Result<_, _>>()?;
         let tx = self.transaction()?;
         let (mut requeued, mut unknown) = (0, 0);
         for row in &rows {
@@ -270,7 +271,7 @@ impl Store {
         let rows = self
             .conn
             .prepare_cached("SELECT status, count(*) FROM sink_outbox GROUP BY status")?
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .query_map(super::db::params![], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }

@@ -7,7 +7,7 @@
 //! went out: for each milestone and channel, the shipments whose customer was sent that
 //! message, and those of them whose customer opened a ticket at or after it.
 
-use rusqlite::params;
+use super::db::params;
 
 use super::{Store, StoreError, StoreTx};
 
