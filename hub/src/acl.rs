@@ -287,17 +287,18 @@ pub fn run(config: &Path, args: BrokerAclArgs) -> anyhow::Result<()> {
         }
     };
     // Opening creates a missing database: an empty registry would lock every van out.
-    if !database.exists() {
+    if crate::store::database_url(&database).ok().flatten().is_none() && !database.exists() {
         anyhow::bail!(
             "the hub database {} does not exist; register devices with `doorstep-hub device add` \
              first, or name the right file with --database",
-            database.display()
+            crate::store::database_label(&database)
         );
     }
     let store = Store::open(&database, StoreOptions::default())
-        .with_context(|| format!("opening the hub database {}", database.display()))?;
-    let devices =
-        store.devices().with_context(|| format!("reading the device registry in {}", database.display()))?;
+        .with_context(|| format!("opening the hub database {}", crate::store::database_label(&database)))?;
+    let devices = store.devices().with_context(|| {
+        format!("reading the device registry in {}", crate::store::database_label(&database))
+    })?;
     drop(store);
     let acl = Acl::from_registry(&devices, &args.hub_users)?;
     let text = acl.render();
@@ -306,7 +307,7 @@ pub fn run(config: &Path, args: BrokerAclArgs) -> anyhow::Result<()> {
         writeln!(
             err,
             "warning: no active device in {}: only the hub may use the broker",
-            database.display()
+            crate::store::database_label(&database)
         )?;
     }
     match &args.out {

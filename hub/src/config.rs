@@ -949,9 +949,17 @@ mod tests {
         assert!(matches!(Config::parse(&crawling).expect("parse").validate(), Err(ConfigError::Invalid(_))));
         let short = text.replace("0123456789abcdef0123456789abcdef", "short");
         assert!(matches!(Config::parse(&short).expect("parse").validate(), Err(ConfigError::Invalid(_))));
-        let url = text.replace("/var/lib/doorstep-hub/hub.db", "postgres://hub@db.internal/doorstep");
-        let err = Config::parse(&url).expect("parse").validate().expect_err("a URL is not a path");
-        assert!(err.to_string().contains("not selectable yet; see docs/scaling.md"), "{err}");
+        let url = text.replace("/var/lib/doorstep-hub/hub.db", "mysql://hub@db.internal/doorstep");
+        let err = Config::parse(&url).expect("parse").validate().expect_err("not a database this hub uses");
+        assert!(err.to_string().contains("a URL this hub cannot use"), "{err}");
+        let postgres =
+            text.replace("/var/lib/doorstep-hub/hub.db", "postgres://hub:secret@db.internal/doorstep");
+        let settings = Config::parse(&postgres).expect("parse").validate().expect("PostgreSQL is a database");
+        assert_eq!(
+            crate::store::database_label(&settings.database),
+            "postgres://hub:***@db.internal/doorstep",
+            "the password stays out of logs"
+        );
     }
 
     #[test]

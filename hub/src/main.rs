@@ -208,8 +208,9 @@ fn database_path(config: &Path, database: Option<PathBuf>) -> anyhow::Result<Pat
 }
 
 fn open_store(database: &Path) -> anyhow::Result<Store> {
-    Store::open(database, StoreOptions::default())
-        .with_context(|| format!("opening the hub database {}", database.display()))
+    Store::open(database, StoreOptions::default()).with_context(|| {
+        format!("opening the hub database {}", doorstep_hub::store::database_label(database))
+    })
 }
 
 fn apikey(database: &Path, action: ApiKeyCommand) -> anyhow::Result<()> {
@@ -335,8 +336,9 @@ fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 fn device(database: &Path, action: DeviceCommand) -> anyhow::Result<()> {
-    let mut store = Store::open(database, StoreOptions::default())
-        .with_context(|| format!("opening the hub database {}", database.display()))?;
+    let mut store = Store::open(database, StoreOptions::default()).with_context(|| {
+        format!("opening the hub database {}", doorstep_hub::store::database_label(database))
+    })?;
     let mut out = std::io::stdout().lock();
     match action {
         DeviceCommand::Add { fleet, device, key, replace } => {

@@ -67,8 +67,9 @@ pub async fn serve(
         verify_threads: settings.verify_threads,
         batch_max: settings.batch_max,
     };
-    let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain)
-        .with_context(|| format!("starting ingest with database {}", settings.database.display()))?;
+    let ingest = Ingest::start(&options, Arc::clone(&hub_key), domain).with_context(|| {
+        format!("starting ingest with database {}", crate::store::database_label(&settings.database))
+    })?;
     // Customer messages and operations alerts: the dispatcher sends what ingest and the
     // API enqueue; its router serves the tracking page and the providers' callbacks.
     let notify_settings =
@@ -123,7 +124,7 @@ pub async fn serve(
     if let Some(group) = &settings.mqtt.shared_group {
         tracing::info!(
             group,
-            database = %settings.database.display(),
+            database = %crate::store::database_label(&settings.database),
             "shared subscription: every hub of the group must use this same database file; the one holding the dispatch lease sends"
         );
     }

@@ -34,7 +34,7 @@ use rusqlite::Connection;
 
 use db::params;
 
-pub use db::{Db, Dialect};
+pub use db::{Args, Db, Dialect, NO_ARGS, ToValue, Value};
 
 mod access;
 mod actions;
@@ -133,10 +133,10 @@ pub enum StoreError {
     /// PostgreSQL refused the operation, or could not be reached.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
-    /// `hub.database` names a server, not a file.
+    /// `hub.database` is a URL of a database this hub cannot use.
     #[error(
-        "hub.database {0:?} looks like a URL: this hub stores its state in one SQLite file (a path). \
-         PostgreSQL for hubs on several hosts is not selectable yet; see docs/scaling.md"
+        "hub.database {0:?} is a URL this hub cannot use: give a SQLite file's path, or a PostgreSQL \
+         URL (postgres://user:password@host:5432/doorstep); see docs/scaling.md"
     )]
     NotAPath(String),
     /// The PostgreSQL server is set to lose commits in a crash.
@@ -213,20 +213,49 @@ pub struct StoreTx<'a> {
     open: bool,
 }
 
-/// Refuses a database URL where a file path belongs: it would otherwise become a SQLite
-/// file under a directory named `postgres:`, a database of its own on each hub host.
-pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
-    let text = path.to_string_lossy();
-    if text.contains("://") {
-        return Err(StoreError::NotAPath(text.into_owned()));
+/// What `hub.database` names: a PostgreSQL server (`postgres://` or `postgresql://`), or
+/// `None` for a SQLite file's path. Any other URL is refused before anything is created:
+/// it would otherwise become a SQLite file under a directory named like its scheme, a
+/// database of its own on each hub host.
+pub fn database_url(path: &Path) -> Result<Option<&str>, StoreError> {
+    let text = path.to_str().unwrap_or_default();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Ok(Some(text));
     }
-    Ok(())
+    if path.to_string_lossy().contains("://") {
+        return Err(StoreError::NotAPath(path.to_string_lossy().into_owned()));
+    }
+    Ok(None)
+}
+
+/// `hub.database` as logs and errors may show it: a URL's password replaced by `***`.
+pub fn database_label(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.into_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => text.into_owned(),
+    }
+}
+
+/// Refuses a `hub.database` that is neither a path nor a PostgreSQL URL.
+pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
+    database_url(path).map(|_| ())
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode, and
+    /// migrates it; or, where `path` is a `postgres://` URL, connects to that server
+    /// (checking it keeps commits) and migrates it under an advisory lock.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        check_database_path(path)?;
+        if let Some(url) = database_url(path)? {
+            return Self::connect(url).map(|(store, _)| store);
+        }
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -250,8 +279,21 @@ impl Store {
         }
     }
 
-    /// An in-memory database, for unit tests.
+    /// Connects to the PostgreSQL database at `url`; what migrating did to its schema.
+    pub fn connect(url: &str) -> Result<(Self, Migrated), StoreError> {
+        let (pg, migrated) = db::PgConn::connect(url)?;
+        Ok((Self { conn: Db::Postgres(pg) }, migrated))
+    }
+
+    /// An in-memory database, for unit tests. With `DOORSTEP_TEST_BACKEND=postgres` (the
+    /// test command's second pass over the store's tests), a new database on a PostgreSQL
+    /// server the test process starts: the same tests then check both backends.
     pub fn open_in_memory() -> Result<Self, StoreError> {
+        #[cfg(test)]
+        if std::env::var("DOORSTEP_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+            let url = doorstep_testkit::postgres::Postgres::shared().fresh_database();
+            return Self::connect(&url).map(|(store, _)| store);
+        }
         Self::setup(Connection::open_in_memory()?, StoreOptions::default())
     }
 
@@ -302,6 +344,13 @@ impl Store {
         Ok(Self { conn: Db::Sqlite(conn) })
     }
 
+    /// The connection itself, for tests that look under the store's methods (a row's
+    /// status, a row left in flight on purpose). Application code gets a method here.
+    #[doc(hidden)]
+    pub fn raw(&self) -> &Db {
+        &self.conn
+    }
+
     /// Which backend this store runs on.
     pub fn dialect(&self) -> Dialect {
         self.conn.dialect()
@@ -334,7 +383,7 @@ impl Store {
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match &self.conn {
             Db::Sqlite(conn) => Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?),
-            Db::Postgres(pg) => pg.run(async |store| store.schema_version().await),
+            Db::Postgres(pg) => pg.run(|w| w.runtime.block_on(w.store.schema_version())),
         }
     }
 
@@ -371,7 +420,7 @@ impl Store {
             self.conn.query_row("SELECT count(*) FROM ops_alerts WHERE sent = 0", params![], |r| r.get(0))?;
         depths.wakeups = self.conn.query_row("SELECT count(*) FROM wakeups", params![], |r| r.get(0))?;
         depths.photos_partial = self.conn.query_row(
-            "SELECT count(*) FROM (SELECT DISTINCT device, sha256 FROM photo_chunks)",
+            "SELECT count(*) FROM (SELECT DISTINCT device, sha256 FROM photo_chunks) AS partial",
             params![],
             |r| r.get(0),
         )?;

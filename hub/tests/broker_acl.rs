@@ -132,7 +132,7 @@ impl Fleet {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki(dir.path(), &[VAN_1, VAN_2, REVOKED, HUB_USER]);
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         let config = doorstep_hub::config::DEFAULT_CONFIG
             .replace("/var/lib/doorstep-hub/hub.db", db.to_str().expect("UTF-8 path"));
         std::fs::write(dir.path().join("hub.toml"), config).expect("write hub.toml");

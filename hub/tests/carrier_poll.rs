@@ -290,8 +290,9 @@ async fn until(timeout: Duration, done: impl Fn() -> bool) -> bool {
 }
 
 fn carrier_events(db: &Path, tracking: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("SELECT count(*) FROM carrier_events WHERE tracking_number = ?1", [tracking], |r| r.get(0))
+    let conn = doorstep_hub::store::Store::open(db, Default::default()).unwrap();
+    conn.raw()
+        .query_row("SELECT count(*) FROM carrier_events WHERE tracking_number = ?1", [tracking], |r| r.get(0))
         .unwrap()
 }
 
@@ -394,7 +395,7 @@ fn assert_is_a_creation(seen: &Seen, tracking: &str, slug: &str) {
 async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops_at_delivered() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let hub = TestHub::start(broker.port(), &db, shipengine_webhooks()).await;
     // ShipEngine: not scanned yet, a 503, in transit twice (the same answer), a 429 asking
     // for a second, then delivered.
@@ -469,7 +470,7 @@ async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops
 async fn a_refused_api_key_is_a_configuration_error_that_pauses_polling_instead_of_spinning() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
     let (shipengine, base) = Vendor::start(|_, _| {
         shipengine_error(
@@ -506,7 +507,7 @@ async fn a_refused_api_key_is_a_configuration_error_that_pauses_polling_instead_
 async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_survives_a_restart() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     const UPS: &str = "1Z999AA10123456784";
     const FEDEX: &str = "794698765432";
     // AfterShip is down at first; later it creates the UPS tracking, and already has the
@@ -542,8 +543,8 @@ async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_su
     let worker = Worker::start(&hub, registering(&base, Duration::from_millis(100)));
     {
         // Due in 30 s (± 10%): move it to now, as time passing would.
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute("UPDATE carrier_jobs SET due_ms = 0 WHERE shipment_id = ?1", [ups]).unwrap();
+        let conn = doorstep_hub::store::Store::open(&db, Default::default()).unwrap();
+        conn.raw().execute("UPDATE carrier_jobs SET due_ms = 0 WHERE shipment_id = ?1", [ups]).unwrap();
     }
     let fedex = create_shipment(&hub, FEDEX, "FedEx").await;
     assert!(
@@ -587,7 +588,7 @@ async fn aftership_rate_limit_holds_registrations_until_its_reset_second_and_a_r
 {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     const UPS: &str = "1Z999AA10123456784";
     const POSTY: &str = "PX0000000001";
     let (aftership, base) = Vendor::start(|seen, before| {
@@ -666,7 +667,7 @@ async fn the_hub_polls_the_carriers_its_configuration_lists_and_stops_cleanly() 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let key = dir.path().join("hub.key");
     doorstep_runtime::keyfile::create(&key, false).unwrap();
     let api_token = {

@@ -56,7 +56,7 @@ impl Hub {
         let console = options;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         let metrics = Arc::new(Metrics::default());
         let domain = Domain {
             rules: Rules::default(),

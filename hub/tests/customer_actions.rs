@@ -73,7 +73,7 @@ impl Case {
     async fn start_with(options: HubOptions) -> Case {
         let broker = broker().await;
         let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         register(&db, &[(&device("van-1"), &key(1))]);
         let page_metrics = Arc::new(Metrics::default());
         let dispatcher =

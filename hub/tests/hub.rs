@@ -49,7 +49,7 @@ fn assert_stored_and_acked(db: &std::path::Path, vans: &[(DeviceId, SigningKey)]
 async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let vans = registered_vans(&db, 3);
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-1", hub_key().public_key()).await;
@@ -84,7 +84,7 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
 async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let (good, good_key) = (device("van-good"), key(1));
     let (revoked, revoked_key) = (device("van-revoked"), key(2));
     let (stranger, stranger_key) = (device("van-stranger"), key(3));
@@ -159,7 +159,7 @@ async fn a_hub_restarted_mid_stream_misses_nothing() {
 async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_last_seq() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let vans = registered_vans(&db, 4);
     // Two hub processes' worth of ingest on one database file, one subscription group.
     let member = |name: &str| HubOptions {
@@ -332,7 +332,7 @@ async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
 async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let secrets = doorstep_hub::config::CarrierSecrets {
         aftership: Some("aftership-test-secret".into()),
         ..Default::default()
@@ -526,7 +526,7 @@ async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde
 async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and_stored_once() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     // EasyPost's client-library fixture: a precomposed secret and the signature it gives.
     let fixture: serde_json::Value =
         serde_json::from_slice(&carrier_fixture("easypost_webhook_hmac_fixture.json")).unwrap();
@@ -590,7 +590,7 @@ async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_bod
     use base64::Engine as _;
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let secrets = doorstep_hub::config::CarrierSecrets {
         shipengine_keys: Some(std::fs::read_to_string(data.join("shipengine_test_public.pem")).unwrap()),
@@ -720,7 +720,7 @@ fn enqueued(m: &doorstep_hub::metrics::Metrics, milestone: &str) -> i64 {
 async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_not_told_as_delivered() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let (van, van_key) = (device("van-1"), key(1));
     register(&db, &[(&van, &van_key)]);
     // No hold: an accepted confirmation is "delivered" at the next wake-up.
@@ -805,7 +805,7 @@ async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_a
 async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold_after_it_arrived() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let (van, van_key) = (device("van-1"), key(1));
     register(&db, &[(&van, &van_key)]);
     let hold_ms = 3000;
@@ -838,7 +838,7 @@ async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van()
     use doorstep_proto::state::DeviceState;
     let mut broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let (van, van_key) = (device("van-1"), key(1));
     register(&db, &[(&van, &van_key)]);
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;

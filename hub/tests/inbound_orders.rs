@@ -90,8 +90,8 @@ fn count(hub: &TestHub, source: &str, outcome: &str, reason: &str) -> i64 {
 }
 
 fn store_count(hub: &TestHub, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(&hub.db).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    let conn = doorstep_hub::store::Store::open(&hub.db, Default::default()).unwrap();
+    conn.raw().query_row(sql, doorstep_hub::store::NO_ARGS, |r| r.get(0)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

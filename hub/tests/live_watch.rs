@@ -92,7 +92,7 @@ impl Case {
     async fn start_with(settings: NotifySettings, options: HubOptions) -> Case {
         let broker = broker().await;
         let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         register(&db, &[(&device("van-1"), &key(1))]);
         let dispatcher = Dispatcher::new(settings, &db, Arc::new(Metrics::default())).expect("dispatcher");
         let page = notify::page_router(dispatcher.state());

@@ -58,7 +58,7 @@ fn onesignal_section(base: &str) -> String {
 /// A database with one push row for OneSignal at `base`: (its directory, path, row, dispatcher).
 fn push_case(base: &str) -> (tempfile::TempDir, std::path::PathBuf, i64, Dispatcher) {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = push_shipment(&db);
     let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
     let dispatcher =
@@ -135,8 +135,9 @@ async fn a_429_is_retried_after_onesignals_retry_after() {
     let (_dir, db, id, dispatcher) = push_case(&base);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "queued");
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let next: i64 = conn
+        .raw()
         .query_row("SELECT next_attempt_ms FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
         .expect("next");
     assert!(next >= DAY + 600_000, "Retry-After: 600 s is honoured (next at +{} ms)", next - DAY);
@@ -154,8 +155,10 @@ fn raise(path: &Path, code: &str) -> i64 {
     let tx = store.transaction().expect("tx");
     tx.raise_alert(shipment, code, "Delivered by the carrier, no door scan by the van", 0).expect("alert");
     tx.commit().expect("commit");
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.query_row("SELECT max(id) FROM ops_alerts", [], |r| r.get(0)).expect("id")
+    let conn = doorstep_hub::store::Store::open(path, Default::default()).expect("open");
+    conn.raw()
+        .query_row("SELECT max(id) FROM ops_alerts", doorstep_hub::store::NO_ARGS, |r| r.get(0))
+        .expect("id")
 }
 
 fn staff_section(base: &str, escalation: &str) -> String {
@@ -206,7 +209,7 @@ async fn without_an_escalation_list_an_alert_goes_to_the_first_staff_provider_th
     fake.push(Answer::ok(503, "service unavailable"));
     fake.push(Answer::ok(404, "flow not found"));
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let alert = raise(&db, "delivered_without_scan");
     let dispatcher =
         Dispatcher::new(settings(&staff_section(&base, "")), &db, Arc::new(Metrics::default())).expect("new");
@@ -224,16 +227,17 @@ async fn without_an_escalation_list_an_alert_goes_to_the_first_staff_provider_th
 async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowledged() {
     let (fake, base) = Fake::start(Answer::ok(200, r#"{"name":"spaces/AAAA/messages/1"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let escalation = "[alerts]\nack_timeout_s = 60\nescalation = [\n  { provider = \"slack\" },\n  \
                       { provider = \"teams\", after_s = 120 },\n  { provider = \"google_chat\" },\n  { provider = \"zapier\" },\n]\n";
     let dispatcher =
         Dispatcher::new(settings(&staff_section(&base, escalation)), &db, Arc::new(Metrics::default()))
             .expect("new");
     let alert = raise(&db, "delivered_without_scan");
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let level = || {
-        conn.query_row("SELECT level FROM ops_alerts WHERE id = ?1", [alert], |r| r.get::<_, i64>(0))
+        conn.raw()
+            .query_row("SELECT level FROM ops_alerts WHERE id = ?1", [alert], |r| r.get::<_, i64>(0))
             .expect("level")
     };
 
@@ -266,7 +270,7 @@ async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowled
 async fn an_alert_acknowledged_in_time_is_posted_once() {
     let (fake, base) = Fake::start(Answer::ok(200, "ok")).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let escalation =
         "[alerts]\nack_timeout_s = 60\nescalation = [{ provider = \"zapier\" }, { provider = \"slack\" }]\n";
     let dispatcher =
@@ -315,7 +319,7 @@ fn an_escalation_step_must_name_a_provider_that_can_carry_alerts_and_say_to_whom
 async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_both_links() {
     let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let first = add_shipment(&db, "1Z999AA10123456784");
     let second = add_shipment(&db, "1Z999AA10123456791");
     let third = add_shipment(&db, "1Z999AA10123456792");
@@ -379,7 +383,7 @@ async fn email_pair(
          api_key = \"mg-key\"\nfrom = \"Doorstep <parcels@mg.example.com>\"\n"
     );
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
     let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
@@ -436,7 +440,7 @@ async fn an_email_that_may_have_left_through_sendgrid_is_never_sent_again_throug
 async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28_kb_limit() {
     let (fake, base) = Fake::start(Answer::ok(202, "")).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     {
         let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
@@ -461,7 +465,7 @@ async fn an_escalation_step_can_e_mail_the_operations_mailbox_through_an_email_p
     let (fake, base) = Fake::start(Answer::ok(503, "slack is down")).await;
     let (mail, mail_base) = Fake::start(Answer::ok(202, "")).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let alert = raise(&db, "delivered_without_scan");
     let section = format!(
         "[[providers]]\ntype = \"slack\"\nwebhook_url = \"{base}/slack/T0/B0/x\"\n\
@@ -506,7 +510,7 @@ async fn ask(app: &axum::Router, from: &str, text: &str) -> String {
 async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_elses_parcel() {
     use doorstep_hub::model::Milestone;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let now = doorstep_hub::notify::now_ms();
     add_shipment_at(&db, "1Z999AA10123456784", Milestone::OutForDelivery, now - 3_600_000);
     add_shipment_at(&db, "9400111899223197428490", Milestone::Delivered, now - 86_400_000);
@@ -537,16 +541,18 @@ async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_e
     // Thanks is not a question; STOP still opts out.
     assert!(!ask(&app, PHONE, "Thank you!").await.contains("<Message>"));
     assert!(!ask(&app, PHONE, "STOP").await.contains("<Message>"));
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let kinds: Vec<String> = conn
+        .raw()
         .prepare("SELECT kind FROM customer_questions ORDER BY id")
         .expect("sql")
-        .query_map([], |r| r.get(0))
+        .query_map(doorstep_hub::store::NO_ARGS, |r| r.get(0))
         .expect("rows")
         .collect::<Result<_, _>>()
         .expect("kinds");
     assert_eq!(kinds, ["only_open", "named", "which_one", "unknown_sender", "not_a_question"]);
     let opted: i64 = conn
+        .raw()
         .query_row("SELECT count(*) FROM notification_opt_outs WHERE recipient = ?1", [PHONE], |r| r.get(0))
         .expect("opt-outs");
     assert_eq!(opted, 1);
@@ -556,7 +562,7 @@ async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_e
 async fn a_person_with_one_parcel_is_not_kept_waiting_for_others() {
     let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let only = add_shipment(&db, "1Z999AA10123456784");
     let twilio = format!(
         "[[providers]]\ntype = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n"

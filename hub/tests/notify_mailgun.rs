@@ -181,7 +181,7 @@ struct Case {
 async fn case(extra: &str) -> Case {
     let (mailgun, base) = FakeMailgun::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
     let dispatcher =
@@ -308,7 +308,7 @@ async fn a_milestone_with_a_stored_template_sends_its_name_and_the_variables_as_
     // The shorthand table, an EU-style base URL (the loopback server), and a template.
     let (mailgun, base) = FakeMailgun::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
     let section = format!(
@@ -377,7 +377,7 @@ async fn a_refused_request_fails_the_row_once_with_mailguns_reason() {
 async fn a_wrong_api_key_is_mailguns_401_and_fails_the_row() {
     let (mailgun, base) = FakeMailgun::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
     let section = mailgun_section(&base, "").replace(API_KEY, "key-wrong");

@@ -81,7 +81,7 @@ async fn whatsapp_case(first: Option<Answer>, webhook: bool) -> WhatsAppCase {
         meta.push(answer);
     }
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
     let section = if webhook { whatsapp_webhook_section(&base) } else { whatsapp_section(&base) };
@@ -139,7 +139,7 @@ async fn post_meta(app: &Router, body: &str, signature: &str) -> (StatusCode, St
 async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callback_delivers_it() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     let dispatcher =
@@ -198,7 +198,7 @@ async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callbac
 async fn a_delivered_sms_after_a_door_scan_is_timed_from_the_scan_to_the_providers_yes() {
     let (_twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     // The van scanned at the door 90 s ago (GNSS time), as the ingest writes it.
     let scanned_ms = notify::now_ms() - 90_000;
@@ -239,7 +239,7 @@ async fn a_500_is_retried_once_more_and_both_attempts_are_recorded() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0002","status":"queued"}"#)).await;
     twilio.push(Answer::ok(500, r#"{"code":20500,"message":"Internal Server Error"}"#));
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     let dispatcher =
@@ -259,7 +259,7 @@ async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0003","status":"queued"}"#)).await;
     twilio.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(201, r#"{"sid":"SM0003"}"#) });
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     let dispatcher =
@@ -275,7 +275,7 @@ async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
 async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0004","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let dispatcher =
         Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
@@ -307,7 +307,7 @@ async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
 async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0005","status":"queued"}"#)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let delivered = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     // A nearby on a shipment still at nearby (a delivered shipment would supersede it).
@@ -337,7 +337,7 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
     let (sendgrid, base) =
         Fake::start(Answer { header: Some(("x-message-id", "MSG-0001")), ..Answer::ok(202, "") }).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
     let section = format!(
@@ -522,7 +522,7 @@ async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_ch
 #[tokio::test]
 async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_token() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     database(&db);
     let metrics = Arc::new(Metrics::default());
     let dispatcher =
@@ -694,18 +694,22 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
     let (hook, base) = Fake::start(Answer::ok(204, "")).await;
     hook.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(204, "") });
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let url = format!("{base}/hooks/doorstep");
     // The webhook contact is a URL; the shipment needs it as a consented contact.
     {
-        let conn = rusqlite::Connection::open(&db).expect("open");
+        let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
         let contacts = serde_json::json!({ "webhook": { "recipient": url, "consent": true } });
-        conn.execute(
-            "UPDATE shipments SET contacts = ?1 WHERE id = ?2",
-            rusqlite::params![contacts.to_string(), shipment],
-        )
-        .expect("contacts");
+        conn.raw()
+            .execute(
+                "UPDATE shipments SET contacts = ?1 WHERE id = ?2",
+                [
+                    doorstep_hub::store::Value::Text(contacts.to_string().into()),
+                    doorstep_hub::store::Value::Int(shipment),
+                ],
+            )
+            .expect("contacts");
     }
     let id = enqueue(&db, shipment, "delivered", "webhook", &url, None);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -737,7 +741,7 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
 async fn operations_alerts_are_posted_to_slack_once() {
     let (slack, base) = Fake::start(Answer::ok(200, "ok")).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     {
         let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
@@ -761,7 +765,7 @@ async fn operations_alerts_are_posted_to_slack_once() {
 #[tokio::test]
 async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     {
         let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
@@ -836,7 +840,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
     let (slack, slack_base) =
         Fake::start(Answer { delay: Duration::from_millis(300), ..Answer::ok(200, "ok") }).await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let row = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
     for code in ["delivered_away_from_address", "carrier_delivered_van_never_arrived", "held_too_long"] {
@@ -885,7 +889,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
 #[test]
 fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_holders_status() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let hook = enqueue(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None);
     let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
@@ -943,9 +947,14 @@ async fn a_whatsapp_question_is_answered_with_a_text_reply_and_a_flood_is_cut_of
     assert!(eventually(|| meta.seen().len() == 5).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(meta.seen().len(), 5, "no sixth answer within the hour");
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let too_many: i64 = conn
-        .query_row("SELECT count(*) FROM customer_questions WHERE kind = 'too_many'", [], |r| r.get(0))
+        .raw()
+        .query_row(
+            "SELECT count(*) FROM customer_questions WHERE kind = 'too_many'",
+            doorstep_hub::store::NO_ARGS,
+            |r| r.get(0),
+        )
         .expect("count");
     assert_eq!(too_many, 3);
 }

@@ -362,7 +362,7 @@ struct Case {
 
 fn case(notify: &str) -> Case {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
     let dispatcher = Dispatcher::new(settings(notify), &db, Arc::new(Metrics::default())).expect("new");

@@ -47,7 +47,7 @@ async fn the_schema_has_every_sqlite_table_and_column_and_hubs_starting_together
         assert_eq!(pg_names, lite_names, "{table}: the same columns in the same order");
         for ((column, lite_type, lite_not_null), (_, pg_type, pg_not_null)) in lite.iter().zip(pgc) {
             let expected: &[&str] = match lite_type.as_str() {
-                "INTEGER" => &["bigint", "boolean"],
+                "INTEGER" => &["bigint"],
                 "TEXT" => &["text"],
                 "BLOB" => &["bytea"],
                 "REAL" => &["double precision"],

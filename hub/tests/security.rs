@@ -235,8 +235,10 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
         let tx = store.transaction().unwrap();
         tx.raise_alert(shipment.id, "delivered_without_scan", "raised by the test", 0).unwrap();
         tx.commit().unwrap();
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.query_row("SELECT max(id) FROM ops_alerts", [], |r| r.get::<_, i64>(0)).unwrap()
+        let conn = doorstep_hub::store::Store::open(&path, Default::default()).unwrap();
+        conn.raw()
+            .query_row("SELECT max(id) FROM ops_alerts", doorstep_hub::store::NO_ARGS, |r| r.get::<_, i64>(0))
+            .unwrap()
     };
     let ack = |id: i64| http.post(api(&format!("/v1/alerts/{id}/ack")));
     assert_eq!(send(ack(alert_id), None).await.0, 401);

@@ -170,8 +170,12 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
 
     // The hub stopped after JetStream stored the message but before it wrote the result:
     // the row is left in flight, resent at start-up, and JetStream drops the repeat.
-    let conn = rusqlite::Connection::open(db).expect("open");
-    conn.execute("UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'", [])
+    let conn = doorstep_hub::store::Store::open(db, Default::default()).expect("open");
+    conn.raw()
+        .execute(
+            "UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'",
+            doorstep_hub::store::NO_ARGS,
+        )
         .expect("left in flight");
     assert_eq!(dispatcher.recover(T0 + 3).await.expect("recover"), (1, 0));
     assert_eq!(dispatcher.run_once(T0 + 3).await.expect("pass"), 1, "published again");
@@ -202,7 +206,7 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
 #[tokio::test]
 async fn a_stream_that_is_down_is_retried_with_backoff_and_gets_each_event_once_it_is_up() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db, TRACKING);
     // Reserve a port, then start the server on it only after the first attempt failed.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -481,7 +485,7 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
         .await
         .expect("a test broker (install it: apt-get install mosquitto)");
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let key = dir.path().join("hub.key");
     doorstep_runtime::keyfile::create(&key, false).expect("hub key");
     let api_token = {
@@ -526,14 +530,21 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
         .expect("served");
 
     // As if the hub had died after JetStream's ack and before writing it down.
-    let conn = rusqlite::Connection::open(&db).expect("open");
+    let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let n = conn
-        .execute("UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'", [])
+        .raw()
+        .execute(
+            "UPDATE sink_outbox SET status = 'sending' WHERE event = 'milestone:dispatched'",
+            doorstep_hub::store::NO_ARGS,
+        )
         .expect("left in flight");
     assert_eq!(n, 1, "one row for the milestone");
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (stop, hub) = serve(&text, api);
-    let shipment_id: i64 = conn.query_row("SELECT id FROM shipments", [], |r| r.get(0)).expect("shipment");
+    let shipment_id: i64 = conn
+        .raw()
+        .query_row("SELECT id FROM shipments", doorstep_hub::store::NO_ARGS, |r| r.get(0))
+        .expect("shipment");
     let resent = || async {
         outcomes(&db, shipment_id, "milestone:dispatched").iter().filter(|(o, _)| o == "sent").count() == 2
     };
@@ -649,7 +660,7 @@ fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
 async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others_are_skipped() {
     let (fake, base) = FakeHubSpot::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db, TRACKING);
     let other = "1Z999AA10123456785";
     let quiet = shipment_with_consent(&db, other, false);
@@ -704,8 +715,9 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
     feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     // The hub died after Zendesk made the ticket and before it wrote the answer down.
-    let conn = rusqlite::Connection::open(db).expect("open");
-    conn.execute_batch("UPDATE sink_outbox SET status = 'sending'; DELETE FROM sink_threads;")
+    let conn = doorstep_hub::store::Store::open(db, Default::default()).expect("open");
+    conn.raw()
+        .execute_batch("UPDATE sink_outbox SET status = 'sending'; DELETE FROM sink_threads;")
         .expect("cut short");
     assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (1, 0), "a creation is resent");
     dispatcher.run_once(T0 + 1).await.expect("pass");

@@ -337,7 +337,7 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
 
     // A requester Freshdesk does not take as an e-mail address: 400 Validation failed.
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let quiet = shipment_with_consent(&db, OTHER, false);
     let sinks = freshdesk_sinks(&vendor.url, FD_KEY, "ops@localhost");
     let domain = self::domain(&sinks);

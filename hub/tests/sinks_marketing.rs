@@ -41,7 +41,7 @@ struct Hub {
 
 fn hub(config: &str) -> Hub {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db, TRACKING);
     let quiet = shipment_with_consent(&db, OTHER, false);
     let sinks = sinks(config);

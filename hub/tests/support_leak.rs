@@ -127,7 +127,7 @@ fn lines(report: &Value) -> BTreeMap<String, (i64, i64, f64)> {
 async fn the_leak_report_counts_customers_who_asked_support_after_each_message() {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     // The scenario happened yesterday, inside the report's 30-day window.
     let t0 = doorstep_hub::ingest::now_ms() - 24 * HOUR;
     let shipments: Vec<i64> =

@@ -31,7 +31,7 @@ fn timeline(db: &std::path::Path, shipment: i64, entries: &[(&str, &str, serde_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_of_the_tracking_page_reads_well_on_a_phone_and_passes_axe() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let delivered = add_shipment_at(&db, "1ZPAGE0000000001", Milestone::Delivered, 0);
     timeline(
         &db,

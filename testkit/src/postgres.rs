@@ -21,6 +21,17 @@ pub struct Postgres {
     server: Child,
 }
 
+/// The hub database a test runs on: the SQLite file `dir/name`; or, when
+/// `DOORSTEP_TEST_BACKEND=postgres` (the test command's PostgreSQL pass), a new database
+/// on this test process's own PostgreSQL, as its URL. The hub takes either as
+/// `hub.database`, so one test checks both backends.
+pub fn hub_database(dir: &Path, name: &str) -> PathBuf {
+    if std::env::var("DOORSTEP_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+        return PathBuf::from(Postgres::shared().fresh_database());
+    }
+    dir.join(name)
+}
+
 /// The directory with `initdb`, `postgres` and `psql` of the newest installed major
 /// version (Debian: `/usr/lib/postgresql/<major>/bin`).
 pub fn bin_dir() -> Option<PathBuf> {
@@ -188,6 +199,43 @@ impl Postgres {
             .next()
             .and_then(|l| l.trim().parse().ok())
             .expect("a pid on postmaster.pid's first line")
+    }
+
+    /// One server for the whole test process, started on first use: for suites that run
+    /// many short tests, each on a database of its own ([`Postgres::fresh_database`]).
+    /// Statics are never dropped, so a watchdog process stops the server and removes its
+    /// directory when this process exits, however it exits.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the watchdog outlives this process: it stops the server after"
+    )]
+    pub fn shared() -> &'static Postgres {
+        static SHARED: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let pg = Postgres::start();
+            let watchdog = format!(
+                "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -INT {server} 2>/dev/null; \
+                 sleep 3; kill -KILL {server} 2>/dev/null; rm -rf '{dir}'",
+                me = std::process::id(),
+                server = pg.server.id(),
+                dir = pg.dir.path().display(),
+            );
+            Command::new("sh")
+                .args(["-c", &watchdog])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the shared PostgreSQL's watchdog");
+            pg
+        })
+    }
+
+    /// A new, empty database with a name of its own, and its URL.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.database(&format!("test_{}_{n}", std::process::id()))
     }
 
     /// The cluster's data directory.

@@ -26,7 +26,7 @@ impl TestApi {
     /// Starts one with `max_body_bytes` of 64 KiB.
     pub(crate) async fn start() -> TestApi {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         let metrics = Arc::new(Metrics::default());
         let domain = Domain {
             rules: Rules::default(),

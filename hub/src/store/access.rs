@@ -82,14 +82,13 @@ impl Store {
 
     /// The key with this public id.
     pub fn api_key_by_id(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT name, key_id, digest, scopes, created_ms, last_used_ms, revoked_ms
                  FROM api_keys WHERE key_id = ?1",
             )?
             .query_row([key_id], api_key_row)
-            .optional()?)
+            .optional()
     }
 
     /// Revokes a key by name; false when there is no such key. Revoking twice keeps the
@@ -114,7 +113,7 @@ impl Store {
         self.conn
             .prepare_cached(
                 "UPDATE api_keys SET last_used_ms = ?2
-                 WHERE name = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2 - ?3)",
+                 WHERE name = ?1 AND (last_used_ms IS NULL OR last_used_ms < CAST(?2 AS BIGINT) - ?3)",
             )?
             .execute(params![name, now_ms, TOUCH_EVERY_MS])?;
         Ok(())
@@ -144,7 +143,7 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self.conn.prepare_cached(
             "SELECT at_ms, key_name, method, path, subject, status, outcome FROM audit_log
-             WHERE ?2 IS NULL OR key_name = ?2 ORDER BY id DESC LIMIT ?1",
+             WHERE CAST(?2 AS TEXT) IS NULL OR key_name = ?2 ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt
             .query_map(params![limit, key_name], |r| {
@@ -174,7 +173,8 @@ impl Store {
         }
         self.conn.execute(
             "INSERT INTO link_revocations (shipment_id, revoked_ms) VALUES (?1, ?2)
-             ON CONFLICT (shipment_id) DO UPDATE SET revoked_ms = max(revoked_ms, excluded.revoked_ms)",
+             ON CONFLICT (shipment_id) DO UPDATE SET revoked_ms = CASE WHEN excluded.revoked_ms > link_revocations.revoked_ms
+                 THEN excluded.revoked_ms ELSE link_revocations.revoked_ms END",
             params![shipment_id, now_ms],
         )?;
         Ok(true)
@@ -182,11 +182,10 @@ impl Store {
 
     /// When a shipment's links were last withdrawn, if ever.
     pub fn links_revoked_ms(&self, shipment_id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached("SELECT revoked_ms FROM link_revocations WHERE shipment_id = ?1")?
             .query_row([shipment_id], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 }
 

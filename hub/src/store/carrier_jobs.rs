@@ -129,17 +129,16 @@ impl StoreTx<'_> {
         now_ms: i64,
     ) -> Result<usize, StoreError> {
         let names = serde_json::to_string(carriers).map_err(|e| corrupt("carrier names", e))?;
-        let added = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO carrier_jobs (shipment_id, kind, due_ms, created_ms, updated_ms)
-                 SELECT s.id, ?1, s.created_ms + ?2, ?5, ?5 FROM shipments s
-                 WHERE s.id > coalesce((SELECT shipment_id FROM carrier_job_cursors WHERE kind = ?1), 0)
-                   AND s.created_ms >= ?4
-                   AND s.milestone <> 'delivered'
-                   AND lower(trim(s.carrier)) IN (SELECT value FROM json_each(?3)) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![kind, first_delay_ms, names, min_created_ms, now_ms])?;
+        let sql = format!(
+            "INSERT INTO carrier_jobs (shipment_id, kind, due_ms, created_ms, updated_ms)
+             SELECT s.id, CAST(?1 AS TEXT), s.created_ms + ?2, CAST(?5 AS BIGINT), ?5 FROM shipments s
+             WHERE s.id > coalesce((SELECT shipment_id FROM carrier_job_cursors WHERE kind = ?1), 0)
+               AND s.created_ms >= ?4
+               AND s.milestone <> 'delivered'
+               AND lower(trim(s.carrier)) IN ({}) ON CONFLICT DO NOTHING",
+            self.tx.dialect().json_texts(3)
+        );
+        let added = self.tx.execute(&sql, params![kind, first_delay_ms, names, min_created_ms, now_ms])?;
         self.tx
             .prepare_cached(
                 "INSERT INTO carrier_job_cursors (kind, shipment_id)
@@ -161,15 +160,21 @@ impl StoreTx<'_> {
         now_ms: i64,
     ) -> Result<Option<ClaimedJob>, StoreError> {
         type Row = (i64, i64, i64, i64, Option<String>);
+        // Hubs claiming at once on PostgreSQL each skip the job another is taking; the
+        // outer conditions are checked again on the row as it is after a concurrent claim.
+        let sql = format!(
+            "UPDATE carrier_jobs SET due_ms = CAST(?3 AS BIGINT) + ?4, claim = ?2, attempts = attempts + 1,
+                 updated_ms = ?3
+             WHERE kind = ?1 AND state = 'pending' AND due_ms <= ?3
+               AND shipment_id = (SELECT shipment_id FROM carrier_jobs
+                                  WHERE kind = ?1 AND state = 'pending' AND due_ms <= ?3
+                                  ORDER BY due_ms LIMIT 1{})
+             RETURNING shipment_id, attempts, errors, unchanged, last_status",
+            self.tx.dialect().skip_locked()
+        );
         let row: Option<Row> = self
             .tx
-            .prepare_cached(
-                "UPDATE carrier_jobs SET due_ms = ?3 + ?4, claim = ?2, attempts = attempts + 1, updated_ms = ?3
-                 WHERE rowid = (SELECT rowid FROM carrier_jobs
-                                WHERE kind = ?1 AND state = 'pending' AND due_ms <= ?3
-                                ORDER BY due_ms LIMIT 1)
-                 RETURNING shipment_id, attempts, errors, unchanged, last_status",
-            )?
+            .prepare_cached(&sql)?
             .query_row(params![kind, claim, now_ms, lease_ms], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })

@@ -158,10 +158,7 @@ fn triples(
     sql: &str,
     args: impl super::db::Args,
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
-    Ok(conn
-        .prepare(sql)?
-        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?)
+    conn.prepare(sql)?.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()
 }
 
 impl Store {
@@ -177,7 +174,7 @@ impl Store {
              WHERE {filter} ORDER BY a.created_ms DESC, a.id DESC LIMIT ?1"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self.conn.prepare_cached(&sql)?.query_map([limit], alert_row)?.collect::<Result<_, _>>()?)
+        self.conn.prepare_cached(&sql)?.query_map([limit], alert_row)?.collect::<Result<_, _>>()
     }
 
     /// One alert.
@@ -185,7 +182,7 @@ impl Store {
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM ops_alerts a LEFT JOIN shipments s ON s.id = a.shipment_id WHERE a.id = ?1"
         );
-        Ok(self.conn.prepare_cached(&sql)?.query_row([id], alert_row).optional()?)
+        self.conn.prepare_cached(&sql)?.query_row([id], alert_row).optional()
     }
 
     /// The alerts of one shipment, oldest first.
@@ -194,7 +191,7 @@ impl Store {
             "SELECT {ALERT_COLUMNS} FROM ops_alerts a LEFT JOIN shipments s ON s.id = a.shipment_id
              WHERE a.shipment_id = ?1 ORDER BY a.id"
         );
-        Ok(self.conn.prepare_cached(&sql)?.query_map([shipment_id], alert_row)?.collect::<Result<_, _>>()?)
+        self.conn.prepare_cached(&sql)?.query_map([shipment_id], alert_row)?.collect::<Result<_, _>>()
     }
 
     /// Resolves an alert as `by` (an API key's name). An alert nobody acknowledged is
@@ -224,21 +221,20 @@ impl Store {
 
     /// Shipments whose order id or order name is `order`, newest first, at most 20.
     pub fn shipment_ids_by_order(&self, order: &str) -> Result<Vec<i64>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT id FROM shipments WHERE order_id = ?1 OR order_name = ?1
                  ORDER BY created_ms DESC, id DESC LIMIT 20",
             )?
             .query_map([order], |r| r.get(0))?
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
     }
 
     /// The raw figures of the numbers page for everything from `since_ms` on;
     /// `clock_slack_ms` is the reconciler's allowance between a carrier's clock and the
     /// van's.
     pub fn console_numbers(&self, since_ms: i64, clock_slack_ms: i64) -> Result<NumbersData, StoreError> {
-        let day = "date(x.at / 1000, 'unixepoch')";
+        let day = self.conn.dialect().utc_day("x.at");
         let deliveries = triples(
             &self.conn,
             &format!(
@@ -309,7 +305,7 @@ impl Store {
                     WHERE source = 'device' AND kind = 'delivered_at_address' GROUP BY shipment_id) d
                  JOIN notification_outbox n ON n.shipment_id = d.shipment_id AND n.milestone = 'delivered'
                  JOIN notification_outcomes o ON o.outbox_id = n.id AND o.outcome = 'sent'
-                 WHERE d.scan >= ?1 GROUP BY d.shipment_id ORDER BY d.shipment_id",
+                 WHERE d.scan >= ?1 GROUP BY d.shipment_id, d.scan ORDER BY d.shipment_id",
             )?
             .query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;

@@ -15,7 +15,6 @@
 //! width of an integer column, as SQLite's are.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -33,6 +32,56 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// `SELECT` of the texts in a JSON array bound at `?n`, for `x IN (...)`.
+    pub fn json_texts(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),
+            Dialect::Postgres => format!("SELECT json_array_elements_text(CAST(?{n} AS json))"),
+        }
+    }
+
+    /// The integer at `key` of the JSON object in `column`; NULL where the column is not
+    /// JSON or has no such key.
+    pub fn json_int(self, column: &str, key: &str) -> String {
+        match self {
+            Dialect::Sqlite => {
+                format!("(CASE WHEN json_valid({column}) THEN json_extract({column}, '$.{key}') END)")
+            }
+            Dialect::Postgres => format!("doorstep_json_int({column}, '{key}')"),
+        }
+    }
+
+    /// The text at `key` of the JSON object in `column`, as [`Dialect::json_int`].
+    pub fn json_text(self, column: &str, key: &str) -> String {
+        match self {
+            Dialect::Sqlite => {
+                format!("(CASE WHEN json_valid({column}) THEN json_extract({column}, '$.{key}') END)")
+            }
+            Dialect::Postgres => format!("doorstep_json_text({column}, '{key}')"),
+        }
+    }
+
+    /// After a subquery that picks rows to claim: on PostgreSQL, lock them and skip those
+    /// another hub is claiming; SQLite's one writer needs nothing.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// The UTC day (`YYYY-MM-DD`) of `ms`, milliseconds since the Unix epoch.
+    pub fn utc_day(self, ms: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("date({ms} / 1000, 'unixepoch')"),
+            Dialect::Postgres => {
+                format!("to_char(to_timestamp({ms} / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
+            }
+        }
+    }
+}
+
 /// A connection to the hub database.
 #[derive(Debug)]
 pub enum Db {
@@ -42,84 +91,151 @@ pub enum Db {
     Postgres(PgConn),
 }
 
-/// One PostgreSQL connection driven synchronously: the store's callers are threads, not
-/// tasks, so the connection runs on a runtime of its own, turned only while a statement
-/// is in flight.
+/// One PostgreSQL connection driven synchronously. The store's callers are threads (the
+/// ingest writer, the dispatcher's blocking tasks) and sometimes async tasks that call it
+/// directly, where blocking on a runtime is refused; so the connection lives on a thread
+/// of its own with a single-threaded runtime, and each statement is handed to it and
+/// waited for.
 #[derive(Debug)]
 pub struct PgConn {
-    runtime: tokio::runtime::Runtime,
-    store: RefCell<PgStore>,
-    /// Statements prepared on this connection, by the store's text of them.
-    prepared: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Inside `BEGIN`: a lost connection fails the transaction instead of reconnecting.
     pub(super) in_transaction: std::cell::Cell<bool>,
+}
+
+type Job = Box<dyn FnOnce(&mut PgWorker) + Send>;
+
+/// The connection's thread: its runtime, the connection, and what it prepared.
+pub struct PgWorker {
+    /// Drives the connection while a job waits on it.
+    pub runtime: tokio::runtime::Runtime,
+    /// The connection, with the store's async operations.
+    pub store: PgStore,
+    /// Statements prepared on this connection, by the store's text of them.
+    prepared: HashMap<String, tokio_postgres::Statement>,
+}
+
+impl PgWorker {
+    fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let text = numbered_to_dollar(sql);
+        let statement = self.runtime.block_on(self.store.client.prepare(&text))?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn ready(&mut self, in_transaction: bool) -> Result<(), StoreError> {
+        if !in_transaction && self.store.client.is_closed() {
+            self.runtime.block_on(self.store.reconnect())?;
+            self.prepared.clear();
+        }
+        Ok(())
+    }
 }
 
 impl PgConn {
     /// Connects (TLS unless the URL says `sslmode=disable`), checks durability and
     /// migrates, as [`PgStore::connect`].
     pub fn connect(url: &str) -> Result<(Self, super::Migrated), StoreError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-            StoreError::Postgres(format!("cannot start the database connection's runtime: {e}"))
-        })?;
-        let (store, migrated) = runtime.block_on(PgStore::connect(url))?;
-        let conn = Self {
-            runtime,
-            store: RefCell::new(store),
-            prepared: RefCell::new(HashMap::new()),
-            in_transaction: std::cell::Cell::new(false),
-        };
-        Ok((conn, migrated))
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (ready, connected) = std::sync::mpsc::sync_channel(1);
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("doorstep-pg".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(StoreError::Postgres(format!("cannot start a runtime: {e}"))));
+                        return;
+                    }
+                };
+                match runtime.block_on(PgStore::connect(&url)) {
+                    Ok((store, migrated)) => {
+                        let _ = ready.send(Ok(migrated));
+                        let mut worker = PgWorker { runtime, store, prepared: HashMap::new() };
+                        // Ends when the store is dropped (its sender with it).
+                        for job in inbox {
+                            job(&mut worker);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::Postgres(format!("cannot start the database connection's thread: {e}"))
+            })?;
+        let migrated = connected.recv().map_err(|_| gone())??;
+        Ok((Self { jobs, in_transaction: std::cell::Cell::new(false) }, migrated))
     }
 
-    /// Runs one of [`PgStore`]'s own (async) operations to completion.
-    pub fn run<T>(
+    /// Runs `f` on the connection's thread and waits for it.
+    pub fn run<T: Send + 'static>(
         &self,
-        f: impl AsyncFnOnce(&mut PgStore) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut PgWorker) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut store = self.store.borrow_mut();
-        self.runtime.block_on(f(&mut store))
-    }
-
-    fn statement(&self, store: &mut PgStore, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
-        if let Some(statement) = self.prepared.borrow().get(sql) {
-            return Ok(statement.clone());
-        }
-        let text = numbered_to_dollar(sql);
-        let statement = self.runtime.block_on(store.client.prepare(&text))?;
-        self.prepared.borrow_mut().insert(sql.to_owned(), statement.clone());
-        Ok(statement)
-    }
-
-    fn ready(&self, store: &mut PgStore) -> Result<(), StoreError> {
-        if !self.in_transaction.get() && store.client.is_closed() {
-            self.runtime.block_on(store.reconnect())?;
-            self.prepared.borrow_mut().clear();
-        }
-        Ok(())
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |worker| {
+                let _ = done.send(f(worker));
+            }))
+            .map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
     }
 
     fn query(&self, sql: &str, args: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let mut store = self.store.borrow_mut();
-        self.ready(&mut store)?;
-        let statement = self.statement(&mut store, sql)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        Ok(self.runtime.block_on(store.client.query(&statement, &refs))?)
+        let (sql, args, in_tx) = (sql.to_owned(), owned(args), self.in_transaction.get());
+        self.run(move |w| {
+            w.ready(in_tx)?;
+            let statement = w.statement(&sql)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            Ok(w.runtime.block_on(w.store.client.query(&statement, &refs))?)
+        })
     }
 
     fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<usize, StoreError> {
-        let mut store = self.store.borrow_mut();
-        self.ready(&mut store)?;
-        let statement = self.statement(&mut store, sql)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let n = self.runtime.block_on(store.client.execute(&statement, &refs))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        let (sql, args, in_tx) = (sql.to_owned(), owned(args), self.in_transaction.get());
+        self.run(move |w| {
+            w.ready(in_tx)?;
+            let statement = w.statement(&sql)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let n = w.runtime.block_on(w.store.client.execute(&statement, &refs))?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
     }
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let mut store = self.store.borrow_mut();
-        self.ready(&mut store)?;
-        Ok(self.runtime.block_on(store.client.batch_execute(sql))?)
+        let (sql, in_tx) = (sql.to_owned(), self.in_transaction.get());
+        self.run(move |w| {
+            w.ready(in_tx)?;
+            Ok(w.runtime.block_on(w.store.client.batch_execute(&sql))?)
+        })
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::Postgres("the database connection's thread has stopped".into())
+}
+
+fn owned(args: &[Value<'_>]) -> Vec<Value<'static>> {
+    args.iter()
+        .map(|v| match v {
+            Value::Null => Value::Null,
+            Value::Int(n) => Value::Int(*n),
+            Value::Real(f) => Value::Real(*f),
+            Value::Text(s) => Value::Text(Cow::Owned(s.to_string())),
+            Value::Blob(b) => Value::Blob(Cow::Owned(b.to_vec())),
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for PgWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgWorker")
     }
 }
 
@@ -555,11 +671,20 @@ impl ToSql for Value<'_> {
             (Value::Int(n), &Type::FLOAT8) => (*n as f64).to_sql(ty, out),
             (Value::Int(n), &Type::TEXT | &Type::VARCHAR) => n.to_string().to_sql(ty, out),
             (Value::Real(f), &Type::FLOAT8) => f.to_sql(ty, out),
-            (Value::Real(f), &Type::FLOAT4) => (*f as f32).to_sql(ty, out),
             (Value::Text(s), &Type::TEXT | &Type::VARCHAR | &Type::BPCHAR | &Type::NAME | &Type::UNKNOWN) => {
                 s.as_ref().to_sql(ty, out)
             }
             (Value::Blob(b), &Type::BYTEA) => b.as_ref().to_sql(ty, out),
+            // JSON travels as its text; JSONB as a version byte and the text.
+            (Value::Text(s), &Type::JSON) => {
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            (Value::Text(s), &Type::JSONB) => {
+                out.extend_from_slice(&[1]);
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
             (value, ty) => Err(format!("a {value:?} cannot be bound where PostgreSQL expects {ty}").into()),
         }
     }
@@ -703,7 +828,7 @@ impl Args for Vec<Value<'_>> {
 }
 
 /// No arguments.
-pub(crate) const NO_ARGS: [Value<'static>; 0] = [];
+pub const NO_ARGS: [Value<'static>; 0] = [];
 
 /// Arguments of several types, as `rusqlite::params!`: `params![device.as_str(), now_ms]`.
 macro_rules! params {

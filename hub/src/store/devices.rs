@@ -276,7 +276,8 @@ impl StoreTx<'_> {
                 "INSERT INTO device_status (device, online, agent_version, outbox_depth, state_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (device) DO UPDATE SET online = ?2,
-                     agent_version = coalesce(?3, agent_version), outbox_depth = coalesce(?4, outbox_depth),
+                     agent_version = coalesce(?3, device_status.agent_version),
+                     outbox_depth = coalesce(?4, device_status.outbox_depth),
                      state_ms = ?5",
             )?
             .execute(params![device.as_str(), state.online, state.agent_version, depth, now_ms])?;
@@ -299,7 +300,7 @@ impl StoreTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (device) DO UPDATE SET pos_utc_ms = ?2, pos_lat_e7 = ?3, pos_lon_e7 = ?4,
                      pos_accuracy_dm = ?5, pos_ms = ?6
-                 WHERE pos_utc_ms IS NULL OR pos_utc_ms < ?2",
+                 WHERE device_status.pos_utc_ms IS NULL OR device_status.pos_utc_ms < ?2",
             )?
             .execute(params![device.as_str(), fix.utc_ms, fix.lat_e7, fix.lon_e7, fix.accuracy_dm, now_ms])?;
         Ok(n == 1)

@@ -147,12 +147,12 @@ impl Store {
         provider_id: Option<&str>,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        Ok(log(&self.conn, outbox_id, now_ms, outcome, provider_id, detail)?)
+        log(&self.conn, outbox_id, now_ms, outcome, provider_id, detail)
     }
 
     /// The outcome log of one row, oldest first.
     pub fn outcomes(&self, outbox_id: i64) -> Result<Vec<Outcome>, StoreError> {
-        Ok(self
+        self
             .conn
             .prepare_cached(
                 "SELECT at_ms, outcome, provider_id, detail, provider FROM notification_outcomes WHERE outbox_id = ?1 ORDER BY id",
@@ -166,7 +166,7 @@ impl Store {
                     provider: r.get(4)?,
                 })
             })?
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
     }
 
     /// Claims a due row for sending: `queued` → `sending`, one more attempt. False when
@@ -208,13 +208,12 @@ impl Store {
     /// since `since_ms`: only then may another parcel's message join this one, and only
     /// then is it worth waiting for.
     pub fn has_other_parcel(&self, row: &OutboxRow, since_ms: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT 1 FROM notification_outbox
                  WHERE channel = ?1 AND recipient = ?2 AND created_ms >= ?3 AND shipment_id != ?4 LIMIT 1",
             )?
-            .exists(params![row.channel, row.recipient, since_ms, row.shipment_id])?)
+            .exists(params![row.channel, row.recipient, since_ms, row.shipment_id])
     }
 
     /// Holds a queued row until `until_ms` without a log entry: a message waiting a few
@@ -244,7 +243,7 @@ impl Store {
             )?
             .execute(params![id, until_ms])?;
         if n == 1 {
-            log(&tx.tx, id, now_ms, "deferred", None, Some(detail))?;
+            log(tx.tx, id, now_ms, "deferred", None, Some(detail))?;
         }
         tx.commit()
     }
@@ -265,7 +264,7 @@ impl Store {
             )?
             .execute([id])?;
         if n == 1 {
-            log(&tx.tx, id, now_ms, "skipped", None, Some(&format!("{reason}: {detail}")))?;
+            log(tx.tx, id, now_ms, "skipped", None, Some(&format!("{reason}: {detail}")))?;
         }
         tx.commit()?;
         Ok(n == 1)
@@ -273,10 +272,9 @@ impl Store {
 
     /// Whether a recipient opted out of a channel.
     pub fn is_opted_out(&self, channel: &str, recipient: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached("SELECT 1 FROM notification_opt_outs WHERE channel = ?1 AND recipient = ?2")?
-            .exists(params![channel, recipient])?)
+            .exists(params![channel, recipient])
     }
 
     /// Records an opt-out (`out`) or removes it (an opt-in).
@@ -308,42 +306,38 @@ impl Store {
     /// delivery known from the carrier alone). The start of
     /// `doorstep_hub_scan_to_message_seconds`.
     pub fn delivery_scan_ms(&self, shipment_id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT MIN(occurred_ms) FROM timeline
                  WHERE shipment_id = ?1 AND source = 'device' AND kind = 'delivered_at_address'",
             )?
-            .query_row([shipment_id], |r| r.get(0))?)
+            .query_row([shipment_id], |r| r.get(0))
     }
 
     /// The outbox row a provider message id belongs to.
     pub fn by_provider_id(&self, provider_id: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT outbox_id FROM notification_outcomes WHERE provider_id = ?1 ORDER BY id LIMIT 1",
             )?
             .query_row([provider_id], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 
     /// The channel and recipient of a row.
     pub fn row_target(&self, id: i64) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached("SELECT channel, recipient FROM notification_outbox WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .optional()
     }
 
     /// The status of a row.
     pub fn row_status(&self, id: i64) -> Result<Option<OutboxStatus>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached("SELECT status FROM notification_outbox WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 
     /// Applies a provider's report about a row: logs it once (a redelivered callback adds
@@ -358,7 +352,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let tx = self.shared_transaction()?;
-        let tx_conn: &super::Db = &tx.tx;
+        let tx_conn: &super::Db = tx.tx;
         // One message may have told several parcels (one message per person and moment):
         // the report is about each row the message was sent for.
         let mut rows = vec![outbox_id];
@@ -388,12 +382,11 @@ impl Store {
                 && let Some((status, from)) = report_moves(outcome)
             {
                 let from = serde_json::to_string(&from).map_err(|e| corrupt("statuses", e))?;
-                tx_conn
-                    .prepare_cached(
-                        "UPDATE notification_outbox SET status = ?2
-                         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?3))",
-                    )?
-                    .execute(params![row, status, from])?;
+                let sql = format!(
+                    "UPDATE notification_outbox SET status = ?2 WHERE id = ?1 AND status IN ({})",
+                    tx_conn.dialect().json_texts(3)
+                );
+                tx_conn.execute(&sql, params![row, status, from])?;
             }
         }
         tx.commit()?;
@@ -413,13 +406,12 @@ impl Store {
 
     /// How many of a sender's questions on `channel` got an answer since `since_ms`.
     pub fn answers_since(&self, channel: &str, sender: &str, since_ms: i64) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT count(*) FROM customer_questions
                  WHERE sender = ?1 AND channel = ?2 AND at_ms >= ?3 AND answer IS NOT NULL",
             )?
-            .query_row(params![sender, channel, since_ms], |r| r.get(0))?)
+            .query_row(params![sender, channel, since_ms], |r| r.get(0))
     }
 
     /// Alerts not acknowledged whose next step may be due: never posted, or posted at a
@@ -432,13 +424,13 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<DueAlert>, StoreError> {
-        Ok(self
+        self
             .conn
             .prepare_cached(
                 "SELECT a.id, a.code, a.detail, s.tracking_number, a.level, a.posted_ms FROM ops_alerts a
                  LEFT JOIN shipments s ON s.id = a.shipment_id
                  WHERE a.acked_ms IS NULL AND a.level < ?1
-                   AND (a.level = 0 OR (?2 IS NOT NULL AND a.posted_ms <= ?3 - ?2))
+                   AND (a.level = 0 OR (CAST(?2 AS BIGINT) IS NOT NULL AND a.posted_ms <= CAST(?3 AS BIGINT) - ?2))
                  ORDER BY a.id LIMIT ?4",
             )?
             .query_map(params![steps, min_wait_ms, now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -453,7 +445,7 @@ impl Store {
                     posted_ms: r.get(5)?,
                 })
             })?
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
     }
 
     /// Records an alert posted at `level` (1-based), unless it was acknowledged or another

@@ -121,14 +121,13 @@ impl Store {
 
     /// The exact signed bytes stored for (device, seq).
     pub fn event_envelope(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT envelope FROM events WHERE device = ?1 AND seq = ?2",
                 params![device.as_str(), seq_param(seq)?],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()
     }
 
     /// The stored seqs of a device that are quarantined, with the reason, ascending.
@@ -261,7 +260,7 @@ impl StoreTx<'_> {
     ///
     /// The stored mark only ever grows.
     pub fn advance_ack(&self, fleet: &FleetId, device: &DeviceId, now_ms: i64) -> Result<u64, StoreError> {
-        let start = ack_high_water(&self.tx, device)?;
+        let start = ack_high_water(self.tx, device)?;
         let mut high = start;
         {
             let mut stored = self.tx.prepare_cached(
@@ -304,7 +303,8 @@ impl StoreTx<'_> {
                 .prepare_cached(
                     "INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (device) DO UPDATE SET
-                         up_to_seq = max(device_acks.up_to_seq, excluded.up_to_seq),
+                         up_to_seq = CASE WHEN excluded.up_to_seq > device_acks.up_to_seq
+                                    THEN excluded.up_to_seq ELSE device_acks.up_to_seq END,
                          updated_ms = excluded.updated_ms, fleet = excluded.fleet",
                 )?
                 .execute(params![device.as_str(), fleet.as_str(), seq_param(high)?, now_ms])?;
@@ -317,7 +317,7 @@ impl StoreTx<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO rejections (source, reason, count, last_ms) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT (source, reason) DO UPDATE SET count = count + 1, last_ms = ?3",
+                 ON CONFLICT (source, reason) DO UPDATE SET count = rejections.count + 1, last_ms = ?3",
             )?
             .execute(params![source, reason, now_ms])?;
         Ok(())

@@ -63,7 +63,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Acquired, Settled), StoreError> {
         let tx = self.shared_transaction()?;
-        let conn: &super::Db = &tx.tx;
+        let conn: &super::Db = tx.tx;
         let current: Option<(String, String, i64)> = conn
             .query_row(
                 "SELECT holder, token, expires_ms FROM dispatcher_lease WHERE id = 1",
@@ -107,14 +107,13 @@ impl Store {
 
     /// The current holder and when its lease ends, if anyone ever held it.
     pub fn dispatch_lease_holder(&self) -> Result<Option<(String, i64)>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT holder, expires_ms FROM dispatcher_lease WHERE id = 1",
                 super::db::params![],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
+            .optional()
     }
 }
 

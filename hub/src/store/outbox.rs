@@ -154,7 +154,7 @@ impl Store {
              ORDER BY next_attempt_ms, id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], outbox_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 
     /// Every notification row of a shipment, by id.
@@ -165,7 +165,7 @@ impl Store {
              FROM notification_outbox WHERE shipment_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([shipment_id], outbox_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 
     /// Queued rows of other shipments for the same recipient, channel and milestone as
@@ -192,7 +192,7 @@ impl Store {
             ],
             outbox_row,
         )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 
     /// Operations alerts of a shipment: (code, detail).
@@ -201,7 +201,7 @@ impl Store {
             .conn
             .prepare_cached("SELECT code, detail FROM ops_alerts WHERE shipment_id = ?1 ORDER BY id")?;
         let rows = stmt.query_map([shipment_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 }
 
@@ -243,9 +243,9 @@ impl StoreTx<'_> {
     }
 }
 
-/// The outbox keys of "still on its way" updates (`still_on_its_way:<n>`), as a GLOB
-/// pattern: exact, where LIKE would read the underscores as wildcards.
-const STILL_ON_ITS_WAY_KEYS: &str = "still_on_its_way:*";
+/// The prefix of the outbox keys of "still on its way" updates (`still_on_its_way:<n>`),
+/// compared as a prefix (`substr`): LIKE would read the underscores as wildcards.
+const STILL_ON_ITS_WAY_KEYS: &str = "still_on_its_way:";
 
 impl StoreTx<'_> {
     /// Enqueues one customer message, keyed `key` (what it tells: `model::Notice::key`), to
@@ -294,31 +294,32 @@ impl StoreTx<'_> {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<(i64, u32)>, StoreError> {
-        let rows = self
-            .tx
-            .prepare_cached(
-                "SELECT s.id,
+        let dialect = self.tx.dialect();
+        let sql = format!(
+            "SELECT s.id,
                         (SELECT count(DISTINCT o.milestone) FROM notification_outbox o
-                         WHERE o.shipment_id = s.id AND o.milestone GLOB ?6)
+                         WHERE o.shipment_id = s.id AND substr(o.milestone, 1, length(?6)) = ?6)
                  FROM shipments s
                  WHERE s.id > ?1
                    AND s.milestone IN ('dispatched', 'out_for_delivery', 'nearby')
-                   AND s.created_ms <= ?2 - ?3
-                   AND coalesce(CASE WHEN json_valid(s.reconcile_state)
-                                     THEN json_extract(s.reconcile_state, '$.dispatched_at_ms') END,
-                                s.created_ms) <= ?2 - ?3
-                   AND (CASE WHEN json_valid(s.reconcile_state)
-                             THEN json_extract(s.reconcile_state, '$.carrier_cancelled_at_ms') END) IS NULL
+                   AND s.created_ms <= CAST(?2 AS BIGINT) - ?3
+                   AND coalesce({dispatched}, s.created_ms) <= CAST(?2 AS BIGINT) - ?3
+                   AND {cancelled} IS NULL
                    AND NOT EXISTS (
                        SELECT 1 FROM notification_outbox o
-                       WHERE o.shipment_id = s.id AND o.created_ms > ?2 - ?3
+                       WHERE o.shipment_id = s.id AND o.created_ms > CAST(?2 AS BIGINT) - ?3
                          AND o.status NOT IN ('skipped', 'failed', 'undelivered')
-                         AND NOT o.milestone GLOB ?6)
+                         AND NOT substr(o.milestone, 1, length(?6)) = ?6)
                    AND NOT EXISTS (
                        SELECT 1 FROM notification_outbox o
-                       WHERE o.shipment_id = s.id AND o.created_ms > ?2 - ?4 AND o.milestone GLOB ?6)
+                       WHERE o.shipment_id = s.id AND o.created_ms > CAST(?2 AS BIGINT) - ?4 AND substr(o.milestone, 1, length(?6)) = ?6)
                  ORDER BY s.id LIMIT ?5",
-            )?
+            dispatched = dialect.json_int("s.reconcile_state", "dispatched_at_ms"),
+            cancelled = dialect.json_int("s.reconcile_state", "carrier_cancelled_at_ms"),
+        );
+        let rows = self
+            .tx
+            .prepare_cached(&sql)?
             .query_map(
                 params![
                     after_id,

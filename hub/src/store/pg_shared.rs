@@ -81,7 +81,7 @@ impl PgStore {
         )
         .await?;
         let complete = tx
-            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified", &[&sha256_hex])
+            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified = 1", &[&sha256_hex])
             .await?
             .is_some();
         if complete {
@@ -139,7 +139,7 @@ impl PgStore {
         if matches {
             tx.execute(
                 "INSERT INTO photos (sha256, device, total_len, bytes, verified, received_ms)
-                 VALUES ($1, $2, $3, $4, true, $5) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT DO NOTHING",
                 &[&sha256_hex, &device.as_str(), &total, &bytes, &now_ms],
             )
             .await?;
@@ -261,7 +261,7 @@ impl PgStore {
         self.ready().await?;
         Ok(self
             .client
-            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified", &[&sha256_hex])
+            .query_opt("SELECT 1 FROM photos WHERE sha256 = $1 AND verified = 1", &[&sha256_hex])
             .await?
             .is_some())
     }

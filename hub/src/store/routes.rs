@@ -32,7 +32,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.fleet, r.device, r.manifest, r.issued_ms FROM routes r
              JOIN devices d ON d.device = r.device AND d.fleet = r.fleet AND d.status = 'active'
-             WHERE (?1 IS NULL OR r.device = ?1)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR r.device = ?1)
                AND r.id = (SELECT id FROM routes WHERE device = r.device ORDER BY issued_ms DESC, id DESC LIMIT 1)
              ORDER BY r.device",
         )?;
@@ -101,20 +101,24 @@ impl Store {
         route_id: &RouteId,
     ) -> Result<Vec<(StopId, i64)>, StoreError> {
         let [k1, k2, k3, k4] = STOP_DONE_KINDS;
-        let rows: Vec<(String, i64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT rs.stop_id, MIN(t.occurred_ms) FROM route_stops rs
+        let dialect = self.conn.dialect();
+        let sql = format!(
+            "SELECT rs.stop_id, MIN(t.occurred_ms) FROM route_stops rs
                  JOIN routes r ON r.id = rs.route_pk
                  JOIN shipments s ON s.tracking_number = rs.tracking_number
                  JOIN timeline t ON t.shipment_id = s.id
                  WHERE rs.device = ?1 AND rs.route_id = ?2 AND t.source = 'device'
                    AND t.kind IN (?3, ?4, ?5, ?6)
-                   AND json_extract(t.detail, '$.device') = r.device
-                   AND json_extract(t.detail, '$.stop_id') = rs.stop_id
+                   AND {device} = r.device
+                   AND {stop} = rs.stop_id
                    AND t.occurred_ms >= r.issued_ms
                  GROUP BY rs.stop_id ORDER BY MIN(t.occurred_ms)",
-            )?
+            device = dialect.json_text("t.detail", "device"),
+            stop = dialect.json_text("t.detail", "stop_id"),
+        );
+        let rows: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(&sql)?
             .query_map(params![device.as_str(), route_id.as_str(), k1, k2, k3, k4], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
@@ -216,13 +220,13 @@ impl StoreTx<'_> {
         route_id: &str,
         tracking: &TrackingNumber,
     ) -> Result<Option<(f64, f64)>, StoreError> {
-        Ok(self
+        self
             .tx
             .prepare_cached(
                 "SELECT lat, lon FROM route_stops WHERE device = ?1 AND route_id = ?2 AND tracking_number = ?3",
             )?
             .query_row(params![device.as_str(), route_id, tracking.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .optional()
     }
 }
 

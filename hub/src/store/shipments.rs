@@ -326,12 +326,12 @@ impl StoreTx<'_> {
 
     /// A shipment by tracking number, read inside this transaction.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
+        shipment_where(self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
     }
 
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.tx, ShipmentKey::Id, super::db::Value::Int(id))
+        shipment_where(self.tx, ShipmentKey::Id, super::db::Value::Int(id))
     }
 
     /// Saves the reconciler's result for a shipment (state as a JSON value).

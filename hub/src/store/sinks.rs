@@ -138,11 +138,12 @@ impl Store {
              JOIN shipments s ON s.id = o.shipment_id
              LEFT JOIN sink_threads t ON t.sink = o.sink AND t.shipment_id = o.shipment_id
              WHERE o.status = 'queued' AND o.next_attempt_ms <= ?1
-               AND o.sink IN (SELECT value FROM json_each(?3))
+               AND o.sink IN ({names_in})
                AND NOT EXISTS (SELECT 1 FROM sink_outbox e
                                WHERE e.sink = o.sink AND e.shipment_id = o.shipment_id AND e.id < o.id
                                  AND e.status IN ('queued', 'sending'))
-             ORDER BY o.next_attempt_ms, o.id LIMIT ?2"
+             ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
+            names_in = self.conn.dialect().json_texts(3)
         );
         let rows = self
             .conn
@@ -213,7 +214,7 @@ impl Store {
                  WHERE id = ?1 AND status = 'sending'",
             )?
             .execute(params![id, status, next_attempt_ms])?;
-        log(&tx.tx, id, now_ms, outcome, vendor_id, Some(detail))?;
+        log(tx.tx, id, now_ms, outcome, vendor_id, Some(detail))?;
         if let Some(reference) = thread {
             tx.tx
                 .prepare_cached(
@@ -253,12 +254,12 @@ impl Store {
                     params![row.id, now_ms],
                 )?;
                 let detail = "hub stopped mid-send; resending under the same key";
-                log(&tx.tx, row.id, now_ms, "attempt_failed", None, Some(detail))?;
+                log(tx.tx, row.id, now_ms, "attempt_failed", None, Some(detail))?;
                 requeued += 1;
             } else {
                 tx.tx.execute("UPDATE sink_outbox SET status = 'unknown' WHERE id = ?1", [row.id])?;
                 let detail = "hub stopped mid-send; not resent (the sink has no idempotency key for it)";
-                log(&tx.tx, row.id, now_ms, "unknown", None, Some(detail))?;
+                log(tx.tx, row.id, now_ms, "unknown", None, Some(detail))?;
                 unknown += 1;
             }
         }
@@ -278,11 +279,10 @@ impl Store {
 
     /// What a sink made for a shipment (a ticket id), if anything.
     pub fn sink_thread(&self, sink: &str, shipment_id: i64) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached("SELECT reference FROM sink_threads WHERE sink = ?1 AND shipment_id = ?2")?
             .query_row(params![sink, shipment_id], |r| r.get(0))
-            .optional()?)
+            .optional()
     }
 }
 

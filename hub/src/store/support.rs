@@ -72,12 +72,13 @@ impl StoreTx<'_> {
 
 /// The leak over messages sent since `?1`: per (milestone, channel) and per milestone over
 /// all channels. A message's time is its first `sent` outcome; a milestone with a suffix
-/// (`delayed:2025-07-03`) counts as the milestone.
+/// (`delayed:2025-07-03`) counts as the milestone. `{position}` is the dialect's
+/// `instr`/`strpos`.
 const LEAK_SQL: &str = "
 WITH messaged AS (
     SELECT o.shipment_id,
-           CASE WHEN instr(o.milestone, ':') > 0
-                THEN substr(o.milestone, 1, instr(o.milestone, ':') - 1)
+           CASE WHEN {position}(o.milestone, ':') > 0
+                THEN substr(o.milestone, 1, {position}(o.milestone, ':') - 1)
                 ELSE o.milestone END AS milestone,
            o.channel,
            min(c.at_ms) AS sent_ms
@@ -92,8 +93,9 @@ lines AS (
     SELECT shipment_id, milestone, 'all', min(sent_ms) FROM messaged GROUP BY shipment_id, milestone
 )
 SELECT l.milestone, l.channel, count(*),
-       sum(EXISTS (SELECT 1 FROM support_contacts s
-                   WHERE s.shipment_id = l.shipment_id AND s.opened_ms >= l.sent_ms))
+       sum(CASE WHEN EXISTS (SELECT 1 FROM support_contacts s
+                             WHERE s.shipment_id = l.shipment_id AND s.opened_ms >= l.sent_ms)
+                THEN 1 ELSE 0 END)
 FROM lines l
 GROUP BY l.milestone, l.channel
 ORDER BY l.milestone, l.channel";
@@ -107,12 +109,17 @@ impl Store {
         let rows = stmt.query_map([shipment_id], |r| {
             Ok(SupportContactRecord { source: r.get(0)?, ticket: r.get(1)?, opened_ms: r.get(2)? })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 
     /// The leak report over messages sent at or after `since_ms` (see [`LeakRow`]).
     pub fn support_leak(&self, since_ms: i64) -> Result<Vec<LeakRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(LEAK_SQL)?;
+        let position = match self.conn.dialect() {
+            super::Dialect::Sqlite => "instr",
+            super::Dialect::Postgres => "strpos",
+        };
+        let sql = LEAK_SQL.replace("{position}", position);
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([since_ms], |r| {
             Ok(LeakRow {
                 milestone: r.get(0)?,
@@ -121,6 +128,6 @@ impl Store {
                 contacted: r.get(3)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 }

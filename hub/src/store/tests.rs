@@ -29,7 +29,11 @@ fn event<'a>(d: &'a DeviceId, seq: u64, id: &'a str) -> NewEvent<'a> {
 #[test]
 fn migrations_bring_a_new_database_to_the_current_version() {
     let store = Store::open_in_memory().expect("open");
-    assert_eq!(store.schema_version().expect("version"), SCHEMA_VERSION);
+    let current = match store.dialect() {
+        super::Dialect::Sqlite => SCHEMA_VERSION,
+        super::Dialect::Postgres => super::PG_SCHEMA_VERSION,
+    };
+    assert_eq!(store.schema_version().expect("version"), current);
 }
 
 #[test]
@@ -368,9 +372,19 @@ fn notification_statuses_read_back_and_a_stranger_is_named() {
 #[test]
 fn a_database_url_is_refused_before_anything_is_created() {
     let dir = tempfile::tempdir().expect("dir");
-    let url = dir.path().join("postgres://hub@db.internal/doorstep");
+    let url = dir.path().join("mysql://hub@db.internal/doorstep");
     let err = Store::open(&url, StoreOptions::default()).expect_err("a URL is not a path");
     assert!(matches!(err, StoreError::NotAPath(_)), "{err}");
     assert!(err.to_string().contains("see docs/scaling.md"), "{err}");
+    let nested = dir.path().join("postgres://hub@db.internal/doorstep");
+    let err = Store::open(&nested, StoreOptions::default()).expect_err("a URL inside a path is neither");
+    assert!(matches!(err, StoreError::NotAPath(_)), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "nothing created");
+}
+
+#[test]
+fn queue_depths_read_on_a_new_database() {
+    let store = Store::open_in_memory().expect("open");
+    let depths = store.queue_depths().expect("depths");
+    assert_eq!(depths, super::QueueDepths::default());
 }

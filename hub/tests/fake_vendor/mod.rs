@@ -213,8 +213,9 @@ pub fn outcomes(path: &Path, id: i64) -> Vec<String> {
 }
 
 pub fn status(path: &Path, id: i64) -> String {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.query_row("SELECT status FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
+    let conn = doorstep_hub::store::Store::open(path, Default::default()).expect("open");
+    conn.raw()
+        .query_row("SELECT status FROM notification_outbox WHERE id = ?1", [id], |r| r.get(0))
         .expect("status")
 }
 

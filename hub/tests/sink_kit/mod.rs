@@ -148,13 +148,14 @@ pub fn outcomes(path: &Path, shipment: i64, event: &str) -> Vec<(String, Option<
 /// answer down: the row is left `sending` (and, with `forget_thread`, what the answer
 /// would have remembered is gone).
 pub fn cut_short(path: &Path, event: &str, forget_thread: bool) {
-    let conn = rusqlite::Connection::open(path).expect("open");
+    let conn = doorstep_hub::store::Store::open(path, Default::default()).expect("open");
     let n = conn
+        .raw()
         .execute("UPDATE sink_outbox SET status = 'sending' WHERE event = ?1", [event])
         .expect("left in flight");
     assert_eq!(n, 1, "one row for {event}");
     if forget_thread {
-        conn.execute("DELETE FROM sink_threads", []).expect("forget");
+        conn.raw().execute("DELETE FROM sink_threads", doorstep_hub::store::NO_ARGS).expect("forget");
     }
 }
 
@@ -305,7 +306,7 @@ impl Case {
     /// A case for `sinks`.
     pub fn new(sinks: Sinks) -> Case {
         let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("hub.db");
+        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
         let shipment = database(&db, TRACKING);
         let domain = domain(&sinks);
         let dispatcher = dispatcher(sinks, &db);

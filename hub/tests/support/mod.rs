@@ -472,7 +472,7 @@ pub struct OneVan {
 pub async fn one_van(options: HubOptions) -> OneVan {
     let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("hub.db");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let (van, van_key) = (device("van-1"), key(1));
     register(&db, &[(&van, &van_key)]);
     let hub = TestHub::start(broker.port(), &db, options).await;
