@@ -163,7 +163,7 @@ use writer::{AckPacer, DispatcherWaker, WriterThread};
 type Delivery = Publish;
 
 /// A verified event on its way to the writer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct VerifiedEvent {
     topic: Topic,
     key_id: KeyId,
@@ -171,8 +171,9 @@ struct VerifiedEvent {
     delivery: Delivery,
 }
 
-/// A message from the broker, checked by a verifier.
-#[derive(Debug)]
+/// A message from the broker, checked by a verifier (cloned only to try a batch again
+/// on PostgreSQL).
+#[derive(Debug, Clone)]
 enum Ingested {
     Event(Box<VerifiedEvent>),
     Chunk {

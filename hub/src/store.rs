@@ -133,6 +133,11 @@ pub enum StoreError {
     /// PostgreSQL refused the operation, or could not be reached.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// PostgreSQL ended the transaction for a reason that passes: it met another hub's (a
+    /// deadlock, a serialization failure) or the connection was lost. Nothing of it was
+    /// kept; the same work may be tried again.
+    #[error("PostgreSQL: {0} (nothing was kept; it can be tried again)")]
+    Transient(String),
     /// `hub.database` is a URL of a database this hub cannot use.
     #[error(
         "hub.database {0:?} is a URL this hub cannot use: give a SQLite file's path, or a PostgreSQL \
@@ -150,6 +155,13 @@ pub enum StoreError {
         /// Its value.
         value: String,
     },
+}
+
+impl StoreError {
+    /// Whether trying the same transaction again may succeed ([`StoreError::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::{self, ChunkOutcome};
 use crate::metrics::Metrics;
 use crate::reconcile::Input;
-use crate::store::{Store, StoreError, StoreTx};
+use crate::store::{Dialect, Store, StoreError, StoreTx};
 
 use super::{
     ACK_INTERVAL, ApplyError, BATCH_LINGER, Delivery, Domain, Effects, Ingested, LINGER_FROM, Outbound,
@@ -316,6 +316,9 @@ impl AfterCommit {
     }
 }
 
+/// Tries of one batch on PostgreSQL before it is given up to the broker's redelivery.
+const BATCH_ATTEMPTS: u64 = 4;
+
 /// Registry answers already read in this batch: key id → (device, its fleet while the
 /// key is the device's active one).
 type Registered = HashMap<KeyId, (DeviceId, Option<FleetId>)>;
@@ -476,9 +479,43 @@ impl WriterThread {
 
     fn commit_batch(&mut self, batch: Vec<Ingested>) {
         let started = Instant::now();
+        // On PostgreSQL a batch can meet another hub's transaction (a deadlock, a
+        // serialization failure) or lose its connection: nothing of it was stored, and
+        // the same batch is tried again, which events' keys make safe. (SQLite's one
+        // writer meets neither.)
+        let mut retry = (self.store.dialect() == Dialect::Postgres).then(|| batch.clone());
+        let mut result = self.store_batch(batch);
+        let mut attempt = 1;
+        while let Err(e) = &result
+            && e.is_transient()
+            && attempt < BATCH_ATTEMPTS
+            && let Some(again) = retry.take()
+        {
+            tracing::warn!(error = %e, attempt, "ingest transaction met another hub's or lost its connection; trying the batch again");
+            self.domain.metrics.ingest("retried", "store_conflict");
+            std::thread::sleep(Duration::from_millis(10 * attempt));
+            attempt += 1;
+            retry = (attempt < BATCH_ATTEMPTS).then(|| again.clone());
+            result = self.store_batch(again);
+        }
+        let after = match result {
+            Ok(after) => after,
+            Err(e) => {
+                // Nothing of the batch is stored, acked or PUBACKed: the broker redelivers
+                // it on the next session and the devices resend what is not acked.
+                tracing::error!(error = %e, "ingest transaction failed; batch rolled back");
+                self.domain.metrics.ingest("rejected", "store_error");
+                return;
+            }
+        };
+        self.after_commit(after, started);
+    }
+
+    /// Stores a batch in one transaction; what it owes the broker once committed.
+    fn store_batch(&mut self, batch: Vec<Ingested>) -> Result<AfterCommit, StoreError> {
         let now = now_ms();
         let mut after = AfterCommit::default();
-        let result = (|| -> Result<(), StoreError> {
+        {
             let tx = self.store.transaction()?;
             let mut devices = Registered::new();
             for item in batch {
@@ -554,21 +591,31 @@ impl WriterThread {
                     }
                 }
             }
-            for (device, (fleet, up_to)) in after.acks.iter_mut() {
-                *up_to = tx.advance_ack(fleet, device, now)?;
+            // SQLite: inside the batch's transaction, which no other writer overlaps.
+            if tx.dialect() == Dialect::Sqlite {
+                for (device, (fleet, up_to)) in after.acks.iter_mut() {
+                    *up_to = tx.advance_ack(fleet, device, now)?;
+                }
             }
             let committing = Instant::now();
             tx.commit()?;
             self.domain.metrics.busy("commit", committing.elapsed());
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Nothing of the batch is stored, acked or PUBACKed: the broker redelivers it
-            // on the next session and the devices resend what is not acked.
-            tracing::error!(error = %e, "ingest transaction failed; batch rolled back");
-            self.domain.metrics.ingest("rejected", "store_error");
-            return;
         }
+        // PostgreSQL: after the commit, so the contiguous run counts what other hubs
+        // committed meanwhile; the stored ack only grows, whichever hub writes last.
+        if self.store.dialect() == Dialect::Postgres && !after.acks.is_empty() {
+            let tx = self.store.transaction()?;
+            for (device, (fleet, up_to)) in after.acks.iter_mut() {
+                *up_to = tx.advance_ack(fleet, device, now)?;
+            }
+            tx.commit()?;
+        }
+        Ok(after)
+    }
+
+    /// Counts a committed batch and sends what it owes: acks, blob acks, PUBACKs.
+    fn after_commit(&mut self, after: AfterCommit, started: Instant) {
+        let now = now_ms();
         let metrics = &self.domain.metrics;
         for ((outcome, reason), n) in &after.counted {
             metrics.ingest_count(outcome, reason, *n);

@@ -372,7 +372,8 @@ impl Store {
                     "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id, detail)
                      SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM notification_outbox WHERE id = ?1)
                        AND NOT EXISTS (SELECT 1 FROM notification_outcomes
-                                       WHERE outbox_id = ?1 AND outcome = ?3 AND provider_id IS NOT DISTINCT FROM ?4)",
+                                       WHERE outbox_id = ?1 AND outcome = ?3 AND provider_id IS NOT DISTINCT FROM ?4)
+                     ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![row, now_ms, outcome, provider_id, detail])?;
             if i == 0 {

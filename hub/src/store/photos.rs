@@ -97,6 +97,16 @@ impl StoreTx<'_> {
         data: &[u8],
     ) -> Result<u32, StoreError> {
         let total = i64::try_from(total_len).map_err(|e| corrupt("photo size", e))?;
+        // On PostgreSQL a photo's chunks may reach several hubs at once: each takes the
+        // photo's lock until commit, so the one that stores the last chunk sees them all
+        // and the photo is assembled once.
+        if self.tx.dialect() == super::Dialect::Postgres {
+            self.tx.query_row(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended(?1 || ' ' || ?2, 0))) AS locked",
+                params![device.as_str(), sha256_hex],
+                |_| Ok(()),
+            )?;
+        }
         // A different size under the same hash is a restarted upload with other
         // metadata; the old chunks cannot belong to it.
         self.tx

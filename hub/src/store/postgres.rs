@@ -305,14 +305,20 @@ async fn migrate_locked(client: &mut Client) -> Result<Migrated, StoreError> {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
         // The server's own message says what is wrong (a missing role, a refused
         // password); the client's display alone says only "db error".
-        Self::Postgres(match e.as_db_error() {
+        let text = match e.as_db_error() {
             Some(db) => format!("{e}: {}", db.message()),
             None => match std::error::Error::source(&e) {
                 Some(cause) => format!("{e}: {cause}"),
                 None => e.to_string(),
             },
-        })
+        };
+        let passes = connection_lost(&e)
+            || e.code().is_some_and(|c| {
+                [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED].contains(c)
+            });
+        if passes { Self::Transient(text) } else { Self::Postgres(text) }
     }
 }

@@ -181,19 +181,34 @@ enum ShipmentKey {
     Tracking,
 }
 
+/// Reads one shipment. Inside a write transaction on PostgreSQL (`for_update`) the row
+/// stays locked until commit: ingest and a carrier webhook on two hubs both read, decide
+/// and write a shipment's reconcile state, and without the lock one write would undo the
+/// other. SQLite's one writer already serialises them.
 fn shipment_where(
     conn: &Db,
     key: ShipmentKey,
     value: super::db::Value<'_>,
+    for_update: bool,
 ) -> Result<Option<Shipment>, StoreError> {
-    let sql = match key {
-        ShipmentKey::Id => {
+    let locked = for_update && conn.dialect() == super::Dialect::Postgres;
+    let sql = match (key, locked) {
+        (ShipmentKey::Id, false) => {
             "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
                     reconcile_state, created_ms, order_name FROM shipments WHERE id = ?1"
         }
-        ShipmentKey::Tracking => {
+        (ShipmentKey::Tracking, false) => {
             "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
                     reconcile_state, created_ms, order_name FROM shipments WHERE tracking_number = ?1"
+        }
+        (ShipmentKey::Id, true) => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms, order_name FROM shipments WHERE id = ?1 FOR NO KEY UPDATE"
+        }
+        (ShipmentKey::Tracking, true) => {
+            "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                    reconcile_state, created_ms, order_name FROM shipments WHERE tracking_number = ?1
+             FOR NO KEY UPDATE"
         }
     };
     let row: Option<ShipmentRow> = conn.prepare_cached(sql)?.query_row([value], shipment_row).optional()?;
@@ -267,12 +282,17 @@ impl Store {
 
     /// A shipment by row id.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, ShipmentKey::Id, super::db::Value::Int(id))
+        shipment_where(&self.conn, ShipmentKey::Id, super::db::Value::Int(id), false)
     }
 
     /// A shipment by tracking number.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(&self.conn, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
+        shipment_where(
+            &self.conn,
+            ShipmentKey::Tracking,
+            super::db::Value::Text(tracking.as_str().into()),
+            false,
+        )
     }
 
     /// A shipment's timeline, oldest first.
@@ -326,12 +346,12 @@ impl StoreTx<'_> {
 
     /// A shipment by tracking number, read inside this transaction.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()))
+        shipment_where(self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()), true)
     }
 
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(self.tx, ShipmentKey::Id, super::db::Value::Int(id))
+        shipment_where(self.tx, ShipmentKey::Id, super::db::Value::Int(id), true)
     }
 
     /// Saves the reconciler's result for a shipment (state as a JSON value).
@@ -407,11 +427,12 @@ impl StoreTx<'_> {
     pub fn take_due_wakeups(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, i64)>, StoreError> {
         let mut due: Vec<(i64, i64)> = self
             .tx
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "DELETE FROM wakeups WHERE (shipment_id, at_ms) IN
-                     (SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2)
+                     (SELECT shipment_id, at_ms FROM wakeups WHERE at_ms <= ?1 ORDER BY at_ms LIMIT ?2{})
                  RETURNING shipment_id, at_ms",
-            )?
+                self.tx.dialect().skip_locked()
+            ))?
             .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
