@@ -95,6 +95,16 @@ enum Command {
         #[arg(long)]
         database: Option<PathBuf>,
     },
+    /// Create the hub database's schema, or bring it to this build's version, and say
+    /// which. `serve` does the same when it starts; run this first when moving to
+    /// PostgreSQL (`hub.database = "postgres://user:password@host:5432/doorstep"`), or to
+    /// check a server's durability settings before the hubs start.
+    Migrate {
+        /// A SQLite file's path or a postgres:// URL; defaults to `hub.database` from the
+        /// configuration.
+        #[arg(long)]
+        database: Option<PathBuf>,
+    },
     /// Write the broker's access rules (Mosquitto ACL) from the device registry.
     BrokerAcl(doorstep_hub::acl::BrokerAclArgs),
 }
@@ -196,8 +206,34 @@ fn main() -> anyhow::Result<()> {
             let database = database_path(&cli.config, database)?;
             audit(&database, limit, key.as_deref(), json)
         }
+        Command::Migrate { database } => migrate(&database_path(&cli.config, database)?),
         Command::BrokerAcl(args) => doorstep_hub::acl::run(&cli.config, args),
     }
+}
+
+fn migrate(database: &Path) -> anyhow::Result<()> {
+    let label = doorstep_hub::store::database_label(database);
+    let mut out = std::io::stdout().lock();
+    match doorstep_hub::store::database_url(database)? {
+        Some(url) => {
+            let (_, migrated) =
+                Store::connect(url).with_context(|| format!("connecting to the hub database {label}"))?;
+            if migrated.from == migrated.to {
+                writeln!(out, "{label}: PostgreSQL schema at version {}, nothing to do", migrated.to)?;
+            } else {
+                writeln!(
+                    out,
+                    "{label}: PostgreSQL schema migrated from version {} to {}",
+                    migrated.from, migrated.to
+                )?;
+            }
+        }
+        None => {
+            let store = open_store(database)?;
+            writeln!(out, "{label}: SQLite schema at version {}", store.schema_version()?)?;
+        }
+    }
+    Ok(())
 }
 
 fn database_path(config: &Path, database: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -73,6 +73,13 @@ impl Postgres {
     /// Creates a cluster and starts its server. Fails with how to install PostgreSQL when
     /// it is missing.
     pub fn start() -> Self {
+        Self::start_listening("127.0.0.1", None)
+    }
+
+    /// A server listening on `listen` (`*` for every address), trusting connections from
+    /// `network` (CIDR) as well as loopback: for hubs on other "hosts" (network
+    /// namespaces) reaching it over their veth links.
+    pub fn start_listening(listen: &str, network: Option<&str>) -> Self {
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is missing (no /usr/lib/postgresql/<version>/bin/initdb): run `bash scripts/test.sh`, \
@@ -93,6 +100,12 @@ impl Postgres {
         .output()
         .expect("run initdb");
         check("initdb", &init);
+        if let Some(network) = network {
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            rules.push_str(&format!("host all all {network} trust\n"));
+            std::fs::write(&hba, rules).expect("write pg_hba.conf");
+        }
         let port = free_port();
         let socket_dir = dir.path().to_str().expect("a UTF-8 path");
         let server = command(
@@ -103,7 +116,7 @@ impl Postgres {
                 "-p",
                 &port.to_string(),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                &format!("listen_addresses={listen}"),
                 "-c",
                 &format!("unix_socket_directories={socket_dir}"),
                 "-c",

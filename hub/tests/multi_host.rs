@@ -1,0 +1,393 @@
+//! Three hubs on three hosts sharing one PostgreSQL and one Mosquitto: each hub is the
+//! real `doorstep-hub serve` in a network namespace of its own (its own "host", joined to
+//! this one by a veth link), reaching the database and the broker over the link's
+//! addresses, the three in one shared subscription group. Vans publish signed events
+//! while one hub's host is lost (every process in its namespace SIGKILLed) and brought
+//! back, and then while the dispatch lease holder's host is lost. Every event is stored
+//! once, every van is acked to its last seq, and the lease passes to a live hub.
+//!
+//! Needs root (`ip netns`, veth): CI runs as root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_proto::{DeviceId, PublicKey, SigningKey};
+use doorstep_testkit::postgres::Postgres;
+use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal};
+
+const HUBS: usize = 3;
+const VANS: u8 = 5;
+/// Events per van in each phase.
+const PER_PHASE: u64 = 60;
+const WAIT: Duration = Duration::from_secs(60);
+const HUB_BIN: &str = env!("CARGO_BIN_EXE_doorstep-hub");
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require_root() {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "this test makes network namespaces (ip netns, veth) and needs root: CI runs as root; \
+         here run it with sudo, or as root in a container with CAP_NET_ADMIN"
+    );
+    assert!(Path::new("/usr/sbin/ip").exists() || Path::new("/sbin/ip").exists(), "needs iproute2 (`ip`)");
+}
+
+/// A "host": a network namespace with one veth link to this one.
+struct Host {
+    ns: String,
+    link: String,
+    /// This namespace's end of the link (where the database and broker are reached).
+    outside: String,
+    /// The host's own address.
+    inside: String,
+}
+
+impl Host {
+    fn new(tag: &str, octet: u32, n: usize) -> Host {
+        let ns = format!("ds{tag}h{n}");
+        let link = format!("ds{tag}r{n}");
+        let peer = format!("ds{tag}n{n}");
+        let outside = format!("10.{octet}.{n}.1");
+        let inside = format!("10.{octet}.{n}.2");
+        run(&["ip", "netns", "add", &ns]);
+        run(&["ip", "link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        run(&["ip", "link", "set", &peer, "netns", &ns]);
+        run(&["ip", "addr", "add", &format!("{outside}/24"), "dev", &link]);
+        run(&["ip", "link", "set", &link, "up"]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{inside}/24"), "dev", &peer]);
+        run(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &outside]);
+        Host { ns, link, outside, inside }
+    }
+
+    /// Loses the host: every process in its namespace is SIGKILLed at once.
+    fn kill_everything(&self) {
+        let out = Command::new("ip").args(["netns", "pids", &self.ns]).output().expect("ip netns pids");
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_everything();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.link]).stderr(Stdio::null()).status();
+    }
+}
+
+/// A broker every host reaches: Mosquitto on all addresses of this namespace.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        assert!(
+            Path::new("/usr/sbin/mosquitto").exists(),
+            "Mosquitto is missing: run `bash scripts/test.sh` (it installs it) or `apt-get install mosquitto`"
+        );
+        let port = support::free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 0.0.0.0\nallow_anonymous true\nmax_inflight_messages 1000\n"),
+        )
+        .expect("conf");
+        let log = std::fs::File::create(dir.join("mosquitto.log")).expect("log");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One hub's configuration: the default file with this host's addresses.
+fn hub_config(dir: &Path, host: &Host, n: usize, broker: u16, database: &str, key: &Path) -> PathBuf {
+    let out = Command::new(HUB_BIN).arg("--print-default-config").output().expect("default config");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(text.contains(from), "the default configuration has no {from:?}");
+        text.replacen(from, to, 1)
+    };
+    let text =
+        replace(text, "database = \"/var/lib/doorstep-hub/hub.db\"", &format!("database = \"{database}\""));
+    let text =
+        replace(text, "key = \"/var/lib/doorstep-hub/hub.key\"", &format!("key = \"{}\"", key.display()));
+    let text = replace(
+        text,
+        "link_token_secret = \"file:/var/lib/doorstep-hub/link.secret\"",
+        "link_token_secret = \"0123456789abcdef0123456789abcdef\"",
+    );
+    let text = replace(
+        text,
+        "host = \"127.0.0.1\"\nport = 1883",
+        &format!("host = \"{}\"\nport = {broker}", host.outside),
+    );
+    let text = replace(text, "client_id = \"doorstep-hub\"", &format!("client_id = \"hub-{n}\""));
+    let text = replace(
+        text,
+        "# shared_group = \"hubs-3f9c2a7d5e1b4c60a8d2f7e9b1c3a5d7\"",
+        "shared_group = \"hubs\"",
+    );
+    let text = replace(text, "listen = \"127.0.0.1:8080\"", &format!("listen = \"{}:8080\"", host.inside));
+    let text = replace(text, "listen = \"127.0.0.1:8081\"", &format!("listen = \"{}:8081\"", host.inside));
+    let path = dir.join(format!("hub-{n}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `doorstep-hub serve` in the host's namespace and waits for its API to answer.
+fn start_hub(dir: &Path, host: &Host, config: &Path, n: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("hub-{n}.log")))
+        .expect("log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &host.ns, HUB_BIN, "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start hub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect((host.inside.as_str(), 8081)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "hub-{n} did not open its API within 30 s: {}",
+            std::fs::read_to_string(dir.join(format!("hub-{n}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+async fn publish_phase(
+    fleet: &SimFleet,
+    vans: &[(DeviceId, SigningKey)],
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    for seq in seqs {
+        for (van, key) in vans {
+            let n = u32::try_from(seq).expect("seq");
+            let event = if seq % 3 == 0 { nearby(n, "s1") } else { position(n) };
+            fleet.publish(&evt_topic(van), seal(key, van, seq, event)).await;
+        }
+        if seq % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+}
+
+/// Events hub `n` stored since it started, from its `/metrics`.
+async fn stored_by(host: &Host, token: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .get(format!("http://{}:8081/metrics", host.inside))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+fn lease_holder(database: &Path) -> Option<String> {
+    Store::open(database, StoreOptions::default())
+        .ok()?
+        .dispatch_lease_holder()
+        .ok()?
+        .map(|(holder, _)| holder)
+}
+
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() {
+    require_root();
+    let dir = tempfile::tempdir().expect("dir");
+    let pid = std::process::id();
+    let tag = format!("{:04x}", pid % 0xffff);
+    let octet = 100 + pid % 100;
+    let hosts: Vec<Host> = (1..=HUBS).map(|n| Host::new(&tag, octet, n)).collect();
+    let pg = Postgres::start_listening("*", Some(&format!("10.{octet}.0.0/16")));
+    let local_url = pg.database("hubs");
+    let broker = Broker::start(dir.path());
+
+    // One hub key for the group (agents trust one), made by the hub's own keygen.
+    let key_path = dir.path().join("hub.key");
+    run(&[HUB_BIN, "keygen", "--key", key_path.to_str().expect("path")]);
+    let pubkey = Command::new(HUB_BIN).args(["pubkey", "--key"]).arg(&key_path).output().expect("pubkey");
+    let hub_public =
+        PublicKey::from_text(String::from_utf8_lossy(&pubkey.stdout).trim()).expect("the hub's public key");
+
+    // The schema first, as an operator moving to PostgreSQL would: `doorstep-hub migrate`.
+    let migrated =
+        Command::new(HUB_BIN).args(["migrate", "--database", &local_url]).output().expect("migrate");
+    let said = String::from_utf8_lossy(&migrated.stdout);
+    assert!(migrated.status.success() && said.contains("migrated from version 0"), "{said}");
+    let database = PathBuf::from(&local_url);
+    let vans: Vec<(DeviceId, SigningKey)> =
+        (1..=VANS).map(|i| (device(&format!("van-{i}")), key(i))).collect();
+    register(&database, &vans.iter().map(|(d, k)| (d, k)).collect::<Vec<_>>());
+    let token = Command::new(HUB_BIN)
+        .args([
+            "apikey",
+            "create",
+            "--name",
+            "prometheus",
+            "--scope",
+            "metrics:read",
+            "--database",
+            &local_url,
+        ])
+        .output()
+        .expect("apikey create");
+    let token = String::from_utf8(token.stdout).expect("token").trim().to_owned();
+
+    let configs: Vec<PathBuf> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let url = format!("postgres://postgres@{}:{}/hubs?sslmode=disable", host.outside, pg.port());
+            hub_config(dir.path(), host, i + 1, broker.port, &url, &key_path)
+        })
+        .collect();
+    let mut hubs: Vec<Option<Child>> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| Some(start_hub(dir.path(), host, &configs[i], i + 1)))
+        .collect();
+
+    let fleet = SimFleet::connect(broker.port, "vans", hub_public).await;
+    let acked_to = |last: u64| vans.iter().all(|(van, _)| fleet.acked(van) >= last);
+
+    // Phase 1: all three hubs take a share.
+    publish_phase(&fleet, &vans, 1..=PER_PHASE).await;
+    assert!(wait_until(WAIT, || acked_to(PER_PHASE)).await, "every van acked to {PER_PHASE}");
+    let mut shares = Vec::new();
+    for host in &hosts {
+        shares.push(stored_by(host, &token).await);
+    }
+    assert!(shares.iter().all(|&n| n > 0), "each hub stored a share of the events: {shares:?}");
+    assert_eq!(shares.iter().sum::<u64>(), u64::from(VANS) * PER_PHASE, "and together each once: {shares:?}");
+    eprintln!("phase 1: events stored by hub-1, hub-2, hub-3: {shares:?}");
+    // Phase 2: hub-2's host is lost mid-stream, and comes back.
+    publish_phase(&fleet, &vans, PER_PHASE + 1..=PER_PHASE + PER_PHASE / 2).await;
+    hosts[1].kill_everything();
+    if let Some(mut child) = hubs[1].take() {
+        let _ = child.wait();
+    }
+    publish_phase(&fleet, &vans, PER_PHASE + PER_PHASE / 2 + 1..=2 * PER_PHASE).await;
+    hubs[1] = Some(start_hub(dir.path(), &hosts[1], &configs[1], 2));
+    assert!(
+        wait_until(WAIT, || acked_to(2 * PER_PHASE)).await,
+        "every van acked to {} after hub-2's host came back: {:?}",
+        2 * PER_PHASE,
+        vans.iter().map(|(v, _)| fleet.acked(v)).collect::<Vec<_>>()
+    );
+
+    // Phase 3: the dispatch lease holder's host is lost; a live hub takes the lease on the
+    // database's clock once it expires, while the vans go on publishing.
+    let holder = lease_holder(&database).expect("a hub holds the dispatch lease");
+    let lost: usize = holder.strip_prefix("hub-").and_then(|n| n.parse().ok()).expect("holder is hub-N");
+    hosts[lost - 1].kill_everything();
+    if let Some(mut child) = hubs[lost - 1].take() {
+        let _ = child.wait();
+    }
+    publish_phase(&fleet, &vans, 2 * PER_PHASE + 1..=3 * PER_PHASE).await;
+    assert!(
+        wait_until(Duration::from_secs(75), || lease_holder(&database).is_some_and(|h| h != holder)).await,
+        "a live hub takes the lease after {holder}'s host was lost"
+    );
+    let successor = lease_holder(&database).expect("holder");
+    // The lost host comes back (its broker session holds the share routed to it meanwhile).
+    hubs[lost - 1] = Some(start_hub(dir.path(), &hosts[lost - 1], &configs[lost - 1], lost));
+    assert!(
+        wait_until(WAIT, || acked_to(3 * PER_PHASE)).await,
+        "every van acked to {}: {:?}",
+        3 * PER_PHASE,
+        vans.iter().map(|(v, _)| fleet.acked(v)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lease_holder(&database).as_deref(),
+        Some(successor.as_str()),
+        "the lease stays with its taker"
+    );
+
+    // Every event stored exactly once: the seqs are 1..=last with no hole and no repeat.
+    let store = Store::open(&database, StoreOptions::default()).expect("store");
+    let want: Vec<u64> = (1..=3 * PER_PHASE).collect();
+    for (van, _) in &vans {
+        assert_eq!(store.event_seqs(van).expect("seqs"), want, "{van}: every event once");
+        assert_eq!(store.ack_high_water(van).expect("ack"), 3 * PER_PHASE, "{van}: the stored ack");
+    }
+    assert_eq!(store.total_events().expect("total"), u64::from(VANS) * 3 * PER_PHASE);
+    fleet.stop();
+    for host in &hosts {
+        host.kill_everything();
+    }
+    for mut child in hubs.into_iter().flatten() {
+        let _ = child.wait();
+    }
+    for n in 1..=HUBS {
+        let log = std::fs::read_to_string(dir.path().join(format!("hub-{n}.log"))).unwrap_or_default();
+        assert!(!log.contains("panicked"), "hub-{n} panicked: {log}");
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(errors.is_empty(), "hub-{n} logged errors: {errors:#?}");
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        eprintln!(
+            "hub-{n}: {} warnings{}",
+            warnings.len(),
+            warnings.iter().map(|w| format!("\n  {w}")).collect::<String>()
+        );
+    }
+}
