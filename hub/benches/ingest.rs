@@ -36,7 +36,8 @@ use doorstep_hub::metrics::Metrics;
 use doorstep_hub::reconcile::Rules;
 use doorstep_hub::store::{NewShipment, Store, StoreOptions};
 use doorstep_proto::{DeviceId, Envelope, KeyId, RouteManifest, Stop, StopId, TrackingNumber, TrustedKey};
-use proc_stat::{load_average, process_cpu, stat_cpu};
+use doorstep_testkit::postgres::Postgres;
+use proc_stat::{load_average, process_cpu, stat_cpu, tree_cpu};
 use support::*;
 
 /// Stops per simulated route; events cycle through them.
@@ -45,6 +46,8 @@ const STOPS: u32 = 20;
 const PUBLISHERS: usize = 2;
 
 fn main() {
+    // The hubs' warnings and errors on stderr (a batch that failed says why).
+    doorstep_runtime::logging::init("warn");
     let full = std::env::args().any(|a| a == "--bench");
     let (mut devices, mut per_device) = if full { (100usize, 1000u64) } else { (4, 25) };
     // DOORSTEP_BENCH_SIZE=<devices>x<events> overrides the size.
@@ -181,7 +184,6 @@ fn store_only_rate(db: &std::path::Path, messages: &[(String, Vec<u8>)], batch: 
 }
 
 async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runtime::Handle) {
-    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let vans: Vec<_> = (0..devices)
@@ -225,12 +227,141 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         return;
     }
 
-    let hub = TestHub::start(
-        broker.port(),
-        &db,
-        HubOptions { verify_threads: cores, batch_max, ..HubOptions::default() },
-    )
-    .await;
+    let sqlite = through_broker(&db, 1, &messages, &vans, per_device, full, fleet_rt, batch_max, None).await;
+    let (rate, elapsed, hub) = (sqlite.rate, sqlite.elapsed, &sqlite.hubs[0]);
+    let (cpu_before, cpu_after, broker_cpu) = (&sqlite.cpu_before, &sqlite.cpu_after, sqlite.broker_cpu);
+    let (load_before, load_after, checked) = (&sqlite.load_before, &sqlite.load_after, sqlite.acks_checked);
+    let total = messages.len();
+    let commits = hub.metrics.get("doorstep_hub_commits_total", &[]);
+    let enqueued: i64 = hub
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("doorstep_hub_notifications_enqueued_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    let busy = |stage| hub.metrics.get("doorstep_hub_busy_us_total", &[("stage", stage)]) as f64 / 1e6;
+    let (verify_s, writer_s, commit_s) = (busy("verify"), busy("writer"), busy("commit"));
+
+    println!("ingest through mosquitto: {devices} devices x {per_device} events = {total} events");
+    println!("  hub (verify, store, reconcile, ack): {rate:.0} events/s in {elapsed:.2} s");
+    println!("  ring verify-only, 1 thread:           {verify_1:.0} events/s");
+    println!("  ring verify-only, {cores} threads:          {verify_n:.0} events/s");
+    println!("  ratio hub / verify-only 1 thread:     {:.0}%", 100.0 * rate / verify_1);
+    println!("  ratio hub / verify-only {cores} threads:    {:.0}%", 100.0 * rate / verify_n);
+    println!(
+        "  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}; acks: {checked}, each checked after the clock stopped",
+        total as f64 / commits.max(1) as f64
+    );
+    println!(
+        "  busy: verify {verify_s:.2} s (all threads), writer {writer_s:.2} s (of which commit {commit_s:.2} s), wall {elapsed:.2} s"
+    );
+    let mut cpu: Vec<String> = cpu_after
+        .iter()
+        .map(|(n, c)| (n, c - cpu_before.get(n).copied().unwrap_or(0.0)))
+        .filter(|(_, c)| *c > 0.0)
+        .map(|(n, c)| format!("{n} {c:.2}"))
+        .collect();
+    cpu.push(format!("mosquitto {broker_cpu:.2}"));
+    println!("  CPU seconds while ingesting (hub, simulated fleet, broker): {}", cpu.join(", "));
+    println!("  load average (1 min) before {load_before}, after {load_after}; {cores} cores");
+    for hub in sqlite.hubs {
+        hub.stop().await;
+    }
+
+    // The same fleet with the hub's state on PostgreSQL (a server of this run's own, on
+    // this machine's two cores beside the broker and the hubs): one hub, then three hubs
+    // of one shared subscription group on one database.
+    let pg = Postgres::start();
+    let mut pg_rates = Vec::new();
+    for hubs in [1usize, 3] {
+        let url = std::path::PathBuf::from(pg.database(&format!("bench_{hubs}")));
+        setup(&url, &vans);
+        let run = through_broker(
+            &url,
+            hubs,
+            &messages,
+            &vans,
+            per_device,
+            full,
+            fleet_rt,
+            batch_max,
+            Some(pg.postmaster_pid()),
+        )
+        .await;
+        let hub_cpu: f64 = run
+            .cpu_after
+            .iter()
+            .map(|(n, c)| c - run.cpu_before.get(n).copied().unwrap_or(0.0))
+            .filter(|_| true)
+            .sum::<f64>()
+            - (run.cpu_after.get("fleet").copied().unwrap_or(0.0)
+                - run.cpu_before.get("fleet").copied().unwrap_or(0.0));
+        let per_event = |cpu: f64| cpu * 1e6 / total as f64;
+        println!(
+            "  PostgreSQL, {hubs} hub{}: {:.0} events/s in {:.2} s ({:.0}% of SQLite in this run); CPU per event: hub {:.1} µs, PostgreSQL {:.1} µs, broker {:.1} µs",
+            if hubs == 1 { "" } else { "s (one shared subscription group)" },
+            run.rate,
+            run.elapsed,
+            100.0 * run.rate / rate,
+            per_event(hub_cpu),
+            per_event(run.database_cpu),
+            per_event(run.broker_cpu),
+        );
+        for hub in run.hubs {
+            hub.stop().await;
+        }
+        pg_rates.push(run.rate);
+    }
+    println!("  PostgreSQL, 3 hubs / 1 hub: {:.2}x", pg_rates[1] / pg_rates[0]);
+}
+
+/// One run of the whole path through the broker.
+struct Through {
+    rate: f64,
+    elapsed: f64,
+    hubs: Vec<TestHub>,
+    cpu_before: std::collections::BTreeMap<String, f64>,
+    cpu_after: std::collections::BTreeMap<String, f64>,
+    broker_cpu: f64,
+    /// CPU seconds of the database server (PostgreSQL's postmaster and its backends).
+    database_cpu: f64,
+    load_before: String,
+    load_after: String,
+    acks_checked: usize,
+}
+
+/// Publishes every message through a broker of its own (no session of an earlier run
+/// queues for a stopped hub) to `hubs` hubs on `db` (one shared
+/// subscription group when several) and times it until every device's last event is
+/// acked. The hubs are left running for their metrics.
+#[allow(clippy::too_many_arguments)]
+async fn through_broker(
+    db: &std::path::Path,
+    hubs: usize,
+    messages: &[(String, Vec<u8>)],
+    vans: &[(DeviceId, doorstep_proto::SigningKey)],
+    per_device: u64,
+    full: bool,
+    fleet_rt: &tokio::runtime::Handle,
+    batch_max: usize,
+    postmaster: Option<u32>,
+) -> Through {
+    let broker = broker().await;
+    let devices = vans.len();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut started = Vec::new();
+    for h in 0..hubs {
+        let options = HubOptions {
+            verify_threads: cores,
+            batch_max,
+            client_id: format!("bench-hub-{}-{h}", db.to_string_lossy().len() + hubs),
+            shared_group: (hubs > 1).then(|| "bench".to_owned()),
+            ..HubOptions::default()
+        };
+        started.push(TestHub::start(broker.port(), db, options).await);
+    }
+    let hub = &started[0];
     let port = broker.port();
     let acks = fleet_rt
         .spawn(SimFleet::connect_with(port, "bench-acks", hub_key().public_key(), FleetMode::DeferVerify))
@@ -249,6 +380,7 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         );
     }
     let total = messages.len();
+    let database_before = postmaster.map_or(0.0, tree_cpu);
     let load_before = load_average();
     let cpu_before = thread_cpu();
     let broker_before = process_cpu(broker.pid());
@@ -256,8 +388,8 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
     let mut tasks = Vec::new();
     // Each device's events stay on one session, in seq order.
     let mut per_publisher: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PUBLISHERS];
-    for (i, m) in messages.into_iter().enumerate() {
-        per_publisher[(i % devices) % PUBLISHERS].push(m);
+    for (i, m) in messages.iter().enumerate() {
+        per_publisher[(i % devices) % PUBLISHERS].push(m.clone());
     }
     for (publisher, batch) in publishers.iter().zip(per_publisher) {
         let client = publisher.client.clone();
@@ -308,52 +440,29 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         println!("  hub metrics:\n{}", hub.metrics.render());
     }
     assert!(done, "not every event was acked within {timeout:?}");
-    let rate = total as f64 / elapsed.as_secs_f64();
-    let commits = hub.metrics.get("doorstep_hub_commits_total", &[]);
-    let enqueued: i64 = hub
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("doorstep_hub_notifications_enqueued_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-        .sum();
     let cpu_after = thread_cpu();
     let broker_cpu = process_cpu(broker.pid()) - broker_before;
+    let database_cpu = postmaster.map_or(0.0, tree_cpu) - database_before;
     let load_after = load_average();
-    let busy = |stage| hub.metrics.get("doorstep_hub_busy_us_total", &[("stage", stage)]) as f64 / 1e6;
-    let (verify_s, writer_s, commit_s) = (busy("verify"), busy("writer"), busy("commit"));
-    hub.stop().await;
     // The vans' side of the acks, off the clock: every one is signed by the hub.
-    let checked = acks.verify_deferred();
+    let acks_checked = acks.verify_deferred();
     assert!(acks.inbox.lock().unwrap().refused.is_empty(), "every ack decodes");
-    let stored = Store::open(&db, StoreOptions::default()).unwrap().total_events().unwrap();
-    assert_eq!(stored, total as u64, "every event stored exactly once");
-
-    println!("ingest through mosquitto: {devices} devices x {per_device} events = {total} events");
-    println!("  hub (verify, store, reconcile, ack): {rate:.0} events/s in {:.2} s", elapsed.as_secs_f64());
-    println!("  ring verify-only, 1 thread:           {verify_1:.0} events/s");
-    println!("  ring verify-only, {cores} threads:          {verify_n:.0} events/s");
-    println!("  ratio hub / verify-only 1 thread:     {:.0}%", 100.0 * rate / verify_1);
-    println!("  ratio hub / verify-only {cores} threads:    {:.0}%", 100.0 * rate / verify_n);
-    println!(
-        "  transactions: {commits} (avg {:.0} events each); notifications enqueued: {enqueued}; acks: {checked}, each checked after the clock stopped",
-        total as f64 / commits.max(1) as f64
-    );
-    println!(
-        "  busy: verify {verify_s:.2} s (all threads), writer {writer_s:.2} s (of which commit {commit_s:.2} s), wall {:.2} s",
-        elapsed.as_secs_f64()
-    );
-    let mut cpu: Vec<String> = cpu_after
-        .iter()
-        .map(|(n, c)| (n, c - cpu_before.get(n).copied().unwrap_or(0.0)))
-        .filter(|(_, c)| *c > 0.0)
-        .map(|(n, c)| format!("{n} {c:.2}"))
-        .collect();
-    cpu.push(format!("mosquitto {broker_cpu:.2}"));
-    println!("  CPU seconds while ingesting (hub, simulated fleet, broker): {}", cpu.join(", "));
-    println!("  load average (1 min) before {load_before}, after {load_after}; {cores} cores");
     for p in &publishers {
         p.stop();
     }
     acks.stop();
+    let stored = Store::open(db, StoreOptions::default()).unwrap().total_events().unwrap();
+    assert_eq!(stored, total as u64, "every event stored exactly once");
+    Through {
+        rate: total as f64 / elapsed.as_secs_f64(),
+        elapsed: elapsed.as_secs_f64(),
+        hubs: started,
+        cpu_before,
+        cpu_after,
+        broker_cpu,
+        database_cpu,
+        load_before,
+        load_after,
+        acks_checked,
+    }
 }

@@ -316,8 +316,9 @@ impl AfterCommit {
     }
 }
 
-/// Tries of one batch on PostgreSQL before it is given up to the broker's redelivery.
-const BATCH_ATTEMPTS: u64 = 4;
+/// Tries of one message stored alone on PostgreSQL before it is left to the broker's
+/// redelivery.
+const ALONE_ATTEMPTS: u64 = 20;
 
 /// Registry answers already read in this batch: key id → (device, its fleet while the
 /// key is the device's active one).
@@ -480,35 +481,47 @@ impl WriterThread {
     fn commit_batch(&mut self, batch: Vec<Ingested>) {
         let started = Instant::now();
         // On PostgreSQL a batch can meet another hub's transaction (a deadlock, a
-        // serialization failure) or lose its connection: nothing of it was stored, and
-        // the same batch is tried again, which events' keys make safe. (SQLite's one
+        // serialization failure) or lose its connection: nothing of it was stored. Its
+        // messages are then stored one per transaction, each tried again a few times:
+        // a single event locks a handful of rows, where a batch of hundreds taking its
+        // shipments in arrival order meets another hub's batch taking them in another
+        // order again and again. Events' keys make trying again safe. (SQLite's one
         // writer meets neither.)
-        let mut retry = (self.store.dialect() == Dialect::Postgres).then(|| batch.clone());
-        let mut result = self.store_batch(batch);
-        let mut attempt = 1;
-        while let Err(e) = &result
-            && e.is_transient()
-            && attempt < BATCH_ATTEMPTS
-            && let Some(again) = retry.take()
-        {
-            tracing::warn!(error = %e, attempt, "ingest transaction met another hub's or lost its connection; trying the batch again");
-            self.domain.metrics.ingest("retried", "store_conflict");
-            std::thread::sleep(Duration::from_millis(10 * attempt));
-            attempt += 1;
-            retry = (attempt < BATCH_ATTEMPTS).then(|| again.clone());
-            result = self.store_batch(again);
-        }
-        let after = match result {
-            Ok(after) => after,
-            Err(e) => {
-                // Nothing of the batch is stored, acked or PUBACKed: the broker redelivers
-                // it on the next session and the devices resend what is not acked.
-                tracing::error!(error = %e, "ingest transaction failed; batch rolled back");
-                self.domain.metrics.ingest("rejected", "store_error");
-                return;
+        let alone = (self.store.dialect() == Dialect::Postgres).then(|| batch.clone());
+        let first = self.store_batch(batch);
+        match (first, alone) {
+            (Ok(after), _) => self.after_commit(after, started),
+            (Err(e), Some(items)) if e.is_transient() => {
+                tracing::warn!(error = %e, messages = items.len(), "ingest batch met another hub's transaction or lost its connection; storing its messages one at a time");
+                self.domain.metrics.ingest("retried", "store_conflict");
+                for item in items {
+                    self.commit_alone(item);
+                }
             }
-        };
-        self.after_commit(after, started);
+            (Err(e), _) => self.batch_failed(&e),
+        }
+    }
+
+    /// Stores one message in a transaction of its own, tried again while PostgreSQL
+    /// says trying again may succeed.
+    fn commit_alone(&mut self, item: Ingested) {
+        let started = Instant::now();
+        for attempt in 1..=ALONE_ATTEMPTS {
+            match self.store_batch(vec![item.clone()]) {
+                Ok(after) => return self.after_commit(after, started),
+                Err(e) if e.is_transient() && attempt < ALONE_ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(5 * attempt));
+                }
+                Err(e) => return self.batch_failed(&e),
+            }
+        }
+    }
+
+    fn batch_failed(&self, e: &StoreError) {
+        // Nothing of it is stored, acked or PUBACKed: the broker redelivers it on the
+        // next session and the devices resend what is not acked.
+        tracing::error!(error = %e, "ingest transaction failed; rolled back");
+        self.domain.metrics.ingest("rejected", "store_error");
     }
 
     /// Stores a batch in one transaction; what it owes the broker once committed.
