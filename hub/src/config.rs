@@ -20,7 +20,9 @@ use crate::store::ContactChannel;
 pub const DEFAULT_CONFIG: &str = r#"# doorstep-hub configuration (TOML). Unknown keys are errors.
 
 [hub]
-# SQLite database (WAL mode); created and migrated on start.
+# The hub's state: a SQLite file (WAL mode), created and migrated on start; or, for hubs
+# on several hosts, a PostgreSQL URL ("postgres://user:password@host:5432/doorstep", TLS
+# unless it ends in ?sslmode=disable; see docs/scaling.md and `doorstep-hub migrate`).
 database = "/var/lib/doorstep-hub/hub.db"
 # The hub's Ed25519 key (PKCS#8), made with `doorstep-hub keygen`. Signs acks and routes;
 # agents are configured with its public half (`doorstep-hub pubkey`).

@@ -395,7 +395,7 @@ impl Store {
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match &self.conn {
             Db::Sqlite(conn) => Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?),
-            Db::Postgres(pg) => pg.run(|w| w.runtime.block_on(w.store.schema_version())),
+            Db::Postgres(pg) => pg.run(|w| w.with_store(PgStore::schema_version)),
         }
     }
 

@@ -91,24 +91,26 @@ pub enum Db {
     Postgres(PgConn),
 }
 
-/// One PostgreSQL connection driven synchronously. The store's callers are threads (the
-/// ingest writer, the dispatcher's blocking tasks) and sometimes async tasks that call it
-/// directly, where blocking on a runtime is refused; so the connection lives on a thread
-/// of its own with a single-threaded runtime, and each statement is handed to it and
-/// waited for.
+/// One PostgreSQL connection driven synchronously: the store's callers are threads (the
+/// ingest writer, the dispatcher's blocking tasks), so the connection has a
+/// single-threaded runtime of its own, turned only while a statement is in flight. A
+/// plain thread turns it itself; a caller inside an async runtime (where blocking on
+/// another runtime is refused) hands the statement to the connection's helper thread and
+/// waits.
 #[derive(Debug)]
 pub struct PgConn {
+    worker: std::sync::Arc<std::sync::Mutex<PgWorker>>,
     jobs: std::sync::mpsc::Sender<Job>,
     /// Inside `BEGIN`: a lost connection fails the transaction instead of reconnecting.
     pub(super) in_transaction: std::cell::Cell<bool>,
 }
 
-type Job = Box<dyn FnOnce(&mut PgWorker) + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
-/// The connection's thread: its runtime, the connection, and what it prepared.
+/// The connection: its runtime, the client, and what it prepared.
 pub struct PgWorker {
-    /// Drives the connection while a job waits on it.
-    pub runtime: tokio::runtime::Runtime,
+    /// Drives the connection while a statement waits on it (taken only when dropped).
+    runtime: Option<tokio::runtime::Runtime>,
     /// The connection, with the store's async operations.
     pub store: PgStore,
     /// Statements prepared on this connection, by the store's text of them.
@@ -116,22 +118,61 @@ pub struct PgWorker {
 }
 
 impl PgWorker {
+    /// Runs `future` (one of [`PgStore`]'s operations) to completion on the connection's
+    /// runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        runtime(&self.runtime).block_on(future)
+    }
+
+    /// Runs one of [`PgStore`]'s operations that needs it mutably.
+    pub fn with_store<'a, F: std::future::Future>(
+        &'a mut self,
+        op: impl FnOnce(&'a mut PgStore) -> F,
+    ) -> F::Output {
+        runtime(&self.runtime).block_on(op(&mut self.store))
+    }
+
     fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
         }
         let text = numbered_to_dollar(sql);
-        let statement = self.runtime.block_on(self.store.client.prepare(&text))?;
+        let statement = self.block_on(self.store.client.prepare(&text))?;
         self.prepared.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
     fn ready(&mut self, in_transaction: bool) -> Result<(), StoreError> {
         if !in_transaction && self.store.client.is_closed() {
-            self.runtime.block_on(self.store.reconnect())?;
+            runtime(&self.runtime).block_on(self.store.reconnect())?;
             self.prepared.clear();
         }
         Ok(())
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        args: &[Value<'_>],
+        in_tx: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.ready(in_tx)?;
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        Ok(self.block_on(self.store.client.query(&statement, &refs))?)
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Value<'_>], in_tx: bool) -> Result<usize, StoreError> {
+        self.ready(in_tx)?;
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let n = self.block_on(self.store.client.execute(&statement, &refs))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn batch(&mut self, sql: &str, in_tx: bool) -> Result<(), StoreError> {
+        self.ready(in_tx)?;
+        Ok(self.block_on(self.store.client.batch_execute(sql))?)
     }
 }
 
@@ -139,81 +180,95 @@ impl PgConn {
     /// Connects (TLS unless the URL says `sslmode=disable`), checks durability and
     /// migrates, as [`PgStore::connect`].
     pub fn connect(url: &str) -> Result<(Self, super::Migrated), StoreError> {
-        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
-        let (ready, connected) = std::sync::mpsc::sync_channel(1);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+            StoreError::Postgres(format!("cannot start the database connection's runtime: {e}"))
+        })?;
+        // Connecting is itself a statement in flight: on the helper thread when the
+        // caller is inside a runtime.
         let url = url.to_owned();
+        let (runtime, connected) = std::thread::scope(|s| {
+            s.spawn(move || {
+                let connected = runtime.block_on(PgStore::connect(&url));
+                (runtime, connected)
+            })
+            .join()
+        })
+        .map_err(|_| gone())?;
+        let (store, migrated) = connected?;
+        let worker = std::sync::Arc::new(std::sync::Mutex::new(PgWorker {
+            runtime: Some(runtime),
+            store,
+            prepared: HashMap::new(),
+        }));
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("doorstep-pg".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready.send(Err(StoreError::Postgres(format!("cannot start a runtime: {e}"))));
-                        return;
-                    }
-                };
-                match runtime.block_on(PgStore::connect(&url)) {
-                    Ok((store, migrated)) => {
-                        let _ = ready.send(Ok(migrated));
-                        let mut worker = PgWorker { runtime, store, prepared: HashMap::new() };
-                        // Ends when the store is dropped (its sender with it).
-                        for job in inbox {
-                            job(&mut worker);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
+                // Ends when the store is dropped (its sender with it).
+                for job in inbox {
+                    job();
                 }
             })
             .map_err(|e| {
                 StoreError::Postgres(format!("cannot start the database connection's thread: {e}"))
             })?;
-        let migrated = connected.recv().map_err(|_| gone())??;
-        Ok((Self { jobs, in_transaction: std::cell::Cell::new(false) }, migrated))
+        Ok((Self { worker, jobs, in_transaction: std::cell::Cell::new(false) }, migrated))
     }
 
-    /// Runs `f` on the connection's thread and waits for it.
+    /// Whether this thread may turn the connection's runtime itself (it is not inside
+    /// another runtime).
+    fn inline() -> bool {
+        tokio::runtime::Handle::try_current().is_err()
+    }
+
+    /// Runs `f` with the connection: on this thread, or on the helper thread when this
+    /// one is inside an async runtime.
     pub fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut PgWorker) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if Self::inline() {
+            return f(&mut self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
         let (done, result) = std::sync::mpsc::sync_channel(1);
+        let worker = std::sync::Arc::clone(&self.worker);
         self.jobs
-            .send(Box::new(move |worker| {
-                let _ = done.send(f(worker));
+            .send(Box::new(move || {
+                let _ = done.send(f(&mut worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
             }))
             .map_err(|_| gone())?;
         result.recv().map_err(|_| gone())?
     }
 
     fn query(&self, sql: &str, args: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let (sql, args, in_tx) = (sql.to_owned(), owned(args), self.in_transaction.get());
-        self.run(move |w| {
-            w.ready(in_tx)?;
-            let statement = w.statement(&sql)?;
-            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            Ok(w.runtime.block_on(w.store.client.query(&statement, &refs))?)
-        })
+        let in_tx = self.in_transaction.get();
+        if Self::inline() {
+            return self
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .query(sql, args, in_tx);
+        }
+        let (sql, args) = (sql.to_owned(), owned(args));
+        self.run(move |w| w.query(&sql, &args, in_tx))
     }
 
     fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<usize, StoreError> {
-        let (sql, args, in_tx) = (sql.to_owned(), owned(args), self.in_transaction.get());
-        self.run(move |w| {
-            w.ready(in_tx)?;
-            let statement = w.statement(&sql)?;
-            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let n = w.runtime.block_on(w.store.client.execute(&statement, &refs))?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        })
+        let in_tx = self.in_transaction.get();
+        if Self::inline() {
+            return self
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .execute(sql, args, in_tx);
+        }
+        let (sql, args) = (sql.to_owned(), owned(args));
+        self.run(move |w| w.execute(&sql, &args, in_tx))
     }
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
         let (sql, in_tx) = (sql.to_owned(), self.in_transaction.get());
-        self.run(move |w| {
-            w.ready(in_tx)?;
-            Ok(w.runtime.block_on(w.store.client.batch_execute(&sql))?)
-        })
+        self.run(move |w| w.batch(&sql, in_tx))
     }
 }
 
@@ -231,6 +286,20 @@ fn owned(args: &[Value<'_>]) -> Vec<Value<'static>> {
             Value::Blob(b) => Value::Blob(Cow::Owned(b.to_vec())),
         })
         .collect()
+}
+
+fn runtime(runtime: &Option<tokio::runtime::Runtime>) -> &tokio::runtime::Runtime {
+    runtime.as_ref().expect("the runtime lives until the connection is dropped")
+}
+
+impl Drop for PgWorker {
+    fn drop(&mut self) {
+        // The store may be dropped inside an async task, where a runtime may not be shut
+        // down by waiting: the connection's runtime is let go without waiting.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for PgWorker {

@@ -71,7 +71,7 @@ impl Store {
                 let resend_safe: Vec<&str> = resend_safe.iter().map(String::as_str).collect();
                 let claim =
                     LeaseClaim { holder: &holder, token: &token, first, ttl_ms, resend_safe: &resend_safe };
-                w.runtime.block_on(w.store.take_dispatch_lease(&claim))
+                w.with_store(|store| store.take_dispatch_lease(&claim))
             });
         }
         let tx = self.shared_transaction()?;
