@@ -240,35 +240,37 @@ impl PgConn {
         result.recv().map_err(|_| gone())?
     }
 
-    fn query(&self, sql: &str, args: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    /// Runs one statement with `op`: on this thread borrowing the arguments, or on the
+    /// helper thread with copies of them.
+    fn statement<T: Send + 'static>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        op: fn(&mut PgWorker, &str, &[Value<'_>], bool) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let in_tx = self.in_transaction.get();
         if Self::inline() {
-            return self
-                .worker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .query(sql, args, in_tx);
+            return op(
+                &mut self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                sql,
+                args,
+                in_tx,
+            );
         }
         let (sql, args) = (sql.to_owned(), owned(args));
-        self.run(move |w| w.query(&sql, &args, in_tx))
+        self.run(move |w| op(w, &sql, &args, in_tx))
+    }
+
+    fn query(&self, sql: &str, args: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.statement(sql, args, PgWorker::query)
     }
 
     fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<usize, StoreError> {
-        let in_tx = self.in_transaction.get();
-        if Self::inline() {
-            return self
-                .worker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .execute(sql, args, in_tx);
-        }
-        let (sql, args) = (sql.to_owned(), owned(args));
-        self.run(move |w| w.execute(&sql, &args, in_tx))
+        self.statement(sql, args, PgWorker::execute)
     }
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let (sql, in_tx) = (sql.to_owned(), self.in_transaction.get());
-        self.run(move |w| w.batch(&sql, in_tx))
+        self.statement(sql, &[], |w, sql, _, in_tx| w.batch(sql, in_tx))
     }
 }
 
