@@ -4,7 +4,10 @@
 //! addresses, the three in one shared subscription group. Vans publish signed events
 //! while one hub's host is lost (every process in its namespace SIGKILLed) and brought
 //! back, and then while the dispatch lease holder's host is lost. Every event is stored
-//! once, every van is acked to its last seq, and the lease passes to a live hub.
+//! once, every van is acked to its last seq, the lease passes to a live hub, and every
+//! customer message (signed webhooks to an endpoint on this host: "dispatched" when the
+//! routes are posted, "nearby" at each stop, some enqueued while no hub held the lease)
+//! is sent under one message id, once.
 //!
 //! Needs root (`ip netns`, veth): CI runs as root.
 
@@ -25,6 +28,45 @@ const VANS: u8 = 5;
 const PER_PHASE: u64 = 60;
 const WAIT: Duration = Duration::from_secs(60);
 const HUB_BIN: &str = env!("CARGO_BIN_EXE_doorstep-hub");
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What the customers' webhook endpoint received: (path, webhook-id, milestone).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// The customers' endpoint, on every address of this host, answering 200 to each signed
+/// POST (checked against the secret) and keeping what it got.
+async fn webhook_endpoint() -> (u16, Received) {
+    let received: Received = Default::default();
+    let kept = received.clone();
+    let signer = doorstep_hub::notify::webhook::WebhookSigner::new(WEBHOOK_SECRET).expect("secret");
+    let app = axum::Router::new().route(
+        "/hooks/{tracking}",
+        axum::routing::post(
+            move |axum::extract::Path(tracking): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let (kept, signer) = (kept.clone(), signer.clone());
+                async move {
+                    let header =
+                        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+                    let timestamp: i64 = timestamp.parse().unwrap_or(0);
+                    if !signer.verify(&id, timestamp, &body, &header("webhook-signature")) {
+                        return axum::http::StatusCode::UNAUTHORIZED;
+                    }
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let milestone = json["data"]["milestone"].as_str().unwrap_or("").to_owned();
+                    kept.lock().unwrap().push((tracking, id, milestone));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, received)
+}
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -166,6 +208,7 @@ fn hub_config(dir: &Path, host: &Host, n: usize, broker: u16, database: &str, ke
     );
     let text = replace(text, "listen = \"127.0.0.1:8080\"", &format!("listen = \"{}:8080\"", host.inside));
     let text = replace(text, "listen = \"127.0.0.1:8081\"", &format!("listen = \"{}:8081\"", host.inside));
+    let text = format!("{text}\n[notify.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n");
     let path = dir.join(format!("hub-{n}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
@@ -198,15 +241,21 @@ fn start_hub(dir: &Path, host: &Host, config: &Path, n: usize) -> Child {
     child
 }
 
+fn parcel(van: &DeviceId, stop: &str) -> String {
+    format!("DS{}{}", van.as_str().replace('-', "").to_uppercase(), stop.to_uppercase())
+}
+
+/// Publishes each van's events `seqs`: positions, and every third a "nearby" at `stop`.
 async fn publish_phase(
     fleet: &SimFleet,
     vans: &[(DeviceId, SigningKey)],
     seqs: std::ops::RangeInclusive<u64>,
+    stop: &str,
 ) {
     for seq in seqs {
         for (van, key) in vans {
             let n = u32::try_from(seq).expect("seq");
-            let event = if seq % 3 == 0 { nearby(n, "s1") } else { position(n) };
+            let event = if seq % 3 == 0 { nearby(n, stop) } else { position(n) };
             fleet.publish(&evt_topic(van), seal(key, van, seq, event)).await;
         }
         if seq % 5 == 0 {
@@ -293,6 +342,14 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         .expect("apikey create");
     let token = String::from_utf8(token.stdout).expect("token").trim().to_owned();
 
+    let orders = Command::new(HUB_BIN)
+        .args(["apikey", "create", "--name", "orders", "--scope", "orders:write", "--scope", "routes:write"])
+        .args(["--database", &local_url])
+        .output()
+        .expect("apikey create");
+    let orders = String::from_utf8(orders.stdout).expect("token").trim().to_owned();
+    let (endpoint, received) = webhook_endpoint().await;
+
     let configs: Vec<PathBuf> = hosts
         .iter()
         .enumerate()
@@ -307,11 +364,44 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         .map(|(i, host)| Some(start_hub(dir.path(), host, &configs[i], i + 1)))
         .collect();
 
+    // Two parcels a van, at stops s1 and s2, each customer on a webhook; the routes are
+    // posted to hub-1 (every customer is told "dispatched").
+    let api = reqwest::Client::new();
+    for (i, (van, _)) in vans.iter().enumerate() {
+        let mut stops = Vec::new();
+        for stop in ["s1", "s2"] {
+            let tracking = parcel(van, stop);
+            let url = format!("http://{}:{endpoint}/hooks/{tracking}", hosts[i % HUBS].outside);
+            let shipment = serde_json::json!({
+                "tracking_number": tracking, "carrier": "ups", "order_id": format!("O-{tracking}"),
+                "contacts": {"webhook": url}, "consent": true, "locale": "en-US", "time_zone": "Europe/Berlin"});
+            let r = api
+                .post(format!("http://{}:8081/v1/shipments", hosts[0].inside))
+                .bearer_auth(&orders)
+                .json(&shipment)
+                .send()
+                .await
+                .expect("post shipment");
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+            stops.push(serde_json::json!({"stop_id": stop, "lat": 49.0, "lon": 12.0, "tracking_numbers": [tracking]}));
+        }
+        let route = serde_json::json!({"fleet": "acme", "device": van.as_str(),
+            "route": {"route_id": "route-1", "stops": stops}});
+        let r = api
+            .post(format!("http://{}:8081/v1/routes", hosts[0].inside))
+            .bearer_auth(&orders)
+            .json(&route)
+            .send()
+            .await
+            .expect("post route");
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+
     let fleet = SimFleet::connect(broker.port, "vans", hub_public).await;
     let acked_to = |last: u64| vans.iter().all(|(van, _)| fleet.acked(van) >= last);
 
     // Phase 1: all three hubs take a share.
-    publish_phase(&fleet, &vans, 1..=PER_PHASE).await;
+    publish_phase(&fleet, &vans, 1..=PER_PHASE, "s1").await;
     assert!(wait_until(WAIT, || acked_to(PER_PHASE)).await, "every van acked to {PER_PHASE}");
     let mut shares = Vec::new();
     for host in &hosts {
@@ -321,12 +411,12 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     assert_eq!(shares.iter().sum::<u64>(), u64::from(VANS) * PER_PHASE, "and together each once: {shares:?}");
     eprintln!("phase 1: events stored by hub-1, hub-2, hub-3: {shares:?}");
     // Phase 2: hub-2's host is lost mid-stream, and comes back.
-    publish_phase(&fleet, &vans, PER_PHASE + 1..=PER_PHASE + PER_PHASE / 2).await;
+    publish_phase(&fleet, &vans, PER_PHASE + 1..=PER_PHASE + PER_PHASE / 2, "s1").await;
     hosts[1].kill_everything();
     if let Some(mut child) = hubs[1].take() {
         let _ = child.wait();
     }
-    publish_phase(&fleet, &vans, PER_PHASE + PER_PHASE / 2 + 1..=2 * PER_PHASE).await;
+    publish_phase(&fleet, &vans, PER_PHASE + PER_PHASE / 2 + 1..=2 * PER_PHASE, "s1").await;
     hubs[1] = Some(start_hub(dir.path(), &hosts[1], &configs[1], 2));
     assert!(
         wait_until(WAIT, || acked_to(2 * PER_PHASE)).await,
@@ -343,7 +433,9 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     if let Some(mut child) = hubs[lost - 1].take() {
         let _ = child.wait();
     }
-    publish_phase(&fleet, &vans, 2 * PER_PHASE + 1..=3 * PER_PHASE).await;
+    // The vans reach their second stop meanwhile: those customers' "nearby" waits for a
+    // hub holding the lease.
+    publish_phase(&fleet, &vans, 2 * PER_PHASE + 1..=3 * PER_PHASE, "s2").await;
     assert!(
         wait_until(Duration::from_secs(75), || lease_holder(&database).is_some_and(|h| h != holder)).await,
         "a live hub takes the lease after {holder}'s host was lost"
@@ -371,6 +463,43 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         assert_eq!(store.ack_high_water(van).expect("ack"), 3 * PER_PHASE, "{van}: the stored ack");
     }
     assert_eq!(store.total_events().expect("total"), u64::from(VANS) * 3 * PER_PHASE);
+
+    // Every customer told "dispatched" and "nearby" for each parcel, each message under
+    // one id (a resend after the lease holder's loss would carry the same id, which
+    // Standard Webhooks receivers drop), and nothing else.
+    let want_messages = usize::from(VANS) * 2 * 2;
+    assert!(
+        wait_until(WAIT, || {
+            let got = received.lock().unwrap();
+            got.iter().map(|(_, id, _)| id).collect::<std::collections::BTreeSet<_>>().len() >= want_messages
+        })
+        .await,
+        "every customer message sent: {:?}",
+        received.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received.lock().unwrap().clone();
+    let mut ids: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        Default::default();
+    for (tracking, id, milestone) in &got {
+        ids.entry((tracking.clone(), milestone.clone())).or_default().insert(id.clone());
+    }
+    let mut want = std::collections::BTreeSet::new();
+    for (van, _) in &vans {
+        for stop in ["s1", "s2"] {
+            for milestone in ["dispatched", "nearby"] {
+                want.insert((parcel(van, stop), milestone.to_owned()));
+            }
+        }
+    }
+    assert_eq!(
+        ids.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        want,
+        "each parcel's two milestones"
+    );
+    assert!(ids.values().all(|set| set.len() == 1), "each message under one id: {ids:?}");
+    let resent = got.len() - want_messages;
+    eprintln!("customer messages: {want_messages} sent, {resent} repeated under the same id");
     fleet.stop();
     for host in &hosts {
         host.kill_everything();
