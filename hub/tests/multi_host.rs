@@ -56,7 +56,7 @@ async fn webhook_endpoint() -> (u16, Received) {
                     }
                     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let milestone = json["data"]["milestone"].as_str().unwrap_or("").to_owned();
-                    kept.lock().unwrap().push((tracking, id, milestone));
+                    kept.lock().expect("received").push((tracking, id, milestone));
                     axum::http::StatusCode::OK
                 }
             },
@@ -470,15 +470,15 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     let want_messages = usize::from(VANS) * 2 * 2;
     assert!(
         wait_until(WAIT, || {
-            let got = received.lock().unwrap();
+            let got = received.lock().expect("received");
             got.iter().map(|(_, id, _)| id).collect::<std::collections::BTreeSet<_>>().len() >= want_messages
         })
         .await,
         "every customer message sent: {:?}",
-        received.lock().unwrap()
+        received.lock().expect("received")
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let got = received.lock().unwrap().clone();
+    let got = received.lock().expect("received").clone();
     let mut ids: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> =
         Default::default();
     for (tracking, id, milestone) in &got {
