@@ -41,8 +41,9 @@ port = 1883
 # events for it while it restarts.
 client_id = "doorstep-hub"
 # Shared subscription group: hubs with the same group split the devices' events. They
-# must all open the same database file (one host: SQLite is the shared state that makes
-# acks cumulative across them), each with its own client_id and [http] listen address.
+# must all use the same hub.database (one SQLite file on one host, or one PostgreSQL for
+# hubs on several hosts: the shared state that makes acks cumulative across them), each
+# with its own client_id and [http] listen address.
 # One of them at a time sends notifications: the holder of a lease in the database.
 # With the broker ACL (`doorstep-hub broker-acl`), the group name is a secret: Mosquitto
 # does not check subscriptions, so a van that guessed it could take a share of the
