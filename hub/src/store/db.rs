@@ -6,9 +6,9 @@
 //! runs as it always did (rusqlite's statement cache, no extra copy); on PostgreSQL the
 //! placeholders become `$1`, the statement is prepared once per connection, and it runs
 //! on the connection's own single-threaded runtime (the store is synchronous: ingest's
-//! writer thread and the dispatcher's blocking threads call it). Where the dialects
-//! differ (a new row's id, `max(a, b)`, row locks, the database's clock) a method asks
-//! [`Db::dialect`] and says both.
+//! writer thread and the dispatcher's blocking threads call it; see [`PgConn`]). Where the dialects
+//! differ (a new row's id, JSON reads, a UTC day, row locks, the database's clock) a
+//! method asks [`Db::dialect`] and says both.
 //!
 //! Values are SQLite's five kinds. Both schemas keep integers as 64 bits and flags as 0
 //! and 1, so one statement text serves both; PostgreSQL's reads are lenient about the
