@@ -20,6 +20,8 @@ declare -A NEED=(
     [curl]=/usr/bin/curl
     # A PostgreSQL of each test's own (initdb into a temporary directory, a free port).
     [postgresql]=/usr/bin/pg_ctlcluster
+    # Hubs on several "hosts": network namespaces joined by veth links (ip netns).
+    [iproute2]=/usr/sbin/ip
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{DeviceId, PublicKey, SigningKey};
+use doorstep_testkit::netns::{Host, require_root};
 use doorstep_testkit::postgres::Postgres;
 use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal};
 
@@ -76,63 +77,6 @@ fn run(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn require_root() {
-    let uid = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test makes network namespaces (ip netns, veth) and needs root: CI runs as root; \
-         here run it with sudo, or as root in a container with CAP_NET_ADMIN"
-    );
-    assert!(Path::new("/usr/sbin/ip").exists() || Path::new("/sbin/ip").exists(), "needs iproute2 (`ip`)");
-}
-
-/// A "host": a network namespace with one veth link to this one.
-struct Host {
-    ns: String,
-    link: String,
-    /// This namespace's end of the link (where the database and broker are reached).
-    outside: String,
-    /// The host's own address.
-    inside: String,
-}
-
-impl Host {
-    fn new(tag: &str, octet: u32, n: usize) -> Host {
-        let ns = format!("ds{tag}h{n}");
-        let link = format!("ds{tag}r{n}");
-        let peer = format!("ds{tag}n{n}");
-        let outside = format!("10.{octet}.{n}.1");
-        let inside = format!("10.{octet}.{n}.2");
-        run(&["ip", "netns", "add", &ns]);
-        run(&["ip", "link", "add", &link, "type", "veth", "peer", "name", &peer]);
-        run(&["ip", "link", "set", &peer, "netns", &ns]);
-        run(&["ip", "addr", "add", &format!("{outside}/24"), "dev", &link]);
-        run(&["ip", "link", "set", &link, "up"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{inside}/24"), "dev", &peer]);
-        run(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &ns, "route", "add", "default", "via", &outside]);
-        Host { ns, link, outside, inside }
-    }
-
-    /// Loses the host: every process in its namespace is SIGKILLed at once.
-    fn kill_everything(&self) {
-        let out = Command::new("ip").args(["netns", "pids", &self.ns]).output().expect("ip netns pids");
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill_everything();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.link]).stderr(Stdio::null()).status();
-    }
 }
 
 /// A broker every host reaches: Mosquitto on all addresses of this namespace.

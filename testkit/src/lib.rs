@@ -16,6 +16,7 @@
 pub mod browser;
 pub mod driver;
 pub mod mosquitto;
+pub mod netns;
 pub mod postgres;
 pub mod pty;
 pub mod webhooks;
