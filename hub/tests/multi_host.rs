@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{DeviceId, PublicKey, SigningKey};
-use doorstep_testkit::netns::{Host, require_root};
+use doorstep_testkit::netns::{Host, require_root, run};
 use doorstep_testkit::postgres::Postgres;
 use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal};
 
@@ -69,14 +69,16 @@ async fn webhook_endpoint() -> (u16, Received) {
     (port, received)
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// POSTs `body` to `/v1/{what}` on a hub's API, expecting 201 Created.
+async fn create(api: &reqwest::Client, hub: &Host, token: &str, what: &str, body: &serde_json::Value) {
+    let r = api
+        .post(format!("http://{}:8081/v1/{what}", hub.inside))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/{what}: {e}"));
+    assert_eq!(r.status(), 201, "POST /v1/{what}: {}", r.text().await.unwrap_or_default());
 }
 
 /// A broker every host reaches: Mosquitto on all addresses of this namespace.
@@ -319,26 +321,12 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
             let shipment = serde_json::json!({
                 "tracking_number": tracking, "carrier": "ups", "order_id": format!("O-{tracking}"),
                 "contacts": {"webhook": url}, "consent": true, "locale": "en-US", "time_zone": "Europe/Berlin"});
-            let r = api
-                .post(format!("http://{}:8081/v1/shipments", hosts[0].inside))
-                .bearer_auth(&orders)
-                .json(&shipment)
-                .send()
-                .await
-                .expect("post shipment");
-            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+            create(&api, &hosts[0], &orders, "shipments", &shipment).await;
             stops.push(serde_json::json!({"stop_id": stop, "lat": 49.0, "lon": 12.0, "tracking_numbers": [tracking]}));
         }
         let route = serde_json::json!({"fleet": "acme", "device": van.as_str(),
             "route": {"route_id": "route-1", "stops": stops}});
-        let r = api
-            .post(format!("http://{}:8081/v1/routes", hosts[0].inside))
-            .bearer_auth(&orders)
-            .json(&route)
-            .send()
-            .await
-            .expect("post route");
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        create(&api, &hosts[0], &orders, "routes", &route).await;
     }
 
     let fleet = SimFleet::connect(broker.port, "vans", hub_public).await;

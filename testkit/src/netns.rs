@@ -20,7 +20,9 @@ pub fn require_root() {
     );
 }
 
-fn run(args: &[&str]) {
+/// Runs a command (`args[0]` and its arguments), failing with its output unless it
+/// succeeds.
+pub fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
