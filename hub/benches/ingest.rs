@@ -289,14 +289,13 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             Some(pg.postmaster_pid()),
         )
         .await;
+        // Every thread of this process but the simulated fleet's: the hubs'.
         let hub_cpu: f64 = run
             .cpu_after
             .iter()
+            .filter(|(n, _)| n.as_str() != "fleet")
             .map(|(n, c)| c - run.cpu_before.get(n).copied().unwrap_or(0.0))
-            .filter(|_| true)
-            .sum::<f64>()
-            - (run.cpu_after.get("fleet").copied().unwrap_or(0.0)
-                - run.cpu_before.get("fleet").copied().unwrap_or(0.0));
+            .sum();
         let per_event = |cpu: f64| cpu * 1e6 / total as f64;
         println!(
             "  PostgreSQL, {hubs} hub{}: {:.0} events/s in {:.2} s ({:.0}% of SQLite in this run); CPU per event: hub {:.1} µs, PostgreSQL {:.1} µs, broker {:.1} µs",
@@ -355,7 +354,7 @@ async fn through_broker(
         let options = HubOptions {
             verify_threads: cores,
             batch_max,
-            client_id: format!("bench-hub-{}-{h}", db.to_string_lossy().len() + hubs),
+            client_id: format!("bench-hub-{h}"),
             shared_group: (hubs > 1).then(|| "bench".to_owned()),
             ..HubOptions::default()
         };
