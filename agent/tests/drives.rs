@@ -11,6 +11,7 @@
 //! occasional 300 m jumps that claim an excellent HDOP): the events must not change.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use doorstep_agent::decide::Decided;
 use doorstep_agent::fix::{Fix, GoodFix};
@@ -49,9 +50,25 @@ impl Planted {
     }
 }
 
+/// A recorded drive: its name in messages, its NMEA file, the stops and decoys planted on
+/// it, and its drive-by decoys, found once from the clean recording.
+struct Drive {
+    name: &'static str,
+    file: &'static str,
+    plan: &'static [Planted],
+    decoys: OnceLock<Vec<Decoy>>,
+}
+
 /// Regensburg, 2010-04-11, 26 min, 18 km, a fix every 2 s. The car stood still for 30 s
 /// or more twice; its other stops were shorter than the dwell.
-const REGENSBURG: &[Planted] = &[
+static REGENSBURG: Drive = Drive {
+    name: "regensburg",
+    file: "genivi_20100411_Geko_Regensburg.nmea",
+    plan: REGENSBURG_PLAN,
+    decoys: OnceLock::new(),
+};
+
+const REGENSBURG_PLAN: &[Planted] = &[
     Planted::decoy("drive-past-1", 49.027263, 12.072788),
     Planted::decoy("drive-past-2", 49.039568, 12.094363),
     Planted::stop("west-end", 49.035306, 12.043195, "2010-04-11T17:12:10Z", "2010-04-11T17:13:02Z"),
@@ -61,7 +78,10 @@ const REGENSBURG: &[Planted] = &[
 ];
 
 /// Munich, 2009-04-01, 31 min of urban stop-and-go at 1 Hz. Seven stands of 30 s or more.
-const MUNICH: &[Planted] = &[
+static MUNICH: Drive =
+    Drive { name: "munich", file: "genivi_munich-gps.nmea", plan: MUNICH_PLAN, decoys: OnceLock::new() };
+
+const MUNICH_PLAN: &[Planted] = &[
     Planted::stop("m1", 48.170494, 11.564383, "2009-04-01T12:44:20Z", "2009-04-01T12:45:01Z"),
     Planted::stop("m2", 48.151296, 11.558565, "2009-04-01T12:50:42Z", "2009-04-01T12:51:13Z"),
     Planted::stop("m3", 48.147921, 11.558792, "2009-04-01T12:52:31Z", "2009-04-01T12:53:20Z"),
@@ -286,32 +306,43 @@ fn jitter_fixes(fixes: &mut [Fix], seed: u64) {
     }
 }
 
+impl Drive {
+    /// The drive replayed clean, or with [`jitter_fixes`] from `seed`.
+    fn run(&self, jitter: Option<u64>) -> Decisions {
+        let name = match jitter {
+            None => self.name.to_owned(),
+            Some(_) => format!("{}+jitter", self.name),
+        };
+        run_plan(&name, self.file, self.plan, jitter)
+    }
+
+    /// Jitter and false jumps from three seeds leave the events as the clean drive's.
+    fn check_jitter_changes_nothing(&self) {
+        let clean = self.run(None);
+        for seed in [0x5eed_0001, 0x5eed_0002, 0x5eed_0003] {
+            assert_eq!(self.run(Some(seed)), clean, "{}: seed {seed:#x}", self.name);
+        }
+    }
+}
+
 #[test]
 fn regensburg_planted_stops_get_one_nearby_and_deliveries_and_decoys_nothing() {
-    let _ = run_plan("regensburg", "genivi_20100411_Geko_Regensburg.nmea", REGENSBURG, None);
+    let _ = REGENSBURG.run(None);
 }
 
 #[test]
 fn munich_planted_stops_get_one_nearby_and_deliveries_and_decoys_nothing() {
-    let _ = run_plan("munich", "genivi_munich-gps.nmea", MUNICH, None);
+    let _ = MUNICH.run(None);
 }
 
 #[test]
 fn regensburg_with_jitter_and_false_jumps_gives_the_same_events() {
-    let file = "genivi_20100411_Geko_Regensburg.nmea";
-    let clean = run_plan("regensburg", file, REGENSBURG, None);
-    for seed in [0x5eed_0001, 0x5eed_0002, 0x5eed_0003] {
-        assert_eq!(run_plan("regensburg+jitter", file, REGENSBURG, Some(seed)), clean, "seed {seed:#x}");
-    }
+    REGENSBURG.check_jitter_changes_nothing();
 }
 
 #[test]
 fn munich_with_jitter_and_false_jumps_gives_the_same_events() {
-    let file = "genivi_munich-gps.nmea";
-    let clean = run_plan("munich", file, MUNICH, None);
-    for seed in [0x5eed_0001, 0x5eed_0002, 0x5eed_0003] {
-        assert_eq!(run_plan("munich+jitter", file, MUNICH, Some(seed)), clean, "seed {seed:#x}");
-    }
+    MUNICH.check_jitter_changes_nothing();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -326,8 +357,6 @@ fn munich_with_jitter_and_false_jumps_gives_the_same_events() {
 // where the receiver still says enough (every case but position noise on a receiver
 // without Doppler), every planted stop gets exactly one nearby before its one delivery.
 // ---------------------------------------------------------------------------------------
-
-use std::sync::OnceLock;
 
 use proptest::prelude::*;
 
@@ -597,19 +626,27 @@ fn decoy_plan(plan: &[Planted], decoys: &[Decoy]) -> (RouteManifest, Vec<TimedSc
     (route, scans)
 }
 
-/// Decoys of a drive, found once from its clean recording.
-fn drive_decoys(file: &str, plan: &[Planted], cell: &'static OnceLock<Vec<Decoy>>) -> &'static [Decoy] {
-    cell.get_or_init(|| {
-        let config = ReplayConfig::default();
-        let (good, _) = gate_all(&decode_log(&read_drive(file), &config), config.gate);
-        let found = decoys(plan, &good);
-        assert!(found.len() >= 8, "{file}: only {} drive-by decoys found", found.len());
-        eprintln!("{file}: {} drive-by decoys", found.len());
-        found
-    })
+impl Drive {
+    /// Decoys of the drive, found once from its clean recording.
+    fn decoys(&self) -> &[Decoy] {
+        let file = self.file;
+        self.decoys.get_or_init(|| {
+            let config = ReplayConfig::default();
+            let (good, _) = gate_all(&decode_log(&read_drive(file), &config), config.gate);
+            let found = decoys(self.plan, &good);
+            assert!(found.len() >= 8, "{file}: only {} drive-by decoys found", found.len());
+            eprintln!("{file}: {} drive-by decoys", found.len());
+            found
+        })
+    }
+
+    /// Replays the drive degraded, with its decoys, and checks both properties.
+    fn check_degraded(&self, degradation: Degradation, seed: u64) {
+        check_degraded(self.file, self.plan, self.decoys(), degradation, seed);
+    }
 }
 
-/// Replays `file` degraded and checks both properties; returns the decoy count.
+/// Replays `file` degraded and checks both properties.
 fn check_degraded(file: &str, plan: &[Planted], decoys: &[Decoy], degradation: Degradation, seed: u64) {
     let mut rng = Rng(seed | 1);
     let config = ReplayConfig { nearby_lookahead: usize::MAX, ..ReplayConfig::default() };
@@ -657,9 +694,6 @@ fn check_degraded(file: &str, plan: &[Planted], decoys: &[Decoy], degradation: D
     }
 }
 
-static REGENSBURG_DECOYS: OnceLock<Vec<Decoy>> = OnceLock::new();
-static MUNICH_DECOYS: OnceLock<Vec<Decoy>> = OnceLock::new();
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 18, ..ProptestConfig::default() })]
 
@@ -667,18 +701,14 @@ proptest! {
     fn regensburg_degraded_never_delivers_a_drive_by_and_keeps_its_stops(
         index in 0u8..6, share in 0.1f64..0.9, seed in any::<u64>(),
     ) {
-        let file = "genivi_20100411_Geko_Regensburg.nmea";
-        let decoys = drive_decoys(file, REGENSBURG, &REGENSBURG_DECOYS);
-        check_degraded(file, REGENSBURG, decoys, Degradation::from_index(index, share), seed);
+        REGENSBURG.check_degraded(Degradation::from_index(index, share), seed);
     }
 
     #[test]
     fn munich_degraded_never_delivers_a_drive_by_and_keeps_its_stops(
         index in 0u8..6, share in 0.1f64..0.9, seed in any::<u64>(),
     ) {
-        let file = "genivi_munich-gps.nmea";
-        let decoys = drive_decoys(file, MUNICH, &MUNICH_DECOYS);
-        check_degraded(file, MUNICH, decoys, Degradation::from_index(index, share), seed);
+        MUNICH.check_degraded(Degradation::from_index(index, share), seed);
     }
 }
 
@@ -687,16 +717,8 @@ fn every_degradation_of_both_drives_holds_for_a_fixed_seed() {
     // The property tests pick cases at random; this runs each degradation once, so every
     // one is exercised on every run whatever the random draw.
     for index in 0..6 {
-        let degradation = Degradation::from_index(index, 0.5);
-        let file = "genivi_20100411_Geko_Regensburg.nmea";
-        check_degraded(
-            file,
-            REGENSBURG,
-            drive_decoys(file, REGENSBURG, &REGENSBURG_DECOYS),
-            degradation,
-            0x5eed,
-        );
-        let file = "genivi_munich-gps.nmea";
-        check_degraded(file, MUNICH, drive_decoys(file, MUNICH, &MUNICH_DECOYS), degradation, 0x5eed);
+        for drive in [&REGENSBURG, &MUNICH] {
+            drive.check_degraded(Degradation::from_index(index, 0.5), 0x5eed);
+        }
     }
 }
