@@ -160,62 +160,32 @@ fn tracks(start_ms: i64) -> Vec<(&'static str, Track)> {
     let mut one = Track::new(DEPOT, start_ms);
     one.park(3)
         // The carrier's system marks it delivered before the van has even left the depot.
-        .act(Act::Carrier {
-            carrier: Carrier::EasyPost,
-            code: PARCELS[1].tracking,
-            status: CarrierStatus::Delivered,
-            lag_s: -120,
-        })
+        .carrier(Carrier::EasyPost, PARCELS[1].tracking, CarrierStatus::Delivered, -120)
         .park(2)
         .drive_to(1000.0, 0.0, speed)
         .park(12)
-        .act(Act::Scan { code: PARCELS[0].tracking, photo: true })
+        .scan(PARCELS[0].tracking, true)
         .park(3)
-        .act(Act::Scan { code: PARCELS[2].tracking, photo: false })
+        .scan(PARCELS[2].tracking, false)
         .park(3)
-        .act(Act::Carrier {
-            carrier: Carrier::AfterShip,
-            code: PARCELS[0].tracking,
-            status: CarrierStatus::Delivered,
-            lag_s: 40,
-        })
-        .act(Act::Carrier {
-            carrier: Carrier::AfterShip,
-            code: PARCELS[2].tracking,
-            status: CarrierStatus::Delivered,
-            lag_s: 35,
-        })
+        .carrier(Carrier::AfterShip, PARCELS[0].tracking, CarrierStatus::Delivered, 40)
+        .carrier(Carrier::AfterShip, PARCELS[2].tracking, CarrierStatus::Delivered, 35)
         .park(12)
         .drive_to(1000.0, 900.0, speed)
         .park(12)
-        .act(Act::Scan { code: PARCELS[1].tracking, photo: false })
+        .scan(PARCELS[1].tracking, false)
         .park(10);
     let mut two = Track::new(DEPOT, start_ms);
     two.park(5)
-        .act(Act::Carrier {
-            carrier: Carrier::AfterShip,
-            code: PARCELS[5].tracking,
-            status: CarrierStatus::OutForDelivery,
-            lag_s: 0,
-        })
+        .carrier(Carrier::AfterShip, PARCELS[5].tracking, CarrierStatus::OutForDelivery, 0)
         .drive_to(0.0, -1000.0, speed)
         .park(12)
-        .act(Act::Scan { code: PARCELS[3].tracking, photo: false })
+        .scan(PARCELS[3].tracking, false)
         .park(2)
-        .act(Act::Scan { code: PARCELS[4].tracking, photo: false })
+        .scan(PARCELS[4].tracking, false)
         .park(4)
-        .act(Act::Carrier {
-            carrier: Carrier::EasyPost,
-            code: PARCELS[3].tracking,
-            status: CarrierStatus::Delivered,
-            lag_s: 30,
-        })
-        .act(Act::Carrier {
-            carrier: Carrier::EasyPost,
-            code: PARCELS[4].tracking,
-            status: CarrierStatus::Delivered,
-            lag_s: 30,
-        })
+        .carrier(Carrier::EasyPost, PARCELS[3].tracking, CarrierStatus::Delivered, 30)
+        .carrier(Carrier::EasyPost, PARCELS[4].tracking, CarrierStatus::Delivered, 30)
         .park(10)
         .drive_to(800.0, -1000.0, speed)
         .park(12)

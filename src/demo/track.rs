@@ -101,6 +101,22 @@ impl Track {
         self
     }
 
+    /// The driver scans `code` at the door, with the photo proof when `photo`.
+    pub(crate) fn scan(&mut self, code: &'static str, photo: bool) -> &mut Track {
+        self.act(Act::Scan { code, photo })
+    }
+
+    /// `carrier`'s own system reports `status` of `code`, dated `lag_s` after now.
+    pub(crate) fn carrier(
+        &mut self,
+        carrier: Carrier,
+        code: &'static str,
+        status: CarrierStatus,
+        lag_s: i64,
+    ) -> &mut Track {
+        self.act(Act::Carrier { carrier, code, status, lag_s })
+    }
+
     /// Half a metre or so of receiver noise, the same on every run.
     fn jitter(&mut self) -> f64 {
         // xorshift64: deterministic, no dependency for a few hundred numbers.
