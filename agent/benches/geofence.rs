@@ -23,22 +23,10 @@ const M_PER_DEG: f64 = 111_195.08;
 /// Start of the shift, ms since the Unix epoch.
 const T0: i64 = 1_790_000_000_000;
 
-/// xorshift64*: deterministic, so every run measures the same drive.
-struct Prng(u64);
-
-impl Prng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn within(&mut self, a: f64) -> f64 {
-        (self.unit() * 2.0 - 1.0) * a
-    }
-}
+/// Deterministic, so every run measures the same drive.
+#[path = "../tests/support/prng.rs"]
+mod prng;
+use prng::Prng;
 
 fn position(east: f64, north: f64) -> (f64, f64) {
     let m_per_deg_lon = M_PER_DEG * BASE_LAT.to_radians().cos();

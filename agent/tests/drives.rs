@@ -270,33 +270,21 @@ fn run_plan(name: &str, file: &str, plan: &[Planted], jitter: Option<u64>) -> De
         .collect()
 }
 
-/// A small deterministic PRNG (xorshift64*), so the jitter is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
+/// A small deterministic PRNG, so the jitter is the same on every run.
+#[path = "support/prng.rs"]
+mod prng;
+use prng::Prng;
 
 /// ±30 m of noise on every fix, and every 37th fix thrown 300 m away while claiming an
 /// excellent HDOP, as multipath near tall buildings does.
 fn jitter_fixes(fixes: &mut [Fix], seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Prng(seed);
     for (i, fix) in fixes.iter_mut().enumerate() {
         let (Some(lat), Some(lon)) = (fix.lat, fix.lon) else { continue };
         let m_per_deg_lon = 111_320.0 * lat.to_radians().cos();
-        let (mut north, mut east) = (30.0 * rng.unit(), 30.0 * rng.unit());
+        let (mut north, mut east) = (rng.within(30.0), rng.within(30.0));
         if i % 37 == 36 {
-            let angle = std::f64::consts::PI * rng.unit();
+            let angle = rng.within(std::f64::consts::PI);
             north = 300.0 * angle.sin();
             east = 300.0 * angle.cos();
             fix.hdop = Some(0.7);
@@ -448,7 +436,7 @@ impl Degradation {
 }
 
 /// Rewrites a recorded log as a worse receiver would have sent it.
-fn degrade_nmea(nmea: &[u8], degradation: Degradation, rng: &mut Rng) -> Vec<u8> {
+fn degrade_nmea(nmea: &[u8], degradation: Degradation, rng: &mut Prng) -> Vec<u8> {
     let text = String::from_utf8_lossy(nmea);
     let lines: Vec<&str> = text.lines().collect();
     let share = match degradation {
@@ -486,7 +474,7 @@ fn degrade_nmea(nmea: &[u8], degradation: Degradation, rng: &mut Rng) -> Vec<u8>
         }
         match kind {
             "RMC" => {
-                strip = (rng.unit() + 1.0) / 2.0 < share;
+                strip = rng.unit() < share;
                 if matches!(degradation, Degradation::GgaOnly | Degradation::GgaOnlyJitter) {
                     let fields: Vec<&str> = body.split(',').collect();
                     let (time, date) =
@@ -648,7 +636,7 @@ impl Drive {
 
 /// Replays `file` degraded and checks both properties.
 fn check_degraded(file: &str, plan: &[Planted], decoys: &[Decoy], degradation: Degradation, seed: u64) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Prng(seed | 1);
     let config = ReplayConfig { nearby_lookahead: usize::MAX, ..ReplayConfig::default() };
     let nmea = degrade_nmea(&read_drive(file), degradation, &mut rng);
     let mut fixes = decode_log(&nmea, &config);

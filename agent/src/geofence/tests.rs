@@ -133,23 +133,9 @@ impl Drive {
     }
 }
 
-/// A tiny deterministic PRNG (xorshift64*), so the tests need no rand dependency.
-pub(super) struct Prng(u64);
-
-impl Prng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [-a, a].
-    fn within(&mut self, a: f64) -> f64 {
-        (self.next_f64() * 2.0 - 1.0) * a
-    }
-}
+#[path = "../../tests/support/prng.rs"]
+mod prng;
+pub(super) use prng::Prng;
 
 pub(super) const NO_EVENTS: [&str; 0] = [];
 
@@ -179,7 +165,7 @@ fn a_parked_van_with_jittery_fixes_gets_one_nearby_then_one_arrival() {
     for k in 1..=600 {
         let (east, north) = (-80.0 + prng.within(30.0), 20.0 + prng.within(30.0));
         let mut f = fix(drive.t_s + f64::from(k), east, north, 0.0);
-        f.speed_mps = Some(prng.next_f64() * 0.8);
+        f.speed_mps = Some(prng.unit() * 0.8);
         f.accuracy_m = 12.0;
         events.extend(tracker.on_fix(&f));
     }
@@ -704,7 +690,7 @@ pub(super) fn jittery_drive(
     let (mut east, mut north) = (0.0, 0.0);
     let mut manifest = Vec::new();
     for i in 0..stops {
-        east += 80.0 + prng.next_f64() * 320.0;
+        east += 80.0 + prng.unit() * 320.0;
         north += prng.within(200.0);
         positions.push((east, north));
         manifest.push(stop(&format!("s{i}"), east, north, &[]));
@@ -712,9 +698,9 @@ pub(super) fn jittery_drive(
     let mut drive = Drive::from(-1000.0, 0.0).every(every_s);
     for &(e, n) in &positions {
         let (pe, pn) = (e + prng.within(100.0), n + prng.within(100.0));
-        drive = drive.to(pe, pn, 5.0 + prng.next_f64() * 12.0);
-        if prng.next_f64() < 0.6 {
-            drive = drive.park(prng.next_f64() * 120.0);
+        drive = drive.to(pe, pn, 5.0 + prng.unit() * 12.0);
+        if prng.unit() < 0.6 {
+            drive = drive.park(prng.unit() * 120.0);
         }
     }
     let mut fixes = drive.fixes;
@@ -726,7 +712,7 @@ pub(super) fn jittery_drive(
         }
         f.lat += dn / M_PER_DEG;
         f.lon += de / m_per_deg_lon;
-        f.accuracy_m = 3.0 + prng.next_f64() * 20.0;
+        f.accuracy_m = 3.0 + prng.unit() * 20.0;
         f.speed_mps = f.speed_mps.map(|s| (s + prng.within(0.5)).max(0.0));
     }
     (route(manifest), fixes)
