@@ -855,20 +855,7 @@ mod tests {
 
     /// A dated, valid fix `t_s` seconds into a slow drive.
     fn fix_at(t_s: i64) -> Fix {
-        Fix {
-            tod_ms: 43_200_000,
-            utc_ms: Some(1_717_243_200_000 + t_s * 1000),
-            mode: Some(crate::fix::FixMode::ThreeD),
-            lat: Some(48.1 + t_s as f64 * 0.000_01),
-            lon: Some(11.5),
-            speed_mps: Some(1.1),
-            hdop: Some(1.0),
-            sats: Some(9),
-            rmc_valid: Some(true),
-            gga_quality: Some(1),
-            faa_mode: Some('A'),
-            ..Fix::default()
-        }
+        Fix { speed_mps: Some(1.1), ..crate::fix::clear_sky_fix(t_s, 48.1 + t_s as f64 * 0.000_01, 11.5) }
     }
 
     fn note(route: &str, stop: &str, tn: &str, text: &str, issued_ms: i64) -> StopNote {
@@ -1014,8 +1001,12 @@ mod tests {
             .map(|(_, wire)| doorstep_proto::Envelope::open(wire, &trusted).expect("verifies").event)
             .collect();
         let [doorstep_proto::Event::Trail(trail)] = events.as_slice() else { panic!("{events:?}") };
-        let times: Vec<i64> =
-            trail.samples().expect("samples").iter().map(|s| (s.utc_ms - 1_717_243_200_000) / 1000).collect();
+        let times: Vec<i64> = trail
+            .samples()
+            .expect("samples")
+            .iter()
+            .map(|s| (s.utc_ms - crate::fix::TEST_NOON_MS) / 1000)
+            .collect();
         assert_eq!(times, [0, 30, 60, 90], "the samples a stop would have lost");
     }
 }

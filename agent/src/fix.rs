@@ -87,6 +87,29 @@ impl Fix {
     }
 }
 
+/// Noon UTC on 2024-06-01, when the tests' receivers report.
+#[cfg(test)]
+pub(crate) const TEST_NOON_MS: i64 = 1_717_243_200_000;
+
+/// A valid 3D fix `seconds` after [`TEST_NOON_MS`] at `lat`, `lon`: what a receiver under
+/// a clear sky reports (GPS quality 1, HDOP 1, nine satellites), for tests.
+#[cfg(test)]
+pub(crate) fn clear_sky_fix(seconds: i64, lat: f64, lon: f64) -> Fix {
+    Fix {
+        tod_ms: 43_200_000,
+        utc_ms: Some(TEST_NOON_MS + seconds * 1000),
+        mode: Some(FixMode::ThreeD),
+        lat: Some(lat),
+        lon: Some(lon),
+        hdop: Some(1.0),
+        sats: Some(9),
+        rmc_valid: Some(true),
+        gga_quality: Some(1),
+        faa_mode: Some('A'),
+        ..Fix::default()
+    }
+}
+
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC, with fractional seconds
 /// only when non-zero (`2019-03-28T16:45:17Z`, `2019-03-28T16:45:17.5Z`).
 pub fn format_utc_ms(ms: i64) -> String {

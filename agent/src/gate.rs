@@ -301,28 +301,10 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fix::FixMode;
+    use crate::fix::{TEST_NOON_MS as NOON_MS, clear_sky_fix as fix_at};
 
-    /// 2024-06-01T12:00:00Z.
-    const NOON_MS: i64 = 1_717_243_200_000;
     /// About 11 m of latitude.
     const STEP_DEG: f64 = 0.0001;
-
-    fn fix_at(seconds: i64, lat: f64, lon: f64) -> Fix {
-        Fix {
-            tod_ms: 43_200_000,
-            utc_ms: Some(NOON_MS + seconds * 1000),
-            mode: Some(FixMode::ThreeD),
-            lat: Some(lat),
-            lon: Some(lon),
-            hdop: Some(1.0),
-            sats: Some(9),
-            rmc_valid: Some(true),
-            gga_quality: Some(1),
-            faa_mode: Some('A'),
-            ..Fix::default()
-        }
-    }
 
     fn verdicts(gate: &mut Gate, fixes: &[Fix]) -> Vec<&'static str> {
         fixes.iter().map(|f| gate.check(f).as_str()).collect()

@@ -124,17 +124,15 @@ fn ms(t: &str) -> i64 {
     parse_rfc3339_ms(t).expect("time")
 }
 
+/// A parcel scanned at `utc_ms`, with no photo and no exception.
+fn scan(utc_ms: i64, code: &TrackingNumber) -> TimedScan {
+    TimedScan { utc_ms, code: code.to_string(), photo: None, exception: None, note: None }
+}
+
 /// Two parcels scanned near the end of each stand; the third parcel of the first planted
 /// stop is scanned five minutes after the car left it.
 fn scans(plan: &[Planted]) -> (Vec<TimedScan>, TrackingNumber) {
     let mut scans = Vec::new();
-    let scan = |utc_ms: i64, code: &TrackingNumber| TimedScan {
-        utc_ms,
-        code: code.to_string(),
-        photo: None,
-        exception: None,
-        note: None,
-    };
     let mut late = None;
     for (i, p) in plan.iter().enumerate() {
         if let Some((_, to)) = p.parked {
@@ -576,13 +574,6 @@ fn decoy_tn(i: usize) -> TrackingNumber {
 fn decoy_plan(plan: &[Planted], decoys: &[Decoy]) -> (RouteManifest, Vec<TimedScan>) {
     let mut stops: Vec<(i64, Stop)> = Vec::new();
     let mut scans = Vec::new();
-    let scan = |utc_ms: i64, code: &TrackingNumber| TimedScan {
-        utc_ms,
-        code: code.to_string(),
-        photo: None,
-        exception: None,
-        note: None,
-    };
     let stop = |id: String, lat: f64, lon: f64, parcel: TrackingNumber| Stop {
         stop_id: StopId::new(id).expect("id"),
         lat,
