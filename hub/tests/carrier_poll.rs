@@ -265,28 +265,8 @@ impl Worker {
     }
 }
 
-async fn create_shipment(hub: &TestHub, tracking: &str, carrier: &str) -> i64 {
-    let shipment = serde_json::json!({"tracking_number": tracking, "carrier": carrier,
-        "contacts": {"email": "ann@example.com"}, "consent": true});
-    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
-}
-
 fn job(db: &Path, shipment: i64, kind: &str) -> Option<CarrierJobRecord> {
     Store::open(db, StoreOptions { full_sync: false }).unwrap().carrier_job(shipment, kind).unwrap()
-}
-
-/// Waits until `done` holds, or `timeout` passes; says which.
-async fn until(timeout: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    done()
 }
 
 fn carrier_events(db: &Path, tracking: &str) -> i64 {
@@ -304,66 +284,10 @@ fn registrations(hub: &TestHub, carrier: &str, outcome: &str) -> i64 {
     hub.metrics.get("doorstep_hub_carrier_registrations_total", &[("carrier", carrier), ("outcome", outcome)])
 }
 
-/// The timeline entries of a shipment from one source, as the API shows them.
-async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde_json::Value> {
-    let shown: serde_json::Value = hub
-        .api_client()
-        .get(hub.url(&format!("/v1/shipments/{tracking}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
-}
-
-/// Verifies ShipEngine webhooks with the test key, as `[carriers.shipengine]` would.
-fn shipengine_webhooks() -> HubOptions {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let secrets = doorstep_hub::config::CarrierSecrets {
-        shipengine_keys: Some(std::fs::read_to_string(data.join("shipengine_test_public.pem")).unwrap()),
-        shipengine_key_id: Some("se-key-1".into()),
-        shipengine_window: Duration::from_secs(300),
-        ..Default::default()
-    };
-    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
-    HubOptions { sources: Arc::new(sources), ..HubOptions::default() }
-}
-
 /// Posts `body` to the hub's ShipEngine webhook, signed as ShipEngine signs it.
 async fn post_shipengine_webhook(hub: &TestHub, body: &[u8]) -> serde_json::Value {
-    use base64::Engine as _;
-    let pem = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/shipengine_test_private_pkcs8.pem"),
-    )
-    .unwrap();
-    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(
-        &base64::engine::general_purpose::STANDARD.decode(der).unwrap(),
-    )
-    .unwrap();
-    let timestamp =
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
-    let mut message = timestamp.as_bytes().to_vec();
-    message.push(b'.');
-    message.extend_from_slice(body);
-    let mut signature = vec![0; pair.public().modulus_len()];
-    pair.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), &message, &mut signature)
-        .unwrap();
-    let r = reqwest::Client::new()
-        .post(hub.url("/webhooks/shipengine"))
-        .header("x-shipengine-rsa-sha256-key-id", "se-key-1")
-        .header(
-            "x-shipengine-rsa-sha256-signature",
-            base64::engine::general_purpose::STANDARD.encode(signature),
-        )
-        .header("x-shipengine-timestamp", timestamp)
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let timestamp = rfc3339(time::OffsetDateTime::now_utc());
+    let r = hub.post_shipengine(body, &timestamp, &shipengine_signature(&timestamp, body)).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -393,10 +317,8 @@ fn assert_is_a_creation(seen: &Seen, tracking: &str, slug: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops_at_delivered() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let hub = TestHub::start(broker.port(), &db, shipengine_webhooks()).await;
+    let Ground { broker, dir: _dir, db } = ground().await;
+    let hub = TestHub::start(broker.port(), &db, HubOptions::shipengine_webhooks()).await;
     // ShipEngine: not scanned yet, a 503, in transit twice (the same answer), a 429 asking
     // for a second, then delivered.
     let (shipengine, base) = Vendor::start(|seen, before| match before.len() {
@@ -414,8 +336,8 @@ async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops
     })
     .await;
     // The order system writes the carrier its own way; a FedEx parcel is not polled.
-    let id = create_shipment(&hub, USPS, "USPS").await;
-    let fedex = create_shipment(&hub, "1Z999AA10123456784", "fedex").await;
+    let id = hub.create_shipment(USPS, "USPS").await;
+    let fedex = hub.create_shipment("1Z999AA10123456784", "fedex").await;
     let worker = Worker::start(&hub, polling(&base, 50.0));
 
     assert!(
@@ -448,7 +370,8 @@ async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops
         (Some("DE/DELIVERED"), Some("stored"))
     );
     assert_eq!(record.attempts, 6);
-    let kinds: Vec<String> = timeline_from(&hub, USPS, "shipengine")
+    let kinds: Vec<String> = hub
+        .timeline_from(USPS, "shipengine")
         .await
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_owned())
@@ -468,9 +391,7 @@ async fn a_polled_parcel_is_stored_through_the_webhooks_dedupe_and_polling_stops
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_api_key_is_a_configuration_error_that_pauses_polling_instead_of_spinning() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
     let (shipengine, base) = Vendor::start(|_, _| {
         shipengine_error(
@@ -481,8 +402,8 @@ async fn a_refused_api_key_is_a_configuration_error_that_pauses_polling_instead_
         )
     })
     .await;
-    let first = create_shipment(&hub, USPS, "usps").await;
-    let second = create_shipment(&hub, "9405511899223197428491", "usps").await;
+    let first = hub.create_shipment(USPS, "usps").await;
+    let second = hub.create_shipment("9405511899223197428491", "usps").await;
     // Two a second: the first answer is in long before the second poll may go.
     let worker = Worker::start(&hub, polling(&base, 2.0));
 
@@ -505,9 +426,7 @@ async fn a_refused_api_key_is_a_configuration_error_that_pauses_polling_instead_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_survives_a_restart() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     const UPS: &str = "1Z999AA10123456784";
     const FEDEX: &str = "794698765432";
     // AfterShip is down at first; later it creates the UPS tracking, and already has the
@@ -526,8 +445,8 @@ async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_su
     .await;
 
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
-    let ups = create_shipment(&hub, UPS, "UPS").await;
-    let dhl = create_shipment(&hub, "JD014600006281230704", "dhl").await;
+    let ups = hub.create_shipment(UPS, "UPS").await;
+    let dhl = hub.create_shipment("JD014600006281230704", "dhl").await;
     // The retry would come in 30 s: the hub stops long before.
     let worker = Worker::start(&hub, registering(&base, Duration::from_secs(30)));
     assert!(
@@ -546,7 +465,7 @@ async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_su
         let conn = doorstep_hub::store::Store::open(&db, Default::default()).unwrap();
         conn.raw().execute("UPDATE carrier_jobs SET due_ms = 0 WHERE shipment_id = ?1", [ups]).unwrap();
     }
-    let fedex = create_shipment(&hub, FEDEX, "FedEx").await;
+    let fedex = hub.create_shipment(FEDEX, "FedEx").await;
     assert!(
         until(Duration::from_secs(10), || {
             [ups, fedex].iter().all(|id| job(&db, *id, "register").is_some_and(|j| j.state == JobState::Done))
@@ -586,9 +505,7 @@ async fn each_new_shipment_is_registered_with_aftership_once_and_what_is_owed_su
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aftership_rate_limit_holds_registrations_until_its_reset_second_and_a_refused_input_is_not_retried()
 {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     const UPS: &str = "1Z999AA10123456784";
     const POSTY: &str = "PX0000000001";
     let (aftership, base) = Vendor::start(|seen, before| {
@@ -613,10 +530,10 @@ async fn aftership_rate_limit_holds_registrations_until_its_reset_second_and_a_r
     })
     .await;
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
-    let ups = create_shipment(&hub, UPS, "ups").await;
+    let ups = hub.create_shipment(UPS, "ups").await;
     let worker = Worker::start(&hub, registering(&base, Duration::from_millis(100)));
     assert!(until(Duration::from_secs(10), || registrations(&hub, "ups", "rate_limited") == 1).await);
-    let posty = create_shipment(&hub, POSTY, "Posty").await;
+    let posty = hub.create_shipment(POSTY, "Posty").await;
     assert!(
         until(Duration::from_secs(10), || {
             job(&db, ups, "register").is_some_and(|j| j.state == JobState::Done)
@@ -665,9 +582,7 @@ fn the_tracking_numbers_here_are_ones_doorstep_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_polls_the_carriers_its_configuration_lists_and_stops_cleanly() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir, db } = ground().await;
     let key = dir.path().join("hub.key");
     doorstep_runtime::keyfile::create(&key, false).unwrap();
     let api_token = {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::blob::{BlobChunk, MAX_CHUNK_LEN};
 use doorstep_proto::{
-    Delivery, DeviceId, Event, FixEvidence, HexBytes, PhotoRef, RouteId, SigningKey, StopId, TrackingNumber,
+    Delivery, DeviceId, Event, FixEvidence, HexBytes, PhotoRef, SigningKey, TrackingNumber,
 };
 use support::*;
 
@@ -47,9 +47,7 @@ fn assert_stored_and_acked(db: &std::path::Path, vans: &[(DeviceId, SigningKey)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 3);
     let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
     let fleet = SimFleet::connect(broker.port(), "sim-1", hub_key().public_key()).await;
@@ -82,9 +80,7 @@ async fn events_from_several_devices_are_stored_once_and_acked_cumulatively() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_a_reason_counted_and_never_stored() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     let (good, good_key) = (device("van-good"), key(1));
     let (revoked, revoked_key) = (device("van-revoked"), key(2));
     let (stranger, stranger_key) = (device("van-stranger"), key(3));
@@ -157,9 +153,7 @@ async fn a_hub_restarted_mid_stream_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_last_seq() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 4);
     // Two hub processes' worth of ingest on one database file, one subscription group.
     let member = |name: &str| HubOptions {
@@ -206,14 +200,13 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
         "tracking_number": "1Z999AA10123456784", "carrier": "ups", "order_id": "A-1",
         "contacts": {"sms": "+15555550100", "email": "ann@example.com"}, "consent": {"sms": true, "email": true},
         "locale": "en-US", "time_zone": "America/New_York"});
-    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
+    assert_eq!(hub.post_json("/v1/shipments", &shipment).await.status(), 201);
+    let r = hub.post_json("/v1/shipments", &shipment).await;
     assert_eq!(r.status(), 409, "a tracking number is created once");
 
     let route = serde_json::json!({"fleet": "acme", "device": "van-1", "route": {"route_id": "route-1", "stops": [
         {"stop_id": "s1", "lat": 47.37, "lon": 8.54, "tracking_numbers": ["1Z999AA10123456784"]}]}});
-    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    let r = hub.post_json("/v1/routes", &route).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
     // A device connecting afterwards gets the retained route, signed by the hub.
@@ -223,27 +216,11 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
 
     // Nearby names the stop; the hub maps it to the stop's parcels.
     fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, nearby(120, "s1"))).await;
-    let delivered = Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("route-1").unwrap(),
-        stop_id: StopId::new("s1").unwrap(),
-        tracking_numbers: vec![TrackingNumber::new("1Z999AA10123456784").unwrap()],
-        distance_m: 8,
-        dwell_s: 40,
-        fix: FixEvidence::new(1_767_225_700_000, 47.37, 8.54),
-        photo: None,
-    });
-    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 2, delivered)).await;
+    let handed_over = Event::DeliveredAtAddress(delivered("s1", "1Z999AA10123456784"));
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 2, handed_over)).await;
     assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&2)).await);
 
-    let body: serde_json::Value = hub
-        .api_client()
-        .get(hub.url("/v1/shipments/1Z999AA10123456784"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = hub.shown("1Z999AA10123456784").await;
     let kinds: Vec<&str> =
         body["timeline"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"dispatched") && kinds.contains(&"nearby"), "{body}");
@@ -258,25 +235,13 @@ async fn a_route_is_published_signed_and_retained_and_moves_its_shipments() {
         "{body}"
     );
     // Posting the route again dispatches nothing twice.
-    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    let again: serde_json::Value = hub
-        .api_client()
-        .get(hub.url("/v1/shipments/1Z999AA10123456784"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(hub.post_json("/v1/routes", &route).await.status(), 201);
+    let again = hub.shown("1Z999AA10123456784").await;
     // (Only "dispatched" is compared: with no hold period, the delivery scan's own
     // "delivered" rows may land between the two reads.)
-    let dispatched = |b: &serde_json::Value| {
-        b["notifications"].as_array().unwrap().iter().filter(|n| n["milestone"] == "dispatched").count()
-    };
-    assert_eq!(dispatched(&again), dispatched(&body));
+    assert_eq!(notified(&again, "dispatched").len(), notified(&body, "dispatched").len());
 
-    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.metrics_text().await;
     assert!(metrics.contains("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("doorstep_hub_queue_depth{queue=\"notification_queued\"}"), "{metrics}");
     assert_eq!(client.get(hub.url("/healthz")).send().await.unwrap().status(), 200);
@@ -305,16 +270,11 @@ async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
     fleet.publish(blob_topic, chunk(0).encode().unwrap()).await;
     assert!(hub.wait_for(WAIT, |m| m.render().contains("reason=\"photo_not_referenced\"")).await);
 
-    let delivered = Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("route-1").unwrap(),
-        stop_id: StopId::new("s1").unwrap(),
-        tracking_numbers: vec![TrackingNumber::new("1Z999AA10123456784").unwrap()],
-        distance_m: 8,
-        dwell_s: 40,
-        fix: FixEvidence::new(1_767_225_700_000, 47.37, 8.54),
+    let handed_over = Event::DeliveredAtAddress(Delivery {
         photo: Some(PhotoRef { sha256: sha, size: photo.len() as u64 }),
+        ..delivered("s1", "1Z999AA10123456784")
     });
-    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, delivered)).await;
+    fleet.publish(&evt_topic(&van), seal(&van_key, &van, 1, handed_over)).await;
     assert!(fleet.wait_for(WAIT, |i| i.acked.get(&van) == Some(&1)).await);
     for index in [0, 2, 1] {
         fleet.publish(blob_topic, chunk(index).encode().unwrap()).await;
@@ -330,29 +290,16 @@ async fn a_photo_is_reassembled_checked_against_its_signed_hash_and_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     let secrets = doorstep_hub::config::CarrierSecrets {
         aftership: Some("aftership-test-secret".into()),
         ..Default::default()
     };
-    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
-    let sources = std::sync::Arc::new(sources);
-    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
+    let hub = TestHub::start(broker.port(), &db, HubOptions::carriers(&secrets)).await;
     let client = http();
-    let shipment = serde_json::json!({"tracking_number": "111111111111", "carrier": "fedex",
-        "contacts": {"email": "ann@example.com"}, "consent": true});
-    assert_eq!(
-        hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap().status(),
-        201
-    );
+    hub.create_shipment("111111111111", "fedex").await;
 
-    let fixture = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/carriers/aftership_get_tracking_fedex_delivered_sdk_fixture.json"),
-    )
-    .unwrap();
+    let fixture = carrier_fixture("aftership_get_tracking_fedex_delivered_sdk_fixture.json");
     let doc: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
     let body = serde_json::to_vec(&serde_json::json!({"event": "tracking_update",
         "event_id": "4f6f1f5b-0c1e-4d55-a2a2-8d3c6b9f0e11", "msg": doc["data"]["tracking"], "ts": 1_532_481_000}))
@@ -374,18 +321,8 @@ async fn a_signed_carrier_webhook_is_stored_once_and_a_forged_one_is_refused() {
     let r = post("AAAA".into()).await.unwrap();
     assert_eq!(r.status(), 401);
 
-    let shown: serde_json::Value = hub
-        .api_client()
-        .get(hub.url("/v1/shipments/111111111111"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let carrier_entries =
-        shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == "aftership").count();
-    assert_eq!(carrier_entries, 1, "{shown}");
+    let carrier_entries = hub.timeline_from("111111111111", "aftership").await;
+    assert_eq!(carrier_entries.len(), 1, "{carrier_entries:?}");
     let metrics = hub.metrics.render();
     assert!(metrics.contains("carrier=\"aftership\",outcome=\"rejected\""), "{metrics}");
     hub.stop().await;
@@ -471,13 +408,13 @@ async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
         "{}",
         hub.metrics.render()
     );
-    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.metrics_text().await;
     assert!(metrics.contains("doorstep_hub_devices_online 1"), "{metrics}");
 
     // The broker's last will: offline.
     publish(&state_topic, QoS::AtLeastOnce, DeviceState::offline().to_bytes()).await;
     assert!(hub.wait_for(WAIT, |m| counted(m, "state", "stored", "ok") == 2).await);
-    let metrics = hub.api_client().get(hub.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = hub.metrics_text().await;
     assert!(metrics.contains("doorstep_hub_devices_online 0"), "{metrics}");
     assert_eq!(hub.metrics.ingest_outcome_total("stored"), 0, "neither is an event");
 
@@ -493,40 +430,9 @@ async fn a_vans_state_and_live_position_reach_the_registry_and_metrics() {
     );
 }
 
-fn carrier_fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/carriers").join(name),
-    )
-    .unwrap()
-}
-
-/// Creates a shipment with a consented email contact through the API.
-async fn create_shipment(hub: &TestHub, tracking: &str, carrier: &str) {
-    let shipment = serde_json::json!({"tracking_number": tracking, "carrier": carrier,
-        "contacts": {"email": "ann@example.com"}, "consent": true});
-    let r = hub.api_client().post(hub.url("/v1/shipments")).json(&shipment).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-}
-
-/// The timeline entries of a shipment from one source, as the API shows them.
-async fn timeline_from(hub: &TestHub, tracking: &str, source: &str) -> Vec<serde_json::Value> {
-    let shown: serde_json::Value = hub
-        .api_client()
-        .get(hub.url(&format!("/v1/shipments/{tracking}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and_stored_once() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     // EasyPost's client-library fixture: a precomposed secret and the signature it gives.
     let fixture: serde_json::Value =
         serde_json::from_slice(&carrier_fixture("easypost_webhook_hmac_fixture.json")).unwrap();
@@ -534,9 +440,7 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
     let signature = fixture["hmac_signature"].as_str().unwrap().to_owned();
     let secrets =
         doorstep_hub::config::CarrierSecrets { easypost: Some(secret.clone()), ..Default::default() };
-    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
-    let sources = std::sync::Arc::new(sources);
-    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
+    let hub = TestHub::start(broker.port(), &db, HubOptions::carriers(&secrets)).await;
     let client = http();
     let post = |body: Vec<u8>, signature: String| {
         client
@@ -558,7 +462,7 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
     assert!(r.text().await.unwrap().contains("tracking"));
 
     // A delivered update for a shipment the hub knows, signed as EasyPost signs.
-    create_shipment(&hub, "EZ4000000004", "usps").await;
+    hub.create_shipment("EZ4000000004", "usps").await;
     let body = carrier_fixture("easypost_tracker_updated_landing_page.json");
     let signed = doorstep_testkit::webhooks::easypost(&secret, &body);
     let r = post(body.clone(), signed.clone()).await.unwrap();
@@ -570,7 +474,7 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
     tampered.push(b' ');
     assert_eq!(post(tampered, signed).await.unwrap().status(), 401);
 
-    let entries = timeline_from(&hub, "EZ4000000004", "easypost").await;
+    let entries = hub.timeline_from("EZ4000000004", "easypost").await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["kind"], "delivered");
     let metrics = hub.metrics.render();
@@ -587,63 +491,24 @@ async fn an_easypost_webhook_is_checked_with_the_nfkd_secret_on_the_raw_body_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_body() {
-    use base64::Engine as _;
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let secrets = doorstep_hub::config::CarrierSecrets {
-        shipengine_keys: Some(std::fs::read_to_string(data.join("shipengine_test_public.pem")).unwrap()),
-        shipengine_key_id: Some("se-key-1".into()),
-        shipengine_window: Duration::from_secs(300),
-        ..Default::default()
-    };
-    let sources = doorstep_hub::inbound::CarrierVerifiers::from_secrets(&secrets).unwrap().into();
-    let sources = std::sync::Arc::new(sources);
-    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
-    create_shipment(&hub, "9361269903502070406152", "usps").await;
-
-    let pem = std::fs::read_to_string(data.join("shipengine_test_private_pkcs8.pem")).unwrap();
-    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(
-        &base64::engine::general_purpose::STANDARD.decode(der).unwrap(),
-    )
-    .unwrap();
-    let sign = |timestamp: &str, body: &[u8]| {
-        let mut message = timestamp.as_bytes().to_vec();
-        message.push(b'.');
-        message.extend_from_slice(body);
-        let mut sig = vec![0; pair.public().modulus_len()];
-        let rng = ring::rand::SystemRandom::new();
-        pair.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, &message, &mut sig).unwrap();
-        base64::engine::general_purpose::STANDARD.encode(sig)
-    };
-    let client = http();
-    let post = |body: Vec<u8>, timestamp: String, signature: String| {
-        client
-            .post(hub.url("/webhooks/shipengine"))
-            .header("x-shipengine-rsa-sha256-key-id", "se-key-1")
-            .header("x-shipengine-rsa-sha256-signature", signature)
-            .header("x-shipengine-timestamp", timestamp)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
-    let rfc3339 = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let Ground { broker, dir: _dir, db } = ground().await;
+    let hub = TestHub::start(broker.port(), &db, HubOptions::shipengine_webhooks()).await;
+    hub.create_shipment("9361269903502070406152", "usps").await;
     let body = carrier_fixture("shipengine_api_track_webhook_usps_delivered.json");
 
     let now = rfc3339(time::OffsetDateTime::now_utc());
-    let r = post(body.clone(), now.clone(), sign(&now, &body)).await.unwrap();
+    let r = hub.post_shipengine(&body, &now, &shipengine_signature(&now, &body)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["outcome"], "stored");
     // A replay from an hour ago, correctly signed, is outside the window.
     let old = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
-    assert_eq!(post(body.clone(), old.clone(), sign(&old, &body)).await.unwrap().status(), 401);
+    let replayed = shipengine_signature(&old, &body);
+    assert_eq!(hub.post_shipengine(&body, &old, &replayed).await.status(), 401);
     // The signature covers the timestamp: a fresh timestamp on an old signature fails.
     let later = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(1));
-    assert_eq!(post(body.clone(), later, sign(&old, &body)).await.unwrap().status(), 401);
+    assert_eq!(hub.post_shipengine(&body, &later, &replayed).await.status(), 401);
 
-    let entries = timeline_from(&hub, "9361269903502070406152", "shipengine").await;
+    let entries = hub.timeline_from("9361269903502070406152", "shipengine").await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["kind"], "delivered");
     let metrics = hub.metrics.render();
@@ -663,7 +528,7 @@ async fn a_shipengine_webhook_needs_a_fresh_rsa_signature_over_timestamp_and_bod
 async fn shipments_on_a_route(hub: &TestHub, stops: &[(&str, &str, Option<u32>)]) -> i64 {
     let mut route_stops = Vec::new();
     for (i, (stop, tracking, dwell_s)) in stops.iter().enumerate() {
-        create_shipment(hub, tracking, "ups").await;
+        hub.create_shipment(tracking, "ups").await;
         let mut s = serde_json::json!({"stop_id": stop, "lat": 47.37, "lon": 8.54 + i as f64 * 0.01,
             "tracking_numbers": [tracking]});
         if let Some(d) = dwell_s {
@@ -673,7 +538,7 @@ async fn shipments_on_a_route(hub: &TestHub, stops: &[(&str, &str, Option<u32>)]
     }
     let route = serde_json::json!({"fleet": "acme", "device": "van-1",
         "route": {"route_id": "route-1", "stops": route_stops}});
-    let r = hub.api_client().post(hub.url("/v1/routes")).json(&route).send().await.unwrap();
+    let r = hub.post_json("/v1/routes", &route).await;
     assert_eq!(r.status(), 201);
     r.json::<serde_json::Value>().await.unwrap()["issued_ms"].as_i64().unwrap()
 }
@@ -685,27 +550,7 @@ fn handover(stop: &str, tracking: &str, speed_mps: Option<f64>, dwell_s: u32) ->
     if let Some(v) = speed_mps {
         fix = fix.with_speed_mps(v);
     }
-    Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("route-1").unwrap(),
-        stop_id: StopId::new(stop).unwrap(),
-        tracking_numbers: vec![TrackingNumber::new(tracking).unwrap()],
-        distance_m: 3,
-        dwell_s,
-        fix,
-        photo: None,
-    })
-}
-
-/// The shipment as the API shows it.
-async fn shown(hub: &TestHub, tracking: &str) -> serde_json::Value {
-    hub.api_client()
-        .get(hub.url(&format!("/v1/shipments/{tracking}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    Event::DeliveredAtAddress(Delivery { distance_m: 3, dwell_s, fix, ..delivered(stop, tracking) })
 }
 
 fn codes(shown: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
@@ -718,13 +563,9 @@ fn enqueued(m: &doorstep_hub::metrics::Metrics, milestone: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_not_told_as_delivered() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
     // No hold: an accepted confirmation is "delivered" at the next wake-up.
-    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let OneVan { broker, dir: _dir, db: _, van, van_key, hub } =
+        one_van(HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
     let (rolled_past, pulled_away) = ("1Z999AA10000000011", "1Z999AA10000000012");
     // The second stop's route asks for 20 s of dwell, below the 30 s default.
     shipments_on_a_route(&hub, &[("s1", rolled_past, None), ("s2", pulled_away, Some(20))]).await;
@@ -748,7 +589,7 @@ async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_n
         hub.metrics.render()
     );
 
-    let moving = shown(&hub, rolled_past).await;
+    let moving = hub.shown(rolled_past).await;
     assert_eq!(codes(&moving, "alerts", "code"), ["at_address_while_moving"], "{moving:#}");
     assert!(!codes(&moving, "notifications", "milestone").contains(&"delivered".to_owned()), "{moving:#}");
     assert_ne!(moving["shipment"]["milestone"], "delivered", "{moving:#}");
@@ -757,7 +598,7 @@ async fn an_at_address_confirmation_made_while_moving_alerts_operations_and_is_n
     assert_eq!(entry["kind"], "at_address_while_moving", "never shown as a handover: {entry}");
     assert_eq!(entry["detail"]["speed_cmps"], 1250);
 
-    let accepted = shown(&hub, pulled_away).await;
+    let accepted = hub.shown(pulled_away).await;
     assert_eq!(accepted["shipment"]["milestone"], "delivered", "{accepted:#}");
     assert!(codes(&accepted, "alerts", "code").is_empty(), "{accepted:#}");
     hub.stop().await;
@@ -787,11 +628,11 @@ async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_a
         hub.metrics.render()
     );
 
-    let ignored = shown(&hub, tomorrow).await;
+    let ignored = hub.shown(tomorrow).await;
     assert_eq!(ignored["shipment"]["milestone"], "dispatched", "{ignored:#}");
     assert!(ignored["timeline"].as_array().unwrap().iter().all(|e| e["source"] != "device"), "{ignored:#}");
     assert_eq!(codes(&ignored, "notifications", "milestone"), ["dispatched"], "{ignored:#}");
-    assert_eq!(shown(&hub, today).await["shipment"]["milestone"], "delivered");
+    assert_eq!(hub.shown(today).await["shipment"]["milestone"], "delivered");
     hub.stop().await;
 
     let store = open(&db);
@@ -803,13 +644,9 @@ async fn an_event_dated_a_day_ahead_is_quarantined_counted_and_acked_but_never_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold_after_it_arrived() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
     let hold_ms = 3000;
-    let hub = TestHub::start(broker.port(), &db, HubOptions { hold_ms, ..HubOptions::default() }).await;
+    let OneVan { broker, dir: _dir, db, van, van_key, hub } =
+        one_van(HubOptions { hold_ms, ..HubOptions::default() }).await;
     let tracking = "1Z999AA10000000031";
     shipments_on_a_route(&hub, &[("s1", tracking, None)]).await;
     let fleet = SimFleet::connect(broker.port(), "sim-ahead", hub_key().public_key()).await;
@@ -836,12 +673,7 @@ async fn a_confirmation_from_a_van_clock_three_minutes_ahead_is_delivered_a_hold
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_lost_with_a_crashed_broker_is_back_on_a_fresh_one_for_the_van() {
     use doorstep_proto::state::DeviceState;
-    let mut broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let (van, van_key) = (device("van-1"), key(1));
-    register(&db, &[(&van, &van_key)]);
-    let hub = TestHub::start(broker.port(), &db, HubOptions::default()).await;
+    let OneVan { mut broker, dir: _dir, db: _, van, van_key: _, hub } = one_van(HubOptions::default()).await;
     let issued_ms = shipments_on_a_route(&hub, &[("s1", "1Z999AA10000000041", None)]).await;
     let before = SimFleet::connect(broker.port(), "van-before", hub_key().public_key()).await;
     assert!(before.wait_for(WAIT, |i| !i.routes.is_empty()).await, "the posted route is retained");

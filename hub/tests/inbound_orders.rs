@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use doorstep_hub::config::{CarrierSecrets, OrderSettings, SupportSettings};
 use doorstep_hub::inbound::Sources;
 use doorstep_testkit::webhooks;
@@ -31,14 +29,9 @@ async fn hub_with_orders() -> (Broker, tempfile::TempDir, TestHub) {
         time_zone: "Europe/Berlin".into(),
         ..OrderSettings::default()
     };
-    let sources =
-        Arc::new(Sources::build(&CarrierSecrets::default(), &orders, &SupportSettings::default()).unwrap());
-    let hub = TestHub::start(
-        broker.port(),
-        &dir.path().join("hub.db"),
-        HubOptions { sources, ..HubOptions::default() },
-    )
-    .await;
+    let sources = Sources::build(&CarrierSecrets::default(), &orders, &SupportSettings::default()).unwrap();
+    let hub =
+        TestHub::start(broker.port(), &dir.path().join("hub.db"), HubOptions::with_sources(sources)).await;
     (broker, dir, hub)
 }
 
@@ -78,12 +71,6 @@ async fn woo(hub: &TestHub, body: &str, delivery: &str, secret: &str) -> (u16, V
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn shown(hub: &TestHub, tracking: &str) -> Value {
-    let r = hub.api_client().get(hub.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap();
-    assert_eq!(r.status(), 200, "shipment {tracking}");
-    r.json().await.unwrap()
-}
-
 fn count(hub: &TestHub, source: &str, outcome: &str, reason: &str) -> i64 {
     hub.metrics
         .get("doorstep_hub_webhooks_total", &[("carrier", source), ("outcome", outcome), ("reason", reason)])
@@ -104,7 +91,7 @@ async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() 
     assert_eq!((status, reply["outcome"].as_str()), (200, Some("stored")), "{reply}");
 
     for tracking in ["1Z999AA10123456784", "1Z999AA10123456795"] {
-        let view = shown(&hub, tracking).await;
+        let view = hub.shown(tracking).await;
         let s = &view["shipment"];
         assert_eq!(s["order_id"], "820982911946154508", "{view}");
         assert_eq!(s["order_name"], "#1001");
@@ -114,13 +101,7 @@ async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() 
         assert_eq!(s["contacts"]["email"]["recipient"], "jon@example.com");
         assert_eq!(s["contacts"]["email"]["consent"], true);
         assert!(s["contacts"].get("sms").is_none(), "the destination's phone has no consent: {view}");
-        let dispatched: Vec<&Value> = view["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["milestone"] == "dispatched")
-            .collect();
-        assert_eq!(dispatched.len(), 1, "one e-mail per parcel: {view}");
+        assert_eq!(notified(&view, "dispatched").len(), 1, "one e-mail per parcel: {view}");
     }
 
     // Shopify's retry of the same delivery: nothing changes.
@@ -159,7 +140,7 @@ async fn a_stale_shopify_retry_never_overwrites_a_newer_status() {
         shopify(&hub, "fulfillments/update", &transit, "d-2", "2026-12-02T01:00:01Z", SHOPIFY_SECRET).await;
     assert_eq!((status, reply["outcome"].as_str()), (200, Some("stale")), "{reply}");
 
-    let view = shown(&hub, "1Z999AA10123456784").await;
+    let view = hub.shown("1Z999AA10123456784").await;
     assert_eq!(view["shipment"]["milestone"], "out_for_delivery", "{view}");
     let shopify_entries: Vec<&str> = view["timeline"]
         .as_array()
@@ -179,12 +160,11 @@ async fn an_order_level_contact_reaches_every_parcel_and_sms_needs_consent() {
     let (_broker, _dir, hub) = hub_with_orders().await;
     // The order's first parcel exists already (created through the API without contacts).
     let created = hub
-        .api_client()
-        .post(hub.url("/v1/shipments"))
-        .json(&json!({"tracking_number": "JD014600006281230704", "order_id": "820982911946154508"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/v1/shipments",
+            &json!({"tracking_number": "JD014600006281230704", "order_id": "820982911946154508"}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     let body = data("shopify_orders_fulfilled.json").replace(
         "\"tracking_numbers\": [\"JD014600006281230704\"]",
@@ -194,7 +174,7 @@ async fn an_order_level_contact_reaches_every_parcel_and_sms_needs_consent() {
         shopify(&hub, "orders/fulfilled", &body, "o-1", "2026-12-01T09:40:03Z", SHOPIFY_SECRET).await;
     assert_eq!((status, reply["outcome"].as_str()), (200, Some("stored")), "{reply}");
     for tracking in ["JD014600006281230704", "JD014600006281230711"] {
-        let view = shown(&hub, tracking).await;
+        let view = hub.shown(tracking).await;
         let s = &view["shipment"];
         assert_eq!(s["order_name"], "#1002", "{view}");
         assert_eq!(s["carrier"], "dhl-express");
@@ -202,17 +182,12 @@ async fn an_order_level_contact_reaches_every_parcel_and_sms_needs_consent() {
         assert_eq!(s["contacts"]["sms"]["consent"], true);
         assert_eq!(s["contacts"]["email"]["recipient"], "ada@example.com");
         assert_eq!(s["milestone"], "dispatched");
-        let channels: std::collections::BTreeSet<&str> = view["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["milestone"] == "dispatched")
-            .map(|n| n["channel"].as_str().unwrap())
-            .collect();
+        let channels: std::collections::BTreeSet<&str> =
+            notified(&view, "dispatched").iter().map(|n| n["channel"].as_str().unwrap()).collect();
         assert_eq!(channels, ["email", "sms"].into(), "{view}");
     }
     // The second parcel was created with the order's locale.
-    assert_eq!(shown(&hub, "JD014600006281230711").await["shipment"]["locale"], "de-DE");
+    assert_eq!(hub.shown("JD014600006281230711").await["shipment"]["locale"], "de-DE");
     hub.stop().await;
 }
 
@@ -267,19 +242,13 @@ async fn a_completed_woocommerce_order_ships_its_tracked_parcels() {
     assert_eq!(reply["outcome"], "stale");
 
     for (tracking, carrier) in [("9400111899223397863456", "usps"), ("AB123456789GB", "royal-mail")] {
-        let view = shown(&hub, tracking).await;
+        let view = hub.shown(tracking).await;
         let s = &view["shipment"];
         assert_eq!((s["order_id"].as_str(), s["order_name"].as_str()), (Some("727"), Some("#727")), "{view}");
         assert_eq!(s["carrier"], carrier);
         assert_eq!(s["milestone"], "dispatched");
         assert_eq!(s["contacts"]["email"]["recipient"], "john.doe@example.com");
-        let dispatched = view["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["milestone"] == "dispatched")
-            .count();
-        assert_eq!(dispatched, 1, "{view}");
+        assert_eq!(notified(&view, "dispatched").len(), 1, "{view}");
     }
     assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM shipments"), 2);
     hub.stop().await;

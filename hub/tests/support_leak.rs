@@ -20,7 +20,7 @@ use doorstep_hub::notify::{Dispatcher, NotifyConfig};
 use doorstep_testkit::webhooks;
 use fake_vendor::{Answer, Fake, PHONE, SECRET, add_shipment_at, enqueue_at};
 use serde_json::{Value, json};
-use support::{HubOptions, TestHub, broker};
+use support::{Ground, HubOptions, TestHub, ground};
 
 const ZENDESK_SECRET: &str = "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rz";
 const FRESHDESK_HEADER: &str = "X-Doorstep-Secret";
@@ -125,9 +125,7 @@ fn lines(report: &Value) -> BTreeMap<String, (i64, i64, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leak_report_counts_customers_who_asked_support_after_each_message() {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir: _dir, db } = ground().await;
     // The scenario happened yesterday, inside the report's 30-day window.
     let t0 = doorstep_hub::ingest::now_ms() - 24 * HOUR;
     let shipments: Vec<i64> =
@@ -159,9 +157,8 @@ async fn the_leak_report_counts_customers_who_asked_support_after_each_message()
         freshdesk: Some((FRESHDESK_HEADER.into(), FRESHDESK_SECRET.into())),
         ..SupportSettings::default()
     };
-    let sources =
-        Arc::new(Sources::build(&CarrierSecrets::default(), &OrderSettings::default(), &support).unwrap());
-    let hub = TestHub::start(broker.port(), &db, HubOptions { sources, ..HubOptions::default() }).await;
+    let sources = Sources::build(&CarrierSecrets::default(), &OrderSettings::default(), &support).unwrap();
+    let hub = TestHub::start(broker.port(), &db, HubOptions::with_sources(sources)).await;
 
     // Parcel 1's customer writes after "delivered"; parcel 2's between "nearby" and
     // "delivered"; parcel 3's through Freshdesk (no opening time: now, after both).
@@ -244,14 +241,7 @@ async fn the_leak_report_counts_customers_who_asked_support_after_each_message()
     }
 
     // The shipment shows its contact; a window that ends before the scenario counts none.
-    let shown: Value = api
-        .get(hub.url(&format!("/v1/shipments/{}", tracking(1))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = hub.shown(&tracking(1)).await;
     assert_eq!(
         shown["support_contacts"],
         json!([{ "helpdesk": "zendesk", "ticket": "35436", "opened_ms": t0 + 2 * HOUR }])

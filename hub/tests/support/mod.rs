@@ -163,7 +163,83 @@ impl Default for HubOptions {
     }
 }
 
+impl HubOptions {
+    /// The default options with webhooks verified with the carriers' `secrets`.
+    pub fn carriers(secrets: &doorstep_hub::config::CarrierSecrets) -> HubOptions {
+        HubOptions::with_sources(
+            doorstep_hub::inbound::CarrierVerifiers::from_secrets(secrets).unwrap().into(),
+        )
+    }
+
+    /// The default options with webhooks verified as `sources` says.
+    pub fn with_sources(sources: Sources) -> HubOptions {
+        HubOptions { sources: Arc::new(sources), ..HubOptions::default() }
+    }
+
+    /// ShipEngine webhooks verified with the test key (`tests/data`), as
+    /// `[carriers.shipengine]` would: key id `se-key-1`, a five-minute window.
+    pub fn shipengine_webhooks() -> HubOptions {
+        let secrets = doorstep_hub::config::CarrierSecrets {
+            shipengine_keys: Some(std::fs::read_to_string(test_data("shipengine_test_public.pem")).unwrap()),
+            shipengine_key_id: Some("se-key-1".into()),
+            shipengine_window: Duration::from_secs(300),
+            ..Default::default()
+        };
+        HubOptions::carriers(&secrets)
+    }
+}
+
+/// A file of the hub's test data (`hub/tests/data`).
+pub fn test_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+/// A carrier's fixture from the shared data (`shared/data/carriers`).
+pub fn carrier_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/carriers").join(name))
+        .unwrap()
+}
+
+/// ShipEngine's signature of `body` sent at `timestamp` (RSA-SHA256 over
+/// `timestamp.body`, base64), made with the test key's private half.
+pub fn shipengine_signature(timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(test_data("shipengine_test_private_pkcs8.pem")).unwrap();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(
+        &base64::engine::general_purpose::STANDARD.decode(der).unwrap(),
+    )
+    .unwrap();
+    let mut message = timestamp.as_bytes().to_vec();
+    message.push(b'.');
+    message.extend_from_slice(body);
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), &message, &mut signature)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(signature)
+}
+
+/// `time` as RFC 3339, as ShipEngine dates its webhooks.
+pub fn rfc3339(time: time::OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
 impl TestHub {
+    /// Posts `body` to the hub's ShipEngine webhook, dated `timestamp` and carrying
+    /// `signature`, as ShipEngine sends it.
+    pub async fn post_shipengine(&self, body: &[u8], timestamp: &str, signature: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/webhooks/shipengine"))
+            .header("x-shipengine-rsa-sha256-key-id", "se-key-1")
+            .header("x-shipengine-rsa-sha256-signature", signature)
+            .header("x-shipengine-timestamp", timestamp)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Starts a hub on `db` against the broker on `port`.
     pub async fn start(port: u16, db: &Path, options: HubOptions) -> TestHub {
         Self::start_with_page(port, db, options, axum::Router::new()).await
@@ -242,14 +318,7 @@ impl TestHub {
 
     /// Waits until `done` holds on the hub's metrics.
     pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&Metrics) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if done(&self.metrics) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        done(&self.metrics)
+        until(timeout, || done(&self.metrics)).await
     }
 
     /// Graceful stop.
@@ -275,6 +344,61 @@ impl TestHub {
         headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
         reqwest::Client::builder().default_headers(headers).build().unwrap()
     }
+
+    /// Posts `body` as JSON to the private API with the admin key.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.api_client().post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    /// Creates a shipment with a consented email contact through the API; its id.
+    pub async fn create_shipment(&self, tracking: &str, carrier: &str) -> i64 {
+        let shipment = serde_json::json!({"tracking_number": tracking, "carrier": carrier,
+            "contacts": {"email": "ann@example.com"}, "consent": true});
+        let r = self.post_json("/v1/shipments", &shipment).await;
+        assert_eq!(r.status(), 201);
+        r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    /// The shipment as the private API shows it.
+    pub async fn shown(&self, tracking: &str) -> serde_json::Value {
+        let r = self.api_client().get(self.url(&format!("/v1/shipments/{tracking}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "shipment {tracking}");
+        r.json().await.unwrap()
+    }
+
+    /// The timeline entries of a shipment from one source, as the API shows them.
+    pub async fn timeline_from(&self, tracking: &str, source: &str) -> Vec<serde_json::Value> {
+        let shown = self.shown(tracking).await;
+        shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
+    }
+
+    /// The `/metrics` page as Prometheus reads it.
+    pub async fn metrics_text(&self) -> String {
+        self.api_client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// The notifications of a shipment as the API shows it (see [`TestHub::shown`]) for one
+/// milestone.
+pub fn notified<'a>(shown: &'a serde_json::Value, milestone: &str) -> Vec<&'a serde_json::Value> {
+    shown["notifications"].as_array().unwrap().iter().filter(|n| n["milestone"] == milestone).collect()
+}
+
+/// Waits until `done` holds, or `timeout` passes, looking every 20 ms; says which.
+pub async fn until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    until_every(timeout, Duration::from_millis(20), done).await
+}
+
+/// [`until`], looking every `every`.
+pub async fn until_every(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    done()
 }
 
 /// What the simulated fleet got back from the hub.
@@ -430,14 +554,7 @@ impl SimFleet {
 
     /// Waits until `done` holds on the inbox.
     pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&FleetInbox) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if done(&self.inbox.lock().unwrap()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        done(&self.inbox.lock().unwrap())
+        until(timeout, || done(&self.inbox.lock().unwrap())).await
     }
 
     /// The highest ack of a device.
@@ -470,13 +587,42 @@ pub struct OneVan {
 
 /// Starts [`OneVan`] with `options`.
 pub async fn one_van(options: HubOptions) -> OneVan {
-    let broker = broker().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let Ground { broker, dir, db } = ground().await;
     let (van, van_key) = (device("van-1"), key(1));
     register(&db, &[(&van, &van_key)]);
     let hub = TestHub::start(broker.port(), &db, options).await;
     OneVan { broker, dir, db, van, van_key, hub }
+}
+
+/// What a hub test stands on before the hub starts: a broker, and a hub database (SQLite,
+/// or PostgreSQL where the test run asks for it) in its own directory, nothing registered.
+pub struct Ground {
+    pub broker: Broker,
+    /// Holds the database; dropped last.
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+/// A fresh [`Ground`].
+pub async fn ground() -> Ground {
+    let broker = broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    Ground { broker, dir, db }
+}
+
+/// A "delivered at address" of `route-1` at `stop` for one parcel, with the evidence a
+/// van standing at the door gives (8 m, 40 s of dwell, a fix without speed, no photo).
+pub fn delivered(stop: &str, tracking: &str) -> doorstep_proto::Delivery {
+    doorstep_proto::Delivery {
+        route_id: RouteId::new("route-1").unwrap(),
+        stop_id: StopId::new(stop).unwrap(),
+        tracking_numbers: vec![doorstep_proto::TrackingNumber::new(tracking).unwrap()],
+        distance_m: 8,
+        dwell_s: 40,
+        fix: FixEvidence::new(1_767_225_700_000, 47.37, 8.54),
+        photo: None,
+    }
 }
 
 /// Registers devices in a hub database before the hub starts.
