@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use doorstep_hub::metrics::Metrics;
 use doorstep_hub::notify::Dispatcher;
 use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
 use doorstep_proto::TrackingNumber;
@@ -57,13 +55,11 @@ fn onesignal_section(base: &str) -> String {
 
 /// A database with one push row for OneSignal at `base`: (its directory, path, row, dispatcher).
 fn push_case(base: &str) -> (tempfile::TempDir, std::path::PathBuf, i64, Dispatcher) {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = push_shipment(&db);
     let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
-    let dispatcher =
-        Dispatcher::new(settings(&onesignal_section(base)), &db, Arc::new(Metrics::default())).expect("new");
-    (dir, db, id, dispatcher)
+    let dispatcher = dispatcher_for(&onesignal_section(base), &db);
+    (_dir, db, id, dispatcher)
 }
 
 /// Checks one request against OneSignal's Create Notification documentation.
@@ -208,11 +204,9 @@ async fn without_an_escalation_list_an_alert_goes_to_the_first_staff_provider_th
     // Slack is down (503), Teams' flow is gone (404): Google Chat takes it.
     fake.push(Answer::ok(503, "service unavailable"));
     fake.push(Answer::ok(404, "flow not found"));
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let alert = raise(&db, "delivered_without_scan");
-    let dispatcher =
-        Dispatcher::new(settings(&staff_section(&base, "")), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&staff_section(&base, ""), &db);
     let report = dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(report.alerts, 1);
     let seen = fake.seen();
@@ -226,13 +220,10 @@ async fn without_an_escalation_list_an_alert_goes_to_the_first_staff_provider_th
 #[tokio::test]
 async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowledged() {
     let (fake, base) = Fake::start(Answer::ok(200, r#"{"name":"spaces/AAAA/messages/1"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let escalation = "[alerts]\nack_timeout_s = 60\nescalation = [\n  { provider = \"slack\" },\n  \
                       { provider = \"teams\", after_s = 120 },\n  { provider = \"google_chat\" },\n  { provider = \"zapier\" },\n]\n";
-    let dispatcher =
-        Dispatcher::new(settings(&staff_section(&base, escalation)), &db, Arc::new(Metrics::default()))
-            .expect("new");
+    let dispatcher = dispatcher_for(&staff_section(&base, escalation), &db);
     let alert = raise(&db, "delivered_without_scan");
     let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
     let level = || {
@@ -269,13 +260,10 @@ async fn an_unacknowledged_alert_escalates_step_by_step_and_stops_when_acknowled
 #[tokio::test]
 async fn an_alert_acknowledged_in_time_is_posted_once() {
     let (fake, base) = Fake::start(Answer::ok(200, "ok")).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let escalation =
         "[alerts]\nack_timeout_s = 60\nescalation = [{ provider = \"zapier\" }, { provider = \"slack\" }]\n";
-    let dispatcher =
-        Dispatcher::new(settings(&staff_section(&base, escalation)), &db, Arc::new(Metrics::default()))
-            .expect("new");
+    let dispatcher = dispatcher_for(&staff_section(&base, escalation), &db);
     let alert = raise(&db, "delivered_without_scan");
     dispatcher.run_once(DAY).await.expect("post");
     let seen = fake.seen();
@@ -318,15 +306,14 @@ fn an_escalation_step_must_name_a_provider_that_can_carry_alerts_and_say_to_whom
 #[tokio::test]
 async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_both_links() {
     let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let first = add_shipment(&db, "1Z999AA10123456784");
     let second = add_shipment(&db, "1Z999AA10123456791");
     let third = add_shipment(&db, "1Z999AA10123456792");
     let twilio = format!(
         "[[providers]]\ntype = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n"
     );
-    let dispatcher = Dispatcher::new(settings(&twilio), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&twilio, &db);
     // Two door scans five seconds apart; a webhook for the first (a machine: never grouped).
     let a = enqueue_at(&db, first, "delivered", "sms", PHONE, None, DAY);
     let b = enqueue_at(&db, second, "delivered", "sms", PHONE, None, DAY + 5_000);
@@ -382,12 +369,11 @@ async fn email_pair(
          [[providers]]\ntype = \"mailgun\"\npriority = 2\nbase_url = \"{mg_base}\"\ndomain = \"mg.example.com\"\n\
          api_key = \"mg-key\"\nfrom = \"Doorstep <parcels@mg.example.com>\"\n"
     );
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
-    (sendgrid, mailgun, dir, db, id, dispatcher)
+    let dispatcher = dispatcher_for(&section, &db);
+    (sendgrid, mailgun, _dir, db, id, dispatcher)
 }
 
 fn providers_logged(db: &Path, id: i64) -> Vec<(String, Option<String>)> {
@@ -439,8 +425,7 @@ async fn an_email_that_may_have_left_through_sendgrid_is_never_sent_again_throug
 #[tokio::test]
 async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28_kb_limit() {
     let (fake, base) = Fake::start(Answer::ok(202, "")).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     {
         let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
@@ -452,7 +437,7 @@ async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28
     let section = format!(
         "[[providers]]\ntype = \"teams\"\nwebhook_url = \"{base}/workflows/abc/triggers/manual/paths/invoke?sig=s1g\"\n"
     );
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1, "202 from the flow is a post");
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
@@ -464,15 +449,14 @@ async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28
 async fn an_escalation_step_can_e_mail_the_operations_mailbox_through_an_email_provider() {
     let (fake, base) = Fake::start(Answer::ok(503, "slack is down")).await;
     let (mail, mail_base) = Fake::start(Answer::ok(202, "")).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let alert = raise(&db, "delivered_without_scan");
     let section = format!(
         "[[providers]]\ntype = \"slack\"\nwebhook_url = \"{base}/slack/T0/B0/x\"\n\
          [[providers]]\ntype = \"sendgrid\"\nbase_url = \"{mail_base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\n\
          [alerts]\nescalation = [{{ provider = \"slack\" }}, {{ provider = \"sendgrid\", to = \"ops@example.com\" }}]\n"
     );
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1);
     assert_eq!(fake.seen().len(), 1, "Slack was tried first");
     let sent = mail.seen();
@@ -509,13 +493,12 @@ async fn ask(app: &axum::Router, from: &str, text: &str) -> String {
 #[tokio::test]
 async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_elses_parcel() {
     use doorstep_hub::model::Milestone;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let now = doorstep_hub::notify::now_ms();
     add_shipment_at(&db, "1Z999AA10123456784", Milestone::OutForDelivery, now - 3_600_000);
     add_shipment_at(&db, "9400111899223197428490", Milestone::Delivered, now - 86_400_000);
     let twilio = "[[providers]]\ntype = \"twilio\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n";
-    let dispatcher = Dispatcher::new(settings(twilio), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(twilio, &db);
     let app = doorstep_hub::notify::callbacks_router(dispatcher.state());
 
     // One open parcel: its status and its own tracking link, at once.
@@ -561,13 +544,12 @@ async fn where_is_my_parcel_by_sms_is_answered_at_once_and_never_about_someone_e
 #[tokio::test]
 async fn a_person_with_one_parcel_is_not_kept_waiting_for_others() {
     let (fake, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM1","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let only = add_shipment(&db, "1Z999AA10123456784");
     let twilio = format!(
         "[[providers]]\ntype = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC0001\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n"
     );
-    let dispatcher = Dispatcher::new(settings(&twilio), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&twilio, &db);
     let id = enqueue_at(&db, only, "delivered", "sms", PHONE, None, DAY);
     dispatcher.run_once(DAY + 100).await.expect("send");
     assert_eq!(fake.seen().len(), 1, "no other parcel in flight: sent at once, no group hold");

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use doorstep_hub::metrics::Metrics;
 use doorstep_hub::notify::{self, Dispatcher};
 use ring::hmac;
 use serde_json::{Value, json};
@@ -180,14 +179,11 @@ struct Case {
 
 async fn case(extra: &str) -> Case {
     let (mailgun, base) = FakeMailgun::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
-    let dispatcher =
-        Dispatcher::new(settings(&mailgun_section(&base, extra)), &db, Arc::new(Metrics::default()))
-            .expect("new");
-    Case { mailgun, db, shipment, id, dispatcher, _dir: dir }
+    let dispatcher = dispatcher_for(&mailgun_section(&base, extra), &db);
+    Case { mailgun, db, shipment, id, dispatcher, _dir }
 }
 
 /// [`case`] with the event webhook configured, the row sent, and the callbacks router.
@@ -307,15 +303,14 @@ async fn an_outbox_row_becomes_exactly_one_mailgun_request_and_the_row_is_sent_w
 async fn a_milestone_with_a_stored_template_sends_its_name_and_the_variables_as_json() {
     // The shorthand table, an EU-style base URL (the loopback server), and a template.
     let (mailgun, base) = FakeMailgun::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
     let section = format!(
         "[mailgun]\nbase_url = \"{base}\"\ndomain = \"{DOMAIN}\"\napi_key = \"{API_KEY}\"\nfrom = \"{FROM}\"\n\
          templates = {{ delivered = \"doorstep-delivered\" }}\n"
     );
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     dispatcher.run_once(DAY).await.expect("pass");
 
     let seen = mailgun.seen();
@@ -376,12 +371,11 @@ async fn a_refused_request_fails_the_row_once_with_mailguns_reason() {
 #[tokio::test]
 async fn a_wrong_api_key_is_mailguns_401_and_fails_the_row() {
     let (mailgun, base) = FakeMailgun::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
     let section = mailgun_section(&base, "").replace(API_KEY, "key-wrong");
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(mailgun.seen().len(), 1);
     assert_eq!(status(&db, id), "failed");

@@ -61,11 +61,12 @@ fn whatsapp_webhook_section(base: &str) -> String {
     )
 }
 
-/// A fake Meta, and a database with one shipment whose "delivered" WhatsApp row is
-/// queued, with a dispatcher for it. Meta answers `first` to the first request (when
-/// given) and accepts the rest; `webhook` also configures the status webhook's keys.
-struct WhatsAppCase {
-    meta: Fake,
+/// A fake provider, and a database with one shipment whose "delivered" row for `channel`
+/// (to [`PHONE`]) is queued, with a dispatcher for it configured by `section` for the
+/// fake's URL. The provider answers `first` to the first request (when given) and
+/// `answer` to the rest.
+struct Case {
+    fake: Fake,
     base: String,
     db: std::path::PathBuf,
     shipment: i64,
@@ -75,19 +76,41 @@ struct WhatsAppCase {
     _dir: tempfile::TempDir,
 }
 
-async fn whatsapp_case(first: Option<Answer>, webhook: bool) -> WhatsAppCase {
-    let (meta, base) = Fake::start(whatsapp_accepted()).await;
+async fn case(answer: Answer, first: Option<Answer>, channel: &str, section: fn(&str) -> String) -> Case {
+    let (fake, base) = Fake::start(answer).await;
     if let Some(answer) = first {
-        meta.push(answer);
+        fake.push(answer);
     }
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
-    let section = if webhook { whatsapp_webhook_section(&base) } else { whatsapp_section(&base) };
+    let id = enqueue(&db, shipment, "delivered", channel, PHONE, None);
     let metrics = Arc::new(Metrics::default());
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::clone(&metrics)).expect("new");
-    WhatsAppCase { meta, base, db, shipment, id, metrics, dispatcher, _dir: dir }
+    let dispatcher = Dispatcher::new(settings(&section(&base)), &db, Arc::clone(&metrics)).expect("new");
+    Case { fake, base, db, shipment, id, metrics, dispatcher, _dir }
+}
+
+/// A fake Meta accepting every template message after `first` (when given), and a queued
+/// WhatsApp row; `webhook` also configures the status webhook's keys.
+async fn whatsapp_case(first: Option<Answer>, webhook: bool) -> Case {
+    let section = if webhook { whatsapp_webhook_section } else { whatsapp_section };
+    case(whatsapp_accepted(), first, "whatsapp", section).await
+}
+
+/// A fake Twilio queueing every message as `sid` after `first` (when given), and a queued
+/// SMS row.
+async fn twilio_case(sid: &str, first: Option<Answer>) -> Case {
+    let queued = Answer::ok(201, &format!(r#"{{"sid":"{sid}","status":"queued"}}"#));
+    case(queued, first, "sms", twilio_section).await
+}
+
+/// A row whose first attempt failed: the backoff holds the retry, which sends it.
+async fn retried_after_the_backoff(c: &Case) {
+    c.dispatcher.run_once(DAY + 100).await.expect("not due yet");
+    assert_eq!(c.fake.seen().len(), 1, "the backoff holds the retry");
+    c.dispatcher.run_once(DAY + 5_000).await.expect("retry");
+    assert_eq!(c.fake.seen().len(), 2);
+    assert_eq!(outcomes(&c.db, c.id), ["queued", "attempt_failed", "sent"]);
+    assert_eq!(status(&c.db, c.id), "sent");
 }
 
 /// `X-Hub-Signature-256` as Meta computes it: `sha256=` and the lowercase hex HMAC-SHA256
@@ -137,13 +160,7 @@ async fn post_meta(app: &Router, body: &str, signature: &str) -> (StatusCode, St
 
 #[tokio::test]
 async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callback_delivers_it() {
-    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let Case { fake: twilio, db, id, dispatcher, _dir, .. } = twilio_case("SM0001", None).await;
     let report = dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(report.sent, 1);
     dispatcher.run_once(DAY + 60_000).await.expect("second pass sends nothing");
@@ -170,18 +187,9 @@ async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callbac
     assert_eq!(status(&db, id), "sent");
 
     // Twilio's status callback, signed as Twilio signs it, completes the row.
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
-    let params = vec![
-        ("AccountSid".to_owned(), "AC0001".to_owned()),
-        ("MessageSid".to_owned(), "SM0001".to_owned()),
-        ("MessageStatus".to_owned(), "delivered".to_owned()),
-    ];
-    let sig = notify::twilio::signature(
-        "secret-token",
-        "https://track.example.com/callbacks/twilio/status",
-        &params,
-    );
-    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let app = router(&dispatcher);
+    let params = [("AccountSid", "AC0001"), ("MessageSid", "SM0001"), ("MessageStatus", "delivered")];
+    let (sig, encoded) = twilio_form("secret-token", "/callbacks/twilio/status", &params);
     let bad =
         call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", "AAAA")], encoded.clone())
             .await;
@@ -197,8 +205,7 @@ async fn an_outbox_row_becomes_exactly_one_twilio_request_and_its_signed_callbac
 #[tokio::test]
 async fn a_delivered_sms_after_a_door_scan_is_timed_from_the_scan_to_the_providers_yes() {
     let (_twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0001","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     // The van scanned at the door 90 s ago (GNSS time), as the ingest writes it.
     let scanned_ms = notify::now_ms() - 90_000;
@@ -236,34 +243,17 @@ async fn a_delivered_sms_after_a_door_scan_is_timed_from_the_scan_to_the_provide
 
 #[tokio::test]
 async fn a_500_is_retried_once_more_and_both_attempts_are_recorded() {
-    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0002","status":"queued"}"#)).await;
-    twilio.push(Answer::ok(500, r#"{"code":20500,"message":"Internal Server Error"}"#));
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
-    dispatcher.run_once(DAY).await.expect("pass");
-    assert_eq!(status(&db, id), "queued");
-    dispatcher.run_once(DAY + 100).await.expect("not due yet");
-    assert_eq!(twilio.seen().len(), 1, "the backoff holds the retry");
-    dispatcher.run_once(DAY + 5_000).await.expect("retry");
-    assert_eq!(twilio.seen().len(), 2);
-    assert_eq!(outcomes(&db, id), ["queued", "attempt_failed", "sent"]);
-    assert_eq!(status(&db, id), "sent");
+    let failed = Answer::ok(500, r#"{"code":20500,"message":"Internal Server Error"}"#);
+    let c = twilio_case("SM0002", Some(failed)).await;
+    c.dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&c.db, c.id), "queued");
+    retried_after_the_backoff(&c).await;
 }
 
 #[tokio::test]
 async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
-    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0003","status":"queued"}"#)).await;
-    twilio.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(201, r#"{"sid":"SM0003"}"#) });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
+    let slow = Answer { delay: Duration::from_millis(2_500), ..Answer::ok(201, r#"{"sid":"SM0003"}"#) };
+    let Case { fake: twilio, db, id, dispatcher, _dir, .. } = twilio_case("SM0003", Some(slow)).await;
     dispatcher.run_once(DAY).await.expect("pass");
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(twilio.seen().len(), 1, "not re-sent");
@@ -274,26 +264,12 @@ async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
 #[tokio::test]
 async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
     let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0004","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let dispatcher =
-        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
-    let params = vec![
-        ("Body".to_owned(), "Stop".to_owned()),
-        ("From".to_owned(), PHONE.to_owned()),
-        ("MessageSid".to_owned(), "SMin".to_owned()),
-        ("To".to_owned(), "+15005550006".to_owned()),
-    ];
-    let sig = notify::twilio::signature(
-        "secret-token",
-        "https://track.example.com/callbacks/twilio/inbound",
-        &params,
-    );
-    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-    let (code, body) =
-        call(&app, "POST", "/callbacks/twilio/inbound", &[("x-twilio-signature", &sig)], encoded).await;
+    let dispatcher = dispatcher_for(&twilio_section(&base), &db);
+    let app = router(&dispatcher);
+    let params = [("Body", "Stop"), ("From", PHONE), ("MessageSid", "SMin"), ("To", "+15005550006")];
+    let (code, body) = post_twilio(&app, "secret-token", "/callbacks/twilio/inbound", &params).await;
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("<Response>"), "{body}");
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
@@ -305,11 +281,8 @@ async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
 
 #[tokio::test]
 async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
-    let (twilio, base) = Fake::start(Answer::ok(201, r#"{"sid":"SM0005","status":"queued"}"#)).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let shipment = database(&db);
-    let delivered = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let Case { fake: twilio, db, shipment, id: delivered, dispatcher, _dir, .. } =
+        twilio_case("SM0005", None).await;
     // A nearby on a shipment still at nearby (a delivered shipment would supersede it).
     let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     let tx = store.transaction().expect("tx");
@@ -317,8 +290,6 @@ async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
     tx.commit().expect("commit");
     drop(store);
     let nearby = enqueue(&db, shipment, "nearby", "sms", PHONE, None);
-    let dispatcher =
-        Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::new(Metrics::default())).expect("new");
     let report = dispatcher.run_once(NIGHT).await.expect("pass");
     assert_eq!((report.sent, report.skipped, report.deferred), (0, 1, 1));
     assert_eq!(status(&db, nearby), "skipped");
@@ -336,14 +307,13 @@ async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
 async fn sendgrid_gets_a_documented_mail_send_body() {
     let (sendgrid, base) =
         Fake::start(Answer { header: Some(("x-message-id", "MSG-0001")), ..Answer::ok(202, "") }).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
     let section = format!(
         "[sendgrid]\nbase_url = \"{base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\nfrom_name = \"Doorstep\"\n"
     );
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     dispatcher.run_once(DAY).await.expect("pass");
     let seen = sendgrid.seen();
     assert_eq!(seen.len(), 1);
@@ -364,8 +334,7 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
 
 #[tokio::test]
 async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
-    let WhatsAppCase { meta, base, db, shipment, id, dispatcher, _dir, .. } =
-        whatsapp_case(None, false).await;
+    let Case { fake: meta, base, db, shipment, id, dispatcher, _dir, .. } = whatsapp_case(None, false).await;
     let link = settings(&whatsapp_section(&base)).tracking_link(shipment, DAY);
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").sent, 1);
     dispatcher.run_once(DAY + 60_000).await.expect("second pass sends nothing");
@@ -429,7 +398,7 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
 #[tokio::test]
 async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
     let slow = Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() };
-    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), false).await;
+    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), false).await;
     dispatcher.run_once(DAY).await.expect("pass");
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(meta.seen().len(), 1, "not re-sent: the Cloud API has no idempotency key");
@@ -448,7 +417,7 @@ async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operato
         400,
         r#"{"error":{"message":"(#132001) Template name does not exist in the translation","type":"OAuthException","code":132001,"error_data":{"messaging_product":"whatsapp","details":"template name (doorstep_update) does not exist in en_US"},"fbtrace_id":"AbCdEfGh"}}"#,
     );
-    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(refused), false).await;
+    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(refused), false).await;
     dispatcher.run_once(DAY).await.expect("pass");
     dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
     assert_eq!(meta.seen().len(), 1, "a refused template is not retried");
@@ -466,23 +435,18 @@ async fn whatsapp_throttling_is_a_400_that_is_retried_after_the_backoff() {
         400,
         r#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."},"fbtrace_id":"Az8or2yhqkZfEZ"}}"#,
     );
-    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(throttled), false).await;
-    dispatcher.run_once(DAY).await.expect("pass");
-    assert_eq!(status(&db, id), "queued", "throttled, not refused");
-    dispatcher.run_once(DAY + 100).await.expect("not due yet");
-    assert_eq!(meta.seen().len(), 1, "the backoff holds the retry");
-    dispatcher.run_once(DAY + 5_000).await.expect("retry");
-    assert_eq!(meta.seen().len(), 2);
-    assert_eq!(outcomes(&db, id), ["queued", "attempt_failed", "sent"]);
-    assert_eq!(status(&db, id), "sent");
+    let c = whatsapp_case(Some(throttled), false).await;
+    c.dispatcher.run_once(DAY).await.expect("pass");
+    assert_eq!(status(&c.db, c.id), "queued", "throttled, not refused");
+    retried_after_the_backoff(&c).await;
 }
 
 #[tokio::test]
 async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_changes_nothing() {
-    let WhatsAppCase { db, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let Case { db, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "sent");
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
 
     let body = meta_status(WAMID, "delivered", serde_json::json!({}));
     let forged = meta_signature("another-apps-secret", &body);
@@ -521,14 +485,13 @@ async fn a_signed_whatsapp_delivered_status_delivers_the_row_and_a_forged_one_ch
 
 #[tokio::test]
 async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_token() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     database(&db);
     let metrics = Arc::new(Metrics::default());
     let dispatcher =
         Dispatcher::new(settings(&whatsapp_webhook_section("http://127.0.0.1:9")), &db, Arc::clone(&metrics))
             .expect("new");
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
     let get = |query: String| {
         let app = app.clone();
         async move { call(&app, "GET", &format!("/callbacks/whatsapp?{query}"), &[], String::new()).await }
@@ -547,10 +510,8 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
     assert_eq!(metrics.get("doorstep_hub_webhooks_total", &refused), 3);
 
     // Without app_secret and verify_token the endpoint is not there, like SendGrid's.
-    let plain =
-        Dispatcher::new(settings(&whatsapp_section("http://127.0.0.1:9")), &db, Arc::new(Metrics::default()))
-            .expect("new");
-    let app = notify::page_router(plain.state()).merge(notify::callbacks_router(plain.state()));
+    let plain = dispatcher_for(&whatsapp_section("http://127.0.0.1:9"), &db);
+    let app = router(&plain);
     let query =
         format!("/callbacks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}");
     assert_eq!(call(&app, "GET", &query, &[], String::new()).await.0, StatusCode::NOT_FOUND);
@@ -561,9 +522,9 @@ async fn metas_verification_handshake_echoes_the_challenge_only_for_the_verify_t
 
 #[tokio::test]
 async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_code() {
-    let WhatsAppCase { db, shipment, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let Case { db, shipment, id, metrics, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     dispatcher.run_once(DAY).await.expect("pass");
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
 
     let garbage = "{\"object\": \"whatsapp_business_account\", \"entry\": [";
     let (code, _) = post_meta(&app, garbage, &meta_signature(APP_SECRET, garbage)).await;
@@ -612,14 +573,14 @@ async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_co
 #[tokio::test]
 async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
     let slow = Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() };
-    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), true).await;
+    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), true).await;
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "unknown");
     assert_eq!(last_outcome(&db, id).provider_id, None, "the hub never saw the wamid");
     // What the hub asked Meta to copy onto the statuses, from the request Meta received.
     let sent: serde_json::Value = serde_json::from_slice(&meta.seen()[0].body).expect("json");
     let opaque = sent["biz_opaque_callback_data"].clone();
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
 
     // The same row id, but sent to another number: another Doorstep database's row.
     let elsewhere = meta_status(WAMID, "sent", serde_json::json!({ "biz_opaque_callback_data": opaque }))
@@ -647,8 +608,8 @@ async fn a_whatsapp_row_unknown_after_a_timeout_is_settled_by_metas_statuses() {
 
 #[tokio::test]
 async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept() {
-    let WhatsAppCase { db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let Case { db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let app = router(&dispatcher);
     // The dispatcher has claimed the row and its request is out; Meta's status is faster.
     let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     assert!(store.claim_notification(id).expect("claim"));
@@ -670,8 +631,8 @@ async fn a_whatsapp_failure_reported_before_the_send_answer_is_written_is_kept()
 
 #[tokio::test]
 async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
-    let WhatsAppCase { meta, db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let app = router(&dispatcher);
     let body = meta_change(serde_json::json!({
         "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],
         "messages": [{
@@ -693,8 +654,7 @@ async fn stop_on_whatsapp_opts_the_number_out_of_whatsapp_only() {
 async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_resends_the_same_id() {
     let (hook, base) = Fake::start(Answer::ok(204, "")).await;
     hook.push(Answer { delay: Duration::from_millis(2_500), ..Answer::ok(204, "") });
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let url = format!("{base}/hooks/doorstep");
     // The webhook contact is a URL; the shipment needs it as a consented contact.
@@ -713,12 +673,7 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
     }
     let id = enqueue(&db, shipment, "delivered", "webhook", &url, None);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let dispatcher = Dispatcher::new(
-        settings(&format!("[webhook]\nsecret = \"{secret}\"\n")),
-        &db,
-        Arc::new(Metrics::default()),
-    )
-    .expect("new");
+    let dispatcher = dispatcher_for(&format!("[webhook]\nsecret = \"{secret}\"\n"), &db);
     dispatcher.run_once(DAY).await.expect("pass");
     assert_eq!(status(&db, id), "queued", "ambiguous on an idempotent channel: resend");
     dispatcher.run_once(DAY + 5_000).await.expect("resend");
@@ -740,18 +695,11 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
 #[tokio::test]
 async fn operations_alerts_are_posted_to_slack_once() {
     let (slack, base) = Fake::start(Answer::ok(200, "ok")).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
-    {
-        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
-        let tx = store.transaction().expect("tx");
-        tx.raise_alert(shipment, "delivered_away_from_address", "The van was 900 m away at handover.", 0)
-            .expect("alert");
-        tx.commit().expect("commit");
-    }
+    raise_alert(&db, shipment, "delivered_away_from_address", "The van was 900 m away at handover.");
     let section = format!("[slack]\nwebhook_url = \"{base}/services/T000/B000/XXXX\"\n");
-    let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+    let dispatcher = dispatcher_for(&section, &db);
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1);
     assert_eq!(dispatcher.run_once(DAY + 1).await.expect("pass").alerts, 0);
     let seen = slack.seen();
@@ -764,8 +712,7 @@ async fn operations_alerts_are_posted_to_slack_once() {
 
 #[tokio::test]
 async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     {
         let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
@@ -793,7 +740,7 @@ async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
     let good = s.link_signer.sign(shipment, now + 60_000);
     let expired = s.link_signer.sign(shipment, now - 1_000);
     let dispatcher = Dispatcher::new(s, &db, Arc::new(Metrics::default())).expect("new");
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
     let (code, html) = call(&app, "GET", &format!("/t/{good}"), &[], String::new()).await;
     assert_eq!(code, StatusCode::OK, "{html}");
     assert!(html.contains("Delivered") && html.contains("9 m from the address"), "{html}");
@@ -813,10 +760,7 @@ async fn the_tracking_page_checks_its_token_and_never_shows_the_address() {
 
 /// Raises an operations alert for the shipment.
 fn alert(path: &Path, shipment: i64, code: &str) {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    tx.raise_alert(shipment, code, "raised by the test", 0).expect("alert");
-    tx.commit().expect("commit");
+    raise_alert(path, shipment, code, "raised by the test");
 }
 
 /// Waits until `done` holds, for at most five seconds.
@@ -839,8 +783,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
     // as unsent before either marked them posted.
     let (slack, slack_base) =
         Fake::start(Answer { delay: Duration::from_millis(300), ..Answer::ok(200, "ok") }).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let row = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
     for code in ["delivered_away_from_address", "carrier_delivered_van_never_arrived", "held_too_long"] {
@@ -852,7 +795,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
     );
     let lease = Duration::from_millis(900);
     let start = |holder: &'static str| {
-        let dispatcher = Dispatcher::new(settings(&section), &db, Arc::new(Metrics::default())).expect("new");
+        let dispatcher = dispatcher_for(&section, &db);
         let cancel = tokio_util::sync::CancellationToken::new();
         (dispatcher.spawn_with_lease(holder, lease, cancel.clone()), cancel)
     };
@@ -888,8 +831,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
 
 #[test]
 fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_holders_status() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let hook = enqueue(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None);
     let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
@@ -914,10 +856,10 @@ fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_hold
 
 #[tokio::test]
 async fn a_whatsapp_question_is_answered_with_a_text_reply_and_a_flood_is_cut_off() {
-    let WhatsAppCase { meta, db, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
+    let Case { fake: meta, db, dispatcher, _dir, .. } = whatsapp_case(None, true).await;
     let now = notify::now_ms();
     add_shipment_at(&db, "1Z999AA10123456791", Milestone::Nearby, now - 600_000);
-    let app = notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()));
+    let app = router(&dispatcher);
     let ask = |n: usize| {
         meta_change(serde_json::json!({
             "contacts": [{ "profile": { "name": "Ada" }, "wa_id": "15555550100" }],

@@ -19,7 +19,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use doorstep_hub::metrics::Metrics;
 use doorstep_hub::notify::Dispatcher;
 use ring::{digest, hmac};
 
@@ -361,12 +360,11 @@ struct Case {
 }
 
 fn case(notify: &str) -> Case {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
-    let dispatcher = Dispatcher::new(settings(notify), &db, Arc::new(Metrics::default())).expect("new");
-    Case { db, id, dispatcher, _dir: dir }
+    let dispatcher = dispatcher_for(notify, &db);
+    Case { db, id, dispatcher, _dir }
 }
 
 fn log(db: &std::path::Path, id: i64) -> Vec<doorstep_hub::store::Outcome> {

@@ -5,8 +5,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod loopback;
+pub use loopback::{insert_shipment, serve, ups_shipment};
+
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +18,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::Milestone;
-use doorstep_hub::notify::{NotifyConfig, NotifySettings};
-use doorstep_hub::store::{Contact, ContactChannel, NewNotification, NewShipment, Store, StoreOptions};
-use doorstep_proto::TrackingNumber;
+use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
+use doorstep_hub::store::{Contact, ContactChannel, NewNotification, Store, StoreOptions};
 
 pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 pub const PHONE: &str = "+15555550100";
@@ -50,6 +53,16 @@ impl Answer {
     pub fn ok(status: u16, body: &str) -> Self {
         Self { status, body: body.into(), delay: Duration::ZERO, header: None }
     }
+
+    /// The answer as the vendor gives it: after its delay, with its status, header and body.
+    pub async fn respond(self) -> Response {
+        tokio::time::sleep(self.delay).await;
+        let status = StatusCode::from_u16(self.status).expect("status");
+        match self.header {
+            Some((name, value)) => (status, [(name, value)], self.body).into_response(),
+            None => (status, self.body).into_response(),
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -66,39 +79,35 @@ pub async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    fake.seen.lock().expect("lock").push(Seen {
-        method: method.to_string(),
-        uri: uri.to_string(),
-        headers,
-        body: body.to_vec(),
-    });
-    let answer = fake.script.lock().expect("lock").pop_front();
+    fake.note(&method, &uri, headers, &body);
+    let answer = fake.next_scripted();
     let answer = answer
         .or_else(|| fake.default.lock().expect("lock").clone())
         .unwrap_or_else(|| Answer::ok(200, "ok"));
-    tokio::time::sleep(answer.delay).await;
-    let status = StatusCode::from_u16(answer.status).expect("status");
-    match answer.header {
-        Some((name, value)) => (status, [(name, value)], answer.body).into_response(),
-        None => (status, answer.body).into_response(),
-    }
+    answer.respond().await
 }
 
 impl Fake {
     pub async fn start(default: Answer) -> (Self, String) {
         let fake = Fake::default();
         *fake.default.lock().expect("lock") = Some(default);
-        let app = Router::new().fallback(record).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
+        let url = serve(Router::new().fallback(record).with_state(fake.clone())).await;
+        (fake, url)
+    }
+
+    /// Records a request as the vendor received it.
+    pub fn note(&self, method: &Method, uri: &Uri, headers: HeaderMap, body: &[u8]) {
+        let seen = Seen { method: method.to_string(), uri: uri.to_string(), headers, body: body.to_vec() };
+        self.seen.lock().expect("lock").push(seen);
     }
 
     pub fn push(&self, answer: Answer) {
         self.script.lock().expect("lock").push_back(answer);
+    }
+
+    /// The next scripted answer, if any is left.
+    pub fn next_scripted(&self) -> Option<Answer> {
+        self.script.lock().expect("lock").pop_front()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -120,6 +129,53 @@ pub fn settings(extra: &str) -> NotifySettings {
         .expect("parse")
         .validate("https://track.example.com", SECRET)
         .expect("valid")
+}
+
+/// A fresh hub database: (its directory, kept for the test's length, and its path).
+pub fn hub_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
+    (dir, db)
+}
+
+/// A dispatcher for the `[notify]` text `notify` (over [`settings`]) on the database at `db`.
+pub fn dispatcher_for(notify: &str, db: &Path) -> Dispatcher {
+    Dispatcher::new(settings(notify), db, Arc::new(Metrics::default())).expect("new")
+}
+
+/// The tracking page and the providers' callbacks, as the hub serves them.
+pub fn router(dispatcher: &Dispatcher) -> Router {
+    notify::page_router(dispatcher.state()).merge(notify::callbacks_router(dispatcher.state()))
+}
+
+/// Raises an operations alert `code` for the shipment, saying `text`.
+pub fn raise_alert(path: &Path, shipment: i64, code: &str, text: &str) {
+    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
+    let tx = store.transaction().expect("tx");
+    tx.raise_alert(shipment, code, text, 0).expect("alert");
+    tx.commit().expect("commit");
+}
+
+/// Twilio's form `params` to the hub's callback at `path`, signed with `auth_token` as
+/// Twilio signs it: (`X-Twilio-Signature`, the form body).
+pub fn twilio_form(auth_token: &str, path: &str, params: &[(&str, &str)]) -> (String, String) {
+    let params: Vec<(String, String)> =
+        params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let url = format!("https://track.example.com{path}");
+    let signature = notify::twilio::signature(auth_token, &url, &params);
+    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    (signature, encoded)
+}
+
+/// POSTs Twilio's signed form `params` to the hub's callback at `path`.
+pub async fn post_twilio(
+    app: &Router,
+    auth_token: &str,
+    path: &str,
+    params: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let (signature, encoded) = twilio_form(auth_token, path, params);
+    call(app, "POST", path, &[("x-twilio-signature", &signature)], encoded).await
 }
 
 pub fn last_outcome(path: &Path, id: i64) -> doorstep_hub::store::Outcome {
@@ -144,28 +200,14 @@ pub fn add_shipment(path: &Path, tracking: &str) -> i64 {
 
 /// [`add_shipment`] at `milestone`, created at `created_ms`.
 pub fn add_shipment_at(path: &Path, tracking: &str, milestone: Milestone, created_ms: i64) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let mut contacts = BTreeMap::new();
-    contacts.insert(ContactChannel::Sms, Contact { recipient: PHONE.into(), consent: true });
-    contacts.insert(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent: true });
-    contacts.insert(ContactChannel::Whatsapp, Contact { recipient: PHONE.into(), consent: true });
-    let id = tx
-        .insert_shipment(
-            &NewShipment {
-                tracking_number: TrackingNumber::new(tracking).expect("tn"),
-                carrier: Some("ups".into()),
-                order_id: None,
-                contacts,
-                locale: "en-US".into(),
-                time_zone: "Europe/Berlin".into(),
-            },
-            created_ms,
-        )
-        .expect("shipment");
-    tx.save_reconcile(id, milestone, &serde_json::json!(null), created_ms).expect("milestone");
-    tx.commit().expect("commit");
-    id
+    let consented = |recipient: &str| Contact { recipient: recipient.into(), consent: true };
+    let contacts = [
+        (ContactChannel::Sms, consented(PHONE)),
+        (ContactChannel::Email, consented(EMAIL)),
+        (ContactChannel::Whatsapp, consented(PHONE)),
+    ];
+    let new = ups_shipment(tracking, contacts, "en-US", "Europe/Berlin");
+    insert_shipment(path, &new, created_ms, Some(milestone))
 }
 
 pub fn enqueue(
