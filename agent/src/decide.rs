@@ -151,6 +151,20 @@ pub struct Instruction {
 }
 
 impl Reply {
+    /// A reply about a parcel of `stop`, of which `remaining` parcels are still to scan.
+    fn about_stop(ok: bool, result: &'static str, stop: &StopRef, remaining: usize, message: String) -> Self {
+        Self {
+            ok,
+            result,
+            stop_id: Some(stop.id.to_string()),
+            stop_number: Some(stop.index + 1),
+            remaining: Some(remaining),
+            van_at_stop: None,
+            message,
+            instructions: Vec::new(),
+        }
+    }
+
     /// A refusal: nothing was recorded.
     pub fn refused(result: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -708,17 +722,8 @@ impl Loaded {
             };
             let stop = StopRef { index, id: stop.stop_id.clone() };
             let remaining = self.remaining(index);
-            let reply = Reply {
-                ok: true,
-                result: "duplicate",
-                stop_id: Some(stop.id.to_string()),
-                stop_number: Some(index + 1),
-                remaining: Some(remaining),
-                van_at_stop: None,
-                message: format!("Already delivered at {}. {remaining} parcel(s) to go there", label(&stop)),
-                instructions: Vec::new(),
-            };
-            return (reply, None, "scan_duplicate");
+            let message = format!("Already delivered at {}. {remaining} parcel(s) to go there", label(&stop));
+            return (Reply::about_stop(true, "duplicate", &stop, remaining, message), None, "scan_duplicate");
         }
         let decision = self.tracker.on_scan(utc_ms, &tn);
         match &decision {
@@ -746,6 +751,15 @@ impl Loaded {
             }
             other => other,
         };
+        let delivery = |stop: StopRef, tn, distance_m: f64, dwell_s: u32, fix: &GoodFix, photo| Delivery {
+            route_id: self.id.clone(),
+            stop_id: stop.id,
+            tracking_numbers: vec![tn],
+            distance_m: metres(distance_m),
+            dwell_s,
+            fix: evidence(fix),
+            photo,
+        };
         match decision {
             ScanDecision::AtAddress { stop, distance_m, dwell_s, remaining, fix, .. } => {
                 let message = if remaining == 0 {
@@ -753,25 +767,9 @@ impl Loaded {
                 } else {
                     format!("Delivered at {}. {remaining} more parcel(s) for this stop", label(&stop))
                 };
-                let reply = Reply {
-                    ok: true,
-                    result: "delivered_at_address",
-                    stop_id: Some(stop.id.to_string()),
-                    stop_number: Some(stop.index + 1),
-                    remaining: Some(remaining),
-                    van_at_stop: None,
-                    message,
-                    instructions: Vec::new(),
-                };
-                let event = Event::DeliveredAtAddress(Delivery {
-                    route_id: self.id.clone(),
-                    stop_id: stop.id,
-                    tracking_numbers: vec![tn],
-                    distance_m: metres(distance_m),
-                    dwell_s: seconds(dwell_s),
-                    fix: evidence(&fix),
-                    photo,
-                });
+                let reply = Reply::about_stop(true, "delivered_at_address", &stop, remaining, message);
+                let event =
+                    Event::DeliveredAtAddress(delivery(stop, tn, distance_m, seconds(dwell_s), &fix, photo));
                 (reply, Some(event), "scan_at_address")
             }
             ScanDecision::AwayFromAddress { stop, distance_m, van_at, remaining, fix } => {
@@ -793,24 +791,10 @@ impl Loaded {
                     ),
                 };
                 let reply = Reply {
-                    ok: false,
-                    result: "delivered_away_from_address",
-                    stop_id: Some(stop.id.to_string()),
-                    stop_number: Some(stop.index + 1),
-                    remaining: Some(remaining),
                     van_at_stop: van_at.map(|s| s.id.to_string()),
-                    message,
-                    instructions: Vec::new(),
+                    ..Reply::about_stop(false, "delivered_away_from_address", &stop, remaining, message)
                 };
-                let event = Event::DeliveredAwayFromAddress(Delivery {
-                    route_id: self.id.clone(),
-                    stop_id: stop.id,
-                    tracking_numbers: vec![tn],
-                    distance_m: metres(distance),
-                    dwell_s: 0,
-                    fix: evidence(&fix),
-                    photo,
-                });
+                let event = Event::DeliveredAwayFromAddress(delivery(stop, tn, distance, 0, &fix, photo));
                 (reply, Some(event), "scan_away_from_address")
             }
             ScanDecision::NotOnRoute { van_at, fix } => {
@@ -829,20 +813,9 @@ impl Loaded {
                 (reply, event, "scan_not_on_route")
             }
             ScanDecision::Duplicate { stop, remaining } => {
-                let reply = Reply {
-                    ok: true,
-                    result: "duplicate",
-                    stop_id: Some(stop.id.to_string()),
-                    stop_number: Some(stop.index + 1),
-                    remaining: Some(remaining),
-                    van_at_stop: None,
-                    message: format!(
-                        "Already scanned for {}. {remaining} parcel(s) to go there",
-                        label(&stop)
-                    ),
-                    instructions: Vec::new(),
-                };
-                (reply, None, "scan_duplicate")
+                let message =
+                    format!("Already scanned for {}. {remaining} parcel(s) to go there", label(&stop));
+                (Reply::about_stop(true, "duplicate", &stop, remaining, message), None, "scan_duplicate")
             }
         }
     }

@@ -457,6 +457,15 @@ mod tests {
         PendingPhoto { sha256: HexBytes([7; 32]), total_len: 10_000, next_index }
     }
 
+    /// A connected window with no event to send that looked up a photo and found it, its
+    /// chunks from `next_index` on still to go.
+    fn sending_photo(next_index: u32, now: Instant) -> Window {
+        let mut w = connected(cfg(8, 100), 0, 1, now);
+        assert!(w.take_photo_lookup());
+        w.on_photo_found(Some(photo(next_index)), now);
+        w
+    }
+
     #[test]
     fn a_window_sends_nothing_until_connected() {
         let t0 = Instant::now();
@@ -734,9 +743,7 @@ mod tests {
     #[test]
     fn photo_chunks_go_at_most_photo_window_beyond_the_hub_photo_ack() {
         let t0 = Instant::now();
-        let mut w = connected(cfg(8, 100), 0, 1, t0);
-        assert!(w.take_photo_lookup());
-        w.on_photo_found(Some(photo(3)), t0);
+        let mut w = sending_photo(3, t0);
         let want = w.photo_chunks_wanted().expect("room");
         assert_eq!((want.from, want.limit), (3, 2));
         w.on_chunk_sent(3, t0);
@@ -758,9 +765,7 @@ mod tests {
     #[test]
     fn a_new_event_pauses_the_photo_and_a_reconnect_resends_its_unacknowledged_chunks() {
         let t0 = Instant::now();
-        let mut w = connected(cfg(8, 100), 0, 1, t0);
-        assert!(w.take_photo_lookup());
-        w.on_photo_found(Some(photo(0)), t0);
+        let mut w = sending_photo(0, t0);
         w.on_chunk_sent(0, t0);
         w.on_appended(2);
         assert_eq!(w.photo_chunks_wanted(), None);
@@ -776,9 +781,7 @@ mod tests {
     #[test]
     fn a_stalled_photo_ack_resends_its_chunks_after_the_timeout() {
         let t0 = Instant::now();
-        let mut w = connected(cfg(8, 100), 0, 1, t0);
-        assert!(w.take_photo_lookup());
-        w.on_photo_found(Some(photo(0)), t0);
+        let mut w = sending_photo(0, t0);
         w.on_chunk_sent(0, t0);
         w.on_chunk_sent(1, t0);
         w.on_puback();

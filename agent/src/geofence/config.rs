@@ -143,64 +143,33 @@ impl GeofenceConfig {
     pub fn validate(&self) -> Result<(), GeofenceConfigError> {
         let max_radius = f64::from(MAX_RADIUS_M);
         let max_dwell = f64::from(MAX_DWELL_S);
-        let checks: [(&'static str, f64, bool, &'static str); 9] = [
-            (
-                "approach_m",
-                self.approach_m,
-                self.approach_m > 0.0 && self.approach_m <= max_radius,
-                "more than 0 and at most 20000 metres",
-            ),
-            (
-                "arrival_m",
-                self.arrival_m,
-                self.arrival_m > 0.0 && self.arrival_m <= max_radius,
-                "more than 0 and at most 20000 metres",
-            ),
-            (
-                "exit_margin_m",
-                self.exit_margin_m,
-                (0.0..=max_radius).contains(&self.exit_margin_m),
-                "0 to 20000 metres",
-            ),
-            (
-                "dwell",
-                self.dwell.as_secs_f64(),
-                self.dwell.as_secs_f64() <= max_dwell,
-                "at most 3600 seconds",
-            ),
+        let secs = Duration::as_secs_f64;
+        let (radius, hour) = ("more than 0 and at most 20000 metres", "at most 3600 seconds");
+        // Each setting's range: strictly above (`true`) or from its low end, up to its high end.
+        let checks: [(&'static str, f64, (bool, f64), f64, &'static str); 9] = [
+            ("approach_m", self.approach_m, (true, 0.0), max_radius, radius),
+            ("arrival_m", self.arrival_m, (true, 0.0), max_radius, radius),
+            ("exit_margin_m", self.exit_margin_m, (false, 0.0), max_radius, "0 to 20000 metres"),
+            ("dwell", secs(&self.dwell), (false, 0.0), max_dwell, hour),
             (
                 "stopped_speed_mps",
                 self.stopped_speed_mps,
-                self.stopped_speed_mps > 0.0 && self.stopped_speed_mps <= 10.0,
+                (true, 0.0),
+                10.0,
                 "more than 0 and at most 10 m/s",
             ),
-            (
-                "exit_confirm",
-                self.exit_confirm.as_secs_f64(),
-                self.exit_confirm.as_secs_f64() <= max_dwell,
-                "at most 3600 seconds",
-            ),
-            (
-                "scan_window",
-                self.scan_window.as_secs_f64(),
-                self.scan_window.as_secs_f64() <= 86_400.0,
-                "at most 86400 seconds",
-            ),
-            (
-                "max_crossing_gap",
-                self.max_crossing_gap.as_secs_f64(),
-                self.max_crossing_gap.as_secs_f64() <= max_dwell,
-                "at most 3600 seconds",
-            ),
-            (
-                "max_speed_mps",
-                self.max_speed_mps,
-                self.max_speed_mps >= 10.0 && self.max_speed_mps <= 500.0,
-                "10 to 500 m/s",
-            ),
+            ("exit_confirm", secs(&self.exit_confirm), (false, 0.0), max_dwell, hour),
+            ("scan_window", secs(&self.scan_window), (false, 0.0), 86_400.0, "at most 86400 seconds"),
+            ("max_crossing_gap", secs(&self.max_crossing_gap), (false, 0.0), max_dwell, hour),
+            ("max_speed_mps", self.max_speed_mps, (false, 10.0), 500.0, "10 to 500 m/s"),
         ];
-        // `ok` is false for NaN, since every comparison with NaN is.
-        if let Some((field, value, _, range)) = checks.into_iter().find(|check| !check.2) {
+        // Every comparison with NaN is false, so NaN is out of every range.
+        let in_range = |value: f64, (open, low): (bool, f64), high: f64| {
+            (if open { value > low } else { value >= low }) && value <= high
+        };
+        if let Some((field, value, _, _, range)) =
+            checks.into_iter().find(|&(_, value, low, high, _)| !in_range(value, low, high))
+        {
             return Err(GeofenceConfigError::OutOfRange { field, value, range });
         }
         if self.approach_m < self.arrival_m {
