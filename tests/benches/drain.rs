@@ -34,6 +34,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use doorstep_agent::outbox::{Outbox, OutboxConfig};
+use doorstep_e2e::agent::agent_soak;
 use doorstep_e2e::{
     AckingReceiver, Broker, BrokerOptions, ReceiverOptions, device, device_key, hub_key, position,
 };
@@ -72,14 +73,9 @@ struct Drain {
 
 async fn drain(db: &Path, port: u16, n: u32) -> Drain {
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-soak"))
-        .arg("--db")
-        .arg(db)
-        .args(["--port", &port.to_string(), "--device", "van-soak", "--seed", "1"])
-        .args(["--hub-key", &hub_key().public_key().to_string()])
-        .args(["--count", &n.to_string(), "--exit-when-drained", "--report-memory"])
+    let mut child = agent_soak(env!("CARGO_BIN_EXE_agent-soak"), db, port, "van-soak", 1, u64::from(n))
+        .args(["--exit-when-drained", "--report-memory"])
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("agent-soak");
     let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();

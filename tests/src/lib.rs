@@ -15,11 +15,12 @@ pub mod daemon;
 pub mod drive;
 pub mod gnss;
 pub mod meter;
+pub mod parked;
 pub mod pki;
 pub mod proxy;
 pub mod receiver;
 
-pub use agent::{TestAgent, TestAgentOptions};
+pub use agent::{AckedVan, TestAgent, TestAgentOptions};
 pub use daemon::{AgentDaemon, DaemonConfig};
 pub use doorstep_testkit::driver::DriverApp;
 pub use doorstep_testkit::mosquitto::{Broker, BrokerOptions, BrokerTls};
@@ -27,6 +28,7 @@ pub use doorstep_testkit::pty::Pty;
 pub use drive::Drive;
 pub use gnss::{GnssFeed, Parked};
 pub use meter::Meter;
+pub use parked::ParkedVan;
 pub use pki::FleetPki;
 pub use proxy::LossyProxy;
 pub use receiver::{AckingReceiver, Received, ReceiverOptions};
@@ -73,6 +75,14 @@ pub fn position(n: u32) -> doorstep_proto::Event {
             .with_hdop(1.1)
             .with_speed_mps(8.0),
     )
+}
+
+/// A random number below `below`, for where and when a fault test strikes.
+pub fn random_below(rng: &ring::rand::SystemRandom, below: u64) -> u64 {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 8];
+    rng.fill(&mut b).unwrap_or_else(|e| panic!("rng: {e}"));
+    u64::from_le_bytes(b) % below
 }
 
 /// Installs a compact tracing subscriber once (`RUST_LOG` picks the level; warnings by

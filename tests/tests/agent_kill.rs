@@ -11,10 +11,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use doorstep_agent::status::{link_record_path, read_status};
-use doorstep_e2e::{AckingReceiver, Broker, BrokerOptions, device, device_key, hub_key};
-use ring::rand::{SecureRandom, SystemRandom};
+use doorstep_e2e::agent::agent_soak;
+use doorstep_e2e::{AckedVan, random_below};
+use ring::rand::SystemRandom;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const COUNT: u64 = 3000;
 /// Output lines of one run waiting to be read.
@@ -24,26 +25,12 @@ const KILLS: usize = 24;
 fn soak(db: &std::path::Path, port: u16, exit_when_drained: bool) -> Child {
     // The final run's output is not read: send it nowhere so the pipe never fills.
     let stdout = if exit_when_drained { Stdio::null() } else { Stdio::piped() };
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-soak"));
-    cmd.arg("--db")
-        .arg(db)
-        .args(["--port", &port.to_string(), "--device", "van-kill", "--seed", "7"])
-        .args(["--hub-key", &hub_key().public_key().to_string()])
-        .args(["--count", &COUNT.to_string(), "--interval-ms", "2"])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+    let mut cmd = agent_soak(env!("CARGO_BIN_EXE_agent-soak"), db, port, "van-kill", 7, COUNT);
+    cmd.args(["--interval-ms", "2"]).stdout(stdout).stderr(Stdio::inherit());
     if exit_when_drained {
         cmd.arg("--exit-when-drained");
     }
     cmd.spawn().expect("spawn agent-soak")
-}
-
-fn random(rng: &SystemRandom, below: u64) -> u64 {
-    let mut b = [0u8; 8];
-    rng.fill(&mut b).expect("rng");
-    u64::from_le_bytes(b) % below
 }
 
 /// Where to strike: right after a durable append, right after an ack was applied, or at
@@ -57,13 +44,8 @@ enum Strike {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() {
-    doorstep_e2e::init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("agent.db");
-    let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let van = device("van-kill");
-    let key = device_key(7);
-    let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
+    let setup = AckedVan::start("van-kill", 7).await.expect("broker and receiver");
+    let (db, broker, van, receiver) = (setup.db(), &setup.broker, &setup.van, &setup.receiver);
     let rng = SystemRandom::new();
 
     let mut kills = 0;
@@ -81,8 +63,8 @@ async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() 
             }
         });
         let (wanted, skip) = match strike {
-            Strike::AfterAppend => (Some("appended"), random(&rng, 20)),
-            Strike::AfterAck => (Some("acked"), random(&rng, 6)),
+            Strike::AfterAppend => (Some("appended"), random_below(&rng, 20)),
+            Strike::AfterAck => (Some("acked"), random_below(&rng, 6)),
             Strike::Anywhere => (None, 0),
         };
         let landed = tokio::time::timeout(Duration::from_secs(5), async {
@@ -103,7 +85,7 @@ async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() 
                     false
                 }
                 None => {
-                    tokio::time::sleep(Duration::from_millis(30 + random(&rng, 300))).await;
+                    tokio::time::sleep(Duration::from_millis(30 + random_below(&rng, 300))).await;
                     true
                 }
             }
@@ -126,10 +108,10 @@ async fn agent_killed_at_random_points_twenty_times_loses_and_doubles_nothing() 
     let mut child = soak(&db, broker.port(), true);
     let status = tokio::time::timeout(Duration::from_secs(120), child.wait()).await.expect("drains in time");
     assert!(status.expect("exit").success());
-    let delivered = receiver.wait_for(Duration::from_secs(10), |r| r.contiguous(&van) >= COUNT).await;
+    let delivered = receiver.wait_for(Duration::from_secs(10), |r| r.contiguous(van) >= COUNT).await;
     let received = receiver.received();
-    assert!(delivered, "receiver holds {} of {COUNT}", received.contiguous(&van));
-    received.assert_every_confirmation_once_in_order(&van, u32::try_from(COUNT).expect("fits"));
+    assert!(delivered, "receiver holds {} of {COUNT}", received.contiguous(van));
+    received.assert_every_confirmation_once_in_order(van, u32::try_from(COUNT).expect("fits"));
     assert!(received.rejected.is_empty(), "{:?}", received.rejected);
     assert!(received.duplicates > 0, "kills mid-publish should cause resends the hub deduplicates");
     let status = read_status(&db, &link_record_path(&db)).expect("status");

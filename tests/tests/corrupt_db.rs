@@ -5,27 +5,19 @@
 use std::time::Duration;
 
 use doorstep_agent::status::{link_record_path, read_status};
-use doorstep_e2e::{
-    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
-    hub_key,
-};
+use doorstep_e2e::{AckedVan, TestAgent, confirmation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_database_is_moved_aside_and_numbering_continues_without_reuse() {
-    doorstep_e2e::init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("agent.db");
-    let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let van = device("van-corrupt");
-    let key = device_key(5);
-    let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
-    let options = TestAgentOptions::new(dir.path(), broker.port(), van.clone(), 5);
+    let setup = AckedVan::start("van-corrupt", 5).await.expect("broker and receiver");
+    let (db, van, receiver) = (setup.db(), &setup.van, &setup.receiver);
+    let options = setup.agent_options();
 
     let agent = TestAgent::start(&options).await.expect("agent");
     for n in 1..=50 {
         agent.append(confirmation(n)).await.expect("append");
     }
-    assert!(receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= 50).await);
+    assert!(receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van) >= 50).await);
     tokio::time::sleep(Duration::from_millis(300)).await; // let the ack land
     agent.stop().await.expect("stop");
     tokio::time::sleep(Duration::from_millis(100)).await; // the outbox thread closes the file
@@ -41,12 +33,12 @@ async fn a_corrupt_database_is_moved_aside_and_numbering_continues_without_reuse
         let appended = agent.append(confirmation(n)).await.expect("append");
         assert_eq!(appended.seq, u64::from(n), "numbering resumes where the hub left off");
     }
-    let all = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= 100).await;
+    let all = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van) >= 100).await;
     agent.stop().await.expect("stop");
-    assert!(all, "receiver holds {} of 100", receiver.received().contiguous(&van));
-    receiver.received().assert_every_confirmation_once_in_order(&van, 100);
+    assert!(all, "receiver holds {} of 100", receiver.received().contiguous(van));
+    receiver.received().assert_every_confirmation_once_in_order(van, 100);
 
-    let aside: Vec<String> = std::fs::read_dir(dir.path())
+    let aside: Vec<String> = std::fs::read_dir(setup.dir.path())
         .expect("ls")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|name| name.starts_with("agent.db.corrupt-"))

@@ -13,22 +13,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use doorstep_e2e::daemon::{link_up, outbox_depth};
-use doorstep_e2e::{
-    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, DriverApp, GnssFeed, Parked, Pty,
-    device, hub_key,
-};
+use doorstep_e2e::parked::west_end_route;
+use doorstep_e2e::{DriverApp, ParkedVan, random_below};
 use doorstep_proto::Event;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 
 /// Restarts of the agent, each ended by SIGKILL.
 const ROUNDS: usize = 24;
 /// Parcels on the route: more than the driver can scan in the test.
 const PARCELS: usize = 200;
-/// The stop the van is parked at (Regensburg, the west end of the recorded drive).
-const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
-/// One GNSS epoch per 50 ms: twenty times real time.
-const EPOCH_EVERY: Duration = Duration::from_millis(50);
 
 fn parcel(n: usize) -> String {
     format!("PARCEL{n:04}")
@@ -36,17 +29,7 @@ fn parcel(n: usize) -> String {
 
 fn route() -> String {
     let parcels: Vec<String> = (1..=PARCELS).map(parcel).collect();
-    serde_json::json!({
-        "route_id": "kill-1",
-        "stops": [{"stop_id": "west-end", "lat": STOP.lat, "lon": STOP.lon, "tracking_numbers": parcels}]
-    })
-    .to_string()
-}
-
-fn random(rng: &SystemRandom, below: u64) -> u64 {
-    let mut b = [0u8; 8];
-    rng.fill(&mut b).expect("rng");
-    u64::from_le_bytes(b) % below
+    west_end_route("kill-1", &parcels)
 }
 
 /// What the driver's screen said about a scan.
@@ -92,20 +75,8 @@ enum Strike {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation_once_in_order() {
-    doorstep_e2e::init_tracing();
-    let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let mut gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
-    let van = AgentDaemon::provision(&DaemonConfig {
-        device: device("van-power"),
-        gps: gps.path.clone(),
-        route_json: route(),
-        position_interval_s: 1,
-        broker_port: broker.port(),
-        uplink_extra: String::new(),
-    })
-    .expect("provision the van");
-    let receiver =
-        AckingReceiver::start(broker.port(), &[(van.device().clone(), van.key())], hub_key()).await;
+    let mut parked = ParkedVan::start("van-power", route(), 1).await.expect("the parked van");
+    let (van, receiver) = (&parked.van, &parked.receiver);
     let rng = SystemRandom::new();
 
     let mut next_parcel = 1..=PARCELS;
@@ -118,11 +89,11 @@ async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation
         let strike = [Strike::AfterAnswer, Strike::MidScan, Strike::AfterAck, Strike::Anywhere][round % 4];
         let mut child = van.start().expect("start the agent");
         let mut driver = van.driver().await.expect("driver socket");
-        for _ in 0..=random(&rng, 3) {
+        for _ in 0..=random_below(&rng, 3) {
             let code = parcel(next_parcel.next().expect("parcels left"));
             scan(&mut driver, &code).await.unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", van.log()));
             answered.push(code);
-            tokio::time::sleep(Duration::from_millis(random(&rng, 60))).await;
+            tokio::time::sleep(Duration::from_millis(random_below(&rng, 60))).await;
         }
         let mut pending = None;
         match strike {
@@ -131,16 +102,16 @@ async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation
                 let code = parcel(next_parcel.next().expect("parcels left"));
                 driver.send(&doorstep_testkit::driver::scan(&code)).await.expect("send scan");
                 // Storing a confirmation takes an fsync: a few milliseconds.
-                tokio::time::sleep(Duration::from_micros(random(&rng, 4_000))).await;
+                tokio::time::sleep(Duration::from_micros(random_below(&rng, 4_000))).await;
                 pending = Some(code);
             }
             Strike::AfterAck => {
                 let acks = receiver.received().acks_sent;
                 let acked = receiver.wait_for(Duration::from_secs(5), |r| r.acks_sent > acks).await;
                 assert!(acked, "the receiver sent no ack in 5 s\nagent log:\n{}", van.log());
-                tokio::time::sleep(Duration::from_micros(random(&rng, 3_000))).await;
+                tokio::time::sleep(Duration::from_micros(random_below(&rng, 3_000))).await;
             }
-            Strike::Anywhere => tokio::time::sleep(Duration::from_millis(20 + random(&rng, 400))).await,
+            Strike::Anywhere => tokio::time::sleep(Duration::from_millis(20 + random_below(&rng, 400))).await,
         }
         let alive = child.try_wait().expect("agent status").is_none();
         child.start_kill().expect("SIGKILL");
@@ -160,21 +131,11 @@ async fn the_real_agent_killed_twenty_times_delivers_every_answered_confirmation
     assert!(kills >= 20, "only {kills} kills struck a running agent");
 
     // The van parks for the night: the GNSS receiver goes quiet, the agent drains and stops.
-    gps.stop();
+    parked.gps.stop();
     let child = van.start().expect("start the agent");
-    let pid = child.id().expect("pid");
-    let (drained, status) = van
-        .wait_for_status(Duration::from_secs(60), |s| link_up(s, pid) && outbox_depth(s) == 0)
-        .await
-        .expect("status");
-    assert!(drained, "the outbox did not drain: {status}\nagent log:\n{}", van.log());
-    van.stop(child).await.expect("clean stop");
-    let last_seq = status["outbox"]["next_seq"].as_u64().expect("next_seq") - 1;
-    let delivered =
-        receiver.wait_for(Duration::from_secs(10), |r| r.contiguous(van.device()) >= last_seq).await;
+    parked.drain_and_stop(child).await;
 
     let received = receiver.received();
-    assert!(delivered, "the hub holds {} of {last_seq} contiguous", received.contiguous(van.device()));
     assert!(received.conflicts.is_empty(), "a seq was reused: {:?}", received.conflicts);
     assert!(received.rejected.is_empty(), "{:?}", received.rejected);
     assert!(received.duplicates > 0, "kills mid-publish should cause resends the hub deduplicates");

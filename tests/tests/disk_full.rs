@@ -6,23 +6,13 @@ use std::time::Duration;
 
 use doorstep_agent::outbox::OutboxError;
 use doorstep_agent::status::{link_record_path, read_status};
-use doorstep_e2e::{
-    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
-    hub_key,
-};
+use doorstep_e2e::{AckedVan, confirmation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_once() {
-    doorstep_e2e::init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let van = device("van-full");
-    let key = device_key(4);
-    let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
-    broker.kill(); // The van is in a dead zone.
-    let mut options = TestAgentOptions::new(dir.path(), broker.port(), van.clone(), 4);
-    options.max_bytes = Some(32 * 1024);
-    let agent = TestAgent::start(&options).await.expect("agent");
+    let mut setup = AckedVan::start("van-full", 4).await.expect("broker and receiver");
+    let agent = setup.agent_in_dead_zone(32 * 1024).await.expect("agent");
+    let (van, receiver) = (&setup.van, &setup.receiver);
 
     let mut stored = 0u32;
     let err = loop {
@@ -40,15 +30,15 @@ async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_onc
     // Refused again while still full; nothing stored is touched.
     assert!(agent.append(confirmation(stored + 1)).await.is_err());
 
-    let db = dir.path().join("agent.db");
+    let db = setup.db();
     let status = read_status(&db, &link_record_path(&db)).expect("status");
     assert_eq!(status.outbox.rejected_confirmations, 2);
     assert!(status.render().contains("ALARM: OUTBOX FULL"), "{}", status.render());
 
-    broker.restart().await.expect("broker back");
+    setup.broker.restart().await.expect("broker back");
     let delivered =
-        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= u64::from(stored)).await;
-    assert!(delivered, "receiver holds {} of {stored}", receiver.received().contiguous(&van));
+        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van) >= u64::from(stored)).await;
+    assert!(delivered, "receiver holds {} of {stored}", receiver.received().contiguous(van));
     // With the backlog acknowledged there is room again.
     let mut appended = None;
     for _ in 0..100 {
@@ -62,8 +52,8 @@ async fn a_full_outbox_refuses_loudly_and_delivers_every_stored_confirmation_onc
     }
     assert_eq!(appended.map(|a| a.seq), Some(u64::from(stored) + 1));
     let delivered =
-        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) > u64::from(stored)).await;
+        receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van) > u64::from(stored)).await;
     agent.stop().await.expect("stop");
     assert!(delivered);
-    receiver.received().assert_every_confirmation_once_in_order(&van, stored + 1);
+    receiver.received().assert_every_confirmation_once_in_order(van, stored + 1);
 }

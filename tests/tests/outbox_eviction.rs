@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use doorstep_e2e::{
-    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, confirmation, device, device_key,
-    hub_key, position,
-};
+use doorstep_e2e::{AckedVan, confirmation, position};
 
 /// The outbox budget: a few dozen confirmations and notices, and little room for the trail.
 const BUDGET: u64 = 24 * 1024;
@@ -20,16 +17,9 @@ const STOPS: u32 = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_evicted_in_a_dead_zone_become_gap_notices_the_hub_acks_past() {
-    doorstep_e2e::init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let van = device("van-gap");
-    let key = device_key(5);
-    let receiver = AckingReceiver::start(broker.port(), &[(van.clone(), &key)], hub_key()).await;
-    broker.kill(); // The van drives into a dead zone.
-    let mut options = TestAgentOptions::new(dir.path(), broker.port(), van.clone(), 5);
-    options.max_bytes = Some(BUDGET);
-    let agent = TestAgent::start(&options).await.expect("agent");
+    let mut setup = AckedVan::start("van-gap", 5).await.expect("broker and receiver");
+    let agent = setup.agent_in_dead_zone(BUDGET).await.expect("agent");
+    let (van, receiver) = (&setup.van, &setup.receiver);
 
     let mut samples = 0u32;
     for stop in 1..=STOPS {
@@ -49,34 +39,27 @@ async fn positions_evicted_in_a_dead_zone_become_gap_notices_the_hub_acks_past()
     assert!(gap_rows >= 10, "{gap_rows} gap notices for {} evicted samples", stats.evicted_positions);
     assert_eq!(stats.rejected_confirmations, 0);
 
-    broker.restart().await.expect("broker back"); // Out of the dead zone.
-    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van) >= last_seq).await;
+    setup.broker.restart().await.expect("broker back"); // Out of the dead zone.
+    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van) >= last_seq).await;
     assert!(
         delivered,
         "the hub's contiguous ack stopped at {} of {last_seq}",
-        receiver.received().contiguous(&van)
+        receiver.received().contiguous(van)
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let drained = loop {
-        let stats = agent.outbox.stats().await.expect("stats");
-        if stats.depth() == 0 || tokio::time::Instant::now() > deadline {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let drained = agent.wait_until_empty(Duration::from_secs(30)).await.expect("stats");
     assert_eq!(drained.depth(), 0, "left in the outbox: {:?}", drained.depth_by_kind);
     assert_eq!(agent.outbox.cursor().await.expect("cursor"), (last_seq, next_seq));
     agent.stop().await.expect("stop");
 
     let received = receiver.received();
-    received.assert_every_confirmation_once_in_order(&van, STOPS);
+    received.assert_every_confirmation_once_in_order(van, STOPS);
     assert!(received.rejected.is_empty(), "{:?}", received.rejected);
-    let notices = received.gap_notices(&van);
+    let notices = received.gap_notices(van);
     let evicted: u64 = notices.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
     assert_eq!(evicted, stats.evicted_positions, "every evicted sample is named by exactly one notice");
     assert!(
         notices.iter().any(|g| g.first_seq == g.last_seq),
         "a lone sample gets its own notice: {notices:?}"
     );
-    assert_eq!(received.contiguous(&van), last_seq);
+    assert_eq!(received.contiguous(van), last_seq);
 }

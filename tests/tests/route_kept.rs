@@ -5,24 +5,11 @@
 
 use std::time::Duration;
 
-use doorstep_e2e::{
-    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, DriverApp, GnssFeed, Parked, Pty,
-    device, fleet, hub_key,
-};
+use doorstep_e2e::parked::west_end_route;
+use doorstep_e2e::{AgentDaemon, DriverApp, ParkedVan, fleet, hub_key};
 use doorstep_proto::topic::{Channel, Topic};
 use doorstep_proto::{HubMessage, RouteAssignment, RouteManifest};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-
-const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
-const EPOCH_EVERY: Duration = Duration::from_millis(50);
-
-fn route_json(id: &str, parcel: &str) -> String {
-    serde_json::json!({
-        "route_id": id,
-        "stops": [{"stop_id": "west-end", "lat": STOP.lat, "lon": STOP.lon, "tracking_numbers": [parcel]}]
-    })
-    .to_string()
-}
 
 /// Publishes `route` for `van` as the hub does: signed, retained, on the van's route topic.
 async fn post_route(port: u16, van: &AgentDaemon, route: &str) {
@@ -66,35 +53,24 @@ async fn wait_for_route(van: &AgentDaemon, driver: &mut DriverApp, route_id: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_restarted_against_a_fresh_broker_keeps_the_route_the_hub_sent() {
-    doorstep_e2e::init_tracing();
-    let mut broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let _gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
-    let van = AgentDaemon::provision(&DaemonConfig {
-        device: device("van-route"),
-        gps: _gps.path.clone(),
-        route_json: route_json("from-file", "PARCELFILE1"),
-        position_interval_s: 60,
-        broker_port: broker.port(),
-        uplink_extra: String::new(),
-    })
-    .expect("provision the van");
-    let _receiver =
-        AckingReceiver::start(broker.port(), &[(van.device().clone(), van.key())], hub_key()).await;
+    let route = west_end_route("from-file", &["PARCELFILE1"]);
+    let mut parked = ParkedVan::start("van-route", route, 60).await.expect("the parked van");
+    let van = &parked.van;
 
     let child = van.start().expect("start");
     let mut driver = van.driver().await.expect("driver socket");
-    wait_for_route(&van, &mut driver, "from-file").await;
-    post_route(broker.port(), &van, &route_json("from-hub", "PARCELHUB01")).await;
-    wait_for_route(&van, &mut driver, "from-hub").await;
+    wait_for_route(van, &mut driver, "from-file").await;
+    post_route(parked.broker.port(), van, &west_end_route("from-hub", &["PARCELHUB01"])).await;
+    wait_for_route(van, &mut driver, "from-hub").await;
 
     // Power cut in the van, and the broker crashes and comes back empty.
     drop(child);
-    broker.kill();
-    broker.restart().await.expect("fresh broker");
+    parked.broker.kill();
+    parked.broker.restart().await.expect("fresh broker");
 
     let _child = van.start().expect("restart");
     let mut driver = van.driver().await.expect("driver socket");
-    wait_for_route(&van, &mut driver, "from-hub").await;
+    wait_for_route(van, &mut driver, "from-hub").await;
     let reply = driver.scan_once_fixed("PARCELHUB01").await.expect("scan");
     assert_eq!(reply["result"], "delivered_at_address", "{reply}\nagent log:\n{}", van.log());
 }

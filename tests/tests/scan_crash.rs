@@ -8,38 +8,15 @@
 
 use std::time::Duration;
 
-use doorstep_e2e::daemon::{link_up, outbox_depth};
-use doorstep_e2e::{
-    AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, GnssFeed, Parked, Pty, device, hub_key,
-};
+use doorstep_e2e::ParkedVan;
+use doorstep_e2e::parked::west_end_route;
 use doorstep_proto::Event;
 
-const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
-const EPOCH_EVERY: Duration = Duration::from_millis(50);
-
-fn route() -> String {
-    serde_json::json!({
-        "route_id": "crash-1",
-        "stops": [{"stop_id": "west-end", "lat": STOP.lat, "lon": STOP.lon,
-                   "tracking_numbers": ["PARCEL0001", "PARCEL0002"]}]
-    })
-    .to_string()
-}
-
 async fn crash_and_retry(point: &str, retry_answer: &str) {
-    let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let mut gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
-    let van = AgentDaemon::provision(&DaemonConfig {
-        device: device(&format!("van-{}", point.replace('_', "-"))),
-        gps: gps.path.clone(),
-        route_json: route(),
-        position_interval_s: 60,
-        broker_port: broker.port(),
-        uplink_extra: String::new(),
-    })
-    .expect("provision the van");
-    let receiver =
-        AckingReceiver::start(broker.port(), &[(van.device().clone(), van.key())], hub_key()).await;
+    let name = format!("van-{}", point.replace('_', "-"));
+    let route = west_end_route("crash-1", &["PARCEL0001", "PARCEL0002"]);
+    let mut parked = ParkedVan::start(&name, route, 60).await.expect("the parked van");
+    let (van, receiver) = (&parked.van, &parked.receiver);
 
     // Let the van stand long enough to be at the stop, then scan into the failpoint.
     let mut child = van.start_with_env(&[(doorstep_agent::failpoint::ENV, point)]).expect("start");
@@ -67,16 +44,8 @@ async fn crash_and_retry(point: &str, retry_answer: &str) {
     let second = driver.scan_once_fixed("PARCEL0002").await.expect("next parcel");
     assert_eq!(second["result"], "delivered_at_address", "{point}: {second}");
 
-    gps.stop();
-    let pid = child.id().expect("pid");
-    let (drained, status) = van
-        .wait_for_status(Duration::from_secs(60), |s| link_up(s, pid) && outbox_depth(s) == 0)
-        .await
-        .expect("status");
-    assert!(drained, "{point}: the outbox did not drain: {status}");
-    van.stop(child).await.expect("clean stop");
-    let last_seq = status["outbox"]["next_seq"].as_u64().expect("next_seq") - 1;
-    assert!(receiver.wait_for(Duration::from_secs(10), |r| r.contiguous(van.device()) >= last_seq).await);
+    parked.gps.stop();
+    parked.drain_and_stop(child).await;
     let received = receiver.received();
     let confirmations: Vec<u64> = received
         .confirmations(van.device())
@@ -94,12 +63,10 @@ async fn crash_and_retry(point: &str, retry_answer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_scan_is_decided_and_before_it_is_stored_the_retry_delivers_once() {
-    doorstep_e2e::init_tracing();
     crash_and_retry("scan_decided", "delivered_at_address").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_confirmation_is_stored_the_retry_is_a_duplicate_not_a_second_delivery() {
-    doorstep_e2e::init_tracing();
     crash_and_retry("scan_stored", "duplicate").await;
 }

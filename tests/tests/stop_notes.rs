@@ -8,13 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use doorstep_e2e::{
-    AgentDaemon, Broker, BrokerOptions, DaemonConfig, DriverApp, GnssFeed, Parked, Pty, device,
-};
+use doorstep_e2e::parked::{EPOCH_EVERY, WEST_END};
+use doorstep_e2e::{AgentDaemon, Broker, BrokerOptions, DaemonConfig, DriverApp, GnssFeed, Pty, device};
 use serde_json::{Value, json};
 
-const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
-const EPOCH_EVERY: Duration = Duration::from_millis(50);
 const FIRST: &str = "1ZNOTE00000000001";
 const SECOND: &str = "1ZNOTE00000000002";
 
@@ -53,7 +50,7 @@ async fn status_until(van: &AgentDaemon, driver: &mut DriverApp, done: impl Fn(&
 async fn instructions_left_on_the_tracking_page_reach_the_drivers_status_reply() {
     doorstep_e2e::init_tracing();
     let broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, EPOCH_EVERY);
+    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), WEST_END, EPOCH_EVERY);
     let van = AgentDaemon::provision(&DaemonConfig {
         device: device("van-notes"),
         gps: gps.path.clone(),
@@ -74,8 +71,8 @@ async fn instructions_left_on_the_tracking_page_reach_the_drivers_status_reply()
     let first = shipment(&hub, FIRST).await.expect("shipment");
     let _second = shipment(&hub, SECOND).await.expect("shipment");
     let route = json!({"route_id": "r-notes", "stops": [
-        {"stop_id": "north-gate", "lat": STOP.lat, "lon": STOP.lon, "tracking_numbers": [FIRST]},
-        {"stop_id": "south-yard", "lat": STOP.lat + 0.01, "lon": STOP.lon, "tracking_numbers": [SECOND]},
+        {"stop_id": "north-gate", "lat": WEST_END.lat, "lon": WEST_END.lon, "tracking_numbers": [FIRST]},
+        {"stop_id": "south-yard", "lat": WEST_END.lat + 0.01, "lon": WEST_END.lon, "tracking_numbers": [SECOND]},
     ]});
     let body =
         json!({"fleet": doorstep_e2e::fleet().as_str(), "device": van.device().as_str(), "route": route});

@@ -12,23 +12,18 @@ use std::time::Duration;
 
 use doorstep_e2e::daemon::{link_up, outbox_depth};
 use doorstep_e2e::meter::Framing;
+use doorstep_e2e::parked::{EPOCH_EVERY, WEST_END, west_end_route};
 use doorstep_e2e::pki::uplink_tls;
 use doorstep_e2e::{
     AckingReceiver, AgentDaemon, Broker, BrokerOptions, DaemonConfig, FleetPki, GnssFeed, LossyProxy, Meter,
-    Parked, Pty, device, hub_key,
+    Pty, device, hub_key,
 };
 use doorstep_proto::{DeviceId, Event};
 
-/// The stop the van is parked at.
-const STOP: Parked = Parked { lat: 49.035506, lon: 12.043495, date: "211126", start_s: 36_000 };
 const PARCELS: [&str; 3] = ["TLS0001", "TLS0002", "TLS0003"];
 
 fn route() -> String {
-    serde_json::json!({
-        "route_id": "tls-1",
-        "stops": [{"stop_id": "west-end", "lat": STOP.lat, "lon": STOP.lon, "tracking_numbers": PARCELS}]
-    })
-    .to_string()
+    west_end_route("tls-1", &PARCELS)
 }
 
 /// Scans `code` until it is recorded (the agent needs a first fix).
@@ -63,7 +58,7 @@ async fn scanned_van_over_tls(name: &str, wrong_ca: bool) -> ScannedVan {
     let pki = FleetPki::new().expect("fleet certificates");
     let van_tls = pki.van(&van_id).expect("the van's certificate");
     let broker = Broker::start_tls(BrokerOptions::default(), pki.broker.clone()).await.expect("broker");
-    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, Duration::from_millis(50));
+    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), WEST_END, EPOCH_EVERY);
     let ca = if wrong_ca { &pki.other_ca } else { &pki.broker.ca };
     let van = AgentDaemon::provision(&DaemonConfig {
         device: van_id.clone(),
@@ -166,7 +161,7 @@ async fn a_van_whose_link_drops_resumes_its_tls_session_without_the_certificates
     let proxy = LossyProxy::start_metered(broker.tls_port().expect("TLS listener"), Arc::clone(&meter))
         .await
         .expect("proxy");
-    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), STOP, Duration::from_millis(50));
+    let gps = GnssFeed::parked(Pty::open_nonblocking().expect("pty"), WEST_END, EPOCH_EVERY);
     let van = AgentDaemon::provision(&DaemonConfig {
         device: van_id.clone(),
         gps: gps.path.clone(),

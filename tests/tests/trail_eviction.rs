@@ -13,10 +13,7 @@ use std::time::Duration;
 use doorstep_agent::decide::{Decided, Decider, ExceptionReport, TrailConfig};
 use doorstep_agent::fix::GoodFix;
 use doorstep_agent::geofence::GeofenceConfig;
-use doorstep_agent::outbox::OutboxStats;
-use doorstep_e2e::{
-    AckingReceiver, Broker, BrokerOptions, TestAgent, TestAgentOptions, device, device_key, hub_key,
-};
+use doorstep_e2e::{AckedVan, TestAgent};
 use doorstep_proto::{Event, ExceptionReason};
 
 /// The outbox budget: room for the confirmations and notices of the dead zone and a
@@ -128,30 +125,11 @@ impl Van {
     }
 }
 
-/// The outbox's stats once the hub's acks emptied it, or after 30 s.
-async fn wait_until_empty(agent: &TestAgent) -> OutboxStats {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = agent.outbox.stats().await.expect("stats");
-        if stats.depth() == 0 || tokio::time::Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_confirmation_arrives_once() {
-    doorstep_e2e::init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = Broker::start(BrokerOptions::default()).await.expect("broker");
-    let van_id = device("van-trail");
-    let key = device_key(6);
-    let receiver = AckingReceiver::start(broker.port(), &[(van_id.clone(), &key)], hub_key()).await;
-    broker.kill(); // The van drives into a dead zone.
-    let mut options = TestAgentOptions::new(dir.path(), broker.port(), van_id.clone(), 6);
-    options.max_bytes = Some(BUDGET);
-    let agent = TestAgent::start(&options).await.expect("agent");
+    let mut setup = AckedVan::start("van-trail", 6).await.expect("broker and receiver");
+    let agent = setup.agent_in_dead_zone(BUDGET).await.expect("agent");
+    let (van_id, receiver) = (&setup.van, &setup.receiver);
     let mut van = Van {
         decider: Decider::new(GeofenceConfig::default()).with_trail(TRAIL),
         agent,
@@ -169,13 +147,13 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
     let straddles = van.stored.held_during_eviction.len();
     assert!(straddles > 5, "only {straddles} evictions while the decider held samples");
 
-    broker.restart().await.expect("broker back"); // Out of the dead zone.
+    setup.broker.restart().await.expect("broker back"); // Out of the dead zone.
     let (_, next_seq) = van.agent.outbox.cursor().await.expect("cursor");
     let backlog = next_seq - 1;
-    let drained = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van_id) >= backlog).await;
-    assert!(drained, "the backlog did not reach the hub: {}", receiver.received().contiguous(&van_id));
+    let drained = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van_id) >= backlog).await;
+    assert!(drained, "the backlog did not reach the hub: {}", receiver.received().contiguous(van_id));
     // The hub's ack frees the outbox; the batch being filled was never at risk.
-    let emptied = wait_until_empty(&van.agent).await;
+    let emptied = van.agent.wait_until_empty(Duration::from_secs(30)).await.expect("stats");
     assert_eq!(emptied.depth(), 0, "not acked: {:?}", emptied.depth_by_kind);
     van.drive(DEAD_ZONE_S..DEAD_ZONE_S + AFTER_S).await;
     // The driver turns the ignition off: a graceful stop stores the batch being filled.
@@ -184,13 +162,13 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
     }
     let (_, next_seq) = van.agent.outbox.cursor().await.expect("cursor");
     let last_seq = next_seq - 1;
-    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(&van_id) >= last_seq).await;
+    let delivered = receiver.wait_for(Duration::from_secs(30), |r| r.contiguous(van_id) >= last_seq).await;
     assert!(
         delivered,
         "the hub's contiguous ack stopped at {} of {last_seq}",
-        receiver.received().contiguous(&van_id)
+        receiver.received().contiguous(van_id)
     );
-    let drained = wait_until_empty(&van.agent).await;
+    let drained = van.agent.wait_until_empty(Duration::from_secs(30)).await.expect("stats");
     assert_eq!(drained.depth(), 0, "left in the outbox: {:?}", drained.depth_by_kind);
     assert_eq!(drained.evicted_positions, evicted_in_dead_zone, "with the link up nothing is evicted");
     let stored = std::mem::take(&mut van.stored);
@@ -199,11 +177,11 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
     let received = receiver.received();
     assert!(received.conflicts.is_empty(), "{:?}", received.conflicts);
     assert!(received.rejected.is_empty(), "{:?}", received.rejected);
-    assert_eq!(received.contiguous(&van_id), last_seq);
+    assert_eq!(received.contiguous(van_id), last_seq);
 
     // Every confirmation once, in order, at the seq it was stored at.
     let confirmations: Vec<(u64, String)> = received
-        .confirmations(&van_id)
+        .confirmations(van_id)
         .iter()
         .map(|e| match &e.event {
             Event::Exception(x) => (e.seq, x.tracking_numbers[0].to_string()),
@@ -217,7 +195,7 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
     // hub received, no seq twice.
     let mut received_trails: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
     for ((d, seq), e) in &received.events {
-        if let (true, Event::Trail(trail)) = (d == &van_id, &e.event) {
+        if let (true, Event::Trail(trail)) = (d == van_id, &e.event) {
             received_trails
                 .insert(*seq, trail.samples().expect("samples").iter().map(|s| s.utc_ms).collect());
         }
@@ -226,7 +204,7 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
         stored.trails.keys().copied().filter(|seq| !received_trails.contains_key(seq)).collect();
     assert_eq!(evicted.len() as u64, evicted_in_dead_zone, "the outbox's count of evicted rows");
     let mut covered = BTreeSet::new();
-    for gap in received.gap_notices(&van_id) {
+    for gap in received.gap_notices(van_id) {
         for seq in gap.first_seq..=gap.last_seq {
             assert!(covered.insert(seq), "seq {seq} in two gap notices");
         }
@@ -259,7 +237,7 @@ async fn trail_batches_evicted_in_a_dead_zone_leave_exact_gap_notices_and_every_
          {} evictions while the decider held samples, {arrived_later} of those batches reached the hub",
         stored.trails.len(),
         evicted.len(),
-        received.gap_notices(&van_id).len(),
+        received.gap_notices(van_id).len(),
         confirmations.len(),
         stored.held_during_eviction.len(),
     );
