@@ -10,12 +10,13 @@
 # in /etc/doorstep is what the packaged binary itself prints with --print-default-config,
 # so the two cannot drift apart. Installs cargo-deb when missing.
 #
-# Checks, failing on anything missing: the binary at /usr/bin is the package's
-# architecture; the unit and the default configuration (a conffile) are there; Depends
-# is set by hand and covers the binary's glibc; the postinst creates the unit's User= as
-# a system user (in dialout for the agent) and enables the unit; and
-# `systemd-analyze verify` passes on the unpacked package, so the unit's ExecStart= is a
-# file the package ships.
+# The unit must first pass scripts/systemd-check.sh (which installs systemd, for
+# systemd-analyze, when missing). Then checks, failing on anything missing: the binary
+# at /usr/bin is the package's architecture; the unit and the default configuration (a
+# conffile) are there; Depends is set by hand and covers the binary's glibc; the
+# postinst creates the unit's User= as a system user (in dialout for the agent) and
+# enables the unit; and `systemd-analyze verify` passes on the unpacked package, so the
+# unit's ExecStart= is a file the package ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,13 +37,9 @@ case "$component" in
     *) echo "deb.sh: component $component: use agent or hub" >&2; exit 2 ;;
 esac
 
-if ! command -v systemd-analyze >/dev/null; then
-    echo "deb.sh: installing systemd (for systemd-analyze)" >&2
-    sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd
-fi
+# The unit as it will be packaged: verify and its exposure, before anything is built.
+bash scripts/systemd-check.sh "systemd/$package.service"
+
 if [[ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]]; then
     echo "deb.sh: installing cargo-deb $CARGO_DEB_VERSION" >&2
     started=$SECONDS

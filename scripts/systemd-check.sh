@@ -9,7 +9,8 @@
 # checks the unit files and not what happens to be installed on this machine. verify
 # insists that ExecStart= names an executable file; that the packages ship the real
 # binary at that path is checked by scripts/deb.sh, which runs verify again on the
-# unpacked package. Installs systemd (for systemd-analyze) when missing.
+# unpacked package, after running this script on the unit it packages. Installs systemd
+# (for systemd-analyze) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
