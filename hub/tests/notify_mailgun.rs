@@ -3,10 +3,9 @@
 //! fields) and answers the way Mailgun does, and its signed event webhook through the
 //! callbacks router.
 
-use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,8 +33,8 @@ const FROM: &str = "Doorstep <parcels@mg.example.com>";
 /// checks; a request that fails them gets Mailgun's own refusal.
 #[derive(Clone, Default)]
 struct FakeMailgun {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    script: Arc<Mutex<VecDeque<Answer>>>,
+    /// What it received, and the scripted answers.
+    fake: Fake,
     queued: Arc<AtomicUsize>,
 }
 
@@ -58,12 +57,7 @@ async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    fake.seen.lock().expect("lock").push(Seen {
-        method: method.to_string(),
-        uri: uri.to_string(),
-        headers: headers.clone(),
-        body: body.to_vec(),
-    });
+    fake.fake.note(&method, &uri, headers.clone(), &body);
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     if auth != format!("Basic {}", STANDARD.encode(format!("api:{API_KEY}"))) {
         // Mailgun's answer to a wrong key is a bare 401 "Forbidden".
@@ -106,14 +100,8 @@ async fn messages(
             "Send options (parameters starting with o:, h:, v:, or t:) are limited to 16 kB total",
         );
     }
-    let scripted = fake.script.lock().expect("lock").pop_front();
-    if let Some(answer) = scripted {
-        tokio::time::sleep(answer.delay).await;
-        let status = StatusCode::from_u16(answer.status).expect("status");
-        return match answer.header {
-            Some((name, value)) => (status, [(name, value)], answer.body).into_response(),
-            None => (status, answer.body).into_response(),
-        };
+    if let Some(answer) = fake.fake.next_scripted() {
+        return answer.respond().await;
     }
     let n = fake.queued.fetch_add(1, Ordering::SeqCst) + 1;
     let answer = json!({ "id": mailgun_id(n), "message": "Queued. Thank you." });
@@ -126,12 +114,7 @@ async fn elsewhere(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    fake.seen.lock().expect("lock").push(Seen {
-        method: method.to_string(),
-        uri: uri.to_string(),
-        headers,
-        body: Vec::new(),
-    });
+    fake.fake.note(&method, &uri, headers, &[]);
     (StatusCode::NOT_FOUND, "404 page not found").into_response()
 }
 
@@ -142,20 +125,15 @@ impl FakeMailgun {
             .route("/v3/{domain}/messages", post(messages))
             .fallback(elsewhere)
             .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
+        (fake, serve(app).await)
     }
 
     fn push(&self, answer: Answer) {
-        self.script.lock().expect("lock").push_back(answer);
+        self.fake.push(answer);
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
+        self.fake.seen()
     }
 }
 
@@ -178,11 +156,16 @@ struct Case {
 }
 
 async fn case(extra: &str) -> Case {
+    case_for(|base| mailgun_section(base, extra)).await
+}
+
+/// [`case`] with the `[notify]` text `section` gives for the fake's URL.
+async fn case_for(section: impl FnOnce(&str) -> String) -> Case {
     let (mailgun, base) = FakeMailgun::start().await;
     let (_dir, db) = hub_db();
     let shipment = database(&db);
     let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
-    let dispatcher = dispatcher_for(&mailgun_section(&base, extra), &db);
+    let dispatcher = dispatcher_for(&section(&base), &db);
     Case { mailgun, db, shipment, id, dispatcher, _dir }
 }
 
@@ -250,6 +233,18 @@ async fn post_event(app: &Router, body: String) -> (StatusCode, String) {
     call(app, "POST", "/callbacks/mailgun/events", &[("content-type", "application/json")], body).await
 }
 
+/// Posts `event_data` as Mailgun does, signed now with the signing key and a token of
+/// Mailgun's length of its own (named after `tag`); the hub's status.
+async fn post_signed(app: &Router, tag: &str, event_data: &Value) -> StatusCode {
+    let token = format!("{:0<50}", format!("t-{tag}-"));
+    post_event(app, signed(SIGNING_KEY, now_s(), &token, event_data)).await.0
+}
+
+/// [`post_signed`] of Mailgun's "delivered" event naming `row`.
+async fn post_delivered(app: &Router, tag: &str, row: i64) -> StatusCode {
+    post_signed(app, tag, &event("delivered", Some(row), json!({}))).await
+}
+
 fn opted_out(db: &Path, address: &str) -> bool {
     doorstep_hub::store::Store::open(db, doorstep_hub::store::StoreOptions { full_sync: false })
         .expect("open")
@@ -289,28 +284,20 @@ async fn an_outbox_row_becomes_exactly_one_mailgun_request_and_the_row_is_sent_w
 
     // No signing key, no webhook: Mailgun's events are not taken unverified.
     let app = notify::callbacks_router(c.dispatcher.state());
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-unverifiable-0000000000000000000000000000000000",
-        &event("delivered", Some(c.id), json!({})),
-    );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(post_delivered(&app, "unverifiable", c.id).await, StatusCode::NOT_FOUND);
     assert_eq!(status(&c.db, c.id), "sent");
 }
 
 #[tokio::test]
 async fn a_milestone_with_a_stored_template_sends_its_name_and_the_variables_as_json() {
     // The shorthand table, an EU-style base URL (the loopback server), and a template.
-    let (mailgun, base) = FakeMailgun::start().await;
-    let (_dir, db) = hub_db();
-    let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
-    let section = format!(
-        "[mailgun]\nbase_url = \"{base}\"\ndomain = \"{DOMAIN}\"\napi_key = \"{API_KEY}\"\nfrom = \"{FROM}\"\n\
-         templates = {{ delivered = \"doorstep-delivered\" }}\n"
-    );
-    let dispatcher = dispatcher_for(&section, &db);
+    let Case { mailgun, db, id, dispatcher, _dir, .. } = case_for(|base| {
+        format!(
+            "[mailgun]\nbase_url = \"{base}\"\ndomain = \"{DOMAIN}\"\napi_key = \"{API_KEY}\"\nfrom = \"{FROM}\"\n\
+             templates = {{ delivered = \"doorstep-delivered\" }}\n"
+        )
+    })
+    .await;
     dispatcher.run_once(DAY).await.expect("pass");
 
     let seen = mailgun.seen();
@@ -401,13 +388,7 @@ async fn a_timeout_after_sending_is_unknown_never_resent_and_settled_by_the_deli
     c.dispatcher.run_once(DAY + 300_000).await.expect("never re-sent");
     assert_eq!(c.mailgun.seen().len(), 1, "no idempotency key: not sent twice");
     // The event names the row by its custom variable: the hub never saw the message id.
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-unknown-row-000000000000000000000000000000000000",
-        &event("delivered", Some(c.id), json!({})),
-    );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
+    assert_eq!(post_delivered(&app, "unknown-row", c.id).await, StatusCode::OK);
     assert_eq!(status(&c.db, c.id), "delivered");
 }
 
@@ -472,13 +453,10 @@ async fn a_signed_delivered_event_delivers_the_row_and_forged_stale_or_replayed_
 #[tokio::test]
 async fn a_complaint_opts_the_address_out_and_later_email_to_it_is_skipped() {
     let (c, app) = sent_case().await;
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-complaint-0000000000000000000000000000000000000000",
-        &event("complained", Some(c.id), json!({})),
+    assert_eq!(
+        post_signed(&app, "complaint", &event("complained", Some(c.id), json!({}))).await,
+        StatusCode::OK
     );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
     assert!(opted_out(&c.db, EMAIL));
     assert_eq!(outcomes(&c.db, c.id), ["queued", "sent", "opted_out"]);
 
@@ -494,13 +472,10 @@ async fn a_complaint_opts_the_address_out_and_later_email_to_it_is_skipped() {
 async fn an_unsubscribe_found_by_message_id_alone_opts_the_address_out() {
     let (c, app) = sent_case().await;
     // No custom variable: the row is found by the message id it was sent with.
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-unsubscribe-00000000000000000000000000000000000000",
-        &event("unsubscribed", None, json!({})),
+    assert_eq!(
+        post_signed(&app, "unsubscribe", &event("unsubscribed", None, json!({}))).await,
+        StatusCode::OK
     );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
     assert!(opted_out(&c.db, EMAIL));
     assert_eq!(last_outcome(&c.db, c.id).outcome, "opted_out");
 
@@ -519,9 +494,7 @@ async fn a_temporary_failure_is_logged_and_the_row_waits_for_mailguns_final_word
         json!({ "severity": "temporary", "reason": "generic",
                 "delivery-status": { "code": 452, "message": "4.2.2 The email account is over quota", "attempt-no": 1 } }),
     );
-    let body =
-        signed(SIGNING_KEY, now_s(), "t-temporary-0000000000000000000000000000000000000000", &temporary);
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
+    assert_eq!(post_signed(&app, "temporary", &temporary).await, StatusCode::OK);
     assert_eq!(status(&c.db, c.id), "sent", "Mailgun keeps trying: the row is not over");
     let logged = last_outcome(&c.db, c.id);
     assert_eq!(logged.outcome, "temporary_failure");
@@ -533,9 +506,7 @@ async fn a_temporary_failure_is_logged_and_the_row_waits_for_mailguns_final_word
         json!({ "severity": "permanent", "reason": "bounce",
                 "delivery-status": { "code": 550, "message": "5.1.1 The email account that you tried to reach does not exist" } }),
     );
-    let body =
-        signed(SIGNING_KEY, now_s(), "t-permanent-0000000000000000000000000000000000000000", &permanent);
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
+    assert_eq!(post_signed(&app, "permanent", &permanent).await, StatusCode::OK);
     assert_eq!(status(&c.db, c.id), "undelivered");
     assert_eq!(outcomes(&c.db, c.id), ["queued", "sent", "temporary_failure", "undelivered"]);
     assert!(!opted_out(&c.db, EMAIL), "a bounce is not an opt-out");
@@ -544,21 +515,9 @@ async fn a_temporary_failure_is_logged_and_the_row_waits_for_mailguns_final_word
 #[tokio::test]
 async fn opens_deliver_clicks_are_logged_and_events_about_other_rows_are_acknowledged() {
     let (c, app) = sent_case().await;
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-clicked-00000000000000000000000000000000000000000",
-        &event("clicked", Some(c.id), json!({})),
-    );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
+    assert_eq!(post_signed(&app, "clicked", &event("clicked", Some(c.id), json!({}))).await, StatusCode::OK);
     assert_eq!(status(&c.db, c.id), "sent", "a click is logged, the status is the send's");
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-opened-000000000000000000000000000000000000000000",
-        &event("opened", Some(c.id), json!({})),
-    );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
+    assert_eq!(post_signed(&app, "opened", &event("opened", Some(c.id), json!({}))).await, StatusCode::OK);
     assert_eq!(status(&c.db, c.id), "delivered", "an open implies delivery");
     assert_eq!(outcomes(&c.db, c.id), ["queued", "sent", "clicked", "opened"]);
 
@@ -566,21 +525,14 @@ async fn opens_deliver_clicks_are_logged_and_events_about_other_rows_are_acknowl
     // event type the hub does not use: 200, so Mailgun does not retry, and no change.
     let mut other = event("delivered", Some(c.id), json!({ "recipient": "someone@else.example" }));
     other["message"]["headers"]["message-id"] = json!("other@mg.example.com");
-    let body = signed(SIGNING_KEY, now_s(), "t-other-0000000000000000000000000000000000000000000", &other);
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-unknown-00000000000000000000000000000000000000000",
-        &event("failed", Some(9_999), json!({ "severity": "permanent" })),
+    assert_eq!(post_signed(&app, "other", &other).await, StatusCode::OK);
+    assert_eq!(
+        post_signed(&app, "unknown", &event("failed", Some(9_999), json!({ "severity": "permanent" }))).await,
+        StatusCode::OK
     );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
-    let body = signed(
-        SIGNING_KEY,
-        now_s(),
-        "t-accepted-0000000000000000000000000000000000000000",
-        &event("accepted", Some(c.id), json!({})),
+    assert_eq!(
+        post_signed(&app, "accepted", &event("accepted", Some(c.id), json!({}))).await,
+        StatusCode::OK
     );
-    assert_eq!(post_event(&app, body).await.0, StatusCode::OK);
     assert_eq!(outcomes(&c.db, c.id), ["queued", "sent", "clicked", "opened"]);
 }
