@@ -881,16 +881,28 @@ mod tests {
         .expect("route")
     }
 
-    async fn notes_brain(dir: &Path) -> (Brain, OutboxHandle) {
-        let device = doorstep_proto::DeviceId::new("van-notes").expect("id");
+    /// A brain with the default gate and geofence on a fresh outbox in `dir` for
+    /// `device`, signing with key seed 9.
+    fn test_brain(dir: &Path, device: &doorstep_proto::DeviceId) -> (Brain, OutboxHandle, Arc<SigningKey>) {
         let key = Arc::new(SigningKey::from_seed(&[9; 32]).expect("seed"));
-        let outbox = Outbox::open(&dir.join("outbox.db"), OutboxConfig::new(device))
+        let outbox = Outbox::open(&dir.join("outbox.db"), OutboxConfig::new(device.clone()))
             .expect("open")
-            .spawn(key)
+            .spawn(Arc::clone(&key))
             .expect("spawn");
         let (live, _live) = watch::channel(None);
         let decider = Decider::new(crate::geofence::GeofenceConfig::default());
         let brain = Brain::new(Gate::new(crate::gate::GateConfig::default()), decider, outbox.clone(), live);
+        (brain, outbox, key)
+    }
+
+    /// `van-notes`'s brain with route `r1` loaded and the customers' `notes` on it.
+    async fn notes_brain(dir: &Path, notes: &[StopNote], counters: &DriverCounters) -> (Brain, OutboxHandle) {
+        let device = doorstep_proto::DeviceId::new("van-notes").expect("id");
+        let (mut brain, outbox, _key) = test_brain(dir, &device);
+        brain.on_route(two_stop_route("r1")).await;
+        for note in notes {
+            brain.on_note(note.clone(), counters).await;
+        }
         (brain, outbox)
     }
 
@@ -898,10 +910,11 @@ mod tests {
     async fn the_drivers_status_shows_the_next_stops_instructions_and_a_restart_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let counters = DriverCounters::default();
-        let (mut brain, outbox) = notes_brain(dir.path()).await;
-        brain.on_route(two_stop_route("r1")).await;
-        brain.on_note(note("r1", "s1", "1ZNOTE0001", "Ring twice, dog is friendly", 10), &counters).await;
-        brain.on_note(note("r1", "s2", "1ZNOTE0003", "Neighbour at no. 12", 11), &counters).await;
+        let notes = [
+            note("r1", "s1", "1ZNOTE0001", "Ring twice, dog is friendly", 10),
+            note("r1", "s2", "1ZNOTE0003", "Neighbour at no. 12", 11),
+        ];
+        let (mut brain, outbox) = notes_brain(dir.path(), &notes, &counters).await;
         let reply = brain.on_action(Action::Status, &counters).await;
         assert!(reply.ok);
         assert_eq!(reply.stop_id.as_deref(), Some("s1"), "no stop done yet: s1 is next");
@@ -936,9 +949,8 @@ mod tests {
     async fn a_scan_at_a_stop_with_instructions_shows_them_and_a_new_route_drops_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let counters = DriverCounters::default();
-        let (mut brain, _outbox) = notes_brain(dir.path()).await;
-        brain.on_route(two_stop_route("r1")).await;
-        brain.on_note(note("r1", "s2", "1ZNOTE0003", "Leave it in the garage", 10), &counters).await;
+        let notes = [note("r1", "s2", "1ZNOTE0003", "Leave it in the garage", 10)];
+        let (mut brain, _outbox) = notes_brain(dir.path(), &notes, &counters).await;
         brain.on_fix(&fix_at(0)).await;
         // The van is far from s2: the scan is recorded away from the address, and the
         // driver still sees what the customer asked for at that stop.
@@ -962,15 +974,8 @@ mod tests {
     async fn a_graceful_stop_stores_the_trail_batch_being_filled() {
         let dir = tempfile::tempdir().expect("tempdir");
         let device = doorstep_proto::DeviceId::new("van-stop").expect("id");
-        let key = Arc::new(SigningKey::from_seed(&[9; 32]).expect("seed"));
-        let outbox = Outbox::open(&dir.path().join("outbox.db"), OutboxConfig::new(device.clone()))
-            .expect("open")
-            .spawn(Arc::clone(&key))
-            .expect("spawn");
         // The defaults: a sample every 30 s, 20 to a batch; 100 s of fixes fill none.
-        let decider = Decider::new(crate::geofence::GeofenceConfig::default());
-        let (live, _live) = watch::channel(None);
-        let brain = Brain::new(Gate::new(crate::gate::GateConfig::default()), decider, outbox.clone(), live);
+        let (brain, outbox, key) = test_brain(dir.path(), &device);
         let (fix_tx, fix_rx) = mpsc::channel(FIX_QUEUE);
         let (_route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
         let (_note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
