@@ -11,12 +11,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::Milestone;
-use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::state::DeviceState;
 use doorstep_proto::{
@@ -26,8 +23,6 @@ use doorstep_proto::{
 use serde_json::json;
 use support::*;
 
-/// The tracking links' secret.
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// The stops of van-1's first route, in driving order, and the parcel of each.
 const STOPS: [(&str, f64, f64, &str); 3] = [
     ("s1", 47.3700, 8.5400, "1ZACT000000000001"),
@@ -38,31 +33,23 @@ const STOPS: [(&str, f64, f64, &str); 3] = [
 const UNROUTED: &str = "1ZACT000000000004";
 const WAIT: Duration = Duration::from_secs(10);
 
-fn notify_settings() -> NotifySettings {
-    let table: toml::Table = toml::from_str("").expect("toml");
-    NotifyConfig::from_table(Some(&table))
-        .expect("parse")
-        .validate("https://track.example.com", SECRET)
-        .expect("valid")
-}
-
 fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
 }
 
+/// The hub and van-1 with its first route, and a browser that does not follow redirects.
 struct Case {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    db: std::path::PathBuf,
-    hub: TestHub,
-    fleet: SimFleet,
-    /// The tracking page's own counters (the dispatcher's).
-    page_metrics: Arc<Metrics>,
+    site: PageHub,
     /// Does not follow redirects: the answers are what is checked.
     http: reqwest::Client,
-    /// Shipment ids and tracking links: the three stops' parcels, then the unrouted one.
-    ids: Vec<i64>,
-    links: Vec<String>,
+}
+
+impl std::ops::Deref for Case {
+    type Target = PageHub;
+
+    fn deref(&self) -> &PageHub {
+        &self.site
+    }
 }
 
 impl Case {
@@ -70,52 +57,15 @@ impl Case {
         Self::start_with(HubOptions::default()).await
     }
 
+    /// The three stops' parcels, then the unrouted one; the first route posted.
     async fn start_with(options: HubOptions) -> Case {
-        let broker = broker().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-        register(&db, &[(&device("van-1"), &key(1))]);
-        let page_metrics = Arc::new(Metrics::default());
-        let dispatcher =
-            Dispatcher::new(notify_settings(), &db, Arc::clone(&page_metrics)).expect("dispatcher");
-        let page = notify::page_router(dispatcher.state());
-        let hub = TestHub::start_with_page(broker.port(), &db, options, page).await;
-        let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
-        let api = hub.api_client();
-        let mut ids = Vec::new();
-        for tracking in STOPS.iter().map(|s| s.3).chain([UNROUTED]) {
-            let body = json!({"tracking_number": tracking, "carrier": "ups", "locale": "en-US"});
-            let r = api.post(hub.url("/v1/shipments")).json(&body).send().await.expect("post");
-            assert_eq!(r.status(), 201);
-            ids.push(r.json::<serde_json::Value>().await.expect("json")["id"].as_i64().expect("id"));
-        }
-        let case = {
-            let signer = notify_settings().link_signer;
-            let links =
-                ids.iter().map(|id| format!("/t/{}", signer.sign(*id, now_ms() + 3_600_000))).collect();
-            let http = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client");
-            Case { _broker: broker, _dir: dir, db, hub, fleet, page_metrics, http, ids, links }
-        };
-        case.post_route("r-act-1", &STOPS.map(|(id, lat, lon, tn)| (id, lat, lon, vec![tn]))).await;
-        assert!(case.fleet.wait_for(WAIT, |i| i.routes.len() == 1).await, "the van got its route");
-        case
-    }
-
-    async fn post_route(&self, route_id: &str, stops: &[(&str, f64, f64, Vec<&str>)]) {
-        let stops: Vec<_> = stops
-            .iter()
-            .map(
-                |(id, lat, lon, tns)| json!({"stop_id": id, "lat": lat, "lon": lon, "tracking_numbers": tns}),
-            )
-            .collect();
-        let route =
-            json!({"fleet": "acme", "device": "van-1", "route": {"route_id": route_id, "stops": stops}});
-        let api = self.hub.api_client();
-        let r = api.post(self.hub.url("/v1/routes")).json(&route).send().await.expect("post");
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        let parcels: Vec<&str> = STOPS.iter().map(|s| s.3).chain([UNROUTED]).collect();
+        let site = PageHub::start(page_settings(""), options, &parcels).await;
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        site.post_route("r-act-1", &STOPS.map(|(id, lat, lon, tn)| (id, lat, lon, vec![tn]))).await;
+        assert!(site.fleet.wait_for(WAIT, |i| i.routes.len() == 1).await, "the van got its route");
+        Case { site, http }
     }
 
     /// Posts the instructions form of the shipment at `index`.
@@ -152,14 +102,8 @@ impl Case {
             .get("doorstep_hub_customer_actions_total", &[("action", action), ("outcome", outcome)])
     }
 
-    /// Waits a moment for anything still on its way from the hub.
-    async fn settle(&self) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
     async fn stop(self) {
-        self.fleet.stop();
-        self.hub.stop().await;
+        self.site.stop().await;
     }
 }
 

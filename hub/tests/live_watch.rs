@@ -15,33 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use doorstep_hub::access;
-use doorstep_hub::metrics::Metrics;
-use doorstep_hub::notify::{self, Dispatcher, NotifyConfig, NotifySettings};
+use doorstep_hub::notify::{self, NotifySettings};
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{Delivery, Event, FixEvidence, RouteId, StopId, TrackingNumber};
 use serde_json::json;
 use support::*;
 
-/// The tracking links' secret.
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// The stops of van-1's route, in driving order, and the parcel of each.
 const STOPS: [(&str, f64, f64, &str); 3] = [
     ("s1", 47.3700, 8.5400, "1ZWATCH00000000001"),
     ("s2", 47.3750, 8.5450, "1ZWATCH00000000002"),
     ("s3", 47.3800, 8.5500, "1ZWATCH00000000003"),
 ];
-
-fn notify_settings() -> NotifySettings {
-    settings_from("")
-}
-
-fn settings_from(toml_text: &str) -> NotifySettings {
-    let table: toml::Table = toml::from_str(toml_text).expect("toml");
-    NotifyConfig::from_table(Some(&table))
-        .expect("parse")
-        .validate("https://track.example.com", SECRET)
-        .expect("valid")
-}
 
 fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
@@ -73,55 +58,34 @@ fn delivered_at_s1() -> Event {
     })
 }
 
+/// The hub and van-1 on its route of the three stops, and a customer's browser.
 struct Case {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    db: std::path::PathBuf,
-    hub: TestHub,
-    fleet: SimFleet,
+    site: PageHub,
     http: reqwest::Client,
-    /// Tracking links of the three shipments, in stop order.
-    links: Vec<String>,
+}
+
+impl std::ops::Deref for Case {
+    type Target = PageHub;
+
+    fn deref(&self) -> &PageHub {
+        &self.site
+    }
 }
 
 impl Case {
     async fn start() -> Case {
-        Case::start_with(notify_settings(), HubOptions::default()).await
+        Case::start_with(page_settings(""), HubOptions::default()).await
     }
 
     async fn start_with(settings: NotifySettings, options: HubOptions) -> Case {
-        let broker = broker().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-        register(&db, &[(&device("van-1"), &key(1))]);
-        let dispatcher = Dispatcher::new(settings, &db, Arc::new(Metrics::default())).expect("dispatcher");
-        let page = notify::page_router(dispatcher.state());
-        let hub = TestHub::start_with_page(broker.port(), &db, options, page).await;
-        let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
-        let api = hub.api_client();
-        let mut ids = Vec::new();
-        for (_, _, _, tracking) in STOPS {
-            let body = json!({"tracking_number": tracking, "carrier": "ups", "locale": "en-US"});
-            let r = api.post(hub.url("/v1/shipments")).json(&body).send().await.expect("post");
-            assert_eq!(r.status(), 201);
-            ids.push(r.json::<serde_json::Value>().await.expect("json")["id"].as_i64().expect("id"));
-        }
-        let stops: Vec<_> = STOPS
-            .iter()
-            .map(|(id, lat, lon, tracking)| json!({"stop_id": id, "lat": lat, "lon": lon, "tracking_numbers": [tracking]}))
-            .collect();
-        let route =
-            json!({"fleet": "acme", "device": "van-1", "route": {"route_id": "r-watch", "stops": stops}});
-        let r = api.post(hub.url("/v1/routes")).json(&route).send().await.expect("post");
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        let site = PageHub::start(settings, options, &STOPS.map(|s| s.3)).await;
+        site.post_route("r-watch", &STOPS.map(|(id, lat, lon, tracking)| (id, lat, lon, vec![tracking])))
+            .await;
         assert!(
-            fleet.wait_for(Duration::from_secs(10), |i| !i.routes.is_empty()).await,
+            site.fleet.wait_for(Duration::from_secs(10), |i| !i.routes.is_empty()).await,
             "the van got its route"
         );
-        let signer = notify_settings().link_signer;
-        let links = ids.iter().map(|id| format!("/t/{}", signer.sign(*id, now_ms() + 3_600_000))).collect();
-        let http = reqwest::Client::new();
-        Case { _broker: broker, _dir: dir, db, hub, fleet, http, links }
+        Case { site, http: reqwest::Client::new() }
     }
 
     /// The tracking page of the shipment at stop `index` (0-based).
@@ -131,13 +95,22 @@ impl Case {
         r.text().await.expect("html")
     }
 
-    fn watches(&self) -> Vec<doorstep_proto::Watch> {
-        self.fleet.inbox.lock().expect("inbox").watches.clone()
+    /// The page of stop `index` once it shows `needle`, or as it is after 100 looks
+    /// `every` apart.
+    async fn page_showing(&self, index: usize, needle: &str, every: Duration) -> String {
+        let mut html = String::new();
+        for _ in 0..100 {
+            html = self.page(index).await;
+            if html.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        html
     }
 
-    /// Waits a moment for anything still on its way from the hub.
-    async fn settle(&self) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    fn watches(&self) -> Vec<doorstep_proto::Watch> {
+        self.fleet.inbox.lock().expect("inbox").watches.clone()
     }
 }
 
@@ -186,14 +159,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     // The van's live position, about 1.1 km north of s1: s1's page says how far, never where.
     let pos = FixEvidence::new(now_ms(), 47.3800, 8.5400).with_speed_mps(8.0);
     case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
-    let mut html = String::new();
-    for _ in 0..100 {
-        html = case.page(0).await;
-        if html.contains("km away") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let html = case.page_showing(0, "km away", Duration::from_millis(50)).await;
     assert!(html.contains("about 1.1 km away (position from"), "{html}");
     for secret in ["47.38", "8.54", "van-1", "s1"] {
         assert!(!html.contains(secret), "the page leaks {secret}: {html}");
@@ -214,8 +180,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     case.settle().await;
     assert_eq!(case.watches().len(), 1, "van-1 was asked less than half a watch ago");
 
-    case.fleet.stop();
-    case.hub.stop().await;
+    case.site.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,8 +237,7 @@ async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refus
     assert_eq!(case.watches().len(), 2, "refused requests published nothing");
     assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty());
 
-    case.fleet.stop();
-    case.hub.stop().await;
+    case.site.stop().await;
 }
 
 /// A map tile server on loopback over HTTPS (the page takes tiles from https only), with
@@ -338,19 +302,14 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
     use doorstep_testkit::browser::{Browser, artifact};
 
     let (tiles, tile_hits) = tile_server().await;
-    let settings = settings_from(&format!(
+    let settings = page_settings(&format!(
         "[brand]\nname = \"Acme Parcels\"\nmap_tiles = \"{tiles}/{{z}}/{{x}}/{{y}}.png\""
     ));
     // A lone delivery signal stands after a one-second hold here (30 minutes by default).
     let case = Case::start_with(settings, HubOptions { hold_ms: 1_000, ..HubOptions::default() }).await;
     let pos = FixEvidence::new(now_ms(), 47.3690, 8.5390).with_speed_mps(8.0);
     case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
-    for _ in 0..100 {
-        if case.page(0).await.contains("away (position from") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    case.page_showing(0, "away (position from", Duration::from_millis(50)).await;
     let url = |i: usize| case.hub.url(&case.links[i]);
     let (next, other, third) = (url(0), url(1), url(2));
     let scratch = tempfile::tempdir().expect("scratch");
@@ -474,14 +433,7 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
         case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&2)).await,
         "the hub stored both"
     );
-    let mut delivered_page = String::new();
-    for _ in 0..100 {
-        delivered_page = case.page(0).await;
-        if delivered_page.contains("Verified at your door") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let delivered_page = case.page_showing(0, "Verified at your door", Duration::from_millis(100)).await;
     assert!(delivered_page.contains("Verified at your door"), "the hold ended: {delivered_page}");
     let (next, other) = (url(0), url(1));
     tokio::task::spawn_blocking(move || {
@@ -522,6 +474,5 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
     .map(|text| assert!(!text.contains("47.37") && !text.contains("van-1"), "no address or device: {text}"))
     .expect("browser");
 
-    case.fleet.stop();
-    case.hub.stop().await;
+    case.site.stop().await;
 }

@@ -632,3 +632,88 @@ pub fn register(db: &Path, devices: &[(&DeviceId, &SigningKey)]) {
         store.add_device(&fleet(), d, &k.public_key(), false, 0).unwrap();
     }
 }
+
+/// The tracking links' secret in the tracking page tests.
+pub const LINK_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// Notification settings from a `[notify]` table's text, for a hub whose tracking page is
+/// at `https://track.example.com` with [`LINK_SECRET`].
+pub fn page_settings(toml_text: &str) -> doorstep_hub::notify::NotifySettings {
+    let table: toml::Table = toml::from_str(toml_text).expect("toml");
+    doorstep_hub::notify::NotifyConfig::from_table(Some(&table))
+        .expect("parse")
+        .validate("https://track.example.com", LINK_SECRET)
+        .expect("valid")
+}
+
+/// A hub with the tracking page on its public listener, `van-1` (key seed 1) registered
+/// and its MQTT session connected (checking every hub message with the hub's key), and a
+/// shipment with a tracking link for each parcel it was started with.
+pub struct PageHub {
+    pub broker: Broker,
+    /// Holds the database; dropped last.
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub hub: TestHub,
+    pub fleet: SimFleet,
+    /// The tracking page's own counters (its dispatcher's).
+    pub page_metrics: Arc<Metrics>,
+    /// Shipment ids and tracking links (`/t/...`, an hour valid), in the order given.
+    pub ids: Vec<i64>,
+    pub links: Vec<String>,
+}
+
+impl PageHub {
+    /// Starts a [`PageHub`] whose page runs on `settings`, with a UPS shipment (en-US, no
+    /// contacts) for each of `parcels`.
+    pub async fn start(
+        settings: doorstep_hub::notify::NotifySettings,
+        options: HubOptions,
+        parcels: &[&str],
+    ) -> PageHub {
+        let Ground { broker, dir, db } = ground().await;
+        register(&db, &[(&device("van-1"), &key(1))]);
+        let signer = settings.link_signer.clone();
+        let page_metrics = Arc::new(Metrics::default());
+        let dispatcher = doorstep_hub::notify::Dispatcher::new(settings, &db, Arc::clone(&page_metrics))
+            .expect("dispatcher");
+        let page = doorstep_hub::notify::page_router(dispatcher.state());
+        let hub = TestHub::start_with_page(broker.port(), &db, options, page).await;
+        let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
+        let mut ids = Vec::new();
+        for tracking in parcels {
+            let body = serde_json::json!({"tracking_number": tracking, "carrier": "ups", "locale": "en-US"});
+            let r = hub.post_json("/v1/shipments", &body).await;
+            assert_eq!(r.status(), 201);
+            ids.push(r.json::<serde_json::Value>().await.expect("json")["id"].as_i64().expect("id"));
+        }
+        let expires = doorstep_hub::ingest::now_ms() + 3_600_000;
+        let links = ids.iter().map(|id| format!("/t/{}", signer.sign(*id, expires))).collect();
+        PageHub { broker, dir, db, hub, fleet, page_metrics, ids, links }
+    }
+
+    /// Posts van-1's route `route_id` through the API: stops as (id, lat, lon, parcels).
+    pub async fn post_route(&self, route_id: &str, stops: &[(&str, f64, f64, Vec<&str>)]) {
+        let stops: Vec<_> = stops
+            .iter()
+            .map(|(id, lat, lon, tns)| {
+                serde_json::json!({"stop_id": id, "lat": lat, "lon": lon, "tracking_numbers": tns})
+            })
+            .collect();
+        let route = serde_json::json!({"fleet": "acme", "device": "van-1",
+            "route": {"route_id": route_id, "stops": stops}});
+        let r = self.hub.post_json("/v1/routes", &route).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+
+    /// Waits a moment for anything still on its way from the hub.
+    pub async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// Disconnects the van and stops the hub.
+    pub async fn stop(self) {
+        self.fleet.stop();
+        self.hub.stop().await;
+    }
+}
