@@ -911,12 +911,6 @@ mod tests {
     const RMC: &str = "$GPRMC,193221.00,A,2037.7279,N,08704.0848,W,00.1,201.8,231207,01,W,A*2D";
 
     #[test]
-    fn lines_end_in_cr_lf_or_either_alone() {
-        let input = format!("{GGA}\r\n{RMC}\r{GGA}\n");
-        assert_eq!(frames(input.as_bytes(), 4096), [GGA, RMC, GGA]);
-    }
-
-    #[test]
     fn framing_does_not_depend_on_how_the_bytes_are_chunked() {
         let mut input = format!("# comment\n{GGA}\r\n").into_bytes();
         input.extend([0x00, 0xb5, 0x62]); // a UBX frame header
@@ -929,39 +923,33 @@ mod tests {
     }
 
     #[test]
-    fn junk_between_sentences_is_counted_once_per_run_by_kind() {
-        let input = format!("# recorded by hand\r\n\u{1}\u{2}binary{GGA}\r\n");
-        assert_eq!(frames(input.as_bytes(), 4096), ["<not_a_sentence>", "<binary_junk>", GGA]);
-    }
-
-    #[test]
-    fn a_sentence_interrupted_by_another_is_truncated_and_the_second_survives() {
-        let input = format!("$GPGSV,4,2,15,15,55{RMC}\r\n");
-        assert_eq!(frames(input.as_bytes(), 4096), ["<truncated>", RMC]);
-    }
-
-    #[test]
-    fn binary_bytes_inside_a_sentence_cut_it_off() {
-        let input = format!("$GNRMC,001053.00,A,4404.14083,N,12118.8\u{0}\u{ff}\r\n{GGA}\r\n");
-        assert_eq!(frames(input.as_bytes(), 4096), ["<truncated>", "<binary_junk>", GGA]);
-    }
-
-    #[test]
-    fn an_overlong_sentence_is_refused_without_unbounded_buffering() {
+    fn each_line_is_a_sentence_or_one_skip_of_its_kind() {
         let long = format!("$GPTXT,{}*00", "x".repeat(10 * MAX_SENTENCE_LEN));
-        let input = format!("{long}\r\n{GGA}\r\n");
-        assert_eq!(frames(input.as_bytes(), 4096), ["<too_long>", GGA]);
-    }
-
-    #[test]
-    fn a_stream_that_starts_mid_sentence_recovers_at_the_next_dollar() {
-        let input = format!(",1.7,-30.40,M,-13.9,M,,*7D\r\n{GGA}\r\n");
-        assert_eq!(frames(input.as_bytes(), 4096), ["<not_a_sentence>", GGA]);
-    }
-
-    #[test]
-    fn an_unterminated_last_sentence_is_still_offered() {
-        assert_eq!(frames(GGA.as_bytes(), 4096), [GGA]);
+        let cases: [(String, &[&str]); 7] = [
+            // Lines end in CR LF, or in either alone.
+            (format!("{GGA}\r\n{RMC}\r{GGA}\n"), &[GGA, RMC, GGA]),
+            // Junk between sentences is counted once per run, by kind.
+            (
+                format!("# recorded by hand\r\n\u{1}\u{2}binary{GGA}\r\n"),
+                &["<not_a_sentence>", "<binary_junk>", GGA],
+            ),
+            // A sentence interrupted by another is truncated and the second survives.
+            (format!("$GPGSV,4,2,15,15,55{RMC}\r\n"), &["<truncated>", RMC]),
+            // Binary bytes inside a sentence cut it off.
+            (
+                format!("$GNRMC,001053.00,A,4404.14083,N,12118.8\u{0}\u{ff}\r\n{GGA}\r\n"),
+                &["<truncated>", "<binary_junk>", GGA],
+            ),
+            // An overlong sentence is refused without unbounded buffering.
+            (format!("{long}\r\n{GGA}\r\n"), &["<too_long>", GGA]),
+            // A stream that starts mid-sentence recovers at the next dollar.
+            (format!(",1.7,-30.40,M,-13.9,M,,*7D\r\n{GGA}\r\n"), &["<not_a_sentence>", GGA]),
+            // An unterminated last sentence is still offered.
+            (GGA.to_owned(), &[GGA]),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(frames(input.as_bytes(), 4096), expected, "{input:?}");
+        }
     }
 
     #[test]

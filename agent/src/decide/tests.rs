@@ -23,6 +23,13 @@ fn fix_at(t_s: i64, lat: f64, lon: f64) -> GoodFix {
     }
 }
 
+/// The van `t` seconds into its drive north towards the bakery at about 10 m/s; from
+/// 110 s on it stands there.
+fn towards_the_bakery(t: i32) -> GoodFix {
+    let lat = (47.3600 + f64::from(t.min(110)) * 0.00009).min(47.3701);
+    GoodFix { speed_mps: Some(if t < 110 { 10.0 } else { 0.0 }), ..fix_at(i64::from(t), lat, 8.5400) }
+}
+
 /// A decider whose van drove up to the bakery and parked there for two minutes.
 fn parked_at_bakery() -> Decider {
     let mut d = Decider::new(GeofenceConfig::default()).with_position_interval_ms(0);
@@ -196,11 +203,7 @@ fn nearby_is_decided_once_and_the_trail_leading_to_it_goes_just_before_it() {
     d.load_route(route());
     let mut decided = Vec::new();
     for t in 0..300i32 {
-        // Drive north towards the bakery at about 10 m/s, then stand.
-        let lat = (47.3600 + f64::from(t.min(110)) * 0.00009).min(47.3701);
-        let mut fix = fix_at(i64::from(t), lat, 8.5400);
-        fix.speed_mps = Some(if t < 110 { 10.0 } else { 0.0 });
-        decided.extend(d.on_fix(&fix));
+        decided.extend(d.on_fix(&towards_the_bakery(t)));
     }
     let kinds: Vec<&str> = decided.iter().map(|e| e.event.kind()).collect();
     assert_eq!(kinds, ["trail", "nearby"], "no numbered position events any more");
@@ -297,10 +300,7 @@ fn the_pending_batch_goes_out_just_before_a_nearby_a_delivery_and_an_exception()
     d.load_route(route());
     let mut decided = Vec::new();
     for t in 0..120i32 {
-        let lat = (47.3600 + f64::from(t.min(110)) * 0.00009).min(47.3701);
-        let mut fix = fix_at(i64::from(t), lat, 8.5400);
-        fix.speed_mps = Some(if t < 110 { 10.0 } else { 0.0 });
-        decided.extend(d.on_fix(&fix));
+        decided.extend(d.on_fix(&towards_the_bakery(t)));
     }
     for t in 120..240 {
         decided.extend(d.on_fix(&fix_at(t, 47.3700 + 0.0001, 8.5400)));
