@@ -3,13 +3,11 @@
 //! fake that checks the request the way the vendor documents it and answers the way the
 //! vendor does, quirks included.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use doorstep_hub::notify::Dispatcher;
-use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
-use doorstep_proto::TrackingNumber;
+use doorstep_hub::store::{Contact, ContactChannel, Store, StoreOptions};
 use serde_json::Value;
 
 mod fake_vendor;
@@ -24,27 +22,9 @@ fn json(body: &[u8]) -> Value {
 
 /// A shipment whose customer has a push contact (the shop's user id) and returns its id.
 fn push_shipment(path: &Path) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let mut contacts = BTreeMap::new();
-    contacts.insert(ContactChannel::Push, Contact { recipient: EXTERNAL_ID.into(), consent: true });
-    let id = tx
-        .insert_shipment(
-            &NewShipment {
-                tracking_number: TrackingNumber::new("1Z999AA10123456784").expect("tn"),
-                carrier: Some("ups".into()),
-                order_id: None,
-                contacts,
-                locale: "de-DE".into(),
-                time_zone: "Europe/Berlin".into(),
-            },
-            0,
-        )
-        .expect("shipment");
-    tx.save_reconcile(id, doorstep_hub::model::Milestone::Delivered, &serde_json::json!(null), 0)
-        .expect("milestone");
-    tx.commit().expect("commit");
-    id
+    let contacts = [(ContactChannel::Push, Contact { recipient: EXTERNAL_ID.into(), consent: true })];
+    let new = ups_shipment("1Z999AA10123456784", contacts, "de-DE", "Europe/Berlin");
+    insert_shipment(path, &new, 0, Some(doorstep_hub::model::Milestone::Delivered))
 }
 
 fn onesignal_section(base: &str) -> String {
@@ -147,10 +127,7 @@ async fn a_429_is_retried_after_onesignals_retry_after() {
 
 fn raise(path: &Path, code: &str) -> i64 {
     let shipment = database(path);
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    tx.raise_alert(shipment, code, "Delivered by the carrier, no door scan by the van", 0).expect("alert");
-    tx.commit().expect("commit");
+    raise_alert(path, shipment, code, "Delivered by the carrier, no door scan by the van");
     let conn = doorstep_hub::store::Store::open(path, Default::default()).expect("open");
     conn.raw()
         .query_row("SELECT max(id) FROM ops_alerts", doorstep_hub::store::NO_ARGS, |r| r.get(0))
@@ -331,15 +308,8 @@ async fn two_parcels_for_one_person_at_one_moment_are_one_sms_naming_both_with_b
     assert!(last_outcome(&db, b).detail.expect("detail").contains(&format!("one message with outbox {a}")));
     // Twilio's "delivered" for that one SMS delivers both parcels' rows.
     let app = doorstep_hub::notify::callbacks_router(dispatcher.state());
-    let params = vec![
-        ("MessageSid".to_owned(), "SM1".to_owned()),
-        ("MessageStatus".to_owned(), "delivered".to_owned()),
-    ];
-    let url = "https://track.example.com/callbacks/twilio/status";
-    let sig = doorstep_hub::notify::twilio::signature("t", url, &params);
-    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-    let (code, _) =
-        call(&app, "POST", "/callbacks/twilio/status", &[("x-twilio-signature", &sig)], encoded).await;
+    let params = [("MessageSid", "SM1"), ("MessageStatus", "delivered")];
+    let (code, _) = post_twilio(&app, "t", "/callbacks/twilio/status", &params).await;
     assert_eq!(code, axum::http::StatusCode::NO_CONTENT);
     for id in [a, b] {
         assert_eq!(status(&db, id), "delivered", "row {id}");
@@ -424,20 +394,13 @@ async fn an_email_that_may_have_left_through_sendgrid_is_never_sent_again_throug
 
 #[tokio::test]
 async fn teams_202_is_accepted_by_the_flow_and_a_long_alert_is_cut_to_fit_the_28_kb_limit() {
-    let (fake, base) = Fake::start(Answer::ok(202, "")).await;
-    let (_dir, db) = hub_db();
-    let shipment = database(&db);
-    {
-        let mut store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
-        let tx = store.transaction().expect("tx");
-        tx.raise_alert(shipment, "delivered_without_scan", &"the van's log says more. ".repeat(3_000), 0)
-            .expect("alert");
-        tx.commit().expect("commit");
-    }
-    let section = format!(
-        "[[providers]]\ntype = \"teams\"\nwebhook_url = \"{base}/workflows/abc/triggers/manual/paths/invoke?sig=s1g\"\n"
-    );
-    let dispatcher = dispatcher_for(&section, &db);
+    let long = "the van's log says more. ".repeat(3_000);
+    let (fake, _dir, dispatcher) = alert_case(Answer::ok(202, ""), "delivered_without_scan", &long, |base| {
+        format!(
+            "[[providers]]\ntype = \"teams\"\nwebhook_url = \"{base}/workflows/abc/triggers/manual/paths/invoke?sig=s1g\"\n"
+        )
+    })
+    .await;
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1, "202 from the flow is a post");
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
@@ -474,17 +437,8 @@ async fn an_escalation_step_can_e_mail_the_operations_mailbox_through_an_email_p
 
 /// Posts a signed inbound SMS from `from` to Twilio's callback and returns the TwiML.
 async fn ask(app: &axum::Router, from: &str, text: &str) -> String {
-    let params = vec![
-        ("Body".to_owned(), text.to_owned()),
-        ("From".to_owned(), from.to_owned()),
-        ("MessageSid".to_owned(), "SMin".to_owned()),
-        ("To".to_owned(), "+15005550006".to_owned()),
-    ];
-    let url = "https://track.example.com/callbacks/twilio/inbound";
-    let sig = doorstep_hub::notify::twilio::signature("t", url, &params);
-    let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-    let (code, body) =
-        call(app, "POST", "/callbacks/twilio/inbound", &[("x-twilio-signature", &sig)], encoded).await;
+    let params = [("Body", text), ("From", from), ("MessageSid", "SMin"), ("To", "+15005550006")];
+    let (code, body) = post_twilio(app, "t", "/callbacks/twilio/inbound", &params).await;
     assert_eq!(code, axum::http::StatusCode::OK, "{body}");
     assert!(body.starts_with("<?xml") && body.contains("<Response>"), "TwiML: {body}");
     body

@@ -103,6 +103,17 @@ async fn twilio_case(sid: &str, first: Option<Answer>) -> Case {
     case(queued, first, "sms", twilio_section).await
 }
 
+/// Two passes an hour apart: the provider is asked once (`why`), and the row ends `end`
+/// (logged `queued`, then `end`); its last log entry.
+async fn asked_once(c: &Case, why: &str, end: &str) -> doorstep_hub::store::Outcome {
+    c.dispatcher.run_once(DAY).await.expect("pass");
+    c.dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
+    assert_eq!(c.fake.seen().len(), 1, "{why}");
+    assert_eq!(status(&c.db, c.id), end);
+    assert_eq!(outcomes(&c.db, c.id), ["queued", end]);
+    last_outcome(&c.db, c.id)
+}
+
 /// A row whose first attempt failed: the backoff holds the retry, which sends it.
 async fn retried_after_the_backoff(c: &Case) {
     c.dispatcher.run_once(DAY + 100).await.expect("not due yet");
@@ -253,12 +264,7 @@ async fn a_500_is_retried_once_more_and_both_attempts_are_recorded() {
 #[tokio::test]
 async fn an_sms_timeout_after_sending_is_unknown_and_never_resent() {
     let slow = Answer { delay: Duration::from_millis(2_500), ..Answer::ok(201, r#"{"sid":"SM0003"}"#) };
-    let Case { fake: twilio, db, id, dispatcher, _dir, .. } = twilio_case("SM0003", Some(slow)).await;
-    dispatcher.run_once(DAY).await.expect("pass");
-    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
-    assert_eq!(twilio.seen().len(), 1, "not re-sent");
-    assert_eq!(status(&db, id), "unknown");
-    assert_eq!(outcomes(&db, id), ["queued", "unknown"]);
+    asked_once(&twilio_case("SM0003", Some(slow)).await, "not re-sent", "unknown").await;
 }
 
 #[tokio::test]
@@ -398,14 +404,8 @@ async fn a_whatsapp_row_becomes_exactly_one_cloud_api_template_message() {
 #[tokio::test]
 async fn a_whatsapp_timeout_after_sending_is_unknown_and_never_resent() {
     let slow = Answer { delay: Duration::from_millis(2_500), ..whatsapp_accepted() };
-    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(slow), false).await;
-    dispatcher.run_once(DAY).await.expect("pass");
-    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
-    assert_eq!(meta.seen().len(), 1, "not re-sent: the Cloud API has no idempotency key");
-    assert_eq!(status(&db, id), "unknown");
-    assert_eq!(outcomes(&db, id), ["queued", "unknown"]);
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
-    let last = store.outcomes(id).expect("log").pop().expect("entry");
+    let c = whatsapp_case(Some(slow), false).await;
+    let last = asked_once(&c, "not re-sent: the Cloud API has no idempotency key", "unknown").await;
     assert_eq!(last.provider_id, None);
     let detail = last.detail.expect("detail");
     assert!(detail.contains("whatsapp has no idempotency guard"), "{detail}");
@@ -417,14 +417,8 @@ async fn a_whatsapp_400_fails_the_row_once_with_metas_error_kept_for_the_operato
         400,
         r#"{"error":{"message":"(#132001) Template name does not exist in the translation","type":"OAuthException","code":132001,"error_data":{"messaging_product":"whatsapp","details":"template name (doorstep_update) does not exist in en_US"},"fbtrace_id":"AbCdEfGh"}}"#,
     );
-    let Case { fake: meta, db, id, dispatcher, _dir, .. } = whatsapp_case(Some(refused), false).await;
-    dispatcher.run_once(DAY).await.expect("pass");
-    dispatcher.run_once(DAY + 3_600_000).await.expect("later pass");
-    assert_eq!(meta.seen().len(), 1, "a refused template is not retried");
-    assert_eq!(status(&db, id), "failed");
-    assert_eq!(outcomes(&db, id), ["queued", "failed"]);
-    let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
-    let detail = store.outcomes(id).expect("log").pop().and_then(|o| o.detail).expect("detail");
+    let c = whatsapp_case(Some(refused), false).await;
+    let detail = asked_once(&c, "a refused template is not retried", "failed").await.detail.expect("detail");
     assert!(detail.starts_with("whatsapp HTTP 400") && detail.contains("132001"), "{detail}");
 }
 
@@ -694,12 +688,13 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
 
 #[tokio::test]
 async fn operations_alerts_are_posted_to_slack_once() {
-    let (slack, base) = Fake::start(Answer::ok(200, "ok")).await;
-    let (_dir, db) = hub_db();
-    let shipment = database(&db);
-    raise_alert(&db, shipment, "delivered_away_from_address", "The van was 900 m away at handover.");
-    let section = format!("[slack]\nwebhook_url = \"{base}/services/T000/B000/XXXX\"\n");
-    let dispatcher = dispatcher_for(&section, &db);
+    let (slack, _dir, dispatcher) = alert_case(
+        Answer::ok(200, "ok"),
+        "delivered_away_from_address",
+        "The van was 900 m away at handover.",
+        |base| format!("[slack]\nwebhook_url = \"{base}/services/T000/B000/XXXX\"\n"),
+    )
+    .await;
     assert_eq!(dispatcher.run_once(DAY).await.expect("pass").alerts, 1);
     assert_eq!(dispatcher.run_once(DAY + 1).await.expect("pass").alerts, 0);
     let seen = slack.seen();

@@ -156,6 +156,21 @@ pub fn raise_alert(path: &Path, shipment: i64, code: &str, text: &str) {
     tx.commit().expect("commit");
 }
 
+/// A fake staff channel answering `answer`, and a database whose shipment ([`database`])
+/// has the operations alert `code` raised, saying `text`, with a dispatcher configured by
+/// `section` for the fake's URL: (the fake, the database's directory, the dispatcher).
+pub async fn alert_case(
+    answer: Answer,
+    code: &str,
+    text: &str,
+    section: impl FnOnce(&str) -> String,
+) -> (Fake, tempfile::TempDir, Dispatcher) {
+    let (fake, base) = Fake::start(answer).await;
+    let (dir, db) = hub_db();
+    raise_alert(&db, database(&db), code, text);
+    (fake, dir, dispatcher_for(&section(&base), &db))
+}
+
 /// Twilio's form `params` to the hub's callback at `path`, signed with `auth_token` as
 /// Twilio signs it: (`X-Twilio-Signature`, the form body).
 pub fn twilio_form(auth_token: &str, path: &str, params: &[(&str, &str)]) -> (String, String) {
