@@ -346,17 +346,26 @@ mod tests {
     }
 
     #[test]
-    fn one_wild_fix_is_refused_and_the_next_good_fix_passes() {
-        let mut gate = Gate::new(GateConfig::default());
-        let got = verdicts(
-            &mut gate,
-            &[
-                fix_at(0, 48.1, 11.5),
-                fix_at(1, 48.2, 11.5), // 11 km in one second
-                fix_at(2, 48.1 + STEP_DEG, 11.5),
-            ],
-        );
-        assert_eq!(got, ["ok", "impossible_jump", "ok"]);
+    fn each_fix_is_judged_by_its_time_and_distance_from_the_last_good_one() {
+        // (seconds, latitude) of each fix, and the verdicts.
+        let cases: [(&[(i64, f64)], &[&str]); 4] = [
+            // One wild fix (11 km in one second) is refused and the next good fix passes.
+            (&[(0, 48.1), (1, 48.2), (2, 48.1 + STEP_DEG)], &["ok", "impossible_jump", "ok"]),
+            // Scattered outliers never reanchor.
+            (
+                &[(0, 48.1), (1, 40.0), (2, 30.0), (3, 20.0), (4, 48.1)],
+                &["ok", "impossible_jump", "impossible_jump", "impossible_jump", "ok"],
+            ),
+            // A long gap allows a long drive: 30 km in ten minutes is 50 m/s, fast but under the bound.
+            (&[(0, 48.1), (600, 48.1 + 0.27)], &["ok", "ok"]),
+            // A repeated time is refused.
+            (&[(5, 48.1), (5, 48.1)], &["ok", "time_not_increasing"]),
+        ];
+        for (fixes, expected) in cases {
+            let mut gate = Gate::new(GateConfig::default());
+            let fixes: Vec<Fix> = fixes.iter().map(|&(s, lat)| fix_at(s, lat, 11.5)).collect();
+            assert_eq!(verdicts(&mut gate, &fixes), expected, "{fixes:?}");
+        }
     }
 
     #[test]
@@ -367,37 +376,6 @@ mod tests {
         let got = verdicts(&mut gate, &fixes);
         assert_eq!(got, ["ok", "impossible_jump", "impossible_jump", "ok", "ok", "ok"]);
         assert_eq!(gate.stats().reanchored, 1);
-    }
-
-    #[test]
-    fn scattered_outliers_never_reanchor() {
-        let mut gate = Gate::new(GateConfig::default());
-        let got = verdicts(
-            &mut gate,
-            &[
-                fix_at(0, 48.1, 11.5),
-                fix_at(1, 40.0, 11.5),
-                fix_at(2, 30.0, 11.5),
-                fix_at(3, 20.0, 11.5),
-                fix_at(4, 48.1, 11.5),
-            ],
-        );
-        assert_eq!(got, ["ok", "impossible_jump", "impossible_jump", "impossible_jump", "ok"]);
-    }
-
-    #[test]
-    fn a_long_gap_allows_a_long_drive() {
-        let mut gate = Gate::new(GateConfig::default());
-        // 30 km in ten minutes is 50 m/s: fast, but under the bound.
-        let got = verdicts(&mut gate, &[fix_at(0, 48.1, 11.5), fix_at(600, 48.1 + 0.27, 11.5)]);
-        assert_eq!(got, ["ok", "ok"]);
-    }
-
-    #[test]
-    fn a_repeated_time_is_refused() {
-        let mut gate = Gate::new(GateConfig::default());
-        let got = verdicts(&mut gate, &[fix_at(5, 48.1, 11.5), fix_at(5, 48.1, 11.5)]);
-        assert_eq!(got, ["ok", "time_not_increasing"]);
     }
 
     #[test]
