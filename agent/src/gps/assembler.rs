@@ -425,6 +425,13 @@ mod tests {
     use crate::gps::tests::*;
     use crate::nmea::LineKind;
 
+    /// The one fix `input` decodes to.
+    fn only_fix(input: &str) -> Fix {
+        let (mut fixes, _) = decode_str(input);
+        assert_eq!(fixes.len(), 1, "{fixes:?}");
+        fixes.remove(0)
+    }
+
     #[test]
     fn sentences_of_one_epoch_merge_into_one_fix() {
         let (fixes, decoder) = decode_str(&cycle("120001", "010624"));
@@ -544,20 +551,16 @@ mod tests {
 
     #[test]
     fn a_fix_is_dated_only_once_the_receiver_sent_a_date() {
-        let gga = sentence("GPGGA,120001.00,4807.001,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
-        let (fixes, _) = decode_str(&gga);
-        assert_eq!(fixes.len(), 1);
-        assert_eq!(fixes[0].utc_ms, None);
-        assert_eq!(fixes[0].time_rfc3339(), "12:00:01Z");
+        let fix = only_fix(&sentence("GPGGA,120001.00,4807.001,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"));
+        assert_eq!(fix.utc_ms, None);
+        assert_eq!(fix.time_rfc3339(), "12:00:01Z");
     }
 
     #[test]
     fn a_void_rmc_does_not_set_the_date() {
-        let void = sentence("GPRMC,120001.00,V,,,,,,,060180,,,N");
-        let (fixes, _) = decode_str(&void);
-        assert_eq!(fixes.len(), 1);
-        assert_eq!(fixes[0].utc_ms, None);
-        assert_eq!(fixes[0].mode, Some(FixMode::NoFix));
+        let fix = only_fix(&sentence("GPRMC,120001.00,V,,,,,,,060180,,,N"));
+        assert_eq!(fix.utc_ms, None);
+        assert_eq!(fix.mode, Some(FixMode::NoFix));
     }
 
     #[test]
