@@ -326,6 +326,18 @@ mod tests {
         }
     }
 
+    /// The van standing at the point, `at_ms` after T0.
+    fn parked(at_ms: u64) -> FixEvidence {
+        fix_at(at_ms, 0.0, 0.0, Some(0.0))
+    }
+
+    /// A pacer with the default config that sent the parked van's position at 0.
+    fn parked_and_sent() -> LivePacer {
+        let mut pacer = LivePacer::new(LiveConfig::default());
+        pacer.on_sent(&parked(0), 0);
+        pacer
+    }
+
     fn watch(issued_ms: i64, for_s: u16, every_s: u16) -> Watch {
         Watch { device: DeviceId::new("van-17").expect("id"), issued_ms, for_s, every_s }
     }
@@ -432,9 +444,7 @@ mod tests {
 
     #[test]
     fn a_watch_sends_the_newest_fix_at_once_then_every_every_s() {
-        let mut pacer = LivePacer::new(LiveConfig::default());
-        let parked = |at| fix_at(at, 0.0, 0.0, Some(0.0));
-        pacer.on_sent(&parked(0), 0);
+        let mut pacer = parked_and_sent();
         assert_eq!(pacer.due(10_000), None, "unwatched, nothing is due");
         pacer.on_watch(&watch(T0 + 10_000, 30, 5), 10_000, Some(T0 + 10_000));
         assert_eq!(pacer.due(10_000), Some(Reason::Watched), "the watcher gets a position now");
@@ -462,9 +472,7 @@ mod tests {
 
     #[test]
     fn a_watch_that_ends_while_the_link_is_down_leaves_the_van_at_its_adaptive_pace() {
-        let mut pacer = LivePacer::new(LiveConfig::default());
-        let parked = |at| fix_at(at, 0.0, 0.0, Some(0.0));
-        pacer.on_sent(&parked(0), 0);
+        let mut pacer = parked_and_sent();
         pacer.on_watch(&watch(T0, 20, 1), 0, Some(T0));
         // The link goes down at 2 s: fixes keep coming, nothing is sent (the uplink does
         // not call on_sent), and the watch ends at 20 s.
