@@ -209,13 +209,8 @@ impl FakeSns {
             seen: Arc::default(),
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
         };
-        let app = Router::new().fallback(sns).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
+        let url = serve(Router::new().fallback(sns).with_state(fake.clone())).await;
+        (fake, url)
     }
 
     fn seen(&self) -> Vec<Published> {

@@ -336,13 +336,8 @@ async fn zendesk(
 impl FakeZendesk {
     async fn start() -> (FakeZendesk, String) {
         let fake = FakeZendesk::default();
-        let app = Router::new().fallback(zendesk).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
+        let url = sink_kit::serve(Router::new().fallback(zendesk).with_state(fake.clone())).await;
+        (fake, url)
     }
 
     fn then_answer(&self, status: u16, header: Option<(&'static str, &'static str)>, delay: Duration) {
@@ -635,13 +630,8 @@ async fn hubspot(
 impl FakeHubSpot {
     async fn start() -> (FakeHubSpot, String) {
         let fake = FakeHubSpot::default();
-        let app = Router::new().fallback(hubspot).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (fake, format!("http://{addr}"))
+        let url = sink_kit::serve(Router::new().fallback(hubspot).with_state(fake.clone())).await;
+        (fake, url)
     }
 
     fn seen(&self) -> Vec<serde_json::Value> {

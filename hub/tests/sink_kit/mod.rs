@@ -5,6 +5,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "../fake_vendor/loopback.rs"]
+mod loopback;
+pub use loopback::serve;
+use loopback::{insert_shipment, ups_shipment};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use doorstep_hub::metrics::Metrics;
 use doorstep_hub::model::{CanonicalStatus, Carrier, CarrierEvent};
 use doorstep_hub::reconcile::{Input, Rules};
 use doorstep_hub::sinks::{Dispatcher, Sinks, registry};
-use doorstep_hub::store::{Contact, ContactChannel, NewShipment, Store, StoreOptions};
+use doorstep_hub::store::{Contact, ContactChannel, Store, StoreOptions};
 use doorstep_proto::TrackingNumber;
 
 pub const TRACKING: &str = "1Z999AA10123456784";
@@ -66,20 +71,8 @@ pub fn database(path: &Path, tracking: &str) -> i64 {
 
 /// A shipment whose customer gave an e-mail address, consenting to it or not; its id.
 pub fn shipment_with_consent(path: &Path, tracking: &str, consent: bool) -> i64 {
-    let mut store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
-    let tx = store.transaction().expect("tx");
-    let contacts = BTreeMap::from([(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent })]);
-    let new = NewShipment {
-        tracking_number: TrackingNumber::new(tracking).expect("tracking"),
-        carrier: Some("ups".into()),
-        order_id: None,
-        contacts,
-        locale: "en".into(),
-        time_zone: "UTC".into(),
-    };
-    let id = tx.insert_shipment(&new, T0).expect("shipment");
-    tx.commit().expect("commit");
-    id
+    let contacts = [(ContactChannel::Email, Contact { recipient: EMAIL.into(), consent })];
+    insert_shipment(path, &ups_shipment(tracking, contacts, "en", "UTC"), T0, None)
 }
 
 /// Reconciles `input` for the shipment inside one writer transaction, committed or (with
@@ -256,12 +249,7 @@ impl Vendor {
             script: Arc::default(),
             late: Arc::default(),
         };
-        let app = Router::new().fallback(answer).with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let url = serve(Router::new().fallback(answer).with_state(inner.clone())).await;
         Self { inner, url }
     }
 
