@@ -578,10 +578,7 @@ mod tests {
     #[test]
     fn a_gap_notice_never_handed_out_grows_and_one_handed_out_is_never_changed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        for n in 1..=40 {
-            outbox.append(&key(), position(n), 0, 0).expect("position");
-        }
+        let mut outbox = with_positions(dir.path(), 40);
         let one_row = charged_in_table(&outbox) / 40;
         // An outage: nothing is handed to the uplink, so the notice grows in place.
         outbox.evict_positions(&key(), 5 * one_row).expect("evict");

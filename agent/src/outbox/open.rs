@@ -321,17 +321,14 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::tests::{device, key, nearby, open};
+    use crate::outbox::tests::{device, key, nearby, open, with_nearby};
 
     #[test]
     fn a_corrupt_file_is_moved_aside_and_numbering_resumes_above_every_seq_handed_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("agent.db");
         {
-            let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-            for n in 0..20 {
-                outbox.append(&key(), nearby(n), 0, 0).expect("append");
-            }
+            let mut outbox = with_nearby(dir.path(), 20);
             outbox.pending(0, 100).expect("hand out 1..=20");
             outbox.ack(&key(), 20).expect("ack");
         }
@@ -355,10 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("agent.db");
         {
-            let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-            for n in 0..5 {
-                outbox.append(&key(), nearby(n), 0, 0).expect("append");
-            }
+            let outbox = with_nearby(dir.path(), 5);
             outbox.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").expect("checkpoint");
         }
         // Break the secondary index only: the table itself stays readable.

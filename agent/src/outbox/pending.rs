@@ -226,10 +226,7 @@ mod tests {
     #[test]
     fn ack_deletes_only_rows_up_to_the_acknowledged_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        for n in 0..10 {
-            outbox.append(&key(), nearby(n), 0, 0).expect("append");
-        }
+        let mut outbox = with_nearby(dir.path(), 10);
         assert_eq!(outbox.ack(&key(), 4).expect("ack"), 4);
         assert_eq!(outbox.ack(&key(), 2).expect("stale ack"), 0);
         let pending = outbox.pending(0, 100).expect("pending");
@@ -240,10 +237,7 @@ mod tests {
     #[test]
     fn an_ack_inside_a_gap_reissues_the_rest_of_it_at_the_next_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        for n in 1..=20 {
-            outbox.append(&key(), position(n), 0, 0).expect("position");
-        }
+        let mut outbox = with_positions(dir.path(), 20);
         outbox.append(&key(), nearby(1), 0, 0).expect("confirmation");
         // The hub got samples 1..=3 before the outbox had to evict 1..=k.
         let one_row = charged_in_table(&outbox) / 21;

@@ -39,6 +39,25 @@ pub(super) fn decode(wire: &[u8]) -> Envelope {
     Envelope::open(wire, &trusted).expect("verifies")
 }
 
+/// An outbox in `dir` with the default config and `count` nearby events appended
+/// (distances 0 up).
+pub(super) fn with_nearby(dir: &Path, count: u32) -> Outbox {
+    let mut outbox = open(dir, OutboxConfig::new(device()));
+    for n in 0..count {
+        outbox.append(&key(), nearby(n), 0, 0).expect("append");
+    }
+    outbox
+}
+
+/// An outbox in `dir` with the default config and position samples 1 to `count` appended.
+pub(super) fn with_positions(dir: &Path, count: i64) -> Outbox {
+    let mut outbox = open(dir, OutboxConfig::new(device()));
+    for n in 1..=count {
+        outbox.append(&key(), position(n), 0, 0).expect("position");
+    }
+    outbox
+}
+
 /// Every stored row, verified, in seq order.
 pub(super) fn stored(outbox: &mut Outbox) -> Vec<Envelope> {
     outbox.pending(0, 100_000).expect("pending").iter().map(|(_, wire)| decode(wire)).collect()
@@ -94,10 +113,7 @@ fn appended_events_are_signed_numbered_from_one_and_pending_in_order() {
 fn sequence_numbers_survive_a_restart_and_are_never_reused_after_acks() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut outbox = open(dir.path(), OutboxConfig::new(device()));
-        for n in 0..5 {
-            outbox.append(&key(), nearby(n), 0, 0).expect("append");
-        }
+        let mut outbox = with_nearby(dir.path(), 5);
         assert_eq!(outbox.ack(&key(), 5).expect("ack"), 5);
     }
     let mut outbox = open(dir.path(), OutboxConfig::new(device()));
