@@ -456,8 +456,7 @@ mod tests {
     #[test]
     fn a_full_outbox_evicts_oldest_positions_and_keeps_every_confirmation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = OutboxConfig { max_bytes: 20_000, ..OutboxConfig::new(device()) };
-        let mut outbox = open(dir.path(), cfg);
+        let mut outbox = open(dir.path(), budget(20_000));
         let mut confirmations = Vec::new();
         for n in 0..300 {
             let event = if n % 10 == 0 { nearby(n) } else { position(i64::from(n)) };
@@ -486,7 +485,7 @@ mod tests {
     #[test]
     fn each_evicted_run_of_positions_becomes_one_signed_gap_notice_at_its_first_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = OutboxConfig { max_bytes: 20_000, ..OutboxConfig::new(device()) };
+        let cfg = budget(20_000);
         let mut outbox = open(dir.path(), cfg.clone());
         let mut confirmations = Vec::new();
         // Runs of 1, 2, 7 and 30 positions between confirmations.
@@ -510,9 +509,7 @@ mod tests {
         for gap in &gaps {
             assert!(!confirmations.iter().any(|c| (gap.first_seq..=gap.last_seq).contains(c)), "{gap:?}");
         }
-        let kept: Vec<u64> =
-            rows.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.seq).collect();
-        assert_eq!(kept, confirmations);
+        assert_eq!(nearby_seqs(&rows), confirmations);
         // A notice carries the first evicted sample's times.
         let first = rows.iter().find(|e| matches!(e.event, Event::Gap(_))).expect("a gap");
         assert_eq!(first.mono_ms, first.seq);
@@ -529,8 +526,7 @@ mod tests {
     #[test]
     fn lone_positions_between_confirmations_become_smaller_gap_notices_until_confirmations_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = OutboxConfig { max_bytes: 4_000, ..OutboxConfig::new(device()) };
-        let mut outbox = open(dir.path(), cfg);
+        let mut outbox = open(dir.path(), budget(4_000));
         let mut confirmations = Vec::new();
         let mut position_len = 0;
         let mut refused = None;
@@ -570,9 +566,7 @@ mod tests {
             "a notice ({gap_len} B) is smaller than the sample ({position_len} B)"
         );
         assert_eq!(covered(&rows), (1..outbox.next_seq()).collect::<Vec<_>>());
-        let kept: Vec<u64> =
-            rows.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.seq).collect();
-        assert_eq!(kept, confirmations);
+        assert_eq!(nearby_seqs(&rows), confirmations);
     }
 
     #[test]
@@ -626,8 +620,7 @@ mod tests {
     #[test]
     fn when_only_confirmations_remain_append_refuses_loudly_and_loses_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = OutboxConfig { max_bytes: 2_000, ..OutboxConfig::new(device()) };
-        let mut outbox = open(dir.path(), cfg);
+        let mut outbox = open(dir.path(), budget(2_000));
         let mut stored = 0u64;
         let err = loop {
             match outbox.append(&key(), nearby(1), 0, 0) {

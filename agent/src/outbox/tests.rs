@@ -58,6 +58,16 @@ pub(super) fn with_positions(dir: &Path, count: i64) -> Outbox {
     outbox
 }
 
+/// The default config with a budget of `max_bytes`.
+pub(super) fn budget(max_bytes: u64) -> OutboxConfig {
+    OutboxConfig { max_bytes, ..OutboxConfig::new(device()) }
+}
+
+/// The seqs of the nearby events (the confirmations these tests append) among `rows`.
+pub(super) fn nearby_seqs(rows: &[Envelope]) -> Vec<u64> {
+    rows.iter().filter(|e| matches!(e.event, Event::Nearby(_))).map(|e| e.seq).collect()
+}
+
 /// Every stored row, verified, in seq order.
 pub(super) fn stored(outbox: &mut Outbox) -> Vec<Envelope> {
     outbox.pending(0, 100_000).expect("pending").iter().map(|(_, wire)| decode(wire)).collect()
