@@ -6,7 +6,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
@@ -61,6 +61,19 @@ fn wait_for_line(socket: &UnixDatagram, line: &str, log: &Path) -> Vec<String> {
     panic!("no {line} within 30 s; got {seen:?}\nagent log:\n{log}");
 }
 
+/// `doorstep-agent run` on `config`, logging at info to `log`; the caller sets (or
+/// clears) systemd's environment and starts it.
+fn run_command(config: &Path, log: &Path) -> Command {
+    let mut command = agent_command();
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"));
+    command
+}
+
 fn terminate(child: &mut Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
@@ -78,17 +91,12 @@ fn the_agent_tells_systemd_it_is_ready_pets_the_watchdog_and_says_when_it_stops(
     let socket = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = dir.path().join("agent.log");
 
-    let mut agent = agent_command()
-        .args(["run", "--config"])
-        .arg(&config)
+    let mut agent = run_command(&config, &log)
         .env("NOTIFY_SOCKET", &notify_path)
         // WatchdogSec=2: a pet every 0.5 s. No WATCHDOG_PID: systemd sets it only when
         // the watchdog is meant for another process.
         .env("WATCHDOG_USEC", "2000000")
         .env_remove("WATCHDOG_PID")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start doorstep-agent run");
 
@@ -127,14 +135,9 @@ fn without_systemd_the_agent_runs_and_stops_as_before() {
     let gps = Pty::open().expect("pty");
     let config = write_config(dir.path(), gps.path());
     let log = dir.path().join("agent.log");
-    let mut agent = agent_command()
-        .args(["run", "--config"])
-        .arg(&config)
+    let mut agent = run_command(&config, &log)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start doorstep-agent run");
     let deadline = Instant::now() + Duration::from_secs(30);
