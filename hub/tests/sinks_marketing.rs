@@ -50,6 +50,55 @@ fn hub(config: &str) -> Hub {
     Hub { dispatcher, domain, db, _dir: dir, shipment, quiet }
 }
 
+impl Hub {
+    /// `tracking` is dispatched at `at` and the dispatcher runs then; what it sent.
+    async fn dispatch(&self, tracking: &str, at: i64) -> usize {
+        dispatched(&self.db, &self.domain, tracking, at);
+        self.dispatcher.run_once(at).await.expect("pass")
+    }
+
+    /// The vendor answers the dispatch with a 429 and `Retry-After: 10`: the row waits
+    /// that long, and then it goes.
+    async fn waits_out_a_429(&self, vendor: &Vendor) {
+        self.dispatch(TRACKING, T0).await;
+        assert_eq!(statuses(&self.db, self.shipment), ["milestone:dispatched queued"], "429: wait and retry");
+        assert_eq!(self.dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
+        assert_eq!(vendor.seen().len(), 1, "nothing sent before the wait");
+        assert_eq!(self.dispatcher.run_once(T0 + 10_000).await.expect("pass"), 1);
+    }
+
+    /// The customer who did not consent to e-mail: their dispatch is skipped.
+    async fn quiet_is_skipped(&self) {
+        self.dispatch(OTHER, T0 + 20_000).await;
+        assert_eq!(statuses(&self.db, self.quiet), ["milestone:dispatched skipped"]);
+    }
+
+    /// The vendor has no contact for the customer: the dispatch is skipped.
+    async fn skipped_for_no_contact(&self) {
+        self.dispatch(TRACKING, T0).await;
+        assert_eq!(statuses(&self.db, self.shipment), ["milestone:dispatched skipped"]);
+        assert!(last(&self.db, self.shipment, "milestone:dispatched").1.contains("no contact"));
+    }
+
+    /// The vendor refuses the dispatch for good: it fails at once, its log saying `code`
+    /// and `words`, and it is never retried.
+    async fn refused_for_good(&self, code: &str, words: &str) {
+        self.dispatch(TRACKING, T0).await;
+        let (outcome, detail) = last(&self.db, self.shipment, "milestone:dispatched");
+        assert_eq!(outcome, "failed");
+        assert!(detail.contains(code) && detail.contains(words), "{detail}");
+        assert_eq!(self.dispatcher.run_once(T0 + 3_600_000).await.expect("pass"), 0, "not retried");
+    }
+
+    /// The hub dies after the vendor acted on `event` (sent at `at`) and before it wrote
+    /// the answer down: recovery resends it (`why`), and it is sent.
+    async fn resent_after_a_restart(&self, event: &str, at: i64, why: &str) {
+        cut_short(&self.db, event, false);
+        assert_eq!(self.dispatcher.recover(at + 1).await.expect("recover"), (1, 0), "{why}");
+        assert_eq!(self.dispatcher.run_once(at + 1).await.expect("pass"), 1);
+    }
+}
+
 /// The last log entry of a row: (outcome, detail).
 fn last(db: &Path, shipment: i64, event: &str) -> (String, String) {
     let log = outcomes(db, shipment, event);
@@ -180,8 +229,7 @@ fn klaviyo_hub(url: &str, extra: &str) -> Hub {
 async fn each_milestone_of_a_consenting_customer_is_one_klaviyo_event_under_its_metric() {
     let (vendor, recorded) = klaviyo().await;
     let h = klaviyo_hub(&vendor.url, "metrics = { delivered = \"Order Delivered\" }\n");
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    assert_eq!(h.dispatcher.run_once(T0).await.expect("pass"), 1);
+    assert_eq!(h.dispatch(TRACKING, T0).await, 1);
     let at = deliver(&h.db, &h.domain, TRACKING, T0 + 60_000);
     h.dispatcher.run_once(at).await.expect("pass");
     assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched sent", "milestone:delivered sent"]);
@@ -218,29 +266,18 @@ async fn klaviyo_is_waited_for_after_a_429_and_refusals_and_non_consenting_custo
         Some(("retry-after", "10")),
         r#"{"errors":[{"id":"1","status":429,"code":"throttled","title":"Request was throttled.","detail":"Expected available in 10 seconds.","source":{"pointer":"/data/"}}]}"#,
     );
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched queued"], "429: wait and retry");
-    assert_eq!(h.dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
-    assert_eq!(vendor.seen().len(), 1, "nothing sent before the wait");
-    assert_eq!(h.dispatcher.run_once(T0 + 10_000).await.expect("pass"), 1);
+    h.waits_out_a_429(&vendor).await;
     assert_eq!((vendor.seen().len(), recorded.lock().expect("lock").len()), (2, 1));
 
     // No consent to e-mail: no profile to record it on, and no request.
-    dispatched(&h.db, &h.domain, OTHER, T0 + 20_000);
-    h.dispatcher.run_once(T0 + 20_000).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.quiet), ["milestone:dispatched skipped"]);
+    h.quiet_is_skipped().await;
     assert!(last(&h.db, h.quiet, "milestone:dispatched").1.contains("consent"));
     assert_eq!(vendor.seen().len(), 2);
 
     // A revision Klaviyo does not have: 400, failed at once, never retried.
     let old = klaviyo_hub(&vendor.url, "revision = \"2019-01-01\"\n");
-    dispatched(&old.db, &old.domain, TRACKING, T0);
-    old.dispatcher.run_once(T0).await.expect("pass");
+    old.refused_for_good("400", "not a valid revision").await;
     assert_eq!(statuses(&old.db, old.shipment), ["milestone:dispatched failed"]);
-    let (_, detail) = last(&old.db, old.shipment, "milestone:dispatched");
-    assert!(detail.contains("400") && detail.contains("not a valid revision"), "{detail}");
-    assert_eq!(old.dispatcher.run_once(T0 + 3_600_000).await.expect("pass"), 0, "not retried");
     assert_eq!(vendor.seen().len(), 3);
 
     // A key Klaviyo does not know: 401, failed.
@@ -248,24 +285,16 @@ async fn klaviyo_is_waited_for_after_a_429_and_refusals_and_non_consenting_custo
         "[[sinks]]\ntype = \"klaviyo\"\nbase_url = \"{}\"\nprivate_key = \"pk_revoked\"\nbackoff_base_s = 1\n",
         vendor.url
     );
-    let wrong = hub(&text);
-    dispatched(&wrong.db, &wrong.domain, TRACKING, T0);
-    wrong.dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last(&wrong.db, wrong.shipment, "milestone:dispatched");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("401") && detail.contains("not_authenticated"), "{detail}");
+    hub(&text).refused_for_good("401", "not_authenticated").await;
 }
 
 #[tokio::test]
 async fn a_klaviyo_event_resent_after_a_restart_mid_send_is_recorded_once() {
     let (vendor, recorded) = klaviyo().await;
     let h = klaviyo_hub(&vendor.url, "");
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
+    h.dispatch(TRACKING, T0).await;
     // The hub died after Klaviyo took the event and before it wrote the answer down.
-    cut_short(&h.db, "milestone:dispatched", false);
-    assert_eq!(h.dispatcher.recover(T0 + 1).await.expect("recover"), (1, 0), "resent: unique_id dedupes");
-    assert_eq!(h.dispatcher.run_once(T0 + 1).await.expect("pass"), 1);
+    h.resent_after_a_restart("milestone:dispatched", T0, "resent: unique_id dedupes").await;
     let accepted = vendor.accepted();
     assert_eq!(accepted.len(), 2, "sent twice");
     let ids: Vec<Value> =
@@ -433,8 +462,7 @@ fn tags_of(account: &Shared, contact: &str) -> Vec<String> {
 async fn each_milestone_tags_the_customers_activecampaign_contact_making_a_missing_tag_once() {
     let (vendor, account) = activecampaign(ada()).await;
     let h = hub(&ac_config(&vendor.url, AC_TOKEN));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
+    h.dispatch(TRACKING, T0).await;
     let at = deliver(&h.db, &h.domain, TRACKING, T0 + 60_000);
     h.dispatcher.run_once(at).await.expect("pass");
     assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched sent", "milestone:delivered sent"]);
@@ -469,8 +497,7 @@ async fn each_milestone_tags_the_customers_activecampaign_contact_making_a_missi
     // A third shipment's dispatch for the same customer: the tag's id is remembered.
     let third = "1Z999AA10123456786";
     shipment_with_consent(&h.db, third, true);
-    dispatched(&h.db, &h.domain, third, at + 1);
-    h.dispatcher.run_once(at + 1).await.expect("pass");
+    h.dispatch(third, at + 1).await;
     let after: Vec<String> =
         vendor.seen()[7..].iter().map(|(r, _)| format!("{} {}", r.method, r.path)).collect();
     assert_eq!(after, ["GET /api/3/contacts", "POST /api/3/contactTags"]);
@@ -487,8 +514,7 @@ async fn each_milestone_tags_the_customers_activecampaign_contact_making_a_missi
     }
     let fourth = "1Z999AA10123456787";
     let fourth_id = shipment_with_consent(&h.db, fourth, true);
-    dispatched(&h.db, &h.domain, fourth, at + 2);
-    h.dispatcher.run_once(at + 2).await.expect("pass");
+    h.dispatch(fourth, at + 2).await;
     let after: Vec<String> =
         vendor.seen()[9..].iter().map(|(r, s)| format!("{} {} {s}", r.method, r.path)).collect();
     assert_eq!(
@@ -510,39 +536,24 @@ async fn activecampaign_is_waited_for_after_a_429_and_unknown_or_non_consenting_
     let (vendor, account) = activecampaign(ada()).await;
     let h = hub(&ac_config(&vendor.url, AC_TOKEN));
     vendor.then_answer(429, Some(("retry-after", "10")), r#"{"message":"Too Many Requests"}"#);
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched queued"], "429: wait and retry");
-    assert_eq!(h.dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
-    assert_eq!(vendor.seen().len(), 1, "nothing sent before the wait");
-    assert_eq!(h.dispatcher.run_once(T0 + 10_000).await.expect("pass"), 1);
+    h.waits_out_a_429(&vendor).await;
     assert_eq!(tags_of(&account, "7"), ["doorstep-dispatched"]);
 
     // No consent to e-mail: no request at all.
     let before = vendor.seen().len();
-    dispatched(&h.db, &h.domain, OTHER, T0 + 20_000);
-    h.dispatcher.run_once(T0 + 20_000).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.quiet), ["milestone:dispatched skipped"]);
+    h.quiet_is_skipped().await;
     assert_eq!(vendor.seen().len(), before);
 
     // A customer ActiveCampaign has no contact for: skipped, and no contact is created.
     let (empty, nobody) = activecampaign(Account::default()).await;
     let h = hub(&ac_config(&empty.url, AC_TOKEN));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched skipped"]);
-    assert!(last(&h.db, h.shipment, "milestone:dispatched").1.contains("no contact"));
+    h.skipped_for_no_contact().await;
     assert!(nobody.lock().expect("lock").contacts.is_empty());
     assert_eq!(empty.seen().len(), 1, "the lookup only");
 
     // A token ActiveCampaign does not know: 403, failed at once, never retried.
     let h = hub(&ac_config(&vendor.url, "not-the-token"));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last(&h.db, h.shipment, "milestone:dispatched");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("403") && detail.contains("contact lookup"), "{detail}");
-    assert_eq!(h.dispatcher.run_once(T0 + 3_600_000).await.expect("pass"), 0, "not retried");
+    h.refused_for_good("403", "contact lookup").await;
 }
 
 #[tokio::test]
@@ -552,9 +563,7 @@ async fn an_activecampaign_tag_added_again_after_a_restart_mid_send_is_on_the_co
     let at = deliver(&h.db, &h.domain, TRACKING, T0);
     h.dispatcher.run_once(at).await.expect("pass");
     // The hub died after ActiveCampaign tagged the contact and before it wrote that down.
-    cut_short(&h.db, "milestone:delivered", false);
-    assert_eq!(h.dispatcher.recover(at + 1).await.expect("recover"), (1, 0), "a tag is resent");
-    assert_eq!(h.dispatcher.run_once(at + 1).await.expect("pass"), 1);
+    h.resent_after_a_restart("milestone:delivered", at, "a tag is resent").await;
     let adds = vendor.accepted().iter().filter(|r| r.path == "/api/3/contactTags").count();
     assert_eq!(adds, 2, "added twice");
     assert_eq!(tags_of(&account, "7"), ["doorstep-delivered"], "on the contact once");
@@ -666,8 +675,7 @@ fn status_of(portal: &Arc<Mutex<Portal>>) -> Option<String> {
 async fn each_milestone_sets_the_customers_hubspot_contact_property() {
     let (vendor, portal) = hubspot(portal_with_ada()).await;
     let h = hub(&hs_config(&vendor.url, ""));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
+    h.dispatch(TRACKING, T0).await;
     assert_eq!(status_of(&portal).as_deref(), Some("dispatched"));
     // The exception raises an alert too: not the CRM's business (alerts are off).
     feed(&h.db, &h.domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1_000, true);
@@ -699,28 +707,16 @@ async fn hubspot_is_waited_for_after_a_429_and_unknown_properties_unknown_contac
         Some(("retry-after", "10")),
         r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","category":"RATE_LIMITS"}"#,
     );
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched queued"], "429: wait and retry");
-    assert_eq!(h.dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
-    assert_eq!(vendor.seen().len(), 1, "nothing sent before the wait");
-    assert_eq!(h.dispatcher.run_once(T0 + 10_000).await.expect("pass"), 1);
+    h.waits_out_a_429(&vendor).await;
     assert_eq!(status_of(&portal).as_deref(), Some("dispatched"));
 
     // No consent to e-mail: no request.
-    dispatched(&h.db, &h.domain, OTHER, T0 + 20_000);
-    h.dispatcher.run_once(T0 + 20_000).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.quiet), ["milestone:dispatched skipped"]);
+    h.quiet_is_skipped().await;
     assert_eq!(vendor.seen().len(), 2);
 
     // A property the portal does not have: 400 PROPERTY_DOESNT_EXIST, failed, not retried.
     let h = hub(&hs_config(&vendor.url, "property = \"doorstep_state\"\n"));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last(&h.db, h.shipment, "milestone:dispatched");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("400") && detail.contains("PROPERTY_DOESNT_EXIST"), "{detail}");
-    assert_eq!(h.dispatcher.run_once(T0 + 3_600_000).await.expect("pass"), 0, "not retried");
+    h.refused_for_good("400", "PROPERTY_DOESNT_EXIST").await;
     assert_eq!(status_of(&portal).as_deref(), Some("dispatched"), "unchanged");
 
     // A customer HubSpot has no contact for: 404, skipped (the update creates no contact).
@@ -730,10 +726,7 @@ async fn hubspot_is_waited_for_after_a_429_and_unknown_properties_unknown_contac
     })
     .await;
     let h = hub(&hs_config(&empty.url, ""));
-    dispatched(&h.db, &h.domain, TRACKING, T0);
-    h.dispatcher.run_once(T0).await.expect("pass");
-    assert_eq!(statuses(&h.db, h.shipment), ["milestone:dispatched skipped"]);
-    assert!(last(&h.db, h.shipment, "milestone:dispatched").1.contains("no contact"));
+    h.skipped_for_no_contact().await;
     assert!(nobody.lock().expect("lock").contacts.is_empty());
 }
 
@@ -744,9 +737,7 @@ async fn a_hubspot_property_set_again_after_a_restart_mid_send_holds_the_milesto
     let at = deliver(&h.db, &h.domain, TRACKING, T0);
     h.dispatcher.run_once(at).await.expect("pass");
     // The hub died after HubSpot updated the contact and before it wrote that down.
-    cut_short(&h.db, "milestone:delivered", false);
-    assert_eq!(h.dispatcher.recover(at + 1).await.expect("recover"), (1, 0), "a property update is resent");
-    assert_eq!(h.dispatcher.run_once(at + 1).await.expect("pass"), 1);
+    h.resent_after_a_restart("milestone:delivered", at, "a property update is resent").await;
     assert_eq!(vendor.accepted().len(), 2, "updated twice");
     let p = portal.lock().expect("lock");
     assert!(
