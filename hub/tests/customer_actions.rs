@@ -17,8 +17,8 @@ use doorstep_hub::model::Milestone;
 use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::state::DeviceState;
 use doorstep_proto::{
-    Delivery, DeliveryException, Event, ExceptionReason, FixEvidence, MAX_NOTE_CHARS, RouteId, StopId,
-    StopNote, TrackingNumber,
+    DeliveryException, Event, ExceptionReason, FixEvidence, MAX_NOTE_CHARS, RouteId, StopId, StopNote,
+    TrackingNumber,
 };
 use serde_json::json;
 use support::*;
@@ -37,46 +37,31 @@ fn now_ms() -> i64 {
     doorstep_hub::ingest::now_ms()
 }
 
-/// The hub and van-1 with its first route, and a browser that does not follow redirects.
-struct Case {
-    site: PageHub,
-    /// Does not follow redirects: the answers are what is checked.
-    http: reqwest::Client,
+/// The hub with the three stops' parcels, then the unrouted one, and van-1 with its
+/// first route.
+async fn started() -> PageHub {
+    started_with(HubOptions::default()).await
 }
 
-impl std::ops::Deref for Case {
-    type Target = PageHub;
-
-    fn deref(&self) -> &PageHub {
-        &self.site
-    }
+async fn started_with(options: HubOptions) -> PageHub {
+    let parcels: Vec<&str> = STOPS.iter().map(|s| s.3).chain([UNROUTED]).collect();
+    let case = PageHub::start(page_settings(""), options, &parcels).await;
+    case.post_route("r-act-1", &STOPS.map(|(id, lat, lon, tn)| (id, lat, lon, vec![tn]))).await;
+    assert!(case.fleet.wait_for(WAIT, |i| i.routes.len() == 1).await, "the van got its route");
+    case
 }
 
-impl Case {
-    async fn start() -> Case {
-        Self::start_with(HubOptions::default()).await
-    }
-
-    /// The three stops' parcels, then the unrouted one; the first route posted.
-    async fn start_with(options: HubOptions) -> Case {
-        let parcels: Vec<&str> = STOPS.iter().map(|s| s.3).chain([UNROUTED]).collect();
-        let site = PageHub::start(page_settings(""), options, &parcels).await;
-        let http =
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        site.post_route("r-act-1", &STOPS.map(|(id, lat, lon, tn)| (id, lat, lon, vec![tn]))).await;
-        assert!(site.fleet.wait_for(WAIT, |i| i.routes.len() == 1).await, "the van got its route");
-        Case { site, http }
-    }
-
+/// What the customer does on the tracking page, and what it leaves behind.
+impl PageHub {
     /// Posts the instructions form of the shipment at `index`.
     async fn instruct(&self, index: usize, text: &str) -> reqwest::Response {
-        let url = self.hub.url(&format!("{}/instructions", self.links[index]));
-        self.http.post(url).form(&[("instructions", text)]).send().await.expect("post")
+        let url = self.hub.url(&format!("{}/instructions", self.page.links[index]));
+        self.page.http.post(url).form(&[("instructions", text)]).send().await.expect("post")
     }
 
     async fn not_home(&self, index: usize) -> reqwest::Response {
-        let url = self.hub.url(&format!("{}/not-home", self.links[index]));
-        self.http.post(url).send().await.expect("post")
+        let url = self.hub.url(&format!("{}/not-home", self.page.links[index]));
+        self.page.http.post(url).send().await.expect("post")
     }
 
     fn notes(&self) -> Vec<StopNote> {
@@ -84,12 +69,12 @@ impl Case {
     }
 
     fn store(&self) -> Store {
-        Store::open(&self.db, StoreOptions::default()).expect("store")
+        Store::open(&self.ground.db, StoreOptions::default()).expect("store")
     }
 
     /// The customer's entries on a shipment's timeline: (kind, detail).
     fn customer_timeline(&self, index: usize) -> Vec<(String, String)> {
-        let timeline = self.store().timeline(self.ids[index]).expect("timeline");
+        let timeline = self.store().timeline(self.page.ids[index]).expect("timeline");
         timeline
             .into_iter()
             .filter(|e| e.source == "customer")
@@ -98,12 +83,9 @@ impl Case {
     }
 
     fn counted(&self, action: &str, outcome: &str) -> i64 {
-        self.page_metrics
+        self.page
+            .metrics
             .get("doorstep_hub_customer_actions_total", &[("action", action), ("outcome", outcome)])
-    }
-
-    async fn stop(self) {
-        self.site.stop().await;
     }
 }
 
@@ -113,12 +95,12 @@ fn location(r: &reqwest::Response) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instructions_reach_the_van_signed_for_the_parcels_stop_and_bad_ones_change_nothing() {
-    let case = Case::start().await;
+    let case = started().await;
     let text = "Leave it with the neighbour at no. 12, not at the back door";
 
     let r = case.instruct(1, text).await;
     assert_eq!(r.status(), 303);
-    assert_eq!(location(&r), format!("{}?done=instructions", case.links[1]));
+    assert_eq!(location(&r), format!("{}?done=instructions", case.page.links[1]));
     assert!(case.fleet.wait_for(WAIT, |i| !i.stop_notes.is_empty()).await, "no stop note reached the van");
     let note = case.notes()[0].clone();
     assert_eq!(
@@ -129,7 +111,7 @@ async fn instructions_reach_the_van_signed_for_the_parcels_stop_and_bad_ones_cha
     assert!((now_ms() - note.issued_ms).abs() < 10_000);
     assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty(), "every hub message verifies");
     assert_eq!(case.hub.metrics.get("doorstep_hub_stop_notes_published_total", &[]), 1);
-    let saved = case.store().customer_instructions(case.ids[1]).expect("read").expect("saved");
+    let saved = case.store().customer_instructions(case.page.ids[1]).expect("read").expect("saved");
     assert_eq!(saved.text, text);
 
     // Too long, a control character, not a form: a 400 that says what to fix, and nothing
@@ -140,18 +122,21 @@ async fn instructions_reach_the_van_signed_for_the_parcels_stop_and_bad_ones_cha
     let r = case.instruct(1, "Ring \u{1b}[2J twice").await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("body").contains("plain text only"));
-    let url = case.hub.url(&format!("{}/instructions", case.links[1]));
-    let r = case.http.post(&url).json(&json!({"instructions": "hi"})).send().await.expect("post");
+    let url = case.hub.url(&format!("{}/instructions", case.page.links[1]));
+    let r = case.page.http.post(&url).json(&json!({"instructions": "hi"})).send().await.expect("post");
     assert_eq!(r.status(), 400);
-    let r = case.http.post(&url).form(&[("note", "hi")]).send().await.expect("post");
+    let r = case.page.http.post(&url).form(&[("note", "hi")]).send().await.expect("post");
     assert_eq!(r.status(), 400);
     // A token that is not ours: the page's 404, nothing about the shipment.
     let forged = case.hub.url("/t/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/instructions");
-    let r = case.http.post(&forged).form(&[("instructions", "hi")]).send().await.expect("post");
+    let r = case.page.http.post(&forged).form(&[("instructions", "hi")]).send().await.expect("post");
     assert_eq!(r.status(), 404);
     case.settle().await;
     assert_eq!(case.notes().len(), 1, "nothing more was sent");
-    assert_eq!(case.store().customer_instructions(case.ids[1]).expect("read").expect("saved").text, text);
+    assert_eq!(
+        case.store().customer_instructions(case.page.ids[1]).expect("read").expect("saved").text,
+        text
+    );
     assert_eq!(
         case.customer_timeline(1),
         [("customer_instructions".to_owned(), r#"{"chars":59}"#.to_owned())]
@@ -172,7 +157,7 @@ async fn instructions_reach_the_van_signed_for_the_parcels_stop_and_bad_ones_cha
     assert_eq!(r.status(), 303);
     assert!(case.fleet.wait_for(WAIT, |i| i.stop_notes.len() == 2).await);
     assert_eq!((case.notes()[1].stop_id.as_str(), case.notes()[1].text.as_str()), ("s2", ""));
-    assert_eq!(case.store().customer_instructions(case.ids[1]).expect("read"), None);
+    assert_eq!(case.store().customer_instructions(case.page.ids[1]).expect("read"), None);
     assert_eq!(case.customer_timeline(1).len(), 2);
     case.stop().await;
 }
@@ -180,7 +165,7 @@ async fn instructions_reach_the_van_signed_for_the_parcels_stop_and_bad_ones_cha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instructions_left_before_the_parcel_is_routed_go_out_with_the_route_and_again_when_the_van_comes_online()
  {
-    let case = Case::start().await;
+    let case = started().await;
     let r = case.instruct(3, "Gate code is on the label").await;
     assert_eq!(r.status(), 303);
     case.settle().await;
@@ -216,20 +201,20 @@ async fn instructions_left_before_the_parcel_is_routed_go_out_with_the_route_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_at_home_raises_an_operations_alert_and_a_timeline_entry() {
-    let case = Case::start().await;
+    let case = started().await;
     let r = case.not_home(0).await;
     assert_eq!(r.status(), 303);
-    assert_eq!(location(&r), format!("{}?done=not-home", case.links[0]));
-    let alerts = case.store().alerts_for_shipment(case.ids[0]).expect("alerts");
+    assert_eq!(location(&r), format!("{}?done=not-home", case.page.links[0]));
+    let alerts = case.store().alerts_for_shipment(case.page.ids[0]).expect("alerts");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].0, "customer_not_home");
     assert!(alerts[0].1.contains("nobody is at home today"), "{}", alerts[0].1);
     assert_eq!(case.customer_timeline(0), [("customer_not_home".to_owned(), "{}".to_owned())]);
     // Said twice: on the timeline twice, one alert.
     assert_eq!(case.not_home(0).await.status(), 303);
-    assert_eq!(case.store().alerts_for_shipment(case.ids[0]).expect("alerts").len(), 1);
+    assert_eq!(case.store().alerts_for_shipment(case.page.ids[0]).expect("alerts").len(), 1);
     assert_eq!(case.customer_timeline(0).len(), 2);
-    assert!(case.store().alerts_for_shipment(case.ids[1]).expect("alerts").is_empty());
+    assert!(case.store().alerts_for_shipment(case.page.ids[1]).expect("alerts").is_empty());
     assert_eq!(case.counted("not_home", "saved"), 2);
     case.settle().await;
     assert!(case.notes().is_empty(), "the van's driver is not sent anything for it");
@@ -256,7 +241,7 @@ fn driver_gives_up(stop: usize, reason: ExceptionReason) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failed_attempt_the_customer_can_still_act_but_not_once_the_parcel_goes_back() {
-    let case = Case::start().await;
+    let case = started().await;
     // Nobody answered at s1: the parcel comes again, and the customer can say how.
     case.fleet
         .publish(
@@ -279,12 +264,12 @@ async fn after_a_failed_attempt_the_customer_can_still_act_but_not_once_the_parc
     assert_eq!(case.not_home(0).await.status(), 409);
     case.settle().await;
     assert_eq!(case.notes().len(), 1, "nothing more was sent");
-    let saved = case.store().customer_instructions(case.ids[0]).expect("read").expect("saved");
+    let saved = case.store().customer_instructions(case.page.ids[0]).expect("read").expect("saved");
     assert_eq!(saved.text, "Leave it in the garage", "unchanged");
     assert_eq!(case.customer_timeline(0).len(), 1);
     assert!(
         case.store()
-            .alerts_for_shipment(case.ids[0])
+            .alerts_for_shipment(case.page.ids[0])
             .expect("alerts")
             .iter()
             .all(|(c, _)| c != "customer_not_home")
@@ -295,19 +280,14 @@ async fn after_a_failed_attempt_the_customer_can_still_act_but_not_once_the_parc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_the_parcel_is_delivered_actions_are_refused() {
-    let case = Case::start_with(HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
-    let handed_over = Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("r-act-1").expect("id"),
-        stop_id: StopId::new("s2").expect("id"),
-        tracking_numbers: vec![TrackingNumber::new(STOPS[1].3).expect("tn")],
-        distance_m: 9,
-        dwell_s: 60,
-        fix: FixEvidence::new(now_ms(), 47.3751, 8.5451).with_speed_mps(0.0),
-        photo: None,
-    });
+    let case = started_with(HubOptions { hold_ms: 0, ..HubOptions::default() }).await;
+    let handed_over = handed_over_now("r-act-1", "s2", STOPS[1].3, 47.3751, 8.5451);
     case.fleet.publish("doorstep/v1/acme/van-1/evt", signed(1, handed_over)).await;
     let delivered = || {
-        case.store().shipment(case.ids[1]).expect("read").is_some_and(|s| s.milestone == Milestone::Delivered)
+        case.store()
+            .shipment(case.page.ids[1])
+            .expect("read")
+            .is_some_and(|s| s.milestone == Milestone::Delivered)
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     while !delivered() && tokio::time::Instant::now() < deadline {
@@ -318,7 +298,7 @@ async fn once_the_parcel_is_delivered_actions_are_refused() {
     assert_eq!(r.status(), 409);
     assert!(r.text().await.expect("body").contains("has been delivered"));
     assert_eq!(case.not_home(1).await.status(), 409);
-    assert_eq!(case.store().customer_instructions(case.ids[1]).expect("read"), None);
+    assert_eq!(case.store().customer_instructions(case.page.ids[1]).expect("read"), None);
     assert!(case.customer_timeline(1).is_empty());
     // The neighbour's parcel is still open to instructions.
     assert_eq!(case.instruct(2, "Back door").await.status(), 303);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use doorstep_hub::access;
 use doorstep_hub::notify::{self, NotifySettings};
 use doorstep_hub::store::{Store, StoreOptions};
-use doorstep_proto::{Delivery, Event, FixEvidence, RouteId, StopId, TrackingNumber};
+use doorstep_proto::{Event, FixEvidence, RouteId, StopId, TrackingNumber};
 use serde_json::json;
 use support::*;
 
@@ -47,60 +47,39 @@ fn signed(van: &doorstep_proto::SigningKey, seq: u64, event: Event) -> Vec<u8> {
 
 /// The van hands s1's parcel over at the door (9 m from it, standing), now.
 fn delivered_at_s1() -> Event {
-    Event::DeliveredAtAddress(Delivery {
-        route_id: RouteId::new("r-watch").expect("id"),
-        stop_id: StopId::new("s1").expect("id"),
-        tracking_numbers: vec![TrackingNumber::new(STOPS[0].3).expect("tn")],
-        distance_m: 9,
-        dwell_s: 60,
-        fix: FixEvidence::new(now_ms(), 47.3701, 8.5401).with_speed_mps(0.0),
-        photo: None,
-    })
+    handed_over_now("r-watch", "s1", STOPS[0].3, 47.3701, 8.5401)
 }
 
-/// The hub and van-1 on its route of the three stops, and a customer's browser.
-struct Case {
-    site: PageHub,
-    http: reqwest::Client,
+/// The hub with the three stops' parcels, and van-1 on its route of them.
+async fn started() -> PageHub {
+    started_with(page_settings(""), HubOptions::default()).await
 }
 
-impl std::ops::Deref for Case {
-    type Target = PageHub;
-
-    fn deref(&self) -> &PageHub {
-        &self.site
-    }
+async fn started_with(settings: NotifySettings, options: HubOptions) -> PageHub {
+    let case = PageHub::start(settings, options, &STOPS.map(|s| s.3)).await;
+    case.post_route("r-watch", &STOPS.map(|(id, lat, lon, tracking)| (id, lat, lon, vec![tracking]))).await;
+    assert!(
+        case.fleet.wait_for(Duration::from_secs(10), |i| !i.routes.is_empty()).await,
+        "the van got its route"
+    );
+    case
 }
 
-impl Case {
-    async fn start() -> Case {
-        Case::start_with(page_settings(""), HubOptions::default()).await
-    }
-
-    async fn start_with(settings: NotifySettings, options: HubOptions) -> Case {
-        let site = PageHub::start(settings, options, &STOPS.map(|s| s.3)).await;
-        site.post_route("r-watch", &STOPS.map(|(id, lat, lon, tracking)| (id, lat, lon, vec![tracking])))
-            .await;
-        assert!(
-            site.fleet.wait_for(Duration::from_secs(10), |i| !i.routes.is_empty()).await,
-            "the van got its route"
-        );
-        Case { site, http: reqwest::Client::new() }
-    }
-
+/// What a customer's page shows and what the van is asked.
+impl PageHub {
     /// The tracking page of the shipment at stop `index` (0-based).
-    async fn page(&self, index: usize) -> String {
-        let r = self.http.get(self.hub.url(&self.links[index])).send().await.expect("get");
+    async fn html(&self, index: usize) -> String {
+        let r = self.page.http.get(self.hub.url(&self.page.links[index])).send().await.expect("get");
         assert_eq!(r.status(), 200);
         r.text().await.expect("html")
     }
 
     /// The page of stop `index` once it shows `needle`, or as it is after 100 looks
     /// `every` apart.
-    async fn page_showing(&self, index: usize, needle: &str, every: Duration) -> String {
+    async fn html_showing(&self, index: usize, needle: &str, every: Duration) -> String {
         let mut html = String::new();
         for _ in 0..100 {
-            html = self.page(index).await;
+            html = self.html(index).await;
             if html.contains(needle) {
                 break;
             }
@@ -118,11 +97,11 @@ const SHOWN: &str = "The van is heading to your address now";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_of_it() {
-    let case = Case::start().await;
+    let case = started().await;
 
     // s1 is next: s2's customer sees nothing of the van, their page does not reload every
     // few seconds, and no van is asked anything.
-    let html = case.page(1).await;
+    let html = case.html(1).await;
     let live_reload = format!("<script data-seconds=\"{}\"", notify::page::LIVE_REFRESH_S);
     assert!(!html.contains(SHOWN) && !html.contains(&live_reload), "{html}");
     // It is told when, though: one stop before theirs.
@@ -131,7 +110,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     assert!(case.watches().is_empty(), "a page not of the next stop asked for a watch");
 
     // s1's customer: the van is on its way, and is asked, signed, to send often.
-    let html = case.page(0).await;
+    let html = case.html(0).await;
     assert!(html.contains(SHOWN) && html.contains(&live_reload), "{html}");
     assert!(html.contains("(yours is the van’s next stop)."), "{html}");
     assert!(
@@ -149,7 +128,7 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
 
     // Views go on (the page reloads itself): the van is not asked again within half a watch.
     for _ in 0..3 {
-        case.page(0).await;
+        case.html(0).await;
     }
     case.settle().await;
     assert_eq!(case.watches().len(), 1, "one watch per van per half watch");
@@ -159,12 +138,12 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     // The van's live position, about 1.1 km north of s1: s1's page says how far, never where.
     let pos = FixEvidence::new(now_ms(), 47.3800, 8.5400).with_speed_mps(8.0);
     case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
-    let html = case.page_showing(0, "km away", Duration::from_millis(50)).await;
+    let html = case.html_showing(0, "km away", Duration::from_millis(50)).await;
     assert!(html.contains("about 1.1 km away (position from"), "{html}");
     for secret in ["47.38", "8.54", "van-1", "s1"] {
         assert!(!html.contains(secret), "the page leaks {secret}: {html}");
     }
-    assert!(!case.page(1).await.contains(SHOWN), "s2's customer sees nothing of the van yet");
+    assert!(!case.html(1).await.contains(SHOWN), "s2's customer sees nothing of the van yet");
 
     // The van hands s1's parcel over: s1's customer no longer sees the van, s2's does.
     let delivered = delivered_at_s1();
@@ -172,26 +151,32 @@ async fn the_next_stops_customer_gets_a_watched_van_and_the_others_see_nothing_o
     assert!(
         case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&1)).await
     );
-    let html = case.page(0).await;
+    let html = case.html(0).await;
     assert!(!html.contains(SHOWN) && !html.contains("km away"), "after the handover: {html}");
-    let html = case.page(1).await;
+    let html = case.html(1).await;
     assert!(html.contains(SHOWN), "s2 is next now: {html}");
-    assert!(!case.page(2).await.contains(SHOWN));
+    assert!(!case.html(2).await.contains(SHOWN));
     case.settle().await;
     assert_eq!(case.watches().len(), 1, "van-1 was asked less than half a watch ago");
 
-    case.site.stop().await;
+    case.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refused() {
-    let case = Case::start().await;
+    let case = started().await;
     let url = case.hub.url("/v1/devices/van-1/watch");
 
     // A dispatcher's key (routes:write): the van gets the watch asked for, signed.
-    let dispatcher = api_key(&case.db, "routes:write");
-    let r =
-        case.http.post(&url).bearer_auth(&dispatcher).json(&json!({"for_s": 60, "every_s": 2})).send().await;
+    let dispatcher = api_key(&case.ground.db, "routes:write");
+    let r = case
+        .page
+        .http
+        .post(&url)
+        .bearer_auth(&dispatcher)
+        .json(&json!({"for_s": 60, "every_s": 2}))
+        .send()
+        .await;
     let r = r.expect("post");
     assert_eq!(r.status(), 202);
     let body: serde_json::Value = r.json().await.expect("json");
@@ -208,11 +193,12 @@ async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refus
     assert_eq!(body["issued_ms"].as_i64(), Some(watch.issued_ms));
 
     // No body: the defaults. Out of range: a 422 that says what to send.
-    let r = case.http.post(&url).bearer_auth(&dispatcher).send().await.expect("post");
+    let r = case.page.http.post(&url).bearer_auth(&dispatcher).send().await.expect("post");
     assert_eq!(r.status(), 202);
     assert!(case.fleet.wait_for(Duration::from_secs(10), |i| i.watches.len() == 2).await);
     assert_eq!((case.watches()[1].for_s, case.watches()[1].every_s), (300, 5));
     let r = case
+        .page
         .http
         .post(&url)
         .bearer_auth(&dispatcher)
@@ -224,20 +210,21 @@ async fn an_operator_with_routes_write_watches_a_van_and_one_without_it_is_refus
     assert!(r.text().await.expect("body").contains("for_s must be 1 to 900"));
 
     // A key without the scope (an order system's) is refused, and the van hears nothing.
-    let orders = api_key(&case.db, "orders:write shipments:read");
-    let r = case.http.post(&url).bearer_auth(&orders).send().await.expect("post");
+    let orders = api_key(&case.ground.db, "orders:write shipments:read");
+    let r = case.page.http.post(&url).bearer_auth(&orders).send().await.expect("post");
     assert_eq!(r.status(), 403);
     assert!(r.text().await.expect("body").contains("routes:write"));
-    let r = case.http.post(&url).send().await.expect("post");
+    let r = case.page.http.post(&url).send().await.expect("post");
     assert_eq!(r.status(), 401, "no key at all");
     // An unknown van is a 404.
-    let r = case.http.post(case.hub.url("/v1/devices/van-9/watch")).bearer_auth(&dispatcher).send().await;
+    let r =
+        case.page.http.post(case.hub.url("/v1/devices/van-9/watch")).bearer_auth(&dispatcher).send().await;
     assert_eq!(r.expect("post").status(), 404);
     case.settle().await;
     assert_eq!(case.watches().len(), 2, "refused requests published nothing");
     assert!(case.fleet.inbox.lock().expect("inbox").refused.is_empty());
 
-    case.site.stop().await;
+    case.stop().await;
 }
 
 /// A map tile server on loopback over HTTPS (the page takes tiles from https only), with
@@ -306,11 +293,11 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
         "[brand]\nname = \"Acme Parcels\"\nmap_tiles = \"{tiles}/{{z}}/{{x}}/{{y}}.png\""
     ));
     // A lone delivery signal stands after a one-second hold here (30 minutes by default).
-    let case = Case::start_with(settings, HubOptions { hold_ms: 1_000, ..HubOptions::default() }).await;
+    let case = started_with(settings, HubOptions { hold_ms: 1_000, ..HubOptions::default() }).await;
     let pos = FixEvidence::new(now_ms(), 47.3690, 8.5390).with_speed_mps(8.0);
     case.fleet.publish("doorstep/v1/acme/van-1/pos", signed(&key(1), 0, Event::Position(pos))).await;
-    case.page_showing(0, "away (position from", Duration::from_millis(50)).await;
-    let url = |i: usize| case.hub.url(&case.links[i]);
+    case.html_showing(0, "away (position from", Duration::from_millis(50)).await;
+    let url = |i: usize| case.hub.url(&case.page.links[i]);
     let (next, other, third) = (url(0), url(1), url(2));
     let scratch = tempfile::tempdir().expect("scratch");
     let scratch_path = scratch.path().to_owned();
@@ -433,7 +420,7 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
         case.fleet.wait_for(Duration::from_secs(10), |i| i.acked.get(&device("van-1")) == Some(&2)).await,
         "the hub stored both"
     );
-    let delivered_page = case.page_showing(0, "Verified at your door", Duration::from_millis(100)).await;
+    let delivered_page = case.html_showing(0, "Verified at your door", Duration::from_millis(100)).await;
     assert!(delivered_page.contains("Verified at your door"), "the hold ended: {delivered_page}");
     let (next, other) = (url(0), url(1));
     tokio::task::spawn_blocking(move || {
@@ -474,5 +461,5 @@ async fn the_tracking_page_in_a_real_browser_for_each_milestone() {
     .map(|text| assert!(!text.contains("47.37") && !text.contains("van-1"), "no address or device: {text}"))
     .expect("browser");
 
-    case.site.stop().await;
+    case.stop().await;
 }

@@ -21,7 +21,7 @@ use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{DeviceId, PublicKey, SigningKey};
 use doorstep_testkit::netns::{Host, require_root, run};
 use doorstep_testkit::postgres::Postgres;
-use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal};
+use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal, until_every};
 
 const HUBS: usize = 3;
 const VANS: u8 = 5;
@@ -234,15 +234,9 @@ fn lease_holder(database: &Path) -> Option<String> {
         .map(|(holder, _)| holder)
 }
 
-async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    done()
+/// Waits until `done` holds, looking every 200 ms (each look reads the hubs' database).
+async fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    until_every(timeout, Duration::from_millis(200), done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -611,6 +611,18 @@ pub async fn ground() -> Ground {
     Ground { broker, dir, db }
 }
 
+/// van-1 hands `tracking` over at `stop` of `route` now, at the door: 9 m from it, standing
+/// for 60 s, its fix at `lat`, `lon`.
+pub fn handed_over_now(route: &str, stop: &str, tracking: &str, lat: f64, lon: f64) -> Event {
+    Event::DeliveredAtAddress(doorstep_proto::Delivery {
+        route_id: RouteId::new(route).unwrap(),
+        distance_m: 9,
+        dwell_s: 60,
+        fix: FixEvidence::new(doorstep_hub::ingest::now_ms(), lat, lon).with_speed_mps(0.0),
+        ..delivered(stop, tracking)
+    })
+}
+
 /// A "delivered at address" of `route-1` at `stop` for one parcel, with the evidence a
 /// van standing at the door gives (8 m, 40 s of dwell, a fix without speed, no photo).
 pub fn delivered(stop: &str, tracking: &str) -> doorstep_proto::Delivery {
@@ -647,20 +659,24 @@ pub fn page_settings(toml_text: &str) -> doorstep_hub::notify::NotifySettings {
 }
 
 /// A hub with the tracking page on its public listener, `van-1` (key seed 1) registered
-/// and its MQTT session connected (checking every hub message with the hub's key), and a
-/// shipment with a tracking link for each parcel it was started with.
+/// and its MQTT session connected (checking every hub message with the hub's key), and
+/// the tracking page's side of it.
 pub struct PageHub {
-    pub broker: Broker,
-    /// Holds the database; dropped last.
-    pub dir: tempfile::TempDir,
-    pub db: PathBuf,
+    pub ground: Ground,
     pub hub: TestHub,
     pub fleet: SimFleet,
-    /// The tracking page's own counters (its dispatcher's).
-    pub page_metrics: Arc<Metrics>,
-    /// Shipment ids and tracking links (`/t/...`, an hour valid), in the order given.
+    pub page: TrackingPage,
+}
+
+/// A [`PageHub`]'s tracking page: a shipment id and a tracking link (`/t/...`, an hour
+/// valid) for each parcel the hub was started with, in that order, a customer's browser
+/// that does not follow redirects (the answers are what is checked), and the page's own
+/// counters (its dispatcher's).
+pub struct TrackingPage {
     pub ids: Vec<i64>,
     pub links: Vec<String>,
+    pub http: reqwest::Client,
+    pub metrics: Arc<Metrics>,
 }
 
 impl PageHub {
@@ -671,14 +687,15 @@ impl PageHub {
         options: HubOptions,
         parcels: &[&str],
     ) -> PageHub {
-        let Ground { broker, dir, db } = ground().await;
-        register(&db, &[(&device("van-1"), &key(1))]);
+        let ground = ground().await;
+        let (broker, db) = (&ground.broker, &ground.db);
+        register(db, &[(&device("van-1"), &key(1))]);
         let signer = settings.link_signer.clone();
         let page_metrics = Arc::new(Metrics::default());
-        let dispatcher = doorstep_hub::notify::Dispatcher::new(settings, &db, Arc::clone(&page_metrics))
+        let dispatcher = doorstep_hub::notify::Dispatcher::new(settings, db, Arc::clone(&page_metrics))
             .expect("dispatcher");
         let page = doorstep_hub::notify::page_router(dispatcher.state());
-        let hub = TestHub::start_with_page(broker.port(), &db, options, page).await;
+        let hub = TestHub::start_with_page(broker.port(), db, options, page).await;
         let fleet = SimFleet::connect(broker.port(), "van-session", hub_key().public_key()).await;
         let mut ids = Vec::new();
         for tracking in parcels {
@@ -689,7 +706,9 @@ impl PageHub {
         }
         let expires = doorstep_hub::ingest::now_ms() + 3_600_000;
         let links = ids.iter().map(|id| format!("/t/{}", signer.sign(*id, expires))).collect();
-        PageHub { broker, dir, db, hub, fleet, page_metrics, ids, links }
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        PageHub { ground, hub, fleet, page: TrackingPage { ids, links, http, metrics: page_metrics } }
     }
 
     /// Posts van-1's route `route_id` through the API: stops as (id, lat, lon, parcels).
