@@ -742,15 +742,21 @@ pub fn start_uplink(
 /// the notices.
 #[derive(Debug, Default)]
 pub struct UplinkWiring {
-    /// Where the uplink reports what happened (dropped when nobody reads).
+    /// Where the uplink reports what happened (best effort: a full channel, or nobody
+    /// reading, drops them).
     pub notices: Option<mpsc::Sender<UplinkNotice>>,
-    /// The live position to publish on the `pos` topic.
+    /// The live position: its newest value goes out on the `pos` topic when the live
+    /// position's pace (`live`) says it is worth sending.
     pub positions: Option<watch::Receiver<Option<LivePosition>>>,
-    /// Where verified routes from the hub go.
+    /// Where verified routes for this device from the hub go (newest `issued_ms` wins).
     pub routes: Option<watch::Sender<Option<RouteAssignment>>>,
-    /// Where verified stop notes (customers' delivery instructions) from the hub go.
+    /// Where verified stop notes (customers' delivery instructions) for this device from
+    /// the hub go. The channel is bounded and never waited on: a note that finds it full
+    /// is logged and dropped, and comes again with the route when the hub publishes it
+    /// again.
     pub notes: Option<mpsc::Sender<StopNote>>,
-    /// Issue time of the route kept from before a restart, so an older one is not taken.
+    /// Issue time of the route kept from before a restart: a retained route no newer than
+    /// it (a broker restored from an old backup) is ignored.
     pub kept_route_issued_ms: Option<i64>,
     /// When the live position is sent while nobody watches (`[live]`).
     pub live: crate::live::LiveConfig,
@@ -765,20 +771,9 @@ pub fn spawn_uplink(
     wiring: UplinkWiring,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), UplinkError>> {
-    let mut uplink = Uplink::new(settings, outbox).with_link_record(crate::status::link_record_path(db));
-    if let Some(tx) = wiring.notices {
-        uplink = uplink.with_notices(tx);
-    }
-    if let Some(rx) = wiring.positions {
-        uplink = uplink.with_positions(rx);
-    }
-    if let Some(tx) = wiring.routes {
-        uplink = uplink.with_routes(tx);
-    }
-    if let Some(tx) = wiring.notes {
-        uplink = uplink.with_notes(tx);
-    }
-    let uplink = uplink.with_kept_route(wiring.kept_route_issued_ms).with_live(wiring.live);
+    let uplink = Uplink::new(settings, outbox)
+        .with_link_record(crate::status::link_record_path(db))
+        .with_wiring(wiring);
     tokio::spawn(uplink.run(cancel))
 }
 

@@ -488,43 +488,15 @@ impl Uplink {
         self
     }
 
-    /// Sends notices to `tx` (best effort; a full channel drops them).
-    pub fn with_notices(mut self, tx: mpsc::Sender<UplinkNotice>) -> Self {
-        self.notices = Some(tx);
-        self
-    }
-
-    /// Publishes the newest value of `rx` on the `pos` topic when the live position's pace
-    /// (`with_live`) says it is worth sending.
-    pub fn with_positions(mut self, rx: watch::Receiver<Option<LivePosition>>) -> Self {
-        self.positions = Some(rx);
-        self
-    }
-
-    /// Delivers verified routes for this device to `tx` (newest `issued_ms` wins).
-    pub fn with_routes(mut self, tx: watch::Sender<Option<RouteAssignment>>) -> Self {
-        self.routes = Some(tx);
-        self
-    }
-
-    /// Delivers verified stop notes (customers' delivery instructions) for this device to
-    /// `tx`. The channel is bounded and never waited on: a note that finds it full is
-    /// logged and dropped, and comes again with the route when the hub publishes it again.
-    pub fn with_notes(mut self, tx: mpsc::Sender<StopNote>) -> Self {
-        self.notes = Some(tx);
-        self
-    }
-
-    /// The issue time of the route the van kept from before a restart: a retained route
-    /// no newer than it (a broker restored from an old backup) is ignored.
-    pub fn with_kept_route(mut self, issued_ms: Option<i64>) -> Self {
-        self.kept_route_issued_ms = issued_ms;
-        self
-    }
-
-    /// Sets when the live position is sent while nobody watches (`[live]`).
-    pub fn with_live(mut self, live: LiveConfig) -> Self {
-        self.live = live;
+    /// Connects the uplink to what `wiring` names besides its outbox (each field says
+    /// what the uplink does with it).
+    pub fn with_wiring(mut self, wiring: crate::daemon::UplinkWiring) -> Self {
+        self.notices = wiring.notices;
+        self.positions = wiring.positions;
+        self.routes = wiring.routes;
+        self.notes = wiring.notes;
+        self.kept_route_issued_ms = wiring.kept_route_issued_ms;
+        self.live = wiring.live;
         self
     }
 
