@@ -29,6 +29,8 @@
 
 #[path = "common/proc_stat.rs"]
 mod proc_stat;
+#[path = "common/size.rs"]
+mod size;
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -38,6 +40,7 @@ use doorstep_hub::store::{EventInsert, NewEvent, PgStore, Store, StoreOptions};
 use doorstep_proto::{DeviceId, FleetId};
 use doorstep_testkit::postgres::Postgres;
 use proc_stat::{load_average, stat_cpu, tree_cpu};
+use size::bench_size;
 
 /// CPU seconds of this process.
 fn own_cpu() -> f64 {
@@ -160,14 +163,7 @@ async fn postgres_rate(
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let (mut vans, mut per_van) = if full { (100usize, 1000u64) } else { (4, 25) };
-    if let Ok(size) = std::env::var("DOORSTEP_BENCH_SIZE")
-        && let Some((v, e)) = size.split_once('x')
-    {
-        vans = v.parse().unwrap();
-        per_van = e.parse().unwrap();
-    }
+    let (_, vans, per_van) = bench_size();
     let batch: usize = std::env::var("DOORSTEP_BENCH_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())

@@ -23,6 +23,8 @@
 
 #[path = "common/proc_stat.rs"]
 mod proc_stat;
+#[path = "common/size.rs"]
+mod size;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -38,6 +40,7 @@ use doorstep_hub::store::{NewShipment, Store, StoreOptions};
 use doorstep_proto::{DeviceId, Envelope, KeyId, RouteManifest, Stop, StopId, TrackingNumber, TrustedKey};
 use doorstep_testkit::postgres::Postgres;
 use proc_stat::{load_average, process_cpu, stat_cpu, tree_cpu};
+use size::bench_size;
 use support::*;
 
 /// Stops per simulated route; events cycle through them.
@@ -48,15 +51,7 @@ const PUBLISHERS: usize = 2;
 fn main() {
     // The hubs' warnings and errors on stderr (a batch that failed says why).
     doorstep_runtime::logging::init("warn");
-    let full = std::env::args().any(|a| a == "--bench");
-    let (mut devices, mut per_device) = if full { (100usize, 1000u64) } else { (4, 25) };
-    // DOORSTEP_BENCH_SIZE=<devices>x<events> overrides the size.
-    if let Ok(size) = std::env::var("DOORSTEP_BENCH_SIZE")
-        && let Some((d, e)) = size.split_once('x')
-    {
-        devices = d.parse().unwrap();
-        per_device = e.parse().unwrap();
-    }
+    let (full, devices, per_device) = bench_size();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // The simulated fleet (publishing sessions and the ack collector) runs on threads of its
     // own, so the CPU line can tell the vans' share from the hub's.
