@@ -11,41 +11,17 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine as _;
-use doorstep_hub::model::{CanonicalStatus, Carrier, CarrierEvent};
-use doorstep_hub::reconcile::Input;
+use doorstep_hub::model::CanonicalStatus;
 use doorstep_hub::sinks::Sinks;
 use doorstep_hub::store::{Store, StoreOptions};
-use doorstep_proto::TrackingNumber;
 use serde_json::{Value, json};
 use sink_kit::{
-    Case, EMAIL, Request, T0, TRACKING, Vendor, carrier, cut_short, deliver, dispatcher, domain, feed,
-    outcomes, shipment_with_consent, sinks, statuses,
+    Case, EMAIL, Request, T0, TRACKING, Vendor, carrier, carrier_on, deliver, dispatched, failed_saying,
+    feed, last_outcome, outcomes, shipment_with_consent, sinks, statuses,
 };
 
 /// A second parcel, whose customer did not consent to e-mail.
 const OTHER: &str = "1Z999AA10123456785";
-
-/// The carrier's word on any parcel (the kit's `carrier` speaks of [`TRACKING`] only).
-fn carrier_on(tracking: &str, status: CanonicalStatus, at_ms: i64) -> Input {
-    Input::Carrier(CarrierEvent {
-        carrier: Carrier::EasyPost,
-        event_key: format!("ev-{tracking}-{at_ms}"),
-        tracking_number: TrackingNumber::new(tracking).expect("tracking"),
-        status,
-        raw_status: format!("{status:?}"),
-        occurred_ms: at_ms,
-        expected_delivery: None,
-        message: Some("Receiver not available".into()),
-        received_ms: None,
-    })
-}
-
-/// The last outcome logged for a shipment's `event`.
-fn last_outcome(db: &std::path::Path, shipment: i64, event: &str) -> (String, String) {
-    let log = outcomes(db, shipment, event);
-    let (outcome, detail) = log.last().unwrap_or_else(|| panic!("no outcome for {event}")).clone();
-    (outcome, detail.unwrap_or_default())
-}
 
 /// The keys of a JSON object that are not in `allowed`.
 fn unknown_keys<'a>(json: &'a Value, allowed: &[&str]) -> Vec<&'a str> {
@@ -208,12 +184,6 @@ fn freshdesk(state: &Arc<Mutex<Helpdesk>>, request: &Request) -> (StatusCode, Va
     }
 }
 
-async fn start_freshdesk() -> (Vendor, Arc<Mutex<Helpdesk>>) {
-    let state = Arc::new(Mutex::new(Helpdesk::default()));
-    let shared = Arc::clone(&state);
-    (Vendor::start(move |r| freshdesk(&shared, r)).await, state)
-}
-
 fn freshdesk_sinks(base: &str, key: &str, requester_email: &str) -> Sinks {
     sinks(&format!(
         "[[sinks]]\ntype = \"freshdesk\"\nname = \"support\"\nbase_url = \"{base}\"\napi_key = \"{key}\"\n\
@@ -229,14 +199,13 @@ fn calls(vendor: &Vendor) -> Vec<(String, String)> {
 #[tokio::test]
 async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_are_private_notes_and_delivery_resolves_it()
  {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let quiet = shipment_with_consent(&case.db, OTHER, false);
     let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
+    assert_eq!(case.step(dispatched(T0), T0).await, 1);
     assert!(vendor.seen().is_empty());
     assert_eq!(last_outcome(db, shipment, "milestone:dispatched").0, "skipped");
 
@@ -297,17 +266,16 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
 
 #[tokio::test]
 async fn freshdesk_asking_to_wait_is_honoured_and_nothing_is_sent_before_its_retry_after() {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
-    let (db, shipment, domain, dispatcher) = case.parts();
+    let (db, shipment, _, dispatcher) = case.parts();
 
     vendor.then_answer(
         429,
         Some(("retry-after", "7")),
         r#"{"message":"You have exceeded the limit of requests per minute"}"#,
     );
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
     assert_eq!(statuses(db, shipment), ["milestone:exception queued"]);
     assert_eq!(vendor.seen().len(), 1);
     assert_eq!(dispatcher.run_once(T0 + 6_000).await.expect("pass"), 0, "Retry-After is honoured");
@@ -322,57 +290,40 @@ async fn freshdesk_asking_to_wait_is_honoured_and_nothing_is_sent_before_its_ret
 
 #[tokio::test]
 async fn freshdesk_refusals_fail_the_row_without_retries() {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
 
-    // Wrong credentials: 401.
-    let case = Case::new(freshdesk_sinks(&vendor.url, "not-the-key", FD_OPS));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(db, shipment, "milestone:exception");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("401") && detail.contains("invalid_credentials"), "{detail}");
-    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
-    assert_eq!(vendor.seen().len(), 1, "not retried");
-
-    // A requester Freshdesk does not take as an e-mail address: 400 Validation failed.
-    let dir = tempfile::tempdir().expect("dir");
-    let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
-    let quiet = shipment_with_consent(&db, OTHER, false);
-    let sinks = freshdesk_sinks(&vendor.url, FD_KEY, "ops@localhost");
-    let domain = self::domain(&sinks);
-    let dispatcher = self::dispatcher(sinks, &db);
-    feed(&db, &domain, OTHER, carrier_on(OTHER, CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(&db, quiet, "milestone:exception");
-    assert_eq!(outcome, "failed");
-    assert!(
-        detail.contains("400") && detail.contains("Validation failed") && detail.contains("email"),
-        "{detail}"
-    );
-    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
-    assert_eq!(vendor.seen().len(), 2, "not retried");
+    // Wrong credentials: 401. A requester Freshdesk does not take as an e-mail address (a
+    // customer who did not consent, so the operations mailbox): 400 Validation failed.
+    let refusals: [(&str, &str, bool, &[&str]); 2] = [
+        ("not-the-key", FD_OPS, true, &["401", "invalid_credentials"]),
+        (FD_KEY, "ops@localhost", false, &["400", "Validation failed", "email"]),
+    ];
+    for (n, (key, requester, consent, words)) in refusals.into_iter().enumerate() {
+        let case = Case::new(freshdesk_sinks(&vendor.url, key, requester));
+        let (tracking, shipment) = match consent {
+            true => (TRACKING, case.shipment),
+            false => (OTHER, shipment_with_consent(&case.db, OTHER, false)),
+        };
+        let exception = carrier_on(tracking, CanonicalStatus::AttemptFailed, T0);
+        feed(&case.db, &case.domain, tracking, exception, T0, true);
+        case.dispatcher.run_once(T0).await.expect("pass");
+        failed_saying(&case.db, shipment, "milestone:exception", words);
+        case.dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+        assert_eq!(vendor.seen().len(), n + 1, "not retried");
+    }
     assert!(desk.lock().expect("lock").tickets.is_empty());
 }
 
 #[tokio::test]
 async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown_and_not_opened_again() {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    let (db, shipment) = (case.db.as_path(), case.shipment);
+    case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
 
     // The hub died after Freshdesk opened the ticket and before it wrote the answer down.
-    cut_short(db, "milestone:exception", true);
-    assert_eq!(
-        dispatcher.recover(T0 + 1).await.expect("recover"),
-        (0, 1),
-        "Freshdesk cannot dedupe a ticket"
-    );
-    assert_eq!(dispatcher.run_once(T0 + 1).await.expect("pass"), 0);
-    assert_eq!(dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
+    case.not_resent_after_a_restart("milestone:exception", true, "Freshdesk cannot dedupe a ticket").await;
     assert_eq!(vendor.seen().len(), 1, "the ticket was not opened again");
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
     assert_eq!(statuses(db, shipment), ["milestone:exception unknown"]);
@@ -382,7 +333,7 @@ async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown
 
 #[tokio::test]
 async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_note_is_added_once() {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
     feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
@@ -410,8 +361,7 @@ async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_no
     // The carrier's exception after delivery alerts operations: a note Freshdesk adds but
     // answers too late, which is not added again.
     vendor.answer_late(Duration::from_secs(2));
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::Exception, later + 10_000), later + 10_000, true);
-    dispatcher.run_once(later + 10_000).await.expect("pass");
+    case.step(carrier(CanonicalStatus::Exception, later + 10_000), later + 10_000).await;
     vendor.answer_late(Duration::ZERO);
     dispatcher.run_once(later + 3_600_000).await.expect("later");
     let events = statuses(db, shipment);
@@ -423,7 +373,7 @@ async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_no
 
 #[tokio::test]
 async fn freshdesk_a_resolve_the_account_refuses_still_leaves_the_delivery_note_saying_so() {
-    let (vendor, desk) = start_freshdesk().await;
+    let (vendor, desk) = Vendor::with_state(freshdesk).await;
     desk.lock().expect("lock").required_to_resolve = Some("cf_resolution_reason");
     let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
     let (db, shipment, domain, dispatcher) = case.parts();
@@ -619,12 +569,6 @@ fn salesforce(org: &Arc<Mutex<Org>>, request: &Request) -> (StatusCode, Value) {
     (StatusCode::CREATED, json!({ "id": id, "success": true, "errors": errors }))
 }
 
-async fn start_salesforce() -> (Vendor, Arc<Mutex<Org>>) {
-    let org = Arc::new(Mutex::new(Org::default()));
-    let shared = Arc::clone(&org);
-    (Vendor::start(move |r| salesforce(&shared, r)).await, org)
-}
-
 fn salesforce_sinks(base: &str, secret: &str, event: &str) -> Sinks {
     sinks(&format!(
         "[[sinks]]\ntype = \"salesforce\"\nname = \"ops_crm\"\nbase_url = \"{base}\"\nclient_id = \"{SF_CLIENT_ID}\"\n\
@@ -641,14 +585,12 @@ fn sf_counts(vendor: &Vendor) -> (usize, usize) {
 
 #[tokio::test]
 async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_documented_fields() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
+    let (db, shipment) = (case.db.as_path(), case.shipment);
 
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1_000), T0 + 1_000, true);
-    assert_eq!(dispatcher.run_once(T0 + 1_000).await.expect("pass"), 2);
+    assert_eq!(case.step(dispatched(T0), T0).await, 1);
+    assert_eq!(case.step(carrier(CanonicalStatus::Returning, T0 + 1_000), T0 + 1_000).await, 2);
 
     let publish =
         vendor.accepted().into_iter().find(|r| r.path != "/services/oauth2/token").expect("a publish");
@@ -683,12 +625,11 @@ async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_docu
 
 #[tokio::test]
 async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_event_uuid() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
     org.lock().expect("lock").enqueued = true;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
+    let (db, shipment, _, dispatcher) = case.parts();
+    assert_eq!(case.step(dispatched(T0), T0).await, 1);
     assert_eq!(statuses(db, shipment), ["milestone:dispatched sent"], "not an error");
     let store = Store::open(db, StoreOptions { full_sync: false }).expect("open");
     let row = store.sink_rows_for_shipment(shipment).expect("rows").remove(0);
@@ -702,17 +643,15 @@ async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_
 
 #[tokio::test]
 async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_once() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
     let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    case.step(dispatched(T0), T0).await;
     assert_eq!(sf_counts(&vendor), (1, 1));
 
     // The org's session timeout ends the token: 401 INVALID_SESSION_ID, a new token, once.
     org.lock().expect("lock").expire();
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
-    assert_eq!(dispatcher.run_once(T0 + 1_000).await.expect("pass"), 1);
+    assert_eq!(case.step(carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000).await, 1);
     let answered: Vec<u16> = vendor.seen().iter().map(|(_, s)| *s).collect();
     assert_eq!(answered, [200, 201, 401, 200, 201], "token, publish, expired, token, publish");
     let published = org.lock().expect("lock").published.clone();
@@ -733,19 +672,17 @@ async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_
 
 #[tokio::test]
 async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_its_retry_after() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    let (db, shipment, _, dispatcher) = case.parts();
+    case.step(dispatched(T0), T0).await;
 
     vendor.then_answer(
         429,
         Some(("retry-after", "10")),
         r#"[{"message":"Too many requests","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
     );
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000, true);
-    dispatcher.run_once(T0 + 1_000).await.expect("pass");
+    case.step(carrier(CanonicalStatus::AttemptFailed, T0 + 1_000), T0 + 1_000).await;
     assert_eq!(statuses(db, shipment), ["milestone:dispatched sent", "milestone:exception queued"]);
     let before = vendor.seen().len();
     assert_eq!(dispatcher.run_once(T0 + 10_000).await.expect("pass"), 0, "Retry-After is honoured");
@@ -758,48 +695,33 @@ async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_i
 
 #[tokio::test]
 async fn salesforce_refusals_fail_the_row_without_retries() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
 
-    // An event defined without one of the hub's fields: 400 INVALID_FIELD.
-    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_OLD_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(db, shipment, "milestone:dispatched");
-    assert_eq!(outcome, "failed");
-    assert!(
-        detail.contains("400") && detail.contains("INVALID_FIELD") && detail.contains("Event_Key__c"),
-        "{detail}"
-    );
-    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
-    assert_eq!(sf_counts(&vendor), (1, 1), "not retried");
-
-    // A wrong client secret: the token request is refused, nothing is published.
-    let case = Case::new(salesforce_sinks(&vendor.url, "not-the-secret", SF_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let (outcome, detail) = last_outcome(db, shipment, "milestone:dispatched");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("invalid_client"), "{detail}");
-    dispatcher.run_once(T0 + 3_600_000).await.expect("later");
-    assert_eq!(sf_counts(&vendor), (2, 1), "not retried");
+    // An event defined without one of the hub's fields: 400 INVALID_FIELD. A wrong client
+    // secret: the token request is refused, nothing is published.
+    let refusals: [(&str, &str, &[&str], (usize, usize)); 2] = [
+        (SF_SECRET, SF_OLD_EVENT, &["400", "INVALID_FIELD", "Event_Key__c"], (1, 1)),
+        ("not-the-secret", SF_EVENT, &["invalid_client"], (2, 1)),
+    ];
+    for (secret, event, words, counts) in refusals {
+        let case = Case::new(salesforce_sinks(&vendor.url, secret, event));
+        case.step(dispatched(T0), T0).await;
+        failed_saying(&case.db, case.shipment, "milestone:dispatched", words);
+        case.dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+        assert_eq!(sf_counts(&vendor), counts, "not retried");
+    }
     assert!(org.lock().expect("lock").published.is_empty());
 }
 
 #[tokio::test]
 async fn salesforce_an_event_whose_publish_was_cut_short_by_a_restart_is_unknown_and_not_published_again() {
-    let (vendor, org) = start_salesforce().await;
+    let (vendor, org) = Vendor::with_state(salesforce).await;
     let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    let (db, shipment) = (case.db.as_path(), case.shipment);
+    case.step(dispatched(T0), T0).await;
 
     // The hub died after Salesforce took the event and before it wrote the answer down.
-    cut_short(db, "milestone:dispatched", false);
-    assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1), "Salesforce dedupes no event");
-    assert_eq!(dispatcher.run_once(T0 + 1).await.expect("pass"), 0);
-    assert_eq!(dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
+    case.not_resent_after_a_restart("milestone:dispatched", false, "Salesforce dedupes no event").await;
     assert_eq!(org.lock().expect("lock").published.len(), 1, "published once");
     assert_eq!(sf_counts(&vendor), (1, 1));
     assert_eq!(statuses(db, shipment), ["milestone:dispatched unknown"]);

@@ -17,8 +17,8 @@ use doorstep_hub::sinks::Dispatcher;
 use serde_json::{Value, json};
 
 use sink_kit::{
-    EMAIL, T0, TRACKING, Vendor, carrier, cut_short, database, deliver, dispatcher, domain, feed, outcomes,
-    shipment_with_consent, sinks, statuses,
+    EMAIL, T0, TRACKING, Vendor, carrier, cut_short, database, deliver, dispatcher, domain, feed,
+    last_outcome, outcomes, shipment_with_consent, sinks, statuses,
 };
 
 const OTHER: &str = "1Z999AA10123456785";
@@ -77,14 +77,14 @@ impl Hub {
     async fn skipped_for_no_contact(&self) {
         self.dispatch(TRACKING, T0).await;
         assert_eq!(statuses(&self.db, self.shipment), ["milestone:dispatched skipped"]);
-        assert!(last(&self.db, self.shipment, "milestone:dispatched").1.contains("no contact"));
+        assert!(last_outcome(&self.db, self.shipment, "milestone:dispatched").1.contains("no contact"));
     }
 
     /// The vendor refuses the dispatch for good: it fails at once, its log saying `code`
     /// and `words`, and it is never retried.
     async fn refused_for_good(&self, code: &str, words: &str) {
         self.dispatch(TRACKING, T0).await;
-        let (outcome, detail) = last(&self.db, self.shipment, "milestone:dispatched");
+        let (outcome, detail) = last_outcome(&self.db, self.shipment, "milestone:dispatched");
         assert_eq!(outcome, "failed");
         assert!(detail.contains(code) && detail.contains(words), "{detail}");
         assert_eq!(self.dispatcher.run_once(T0 + 3_600_000).await.expect("pass"), 0, "not retried");
@@ -97,13 +97,6 @@ impl Hub {
         assert_eq!(self.dispatcher.recover(at + 1).await.expect("recover"), (1, 0), "{why}");
         assert_eq!(self.dispatcher.run_once(at + 1).await.expect("pass"), 1);
     }
-}
-
-/// The last log entry of a row: (outcome, detail).
-fn last(db: &Path, shipment: i64, event: &str) -> (String, String) {
-    let log = outcomes(db, shipment, event);
-    let (outcome, detail) = log.last().cloned().expect("an entry");
-    (outcome, detail.unwrap_or_default())
 }
 
 // ---- a loopback Klaviyo --------------------------------------------------------------------
@@ -252,7 +245,7 @@ async fn each_milestone_of_a_consenting_customer_is_one_klaviyo_event_under_its_
     assert_eq!(first["time"], "2025-07-01T08:00:00Z", "when the hub committed it");
     assert_eq!(first["properties"]["tracking_number"], TRACKING);
     assert_eq!(first["properties"]["milestone"], "dispatched");
-    let (outcome, detail) = last(&h.db, h.shipment, "milestone:delivered");
+    let (outcome, detail) = last_outcome(&h.db, h.shipment, "milestone:delivered");
     assert_eq!(outcome, "sent");
     assert!(detail.contains("202") && detail.contains("Order Delivered"), "{detail}");
 }
@@ -271,7 +264,7 @@ async fn klaviyo_is_waited_for_after_a_429_and_refusals_and_non_consenting_custo
 
     // No consent to e-mail: no profile to record it on, and no request.
     h.quiet_is_skipped().await;
-    assert!(last(&h.db, h.quiet, "milestone:dispatched").1.contains("consent"));
+    assert!(last_outcome(&h.db, h.quiet, "milestone:dispatched").1.contains("consent"));
     assert_eq!(vendor.seen().len(), 2);
 
     // A revision Klaviyo does not have: 400, failed at once, never retried.
@@ -491,7 +484,7 @@ async fn each_milestone_tags_the_customers_activecampaign_contact_making_a_missi
     assert_eq!(created["tag"]["tagType"], "contact");
     assert!(created["tag"]["description"].is_string());
     assert_eq!(seen[6].0.json().expect("json"), json!({ "contactTag": { "contact": "7", "tag": "3" } }));
-    let (_, detail) = last(&h.db, h.shipment, "milestone:delivered");
+    let (_, detail) = last_outcome(&h.db, h.shipment, "milestone:delivered");
     assert!(detail.contains("doorstep-delivered") && detail.contains("contact 7"), "{detail}");
 
     // A third shipment's dispatch for the same customer: the tag's id is remembered.
@@ -692,7 +685,7 @@ async fn each_milestone_sets_the_customers_hubspot_contact_property() {
     );
     assert_eq!(p.contacts[EMAIL].1["firstname"], "Ada", "nothing else changed");
     drop(p);
-    let (outcome, detail) = last(&h.db, h.shipment, "milestone:exception");
+    let (outcome, detail) = last_outcome(&h.db, h.shipment, "milestone:exception");
     assert_eq!(outcome, "sent");
     assert!(detail.contains("doorstep_status") && detail.contains("512"), "{detail}");
 }

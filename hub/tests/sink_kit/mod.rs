@@ -92,10 +92,15 @@ pub fn feed(path: &Path, domain: &Domain, tracking: &str, input: Input, now: i64
 
 /// The carrier's word on [`TRACKING`].
 pub fn carrier(status: CanonicalStatus, at_ms: i64) -> Input {
+    carrier_on(TRACKING, status, at_ms)
+}
+
+/// The carrier's word on any parcel.
+pub fn carrier_on(tracking: &str, status: CanonicalStatus, at_ms: i64) -> Input {
     Input::Carrier(CarrierEvent {
         carrier: Carrier::EasyPost,
-        event_key: format!("ev-{at_ms}"),
-        tracking_number: TrackingNumber::new(TRACKING).expect("tracking"),
+        event_key: format!("ev-{tracking}-{at_ms}"),
+        tracking_number: TrackingNumber::new(tracking).expect("tracking"),
         status,
         raw_status: format!("{status:?}"),
         occurred_ms: at_ms,
@@ -103,6 +108,11 @@ pub fn carrier(status: CanonicalStatus, at_ms: i64) -> Input {
         message: Some("Receiver not available".into()),
         received_ms: None,
     })
+}
+
+/// The shipment left the depot at `at_ms` (not yet on a van's route).
+pub fn dispatched(at_ms: i64) -> Input {
+    Input::Dispatched { at_ms, on_route: false }
 }
 
 /// Delivered: the carrier's word at `at_ms`, then the hold; returns when it is final.
@@ -135,6 +145,20 @@ pub fn outcomes(path: &Path, shipment: i64, event: &str) -> Vec<(String, Option<
     let row = store.sink_rows_for_shipment(shipment).expect("rows").into_iter().find(|r| r.event == event);
     let row = row.unwrap_or_else(|| panic!("no row for {event}"));
     store.sink_outcomes(row.id).expect("log").into_iter().map(|o| (o.outcome, o.detail)).collect()
+}
+
+/// The last log entry of a shipment's row for `event`: (outcome, detail).
+pub fn last_outcome(path: &Path, shipment: i64, event: &str) -> (String, String) {
+    let log = outcomes(path, shipment, event);
+    let (outcome, detail) = log.last().unwrap_or_else(|| panic!("no outcome for {event}")).clone();
+    (outcome, detail.unwrap_or_default())
+}
+
+/// The shipment's row for `event` failed, its last log entry saying each of `words`.
+pub fn failed_saying(path: &Path, shipment: i64, event: &str, words: &[&str]) {
+    let (outcome, detail) = last_outcome(path, shipment, event);
+    assert_eq!(outcome, "failed");
+    assert!(words.iter().all(|w| detail.contains(w)), "{words:?} in {detail}");
 }
 
 /// As if the hub had died after the vendor acted on `event` and before the hub wrote the
@@ -239,6 +263,16 @@ async fn answer(
 }
 
 impl Vendor {
+    /// Serves `handler` on a loopback port, over the vendor's own state (fresh, and shared
+    /// with the test).
+    pub async fn with_state<S: Default + Send + 'static>(
+        handler: fn(&Arc<Mutex<S>>, &Request) -> (StatusCode, serde_json::Value),
+    ) -> (Self, Arc<Mutex<S>>) {
+        let state = Arc::new(Mutex::new(S::default()));
+        let shared = Arc::clone(&state);
+        (Self::start(move |r| handler(&shared, r)).await, state)
+    }
+
     /// Serves `handler` on a loopback port.
     pub async fn start(
         handler: impl Fn(&Request) -> (StatusCode, serde_json::Value) + Send + Sync + 'static,
@@ -299,6 +333,23 @@ impl Case {
         let domain = domain(&sinks);
         let dispatcher = dispatcher(sinks, &db);
         Case { _dir: dir, db, shipment, domain, dispatcher }
+    }
+
+    /// `input` on [`TRACKING`] at `at`, committed, then a dispatcher pass at `at`; what
+    /// it sent.
+    pub async fn step(&self, input: Input, at: i64) -> usize {
+        feed(&self.db, &self.domain, TRACKING, input, at, true);
+        self.dispatcher.run_once(at).await.expect("pass")
+    }
+
+    /// The hub died after the vendor acted on `event` and before it wrote the answer down
+    /// (see [`cut_short`]): recovery leaves the row unknown (`why`), and nothing is sent
+    /// again, then or an hour later.
+    pub async fn not_resent_after_a_restart(&self, event: &str, forget_thread: bool, why: &str) {
+        cut_short(&self.db, event, forget_thread);
+        assert_eq!(self.dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1), "{why}");
+        assert_eq!(self.dispatcher.run_once(T0 + 1).await.expect("pass"), 0);
+        assert_eq!(self.dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
     }
 
     /// (database, shipment, domain, dispatcher), as the tests name them.
