@@ -193,6 +193,13 @@ impl Fleet {
         panic!("mosquitto did not start on port {port}:\n{}", fleet.log());
     }
 
+    /// [`Fleet::start`], and the hub connected and subscribed as [`Fleet::hub`] says.
+    async fn with_hub(group: Option<&str>) -> (Fleet, Client) {
+        let fleet = Fleet::start().await;
+        let hub = fleet.hub(group).await;
+        (fleet, hub)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
@@ -349,6 +356,23 @@ impl Client {
         }
     }
 
+    /// Subscribes to the van's own ack and route topics, as the agent does: both granted
+    /// (whether anything then arrives is the ACL's business).
+    async fn subscribe_as_agent(&mut self) {
+        for channel in ["ack", "route"] {
+            let own = topic(&self.name, channel);
+            assert_eq!(self.subscribe(&own).await, SubscribeReasonCode::Success(QoS::AtLeastOnce), "{own}");
+        }
+    }
+
+    /// Publishes a sentinel on this van's `evt` and waits for `hub` to receive it as its
+    /// next message: the broker has then handled everything this van sent before.
+    async fn sentinel(&mut self, hub: &mut Client) {
+        let evt = topic(&self.name, "evt");
+        self.publish(&evt, "sentinel", false).await;
+        hub.expect(&evt, "sentinel").await;
+    }
+
     /// Publishes at QoS 1 and waits for the PUBACK, which Mosquitto sends whether or not
     /// the ACL let the message through.
     async fn publish(&mut self, topic: &str, payload: &str, retain: bool) {
@@ -417,16 +441,9 @@ impl Drop for Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_reaches_the_hub_on_its_own_evt_pos_blob_and_state_and_with_its_last_will() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     let mut van = fleet.van(VAN_1).await;
-    // The van's own ack and route: what the agent subscribes to.
-    for channel in ["ack", "route"] {
-        assert_eq!(
-            van.subscribe(&topic(VAN_1, channel)).await,
-            SubscribeReasonCode::Success(QoS::AtLeastOnce)
-        );
-    }
+    van.subscribe_as_agent().await;
     van.publish(&topic(VAN_1, "evt"), "event 1", false).await;
     van.publish(&topic(VAN_1, "pos"), "position", true).await;
     van.publish(&topic(VAN_1, "blob"), "chunk", false).await;
@@ -442,20 +459,13 @@ async fn a_van_reaches_the_hub_on_its_own_evt_pos_blob_and_state_and_with_its_la
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_cannot_publish_on_another_vans_topics_nor_on_acks_and_routes() {
-    let fleet = Fleet::start().await;
     // The hub in a shared subscription group: Mosquitto checks each message delivered
     // by its topic, so the hub's read rules cover `$share/...` filters too.
-    let mut hub = fleet.hub(Some("hubs")).await;
+    let (fleet, mut hub) = Fleet::with_hub(Some("hubs")).await;
     let mut victim = fleet.van(VAN_2).await;
     let mut attacker = fleet.van(VAN_1).await;
-    for (van, name) in [(&mut victim, VAN_2), (&mut attacker, VAN_1)] {
-        for channel in ["ack", "route"] {
-            assert_eq!(
-                van.subscribe(&topic(name, channel)).await,
-                SubscribeReasonCode::Success(QoS::AtLeastOnce)
-            );
-        }
-    }
+    victim.subscribe_as_agent().await;
+    attacker.subscribe_as_agent().await;
     let attacks = [
         (topic(VAN_2, "evt"), false),
         (topic(VAN_2, "pos"), true),
@@ -473,8 +483,7 @@ async fn a_van_cannot_publish_on_another_vans_topics_nor_on_acks_and_routes() {
         // PUBACKed like any message: the van is not told, the message goes nowhere.
         attacker.publish(target, "forged", *retain).await;
     }
-    attacker.publish(&topic(VAN_1, "evt"), "sentinel", false).await;
-    hub.expect(&topic(VAN_1, "evt"), "sentinel").await;
+    attacker.sentinel(&mut hub).await;
     // The hub saw the sentinel, so the broker had handled every attack before; an ack
     // sent now reaches each van after anything those attacks had let through.
     hub.publish(&topic(VAN_1, "ack"), "hub ack 1", false).await;
@@ -501,13 +510,10 @@ async fn a_van_cannot_publish_on_another_vans_topics_nor_on_acks_and_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_cannot_read_another_vans_acks_routes_or_events() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     let mut owner = fleet.van(VAN_2).await;
     let mut snoop = fleet.van(VAN_1).await;
-    for channel in ["ack", "route"] {
-        owner.subscribe(&topic(VAN_2, channel)).await;
-    }
+    owner.subscribe_as_agent().await;
     snoop.subscribe(&topic(VAN_1, "ack")).await;
     let filters = [
         topic(VAN_2, "ack"),
@@ -542,8 +548,7 @@ async fn a_van_cannot_read_another_vans_acks_routes_or_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hubs_acks_and_routes_reach_the_right_van_and_the_hub_cannot_post_as_a_van() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     // A route published before the van connects waits for it, retained, as after a restart.
     hub.publish(&topic(VAN_1, "route"), "route for van-1", true).await;
     let mut van = fleet.van(VAN_1).await;
@@ -560,23 +565,16 @@ async fn the_hubs_acks_and_routes_reach_the_right_van_and_the_hub_cannot_post_as
     // The hub reads every van's events, so one it could forge would come straight back.
     hub.publish(&topic(VAN_1, "evt"), "forged by the hub", false).await;
     hub.publish(&topic(VAN_1, "state"), "forged by the hub", true).await;
-    van.publish(&topic(VAN_1, "evt"), "sentinel", false).await;
-    hub.expect(&topic(VAN_1, "evt"), "sentinel").await;
+    van.sentinel(&mut hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_van_can_connect_but_can_neither_send_nor_receive() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     // Its certificate is still good: the TLS handshake and CONNECT succeed (a CRL would
     // refuse it there); the ACL has no line for it.
     let mut revoked = fleet.van(REVOKED).await;
-    for channel in ["ack", "route"] {
-        assert_eq!(
-            revoked.subscribe(&topic(REVOKED, channel)).await,
-            SubscribeReasonCode::Success(QoS::AtLeastOnce)
-        );
-    }
+    revoked.subscribe_as_agent().await;
     for channel in ["evt", "pos", "blob", "state"] {
         revoked.publish(&topic(REVOKED, channel), "from a revoked van", channel == "state").await;
     }
@@ -586,8 +584,7 @@ async fn a_revoked_van_can_connect_but_can_neither_send_nor_receive() {
     revoked.lose_link();
     fleet.wait_log(&format!("Client {REVOKED} closed its connection"), 0).await;
     let mut van = fleet.van(VAN_1).await;
-    van.publish(&topic(VAN_1, "evt"), "sentinel", false).await;
-    hub.expect(&topic(VAN_1, "evt"), "sentinel").await;
+    van.sentinel(&mut hub).await;
 
     // Back again: nothing reaches it, queued or retained.
     let mut revoked = fleet.van(REVOKED).await;
@@ -603,8 +600,7 @@ async fn a_revoked_van_can_connect_but_can_neither_send_nor_receive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_connected_van_and_reloading_the_broker_cuts_it_off() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     let mut van = fleet.van(VAN_2).await;
     van.subscribe(&topic(VAN_2, "ack")).await;
     van.publish(&topic(VAN_2, "evt"), "before", false).await;
@@ -619,16 +615,14 @@ async fn revoking_a_connected_van_and_reloading_the_broker_cuts_it_off() {
     van.publish(&topic(VAN_2, "evt"), "after", false).await;
     hub.publish(&topic(VAN_2, "ack"), "ack after", false).await;
     let mut other = fleet.van(VAN_1).await;
-    other.publish(&topic(VAN_1, "evt"), "sentinel", false).await;
-    hub.expect(&topic(VAN_1, "evt"), "sentinel").await;
+    other.sentinel(&mut hub).await;
     assert_eq!(van.barrier().await, []);
     van.assert_connected();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_van_claiming_another_vans_client_id_does_not_take_over_its_session() {
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(None).await;
+    let (fleet, mut hub) = Fleet::with_hub(None).await;
     let mut victim = fleet.van(VAN_2).await;
     victim.subscribe(&topic(VAN_2, "ack")).await;
     // Without `use_username_as_clientid`, this CONNECT would disconnect van-2 and resume
@@ -648,8 +642,7 @@ async fn a_van_that_knows_the_hubs_shared_group_name_swallows_its_share_of_messa
     // Why `docs/broker.md` says a hub group's name must be one no van can guess: the
     // acl_file does not check subscriptions, so a van may join any group; the broker then
     // hands it its turn of the messages and drops them at the ACL check.
-    let fleet = Fleet::start().await;
-    let mut hub = fleet.hub(Some("hubs-k3v9q")).await;
+    let (fleet, mut hub) = Fleet::with_hub(Some("hubs-k3v9q")).await;
     let mut thief = fleet.van(VAN_2).await;
     let mut van = fleet.van(VAN_1).await;
     let guess = shared("hubs", Channel::Evt);
