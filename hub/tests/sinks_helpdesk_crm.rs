@@ -199,8 +199,7 @@ fn calls(vendor: &Vendor) -> Vec<(String, String)> {
 #[tokio::test]
 async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_are_private_notes_and_delivery_resolves_it()
  {
-    let (vendor, desk) = Vendor::with_state(freshdesk).await;
-    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (vendor, desk, case) = Case::with_vendor(freshdesk, |url| freshdesk_sinks(url, FD_KEY, FD_OPS)).await;
     let quiet = shipment_with_consent(&case.db, OTHER, false);
     let (db, shipment, domain, dispatcher) = case.parts();
 
@@ -266,8 +265,7 @@ async fn freshdesk_an_exception_opens_one_ticket_for_the_customer_later_events_a
 
 #[tokio::test]
 async fn freshdesk_asking_to_wait_is_honoured_and_nothing_is_sent_before_its_retry_after() {
-    let (vendor, desk) = Vendor::with_state(freshdesk).await;
-    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (vendor, desk, case) = Case::with_vendor(freshdesk, |url| freshdesk_sinks(url, FD_KEY, FD_OPS)).await;
     let (db, shipment, _, dispatcher) = case.parts();
 
     vendor.then_answer(
@@ -307,8 +305,7 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
         let exception = carrier_on(tracking, CanonicalStatus::AttemptFailed, T0);
         feed(&case.db, &case.domain, tracking, exception, T0, true);
         case.dispatcher.run_once(T0).await.expect("pass");
-        failed_saying(&case.db, shipment, "milestone:exception", words);
-        case.dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+        case.failed_for_good(shipment, "milestone:exception", words).await;
         assert_eq!(vendor.seen().len(), n + 1, "not retried");
     }
     assert!(desk.lock().expect("lock").tickets.is_empty());
@@ -316,8 +313,7 @@ async fn freshdesk_refusals_fail_the_row_without_retries() {
 
 #[tokio::test]
 async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown_and_not_opened_again() {
-    let (vendor, desk) = Vendor::with_state(freshdesk).await;
-    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (vendor, desk, case) = Case::with_vendor(freshdesk, |url| freshdesk_sinks(url, FD_KEY, FD_OPS)).await;
     let (db, shipment) = (case.db.as_path(), case.shipment);
     case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
     assert_eq!(desk.lock().expect("lock").tickets.len(), 1);
@@ -333,8 +329,7 @@ async fn freshdesk_a_ticket_whose_creation_was_cut_short_by_a_restart_is_unknown
 
 #[tokio::test]
 async fn freshdesk_a_lost_resolve_is_repeated_but_a_lost_note_is_not_and_each_note_is_added_once() {
-    let (vendor, desk) = Vendor::with_state(freshdesk).await;
-    let case = Case::new(freshdesk_sinks(&vendor.url, FD_KEY, FD_OPS));
+    let (vendor, desk, case) = Case::with_vendor(freshdesk, |url| freshdesk_sinks(url, FD_KEY, FD_OPS)).await;
     let (db, shipment, domain, dispatcher) = case.parts();
     feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
     dispatcher.run_once(T0).await.expect("the ticket");
@@ -576,6 +571,15 @@ fn salesforce_sinks(base: &str, secret: &str, event: &str) -> Sinks {
     ))
 }
 
+/// A loopback Salesforce org, and a hub whose CRM sink has published [`TRACKING`]'s
+/// dispatch to it as [`SF_EVENT`].
+async fn salesforce_dispatched() -> (Vendor, Arc<Mutex<Org>>, Case) {
+    let (vendor, org, case) =
+        Case::with_vendor(salesforce, |url| salesforce_sinks(url, SF_SECRET, SF_EVENT)).await;
+    case.step(dispatched(T0), T0).await;
+    (vendor, org, case)
+}
+
 /// How many requests went to the token endpoint, and how many published (or tried to).
 fn sf_counts(vendor: &Vendor) -> (usize, usize) {
     let seen = vendor.seen();
@@ -585,8 +589,8 @@ fn sf_counts(vendor: &Vendor) -> (usize, usize) {
 
 #[tokio::test]
 async fn salesforce_each_milestone_and_alert_is_one_platform_event_with_its_documented_fields() {
-    let (vendor, org) = Vendor::with_state(salesforce).await;
-    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (vendor, org, case) =
+        Case::with_vendor(salesforce, |url| salesforce_sinks(url, SF_SECRET, SF_EVENT)).await;
     let (db, shipment) = (case.db.as_path(), case.shipment);
 
     assert_eq!(case.step(dispatched(T0), T0).await, 1);
@@ -643,10 +647,8 @@ async fn salesforce_an_operation_enqueued_answer_is_a_success_recorded_with_its_
 
 #[tokio::test]
 async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_once() {
-    let (vendor, org) = Vendor::with_state(salesforce).await;
-    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (vendor, org, case) = salesforce_dispatched().await;
     let (db, shipment, domain, dispatcher) = case.parts();
-    case.step(dispatched(T0), T0).await;
     assert_eq!(sf_counts(&vendor), (1, 1));
 
     // The org's session timeout ends the token: 401 INVALID_SESSION_ID, a new token, once.
@@ -665,17 +667,13 @@ async fn salesforce_an_ended_session_is_renewed_once_and_the_event_is_published_
     let later = deliver(db, domain, TRACKING, T0 + 60_000);
     dispatcher.run_once(later).await.expect("pass");
     assert_eq!(sf_counts(&vendor), (3, 5), "one more token, two refused publishes");
-    let (outcome, detail) = last_outcome(db, shipment, "milestone:delivered");
-    assert_eq!(outcome, "failed");
-    assert!(detail.contains("401") && detail.contains("INVALID_SESSION_ID"), "{detail}");
+    failed_saying(db, shipment, "milestone:delivered", &["401", "INVALID_SESSION_ID"]);
 }
 
 #[tokio::test]
 async fn salesforce_asking_to_wait_is_honoured_and_nothing_is_published_before_its_retry_after() {
-    let (vendor, org) = Vendor::with_state(salesforce).await;
-    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (vendor, org, case) = salesforce_dispatched().await;
     let (db, shipment, _, dispatcher) = case.parts();
-    case.step(dispatched(T0), T0).await;
 
     vendor.then_answer(
         429,
@@ -706,8 +704,7 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
     for (secret, event, words, counts) in refusals {
         let case = Case::new(salesforce_sinks(&vendor.url, secret, event));
         case.step(dispatched(T0), T0).await;
-        failed_saying(&case.db, case.shipment, "milestone:dispatched", words);
-        case.dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+        case.failed_for_good(case.shipment, "milestone:dispatched", words).await;
         assert_eq!(sf_counts(&vendor), counts, "not retried");
     }
     assert!(org.lock().expect("lock").published.is_empty());
@@ -715,10 +712,8 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
 
 #[tokio::test]
 async fn salesforce_an_event_whose_publish_was_cut_short_by_a_restart_is_unknown_and_not_published_again() {
-    let (vendor, org) = Vendor::with_state(salesforce).await;
-    let case = Case::new(salesforce_sinks(&vendor.url, SF_SECRET, SF_EVENT));
+    let (vendor, org, case) = salesforce_dispatched().await;
     let (db, shipment) = (case.db.as_path(), case.shipment);
-    case.step(dispatched(T0), T0).await;
 
     // The hub died after Salesforce took the event and before it wrote the answer down.
     case.not_resent_after_a_restart("milestone:dispatched", false, "Salesforce dedupes no event").await;

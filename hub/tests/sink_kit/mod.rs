@@ -325,6 +325,17 @@ pub struct Case {
 }
 
 impl Case {
+    /// A loopback vendor over its own state (see [`Vendor::with_state`]), and a case for
+    /// the sinks `sinks` configures for the vendor's URL.
+    pub async fn with_vendor<S: Default + Send + 'static>(
+        handler: fn(&Arc<Mutex<S>>, &Request) -> (StatusCode, serde_json::Value),
+        sinks: impl FnOnce(&str) -> Sinks,
+    ) -> (Vendor, Arc<Mutex<S>>, Case) {
+        let (vendor, state) = Vendor::with_state(handler).await;
+        let case = Case::new(sinks(&vendor.url));
+        (vendor, state, case)
+    }
+
     /// A case for `sinks`.
     pub fn new(sinks: Sinks) -> Case {
         let dir = tempfile::tempdir().expect("dir");
@@ -350,6 +361,17 @@ impl Case {
         assert_eq!(self.dispatcher.recover(T0 + 1).await.expect("recover"), (0, 1), "{why}");
         assert_eq!(self.dispatcher.run_once(T0 + 1).await.expect("pass"), 0);
         assert_eq!(self.dispatcher.run_once(T0 + 3_600_000).await.expect("later"), 0);
+    }
+
+    /// The row of `shipment` for `event` failed for good, its log saying each of `words`:
+    /// a pass an hour later does not retry it.
+    pub async fn failed_for_good(&self, shipment: i64, event: &str, words: &[&str]) {
+        failed_saying(&self.db, shipment, event, words);
+        self.dispatcher.run_once(T0 + 3_600_000).await.expect("later");
+        assert_eq!(
+            statuses(&self.db, shipment).last().map(String::as_str),
+            Some(&*format!("{event} failed"))
+        );
     }
 
     /// (database, shipment, domain, dispatcher), as the tests name them.
