@@ -21,14 +21,13 @@ use doorstep_hub::store::{Store, StoreOptions};
 use doorstep_proto::{DeviceId, PublicKey, SigningKey};
 use doorstep_testkit::netns::{Host, require_root, run};
 use doorstep_testkit::postgres::Postgres;
-use support::{SimFleet, device, evt_topic, key, nearby, position, register, seal, until_every};
+use support::{HUB_BIN, SimFleet, device, evt_topic, key, nearby, position, register, seal, until_every};
 
 const HUBS: usize = 3;
 const VANS: u8 = 5;
 /// Events per van in each phase.
 const PER_PHASE: u64 = 60;
 const WAIT: Duration = Duration::from_secs(60);
-const HUB_BIN: &str = env!("CARGO_BIN_EXE_doorstep-hub");
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the customers' webhook endpoint received: (path, webhook-id, milestone).

@@ -13,21 +13,23 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Broker, broker, free_port};
+use support::{Broker, HUB_BIN, broker, free_port};
 
-const HUB: &str = env!("CARGO_BIN_EXE_doorstep-hub");
 const LINK_SECRET: &str = "security-test-link-secret-0123456789abcdef";
 const AFTERSHIP_SECRET: &str = "security-test-aftership-secret";
 const TWILIO_TOKEN: &str = "security-test-twilio-auth-token";
 const PHONE: &str = "+15555550123";
 const EMAIL: &str = "ada.lovelace@example.org";
 
-/// A hub process with its files.
+/// A hub process with its files, on a broker of its own, and an HTTP client for it.
 struct Hub {
     dir: tempfile::TempDir,
     child: Child,
     public: String,
     api: String,
+    http: reqwest::Client,
+    /// Stopped after the hub.
+    _broker: Broker,
 }
 
 impl Hub {
@@ -54,6 +56,13 @@ impl Hub {
         assert!(out.status.success(), "apikey create: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
+
+    /// Creates the shipment `tracking` through the private API with `token`.
+    async fn create_shipment(&self, token: &str, tracking: &str) {
+        let created =
+            self.http.post(format!("{}/v1/shipments", self.api)).bearer_auth(token).json(&shipment(tracking));
+        assert_eq!(created.send().await.unwrap().status(), 201);
+    }
 }
 
 impl Drop for Hub {
@@ -64,10 +73,11 @@ impl Drop for Hub {
 }
 
 fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(HUB).arg("--config").arg(config).args(args).output().unwrap()
+    Command::new(HUB_BIN).arg("--config").arg(config).args(args).output().unwrap()
 }
 
-async fn start_hub(broker: &Broker) -> Hub {
+async fn start_hub() -> Hub {
+    let broker = broker().await;
     let dir = tempfile::tempdir().unwrap();
     let (public, api) = (free_port(), free_port());
     let config = format!(
@@ -111,7 +121,7 @@ from = "+15005550006"
     let keygen = cli(&config_path, &["keygen"]);
     assert!(keygen.status.success(), "keygen: {}", String::from_utf8_lossy(&keygen.stderr));
     let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
-    let child = Command::new(HUB)
+    let child = Command::new(HUB_BIN)
         .arg("--config")
         .arg(&config_path)
         .arg("serve")
@@ -126,10 +136,11 @@ from = "+15005550006"
         child,
         public: format!("http://127.0.0.1:{public}"),
         api: format!("http://127.0.0.1:{api}"),
+        http: client(),
+        _broker: broker,
     };
-    let client = client();
     for _ in 0..200 {
-        let up = |base: &str| client.get(format!("{base}/healthz")).send();
+        let up = |base: &str| hub.http.get(format!("{base}/healthz")).send();
         if let (Ok(a), Ok(b)) = (up(&hub.public).await, up(&hub.api).await)
             && a.status() == 200
             && b.status() == 200
@@ -168,9 +179,8 @@ async fn send(request: reqwest::RequestBuilder, token: Option<&str>) -> (StatusC
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_audited() {
-    let broker = broker().await;
-    let hub = start_hub(&broker).await;
-    let http = client();
+    let hub = start_hub().await;
+    let http = &hub.http;
     let orders = hub.key("shop-orders", &["orders:write"]);
     let reader = hub.key("helpdesk", &["shipments:read"]);
     let routes = hub.key("dispatch", &["routes:write"]);
@@ -321,9 +331,8 @@ async fn the_private_api_needs_a_key_with_the_right_scope_and_every_write_is_aud
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged_and_withdrawn_links() {
-    let broker = broker().await;
-    let hub = start_hub(&broker).await;
-    let http = client();
+    let hub = start_hub().await;
+    let http = &hub.http;
     let admin = hub.key("ops", &["admin"]);
     let public = |path: &str| format!("{}{path}", hub.public);
 
@@ -347,9 +356,7 @@ async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged
     assert_eq!(http.get(format!("{}/t/whatever", hub.api)).send().await.unwrap().status(), 404);
 
     // A tracking link works until the order system withdraws it.
-    let created =
-        http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0003"));
-    assert_eq!(created.send().await.unwrap().status(), 201);
+    hub.create_shipment(&admin, "1ZSECURE0003").await;
     let id: i64 = {
         let store =
             doorstep_hub::store::Store::open(&hub.dir.path().join("hub.db"), Default::default()).unwrap();
@@ -430,13 +437,10 @@ async fn the_public_listener_hides_the_api_limits_each_client_and_refuses_forged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hubs_log_never_carries_a_whole_phone_number_or_email_address() {
-    let broker = broker().await;
-    let hub = start_hub(&broker).await;
-    let http = client();
+    let hub = start_hub().await;
+    let http = &hub.http;
     let admin = hub.key("ops", &["admin"]);
-    let created =
-        http.post(format!("{}/v1/shipments", hub.api)).bearer_auth(&admin).json(&shipment("1ZSECURE0004"));
-    assert_eq!(created.send().await.unwrap().status(), 201);
+    hub.create_shipment(&admin, "1ZSECURE0004").await;
     // The customer texts STOP: Twilio's signed inbound callback names their number.
     let path = "/callbacks/twilio/inbound";
     let params = vec![

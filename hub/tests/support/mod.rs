@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use doorstep_testkit::mosquitto::{Broker, BrokerOptions};
 
+/// The `doorstep-hub` binary under test.
+pub const HUB_BIN: &str = env!("CARGO_BIN_EXE_doorstep-hub");
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     doorstep_testkit::mosquitto::free_port().expect("a free loopback port")
