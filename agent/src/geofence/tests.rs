@@ -75,6 +75,39 @@ pub(super) fn code(s: &str) -> TrackingNumber {
     TrackingNumber::new(s).expect("valid tracking number")
 }
 
+/// A tracker with `config` on a route of one stop, s1 at the base point with parcel
+/// PARCEL1A, as `adjust` leaves it.
+fn one_stop(config: GeofenceConfig, adjust: impl FnOnce(&mut Stop)) -> Tracker {
+    let mut s1 = stop("s1", 0.0, 0.0, &["PARCEL1A"]);
+    adjust(&mut s1);
+    Tracker::new(&route(vec![s1]), config)
+}
+
+/// A van that drove along [`street`] and stood a minute 40 m before s1.
+fn parked_at_s1() -> Drive {
+    Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(60.0)
+}
+
+/// Feeds `drive` on [`street`], then a parked van's wandering fixes, one a second for
+/// `seconds`, that `make` builds from a PRNG seeded `seed`, the fix's time and its second.
+/// Checks that s1 got one nearby and one arrival and that the van is still there; returns
+/// the events.
+fn park_wandering(
+    mut drive: Drive,
+    seconds: u32,
+    seed: u64,
+    mut make: impl FnMut(&mut Prng, f64, u32) -> GoodFix,
+) -> Vec<StopEvent> {
+    let (mut tracker, mut events) = drive.on_street();
+    let mut prng = Prng(seed);
+    for k in 1..=seconds {
+        events.extend(tracker.on_fix(&make(&mut prng, drive.t_s + f64::from(k), k)));
+    }
+    assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
+    assert_eq!(tracker.van_at().map(|s| s.index), Some(0));
+    events
+}
+
 /// A van's drive as fixes, built leg by leg at a fixed cadence.
 pub(super) struct Drive {
     t_s: f64,
@@ -131,6 +164,19 @@ impl Drive {
         self.fed = self.fixes.len();
         events
     }
+
+    /// A tracker on [`street`] fed the whole drive, and the events it gave.
+    fn on_street(&mut self) -> (Tracker, Vec<StopEvent>) {
+        let mut tracker = tracker(&street());
+        let events = self.feed(&mut tracker);
+        (tracker, events)
+    }
+
+    /// What a scan of `parcel` is at the last fix of the drive on [`street`].
+    fn scan_on_street(&mut self, parcel: &str) -> ScanDecision {
+        let (mut tracker, _) = self.on_street();
+        tracker.on_scan(self.now_ms(), &code(parcel))
+    }
 }
 
 #[path = "../../tests/support/prng.rs"]
@@ -155,22 +201,13 @@ pub(super) fn kind_rank(event: &StopEvent) -> usize {
 
 #[test]
 fn a_parked_van_with_jittery_fixes_gets_one_nearby_then_one_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1500.0, 0.0).to(-80.0, 20.0, 12.0);
-    let mut events = drive.feed(&mut tracker);
     // Ten minutes parked 80 m from the door, fixes wandering ±30 m, the Doppler speed
     // wandering up to 0.8 m/s.
-    let mut prng = Prng(0x5eed);
-    for k in 1..=600 {
+    let drive = Drive::from(-1500.0, 0.0).to(-80.0, 20.0, 12.0);
+    let events = park_wandering(drive, 600, 0x5eed, |prng, t, _| {
         let (east, north) = (-80.0 + prng.within(30.0), 20.0 + prng.within(30.0));
-        let mut f = fix(drive.t_s + f64::from(k), east, north, 0.0);
-        f.speed_mps = Some(prng.unit() * 0.8);
-        f.accuracy_m = 12.0;
-        events.extend(tracker.on_fix(&f));
-    }
-    assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
-    assert_eq!(tracker.van_at().map(|s| s.index), Some(0));
+        GoodFix { speed_mps: Some(prng.unit() * 0.8), accuracy_m: 12.0, ..fix(t, east, north, 0.0) }
+    });
     let Some(StopEvent::Arrived { dwell_s, distance_m, .. }) =
         events.iter().find(|e| matches!(e, StopEvent::Arrived { .. }))
     else {
@@ -210,29 +247,19 @@ fn a_300_m_jump_that_claims_good_accuracy_neither_creates_nor_cancels_events() {
 
 #[test]
 fn a_van_parked_at_the_edge_of_the_zone_does_not_leave_when_single_fixes_stray_beyond_it() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-140.0, 0.0, 10.0);
-    let mut events = drive.feed(&mut tracker);
-    let mut prng = Prng(0xed9e);
-    for k in 1..=180 {
+    let drive = Drive::from(-1000.0, 0.0).to(-140.0, 0.0, 10.0);
+    park_wandering(drive, 180, 0xed9e, |prng, t, k| {
         // Every 15 s one fix lands 70 m further out, beyond the exit radius (192 m).
         let east = if k % 15 == 0 { -210.0 } else { -140.0 + prng.within(30.0) };
-        let mut f = fix(drive.t_s + f64::from(k), east, prng.within(10.0), 0.2);
-        f.accuracy_m = 12.0;
-        events.extend(tracker.on_fix(&f));
-    }
-    assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
-    assert_eq!(tracker.van_at().map(|s| s.index), Some(0));
+        GoodFix { accuracy_m: 12.0, ..fix(t, east, prng.within(10.0), 0.2) }
+    });
 }
 
 #[test]
 fn driving_past_a_stop_at_speed_gives_nearby_but_no_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
     // Along the street at 30 km/h, passing s1 and s2 at 20 m: over 40 s inside each
     // arrival zone, but never standing.
-    let events = Drive::from(-1000.0, 20.0).to(3000.0, 20.0, 8.0).feed(&mut tracker);
+    let (tracker, events) = Drive::from(-1000.0, 20.0).to(3000.0, 20.0, 8.0).on_street();
     assert_eq!(kinds_for(&events, 0), ["nearby"]);
     assert_eq!(kinds_for(&events, 1), ["nearby"]);
     assert_eq!(kinds_for(&events, 2), NO_EVENTS);
@@ -241,29 +268,23 @@ fn driving_past_a_stop_at_speed_gives_nearby_but_no_arrival() {
 
 #[test]
 fn a_short_halt_inside_the_arrival_zone_is_not_an_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let events =
-        Drive::from(-1000.0, 20.0).to(-50.0, 20.0, 12.0).park(20.0).to(1000.0, 20.0, 12.0).feed(&mut tracker);
+    let (_, events) =
+        Drive::from(-1000.0, 20.0).to(-50.0, 20.0, 12.0).park(20.0).to(1000.0, 20.0, 12.0).on_street();
     assert_eq!(kinds_for(&events, 0), ["nearby"]);
 }
 
 #[test]
 fn sparse_fixes_crossing_the_arrival_zone_without_dwell_give_no_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
     // One fix every 30 s at 8 m/s: fixes 230 m apart, one of them inside s1's arrival
     // zone, none standing still.
-    let events = Drive::from(-2000.0, 10.0).every(30.0).to(1000.0, 10.0, 8.0).feed(&mut tracker);
+    let (tracker, events) = Drive::from(-2000.0, 10.0).every(30.0).to(1000.0, 10.0, 8.0).on_street();
     assert_eq!(kinds_for(&events, 0), ["nearby"]);
     assert!(!tracker.stop_status(0).expect("stop 0").arrived);
 }
 
 #[test]
 fn crossing_detection_gives_nearby_across_a_missing_fix() {
-    let route = route(vec![stop("s1", 0.0, 0.0, &["PARCEL1A"])]);
-    let config = GeofenceConfig { approach_m: 200.0, ..GeofenceConfig::default() };
-    let mut tracker = Tracker::new(&route, config);
+    let mut tracker = one_stop(GeofenceConfig { approach_m: 200.0, ..GeofenceConfig::default() }, |_| {});
     // 1 Hz at 250 m/s would be absurd; this is a 30 s gap at 14 m/s: the fixes either side
     // are 210 m from the stop, the straight line between them passes 50 m from it.
     assert!(tracker.on_fix(&fix(0.0, -210.0, 50.0, 14.0)).is_empty());
@@ -279,34 +300,22 @@ fn crossing_detection_gives_nearby_across_a_missing_fix() {
 
 #[test]
 fn no_crossing_is_inferred_across_a_long_gap() {
-    let route = route(vec![stop("s1", 0.0, 0.0, &["PARCEL1A"])]);
-    let config = GeofenceConfig { approach_m: 200.0, ..GeofenceConfig::default() };
-    let mut tracker = Tracker::new(&route, config);
+    let mut tracker = one_stop(GeofenceConfig { approach_m: 200.0, ..GeofenceConfig::default() }, |_| {});
     assert!(tracker.on_fix(&fix(0.0, -900.0, 50.0, 10.0)).is_empty());
     assert!(tracker.on_fix(&fix(180.0, 900.0, 50.0, 10.0)).is_empty());
 }
 
 #[test]
 fn a_van_that_appears_inside_the_arrival_zone_gets_nearby_then_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let events = Drive::from(30.0, 30.0).park(40.0).feed(&mut tracker);
+    let (_, events) = Drive::from(30.0, 30.0).park(40.0).on_street();
     assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
     assert!(matches!(events[0], StopEvent::Nearby { crossed: false, .. }));
 }
 
 #[test]
 fn leaving_after_arrival_is_one_departure_and_coming_back_is_no_second_arrival() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let events = Drive::from(-1000.0, 0.0)
-        .to(-40.0, 0.0, 10.0)
-        .park(60.0)
-        .to(800.0, 0.0, 10.0)
-        .to(-40.0, 0.0, 10.0)
-        .park(60.0)
-        .to(800.0, 0.0, 10.0)
-        .feed(&mut tracker);
+    let (_, events) =
+        parked_at_s1().to(800.0, 0.0, 10.0).to(-40.0, 0.0, 10.0).park(60.0).to(800.0, 0.0, 10.0).on_street();
     assert_eq!(kinds_for(&events, 0), ["nearby", "arrived", "departed"]);
     let times: Vec<i64> = events.iter().map(StopEvent::utc_ms).collect();
     assert!(times.is_sorted(), "events in time order: {times:?}");
@@ -315,8 +324,7 @@ fn leaving_after_arrival_is_one_departure_and_coming_back_is_no_second_arrival()
 #[test]
 fn a_van_that_leaves_and_comes_straight_back_is_at_the_stop_again() {
     // All within one cell of the stop index, so no cell edge forces a fresh look.
-    let route = route(vec![stop("s1", 0.0, 0.0, &["PARCEL1A"])]);
-    let mut tracker = tracker(&route);
+    let mut tracker = one_stop(GeofenceConfig::default(), |_| {});
     let mut drive = Drive::from(100.0, 100.0).park(40.0).to(150.0, 150.0, 5.0).park(15.0);
     let events = drive.feed(&mut tracker);
     assert_eq!(kinds_for(&events, 0), ["nearby", "arrived", "departed"]);
@@ -328,12 +336,9 @@ fn a_van_that_leaves_and_comes_straight_back_is_at_the_stop_again() {
 
 #[test]
 fn a_scan_while_parked_at_the_stop_is_at_address() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(-1000.0, 0.0).to(-90.0, 30.0, 10.0).park(60.0);
-    drive.feed(&mut tracker);
-    let scan_ms = drive.now_ms() + 500;
-    let decision = tracker.on_scan(scan_ms, &code("PARCEL1A"));
+    let (mut tracker, _) = drive.on_street();
+    let decision = tracker.on_scan(drive.now_ms() + 500, &code("PARCEL1A"));
     let ScanDecision::AtAddress { stop, distance_m, dwell_s, remaining, corrects_away, .. } = decision else {
         panic!("expected at address, got {decision:?}");
     };
@@ -346,21 +351,13 @@ fn a_scan_while_parked_at_the_stop_is_at_address() {
 
 #[test]
 fn a_scan_right_after_parking_before_the_dwell_is_at_address() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(8.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+    let decision = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(8.0).scan_on_street("PARCEL1A");
     assert!(matches!(decision, ScanDecision::AtAddress { dwell_s, .. } if dwell_s < 30.0), "{decision:?}");
 }
 
 #[test]
 fn a_scan_while_rolling_through_the_arrival_zone_is_away() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+    let decision = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).scan_on_street("PARCEL1A");
     assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
 }
 
@@ -374,12 +371,9 @@ fn without_speed(mut drive: Drive) -> Drive {
 fn one_speedless_fix_inside_the_zone_while_passing_is_not_standing() {
     // The SiRF drive-by: every fix has the Doppler speed of a van at 45 km/h except
     // the one epoch that lost its RMC, right at the door, where the driver scans.
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(-1000.0, 0.0).to(-30.0, 0.0, 12.5);
-    drive.feed(&mut tracker);
-    let mut passing = fix(drive.t_s + 2.0, 0.0, 0.0, 12.5);
-    passing.speed_mps = None;
+    let (mut tracker, _) = drive.on_street();
+    let passing = GoodFix { speed_mps: None, ..fix(drive.t_s + 2.0, 0.0, 0.0, 12.5) };
     tracker.on_fix(&passing);
     let decision = tracker.on_scan(passing.utc_ms, &code("PARCEL1A"));
     assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
@@ -388,10 +382,8 @@ fn one_speedless_fix_inside_the_zone_while_passing_is_not_standing() {
 
 #[test]
 fn without_doppler_a_van_passing_by_never_stands_and_its_scan_is_away() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(0.0, 0.0, 7.0));
-    let events = drive.feed(&mut tracker);
+    let (mut tracker, events) = drive.on_street();
     assert!(!events.iter().any(|e| matches!(e, StopEvent::Arrived { .. })), "{events:?}");
     let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
     assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
@@ -401,22 +393,17 @@ fn without_doppler_a_van_passing_by_never_stands_and_its_scan_is_away() {
 fn without_doppler_a_van_pulling_away_from_a_halt_inside_the_still_radius_is_moving() {
     // Stood 10 s at a red light 15 m before the door, then pulled away: at the scan it
     // is 15 m from where it stood, inside the still radius, but its last step is fast.
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = without_speed(
+    let decision = without_speed(
         Drive::from(-1000.0, 0.0).to(-15.0, 0.0, 10.0).park(10.0).to(-10.0, 0.0, 2.5).to(0.0, 0.0, 7.0),
-    );
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+    )
+    .scan_on_street("PARCEL1A");
     assert!(matches!(decision, ScanDecision::AwayFromAddress { .. }), "{decision:?}");
 }
 
 #[test]
 fn without_doppler_a_parked_van_stands_once_fixes_span_some_seconds() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(2.0));
-    drive.feed(&mut tracker);
+    let (mut tracker, _) = drive.on_street();
     // Two fixes 2 s apart: not yet evidence.
     let early = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
     assert!(matches!(early, ScanDecision::AwayFromAddress { .. }), "{early:?}");
@@ -432,17 +419,12 @@ fn without_doppler_a_parked_van_stands_once_fixes_span_some_seconds() {
 
 #[test]
 fn without_doppler_a_parked_van_arrives_after_the_dwell() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = without_speed(Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(40.0));
-    let events = drive.feed(&mut tracker);
+    let (_, events) = without_speed(Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(40.0)).on_street();
     assert_eq!(kinds_for(&events, 0), vec!["nearby", "arrived"], "{events:?}");
 }
 
 #[test]
 fn a_parked_van_whose_receiver_drops_the_speed_of_some_epochs_keeps_its_dwell() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(40.0);
     let parked_from = drive.fixes.len() - 40;
     for (i, f) in drive.fixes.iter_mut().enumerate().skip(parked_from) {
@@ -450,17 +432,14 @@ fn a_parked_van_whose_receiver_drops_the_speed_of_some_epochs_keeps_its_dwell() 
             f.speed_mps = None;
         }
     }
-    let events = drive.feed(&mut tracker);
+    let (_, events) = drive.on_street();
     assert_eq!(kinds_for(&events, 0), vec!["nearby", "arrived"], "{events:?}");
 }
 
 #[test]
 fn a_scan_while_standing_carries_the_fix_and_speed_at_the_scan() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(3.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+    let decision = drive.scan_on_street("PARCEL1A");
     let ScanDecision::AtAddress { fix, .. } = decision else { panic!("{decision:?}") };
     assert_eq!(fix.utc_ms, drive.now_ms());
     assert_eq!(fix.speed_mps, Some(0.1));
@@ -469,14 +448,10 @@ fn a_scan_while_standing_carries_the_fix_and_speed_at_the_scan() {
 #[test]
 fn the_same_instant_again_with_the_speed_it_lacked_is_judged() {
     // The assembler reports an epoch at GSA, then again when the RMC brings the speed.
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(-1000.0, 0.0).to(-20.0, 0.0, 10.0).park(3.0);
-    drive.feed(&mut tracker);
-    let mut early = fix(drive.t_s + 1.0, 0.0, 0.0, 12.5);
-    early.speed_mps = None;
-    tracker.on_fix(&early);
+    let (mut tracker, _) = drive.on_street();
     let revised = fix(drive.t_s + 1.0, 0.0, 0.0, 12.5);
+    tracker.on_fix(&GoodFix { speed_mps: None, ..revised });
     tracker.on_fix(&revised);
     assert_eq!(tracker.last_fix().and_then(|f| f.speed_mps), Some(12.5));
     let decision = tracker.on_scan(revised.utc_ms, &code("PARCEL1A"));
@@ -487,23 +462,15 @@ fn the_same_instant_again_with_the_speed_it_lacked_is_judged() {
 
 #[test]
 fn a_scan_just_after_pulling_away_is_still_at_address() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(60.0).to(500.0, 0.0, 10.0);
-    drive.feed(&mut tracker);
     // The van left the zone about 35 s ago.
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1A"));
+    let decision = parked_at_s1().to(500.0, 0.0, 10.0).scan_on_street("PARCEL1A");
     assert!(matches!(decision, ScanDecision::AtAddress { .. }), "{decision:?}");
 }
 
 #[test]
 fn a_scan_after_driving_away_beyond_the_window_is_away_with_the_distance() {
-    let route = street();
-    let mut tracker = tracker(&route);
     // Parked at s1, then 1.7 km on along the street: two and a half minutes since s1's zone.
-    let mut drive = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(60.0).to(1700.0, 0.0, 10.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL1B"));
+    let decision = parked_at_s1().to(1700.0, 0.0, 10.0).scan_on_street("PARCEL1B");
     let ScanDecision::AwayFromAddress { stop, distance_m, van_at, remaining, fix } = decision else {
         panic!("expected away from address, got {decision:?}");
     };
@@ -517,11 +484,7 @@ fn a_scan_after_driving_away_beyond_the_window_is_away_with_the_distance() {
 
 #[test]
 fn a_parcel_for_another_stop_names_both_stops() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(1000.0, 0.0).to(1960.0, 10.0, 10.0).park(45.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("PARCEL3A"));
+    let decision = Drive::from(1000.0, 0.0).to(1960.0, 10.0, 10.0).park(45.0).scan_on_street("PARCEL3A");
     let ScanDecision::AwayFromAddress { stop, van_at, distance_m, .. } = decision else {
         panic!("expected away from address, got {decision:?}");
     };
@@ -532,10 +495,8 @@ fn a_parcel_for_another_stop_names_both_stops() {
 
 #[test]
 fn a_parcel_scanned_at_the_wrong_stop_then_at_its_own_counts_once_at_its_address() {
-    let route = street();
-    let mut tracker = tracker(&route);
     let mut drive = Drive::from(1000.0, 0.0).to(1960.0, 10.0, 10.0).park(45.0);
-    drive.feed(&mut tracker);
+    let (mut tracker, _) = drive.on_street();
     let t = drive.now_ms();
     let first = tracker.on_scan(t, &code("PARCEL3A"));
     assert!(matches!(first, ScanDecision::AwayFromAddress { remaining: 0, .. }), "{first:?}");
@@ -552,11 +513,7 @@ fn a_parcel_scanned_at_the_wrong_stop_then_at_its_own_counts_once_at_its_address
 
 #[test]
 fn an_unknown_code_is_not_on_route() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(60.0);
-    drive.feed(&mut tracker);
-    let decision = tracker.on_scan(drive.now_ms(), &code("NOTOURS123"));
+    let decision = parked_at_s1().scan_on_street("NOTOURS123");
     let ScanDecision::NotOnRoute { van_at, fix } = decision else {
         panic!("expected not on route, got {decision:?}");
     };
@@ -566,10 +523,8 @@ fn an_unknown_code_is_not_on_route() {
 
 #[test]
 fn scanning_the_same_parcel_twice_is_a_duplicate_not_a_second_delivery() {
-    let route = street();
-    let mut tracker = tracker(&route);
-    let mut drive = Drive::from(-1000.0, 0.0).to(-40.0, 0.0, 10.0).park(60.0);
-    drive.feed(&mut tracker);
+    let mut drive = parked_at_s1();
+    let (mut tracker, _) = drive.on_street();
     let t = drive.now_ms();
     assert!(matches!(tracker.on_scan(t, &code("PARCEL1A")), ScanDecision::AtAddress { remaining: 1, .. }));
     assert!(matches!(
@@ -622,20 +577,14 @@ fn per_stop_overrides_are_honoured() {
 
 #[test]
 fn an_approach_override_smaller_than_the_arrival_zone_is_widened_to_it() {
-    let mut s = stop("s1", 0.0, 0.0, &["PARCEL1A"]);
-    s.approach_m = Some(50);
-    let route = route(vec![s]);
-    let mut tracker = tracker(&route);
+    let mut tracker = one_stop(GeofenceConfig::default(), |s| s.approach_m = Some(50));
     let events = Drive::from(-120.0, 0.0).park(40.0).feed(&mut tracker);
     assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
 }
 
 #[test]
 fn a_zero_dwell_arrives_on_the_first_standing_fix_after_nearby() {
-    let mut s = stop("s1", 0.0, 0.0, &["PARCEL1A"]);
-    s.dwell_s = Some(0);
-    let route = route(vec![s]);
-    let mut tracker = tracker(&route);
+    let mut tracker = one_stop(GeofenceConfig::default(), |s| s.dwell_s = Some(0));
     let events = tracker.on_fix(&fix(0.0, 10.0, 10.0, 0.0));
     assert_eq!(kinds_for(&events, 0), ["nearby", "arrived"]);
 }
