@@ -549,17 +549,30 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// `text` parsed and validated.
+    fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::parse(text).and_then(RawConfig::validate)
+    }
+
+    /// The default config with each of `edits` (text, its replacement, the key the error
+    /// must start with) is refused, naming the key.
+    fn assert_each_edit_is_refused(edits: &[(&str, &str, &str)]) {
+        for (from, to, key) in edits {
+            let err = parse_and_validate(&DEFAULT_CONFIG.replace(from, to)).expect_err(to);
+            assert!(err.to_string().starts_with(key), "{to}: {err}");
+        }
+    }
+
     #[test]
     fn the_default_config_parses_and_validates() {
-        let config =
-            RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
+        let config = parse_and_validate(DEFAULT_CONFIG).expect("default is valid");
         assert_eq!(config.gps.baud, 9600);
         assert!(config.scanner.is_none());
         assert_eq!(config.geofence.arrival_m, 150.0);
         assert!(config.uplink.is_none());
         assert_eq!(config.outbox, OutboxLimits::default(), "the documented budget is the built-in one");
         let smaller = DEFAULT_CONFIG.replace("max_bytes = 67108864 ", "max_bytes = 1048576 ");
-        let config = RawConfig::parse(&smaller).and_then(RawConfig::validate).expect("valid");
+        let config = parse_and_validate(&smaller).expect("valid");
         assert_eq!(config.outbox.max_bytes, 1_048_576);
     }
 
@@ -568,11 +581,11 @@ mod tests {
         let key = doorstep_proto::SigningKey::from_seed(&[1; 32]).expect("seed").public_key();
         let text =
             format!("{DEFAULT_CONFIG}\n[uplink]\nhost = \"127.0.0.1\"\nport = 1883\nhub_key = \"{key}\"\n");
-        let config = RawConfig::parse(&text).and_then(RawConfig::validate).expect("valid");
+        let config = parse_and_validate(&text).expect("valid");
         let uplink = config.uplink.expect("uplink");
         assert_eq!(uplink.fleet.as_str(), "my-fleet");
         let bad = text.replace("hub_key", "hub_kee");
-        let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err("typo");
+        let err = parse_and_validate(&bad).expect_err("typo");
         assert!(err.to_string().starts_with("[uplink]"), "{err}");
     }
 
@@ -582,54 +595,45 @@ mod tests {
         let err = RawConfig::parse(&typo).expect_err("unknown key");
         assert!(err.to_string().contains("arival_m"), "{err}");
         let bad = DEFAULT_CONFIG.replace("id = \"van-001\"", "id = \"Van 1\"");
-        let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err("bad id");
+        let err = parse_and_validate(&bad).expect_err("bad id");
         assert!(err.to_string().starts_with("[device] id: invalid device id"), "{err}");
         let baud = DEFAULT_CONFIG.replace("baud = 9600\n\n[scanner]", "baud = 9601\n\n[scanner]");
-        let err = RawConfig::parse(&baud).and_then(RawConfig::validate).expect_err("bad baud");
+        let err = parse_and_validate(&baud).expect_err("bad baud");
         assert!(err.to_string().contains("[gps] baud"), "{err}");
     }
 
     #[test]
     fn the_trail_section_sets_the_batches_and_refuses_what_cannot_be_one_signed_batch() {
-        let config =
-            RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("default is valid");
+        let config = parse_and_validate(DEFAULT_CONFIG).expect("default is valid");
         assert_eq!(config.trail, TrailConfig::default(), "the documented trail is the built-in one");
         let text = DEFAULT_CONFIG
             .replace("position_interval_s = 30", "position_interval_s = 10")
             .replace("batch_samples = 20", "batch_samples = 64")
             .replace("batch_max_age_s = 600", "batch_max_age_s = 300");
-        let config = RawConfig::parse(&text).and_then(RawConfig::validate).expect("valid");
+        let config = parse_and_validate(&text).expect("valid");
         assert_eq!(
             config.trail,
             TrailConfig { interval_ms: 10_000, batch_samples: 64, batch_max_age_ms: 300_000 }
         );
-        for (from, to, key) in [
+        assert_each_edit_is_refused(&[
             ("batch_samples = 20", "batch_samples = 0", "[trail] batch_samples"),
             ("batch_samples = 20", "batch_samples = 65", "[trail] batch_samples"),
             ("batch_max_age_s = 600", "batch_max_age_s = 0", "[trail] batch_max_age_s"),
             ("position_interval_s = 30", "position_interval_s = 100000", "[trail] position_interval_s"),
-        ] {
-            let bad = DEFAULT_CONFIG.replace(from, to);
-            let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err(to);
-            assert!(err.to_string().starts_with(key), "{to}: {err}");
-        }
+        ]);
     }
 
     #[test]
     fn the_live_section_sets_the_pace_and_names_a_bad_value() {
-        let config = RawConfig::parse(DEFAULT_CONFIG).and_then(RawConfig::validate).expect("valid");
+        let config = parse_and_validate(DEFAULT_CONFIG).expect("valid");
         assert_eq!(config.live, LiveConfig::default(), "the documented pace is the built-in one");
         let tuned = DEFAULT_CONFIG.replace("min_distance_m = 400", "min_distance_m = 250");
-        let config = RawConfig::parse(&tuned).and_then(RawConfig::validate).expect("valid");
+        let config = parse_and_validate(&tuned).expect("valid");
         assert_eq!(config.live.min_distance_m, 250.0);
-        for (from, to, key) in [
+        assert_each_edit_is_refused(&[
             ("min_distance_m = 400", "min_distance_m = 0", "[live] min_distance_m"),
             ("min_turn_deg = 45", "min_turn_deg = 270", "[live] min_turn_deg"),
             ("heartbeat_s = 300", "heartbeat_s = 1", "[live] heartbeat_s"),
-        ] {
-            let bad = DEFAULT_CONFIG.replace(from, to);
-            let err = RawConfig::parse(&bad).and_then(RawConfig::validate).expect_err(to);
-            assert!(err.to_string().starts_with(key), "{err}");
-        }
+        ]);
     }
 }
