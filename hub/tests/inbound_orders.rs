@@ -76,9 +76,19 @@ fn count(hub: &TestHub, source: &str, outcome: &str, reason: &str) -> i64 {
         .get("doorstep_hub_webhooks_total", &[("carrier", source), ("outcome", outcome), ("reason", reason)])
 }
 
-fn store_count(hub: &TestHub, sql: &str) -> i64 {
+/// How many rows `from` (a table, and any condition) holds in the hub's database.
+fn rows(hub: &TestHub, from: &str) -> i64 {
     let conn = doorstep_hub::store::Store::open(&hub.db, Default::default()).unwrap();
-    conn.raw().query_row(sql, doorstep_hub::store::NO_ARGS, |r| r.get(0)).unwrap()
+    conn.raw()
+        .query_row(&format!("SELECT COUNT(*) FROM {from}"), doorstep_hub::store::NO_ARGS, |r| r.get(0))
+        .unwrap()
+}
+
+/// Asserts how many rows each of the tables holds.
+fn assert_rows(hub: &TestHub, expected: &[(&str, i64)]) {
+    for (table, n) in expected {
+        assert_eq!(rows(hub, table), *n, "{table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,13 +115,11 @@ async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() 
     }
 
     // Shopify's retry of the same delivery: nothing changes.
-    let outbox = store_count(&hub, "SELECT COUNT(*) FROM notification_outbox");
+    let outbox = rows(&hub, "notification_outbox");
     let (status, reply) =
         shopify(&hub, "fulfillments/create", &body, id, "2026-12-01T14:12:31Z", SHOPIFY_SECRET).await;
     assert_eq!((status, reply["outcome"].as_str()), (200, Some("duplicate")));
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM notification_outbox"), outbox);
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM shipments"), 2);
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM order_events"), 1);
+    assert_rows(&hub, &[("notification_outbox", outbox), ("shipments", 2), ("order_events", 1)]);
     assert_eq!(count(&hub, "shopify", "duplicate", "ok"), 1);
     hub.stop().await;
 }
@@ -150,7 +158,7 @@ async fn a_stale_shopify_retry_never_overwrites_a_newer_status() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(shopify_entries, ["out_for_delivery"], "the stale in_transit is not applied: {view}");
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM order_events WHERE outcome = 'stale'"), 1);
+    assert_eq!(rows(&hub, "order_events WHERE outcome = 'stale'"), 1);
     assert_eq!(count(&hub, "shopify", "stale", "ok"), 1);
     hub.stop().await;
 }
@@ -214,8 +222,7 @@ async fn forged_unconfigured_and_malformed_deliveries_are_refused_counted_and_ch
     assert_eq!(count(&hub, "woocommerce", "rejected", "bad_signature"), 1);
     assert_eq!(count(&hub, "shopify", "rejected", "bad_time"), 1);
     assert_eq!(count(&hub, "aftership", "rejected", "not_configured"), 1);
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM shipments"), 0);
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM order_events"), 0);
+    assert_rows(&hub, &[("shipments", 0), ("order_events", 0)]);
     hub.stop().await;
 }
 
@@ -250,6 +257,6 @@ async fn a_completed_woocommerce_order_ships_its_tracked_parcels() {
         assert_eq!(s["contacts"]["email"]["recipient"], "john.doe@example.com");
         assert_eq!(notified(&view, "dispatched").len(), 1, "{view}");
     }
-    assert_eq!(store_count(&hub, "SELECT COUNT(*) FROM shipments"), 2);
+    assert_eq!(rows(&hub, "shipments"), 2);
     hub.stop().await;
 }

@@ -17,6 +17,44 @@ const SHIPMENT: &str = "INSERT INTO shipments
     (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
     VALUES (1, '1Z999AA10123456784', '{}', 'en-US', 'UTC', 'nearby', 0, 0);";
 
+/// A PostgreSQL of the test's own with a database `hub`, and `n` hubs connected to it.
+async fn connected(n: usize) -> (Postgres, Vec<PgStore>) {
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let mut hubs = Vec::new();
+    for _ in 0..n {
+        hubs.push(PgStore::connect(&url).await.expect("connect").0);
+    }
+    (pg, hubs)
+}
+
+/// Shipment 1 and then `sql`, in the `hub` database.
+fn with_shipment(pg: &Postgres, sql: &str) {
+    pg.psql_in("hub", &format!("{SHIPMENT}\n{sql}"));
+}
+
+/// Ends the dispatch lease by the database's clock, whatever the hubs' clocks say.
+fn expire_lease(pg: &Postgres) {
+    pg.psql_in(
+        "hub",
+        "UPDATE dispatcher_lease SET expires_ms = (extract(epoch FROM now()) * 1000)::bigint - 1",
+    );
+}
+
+/// A position event of `device` as a hub stores it, received at 0.
+fn position<'a>(device: &'a DeviceId, seq: u64, event_id: &'a str, envelope: &'a [u8]) -> NewEvent<'a> {
+    NewEvent {
+        device,
+        seq,
+        event_id,
+        gnss_ms: 0,
+        kind: "position",
+        envelope,
+        received_ms: 0,
+        quarantine: None,
+    }
+}
+
 fn claim<'a>(holder: &'a str, token: &'a str, first: bool, ttl_ms: i64) -> LeaseClaim<'a> {
     LeaseClaim { holder, token, first, ttl_ms, resend_safe: &["email"] }
 }
@@ -107,12 +145,7 @@ async fn a_server_that_can_lose_acked_commits_is_refused_with_what_to_set() {
 
 #[tokio::test]
 async fn one_lease_holder_decided_on_the_databases_clock() {
-    let pg = Postgres::start();
-    let url = pg.database("hub");
-    let mut hubs = Vec::new();
-    for _ in 0..3 {
-        hubs.push(PgStore::connect(&url).await.expect("connect").0);
-    }
+    let (pg, mut hubs) = connected(3).await;
     let [a, b, c] = &mut hubs[..] else { unreachable!() };
     let claims = [
         claim("hub-a", "a1", true, 60_000),
@@ -135,13 +168,12 @@ async fn one_lease_holder_decided_on_the_databases_clock() {
     }
 
     // The holder stops with a message of each kind in flight; the next holder settles them.
-    pg.psql_in(
-        "hub",
-        &format!("{SHIPMENT}
-         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+    with_shipment(
+        &pg,
+        "         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              VALUES (1, 'nearby', 'email', 'a@example.com', 'sending', 0, 0),
                     (1, 'nearby', 'sms', '+15555550100', 'sending', 0, 0),
-                    (1, 'created', 'sms', '+15555550100', 'sent', 0, 0)"),
+                    (1, 'created', 'sms', '+15555550100', 'sent', 0, 0)",
     );
     let holder_token = ["a1", "b1", "c1"][winners[0]];
     hubs[winners[0]].release_dispatch_lease(holder_token).await.expect("release");
@@ -169,10 +201,7 @@ async fn one_lease_holder_decided_on_the_databases_clock() {
 
     // Expiry is the database's clock: a lease that ended by the server's time is free,
     // whatever the hubs' own clocks say.
-    pg.psql_in(
-        "hub",
-        "UPDATE dispatcher_lease SET expires_ms = (extract(epoch FROM now()) * 1000)::bigint - 1",
-    );
+    expire_lease(&pg);
     let other = (next + 1) % 3;
     let (holder_o, token_o) = (["hub-a", "hub-b", "hub-c"][other], ["a1", "b1", "c1"][other]);
     let (acquired, _) =
@@ -206,14 +235,8 @@ async fn hubs_storing_one_vans_events_between_them_ack_it_to_its_last_seq_and_ne
         (0..VANS).map(|v| (1..=EVENTS).map(|s| format!("{v:02}{s:030}")).collect()).collect();
     let envelope = [7u8; 64];
     let event = |v: usize, seq: u64| NewEvent {
-        device: &vans[v],
-        seq,
-        event_id: &ids[v][usize::try_from(seq - 1).expect("index")],
         gnss_ms: i64::try_from(seq).expect("ms"),
-        kind: "position",
-        envelope: &envelope,
-        received_ms: 0,
-        quarantine: None,
+        ..position(&vans[v], seq, &ids[v][usize::try_from(seq - 1).expect("index")], &envelope)
     };
     // Batches of each van's events in seq order, dealt round-robin with every third batch
     // also given to the next hub; each hub then stores its share newest first.
@@ -323,18 +346,12 @@ async fn store_share(
 /// once, and rejection counts from three hubs add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_several_hubs_do_to_the_same_rows_happens_once() {
-    let pg = Postgres::start();
-    let url = pg.database("hub");
-    let mut hubs = Vec::new();
-    for _ in 0..3 {
-        hubs.push(PgStore::connect(&url).await.expect("connect").0);
-    }
-    pg.psql_in(
-        "hub",
-        &format!("{SHIPMENT}
-         INSERT INTO notification_outbox (id, shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+    let (pg, mut hubs) = connected(3).await;
+    with_shipment(
+        &pg,
+        "         INSERT INTO notification_outbox (id, shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              VALUES (1, 1, 'nearby', 'sms', '+15555550100', 'sent', 0, 0);
-         INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id) VALUES (1, 0, 'sent', 'SM1')"),
+         INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider_id) VALUES (1, 0, 'sent', 'SM1')",
     );
 
     // Wake-ups: 30 due, three hubs taking four at a time until none are left.
@@ -476,19 +493,8 @@ async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
     let ids: Vec<String> = (0..64).map(|i| format!("{i:032x}")).collect();
     let mut next_id = ids.iter();
     let mut put = async |store: &mut PgStore, van: &DeviceId, seqs: &[u64]| {
-        let events: Vec<NewEvent<'_>> = seqs
-            .iter()
-            .map(|&seq| NewEvent {
-                device: van,
-                seq,
-                event_id: next_id.next().expect("an id"),
-                gnss_ms: 0,
-                kind: "position",
-                envelope: b"signed",
-                received_ms: 0,
-                quarantine: None,
-            })
-            .collect();
+        let events: Vec<NewEvent<'_>> =
+            seqs.iter().map(|&seq| position(van, seq, next_id.next().expect("an id"), b"signed")).collect();
         store.insert_events(&events).await.expect("insert");
     };
     let gap = |van: usize, first_seq: u64, last_seq: u64| NewGap {
@@ -522,20 +528,14 @@ async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
 /// claim at once, and a holder whose lease ran out by the database's clock claims nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_claims_and_each_due_row_once() {
-    let pg = Postgres::start();
-    let url = pg.database("hub");
-    let mut conns = Vec::new();
-    for _ in 0..4 {
-        conns.push(PgStore::connect(&url).await.expect("connect").0);
-    }
-    pg.psql_in(
-        "hub",
-        &format!("{SHIPMENT}
-         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
+    let (pg, mut conns) = connected(4).await;
+    with_shipment(
+        &pg,
+        "         INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
              SELECT 1, 'nearby', 'sms', '+1555555' || lpad(n::text, 4, '0'), 'queued', n, 0
              FROM generate_series(1, 40) AS n;
          INSERT INTO notification_outbox (shipment_id, milestone, channel, recipient, status, next_attempt_ms, created_ms)
-             VALUES (1, 'nearby', 'email', 'later@example.com', 'queued', 10000, 0)"),
+             VALUES (1, 'nearby', 'email', 'later@example.com', 'queued', 10000, 0)",
     );
     let (held, _) = conns[0].take_dispatch_lease(&claim("hub-a", "a1", true, 60_000)).await.expect("lease");
     assert_eq!(held, Acquired::TookOver(None));
@@ -583,10 +583,7 @@ async fn only_the_lease_holder_claims_and_each_due_row_once() {
     );
 
     // The lease runs out by the server's clock: the old holder's claims stop.
-    pg.psql_in(
-        "hub",
-        "UPDATE dispatcher_lease SET expires_ms = (extract(epoch FROM now()) * 1000)::bigint - 1",
-    );
+    expire_lease(&pg);
     assert!(
         conns[0].claim_due_notifications(20_000, 50, "a1").await.expect("claim").is_empty(),
         "lease ran out"
@@ -618,17 +615,8 @@ async fn a_lost_connection_is_opened_again_and_the_batch_retried() {
     let van = DeviceId::new("van-1").expect("device");
     let ids: Vec<String> = (1..=30).map(|i| format!("{i:032x}")).collect();
     let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<NewEvent<'_>> {
-        seqs.map(|seq| NewEvent {
-            device: &van,
-            seq,
-            event_id: &ids[usize::try_from(seq - 1).expect("index")],
-            gnss_ms: 0,
-            kind: "position",
-            envelope: b"signed",
-            received_ms: 0,
-            quarantine: None,
-        })
-        .collect()
+        seqs.map(|seq| position(&van, seq, &ids[usize::try_from(seq - 1).expect("index")], b"signed"))
+            .collect()
     };
     let drop_hubs =
         || pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'hub'");
@@ -657,13 +645,10 @@ async fn reconciling_one_shipment_on_two_hubs_at_once_loses_no_update() {
     let url = pg.database("hub");
     let (mut a, _) = PgStore::connect(&url).await.expect("connect");
     let (mut b, _) = PgStore::connect(&url).await.expect("connect");
-    pg.psql_in(
-        "hub",
-        &format!(
-            "{SHIPMENT}
-             INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
-             VALUES (2, '1Z999AA10123456785', '{{}}', 'en-US', 'UTC', 'created', 0, 0)"
-        ),
+    with_shipment(
+        &pg,
+        "INSERT INTO shipments (id, tracking_number, contacts, locale, time_zone, milestone, created_ms, updated_ms)
+         VALUES (2, '1Z999AA10123456785', '{}', 'en-US', 'UTC', 'created', 0, 0)",
     );
     let (ra, rb) = tokio::join!(reconcile_40(&mut a, &[1, 2]), reconcile_40(&mut b, &[2, 1]));
     ra.expect("hub a");
