@@ -23,7 +23,8 @@ use doorstep_hub::store::{Store, StoreOptions};
 mod sink_kit;
 
 use sink_kit::{
-    Case, EMAIL, T0, TRACKING, carrier, database, domain, feed, outcomes, rows, shipment_with_consent, sinks,
+    Case, EMAIL, T0, TRACKING, carrier, database, dispatched, domain, feed, outcomes, rows,
+    shipment_with_consent, sinks,
 };
 
 // ---- a real nats-server with JetStream -------------------------------------------------
@@ -156,7 +157,7 @@ async fn committed_milestones_and_alerts_reach_the_stream_once_even_when_the_hub
     let case = Case::new(nats_sinks(&nats.url()));
     let (db, shipment, domain, dispatcher) = case.parts();
 
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(db, domain, TRACKING, dispatched(T0), T0, true);
     // A transaction that rolls back (the writer failed after reconciling) reports nothing.
     feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0 + 1), T0 + 1, false);
     assert_eq!(dispatcher.run_once(T0 + 2).await.expect("pass"), 1);
@@ -213,7 +214,7 @@ async fn a_stream_that_is_down_is_retried_with_backoff_and_gets_each_event_once_
     let sinks = nats_sinks(&format!("nats://127.0.0.1:{port}"));
     let domain = domain(&sinks);
     let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    feed(&db, &domain, TRACKING, dispatched(T0), T0, true);
     assert_eq!(dispatcher.run_once(T0).await.expect("pass"), 1);
     assert_eq!(rows(&db, shipment)[0].2, "queued", "connection refused: nothing was sent");
     assert_eq!(outcomes(&db, shipment, "milestone:dispatched").last().expect("entry").0, "attempt_failed");
@@ -237,6 +238,46 @@ type Scripted = (u16, Option<(&'static str, &'static str)>, Duration);
 /// One request the fake Zendesk accepted as valid: (method, path, Idempotency-Key, body).
 type Seen = (String, String, Option<String>, serde_json::Value);
 
+/// A loopback vendor's own record: the requests it accepted, and the answers scripted to
+/// come before its checks.
+#[derive(Clone, Default)]
+struct Record<T> {
+    seen: Arc<Mutex<Vec<T>>>,
+    script: Arc<Mutex<VecDeque<Scripted>>>,
+}
+
+impl<T: Clone> Record<T> {
+    /// Every request accepted so far.
+    fn seen(&self) -> Vec<T> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    fn accept(&self, request: T) {
+        self.seen.lock().expect("lock").push(request);
+    }
+
+    /// Answers the next request with `status` (and `header`) after `delay`, before any check.
+    fn then_answer(&self, status: u16, header: Option<(&'static str, &'static str)>, delay: Duration) {
+        self.script.lock().expect("lock").push_back((status, header, delay));
+    }
+
+    fn next_scripted(&self) -> Option<Scripted> {
+        self.script.lock().expect("lock").pop_front()
+    }
+}
+
+/// Serves `handler` over a fresh state `S` on a loopback port: the state, and the base URL.
+async fn start_fake<S, H, T>(handler: H) -> (S, String)
+where
+    S: Clone + Default + Send + Sync + 'static,
+    H: axum::handler::Handler<T, S>,
+    T: 'static,
+{
+    let fake = S::default();
+    let url = sink_kit::serve(Router::new().fallback(handler).with_state(fake.clone())).await;
+    (fake, url)
+}
+
 /// A loopback Zendesk Support API: checks each request the way Zendesk documents it (path,
 /// method, API-token Basic auth, JSON body shape), refuses what Zendesk would refuse (401
 /// without the credentials, 422 for an invalid ticket), answers scripted statuses first
@@ -244,8 +285,7 @@ type Seen = (String, String, Option<String>, serde_json::Value);
 /// (the same one for a repeated Idempotency-Key), 200 with the updated one.
 #[derive(Clone, Default)]
 struct FakeZendesk {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    script: Arc<Mutex<VecDeque<Scripted>>>,
+    record: Record<Seen>,
     keys: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Updates are applied, but answered only after this long (a lost answer).
     slow_updates: Arc<Mutex<Duration>>,
@@ -277,8 +317,7 @@ async fn zendesk(
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, r#"{"error":"Unprocessable JSON"}"#).into_response();
     };
-    let scripted = fake.script.lock().expect("lock").pop_front();
-    if let Some((status, header, delay)) = scripted {
+    if let Some((status, header, delay)) = fake.record.next_scripted() {
         tokio::time::sleep(delay).await;
         let status = StatusCode::from_u16(status).expect("status");
         return match header {
@@ -320,7 +359,7 @@ async fn zendesk(
             return invalid("comment and status only");
         }
         let slow = *fake.slow_updates.lock().expect("lock");
-        fake.seen.lock().expect("lock").push((method.to_string(), path, key, json.clone()));
+        fake.record.accept((method.to_string(), path, key, json.clone()));
         tokio::time::sleep(slow).await;
         let status = ticket.get("status").cloned().unwrap_or("open".into());
         let body =
@@ -329,24 +368,8 @@ async fn zendesk(
     } else {
         return (StatusCode::NOT_FOUND, r#"{"error":"InvalidEndpoint"}"#).into_response();
     };
-    fake.seen.lock().expect("lock").push((method.to_string(), path, key, json));
+    fake.record.accept((method.to_string(), path, key, json));
     answer
-}
-
-impl FakeZendesk {
-    async fn start() -> (FakeZendesk, String) {
-        let fake = FakeZendesk::default();
-        let url = sink_kit::serve(Router::new().fallback(zendesk).with_state(fake.clone())).await;
-        (fake, url)
-    }
-
-    fn then_answer(&self, status: u16, header: Option<(&'static str, &'static str)>, delay: Duration) {
-        self.script.lock().expect("lock").push_back((status, header, delay));
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
 }
 
 fn zendesk_sinks(base: &str, token: &str) -> Sinks {
@@ -358,24 +381,23 @@ fn zendesk_sinks(base: &str, token: &str) -> Sinks {
 
 #[tokio::test]
 async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_delivery_solves_it() {
-    let (fake, base) = FakeZendesk::start().await;
+    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
     let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
     let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    assert!(fake.seen().is_empty());
+    case.step(dispatched(T0), T0).await;
+    assert!(fake.record.seen().is_empty());
     assert_eq!(outcomes(db, shipment, "milestone:dispatched").last().expect("entry").0, "skipped");
 
     // A failed attempt: the exception opens the ticket; Zendesk first asks us to wait.
-    fake.then_answer(429, Some(("retry-after", "7")), Duration::ZERO);
+    fake.record.then_answer(429, Some(("retry-after", "7")), Duration::ZERO);
     feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0 + 1), T0 + 1, true);
     dispatcher.run_once(T0 + 2).await.expect("pass");
     assert_eq!(rows(db, shipment)[1], ("helpdesk".into(), "milestone:exception".into(), "queued".into()));
     assert_eq!(dispatcher.run_once(T0 + 2 + 6_000).await.expect("pass"), 0, "Retry-After is honoured");
     assert_eq!(dispatcher.run_once(T0 + 2 + 7_000).await.expect("pass"), 1);
-    let seen = fake.seen();
+    let seen = fake.record.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let (method, path, key, body) = &seen[0];
     assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/v2/tickets.json"));
@@ -390,7 +412,7 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
     let later = T0 + 3_600_000 + Rules::default().hold_ms;
     feed(db, domain, TRACKING, Input::Wake { now_ms: later }, later, true);
     assert_eq!(dispatcher.run_once(later).await.expect("pass"), 1);
-    let seen = fake.seen();
+    let seen = fake.record.seen();
     assert_eq!(seen.len(), 2, "one ticket, then its update: {seen:?}");
     let (method, path, key, body) = &seen[1];
     assert_eq!((method.as_str(), path.as_str()), ("PUT", format!("/api/v2/tickets/{TICKET}.json").as_str()));
@@ -407,7 +429,7 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
 
 #[tokio::test]
 async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_fails() {
-    let (fake, base) = FakeZendesk::start().await;
+    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
     let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
     let (db, shipment, domain, dispatcher) = case.parts();
     feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
@@ -418,18 +440,13 @@ async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_
     let events: Vec<String> = rows(db, shipment).into_iter().map(|(_, e, s)| format!("{e} {s}")).collect();
     assert_eq!(events, ["milestone:exception sent", "alert:carrier_returning unknown"]);
     dispatcher.run_once(T0 + 3_600_000).await.expect("later");
-    let methods: Vec<String> = fake.seen().into_iter().map(|(m, _, _, _)| m).collect();
+    let methods: Vec<String> = fake.record.seen().into_iter().map(|(m, _, _, _)| m).collect();
     assert_eq!(methods, ["POST", "PUT"], "the ambiguous comment was not sent again");
 
     // Wrong credentials: Zendesk refuses, and the row fails without retries.
     let case = Case::new(zendesk_sinks(&base, "not-the-token"));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let log = outcomes(db, shipment, "milestone:exception");
-    let last = log.last().expect("entry");
-    assert_eq!(last.0, "failed");
-    assert!(last.1.as_deref().is_some_and(|d| d.contains("401")), "{log:?}");
+    case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
+    case.failed_for_good(case.shipment, "milestone:exception", &["401"]).await;
 }
 
 // ---- from the configuration, through `serve`, across a restart ---------------------------
@@ -470,6 +487,19 @@ fn serve(
         async move { shutdown.cancelled().await },
     ));
     (stop, hub)
+}
+
+/// Stops a hub [`serve`] started, which must end cleanly within 15 s.
+async fn stop_hub(
+    stop: tokio_util::sync::CancellationToken,
+    hub: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), hub)
+        .await
+        .expect("the hub stops")
+        .expect("join")
+        .expect("served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,12 +547,7 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
         .expect("dispatched");
     assert!(dispatched.status().is_success(), "{}", dispatched.status());
     assert!(until(Duration::from_secs(10), || async { stored(&nats).await == 1 }).await, "published");
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), hub)
-        .await
-        .expect("the hub stops")
-        .expect("join")
-        .expect("served");
+    stop_hub(stop, hub).await;
 
     // As if the hub had died after JetStream's ack and before writing it down.
     let conn = doorstep_hub::store::Store::open(&db, Default::default()).expect("open");
@@ -548,12 +573,7 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
         "{:?}",
         outcomes(&db, shipment_id, "milestone:dispatched")
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), hub)
-        .await
-        .expect("the hub stops")
-        .expect("join")
-        .expect("served");
+    stop_hub(stop, hub).await;
     assert_eq!(stored(&nats).await, 1, "one message for the milestone, across the restart");
     let published = nats.messages("DOORSTEP").await;
     assert_eq!(published[0].0, format!("doorstep.orders.{TRACKING}.dispatched"));
@@ -572,11 +592,7 @@ const HS_EVENT: &str = "pe1234567_doorstep_milestone";
 /// `email`, ISO 8601 `occurredAt`, `properties` of strings, `uuid`), answers 401 without the
 /// token, 400 for an event it has no definition for, a scripted 429 with Retry-After, and
 /// otherwise 204 with no body.
-#[derive(Clone, Default)]
-struct FakeHubSpot {
-    seen: Arc<Mutex<Vec<serde_json::Value>>>,
-    script: Arc<Mutex<VecDeque<Scripted>>>,
-}
+type FakeHubSpot = Record<serde_json::Value>;
 
 async fn hubspot(
     State(fake): State<FakeHubSpot>,
@@ -602,8 +618,7 @@ async fn hubspot(
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "Invalid input JSON");
     };
-    let scripted = fake.script.lock().expect("lock").pop_front();
-    if let Some((status, header, _)) = scripted {
+    if let Some((status, header, _)) = fake.next_scripted() {
         let status = StatusCode::from_u16(status).expect("status");
         let limit = r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT"}"#;
         return match header {
@@ -623,20 +638,8 @@ async fn hubspot(
     if json["eventName"] != HS_EVENT {
         return error(StatusCode::BAD_REQUEST, "Event definition not found");
     }
-    fake.seen.lock().expect("lock").push(json);
+    fake.accept(json);
     StatusCode::NO_CONTENT.into_response()
-}
-
-impl FakeHubSpot {
-    async fn start() -> (FakeHubSpot, String) {
-        let fake = FakeHubSpot::default();
-        let url = sink_kit::serve(Router::new().fallback(hubspot).with_state(fake.clone())).await;
-        (fake, url)
-    }
-
-    fn seen(&self) -> Vec<serde_json::Value> {
-        self.seen.lock().expect("lock").clone()
-    }
 }
 
 fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
@@ -648,7 +651,7 @@ fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
 
 #[tokio::test]
 async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others_are_skipped() {
-    let (fake, base) = FakeHubSpot::start().await;
+    let (fake, base) = start_fake::<FakeHubSpot, _, _>(hubspot).await;
     let dir = tempfile::tempdir().expect("dir");
     let db = doorstep_testkit::postgres::hub_database(dir.path(), "hub.db");
     let shipment = database(&db, TRACKING);
@@ -658,8 +661,8 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
     let domain = domain(&sinks);
     let dispatcher = Dispatcher::new(sinks, &db, Arc::new(Metrics::default())).expect("dispatcher");
 
-    fake.script.lock().expect("lock").push_back((429, Some(("retry-after", "10")), Duration::ZERO));
-    feed(&db, &domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
+    fake.then_answer(429, Some(("retry-after", "10")), Duration::ZERO);
+    feed(&db, &domain, TRACKING, dispatched(T0), T0, true);
     dispatcher.run_once(T0).await.expect("pass");
     assert_eq!(rows(&db, shipment)[0].2, "queued", "429: wait and retry");
     assert_eq!(dispatcher.run_once(T0 + 9_000).await.expect("pass"), 0, "Retry-After is honoured");
@@ -679,31 +682,23 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
     assert_eq!(events, ["milestone:dispatched sent", "milestone:exception sent"]);
 
     // No consent to e-mail: no contact to tell.
-    feed(&db, &domain, other, Input::Dispatched { at_ms: T0, on_route: false }, T0 + 30_000, true);
+    feed(&db, &domain, other, dispatched(T0), T0 + 30_000, true);
     dispatcher.run_once(T0 + 30_000).await.expect("pass");
     assert_eq!(rows(&db, quiet)[0].2, "skipped");
     assert_eq!(fake.seen().len(), 2);
 
     // An event HubSpot has no definition for is refused for good.
     let case = Case::new(hubspot_sinks(&base, "pe1234567_not_defined"));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
-    let log = outcomes(db, shipment, "milestone:dispatched");
-    let last = log.last().expect("entry");
-    assert_eq!(last.0, "failed");
-    let refused =
-        last.1.as_deref().is_some_and(|d| d.contains("400") && d.contains("Event definition not found"));
-    assert!(refused, "{log:?}");
+    case.step(dispatched(T0), T0).await;
+    case.failed_for_good(case.shipment, "milestone:dispatched", &["400", "Event definition not found"]).await;
 }
 
 #[tokio::test]
 async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice() {
-    let (fake, base) = FakeZendesk::start().await;
+    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
     let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, carrier(CanonicalStatus::AttemptFailed, T0), T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    let (db, shipment, _, dispatcher) = case.parts();
+    case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
     // The hub died after Zendesk made the ticket and before it wrote the answer down.
     let conn = doorstep_hub::store::Store::open(db, Default::default()).expect("open");
     conn.raw()
@@ -711,7 +706,7 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
         .expect("cut short");
     assert_eq!(dispatcher.recover(T0 + 1).await.expect("recover"), (1, 0), "a creation is resent");
     dispatcher.run_once(T0 + 1).await.expect("pass");
-    let seen = fake.seen();
+    let seen = fake.record.seen();
     let keys: Vec<Option<String>> = seen.iter().map(|(_, _, k, _)| k.clone()).collect();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0], keys[1], "the same Idempotency-Key both times");
@@ -722,11 +717,10 @@ async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice(
 
 #[tokio::test]
 async fn a_hubspot_event_whose_send_was_cut_short_by_a_restart_is_unknown_and_not_sent_again() {
-    let (fake, base) = FakeHubSpot::start().await;
+    let (fake, base) = start_fake::<FakeHubSpot, _, _>(hubspot).await;
     let case = Case::new(hubspot_sinks(&base, HS_EVENT));
-    let (db, shipment, domain, dispatcher) = case.parts();
-    feed(db, domain, TRACKING, Input::Dispatched { at_ms: T0, on_route: false }, T0, true);
-    dispatcher.run_once(T0).await.expect("pass");
+    let (db, shipment, _, dispatcher) = case.parts();
+    case.step(dispatched(T0), T0).await;
     assert_eq!(fake.seen().len(), 1);
     // The hub died after HubSpot took the event and before the hub wrote it down: HubSpot
     // documents no de-duplication of custom events, so the event is not sent again.
