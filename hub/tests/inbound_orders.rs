@@ -53,6 +53,13 @@ async fn shopify(hub: &TestHub, topic: &str, body: &str, id: &str, at: &str, sec
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts Shopify's "fulfillments/create" (the fixture's fulfillment, sent at 14:12:31 on
+/// 1 December 2026) as delivery `id`, signed with `secret`.
+async fn fulfillment_created(hub: &TestHub, id: &str, secret: &str) -> (u16, Value) {
+    let body = data("shopify_fulfillments_create.json");
+    shopify(hub, "fulfillments/create", &body, id, "2026-12-01T14:12:31Z", secret).await
+}
+
 async fn woo(hub: &TestHub, body: &str, delivery: &str, secret: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(hub.url("/webhooks/woocommerce"))
@@ -69,6 +76,11 @@ async fn woo(hub: &TestHub, body: &str, delivery: &str, secret: &str) -> (u16, V
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts a webhook was answered 200 with `outcome`.
+fn assert_answered((status, reply): (u16, Value), outcome: &str) {
+    assert_eq!((status, reply["outcome"].as_str()), (200, Some(outcome)), "{reply}");
 }
 
 fn count(hub: &TestHub, source: &str, outcome: &str, reason: &str) -> i64 {
@@ -94,11 +106,8 @@ fn assert_rows(hub: &TestHub, expected: &[(&str, i64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() {
     let (_broker, _dir, hub) = hub_with_orders().await;
-    let body = data("shopify_fulfillments_create.json");
     let id = "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043";
-    let (status, reply) =
-        shopify(&hub, "fulfillments/create", &body, id, "2026-12-01T14:12:31Z", SHOPIFY_SECRET).await;
-    assert_eq!((status, reply["outcome"].as_str()), (200, Some("stored")), "{reply}");
+    assert_answered(fulfillment_created(&hub, id, SHOPIFY_SECRET).await, "stored");
 
     for tracking in ["1Z999AA10123456784", "1Z999AA10123456795"] {
         let view = hub.shown(tracking).await;
@@ -116,9 +125,7 @@ async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() 
 
     // Shopify's retry of the same delivery: nothing changes.
     let outbox = rows(&hub, "notification_outbox");
-    let (status, reply) =
-        shopify(&hub, "fulfillments/create", &body, id, "2026-12-01T14:12:31Z", SHOPIFY_SECRET).await;
-    assert_eq!((status, reply["outcome"].as_str()), (200, Some("duplicate")));
+    assert_answered(fulfillment_created(&hub, id, SHOPIFY_SECRET).await, "duplicate");
     assert_rows(&hub, &[("notification_outbox", outbox), ("shipments", 2), ("order_events", 1)]);
     assert_eq!(count(&hub, "shopify", "duplicate", "ok"), 1);
     hub.stop().await;
@@ -128,9 +135,7 @@ async fn a_shopify_fulfillment_creates_its_shipments_and_dispatches_them_once() 
 async fn a_stale_shopify_retry_never_overwrites_a_newer_status() {
     let (_broker, _dir, hub) = hub_with_orders().await;
     let base = data("shopify_fulfillments_create.json");
-    let (s, _) =
-        shopify(&hub, "fulfillments/create", &base, "d-1", "2026-12-01T14:12:31Z", SHOPIFY_SECRET).await;
-    assert_eq!(s, 200);
+    assert_eq!(fulfillment_created(&hub, "d-1", SHOPIFY_SECRET).await.0, 200);
     // The newer update (out for delivery) arrives first; the older one (in transit),
     // retried by Shopify with its original payload, arrives after it.
     let ofd = base.replace("\"shipment_status\": null", "\"shipment_status\": \"out_for_delivery\"").replace(
@@ -141,12 +146,14 @@ async fn a_stale_shopify_retry_never_overwrites_a_newer_status() {
         "\"updated_at\": \"2026-12-01T09:12:30-05:00\"",
         "\"updated_at\": \"2026-12-01T20:00:00-05:00\"",
     );
-    let (_, reply) =
-        shopify(&hub, "fulfillments/update", &ofd, "d-3", "2026-12-02T12:00:01Z", SHOPIFY_SECRET).await;
-    assert_eq!(reply["outcome"], "stored");
-    let (status, reply) =
-        shopify(&hub, "fulfillments/update", &transit, "d-2", "2026-12-02T01:00:01Z", SHOPIFY_SECRET).await;
-    assert_eq!((status, reply["outcome"].as_str()), (200, Some("stale")), "{reply}");
+    assert_answered(
+        shopify(&hub, "fulfillments/update", &ofd, "d-3", "2026-12-02T12:00:01Z", SHOPIFY_SECRET).await,
+        "stored",
+    );
+    assert_answered(
+        shopify(&hub, "fulfillments/update", &transit, "d-2", "2026-12-02T01:00:01Z", SHOPIFY_SECRET).await,
+        "stale",
+    );
 
     let view = hub.shown("1Z999AA10123456784").await;
     assert_eq!(view["shipment"]["milestone"], "out_for_delivery", "{view}");
@@ -178,9 +185,10 @@ async fn an_order_level_contact_reaches_every_parcel_and_sms_needs_consent() {
         "\"tracking_numbers\": [\"JD014600006281230704\"]",
         "\"tracking_numbers\": [\"JD014600006281230704\", \"JD014600006281230711\"]",
     );
-    let (status, reply) =
-        shopify(&hub, "orders/fulfilled", &body, "o-1", "2026-12-01T09:40:03Z", SHOPIFY_SECRET).await;
-    assert_eq!((status, reply["outcome"].as_str()), (200, Some("stored")), "{reply}");
+    assert_answered(
+        shopify(&hub, "orders/fulfilled", &body, "o-1", "2026-12-01T09:40:03Z", SHOPIFY_SECRET).await,
+        "stored",
+    );
     for tracking in ["JD014600006281230704", "JD014600006281230711"] {
         let view = hub.shown(tracking).await;
         let s = &view["shipment"];
@@ -202,9 +210,7 @@ async fn an_order_level_contact_reaches_every_parcel_and_sms_needs_consent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_unconfigured_and_malformed_deliveries_are_refused_counted_and_change_nothing() {
     let (_broker, _dir, hub) = hub_with_orders().await;
-    let body = data("shopify_fulfillments_create.json");
-    let (status, reply) =
-        shopify(&hub, "fulfillments/create", &body, "f-1", "2026-12-01T14:12:31Z", "guessed").await;
+    let (status, reply) = fulfillment_created(&hub, "f-1", "guessed").await;
     assert_eq!(status, 401, "{reply}");
     assert!(reply["error"].as_str().unwrap().contains("signature"), "{reply}");
     let (status, _) = woo(&hub, &data("woocommerce_order_updated.json"), "w-1", "guessed").await;
@@ -239,14 +245,11 @@ async fn a_completed_woocommerce_order_ships_its_tracked_parcels() {
         (200, Some("ignored")),
         "answered 200: five failures disable it"
     );
-    let (status, reply) = woo(&hub, &order, "w-1", WOO_SECRET).await;
-    assert_eq!((status, reply["outcome"].as_str()), (200, Some("stored")), "{reply}");
-    let (_, reply) = woo(&hub, &order, "w-1", WOO_SECRET).await;
-    assert_eq!(reply["outcome"], "duplicate");
+    assert_answered(woo(&hub, &order, "w-1", WOO_SECRET).await, "stored");
+    assert_answered(woo(&hub, &order, "w-1", WOO_SECRET).await, "duplicate");
     // An older delivery about the same order, arriving late.
     let older = order.replace("2026-12-01T10:05:10", "2026-12-01T10:00:00");
-    let (_, reply) = woo(&hub, &older, "w-older", WOO_SECRET).await;
-    assert_eq!(reply["outcome"], "stale");
+    assert_answered(woo(&hub, &older, "w-older", WOO_SECRET).await, "stale");
 
     for (tracking, carrier) in [("9400111899223397863456", "usps"), ("AB123456789GB", "royal-mail")] {
         let view = hub.shown(tracking).await;
