@@ -232,6 +232,14 @@ const ZD_EMAIL: &str = "ops@example.com";
 const ZD_TOKEN: &str = "6wiIBWbGkBMo1mRDMuVwkw1EPsNkeUj95PIz2akv";
 const TICKET: u64 = 35436;
 
+/// The hub's helpdesk sink on the Zendesk at `base`, authenticating with `token`.
+fn zendesk_sinks(base: &str, token: &str) -> Sinks {
+    sinks(&format!(
+        "[[sinks]]\ntype = \"zendesk\"\nname = \"helpdesk\"\nbase_url = \"{base}\"\nemail = \"{ZD_EMAIL}\"\n\
+         api_token = \"{token}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\nmax_attempts = 3\n"
+    ))
+}
+
 /// A scripted answer: status, a header, and a delay before it.
 type Scripted = (u16, Option<(&'static str, &'static str)>, Duration);
 
@@ -372,17 +380,16 @@ async fn zendesk(
     answer
 }
 
-fn zendesk_sinks(base: &str, token: &str) -> Sinks {
-    sinks(&format!(
-        "[[sinks]]\ntype = \"zendesk\"\nname = \"helpdesk\"\nbase_url = \"{base}\"\nemail = \"{ZD_EMAIL}\"\n\
-         api_token = \"{token}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\nmax_attempts = 3\n"
-    ))
+/// A loopback Zendesk, its URL, and a hub whose helpdesk sink uses it.
+async fn zendesk_hub() -> (FakeZendesk, String, Case) {
+    let (fake, base) = start_fake(zendesk).await;
+    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    (fake, base, case)
 }
 
 #[tokio::test]
 async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_delivery_solves_it() {
-    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
-    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (fake, _, case) = zendesk_hub().await;
     let (db, shipment, domain, dispatcher) = case.parts();
 
     // Dispatched: support hears nothing of a parcel that is fine.
@@ -429,8 +436,7 @@ async fn an_exception_opens_one_ticket_later_events_are_private_comments_and_del
 
 #[tokio::test]
 async fn a_comment_whose_answer_never_came_is_not_repeated_and_a_refused_ticket_fails() {
-    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
-    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (fake, base, case) = zendesk_hub().await;
     let (db, shipment, domain, dispatcher) = case.parts();
     feed(db, domain, TRACKING, carrier(CanonicalStatus::Returning, T0), T0, true);
     // The exception's ticket, then the alert as a comment Zendesk applies but whose answer
@@ -587,6 +593,14 @@ async fn a_hub_serving_its_configuration_publishes_each_milestone_once_across_a_
 const HS_TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 const HS_EVENT: &str = "pe1234567_doorstep_milestone";
 
+/// The hub's CRM sink on the HubSpot at `base`, sending events as `event_name`.
+fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
+    sinks(&format!(
+        "[[sinks]]\ntype = \"hubspot\"\nname = \"crm\"\nbase_url = \"{base}\"\naccess_token = \"{HS_TOKEN}\"\n\
+         event_name = \"{event_name}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\n"
+    ))
+}
+
 /// A loopback HubSpot custom-events API: checks each request the way HubSpot documents
 /// `POST /events/v3/send` (Bearer private-app token, `eventName` of a defined event,
 /// `email`, ISO 8601 `occurredAt`, `properties` of strings, `uuid`), answers 401 without the
@@ -642,13 +656,6 @@ async fn hubspot(
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn hubspot_sinks(base: &str, event_name: &str) -> Sinks {
-    sinks(&format!(
-        "[[sinks]]\ntype = \"hubspot\"\nname = \"crm\"\nbase_url = \"{base}\"\naccess_token = \"{HS_TOKEN}\"\n\
-         event_name = \"{event_name}\"\nrequest_timeout_s = 1\nbackoff_base_s = 1\n"
-    ))
-}
-
 #[tokio::test]
 async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others_are_skipped() {
     let (fake, base) = start_fake::<FakeHubSpot, _, _>(hubspot).await;
@@ -695,8 +702,7 @@ async fn each_milestone_of_a_consenting_customer_is_one_hubspot_event_and_others
 
 #[tokio::test]
 async fn a_ticket_whose_creation_was_cut_short_by_a_restart_is_not_opened_twice() {
-    let (fake, base) = start_fake::<FakeZendesk, _, _>(zendesk).await;
-    let case = Case::new(zendesk_sinks(&base, ZD_TOKEN));
+    let (fake, _, case) = zendesk_hub().await;
     let (db, shipment, _, dispatcher) = case.parts();
     case.step(carrier(CanonicalStatus::AttemptFailed, T0), T0).await;
     // The hub died after Zendesk made the ticket and before it wrote the answer down.
