@@ -347,8 +347,9 @@ mod tests {
 
     #[test]
     fn each_fix_is_judged_by_its_time_and_distance_from_the_last_good_one() {
-        // (seconds, latitude) of each fix, and the verdicts.
-        let cases: [(&[(i64, f64)], &[&str]); 4] = [
+        /// (seconds, latitude) of each fix, and the verdicts.
+        type Case = (&'static [(i64, f64)], &'static [&'static str]);
+        let cases: [Case; 4] = [
             // One wild fix (11 km in one second) is refused and the next good fix passes.
             (&[(0, 48.1), (1, 48.2), (2, 48.1 + STEP_DEG)], &["ok", "impossible_jump", "ok"]),
             // Scattered outliers never reanchor.

@@ -138,37 +138,44 @@ pub enum GeofenceConfigError {
     },
 }
 
+/// A setting's allowed range: above its low end, or from it, up to its high end. Every
+/// comparison with NaN is false, so NaN is out of every range.
+#[derive(Clone, Copy)]
+enum Bounds {
+    Above(f64, f64),
+    AtLeast(f64, f64),
+}
+
+impl Bounds {
+    fn contain(self, value: f64) -> bool {
+        match self {
+            Bounds::Above(low, high) => value > low && value <= high,
+            Bounds::AtLeast(low, high) => value >= low && value <= high,
+        }
+    }
+}
+
 impl GeofenceConfig {
     /// Checks every value for range and consistency, naming the first bad one.
     pub fn validate(&self) -> Result<(), GeofenceConfigError> {
         let max_radius = f64::from(MAX_RADIUS_M);
         let max_dwell = f64::from(MAX_DWELL_S);
+        use Bounds::{Above, AtLeast};
         let secs = Duration::as_secs_f64;
         let (radius, hour) = ("more than 0 and at most 20000 metres", "at most 3600 seconds");
-        // Each setting's range: strictly above (`true`) or from its low end, up to its high end.
-        let checks: [(&'static str, f64, (bool, f64), f64, &'static str); 9] = [
-            ("approach_m", self.approach_m, (true, 0.0), max_radius, radius),
-            ("arrival_m", self.arrival_m, (true, 0.0), max_radius, radius),
-            ("exit_margin_m", self.exit_margin_m, (false, 0.0), max_radius, "0 to 20000 metres"),
-            ("dwell", secs(&self.dwell), (false, 0.0), max_dwell, hour),
-            (
-                "stopped_speed_mps",
-                self.stopped_speed_mps,
-                (true, 0.0),
-                10.0,
-                "more than 0 and at most 10 m/s",
-            ),
-            ("exit_confirm", secs(&self.exit_confirm), (false, 0.0), max_dwell, hour),
-            ("scan_window", secs(&self.scan_window), (false, 0.0), 86_400.0, "at most 86400 seconds"),
-            ("max_crossing_gap", secs(&self.max_crossing_gap), (false, 0.0), max_dwell, hour),
-            ("max_speed_mps", self.max_speed_mps, (false, 10.0), 500.0, "10 to 500 m/s"),
+        let checks: [(&'static str, f64, Bounds, &'static str); 9] = [
+            ("approach_m", self.approach_m, Above(0.0, max_radius), radius),
+            ("arrival_m", self.arrival_m, Above(0.0, max_radius), radius),
+            ("exit_margin_m", self.exit_margin_m, AtLeast(0.0, max_radius), "0 to 20000 metres"),
+            ("dwell", secs(&self.dwell), AtLeast(0.0, max_dwell), hour),
+            ("stopped_speed_mps", self.stopped_speed_mps, Above(0.0, 10.0), "more than 0 and at most 10 m/s"),
+            ("exit_confirm", secs(&self.exit_confirm), AtLeast(0.0, max_dwell), hour),
+            ("scan_window", secs(&self.scan_window), AtLeast(0.0, 86_400.0), "at most 86400 seconds"),
+            ("max_crossing_gap", secs(&self.max_crossing_gap), AtLeast(0.0, max_dwell), hour),
+            ("max_speed_mps", self.max_speed_mps, AtLeast(10.0, 500.0), "10 to 500 m/s"),
         ];
-        // Every comparison with NaN is false, so NaN is out of every range.
-        let in_range = |value: f64, (open, low): (bool, f64), high: f64| {
-            (if open { value > low } else { value >= low }) && value <= high
-        };
-        if let Some((field, value, _, _, range)) =
-            checks.into_iter().find(|&(_, value, low, high, _)| !in_range(value, low, high))
+        if let Some((field, value, _, range)) =
+            checks.into_iter().find(|(_, value, bounds, _)| !bounds.contain(*value))
         {
             return Err(GeofenceConfigError::OutOfRange { field, value, range });
         }
