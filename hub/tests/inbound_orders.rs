@@ -14,6 +14,17 @@ use support::*;
 
 const SHOPIFY_SECRET: &str = "shpss_0123456789abcdef";
 const WOO_SECRET: &str = "wc-secret-for-tests";
+/// What names the shop on each of its Shopify deliveries.
+const SHOPIFY_SHOP: [(&str, &str); 2] =
+    [("x-shopify-shop-domain", "doorstep-demo.myshopify.com"), ("x-shopify-api-version", "2025-10")];
+/// What names the shop, the topic and the webhook on each WooCommerce "order updated".
+const WOO_ORDER_UPDATED: [(&str, &str); 5] = [
+    ("x-wc-webhook-source", "https://shop.example.com/"),
+    ("x-wc-webhook-topic", "order.updated"),
+    ("x-wc-webhook-resource", "order"),
+    ("x-wc-webhook-event", "updated"),
+    ("x-wc-webhook-id", "12"),
+];
 
 fn data(name: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name))
@@ -37,20 +48,15 @@ async fn hub_with_orders() -> (Broker, tempfile::TempDir, TestHub) {
 
 /// Posts `body` to Shopify's route as Shopify does: signed, named, timed.
 async fn shopify(hub: &TestHub, topic: &str, body: &str, id: &str, at: &str, secret: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(hub.url("/webhooks/shopify"))
-        .header("content-type", "application/json")
-        .header("x-shopify-topic", topic)
-        .header(webhooks::SHOPIFY_HEADER, webhooks::shopify(secret, body.as_bytes()))
-        .header("x-shopify-shop-domain", "doorstep-demo.myshopify.com")
-        .header("x-shopify-api-version", "2025-10")
-        .header("x-shopify-webhook-id", id)
-        .header("x-shopify-triggered-at", at)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    let signature = webhooks::shopify(secret, body.as_bytes());
+    let mut headers = vec![
+        ("x-shopify-topic", topic),
+        (webhooks::SHOPIFY_HEADER, signature.as_str()),
+        ("x-shopify-webhook-id", id),
+        ("x-shopify-triggered-at", at),
+    ];
+    headers.extend(SHOPIFY_SHOP);
+    hub.post_webhook("/webhooks/shopify", &headers, body.to_owned()).await
 }
 
 /// Posts Shopify's "fulfillments/create" (the fixture's fulfillment, sent at 14:12:31 on
@@ -61,21 +67,11 @@ async fn fulfillment_created(hub: &TestHub, id: &str, secret: &str) -> (u16, Val
 }
 
 async fn woo(hub: &TestHub, body: &str, delivery: &str, secret: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(hub.url("/webhooks/woocommerce"))
-        .header("content-type", "application/json")
-        .header("x-wc-webhook-source", "https://shop.example.com/")
-        .header("x-wc-webhook-topic", "order.updated")
-        .header("x-wc-webhook-resource", "order")
-        .header("x-wc-webhook-event", "updated")
-        .header(webhooks::WOOCOMMERCE_HEADER, webhooks::woocommerce(secret, body.as_bytes()))
-        .header("x-wc-webhook-id", "12")
-        .header("x-wc-webhook-delivery-id", delivery)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    let signature = webhooks::woocommerce(secret, body.as_bytes());
+    let mut headers = WOO_ORDER_UPDATED.to_vec();
+    headers
+        .extend([(webhooks::WOOCOMMERCE_HEADER, signature.as_str()), ("x-wc-webhook-delivery-id", delivery)]);
+    hub.post_webhook("/webhooks/woocommerce", &headers, body.to_owned()).await
 }
 
 /// Asserts a webhook was answered 200 with `outcome`.

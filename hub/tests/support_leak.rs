@@ -75,16 +75,10 @@ async fn zendesk(
     })
     .to_string();
     let now = iso(doorstep_hub::ingest::now_ms());
-    let r = reqwest::Client::new()
-        .post(hub.url("/webhooks/zendesk"))
-        .header("content-type", "application/json")
-        .header(webhooks::ZENDESK_HEADER, webhooks::zendesk(secret, &now, body.as_bytes()))
-        .header(webhooks::ZENDESK_TIMESTAMP_HEADER, now)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    let signature = webhooks::zendesk(secret, &now, body.as_bytes());
+    let headers =
+        [(webhooks::ZENDESK_HEADER, signature.as_str()), (webhooks::ZENDESK_TIMESTAMP_HEADER, &now)];
+    hub.post_webhook("/webhooks/zendesk", &headers, body).await
 }
 
 /// Posts a Freshdesk automation rule's "simple" webhook body with the shared header.
@@ -93,14 +87,7 @@ async fn freshdesk(hub: &TestHub, ticket: u64, description: &str, secret: &str) 
         "ticket_id": ticket, "ticket_subject": "Parcel?", "ticket_description": description,
         "ticket_tags": "", "ticket_status": "Open",
     }});
-    let r = reqwest::Client::new()
-        .post(hub.url("/webhooks/freshdesk"))
-        .header(FRESHDESK_HEADER, secret)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    hub.post_webhook("/webhooks/freshdesk", &[(FRESHDESK_HEADER, secret)], body.to_string()).await
 }
 
 /// The leak report's lines as `milestone/channel -> (shipments, contacted, share)`.

@@ -375,6 +375,23 @@ impl TestHub {
         shown["timeline"].as_array().unwrap().iter().filter(|e| e["source"] == source).cloned().collect()
     }
 
+    /// Posts a JSON `body` to the public webhook `path` with `headers`, as a sender
+    /// outside does; the answer's status and JSON body (null when it has none).
+    pub async fn post_webhook(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let mut request =
+            reqwest::Client::new().post(self.url(path)).header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let r = request.body(body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// The `/metrics` page as Prometheus reads it.
     pub async fn metrics_text(&self) -> String {
         self.api_client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
