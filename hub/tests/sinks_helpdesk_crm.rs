@@ -697,9 +697,10 @@ async fn salesforce_refusals_fail_the_row_without_retries() {
 
     // An event defined without one of the hub's fields: 400 INVALID_FIELD. A wrong client
     // secret: the token request is refused, nothing is published.
-    let refusals: [(&str, &str, &[&str], (usize, usize)); 2] = [
-        (SF_SECRET, SF_OLD_EVENT, &["400", "INVALID_FIELD", "Event_Key__c"], (1, 1)),
-        ("not-the-secret", SF_EVENT, &["invalid_client"], (2, 1)),
+    // (client secret, event, what the log says, (token requests, publishes) so far)
+    let refusals = [
+        (SF_SECRET, SF_OLD_EVENT, &["400", "INVALID_FIELD", "Event_Key__c"][..], (1, 1)),
+        ("not-the-secret", SF_EVENT, &["invalid_client"][..], (2, 1)),
     ];
     for (secret, event, words, counts) in refusals {
         let case = Case::new(salesforce_sinks(&vendor.url, secret, event));
