@@ -107,8 +107,7 @@ impl LinkRecord {
     /// Writes the record atomically (temp file and rename; no fsync: it is rewritten
     /// every second and a stale one is reported as stale).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::util::write_atomic(path, &json, false)
+        crate::daemon::write_json_atomically(path, self)
     }
 
     /// Reads a record; `Ok(None)` when there is none.
