@@ -37,7 +37,7 @@ fn onesignal_section(base: &str) -> String {
 fn push_case(base: &str) -> (tempfile::TempDir, std::path::PathBuf, i64, Dispatcher) {
     let (_dir, db) = hub_db();
     let shipment = push_shipment(&db);
-    let id = enqueue(&db, shipment, "delivered", "push", EXTERNAL_ID, None);
+    let id = enqueue_at(&db, shipment, "delivered", "push", EXTERNAL_ID, None, 0);
     let dispatcher = dispatcher_for(&onesignal_section(base), &db);
     (_dir, db, id, dispatcher)
 }
@@ -341,7 +341,7 @@ async fn email_pair(
     );
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
+    let id = enqueue_at(&db, shipment, "delivered", "email", EMAIL, None, 0);
     let dispatcher = dispatcher_for(&section, &db);
     (sendgrid, mailgun, _dir, db, id, dispatcher)
 }

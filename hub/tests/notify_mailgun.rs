@@ -164,7 +164,7 @@ async fn case_for(section: impl FnOnce(&str) -> String) -> Case {
     let (mailgun, base) = FakeMailgun::start().await;
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
+    let id = enqueue_at(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."), 0);
     let dispatcher = dispatcher_for(&section(&base), &db);
     Case { mailgun, db, shipment, id, dispatcher, _dir }
 }
@@ -360,7 +360,7 @@ async fn a_wrong_api_key_is_mailguns_401_and_fails_the_row() {
     let (mailgun, base) = FakeMailgun::start().await;
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, None);
+    let id = enqueue_at(&db, shipment, "delivered", "email", EMAIL, None, 0);
     let section = mailgun_section(&base, "").replace(API_KEY, "key-wrong");
     let dispatcher = dispatcher_for(&section, &db);
     dispatcher.run_once(DAY).await.expect("pass");
@@ -460,7 +460,7 @@ async fn a_complaint_opts_the_address_out_and_later_email_to_it_is_skipped() {
     assert!(opted_out(&c.db, EMAIL));
     assert_eq!(outcomes(&c.db, c.id), ["queued", "sent", "opted_out"]);
 
-    let later = enqueue(&c.db, c.shipment, "out_for_delivery", "email", EMAIL, None);
+    let later = enqueue_at(&c.db, c.shipment, "out_for_delivery", "email", EMAIL, None, 0);
     c.dispatcher.run_once(DAY + 60_000).await.expect("pass");
     assert_eq!(c.mailgun.seen().len(), 1, "nothing more e-mailed to the address");
     assert_eq!(status(&c.db, later), "skipped");
@@ -479,7 +479,7 @@ async fn an_unsubscribe_found_by_message_id_alone_opts_the_address_out() {
     assert!(opted_out(&c.db, EMAIL));
     assert_eq!(last_outcome(&c.db, c.id).outcome, "opted_out");
 
-    let later = enqueue(&c.db, c.shipment, "exception", "email", EMAIL, Some("Address not found."));
+    let later = enqueue_at(&c.db, c.shipment, "exception", "email", EMAIL, Some("Address not found."), 0);
     c.dispatcher.run_once(DAY + 60_000).await.expect("pass");
     assert_eq!(c.mailgun.seen().len(), 1);
     assert_eq!(status(&c.db, later), "skipped");

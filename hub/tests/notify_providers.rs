@@ -83,7 +83,7 @@ async fn case(answer: Answer, first: Option<Answer>, channel: &str, section: fn(
     }
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", channel, PHONE, None);
+    let id = enqueue_at(&db, shipment, "delivered", channel, PHONE, None, 0);
     let metrics = Arc::new(Metrics::default());
     let dispatcher = Dispatcher::new(settings(&section(&base)), &db, Arc::clone(&metrics)).expect("new");
     Case { fake, base, db, shipment, id, metrics, dispatcher, _dir }
@@ -227,7 +227,7 @@ async fn a_delivered_sms_after_a_door_scan_is_timed_from_the_scan_to_the_provide
         tx.add_timeline(shipment, scanned_ms, "device", "delivered_at_address", &evidence).expect("timeline");
         tx.commit().expect("commit");
     }
-    enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    enqueue_at(&db, shipment, "delivered", "sms", PHONE, None, 0);
     let metrics = Arc::new(Metrics::default());
     let dispatcher =
         Dispatcher::new(settings(&twilio_section(&base)), &db, Arc::clone(&metrics)).expect("new");
@@ -278,7 +278,7 @@ async fn stop_opts_the_number_out_and_later_messages_are_skipped() {
     let (code, body) = post_twilio(&app, "secret-token", "/callbacks/twilio/inbound", &params).await;
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("<Response>"), "{body}");
-    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let id = enqueue_at(&db, shipment, "delivered", "sms", PHONE, None, 0);
     dispatcher.run_once(DAY).await.expect("pass");
     assert!(twilio.seen().is_empty());
     assert_eq!(status(&db, id), "skipped");
@@ -295,7 +295,7 @@ async fn quiet_hours_skip_nearby_and_defer_delivered_to_the_morning() {
     tx.save_reconcile(shipment, Milestone::Nearby, &serde_json::json!(null), 0).expect("milestone");
     tx.commit().expect("commit");
     drop(store);
-    let nearby = enqueue(&db, shipment, "nearby", "sms", PHONE, None);
+    let nearby = enqueue_at(&db, shipment, "nearby", "sms", PHONE, None, 0);
     let report = dispatcher.run_once(NIGHT).await.expect("pass");
     assert_eq!((report.sent, report.skipped, report.deferred), (0, 1, 1));
     assert_eq!(status(&db, nearby), "skipped");
@@ -315,7 +315,7 @@ async fn sendgrid_gets_a_documented_mail_send_body() {
         Fake::start(Answer { header: Some(("x-message-id", "MSG-0001")), ..Answer::ok(202, "") }).await;
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."));
+    let id = enqueue_at(&db, shipment, "delivered", "email", EMAIL, Some("Left with a neighbour."), 0);
     let section = format!(
         "[sendgrid]\nbase_url = \"{base}\"\napi_key = \"SG.key\"\nfrom_email = \"parcels@example.com\"\nfrom_name = \"Doorstep\"\n"
     );
@@ -552,7 +552,7 @@ async fn a_failed_whatsapp_status_leaves_the_row_undelivered_with_metas_error_co
     );
 
     // A status whose id some SMS row carries is not about that row.
-    let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let sms = enqueue_at(&db, shipment, "delivered", "sms", PHONE, None, 0);
     {
         let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
         assert!(store.claim_notification(sms).expect("claim"));
@@ -665,7 +665,7 @@ async fn a_signed_webhook_verifies_with_the_secret_and_an_ambiguous_failure_rese
             )
             .expect("contacts");
     }
-    let id = enqueue(&db, shipment, "delivered", "webhook", &url, None);
+    let id = enqueue_at(&db, shipment, "delivered", "webhook", &url, None, 0);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let dispatcher = dispatcher_for(&format!("[webhook]\nsecret = \"{secret}\"\n"), &db);
     dispatcher.run_once(DAY).await.expect("pass");
@@ -780,7 +780,7 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
         Fake::start(Answer { delay: Duration::from_millis(300), ..Answer::ok(200, "ok") }).await;
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let row = enqueue(&db, shipment, "delivered", "whatsapp", PHONE, None);
+    let row = enqueue_at(&db, shipment, "delivered", "whatsapp", PHONE, None, 0);
     for code in ["delivered_away_from_address", "carrier_delivered_van_never_arrived", "held_too_long"] {
         alert(&db, shipment, code);
     }
@@ -828,8 +828,8 @@ async fn two_hubs_dispatching_on_one_database_send_each_message_and_alert_once()
 fn a_late_answer_from_a_hub_that_lost_the_lease_is_logged_and_keeps_the_new_holders_status() {
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let hook = enqueue(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None);
-    let sms = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let hook = enqueue_at(&db, shipment, "delivered", "webhook", "https://orders.example.com/hook", None, 0);
+    let sms = enqueue_at(&db, shipment, "delivered", "sms", PHONE, None, 0);
     let store = Store::open(&db, StoreOptions { full_sync: false }).expect("open");
     // The old holder claims both; the lease passes and the new holder settles them.
     assert!(store.claim_notification(hook).expect("claim"));

@@ -357,7 +357,7 @@ struct Case {
 fn case(notify: &str) -> Case {
     let (_dir, db) = hub_db();
     let shipment = database(&db);
-    let id = enqueue(&db, shipment, "delivered", "sms", PHONE, None);
+    let id = enqueue_at(&db, shipment, "delivered", "sms", PHONE, None, 0);
     let dispatcher = dispatcher_for(notify, &db);
     Case { db, id, dispatcher, _dir }
 }

@@ -225,18 +225,8 @@ pub fn add_shipment_at(path: &Path, tracking: &str, milestone: Milestone, create
     insert_shipment(path, &new, created_ms, Some(milestone))
 }
 
-pub fn enqueue(
-    path: &Path,
-    shipment: i64,
-    milestone: &str,
-    channel: &str,
-    recipient: &str,
-    detail: Option<&str>,
-) -> i64 {
-    enqueue_at(path, shipment, milestone, channel, recipient, detail, 0)
-}
-
-/// [`enqueue`] at `now_ms`.
+/// Queues the shipment's `milestone` for `channel` to `recipient` (with `detail`) at
+/// `now_ms`; the row's id.
 pub fn enqueue_at(
     path: &Path,
     shipment: i64,
