@@ -7,7 +7,9 @@
 //! once, every van is acked to its last seq, the lease passes to a live hub, and every
 //! customer message (signed webhooks to an endpoint on this host: "dispatched" when the
 //! routes are posted, "nearby" at each stop, some enqueued while no hub held the lease)
-//! is sent under one message id, once.
+//! is sent under one message id, once. Each van then signs a handover away from its last
+//! stop's address: whichever hub stores it raises the operations alert, and the lease
+//! holder posts each alert to the operators' Slack once.
 //!
 //! Needs root (`ip netns`, veth): CI runs as root.
 
@@ -18,10 +20,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use doorstep_hub::store::{Store, StoreOptions};
+use doorstep_proto::Event;
 use doorstep_proto::{DeviceId, PublicKey, SigningKey};
 use doorstep_testkit::netns::{Host, require_root, run};
 use doorstep_testkit::postgres::Postgres;
-use support::{HUB_BIN, SimFleet, device, evt_topic, key, nearby, position, register, seal, until_every};
+use support::{
+    HUB_BIN, SimFleet, delivered, device, evt_topic, key, nearby, position, register, seal, until_every,
+};
 
 const HUBS: usize = 3;
 const VANS: u8 = 5;
@@ -32,12 +37,17 @@ const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the customers' webhook endpoint received: (path, webhook-id, milestone).
 type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+/// What the operators' Slack incoming webhook received: each post's text.
+type Alerts = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// The customers' endpoint, on every address of this host, answering 200 to each signed
-/// POST (checked against the secret) and keeping what it got.
-async fn webhook_endpoint() -> (u16, Received) {
+/// POST (checked against the secret) and keeping what it got; beside it, at
+/// `/slack/ops`, the operators' Slack incoming webhook (JSON `{"text": ...}`, `ok`).
+async fn webhook_endpoint() -> (u16, Received, Alerts) {
     let received: Received = Default::default();
+    let alerts: Alerts = Default::default();
     let kept = received.clone();
+    let posted = alerts.clone();
     let signer = doorstep_hub::notify::webhook::WebhookSigner::new(WEBHOOK_SECRET).expect("secret");
     let app = axum::Router::new().route(
         "/hooks/{tracking}",
@@ -62,10 +72,24 @@ async fn webhook_endpoint() -> (u16, Received) {
             },
         ),
     );
+    let app = app.route(
+        "/slack/ops",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let posted = posted.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let Some(text) = json["text"].as_str() else {
+                    return (axum::http::StatusCode::BAD_REQUEST, "invalid_payload");
+                };
+                posted.lock().expect("alerts").push(text.to_owned());
+                (axum::http::StatusCode::OK, "ok")
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (port, received)
+    (port, received, alerts)
 }
 
 /// POSTs `body` to `/v1/{what}` on a hub's API, expecting 201 Created.
@@ -124,7 +148,8 @@ impl Drop for Broker {
 }
 
 /// One hub's configuration: the default file with this host's addresses.
-fn hub_config(dir: &Path, host: &Host, n: usize, broker: u16, database: &str, key: &Path) -> PathBuf {
+fn hub_config(dir: &Path, host: &Host, n: usize, ports: (u16, u16), database: &str, key: &Path) -> PathBuf {
+    let (broker, endpoint) = ports;
     let out = Command::new(HUB_BIN).arg("--print-default-config").output().expect("default config");
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let replace = |text: String, from: &str, to: &str| {
@@ -153,7 +178,11 @@ fn hub_config(dir: &Path, host: &Host, n: usize, broker: u16, database: &str, ke
     );
     let text = replace(text, "listen = \"127.0.0.1:8080\"", &format!("listen = \"{}:8080\"", host.inside));
     let text = replace(text, "listen = \"127.0.0.1:8081\"", &format!("listen = \"{}:8081\"", host.inside));
-    let text = format!("{text}\n[notify.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n");
+    let text = format!(
+        "{text}\n[notify.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n\n[[notify.providers]]\ntype = \"slack\"\n\
+         webhook_url = \"http://{}:{endpoint}/slack/ops\"\n",
+        host.outside
+    );
     let path = dir.join(format!("hub-{n}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
@@ -287,14 +316,14 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         .output()
         .expect("apikey create");
     let orders = String::from_utf8(orders.stdout).expect("token").trim().to_owned();
-    let (endpoint, received) = webhook_endpoint().await;
+    let (endpoint, received, alerts) = webhook_endpoint().await;
 
     let configs: Vec<PathBuf> = hosts
         .iter()
         .enumerate()
         .map(|(i, host)| {
             let url = format!("postgres://postgres@{}:{}/hubs?sslmode=disable", host.outside, pg.port());
-            hub_config(dir.path(), host, i + 1, broker.port, &url, &key_path)
+            hub_config(dir.path(), host, i + 1, (broker.port, endpoint), &url, &key_path)
         })
         .collect();
     let mut hubs: Vec<Option<Child>> = hosts
@@ -361,6 +390,13 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     // The vans reach their second stop meanwhile: those customers' "nearby" waits for a
     // hub holding the lease.
     publish_phase(&fleet, &vans, 2 * PER_PHASE + 1..=3 * PER_PHASE, "s2").await;
+    // And each van's driver hands its s2 parcel over away from the address: an operations
+    // alert, raised by whichever hub stores the event, posted by whichever holds the lease.
+    let last = 3 * PER_PHASE + 1;
+    for (van, key) in &vans {
+        let away = Event::DeliveredAwayFromAddress(delivered("s2", &parcel(van, "s2")));
+        fleet.publish(&evt_topic(van), seal(key, van, last, away)).await;
+    }
     assert!(
         wait_until(Duration::from_secs(75), || lease_holder(&database).is_some_and(|h| h != holder)).await,
         "a live hub takes the lease after {holder}'s host was lost"
@@ -369,9 +405,8 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     // The lost host comes back (its broker session holds the share routed to it meanwhile).
     hubs[lost - 1] = Some(start_hub(dir.path(), &hosts[lost - 1], &configs[lost - 1], lost));
     assert!(
-        wait_until(WAIT, || acked_to(3 * PER_PHASE)).await,
-        "every van acked to {}: {:?}",
-        3 * PER_PHASE,
+        wait_until(WAIT, || acked_to(last)).await,
+        "every van acked to {last}: {:?}",
         vans.iter().map(|(v, _)| fleet.acked(v)).collect::<Vec<_>>()
     );
     assert_eq!(
@@ -382,12 +417,12 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
 
     // Every event stored exactly once: the seqs are 1..=last with no hole and no repeat.
     let store = Store::open(&database, StoreOptions::default()).expect("store");
-    let want: Vec<u64> = (1..=3 * PER_PHASE).collect();
+    let want: Vec<u64> = (1..=last).collect();
     for (van, _) in &vans {
         assert_eq!(store.event_seqs(van).expect("seqs"), want, "{van}: every event once");
-        assert_eq!(store.ack_high_water(van).expect("ack"), 3 * PER_PHASE, "{van}: the stored ack");
+        assert_eq!(store.ack_high_water(van).expect("ack"), last, "{van}: the stored ack");
     }
-    assert_eq!(store.total_events().expect("total"), u64::from(VANS) * 3 * PER_PHASE);
+    assert_eq!(store.total_events().expect("total"), u64::from(VANS) * last);
 
     // Every customer told "dispatched" and "nearby" for each parcel, each message under
     // one id (a resend after the lease holder's loss would carry the same id, which
@@ -425,6 +460,31 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     assert!(ids.values().all(|set| set.len() == 1), "each message under one id: {ids:?}");
     let resent = got.len() - want_messages;
     eprintln!("customer messages: {want_messages} sent, {resent} repeated under the same id");
+
+    // Every van's alert posted to the operators once: Slack has no idempotency key, so a
+    // repeat would reach them as a second post.
+    let want_alerts: std::collections::BTreeSet<String> =
+        vans.iter().map(|(van, _)| parcel(van, "s2")).collect();
+    let alerted = || {
+        alerts
+            .lock()
+            .expect("alerts")
+            .iter()
+            .filter(|text| text.contains("*delivered_away_from_address*"))
+            .filter_map(|text| text.split('`').nth(1).map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(WAIT, || alerted().len() >= want_alerts.len()).await,
+        "every alert posted: {:?}",
+        alerts.lock().expect("alerts")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut posted = alerted();
+    posted.sort();
+    assert_eq!(posted, want_alerts.iter().cloned().collect::<Vec<_>>(), "each van's alert once");
+    assert_eq!(alerts.lock().expect("alerts").len(), want_alerts.len(), "and no other post");
+    eprintln!("operations alerts: {} posted, each once", posted.len());
     fleet.stop();
     for host in &hosts {
         host.kill_everything();
