@@ -266,11 +266,11 @@ fn outcome_view(o: &Outcome) -> AttemptView {
 }
 
 fn message_view(row: &OutboxRow, outcomes: &[Outcome]) -> MessageView {
-    let channel = ContactChannel::ALL.into_iter().find(|c| c.as_str() == row.channel);
+    let channel = row.channel.known().copied();
     MessageView {
         id: row.id,
-        milestone: row.milestone.clone(),
-        channel: row.channel.clone(),
+        milestone: row.milestone.to_string(),
+        channel: row.channel.to_string(),
         recipient: channel.map_or_else(|| mask(&row.recipient), |c| shown_contact(c, &row.recipient)),
         status: row.status.to_string(),
         attempts: row.attempts,

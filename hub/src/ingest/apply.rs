@@ -548,7 +548,7 @@ mod tests {
         assert_eq!(feed(carrier(T0 + 4, "2026-08-12"), T0 + 4), delayed);
         tx.commit().expect("commit");
         let rows = store.outbox_for_shipment(id).expect("outbox");
-        let keys: Vec<&str> = rows.iter().map(|r| r.milestone.as_str()).collect();
+        let keys: Vec<String> = rows.iter().map(|r| r.milestone.to_string()).collect();
         assert_eq!(keys, ["dispatched", "delayed:2026-08-10", "delayed:2026-08-12"]);
         let detail = rows[1].detail.as_deref().and_then(DelayDetail::from_json).expect("detail");
         assert_eq!(

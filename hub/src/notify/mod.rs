@@ -73,8 +73,8 @@ pub use provider::{Channel, Provider, ProviderType};
 use crate::metrics::Metrics;
 use crate::model::{Milestone, Notice, Update};
 use crate::store::{
-    Acquired, ContactChannel, Finish, LeaseClaim, OutboxRow, OutboxStatus, Settled, Shipment, StoreError,
-    StoreOptions,
+    Acquired, ContactChannel, Finish, LeaseClaim, Named, OutboxRow, OutboxStatus, Settled, Shipment,
+    StoreError, StoreOptions,
 };
 use provider::Registered;
 use templates::{Vars, fill, render_sms, render_sms_keeping};
@@ -287,10 +287,8 @@ pub fn plan(
     opted_out: bool,
     now_ms: i64,
 ) -> Plan {
-    let Ok(channel) =
-        serde_json::from_value::<ContactChannel>(serde_json::Value::String(row.channel.clone()))
-    else {
-        return skip("unknown_channel", format!("channel {:?}", row.channel));
+    let Named::Known(channel) = row.channel else {
+        return skip("unknown_channel", format!("channel {:?}", row.channel.name()));
     };
     if !settings.configured(channel) {
         return skip("channel_not_configured", format!("no [notify] provider for {}", channel.as_str()));
@@ -298,8 +296,8 @@ pub fn plan(
     let Some(shipment) = shipment else {
         return skip("shipment_missing", format!("shipment {}", row.shipment_id));
     };
-    let Some(notice) = Notice::parse(&row.milestone) else {
-        return skip("unknown_milestone", format!("milestone {:?}", row.milestone));
+    let Named::Known(notice) = &row.milestone else {
+        return skip("unknown_milestone", format!("milestone {:?}", row.milestone.name()));
     };
     // An update (a delay, "still on its way") is news of the shipment's current milestone:
     // providers that know only milestones are told that one.
@@ -334,7 +332,7 @@ pub fn plan(
         && quiet.covers(channel)
         && let Some(until_ms) = quiet.quiet_until(now_ms, &quiet::zone(&shipment.time_zone))
     {
-        if notice == Notice::Milestone(Milestone::Nearby) {
+        if *notice == Notice::Milestone(Milestone::Nearby) {
             return skip("quiet_hours", "nearby during the recipient's quiet hours; stale by morning");
         }
         return Plan::Defer { until_ms };
@@ -349,7 +347,7 @@ pub fn plan(
     let link = settings.tracking_link(shipment.id, now_ms);
     // An exception is told in words: what happened and what happens next (never the
     // reason code or the driver's note); a detail from an older hub is its own text.
-    let exception = (notice == Notice::Milestone(Milestone::Exception))
+    let exception = (*notice == Notice::Milestone(Milestone::Exception))
         .then(|| row.detail.as_deref().and_then(crate::reconcile::ExceptionDetail::from_json))
         .flatten()
         .map(|d| exceptions::words(&d, &locale, &shipment.time_zone, &settings.exception_steps));
@@ -715,14 +713,14 @@ impl Dispatcher {
                     let shipment = store.shipment(row.shipment_id)?;
                     // "Nearby" says when, as of its sending: the stops before the
                     // customer's and the arrival window of the van's current route.
-                    if row.milestone == "nearby"
+                    if row.milestone == Named::Known(Notice::Milestone(Milestone::Nearby))
                         && row.detail.is_none()
                         && let Some(shipment) = &shipment
                         && let Some(window) = page::arrival_window(shipment, store, now_ms)?
                     {
                         row.detail = Some(page::nearby_words(&window, &shipment.locale, now_ms));
                     }
-                    let opted_out = store.is_opted_out(&row.channel, &row.recipient)?;
+                    let opted_out = store.is_opted_out(&row.channel.name(), &row.recipient)?;
                     match plan(&settings, &row, shipment.as_ref(), opted_out, now_ms) {
                         Plan::Skip { reason, detail } => {
                             if store.skip_notification(row.id, now_ms, reason, &detail)? {
@@ -741,7 +739,7 @@ impl Dispatcher {
                             // template; an update goes alone.
                             let grouping = groups(msg.channel)
                                 && !settings.group_window.is_zero()
-                                && matches!(Notice::parse(&row.milestone), Some(Notice::Milestone(_)));
+                                && matches!(row.milestone, Named::Known(Notice::Milestone(_)));
                             let hold_ms = i64::try_from(settings.group_hold.as_millis()).unwrap_or(0);
                             // A person with another parcel in flight (messaged on this
                             // channel in the last two days): give that parcel's message a

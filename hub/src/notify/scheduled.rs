@@ -83,7 +83,7 @@ mod tests {
     use crate::model::Milestone;
     use crate::notify::{NotifyConfig, NotifySettings, Plan, plan, templates};
     use crate::reconcile::{DelayDetail, ShipmentState};
-    use crate::store::{Contact, ContactChannel, NewShipment, OutboxRow, Shipment};
+    use crate::store::{Contact, ContactChannel, Named, NewShipment, OutboxRow, Shipment};
 
     const DAY: i64 = 86_400_000;
     /// 2026-08-07T08:00:00Z.
@@ -138,7 +138,7 @@ mod tests {
 
     fn keys(store: &Store, id: i64) -> Vec<(String, String)> {
         let rows = store.outbox_for_shipment(id).expect("outbox");
-        rows.into_iter().map(|r| (r.milestone, r.channel)).collect()
+        rows.into_iter().map(|r| (r.milestone.to_string(), r.channel.to_string())).collect()
     }
 
     fn still(n: u32) -> (String, String) {
@@ -280,8 +280,8 @@ mod tests {
         OutboxRow {
             id: 1,
             shipment_id: 7,
-            milestone: notice.key(),
-            channel: channel.as_str().into(),
+            milestone: Named::Known(notice.clone()),
+            channel: Named::Known(channel),
             recipient: recipient.into(),
             detail,
             status: crate::store::OutboxStatus::Queued,

@@ -4,7 +4,8 @@
 use super::db::params;
 use serde::Serialize;
 
-use super::{Store, StoreError, StoreTx, corrupt};
+use super::{ContactChannel, Named, Store, StoreError, StoreTx, corrupt};
+use crate::model::Notice;
 
 /// A notification to enqueue (one row of `notification_outbox`).
 #[derive(Debug, Clone, Copy)]
@@ -111,10 +112,10 @@ pub struct OutboxRow {
     pub id: i64,
     /// The shipment.
     pub shipment_id: i64,
-    /// Milestone, snake_case.
-    pub milestone: String,
-    /// Channel.
-    pub channel: String,
+    /// What it tells (`delivered`, `delayed:2026-08-09`).
+    pub milestone: Named<Notice>,
+    /// The channel it goes out on.
+    pub channel: Named<ContactChannel>,
     /// Recipient.
     pub recipient: String,
     /// Extra template text.

@@ -9,7 +9,7 @@ use ring::digest;
 
 use super::dispatch::{Finish, report_moves};
 use super::shipments::{milestone_str, parse_milestone};
-use super::{OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
+use super::{Named, OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
 use crate::model::Milestone;
 
 /// What storing one photo chunk did.
@@ -288,8 +288,8 @@ impl PgStore {
                 Ok(OutboxRow {
                     id: r.get(0),
                     shipment_id: r.get(1),
-                    milestone: r.get(2),
-                    channel: r.get(3),
+                    milestone: Named::parse(r.get(2)),
+                    channel: Named::parse(r.get(3)),
                     recipient: r.get(4),
                     detail: r.get(5),
                     status: OutboxStatus::parse(r.get(6))?,
