@@ -375,4 +375,49 @@ mod tests {
         let same_day = row(&Notice::delayed(&detail.expected), ContactChannel::Sms, Some(detail.to_json()));
         assert_eq!(skipped(plan(&s, &same_day, Some(&ny), false, NOON)), "no_later_day");
     }
+
+    #[test]
+    fn a_row_a_newer_hub_wrote_is_read_beside_the_others_and_skipped_with_its_reason() {
+        let mut store = Store::open_in_memory().expect("open");
+        let id = shipment(&mut store, "1Z999AA10123456784", Milestone::OutForDelivery);
+        for key in ["dispatched", "nearby", "out_for_delivery"] {
+            told(&mut store, id, key, T0);
+        }
+        // A newer hub sharing the database knows a channel and a notice this one does not.
+        let raw = store.raw();
+        raw.execute(
+            "UPDATE notification_outbox SET channel = 'carrier_pigeon' WHERE milestone = 'dispatched'",
+            crate::store::NO_ARGS,
+        )
+        .expect("newer channel");
+        raw.execute(
+            "UPDATE notification_outbox SET milestone = 'left_with_neighbour' WHERE milestone = 'nearby'",
+            crate::store::NO_ARGS,
+        )
+        .expect("newer notice");
+        let rows = store.outbox_due(T0 + DAY, 10).expect("the due rows read, the unknown ones too");
+        let names: Vec<(String, String)> =
+            rows.iter().map(|r| (r.milestone.to_string(), r.channel.to_string())).collect();
+        assert_eq!(
+            names,
+            [
+                ("dispatched".to_owned(), "carrier_pigeon".to_owned()),
+                ("left_with_neighbour".to_owned(), "sms".to_owned()),
+                ("out_for_delivery".to_owned(), "sms".to_owned()),
+            ]
+        );
+        assert_eq!(rows[0].channel, Named::Unknown("carrier_pigeon".to_owned()));
+        assert_eq!(rows[1].milestone, Named::Unknown("left_with_neighbour".to_owned()));
+        assert_eq!(rows[2].milestone, Named::Known(Notice::Milestone(Milestone::OutForDelivery)));
+        let s = settings();
+        let customer = store.shipment(id).expect("read").expect("shipment");
+        let reasons: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| match plan(&s, r, Some(&customer), false, NOON) {
+                Plan::Skip { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, [Some("unknown_channel"), Some("unknown_milestone"), None]);
+    }
 }
