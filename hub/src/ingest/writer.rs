@@ -617,11 +617,13 @@ impl WriterThread {
         // PostgreSQL: after the commit, so the contiguous run counts what other hubs
         // committed meanwhile; the stored ack only grows, whichever hub writes last.
         if self.store.dialect() == Dialect::Postgres && !after.acks.is_empty() {
-            let tx = self.store.transaction()?;
-            for (device, (fleet, up_to)) in after.acks.iter_mut() {
-                *up_to = tx.advance_ack(fleet, device, now)?;
+            let vans: Vec<(FleetId, DeviceId)> =
+                after.acks.iter().map(|(device, (fleet, _))| (fleet.clone(), device.clone())).collect();
+            for (device, mark) in self.store.advance_acks(&vans, now)? {
+                if let Some((_, up_to)) = after.acks.get_mut(&device) {
+                    *up_to = mark;
+                }
             }
-            tx.commit()?;
         }
         Ok(after)
     }

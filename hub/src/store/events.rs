@@ -99,6 +99,37 @@ fn ack_high_water(conn: &Db, device: &DeviceId) -> Result<u64, StoreError> {
 }
 
 impl Store {
+    /// Advances the acks of the vans a committed batch stored events for, and returns
+    /// each van's mark. On PostgreSQL this runs after the batch's commit, over what every
+    /// hub committed (see `pg_events`): one set-based statement for all of them, the
+    /// stored mark only growing. On SQLite, one transaction advancing each in turn.
+    pub fn advance_acks(
+        &mut self,
+        vans: &[(FleetId, DeviceId)],
+        now_ms: i64,
+    ) -> Result<BTreeMap<DeviceId, u64>, StoreError> {
+        if let Db::Postgres(pg) = &self.conn {
+            let vans = vans.to_vec();
+            let marks = pg.run(move |w| {
+                let refs: Vec<(&FleetId, &DeviceId)> = vans.iter().map(|(f, d)| (f, d)).collect();
+                w.with_store(|store| store.advance_acks(&refs, now_ms))
+            })?;
+            return marks
+                .into_iter()
+                .map(|(device, seq)| {
+                    Ok((DeviceId::new(device).map_err(|e| corrupt("acked device", e))?, seq))
+                })
+                .collect();
+        }
+        let tx = self.transaction()?;
+        let mut marks = BTreeMap::new();
+        for (fleet, device) in vans {
+            marks.insert(device.clone(), tx.advance_ack(fleet, device, now_ms)?);
+        }
+        tx.commit()?;
+        Ok(marks)
+    }
+
     /// Number of events stored for a device.
     pub fn event_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
         let n: i64 =
