@@ -372,21 +372,52 @@ pub fn store_verified(
     signed: &[u8],
     now: i64,
 ) -> Result<(StoreOutcome, Effects), StoreError> {
-    let device = &envelope.device;
     let event_id = envelope.event_id.to_hex();
-    let ahead_ms = envelope.gnss_utc_ms.saturating_sub(now);
-    let quarantine = (ahead_ms > domain.max_event_ahead_ms).then_some(TIME_IN_FUTURE);
-    let new = NewEvent {
-        device,
+    let outcome = tx.insert_event(&new_event(domain, envelope, &event_id, signed, now))?;
+    store_inserted(tx, domain, envelope, signed, now, outcome)
+}
+
+/// The row a verified event is stored as; `event_id` is its id in hex.
+pub fn new_event<'a>(
+    domain: &Domain,
+    envelope: &'a Envelope,
+    event_id: &'a str,
+    signed: &'a [u8],
+    now: i64,
+) -> NewEvent<'a> {
+    NewEvent {
+        device: &envelope.device,
         seq: envelope.seq,
-        event_id: &event_id,
+        event_id,
         gnss_ms: envelope.gnss_utc_ms,
         kind: envelope.event.kind(),
         envelope: signed,
         received_ms: now,
-        quarantine,
-    };
-    let outcome = tx.insert_event(&new)?;
+        quarantine: quarantine(domain, envelope, now),
+    }
+}
+
+/// Why a verified event is stored but not acted on: its GNSS time is further ahead of
+/// the hub's clock than the domain allows.
+fn quarantine(domain: &Domain, envelope: &Envelope, now: i64) -> Option<&'static str> {
+    let ahead_ms = envelope.gnss_utc_ms.saturating_sub(now);
+    (ahead_ms > domain.max_event_ahead_ms).then_some(TIME_IN_FUTURE)
+}
+
+/// [`store_verified`] for an event whose insert already ran (`outcome`), as the writer
+/// stores a batch's events on PostgreSQL in one statement before reconciling each.
+pub fn store_inserted(
+    tx: &StoreTx<'_>,
+    domain: &Domain,
+    envelope: &Envelope,
+    signed: &[u8],
+    now: i64,
+    outcome: EventInsert,
+) -> Result<(StoreOutcome, Effects), StoreError> {
+    let device = &envelope.device;
+    let event_id = envelope.event_id.to_hex();
+    let ahead_ms = envelope.gnss_utc_ms.saturating_sub(now);
+    let quarantine = quarantine(domain, envelope, now);
     // A gap notice is applied whether it is new, a redelivery, or lands on a seq that
     // already holds the position sample it replaces (the sample arrived before the agent
     // evicted it): in every case the device says the rest of the range will never come.

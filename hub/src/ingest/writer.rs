@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::{self, ChunkOutcome};
 use crate::metrics::Metrics;
 use crate::reconcile::Input;
-use crate::store::{Dialect, Store, StoreError, StoreTx};
+use crate::store::{Dialect, EventInsert, NewEvent, Store, StoreError, StoreTx};
 
 use super::{
     ACK_INTERVAL, ApplyError, BATCH_LINGER, Delivery, Domain, Effects, Ingested, LINGER_FROM, Outbound,
     PublishError, StoreOutcome, TIME_IN_FUTURE, VerifiedEvent, WAKE_BATCH, WAKE_TICK, WriteItem,
-    apply_to_shipment, now_ms, route_message, store_verified,
+    apply_to_shipment, new_event, now_ms, route_message, store_inserted, store_verified,
 };
 
 /// Puts checked messages back into the order the broker delivered them.
@@ -531,10 +531,18 @@ impl WriterThread {
         {
             let tx = self.store.transaction()?;
             let mut devices = Registered::new();
-            for item in batch {
+            // PostgreSQL: the batch's events are stored first, in one set-based statement
+            // (one round trip, not one an event), then reconciled one by one in order.
+            let mut inserted = if tx.dialect() == Dialect::Postgres {
+                Self::insert_events_first(&tx, &self.domain, &batch, now, &mut devices)?
+            } else {
+                HashMap::new()
+            };
+            for (i, item) in batch.into_iter().enumerate() {
                 match item {
                     Ingested::Event(event) => {
-                        Self::store_event(&tx, &self.domain, *event, now, &mut after, &mut devices)?;
+                        let first = inserted.remove(&i);
+                        Self::store_event(&tx, &self.domain, *event, first, now, &mut after, &mut devices)?;
                     }
                     Ingested::Chunk { topic, chunk, delivery } => {
                         match blobs::accept_chunk(&tx, &chunk, now)? {
@@ -710,10 +718,55 @@ impl WriterThread {
         }
     }
 
+    /// Stores the batch's events that the registry accepts in one statement; what
+    /// happened to each, by its place in the batch.
+    fn insert_events_first(
+        tx: &StoreTx<'_>,
+        domain: &Domain,
+        batch: &[Ingested],
+        now: i64,
+        devices: &mut Registered,
+    ) -> Result<HashMap<usize, EventInsert>, StoreError> {
+        let mut accepted = Vec::new();
+        for (i, item) in batch.iter().enumerate() {
+            if let Ingested::Event(event) = item
+                && Self::registered(tx, devices, event.key_id, &event.envelope.device)?.as_ref()
+                    == Some(&event.topic.fleet)
+            {
+                accepted.push((i, &**event, event.envelope.event_id.to_hex()));
+            }
+        }
+        let rows: Vec<NewEvent<'_>> = accepted
+            .iter()
+            .map(|(_, e, id)| new_event(domain, &e.envelope, id, &e.delivery.payload, now))
+            .collect();
+        let outcomes = tx.insert_events(&rows)?;
+        Ok(accepted.iter().map(|(i, ..)| *i).zip(outcomes).collect())
+    }
+
+    /// The fleet the registry has the device's key in (`None`: revoked or unknown), once
+    /// per key and batch: the verifier's key snapshot may be a moment old.
+    fn registered(
+        tx: &StoreTx<'_>,
+        devices: &mut Registered,
+        key_id: KeyId,
+        device: &DeviceId,
+    ) -> Result<Option<FleetId>, StoreError> {
+        Ok(match devices.get(&key_id) {
+            Some((owner, fleet)) if owner == device => fleet.clone(),
+            _ => {
+                let fleet = tx.active_device(device, &key_id)?;
+                devices.insert(key_id, (device.clone(), fleet.clone()));
+                fleet
+            }
+        })
+    }
+
     fn store_event(
         tx: &StoreTx<'_>,
         domain: &Domain,
         event: VerifiedEvent,
+        inserted: Option<EventInsert>,
         now: i64,
         after: &mut AfterCommit,
         devices: &mut Registered,
@@ -725,17 +778,7 @@ impl WriterThread {
             after.count("rejected", reason);
             Ok(())
         };
-        // The verifier's key snapshot may be a moment old: the registry decides (once per
-        // key and batch).
-        let registered = match devices.get(&key_id) {
-            Some((owner, fleet)) if owner == device => fleet.clone(),
-            _ => {
-                let fleet = tx.active_device(device, &key_id)?;
-                devices.insert(key_id, (device.clone(), fleet.clone()));
-                fleet
-            }
-        };
-        match registered {
+        match Self::registered(tx, devices, key_id, device)? {
             None => {
                 tracing::warn!(device = %device, seq = envelope.seq, reason = "revoked_device", "event rejected at commit");
                 reject(after, "revoked_device")?;
@@ -749,7 +792,11 @@ impl WriterThread {
             }
             Some(_) => {}
         }
-        match store_verified(tx, domain, &envelope, &delivery.payload, now)? {
+        let stored = match inserted {
+            Some(outcome) => store_inserted(tx, domain, &envelope, &delivery.payload, now, outcome)?,
+            None => store_verified(tx, domain, &envelope, &delivery.payload, now)?,
+        };
+        match stored {
             (StoreOutcome::Stored, effects) => {
                 after.effects.merge(effects);
                 after.count("stored", "ok");

@@ -220,6 +220,18 @@ impl Store {
 }
 
 impl StoreTx<'_> {
+    /// Stores a batch of verified events, each as [`StoreTx::insert_event`] would in turn
+    /// (an event twice in the batch is stored once, then a duplicate); what happened to
+    /// each, in input order. On PostgreSQL one set-based statement in one round trip,
+    /// taking the rows' locks in (device, seq) order; on SQLite one insert each.
+    pub fn insert_events(&self, events: &[NewEvent<'_>]) -> Result<Vec<EventInsert>, StoreError> {
+        if let Db::Postgres(pg) = self.tx {
+            let columns = super::pg_events::EventColumns::new(events)?;
+            return pg.run(move |w| Ok(w.with_store(|store| store.insert_event_columns(&columns))?));
+        }
+        events.iter().map(|e| self.insert_event(e)).collect()
+    }
+
     /// Stores a verified event unless it, or a conflicting one, is already stored.
     pub fn insert_event(&self, event: &NewEvent<'_>) -> Result<EventInsert, StoreError> {
         let seq = seq_param(event.seq)?;

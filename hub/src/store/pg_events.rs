@@ -56,16 +56,45 @@ ON CONFLICT (device) DO UPDATE SET
     updated_ms = excluded.updated_ms, fleet = excluded.fleet
 RETURNING device, up_to_seq";
 
+/// A batch of events as the columns of one set-based insert (owned: a statement may run
+/// on the connection's own thread).
+#[derive(Debug)]
+pub(super) struct EventColumns {
+    devices: Vec<String>,
+    seqs: Vec<i64>,
+    ids: Vec<String>,
+    gnss: Vec<i64>,
+    kinds: Vec<String>,
+    envelopes: Vec<Vec<u8>>,
+    received: Vec<i64>,
+    quarantine: Vec<Option<String>>,
+}
+
+impl EventColumns {
+    pub(super) fn new(events: &[NewEvent<'_>]) -> Result<Self, StoreError> {
+        Ok(EventColumns {
+            devices: events.iter().map(|e| e.device.as_str().to_owned()).collect(),
+            seqs: events.iter().map(|e| seq_param(e.seq)).collect::<Result<_, _>>()?,
+            ids: events.iter().map(|e| e.event_id.to_owned()).collect(),
+            gnss: events.iter().map(|e| e.gnss_ms).collect(),
+            kinds: events.iter().map(|e| e.kind.to_owned()).collect(),
+            envelopes: events.iter().map(|e| e.envelope.to_vec()).collect(),
+            received: events.iter().map(|e| e.received_ms).collect(),
+            quarantine: events.iter().map(|e| e.quarantine.map(str::to_owned)).collect(),
+        })
+    }
+}
+
 impl PgStore {
     /// Stores a batch of verified events in one transaction and one statement, in
     /// (device, seq) order so that two hubs storing overlapping batches take their row
     /// locks in the same order. Returns what happened to each event, in input order.
     pub async fn insert_events(&mut self, events: &[NewEvent<'_>]) -> Result<Vec<EventInsert>, StoreError> {
-        let seqs: Vec<i64> = events.iter().map(|e| seq_param(e.seq)).collect::<Result<_, _>>()?;
+        let columns = EventColumns::new(events)?;
         let mut attempt = 0;
         self.ready().await?;
         loop {
-            match self.insert_events_once(events, &seqs).await {
+            match self.insert_event_columns(&columns).await {
                 Err(e) if attempt < RETRIES && connection_lost(&e) => {
                     attempt += 1;
                     self.reconnect().await?;
@@ -76,18 +105,13 @@ impl PgStore {
         }
     }
 
-    async fn insert_events_once(
+    /// Stores `columns` in one statement, inside whatever transaction the connection is
+    /// in (on its own, the statement is its own transaction); no retry.
+    pub(super) async fn insert_event_columns(
         &mut self,
-        events: &[NewEvent<'_>],
-        seqs: &[i64],
+        columns: &EventColumns,
     ) -> Result<Vec<EventInsert>, tokio_postgres::Error> {
-        let devices: Vec<&str> = events.iter().map(|e| e.device.as_str()).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id).collect();
-        let gnss: Vec<i64> = events.iter().map(|e| e.gnss_ms).collect();
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-        let envelopes: Vec<&[u8]> = events.iter().map(|e| e.envelope).collect();
-        let received: Vec<i64> = events.iter().map(|e| e.received_ms).collect();
-        let quarantine: Vec<Option<&str>> = events.iter().map(|e| e.quarantine).collect();
+        let EventColumns { devices, seqs, ids, gnss, kinds, envelopes, received, quarantine } = columns;
         let insert = self
             .prepared(
                 "INSERT INTO events (device, seq, event_id, gnss_ms, kind, envelope, received_ms, quarantine)
@@ -104,8 +128,9 @@ impl PgStore {
                  JOIN unnest($1::text[], $2::bigint[]) AS k(device, seq) USING (device, seq)",
             )
             .await?;
-        // One statement is one transaction: the batch is stored whole or not at all, in
-        // one round trip (no BEGIN and COMMIT of their own).
+        // One round trip: on its own the statement is a transaction (the batch stored
+        // whole or not at all, no BEGIN and COMMIT of its own); inside the writer's it is
+        // one statement of the batch's transaction.
         let stored = self
             .client
             .query(&insert, &[&devices, &seqs, &ids, &gnss, &kinds, &envelopes, &received, &quarantine])
@@ -116,8 +141,8 @@ impl PgStore {
             stored.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
         let (mut left_devices, mut left_seqs) = (Vec::new(), Vec::new());
         for (device, seq) in devices.iter().zip(seqs) {
-            if !fresh.contains_key(&((*device).to_owned(), *seq)) {
-                left_devices.push(*device);
+            if !fresh.contains_key(&(device.clone(), *seq)) {
+                left_devices.push(device.as_str());
                 left_seqs.push(*seq);
             }
         }
@@ -130,18 +155,17 @@ impl PgStore {
             rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect()
         };
         let mut claimed = HashSet::new();
-        Ok(events
+        Ok(devices
             .iter()
             .zip(seqs)
-            .map(|(e, &seq)| {
-                let key = (e.device.as_str().to_owned(), seq);
+            .zip(ids)
+            .map(|((device, &seq), event_id)| {
+                let key = (device.clone(), seq);
                 let now = fresh.get(&key);
                 match now.or_else(|| held.get(&key)) {
                     // The first of the batch with the stored event's id is the one stored.
-                    Some(id) if id == e.event_id && now.is_some() && claimed.insert(key) => {
-                        EventInsert::Stored
-                    }
-                    Some(id) if id == e.event_id => EventInsert::Duplicate,
+                    Some(id) if id == event_id && now.is_some() && claimed.insert(key) => EventInsert::Stored,
+                    Some(id) if id == event_id => EventInsert::Duplicate,
                     Some(_) => EventInsert::SeqConflict,
                     None => EventInsert::EventIdReused,
                 }
