@@ -149,7 +149,7 @@ mod writer;
 
 pub use apply::{
     ApplyError, Domain, Effects, ReconcileError, StoreOutcome, apply_to_shipment, apply_to_state,
-    device_signals, new_event, shipment_state, store_inserted, store_verified,
+    device_signals, new_event, note_parcels, shipment_state, store_inserted, store_verified,
 };
 pub use writer::{Writer, WriterCtx, WriterGone};
 

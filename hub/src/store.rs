@@ -73,7 +73,7 @@ pub use named::{Named, StoredName};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow, OutboxStatus};
 pub use pg_schema::PG_SCHEMA_VERSION;
-pub use pg_shared::{LockedShipment, PhotoProgress};
+pub use pg_shared::{BatchParcels, LockedShipment, PhotoProgress};
 pub use photos::PhotoRecord;
 pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;

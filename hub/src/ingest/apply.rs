@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use doorstep_proto::{DeviceId, Envelope, Event, TrackingNumber};
+use doorstep_proto::{DeviceId, Envelope, Event, StopId, TrackingNumber};
 
 use crate::config::ChannelMap;
 use crate::metrics::Metrics;
 use crate::model::{Action, DeviceSignal, DeviceSignalKind, Milestone, Notice};
 use crate::reconcile::{self, DelayDetail, Input, Rules, ScanEvidence, ShipmentState};
-use crate::store::{EventInsert, NewEvent, NewGap, Shipment, StoreError, StoreTx};
+use crate::store::{BatchParcels, EventInsert, NewEvent, NewGap, Shipment, StoreError, StoreTx};
 
 use super::TIME_IN_FUTURE;
 
@@ -229,6 +229,32 @@ fn timeline_entry(input: &Input) -> Option<TimelineRow<'_>> {
             detail: serde_json::json!({ "on_route": on_route }).to_string(),
         }),
         Input::Wake { .. } => None,
+    }
+}
+
+/// Adds the parcels `envelope` names to `parcels`, as [`device_signals`] reads them (a
+/// stop of the van's route, or tracking numbers): what a batch locks first on
+/// PostgreSQL. One left out costs lock order only: its shipment is locked when its event
+/// is reconciled.
+pub fn note_parcels(envelope: &Envelope, parcels: &mut BatchParcels) {
+    let stop = |parcels: &mut BatchParcels, route: &str, stop: &StopId| {
+        parcels.devices.push(envelope.device.as_str().to_owned());
+        parcels.routes.push(route.to_owned());
+        parcels.stops.push(stop.as_str().to_owned());
+    };
+    let numbers = |parcels: &mut BatchParcels, numbers: &[TrackingNumber]| {
+        parcels.numbers.extend(numbers.iter().map(|t| t.as_str().to_owned()));
+    };
+    match &envelope.event {
+        Event::Position(_) | Event::Trail(_) | Event::ScanNotOnRoute(_) | Event::Gap(_) => {}
+        Event::Nearby(n) => stop(parcels, n.route_id.as_str(), &n.stop_id),
+        Event::DeliveredAtAddress(d) | Event::DeliveredAwayFromAddress(d) => {
+            numbers(parcels, &d.tracking_numbers)
+        }
+        Event::Exception(e) => match (&e.route_id, &e.stop_id) {
+            (Some(route), Some(at)) if e.tracking_numbers.is_empty() => stop(parcels, route.as_str(), at),
+            _ => numbers(parcels, &e.tracking_numbers),
+        },
     }
 }
 

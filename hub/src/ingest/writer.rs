@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::{self, ChunkOutcome};
 use crate::metrics::Metrics;
 use crate::reconcile::Input;
-use crate::store::{Dialect, EventInsert, NewEvent, Store, StoreError, StoreTx};
+use crate::store::{BatchParcels, Dialect, EventInsert, NewEvent, Store, StoreError, StoreTx};
 
 use super::{
     ACK_INTERVAL, ApplyError, BATCH_LINGER, Delivery, Domain, Effects, Ingested, LINGER_FROM, Outbound,
     PublishError, StoreOutcome, TIME_IN_FUTURE, VerifiedEvent, WAKE_BATCH, WAKE_TICK, WriteItem,
-    apply_to_shipment, new_event, now_ms, route_message, store_inserted, store_verified,
+    apply_to_shipment, new_event, note_parcels, now_ms, route_message, store_inserted, store_verified,
 };
 
 /// Puts checked messages back into the order the broker delivered them.
@@ -718,8 +718,9 @@ impl WriterThread {
         }
     }
 
-    /// Stores the batch's events that the registry accepts in one statement; what
-    /// happened to each, by its place in the batch.
+    /// Locks the shipments the batch's events touch (in id order) and stores the events
+    /// the registry accepts in one statement; what happened to each, by its place in the
+    /// batch.
     fn insert_events_first(
         tx: &StoreTx<'_>,
         domain: &Domain,
@@ -736,6 +737,11 @@ impl WriterThread {
                 accepted.push((i, &**event, event.envelope.event_id.to_hex()));
             }
         }
+        let mut parcels = BatchParcels::default();
+        for (_, event, _) in &accepted {
+            note_parcels(&event.envelope, &mut parcels);
+        }
+        tx.lock_shipments(parcels)?;
         let rows: Vec<NewEvent<'_>> = accepted
             .iter()
             .map(|(_, e, id)| new_event(domain, &e.envelope, id, &e.delivery.payload, now))

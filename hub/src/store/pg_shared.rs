@@ -26,7 +26,50 @@ pub enum PhotoProgress {
     HashMismatch,
 }
 
+/// The shipments a batch of device events can touch: the parcels at stops of their
+/// vans' routes (device, route id, stop id) and the parcels they name by number.
+#[derive(Debug, Default)]
+pub struct BatchParcels {
+    /// The vans of `stops`, one a stop.
+    pub devices: Vec<String>,
+    /// The route ids of `stops`.
+    pub routes: Vec<String>,
+    /// The stop ids.
+    pub stops: Vec<String>,
+    /// Tracking numbers named by the events themselves.
+    pub numbers: Vec<String>,
+}
+
+impl BatchParcels {
+    /// Whether no event of the batch touches a shipment.
+    pub fn is_empty(&self) -> bool {
+        self.stops.is_empty() && self.numbers.is_empty()
+    }
+}
+
 impl PgStore {
+    /// Locks the shipments of `parcels` in id order, in the connection's transaction.
+    /// Each event then takes its shipment's lock again as it is reconciled (a no-op for
+    /// these): hubs whose batches share shipments (a van's events are shared out among
+    /// the hubs message by message) wait for one another instead of taking the same
+    /// rows in their own arrival orders and deadlocking.
+    pub async fn lock_shipments(&mut self, parcels: &BatchParcels) -> Result<(), tokio_postgres::Error> {
+        let statement = self
+            .prepared(
+                "SELECT s.id FROM shipments s
+                 WHERE s.tracking_number IN (
+                     SELECT r.tracking_number FROM route_stops r
+                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(device, route_id, stop_id)
+                       USING (device, route_id, stop_id)
+                     UNION ALL SELECT unnest($4::text[]))
+                 ORDER BY s.id FOR NO KEY UPDATE",
+            )
+            .await?;
+        let BatchParcels { devices, routes, stops, numbers } = parcels;
+        self.client.query(&statement, &[devices, routes, stops, numbers]).await?;
+        Ok(())
+    }
+
     /// Asks for the reconciler to be woken for a shipment at `at_ms` (idempotent).
     pub async fn schedule_wake(&mut self, shipment_id: i64, at_ms: i64) -> Result<(), StoreError> {
         self.ready().await?;

@@ -349,6 +349,18 @@ impl StoreTx<'_> {
         shipment_where(self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()), true)
     }
 
+    /// On PostgreSQL, locks the shipments a batch's events can touch in id order before
+    /// any is reconciled ([`super::PgStore::lock_shipments`]). On SQLite nothing is to
+    /// be ordered: one writer's transaction runs alone.
+    pub fn lock_shipments(&self, parcels: super::BatchParcels) -> Result<(), StoreError> {
+        match self.tx {
+            Db::Postgres(pg) if !parcels.is_empty() => {
+                pg.run(move |w| Ok(w.with_store(|store| store.lock_shipments(&parcels))?))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
         shipment_where(self.tx, ShipmentKey::Id, super::db::Value::Int(id), true)
