@@ -73,7 +73,7 @@ pub use named::{Named, StoredName};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow, OutboxStatus};
 pub use pg_schema::PG_SCHEMA_VERSION;
-pub use pg_shared::{BatchParcels, LockedShipment, PhotoProgress};
+pub use pg_shared::{BatchParcels, LockedShipment, PhotoProgress, StopParcels};
 pub use photos::PhotoRecord;
 pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;
@@ -225,6 +225,11 @@ pub struct Store {
 pub struct StoreTx<'a> {
     tx: &'a Db,
     open: bool,
+    /// The parcels at stops of vans' routes, read once for a whole batch
+    /// ([`StoreTx::lock_shipments`]): (device, route id, stop id) → tracking numbers.
+    stop_parcels: std::cell::RefCell<
+        std::collections::HashMap<(String, String, String), Vec<doorstep_proto::TrackingNumber>>,
+    >,
 }
 
 /// What `hub.database` names: a PostgreSQL server (`postgres://` or `postgresql://`), or
@@ -418,7 +423,7 @@ impl Store {
                 pg.in_transaction.set(true);
             }
         }
-        Ok(StoreTx { tx: &self.conn, open: true })
+        Ok(StoreTx { tx: &self.conn, open: true, stop_parcels: Default::default() })
     }
 
     /// Queue depths for the metrics endpoint.

@@ -40,6 +40,9 @@ pub struct BatchParcels {
     pub numbers: Vec<String>,
 }
 
+/// The parcels at stops of vans' routes: (device, route id, stop id) → tracking numbers.
+pub type StopParcels = std::collections::HashMap<(String, String, String), Vec<String>>;
+
 impl BatchParcels {
     /// Whether no event of the batch touches a shipment.
     pub fn is_empty(&self) -> bool {
@@ -53,21 +56,54 @@ impl PgStore {
     /// these): hubs whose batches share shipments (a van's events are shared out among
     /// the hubs message by message) wait for one another instead of taking the same
     /// rows in their own arrival orders and deadlocking.
-    pub async fn lock_shipments(&mut self, parcels: &BatchParcels) -> Result<(), tokio_postgres::Error> {
-        let statement = self
+    ///
+    /// Returns the parcels at each of `parcels`' stops (every stop asked for, with none
+    /// when the route has none there), in tracking number order: what the batch's events
+    /// are reconciled against.
+    pub async fn lock_shipments(
+        &mut self,
+        parcels: BatchParcels,
+    ) -> Result<StopParcels, tokio_postgres::Error> {
+        let BatchParcels { devices, routes, stops, mut numbers } = parcels;
+        let read = self
             .prepared(
-                "SELECT s.id FROM shipments s
-                 WHERE s.tracking_number IN (
-                     SELECT r.tracking_number FROM route_stops r
-                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(device, route_id, stop_id)
-                       USING (device, route_id, stop_id)
-                     UNION ALL SELECT unnest($4::text[]))
-                 ORDER BY s.id FOR NO KEY UPDATE",
+                "SELECT r.device, r.route_id, r.stop_id, r.tracking_number FROM route_stops r
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(device, route_id, stop_id)
+                   USING (device, route_id, stop_id)
+                 ORDER BY r.tracking_number",
             )
             .await?;
-        let BatchParcels { devices, routes, stops, numbers } = parcels;
-        self.client.query(&statement, &[devices, routes, stops, numbers]).await?;
-        Ok(())
+        let lock = self
+            .prepared(
+                "SELECT id FROM shipments WHERE tracking_number = ANY($1::text[])
+                 ORDER BY id FOR NO KEY UPDATE",
+            )
+            .await?;
+        let mut at_stops: StopParcels = devices
+            .into_iter()
+            .zip(routes)
+            .zip(stops)
+            .map(|((device, route), stop)| ((device, route, stop), Vec::new()))
+            .collect();
+        let (devices, routes, stops): (Vec<&str>, Vec<&str>, Vec<&str>) = {
+            let keys: Vec<&(String, String, String)> = at_stops.keys().collect();
+            (
+                keys.iter().map(|k| k.0.as_str()).collect(),
+                keys.iter().map(|k| k.1.as_str()).collect(),
+                keys.iter().map(|k| k.2.as_str()).collect(),
+            )
+        };
+        let rows = self.client.query(&read, &[&devices, &routes, &stops]).await?;
+        for row in &rows {
+            let key: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            let number: String = row.get(3);
+            numbers.push(number.clone());
+            at_stops.entry(key).or_default().push(number);
+        }
+        numbers.sort_unstable();
+        numbers.dedup();
+        self.client.query(&lock, &[&numbers]).await?;
+        Ok(at_stops)
     }
 
     /// Asks for the reconciler to be woken for a shipment at `at_ms` (idempotent).

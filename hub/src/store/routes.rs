@@ -151,6 +151,7 @@ impl StoreTx<'_> {
             |r| r.get(0),
         )?;
         self.tx.execute("DELETE FROM route_stops WHERE route_pk = ?1", [route_pk])?;
+        self.stop_parcels.borrow_mut().clear();
         let mut insert = self.tx.prepare_cached(
             "INSERT INTO route_stops (route_pk, device, route_id, stop_id, tracking_number, lat, lon, dwell_s)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -184,6 +185,10 @@ impl StoreTx<'_> {
         route_id: &str,
         stop_id: &StopId,
     ) -> Result<Vec<TrackingNumber>, StoreError> {
+        let key = (device.as_str().to_owned(), route_id.to_owned(), stop_id.as_str().to_owned());
+        if let Some(parcels) = self.stop_parcels.borrow().get(&key) {
+            return Ok(parcels.clone());
+        }
         let rows: Vec<String> = self
             .tx
             .prepare_cached(

@@ -352,13 +352,23 @@ impl StoreTx<'_> {
     /// On PostgreSQL, locks the shipments a batch's events can touch in id order before
     /// any is reconciled ([`super::PgStore::lock_shipments`]). On SQLite nothing is to
     /// be ordered: one writer's transaction runs alone.
+    /// The parcels at the batch's stops are read here once, for the whole batch, and
+    /// [`StoreTx::stop_parcels`] answers from them.
     pub fn lock_shipments(&self, parcels: super::BatchParcels) -> Result<(), StoreError> {
-        match self.tx {
-            Db::Postgres(pg) if !parcels.is_empty() => {
-                pg.run(move |w| Ok(w.with_store(|store| store.lock_shipments(&parcels))?))
-            }
-            _ => Ok(()),
+        let Db::Postgres(pg) = self.tx else { return Ok(()) };
+        if parcels.is_empty() {
+            return Ok(());
         }
+        let at_stops = pg.run(move |w| Ok(w.with_store(|store| store.lock_shipments(parcels))?))?;
+        let mut cache = self.stop_parcels.borrow_mut();
+        for (key, numbers) in at_stops {
+            let numbers = numbers
+                .into_iter()
+                .map(|t| TrackingNumber::new(t).map_err(|e| corrupt("tracking number", e)))
+                .collect::<Result<_, _>>()?;
+            cache.insert(key, numbers);
+        }
+        Ok(())
     }
 
     /// A shipment by id, read inside this transaction.
