@@ -185,10 +185,15 @@ impl StoreTx<'_> {
         route_id: &str,
         stop_id: &StopId,
     ) -> Result<Vec<TrackingNumber>, StoreError> {
-        let key = (device.as_str().to_owned(), route_id.to_owned(), stop_id.as_str().to_owned());
-        if let Some(parcels) = self.stop_parcels.borrow().get(&key) {
-            return Ok(parcels.clone());
+        // Read for the whole batch on PostgreSQL (`lock_shipments`); never on SQLite.
+        let cached = self.stop_parcels.borrow();
+        if !cached.is_empty() {
+            let key = (device.as_str().to_owned(), route_id.to_owned(), stop_id.as_str().to_owned());
+            if let Some(parcels) = cached.get(&key) {
+                return Ok(parcels.clone());
+            }
         }
+        drop(cached);
         let rows: Vec<String> = self
             .tx
             .prepare_cached(
