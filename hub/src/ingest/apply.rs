@@ -400,7 +400,7 @@ pub fn store_verified(
 ) -> Result<(StoreOutcome, Effects), StoreError> {
     let event_id = envelope.event_id.to_hex();
     let outcome = tx.insert_event(&new_event(domain, envelope, &event_id, signed, now))?;
-    store_inserted(tx, domain, envelope, signed, now, outcome)
+    store_inserted(tx, domain, envelope, &event_id, signed, now, outcome)
 }
 
 /// The row a verified event is stored as; `event_id` is its id in hex.
@@ -431,17 +431,18 @@ fn quarantine(domain: &Domain, envelope: &Envelope, now: i64) -> Option<&'static
 }
 
 /// [`store_verified`] for an event whose insert already ran (`outcome`), as the writer
-/// stores a batch's events on PostgreSQL in one statement before reconciling each.
+/// stores a batch's events on PostgreSQL in one statement before reconciling each;
+/// `event_id` is its id in hex.
 pub fn store_inserted(
     tx: &StoreTx<'_>,
     domain: &Domain,
     envelope: &Envelope,
+    event_id: &str,
     signed: &[u8],
     now: i64,
     outcome: EventInsert,
 ) -> Result<(StoreOutcome, Effects), StoreError> {
     let device = &envelope.device;
-    let event_id = envelope.event_id.to_hex();
     let ahead_ms = envelope.gnss_utc_ms.saturating_sub(now);
     let quarantine = quarantine(domain, envelope, now);
     // A gap notice is applied whether it is new, a redelivery, or lands on a seq that
@@ -454,7 +455,7 @@ pub fn store_inserted(
             device,
             first_seq: gap.first_seq,
             last_seq: gap.last_seq,
-            event_id: &event_id,
+            event_id,
             envelope: signed,
             received_ms: now,
         })?;

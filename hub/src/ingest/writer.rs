@@ -541,7 +541,8 @@ impl WriterThread {
             for (i, item) in batch.into_iter().enumerate() {
                 match item {
                     Ingested::Event(event) => {
-                        let first = inserted.remove(&i);
+                        // (SQLite: nothing was stored first.)
+                        let first = if inserted.is_empty() { None } else { inserted.remove(&i) };
                         Self::store_event(&tx, &self.domain, *event, first, now, &mut after, &mut devices)?;
                     }
                     Ingested::Chunk { topic, chunk, delivery } => {
@@ -799,7 +800,10 @@ impl WriterThread {
             Some(_) => {}
         }
         let stored = match inserted {
-            Some(outcome) => store_inserted(tx, domain, &envelope, &delivery.payload, now, outcome)?,
+            Some(outcome) => {
+                let event_id = envelope.event_id.to_hex();
+                store_inserted(tx, domain, &envelope, &event_id, &delivery.payload, now, outcome)?
+            }
             None => store_verified(tx, domain, &envelope, &delivery.payload, now)?,
         };
         match stored {
