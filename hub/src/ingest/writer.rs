@@ -720,15 +720,15 @@ impl WriterThread {
     }
 
     /// Locks the shipments the batch's events touch (in id order) and stores the events
-    /// the registry accepts in one statement; what happened to each, by its place in the
-    /// batch.
+    /// the registry accepts in one statement; what happened to each (with its id in hex),
+    /// by its place in the batch.
     fn insert_events_first(
         tx: &StoreTx<'_>,
         domain: &Domain,
         batch: &[Ingested],
         now: i64,
         devices: &mut Registered,
-    ) -> Result<HashMap<usize, EventInsert>, StoreError> {
+    ) -> Result<HashMap<usize, (EventInsert, String)>, StoreError> {
         let mut accepted = Vec::new();
         for (i, item) in batch.iter().enumerate() {
             if let Ingested::Event(event) = item
@@ -748,7 +748,8 @@ impl WriterThread {
             .map(|(_, e, id)| new_event(domain, &e.envelope, id, &e.delivery.payload, now))
             .collect();
         let outcomes = tx.insert_events(&rows)?;
-        Ok(accepted.iter().map(|(i, ..)| *i).zip(outcomes).collect())
+        drop(rows);
+        Ok(accepted.into_iter().zip(outcomes).map(|((i, _, id), outcome)| (i, (outcome, id))).collect())
     }
 
     /// The fleet the registry has the device's key in (`None`: revoked or unknown), once
@@ -773,7 +774,7 @@ impl WriterThread {
         tx: &StoreTx<'_>,
         domain: &Domain,
         event: VerifiedEvent,
-        inserted: Option<EventInsert>,
+        inserted: Option<(EventInsert, String)>,
         now: i64,
         after: &mut AfterCommit,
         devices: &mut Registered,
@@ -800,8 +801,7 @@ impl WriterThread {
             Some(_) => {}
         }
         let stored = match inserted {
-            Some(outcome) => {
-                let event_id = envelope.event_id.to_hex();
+            Some((outcome, event_id)) => {
                 store_inserted(tx, domain, &envelope, &event_id, &delivery.payload, now, outcome)?
             }
             None => store_verified(tx, domain, &envelope, &delivery.payload, now)?,
