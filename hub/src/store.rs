@@ -38,6 +38,7 @@ pub use db::{Args, Db, Dialect, NO_ARGS, ToValue, Value};
 
 mod access;
 mod actions;
+mod batch;
 mod carrier_jobs;
 mod console;
 mod db;
@@ -63,6 +64,7 @@ pub use access::{ApiKeyRecord, AuditEntry};
 pub use actions::{
     ALERT_NOT_HOME, Instructions, KIND_INSTRUCTIONS, KIND_NOT_HOME, RouteNote, SOURCE_CUSTOMER,
 };
+pub use batch::{BatchParcels, LockedBatch, Pending, StopParcels};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
@@ -73,7 +75,7 @@ pub use named::{Named, StoredName};
 pub use orders::{NewOrderEvent, OrderFields};
 pub use outbox::{NewNotification, OutboxRow, OutboxStatus};
 pub use pg_schema::PG_SCHEMA_VERSION;
-pub use pg_shared::{BatchParcels, LockedShipment, PhotoProgress, StopParcels};
+pub use pg_shared::{LockedShipment, PhotoProgress};
 pub use photos::PhotoRecord;
 pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;
@@ -225,11 +227,8 @@ pub struct Store {
 pub struct StoreTx<'a> {
     tx: &'a Db,
     open: bool,
-    /// The parcels at stops of vans' routes, read once for a whole batch
-    /// ([`StoreTx::lock_shipments`]): (device, route id, stop id) → tracking numbers.
-    stop_parcels: std::cell::RefCell<
-        std::collections::HashMap<(String, String, String), Vec<doorstep_proto::TrackingNumber>>,
-    >,
+    /// What an ingest batch keeps on PostgreSQL from its first statement to its commit.
+    batch: std::cell::RefCell<batch::Batch>,
 }
 
 /// What `hub.database` names: a PostgreSQL server (`postgres://` or `postgresql://`), or
@@ -423,7 +422,7 @@ impl Store {
                 pg.in_transaction.set(true);
             }
         }
-        Ok(StoreTx { tx: &self.conn, open: true, stop_parcels: Default::default() })
+        Ok(StoreTx { tx: &self.conn, open: true, batch: Default::default() })
     }
 
     /// Queue depths for the metrics endpoint.
@@ -464,8 +463,10 @@ impl Store {
 }
 
 impl StoreTx<'_> {
-    /// Commits everything done in this transaction.
+    /// Commits everything done in this transaction (first sending what a batch saved
+    /// up: if that fails, nothing is committed).
     pub fn commit(mut self) -> Result<(), StoreError> {
+        self.settle()?;
         self.open = false;
         let committed = self.tx.execute_batch("COMMIT");
         self.end();
@@ -481,24 +482,6 @@ impl StoreTx<'_> {
         if let Db::Postgres(pg) = self.tx {
             pg.in_transaction.set(false);
         }
-    }
-
-    /// Starts a nested unit (a savepoint) that can be undone alone with
-    /// [`StoreTx::rollback_item`], or kept with [`StoreTx::release_item`].
-    pub fn begin_item(&self) -> Result<(), StoreError> {
-        self.tx.execute("SAVEPOINT item", params![])?;
-        Ok(())
-    }
-
-    /// Keeps the nested unit's changes (still subject to the transaction's commit).
-    pub fn release_item(&self) -> Result<(), StoreError> {
-        self.tx.execute("RELEASE item", params![])?;
-        Ok(())
-    }
-
-    /// Undoes the nested unit's changes.
-    pub fn rollback_item(&self) -> Result<(), StoreError> {
-        self.tx.execute_batch("ROLLBACK TO item; RELEASE item")
     }
 }
 

@@ -729,6 +729,19 @@ impl WriterThread {
         now: i64,
         devices: &mut Registered,
     ) -> Result<HashMap<usize, (EventInsert, String)>, StoreError> {
+        // Every van's key looked up in one statement, not one a van.
+        let mut pairs: Vec<(DeviceId, KeyId)> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Ingested::Event(event) => Some((event.envelope.device.clone(), event.key_id)),
+                _ => None,
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        for ((device, key_id), fleet) in tx.active_devices(&pairs)? {
+            devices.insert(key_id, (device, fleet));
+        }
         let mut accepted = Vec::new();
         for (i, item) in batch.iter().enumerate() {
             if let Ingested::Event(event) = item

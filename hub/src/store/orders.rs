@@ -88,6 +88,7 @@ impl StoreTx<'_> {
         fields: &OrderFields<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.settle()?;
         let Some(shipment) = self.shipment(id)? else {
             return Err(StoreError::NotFound(format!("shipment {id}")));
         };

@@ -150,8 +150,9 @@ impl StoreTx<'_> {
             params![device.as_str(), route.route_id.as_str()],
             |r| r.get(0),
         )?;
+        // A batch's parcels at stops were read from the route this replaces.
+        self.settle()?;
         self.tx.execute("DELETE FROM route_stops WHERE route_pk = ?1", [route_pk])?;
-        self.stop_parcels.borrow_mut().clear();
         let mut insert = self.tx.prepare_cached(
             "INSERT INTO route_stops (route_pk, device, route_id, stop_id, tracking_number, lat, lon, dwell_s)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -186,14 +187,9 @@ impl StoreTx<'_> {
         stop_id: &StopId,
     ) -> Result<Vec<TrackingNumber>, StoreError> {
         // Read for the whole batch on PostgreSQL (`lock_shipments`); never on SQLite.
-        let cached = self.stop_parcels.borrow();
-        if !cached.is_empty() {
-            let key = (device.as_str().to_owned(), route_id.to_owned(), stop_id.as_str().to_owned());
-            if let Some(parcels) = cached.get(&key) {
-                return Ok(parcels.clone());
-            }
+        if let Some(parcels) = self.batch_stop_parcels(device, route_id, stop_id) {
+            return Ok(parcels);
         }
-        drop(cached);
         let rows: Vec<String> = self
             .tx
             .prepare_cached(

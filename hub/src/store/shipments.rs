@@ -159,7 +159,7 @@ pub(super) fn parse_milestone(text: &str) -> Result<Milestone, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| corrupt("milestone", e))
 }
 
-type ShipmentRow = (
+pub(super) type ShipmentRow = (
     i64,
     String,
     Option<String>,
@@ -231,7 +231,7 @@ fn shipment_row(r: &super::db::Row<'_>) -> Result<ShipmentRow, StoreError> {
     ))
 }
 
-fn shipment_from_row(row: ShipmentRow) -> Result<Shipment, StoreError> {
+pub(super) fn shipment_from_row(row: ShipmentRow) -> Result<Shipment, StoreError> {
     let (
         id,
         tracking,
@@ -317,6 +317,7 @@ impl Store {
 impl StoreTx<'_> {
     /// Creates a shipment at milestone `created`.
     pub fn insert_shipment(&self, new: &NewShipment, now_ms: i64) -> Result<i64, StoreError> {
+        self.settle()?;
         let contacts = serde_json::to_string(&new.contacts).map_err(|e| corrupt("contacts", e))?;
         let inserted = self.tx.insert_id(
             "INSERT INTO shipments (tracking_number, carrier, order_id, contacts, locale, time_zone,
@@ -346,33 +347,24 @@ impl StoreTx<'_> {
 
     /// A shipment by tracking number, read inside this transaction.
     pub fn shipment_by_tracking(&self, tracking: &TrackingNumber) -> Result<Option<Shipment>, StoreError> {
-        shipment_where(self.tx, ShipmentKey::Tracking, super::db::Value::Text(tracking.as_str().into()), true)
-    }
-
-    /// On PostgreSQL, locks the shipments a batch's events can touch in id order before
-    /// any is reconciled ([`super::PgStore::lock_shipments`]). On SQLite nothing is to
-    /// be ordered: one writer's transaction runs alone.
-    /// The parcels at the batch's stops are read here once, for the whole batch, and
-    /// [`StoreTx::stop_parcels`] answers from them.
-    pub fn lock_shipments(&self, parcels: super::BatchParcels) -> Result<(), StoreError> {
-        let Db::Postgres(pg) = self.tx else { return Ok(()) };
-        if parcels.is_empty() {
-            return Ok(());
+        if let Some(kept) = self.batch_shipment(tracking) {
+            return Ok(kept);
         }
-        let at_stops = pg.run(move |w| Ok(w.with_store(|store| store.lock_shipments(parcels))?))?;
-        let mut cache = self.stop_parcels.borrow_mut();
-        for (key, numbers) in at_stops {
-            let numbers = numbers
-                .into_iter()
-                .map(|t| TrackingNumber::new(t).map_err(|e| corrupt("tracking number", e)))
-                .collect::<Result<_, _>>()?;
-            cache.insert(key, numbers);
-        }
-        Ok(())
+        let shipment = shipment_where(
+            self.tx,
+            ShipmentKey::Tracking,
+            super::db::Value::Text(tracking.as_str().into()),
+            true,
+        )?;
+        self.keep_in_batch(tracking, shipment.as_ref());
+        Ok(shipment)
     }
 
     /// A shipment by id, read inside this transaction.
     pub fn shipment(&self, id: i64) -> Result<Option<Shipment>, StoreError> {
+        if let Some(kept) = self.batch_shipment_by_id(id) {
+            return Ok(Some(kept));
+        }
         shipment_where(self.tx, ShipmentKey::Id, super::db::Value::Int(id), true)
     }
 
@@ -395,6 +387,9 @@ impl StoreTx<'_> {
         state_json: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        if self.defer_save(shipment_id, milestone, state_json, now_ms) {
+            return Ok(());
+        }
         self.tx
             .prepare_cached(
                 "UPDATE shipments SET milestone = ?2, reconcile_state = ?3, updated_ms = ?4 WHERE id = ?1",
@@ -425,6 +420,9 @@ impl StoreTx<'_> {
         kind: &str,
         detail_json: &str,
     ) -> Result<(), StoreError> {
+        if self.defer_timeline(shipment_id, occurred_ms, source, kind, detail_json) {
+            return Ok(());
+        }
         self.tx
             .prepare_cached(
                 "INSERT INTO timeline (shipment_id, occurred_ms, source, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
