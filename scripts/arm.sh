@@ -95,8 +95,11 @@ $build_only && exit 0
 
 # Default targets (lib, bins, tests, examples): no benches, which are host measurements.
 # Built first and run second, so each has its own time and the timeout covers only the
-# emulated run. Nothing is excluded: every proto and agent test runs under qemu.
-tests=(--release --locked --target "$TARGET" -p doorstep-proto -p doorstep-agent)
+# emulated run. Nothing is excluded: every proto and agent test runs under qemu. Built
+# with the release profile itself (`--release` would pick the bench profile, whose
+# settings differ), so the dependencies compiled for the binary above are used again
+# rather than compiled a second time.
+tests=(--profile release --locked --target "$TARGET" -p doorstep-proto -p doorstep-agent)
 started=$SECONDS
 cargo test "${tests[@]}" --no-run
 echo "arm.sh: test build took $((SECONDS - started)) s" >&2

@@ -5,8 +5,8 @@
 #   scripts/deb.sh amd64 [agent|hub]
 #
 # arm64 packages the binary cross-built by scripts/arm.sh (run with --build-only here, a
-# no-op when it already ran), with `cargo deb --no-build`. amd64 builds the release binary
-# for the host first (a full release build: not in CI). The default configuration shipped
+# no-op when it already ran), with `cargo deb --no-build`. amd64 builds the release binaries
+# of both components for the host first, in one build. The default configuration shipped
 # in /etc/doorstep is what the packaged binary itself prints with --print-default-config,
 # so the two cannot drift apart. Installs cargo-deb when missing.
 #
@@ -56,7 +56,10 @@ if [[ "$arch" == arm64 ]]; then
 else
     target_dir=target
     run=()
-    CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$target" -p "$package"
+    # Both components in one build: the dependencies they share compile once, and the
+    # second package's build is a no-op.
+    CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$target" \
+        -p doorstep-agent -p doorstep-hub
     echo "deb.sh: release build took $((SECONDS - started)) s" >&2
 fi
 release="$target_dir/$target/release"

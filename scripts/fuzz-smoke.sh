@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Doorstep's fuzz smoke run: builds every cargo-fuzz target in fuzz/ once, then runs each
-# for FUZZ_SECONDS (default 15) from its corpus (fuzz/seed.py's seeds, plus whatever
+# for FUZZ_SECONDS (default 10) from its corpus (fuzz/seed.py's seeds, plus whatever
 # earlier runs found), one at a time. Fails on the first crash, panic, hang or leak, with
 # the input saved under fuzz/artifacts/<target>/; prints the executions per target.
 #
-#   bash scripts/fuzz-smoke.sh                         # CI: every target, 15 s each
+#   bash scripts/fuzz-smoke.sh                         # CI: every target, 10 s each
 #   FUZZ_SECONDS=300 FUZZ_RELEASE=1 bash scripts/fuzz-smoke.sh nmea_stream route_json
 #   FUZZ_SECONDS=0 bash scripts/fuzz-smoke.sh          # skip
 #
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
 # The cargo-fuzz release this was written and measured with.
 CARGO_FUZZ_VERSION="0.13.2"
 

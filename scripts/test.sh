@@ -55,21 +55,31 @@ if [[ ! -s "$axe_dir/axe.min.js" ]]; then
     rm "$tgz"
 fi
 
+# Each step's wall time, printed at the end.
+times=()
+step() {
+    local name=$1 started=$SECONDS
+    shift
+    "$@"
+    times+=("$(printf '%6d s  %s' $((SECONDS - started)) "$name")")
+}
+trap 'echo "test.sh: wall time per step"; printf "%s\n" "${times[@]}"' EXIT
+
 # Unit, integration and end-to-end tests; benchmarks run once each as smoke tests.
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+step "build and run every test" cargo test --workspace --all-targets --locked
+step "doc tests" cargo test --workspace --doc --locked
 
 # The hub's store and integration tests again with the hub's state on PostgreSQL (each
 # test a database of its own on a server this run starts on a free port): the same
 # binaries, so this pass only runs them. (The three-host test is on PostgreSQL in the
 # first pass already; it is not run twice.)
-DOORSTEP_TEST_BACKEND=postgres cargo test -p doorstep-hub --lib --tests --locked -- \
-    --skip three_hubs_on_three_hosts
+step "the hub's tests on PostgreSQL" env DOORSTEP_TEST_BACKEND=postgres \
+    cargo test -p doorstep-hub --lib --tests --locked -- --skip three_hubs_on_three_hosts
 
 # The hub's private API attacked from its own OpenAPI document (about half a minute).
-bash scripts/schemathesis.sh
+step "schemathesis" bash scripts/schemathesis.sh
 
-# Every fuzz target for a short while (FUZZ_SECONDS each, 15 by default; 0 skips): a
+# Every fuzz target for a short while (FUZZ_SECONDS each, 10 by default; 0 skips): a
 # crash fails the run. The fuzz build is its own (about 6 minutes on two cores); the
 # long runs are in docs/fuzzing.md.
-bash scripts/fuzz-smoke.sh
+step "fuzz smoke" bash scripts/fuzz-smoke.sh

@@ -64,7 +64,7 @@ pub use access::{ApiKeyRecord, AuditEntry};
 pub use actions::{
     ALERT_NOT_HOME, Instructions, KIND_INSTRUCTIONS, KIND_NOT_HOME, RouteNote, SOURCE_CUSTOMER,
 };
-pub use batch::{BatchParcels, LockedBatch, Pending, StopParcels};
+pub use batch::{BatchParcels, BatchReads, LockedBatch, Pending, StopParcels};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
@@ -142,6 +142,11 @@ pub enum StoreError {
     /// kept; the same work may be tried again.
     #[error("PostgreSQL: {0} (nothing was kept; it can be tried again)")]
     Transient(String),
+    /// Another hub (or a carrier webhook) changed shipments an ingest batch read without
+    /// locks, before the batch saved them. Nothing of the batch was kept; it is stored
+    /// again with its shipments locked.
+    #[error("another hub changed {0} shipments this batch read (nothing was kept; it can be tried again)")]
+    Changed(usize),
     /// `hub.database` is a URL of a database this hub cannot use.
     #[error(
         "hub.database {0:?} is a URL this hub cannot use: give a SQLite file's path, or a PostgreSQL \
@@ -164,7 +169,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying the same transaction again may succeed ([`StoreError::Transient`]).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        matches!(self, StoreError::Transient(_) | StoreError::Changed(_))
     }
 }
 

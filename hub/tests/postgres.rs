@@ -678,3 +678,86 @@ async fn reconcile_40(hub: &mut PgStore, ids: &[i64]) -> Result<(), StoreError> 
     }
     Ok(())
 }
+
+/// An ingest batch reads its shipments without locks. A carrier webhook on another hub
+/// changes one of them before the batch commits: the batch's save of it is refused at
+/// commit and nothing of the batch is kept; read again with its shipments locked, the
+/// batch reconciles against the webhook's state. A batch that changes nothing it read
+/// commits whatever another hub did meanwhile.
+#[test]
+fn a_batch_that_read_a_shipment_another_hub_then_changed_keeps_nothing_and_is_stored_again_locked() {
+    use doorstep_hub::model::Milestone;
+    use doorstep_hub::store::{BatchParcels, BatchReads, NewShipment, StoreOptions};
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let open = || Store::open(std::path::Path::new(&url), StoreOptions::default()).expect("open");
+    let (mut ingest, mut webhook) = (open(), open());
+    let tracking = doorstep_proto::TrackingNumber::new("1Z999AA10123456784").expect("tracking");
+    let id = {
+        let tx = ingest.transaction().expect("tx");
+        let new = NewShipment {
+            tracking_number: tracking.clone(),
+            carrier: None,
+            order_id: None,
+            contacts: Default::default(),
+            locale: "en-US".into(),
+            time_zone: "UTC".into(),
+        };
+        let id = tx.insert_shipment(&new, 0).expect("shipment");
+        tx.commit().expect("commit");
+        id
+    };
+    let parcels = || BatchParcels { numbers: vec![tracking.as_str().into()], ..BatchParcels::default() };
+    let mut change = |milestone, state: &str| {
+        let tx = webhook.transaction().expect("tx");
+        let seen = tx.shipment_by_tracking(&tracking).expect("read").expect("shipment");
+        tx.save_reconcile_json(seen.id, milestone, state, 1).expect("save");
+        tx.commit().expect("commit");
+    };
+    let state = |store: &Store| {
+        let s = store.shipment_by_tracking(&tracking).expect("read").expect("shipment");
+        (s.milestone, s.reconcile_state)
+    };
+
+    let tx = ingest.transaction().expect("tx");
+    tx.read_batch(parcels(), BatchReads::Checked).expect("read");
+    assert_eq!(
+        tx.shipment_by_tracking(&tracking).expect("read").expect("shipment").milestone,
+        Milestone::Created
+    );
+    change(Milestone::OutForDelivery, "webhook");
+    tx.save_reconcile_json(id, Milestone::Nearby, "ingest", 2).expect("save");
+    tx.add_timeline_json(id, 2, "device", "nearby", "{}").expect("timeline");
+    match tx.commit() {
+        Err(StoreError::Changed(1)) => {}
+        other => panic!("the batch's save of a shipment changed since its read must be refused: {other:?}"),
+    }
+    assert_eq!(
+        state(&ingest),
+        (Milestone::OutForDelivery, Some("webhook".into())),
+        "the webhook's save kept"
+    );
+    assert!(ingest.timeline(id).expect("timeline").is_empty(), "nothing of the refused batch kept");
+
+    let tx = ingest.transaction().expect("tx");
+    tx.read_batch(parcels(), BatchReads::Locked).expect("read");
+    let seen = tx.shipment_by_tracking(&tracking).expect("read").expect("shipment");
+    assert_eq!(
+        seen.reconcile_state.as_deref(),
+        Some("webhook"),
+        "read again, the batch sees the webhook's state"
+    );
+    tx.save_reconcile_json(id, Milestone::Nearby, "ingest after webhook", 3).expect("save");
+    tx.add_timeline_json(id, 2, "device", "nearby", "{}").expect("timeline");
+    tx.commit().expect("stored again, locked");
+    assert_eq!(state(&ingest), (Milestone::Nearby, Some("ingest after webhook".into())));
+
+    let tx = ingest.transaction().expect("tx");
+    tx.read_batch(parcels(), BatchReads::Checked).expect("read");
+    tx.shipment_by_tracking(&tracking).expect("read").expect("shipment");
+    change(Milestone::Delivered, "delivered");
+    tx.add_timeline_json(id, 4, "device", "nearby", "{}").expect("timeline");
+    tx.commit().expect("a batch that changed nothing it read commits");
+    assert_eq!(state(&ingest), (Milestone::Delivered, Some("delivered".into())));
+    assert_eq!(ingest.timeline(id).expect("timeline").len(), 2);
+}

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::{self, ChunkOutcome};
 use crate::metrics::Metrics;
 use crate::reconcile::Input;
-use crate::store::{BatchParcels, Dialect, EventInsert, NewEvent, Store, StoreError, StoreTx};
+use crate::store::{BatchParcels, BatchReads, Dialect, EventInsert, NewEvent, Store, StoreError, StoreTx};
 
 use super::{
     ACK_INTERVAL, ApplyError, BATCH_LINGER, Delivery, Domain, Effects, Ingested, LINGER_FROM, Outbound,
@@ -319,6 +319,8 @@ impl AfterCommit {
 /// Tries of one message stored alone on PostgreSQL before it is left to the broker's
 /// redelivery.
 const ALONE_ATTEMPTS: u64 = 20;
+/// Tries of a whole batch on PostgreSQL before its messages are stored one at a time.
+const BATCH_ATTEMPTS: u32 = 3;
 
 /// Registry answers already read in this batch: key id → (device, its fleet while the
 /// key is the device's active one).
@@ -480,25 +482,44 @@ impl WriterThread {
 
     fn commit_batch(&mut self, batch: Vec<Ingested>) {
         let started = Instant::now();
-        // On PostgreSQL a batch can meet another hub's transaction (a deadlock, a
-        // serialization failure) or lose its connection: nothing of it was stored. Its
-        // messages are then stored one per transaction, each tried again a few times:
-        // a single event locks a handful of rows, where a batch of hundreds taking its
-        // shipments in arrival order meets another hub's batch taking them in another
-        // order again and again. Events' keys make trying again safe. (SQLite's one
-        // writer meets neither.)
-        let alone = (self.store.dialect() == Dialect::Postgres).then(|| batch.clone());
-        let first = self.store_batch(batch);
-        match (first, alone) {
-            (Ok(after), _) => self.after_commit(after, started),
-            (Err(e), Some(items)) if e.is_transient() => {
-                tracing::warn!(error = %e, messages = items.len(), "ingest batch met another hub's transaction or lost its connection; storing its messages one at a time");
-                self.domain.metrics.ingest("retried", "store_conflict");
-                for item in items {
-                    self.commit_alone(item);
-                }
+        if self.store.dialect() == Dialect::Sqlite {
+            // SQLite's one writer meets no other hub's transaction.
+            match self.store_batch(batch, BatchReads::Checked) {
+                Ok(after) => self.after_commit(after, started),
+                Err(e) => self.batch_failed(&e),
             }
-            (Err(e), _) => self.batch_failed(&e),
+            return;
+        }
+        // On PostgreSQL a batch can meet another hub's transaction (a shipment it read
+        // changed since, a deadlock, a serialization failure) or lose its connection:
+        // nothing of it was stored. It is tried again with its shipments locked in id
+        // order from the start (see store/batch.rs); should that meet another hub's
+        // transaction too, its messages are stored one per transaction, each tried again
+        // a few times. Events' keys make trying again safe.
+        let mut reads = BatchReads::Checked;
+        for attempt in 1..=BATCH_ATTEMPTS {
+            match self.store_batch(batch.clone(), reads) {
+                Ok(after) => return self.after_commit(after, started),
+                Err(e) if e.is_transient() => {
+                    let reason = if matches!(e, StoreError::Changed(_)) {
+                        "shipment_changed"
+                    } else {
+                        "store_conflict"
+                    };
+                    tracing::debug!(error = %e, messages = batch.len(), attempt, "ingest batch met another hub's transaction; storing it again with its shipments locked");
+                    self.domain.metrics.ingest("retried", reason);
+                    reads = BatchReads::Locked;
+                }
+                Err(e) => return self.batch_failed(&e),
+            }
+        }
+        tracing::warn!(
+            messages = batch.len(),
+            attempts = BATCH_ATTEMPTS,
+            "ingest batch met other hubs' transactions every time; storing its messages one at a time"
+        );
+        for item in batch {
+            self.commit_alone(item);
         }
     }
 
@@ -507,7 +528,7 @@ impl WriterThread {
     fn commit_alone(&mut self, item: Ingested) {
         let started = Instant::now();
         for attempt in 1..=ALONE_ATTEMPTS {
-            match self.store_batch(vec![item.clone()]) {
+            match self.store_batch(vec![item.clone()], BatchReads::Locked) {
                 Ok(after) => return self.after_commit(after, started),
                 Err(e) if e.is_transient() && attempt < ALONE_ATTEMPTS => {
                     std::thread::sleep(Duration::from_millis(5 * attempt));
@@ -525,7 +546,7 @@ impl WriterThread {
     }
 
     /// Stores a batch in one transaction; what it owes the broker once committed.
-    fn store_batch(&mut self, batch: Vec<Ingested>) -> Result<AfterCommit, StoreError> {
+    fn store_batch(&mut self, batch: Vec<Ingested>, reads: BatchReads) -> Result<AfterCommit, StoreError> {
         let now = now_ms();
         let mut after = AfterCommit::default();
         {
@@ -534,7 +555,7 @@ impl WriterThread {
             // PostgreSQL: the batch's events are stored first, in one set-based statement
             // (one round trip, not one an event), then reconciled one by one in order.
             let mut inserted = if tx.dialect() == Dialect::Postgres {
-                Self::insert_events_first(&tx, &self.domain, &batch, now, &mut devices)?
+                Self::insert_events_first(&tx, &self.domain, &batch, reads, now, &mut devices)?
             } else {
                 HashMap::new()
             };
@@ -719,13 +740,14 @@ impl WriterThread {
         }
     }
 
-    /// Locks the shipments the batch's events touch (in id order) and stores the events
-    /// the registry accepts in one statement; what happened to each (with its id in hex),
+    /// Reads the shipments the batch's events touch (as `reads` says) and stores the
+    /// events the registry accepts in one statement; what happened to each (with its id in hex),
     /// by its place in the batch.
     fn insert_events_first(
         tx: &StoreTx<'_>,
         domain: &Domain,
         batch: &[Ingested],
+        reads: BatchReads,
         now: i64,
         devices: &mut Registered,
     ) -> Result<HashMap<usize, (EventInsert, String)>, StoreError> {
@@ -755,7 +777,7 @@ impl WriterThread {
         for (_, event, _) in &accepted {
             note_parcels(&event.envelope, &mut parcels);
         }
-        tx.lock_shipments(parcels)?;
+        tx.read_batch(parcels, reads)?;
         let rows: Vec<NewEvent<'_>> = accepted
             .iter()
             .map(|(_, e, id)| new_event(domain, &e.envelope, id, &e.delivery.payload, now))

@@ -2,18 +2,26 @@
 //!
 //! Reconciled one by one against the database, each device event of a batch would cost
 //! a few round trips: its shipment's locked read, its timeline row, the reconciler's
-//! save. On PostgreSQL the writer instead locks every shipment the batch can touch in one
-//! statement, in id order, and keeps what it read ([`Batch`]); each event is reconciled
-//! against the kept rows, and its timeline rows and saves wait in the batch and go at
-//! commit, in two set-based statements pipelined in one round trip.
+//! save. On PostgreSQL the writer instead reads every shipment the batch can touch in one
+//! statement and keeps what it read ([`Batch`]); each event is reconciled against the
+//! kept rows, and its timeline rows and saves wait in the batch and go at commit, in
+//! set-based statements pipelined in one round trip. Nothing on the ingest path reads
+//! `shipments` or `timeline` by SQL, so the kept rows are the batch's whole view.
 //!
-//! What the batch keeps is what the database holds: the rows stay locked (`FOR NO KEY
-//! UPDATE`) from the batch's first statement to its commit, so no other hub changes them
-//! meanwhile, and nothing on the ingest path reads `shipments` or `timeline` by SQL. A
-//! write outside the ingest path (a new shipment, an order's fields) first sends what
-//! waits and ends the batch ([`StoreTx::settle`]). A failed statement or commit drops the
-//! kept rows with the transaction, which the writer then stores again. SQLite's one
-//! writer pays no round trips and keeps nothing: none of this runs there.
+//! The read takes no locks ([`BatchReads::Checked`]): most events change no shipment (the
+//! tenth "nearby" of a stop), and hubs sharing a fleet's messages would otherwise queue
+//! behind one another's batches for rows they only read. At commit, the shipments the
+//! batch changed are locked in id order and each save is made only if the shipment is
+//! still as the batch read it. One that another hub (or a carrier webhook) changed
+//! meanwhile fails the whole batch ([`StoreError::Changed`]): nothing of it is kept, and
+//! the writer stores it again with its shipments locked from the read on
+//! ([`BatchReads::Locked`]), in id order so hubs take turns instead of deadlocking.
+//! A batch that changes nothing it read is as if it ran before the other hub's change.
+//!
+//! A write outside the ingest path (a new shipment, an order's fields, a route) first
+//! sends what waits and ends the batch ([`StoreTx::settle`]). A failed statement or
+//! commit drops the kept rows with the transaction. SQLite's one writer pays no round
+//! trips and keeps nothing: none of this runs there.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,19 +56,28 @@ impl BatchParcels {
 /// The parcels at stops of vans' routes: (device, route id, stop id) → tracking numbers.
 pub type StopParcels = HashMap<(String, String, String), Vec<String>>;
 
-/// What [`PgStore::lock_shipments`] read.
+/// How a batch reads its shipments on PostgreSQL (see the module's notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchReads {
+    /// Without locks; each save is checked at commit against what was read.
+    Checked,
+    /// Locked in id order from the read to the commit: what a batch is tried again with.
+    Locked,
+}
+
+/// What [`PgStore::read_batch`] read.
 #[derive(Debug)]
 pub struct LockedBatch {
     /// The parcels at each stop asked for (none where the route has none), in tracking
     /// number order.
     pub at_stops: StopParcels,
-    /// Every tracking number locked for, with or without a shipment.
+    /// Every tracking number asked for, with or without a shipment.
     pub numbers: Vec<String>,
     /// The shipments found, in id order.
     pub shipments: Vec<ShipmentRow>,
 }
 
-/// What a batch's transaction keeps, from [`StoreTx::lock_shipments`] to its commit.
+/// What a batch's transaction keeps, from [`StoreTx::read_batch`] to its commit.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     /// Whether a batch is under way: only then is anything kept or deferred.
@@ -80,8 +97,18 @@ pub(super) struct Batch {
 pub struct Pending {
     /// Timeline rows in the order they were added (the order their ids keep).
     timeline: TimelineColumns,
-    /// The reconciler's last save of each shipment it changed: (milestone, state, at).
-    saves: BTreeMap<i64, (&'static str, String, i64)>,
+    /// The reconciler's last save of each shipment it changed.
+    saves: BTreeMap<i64, Save>,
+}
+
+/// A shipment's save: what the batch leaves, and what it read before its first change.
+#[derive(Debug)]
+struct Save {
+    milestone: &'static str,
+    state: String,
+    at_ms: i64,
+    read_milestone: &'static str,
+    read_state: Option<String>,
 }
 
 /// Timeline rows as the columns of one insert.
@@ -101,14 +128,14 @@ impl Pending {
 }
 
 impl PgStore {
-    /// Locks the shipments of `parcels` in id order, in the connection's transaction, and
-    /// reads them: hubs whose batches share shipments (a van's events are shared out
-    /// among the hubs message by message) wait for one another instead of taking the same
-    /// rows in their own arrival orders and deadlocking. Also reads the parcels at each
-    /// of `parcels`' stops: what the batch's events are reconciled against.
-    pub async fn lock_shipments(
+    /// Reads the shipments of `parcels` (locked in id order when `reads` says so: hubs
+    /// whose batches share shipments then wait for one another instead of taking the
+    /// same rows in their own arrival orders and deadlocking), and the parcels at each of
+    /// `parcels`' stops: what the batch's events are reconciled against.
+    pub async fn read_batch(
         &mut self,
         parcels: BatchParcels,
+        reads: BatchReads,
     ) -> Result<LockedBatch, tokio_postgres::Error> {
         let BatchParcels { devices, routes, stops, mut numbers } = parcels;
         let read = self
@@ -119,13 +146,20 @@ impl PgStore {
                  ORDER BY r.tracking_number",
             )
             .await?;
-        let lock = self
-            .prepared(
-                "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
-                        reconcile_state, created_ms, order_name
-                 FROM shipments WHERE tracking_number = ANY($1::text[])
-                 ORDER BY id FOR NO KEY UPDATE",
-            )
+        let shipments = self
+            .prepared(match reads {
+                BatchReads::Checked => {
+                    "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                            reconcile_state, created_ms, order_name
+                     FROM shipments WHERE tracking_number = ANY($1::text[])"
+                }
+                BatchReads::Locked => {
+                    "SELECT id, tracking_number, carrier, order_id, contacts, locale, time_zone, milestone,
+                            reconcile_state, created_ms, order_name
+                     FROM shipments WHERE tracking_number = ANY($1::text[])
+                     ORDER BY id FOR NO KEY UPDATE"
+                }
+            })
             .await?;
         let mut at_stops: StopParcels = devices
             .into_iter()
@@ -152,7 +186,7 @@ impl PgStore {
         numbers.dedup();
         let shipments = self
             .client
-            .query(&lock, &[&numbers])
+            .query(&shipments, &[&numbers])
             .await?
             .iter()
             .map(|r| {
@@ -174,8 +208,25 @@ impl PgStore {
         Ok(LockedBatch { at_stops, numbers, shipments })
     }
 
-    /// Sends a batch's timeline rows and saves: two set-based statements, pipelined.
-    pub async fn write_batch(&mut self, pending: Pending) -> Result<(), tokio_postgres::Error> {
+    /// Sends a batch's saves and timeline rows: set-based statements, pipelined. The
+    /// saved shipments are locked in id order first (without waiting: one another
+    /// transaction holds makes them all count as changed), and each is saved only if it
+    /// is still as the batch read it; returns how many were not.
+    pub async fn write_batch(&mut self, pending: Pending) -> Result<usize, tokio_postgres::Error> {
+        let lock = self
+            .prepared(
+                "SELECT id FROM shipments WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE NOWAIT",
+            )
+            .await?;
+        let update = self
+            .prepared(
+                "UPDATE shipments s SET milestone = u.milestone, reconcile_state = u.state, updated_ms = u.at
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+                      AS u(id, milestone, state, at, read_milestone, read_state)
+                 WHERE s.id = u.id AND s.milestone = u.read_milestone
+                   AND s.reconcile_state IS NOT DISTINCT FROM u.read_state",
+            )
+            .await?;
         let insert = self
             .prepared(
                 "INSERT INTO timeline (shipment_id, occurred_ms, source, kind, detail)
@@ -185,26 +236,33 @@ impl PgStore {
                  ORDER BY n",
             )
             .await?;
-        let update = self
-            .prepared(
-                "UPDATE shipments s SET milestone = u.milestone, reconcile_state = u.state, updated_ms = u.at
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS u(id, milestone, state, at)
-                 WHERE s.id = u.id",
-            )
-            .await?;
         let Pending { timeline: t, saves } = pending;
-        let mut ids = Vec::with_capacity(saves.len());
-        let mut milestones = Vec::with_capacity(saves.len());
-        let mut states = Vec::with_capacity(saves.len());
-        let mut at = Vec::with_capacity(saves.len());
-        for (id, (milestone, state, at_ms)) in saves {
+        let n = saves.len();
+        let (mut ids, mut milestones, mut states, mut at) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut read_milestones, mut read_states) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (id, save) in saves {
             ids.push(id);
-            milestones.push(milestone);
-            states.push(state);
-            at.push(at_ms);
+            milestones.push(save.milestone);
+            states.push(save.state);
+            at.push(save.at_ms);
+            read_milestones.push(save.read_milestone);
+            read_states.push(save.read_state);
         }
         let client = &self.client;
-        // In flight together, the client sends both before it reads either answer.
+        // In flight together: the client sends all three before it reads an answer.
+        let locked = async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            client.query(&lock, &[&ids]).await
+        };
+        let saved = async {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            client.execute(&update, &[&ids, &milestones, &states, &at, &read_milestones, &read_states]).await
+        };
         let timeline = async {
             if t.shipment_ids.is_empty() {
                 return Ok(0);
@@ -213,14 +271,19 @@ impl PgStore {
                 .execute(&insert, &[&t.shipment_ids, &t.occurred_ms, &t.sources, &t.kinds, &t.details])
                 .await
         };
-        let saved = async {
-            if ids.is_empty() {
-                return Ok(0);
+        let (locked, saved, timeline) = tokio::join!(locked, saved, timeline);
+        if let Err(e) = locked {
+            // Held by another transaction: a hub saving it too, or a batch that locked it
+            // to be tried again. Waiting could close a circle with rows this batch took
+            // on its way (an outbox key the other also enqueues); giving way cannot.
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return Ok(ids.len());
             }
-            client.execute(&update, &[&ids, &milestones, &states, &at]).await
-        };
-        tokio::try_join!(timeline, saved)?;
-        Ok(())
+            return Err(e);
+        }
+        let saved = saved?;
+        timeline?;
+        Ok(ids.len().saturating_sub(usize::try_from(saved).unwrap_or(usize::MAX)))
     }
 
     /// The fleet of each active device whose current key is the one given, for a
@@ -244,17 +307,17 @@ impl PgStore {
 }
 
 impl StoreTx<'_> {
-    /// On PostgreSQL, locks and reads the shipments a batch's events can touch, in id
-    /// order, before any is reconciled, with the parcels at the batch's stops; until the
-    /// commit, the batch's shipments, stop parcels, timeline rows and saves are kept
-    /// here (see the module's notes). On SQLite nothing is to be ordered or saved up:
-    /// one writer's transaction runs alone.
-    pub fn lock_shipments(&self, parcels: BatchParcels) -> Result<(), StoreError> {
+    /// On PostgreSQL, reads the shipments a batch's events can touch (locked in id order
+    /// with [`BatchReads::Locked`]) before any is reconciled, with the parcels at the
+    /// batch's stops; until the commit, the batch's shipments, stop parcels, timeline rows
+    /// and saves are kept here (see the module's notes). On SQLite nothing is to be
+    /// ordered or saved up: one writer's transaction runs alone.
+    pub fn read_batch(&self, parcels: BatchParcels, reads: BatchReads) -> Result<(), StoreError> {
         let Db::Postgres(pg) = self.tx else { return Ok(()) };
         if parcels.is_empty() {
             return Ok(());
         }
-        let locked = pg.run(move |w| Ok(w.with_store(|store| store.lock_shipments(parcels))?))?;
+        let locked = pg.run(move |w| Ok(w.with_store(|store| store.read_batch(parcels, reads))?))?;
         let mut batch = self.batch.borrow_mut();
         for (key, numbers) in locked.at_stops {
             let numbers = numbers
@@ -360,15 +423,28 @@ impl StoreTx<'_> {
         state_json: &str,
         now_ms: i64,
     ) -> bool {
-        let mut batch = self.batch.borrow_mut();
+        let batch = &mut *self.batch.borrow_mut();
         if !batch.active {
             return false;
         }
-        let Some(number) = batch.ids.get(&shipment_id).cloned() else { return false };
-        let Some(Some(kept)) = batch.shipments.get_mut(&number) else { return false };
+        let Some(number) = batch.ids.get(&shipment_id) else { return false };
+        let Some(Some(kept)) = batch.shipments.get_mut(number) else { return false };
+        let read = (milestone_str(kept.milestone), kept.reconcile_state.take());
         kept.milestone = milestone;
         kept.reconcile_state = Some(state_json.to_owned());
-        batch.pending.saves.insert(shipment_id, (milestone_str(milestone), state_json.to_owned(), now_ms));
+        let (milestone, state) = (milestone_str(milestone), state_json.to_owned());
+        batch
+            .pending
+            .saves
+            .entry(shipment_id)
+            .and_modify(|save| (save.milestone, save.state, save.at_ms) = (milestone, state.clone(), now_ms))
+            .or_insert_with(|| Save {
+                milestone,
+                state,
+                at_ms: now_ms,
+                read_milestone: read.0,
+                read_state: read.1,
+            });
         true
     }
 
@@ -403,7 +479,10 @@ impl StoreTx<'_> {
             return Ok(());
         }
         let Db::Postgres(pg) = self.tx else { return Ok(()) };
-        pg.run(move |w| Ok(w.with_store(|store| store.write_batch(pending))?))
+        match pg.run(move |w| Ok(w.with_store(|store| store.write_batch(pending))?))? {
+            0 => Ok(()),
+            changed => Err(StoreError::Changed(changed)),
+        }
     }
 }
 
@@ -448,7 +527,7 @@ mod tests {
             numbers: vec![tracking.as_str().into(), missing.as_str().into()],
             ..BatchParcels::default()
         };
-        tx.lock_shipments(parcels).expect("lock");
+        tx.read_batch(parcels, BatchReads::Checked).expect("read");
         assert_eq!(
             tx.shipment_by_tracking(tracking).expect("read").expect("found").milestone,
             Milestone::Created
@@ -501,7 +580,7 @@ mod tests {
             numbers: vec![tracking.as_str().into(), later.as_str().into()],
             ..BatchParcels::default()
         };
-        tx.lock_shipments(parcels).expect("lock");
+        tx.read_batch(parcels, BatchReads::Checked).expect("read");
         assert!(tx.shipment_by_tracking(&later).expect("read").is_none());
         tx.add_timeline_json(id, 10, "device", "nearby", "{}").expect("timeline");
         let created = tx.insert_shipment(&new_shipment(&later), 2).expect("insert");

@@ -186,7 +186,7 @@ impl StoreTx<'_> {
         route_id: &str,
         stop_id: &StopId,
     ) -> Result<Vec<TrackingNumber>, StoreError> {
-        // Read for the whole batch on PostgreSQL (`lock_shipments`); never on SQLite.
+        // Read for the whole batch on PostgreSQL (`read_batch`); never on SQLite.
         if let Some(parcels) = self.batch_stop_parcels(device, route_id, stop_id) {
             return Ok(parcels);
         }
