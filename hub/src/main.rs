@@ -99,11 +99,19 @@ enum Command {
     /// which. `serve` does the same when it starts; run this first when moving to
     /// PostgreSQL (`hub.database = "postgres://user:password@host:5432/doorstep"`), or to
     /// check a server's durability settings before the hubs start.
+    ///
+    /// Moving a hub that already has data: stop it, then
+    /// `doorstep-hub migrate --database postgres://... --copy-from /var/lib/doorstep/hub.db`
+    /// copies every row into the new, empty PostgreSQL database in one transaction.
     Migrate {
         /// A SQLite file's path or a postgres:// URL; defaults to `hub.database` from the
         /// configuration.
         #[arg(long)]
         database: Option<PathBuf>,
+        /// A stopped hub's SQLite file to copy into the PostgreSQL database (which must
+        /// hold no rows yet); the file is brought to this build's schema first.
+        #[arg(long, value_name = "SQLITE_FILE")]
+        copy_from: Option<PathBuf>,
     },
     /// Write the broker's access rules (Mosquitto ACL) from the device registry.
     BrokerAcl(doorstep_hub::acl::BrokerAclArgs),
@@ -206,17 +214,19 @@ fn main() -> anyhow::Result<()> {
             let database = database_path(&cli.config, database)?;
             audit(&database, limit, key.as_deref(), json)
         }
-        Command::Migrate { database } => migrate(&database_path(&cli.config, database)?),
+        Command::Migrate { database, copy_from } => {
+            migrate(&database_path(&cli.config, database)?, copy_from.as_deref())
+        }
         Command::BrokerAcl(args) => doorstep_hub::acl::run(&cli.config, args),
     }
 }
 
-fn migrate(database: &Path) -> anyhow::Result<()> {
+fn migrate(database: &Path, copy_from: Option<&Path>) -> anyhow::Result<()> {
     let label = doorstep_hub::store::database_label(database);
     let mut out = std::io::stdout().lock();
     match doorstep_hub::store::database_url(database)? {
         Some(url) => {
-            let (_, migrated) =
+            let (mut target, migrated) =
                 Store::connect(url).with_context(|| format!("connecting to the hub database {label}"))?;
             if migrated.from == migrated.to {
                 writeln!(out, "{label}: PostgreSQL schema at version {}, nothing to do", migrated.to)?;
@@ -227,6 +237,31 @@ fn migrate(database: &Path) -> anyhow::Result<()> {
                     migrated.from, migrated.to
                 )?;
             }
+            if let Some(file) = copy_from {
+                // Opening a missing path would create an empty database and copy nothing.
+                anyhow::ensure!(
+                    file.is_file(),
+                    "--copy-from {}: no such file (give the stopped hub's SQLite database, hub.database in its configuration)",
+                    file.display()
+                );
+                let source = open_store(file)?;
+                let copied = source.copy_into(&mut target)?;
+                let rows: u64 = copied.iter().map(|(_, n)| n).sum();
+                for (table, n) in copied.iter().filter(|(_, n)| *n > 0) {
+                    writeln!(out, "  {table}: {n} rows")?;
+                }
+                writeln!(
+                    out,
+                    "{label}: copied {rows} rows of {} tables from {}",
+                    copied.len(),
+                    file.display()
+                )?;
+            }
+        }
+        None if copy_from.is_some() => {
+            anyhow::bail!(
+                "--copy-from copies into PostgreSQL: give --database postgres://user:password@host:5432/doorstep"
+            )
         }
         None => {
             let store = open_store(database)?;

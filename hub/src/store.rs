@@ -41,6 +41,7 @@ mod actions;
 mod batch;
 mod carrier_jobs;
 mod console;
+mod copy;
 mod db;
 mod devices;
 mod dispatch;
@@ -147,6 +148,10 @@ pub enum StoreError {
     /// again with its shipments locked.
     #[error("another hub changed {0} shipments this batch read (nothing was kept; it can be tried again)")]
     Changed(usize),
+    /// Copying a SQLite database into PostgreSQL was refused or failed; nothing of it
+    /// was kept.
+    #[error("copying into PostgreSQL: {0}; nothing was copied")]
+    Copy(String),
     /// `hub.database` is a URL of a database this hub cannot use.
     #[error(
         "hub.database {0:?} is a URL this hub cannot use: give a SQLite file's path, or a PostgreSQL \

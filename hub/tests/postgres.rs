@@ -761,3 +761,92 @@ fn a_batch_that_read_a_shipment_another_hub_then_changed_keeps_nothing_and_is_st
     assert_eq!(state(&ingest), (Milestone::Delivered, Some("delivered".into())));
     assert_eq!(ingest.timeline(id).expect("timeline").len(), 2);
 }
+
+/// A hub moving from SQLite to PostgreSQL with its data: every row copied in one
+/// transaction, ids carrying on after the copied ones; a second copy into the now used
+/// database is refused, and a file holding a value that does not fit its column fails
+/// the copy with the table named, leaving the database empty.
+#[test]
+fn a_sqlite_hubs_rows_are_copied_into_a_new_postgresql_database_once_and_whole() {
+    use doorstep_hub::store::{NewShipment, StoreOptions};
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("hub.db");
+    let tracking = doorstep_proto::TrackingNumber::new("1Z999AA10123456784").expect("tracking");
+    let new_shipment = |number: &doorstep_proto::TrackingNumber| NewShipment {
+        tracking_number: number.clone(),
+        carrier: Some("ups".into()),
+        order_id: Some("1001".into()),
+        contacts: Default::default(),
+        locale: "en-US".into(),
+        time_zone: "UTC".into(),
+    };
+    let (fleet, van) = (FleetId::new("acme").expect("fleet"), DeviceId::new("van-1").expect("device"));
+    let shipment = {
+        let mut sqlite = Store::open(&file, StoreOptions::default()).expect("sqlite");
+        let key = doorstep_proto::SigningKey::from_seed(&[7; 32]).expect("seed").public_key();
+        sqlite.add_device(&fleet, &van, &key, false, 1).expect("device");
+        let tx = sqlite.transaction().expect("tx");
+        let id = tx.insert_shipment(&new_shipment(&tracking), 2).expect("shipment");
+        tx.add_timeline_json(id, 3, "device", "nearby", r#"{"distance_m":40}"#).expect("timeline");
+        tx.insert_event(&position(&van, 1, &format!("{:032x}", 1), b"signed")).expect("event");
+        tx.commit().expect("commit");
+        id
+    };
+
+    let pg = Postgres::start();
+    let url = pg.database("hub");
+    let migrate = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_doorstep-hub"))
+            .arg("migrate")
+            .args(args)
+            .output()
+            .expect("doorstep-hub migrate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let file_arg = file.to_str().expect("path");
+    let (ok, said) = migrate(&["--database", file_arg, "--copy-from", file_arg]);
+    assert!(!ok && said.contains("--copy-from copies into PostgreSQL"), "{said}");
+    let (ok, said) = migrate(&["--database", &url, "--copy-from", "/nonexistent/hub.db"]);
+    assert!(!ok && said.contains("no such file"), "{said}");
+    let (ok, said) = migrate(&["--database", &url, "--copy-from", file_arg]);
+    assert!(ok, "{said}");
+    for line in
+        ["shipments: 1 rows", "timeline: 1 rows", "events: 1 rows", "devices: 1 rows", "copied 4 rows"]
+    {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    let mut target = Store::open(std::path::Path::new(&url), StoreOptions::default()).expect("postgres");
+    let source = Store::open(&file, StoreOptions::default()).expect("sqlite");
+    let moved = target.shipment_by_tracking(&tracking).expect("read").expect("copied");
+    assert_eq!((moved.id, moved.order_id.as_deref()), (shipment, Some("1001")));
+    assert_eq!(target.timeline(shipment).expect("timeline")[0].detail["distance_m"], 40);
+    assert_eq!(target.device(&van).expect("device").expect("copied").fleet, fleet);
+    let next = {
+        let other = doorstep_proto::TrackingNumber::new("1Z999AA10123456791").expect("tracking");
+        let tx = target.transaction().expect("tx");
+        let id = tx.insert_shipment(&new_shipment(&other), 4).expect("a new shipment after the copy");
+        tx.commit().expect("commit");
+        id
+    };
+    assert!(next > shipment, "ids carry on after the copied ones: {next} after {shipment}");
+    match source.copy_into(&mut target) {
+        Err(StoreError::Copy(why)) => assert!(why.contains("already holds rows"), "{why}"),
+        other => panic!("a second copy into a used database must be refused: {other:?}"),
+    }
+
+    // A value SQLite kept that PostgreSQL's column cannot take.
+    rusqlite::Connection::open(&file)
+        .expect("file")
+        .execute("UPDATE timeline SET occurred_ms = 'soon'", [])
+        .expect("edit");
+    let url = pg.database("fresh");
+    let mut fresh = Store::open(std::path::Path::new(&url), StoreOptions::default()).expect("postgres");
+    match source.copy_into(&mut fresh) {
+        Err(StoreError::Copy(why)) => assert!(why.contains("timeline"), "the table is named: {why}"),
+        other => panic!("a value that does not fit must fail the copy: {other:?}"),
+    }
+    assert_eq!(pg.psql_in("fresh", "SELECT count(*) FROM shipments"), "0", "nothing of a failed copy kept");
+}
