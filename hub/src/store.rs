@@ -82,7 +82,7 @@ pub use postgres::{Migrated, PgStore};
 pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};
-pub use sinks::{SinkOutcome, SinkRow};
+pub use sinks::{SinkLogged, SinkOutcome, SinkRow, SinkStatus};
 pub use support::{LeakRow, SupportContactRecord};
 
 use schema::MIGRATIONS;

@@ -37,7 +37,7 @@ pub use sink::{Delivery, Sink, SinkType};
 use crate::metrics::Metrics;
 use crate::model::Milestone;
 use crate::notify::SendResult;
-use crate::store::{ContactChannel, SinkRow, Store, StoreError, StoreOptions};
+use crate::store::{ContactChannel, SinkLogged, SinkRow, SinkStatus, Store, StoreError, StoreOptions};
 use registry::Registered;
 
 /// How often each sink's loop looks for due rows (ingest does not wake it: a stream
@@ -190,11 +190,11 @@ pub(crate) fn test_event(sink: &str, kind: EventKind) -> SinkEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ending {
     /// `sent`, `skipped`, `queued` (again), `failed` or `unknown`.
-    pub status: &'static str,
+    pub status: SinkStatus,
     /// When `queued` again.
     pub next_attempt_ms: Option<i64>,
     /// The log entry's outcome.
-    pub outcome: &'static str,
+    pub outcome: SinkLogged,
     /// The sink's id for what it made.
     pub vendor_id: Option<String>,
     /// In words.
@@ -226,30 +226,46 @@ pub fn ending(
         thread: None,
     };
     match delivery {
-        Delivery::Accepted { vendor_id, thread, detail } => {
-            Ending { status: "sent", next_attempt_ms: None, outcome: "sent", vendor_id, detail, thread }
-        }
-        Delivery::Skipped { detail } => end("skipped", None, "skipped", detail),
+        Delivery::Accepted { vendor_id, thread, detail } => Ending {
+            status: SinkStatus::Sent,
+            next_attempt_ms: None,
+            outcome: SinkLogged::Sent,
+            vendor_id,
+            detail,
+            thread,
+        },
+        Delivery::Skipped { detail } => end(SinkStatus::Skipped, None, SinkLogged::Skipped, detail),
         Delivery::NotTaken(SendResult::Retry { detail, retry_after }) if can_retry => {
             let at = retry_at(retry_after);
-            end("queued", Some(at), "attempt_failed", format!("{detail}; attempt {attempt}, next at {at}"))
+            end(
+                SinkStatus::Queued,
+                Some(at),
+                SinkLogged::AttemptFailed,
+                format!("{detail}; attempt {attempt}, next at {at}"),
+            )
         }
         Delivery::NotTaken(SendResult::Ambiguous { detail }) if resend_safe && can_retry => {
             let at = retry_at(None);
             let detail = format!("{detail}; attempt {attempt}, resending at {at} under the same key");
-            end("queued", Some(at), "attempt_failed", detail)
+            end(SinkStatus::Queued, Some(at), SinkLogged::AttemptFailed, detail)
         }
-        Delivery::NotTaken(SendResult::Ambiguous { detail }) if !resend_safe => {
-            end("unknown", None, "unknown", format!("{detail}; not resent: the sink cannot dedupe it"))
-        }
-        Delivery::NotTaken(SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail }) => {
-            end("failed", None, "failed", format!("{detail}; gave up after {attempt} attempts"))
-        }
+        Delivery::NotTaken(SendResult::Ambiguous { detail }) if !resend_safe => end(
+            SinkStatus::Unknown,
+            None,
+            SinkLogged::Unknown,
+            format!("{detail}; not resent: the sink cannot dedupe it"),
+        ),
+        Delivery::NotTaken(SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail }) => end(
+            SinkStatus::Failed,
+            None,
+            SinkLogged::Failed,
+            format!("{detail}; gave up after {attempt} attempts"),
+        ),
         Delivery::NotTaken(
             SendResult::Rejected { detail }
             | SendResult::OptedOut { detail }
             | SendResult::Accepted { detail, .. },
-        ) => end("failed", None, "failed", detail),
+        ) => end(SinkStatus::Failed, None, SinkLogged::Failed, detail),
     }
 }
 
@@ -443,14 +459,15 @@ impl Dispatcher {
     }
 
     fn record(&self, sink: &Registered, row: &SinkRow, attempt: i64, ending: &Ending) {
-        self.inner.metrics.sink_delivery(&sink.name, ending.outcome);
+        let outcome = ending.outcome.as_str();
+        self.inner.metrics.sink_delivery(&sink.name, outcome);
         let detail = crate::mask::Masked(&ending.detail);
         match ending.outcome {
-            "sent" | "skipped" => {
-                tracing::info!(sink = %sink.name, row = row.id, tracking = %row.tracking_number, event = %row.event, attempt, outcome = ending.outcome, vendor_id = ?ending.vendor_id, "sink event delivered");
+            SinkLogged::Sent | SinkLogged::Skipped => {
+                tracing::info!(sink = %sink.name, row = row.id, tracking = %row.tracking_number, event = %row.event, attempt, outcome, vendor_id = ?ending.vendor_id, "sink event delivered");
             }
             _ => {
-                tracing::warn!(sink = %sink.name, row = row.id, tracking = %row.tracking_number, event = %row.event, attempt, outcome = ending.outcome, %detail, "sink event not delivered");
+                tracing::warn!(sink = %sink.name, row = row.id, tracking = %row.tracking_number, event = %row.event, attempt, outcome, %detail, "sink event not delivered");
             }
         }
     }
@@ -483,24 +500,24 @@ mod tests {
     fn retries_wait_for_the_backoff_or_retry_after_and_ambiguity_is_repeated_only_where_deduped() {
         let retry = |after| not_taken(SendResult::Retry { detail: "429".into(), retry_after: after });
         let e = ending(retry(None), 1, 0, &POLICY, false, 1_000);
-        assert_eq!((e.status, e.next_attempt_ms), ("queued", Some(31_000)));
+        assert_eq!((e.status, e.next_attempt_ms), (SinkStatus::Queued, Some(31_000)));
         let e = ending(retry(Some(Duration::from_secs(120))), 1, 0, &POLICY, false, 1_000);
         assert_eq!(e.next_attempt_ms, Some(121_000), "Retry-After is longer than the backoff");
-        assert_eq!(ending(retry(None), 3, 0, &POLICY, true, 0).status, "failed", "out of attempts");
+        assert_eq!(ending(retry(None), 3, 0, &POLICY, true, 0).status, SinkStatus::Failed, "out of attempts");
         let ambiguous = || not_taken(SendResult::Ambiguous { detail: "timeout".into() });
-        assert_eq!(ending(ambiguous(), 1, 0, &POLICY, true, 0).status, "queued");
-        assert_eq!(ending(ambiguous(), 1, 0, &POLICY, false, 0).status, "unknown");
-        assert_eq!(ending(ambiguous(), 3, 0, &POLICY, true, 0).status, "failed");
+        assert_eq!(ending(ambiguous(), 1, 0, &POLICY, true, 0).status, SinkStatus::Queued);
+        assert_eq!(ending(ambiguous(), 1, 0, &POLICY, false, 0).status, SinkStatus::Unknown);
+        assert_eq!(ending(ambiguous(), 3, 0, &POLICY, true, 0).status, SinkStatus::Failed);
         let refused = not_taken(SendResult::Rejected { detail: "422".into() });
-        assert_eq!(ending(refused, 1, 0, &POLICY, true, 0).status, "failed");
+        assert_eq!(ending(refused, 1, 0, &POLICY, true, 0).status, SinkStatus::Failed);
         let skipped = Delivery::Skipped { detail: "no ticket".into() };
-        assert_eq!(ending(skipped, 1, 0, &POLICY, true, 0).status, "skipped");
+        assert_eq!(ending(skipped, 1, 0, &POLICY, true, 0).status, SinkStatus::Skipped);
         let sent = Delivery::Accepted {
             vendor_id: Some("7".into()),
             thread: Some("7".into()),
             detail: "201".into(),
         };
         let e = ending(sent, 1, 0, &POLICY, false, 0);
-        assert_eq!((e.status, e.thread.as_deref()), ("sent", Some("7")));
+        assert_eq!((e.status, e.thread.as_deref()), (SinkStatus::Sent, Some("7")));
     }
 }

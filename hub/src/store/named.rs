@@ -44,6 +44,48 @@ impl StoredName for Notice {
     }
 }
 
+/// A closed set of names kept in a text column (a row's status, a log entry's outcome):
+/// the enum, each variant's stored name (`as_str`), every variant (`ALL`), and what
+/// [`Named`] and the statements need to read and bind it.
+macro_rules! stored_names {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$doc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            /// The name as stored.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl $crate::store::StoredName for $name {
+            fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+            fn name(&self) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed(self.as_str())
+            }
+        }
+
+        impl $crate::store::ToValue for $name {
+            fn to_value(&self) -> $crate::store::Value<'_> {
+                $crate::store::Value::Text(std::borrow::Cow::Borrowed(self.as_str()))
+            }
+        }
+    };
+}
+pub(crate) use stored_names;
+
 /// A stored name: the value it means, or the text this hub does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Named<T> {

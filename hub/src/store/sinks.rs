@@ -15,7 +15,44 @@
 
 use super::db::{OptionalExtension, params};
 
-use super::{Store, StoreError, StoreTx};
+use super::named::stored_names;
+use super::{Named, Store, StoreError, StoreTx};
+
+stored_names! {
+    /// Where a sink outbox row stands (`sink_outbox.status`).
+    pub enum SinkStatus {
+        /// Waiting for its (next) attempt.
+        Queued = "queued",
+        /// Claimed: a request may be in flight.
+        Sending = "sending",
+        /// The sink took it.
+        Sent = "sent",
+        /// Nothing to send there (a milestone of a shipment that has no ticket).
+        Skipped = "skipped",
+        /// Refused, or out of attempts.
+        Failed = "failed",
+        /// An ambiguous send the sink cannot repeat safely: never re-sent automatically.
+        Unknown = "unknown",
+    }
+}
+
+stored_names! {
+    /// What one entry of a sink row's outcome log says (`sink_outcomes.outcome`).
+    pub enum SinkLogged {
+        /// Enqueued.
+        Queued = "queued",
+        /// The sink took it.
+        Sent = "sent",
+        /// An attempt did not get through; another follows.
+        AttemptFailed = "attempt_failed",
+        /// Nothing to send there.
+        Skipped = "skipped",
+        /// Given up on.
+        Failed = "failed",
+        /// May or may not have got through; not resent.
+        Unknown = "unknown",
+    }
+}
 
 /// One row of the sinks' outbox, with what the dispatcher needs besides the shipment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +71,9 @@ pub struct SinkRow {
     pub detail: Option<String>,
     /// The fleet of the newest route the parcel was on when the row was enqueued.
     pub fleet: Option<String>,
-    /// `queued`, `sending`, `sent`, ...
-    pub status: String,
+    /// Where it stands (as stored, should a newer hub have written a status this one
+    /// does not know).
+    pub status: Named<SinkStatus>,
     /// Attempts made (including the one in flight).
     pub attempts: i64,
     /// When it was enqueued (the milestone's or alert's commit), ms since the Unix epoch.
@@ -49,8 +87,9 @@ pub struct SinkRow {
 pub struct SinkOutcome {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
-    /// `queued`, `sent`, `attempt_failed`, `skipped`, `failed`, `unknown`.
-    pub outcome: String,
+    /// What happened (as stored, should a newer hub have written one this one does not
+    /// know).
+    pub outcome: Named<SinkLogged>,
     /// The sink's id for what it made (a ticket id, a stream sequence).
     pub vendor_id: Option<String>,
     /// What happened, in words.
@@ -81,7 +120,7 @@ fn log(
     conn: &super::Db,
     id: i64,
     at_ms: i64,
-    outcome: &str,
+    outcome: SinkLogged,
     vendor_id: Option<&str>,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -119,7 +158,7 @@ impl StoreTx<'_> {
                 params![sink, shipment_id, event, detail, now_ms],
             )?;
             if let Some(id) = inserted {
-                log(self.tx, id, now_ms, "queued", None, None)?;
+                log(self.tx, id, now_ms, SinkLogged::Queued, None, None)?;
                 new += 1;
             }
         }
@@ -199,10 +238,10 @@ impl Store {
     pub fn sink_finish(
         &mut self,
         id: i64,
-        status: &str,
+        status: SinkStatus,
         next_attempt_ms: Option<i64>,
         now_ms: i64,
-        outcome: &str,
+        outcome: SinkLogged,
         vendor_id: Option<&str>,
         detail: &str,
         thread: Option<&str>,
@@ -254,12 +293,12 @@ impl Store {
                     params![row.id, now_ms],
                 )?;
                 let detail = "hub stopped mid-send; resending under the same key";
-                log(tx.tx, row.id, now_ms, "attempt_failed", None, Some(detail))?;
+                log(tx.tx, row.id, now_ms, SinkLogged::AttemptFailed, None, Some(detail))?;
                 requeued += 1;
             } else {
                 tx.tx.execute("UPDATE sink_outbox SET status = 'unknown' WHERE id = ?1", [row.id])?;
                 let detail = "hub stopped mid-send; not resent (the sink has no idempotency key for it)";
-                log(tx.tx, row.id, now_ms, "unknown", None, Some(detail))?;
+                log(tx.tx, row.id, now_ms, SinkLogged::Unknown, None, Some(detail))?;
                 unknown += 1;
             }
         }
@@ -359,7 +398,16 @@ mod tests {
         assert!(!store.sink_claim(first.id).expect("claim"), "claimed once");
         assert_eq!(due(&store), ["milestone:exception"], "not while the earlier one is in flight");
         store
-            .sink_finish(first.id, "sent", None, 11, "sent", Some("35436"), "201", Some("35436"))
+            .sink_finish(
+                first.id,
+                SinkStatus::Sent,
+                None,
+                11,
+                SinkLogged::Sent,
+                Some("35436"),
+                "201",
+                Some("35436"),
+            )
             .expect("finish");
         assert_eq!(due(&store), ["milestone:delivered", "milestone:exception"]);
         let next = store.sink_due(&["helpdesk"], 10, 1).expect("due").remove(0);
@@ -378,7 +426,11 @@ mod tests {
         }
         assert_eq!(store.sink_recover(20, |r| r.sink == "stream").expect("recover"), (1, 1));
         let rows = store.sink_rows_for_shipment(id).expect("rows");
-        let status: Vec<(&str, &str)> = rows.iter().map(|r| (r.sink.as_str(), r.status.as_str())).collect();
-        assert_eq!(status, [("stream", "queued"), ("helpdesk", "unknown")]);
+        let status: Vec<(&str, &Named<SinkStatus>)> =
+            rows.iter().map(|r| (r.sink.as_str(), &r.status)).collect();
+        assert_eq!(
+            status,
+            [("stream", &SinkStatus::Queued.into()), ("helpdesk", &SinkStatus::Unknown.into())]
+        );
     }
 }

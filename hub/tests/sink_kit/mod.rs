@@ -130,7 +130,7 @@ pub fn rows(path: &Path, shipment: i64) -> Vec<(String, String, String)> {
         .sink_rows_for_shipment(shipment)
         .expect("rows")
         .into_iter()
-        .map(|r| (r.sink, r.event, r.status))
+        .map(|r| (r.sink, r.event, r.status.to_string()))
         .collect()
 }
 
@@ -144,7 +144,7 @@ pub fn outcomes(path: &Path, shipment: i64, event: &str) -> Vec<(String, Option<
     let store = Store::open(path, StoreOptions { full_sync: false }).expect("open");
     let row = store.sink_rows_for_shipment(shipment).expect("rows").into_iter().find(|r| r.event == event);
     let row = row.unwrap_or_else(|| panic!("no row for {event}"));
-    store.sink_outcomes(row.id).expect("log").into_iter().map(|o| (o.outcome, o.detail)).collect()
+    store.sink_outcomes(row.id).expect("log").into_iter().map(|o| (o.outcome.to_string(), o.detail)).collect()
 }
 
 /// The last log entry of a shipment's row for `event`: (outcome, detail).
