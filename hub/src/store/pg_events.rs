@@ -27,15 +27,25 @@ const RETRIES: usize = 5;
 /// stored mark `s`; ordered by start, a span breaks the run when it starts beyond
 /// `max(s, every earlier span's end) + 1`. The new mark is the greatest end before the
 /// first break (or `s`).
+///
+/// Each van's events are read through the `(device, seq)` index, at most 4096 past its
+/// mark (the agent's default `uplink.max_unacked`: a van sends no further past its ack;
+/// a van set higher is acked on in steps, batch by batch), so the
+/// statement costs what the batch's vans sent, not the size of the table: joined
+/// instead, the planner scanned every stored event at each batch.
 const ADVANCE_ACKS: &str = "
 WITH vans AS (
     SELECT v.device, v.fleet, coalesce(a.up_to_seq, 0) AS s
     FROM unnest($1::text[], $2::text[]) AS v(device, fleet)
     LEFT JOIN device_acks a ON a.device = v.device),
 spans AS (
-    SELECT e.device, e.seq AS lo, e.seq AS hi FROM events e JOIN vans v ON e.device = v.device AND e.seq > v.s
+    SELECT v.device, e.seq AS lo, e.seq AS hi FROM vans v
+    CROSS JOIN LATERAL (SELECT seq FROM events WHERE device = v.device AND seq > v.s
+                        ORDER BY seq LIMIT 4096) e
     UNION ALL
-    SELECT g.device, g.first_seq, g.last_seq FROM device_gaps g JOIN vans v ON g.device = v.device AND g.last_seq > v.s),
+    SELECT v.device, g.first_seq, g.last_seq FROM vans v
+    CROSS JOIN LATERAL (SELECT first_seq, last_seq FROM device_gaps
+                        WHERE device = v.device AND last_seq > v.s) g),
 ordered AS (
     SELECT device, lo, hi,
            max(hi) OVER (PARTITION BY device ORDER BY lo, hi ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
@@ -46,9 +56,11 @@ breaks AS (
     GROUP BY o.device),
 marks AS (
     SELECT v.device, v.fleet,
-           greatest(v.s, coalesce((SELECT max(p.hi) FROM spans p
-                                   WHERE p.device = v.device AND p.lo < coalesce(b.at, 9223372036854775807)), v.s)) AS high
-    FROM vans v LEFT JOIN breaks b ON b.device = v.device)
+           greatest(v.s, coalesce(max(o.hi) FILTER (WHERE o.lo < coalesce(b.at, 9223372036854775807)), v.s)) AS high
+    FROM vans v
+    LEFT JOIN breaks b ON b.device = v.device
+    LEFT JOIN ordered o ON o.device = v.device
+    GROUP BY v.device, v.fleet, v.s, b.at)
 INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms)
 SELECT device, fleet, high, $3 FROM marks ORDER BY device
 ON CONFLICT (device) DO UPDATE SET
