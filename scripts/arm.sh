@@ -97,8 +97,9 @@ $build_only && exit 0
 # Built first and run second, so each has its own time and the timeout covers only the
 # emulated run. Nothing is excluded: every proto and agent test runs under qemu. Built
 # with the release profile itself (`--release` would pick the bench profile, whose
-# settings differ), so the dependencies compiled for the binary above are used again
-# rather than compiled a second time.
+# settings differ), so a crate compiled for the binary above with the same features is
+# not compiled again; the tests' dev-dependencies (the test kit) still bring most crates
+# with other features, and so a build of their own.
 tests=(--profile release --locked --target "$TARGET" -p doorstep-proto -p doorstep-agent)
 started=$SECONDS
 cargo test "${tests[@]}" --no-run

@@ -124,6 +124,8 @@ impl Store {
         let names: Vec<String> = target_tables.iter().map(|(table, _)| table.clone()).collect();
         let order = parents_first(&names, &foreign_keys)?;
 
+        // One read transaction: every table as of one moment, should a hub still write.
+        let snapshot = source.unchecked_transaction()?;
         let tx = target.transaction()?;
         for table in &order {
             let holds =
@@ -155,7 +157,7 @@ impl Store {
                 }
                 sql
             };
-            let mut read = source.prepare(&format!("SELECT {list} FROM {}", quoted(table)))?;
+            let mut read = snapshot.prepare(&format!("SELECT {list} FROM {}", quoted(table)))?;
             let mut rows = read.query([])?;
             let (mut pending, mut pending_rows, mut n) = (Vec::new(), 0usize, 0u64);
             let flush = |values: &mut Vec<Value<'static>>, rows: usize| -> Result<(), StoreError> {
@@ -200,6 +202,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        drop(snapshot);
         Ok(copied)
     }
 }
