@@ -205,6 +205,8 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
     let config =
         Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
     let key = std::sync::Arc::new(daemon::load_key(&config.key_path)?);
+    // Watched before anything says the agent runs: a SIGTERM from then on stops it in order.
+    let stop = doorstep_runtime::shutdown::signal();
     let cancel = CancellationToken::new();
     let running = daemon::start(&config, key, cancel.clone()).await?;
     if !daemon::start_uplink(&config, &running, cancel.clone())? {
@@ -218,7 +220,7 @@ async fn run(args: ConfigArg) -> anyhow::Result<()> {
         running.tasks.spawn(doorstep_agent::watchdog::run(heartbeats, timing, systemd, watchdog_cancel));
     }
     tracing::info!(device = %config.device, "agent running");
-    doorstep_runtime::shutdown::signal().await;
+    stop.await;
     tracing::info!("stopping");
     doorstep_agent::watchdog::stopping();
     cancel.cancel();
