@@ -65,7 +65,7 @@ pub use access::{ApiKeyRecord, AuditEntry};
 pub use actions::{
     ALERT_NOT_HOME, Instructions, KIND_INSTRUCTIONS, KIND_NOT_HOME, RouteNote, SOURCE_CUSTOMER,
 };
-pub use batch::{BatchParcels, BatchReads, LockedBatch, Pending, StopParcels};
+pub use batch::{BatchParcels, BatchReads, Pending, ReadBatch, StopParcels};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};

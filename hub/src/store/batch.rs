@@ -67,7 +67,7 @@ pub enum BatchReads {
 
 /// What [`PgStore::read_batch`] read.
 #[derive(Debug)]
-pub struct LockedBatch {
+pub struct ReadBatch {
     /// The parcels at each stop asked for (none where the route has none), in tracking
     /// number order.
     pub at_stops: StopParcels,
@@ -136,7 +136,7 @@ impl PgStore {
         &mut self,
         parcels: BatchParcels,
         reads: BatchReads,
-    ) -> Result<LockedBatch, tokio_postgres::Error> {
+    ) -> Result<ReadBatch, tokio_postgres::Error> {
         let BatchParcels { devices, routes, stops, mut numbers } = parcels;
         let read = self
             .prepared(
@@ -205,7 +205,7 @@ impl PgStore {
                 )
             })
             .collect();
-        Ok(LockedBatch { at_stops, numbers, shipments })
+        Ok(ReadBatch { at_stops, numbers, shipments })
     }
 
     /// Sends a batch's saves and timeline rows: set-based statements, pipelined. The
@@ -350,20 +350,14 @@ impl StoreTx<'_> {
         };
         let devices: Vec<String> = pairs.iter().map(|(d, _)| d.as_str().to_owned()).collect();
         let keys: Vec<String> = pairs.iter().map(|(_, k)| k.to_hex()).collect();
-        let asked = (devices.clone(), keys.clone());
         let rows = pg.run(move |w| Ok(w.with_store(|store| store.active_devices(devices, keys))?))?;
         let found: HashMap<(String, String), String> =
             rows.into_iter().map(|(device, key, fleet)| ((device, key), fleet)).collect();
         pairs
             .iter()
-            .zip(asked.0.into_iter().zip(asked.1))
-            .map(|((device, key), asked)| {
-                let fleet = found
-                    .get(&asked)
-                    .cloned()
-                    .map(FleetId::new)
-                    .transpose()
-                    .map_err(|e| corrupt("fleet id", e))?;
+            .map(|(device, key)| {
+                let fleet = found.get(&(device.as_str().to_owned(), key.to_hex())).cloned();
+                let fleet = fleet.map(FleetId::new).transpose().map_err(|e| corrupt("fleet id", e))?;
                 Ok(((device.clone(), *key), fleet))
             })
             .collect()
