@@ -18,6 +18,9 @@
 //! (as `cargo test --all-targets` runs it) it runs a tiny size as a smoke test.
 //! `DOORSTEP_BENCH_SIZE=<devices>x<events>` changes the size, `DOORSTEP_BENCH_BATCH=<n>`
 //! the events per transaction; `DOORSTEP_BENCH_ONLY=store` runs only the writer-alone part.
+//! `DOORSTEP_BENCH_PG_HUBS=3` runs only the three-hub PostgreSQL run (`1,3` by default),
+//! and `DOORSTEP_BENCH_STATEMENTS=1` prints each PostgreSQL run's costliest statements
+//! (`pg_stat_statements`; their times include waiting for locks, so they are not CPU).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_possible_truncation)]
 
@@ -267,11 +270,27 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
     // The same fleet with the hub's state on PostgreSQL (a server of this run's own, on
     // this machine's two cores beside the broker and the hubs): one hub, then three hubs
     // of one shared subscription group on one database.
-    let pg = Postgres::start();
+    // DOORSTEP_BENCH_STATEMENTS=1: print each run's costliest statements
+    // (pg_stat_statements), to see where PostgreSQL's share goes.
+    let statements = std::env::var_os("DOORSTEP_BENCH_STATEMENTS").is_some();
+    let pg = if statements {
+        Postgres::start_with(&["shared_preload_libraries=pg_stat_statements"])
+    } else {
+        Postgres::start()
+    };
+    // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub PostgreSQL run (to profile it).
+    let runs: Vec<usize> = std::env::var("DOORSTEP_BENCH_PG_HUBS")
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![1, 3]);
     let mut pg_rates = Vec::new();
-    for hubs in [1usize, 3] {
+    for &hubs in &runs {
         let url = std::path::PathBuf::from(pg.database(&format!("bench_{hubs}")));
         setup(&url, &vans);
+        let db_name = format!("bench_{hubs}");
+        if statements {
+            pg.psql_in(&db_name, "CREATE EXTENSION pg_stat_statements");
+            pg.psql_in(&db_name, "SELECT pg_stat_statements_reset()");
+        }
         let run = through_broker(
             &url,
             hubs,
@@ -292,6 +311,7 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             .map(|(n, c)| c - run.cpu_before.get(n).copied().unwrap_or(0.0))
             .sum();
         let per_event = |cpu: f64| cpu * 1e6 / total as f64;
+        let commits: i64 = run.hubs.iter().map(|h| h.metrics.get("doorstep_hub_commits_total", &[])).sum();
         println!(
             "  PostgreSQL, {hubs} hub{}: {:.0} events/s in {:.2} s ({:.0}% of SQLite in this run); CPU per event: hub {:.1} µs, PostgreSQL {:.1} µs, broker {:.1} µs",
             if hubs == 1 { "" } else { "s (one shared subscription group)" },
@@ -302,12 +322,40 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             per_event(run.database_cpu),
             per_event(run.broker_cpu),
         );
+        let retried: i64 = run
+            .hubs
+            .iter()
+            .flat_map(|h| {
+                ["shipment_changed", "store_conflict"].map(|reason| {
+                    h.metrics.get("doorstep_hub_ingest_total", &[("outcome", "retried"), ("reason", reason)])
+                })
+            })
+            .sum();
+        println!(
+            "    transactions: {commits} (avg {:.0} events each); batches stored again: {retried}",
+            total as f64 / commits.max(1) as f64
+        );
+        if statements {
+            let top = pg.psql_in(
+                &db_name,
+                "SELECT calls, round(total_exec_time::numeric, 1), rows,
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+                 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 ORDER BY total_exec_time DESC LIMIT 12",
+            );
+            println!("    statements (calls|ms|rows|query):");
+            for line in top.lines() {
+                println!("      {line}");
+            }
+        }
         for hub in run.hubs {
             hub.stop().await;
         }
         pg_rates.push(run.rate);
     }
-    println!("  PostgreSQL, 3 hubs / 1 hub: {:.2}x", pg_rates[1] / pg_rates[0]);
+    if let [one, three] = pg_rates[..] {
+        println!("  PostgreSQL, 3 hubs / 1 hub: {:.2}x", three / one);
+    }
 }
 
 /// One run of the whole path through the broker.

@@ -80,6 +80,16 @@ impl Postgres {
     /// `network` (CIDR) as well as loopback: for hubs on other "hosts" (network
     /// namespaces) reaching it over their veth links.
     pub fn start_listening(listen: &str, network: Option<&str>) -> Self {
+        Self::start_configured(listen, network, &[])
+    }
+
+    /// A server on loopback with extra `name=value` settings (`-c`), e.g. a benchmark's
+    /// `shared_preload_libraries=pg_stat_statements`.
+    pub fn start_with(settings: &[&str]) -> Self {
+        Self::start_configured("127.0.0.1", None, settings)
+    }
+
+    fn start_configured(listen: &str, network: Option<&str>, settings: &[&str]) -> Self {
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is missing (no /usr/lib/postgresql/<version>/bin/initdb): run `bash scripts/test.sh`, \
@@ -108,25 +118,18 @@ impl Postgres {
         }
         let port = free_port();
         let socket_dir = dir.path().to_str().expect("a UTF-8 path");
-        let server = command(
-            &bin.join("postgres"),
-            &[
-                "-D",
-                data_arg,
-                "-p",
-                &port.to_string(),
-                "-c",
-                &format!("listen_addresses={listen}"),
-                "-c",
-                &format!("unix_socket_directories={socket_dir}"),
-                "-c",
-                "max_connections=100",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start postgres");
+        let (port_arg, listen_arg) = (port.to_string(), format!("listen_addresses={listen}"));
+        let socket_arg = format!("unix_socket_directories={socket_dir}");
+        let mut args = vec!["-D", data_arg, "-p", &port_arg, "-c", &listen_arg, "-c", &socket_arg];
+        args.extend(["-c", "max_connections=100"]);
+        for setting in settings {
+            args.extend(["-c", setting]);
+        }
+        let server = command(&bin.join("postgres"), &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
         let pg = Postgres { dir, bin, port, server };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -23,27 +23,44 @@ use super::{PgStore, StoreError, corrupt};
 const RETRIES: usize = 5;
 
 /// The acks of a batch's vans: `$1` devices (sorted, distinct), `$2` their fleets, `$3`
-/// now. A span is an event (`seq..=seq`) or a gap notice (`first..=last`) past the
-/// stored mark `s`; ordered by start, a span breaks the run when it starts beyond
-/// `max(s, every earlier span's end) + 1`. The new mark is the greatest end before the
-/// first break (or `s`).
+/// now, `$4` how many events past its mark a van's read takes. A span is an event
+/// (`seq..=seq`) or a gap notice (`first..=last`) past the stored mark `s`; ordered by
+/// start, a span breaks the run when it starts beyond `max(s, every earlier span's end)
+/// + 1`. The new mark is the greatest end before the first break (or `s`). Returns each
+/// van's mark and whether its run may go on past what was read (`more`: the read was
+/// full and unbroken), for [`PgStore::advance_acks`] to read on from there.
 ///
-/// Each van's events are read through the `(device, seq)` index, at most 4096 past its
-/// mark (the agent's default `uplink.max_unacked`: a van sends no further past its ack;
-/// a van set higher is acked on in steps, batch by batch), so the
-/// statement costs what the batch's vans sent, not the size of the table: joined
-/// instead, the planner scanned every stored event at each batch.
+/// What it reads follows what moved, not what waits:
+/// - A van whose next seq is neither stored nor in a gap notice cannot move: one index
+///   probe, and its stored mark is returned. Under several hubs this is the usual case
+///   for a van whose next event another hub has not committed yet.
+/// - The others' events are read through the `(device, seq)` index, at most `$4` past
+///   the mark. Reading every event past a hole at every batch cost three hubs on one
+///   database more than their events (the events past the hole are read again until
+///   the hole fills).
+///
+/// An event past what was read is absent from the spans, so it can only end the run
+/// early, never let the mark pass an event not stored: the mark is right for any `$4`.
 const ADVANCE_ACKS: &str = "
 WITH vans AS (
     SELECT v.device, v.fleet, coalesce(a.up_to_seq, 0) AS s
     FROM unnest($1::text[], $2::text[]) AS v(device, fleet)
     LEFT JOIN device_acks a ON a.device = v.device),
-spans AS (
-    SELECT v.device, e.seq AS lo, e.seq AS hi FROM vans v
+next AS (
+    SELECT v.*,
+           EXISTS (SELECT 1 FROM events e WHERE e.device = v.device AND e.seq = v.s + 1)
+           OR EXISTS (SELECT 1 FROM device_gaps g
+                      WHERE g.device = v.device AND g.first_seq <= v.s + 1 AND g.last_seq > v.s) AS moves
+    FROM vans v),
+moving AS (SELECT device, fleet, s FROM next WHERE moves),
+read AS (
+    SELECT v.device, e.seq FROM moving v
     CROSS JOIN LATERAL (SELECT seq FROM events WHERE device = v.device AND seq > v.s
-                        ORDER BY seq LIMIT 4096) e
+                        ORDER BY seq LIMIT $4) e),
+spans AS (
+    SELECT device, seq AS lo, seq AS hi FROM read
     UNION ALL
-    SELECT v.device, g.first_seq, g.last_seq FROM vans v
+    SELECT v.device, g.first_seq, g.last_seq FROM moving v
     CROSS JOIN LATERAL (SELECT first_seq, last_seq FROM device_gaps
                         WHERE device = v.device AND last_seq > v.s) g),
 ordered AS (
@@ -51,22 +68,36 @@ ordered AS (
            max(hi) OVER (PARTITION BY device ORDER BY lo, hi ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
     FROM spans),
 breaks AS (
-    SELECT o.device, min(o.lo) AS at FROM ordered o JOIN vans v ON o.device = v.device
+    SELECT o.device, min(o.lo) AS at FROM ordered o JOIN moving v ON o.device = v.device
     WHERE o.lo > greatest(coalesce(o.reach, v.s), v.s) + 1
     GROUP BY o.device),
 marks AS (
     SELECT v.device, v.fleet,
            greatest(v.s, coalesce(max(o.hi) FILTER (WHERE o.lo < coalesce(b.at, 9223372036854775807)), v.s)) AS high
-    FROM vans v
+    FROM moving v
     LEFT JOIN breaks b ON b.device = v.device
     LEFT JOIN ordered o ON o.device = v.device
-    GROUP BY v.device, v.fleet, v.s, b.at)
-INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms)
-SELECT device, fleet, high, $3 FROM marks ORDER BY device
-ON CONFLICT (device) DO UPDATE SET
-    up_to_seq = GREATEST(device_acks.up_to_seq, excluded.up_to_seq),
-    updated_ms = excluded.updated_ms, fleet = excluded.fleet
-RETURNING device, up_to_seq";
+    GROUP BY v.device, v.fleet, v.s, b.at),
+full_reads AS (SELECT device, max(seq) AS last FROM read GROUP BY device HAVING count(*) = $4),
+moved AS (
+    INSERT INTO device_acks (device, fleet, up_to_seq, updated_ms)
+    SELECT device, fleet, high, $3 FROM marks ORDER BY device
+    ON CONFLICT (device) DO UPDATE SET
+        up_to_seq = GREATEST(device_acks.up_to_seq, excluded.up_to_seq),
+        updated_ms = excluded.updated_ms, fleet = excluded.fleet
+    RETURNING device, up_to_seq)
+SELECT m.device, m.up_to_seq, f.last IS NOT NULL AND m.up_to_seq >= f.last
+FROM moved m LEFT JOIN full_reads f ON f.device = m.device
+UNION ALL
+SELECT device, s, false FROM next WHERE NOT moves";
+
+/// Events past its mark a van's first read takes ([`ADVANCE_ACKS`]'s `$4`): a few
+/// batches' worth of one van's events. A van whose run goes on past it (back from a dead
+/// zone with thousands) is read on in reads four times larger each, up to
+/// [`ACK_READ_MAX`].
+const ACK_READ_FIRST: i64 = 64;
+/// The largest read: the agent's default `uplink.max_unacked`.
+const ACK_READ_MAX: i64 = 4096;
 
 /// A batch of events as the columns of one set-based insert (owned: a statement may run
 /// on the connection's own thread).
@@ -239,16 +270,25 @@ impl PgStore {
         let mut sorted: Vec<(&str, &str)> = vans.iter().map(|(f, d)| (d.as_str(), f.as_str())).collect();
         sorted.sort_unstable();
         sorted.dedup_by_key(|(d, _)| *d);
-        let (devices, fleets): (Vec<&str>, Vec<&str>) = sorted.into_iter().unzip();
         let statement = self.prepared(ADVANCE_ACKS).await?;
-        let rows = self.client.query(&statement, &[&devices, &fleets, &now_ms]).await?;
-        let mut acks = rows
-            .iter()
-            .map(|r| {
-                let seq: i64 = r.get(1);
-                Ok((r.get(0), u64::try_from(seq).map_err(|e| corrupt("acked seq", e))?))
-            })
-            .collect::<Result<Vec<(String, u64)>, StoreError>>()?;
+        let mut marks: HashMap<String, u64> = HashMap::with_capacity(sorted.len());
+        let mut read = ACK_READ_FIRST;
+        while !sorted.is_empty() {
+            let (devices, fleets): (Vec<&str>, Vec<&str>) = sorted.iter().copied().unzip();
+            let rows = self.client.query(&statement, &[&devices, &fleets, &now_ms, &read]).await?;
+            let mut more = HashSet::new();
+            for row in &rows {
+                let (device, seq): (String, i64) = (row.get(0), row.get(1));
+                if row.get::<_, bool>(2) {
+                    more.insert(device.clone());
+                }
+                marks.insert(device, u64::try_from(seq).map_err(|e| corrupt("acked seq", e))?);
+            }
+            // Vans whose run may go on past what was read are read on from their new mark.
+            sorted.retain(|(d, _)| more.contains(*d));
+            read = (read * 4).min(ACK_READ_MAX);
+        }
+        let mut acks: Vec<(String, u64)> = marks.into_iter().collect();
         acks.sort_unstable();
         Ok(acks)
     }
