@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::store::{LeakRow, QueueDepths};
+use crate::store::{LeakRow, NoticeLogged, QueueDepths};
 
 /// The `Content-Type` of [`Metrics::render`]'s text (the Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -409,8 +409,12 @@ impl Metrics {
     }
 
     /// A notification attempt outcome (sent, delivered, failed, ...), for the dispatcher.
-    pub fn notification(&self, channel: &str, outcome: &str) {
-        self.add("doorstep_hub_notifications_total", &[("channel", channel), ("outcome", outcome)], 1);
+    pub fn notification(&self, channel: &str, outcome: NoticeLogged) {
+        self.add(
+            "doorstep_hub_notifications_total",
+            &[("channel", channel), ("outcome", outcome.as_str())],
+            1,
+        );
     }
 
     /// A customer's question and the kind of answer it got.
@@ -717,7 +721,7 @@ mod tests {
         m.carrier_registration("ups", "registered");
         m.api_request("allowed", "metrics:read");
         m.rate_limited("tracking_page");
-        m.notification("sms", "sent");
+        m.notification("sms", NoticeLogged::Sent);
         m.provider_attempt("twilio", "accepted");
         m.question("sms", "named");
         m.notification_enqueued("sms", "delivered");

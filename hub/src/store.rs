@@ -69,7 +69,7 @@ pub use batch::{BatchParcels, BatchReads, Pending, ReadBatch, StopParcels};
 pub use carrier_jobs::{CarrierJobRecord, ClaimedJob, JobState, JobUpdate};
 pub use console::{AlertState, ConsoleAlert, DayCarrierCounts, NumbersData, Resolve};
 pub use devices::{DeviceRecord, DeviceStatus, LivePosition, LiveStatus};
-pub use dispatch::{Ack, Alert, DueAlert, Finish, NewQuestion, Outcome};
+pub use dispatch::{Ack, Alert, DueAlert, Finish, NewQuestion, NoticeLogged, Outcome};
 pub use events::{EventInsert, GapApplied, NewEvent, NewGap};
 pub use lease::{Acquired, LeaseClaim, Settled};
 pub use named::{Named, StoredName};

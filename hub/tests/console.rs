@@ -221,7 +221,7 @@ impl Hub {
         let end = Finish {
             status: doorstep_hub::store::OutboxStatus::Sent,
             next_attempt_ms: None,
-            outcome: "sent",
+            outcome: doorstep_hub::store::NoticeLogged::Sent,
             provider: Some("twilio"),
             provider_id: Some("SM1"),
             detail: None,

@@ -352,7 +352,7 @@ fn providers_logged(db: &Path, id: i64) -> Vec<(String, Option<String>)> {
         .outcomes(id)
         .expect("log")
         .into_iter()
-        .map(|o| (o.outcome, o.provider))
+        .map(|o| (o.outcome.name().into_owned(), o.provider))
         .collect()
 }
 

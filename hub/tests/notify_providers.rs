@@ -901,7 +901,7 @@ fn sent(provider_id: Option<&str>) -> Finish<'_> {
     Finish {
         status: doorstep_hub::store::OutboxStatus::Sent,
         next_attempt_ms: None,
-        outcome: "sent",
+        outcome: doorstep_hub::store::NoticeLogged::Sent,
         provider: None,
         provider_id,
         detail: None,

@@ -371,7 +371,7 @@ fn log(db: &std::path::Path, id: i64) -> Vec<doorstep_hub::store::Outcome> {
 
 /// (outcome, provider) for every entry of the row's outcome log.
 fn who(db: &std::path::Path, id: i64) -> Vec<(String, Option<String>)> {
-    log(db, id).into_iter().map(|o| (o.outcome, o.provider)).collect()
+    log(db, id).into_iter().map(|o| (o.outcome.name().into_owned(), o.provider)).collect()
 }
 
 fn pair(outcome: &str, provider: Option<&str>) -> (String, Option<String>) {

@@ -414,9 +414,9 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
     // A delivery callback redelivered to all three hubs at once.
     let [h0, h1, h2] = &mut hubs[..] else { unreachable!() };
     let (r0, r1, r2) = tokio::join!(
-        h0.provider_event(1, "delivered", Some("SM1"), None, 10),
-        h1.provider_event(1, "delivered", Some("SM1"), None, 10),
-        h2.provider_event(1, "delivered", Some("SM1"), None, 10),
+        h0.provider_event(1, doorstep_hub::store::NoticeLogged::Delivered, Some("SM1"), None, 10),
+        h1.provider_event(1, doorstep_hub::store::NoticeLogged::Delivered, Some("SM1"), None, 10),
+        h2.provider_event(1, doorstep_hub::store::NoticeLogged::Delivered, Some("SM1"), None, 10),
     );
     let new: Vec<bool> = [r0, r1, r2].into_iter().map(|r| r.expect("report")).collect();
     assert_eq!(new.iter().filter(|n| **n).count(), 1, "logged once: {new:?}");
@@ -426,9 +426,17 @@ async fn what_several_hubs_do_to_the_same_rows_happens_once() {
     );
     assert_eq!(pg.psql_in("hub", "SELECT status FROM notification_outbox WHERE id = 1"), "delivered");
     assert!(
-        hubs[0].provider_event(1, "failed", Some("SM1"), None, 11).await.expect("a late failure is logged")
+        hubs[0]
+            .provider_event(1, doorstep_hub::store::NoticeLogged::Failed, Some("SM1"), None, 11)
+            .await
+            .expect("a late failure is logged")
     );
-    assert!(!hubs[1].provider_event(1, "failed", Some("SM1"), None, 12).await.expect("once"));
+    assert!(
+        !hubs[1]
+            .provider_event(1, doorstep_hub::store::NoticeLogged::Failed, Some("SM1"), None, 12)
+            .await
+            .expect("once")
+    );
     assert_eq!(
         pg.psql_in("hub", "SELECT status FROM notification_outbox WHERE id = 1"),
         "delivered",
@@ -608,7 +616,7 @@ async fn only_the_lease_holder_claims_and_each_due_row_once() {
     let end = Finish {
         status: OutboxStatus::Sent,
         next_attempt_ms: None,
-        outcome: "sent",
+        outcome: doorstep_hub::store::NoticeLogged::Sent,
         provider: Some("twilio"),
         provider_id: Some("SM1"),
         detail: None,

@@ -258,7 +258,7 @@ fn evidence(detail: &serde_json::Value) -> Vec<Evidence> {
 fn outcome_view(o: &Outcome) -> AttemptView {
     AttemptView {
         when: when(o.at_ms),
-        outcome: o.outcome.clone(),
+        outcome: o.outcome.name().into_owned(),
         provider: o.provider.clone(),
         provider_id: o.provider_id.clone(),
         detail: o.detail.as_deref().map(mask),

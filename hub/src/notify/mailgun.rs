@@ -58,7 +58,7 @@ use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
 use super::{Outgoing, Reply, SendResult, now_ms};
 use crate::model::Milestone;
-use crate::store::ContactChannel;
+use crate::store::{ContactChannel, NoticeLogged};
 
 /// The custom variable that ties a Mailgun event back to its outbox row.
 pub const OUTBOX_VAR: &str = "doorstep_outbox_id";
@@ -68,8 +68,6 @@ pub const ALERT_VAR: &str = "doorstep_alert_id";
 pub const EVENTS_SUFFIX: &str = "/events";
 /// How far a webhook's signed timestamp may be from the hub's clock, either way, seconds.
 pub const MAX_SIGNATURE_AGE_S: i64 = 300;
-/// The outcome logged for a temporary failure (Mailgun retries the delivery itself).
-pub const TEMPORARY_FAILURE: &str = "temporary_failure";
 /// Mailgun's limit on the send options (`o:`, `h:`, `v:`, `t:` parameters) together, bytes.
 pub const MAX_OPTIONS_BYTES: usize = 16 * 1024;
 /// The `o:tag` of an operations alert's e-mail.
@@ -500,7 +498,7 @@ impl Event {
     }
 
     /// What the event means for the outcome log, and whether it opts the address out.
-    pub fn outcome(&self) -> Option<(&'static str, bool)> {
+    pub fn outcome(&self) -> Option<(NoticeLogged, bool)> {
         event_outcome(&self.event, self.severity.as_deref())
     }
 
@@ -539,16 +537,16 @@ impl Event {
 
 /// What an event means for the outcome log (see the module's table), and whether it opts
 /// the address out of e-mail.
-pub fn event_outcome(event: &str, severity: Option<&str>) -> Option<(&'static str, bool)> {
+pub fn event_outcome(event: &str, severity: Option<&str>) -> Option<(NoticeLogged, bool)> {
     match event {
-        "delivered" => Some(("delivered", false)),
-        "failed" if severity == Some("permanent") => Some(("undelivered", false)),
+        "delivered" => Some((NoticeLogged::Delivered, false)),
+        "failed" if severity == Some("permanent") => Some((NoticeLogged::Undelivered, false)),
         // Temporary (Mailgun retries the delivery), or a severity Mailgun does not document:
         // logged, and the row waits for the final word.
-        "failed" => Some((TEMPORARY_FAILURE, false)),
-        "opened" => Some(("opened", false)),
-        "clicked" => Some(("clicked", false)),
-        "complained" | "unsubscribed" => Some(("opted_out", true)),
+        "failed" => Some((NoticeLogged::TemporaryFailure, false)),
+        "opened" => Some((NoticeLogged::Opened, false)),
+        "clicked" => Some((NoticeLogged::Clicked, false)),
+        "complained" | "unsubscribed" => Some((NoticeLogged::OptedOut, true)),
         _ => None,
     }
 }
@@ -913,12 +911,12 @@ mod tests {
         let e = Event::from_value(&data);
         assert_eq!(e.outbox_id, Some(42));
         assert_eq!(e.message_id.as_deref(), Some("20250701080000.1.ABCDEF@mg.example.com"));
-        assert_eq!(e.outcome(), Some(("undelivered", false)));
+        assert_eq!(e.outcome(), Some((NoticeLogged::Undelivered, false)));
         assert_eq!(e.detail(), "mailgun failed (permanent, bounce): 550 5.1.1 mailbox unavailable");
         // A variable Mailgun read as JSON, and an event with nothing in it.
         let e =
             Event::from_value(&json!({ "event": "opened", "user-variables": { "doorstep_outbox_id": 42 } }));
-        assert_eq!((e.outbox_id, e.outcome()), (Some(42), Some(("opened", false))));
+        assert_eq!((e.outbox_id, e.outcome()), (Some(42), Some((NoticeLogged::Opened, false))));
         let e = Event::from_value(&json!("not an object"));
         assert_eq!((e.outbox_id, e.outcome()), (None, None));
         // The digest follows what the hub acts on.
@@ -930,11 +928,11 @@ mod tests {
 
     #[test]
     fn events_map_to_outcomes() {
-        assert_eq!(event_outcome("delivered", None), Some(("delivered", false)));
-        assert_eq!(event_outcome("failed", Some("temporary")), Some((TEMPORARY_FAILURE, false)));
-        assert_eq!(event_outcome("clicked", None), Some(("clicked", false)));
-        assert_eq!(event_outcome("complained", None), Some(("opted_out", true)));
-        assert_eq!(event_outcome("unsubscribed", None), Some(("opted_out", true)));
+        assert_eq!(event_outcome("delivered", None), Some((NoticeLogged::Delivered, false)));
+        assert_eq!(event_outcome("failed", Some("temporary")), Some((NoticeLogged::TemporaryFailure, false)));
+        assert_eq!(event_outcome("clicked", None), Some((NoticeLogged::Clicked, false)));
+        assert_eq!(event_outcome("complained", None), Some((NoticeLogged::OptedOut, true)));
+        assert_eq!(event_outcome("unsubscribed", None), Some((NoticeLogged::OptedOut, true)));
         assert_eq!(event_outcome("accepted", None), None);
     }
 

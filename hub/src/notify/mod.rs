@@ -73,8 +73,8 @@ pub use provider::{Channel, Provider, ProviderType};
 use crate::metrics::Metrics;
 use crate::model::{Milestone, Notice, Update};
 use crate::store::{
-    Acquired, ContactChannel, Finish, LeaseClaim, Named, OutboxRow, OutboxStatus, Settled, Shipment,
-    StoreError, StoreOptions,
+    Acquired, ContactChannel, Finish, LeaseClaim, Named, NoticeLogged, OutboxRow, OutboxStatus, Settled,
+    Shipment, StoreError, StoreOptions,
 };
 use provider::Registered;
 use templates::{Vars, fill, render_sms, render_sms_keeping};
@@ -881,7 +881,7 @@ impl Dispatcher {
                         .call(move |store| Ok(store.mark_alert_posted(id, from_level, level, now_ms)?))
                         .await?;
                     self.inner.alert_retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&alert.id);
-                    self.inner.metrics.notification("staff", "sent");
+                    self.inner.metrics.notification("staff", NoticeLogged::Sent);
                     if from_level > 0 {
                         tracing::warn!(alert = alert.id, code = %alert.code, provider, step = level, "operations alert not acknowledged in time; escalated");
                     } else {
@@ -895,7 +895,7 @@ impl Dispatcher {
                     let wait = self.inner.settings.retry.backoff(attempts, alert.id);
                     let at = now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     retry.insert(alert.id, (at, attempts));
-                    self.inner.metrics.notification("staff", "attempt_failed");
+                    self.inner.metrics.notification("staff", NoticeLogged::AttemptFailed);
                     tracing::warn!(alert = alert.id, code = %alert.code, next_at = at, "no step took the operations alert; will retry");
                 }
             }
@@ -1065,16 +1065,20 @@ async fn deliver(
     // (status, next attempt, outcome, provider id, detail)
     let (status, next, outcome, provider_id, detail, opt_out) = match result {
         SendResult::Accepted { provider_id, detail } => {
-            (OutboxStatus::Sent, None, "sent", provider_id, detail, false)
+            (OutboxStatus::Sent, None, NoticeLogged::Sent, provider_id, detail, false)
         }
-        SendResult::Rejected { detail } => (OutboxStatus::Failed, None, "failed", None, detail, false),
-        SendResult::OptedOut { detail } => (OutboxStatus::Skipped, None, "opted_out", None, detail, true),
+        SendResult::Rejected { detail } => {
+            (OutboxStatus::Failed, None, NoticeLogged::Failed, None, detail, false)
+        }
+        SendResult::OptedOut { detail } => {
+            (OutboxStatus::Skipped, None, NoticeLogged::OptedOut, None, detail, true)
+        }
         SendResult::Retry { detail, retry_after } if can_retry => {
             let at = retry_at(retry_after);
             (
                 OutboxStatus::Queued,
                 Some(at),
-                "attempt_failed",
+                NoticeLogged::AttemptFailed,
                 None,
                 format!("{detail}; attempt {attempt}, next at {at}"),
                 false,
@@ -1084,12 +1088,12 @@ async fn deliver(
             let at = retry_at(None);
             let detail =
                 format!("{detail}; attempt {attempt}, resending at {at} under the same idempotency key");
-            (OutboxStatus::Queued, Some(at), "attempt_failed", None, detail, false)
+            (OutboxStatus::Queued, Some(at), NoticeLogged::AttemptFailed, None, detail, false)
         }
         SendResult::Ambiguous { detail } if !resend_safe => (
             OutboxStatus::Unknown,
             None,
-            "unknown",
+            NoticeLogged::Unknown,
             None,
             format!("{detail}; not resent: {channel} has no idempotency guard"),
             false,
@@ -1097,14 +1101,14 @@ async fn deliver(
         SendResult::Retry { detail, .. } | SendResult::Ambiguous { detail } => (
             OutboxStatus::Failed,
             None,
-            "failed",
+            NoticeLogged::Failed,
             None,
             format!("{detail}; gave up after {attempt} attempts"),
             false,
         ),
     };
     match outcome {
-        "sent" => {
+        NoticeLogged::Sent => {
             if let Some(scanned_ms) = scanned_ms {
                 // The provider's acceptance is now, on the wall clock (`now_ms` is the
                 // pass's start, before the rate limit's wait and the request).
@@ -1113,7 +1117,7 @@ async fn deliver(
             tracing::info!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, provider = ?provider, provider_id = ?provider_id, "notification sent")
         }
         _ => {
-            tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome, detail = %crate::mask::Masked(&detail), "notification not sent")
+            tracing::warn!(outbox = msg.outbox_id, channel, milestone = ?msg.milestone, attempt, outcome = outcome.as_str(), detail = %crate::mask::Masked(&detail), "notification not sent")
         }
     }
     inner.metrics.notification(channel, outcome);
@@ -1128,7 +1132,7 @@ async fn deliver(
             // The row, then the other parcels' rows the same message told.
             for row in std::iter::once(id).chain(merged.iter().copied()) {
                 for (p, d) in &handed_on {
-                    store.record_attempt(row, now_ms, "handed_on", p, d)?;
+                    store.record_attempt(row, now_ms, NoticeLogged::HandedOn, p, d)?;
                 }
                 let detail = if row == id {
                     detail.clone()

@@ -37,7 +37,7 @@ use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
 use super::{Outgoing, Reply, SendResult, now_ms};
 use crate::model::Milestone;
-use crate::store::ContactChannel;
+use crate::store::{ContactChannel, NoticeLogged};
 
 /// The custom arg that ties a SendGrid event back to its outbox row.
 pub const OUTBOX_ARG: &str = "doorstep_outbox_id";
@@ -377,13 +377,13 @@ impl Event {
 }
 
 /// What an event means for the outcome log, and whether it opts the address out.
-pub fn event_outcome(event: &str) -> Option<(&'static str, bool)> {
+pub fn event_outcome(event: &str) -> Option<(NoticeLogged, bool)> {
     match event {
-        "delivered" => Some(("delivered", false)),
-        "open" => Some(("opened", false)),
-        "bounce" | "blocked" => Some(("undelivered", false)),
-        "dropped" => Some(("failed", false)),
-        "spamreport" | "unsubscribe" | "group_unsubscribe" => Some(("opted_out", true)),
+        "delivered" => Some((NoticeLogged::Delivered, false)),
+        "open" => Some((NoticeLogged::Opened, false)),
+        "bounce" | "blocked" => Some((NoticeLogged::Undelivered, false)),
+        "dropped" => Some((NoticeLogged::Failed, false)),
+        "spamreport" | "unsubscribe" | "group_unsubscribe" => Some((NoticeLogged::OptedOut, true)),
         // processed, deferred (SendGrid retries), click, group_resubscribe: no change.
         _ => None,
     }
@@ -425,7 +425,7 @@ mod tests {
         .expect("parse");
         assert_eq!(events[0].message_id(), Some("14c5d75ce93"));
         assert_eq!(events[0].outbox_id(), Some(7));
-        assert_eq!(event_outcome("open"), Some(("opened", false)));
+        assert_eq!(event_outcome("open"), Some((NoticeLogged::Opened, false)));
         assert_eq!(event_outcome("processed"), None);
     }
 }

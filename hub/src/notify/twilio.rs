@@ -32,7 +32,7 @@ use super::provider::{Build, Channel, Provider, ProviderType, callback_path};
 use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
 use super::{Outgoing, Reply, SendResult, now_ms};
-use crate::store::ContactChannel;
+use crate::store::{ContactChannel, NoticeLogged};
 
 /// Twilio's error code for "the recipient has opted out of messages from this sender".
 pub const ERROR_UNSUBSCRIBED: i64 = 21610;
@@ -305,7 +305,7 @@ async fn status_callback(state: &NotifyState, params: &[(String, String)]) -> Re
         Ok(Some((id, new))) => {
             if new {
                 state.metrics.notification("sms", outcome);
-                tracing::info!(outbox = id, outcome, "twilio status");
+                tracing::info!(outbox = id, outcome = outcome.as_str(), "twilio status");
             }
             state.metrics.webhook("twilio", "stored", "ok");
             StatusCode::NO_CONTENT.into_response()
@@ -365,13 +365,13 @@ pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], header: 
 
 /// What a `MessageStatus` means for the outcome log; `None` for the intermediate
 /// states (`queued`, `accepted`, `sending`, `scheduled`) that change nothing.
-pub fn status_outcome(status: &str) -> Option<&'static str> {
+pub fn status_outcome(status: &str) -> Option<NoticeLogged> {
     match status {
-        "sent" => Some("sent"),
-        "delivered" => Some("delivered"),
-        "undelivered" => Some("undelivered"),
-        "failed" | "canceled" => Some("failed"),
-        "read" => Some("opened"),
+        "sent" => Some(NoticeLogged::Sent),
+        "delivered" => Some(NoticeLogged::Delivered),
+        "undelivered" => Some(NoticeLogged::Undelivered),
+        "failed" | "canceled" => Some(NoticeLogged::Failed),
+        "read" => Some(NoticeLogged::Opened),
         _ => None,
     }
 }
@@ -436,8 +436,8 @@ mod tests {
     #[test]
     fn intermediate_statuses_change_nothing() {
         assert_eq!(status_outcome("queued"), None);
-        assert_eq!(status_outcome("delivered"), Some("delivered"));
-        assert_eq!(status_outcome("undelivered"), Some("undelivered"));
-        assert_eq!(status_outcome("read"), Some("opened"));
+        assert_eq!(status_outcome("delivered"), Some(NoticeLogged::Delivered));
+        assert_eq!(status_outcome("undelivered"), Some(NoticeLogged::Undelivered));
+        assert_eq!(status_outcome("read"), Some(NoticeLogged::Opened));
     }
 }

@@ -69,7 +69,7 @@ use super::ratelimit::RateLimit;
 use super::token::constant_time_eq;
 use super::twilio::{Keyword, inbound_keyword};
 use super::{Outgoing, Reply, SendResult, now_ms};
-use crate::store::{ContactChannel, OutboxStatus};
+use crate::store::{ContactChannel, NoticeLogged, OutboxStatus};
 
 /// The header Meta signs webhook bodies in.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -515,7 +515,7 @@ async fn receive(
         Ok((recorded, opt_changes)) => {
             for (id, outcome) in recorded {
                 state.metrics.notification(channel, outcome);
-                tracing::info!(outbox = id, outcome, "whatsapp status");
+                tracing::info!(outbox = id, outcome = outcome.as_str(), "whatsapp status");
             }
             for o in opt_changes {
                 tracing::info!(
@@ -653,12 +653,12 @@ pub struct InboundText {
 }
 
 /// What a status means for the outcome log; `None` for statuses that change nothing.
-pub fn status_outcome(status: &str) -> Option<&'static str> {
+pub fn status_outcome(status: &str) -> Option<NoticeLogged> {
     match status {
-        "sent" => Some("sent"),
-        "delivered" => Some("delivered"),
-        "read" => Some("opened"),
-        "failed" => Some("undelivered"),
+        "sent" => Some(NoticeLogged::Sent),
+        "delivered" => Some(NoticeLogged::Delivered),
+        "read" => Some(NoticeLogged::Opened),
+        "failed" => Some(NoticeLogged::Undelivered),
         // deleted, warning, played, ...: nothing the outbox tracks.
         _ => None,
     }
@@ -670,7 +670,7 @@ pub struct StatusUpdate {
     /// The `wamid`.
     pub wamid: String,
     /// The outcome log entry.
-    pub outcome: &'static str,
+    pub outcome: NoticeLogged,
     /// The outbox row named by the send's opaque data, if any.
     pub outbox_id: Option<i64>,
     /// The customer's number as rows hold it (`+` and digits).
@@ -848,7 +848,7 @@ mod tests {
         let (updates, opts) = read_notification(&n, "106540352242922", &ours);
         assert!(opts.is_empty());
         let got: Vec<(&str, &str, Option<i64>)> =
-            updates.iter().map(|u| (u.wamid.as_str(), u.outcome, u.outbox_id)).collect();
+            updates.iter().map(|u| (u.wamid.as_str(), u.outcome.as_str(), u.outbox_id)).collect();
         assert_eq!(
             got,
             [

@@ -325,7 +325,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{Contact, ContactChannel, NewNotification, NewShipment};
+    use crate::store::{Contact, ContactChannel, NewNotification, NewShipment, NoticeLogged};
 
     /// 2026-12-01T00:00:00Z.
     const DAY1: i64 = 1_796_083_200_000;
@@ -458,8 +458,12 @@ mod tests {
         tx.enqueue_notification(&msg).expect("enqueue");
         tx.commit().expect("commit");
         let row = store.outbox_for_shipment(a).expect("outbox")[0].id;
-        store.record_outcome(row, DAY1 + 12 * MIN + 90_000, "sent", Some("SM1"), None).expect("sent");
-        store.record_outcome(row, DAY1 + 12 * MIN + 95_000, "sent", Some("SM2"), None).expect("sent again");
+        store
+            .record_outcome(row, DAY1 + 12 * MIN + 90_000, NoticeLogged::Sent, Some("SM1"), None)
+            .expect("sent");
+        store
+            .record_outcome(row, DAY1 + 12 * MIN + 95_000, NoticeLogged::Sent, Some("SM2"), None)
+            .expect("sent again");
         let n = store.console_numbers(DAY1, slack).expect("numbers");
         assert_eq!(n.scan_to_sent, vec![(DAY1 + 12 * MIN, DAY1 + 12 * MIN + 90_000)]);
         assert_eq!(n.messages, vec![("sms".into(), "queued".into(), 1)]);

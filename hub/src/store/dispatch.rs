@@ -14,15 +14,53 @@
 
 use super::db::{OptionalExtension as _, params};
 
-use super::{OutboxRow, OutboxStatus, Store, StoreError, corrupt};
+use super::named::stored_names;
+use super::{Named, OutboxRow, OutboxStatus, Store, StoreError, corrupt};
+
+stored_names! {
+    /// What one entry of a notification's outcome log says (`notification_outcomes.outcome`):
+    /// the hub's own steps, and what providers' delivery reports mean (each provider's
+    /// module maps its vendor's words onto these).
+    pub enum NoticeLogged {
+        /// Enqueued.
+        Queued = "queued",
+        /// Held back (quiet hours, a message to join); sent later.
+        Deferred = "deferred",
+        /// Not sent, and not to be (opted out, no consent, superseded, no provider).
+        Skipped = "skipped",
+        /// The provider accepted it.
+        Sent = "sent",
+        /// An attempt did not get through; another follows.
+        AttemptFailed = "attempt_failed",
+        /// A provider did not take it and the next configured one was tried.
+        HandedOn = "handed_on",
+        /// The provider says the recipient opted out; the address is opted out here too.
+        OptedOut = "opted_out",
+        /// Refused, or out of attempts.
+        Failed = "failed",
+        /// May or may not have got through; not resent.
+        Unknown = "unknown",
+        /// Reached the recipient.
+        Delivered = "delivered",
+        /// The provider gave up reaching the recipient.
+        Undelivered = "undelivered",
+        /// A temporary failure the provider retries itself (Mailgun).
+        TemporaryFailure = "temporary_failure",
+        /// Opened or read (implies delivered).
+        Opened = "opened",
+        /// A link in it was followed.
+        Clicked = "clicked",
+    }
+}
 
 /// One entry of the outcome log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
-    /// `queued`, `sent`, `attempt_failed`, `failed`, `unknown`, `delivered`, ...
-    pub outcome: String,
+    /// What happened (as stored, should a newer hub have logged a word this one does
+    /// not know).
+    pub outcome: Named<NoticeLogged>,
     /// The provider's message id.
     pub provider_id: Option<String>,
     /// What happened, in words.
@@ -39,7 +77,7 @@ pub struct Finish<'a> {
     /// When it is `queued` again: its next attempt.
     pub next_attempt_ms: Option<i64>,
     /// The outcome log entry.
-    pub outcome: &'a str,
+    pub outcome: NoticeLogged,
     /// The configured provider the attempt went to.
     pub provider: Option<&'a str>,
     /// The provider's message id.
@@ -109,7 +147,7 @@ fn log(
     conn: &super::Db,
     outbox_id: i64,
     now_ms: i64,
-    outcome: &str,
+    outcome: NoticeLogged,
     provider_id: Option<&str>,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -126,7 +164,7 @@ impl Store {
         &self,
         outbox_id: i64,
         now_ms: i64,
-        outcome: &str,
+        outcome: NoticeLogged,
         provider: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
@@ -143,7 +181,7 @@ impl Store {
         &self,
         outbox_id: i64,
         now_ms: i64,
-        outcome: &str,
+        outcome: NoticeLogged,
         provider_id: Option<&str>,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -243,7 +281,7 @@ impl Store {
             )?
             .execute(params![id, until_ms])?;
         if n == 1 {
-            log(tx.tx, id, now_ms, "deferred", None, Some(detail))?;
+            log(tx.tx, id, now_ms, NoticeLogged::Deferred, None, Some(detail))?;
         }
         tx.commit()
     }
@@ -264,7 +302,7 @@ impl Store {
             )?
             .execute([id])?;
         if n == 1 {
-            log(tx.tx, id, now_ms, "skipped", None, Some(&format!("{reason}: {detail}")))?;
+            log(tx.tx, id, now_ms, NoticeLogged::Skipped, None, Some(&format!("{reason}: {detail}")))?;
         }
         tx.commit()?;
         Ok(n == 1)
@@ -346,7 +384,7 @@ impl Store {
     pub fn provider_event(
         &self,
         outbox_id: i64,
-        outcome: &str,
+        outcome: NoticeLogged,
         provider_id: Option<&str>,
         detail: Option<&str>,
         now_ms: i64,
@@ -491,20 +529,18 @@ impl Store {
     }
 }
 
-/// Rows a previous dispatcher left `sending` (a stopped hub, or a lease holder that lost
-/// the lease): channels whose requests are safe to repeat (`resend_safe`) go back to
-/// `queued`; the rest become `unknown` (the request may have been sent). Runs inside the
-/// lease's take-over transaction. Returns (requeued, unknown).
 /// Where a provider's report moves a row: its new status and the statuses it may leave
 /// (never back from `delivered`; an open implies delivery). `None`: the report moves
 /// nothing. Both backends apply this table.
-pub(super) fn report_moves(outcome: &str) -> Option<(OutboxStatus, &'static [OutboxStatus])> {
+pub(super) fn report_moves(outcome: NoticeLogged) -> Option<(OutboxStatus, &'static [OutboxStatus])> {
     use OutboxStatus::{Delivered, Failed, Sending, Sent, Undelivered, Unknown};
     match outcome {
-        "delivered" | "opened" => Some((Delivered, &[Sending, Sent, Unknown, Undelivered, Failed])),
-        "undelivered" => Some((Undelivered, &[Sending, Sent, Unknown])),
-        "failed" => Some((Failed, &[Sending, Sent, Unknown])),
-        "sent" => Some((Sent, &[Sending, Unknown])),
+        NoticeLogged::Delivered | NoticeLogged::Opened => {
+            Some((Delivered, &[Sending, Sent, Unknown, Undelivered, Failed]))
+        }
+        NoticeLogged::Undelivered => Some((Undelivered, &[Sending, Sent, Unknown])),
+        NoticeLogged::Failed => Some((Failed, &[Sending, Sent, Unknown])),
+        NoticeLogged::Sent => Some((Sent, &[Sending, Unknown])),
         _ => None,
     }
 }
@@ -514,6 +550,10 @@ pub(super) const SETTLED_RESEND: &str = "hub stopped mid-send; resending (idempo
 /// The same, for a row that becomes `unknown`.
 pub(super) const SETTLED_UNKNOWN: &str = "hub stopped mid-send; not resent (no idempotency guard)";
 
+/// Rows a previous dispatcher left `sending` (a stopped hub, or a lease holder that lost
+/// the lease): channels whose requests are safe to repeat (`resend_safe`) go back to
+/// `queued`; the rest become `unknown` (the request may have been sent). Runs inside the
+/// lease's take-over transaction. Returns (requeued, unknown).
 pub(super) fn recover(
     tx: &super::Db,
     now_ms: i64,
@@ -530,11 +570,11 @@ pub(super) fn recover(
                 "UPDATE notification_outbox SET status = 'queued', next_attempt_ms = ?2 WHERE id = ?1",
                 params![id, now_ms],
             )?;
-            log(tx, id, now_ms, "attempt_failed", None, Some(SETTLED_RESEND))?;
+            log(tx, id, now_ms, NoticeLogged::AttemptFailed, None, Some(SETTLED_RESEND))?;
             requeued += 1;
         } else {
             tx.execute("UPDATE notification_outbox SET status = 'unknown' WHERE id = ?1", [id])?;
-            log(tx, id, now_ms, "unknown", None, Some(SETTLED_UNKNOWN))?;
+            log(tx, id, now_ms, NoticeLogged::Unknown, None, Some(SETTLED_UNKNOWN))?;
             unknown += 1;
         }
     }

@@ -189,6 +189,19 @@ mod tests {
             Named::<Notice>::parse("delayed:x"),
             Named::Known(Notice::Update { update: Update::Delayed, .. })
         ));
+        // The closed sets stored_names! declares: each name once, read back as itself.
+        fn closed<T: StoredName + Copy + PartialEq + fmt::Debug>(all: &[T]) {
+            let mut names: Vec<String> = all.iter().map(|v| v.name().into_owned()).collect();
+            for v in all {
+                assert_eq!(Named::<T>::parse(&v.name()), Named::Known(*v));
+            }
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), all.len(), "a stored name used twice");
+        }
+        closed(crate::store::NoticeLogged::ALL);
+        closed(crate::store::SinkLogged::ALL);
+        closed(crate::store::SinkStatus::ALL);
     }
 
     #[test]

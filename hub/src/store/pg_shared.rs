@@ -7,7 +7,7 @@
 use doorstep_proto::DeviceId;
 use ring::digest;
 
-use super::dispatch::{Finish, report_moves};
+use super::dispatch::{Finish, NoticeLogged, report_moves};
 use super::shipments::{milestone_str, parse_milestone};
 use super::{Named, OutboxRow, OutboxStatus, PgStore, StoreError, corrupt};
 use crate::model::Milestone;
@@ -155,7 +155,7 @@ impl PgStore {
     pub async fn provider_event(
         &mut self,
         outbox_id: i64,
-        outcome: &str,
+        outcome: NoticeLogged,
         provider_id: Option<&str>,
         detail: Option<&str>,
         now_ms: i64,
@@ -187,7 +187,7 @@ impl PgStore {
                                        WHERE outbox_id = $1 AND outcome = $3 AND provider_id IS NOT DISTINCT FROM $4)
                      ON CONFLICT DO NOTHING
                      RETURNING id",
-                    &[&row, &now_ms, &outcome, &provider_id, &detail],
+                    &[&row, &now_ms, &outcome.as_str(), &provider_id, &detail],
                 )
                 .await?
                 .is_some();
@@ -323,7 +323,7 @@ impl PgStore {
         tx.execute(
             "INSERT INTO notification_outcomes (outbox_id, at_ms, outcome, provider, provider_id, detail)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[&id, &now_ms, &end.outcome, &end.provider, &end.provider_id, &end.detail],
+            &[&id, &now_ms, &end.outcome.as_str(), &end.provider, &end.provider_id, &end.detail],
         )
         .await?;
         tx.commit().await?;

@@ -255,7 +255,7 @@ pub fn outcomes(path: &Path, id: i64) -> Vec<String> {
         .outcomes(id)
         .expect("outcomes")
         .into_iter()
-        .map(|o| o.outcome)
+        .map(|o| o.outcome.name().into_owned())
         .collect()
 }
 
