@@ -1139,8 +1139,8 @@ async fn support_leak(
         .into_iter()
         .map(|r| LeakLine {
             share: r.share(),
-            milestone: r.milestone,
-            channel: r.channel,
+            milestone: r.milestone.name().into_owned(),
+            channel: r.channel.name().into_owned(),
             shipments: r.shipments,
             contacted: r.contacted,
         })

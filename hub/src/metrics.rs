@@ -530,7 +530,8 @@ impl Metrics {
     /// The support leak report, as gauges (see `store::support`).
     pub fn support_leak(&self, rows: &[LeakRow]) {
         for row in rows {
-            let pairs = [("milestone", row.milestone.as_str()), ("channel", row.channel.as_str())];
+            let (milestone, channel) = (row.milestone.name(), row.channel.name());
+            let pairs = [("milestone", milestone.as_ref()), ("channel", channel.as_ref())];
             self.set("doorstep_hub_support_leak_shipments", &pairs, row.shipments);
             self.set("doorstep_hub_support_leak_contacted", &pairs, row.contacted);
             if let Some(Series::Ratio(family)) = self.family("doorstep_hub_support_leak_share") {
@@ -553,6 +554,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{LeakChannel, Named, Told};
 
     #[test]
     fn counters_render_in_the_prometheus_text_format() {
@@ -736,8 +738,8 @@ mod tests {
         m.mqtt_subscriptions(4);
         m.store_depths(&QueueDepths::default());
         m.support_leak(&[LeakRow {
-            milestone: "delivered".into(),
-            channel: "sms".into(),
+            milestone: Named::Known(Told::Milestone(crate::model::Milestone::Delivered)),
+            channel: Named::Known(LeakChannel::One(crate::store::ContactChannel::Sms)),
             shipments: 4,
             contacted: 1,
         }]);

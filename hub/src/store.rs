@@ -83,7 +83,7 @@ pub use routes::StoredRoute;
 pub use schema::SCHEMA_VERSION;
 pub use shipments::{Contact, ContactChannel, NewShipment, Shipment, TimelineEntry, milestone_name};
 pub use sinks::{SinkLogged, SinkOutcome, SinkRow, SinkStatus};
-pub use support::{LeakRow, SupportContactRecord};
+pub use support::{LeakChannel, LeakRow, SupportContactRecord, Told};
 
 use schema::MIGRATIONS;
 

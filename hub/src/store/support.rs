@@ -7,9 +7,13 @@
 //! went out: for each milestone and channel, the shipments whose customer was sent that
 //! message, and those of them whose customer opened a ticket at or after it.
 
+use std::borrow::Cow;
+
 use super::db::params;
 
-use super::{Store, StoreError, StoreTx};
+use super::shipments::{milestone_str, parse_milestone};
+use super::{ContactChannel, Named, Store, StoreError, StoreTx, StoredName};
+use crate::model::{Milestone, Update};
 
 /// One support contact, as the shipment's record shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +26,65 @@ pub struct SupportContactRecord {
     pub opened_ms: i64,
 }
 
+/// What a leak line's messages told: a milestone, or an update whatever its occasion
+/// (every `delayed:<date>` counts as `delayed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    /// A milestone's message.
+    Milestone(Milestone),
+    /// An update's messages.
+    Update(Update),
+}
+
+impl StoredName for Told {
+    fn from_name(name: &str) -> Option<Self> {
+        Update::ALL
+            .into_iter()
+            .find(|u| u.as_str() == name)
+            .map(Told::Update)
+            .or_else(|| parse_milestone(name).ok().map(Told::Milestone))
+    }
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
+            Told::Milestone(m) => milestone_str(*m),
+            Told::Update(u) => u.as_str(),
+        })
+    }
+}
+
+/// The channel a leak line counts: one, or all of them together (`all`: the shipments
+/// messaged on any channel, each once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakChannel {
+    /// Every channel.
+    All,
+    /// One channel.
+    One(ContactChannel),
+}
+
+impl StoredName for LeakChannel {
+    fn from_name(name: &str) -> Option<Self> {
+        if name == "all" {
+            return Some(LeakChannel::All);
+        }
+        ContactChannel::from_name(name).map(LeakChannel::One)
+    }
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
+            LeakChannel::All => "all",
+            LeakChannel::One(c) => c.as_str(),
+        })
+    }
+}
+
 /// One line of the leak report: a milestone's message on one channel (`all`: on any).
+/// Names this hub does not know (a newer hub's message or channel) are kept as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeakRow {
-    /// The milestone the message was about (`nearby`, `delivered`, `delayed`, ...).
-    pub milestone: String,
-    /// The channel it went out on, or `all` for the shipments messaged on any channel.
-    pub channel: String,
+    /// What the message told (`nearby`, `delivered`, `delayed`, ...).
+    pub milestone: Named<Told>,
+    /// The channel it went out on, or all of them.
+    pub channel: Named<LeakChannel>,
     /// Shipments whose customer was sent this message.
     pub shipments: i64,
     /// Of those, the shipments whose customer opened a support ticket at or after it.
@@ -122,12 +178,35 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([since_ms], |r| {
             Ok(LeakRow {
-                milestone: r.get(0)?,
-                channel: r.get(1)?,
+                milestone: Named::parse(&r.get::<_, String>(0)?),
+                channel: Named::parse(&r.get::<_, String>(1)?),
                 shipments: r.get(2)?,
                 contacted: r.get(3)?,
             })
         })?;
         rows.collect::<Result<_, _>>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leak_lines_names_read_back_as_what_they_name_and_a_newer_hubs_as_stored() {
+        for update in Update::ALL {
+            assert_eq!(Named::<Told>::parse(update.as_str()), Named::Known(Told::Update(update)));
+        }
+        let delivered = Named::<Told>::parse("delivered");
+        assert_eq!(delivered, Named::Known(Told::Milestone(Milestone::Delivered)));
+        assert_eq!(delivered.name(), "delivered");
+        assert_eq!(Named::<LeakChannel>::parse("all"), Named::Known(LeakChannel::All));
+        for channel in ContactChannel::ALL {
+            let named = Named::<LeakChannel>::parse(channel.as_str());
+            assert_eq!(named, Named::Known(LeakChannel::One(channel)));
+            assert_eq!(named.name(), channel.as_str());
+        }
+        assert_eq!(Named::<LeakChannel>::parse("carrier_pigeon").name(), "carrier_pigeon");
+        assert_eq!(Named::<Told>::parse("signed_for_by_neighbour").known(), None);
     }
 }
