@@ -25,15 +25,15 @@ const RETRIES: usize = 5;
 /// The acks of a batch's vans: `$1` devices (sorted, distinct), `$2` their fleets, `$3`
 /// now, `$4` how many events past its mark a van's read takes. A span is an event
 /// (`seq..=seq`) or a gap notice (`first..=last`) past the stored mark `s`; ordered by
-/// start, a span breaks the run when it starts beyond `max(s, every earlier span's end)
-/// + 1`. The new mark is the greatest end before the first break (or `s`). Returns each
-/// van's mark and whether its run may go on past what was read (`more`: the read was
-/// full and unbroken), for [`PgStore::advance_acks`] to read on from there.
+/// start, a span breaks the run when it starts beyond one past `max(s, every earlier
+/// span's end)`. The new mark is the greatest end before the first break (or `s`).
+/// Returns each van's mark and whether its run may go on past what was read (`more`: the
+/// read was full and unbroken), for [`PgStore::advance_acks`] to read on from there.
 ///
 /// What it reads follows what moved, not what waits:
 /// - A van whose next seq is neither stored nor in a gap notice cannot move: one index
-///   probe, and its stored mark is returned. Under several hubs this is the usual case
-///   for a van whose next event another hub has not committed yet.
+///   probe, and its stored mark is returned, nothing written. Under several hubs that is
+///   a van whose next event another hub has not committed yet.
 /// - The others' events are read through the `(device, seq)` index, at most `$4` past
 ///   the mark. Reading every event past a hole at every batch cost three hubs on one
 ///   database more than their events (the events past the hole are read again until
