@@ -279,9 +279,17 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         Postgres::start()
     };
     // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub PostgreSQL run (to profile it).
-    let runs: Vec<usize> = std::env::var("DOORSTEP_BENCH_PG_HUBS")
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|_| vec![1, 3]);
+    let runs: Vec<usize> = match std::env::var("DOORSTEP_BENCH_PG_HUBS") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("DOORSTEP_BENCH_PG_HUBS: {n:?} is not a number of hubs"))
+            })
+            .collect(),
+        Err(_) => vec![1, 3],
+    };
     let mut pg_rates = Vec::new();
     for &hubs in &runs {
         let url = std::path::PathBuf::from(pg.database(&format!("bench_{hubs}")));
@@ -332,7 +340,7 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             })
             .sum();
         println!(
-            "    transactions: {commits} (avg {:.0} events each); batches stored again: {retried}",
+            "    transactions: {commits} (avg {:.0} events each); batch retries: {retried}",
             total as f64 / commits.max(1) as f64
         );
         if statements {
@@ -351,9 +359,10 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         for hub in run.hubs {
             hub.stop().await;
         }
-        pg_rates.push(run.rate);
+        pg_rates.push((hubs, run.rate));
     }
-    if let [one, three] = pg_rates[..] {
+    let rate_of = |n: usize| pg_rates.iter().find(|(hubs, _)| *hubs == n).map(|(_, rate)| *rate);
+    if let (Some(one), Some(three)) = (rate_of(1), rate_of(3)) {
         println!("  PostgreSQL, 3 hubs / 1 hub: {:.2}x", three / one);
     }
 }

@@ -535,13 +535,15 @@ async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
 /// A van back from a dead zone sends more than one read's worth at once: one call acks
 /// it to the end of its run (past a gap notice in the middle, up to the first hole),
 /// however many reads that takes; a van whose run ends exactly at a read's end stops
-/// there; a van whose next seq is missing keeps its mark.
+/// there; a read whose run a gap notice carries past its last event reads on; a van whose
+/// next seq is missing keeps its mark; a gap notice up to the largest seq is acked, and
+/// acked again, without overflowing.
 #[tokio::test]
 async fn a_long_run_is_acked_to_its_end_in_one_call() {
     let pg = Postgres::start();
     let (mut store, _) = PgStore::connect(&pg.database("hub")).await.expect("connect");
     let fleet = FleetId::new("acme").expect("fleet");
-    let vans: Vec<DeviceId> = (1..=3).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
+    let vans: Vec<DeviceId> = (1..=5).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
     let mut ids = (0u64..).map(|i| format!("{i:032x}"));
     let mut put = async |store: &mut PgStore, van: &DeviceId, seqs: Vec<u64>| {
         let ids: Vec<String> = seqs.iter().map(|_| ids.next().expect("an id")).collect();
@@ -549,28 +551,42 @@ async fn a_long_run_is_acked_to_its_end_in_one_call() {
             seqs.iter().zip(&ids).map(|(&seq, id)| position(van, seq, id, b"signed")).collect();
         store.insert_events(&events).await.expect("insert");
     };
-    // van-1: 1..=6000 but 3000..=3010, which a gap notice covers, and a hole at 6001.
-    put(&mut store, &vans[0], (1..=6000).filter(|s| !(3000..=3010).contains(s)).chain([6002]).collect())
-        .await;
-    let notice = NewGap {
-        device: &vans[0],
-        first_seq: 3000,
-        last_seq: 3010,
+    let gap = |van: usize, first_seq: u64, last_seq: u64| NewGap {
+        device: &vans[van],
+        first_seq,
+        last_seq,
         event_id: "ee",
         envelope: b"signed",
         received_ms: 0,
     };
-    store.apply_gap(&notice).await.expect("gap");
-    // van-2: exactly one first read (64), van-3: nothing at 1.
+    // van-1: 1..=6000 but 3000..=3010, which a gap notice covers, and a hole at 6001.
+    put(&mut store, &vans[0], (1..=6000).filter(|s| !(3000..=3010).contains(s)).chain([6002]).collect())
+        .await;
+    store.apply_gap(&gap(0, 3000, 3010)).await.expect("gap");
+    // van-2: exactly one first read (64); van-3: nothing at 1.
     put(&mut store, &vans[1], (1..=64).collect()).await;
     put(&mut store, &vans[2], (2..=100).collect()).await;
+    // van-4: a first read of 64 whose run a notice carries on to 200, then 201..=210.
+    put(&mut store, &vans[3], (1..=64).chain(201..=210).collect()).await;
+    store.apply_gap(&gap(3, 65, 200)).await.expect("gap");
+    // van-5: a notice to the largest seq, and an event inside it.
+    let last = u64::try_from(i64::MAX).expect("fits");
+    put(&mut store, &vans[4], vec![5]).await;
+    store.apply_gap(&gap(4, 1, last)).await.expect("gap to the largest seq");
     let all: Vec<(&FleetId, &DeviceId)> = vans.iter().map(|v| (&fleet, v)).collect();
-    let marks: Vec<u64> =
-        store.advance_acks(&all, 0).await.expect("acks").into_iter().map(|(_, seq)| seq).collect();
-    assert_eq!(marks, [6000, 64, 0]);
+    let expected = [6000, 64, 0, 210, last];
+    for call in ["first", "again"] {
+        let marks: Vec<u64> =
+            store.advance_acks(&all, 0).await.expect(call).into_iter().map(|(_, seq)| seq).collect();
+        assert_eq!(marks, expected, "{call}");
+    }
     let stored =
         pg.psql_in("hub", "SELECT string_agg(up_to_seq::text, ',' ORDER BY device) FROM device_acks");
-    assert_eq!(stored, "6000,64", "the marks are stored; a van that cannot move writes nothing");
+    assert_eq!(
+        stored,
+        format!("6000,64,210,{last}"),
+        "the marks are stored; a van that cannot move writes nothing"
+    );
 }
 
 /// Only the lease holder claims, each due row once however many of its connections

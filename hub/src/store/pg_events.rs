@@ -31,9 +31,11 @@ const RETRIES: usize = 5;
 /// read was full and unbroken), for [`PgStore::advance_acks`] to read on from there.
 ///
 /// What it reads follows what moved, not what waits:
-/// - A van whose next seq is neither stored nor in a gap notice cannot move: one index
-///   probe, and its stored mark is returned, nothing written. Under several hubs that is
-///   a van whose next event another hub has not committed yet.
+/// - A van whose next seq is neither stored nor in a gap notice cannot move: two index
+///   probes (`events`, `device_gaps`), and its stored mark is returned, nothing written.
+///   Under several hubs that is a van whose next event another hub has not committed
+///   yet. A mark at the largest seq (a gap notice may end there) cannot move either;
+///   the comparisons are written so that no seq there overflows.
 /// - The others' events are read through the `(device, seq)` index, at most `$4` past
 ///   the mark. Reading every event past a hole at every batch cost three hubs on one
 ///   database more than their events (the events past the hole are read again until
@@ -48,9 +50,11 @@ WITH vans AS (
     LEFT JOIN device_acks a ON a.device = v.device),
 next AS (
     SELECT v.*,
-           EXISTS (SELECT 1 FROM events e WHERE e.device = v.device AND e.seq = v.s + 1)
-           OR EXISTS (SELECT 1 FROM device_gaps g
-                      WHERE g.device = v.device AND g.first_seq <= v.s + 1 AND g.last_seq > v.s) AS moves
+           CASE WHEN v.s = 9223372036854775807 THEN false
+                ELSE EXISTS (SELECT 1 FROM events e WHERE e.device = v.device AND e.seq = v.s + 1)
+                     OR EXISTS (SELECT 1 FROM device_gaps g
+                                WHERE g.device = v.device AND g.first_seq <= v.s + 1 AND g.last_seq > v.s)
+           END AS moves
     FROM vans v),
 moving AS (SELECT device, fleet, s FROM next WHERE moves),
 read AS (
@@ -69,7 +73,7 @@ ordered AS (
     FROM spans),
 breaks AS (
     SELECT o.device, min(o.lo) AS at FROM ordered o JOIN moving v ON o.device = v.device
-    WHERE o.lo > greatest(coalesce(o.reach, v.s), v.s) + 1
+    WHERE o.lo - 1 > greatest(coalesce(o.reach, v.s), v.s)
     GROUP BY o.device),
 marks AS (
     SELECT v.device, v.fleet,
