@@ -55,6 +55,25 @@ fn position<'a>(device: &'a DeviceId, seq: u64, event_id: &'a str, envelope: &'a
     }
 }
 
+/// Stores `seqs` of `van` as position events, each under the next id `ids` gives.
+async fn put_seqs(
+    store: &mut PgStore,
+    van: &DeviceId,
+    seqs: impl IntoIterator<Item = u64>,
+    ids: &mut impl Iterator<Item = String>,
+) {
+    let seqs: Vec<u64> = seqs.into_iter().collect();
+    let ids: Vec<String> = seqs.iter().map(|_| ids.next().expect("an id")).collect();
+    let events: Vec<NewEvent<'_>> =
+        seqs.iter().zip(&ids).map(|(&seq, id)| position(van, seq, id, b"signed")).collect();
+    store.insert_events(&events).await.expect("insert");
+}
+
+/// A van's gap notice for `first_seq..=last_seq`.
+fn notice(device: &DeviceId, first_seq: u64, last_seq: u64) -> NewGap<'_> {
+    NewGap { device, first_seq, last_seq, event_id: "ee", envelope: b"signed", received_ms: 0 }
+}
+
 fn claim<'a>(holder: &'a str, token: &'a str, first: bool, ttl_ms: i64) -> LeaseClaim<'a> {
     LeaseClaim { holder, token, first, ttl_ms, resend_safe: &["email"] }
 }
@@ -498,36 +517,23 @@ async fn acks_stop_at_the_first_hole_and_move_over_what_gap_notices_cover() {
     let (mut store, _) = PgStore::connect(&pg.database("hub")).await.expect("connect");
     let fleet = FleetId::new("acme").expect("fleet");
     let vans: Vec<DeviceId> = (1..=3).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
-    let ids: Vec<String> = (0..64).map(|i| format!("{i:032x}")).collect();
-    let mut next_id = ids.iter();
-    let mut put = async |store: &mut PgStore, van: &DeviceId, seqs: &[u64]| {
-        let events: Vec<NewEvent<'_>> =
-            seqs.iter().map(|&seq| position(van, seq, next_id.next().expect("an id"), b"signed")).collect();
-        store.insert_events(&events).await.expect("insert");
-    };
-    let gap = |van: usize, first_seq: u64, last_seq: u64| NewGap {
-        device: &vans[van],
-        first_seq,
-        last_seq,
-        event_id: "ee",
-        envelope: b"signed",
-        received_ms: 0,
-    };
+    let mut ids = (0u64..).map(|i| format!("{i:032x}"));
+    let gap = |van: usize, first_seq: u64, last_seq: u64| notice(&vans[van], first_seq, last_seq);
     let acks = async |store: &mut PgStore| -> Vec<u64> {
         let all: Vec<(&FleetId, &DeviceId)> = vans.iter().map(|v| (&fleet, v)).collect();
         store.advance_acks(&all, 0).await.expect("acks").into_iter().map(|(_, seq)| seq).collect()
     };
-    put(&mut store, &vans[0], &[1, 2, 4]).await;
-    put(&mut store, &vans[1], &[1]).await;
+    put_seqs(&mut store, &vans[0], [1, 2, 4], &mut ids).await;
+    put_seqs(&mut store, &vans[1], [1], &mut ids).await;
     store.apply_gap(&gap(1, 3, 5)).await.expect("gap: 2 is still on its way");
     store.apply_gap(&gap(2, 1, 100)).await.expect("van-3 evicted 1..=100");
     assert_eq!(acks(&mut store).await, [2, 1, 100], "van-1 stops at 3, van-2 at the hole before its notice");
-    put(&mut store, &vans[0], &[3]).await;
-    put(&mut store, &vans[1], &[2, 6]).await;
+    put_seqs(&mut store, &vans[0], [3], &mut ids).await;
+    put_seqs(&mut store, &vans[1], [2, 6], &mut ids).await;
     assert_eq!(acks(&mut store).await, [4, 6, 100]);
     // A notice that starts before the stored mark and ends after it.
     store.apply_gap(&gap(0, 3, 9)).await.expect("gap");
-    put(&mut store, &vans[0], &[10, 12]).await;
+    put_seqs(&mut store, &vans[0], [10, 12], &mut ids).await;
     assert_eq!(acks(&mut store).await, [10, 6, 100]);
     assert_eq!(store.advance_ack(&fleet, &vans[0], 0).await.expect("one van"), 10);
 }
@@ -545,33 +551,20 @@ async fn a_long_run_is_acked_to_its_end_in_one_call() {
     let fleet = FleetId::new("acme").expect("fleet");
     let vans: Vec<DeviceId> = (1..=5).map(|v| DeviceId::new(format!("van-{v}")).expect("device")).collect();
     let mut ids = (0u64..).map(|i| format!("{i:032x}"));
-    let mut put = async |store: &mut PgStore, van: &DeviceId, seqs: Vec<u64>| {
-        let ids: Vec<String> = seqs.iter().map(|_| ids.next().expect("an id")).collect();
-        let events: Vec<NewEvent<'_>> =
-            seqs.iter().zip(&ids).map(|(&seq, id)| position(van, seq, id, b"signed")).collect();
-        store.insert_events(&events).await.expect("insert");
-    };
-    let gap = |van: usize, first_seq: u64, last_seq: u64| NewGap {
-        device: &vans[van],
-        first_seq,
-        last_seq,
-        event_id: "ee",
-        envelope: b"signed",
-        received_ms: 0,
-    };
+    let gap = |van: usize, first_seq: u64, last_seq: u64| notice(&vans[van], first_seq, last_seq);
     // van-1: 1..=6000 but 3000..=3010, which a gap notice covers, and a hole at 6001.
-    put(&mut store, &vans[0], (1..=6000).filter(|s| !(3000..=3010).contains(s)).chain([6002]).collect())
+    put_seqs(&mut store, &vans[0], (1..=6000).filter(|s| !(3000..=3010).contains(s)).chain([6002]), &mut ids)
         .await;
     store.apply_gap(&gap(0, 3000, 3010)).await.expect("gap");
     // van-2: exactly one first read (64); van-3: nothing at 1.
-    put(&mut store, &vans[1], (1..=64).collect()).await;
-    put(&mut store, &vans[2], (2..=100).collect()).await;
+    put_seqs(&mut store, &vans[1], 1..=64, &mut ids).await;
+    put_seqs(&mut store, &vans[2], 2..=100, &mut ids).await;
     // van-4: a first read of 64 whose run a notice carries on to 200, then 201..=210.
-    put(&mut store, &vans[3], (1..=64).chain(201..=210).collect()).await;
+    put_seqs(&mut store, &vans[3], (1..=64).chain(201..=210), &mut ids).await;
     store.apply_gap(&gap(3, 65, 200)).await.expect("gap");
     // van-5: a notice to the largest seq, and an event inside it.
     let last = u64::try_from(i64::MAX).expect("fits");
-    put(&mut store, &vans[4], vec![5]).await;
+    put_seqs(&mut store, &vans[4], [5], &mut ids).await;
     store.apply_gap(&gap(4, 1, last)).await.expect("gap to the largest seq");
     let all: Vec<(&FleetId, &DeviceId)> = vans.iter().map(|v| (&fleet, v)).collect();
     let expected = [6000, 64, 0, 210, last];
