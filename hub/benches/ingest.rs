@@ -225,6 +225,19 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         return;
     }
 
+    // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub PostgreSQL run (to profile it);
+    // read first, so a mistyped value stops the bench before it runs anything.
+    let runs: Vec<usize> = match std::env::var("DOORSTEP_BENCH_PG_HUBS") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("DOORSTEP_BENCH_PG_HUBS: {n:?} is not a number of hubs"))
+            })
+            .collect(),
+        Err(_) => vec![1, 3],
+    };
     let sqlite = through_broker(&db, 1, &messages, &vans, per_device, full, fleet_rt, batch_max, None).await;
     let (rate, elapsed, hub) = (sqlite.rate, sqlite.elapsed, &sqlite.hubs[0]);
     let (cpu_before, cpu_after, broker_cpu) = (&sqlite.cpu_before, &sqlite.cpu_after, sqlite.broker_cpu);
@@ -278,23 +291,11 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
     } else {
         Postgres::start()
     };
-    // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub PostgreSQL run (to profile it).
-    let runs: Vec<usize> = match std::env::var("DOORSTEP_BENCH_PG_HUBS") {
-        Ok(v) => v
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("DOORSTEP_BENCH_PG_HUBS: {n:?} is not a number of hubs"))
-            })
-            .collect(),
-        Err(_) => vec![1, 3],
-    };
     let mut pg_rates = Vec::new();
     for &hubs in &runs {
-        let url = std::path::PathBuf::from(pg.database(&format!("bench_{hubs}")));
-        setup(&url, &vans);
         let db_name = format!("bench_{hubs}");
+        let url = std::path::PathBuf::from(pg.database(&db_name));
+        setup(&url, &vans);
         if statements {
             pg.psql_in(&db_name, "CREATE EXTENSION pg_stat_statements");
             pg.psql_in(&db_name, "SELECT pg_stat_statements_reset()");

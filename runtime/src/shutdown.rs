@@ -11,23 +11,21 @@ pub fn signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate()).ok();
     let interrupt = signal(SignalKind::interrupt()).ok();
+    // A signal that cannot be watched never arrives.
+    async fn next(watched: Option<tokio::signal::unix::Signal>) {
+        match watched {
+            Some(mut signal) => drop(signal.recv().await),
+            None => std::future::pending().await,
+        }
+    }
     async move {
-        match (term, interrupt) {
-            (Some(mut term), Some(mut interrupt)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = interrupt.recv() => {}
-                }
-            }
-            (Some(mut term), None) => {
-                term.recv().await;
-            }
-            (None, Some(mut interrupt)) => {
-                interrupt.recv().await;
-            }
-            (None, None) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        if term.is_none() && interrupt.is_none() {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+        tokio::select! {
+            () = next(term) => {}
+            () = next(interrupt) => {}
         }
     }
 }

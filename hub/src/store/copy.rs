@@ -202,7 +202,6 @@ impl Store {
             }
         }
         tx.commit()?;
-        drop(snapshot);
         Ok(copied)
     }
 }

@@ -37,9 +37,8 @@ const RETRIES: usize = 5;
 ///   yet. A mark at the largest seq (a gap notice may end there) cannot move either;
 ///   the comparisons are written so that no seq there overflows.
 /// - The others' events are read through the `(device, seq)` index, at most `$4` past
-///   the mark. Reading every event past a hole at every batch cost three hubs on one
-///   database more than their events (the events past the hole are read again until
-///   the hole fills).
+///   the mark, so a van held back by a hole is not read to its end again at every
+///   batch until the hole fills.
 ///
 /// An event past what was read is absent from the spans, so it can only end the run
 /// early, never let the mark pass an event not stored: the mark is right for any `$4`.

@@ -18,7 +18,7 @@ use std::str::FromStr as _;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::dispatch::{SETTLED_RESEND, SETTLED_UNKNOWN};
+use super::dispatch::{NoticeLogged, SETTLED_RESEND, SETTLED_UNKNOWN};
 use super::lease::{Acquired, LeaseClaim, Settled};
 use super::pg_schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
 use super::{StoreError, TableColumns};
@@ -180,7 +180,8 @@ impl PgStore {
                     &[&safe, &db_now_ms(&tx).await?, &SETTLED_RESEND, &SETTLED_UNKNOWN],
                 )
                 .await?;
-            let requeued = rows.iter().filter(|r| r.get::<_, &str>(0) == "attempt_failed").count();
+            let requeued =
+                rows.iter().filter(|r| r.get::<_, &str>(0) == NoticeLogged::AttemptFailed.as_str()).count();
             Settled { requeued, unknown: rows.len() - requeued }
         } else {
             Settled::default()

@@ -178,8 +178,8 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([since_ms], |r| {
             Ok(LeakRow {
-                milestone: Named::parse(&r.get::<_, String>(0)?),
-                channel: Named::parse(&r.get::<_, String>(1)?),
+                milestone: r.get(0)?,
+                channel: r.get(1)?,
                 shipments: r.get(2)?,
                 contacted: r.get(3)?,
             })
