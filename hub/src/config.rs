@@ -50,6 +50,17 @@ client_id = "doorstep-hub"
 # events. Make it unguessable (`openssl rand -hex 16`) and give each hub its own client
 # certificate with CN = its client_id, listed with `broker-acl --hub-user`.
 # shared_group = "hubs-3f9c2a7d5e1b4c60a8d2f7e9b1c3a5d7"
+# How the hubs of a group split the vans:
+# - "round_robin" (the default): one shared subscription, and the broker deals each
+#   message to the next hub, so every hub holds a share of every van.
+# - "by_van": each hub subscribes to its own vans' topics only. The hubs alive in the
+#   database (a row each, renewed every second, on the database's clock) give each van
+#   to one of them, the same on every hub; a hub that stops or dies has its vans taken
+#   by the others within 5 seconds, and the vans resend what was not acked. A van's events
+#   then reach one hub while the group is stable, so added hubs add throughput on a broker
+#   without a hash strategy (Mosquitto); and no shared subscription exists for a van to
+#   join. Needs shared_group, which names the group.
+# assign = "by_van"
 keepalive_s = 30
 # QoS 1 messages in flight to the broker (acks, routes).
 inflight = 1000
@@ -314,6 +325,9 @@ pub struct MqttSection {
     /// Shared subscription group (members share one database file).
     #[serde(default)]
     pub shared_group: Option<String>,
+    /// How the hubs of the group split the vans.
+    #[serde(default)]
+    pub assign: Assign,
     /// Keepalive, seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_s: u64,
@@ -563,6 +577,18 @@ impl ChannelMap {
     }
 }
 
+/// How the hubs of a group split the vans (`mqtt.assign`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assign {
+    /// One shared subscription: the broker deals each message to the next hub.
+    #[default]
+    RoundRobin,
+    /// Each hub subscribes to its own vans' topics, split among the hubs alive in the
+    /// database (`ingest::assign`).
+    ByVan,
+}
+
 /// Broker connection settings.
 #[derive(Clone)]
 pub struct MqttSettings {
@@ -574,6 +600,8 @@ pub struct MqttSettings {
     pub client_id: String,
     /// Shared subscription group.
     pub shared_group: Option<String>,
+    /// How the group splits the vans.
+    pub assign: Assign,
     /// Keepalive.
     pub keepalive: Duration,
     /// Outgoing in-flight window.
@@ -588,6 +616,7 @@ impl std::fmt::Debug for MqttSettings {
             .field("broker", &format_args!("{}:{}", self.host, self.port))
             .field("client_id", &self.client_id)
             .field("shared_group", &self.shared_group)
+            .field("assign", &self.assign)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -601,6 +630,7 @@ impl MqttSettings {
             port,
             client_id: client_id.into(),
             shared_group: None,
+            assign: Assign::RoundRobin,
             keepalive: Duration::from_secs(default_keepalive()),
             inflight: default_inflight(),
             tls: None,
@@ -745,6 +775,11 @@ impl Config {
         {
             return Err(invalid("mqtt.shared_group must be non-empty without '/', '+' or '#'"));
         }
+        if self.mqtt.assign == Assign::ByVan && self.mqtt.shared_group.is_none() {
+            return Err(invalid(
+                "mqtt.assign = \"by_van\" splits the vans among the hubs of a group: set mqtt.shared_group to the group's name, the same on every hub",
+            ));
+        }
         if self.mqtt.inflight == 0 {
             return Err(invalid("mqtt.inflight must be at least 1"));
         }
@@ -862,6 +897,7 @@ impl Config {
                 port: self.mqtt.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
                 client_id: self.mqtt.client_id.clone(),
                 shared_group: self.mqtt.shared_group.clone(),
+                assign: self.mqtt.assign,
                 keepalive: Duration::from_secs(self.mqtt.keepalive_s.max(5)),
                 inflight: self.mqtt.inflight,
                 tls,

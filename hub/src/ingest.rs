@@ -55,17 +55,15 @@ use std::time::{Duration, Instant};
 
 use doorstep_proto::blob::BlobChunk;
 use doorstep_proto::state::DeviceState;
-use doorstep_proto::topic::{all_devices, shared};
 use doorstep_proto::{
-    Channel, DeviceId, Envelope, EnvelopeError, FixEvidence, HubMessage, KeyId, RouteAssignment, SigningKey,
-    Topic,
+    DeviceId, Envelope, EnvelopeError, FixEvidence, HubMessage, KeyId, RouteAssignment, SigningKey, Topic,
 };
 use doorstep_runtime::backoff::Backoff;
 use rumqttc::{AsyncClient, MqttOptions, Publish, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttSettings;
+use crate::config::{Assign, MqttSettings};
 use crate::metrics::Metrics;
 use crate::reconcile;
 use crate::registry::Keys;
@@ -143,6 +141,7 @@ pub const TIME_IN_FUTURE: &str = "time_in_future";
 pub use doorstep_runtime::clock::now_ms;
 
 mod apply;
+pub mod assign;
 mod mqtt;
 mod verify;
 mod writer;
@@ -344,10 +343,29 @@ impl Ingest {
         }
         let writer = Writer { tx: write_tx };
 
-        let channels = [Channel::Evt, Channel::Blob, Channel::Pos, Channel::State];
-        let filters = match &options.mqtt.shared_group {
-            Some(group) => channels.iter().map(|c| shared(group, *c)).collect(),
-            None => channels.iter().map(|c| all_devices(*c)).collect(),
+        let group = options.mqtt.shared_group.as_deref();
+        let filters = match (options.mqtt.assign, group) {
+            (Assign::ByVan, Some(group)) => {
+                // No van until the group is read: the members thread sends this hub's.
+                let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+                let members = assign::Members {
+                    store: Store::open(&options.database, options.store)?,
+                    group: group.to_owned(),
+                    hub: options.mqtt.client_id.clone(),
+                    filters: tx,
+                    metrics: Arc::clone(&metrics),
+                    cancel: cancel.clone(),
+                };
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("hub-members".into())
+                        .spawn(move || members.run())
+                        .map_err(IngestError::Thread)?,
+                );
+                rx
+            }
+            // Every van, for good: the sender is not needed to read it.
+            _ => tokio::sync::watch::channel(assign::every_van(group)).1,
         };
         let outbound_done = CancellationToken::new();
         tokio::spawn(outbound(client.clone(), out_rx, Arc::clone(&metrics), outbound_done.clone()));

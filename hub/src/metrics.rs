@@ -172,7 +172,17 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "doorstep_hub_mqtt_subscriptions",
         Kind::Gauge,
-        "Topic filters the broker has granted in this session (4 when the hub hears every van).",
+        "Topic filters the broker has granted in this session (4 when the hub hears every van; 4 per van it is given when the group splits the fleet by van).",
+    ),
+    (
+        "doorstep_hub_group_members",
+        Kind::Gauge,
+        "Live hubs of this hub's group, itself included, when the group splits the fleet by van (mqtt.assign = by_van); 0 otherwise.",
+    ),
+    (
+        "doorstep_hub_vans_assigned",
+        Kind::Gauge,
+        "Vans this hub subscribes to when its group splits the fleet by van.",
     ),
 ];
 
@@ -506,6 +516,12 @@ impl Metrics {
     /// Topic filters granted in the current broker session.
     pub fn mqtt_subscriptions(&self, granted: usize) {
         self.set("doorstep_hub_mqtt_subscriptions", &[], i64::try_from(granted).unwrap_or(i64::MAX));
+    }
+
+    /// The group's live hubs and this hub's share of the vans (`mqtt.assign = by_van`).
+    pub fn group_split(&self, members: usize, vans: usize) {
+        self.set("doorstep_hub_group_members", &[], i64::try_from(members).unwrap_or(i64::MAX));
+        self.set("doorstep_hub_vans_assigned", &[], i64::try_from(vans).unwrap_or(i64::MAX));
     }
 
     /// Whether the broker session is up.

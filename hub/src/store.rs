@@ -47,6 +47,7 @@ mod devices;
 mod dispatch;
 mod events;
 mod lease;
+mod members;
 mod named;
 mod orders;
 mod outbox;

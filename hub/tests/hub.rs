@@ -29,7 +29,16 @@ fn registered_vans(db: &std::path::Path, n: u8) -> Vec<(DeviceId, SigningKey)> {
 
 /// Each van's "nearby" events 1..=`last`, interleaved across the vans.
 async fn publish_nearby(fleet: &SimFleet, vans: &[(DeviceId, SigningKey)], last: u64) {
-    for seq in 1..=last {
+    publish_nearby_seqs(fleet, vans, 1..=last).await;
+}
+
+/// Each van's "nearby" events `seqs`, interleaved across the vans.
+async fn publish_nearby_seqs(
+    fleet: &SimFleet,
+    vans: &[(DeviceId, SigningKey)],
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    for seq in seqs {
         for (d, k) in vans {
             fleet.publish(&evt_topic(d), seal(k, d, seq, nearby(u32::try_from(seq).unwrap(), "s1"))).await;
         }
@@ -183,6 +192,80 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
     a.stop().await;
     b.stop().await;
     assert_stored_and_acked(&db, &vans, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_vans() {
+    let Ground { broker, dir: _dir, db } = ground().await;
+    let vans = registered_vans(&db, 6);
+    let member = |name: &str| HubOptions {
+        client_id: name.into(),
+        shared_group: Some("hubs".into()),
+        assign: doorstep_hub::config::Assign::ByVan,
+        ..HubOptions::default()
+    };
+    let hubs = [
+        TestHub::start(broker.port(), &db, member("hub-a")).await,
+        TestHub::start(broker.port(), &db, member("hub-b")).await,
+        TestHub::start(broker.port(), &db, member("hub-c")).await,
+    ];
+    // Settled: every hub sees the three, the six vans are split among them, and each
+    // hub holds its vans' four topics with the broker.
+    let settled = |hubs: &[TestHub], members: i64| {
+        hubs.iter().all(|h| {
+            h.metrics.get("doorstep_hub_group_members", &[]) == members
+                && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[])
+                    == 4 * h.metrics.get("doorstep_hub_vans_assigned", &[])
+        }) && hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum::<i64>() == 6
+    };
+    for _ in 0..100 {
+        if settled(&hubs, 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled(&hubs, 3), "three hubs split six vans");
+    let fleet = SimFleet::connect(broker.port(), "sim-by-van", hub_key().public_key()).await;
+
+    publish_nearby(&fleet, &vans, 40).await;
+    assert!(
+        fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await,
+        "every van acked to 40: {:?}",
+        fleet.inbox.lock().unwrap().acked
+    );
+    // Each hub stored all of its own vans' events and nobody else's.
+    for hub in &hubs {
+        let vans = hub.metrics.get("doorstep_hub_vans_assigned", &[]);
+        assert_eq!(hub.metrics.ingest_outcome_total("stored"), 40 * vans);
+    }
+
+    // One hub stops: it leaves the group, and the other two take its vans.
+    let [a, b, c] = hubs;
+    let c_stored = c.metrics.ingest_outcome_total("stored");
+    c.stop().await;
+    let two = [a, b];
+    for _ in 0..100 {
+        if settled(&two, 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled(&two, 2), "two hubs took the third's vans");
+    publish_nearby_seqs(&fleet, &vans, 41..=80).await;
+    assert!(
+        fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&80))).await,
+        "every van acked to 80: {:?}",
+        fleet.inbox.lock().unwrap().acked
+    );
+    let stored: i64 = two.iter().map(|h| h.metrics.ingest_outcome_total("stored")).sum();
+    assert_eq!(stored + c_stored, 480, "every event stored by exactly one hub");
+    for hub in &two {
+        assert_eq!(hub.metrics.ingest_outcome_total("rejected"), 0);
+    }
+    for hub in two {
+        hub.stop().await;
+    }
+    assert_stored_and_acked(&db, &vans, 80);
 }
 
 fn http() -> reqwest::Client {

@@ -115,6 +115,14 @@ pub fn all_devices(channel: Channel) -> String {
     format!("{ROOT}/+/+/{}", channel.as_str())
 }
 
+/// The subscription filter for one channel of one device, whatever fleet its topic names
+/// (`doorstep/v1/+/van-17/evt`): what a hub subscribes to for each van it is given when
+/// the hubs of a group split the fleet by van. The fleet stays a wildcard so that a van
+/// publishing under the wrong fleet is still heard, and rejected with a reason.
+pub fn one_device(device: &DeviceId, channel: Channel) -> String {
+    format!("{ROOT}/+/{device}/{}", channel.as_str())
+}
+
 /// A shared subscription (`$share/{group}/doorstep/v1/+/+/{channel}`) so that several hubs
 /// in one group split a broker's load, each message going to one of them.
 pub fn shared(group: &str, channel: Channel) -> String {
@@ -153,5 +161,14 @@ mod tests {
     fn filters_cover_all_devices_and_shared_groups() {
         assert_eq!(all_devices(Channel::Evt), "doorstep/v1/+/+/evt");
         assert_eq!(shared("hubs", Channel::Blob), "$share/hubs/doorstep/v1/+/+/blob");
+        let filter = one_device(&DeviceId::new("van-17").expect("id"), Channel::State);
+        assert_eq!(filter, "doorstep/v1/+/van-17/state");
+        assert!(matches_filter(&filter, &van().to_string().replace("/evt", "/state")));
+    }
+
+    /// MQTT's match of a filter with `+` levels (no `#`) against a topic name.
+    fn matches_filter(filter: &str, topic: &str) -> bool {
+        let (f, t): (Vec<_>, Vec<_>) = (filter.split('/').collect(), topic.split('/').collect());
+        f.len() == t.len() && f.iter().zip(&t).all(|(f, t)| *f == "+" || f == t)
     }
 }

@@ -1,14 +1,14 @@
 //! The MQTT task, which alone polls the event loop and hands each delivered message to
 //! the verifiers, and the outbound task, which publishes acks, routes and PUBACKs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use doorstep_runtime::backoff::jitter;
 use rumqttc::{AsyncClient, Packet, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ pub(super) async fn drive(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     verify: mpsc::Sender<(u64, Publish)>,
-    filters: Vec<String>,
+    filters: watch::Receiver<Vec<String>>,
     metrics: Arc<Metrics>,
     republish_all: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -42,6 +42,7 @@ pub(super) async fn drive(
     let mut reported_pending = usize::MAX;
     // Topic filters the broker granted in this session.
     let mut granted = 0usize;
+    let mut held = Held { want: filters, watching: true, asked: BTreeSet::new(), connected: false };
     loop {
         let mut stop_feeding = false;
         let reserve = async {
@@ -74,6 +75,17 @@ pub(super) async fn drive(
                 None
             }
             event = eventloop.poll() => Some(event),
+            changed = held.want.changed(), if held.watching => {
+                match changed {
+                    Ok(()) => {
+                        granted = granted.saturating_sub(held.update(&client));
+                        metrics.mqtt_subscriptions(granted);
+                    }
+                    // A fixed set of filters.
+                    Err(_) => held.watching = false,
+                }
+                None
+            }
         };
         if stop_feeding {
             // Stop feeding the pipeline; keep polling so the last acks go out. What is
@@ -97,11 +109,7 @@ pub(super) async fn drive(
                         // every device's current route again.
                         republish_all.store(true, Ordering::SeqCst);
                     }
-                    for filter in &filters {
-                        if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                            tracing::error!(filter, error = %e, "cannot subscribe");
-                        }
-                    }
+                    held.connected(&client, ack.session_present);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
                     // A refused filter (a broker ACL) means vans this hub never hears.
@@ -157,6 +165,7 @@ pub(super) async fn drive(
                 Ok(_) => {}
                 Err(e) => {
                     metrics.mqtt_connected(false);
+                    held.connected = false;
                     granted = 0;
                     metrics.mqtt_subscriptions(granted);
                     if verify.is_none() {
@@ -192,6 +201,71 @@ pub(super) async fn drive(
         }
     }
     metrics.mqtt_connected(false);
+}
+
+/// Filters per SUBSCRIBE packet: a hub given thousands of vans asks for them in packets
+/// well under the outgoing packet limit.
+const FILTERS_PER_PACKET: usize = 256;
+
+/// The topic filters this hub holds with the broker, against the ones it should hold
+/// (`assign`: every van, or the vans its group gave it).
+struct Held {
+    want: watch::Receiver<Vec<String>>,
+    /// Whether `want` can still change.
+    watching: bool,
+    /// Filters asked of the broker, kept while the broker keeps the session.
+    asked: BTreeSet<String>,
+    connected: bool,
+}
+
+impl Held {
+    /// After a CONNACK: asks for every wanted filter (a resumed session's are asked again,
+    /// which the broker answers as granted), and drops those a resumed session still
+    /// holds but this hub no longer wants.
+    fn connected(&mut self, client: &AsyncClient, session_present: bool) {
+        self.connected = true;
+        if !session_present {
+            self.asked.clear();
+        }
+        let want: BTreeSet<String> = self.want.borrow_and_update().iter().cloned().collect();
+        let stale: Vec<String> = self.asked.difference(&want).cloned().collect();
+        subscribe(client, want.iter());
+        unsubscribe(client, &stale);
+        self.asked = want;
+    }
+
+    /// After the wanted filters changed: asks for the new ones and drops the old ones, if
+    /// connected (else the next CONNACK does). Returns how many were dropped.
+    fn update(&mut self, client: &AsyncClient) -> usize {
+        if !self.connected {
+            return 0;
+        }
+        let want: BTreeSet<String> = self.want.borrow_and_update().iter().cloned().collect();
+        subscribe(client, want.difference(&self.asked));
+        let stale: Vec<String> = self.asked.difference(&want).cloned().collect();
+        unsubscribe(client, &stale);
+        self.asked = want;
+        stale.len()
+    }
+}
+
+fn subscribe<'a>(client: &AsyncClient, filters: impl Iterator<Item = &'a String>) {
+    let filters: Vec<&String> = filters.collect();
+    for chunk in filters.chunks(FILTERS_PER_PACKET) {
+        let many = chunk.iter().map(|f| rumqttc::SubscribeFilter::new((*f).clone(), QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(many) {
+            tracing::error!(error = %e, filters = chunk.len(), "cannot subscribe");
+        }
+    }
+}
+
+fn unsubscribe(client: &AsyncClient, filters: &[String]) {
+    // One filter per UNSUBSCRIBE (rumqttc's); thousands only when a group changes.
+    for filter in filters {
+        if let Err(e) = client.try_unsubscribe(filter.clone()) {
+            tracing::error!(filter, error = %e, "cannot unsubscribe");
+        }
+    }
 }
 
 pub(super) async fn outbound(

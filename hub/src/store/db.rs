@@ -71,6 +71,15 @@ impl Dialect {
         }
     }
 
+    /// The database's clock, ms since the Unix epoch: what hubs on several hosts compare
+    /// instead of their own clocks.
+    pub fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+            Dialect::Postgres => super::postgres::NOW_MS,
+        }
+    }
+
     /// The UTC day (`YYYY-MM-DD`) of `ms`, milliseconds since the Unix epoch.
     pub fn utc_day(self, ms: &str) -> String {
         match self {

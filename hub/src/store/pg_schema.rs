@@ -13,11 +13,12 @@
 //!   NOTHING`).
 
 /// The schema version this build writes on PostgreSQL.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, in order; entry `i` takes the version from `i` to `i + 1`. Each runs in
 /// its own transaction with the version bump.
-pub(super) const PG_MIGRATIONS: &[&str] = &[r#"
+pub(super) const PG_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     device      TEXT PRIMARY KEY,
     fleet       TEXT NOT NULL,
@@ -352,6 +353,16 @@ BEGIN
 EXCEPTION WHEN others THEN
     RETURN NULL;
 END $$;
-"#];
+"#,
+    // 2: SQLite's 16, the hubs of a group that split the fleet by van.
+    r#"
+CREATE TABLE hub_members (
+    grp         TEXT NOT NULL,
+    hub         TEXT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    PRIMARY KEY (grp, hub)
+);
+"#,
+];
 
 const _: () = assert!(PG_MIGRATIONS.len() as i64 == PG_SCHEMA_VERSION);

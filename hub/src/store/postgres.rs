@@ -233,7 +233,7 @@ async fn open_client(config: &Config) -> Result<Client, StoreError> {
 
 /// The database's clock, ms since the Unix epoch (`clock_timestamp()`: the time of the
 /// statement, not of the transaction's start).
-const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(super) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 async fn db_now_ms(tx: &tokio_postgres::Transaction<'_>) -> Result<i64, StoreError> {
     Ok(tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0))

@@ -2,7 +2,7 @@
 
 /// The schema version this build writes. Each entry of [`MIGRATIONS`] moves the
 /// database up by one.
-pub const SCHEMA_VERSION: i64 = 15;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// Migrations, in order; entry `i` takes `user_version` from `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -398,6 +398,16 @@ CREATE TABLE customer_instructions (
     shipment_id  INTEGER PRIMARY KEY REFERENCES shipments(id),
     text         TEXT NOT NULL,
     at_ms        INTEGER NOT NULL
+);
+"#,
+    // 16: the hubs of a group that split the fleet by van (`mqtt.assign = "by_van"`), one
+    // row each, live until `expires_ms` on the database's clock (`store::members`).
+    r#"
+CREATE TABLE hub_members (
+    grp         TEXT NOT NULL,
+    hub         TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    PRIMARY KEY (grp, hub)
 );
 "#,
 ];

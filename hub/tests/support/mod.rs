@@ -147,6 +147,8 @@ pub struct HubOptions {
     pub client_id: String,
     /// Shared subscription group, for hubs splitting one fleet's events.
     pub shared_group: Option<String>,
+    /// How the group splits the vans.
+    pub assign: doorstep_hub::config::Assign,
     /// How far ahead of the hub's clock an event's GNSS time may be.
     pub max_event_ahead_ms: i64,
 }
@@ -161,6 +163,7 @@ impl Default for HubOptions {
             hold_ms: 30 * 60 * 1000,
             client_id: "doorstep-hub-test".into(),
             shared_group: None,
+            assign: doorstep_hub::config::Assign::RoundRobin,
             max_event_ahead_ms: doorstep_hub::ingest::DEFAULT_MAX_EVENT_AHEAD_MS,
         }
     }
@@ -265,6 +268,7 @@ impl TestHub {
             store: StoreOptions { full_sync: options.full_sync },
             mqtt: MqttSettings {
                 shared_group: options.shared_group.clone(),
+                assign: options.assign,
                 ..MqttSettings::plain("127.0.0.1", port, options.client_id.clone())
             },
             verify_threads: options.verify_threads,
@@ -308,10 +312,17 @@ impl TestHub {
         });
         let hub =
             TestHub { ingest: Some(ingest), http, api, api_token, metrics, db: db.to_owned(), http_cancel };
-        // Subscribed, not only connected: a hub of a shared group hears nothing before.
+        // Subscribed, not only connected: a hub of a shared group hears nothing before. A
+        // hub given its vans by its group has read the group (its vans follow).
+        let by_van = options.assign == doorstep_hub::config::Assign::ByVan;
         assert!(
             hub.wait_for(Duration::from_secs(10), |m| {
-                m.is_mqtt_connected() && m.get("doorstep_hub_mqtt_subscriptions", &[]) == 4
+                m.is_mqtt_connected()
+                    && if by_van {
+                        m.get("doorstep_hub_group_members", &[]) >= 1
+                    } else {
+                        m.get("doorstep_hub_mqtt_subscriptions", &[]) == 4
+                    }
             })
             .await,
             "the hub did not connect to the broker and subscribe"

@@ -1,0 +1,72 @@
+//! The hubs of a group that split the fleet by van (`mqtt.assign = "by_van"`): each hub
+//! renews its row every second or so, and the rows still live are the group. Every hub
+//! reads the same rows and gives each van to the same one of them (`ingest::assign`), so
+//! a van's events reach one hub while the group is stable.
+//!
+//! Liveness is decided on the database's clock (PostgreSQL's, or SQLite's on the one
+//! host that shares the file): hubs on several hosts never compare their own clocks.
+
+use super::db::params;
+
+use super::{Store, StoreError};
+
+impl Store {
+    /// Renews `hub`'s membership of `group` until `ttl_ms` from now (the database's
+    /// clock), and returns the group's live members, sorted, this hub among them.
+    pub fn renew_member(&self, group: &str, hub: &str, ttl_ms: i64) -> Result<Vec<String>, StoreError> {
+        let now = self.conn.dialect().now_ms();
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO hub_members (grp, hub, expires_ms) VALUES (?1, ?2, {now} + ?3)
+                 ON CONFLICT (grp, hub) DO UPDATE SET expires_ms = excluded.expires_ms"
+            ))?
+            .execute(params![group, hub, ttl_ms])?;
+        let mut members: Vec<String> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT hub FROM hub_members WHERE grp = ?1 AND (expires_ms > {now} OR hub = ?2) ORDER BY hub"
+            ))?
+            .query_map(params![group, hub], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        members.dedup();
+        Ok(members)
+    }
+
+    /// Leaves `group` (a graceful stop): the others take this hub's vans at their next
+    /// renewal instead of waiting for its row to expire.
+    pub fn leave_group(&self, group: &str, hub: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM hub_members WHERE grp = ?1 AND hub = ?2")?
+            .execute(params![group, hub])?;
+        Ok(())
+    }
+
+    /// The devices whose keys are trusted, sorted: the vans a group splits.
+    pub fn active_device_names(&self) -> Result<Vec<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT device FROM devices WHERE status = 'active' ORDER BY device")?
+            .query_map(params![], |r| r.get(0))?
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_live_until_its_row_expires_or_it_leaves() {
+        let store = Store::open_in_memory().expect("store");
+        assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-b"]);
+        assert_eq!(store.renew_member("hubs", "hub-a", 60_000).expect("renew"), ["hub-a", "hub-b"]);
+        // Another group's members are not this group's.
+        assert_eq!(store.renew_member("other", "hub-c", 60_000).expect("renew"), ["hub-c"]);
+        // A row already expired is not a member (the renewing hub always counts itself);
+        // renewing it makes it one again.
+        assert_eq!(store.renew_member("hubs", "hub-b", -1).expect("renew"), ["hub-a", "hub-b"]);
+        assert_eq!(store.renew_member("hubs", "hub-a", 60_000).expect("renew"), ["hub-a"]);
+        assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-a", "hub-b"]);
+        store.leave_group("hubs", "hub-a").expect("leave");
+        assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-b"]);
+    }
+}
