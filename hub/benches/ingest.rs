@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doorstep_hub::config::ChannelMap;
+use doorstep_hub::config::{Assign, ChannelMap};
 use doorstep_hub::ingest::{Domain, StoreOutcome, store_verified};
 use doorstep_hub::metrics::Metrics;
 use doorstep_hub::reconcile::Rules;
@@ -225,20 +225,39 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         return;
     }
 
-    // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub PostgreSQL run (to profile it);
-    // read first, so a mistyped value stops the bench before it runs anything.
-    let runs: Vec<usize> = match std::env::var("DOORSTEP_BENCH_PG_HUBS") {
+    // DOORSTEP_BENCH_PG_HUBS=3 runs only the three-hub round-robin PostgreSQL run (to
+    // profile it), =3v only the three hubs splitting by van; read first, so a mistyped
+    // value stops the bench before it runs anything.
+    let runs: Vec<(usize, Assign)> = match std::env::var("DOORSTEP_BENCH_PG_HUBS") {
         Ok(v) => v
             .split(',')
             .map(|n| {
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("DOORSTEP_BENCH_PG_HUBS: {n:?} is not a number of hubs"))
+                let n = n.trim();
+                let (hubs, assign) = match n.strip_suffix('v') {
+                    Some(hubs) => (hubs, Assign::ByVan),
+                    None => (n, Assign::RoundRobin),
+                };
+                let hubs = hubs.parse().unwrap_or_else(|_| {
+                    panic!("DOORSTEP_BENCH_PG_HUBS: {n:?} is not a number of hubs (3, or 3v: split by van)")
+                });
+                (hubs, assign)
             })
             .collect(),
-        Err(_) => vec![1, 3],
+        Err(_) => vec![(1, Assign::RoundRobin), (3, Assign::RoundRobin), (3, Assign::ByVan)],
     };
-    let sqlite = through_broker(&db, 1, &messages, &vans, per_device, full, fleet_rt, batch_max, None).await;
+    let sqlite = through_broker(
+        &db,
+        1,
+        Assign::RoundRobin,
+        &messages,
+        &vans,
+        per_device,
+        full,
+        fleet_rt,
+        batch_max,
+        None,
+    )
+    .await;
     let (rate, elapsed, hub) = (sqlite.rate, sqlite.elapsed, &sqlite.hubs[0]);
     let (cpu_before, cpu_after, broker_cpu) = (&sqlite.cpu_before, &sqlite.cpu_after, sqlite.broker_cpu);
     let (load_before, load_after, checked) = (&sqlite.load_before, &sqlite.load_after, sqlite.acks_checked);
@@ -282,7 +301,8 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
 
     // The same fleet with the hub's state on PostgreSQL (a server of this run's own, on
     // this machine's two cores beside the broker and the hubs): one hub, then three hubs
-    // of one shared subscription group on one database.
+    // of one group on one database, dealt round-robin by the broker, then splitting the
+    // vans among them (`mqtt.assign = "by_van"`).
     // DOORSTEP_BENCH_STATEMENTS=1: print each run's costliest statements
     // (pg_stat_statements), to see where PostgreSQL's share goes.
     let statements = std::env::var_os("DOORSTEP_BENCH_STATEMENTS").is_some();
@@ -292,8 +312,9 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         Postgres::start()
     };
     let mut pg_rates = Vec::new();
-    for &hubs in &runs {
-        let db_name = format!("bench_{hubs}");
+    for &(hubs, assign) in &runs {
+        let by_van = assign == Assign::ByVan;
+        let db_name = format!("bench_{hubs}{}", if by_van { "_by_van" } else { "" });
         let url = std::path::PathBuf::from(pg.database(&db_name));
         setup(&url, &vans);
         if statements {
@@ -303,6 +324,7 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         let run = through_broker(
             &url,
             hubs,
+            assign,
             &messages,
             &vans,
             per_device,
@@ -323,7 +345,11 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         let commits: i64 = run.hubs.iter().map(|h| h.metrics.get("doorstep_hub_commits_total", &[])).sum();
         println!(
             "  PostgreSQL, {hubs} hub{}: {:.0} events/s in {:.2} s ({:.0}% of SQLite in this run); CPU per event: hub {:.1} µs, PostgreSQL {:.1} µs, broker {:.1} µs",
-            if hubs == 1 { "" } else { "s (one shared subscription group)" },
+            match (hubs, by_van) {
+                (1, _) => "",
+                (_, false) => "s (one shared subscription group, dealt round-robin)",
+                (_, true) => "s (one group, split by van)",
+            },
             run.rate,
             run.elapsed,
             100.0 * run.rate / rate,
@@ -360,11 +386,17 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
         for hub in run.hubs {
             hub.stop().await;
         }
-        pg_rates.push((hubs, run.rate));
+        pg_rates.push((hubs, assign, run.rate));
     }
-    let rate_of = |n: usize| pg_rates.iter().find(|(hubs, _)| *hubs == n).map(|(_, rate)| *rate);
-    if let (Some(one), Some(three)) = (rate_of(1), rate_of(3)) {
-        println!("  PostgreSQL, 3 hubs / 1 hub: {:.2}x", three / one);
+    let rate_of = |n: usize, a: Assign| {
+        pg_rates.iter().find(|(hubs, assign, _)| *hubs == n && (n == 1 || *assign == a)).map(|r| r.2)
+    };
+    let one = rate_of(1, Assign::RoundRobin);
+    if let (Some(one), Some(three)) = (one, rate_of(3, Assign::RoundRobin)) {
+        println!("  PostgreSQL, 3 hubs round-robin / 1 hub: {:.2}x", three / one);
+    }
+    if let (Some(one), Some(three)) = (one, rate_of(3, Assign::ByVan)) {
+        println!("  PostgreSQL, 3 hubs by van / 1 hub: {:.2}x", three / one);
     }
 }
 
@@ -391,6 +423,7 @@ struct Through {
 async fn through_broker(
     db: &std::path::Path,
     hubs: usize,
+    assign: Assign,
     messages: &[(String, Vec<u8>)],
     vans: &[(DeviceId, doorstep_proto::SigningKey)],
     per_device: u64,
@@ -409,9 +442,28 @@ async fn through_broker(
             batch_max,
             client_id: format!("bench-hub-{h}"),
             shared_group: (hubs > 1).then(|| "bench".to_owned()),
+            assign,
             ..HubOptions::default()
         };
         started.push(TestHub::start(broker.port(), db, options).await);
+    }
+    if assign == Assign::ByVan {
+        // Before the clock starts: every hub sees the group and holds its vans' topics.
+        let settled = || {
+            let assigned: i64 =
+                started.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum();
+            assigned == i64::try_from(vans.len()).unwrap()
+                && started.iter().all(|h| {
+                    h.metrics.get("doorstep_hub_group_members", &[]) == i64::try_from(hubs).unwrap()
+                        && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[])
+                            == 4 * h.metrics.get("doorstep_hub_vans_assigned", &[])
+                })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !settled() {
+            assert!(Instant::now() < deadline, "the hubs did not split the vans within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let hub = &started[0];
     let port = broker.port();
