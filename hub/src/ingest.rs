@@ -346,26 +346,27 @@ impl Ingest {
         let group = options.mqtt.shared_group.as_deref();
         let filters = match (options.mqtt.assign, group) {
             (Assign::ByVan, Some(group)) => {
-                // No van until the group is read: the members thread sends this hub's.
-                let (tx, rx) = tokio::sync::watch::channel(Vec::new());
-                let members = assign::Members {
-                    store: Store::open(&options.database, options.store)?,
-                    group: group.to_owned(),
-                    hub: options.mqtt.client_id.clone(),
-                    filters: tx,
-                    metrics: Arc::clone(&metrics),
-                    cancel: cancel.clone(),
-                };
+                let store = Store::open(&options.database, options.store)?;
+                let (members, filters) = assign::Members::join(
+                    store,
+                    group,
+                    &options.mqtt.client_id,
+                    Arc::clone(&metrics),
+                    cancel.clone(),
+                )?;
                 threads.push(
                     std::thread::Builder::new()
                         .name("hub-members".into())
                         .spawn(move || members.run())
                         .map_err(IngestError::Thread)?,
                 );
-                rx
+                filters
             }
             // Every van, for good: the sender is not needed to read it.
-            _ => tokio::sync::watch::channel(assign::every_van(group)).1,
+            _ => {
+                let devices = Store::open(&options.database, options.store)?.active_device_names()?;
+                tokio::sync::watch::channel(assign::Filters::every_van(group, &devices)).1
+            }
         };
         let outbound_done = CancellationToken::new();
         tokio::spawn(outbound(client.clone(), out_rx, Arc::clone(&metrics), outbound_done.clone()));

@@ -268,6 +268,56 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
     assert_stored_and_acked(&db, &vans, 80);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_moved_to_splitting_by_van_drops_what_its_kept_session_heard_before() {
+    let Ground { broker, dir: _dir, db } = ground().await;
+    let vans = registered_vans(&db, 6);
+    let fleet = SimFleet::connect(broker.port(), "sim-moved", hub_key().public_key()).await;
+    // hub-a alone, hearing every van; stopped, its broker session (and its filters) kept.
+    let alone = HubOptions { client_id: "hub-a".into(), ..HubOptions::default() };
+    let a = TestHub::start(broker.port(), &db, alone).await;
+    publish_nearby_seqs(&fleet, &vans, 1..=10).await;
+    assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&10))).await);
+    a.stop().await;
+    // Back, with hub-b, splitting by van.
+    let member = |name: &str| HubOptions {
+        client_id: name.into(),
+        shared_group: Some("hubs".into()),
+        assign: doorstep_hub::config::Assign::ByVan,
+        ..HubOptions::default()
+    };
+    let hubs = [
+        TestHub::start(broker.port(), &db, member("hub-a")).await,
+        TestHub::start(broker.port(), &db, member("hub-b")).await,
+    ];
+    let settled = || {
+        hubs.iter().all(|h| h.metrics.get("doorstep_hub_group_members", &[]) == 2)
+            && hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum::<i64>() == 6
+    };
+    for _ in 0..100 {
+        if settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled(), "two hubs split six vans");
+    // Its released filters are answered before anything below is published.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_nearby_seqs(&fleet, &vans, 11..=30).await;
+    assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&30))).await);
+    // Had hub-a kept hearing every van, it would have met the other's events as well:
+    // stored by one of the two, the other's copy a duplicate.
+    for hub in &hubs {
+        let vans = hub.metrics.get("doorstep_hub_vans_assigned", &[]);
+        assert_eq!(hub.metrics.ingest_outcome_total("stored"), 20 * vans);
+        assert_eq!(hub.metrics.ingest_outcome_total("duplicate"), 0, "nothing heard twice");
+    }
+    for hub in hubs {
+        hub.stop().await;
+    }
+    assert_stored_and_acked(&db, &vans, 30);
+}
+
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()

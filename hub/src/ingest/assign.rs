@@ -12,6 +12,11 @@
 //!   what a broker's hash strategy (EMQX's `hash_clientid`) gives, on a broker that has
 //!   none (Mosquitto).
 //!
+//! The broker keeps a hub's subscriptions with its session across restarts. A hub that
+//! starts again therefore drops, at its first connection, every filter it must not hold
+//! ([`Filters::release`]): the vans now given to others, and the filters of the other
+//! way of splitting (a hub moved from one to the other).
+//!
 //! A change of hands is safe without any coordination beyond that: for a moment both
 //! hubs, or neither, may hold a van. Both: its events are stored once and its acks never
 //! move back (the database's guarantees). Neither: the broker has no subscriber for
@@ -39,6 +44,40 @@ pub const RENEW: Duration = Duration::from_secs(1);
 /// from the database) has its vans taken by the others after this long.
 pub const MEMBER_TTL: Duration = Duration::from_secs(5);
 
+/// The topic filters a hub holds with the broker, and those it must not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Filters {
+    /// Held.
+    pub hold: Vec<String>,
+    /// Dropped at the first connection of a process whose session the broker kept.
+    pub release: Vec<String>,
+}
+
+impl Filters {
+    /// Every van: one shared subscription per channel in a group, plain ones for a hub
+    /// alone; releasing the other kind and any van's own (`devices`: every van's name).
+    pub(super) fn every_van(group: Option<&str>, devices: &[String]) -> Self {
+        let vans: Vec<DeviceId> = devices.iter().filter_map(|d| DeviceId::new(d).ok()).collect();
+        let mut release = these_vans(&vans);
+        if group.is_some() {
+            release.extend(every_van(None));
+        }
+        Self { hold: every_van(group), release }
+    }
+
+    /// `mine` of `devices` in `group`: releasing the others and every kind of every-van
+    /// filter.
+    fn by_van(group: &str, devices: &[String], mine: impl Fn(&str) -> bool) -> Self {
+        let (held, others): (Vec<&String>, Vec<&String>) = devices.iter().partition(|d| mine(d));
+        let ids =
+            |names: Vec<&String>| names.into_iter().filter_map(|d| DeviceId::new(d).ok()).collect::<Vec<_>>();
+        let mut release = these_vans(&ids(others));
+        release.extend(every_van(Some(group)));
+        release.extend(every_van(None));
+        Self { hold: these_vans(&ids(held)), release }
+    }
+}
+
 /// The filters of a hub that hears every van: one shared subscription per channel in a
 /// group, or plain ones for a hub alone.
 pub(super) fn every_van(group: Option<&str>) -> Vec<String> {
@@ -52,8 +91,8 @@ pub(super) fn every_van(group: Option<&str>) -> Vec<String> {
 }
 
 /// The filters of a hub given `vans`: each van's channels, whatever fleet its topic names.
-pub(super) fn these_vans<'a>(vans: impl IntoIterator<Item = &'a DeviceId>) -> Vec<String> {
-    vans.into_iter().flat_map(|van| CHANNELS.iter().map(move |c| one_device(van, *c))).collect()
+pub(super) fn these_vans(vans: &[DeviceId]) -> Vec<String> {
+    vans.iter().flat_map(|van| CHANNELS.iter().map(move |c| one_device(van, *c))).collect()
 }
 
 /// The member of `members` that holds `device`: the highest SHA-256 of member and device
@@ -75,48 +114,75 @@ pub fn owner<'m>(device: &str, members: &'m [String]) -> Option<&'m str> {
         .map(|(_, member)| member)
 }
 
+/// The group's live members and the fleet's vans, as last read.
+type Seen = (Vec<String>, Vec<String>);
+
 /// The thread that keeps this hub in its group and tells the MQTT task which vans' topics
 /// to hold.
 pub(super) struct Members {
-    pub store: Store,
-    pub group: String,
-    pub hub: String,
-    pub filters: watch::Sender<Vec<String>>,
-    pub metrics: Arc<Metrics>,
-    pub cancel: CancellationToken,
+    store: Store,
+    group: String,
+    hub: String,
+    filters: watch::Sender<Filters>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    seen: Option<Seen>,
 }
 
 impl Members {
-    pub(super) fn run(self) {
+    /// Joins `group` and reads this hub's vans before the MQTT session starts, so that its
+    /// first connection holds them (and releases the rest). The receiver follows changes
+    /// while [`Members::run`] runs.
+    pub(super) fn join(
+        store: Store,
+        group: &str,
+        hub: &str,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Result<(Self, watch::Receiver<Filters>), crate::store::StoreError> {
+        let (filters, rx) = watch::channel(Filters::default());
+        let mut members = Self {
+            store,
+            group: group.to_owned(),
+            hub: hub.to_owned(),
+            filters,
+            metrics,
+            cancel,
+            seen: None,
+        };
+        members.renew()?;
+        Ok((members, rx))
+    }
+
+    /// Renews this hub's row and, when the group or the fleet changed, splits the vans
+    /// again.
+    fn renew(&mut self) -> Result<(), crate::store::StoreError> {
         let ttl_ms = i64::try_from(MEMBER_TTL.as_millis()).unwrap_or(i64::MAX);
-        let mut seen: Option<(Vec<String>, Vec<String>)> = None;
+        let members = self.store.renew_member(&self.group, &self.hub, ttl_ms)?;
+        let now = (members, self.store.active_device_names()?);
+        if self.seen.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let (members, devices) = &now;
+        let mine = |d: &str| owner(d, members) == Some(self.hub.as_str());
+        let filters = Filters::by_van(&self.group, devices, mine);
+        let vans = filters.hold.len() / CHANNELS.len();
+        if self.seen.as_ref().is_none_or(|(before, _)| before != members) {
+            tracing::info!(group = %self.group, ?members, vans, "hub group: vans split among its live hubs");
+        }
+        self.metrics.group_split(members.len(), vans);
+        self.filters.send_replace(filters);
+        self.seen = Some(now);
+        Ok(())
+    }
+
+    pub(super) fn run(mut self) {
         while !self.cancel.is_cancelled() {
             let started = Instant::now();
-            let read = self
-                .store
-                .renew_member(&self.group, &self.hub, ttl_ms)
-                .and_then(|members| Ok((members, self.store.active_device_names()?)));
-            match read {
-                Ok(now) if seen.as_ref() != Some(&now) => {
-                    let (members, devices) = &now;
-                    let mine: Vec<DeviceId> = devices
-                        .iter()
-                        .filter(|d| owner(d, members) == Some(self.hub.as_str()))
-                        .filter_map(|d| DeviceId::new(d).ok())
-                        .collect();
-                    if seen.as_ref().is_none_or(|(before, _)| before != members) {
-                        tracing::info!(group = %self.group, ?members, vans = mine.len(), "hub group: vans split among its live hubs");
-                    }
-                    self.metrics.group_split(members.len(), mine.len());
-                    self.filters.send_replace(these_vans(&mine));
-                    seen = Some(now);
-                }
-                Ok(_) => {}
-                // Keeps its vans meanwhile: if its row expires the others take them too,
-                // and a van held by two hubs is still stored once.
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew this hub's group membership; keeping its vans")
-                }
+            // Keeps its vans meanwhile: if its row expires the others take them too, and
+            // a van held by two hubs is still stored once.
+            if let Err(e) = self.renew() {
+                tracing::warn!(error = %e, "cannot renew this hub's group membership; keeping its vans");
             }
             while started.elapsed() < RENEW && !self.cancel.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -167,7 +233,7 @@ mod tests {
     fn a_van_is_heard_on_every_channel_whatever_its_fleet() {
         let van = DeviceId::new("van-17").expect("id");
         assert_eq!(
-            these_vans([&van]),
+            these_vans(std::slice::from_ref(&van)),
             [
                 "doorstep/v1/+/van-17/evt",
                 "doorstep/v1/+/van-17/blob",
@@ -177,5 +243,25 @@ mod tests {
         );
         assert_eq!(every_van(Some("hubs"))[0], "$share/hubs/doorstep/v1/+/+/evt");
         assert_eq!(every_van(None)[3], "doorstep/v1/+/+/state");
+    }
+
+    #[test]
+    fn a_hub_releases_every_filter_it_must_not_hold() {
+        let devices = ["van-1".to_owned(), "van-2".to_owned()];
+        let rr = Filters::every_van(Some("hubs"), &devices);
+        assert_eq!(rr.hold, every_van(Some("hubs")));
+        // Each van's own filters (from a time it split by van), and the plain ones (from a
+        // time it was alone).
+        assert_eq!(rr.release.len(), 2 * 4 + 4);
+        assert!(rr.release.contains(&"doorstep/v1/+/van-2/blob".to_owned()));
+        assert!(rr.release.contains(&"doorstep/v1/+/+/evt".to_owned()));
+        assert_eq!(Filters::every_van(None, &devices).release.len(), 2 * 4);
+
+        let split = Filters::by_van("hubs", &devices, |d| d == "van-1");
+        assert_eq!(split.hold, these_vans(&[DeviceId::new("van-1").expect("id")]));
+        assert!(split.release.contains(&"doorstep/v1/+/van-2/evt".to_owned()));
+        assert!(!split.release.iter().any(|f| f.contains("van-1")));
+        assert!(split.release.contains(&"$share/hubs/doorstep/v1/+/+/pos".to_owned()));
+        assert!(split.release.contains(&"doorstep/v1/+/+/pos".to_owned()));
     }
 }

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+use super::assign::Filters;
+
 use super::{DRAIN_TIMEOUT, MAX_PENDING, MAX_PENDING_BYTES, Outbound, RECONNECT};
 
 #[allow(clippy::too_many_arguments)] // the task's wiring, each a different thing it owns or shares.
@@ -20,7 +22,7 @@ pub(super) async fn drive(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     verify: mpsc::Sender<(u64, Publish)>,
-    filters: watch::Receiver<Vec<String>>,
+    filters: watch::Receiver<Filters>,
     metrics: Arc<Metrics>,
     republish_all: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -42,7 +44,14 @@ pub(super) async fn drive(
     let mut reported_pending = usize::MAX;
     // Topic filters the broker granted in this session.
     let mut granted = 0usize;
-    let mut held = Held { want: filters, watching: true, asked: BTreeSet::new(), connected: false };
+    let mut held = Held {
+        want: filters,
+        watching: true,
+        asked: BTreeSet::new(),
+        connected: false,
+        released: false,
+        dropping: VecDeque::new(),
+    };
     loop {
         let mut stop_feeding = false;
         let reserve = async {
@@ -184,6 +193,9 @@ pub(super) async fn drive(
                 }
             }
         }
+        if !held.dropping.is_empty() {
+            held.drop_some(&client);
+        }
         // The gauge only when it changes: this loop runs once per message.
         if pending.len() != reported_pending {
             reported_pending = pending.len();
@@ -210,28 +222,44 @@ const FILTERS_PER_PACKET: usize = 256;
 /// The topic filters this hub holds with the broker, against the ones it should hold
 /// (`assign`: every van, or the vans its group gave it).
 struct Held {
-    want: watch::Receiver<Vec<String>>,
+    want: watch::Receiver<Filters>,
     /// Whether `want` can still change.
     watching: bool,
     /// Filters asked of the broker, kept while the broker keeps the session.
     asked: BTreeSet<String>,
     connected: bool,
+    /// Whether the filters a session from an earlier process may hold were dropped.
+    released: bool,
+    /// Filters to drop, one UNSUBSCRIBE each (rumqttc's), sent as the request queue takes
+    /// them: a restart releases four for every van of the fleet.
+    dropping: VecDeque<String>,
 }
 
 impl Held {
     /// After a CONNACK: asks for every wanted filter (a resumed session's are asked again,
     /// which the broker answers as granted), and drops those a resumed session still
-    /// holds but this hub no longer wants.
+    /// holds but this hub no longer wants: at this process's first resumed session, every
+    /// filter it must not hold, since an earlier process's are unknown.
     fn connected(&mut self, client: &AsyncClient, session_present: bool) {
         self.connected = true;
         if !session_present {
+            // The broker holds nothing of this hub's: nothing to drop.
             self.asked.clear();
+            self.dropping.clear();
+            self.released = true;
         }
-        let want: BTreeSet<String> = self.want.borrow_and_update().iter().cloned().collect();
-        let stale: Vec<String> = self.asked.difference(&want).cloned().collect();
+        let filters = self.want.borrow_and_update().clone();
+        let want: BTreeSet<String> = filters.hold.into_iter().collect();
+        let mut stale: BTreeSet<String> = self.asked.difference(&want).cloned().collect();
+        if !self.released {
+            stale.extend(filters.release.into_iter().filter(|f| !want.contains(f)));
+            self.released = true;
+        }
         subscribe(client, want.iter());
-        unsubscribe(client, &stale);
+        self.dropping.retain(|f| !want.contains(f));
+        self.dropping.extend(stale);
         self.asked = want;
+        self.drop_some(client);
     }
 
     /// After the wanted filters changed: asks for the new ones and drops the old ones, if
@@ -240,12 +268,37 @@ impl Held {
         if !self.connected {
             return 0;
         }
-        let want: BTreeSet<String> = self.want.borrow_and_update().iter().cloned().collect();
+        let want: BTreeSet<String> = self.want.borrow_and_update().hold.iter().cloned().collect();
         subscribe(client, want.difference(&self.asked));
         let stale: Vec<String> = self.asked.difference(&want).cloned().collect();
-        unsubscribe(client, &stale);
+        let dropped = stale.len();
+        // A van given back before its filters were dropped keeps them.
+        self.dropping.retain(|f| !want.contains(f));
+        self.dropping.extend(stale);
         self.asked = want;
-        stale.len()
+        self.drop_some(client);
+        dropped
+    }
+
+    /// Sends what the request queue takes of the filters to drop; the rest on a later
+    /// turn of the loop.
+    fn drop_some(&mut self, client: &AsyncClient) {
+        if !self.connected {
+            return;
+        }
+        while let Some(filter) = self.dropping.pop_front() {
+            match client.try_unsubscribe(filter.clone()) {
+                Ok(()) => {}
+                Err(rumqttc::ClientError::TryRequest(_)) => {
+                    self.dropping.push_front(filter);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(filter, error = %e, "cannot unsubscribe");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -255,15 +308,6 @@ fn subscribe<'a>(client: &AsyncClient, filters: impl Iterator<Item = &'a String>
         let many = chunk.iter().map(|f| rumqttc::SubscribeFilter::new((*f).clone(), QoS::AtLeastOnce));
         if let Err(e) = client.try_subscribe_many(many) {
             tracing::error!(error = %e, filters = chunk.len(), "cannot subscribe");
-        }
-    }
-}
-
-fn unsubscribe(client: &AsyncClient, filters: &[String]) {
-    // One filter per UNSUBSCRIBE (rumqttc's); thousands only when a group changes.
-    for filter in filters {
-        if let Err(e) = client.try_unsubscribe(filter.clone()) {
-            tracing::error!(filter, error = %e, "cannot unsubscribe");
         }
     }
 }
