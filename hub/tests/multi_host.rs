@@ -11,6 +11,11 @@
 //! stop's address: whichever hub stores it raises the operations alert, and the lease
 //! holder posts each alert to the operators' Slack once.
 //!
+//! The scenario runs twice: with the broker dealing each message to the next hub
+//! (`mqtt.assign = "round_robin"`), and with the hubs splitting the vans among them
+//! (`"by_van"`), where each van is also heard by one hub only while the group is stable,
+//! and a lost host's vans are taken by the others once its membership expires.
+//!
 //! Needs root (`ip netns`, veth): CI runs as root.
 
 mod support;
@@ -148,7 +153,23 @@ impl Drop for Broker {
 }
 
 /// One hub's configuration: the default file with this host's addresses.
-fn hub_config(dir: &Path, host: &Host, n: usize, ports: (u16, u16), database: &str, key: &Path) -> PathBuf {
+/// How the group splits the vans: the value of `mqtt.assign`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    RoundRobin,
+    ByVan,
+}
+
+#[allow(clippy::too_many_arguments)] // one hub's whole configuration, each a different part.
+fn hub_config(
+    dir: &Path,
+    host: &Host,
+    n: usize,
+    ports: (u16, u16),
+    database: &str,
+    key: &Path,
+    split: Split,
+) -> PathBuf {
     let (broker, endpoint) = ports;
     let out = Command::new(HUB_BIN).arg("--print-default-config").output().expect("default config");
     let text = String::from_utf8(out.stdout).expect("utf-8");
@@ -176,6 +197,10 @@ fn hub_config(dir: &Path, host: &Host, n: usize, ports: (u16, u16), database: &s
         "# shared_group = \"hubs-3f9c2a7d5e1b4c60a8d2f7e9b1c3a5d7\"",
         "shared_group = \"hubs\"",
     );
+    let text = match split {
+        Split::RoundRobin => text,
+        Split::ByVan => replace(text, "# assign = \"by_van\"", "assign = \"by_van\""),
+    };
     let text = replace(text, "listen = \"127.0.0.1:8080\"", &format!("listen = \"{}:8080\"", host.inside));
     let text = replace(text, "listen = \"127.0.0.1:8081\"", &format!("listen = \"{}:8081\"", host.inside));
     let text = format!(
@@ -240,6 +265,11 @@ async fn publish_phase(
 
 /// Events hub `n` stored since it started, from its `/metrics`.
 async fn stored_by(host: &Host, token: &str) -> u64 {
+    metric(host, token, "doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"}").await
+}
+
+/// A series of the hub's `/metrics` (0 when absent).
+async fn metric(host: &Host, token: &str, series: &str) -> u64 {
     let text = reqwest::Client::new()
         .get(format!("http://{}:8081/metrics", host.inside))
         .bearer_auth(token)
@@ -250,7 +280,7 @@ async fn stored_by(host: &Host, token: &str) -> u64 {
         .await
         .expect("metrics text");
     text.lines()
-        .find_map(|l| l.strip_prefix("doorstep_hub_ingest_total{outcome=\"stored\",reason=\"ok\"} "))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0, |n| n.trim().parse().expect("a count"))
 }
 
@@ -267,13 +297,29 @@ async fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
     until_every(timeout, Duration::from_millis(200), done).await
 }
 
+/// The two runs share the machine's two cores: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    three_hubs(Split::RoundRobin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hubs_splitting_by_van_store_every_event_once_through_host_losses() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    three_hubs(Split::ByVan).await;
+}
+
+async fn three_hubs(split: Split) {
     require_root();
     let dir = tempfile::tempdir().expect("dir");
     let pid = std::process::id();
-    let tag = format!("{:04x}", pid % 0xffff);
-    let octet = 100 + pid % 100;
+    // Names and addresses of this process and this run: the two runs never meet.
+    let run_no = u32::from(split == Split::ByVan);
+    let tag = format!("{:03x}{run_no}", pid % 0xfff);
+    let octet = 100 + (pid % 50) * 2 + run_no;
     let hosts: Vec<Host> = (1..=HUBS).map(|n| Host::new(&tag, octet, n)).collect();
     let pg = Postgres::start_listening("*", Some(&format!("10.{octet}.0.0/16")));
     let local_url = pg.database("hubs");
@@ -323,7 +369,7 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         .enumerate()
         .map(|(i, host)| {
             let url = format!("postgres://postgres@{}:{}/hubs?sslmode=disable", host.outside, pg.port());
-            hub_config(dir.path(), host, i + 1, (broker.port, endpoint), &url, &key_path)
+            hub_config(dir.path(), host, i + 1, (broker.port, endpoint), &url, &key_path, split)
         })
         .collect();
     let mut hubs: Vec<Option<Child>> = hosts
@@ -351,6 +397,24 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
         create(&api, &hosts[0], &orders, "routes", &route).await;
     }
 
+    if split == Split::ByVan {
+        // Every hub sees the three and holds its vans' topics before the vans publish.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut members = Vec::new();
+            let mut held = Vec::new();
+            for host in &hosts {
+                members.push(metric(host, &token, "doorstep_hub_group_members").await);
+                held.push(metric(host, &token, "doorstep_hub_vans_assigned").await);
+            }
+            if members.iter().all(|&m| m == 3) && held.iter().sum::<u64>() == u64::from(VANS) {
+                eprintln!("vans held by hub-1, hub-2, hub-3: {held:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hubs did not split the vans: {members:?} {held:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let fleet = SimFleet::connect(broker.port, "vans", hub_public).await;
     let acked_to = |last: u64| vans.iter().all(|(van, _)| fleet.acked(van) >= last);
 
@@ -363,6 +427,12 @@ async fn three_hubs_on_three_hosts_store_every_event_once_through_host_losses() 
     }
     assert!(shares.iter().all(|&n| n > 0), "each hub stored a share of the events: {shares:?}");
     assert_eq!(shares.iter().sum::<u64>(), u64::from(VANS) * PER_PHASE, "and together each once: {shares:?}");
+    if split == Split::ByVan {
+        // Each van's events on its one hub.
+        for (host, share) in hosts.iter().zip(&shares) {
+            assert_eq!(*share, PER_PHASE * metric(host, &token, "doorstep_hub_vans_assigned").await);
+        }
+    }
     eprintln!("phase 1: events stored by hub-1, hub-2, hub-3: {shares:?}");
     // Phase 2: hub-2's host is lost mid-stream, and comes back.
     publish_phase(&fleet, &vans, PER_PHASE + 1..=PER_PHASE + PER_PHASE / 2, "s1").await;
