@@ -999,6 +999,15 @@ mod tests {
             "postgres://hub:***@db.internal/doorstep",
             "the password stays out of logs"
         );
+        assert_eq!(settings.mqtt.assign, Assign::RoundRobin, "round-robin unless asked");
+        let by_van = text.replace("# assign = \"by_van\"", "assign = \"by_van\"");
+        let err = Config::parse(&by_van).expect("parse").validate().expect_err("a group to split");
+        assert!(err.to_string().contains("set mqtt.shared_group"), "{err}");
+        let grouped = by_van.replace("# shared_group = \"hubs-", "shared_group = \"hubs-");
+        let settings = Config::parse(&grouped).expect("parse").validate().expect("valid");
+        assert_eq!(settings.mqtt.assign, Assign::ByVan);
+        let unknown = text.replace("# assign = \"by_van\"", "assign = \"by_fleet\"");
+        assert!(matches!(Config::parse(&unknown), Err(ConfigError::Parse { .. })));
     }
 
     #[test]
