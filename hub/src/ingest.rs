@@ -364,7 +364,13 @@ impl Ingest {
             }
             // Every van, for good: the sender is not needed to read it.
             _ => {
-                let devices = Store::open(&options.database, options.store)?.active_device_names()?;
+                // Single vans' filters a kept session may hold, if this hub split by van.
+                let store = Store::open(&options.database, options.store)?;
+                let devices = if store.split_by_van_before(&options.mqtt.client_id)? {
+                    store.active_device_names()?
+                } else {
+                    Vec::new()
+                };
                 tokio::sync::watch::channel(assign::Filters::every_van(group, &devices)).1
             }
         };

@@ -752,6 +752,7 @@ mod tests {
         m.queue_depth("mqtt_pending", 0);
         m.mqtt_connected(true);
         m.mqtt_subscriptions(4);
+        m.group_split(3, 34);
         m.store_depths(&QueueDepths::default());
         m.support_leak(&[LeakRow {
             milestone: Named::Known(Told::Milestone(crate::model::Milestone::Delivered)),

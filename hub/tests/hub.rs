@@ -269,7 +269,7 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_moved_to_splitting_by_van_drops_what_its_kept_session_heard_before() {
+async fn a_hub_moved_between_ways_of_splitting_drops_what_its_kept_session_heard_before() {
     let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 6);
     let fleet = SimFleet::connect(broker.port(), "sim-moved", hub_key().public_key()).await;
@@ -316,6 +316,30 @@ async fn a_hub_moved_to_splitting_by_van_drops_what_its_kept_session_heard_befor
         hub.stop().await;
     }
     assert_stored_and_acked(&db, &vans, 30);
+
+    // And back to a group dealt round-robin: the single vans' filters hub-a's session kept
+    // are dropped (else it would hear its old vans' events beside its share of them).
+    let dealt = |name: &str| HubOptions {
+        client_id: name.into(),
+        shared_group: Some("hubs".into()),
+        ..HubOptions::default()
+    };
+    let hubs = [
+        TestHub::start(broker.port(), &db, dealt("hub-a")).await,
+        TestHub::start(broker.port(), &db, dealt("hub-b")).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_nearby_seqs(&fleet, &vans, 31..=40).await;
+    assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await);
+    let stored: i64 = hubs.iter().map(|h| h.metrics.ingest_outcome_total("stored")).sum();
+    assert_eq!(stored, 60);
+    for hub in &hubs {
+        assert_eq!(hub.metrics.ingest_outcome_total("duplicate"), 0, "nothing heard twice");
+    }
+    for hub in hubs {
+        hub.stop().await;
+    }
+    assert_stored_and_acked(&db, &vans, 40);
 }
 
 fn http() -> reqwest::Client {

@@ -55,7 +55,8 @@ pub(super) struct Filters {
 
 impl Filters {
     /// Every van: one shared subscription per channel in a group, plain ones for a hub
-    /// alone; releasing the other kind and any van's own (`devices`: every van's name).
+    /// alone; releasing the plain ones in a group, and the filters of `devices` (every
+    /// van, when this hub split by van before; else none).
     pub(super) fn every_van(group: Option<&str>, devices: &[String]) -> Self {
         let vans: Vec<DeviceId> = devices.iter().filter_map(|d| DeviceId::new(d).ok()).collect();
         let mut release = these_vans(&vans);

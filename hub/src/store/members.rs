@@ -33,12 +33,20 @@ impl Store {
     }
 
     /// Leaves `group` (a graceful stop): the others take this hub's vans at their next
-    /// renewal instead of waiting for its row to expire.
+    /// renewal instead of waiting for its row to expire. The row stays, expired: it is
+    /// how the hub knows, if it later hears every van, that its broker session may still
+    /// hold single vans' filters ([`Store::split_by_van_before`]).
     pub fn leave_group(&self, group: &str, hub: &str) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("DELETE FROM hub_members WHERE grp = ?1 AND hub = ?2")?
+            .prepare_cached("UPDATE hub_members SET expires_ms = 0 WHERE grp = ?1 AND hub = ?2")?
             .execute(params![group, hub])?;
         Ok(())
+    }
+
+    /// Whether `hub` ever split the vans with a group: its broker session may then hold
+    /// filters of single vans.
+    pub fn split_by_van_before(&self, hub: &str) -> Result<bool, StoreError> {
+        self.conn.prepare_cached("SELECT 1 FROM hub_members WHERE hub = ?1")?.exists(params![hub])
     }
 
     /// The devices whose keys are trusted, sorted: the vans a group splits.
@@ -68,5 +76,8 @@ mod tests {
         assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-a", "hub-b"]);
         store.leave_group("hubs", "hub-a").expect("leave");
         assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-b"]);
+        // Gone from the group, but known to have split by van.
+        assert!(store.split_by_van_before("hub-a").expect("read"));
+        assert!(!store.split_by_van_before("hub-z").expect("read"));
     }
 }
