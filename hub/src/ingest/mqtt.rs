@@ -83,7 +83,8 @@ pub(super) async fn drive(
                 }
                 None
             }
-            event = eventloop.poll() => Some(event),
+            // Before the event loop, which is ready whenever messages flow: a new set of
+            // vans is taken at once, even under load.
             changed = held.want.changed(), if held.watching => {
                 match changed {
                     Ok(()) => {
@@ -95,6 +96,7 @@ pub(super) async fn drive(
                 }
                 None
             }
+            event = eventloop.poll() => Some(event),
         };
         if stop_feeding {
             // Stop feeding the pipeline; keep polling so the last acks go out. What is
