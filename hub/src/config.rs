@@ -55,11 +55,13 @@ client_id = "doorstep-hub"
 #   message to the next hub, so every hub holds a share of every van.
 # - "by_van": each hub subscribes to its own vans' topics only. The hubs alive in the
 #   database (a row each, renewed every second, on the database's clock) give each van
-#   to one of them, the same on every hub; a hub that stops or dies has its vans taken
-#   by the others within 5 seconds, and the vans resend what was not acked. A van's events
-#   then reach one hub while the group is stable, so added hubs add throughput on a broker
-#   without a hash strategy (Mosquitto); and no shared subscription exists for a van to
-#   join. Needs shared_group, which names the group.
+#   to one of them, the same on every hub. A hub that stops leaves at once; one that
+#   dies, or loses its broker connection, has its vans taken by the others within about
+#   6 seconds, and the vans resend what was not acked. A van's events then reach one hub
+#   while the group is stable, so added hubs add throughput on a broker without a hash
+#   strategy (Mosquitto); and no shared subscription exists for a van to join. Only
+#   registered, trusted vans are heard: another device's publishes reach no hub (and are
+#   not counted as rejected). Needs shared_group, which names the group.
 # assign = "by_van"
 keepalive_s = 30
 # QoS 1 messages in flight to the broker (acks, routes).

@@ -142,6 +142,7 @@ pub use doorstep_runtime::clock::now_ms;
 
 mod apply;
 pub mod assign;
+mod held;
 mod mqtt;
 mod verify;
 mod writer;
@@ -279,6 +280,32 @@ impl Ingest {
         metrics.declare_alerts(reconcile::alert_codes());
         let cancel = CancellationToken::new();
 
+        // Which vans' topics to hold (`assign`), read before the first connection.
+        let group = options.mqtt.shared_group.as_deref();
+        let (filters, members) = match (options.mqtt.assign, group) {
+            (Assign::ByVan, Some(group)) => {
+                let store = Store::open(&options.database, options.store)?;
+                let hub = &options.mqtt.client_id;
+                let (members, filters) =
+                    assign::Members::read(store, group, hub, Arc::clone(&metrics), cancel.clone())?;
+                (filters, Some(members))
+            }
+            _ => {
+                // The single vans' filters a kept session may hold, if this hub split by
+                // van before; dropped at its first connection, so forgotten now (a crash
+                // before they are dropped leaves a van heard twice: stored once).
+                let fleet = if store.split_by_van_before(&options.mqtt.client_id)? {
+                    let fleet = store.fleet_names()?;
+                    store.forget_split(&options.mqtt.client_id)?;
+                    fleet.into_iter().map(|(van, _)| van).collect()
+                } else {
+                    Vec::new()
+                };
+                // Every van, for good: the sender is not needed to read it.
+                (tokio::sync::watch::channel(assign::Filters::every_van(group, &fleet)).1, None)
+            }
+        };
+
         let mut mqtt =
             MqttOptions::new(options.mqtt.client_id.clone(), options.mqtt.host.clone(), options.mqtt.port);
         mqtt.set_clean_session(false)
@@ -343,37 +370,6 @@ impl Ingest {
         }
         let writer = Writer { tx: write_tx };
 
-        let group = options.mqtt.shared_group.as_deref();
-        let filters = match (options.mqtt.assign, group) {
-            (Assign::ByVan, Some(group)) => {
-                let store = Store::open(&options.database, options.store)?;
-                let (members, filters) = assign::Members::join(
-                    store,
-                    group,
-                    &options.mqtt.client_id,
-                    Arc::clone(&metrics),
-                    cancel.clone(),
-                )?;
-                threads.push(
-                    std::thread::Builder::new()
-                        .name("hub-members".into())
-                        .spawn(move || members.run())
-                        .map_err(IngestError::Thread)?,
-                );
-                filters
-            }
-            // Every van, for good: the sender is not needed to read it.
-            _ => {
-                // Single vans' filters a kept session may hold, if this hub split by van.
-                let store = Store::open(&options.database, options.store)?;
-                let devices = if store.split_by_van_before(&options.mqtt.client_id)? {
-                    store.active_device_names()?
-                } else {
-                    Vec::new()
-                };
-                tokio::sync::watch::channel(assign::Filters::every_van(group, &devices)).1
-            }
-        };
         let outbound_done = CancellationToken::new();
         tokio::spawn(outbound(client.clone(), out_rx, Arc::clone(&metrics), outbound_done.clone()));
         let mqtt_task = tokio::spawn(drive(
@@ -407,6 +403,14 @@ impl Ingest {
                 .map_err(IngestError::Thread)?
         };
         threads.push(refresher);
+        if let Some(members) = members {
+            threads.push(
+                std::thread::Builder::new()
+                    .name("hub-members".into())
+                    .spawn(move || members.run())
+                    .map_err(IngestError::Thread)?,
+            );
+        }
         Ok(Self { writer, client, keys, metrics, dispatcher, cancel, mqtt_task, threads })
     }
 

@@ -172,7 +172,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "doorstep_hub_mqtt_subscriptions",
         Kind::Gauge,
-        "Topic filters the broker has granted in this session (4 when the hub hears every van; 4 per van it is given when the group splits the fleet by van).",
+        "Topic filters the broker has granted in this session, counted once every SUBSCRIBE and UNSUBSCRIBE was answered (4 when the hub hears every van; 4 per van it is given when the group splits the fleet by van).",
     ),
     (
         "doorstep_hub_group_members",

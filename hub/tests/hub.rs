@@ -165,11 +165,7 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
     let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 4);
     // Two hub processes' worth of ingest on one database file, one subscription group.
-    let member = |name: &str| HubOptions {
-        client_id: name.into(),
-        shared_group: Some("hubs".into()),
-        ..HubOptions::default()
-    };
+    let member = |name| group_member(name, doorstep_hub::config::Assign::RoundRobin);
     let a = TestHub::start(broker.port(), &db, member("hub-a")).await;
     let b = TestHub::start(broker.port(), &db, member("hub-b")).await;
     let fleet = SimFleet::connect(broker.port(), "sim-shared", hub_key().public_key()).await;
@@ -194,37 +190,38 @@ async fn two_hubs_in_a_shared_group_split_the_events_and_ack_every_van_to_its_la
     assert_stored_and_acked(&db, &vans, 60);
 }
 
+/// A hub of group "hubs": dealt round-robin by the broker, or splitting the vans.
+fn group_member(name: &str, assign: doorstep_hub::config::Assign) -> HubOptions {
+    HubOptions { client_id: name.into(), shared_group: Some("hubs".into()), assign, ..HubOptions::default() }
+}
+
+/// Every hub sees `hubs.len()` members, they hold `vans` vans between them, each at least
+/// one, and each has every SUBSCRIBE and UNSUBSCRIBE answered for its vans' four topics.
+async fn split_settles(hubs: &[TestHub], vans: i64) -> bool {
+    let members = i64::try_from(hubs.len()).unwrap();
+    until(WAIT, || {
+        let held: Vec<i64> = hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).collect();
+        held.iter().sum::<i64>() == vans
+            && held.iter().all(|&n| n >= 1)
+            && hubs.iter().zip(&held).all(|(h, n)| {
+                h.metrics.get("doorstep_hub_group_members", &[]) == members
+                    && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[]) == 4 * n
+            })
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_vans() {
+    use doorstep_hub::config::Assign::ByVan;
     let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 6);
-    let member = |name: &str| HubOptions {
-        client_id: name.into(),
-        shared_group: Some("hubs".into()),
-        assign: doorstep_hub::config::Assign::ByVan,
-        ..HubOptions::default()
-    };
     let hubs = [
-        TestHub::start(broker.port(), &db, member("hub-a")).await,
-        TestHub::start(broker.port(), &db, member("hub-b")).await,
-        TestHub::start(broker.port(), &db, member("hub-c")).await,
+        TestHub::start(broker.port(), &db, group_member("hub-a", ByVan)).await,
+        TestHub::start(broker.port(), &db, group_member("hub-b", ByVan)).await,
+        TestHub::start(broker.port(), &db, group_member("hub-c", ByVan)).await,
     ];
-    // Settled: every hub sees the three, the six vans are split among them, and each
-    // hub holds its vans' four topics with the broker.
-    let settled = |hubs: &[TestHub], members: i64| {
-        hubs.iter().all(|h| {
-            h.metrics.get("doorstep_hub_group_members", &[]) == members
-                && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[])
-                    == 4 * h.metrics.get("doorstep_hub_vans_assigned", &[])
-        }) && hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum::<i64>() == 6
-    };
-    for _ in 0..100 {
-        if settled(&hubs, 3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(settled(&hubs, 3), "three hubs split six vans");
+    assert!(split_settles(&hubs, 6).await, "three hubs split six vans");
     let fleet = SimFleet::connect(broker.port(), "sim-by-van", hub_key().public_key()).await;
 
     publish_nearby(&fleet, &vans, 40).await;
@@ -244,13 +241,7 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
     let c_stored = c.metrics.ingest_outcome_total("stored");
     c.stop().await;
     let two = [a, b];
-    for _ in 0..100 {
-        if settled(&two, 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(settled(&two, 2), "two hubs took the third's vans");
+    assert!(split_settles(&two, 6).await, "two hubs took the third's vans");
     publish_nearby_seqs(&fleet, &vans, 41..=80).await;
     assert!(
         fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&80))).await,
@@ -270,6 +261,7 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_moved_between_ways_of_splitting_drops_what_its_kept_session_heard_before() {
+    use doorstep_hub::config::Assign::{ByVan, RoundRobin};
     let Ground { broker, dir: _dir, db } = ground().await;
     let vans = registered_vans(&db, 6);
     let fleet = SimFleet::connect(broker.port(), "sim-moved", hub_key().public_key()).await;
@@ -279,30 +271,14 @@ async fn a_hub_moved_between_ways_of_splitting_drops_what_its_kept_session_heard
     publish_nearby_seqs(&fleet, &vans, 1..=10).await;
     assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&10))).await);
     a.stop().await;
-    // Back, with hub-b, splitting by van.
-    let member = |name: &str| HubOptions {
-        client_id: name.into(),
-        shared_group: Some("hubs".into()),
-        assign: doorstep_hub::config::Assign::ByVan,
-        ..HubOptions::default()
-    };
+
+    // Back, with hub-b, splitting by van. Settled means every packet answered, the drops
+    // of what hub-a's session held before included.
     let hubs = [
-        TestHub::start(broker.port(), &db, member("hub-a")).await,
-        TestHub::start(broker.port(), &db, member("hub-b")).await,
+        TestHub::start(broker.port(), &db, group_member("hub-a", ByVan)).await,
+        TestHub::start(broker.port(), &db, group_member("hub-b", ByVan)).await,
     ];
-    let settled = || {
-        hubs.iter().all(|h| h.metrics.get("doorstep_hub_group_members", &[]) == 2)
-            && hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum::<i64>() == 6
-    };
-    for _ in 0..100 {
-        if settled() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(settled(), "two hubs split six vans");
-    // Its released filters are answered before anything below is published.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(split_settles(&hubs, 6).await, "two hubs split six vans");
     publish_nearby_seqs(&fleet, &vans, 11..=30).await;
     assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&30))).await);
     // Had hub-a kept hearing every van, it would have met the other's events as well:
@@ -319,16 +295,11 @@ async fn a_hub_moved_between_ways_of_splitting_drops_what_its_kept_session_heard
 
     // And back to a group dealt round-robin: the single vans' filters hub-a's session kept
     // are dropped (else it would hear its old vans' events beside its share of them).
-    let dealt = |name: &str| HubOptions {
-        client_id: name.into(),
-        shared_group: Some("hubs".into()),
-        ..HubOptions::default()
-    };
+    // Started, a round-robin hub has every packet answered.
     let hubs = [
-        TestHub::start(broker.port(), &db, dealt("hub-a")).await,
-        TestHub::start(broker.port(), &db, dealt("hub-b")).await,
+        TestHub::start(broker.port(), &db, group_member("hub-a", RoundRobin)).await,
+        TestHub::start(broker.port(), &db, group_member("hub-b", RoundRobin)).await,
     ];
-    tokio::time::sleep(Duration::from_millis(500)).await;
     publish_nearby_seqs(&fleet, &vans, 31..=40).await;
     assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&40))).await);
     let stored: i64 = hubs.iter().map(|h| h.metrics.ingest_outcome_total("stored")).sum();

@@ -152,7 +152,6 @@ impl Drop for Broker {
     }
 }
 
-/// One hub's configuration: the default file with this host's addresses.
 /// How the group splits the vans: the value of `mqtt.assign`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Split {
@@ -160,6 +159,7 @@ enum Split {
     ByVan,
 }
 
+/// One hub's configuration: the default file with this host's addresses.
 #[allow(clippy::too_many_arguments)] // one hub's whole configuration, each a different part.
 fn hub_config(
     dir: &Path,
@@ -403,11 +403,15 @@ async fn three_hubs(split: Split) {
         loop {
             let mut members = Vec::new();
             let mut held = Vec::new();
+            let mut answered = true;
             for host in &hosts {
                 members.push(metric(host, &token, "doorstep_hub_group_members").await);
-                held.push(metric(host, &token, "doorstep_hub_vans_assigned").await);
+                let vans = metric(host, &token, "doorstep_hub_vans_assigned").await;
+                // Every SUBSCRIBE and UNSUBSCRIBE answered: the vans are heard, once.
+                answered &= metric(host, &token, "doorstep_hub_mqtt_subscriptions").await == 4 * vans;
+                held.push(vans);
             }
-            if members.iter().all(|&m| m == 3) && held.iter().sum::<u64>() == u64::from(VANS) {
+            if answered && members.iter().all(|&m| m == 3) && held.iter().sum::<u64>() == u64::from(VANS) {
                 eprintln!("vans held by hub-1, hub-2, hub-3: {held:?}");
                 break;
             }

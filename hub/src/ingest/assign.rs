@@ -57,26 +57,28 @@ impl Filters {
     /// Every van: one shared subscription per channel in a group, plain ones for a hub
     /// alone; releasing the plain ones in a group, and the filters of `devices` (every
     /// van, when this hub split by van before; else none).
-    pub(super) fn every_van(group: Option<&str>, devices: &[String]) -> Self {
-        let vans: Vec<DeviceId> = devices.iter().filter_map(|d| DeviceId::new(d).ok()).collect();
-        let mut release = these_vans(&vans);
+    pub(super) fn every_van<'a>(group: Option<&str>, devices: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut release = these_vans(&ids(devices));
         if group.is_some() {
             release.extend(every_van(None));
         }
         Self { hold: every_van(group), release }
     }
 
-    /// `mine` of `devices` in `group`: releasing the others and every kind of every-van
-    /// filter.
-    fn by_van(group: &str, devices: &[String], mine: impl Fn(&str) -> bool) -> Self {
-        let (held, others): (Vec<&String>, Vec<&String>) = devices.iter().partition(|d| mine(d));
-        let ids =
-            |names: Vec<&String>| names.into_iter().filter_map(|d| DeviceId::new(d).ok()).collect::<Vec<_>>();
-        let mut release = these_vans(&ids(others));
+    /// The vans of `fleet` (name, trusted) that are `mine`, in `group`: releasing every
+    /// other van's filters (revoked ones too) and every kind of every-van filter.
+    fn by_van(group: &str, fleet: &[(String, bool)], mine: impl Fn(&str) -> bool) -> Self {
+        let held = |(van, trusted): &&(String, bool)| *trusted && mine(van);
+        let mut release = these_vans(&ids(fleet.iter().filter(|v| !held(v)).map(|(van, _)| van)));
         release.extend(every_van(Some(group)));
         release.extend(every_van(None));
-        Self { hold: these_vans(&ids(held)), release }
+        Self { hold: these_vans(&ids(fleet.iter().filter(held).map(|(van, _)| van))), release }
     }
+}
+
+/// The valid device ids among stored names (a registered device always is one).
+fn ids<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<DeviceId> {
+    names.into_iter().filter_map(|d| DeviceId::new(d).ok()).collect()
 }
 
 /// The filters of a hub that hears every van: one shared subscription per channel in a
@@ -115,11 +117,18 @@ pub fn owner<'m>(device: &str, members: &'m [String]) -> Option<&'m str> {
         .map(|(_, member)| member)
 }
 
-/// The group's live members and the fleet's vans, as last read.
-type Seen = (Vec<String>, Vec<String>);
+/// The group's live members and the fleet (each van, and whether it is trusted), as last
+/// read.
+type Seen = (Vec<String>, Vec<(String, bool)>);
 
 /// The thread that keeps this hub in its group and tells the MQTT task which vans' topics
 /// to hold.
+///
+/// It renews the hub's row only while the hub's broker session is up: a hub the database
+/// sees but the broker does not (a broken link, a refused certificate) lets its row expire,
+/// and the others take its vans. It joins once connected, after it has asked for the vans
+/// it expects (read before the first connection, as if it were already a member), so
+/// that its vans are, if anything, heard twice for a moment rather than by nobody.
 pub(super) struct Members {
     store: Store,
     group: String,
@@ -131,10 +140,11 @@ pub(super) struct Members {
 }
 
 impl Members {
-    /// Joins `group` and reads this hub's vans before the MQTT session starts, so that its
-    /// first connection holds them (and releases the rest). The receiver follows changes
-    /// while [`Members::run`] runs.
-    pub(super) fn join(
+    /// Reads the group and this hub's vans, as if it were a member, before the MQTT
+    /// session starts, so that its first connection holds them (and releases the rest).
+    /// Writes nothing: [`Members::run`] joins once the broker session is up. The receiver
+    /// follows changes while it runs.
+    pub(super) fn read(
         store: Store,
         group: &str,
         hub: &str,
@@ -151,22 +161,23 @@ impl Members {
             cancel,
             seen: None,
         };
-        members.renew()?;
+        let mut live = members.store.group_members(group)?;
+        if let Err(at) = live.binary_search_by(|m| m.as_str().cmp(hub)) {
+            live.insert(at, hub.to_owned());
+        }
+        members.split(live)?;
         Ok((members, rx))
     }
 
-    /// Renews this hub's row and, when the group or the fleet changed, splits the vans
-    /// again.
-    fn renew(&mut self) -> Result<(), crate::store::StoreError> {
-        let ttl_ms = i64::try_from(MEMBER_TTL.as_millis()).unwrap_or(i64::MAX);
-        let members = self.store.renew_member(&self.group, &self.hub, ttl_ms)?;
-        let now = (members, self.store.active_device_names()?);
+    /// Splits the fleet among `members` again if they or the fleet changed.
+    fn split(&mut self, members: Vec<String>) -> Result<(), crate::store::StoreError> {
+        let now = (members, self.store.fleet_names()?);
         if self.seen.as_ref() == Some(&now) {
             return Ok(());
         }
-        let (members, devices) = &now;
-        let mine = |d: &str| owner(d, members) == Some(self.hub.as_str());
-        let filters = Filters::by_van(&self.group, devices, mine);
+        let (members, fleet) = &now;
+        let mine = |van: &str| owner(van, members) == Some(self.hub.as_str());
+        let filters = Filters::by_van(&self.group, fleet, mine);
         let vans = filters.hold.len() / CHANNELS.len();
         if self.seen.as_ref().is_none_or(|(before, _)| before != members) {
             tracing::info!(group = %self.group, ?members, vans, "hub group: vans split among its live hubs");
@@ -178,11 +189,27 @@ impl Members {
     }
 
     pub(super) fn run(mut self) {
+        let ttl_ms = i64::try_from(MEMBER_TTL.as_millis()).unwrap_or(i64::MAX);
+        let mut renewing = false;
         while !self.cancel.is_cancelled() {
             let started = Instant::now();
+            let connected = self.metrics.is_mqtt_connected();
+            if connected != renewing {
+                if connected {
+                    tracing::info!(group = %self.group, "broker session up: this hub joins its group");
+                } else {
+                    tracing::warn!(group = %self.group, "broker session down: this hub stops renewing its membership, and the others take its vans");
+                }
+                renewing = connected;
+            }
+            let read = if connected {
+                self.store.renew_member(&self.group, &self.hub, ttl_ms)
+            } else {
+                self.store.group_members(&self.group)
+            };
             // Keeps its vans meanwhile: if its row expires the others take them too, and
             // a van held by two hubs is still stored once.
-            if let Err(e) = self.renew() {
+            if let Err(e) = read.and_then(|members| self.split(members)) {
                 tracing::warn!(error = %e, "cannot renew this hub's group membership; keeping its vans");
             }
             while started.elapsed() < RENEW && !self.cancel.is_cancelled() {
@@ -258,9 +285,13 @@ mod tests {
         assert!(rr.release.contains(&"doorstep/v1/+/+/evt".to_owned()));
         assert_eq!(Filters::every_van(None, &devices).release.len(), 2 * 4);
 
-        let split = Filters::by_van("hubs", &devices, |d| d == "van-1");
+        // van-3 is revoked: never held, even if the split gives it to this hub, and its
+        // filters dropped like another hub's vans'.
+        let fleet = [("van-1".to_owned(), true), ("van-2".to_owned(), true), ("van-3".to_owned(), false)];
+        let split = Filters::by_van("hubs", &fleet, |d| d != "van-2");
         assert_eq!(split.hold, these_vans(&[DeviceId::new("van-1").expect("id")]));
         assert!(split.release.contains(&"doorstep/v1/+/van-2/evt".to_owned()));
+        assert!(split.release.contains(&"doorstep/v1/+/van-3/state".to_owned()));
         assert!(!split.release.iter().any(|f| f.contains("van-1")));
         assert!(split.release.contains(&"$share/hubs/doorstep/v1/+/+/pos".to_owned()));
         assert!(split.release.contains(&"doorstep/v1/+/+/pos".to_owned()));

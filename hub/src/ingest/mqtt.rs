@@ -1,7 +1,7 @@
 //! The MQTT task, which alone polls the event loop and hands each delivered message to
 //! the verifiers, and the outbound task, which publishes acks, routes and PUBACKs.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 use super::assign::Filters;
+use super::held::{Held, Op, Refused};
 
 use super::{DRAIN_TIMEOUT, MAX_PENDING, MAX_PENDING_BYTES, Outbound, RECONNECT};
 
@@ -42,16 +43,10 @@ pub(super) async fn drive(
     let mut pending: VecDeque<Publish> = VecDeque::new();
     let mut pending_bytes = 0usize;
     let mut reported_pending = usize::MAX;
-    // Topic filters the broker granted in this session.
-    let mut granted = 0usize;
-    let mut held = Held {
-        want: filters,
-        watching: true,
-        asked: BTreeSet::new(),
-        connected: false,
-        released: false,
-        dropping: VecDeque::new(),
-    };
+    // The topic filters held with the broker, against those wanted.
+    let mut held = Held::new(filters);
+    // The gauges only when they change: this loop runs once per message.
+    let mut reported_granted = 0;
     loop {
         let mut stop_feeding = false;
         let reserve = async {
@@ -85,12 +80,9 @@ pub(super) async fn drive(
             }
             // Before the event loop, which is ready whenever messages flow: a new set of
             // vans is taken at once, even under load.
-            changed = held.want.changed(), if held.watching => {
+            changed = held.want().changed(), if held.watching => {
                 match changed {
-                    Ok(()) => {
-                        granted = granted.saturating_sub(held.update(&client));
-                        metrics.mqtt_subscriptions(granted);
-                    }
+                    Ok(()) => held.changed(),
                     // A fixed set of filters.
                     Err(_) => held.watching = false,
                 }
@@ -111,8 +103,8 @@ pub(super) async fn drive(
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     delay = Duration::from_millis(250);
                     metrics.mqtt_connected(true);
-                    granted = 0;
-                    metrics.mqtt_subscriptions(granted);
+                    reported_granted = 0;
+                    metrics.mqtt_subscriptions(0);
                     tracing::info!(session_present = ack.session_present, "connected to the broker");
                     if !ack.session_present {
                         // A broker without this hub's session is a fresh one (or lost its
@@ -120,29 +112,33 @@ pub(super) async fn drive(
                         // every device's current route again.
                         republish_all.store(true, Ordering::SeqCst);
                     }
-                    held.connected(&client, ack.session_present);
+                    held.connected(ack.session_present);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
                     // A refused filter (a broker ACL) means vans this hub never hears.
                     // A grant at QoS 0 would let the broker drop events while the hub is
                     // away: not counted as heard.
+                    let mut refused = 0;
                     for code in &ack.return_codes {
                         match code {
                             rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce) => {
+                                refused += 1;
                                 tracing::error!(
                                     "the broker granted a subscription at QoS 0 only; events may be lost"
                                 );
                             }
-                            rumqttc::SubscribeReasonCode::Success(_) => granted += 1,
+                            rumqttc::SubscribeReasonCode::Success(_) => {}
                             rumqttc::SubscribeReasonCode::Failure => {
+                                refused += 1;
                                 tracing::error!(
                                     "the broker refused one of the hub's subscriptions; check its ACL"
                                 );
                             }
                         }
                     }
-                    metrics.mqtt_subscriptions(granted);
+                    held.subscribed(refused);
                 }
+                Ok(rumqttc::Event::Incoming(Packet::UnsubAck(_))) => held.unsubscribed(),
                 Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
                     let Some(tx) = &verify else { continue };
                     if pending.len() >= MAX_PENDING || pending_bytes >= MAX_PENDING_BYTES {
@@ -176,9 +172,9 @@ pub(super) async fn drive(
                 Ok(_) => {}
                 Err(e) => {
                     metrics.mqtt_connected(false);
-                    held.connected = false;
-                    granted = 0;
-                    metrics.mqtt_subscriptions(granted);
+                    held.disconnected();
+                    reported_granted = 0;
+                    metrics.mqtt_subscriptions(0);
                     if verify.is_none() {
                         break;
                     }
@@ -195,10 +191,15 @@ pub(super) async fn drive(
                 }
             }
         }
-        if !held.dropping.is_empty() {
-            held.drop_some(&client);
+        if held.has_work() {
+            held.pump(|op| send(&client, op));
         }
-        // The gauge only when it changes: this loop runs once per message.
+        if let Some(granted) = held.granted()
+            && reported_granted != granted
+        {
+            reported_granted = granted;
+            metrics.mqtt_subscriptions(granted);
+        }
         if pending.len() != reported_pending {
             reported_pending = pending.len();
             metrics.queue_depth("mqtt_pending", reported_pending);
@@ -217,101 +218,23 @@ pub(super) async fn drive(
     metrics.mqtt_connected(false);
 }
 
-/// Filters per SUBSCRIBE packet: a hub given thousands of vans asks for them in packets
-/// well under the outgoing packet limit.
-const FILTERS_PER_PACKET: usize = 256;
-
-/// The topic filters this hub holds with the broker, against the ones it should hold
-/// (`assign`: every van, or the vans its group gave it).
-struct Held {
-    want: watch::Receiver<Filters>,
-    /// Whether `want` can still change.
-    watching: bool,
-    /// Filters asked of the broker, kept while the broker keeps the session.
-    asked: BTreeSet<String>,
-    connected: bool,
-    /// Whether the filters a session from an earlier process may hold were dropped.
-    released: bool,
-    /// Filters to drop, one UNSUBSCRIBE each (rumqttc's), sent as the request queue takes
-    /// them: a restart releases four for every van of the fleet.
-    dropping: VecDeque<String>,
-}
-
-impl Held {
-    /// After a CONNACK: asks for every wanted filter (a resumed session's are asked again,
-    /// which the broker answers as granted), and drops those a resumed session still
-    /// holds but this hub no longer wants: at this process's first resumed session, every
-    /// filter it must not hold, since an earlier process's are unknown.
-    fn connected(&mut self, client: &AsyncClient, session_present: bool) {
-        self.connected = true;
-        if !session_present {
-            // The broker holds nothing of this hub's: nothing to drop.
-            self.asked.clear();
-            self.dropping.clear();
-            self.released = true;
+/// Sends one of [`Held`]'s packets without waiting: the request queue is drained by
+/// this task's own event loop.
+fn send(client: &AsyncClient, op: Op) -> Result<(), (Op, Refused)> {
+    let result = match &op {
+        Op::Subscribe(filters) => client.try_subscribe_many(
+            filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+        ),
+        Op::Unsubscribe(filter) => client.try_unsubscribe(filter.clone()),
+    };
+    result.map_err(|e| match e {
+        // Full, or gone: the event loop tells which when it is polled.
+        rumqttc::ClientError::TryRequest(_) => (op, Refused::Full),
+        e => {
+            tracing::error!(error = %e, "cannot send a subscription change");
+            (op, Refused::Closed)
         }
-        let filters = self.want.borrow_and_update().clone();
-        let want: BTreeSet<String> = filters.hold.into_iter().collect();
-        let mut stale: BTreeSet<String> = self.asked.difference(&want).cloned().collect();
-        if !self.released {
-            stale.extend(filters.release.into_iter().filter(|f| !want.contains(f)));
-            self.released = true;
-        }
-        subscribe(client, want.iter());
-        self.dropping.retain(|f| !want.contains(f));
-        self.dropping.extend(stale);
-        self.asked = want;
-        self.drop_some(client);
-    }
-
-    /// After the wanted filters changed: asks for the new ones and drops the old ones, if
-    /// connected (else the next CONNACK does). Returns how many were dropped.
-    fn update(&mut self, client: &AsyncClient) -> usize {
-        if !self.connected {
-            return 0;
-        }
-        let want: BTreeSet<String> = self.want.borrow_and_update().hold.iter().cloned().collect();
-        subscribe(client, want.difference(&self.asked));
-        let stale: Vec<String> = self.asked.difference(&want).cloned().collect();
-        let dropped = stale.len();
-        // A van given back before its filters were dropped keeps them.
-        self.dropping.retain(|f| !want.contains(f));
-        self.dropping.extend(stale);
-        self.asked = want;
-        self.drop_some(client);
-        dropped
-    }
-
-    /// Sends what the request queue takes of the filters to drop; the rest on a later
-    /// turn of the loop.
-    fn drop_some(&mut self, client: &AsyncClient) {
-        if !self.connected {
-            return;
-        }
-        while let Some(filter) = self.dropping.pop_front() {
-            match client.try_unsubscribe(filter.clone()) {
-                Ok(()) => {}
-                Err(rumqttc::ClientError::TryRequest(_)) => {
-                    self.dropping.push_front(filter);
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(filter, error = %e, "cannot unsubscribe");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn subscribe<'a>(client: &AsyncClient, filters: impl Iterator<Item = &'a String>) {
-    let filters: Vec<&String> = filters.collect();
-    for chunk in filters.chunks(FILTERS_PER_PACKET) {
-        let many = chunk.iter().map(|f| rumqttc::SubscribeFilter::new((*f).clone(), QoS::AtLeastOnce));
-        if let Err(e) = client.try_subscribe_many(many) {
-            tracing::error!(error = %e, filters = chunk.len(), "cannot subscribe");
-        }
-    }
+    })
 }
 
 pub(super) async fn outbound(

@@ -8,7 +8,7 @@
 
 use super::db::params;
 
-use super::{Store, StoreError};
+use super::{DeviceStatus, Store, StoreError};
 
 impl Store {
     /// Renews `hub`'s membership of `group` until `ttl_ms` from now (the database's
@@ -21,14 +21,24 @@ impl Store {
                  ON CONFLICT (grp, hub) DO UPDATE SET expires_ms = excluded.expires_ms"
             ))?
             .execute(params![group, hub, ttl_ms])?;
+        let mut members = self.group_members(group)?;
+        if let Err(at) = members.binary_search_by(|m| m.as_str().cmp(hub)) {
+            // Its row expired between the two statements (a stalled renewal).
+            members.insert(at, hub.to_owned());
+        }
+        Ok(members)
+    }
+
+    /// `group`'s live members, sorted; nothing is written.
+    pub fn group_members(&self, group: &str) -> Result<Vec<String>, StoreError> {
+        let now = self.conn.dialect().now_ms();
         let mut members: Vec<String> = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT hub FROM hub_members WHERE grp = ?1 AND (expires_ms > {now} OR hub = ?2) ORDER BY hub"
-            ))?
-            .query_map(params![group, hub], |r| r.get(0))?
+            .prepare_cached(&format!("SELECT hub FROM hub_members WHERE grp = ?1 AND expires_ms > {now}"))?
+            .query_map(params![group], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        members.dedup();
+        // Sorted here, not by the database: PostgreSQL's collation may order otherwise.
+        members.sort();
         Ok(members)
     }
 
@@ -49,11 +59,21 @@ impl Store {
         self.conn.prepare_cached("SELECT 1 FROM hub_members WHERE hub = ?1")?.exists(params![hub])
     }
 
-    /// The devices whose keys are trusted, sorted: the vans a group splits.
-    pub fn active_device_names(&self) -> Result<Vec<String>, StoreError> {
+    /// Forgets that `hub` split the vans (it hears every van now, and has been told to
+    /// drop the single vans' filters).
+    pub fn forget_split(&self, hub: &str) -> Result<(), StoreError> {
+        self.conn.prepare_cached("DELETE FROM hub_members WHERE hub = ?1")?.execute(params![hub])?;
+        Ok(())
+    }
+
+    /// Every registered device, and whether its key is trusted (the vans a group splits;
+    /// a revoked van's filters are only ever dropped), sorted.
+    pub fn fleet_names(&self) -> Result<Vec<(String, bool)>, StoreError> {
         self.conn
-            .prepare_cached("SELECT device FROM devices WHERE status = 'active' ORDER BY device")?
-            .query_map(params![], |r| r.get(0))?
+            .prepare_cached("SELECT device, status FROM devices ORDER BY device")?
+            .query_map(params![], |r| {
+                Ok((r.get(0)?, r.get::<_, String>(1)? == DeviceStatus::Active.as_str()))
+            })?
             .collect()
     }
 }
@@ -76,8 +96,11 @@ mod tests {
         assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-a", "hub-b"]);
         store.leave_group("hubs", "hub-a").expect("leave");
         assert_eq!(store.renew_member("hubs", "hub-b", 60_000).expect("renew"), ["hub-b"]);
-        // Gone from the group, but known to have split by van.
+        // Gone from the group, but known to have split by van, until forgotten.
         assert!(store.split_by_van_before("hub-a").expect("read"));
         assert!(!store.split_by_van_before("hub-z").expect("read"));
+        assert_eq!(store.group_members("hubs").expect("read"), ["hub-b"]);
+        store.forget_split("hub-a").expect("forget");
+        assert!(!store.split_by_van_before("hub-a").expect("read"));
     }
 }
