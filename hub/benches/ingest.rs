@@ -245,19 +245,8 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             .collect(),
         Err(_) => vec![(1, Assign::RoundRobin), (3, Assign::RoundRobin), (3, Assign::ByVan)],
     };
-    let sqlite = through_broker(
-        &db,
-        1,
-        Assign::RoundRobin,
-        &messages,
-        &vans,
-        per_device,
-        full,
-        fleet_rt,
-        batch_max,
-        None,
-    )
-    .await;
+    let work = Load { messages: &messages, vans: &vans, per_device, full, fleet_rt, batch_max };
+    let sqlite = through_broker(&db, 1, Assign::RoundRobin, work, None).await;
     let (rate, elapsed, hub) = (sqlite.rate, sqlite.elapsed, &sqlite.hubs[0]);
     let (cpu_before, cpu_after, broker_cpu) = (&sqlite.cpu_before, &sqlite.cpu_after, sqlite.broker_cpu);
     let (load_before, load_after, checked) = (&sqlite.load_before, &sqlite.load_after, sqlite.acks_checked);
@@ -321,19 +310,7 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
             pg.psql_in(&db_name, "CREATE EXTENSION pg_stat_statements");
             pg.psql_in(&db_name, "SELECT pg_stat_statements_reset()");
         }
-        let run = through_broker(
-            &url,
-            hubs,
-            assign,
-            &messages,
-            &vans,
-            per_device,
-            full,
-            fleet_rt,
-            batch_max,
-            Some(pg.postmaster_pid()),
-        )
-        .await;
+        let run = through_broker(&url, hubs, assign, work, Some(pg.postmaster_pid())).await;
         // Every thread of this process but the simulated fleet's: the hubs'.
         let hub_cpu: f64 = run
             .cpu_after
@@ -400,6 +377,17 @@ async fn run(devices: usize, per_device: u64, full: bool, fleet_rt: &tokio::runt
     }
 }
 
+/// What every run of the whole path carries: the same fleet, the same signed events.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    messages: &'a [(String, Vec<u8>)],
+    vans: &'a [(DeviceId, doorstep_proto::SigningKey)],
+    per_device: u64,
+    full: bool,
+    fleet_rt: &'a tokio::runtime::Handle,
+    batch_max: usize,
+}
+
 /// One run of the whole path through the broker.
 struct Through {
     rate: f64,
@@ -419,19 +407,14 @@ struct Through {
 /// queues for a stopped hub) to `hubs` hubs on `db` (one shared
 /// subscription group when several) and times it until every device's last event is
 /// acked. The hubs are left running for their metrics.
-#[allow(clippy::too_many_arguments)]
 async fn through_broker(
     db: &std::path::Path,
     hubs: usize,
     assign: Assign,
-    messages: &[(String, Vec<u8>)],
-    vans: &[(DeviceId, doorstep_proto::SigningKey)],
-    per_device: u64,
-    full: bool,
-    fleet_rt: &tokio::runtime::Handle,
-    batch_max: usize,
+    work: Load<'_>,
     postmaster: Option<u32>,
 ) -> Through {
+    let Load { messages, vans, per_device, full, fleet_rt, batch_max } = work;
     let broker = broker().await;
     let devices = vans.len();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
