@@ -432,21 +432,10 @@ async fn through_broker(
     }
     if assign == Assign::ByVan {
         // Before the clock starts: every hub sees the group and holds its vans' topics.
-        let settled = || {
-            let assigned: i64 =
-                started.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).sum();
-            assigned == i64::try_from(vans.len()).unwrap()
-                && started.iter().all(|h| {
-                    h.metrics.get("doorstep_hub_group_members", &[]) == i64::try_from(hubs).unwrap()
-                        && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[])
-                            == 4 * h.metrics.get("doorstep_hub_vans_assigned", &[])
-                })
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !settled() {
-            assert!(Instant::now() < deadline, "the hubs did not split the vans within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert!(
+            split_settles(&started, vans.len(), Duration::from_secs(30)).await,
+            "the hubs did not split the vans within 30 s"
+        );
     }
     let hub = &started[0];
     let port = broker.port();

@@ -195,22 +195,6 @@ fn group_member(name: &str, assign: doorstep_hub::config::Assign) -> HubOptions 
     HubOptions { client_id: name.into(), shared_group: Some("hubs".into()), assign, ..HubOptions::default() }
 }
 
-/// Every hub sees `hubs.len()` members, they hold `vans` vans between them, each at least
-/// one, and each has every SUBSCRIBE and UNSUBSCRIBE answered for its vans' four topics.
-async fn split_settles(hubs: &[TestHub], vans: i64) -> bool {
-    let members = i64::try_from(hubs.len()).unwrap();
-    until(WAIT, || {
-        let held: Vec<i64> = hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).collect();
-        held.iter().sum::<i64>() == vans
-            && held.iter().all(|&n| n >= 1)
-            && hubs.iter().zip(&held).all(|(h, n)| {
-                h.metrics.get("doorstep_hub_group_members", &[]) == members
-                    && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[]) == 4 * n
-            })
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_vans() {
     use doorstep_hub::config::Assign::ByVan;
@@ -221,7 +205,7 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
         TestHub::start(broker.port(), &db, group_member("hub-b", ByVan)).await,
         TestHub::start(broker.port(), &db, group_member("hub-c", ByVan)).await,
     ];
-    assert!(split_settles(&hubs, 6).await, "three hubs split six vans");
+    assert!(split_settles(&hubs, 6, WAIT).await, "three hubs split six vans");
     let fleet = SimFleet::connect(broker.port(), "sim-by-van", hub_key().public_key()).await;
 
     publish_nearby(&fleet, &vans, 40).await;
@@ -241,7 +225,7 @@ async fn hubs_splitting_by_van_hear_each_van_on_one_hub_and_take_a_stopped_hubs_
     let c_stored = c.metrics.ingest_outcome_total("stored");
     c.stop().await;
     let two = [a, b];
-    assert!(split_settles(&two, 6).await, "two hubs took the third's vans");
+    assert!(split_settles(&two, 6, WAIT).await, "two hubs took the third's vans");
     publish_nearby_seqs(&fleet, &vans, 41..=80).await;
     assert!(
         fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&80))).await,
@@ -278,7 +262,7 @@ async fn a_hub_moved_between_ways_of_splitting_drops_what_its_kept_session_heard
         TestHub::start(broker.port(), &db, group_member("hub-a", ByVan)).await,
         TestHub::start(broker.port(), &db, group_member("hub-b", ByVan)).await,
     ];
-    assert!(split_settles(&hubs, 6).await, "two hubs split six vans");
+    assert!(split_settles(&hubs, 6, WAIT).await, "two hubs split six vans");
     publish_nearby_seqs(&fleet, &vans, 11..=30).await;
     assert!(fleet.wait_for(WAIT, |i| vans.iter().all(|(d, _)| i.acked.get(d) == Some(&30))).await);
     // Had hub-a kept hearing every van, it would have met the other's events as well:

@@ -161,10 +161,7 @@ impl Members {
             cancel,
             seen: None,
         };
-        let mut live = members.store.group_members(group)?;
-        if let Err(at) = live.binary_search_by(|m| m.as_str().cmp(hub)) {
-            live.insert(at, hub.to_owned());
-        }
+        let live = members.store.group_members_and(group, hub)?;
         members.split(live)?;
         Ok((members, rx))
     }

@@ -21,9 +21,14 @@ impl Store {
                  ON CONFLICT (grp, hub) DO UPDATE SET expires_ms = excluded.expires_ms"
             ))?
             .execute(params![group, hub, ttl_ms])?;
+        // Counted even if its row expired between the two statements (a stalled renewal).
+        self.group_members_and(group, hub)
+    }
+
+    /// `group`'s live members with `hub` counted among them, sorted; nothing is written.
+    pub fn group_members_and(&self, group: &str, hub: &str) -> Result<Vec<String>, StoreError> {
         let mut members = self.group_members(group)?;
         if let Err(at) = members.binary_search_by(|m| m.as_str().cmp(hub)) {
-            // Its row expired between the two statements (a stalled renewal).
             members.insert(at, hub.to_owned());
         }
         Ok(members)
@@ -100,6 +105,7 @@ mod tests {
         assert!(store.split_by_van_before("hub-a").expect("read"));
         assert!(!store.split_by_van_before("hub-z").expect("read"));
         assert_eq!(store.group_members("hubs").expect("read"), ["hub-b"]);
+        assert_eq!(store.group_members_and("hubs", "hub-a").expect("read"), ["hub-a", "hub-b"]);
         store.forget_split("hub-a").expect("forget");
         assert!(!store.split_by_van_before("hub-a").expect("read"));
     }

@@ -676,6 +676,23 @@ pub fn register(db: &Path, devices: &[(&DeviceId, &SigningKey)]) {
     }
 }
 
+/// Waits until the hubs of a group splitting by van have settled: every hub sees
+/// `hubs.len()` members, they hold `vans` vans between them, each at least one, and each
+/// has every SUBSCRIBE and UNSUBSCRIBE answered for its vans' four topics.
+pub async fn split_settles(hubs: &[TestHub], vans: usize, timeout: Duration) -> bool {
+    let (members, vans) = (i64::try_from(hubs.len()).unwrap(), i64::try_from(vans).unwrap());
+    until(timeout, || {
+        let held: Vec<i64> = hubs.iter().map(|h| h.metrics.get("doorstep_hub_vans_assigned", &[])).collect();
+        held.iter().sum::<i64>() == vans
+            && held.iter().all(|&n| n >= 1)
+            && hubs.iter().zip(&held).all(|(h, n)| {
+                h.metrics.get("doorstep_hub_group_members", &[]) == members
+                    && h.metrics.get("doorstep_hub_mqtt_subscriptions", &[]) == 4 * n
+            })
+    })
+    .await
+}
+
 /// The tracking links' secret in the tracking page tests.
 pub const LINK_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
