@@ -117,10 +117,6 @@ pub fn owner<'m>(device: &str, members: &'m [String]) -> Option<&'m str> {
         .map(|(_, member)| member)
 }
 
-/// The group's live members and the fleet (each van, and whether it is trusted), as last
-/// read.
-type Seen = (Vec<String>, Vec<(String, bool)>);
-
 /// The thread that keeps this hub in its group and tells the MQTT task which vans' topics
 /// to hold.
 ///
@@ -136,7 +132,12 @@ pub(super) struct Members {
     filters: watch::Sender<Filters>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    seen: Option<Seen>,
+    /// The group's members the vans were last split among.
+    members: Option<Vec<String>>,
+    /// The fleet (each van, and whether it is trusted), and when it was read: at the
+    /// keyring's pace, since a van the verifiers do not know yet is not heard anyway.
+    fleet: Vec<(String, bool)>,
+    fleet_read: Option<Instant>,
 }
 
 impl Members {
@@ -159,7 +160,9 @@ impl Members {
             filters,
             metrics,
             cancel,
-            seen: None,
+            members: None,
+            fleet: Vec::new(),
+            fleet_read: None,
         };
         let live = members.store.group_members_and(group, hub)?;
         members.split(live)?;
@@ -168,25 +171,43 @@ impl Members {
 
     /// Splits the fleet among `members` again if they or the fleet changed.
     fn split(&mut self, members: Vec<String>) -> Result<(), crate::store::StoreError> {
-        let now = (members, self.store.fleet_names()?);
-        if self.seen.as_ref() == Some(&now) {
+        let new_members = self.members.as_ref() != Some(&members);
+        let mut changed = new_members;
+        if self.fleet_read.is_none_or(|at| at.elapsed() >= super::KEYRING_REFRESH) {
+            let fleet = self.store.fleet_names()?;
+            self.fleet_read = Some(Instant::now());
+            changed |= fleet != self.fleet;
+            self.fleet = fleet;
+        }
+        if !changed {
             return Ok(());
         }
-        let (members, fleet) = &now;
-        let mine = |van: &str| owner(van, members) == Some(self.hub.as_str());
-        let filters = Filters::by_van(&self.group, fleet, mine);
+        let mine = |van: &str| owner(van, &members) == Some(self.hub.as_str());
+        let filters = Filters::by_van(&self.group, &self.fleet, mine);
         let vans = filters.hold.len() / CHANNELS.len();
-        if self.seen.as_ref().is_none_or(|(before, _)| before != members) {
+        if new_members {
             tracing::info!(group = %self.group, ?members, vans, "hub group: vans split among its live hubs");
         }
         self.metrics.group_split(members.len(), vans);
         self.filters.send_replace(filters);
-        self.seen = Some(now);
+        self.members = Some(members);
         Ok(())
     }
 
-    pub(super) fn run(mut self) {
+    /// One renewal: while connected, renews this hub's row; while not, reads the group
+    /// with this hub counted all the same, so that it holds its vans again the moment it
+    /// reconnects (its row, once renewed, tells the others).
+    fn tick(&mut self, connected: bool) -> Result<(), crate::store::StoreError> {
         let ttl_ms = i64::try_from(MEMBER_TTL.as_millis()).unwrap_or(i64::MAX);
+        let members = if connected {
+            self.store.renew_member(&self.group, &self.hub, ttl_ms)?
+        } else {
+            self.store.group_members_and(&self.group, &self.hub)?
+        };
+        self.split(members)
+    }
+
+    pub(super) fn run(mut self) {
         let mut renewing = false;
         while !self.cancel.is_cancelled() {
             let started = Instant::now();
@@ -199,14 +220,9 @@ impl Members {
                 }
                 renewing = connected;
             }
-            let read = if connected {
-                self.store.renew_member(&self.group, &self.hub, ttl_ms)
-            } else {
-                self.store.group_members(&self.group)
-            };
             // Keeps its vans meanwhile: if its row expires the others take them too, and
             // a van held by two hubs is still stored once.
-            if let Err(e) = read.and_then(|members| self.split(members)) {
+            if let Err(e) = self.tick(connected) {
                 tracing::warn!(error = %e, "cannot renew this hub's group membership; keeping its vans");
             }
             while started.elapsed() < RENEW && !self.cancel.is_cancelled() {
@@ -268,6 +284,40 @@ mod tests {
         );
         assert_eq!(every_van(Some("hubs"))[0], "$share/hubs/doorstep/v1/+/+/evt");
         assert_eq!(every_van(None)[3], "doorstep/v1/+/+/state");
+    }
+
+    #[test]
+    fn a_hub_keeps_its_vans_while_disconnected_and_joins_only_once_connected() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("hub.db");
+        let mut store = Store::open(&path, crate::store::StoreOptions::default()).expect("store");
+        let fleet = doorstep_proto::FleetId::new("acme").expect("fleet");
+        for i in 1..=6u8 {
+            let key = doorstep_proto::SigningKey::from_seed(&[i; 32]).expect("seed").public_key();
+            let van = DeviceId::new(format!("van-{i}")).expect("id");
+            store.add_device(&fleet, &van, &key, false, 0).expect("add");
+        }
+        store.renew_member("hubs", "hub-b", 60_000).expect("hub-b lives");
+        let mine = |store: &Store| -> usize {
+            let fleet = store.fleet_names().expect("fleet");
+            let two = ["hub-a".to_owned(), "hub-b".to_owned()];
+            fleet.iter().filter(|(van, _)| owner(van, &two) == Some("hub-a")).count()
+        };
+        let expected = CHANNELS.len() * mine(&store);
+        assert!(expected > 0, "hub-a holds a van of six");
+
+        let other = Store::open(&path, crate::store::StoreOptions::default()).expect("store");
+        let metrics = Arc::new(Metrics::default());
+        let (mut members, rx) =
+            Members::read(other, "hubs", "hub-a", metrics, CancellationToken::new()).expect("read");
+        assert_eq!(rx.borrow().hold.len(), expected, "its vans before it connects");
+        assert_eq!(store.group_members("hubs").expect("read"), ["hub-b"], "not joined yet");
+        members.tick(false).expect("tick");
+        assert_eq!(rx.borrow().hold.len(), expected, "still its vans while disconnected");
+        assert_eq!(store.group_members("hubs").expect("read"), ["hub-b"], "still not joined");
+        members.tick(true).expect("tick");
+        assert_eq!(store.group_members("hubs").expect("read"), ["hub-a", "hub-b"], "joined once connected");
+        assert_eq!(rx.borrow().hold.len(), expected);
     }
 
     #[test]
